@@ -1,0 +1,100 @@
+"""``kexue bench``: kexue side by side with the peers each technique names; writes DIR/bench.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from kexue.report import registry
+
+NAME = "bench"
+HELP = "run the side-by-side benchmarks against the peers; writes DIR/bench.json"
+EXAMPLE = "kexue bench orthogonal --quick --out reports"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("techniques", nargs="*", metavar="TECHNIQUE",
+                        help=f"techniques to benchmark (default: all implemented); names: {', '.join(registry.TECHNIQUES)}")
+    parser.add_argument("--out", default="reports", metavar="DIR", help="output directory (default: reports/)")
+    parser.add_argument("--quick", action="store_true", help="smaller inputs (about a tenth), for a fast look")
+    parser.add_argument("--device", default="cpu", help="torch device to run on: cpu (default), cuda, cuda:N")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per case; the median is reported (default: 5)")
+    parser.add_argument("--json", action="store_true", help="print bench.json to stdout instead of the tables")
+
+
+def _check_device(device: str) -> str:
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a torch device; accepted: cpu, cuda, cuda:N") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device!r} is not supported; accepted: cpu, cuda, cuda:N")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu")
+    return str(parsed)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from kexue.cli._output import stderr_console, stdout_console
+    from kexue.report.bench import Bench
+    from kexue.report.io import machine_info, prepare_out_dir, write_json
+
+    if args.repeats < 1:
+        raise ValueError(f"--repeats {args.repeats} must be at least 1")
+    techniques = registry.parse_techniques(args.techniques, registry.BENCHMARKS, "benchmarks")
+    device = _check_device(args.device)
+    out = prepare_out_dir(args.out)
+    err = stderr_console()
+
+    benches: list[Bench] = []
+    columns = (TextColumn("[bold]{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TextColumn("cases"),
+               TimeElapsedColumn(), TextColumn("{task.fields[current]}"))
+    with Progress(*columns, console=err) as progress:
+        suites = [registry.load(registry.BENCHMARKS, t) for t in techniques]
+        tasks = [progress.add_task(s.technique, total=len(s.cases), current="") for s in suites]
+        for suite, task in zip(suites, tasks):
+            bench = Bench(suite.technique, quick=args.quick, device=device, repeats=args.repeats)
+            for case in suite.cases:
+                progress.update(task, current=case.__name__)
+                case(bench)
+                progress.advance(task)
+            progress.update(task, current="")
+            benches.append(bench)
+
+    payload = {
+        "machine": machine_info(device),
+        "quick": args.quick,
+        "cases": [c.to_json() for b in benches for c in b.cases],
+        "ratios": [r.to_json() for b in benches for r in b.ratios],
+    }
+    write_json(out / "bench.json", payload)
+
+    if args.json:
+        print(json.dumps(payload, indent=2, allow_nan=False))
+    else:
+        console = stdout_console()
+        cases = Table(title="kexue bench: cases")
+        for column in ("technique", "case", "impl", "median", "peak memory"):
+            cases.add_column(column, justify="right" if column in ("median", "peak memory") else "left")
+        for c in (c for b in benches for c in b.cases):
+            peak = "—" if c.peak_bytes is None else f"{c.peak_bytes / 2**20:,.1f} MiB"
+            cases.add_row(c.technique, c.case, c.impl, f"{c.median_s * 1e3:,.2f} ms", peak)
+        console.print(cases)
+        ratios = Table(title="kexue bench: ratios")
+        for column in ("ratio", "value", "target", "met", "meaning"):
+            ratios.add_column(column)
+        for r in (r for b in benches for r in b.ratios):
+            target = "reported" if r.target is None else ("≥ " if r.higher_is_better else "≤ ") + f"{r.target:g}"
+            met = "—" if r.met is None else ("[bold green]yes[/]" if r.met else "[bold red]NO[/]")
+            ratios.add_row(r.id, f"{r.value:.2f}", target, met, r.description)
+        console.print(ratios)
+    missed = [r.id for b in benches for r in b.ratios if r.met is False]
+    if missed:
+        err.print(f"[bold red]targets missed:[/] {', '.join(missed)}")
+    err.print(f"bench: {(out / 'bench.json').resolve()}")
+    return 1 if missed else 0

@@ -1,0 +1,50 @@
+"""``kexue reproduce``: check the articles' claims, print a table, write results.json and report.html."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from kexue.report import registry
+
+NAME = "reproduce"
+HELP = "check every claim of the articles on local data; writes DIR/results.json and DIR/report.html"
+EXAMPLE = "kexue reproduce orthogonal --out reports"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("techniques", nargs="*", metavar="TECHNIQUE",
+                        help=f"techniques to run (default: all implemented); names: {', '.join(registry.TECHNIQUES)}")
+    parser.add_argument("--full", action="store_true", help="full scale (default: quick scale)")
+    parser.add_argument("--out", default="reports", metavar="DIR", help="output directory (default: reports/)")
+    parser.add_argument("--json", action="store_true", help="print results.json to stdout instead of the table")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from kexue.cli._output import claims_table, stderr_console, stdout_console
+    from kexue.report.html import render_report
+    from kexue.report.io import atomic_write, machine_info, prepare_out_dir, write_json
+    from kexue.report.runner import run_claims
+
+    techniques = registry.parse_techniques(args.techniques, registry.SUITES, "claims")
+    out = prepare_out_dir(args.out)
+    err = stderr_console()
+    result = run_claims(techniques, "full" if args.full else "quick", console=err, seed=args.seed,
+                        debug=getattr(args, "debug", False))
+    payload = result.to_json()
+    machine = machine_info()
+    write_json(out / "results.json", payload)
+    atomic_write(out / "report.html", render_report(payload, result.figures, machine))
+
+    if args.json:
+        print(json.dumps(payload, indent=2, allow_nan=False))
+    else:
+        stdout_console().print(claims_table(payload["claims"]))
+    s = payload["summary"]
+    err.print(f"{s['pass']} pass, {s['fail']} fail, {s['documented']} documented "
+              f"({payload['mode']} scale, {sum(result.seconds.values()):.1f} s)")
+    if payload["not_implemented"]:
+        err.print(f"not implemented yet: {', '.join(payload['not_implemented'])}")
+    err.print(f"report: {(out / 'report.html').resolve()}  results: {(out / 'results.json').resolve()}")
+    return 1 if result.failed else 0

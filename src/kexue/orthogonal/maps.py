@@ -1,0 +1,381 @@
+"""Orthogonal maps sending one unit vector to another, formed or applied in O(d) per vector.
+
+Every map here is the identity (or minus the identity) plus a rank-1 or rank-2 term,
+
+    T = β I + V Uᵀ,        U, V ∈ R^{d x r},  r ∈ {1, 2},  β = ±1,
+
+so ``T x = β x + V (Uᵀ x)`` costs two passes over ``x`` and never forms ``T``. With unit
+``a, b``, ``v = (a − b)/‖a − b‖`` and ``w = (a + b)/‖a + b‖`` (note ``‖a + b‖² = 2(1 + cos θ)``,
+so ``(a + b)(a + b)ᵀ / (1 + cos θ) = 2 w wᵀ``):
+
+=============  ============================================  =====  ===========================
+kind           T                                             det    maps
+=============  ============================================  =====  ===========================
+reflection     ``I − 2 v vᵀ``          (Householder)         −1     a → b and b → a
+rotation       ``I + 2 b aᵀ − 2 w wᵀ`` (= H_w H_a)           +1     a → b; identity off span{a,b}
+symmetric      ``2 w wᵀ − I``          (the article's answer) (−1)^(d−1)  a → b and b → a
+=============  ============================================  =====  ===========================
+
+Numerics: ``a`` and ``b`` are normalised and the factors built in float64 whatever the
+input dtype (it is O(d) work), then cast to the working dtype. Rounding leaves
+``‖a‖ ≠ ‖b‖`` by about one ulp, and every formula for ``T`` amplifies that mismatch by
+``1/‖a ∓ b‖`` near the degenerate points; in float64 the amplified error stays far below
+float32's ulp. ``a ± b`` is then scaled to unit length instead of dividing by
+``1 + cos θ``. The printed formulas lose all precision as ``a → −b`` (NaN at the point);
+these stay within a few ulps of the working dtype (``‖T a − b‖ ≲ 4 ε``) up to and
+including the degenerate point.
+
+Degenerate inputs (the mirror or rotation plane is not determined): ``a = b`` exactly for
+``reflection`` and ``a = −b`` exactly for ``rotation`` and ``symmetric``. With
+``degenerate="canonical"`` (default) the missing direction is replaced by the canonical
+perpendicular ``p = (e_k − a_k a)/‖e_k − a_k a‖`` with ``k = argmin_i |a_i|`` (first
+index on ties), which keeps the kind's determinant and symmetry:
+
+* reflection, a = b: ``T = I − 2 p pᵀ`` (a mirror containing a);
+* rotation, a = −b: ``T = I − 2 a aᵀ − 2 p pᵀ`` (the half-turn in span{a, p});
+* symmetric, a = −b: ``T = 2 p pᵀ − I``.
+
+With ``degenerate="raise"`` a ValueError is raised instead. In dimension 1 no perpendicular
+exists and the degenerate cases always raise.
+
+References:
+    Su Jianlin, "从一个单位向量变换到另一个单位向量的正交矩阵", Scientific Spaces, 2021,
+    https://kexue.fm/archives/8453
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import torch
+
+from kexue._shared import as_float_tensor, check_choice, check_finite, empty_like_fast, restore_type
+
+__all__ = ["KINDS", "Kind", "apply_orthogonal_map", "orthogonal_map", "low_rank_factors"]
+
+Kind = Literal["reflection", "rotation", "symmetric"]
+Degenerate = Literal["canonical", "raise"]
+KINDS: tuple[str, ...] = ("reflection", "rotation", "symmetric")
+
+
+class LowRank(NamedTuple):
+    """``T = beta * I + V @ U.mT``; ``U`` and ``V`` have shape ``(..., d, r)``."""
+
+    beta: float
+    U: torch.Tensor
+    V: torch.Tensor
+
+
+def _scaled_unit(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``u/‖u‖`` along the last dim, safe from overflow and underflow; returns ``(unit, is_zero)``.
+
+    ``is_zero`` marks rows that are exactly zero; those rows come back as zeros.
+    """
+    scale = u.abs().amax(dim=-1, keepdim=True)  # (..., 1)
+    is_zero = scale == 0
+    u = u / torch.where(is_zero, torch.ones_like(scale), scale)
+    norm = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
+    return u / torch.where(is_zero, torch.ones_like(norm), norm), is_zero.squeeze(-1)
+
+
+def _canonical_perpendicular(a: torch.Tensor) -> torch.Tensor:
+    """Unit ``p ⟂ a``: ``e_k − a_k a`` normalised, ``k`` the first index of the smallest ``|a_k|``."""
+    k = a.abs().argmin(dim=-1, keepdim=True)  # (..., 1)
+    e_k = torch.zeros_like(a).scatter_(-1, k, 1.0)
+    p = e_k - a.gather(-1, k) * a  # ‖p‖² = 1 − a_k² ≥ 1 − 1/d
+    return p / torch.linalg.vector_norm(p, dim=-1, keepdim=True)
+
+
+def _direction(
+    u: torch.Tensor, a: torch.Tensor, degenerate: Degenerate, what: str
+) -> torch.Tensor:
+    """Unit ``u``; where ``u = 0`` exactly, the canonical perpendicular of ``a`` (or raise)."""
+    direction, is_zero = _scaled_unit(u)
+    if bool(is_zero.any()):
+        where = tuple(int(i) for i in is_zero.nonzero()[0]) if is_zero.dim() else ()
+        if degenerate == "raise" or a.shape[-1] == 1:
+            reason = (
+                "dimension 1 has no perpendicular direction"
+                if a.shape[-1] == 1
+                else "pass degenerate='canonical' to use the canonical perpendicular of a"
+            )
+            raise ValueError(
+                f"degenerate input: {what} at batch index {where}; the map is not determined ({reason})"
+            )
+        direction = torch.where(is_zero.unsqueeze(-1), _canonical_perpendicular(a), direction)
+    return direction
+
+
+def _reflection(a: torch.Tensor, b: torch.Tensor, degenerate: Degenerate) -> LowRank:
+    v = _direction(a - b, a, degenerate, "a == b")
+    return LowRank(1.0, v.unsqueeze(-1), (-2.0 * v).unsqueeze(-1))
+
+
+def _rotation(a: torch.Tensor, b: torch.Tensor, degenerate: Degenerate) -> LowRank:
+    w = _direction(a + b, a, degenerate, "a == -b")
+    U = torch.stack([a, w], dim=-1)  # (..., d, 2)
+    V = torch.stack([2.0 * b, -2.0 * w], dim=-1)
+    return LowRank(1.0, U, V)
+
+
+def _symmetric(a: torch.Tensor, b: torch.Tensor, degenerate: Degenerate) -> LowRank:
+    w = _direction(a + b, a, degenerate, "a == -b")
+    return LowRank(-1.0, w.unsqueeze(-1), (2.0 * w).unsqueeze(-1))
+
+
+_FACTORS: dict[str, Callable[[torch.Tensor, torch.Tensor, Degenerate], LowRank]] = {
+    "reflection": _reflection,
+    "rotation": _rotation,
+    "symmetric": _symmetric,
+}
+
+
+def _unit_inputs(
+    a: torch.Tensor, b: torch.Tensor, normalize: bool, a_dtype: torch.dtype, b_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate ``a, b`` and return them at unit length (see ``normalize`` in :func:`orthogonal_map`)."""
+    for name, u in (("a", a), ("b", b)):
+        if u.dim() == 0:
+            raise ValueError(f"{name} must have at least one dimension (..., d); got a scalar")
+        if u.shape[-1] == 0:
+            raise ValueError(f"{name} has last dimension 0; vectors need d >= 1")
+        check_finite(u, name)
+    if a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"a and b must have the same last dimension d; got a.shape={tuple(a.shape)}, b.shape={tuple(b.shape)}")
+    if normalize:
+        out = []
+        for name, u in (("a", a), ("b", b)):
+            unit, is_zero = _scaled_unit(u)
+            if bool(is_zero.any()):
+                raise ValueError(f"{name} has zero norm (at batch index {tuple(is_zero.nonzero()[0].tolist())}); it cannot be normalised")
+            out.append(unit)
+        return out[0], out[1]
+    out = []
+    for name, u, input_dtype in (("a", a, a_dtype), ("b", b, b_dtype)):
+        tol = torch.finfo(input_dtype).eps ** 0.5
+        worst = float((torch.linalg.vector_norm(u, dim=-1) - 1).abs().max())
+        if worst > tol:
+            raise ValueError(
+                f"{name} is not unit length (| ||{name}|| - 1 | = {worst:.3g} > {tol:.3g}) and normalize=False; "
+                "pass unit vectors or normalize=True"
+            )
+        out.append(_scaled_unit(u)[0])  # remove the rounding-level excess so T stays exact
+    return out[0], out[1]
+
+
+def low_rank_factors(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    kind: Kind = "reflection",
+    *,
+    normalize: bool = True,
+    degenerate: Degenerate = "canonical",
+) -> LowRank:
+    """The factors of ``T = β I + V Uᵀ`` for torch tensors ``a, b`` of shape ``(..., d)``.
+
+    Computed in float64 (float32 on MPS, which lacks float64); cast them to the working
+    dtype before use. Differentiable.
+    See the module docstring for the formulas and the degenerate cases.
+    """
+    check_choice("kind", kind, KINDS)
+    check_choice("degenerate", degenerate, ("canonical", "raise"))
+    # Factors are built in float64 whatever the inputs' dtype (O(d) work): rounding leaves
+    # ||a|| != ||b|| by ~eps, and every formula for T amplifies that mismatch by 1/||a -+ b||
+    # near the degenerate points. In float64 the amplified error stays below float32's ulp.
+    dtype = torch.float32 if a.device.type == "mps" else torch.float64
+    a, b = _unit_inputs(a.to(dtype), b.to(dtype), normalize, a.dtype, b.dtype)
+    try:
+        a, b = torch.broadcast_tensors(a, b)
+    except RuntimeError as exc:
+        raise ValueError(f"a and b must broadcast; got a.shape={tuple(a.shape)}, b.shape={tuple(b.shape)}") from exc
+    return _FACTORS[kind](a, b, degenerate)
+
+
+def orthogonal_map(
+    a: Any,
+    b: Any,
+    kind: Kind = "reflection",
+    *,
+    normalize: bool = True,
+    degenerate: Degenerate = "canonical",
+) -> Any:
+    """The orthogonal matrix ``T`` with ``T a = b``, batched over leading dimensions.
+
+    Args:
+        a: source vector(s), shape ``(..., d)``; torch tensor, NumPy array or array-like.
+        b: target vector(s), shape broadcastable with ``a``.
+        kind: ``"reflection"`` (Householder, det −1), ``"rotation"`` (det +1, identity on
+            the complement of span{a, b}) or ``"symmetric"`` (the article's final answer,
+            ``(a + b)(a + b)ᵀ/(1 + cos θ) − I``).
+        normalize: if True, ``a`` and ``b`` are scaled to unit length (zero vectors raise);
+            if False they must already be unit length to within ``sqrt(eps)`` of their
+            dtype, or a ValueError is raised (the remaining rounding-level excess is
+            still removed internally, so ``T`` is orthogonal to working precision).
+        degenerate: ``"canonical"`` or ``"raise"``; what to do when the map is not
+            determined (``a = b`` for reflection, ``a = −b`` for the others). See the
+            module docstring.
+
+    Returns:
+        ``T`` of shape ``(..., d, d)``, a torch tensor for torch ``a`` (autograd flows
+        through it) and a NumPy array otherwise, in the promoted dtype of ``a`` and ``b``.
+
+    Example:
+        >>> import numpy as np
+        >>> from kexue.orthogonal import orthogonal_map
+        >>> a, b = np.array([1.0, 2, 3, 4, 5]), np.array([9.0, 8, 7, 6, 5])
+        >>> T = orthogonal_map(a, b, kind="symmetric")
+        >>> bool(np.allclose(T @ (a / np.linalg.norm(a)), b / np.linalg.norm(b)))
+        True
+    """
+    a_t, a_numpy = as_float_tensor(a, "a")
+    b_t, _ = as_float_tensor(b, "b", like=a_t)
+    beta, U, V = low_rank_factors(a_t, b_t, kind, normalize=normalize, degenerate=degenerate)
+    d = U.shape[-2]
+    eye = torch.eye(d, dtype=U.dtype, device=U.device)
+    T = beta * eye + V @ U.mT  # (..., d, d)
+    out_dtype = torch.promote_types(a_t.dtype, b_t.dtype)
+    return restore_type(T.to(out_dtype), a_numpy)
+
+
+def apply_orthogonal_map(
+    x: Any,
+    a: Any,
+    b: Any,
+    kind: Kind = "reflection",
+    *,
+    inverse: bool = False,
+    normalize: bool = True,
+    degenerate: Degenerate = "canonical",
+    out: Any = None,
+) -> Any:
+    """``T x`` for every vector ``x`` (the rows of ``x``), in O(d) each, without forming ``T``.
+
+    ``y = β x + (x U) Vᵀ``: one matrix-vector pass to get ``x U`` (shape ``(..., r)``,
+    ``r ≤ 2``) and one fused update pass. For a single pair ``a, b`` this is two BLAS calls
+    (``gemv`` then ``addr``/``addmm``); large CPU outputs are allocated with a huge-page
+    hint (see :func:`kexue._shared.empty_like_fast`).
+
+    Args:
+        x: vectors to map, shape ``(..., d)``; torch tensor or NumPy array.
+        a: source vector(s), shape ``(d,)`` or batched ``(..., d)`` broadcastable
+            against ``x``'s leading dimensions.
+        b: target vector(s), like ``a``.
+        kind: see :func:`orthogonal_map`.
+        inverse: apply ``Tᵀ = T⁻¹`` instead (maps ``b`` back to ``a``; equal to ``T`` for
+            the two symmetric kinds).
+        normalize: see :func:`orthogonal_map`.
+        degenerate: see :func:`orthogonal_map`.
+        out: optional preallocated result of ``x``'s shape and dtype (``out=x`` maps
+            in place). Not differentiable.
+
+    Returns:
+        ``T x`` in ``x``'s dtype (integers become floating), torch for torch ``x``, else NumPy.
+        ``x`` is not checked for NaN: like any linear map, NaN rows stay NaN.
+
+    Example:
+        >>> import torch
+        >>> from kexue.orthogonal import apply_orthogonal_map
+        >>> x = torch.randn(1000, 768)
+        >>> mean = x.mean(0)
+        >>> target = torch.zeros(768); target[0] = 1.0
+        >>> y = apply_orthogonal_map(x, mean, target)  # the mean direction now lies on e_0
+        >>> bool(torch.allclose(y.mean(0) / y.mean(0).norm(), target, atol=1e-5))
+        True
+    """
+    x_t, x_numpy = as_float_tensor(x, "x")
+    a_t, _ = as_float_tensor(a, "a", like=x_t)
+    b_t, _ = as_float_tensor(b, "b", like=x_t)
+    if x_t.dim() == 0:
+        raise ValueError("x must have at least one dimension (..., d); got a scalar")
+    d = x_t.shape[-1]
+    if a_t.dim() == 0 or a_t.shape[-1] != d:
+        raise ValueError(f"a must have last dimension d = x.shape[-1] = {d}; got a.shape={tuple(a_t.shape)}")
+    beta, U, V = low_rank_factors(a_t, b_t, kind, normalize=normalize, degenerate=degenerate)
+    if inverse:
+        U, V = V, U
+    U, V = U.to(x_t.dtype), V.to(x_t.dtype)
+
+    batch = torch.broadcast_shapes(x_t.shape[:-1], U.shape[:-2])
+    out_shape = (*batch, d)
+    out_t = None
+    if out is not None:
+        out_t = out if isinstance(out, torch.Tensor) else _numpy_out(out)
+        if tuple(out_t.shape) != out_shape or out_t.dtype != x_t.dtype or out_t.device != x_t.device:
+            raise ValueError(
+                f"out must have shape {out_shape}, dtype {x_t.dtype} and device {x_t.device}; "
+                f"got shape {tuple(out_t.shape)}, dtype {out_t.dtype}, device {out_t.device}"
+            )
+        if torch.is_grad_enabled() and (x_t.requires_grad or U.requires_grad):
+            raise ValueError("out= is not differentiable; call without out= when x, a or b require grad")
+
+    if U.dim() == 2 and x_t.shape[:-1] == batch:
+        y = _apply_shared(x_t, beta, U, V, out_t)
+    else:
+        y = _apply_batched(x_t, beta, U, V, batch, out_t)
+    if out is not None:
+        return out
+    return restore_type(y, x_numpy)
+
+
+def _numpy_out(out: Any) -> torch.Tensor:
+    try:
+        return torch.from_numpy(out)
+    except TypeError as exc:
+        raise TypeError(f"out must be a torch.Tensor or a writable NumPy array; got {type(out).__name__}") from exc
+
+
+def _apply_shared(
+    x: torch.Tensor, beta: float, U: torch.Tensor, V: torch.Tensor, out: torch.Tensor | None
+) -> torch.Tensor:
+    """One pair (a, b) for all rows: ``y = β x + (x U) Vᵀ`` as mm + addr/addmm."""
+    d = x.shape[-1]
+    x2 = x.reshape(-1, d)  # (N, d); a view for contiguous x
+    rank_one = U.shape[-1] == 1
+    if torch.is_grad_enabled() and (x.requires_grad or U.requires_grad or V.requires_grad):
+        coef = x2 @ U  # (N, r)
+        y2 = torch.addr(x2, coef[:, 0], V[:, 0], beta=beta) if rank_one else torch.addmm(x2, coef, V.mT, beta=beta)
+        return y2.view(x.shape)
+    coef = _coefficients(x2, U)  # (N, r)
+    direct = out is not None and out.is_contiguous()
+    y2 = out.view(-1, d) if direct else empty_like_fast(x2)
+    if rank_one:
+        torch.addr(x2, coef[:, 0], V[:, 0], beta=beta, out=y2)
+    else:
+        torch.addmm(x2, coef, V.mT, beta=beta, out=y2)
+    if out is not None and not direct:
+        out.copy_(y2.view(x.shape))
+        return out
+    return y2.view(x.shape)
+
+
+def _coefficients(x2: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """``x2 @ U`` for ``x2`` (N, d) and ``U`` (d, r), one matrix-vector product per column.
+
+    On the CPU (float32/float64) this goes through NumPy's BLAS: its ``gemv`` read the
+    3 GB of a 1,000,000 x 768 float32 ``x`` about 3x faster than ``torch.mv`` (MKL) on the
+    development machine (AMD EPYC), and it is the bandwidth-bound half of the apply.
+    """
+    if x2.device.type != "cpu" or x2.dtype not in (torch.float32, torch.float64):
+        return x2 @ U
+    xn, un = x2.numpy(), U.numpy()
+    columns = [xn @ np.ascontiguousarray(un[:, j]) for j in range(un.shape[1])]
+    return torch.from_numpy(np.stack(columns, axis=1))
+
+
+def _apply_batched(
+    x: torch.Tensor,
+    beta: float,
+    U: torch.Tensor,
+    V: torch.Tensor,
+    batch: torch.Size,
+    out: torch.Tensor | None,
+) -> torch.Tensor:
+    """Per-vector pairs: ``y = β x + (x U) Vᵀ`` with broadcasting over the leading dims."""
+    coef = (x.unsqueeze(-2) @ U).squeeze(-2)  # (*batch, r)
+    update = (coef.unsqueeze(-2) @ V.mT).squeeze(-2)  # (*batch, d)
+    y = update + x if beta == 1.0 else update - x
+    if out is not None:
+        return out.copy_(y)
+    return y

@@ -1,0 +1,191 @@
+"""Side-by-side benchmarks for ``kexue bench``: kexue and its peers, same inputs, same process.
+
+A technique's ``benchmark.py`` builds one :class:`BenchSuite` and registers cases::
+
+    BENCH = BenchSuite("orthogonal")
+
+    @BENCH.case
+    def apply(bench: Bench) -> None:
+        x = ...
+        ours = bench.time("apply 1M x 768", "kexue", lambda: apply_orthogonal_map(x, a, b))
+        peer = bench.time("apply 1M x 768", "dense T + matmul", lambda: x @ T.T)
+        bench.ratio("orthogonal.apply_vs_matmul", peer.median_s / ours.median_s, target=5.0)
+
+Timing: one warm-up call, then ``repeats`` timed calls; the median is reported (CUDA is
+synchronised around each call). The result of each call is dropped before the next.
+
+Memory (``peak_bytes``): on CUDA, the growth of ``torch.cuda.max_memory_allocated`` during
+the warm-up call. On Linux CPUs, the growth of the process's peak resident set (``VmHWM``,
+reset through ``/proc/self/clear_refs``) during the warm-up call: the memory the call newly
+touched. Elsewhere it is omitted.
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Bench", "BenchSuite", "CaseResult", "Ratio"]
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    technique: str
+    case: str
+    impl: str
+    median_s: float
+    times_s: list[float]
+    peak_bytes: int | None
+    params: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        payload = asdict(self)
+        if self.peak_bytes is None:
+            del payload["peak_bytes"]
+        return payload
+
+
+@dataclass(frozen=True)
+class Ratio:
+    id: str
+    value: float
+    target: float | None
+    higher_is_better: bool
+    met: bool | None
+    description: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _PeakMemory:
+    """Peak-memory probe for one device (see module docstring)."""
+
+    def __init__(self, device: str) -> None:
+        import torch
+
+        self.device = device
+        self.cuda = device.startswith("cuda")
+        self._clear_refs = Path("/proc/self/clear_refs")
+        self.available = self.cuda or self._hwm_resettable()
+        self._torch = torch
+
+    def _hwm_resettable(self) -> bool:
+        try:
+            self._clear_refs.write_text("5")
+            return self._status("VmHWM") is not None
+        except OSError:
+            return False
+
+    @staticmethod
+    def _status(key: str) -> int | None:
+        try:
+            match = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+        except OSError:
+            return None
+        return int(match.group(1)) * 1024 if match else None
+
+    def start(self) -> int:
+        if self.cuda:
+            self._torch.cuda.synchronize(self.device)
+            self._torch.cuda.reset_peak_memory_stats(self.device)
+            return self._torch.cuda.memory_allocated(self.device)
+        self._clear_refs.write_text("5")
+        return self._status("VmRSS") or 0
+
+    def stop(self, base: int) -> int:
+        if self.cuda:
+            self._torch.cuda.synchronize(self.device)
+            return max(0, self._torch.cuda.max_memory_allocated(self.device) - base)
+        return max(0, (self._status("VmHWM") or 0) - base)
+
+
+@dataclass
+class Bench:
+    """The timer handed to each benchmark case."""
+
+    technique: str
+    quick: bool = False
+    device: str = "cpu"
+    repeats: int = 5
+    cases: list[CaseResult] = field(default_factory=list)
+    ratios: list[Ratio] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._memory = _PeakMemory(self.device)
+
+    def _sync(self) -> None:
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize(self.device)
+
+    def time(
+        self,
+        case: str,
+        impl: str,
+        fn: Callable[[], Any],
+        *,
+        repeats: int | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> CaseResult:
+        """Warm up once (measuring peak memory), then time ``repeats`` calls of ``fn``."""
+        repeats = repeats or self.repeats
+        gc.collect()
+        peak = None
+        if self._memory.available:
+            base = self._memory.start()
+            result = fn()
+            peak = self._memory.stop(base)
+        else:
+            result = fn()
+        del result
+        times = []
+        for _ in range(repeats):
+            gc.collect()
+            self._sync()
+            start = time.perf_counter()
+            result = fn()
+            self._sync()
+            times.append(time.perf_counter() - start)
+            del result
+        record = CaseResult(self.technique, case, impl, statistics.median(times), times, peak, dict(params or {}))
+        self.cases.append(record)
+        return record
+
+    def ratio(
+        self,
+        id: str,
+        value: float,
+        *,
+        target: float | None = None,
+        higher_is_better: bool = True,
+        description: str = "",
+    ) -> Ratio:
+        """Record a ratio; with a ``target`` it is judged (``met``), without one only reported."""
+        met = None if target is None else (value >= target if higher_is_better else value <= target)
+        record = Ratio(id, float(value), target, higher_is_better, met, description)
+        self.ratios.append(record)
+        return record
+
+
+BenchCase = Callable[[Bench], None]
+
+
+@dataclass
+class BenchSuite:
+    """The ordered benchmark cases of one technique."""
+
+    technique: str
+    cases: list[BenchCase] = field(default_factory=list)
+
+    def case(self, fn: BenchCase) -> BenchCase:
+        """Decorator: register ``fn`` as the next case."""
+        self.cases.append(fn)
+        return fn

@@ -1,0 +1,180 @@
+"""Claims: the article's checkable statements, as run by ``kexue reproduce``.
+
+A technique's ``claims.py`` builds one :class:`ClaimSuite` and registers checks on it::
+
+    SUITE = ClaimSuite("orthogonal", article=Article("The orthogonal matrix ...", "https://kexue.fm/archives/8453"))
+
+    @SUITE.check
+    def orthogonality(ctx: ClaimContext) -> None:
+        err = ...
+        ctx.claim("symmetric.orthogonality", "T Tᵀ = I", article_value="T Tᵀ = I",
+                  measured=err, tolerance=1e-12, passed=err <= 1e-12)
+
+Each check records one or more :class:`Claim`s and optionally figures. The runner
+(:mod:`kexue.report.runner`) calls every check with a fresh context, catches a check that
+crashes (recorded as a failed claim, so one bug cannot hide the rest), and hands the
+results to the writers.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+__all__ = ["Article", "Claim", "ClaimContext", "ClaimSuite", "Figure", "Status"]
+
+Status = Literal["pass", "fail", "documented"]
+Mode = Literal["quick", "full"]
+
+
+@dataclass(frozen=True)
+class Article:
+    """The source of a technique's claims."""
+
+    title: str
+    url: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One verdict in ``results.json``; ``id`` is dotted and stable (``technique.group.name``)."""
+
+    id: str
+    technique: str
+    article: str
+    statement: str
+    article_value: Any
+    measured: Any
+    tolerance: Any
+    status: Status
+    details: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A PNG figure for the HTML report."""
+
+    technique: str
+    name: str
+    caption: str
+    png: bytes
+
+    def data_uri(self) -> str:
+        return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
+
+
+@dataclass
+class ClaimContext:
+    """What a check receives: the scale to run at and the sinks for claims and figures."""
+
+    technique: str
+    article: Article
+    mode: Mode = "quick"
+    seed: int = 0
+    claims: list[Claim] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+
+    @property
+    def full(self) -> bool:
+        return self.mode == "full"
+
+    def claim(
+        self,
+        name: str,
+        statement: str,
+        *,
+        article_value: Any,
+        measured: Any,
+        tolerance: Any = None,
+        passed: bool | None = None,
+        documented: bool = False,
+        details: str = "",
+    ) -> Claim:
+        """Record a claim. Exactly one of ``passed`` (a verdict) or ``documented=True``.
+
+        ``documented`` is for a limitation the article itself admits, reported with its
+        measured size rather than judged.
+        """
+        if documented == (passed is not None):
+            raise ValueError("claim(): give exactly one of passed=<bool> or documented=True")
+        status: Status = "documented" if documented else ("pass" if passed else "fail")
+        claim = Claim(
+            id=f"{self.technique}.{name}",
+            technique=self.technique,
+            article=self.article.url,
+            statement=statement,
+            article_value=_plain(article_value),
+            measured=_plain(measured),
+            tolerance=_plain(tolerance),
+            status=status,
+            details=details,
+        )
+        self.claims.append(claim)
+        return claim
+
+    def figure(self, name: str, fig: Any, caption: str) -> None:
+        """Store a matplotlib figure (closed afterwards) as an embedded PNG."""
+        import matplotlib.pyplot as plt
+
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        self.figures.append(Figure(self.technique, name, caption, buffer.getvalue()))
+
+
+Check = Callable[[ClaimContext], None]
+
+
+@dataclass
+class ClaimSuite:
+    """The ordered checks of one technique."""
+
+    technique: str
+    article: Article
+    checks: list[Check] = field(default_factory=list)
+
+    def check(self, fn: Check) -> Check:
+        """Decorator: register ``fn`` as the next check."""
+        self.checks.append(fn)
+        return fn
+
+    def run_check(self, fn: Check, ctx: ClaimContext, *, debug: bool = False) -> None:
+        """Run one check; a crash becomes a failed claim named after the check."""
+        try:
+            fn(ctx)
+        except Exception as exc:
+            if debug:
+                raise
+            ctx.claim(
+                f"{fn.__name__}.error",
+                f"check {fn.__name__} ran to completion",
+                article_value=None,
+                measured=f"{type(exc).__name__}: {exc}",
+                passed=False,
+                details=traceback.format_exc(limit=4),
+            )
+
+
+def _plain(value: Any) -> Any:
+    """NumPy / torch scalars to Python numbers, so the value serialises to JSON."""
+    if type(value) is float and not math.isfinite(value):
+        return str(value)  # "nan" / "inf": strict JSON has no such numbers
+    if value is None or type(value) in (str, bool, int, float):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    item = getattr(value, "item", None)
+    if callable(item):
+        return _plain(item())
+    return str(value)

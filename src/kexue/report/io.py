@@ -1,0 +1,104 @@
+"""Output helpers: atomic writes, a checked output directory, and a description of the machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_write", "machine_info", "prepare_out_dir", "write_json"]
+
+
+def prepare_out_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` if needed and prove it is writable, before any work is done.
+
+    Raises:
+        ValueError: naming the directory and the reason when it cannot be used.
+    """
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".kexue-probe-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ValueError(f"--out {str(out)!r} is not a writable directory: {reason}") from None
+    return out
+
+
+def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path``, then rename it into place.
+
+    Readers never see a half-written file, and a failure leaves any previous file intact.
+    """
+    path = Path(path)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike[str], payload: Any) -> Path:
+    """Atomically write ``payload`` as indented, strict JSON (no NaN/inf literals)."""
+    return atomic_write(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
+
+
+def _transparent_hugepages() -> str | None:
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return None
+    start, end = text.find("["), text.find("]")
+    return text[start + 1 : end] if 0 <= start < end else text.strip()
+
+
+def machine_info(device: str = "cpu") -> dict[str, Any]:
+    """What a reader needs to interpret timings: hardware, libraries, threads, settings."""
+    import numpy
+    import torch
+
+    from kexue import __version__
+
+    info: dict[str, Any] = {
+        "kexue_version": __version__,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "transparent_hugepages": _transparent_hugepages(),
+        "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
+        "KEXUE_HUGEPAGES": os.environ.get("KEXUE_HUGEPAGES", "1"),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
