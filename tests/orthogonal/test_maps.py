@@ -349,3 +349,18 @@ def test_out_with_autograd_is_rejected() -> None:
     x = torch.randn(3, 2, requires_grad=True)
     with pytest.raises(ValueError, match="out= is not differentiable"):
         apply_orthogonal_map(x, [1.0, 0.0], [0.0, 1.0], out=torch.empty(3, 2))
+
+
+# --- GPU -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 3e-2)])
+def test_cuda_apply_matches_reference(kind: str, dtype: torch.dtype, tol: float) -> None:
+    a, b = _pair(768, 20)
+    x = torch.randn(4096, 768, dtype=torch.float64)
+    expected = x.numpy() @ reference.closed_form(a, b, kind).T
+    y = apply_orthogonal_map(x.to("cuda", dtype), torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda(), kind=kind)
+    assert y.device.type == "cuda" and y.dtype == dtype
+    assert np.abs(y.double().cpu().numpy() - expected).max() <= tol * np.abs(expected).max()
