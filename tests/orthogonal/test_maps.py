@@ -364,3 +364,12 @@ def test_cuda_apply_matches_reference(kind: str, dtype: torch.dtype, tol: float)
     y = apply_orthogonal_map(x.to("cuda", dtype), torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda(), kind=kind)
     assert y.device.type == "cuda" and y.dtype == dtype
     assert np.abs(y.double().cpu().numpy() - expected).max() <= tol * np.abs(expected).max()
+
+
+def test_no_grad_with_leaf_that_requires_grad() -> None:
+    a, b = _pair(8, 21)
+    x = torch.randn(5, 8, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        y = apply_orthogonal_map(x, a, b)
+    assert not y.requires_grad
+    np.testing.assert_allclose(y.numpy(), x.detach().numpy() @ reference.closed_form(a, b, "reflection").T, atol=1e-13)

@@ -23,7 +23,7 @@ def stdout_console() -> Console:
 
 def stderr_console() -> Console:
     """A console for progress bars and notes, so stdout stays clean for ``--json``."""
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def claims_table(claims: list[dict]) -> Table:

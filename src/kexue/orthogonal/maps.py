@@ -359,7 +359,7 @@ def _coefficients(x2: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
     """
     if x2.device.type != "cpu" or x2.dtype not in (torch.float32, torch.float64):
         return x2 @ U
-    xn, un = x2.numpy(), U.numpy()
+    xn, un = x2.detach().numpy(), U.detach().numpy()  # only reached without autograd
     columns = [xn @ np.ascontiguousarray(un[:, j]) for j in range(un.shape[1])]
     return torch.from_numpy(np.stack(columns, axis=1))
 

@@ -13,16 +13,18 @@ from kexue.report.claims import Figure
 __all__ = ["format_value", "render_report"]
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;padding:0 1rem;color:#1d1d1f;line-height:1.45}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,'Noto Sans CJK SC','PingFang SC','Microsoft YaHei',sans-serif;margin:2rem auto;max-width:1200px;padding:0 1rem;color:#1d1d1f;line-height:1.45}
 h1{margin-bottom:.2rem} h2{margin-top:2.2rem;border-bottom:2px solid #e5e5ea;padding-bottom:.3rem}
 .meta{color:#6e6e73;font-size:.9rem}
 .summary span{display:inline-block;margin-right:.6rem;padding:.2rem .7rem;border-radius:1rem;font-weight:600}
 table{border-collapse:collapse;width:100%;font-size:.88rem;margin:.8rem 0}
+table.claims{table-layout:fixed}
+table.claims col.c1{width:25%}table.claims col.c2{width:31%}table.claims col.c3{width:14%}table.claims col.c4{width:12%}table.claims col.c5{width:8%}table.claims col.c6{width:10%}
 th,td{border-bottom:1px solid #e5e5ea;padding:.35rem .5rem;text-align:left;vertical-align:top}
-th{background:#f5f5f7} td.num{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;white-space:nowrap}
+th{background:#f5f5f7} td{overflow-wrap:anywhere} td.num{font-family:ui-monospace,SFMono-Regular,Menlo,monospace}
 code{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.85em}
 .pass{background:#e3f9e5;color:#1b7a2b}.fail{background:#fde8e8;color:#b42318}.documented{background:#fff4d6;color:#8a5a00}
-.badge{padding:.1rem .5rem;border-radius:.6rem;font-weight:600;font-size:.8rem}
+.badge{padding:.1rem .5rem;border-radius:.6rem;font-weight:600;font-size:.8rem;white-space:nowrap}
 figure{margin:1rem 0;display:inline-block;max-width:100%} figure img{max-width:100%;border:1px solid #e5e5ea}
 figcaption{color:#6e6e73;font-size:.85rem;max-width:900px}
 details{font-size:.8rem;color:#6e6e73}
@@ -71,14 +73,15 @@ def render_report(payload: dict[str, Any], figures: list[Figure], machine: dict[
             f"{len(claims)} claims in {info['seconds']:.1f} s</p>"
         )
         parts.append(
-            "<table><thead><tr><th>claim</th><th>statement</th><th>article</th><th>measured</th>"
+            "<table class='claims'><colgroup>" + "".join(f"<col class='c{i}'>" for i in range(1, 7)) + "</colgroup>"
+            "<thead><tr><th>claim</th><th>statement</th><th>article</th><th>measured</th>"
             "<th>tolerance</th><th>verdict</th></tr></thead><tbody>"
         )
         for c in claims:
             details = f"<details><summary>details</summary><pre>{escape(c['details'])}</pre></details>" if c["details"] else ""
             parts.append(
-                f"<tr><td><code>{escape(c['id'])}</code></td><td>{escape(c['statement'])}{details}</td>"
-                f"<td class='num'>{escape(format_value(c['article_value']))}</td>"
+                f"<tr><td><code>{escape(c['id']).replace('.', '.<wbr>')}</code></td><td>{escape(c['statement'])}{details}</td>"
+                f"<td>{escape(format_value(c['article_value']))}</td>"
                 f"<td class='num'>{escape(format_value(c['measured']))}</td>"
                 f"<td class='num'>{escape(format_value(c['tolerance']))}</td>"
                 f"<td><span class='badge {c['status']}'>{c['status']}</span></td></tr>"
