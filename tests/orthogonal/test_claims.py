@@ -21,7 +21,12 @@ EXPECTED_IDS = {
     "orthogonal.degenerate.rotation_canonical",
     "orthogonal.degenerate.symmetric_canonical",
     "orthogonal.degenerate.printed_formulas",
-} | {f"orthogonal.near_degenerate.{k}_{w}_float32" for k in ("reflection", "rotation", "symmetric") for w in ("printed", "kexue")}
+} | {
+    f"orthogonal.near_degenerate.{k}_{w}_{dtype}"
+    for k in ("reflection", "rotation", "symmetric")
+    for w in ("printed", "kexue")
+    for dtype in ("float32", "float64")
+}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +52,7 @@ def test_documented_claims_show_the_printed_formulas_breaking(ctx: ClaimContext)
     by_id = {c.id: c for c in ctx.claims}
     assert {c.id for c in ctx.claims if c.status == "documented"} == {
         "orthogonal.degenerate.printed_formulas",
-        *(f"orthogonal.near_degenerate.{k}_printed_float32" for k in ("reflection", "rotation", "symmetric")),
+        *(f"orthogonal.near_degenerate.{k}_printed_{t}" for k in ("reflection", "rotation", "symmetric") for t in ("float32", "float64")),
     }
     assert by_id["orthogonal.degenerate.printed_formulas"].measured == (
         "reflection 256/256, rotation 256/256, symmetric 256/256 entries non-finite"
@@ -55,6 +60,7 @@ def test_documented_claims_show_the_printed_formulas_breaking(ctx: ClaimContext)
     # the measured breakdown is real: far above float32 epsilon (inf for the 1/(1+cos) forms)
     assert by_id["orthogonal.near_degenerate.rotation_printed_float32"].measured == "inf"
     assert by_id["orthogonal.near_degenerate.reflection_printed_float32"].measured > 1e-3
+    assert by_id["orthogonal.near_degenerate.reflection_printed_float64"].measured > 1e-3
 
 
 def test_figures_are_produced(ctx: ClaimContext) -> None:

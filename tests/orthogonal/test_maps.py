@@ -194,6 +194,34 @@ def test_near_degenerate_float32_stays_accurate(kind: str) -> None:
         assert np.abs(y - b_n).max() <= 4 * EPS32
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_near_degenerate_float64_stays_accurate(kind: str) -> None:
+    """Naively, rounding leaves ‖a‖ ≠ ‖b‖ by ε and the residual grows as ε/gap (0.02 at 1e-14)."""
+    rng = np.random.default_rng(22)
+    d = 64
+    sign = 1.0 if kind == "reflection" else -1.0
+    for gap in (1e-4, 1e-8, 1e-12, 1e-14, 1e-15, 1e-16):
+        for _ in range(5):
+            a = reference.unit(rng.standard_normal(d))
+            p = rng.standard_normal(d)
+            p = reference.unit(p - (p @ a) * a)
+            b = sign * a * np.cos(gap) + p * np.sin(gap)
+            a_n, b_n = reference.unit(a), reference.unit(b)
+            T = orthogonal_map(a, b, kind=kind)
+            assert np.abs(T @ a_n - b_n).max() <= 8 * np.finfo(np.float64).eps, gap
+            assert np.abs(T @ T.T - np.eye(d)).max() <= 8 * np.finfo(np.float64).eps, gap
+
+
+@pytest.mark.parametrize("kind,sign", [("reflection", 3.0), ("rotation", -3.0), ("symmetric", -3.0)])
+def test_parallel_inputs_of_different_length_are_degenerate(kind: str, sign: float) -> None:
+    """b = ±3a exactly: after normalisation the gap is rounding noise, so the canonical map is used."""
+    a = np.array([1.0, 3.0, 5.0, 7.0])
+    T = orthogonal_map(a, sign * a, kind=kind)
+    np.testing.assert_allclose(T, orthogonal_map(a, np.sign(sign) * a, kind=kind), atol=1e-15)
+    with pytest.raises(ValueError, match="degenerate input"):
+        orthogonal_map(a, sign * a, kind=kind, degenerate="raise")
+
+
 @pytest.mark.parametrize("scale", [1e-30, 1e30])
 def test_extreme_scales_do_not_underflow_or_overflow(scale: float) -> None:
     a, b = _pair(32, 5)

@@ -17,16 +17,19 @@ symmetric      ``2 w wᵀ − I``          (the article's answer) (−1)^(d−1)
 =============  ============================================  =====  ===========================
 
 Numerics: ``a`` and ``b`` are normalised and the factors built in float64 whatever the
-input dtype (it is O(d) work), then cast to the working dtype. Rounding leaves
-``‖a‖ ≠ ‖b‖`` by about one ulp, and every formula for ``T`` amplifies that mismatch by
-``1/‖a ∓ b‖`` near the degenerate points; in float64 the amplified error stays far below
-float32's ulp. ``a ± b`` is then scaled to unit length instead of dividing by
-``1 + cos θ``. The printed formulas lose all precision as ``a → −b`` (NaN at the point);
-these stay within a few ulps of the working dtype (``‖T a − b‖ ≲ 4 ε``) up to and
-including the degenerate point.
+input dtype (it is O(d) work), then cast to the working dtype. Rounded "unit" vectors have
+norms ``1 ± ε``, and every formula for ``T`` amplifies that mismatch by ``1/‖a ∓ b‖`` near
+the degenerate points (done naively in float64, ``‖T a − b‖`` reaches 0.02 at a gap of
+1e-14). So ``â``, ``b̂`` and ``â ± b̂`` are computed in double-word arithmetic (pairs
+``hi + lo``, error-free TwoSum/TwoProduct), which fixes the direction of ``â ∓ b̂`` to
+working precision for any gap, and ``a ± b`` is scaled to unit length instead of dividing
+by ``1 + cos θ``. The printed formulas lose all precision as ``a → ±b``; these keep
+``‖T a − b‖`` within a few ulps of the working dtype up to and including the degenerate
+point.
 
-Degenerate inputs (the mirror or rotation plane is not determined): ``a = b`` exactly for
-``reflection`` and ``a = −b`` exactly for ``rotation`` and ``symmetric``. With
+Degenerate inputs (the mirror or rotation plane is not determined): ``‖â − b̂‖ ≤ 4ε`` for
+``reflection`` and ``‖â + b̂‖ ≤ 4ε`` for ``rotation`` and ``symmetric`` (ε of float64: below
+that the direction of ``â ∓ b̂`` is rounding noise, e.g. for ``b = 3a`` exactly). With
 ``degenerate="canonical"`` (default) the missing direction is replaced by the canonical
 perpendicular ``p = (e_k − a_k a)/‖e_k − a_k a‖`` with ``k = argmin_i |a_i|`` (first
 index on ties), which keeps the kind's determinant and symmetry:
@@ -80,6 +83,76 @@ def _scaled_unit(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return u / torch.where(is_zero, torch.ones_like(norm), norm), is_zero.squeeze(-1)
 
 
+# --- double-word arithmetic ----------------------------------------------------------------------
+# Rounded "unit" vectors have norms 1 ± ε, and the direction of â ∓ b̂ amplifies that mismatch by
+# 1/‖â ∓ b̂‖ (a residual ‖T a − b‖ of 0.02 at a gap of 1e-14 in float64 when done naively). So
+# the unit vectors and their sum/difference are computed as unevaluated pairs hi + lo (Dekker,
+# 1971; Knuth's TwoSum), which makes the direction of â ∓ b̂ correct to working precision for
+# any gap. Only a and b (O(d) values) go through this; x never does.
+
+
+def _two_sum(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+def _split(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    factor = 134217729.0 if a.dtype == torch.float64 else 4097.0  # 2^ceil(p/2) + 1
+    c = factor * a
+    hi = c - (c - a)
+    return hi, a - hi
+
+
+def _two_prod(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    p = a * b
+    a_hi, a_lo = _split(a)
+    b_hi, b_lo = _split(b)
+    return p, ((a_hi * b_hi - p) + a_hi * b_lo + a_lo * b_hi) + a_lo * b_lo
+
+
+def _dw_add(h1: torch.Tensor, l1: torch.Tensor, h2: torch.Tensor, l2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    s, e = _two_sum(h1, h2)
+    e = e + (l1 + l2)
+    hi = s + e
+    return hi, e - (hi - s)
+
+
+def _dw_sum_last(hi: torch.Tensor, lo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairwise double-word sum over the last dimension (log2(d) vectorised steps)."""
+    while hi.shape[-1] > 1:
+        if hi.shape[-1] % 2:
+            pad = hi.new_zeros((*hi.shape[:-1], 1))
+            hi, lo = torch.cat([hi, pad], -1), torch.cat([lo, pad], -1)
+        hi, lo = _dw_add(hi[..., 0::2], lo[..., 0::2], hi[..., 1::2], lo[..., 1::2])
+    return hi, lo
+
+
+def _dw_unit(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``u/‖u‖`` as a double-word pair; rows of u must be nonzero and finite."""
+    _, exponent = torch.frexp(u.abs().amax(dim=-1, keepdim=True))
+    u = torch.ldexp(u, -exponent)  # exact power-of-two scaling: max |u_i| in [0.5, 1)
+    sq_hi, sq_lo = _dw_sum_last(*_two_prod(u, u))  # ‖u‖² to ~ε²
+    r = torch.rsqrt(sq_hi)
+    # one Newton step for 1/sqrt(s) in double-word: r ← r + r (1 − s r²) / 2
+    r2_hi, r2_lo = _two_prod(r, r)
+    t_hi, t_lo = _two_prod(sq_hi, r2_hi)
+    t_lo = t_lo + sq_hi * r2_lo + sq_lo * r2_hi
+    residual = (1.0 - t_hi) - t_lo  # 1 − s r² ~ ε: plain arithmetic suffices
+    r_hi, r_lo = _two_sum(r, r * residual / 2)
+    p_hi, p_lo = _two_prod(u, r_hi)
+    return _two_sum(p_hi, p_lo + u * r_lo)
+
+
+def _accurate_directions(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unit ``â, b̂`` and the (unnormalised, correctly rounded) ``â − b̂`` and ``â + b̂``."""
+    a_hi, a_lo = _dw_unit(a)
+    b_hi, b_lo = _dw_unit(b)
+    d_hi, d_lo = _dw_add(a_hi, a_lo, -b_hi, -b_lo)
+    s_hi, s_lo = _dw_add(a_hi, a_lo, b_hi, b_lo)
+    return a_hi, b_hi, d_hi + d_lo, s_hi + s_lo
+
+
 def _canonical_perpendicular(a: torch.Tensor) -> torch.Tensor:
     """Unit ``p ⟂ a``: ``e_k − a_k a`` normalised, ``k`` the first index of the smallest ``|a_k|``."""
     k = a.abs().argmin(dim=-1, keepdim=True)  # (..., 1)
@@ -91,10 +164,15 @@ def _canonical_perpendicular(a: torch.Tensor) -> torch.Tensor:
 def _direction(
     u: torch.Tensor, a: torch.Tensor, degenerate: Degenerate, what: str
 ) -> torch.Tensor:
-    """Unit ``u``; where ``u = 0`` exactly, the canonical perpendicular of ``a`` (or raise)."""
-    direction, is_zero = _scaled_unit(u)
-    if bool(is_zero.any()):
-        where = tuple(int(i) for i in is_zero.nonzero()[0]) if is_zero.dim() else ()
+    """Unit ``u``; where ``‖u‖ ≤ 4ε`` the canonical perpendicular of ``a`` (or raise).
+
+    ``u`` is ``â − b̂`` or ``â + b̂`` for unit ``â, b̂``. Below 4ε its direction is rounding
+    noise (e.g. ``b = 3a`` exactly), while the canonical map is off by only ``‖u‖ ≤ 4ε``.
+    """
+    direction, _ = _scaled_unit(u)
+    is_degenerate = torch.linalg.vector_norm(u.detach(), dim=-1) <= 4 * torch.finfo(u.dtype).eps
+    if bool(is_degenerate.any()):
+        where = tuple(int(i) for i in is_degenerate.nonzero()[0]) if is_degenerate.dim() else ()
         if degenerate == "raise" or a.shape[-1] == 1:
             reason = (
                 "dimension 1 has no perpendicular direction"
@@ -104,38 +182,37 @@ def _direction(
             raise ValueError(
                 f"degenerate input: {what} at batch index {where}; the map is not determined ({reason})"
             )
-        direction = torch.where(is_zero.unsqueeze(-1), _canonical_perpendicular(a), direction)
+        direction = torch.where(is_degenerate.unsqueeze(-1), _canonical_perpendicular(a), direction)
     return direction
 
 
-def _reflection(a: torch.Tensor, b: torch.Tensor, degenerate: Degenerate) -> LowRank:
-    v = _direction(a - b, a, degenerate, "a == b")
+def _reflection(a: torch.Tensor, b: torch.Tensor, diff: torch.Tensor, total: torch.Tensor, degenerate: Degenerate) -> LowRank:
+    v = _direction(diff, a, degenerate, "a == b")
     return LowRank(1.0, v.unsqueeze(-1), (-2.0 * v).unsqueeze(-1))
 
 
-def _rotation(a: torch.Tensor, b: torch.Tensor, degenerate: Degenerate) -> LowRank:
-    w = _direction(a + b, a, degenerate, "a == -b")
+def _rotation(a: torch.Tensor, b: torch.Tensor, diff: torch.Tensor, total: torch.Tensor, degenerate: Degenerate) -> LowRank:
+    w = _direction(total, a, degenerate, "a == -b")
     U = torch.stack([a, w], dim=-1)  # (..., d, 2)
     V = torch.stack([2.0 * b, -2.0 * w], dim=-1)
     return LowRank(1.0, U, V)
 
 
-def _symmetric(a: torch.Tensor, b: torch.Tensor, degenerate: Degenerate) -> LowRank:
-    w = _direction(a + b, a, degenerate, "a == -b")
+def _symmetric(a: torch.Tensor, b: torch.Tensor, diff: torch.Tensor, total: torch.Tensor, degenerate: Degenerate) -> LowRank:
+    w = _direction(total, a, degenerate, "a == -b")
     return LowRank(-1.0, w.unsqueeze(-1), (2.0 * w).unsqueeze(-1))
 
 
-_FACTORS: dict[str, Callable[[torch.Tensor, torch.Tensor, Degenerate], LowRank]] = {
+# kind -> factors from (â, b̂, â − b̂, â + b̂, degenerate)
+_FACTORS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Degenerate], LowRank]] = {
     "reflection": _reflection,
     "rotation": _rotation,
     "symmetric": _symmetric,
 }
 
 
-def _unit_inputs(
-    a: torch.Tensor, b: torch.Tensor, normalize: bool, a_dtype: torch.dtype, b_dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate ``a, b`` and return them at unit length (see ``normalize`` in :func:`orthogonal_map`)."""
+def _check_inputs(a: torch.Tensor, b: torch.Tensor, normalize: bool, a_dtype: torch.dtype, b_dtype: torch.dtype) -> None:
+    """Validate ``a, b`` (see ``normalize`` in :func:`orthogonal_map`); ``*_dtype`` are the callers' dtypes."""
     for name, u in (("a", a), ("b", b)):
         if u.dim() == 0:
             raise ValueError(f"{name} must have at least one dimension (..., d); got a scalar")
@@ -144,16 +221,12 @@ def _unit_inputs(
         check_finite(u, name)
     if a.shape[-1] != b.shape[-1]:
         raise ValueError(f"a and b must have the same last dimension d; got a.shape={tuple(a.shape)}, b.shape={tuple(b.shape)}")
-    if normalize:
-        out = []
-        for name, u in (("a", a), ("b", b)):
-            unit, is_zero = _scaled_unit(u)
+    for name, u, input_dtype in (("a", a, a_dtype), ("b", b, b_dtype)):
+        if normalize:
+            is_zero = u.abs().amax(dim=-1) == 0
             if bool(is_zero.any()):
                 raise ValueError(f"{name} has zero norm (at batch index {tuple(is_zero.nonzero()[0].tolist())}); it cannot be normalised")
-            out.append(unit)
-        return out[0], out[1]
-    out = []
-    for name, u, input_dtype in (("a", a, a_dtype), ("b", b, b_dtype)):
+            continue
         tol = torch.finfo(input_dtype).eps ** 0.5
         worst = float((torch.linalg.vector_norm(u, dim=-1) - 1).abs().max())
         if worst > tol:
@@ -161,8 +234,6 @@ def _unit_inputs(
                 f"{name} is not unit length (| ||{name}|| - 1 | = {worst:.3g} > {tol:.3g}) and normalize=False; "
                 "pass unit vectors or normalize=True"
             )
-        out.append(_scaled_unit(u)[0])  # remove the rounding-level excess so T stays exact
-    return out[0], out[1]
 
 
 def low_rank_factors(
@@ -175,22 +246,28 @@ def low_rank_factors(
 ) -> LowRank:
     """The factors of ``T = β I + V Uᵀ`` for torch tensors ``a, b`` of shape ``(..., d)``.
 
-    Computed in float64 (float32 on MPS, which lacks float64); cast them to the working
-    dtype before use. Differentiable.
-    See the module docstring for the formulas and the degenerate cases.
+    Computed in float64 (float32 on MPS, which lacks float64), with the unit vectors and
+    ``â ± b̂`` in double-word arithmetic so that the mirror/rotation plane is correct to
+    working precision however close ``a`` is to ``±b``; cast the factors to the working
+    dtype before use. Differentiable: gradients flow through the plain formulas (same
+    derivative), the values come from the accurate ones. See the module docstring for the
+    formulas and the degenerate cases.
     """
     check_choice("kind", kind, KINDS)
     check_choice("degenerate", degenerate, ("canonical", "raise"))
-    # Factors are built in float64 whatever the inputs' dtype (O(d) work): rounding leaves
-    # ||a|| != ||b|| by ~eps, and every formula for T amplifies that mismatch by 1/||a -+ b||
-    # near the degenerate points. In float64 the amplified error stays below float32's ulp.
     dtype = torch.float32 if a.device.type == "mps" else torch.float64
-    a, b = _unit_inputs(a.to(dtype), b.to(dtype), normalize, a.dtype, b.dtype)
+    _check_inputs(a.to(dtype), b.to(dtype), normalize, a.dtype, b.dtype)
     try:
-        a, b = torch.broadcast_tensors(a, b)
+        a, b = torch.broadcast_tensors(a.to(dtype), b.to(dtype))
     except RuntimeError as exc:
         raise ValueError(f"a and b must broadcast; got a.shape={tuple(a.shape)}, b.shape={tuple(b.shape)}") from exc
-    return _FACTORS[kind](a, b, degenerate)
+    with torch.no_grad():
+        accurate = _accurate_directions(a, b)  # (â, b̂, â − b̂, â + b̂)
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        a_u, b_u = _scaled_unit(a)[0], _scaled_unit(b)[0]
+        plain = (a_u, b_u, a_u - b_u, a_u + b_u)
+        accurate = tuple(p + (q - p).detach() for p, q in zip(plain, accurate))  # values of q, gradient of p
+    return _FACTORS[kind](*accurate, degenerate)
 
 
 def orthogonal_map(
