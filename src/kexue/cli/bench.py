@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from kexue.cli._common import add_technique_arguments
 from kexue.report import registry
 
 NAME = "bench"
@@ -13,9 +14,7 @@ EXAMPLE = "kexue bench orthogonal --quick --out reports"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("techniques", nargs="*", metavar="TECHNIQUE",
-                        help=f"techniques to benchmark (default: all implemented); names: {', '.join(registry.TECHNIQUES)}")
-    parser.add_argument("--out", default="reports", metavar="DIR", help="output directory (default: reports/)")
+    add_technique_arguments(parser, "benchmark")
     parser.add_argument("--quick", action="store_true", help="smaller inputs (about a tenth), for a fast look")
     parser.add_argument("--device", default="cpu", help="torch device to run on: cpu (default), cuda, cuda:N")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per case; the median is reported (default: 5)")
@@ -37,12 +36,11 @@ def _check_device(device: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from kexue.cli._output import stderr_console, stdout_console
-    from kexue.report.bench import Bench
+    from kexue.cli._common import stderr_console, stdout_console
     from kexue.report.io import machine_info, prepare_out_dir, write_json
+    from kexue.report.runner import run_benchmarks
 
     if args.repeats < 1:
         raise ValueError(f"--repeats {args.repeats} must be at least 1")
@@ -50,21 +48,7 @@ def run(args: argparse.Namespace) -> int:
     device = _check_device(args.device)
     out = prepare_out_dir(args.out)
     err = stderr_console()
-
-    benches: list[Bench] = []
-    columns = (TextColumn("[bold]{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TextColumn("cases"),
-               TimeElapsedColumn(), TextColumn("{task.fields[current]}"))
-    with Progress(*columns, console=err) as progress:
-        suites = [registry.load(registry.BENCHMARKS, t) for t in techniques]
-        tasks = [progress.add_task(s.technique, total=len(s.cases), current="") for s in suites]
-        for suite, task in zip(suites, tasks):
-            bench = Bench(suite.technique, quick=args.quick, device=device, repeats=args.repeats)
-            for case in suite.cases:
-                progress.update(task, current=case.__name__)
-                case(bench)
-                progress.advance(task)
-            progress.update(task, current="")
-            benches.append(bench)
+    benches = run_benchmarks(techniques, quick=args.quick, device=device, repeats=args.repeats, console=err)
 
     payload = {
         "machine": machine_info(device),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from kexue.cli._common import add_technique_arguments
 from kexue.report import registry
 
 NAME = "reproduce"
@@ -13,16 +14,14 @@ EXAMPLE = "kexue reproduce orthogonal --out reports"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("techniques", nargs="*", metavar="TECHNIQUE",
-                        help=f"techniques to run (default: all implemented); names: {', '.join(registry.TECHNIQUES)}")
+    add_technique_arguments(parser, "run")
     parser.add_argument("--full", action="store_true", help="full scale (default: quick scale)")
-    parser.add_argument("--out", default="reports", metavar="DIR", help="output directory (default: reports/)")
     parser.add_argument("--json", action="store_true", help="print results.json to stdout instead of the table")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from kexue.cli._output import claims_table, stderr_console, stdout_console
+    from kexue.cli._common import claims_table, stderr_console, stdout_console
     from kexue.report.html import render_report
     from kexue.report.io import atomic_write, machine_info, prepare_out_dir, write_json
     from kexue.report.runner import run_claims

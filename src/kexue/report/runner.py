@@ -1,4 +1,4 @@
-"""Run the claim suites of several techniques with a progress bar, collecting one result set."""
+"""Run the claim suites or benchmark suites of several techniques, with a progress bar per technique."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from kexue.report import registry
+from kexue.report.bench import Bench, BenchSuite
 from kexue.report.claims import Claim, ClaimContext, ClaimSuite, Figure, Mode
 
-__all__ = ["ReproduceResult", "run_claims"]
+__all__ = ["ReproduceResult", "run_benchmarks", "run_claims"]
 
 
 @dataclass
@@ -57,15 +58,7 @@ def run_claims(
     """Run every check of ``techniques`` (registered names) at ``mode`` scale."""
     console = console or Console(stderr=True)
     result = ReproduceResult(mode=mode)
-    columns = (
-        TextColumn("[bold]{task.description:<12}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("checks"),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[current]}"),
-    )
-    with Progress(*columns, console=console) as progress:
+    with _progress(console, "checks") as progress:
         suites: list[ClaimSuite] = [registry.load(registry.SUITES, t) for t in techniques]
         tasks = [progress.add_task(s.technique, total=len(s.checks), current="") for s in suites]
         for suite, task in zip(suites, tasks):
@@ -81,3 +74,41 @@ def run_claims(
             result.figures.extend(ctx.figures)
             result.articles[suite.technique] = {"title": suite.article.title, "url": suite.article.url}
     return result
+
+
+def run_benchmarks(
+    techniques: list[str],
+    *,
+    quick: bool = False,
+    device: str = "cpu",
+    repeats: int = 5,
+    console: Console | None = None,
+) -> list[Bench]:
+    """Run every benchmark case of ``techniques`` (registered names); one :class:`Bench` each."""
+    console = console or Console(stderr=True)
+    benches: list[Bench] = []
+    with _progress(console, "cases") as progress:
+        suites: list[BenchSuite] = [registry.load(registry.BENCHMARKS, t) for t in techniques]
+        tasks = [progress.add_task(s.technique, total=len(s.cases), current="") for s in suites]
+        for suite, task in zip(suites, tasks):
+            bench = Bench(suite.technique, quick=quick, device=device, repeats=repeats)
+            for case in suite.cases:
+                progress.update(task, current=case.__name__)
+                case(bench)
+                progress.advance(task)
+            progress.update(task, current="")
+            benches.append(bench)
+    return benches
+
+
+def _progress(console: Console, unit: str) -> Progress:
+    """One bar per technique: name, bar, done/total ``unit``, elapsed time, current step."""
+    return Progress(
+        TextColumn("[bold]{task.description:<12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[current]}"),
+        console=console,
+    )

@@ -1,18 +1,27 @@
-"""Terminal output shared by the subcommands: rich consoles and tables."""
+"""What the subcommands share: common arguments, rich consoles and tables."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
 from rich.console import Console
 from rich.table import Table
 
+from kexue.report import registry
 from kexue.report.html import format_value
 
-__all__ = ["STATUS_STYLE", "claims_table", "stderr_console", "stdout_console"]
+__all__ = ["STATUS_STYLE", "add_technique_arguments", "claims_table", "stderr_console", "stdout_console"]
 
 STATUS_STYLE = {"pass": "bold green", "fail": "bold red", "documented": "bold yellow"}
+
+
+def add_technique_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    """The positional TECHNIQUE list and ``--out DIR`` that every technique-wide command takes."""
+    parser.add_argument("techniques", nargs="*", metavar="TECHNIQUE",
+                        help=f"techniques to {verb} (default: all implemented); names: {', '.join(registry.TECHNIQUES)}")
+    parser.add_argument("--out", default="reports", metavar="DIR", help="output directory (default: reports/)")
 
 
 def stdout_console() -> Console:
