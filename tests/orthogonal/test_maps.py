@@ -176,12 +176,8 @@ def test_dimension_one() -> None:
 def test_near_degenerate_float32_stays_accurate(kind: str) -> None:
     rng = np.random.default_rng(11)
     d = 64
-    sign = 1.0 if kind == "reflection" else -1.0
     for gap in (1e-2, 1e-4, 1e-6, 1e-8):
-        a = reference.unit(rng.standard_normal(d))
-        p = rng.standard_normal(d)
-        p = reference.unit(p - (p @ a) * a)
-        b = sign * a * np.cos(gap) + p * np.sin(gap)
+        a, b = reference.near_degenerate_pair(rng, d, kind, gap)
         a32, b32 = a.astype(np.float32), b.astype(np.float32)
         a_n = reference.unit(a32, np.float32).astype(np.float64)
         b_n = reference.unit(b32, np.float32).astype(np.float64)
@@ -199,13 +195,9 @@ def test_near_degenerate_float64_stays_accurate(kind: str) -> None:
     """Naively, rounding leaves ‖a‖ ≠ ‖b‖ by ε and the residual grows as ε/gap (0.02 at 1e-14)."""
     rng = np.random.default_rng(22)
     d = 64
-    sign = 1.0 if kind == "reflection" else -1.0
     for gap in (1e-4, 1e-8, 1e-12, 1e-14, 1e-15, 1e-16):
         for _ in range(5):
-            a = reference.unit(rng.standard_normal(d))
-            p = rng.standard_normal(d)
-            p = reference.unit(p - (p @ a) * a)
-            b = sign * a * np.cos(gap) + p * np.sin(gap)
+            a, b = reference.near_degenerate_pair(rng, d, kind, gap)
             a_n, b_n = reference.unit(a), reference.unit(b)
             T = orthogonal_map(a, b, kind=kind)
             assert np.abs(T @ a_n - b_n).max() <= 8 * np.finfo(np.float64).eps, gap

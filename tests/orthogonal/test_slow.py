@@ -28,14 +28,10 @@ def test_full_scale_claims_pass() -> None:
 def test_float32_apply_close_to_float64_reference(d: int, seed: int, kind: str, near: float | None) -> None:
     """Random dims, and pairs near (or at) the degenerate point, in float32."""
     rng = np.random.default_rng(seed)
-    a = reference.unit(rng.standard_normal(d))
     if near is None:
-        b = reference.unit(rng.standard_normal(d))
+        a, b = reference.unit(rng.standard_normal(d)), reference.unit(rng.standard_normal(d))
     else:
-        p = rng.standard_normal(d)
-        p = reference.unit(p - (p @ a) * a)
-        sign = 1.0 if kind == "reflection" else -1.0
-        b = sign * a * np.cos(near) + p * np.sin(near)
+        a, b = reference.near_degenerate_pair(rng, d, kind, near)
     x = rng.standard_normal((8, d)).astype(np.float32)
     a32, b32 = a.astype(np.float32), b.astype(np.float32)
     # near the degenerate point T is ill-conditioned in (a, b): compare on the same rounded pair

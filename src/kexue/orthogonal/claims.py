@@ -204,17 +204,11 @@ def near_degenerate_float32(ctx: ClaimContext) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
     tol = 4 * EPS32
     for ax, kind in zip(axes, KINDS):
-        sign = 1.0 if kind == "reflection" else -1.0
         printed_err, kexue_err = [], []
         for gap in gaps:
             worst_p = worst_k = 0.0
             for _ in range(4 if ctx.full else 2):
-                a = rng.standard_normal(d)
-                a /= np.linalg.norm(a)
-                p = rng.standard_normal(d)
-                p -= (p @ a) * a
-                p /= np.linalg.norm(p)
-                b = sign * a * np.cos(gap) + p * np.sin(gap)  # angle `gap` from the degenerate point
+                a, b = reference.near_degenerate_pair(rng, d, kind, gap)
                 a32, b32 = a.astype(np.float32), b.astype(np.float32)
                 a_n, b_n = reference.unit(a32, np.float32).astype(np.float64), reference.unit(b32, np.float32).astype(np.float64)
                 T_p = reference.closed_form(a32, b32, kind, np.float32).astype(np.float64)
@@ -241,7 +235,8 @@ def near_degenerate_float32(ctx: ClaimContext) -> None:
     axes[0].legend(fontsize=8)
     ctx.figure("near_degenerate_float32", fig,
                "Error of T in float32 as the input pair approaches the degenerate point (NaN/inf drawn at 1e3). "
-               "The printed formulas divide by 1 + cos θ or ‖a − b‖; kexue builds its low-rank factors in float64 from a ± b.")
+               "The printed formulas divide by 1 + cos θ or ‖a − b‖; kexue builds its low-rank factors in float64, "
+               "with the unit vectors and a ± b in double-word arithmetic.")
 
 
 @SUITE.check
@@ -252,14 +247,10 @@ def near_degenerate_float64(ctx: ClaimContext) -> None:
     gaps = np.logspace(-1, -15, 15 if ctx.full else 8)
     tol = 8 * float(np.finfo(np.float64).eps)
     for kind in KINDS:
-        sign = 1.0 if kind == "reflection" else -1.0
         printed = kexue = 0.0
         for gap in gaps:
             for _ in range(4 if ctx.full else 2):
-                a = reference.unit(rng.standard_normal(d))
-                p = rng.standard_normal(d)
-                p = reference.unit(p - (p @ a) * a)
-                b = sign * a * np.cos(gap) + p * np.sin(gap)
+                a, b = reference.near_degenerate_pair(rng, d, kind, gap)
                 a_n, b_n = reference.unit(a), reference.unit(b)
                 printed = max(printed, _map_error(reference.closed_form(a, b, kind), a_n, b_n))
                 kexue = max(kexue, _map_error(orthogonal_map(a, b, kind=kind), a_n, b_n))

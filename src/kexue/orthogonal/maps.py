@@ -71,16 +71,13 @@ class LowRank(NamedTuple):
     V: torch.Tensor
 
 
-def _scaled_unit(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``u/‖u‖`` along the last dim, safe from overflow and underflow; returns ``(unit, is_zero)``.
-
-    ``is_zero`` marks rows that are exactly zero; those rows come back as zeros.
-    """
+def _scaled_unit(u: torch.Tensor) -> torch.Tensor:
+    """``u/‖u‖`` along the last dim, safe from overflow and underflow; zero rows stay zero (no NaN)."""
     scale = u.abs().amax(dim=-1, keepdim=True)  # (..., 1)
     is_zero = scale == 0
     u = u / torch.where(is_zero, torch.ones_like(scale), scale)
     norm = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
-    return u / torch.where(is_zero, torch.ones_like(norm), norm), is_zero.squeeze(-1)
+    return u / torch.where(is_zero, torch.ones_like(norm), norm)
 
 
 # --- double-word arithmetic ----------------------------------------------------------------------
@@ -169,7 +166,7 @@ def _direction(
     ``u`` is ``â − b̂`` or ``â + b̂`` for unit ``â, b̂``. Below 4ε its direction is rounding
     noise (e.g. ``b = 3a`` exactly), while the canonical map is off by only ``‖u‖ ≤ 4ε``.
     """
-    direction, _ = _scaled_unit(u)
+    direction = _scaled_unit(u)
     is_degenerate = torch.linalg.vector_norm(u.detach(), dim=-1) <= 4 * torch.finfo(u.dtype).eps
     if bool(is_degenerate.any()):
         where = tuple(int(i) for i in is_degenerate.nonzero()[0]) if is_degenerate.dim() else ()
@@ -256,15 +253,16 @@ def low_rank_factors(
     check_choice("kind", kind, KINDS)
     check_choice("degenerate", degenerate, ("canonical", "raise"))
     dtype = torch.float32 if a.device.type == "mps" else torch.float64
-    _check_inputs(a.to(dtype), b.to(dtype), normalize, a.dtype, b.dtype)
+    a_work, b_work = a.to(dtype), b.to(dtype)
+    _check_inputs(a_work, b_work, normalize, a.dtype, b.dtype)
     try:
-        a, b = torch.broadcast_tensors(a.to(dtype), b.to(dtype))
+        a, b = torch.broadcast_tensors(a_work, b_work)
     except RuntimeError as exc:
         raise ValueError(f"a and b must broadcast; got a.shape={tuple(a.shape)}, b.shape={tuple(b.shape)}") from exc
     with torch.no_grad():
         accurate = _accurate_directions(a, b)  # (â, b̂, â − b̂, â + b̂)
     if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
-        a_u, b_u = _scaled_unit(a)[0], _scaled_unit(b)[0]
+        a_u, b_u = _scaled_unit(a), _scaled_unit(b)
         plain = (a_u, b_u, a_u - b_u, a_u + b_u)
         accurate = tuple(p + (q - p).detach() for p, q in zip(plain, accurate))  # values of q, gradient of p
     return _FACTORS[kind](*accurate, degenerate)

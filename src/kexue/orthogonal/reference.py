@@ -30,7 +30,7 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["CLOSED_FORMS", "closed_form", "plane_construction", "unit"]
+__all__ = ["CLOSED_FORMS", "DEGENERATE_SIGN", "closed_form", "near_degenerate_pair", "plane_construction", "unit"]
 
 Kind = Literal["reflection", "rotation", "symmetric"]
 
@@ -39,6 +39,18 @@ def unit(u: np.ndarray, dtype: type = np.float64) -> np.ndarray:
     """``u / ‖u‖`` in ``dtype``."""
     u = np.asarray(u, dtype=dtype)
     return u / np.sqrt(u @ u)
+
+
+# b = sign * a is where each kind's closed form divides by zero
+DEGENERATE_SIGN: dict[str, float] = {"reflection": 1.0, "rotation": -1.0, "symmetric": -1.0}
+
+
+def near_degenerate_pair(rng: np.random.Generator, d: int, kind: Kind, gap: float) -> tuple[np.ndarray, np.ndarray]:
+    """Random unit ``a`` and unit ``b`` at angle ``gap`` from ``kind``'s degenerate point ``±a`` (float64)."""
+    a = unit(rng.standard_normal(d))
+    p = rng.standard_normal(d)
+    p = unit(p - (p @ a) * a)
+    return a, DEGENERATE_SIGN[kind] * a * np.cos(gap) + p * np.sin(gap)
 
 
 def _rotation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
