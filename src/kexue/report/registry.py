@@ -28,11 +28,14 @@ TECHNIQUES: tuple[str, ...] = (
 # technique -> "module:attribute" of its ClaimSuite
 SUITES: dict[str, str] = {
     "orthogonal": "kexue.orthogonal.claims:SUITE",
+    "sinusoidal": "kexue.positional.claims:SINUSOIDAL",
+    "rope": "kexue.positional.claims:ROPE",
 }
 
 # technique -> "module:attribute" of its BenchSuite
 BENCHMARKS: dict[str, str] = {
     "orthogonal": "kexue.orthogonal.benchmark:BENCH",
+    "rope": "kexue.positional.benchmark:BENCH",
 }
 
 

@@ -1,0 +1,49 @@
+"""Position encodings: sinusoidal tables with the article's analysis, and rotary embeddings (RoPE).
+
+* :mod:`kexue.positional.sinusoidal`: ``sinusoidal_table`` (1-D and N-D, both layouts) and the
+  decay analysis of kexue.fm/archives/8231 (inner products, their integral approximation,
+  pluggable frequency schedules).
+* :mod:`kexue.positional.rope`: ``apply_rotary`` (fused CPU kernel, plain-torch path),
+  ``RotaryEmbedding`` (1-D with offsets/partial/scaling, N-D axial, mixed and learnable),
+  ``convert_layout`` between the half and interleaved pair layouts
+  (kexue.fm/archives/8265, 8397).
+* :mod:`kexue.positional.reference`: float64 oracles (``exp(Σ p_k B_k)`` and loops).
+"""
+
+from kexue.positional.rope import (
+    LAYOUTS,
+    ROPE_SCALINGS,
+    RotaryEmbedding,
+    apply_rotary,
+    axial_frequencies,
+    convert_layout,
+    grid_positions,
+    layout_permutation,
+    mixed_frequencies,
+    rope_frequencies,
+)
+from kexue.positional.sinusoidal import (
+    THETA_SCHEDULES,
+    integral_approximation,
+    relative_inner_products,
+    sinusoidal_table,
+    sinusoidal_table_nd,
+)
+
+__all__ = [
+    "LAYOUTS",
+    "ROPE_SCALINGS",
+    "THETA_SCHEDULES",
+    "RotaryEmbedding",
+    "apply_rotary",
+    "axial_frequencies",
+    "convert_layout",
+    "grid_positions",
+    "integral_approximation",
+    "layout_permutation",
+    "mixed_frequencies",
+    "relative_inner_products",
+    "rope_frequencies",
+    "sinusoidal_table",
+    "sinusoidal_table_nd",
+]

@@ -1,0 +1,132 @@
+"""Float64 oracles for the positional encodings: literal formulas, loops and matrix exponentials.
+
+Nothing here is fast; everything here is obviously the article's mathematics, and the fast
+paths in :mod:`kexue.positional.rope` and :mod:`kexue.positional.sinusoidal` are tested
+against it.
+
+* ``sinusoidal_reference``: the Transformer's table by a Python loop over ``math.sin``.
+* ``generators`` / ``rotation``: RoPE in its general form ``R_p = exp(Σ_k p_k B_k)`` with
+  commuting skew-symmetric generators, evaluated by :func:`scipy.linalg.expm` on dense
+  ``D × D`` matrices (kexue.fm/archives/8397).
+* ``recover_positions``: reads the position back from a rotation matrix (invertibility).
+* ``quaternion_rotation``: the construction the article rejects, ``exp(x θ i + y θ j)`` with
+  quaternion units acting by left multiplication; ``i`` and ``j`` do not commute.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import linalg
+
+__all__ = [
+    "apply_reference",
+    "generators",
+    "pair_indices",
+    "quaternion_rotation",
+    "recover_positions",
+    "rotation",
+    "sinusoidal_reference",
+]
+
+
+def sinusoidal_reference(positions: list[float] | np.ndarray, dim: int, base: float = 10000.0, layout: str = "interleaved") -> np.ndarray:
+    """``p_{k,2i} = sin(k / base^{2i/d})``, ``p_{k,2i+1} = cos(…)`` by loops (``"concat"``: sines then cosines)."""
+    rows = []
+    for k in np.asarray(positions, dtype=np.float64).reshape(-1):
+        sines = [math.sin(k / base ** (2 * i / dim)) for i in range(dim // 2)]
+        cosines = [math.cos(k / base ** (2 * i / dim)) for i in range(dim // 2)]
+        if layout == "interleaved":
+            rows.append([v for pair in zip(sines, cosines) for v in pair])
+        else:
+            rows.append(sines + cosines)
+    return np.array(rows, dtype=np.float64)
+
+
+def pair_indices(rotary_dim: int, layout: str) -> list[tuple[int, int]]:
+    """Coordinates ``(a_j, b_j)`` of pair ``j``: ``(j, j + R/2)`` (half) or ``(2j, 2j + 1)`` (interleaved)."""
+    half = rotary_dim // 2
+    if layout == "half":
+        return [(j, j + half) for j in range(half)]
+    return [(2 * j, 2 * j + 1) for j in range(half)]
+
+
+def generators(freqs: np.ndarray, dim: int, layout: str = "half") -> np.ndarray:
+    """Skew-symmetric generators ``B_k``: ``B_k[b_j, a_j] = F[k, j] = −B_k[a_j, b_j]``.
+
+    Args:
+        freqs: ``F`` of shape ``(axes, R/2)``.
+        dim: the full dimension ``D ≥ R`` (coordinates past ``R`` get zero rows: identity).
+
+    Returns:
+        ``(axes, D, D)`` float64. They commute (block-diagonal with 2×2 blocks on the same pairs).
+    """
+    freqs = np.asarray(freqs, dtype=np.float64)
+    axes, half = freqs.shape
+    out = np.zeros((axes, dim, dim))
+    for j, (a, b) in enumerate(pair_indices(2 * half, layout)):
+        out[:, b, a] = freqs[:, j]
+        out[:, a, b] = -freqs[:, j]
+    return out
+
+
+def rotation(position: np.ndarray | list[float], gens: np.ndarray) -> np.ndarray:
+    """``R_p = exp(Σ_k p_k B_k)`` by the matrix exponential (float64)."""
+    p = np.asarray(position, dtype=np.float64).reshape(-1)
+    return linalg.expm(np.tensordot(p, gens, axes=1))
+
+
+def apply_reference(x: np.ndarray, positions: np.ndarray, freqs: np.ndarray, layout: str = "half", inverse: bool = False) -> np.ndarray:
+    """Row ``t`` of ``x`` ``(T, D)`` times ``R_{p_t}`` (or its transpose), ``positions`` ``(T, axes)``."""
+    x = np.asarray(x, dtype=np.float64)
+    gens = generators(freqs, x.shape[-1], layout)
+    out = np.empty_like(x)
+    for t, p in enumerate(np.asarray(positions, dtype=np.float64).reshape(x.shape[0], -1)):
+        r = rotation(p, gens)
+        out[t] = (r.T if inverse else r) @ x[t]
+    return out
+
+
+def recover_positions(rot: np.ndarray, freqs: np.ndarray, layout: str = "half") -> np.ndarray:
+    """Read ``p`` back from ``R_p`` (invertibility), given the frequencies ``F`` ``(axes, R/2)``.
+
+    Pair ``j``'s block gives ``φ_j = p · F[:, j]`` modulo 2π. Pairs are used from the
+    lowest frequency up: the first ones (``|φ_j| < π`` assumed) give a least-squares
+    estimate, and each further pair is unwrapped with the current estimate before refining
+    it. Needs ``F`` of rank ``axes`` (non-parallel frequency vectors).
+    """
+    freqs = np.asarray(freqs, dtype=np.float64)
+    axes = freqs.shape[0]
+    pairs = pair_indices(2 * freqs.shape[1], layout)
+    phases = np.array([math.atan2(rot[b, a], rot[a, a]) for a, b in pairs])
+    order = np.argsort(np.linalg.norm(freqs, axis=0))
+    used: list[int] = []
+    unwrapped: list[float] = []
+    estimate = np.zeros(axes)
+    for j in order:
+        if np.linalg.norm(freqs[:, j]) == 0:
+            continue
+        phase = phases[j]
+        if len(used) >= axes and np.linalg.matrix_rank(freqs[:, used].T) == axes:
+            phase += 2 * math.pi * round((estimate @ freqs[:, j] - phase) / (2 * math.pi))
+        used.append(int(j))
+        unwrapped.append(phase)
+        estimate = np.linalg.lstsq(freqs[:, used].T, np.array(unwrapped), rcond=None)[0]
+    return estimate
+
+
+_QUATERNION_LEFT = {
+    # left multiplication by i and j on (w, x, y, z) = w + x i + y j + z k
+    "i": np.array([[0, -1, 0, 0], [1, 0, 0, 0], [0, 0, 0, -1], [0, 0, 1, 0]], dtype=np.float64),
+    "j": np.array([[0, 0, -1, 0], [0, 0, 0, 1], [1, 0, 0, 0], [0, -1, 0, 0]], dtype=np.float64),
+}
+
+
+def quaternion_rotation(x: float, y: float, theta: float = 1.0) -> np.ndarray:
+    """``exp(x θ i + y θ j)`` acting on quaternions by left multiplication (4×4, orthogonal).
+
+    ``i`` and ``j`` are skew-symmetric but anticommute, so ``R_{x1,y1}ᵀ R_{x2,y2} ≠
+    R_{x2−x1, y2−y1}``: the article's negative result.
+    """
+    return linalg.expm(theta * (x * _QUATERNION_LEFT["i"] + y * _QUATERNION_LEFT["j"]))

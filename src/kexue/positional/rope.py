@@ -1,0 +1,682 @@
+"""Rotary position embedding (RoPE) in 1-D, N-D axial and mixed-frequency forms, fast.
+
+Every variant is one formula. A position ``p ∈ ℝⁿ`` (n = 1 for text, 2 for images, 3 for
+video) and a frequency matrix ``F ∈ ℝ^{n × R/2}`` give one angle per coordinate pair,
+``φ_j = p · F[:, j]``; pair ``j`` of the first ``R`` coordinates of ``x`` is rotated by
+``φ_j``:
+
+    (a, b) ↦ (a cos φ_j − b sin φ_j,  b cos φ_j + a sin φ_j).
+
+This is ``R_p x`` with ``R_p = exp(Σ_k p_k B_k)``, where the generators ``B_k`` are
+block-diagonal skew-symmetric matrices holding ``F[k, j]`` in pair ``j``'s 2×2 block. They
+commute, so ``R_pᵀ R_q = R_{q−p}``: attention scores ``⟨R_p q, R_q k⟩ = qᵀ R_{q−p} k``
+depend on relative positions only (the article's relativity). The variants differ only in
+``F``:
+
+* 1-D (RoFormer, LLaMA): ``F = [θ_0 … θ_{R/2−1}]`` with ``θ_j = base^{−2j/R}``;
+* N-D axial (the article's block solution): axis ``k`` owns a block of ``n_k`` pairs with
+  its own ladder ``base^{−j/n_k}``, zeros elsewhere (``split`` chooses the ``n_k``);
+* mixed: every pair rotates by ``x θ_{x,j} + y θ_{y,j}`` (dense ``F``, optionally learnable
+  and per head; Heo et al. 2024).
+
+Two pair layouts are in use: ``"half"`` pairs ``(j, j + R/2)`` (GPT-NeoX, LLaMA, HF
+transformers) and ``"interleaved"`` pairs ``(2j, 2j + 1)`` (RoFormer, Meta's original LLaMA,
+GPT-J). :func:`convert_layout` permutes q/k projection weights between them. Coordinates
+past ``R`` (partial rotary) pass through unchanged.
+
+On CPU the rotation runs in a fused C kernel (:mod:`kexue.positional._native`), one read
+and one write of ``x``; elsewhere, or when no compiler is available, in plain torch.
+
+References:
+    Su Jianlin, "Transformer upgrade road 2: rotary position embedding",
+    https://kexue.fm/archives/8265; "... 4: 2-D rotary position embedding",
+    https://kexue.fm/archives/8397. Su et al., RoFormer, arXiv:2104.09864. Heo et al.,
+    Rotary position embedding for vision transformer, arXiv:2403.13298. Chen et al.,
+    position interpolation, arXiv:2306.15595; bloc97, NTK-aware scaled RoPE (2023).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from kexue._shared import check_choice, check_finite
+from kexue.positional import _native
+
+__all__ = [
+    "BACKENDS",
+    "LAYOUTS",
+    "ROPE_SCALINGS",
+    "RotaryEmbedding",
+    "apply_rotary",
+    "axial_frequencies",
+    "convert_layout",
+    "grid_positions",
+    "layout_permutation",
+    "mixed_frequencies",
+    "rope_frequencies",
+]
+
+Layout = Literal["half", "interleaved"]
+Backend = Literal["auto", "native", "torch"]
+LAYOUTS: tuple[str, ...] = ("half", "interleaved")
+BACKENDS: tuple[str, ...] = ("auto", "native", "torch")
+
+
+# --- the functional core -------------------------------------------------------------------------
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _check_tables(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> int:
+    """Validate shapes; return the number of rotated pairs ``R/2``."""
+    for name, value in (("x", x), ("cos", cos), ("sin", sin)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor; got {type(value).__name__}")
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor; got dtype {value.dtype}")
+    if x.dim() < 1:
+        raise ValueError("x must have at least one dimension (the feature dimension last)")
+    if cos.shape != sin.shape:
+        raise ValueError(f"cos and sin must have the same shape; got {tuple(cos.shape)} and {tuple(sin.shape)}")
+    if cos.dim() < 1:
+        raise ValueError("cos and sin must have a last dimension holding one entry per rotated pair")
+    half, dim = cos.shape[-1], x.shape[-1]
+    if half == 0 or 2 * half > dim:
+        hint = (
+            "; this looks like HF's duplicated table: pass cos[..., : cos.shape[-1] // 2]"
+            if half == dim and dim % 2 == 0
+            else ""
+        )
+        raise ValueError(
+            f"cos.shape[-1]={half} must be between 1 and x.shape[-1] / 2 = {dim / 2:g} "
+            f"(one angle per rotated pair){hint}"
+        )
+    try:
+        lead = torch.broadcast_shapes(cos.shape[:-1], x.shape[:-1])
+    except RuntimeError:
+        lead = None
+    if lead != x.shape[:-1]:
+        raise ValueError(
+            f"cos/sin leading shape {tuple(cos.shape[:-1])} must broadcast to x's leading shape {tuple(x.shape[:-1])}"
+        )
+    if cos.device != x.device or sin.device != x.device:
+        raise ValueError(f"x is on {x.device} but cos/sin are on {cos.device}/{sin.device}")
+    return half
+
+
+def _rotate_torch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool, inverse: bool) -> torch.Tensor:
+    """The plain-torch path (any device, autograd through every input)."""
+    half = cos.shape[-1]
+    rotary = 2 * half
+    dtype = _compute_dtype(x)
+    c, s = cos.to(dtype), sin.to(dtype)
+    if inverse:
+        s = -s
+    head = x[..., :rotary].to(dtype)
+    a, b = (head[..., 0::2], head[..., 1::2]) if interleaved else (head[..., :half], head[..., half:])
+    first, second = a * c - b * s, b * c + a * s  # (..., R/2) each
+    rotated = torch.stack((first, second), dim=-1).flatten(-2) if interleaved else torch.cat((first, second), dim=-1)
+    rotated = rotated.to(x.dtype)
+    return rotated if rotary == x.shape[-1] else torch.cat((rotated, x[..., rotary:]), dim=-1)
+
+
+def _native_tables(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    dtype = _compute_dtype(x)
+    shape = (*x.shape[:-1], cos.shape[-1])
+    return cos.to(dtype).contiguous().expand(shape), sin.to(dtype).contiguous().expand(shape)
+
+
+def _native_apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor | None, interleaved: bool, transpose: bool) -> torch.Tensor:
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    c, s = _native_tables(x, cos, sin)
+    if out is None:
+        # plain allocation on purpose: a huge-page hint (kexue._shared.empty_like_fast) made single
+        # 64 MB outputs bimodal here (7 ms or 30-80 ms, from direct compaction) where 4 KiB pages
+        # cost a steady ~3 ms more
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    target = out if out.stride(-1) == 1 else torch.empty_like(out, memory_format=torch.contiguous_format)
+    _native.rotate(x, c, s, target, interleaved=interleaved, transpose=transpose)
+    if target is not out:
+        out.copy_(target)
+    return out
+
+
+class _NativeRotary(torch.autograd.Function):
+    """The fused kernel with an exact backward: ∂x = Rᵀ g (the same kernel, sin negated)."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin, interleaved: bool, inverse: bool):  # type: ignore[override]
+        ctx.interleaved, ctx.inverse = interleaved, inverse
+        ctx.save_for_backward(x, cos, sin)
+        return _native_apply(x.detach(), cos.detach(), sin.detach(), None, interleaved, inverse)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, cos, sin = ctx.saved_tensors
+        grad_x = grad_cos = grad_sin = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _native_apply(grad, cos, sin, None, ctx.interleaved, not ctx.inverse)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            half = cos.shape[-1]
+            dtype = _compute_dtype(x)
+            head, g = x[..., : 2 * half].to(dtype), grad[..., : 2 * half].to(dtype)
+            if ctx.interleaved:
+                a, b, ga, gb = head[..., 0::2], head[..., 1::2], g[..., 0::2], g[..., 1::2]
+            else:
+                a, b, ga, gb = head[..., :half], head[..., half:], g[..., :half], g[..., half:]
+            # out_a = a c − b s', out_b = b c + a s' with s' = ±s
+            grad_cos = (ga * a + gb * b).sum_to_size(cos.shape).to(cos.dtype)
+            grad_sin = (gb * a - ga * b).sum_to_size(sin.shape)
+            grad_sin = (-grad_sin if ctx.inverse else grad_sin).to(sin.dtype)
+        return grad_x, grad_cos, grad_sin, None, None
+
+
+def apply_rotary(
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    *,
+    layout: Layout = "half",
+    inverse: bool = False,
+    out: torch.Tensor | None = None,
+    backend: Backend = "auto",
+) -> torch.Tensor:
+    """Rotate coordinate pairs of ``x`` by precomputed angles: ``R x`` (or ``Rᵀ x``).
+
+    For pair ``j`` = ``(a, b)`` of the first ``R = 2 · cos.shape[-1]`` coordinates:
+    ``(a, b) ↦ (a cos_j − b sin_j, b cos_j + a sin_j)``; coordinates past ``R`` are copied.
+
+    Args:
+        x: ``(..., D)`` queries or keys, any float dtype (e.g. ``(B, H, T, D)``; transposed
+            views are fine).
+        cos: ``(..., R/2)``, one entry per rotated pair (not HF's duplicated ``(..., D)``
+            table), broadcastable to ``x.shape[:-1]``; e.g. ``(T, R/2)`` for all batches and
+            heads, or ``(B, 1, T, R/2)`` for per-sequence position ids.
+        sin: same shape as ``cos``.
+        layout: ``"half"`` pairs ``(j, j + R/2)``; ``"interleaved"`` pairs ``(2j, 2j + 1)``.
+        inverse: apply ``Rᵀ = R⁻¹`` (rotate back).
+        out: write the result here (``x``'s shape and dtype; ``out=x`` rotates in place).
+            Not with autograd.
+        backend: ``"native"`` the fused CPU kernel, ``"torch"`` plain torch ops, ``"auto"``
+            native where it applies (CPU, compiler available) and torch otherwise.
+
+    Returns:
+        Tensor of ``x``'s shape and dtype. The arithmetic is in float32 (float64 for a
+        float64 ``x``) whatever the storage dtype, and rounds once on output.
+
+    Gradients flow to ``x``, ``cos`` and ``sin`` (so learnable frequencies train).
+
+    Example:
+        >>> rope = RotaryEmbedding(64)
+        >>> cos, sin = rope.cos_sin(torch.arange(128))      # (128, 32) each
+        >>> q = torch.randn(2, 8, 128, 64)
+        >>> apply_rotary(q, cos, sin).shape
+        torch.Size([2, 8, 128, 64])
+    """
+    _check_tables(x, cos, sin)
+    check_choice("layout", layout, LAYOUTS)
+    check_choice("backend", backend, BACKENDS)
+    interleaved = layout == "interleaved"
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or cos.requires_grad or sin.requires_grad)
+    if out is not None:
+        if needs_grad:
+            raise ValueError("out= is not supported when gradients are required (as in torch); call without out=")
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
+            got = f"{tuple(out.shape)} {out.dtype} on {out.device}" if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"out must match x ({tuple(x.shape)} {x.dtype} on {x.device}); got {got}")
+
+    if backend == "native":
+        if not _native.supports(x):
+            raise ValueError(
+                "backend='native' needs a CPU tensor of float32, float64, bfloat16 or float16 with 1 to 9 "
+                f"dimensions; got {x.dtype} on {x.device} with {x.dim()} dimensions"
+            )
+        _native.require()
+        use_native = True
+    else:
+        use_native = backend == "auto" and _native.supports(x) and _native.available()
+
+    if needs_grad:
+        if use_native:
+            return _NativeRotary.apply(x, cos, sin, interleaved, inverse)
+        return _rotate_torch(x, cos, sin, interleaved, inverse)
+    with torch.no_grad():
+        if use_native:
+            return _native_apply(x, cos, sin, out, interleaved, inverse)
+        result = _rotate_torch(x, cos, sin, interleaved, inverse)
+        if out is None:
+            return result
+        return out.copy_(result)
+
+
+# --- frequencies ---------------------------------------------------------------------------------
+
+
+def _check_rotary_dim(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2 or value % 2:
+        raise ValueError(f"{name}={value!r} must be an even integer >= 2")
+    return value
+
+
+def _check_base(base: float) -> float:
+    if isinstance(base, bool) or not isinstance(base, (int, float)) or not math.isfinite(base) or base <= 1:
+        raise ValueError(f"base={base!r} must be a finite number > 1")
+    return float(base)
+
+
+def rope_frequencies(rotary_dim: int, base: float = 10000.0, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The 1-D frequency ladder ``θ_j = base^{−2j/R}``, ``j = 0 … R/2 − 1``.
+
+    Computed in float64 and rounded once to ``dtype``.
+
+    Shapes:
+        returns ``(R/2,)``.
+    """
+    rotary_dim = _check_rotary_dim("rotary_dim", rotary_dim)
+    base = _check_base(base)
+    exponent = torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim
+    return (base ** (-exponent)).to(dtype)
+
+
+def _linear_scaling(base: float, factor: float, rotary_dim: int) -> tuple[float, float]:
+    """Position interpolation (Chen et al. 2023): positions divided by ``factor``."""
+    return base, factor
+
+
+def _ntk_scaling(base: float, factor: float, rotary_dim: int) -> tuple[float, float]:
+    """NTK-aware base change: ``base · factor^{R/(R−2)}`` keeps the highest frequency, stretches the lowest by ``factor``.
+
+    With a single pair (``R = 2``) the only frequency is 1, which the base does not move.
+    """
+    if rotary_dim <= 2:
+        return base, 1.0
+    return base * factor ** (rotary_dim / (rotary_dim - 2)), 1.0
+
+
+def _no_scaling(base: float, factor: float, rotary_dim: int) -> tuple[float, float]:
+    return base, 1.0
+
+
+# name -> (base, factor, rotary_dim) -> (effective base, position divisor)
+ROPE_SCALINGS: dict[str, Callable[[float, float, int], tuple[float, float]]] = {
+    "none": _no_scaling,
+    "linear": _linear_scaling,
+    "ntk": _ntk_scaling,
+}
+
+
+def _split(pairs: int, axes: int, split: Sequence[int] | None) -> list[int]:
+    if split is None:
+        if pairs % axes:
+            raise ValueError(
+                f"{pairs} rotary pairs do not split evenly over {axes} axes; pass split= with one pair count per axis"
+            )
+        return [pairs // axes] * axes
+    split = list(split)
+    if len(split) != axes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in split) or sum(split) != pairs:
+        raise ValueError(f"split={split!r} must list {axes} positive pair counts summing to {pairs}")
+    return split
+
+
+def axial_frequencies(
+    rotary_dim: int,
+    axes: int,
+    base: float = 10000.0,
+    *,
+    split: Sequence[int] | None = None,
+    scaling: str = "none",
+    factor: float = 1.0,
+) -> torch.Tensor:
+    """The article's block solution: axis ``k`` rotates its own block of pairs.
+
+    Axis ``k`` owns ``n_k = split[k]`` consecutive pairs (default: an equal share) with the
+    1-D ladder of a ``2 n_k``-dimensional RoPE, ``base^{−j/n_k}``; its row of ``F`` is zero
+    elsewhere. ``axes=1`` is the 1-D RoPE. Scaling applies per axis.
+
+    Shapes:
+        returns ``F`` of shape ``(axes, R/2)``, float64.
+    """
+    rotary_dim = _check_rotary_dim("rotary_dim", rotary_dim)
+    if isinstance(axes, bool) or not isinstance(axes, int) or axes < 1:
+        raise ValueError(f"axes={axes!r} must be a positive integer")
+    scale = ROPE_SCALINGS[check_choice("scaling", scaling, ROPE_SCALINGS)]
+    _check_factor(factor)
+    counts = _split(rotary_dim // 2, axes, split)
+    freqs = torch.zeros(axes, rotary_dim // 2, dtype=torch.float64)
+    start = 0
+    for axis, count in enumerate(counts):
+        effective_base, divisor = scale(_check_base(base), factor, 2 * count)
+        freqs[axis, start : start + count] = rope_frequencies(2 * count, effective_base) / divisor
+        start += count
+    return freqs
+
+
+def mixed_frequencies(
+    rotary_dim: int,
+    axes: int,
+    base: float = 100.0,
+    *,
+    num_heads: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Mixed frequencies: pair ``j`` rotates by ``p · F[:, j]`` with a dense ``F``.
+
+    Magnitudes follow the 1-D ladder ``base^{−2j/R}``; each pair (per head, if
+    ``num_heads``) gets a random direction in ``ℝ^axes`` (RoPE-Mixed's initialisation,
+    Heo et al. 2024, with their smaller default base for images). Any two non-parallel
+    columns make positions recoverable (invertibility).
+
+    Shapes:
+        returns ``(axes, R/2)`` or ``(num_heads, axes, R/2)``, float64.
+    """
+    rotary_dim = _check_rotary_dim("rotary_dim", rotary_dim)
+    if isinstance(axes, bool) or not isinstance(axes, int) or axes < 1:
+        raise ValueError(f"axes={axes!r} must be a positive integer")
+    magnitude = rope_frequencies(rotary_dim, base)  # (R/2,)
+    heads = 1 if num_heads is None else num_heads
+    direction = torch.randn(heads, axes, rotary_dim // 2, generator=generator, dtype=torch.float64)
+    direction = direction / direction.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    freqs = direction * magnitude  # (H, axes, R/2)
+    return freqs[0] if num_heads is None else freqs
+
+
+def _check_factor(factor: float) -> None:
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
+        raise ValueError(f"factor={factor!r} must be a finite number > 0")
+
+
+def grid_positions(*sizes: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
+    """Integer grid coordinates in row-major order, e.g. ``grid_positions(h, w)`` for image patches.
+
+    Shapes:
+        returns ``(prod(sizes), len(sizes))``: row ``i`` holds the coordinates of token ``i``.
+    """
+    if not sizes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes):
+        raise ValueError(f"sizes={sizes!r} must be one or more positive integers")
+    axes = [torch.arange(n, dtype=dtype, device=device) for n in sizes]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(sizes))
+
+
+# --- the module ----------------------------------------------------------------------------------
+
+
+class RotaryEmbedding(nn.Module):
+    """Builds cos/sin tables from positions and rotates queries and keys.
+
+    Angles are computed in ``angle_dtype`` (float32 by default, float64 on request) from
+    the positions, whatever the dtype of the tensors being rotated, so bfloat16 models get
+    float32-correct angles. For 1-D integer positions the cos/sin table is cached and grown
+    as needed (a KV cache's ``offset`` only slices it).
+
+    Args:
+        dim: the head dimension ``D`` of the tensors to rotate.
+        rotary_dim: how many leading coordinates rotate (partial rotary, e.g. GPT-NeoX's
+            25%); default ``dim``.
+        axes: position dimensions: 1 text, 2 images, 3 video.
+        frequencies: ``"axial"`` (the article's block solution; 1-D RoPE when ``axes=1``)
+            or ``"mixed"`` (dense, each pair rotates by ``p · F[:, j]``).
+        split: axial only: pairs per axis (default: equal shares).
+        base: the ladder's base (10000 for text; mixed defaults to 100).
+        layout: ``"half"`` (LLaMA/HF) or ``"interleaved"`` (RoFormer/GPT-J).
+        scaling: ``"none"``, ``"linear"`` (position interpolation) or ``"ntk"``
+            (NTK-aware base change), with ``factor`` the length (or resolution) ratio.
+        learnable: make ``F`` an ``nn.Parameter`` (gradients reach it through cos/sin).
+        num_heads: mixed only: one ``F`` per head (``x`` must then be ``(..., H, T, D)``).
+        angle_dtype: float32 or float64.
+        backend: passed to :func:`apply_rotary`.
+        seed: mixed only: seed of the random directions.
+
+    Shapes:
+        ``forward(x, positions)``: ``x`` ``(..., T, D)`` (e.g. ``(B, H, T, D)``); positions
+        ``(T,)`` or ``(B, T)`` for 1-D, ``(T, axes)`` or ``(B, T, axes)`` otherwise (batched
+        positions are broadcast over the head dimension of a 4-D ``x``).
+
+    Example:
+        2-D RoPE for a ViT's attention on a 14×14 patch grid::
+
+            rope = RotaryEmbedding(64, axes=2)
+            pos = grid_positions(14, 14)                      # (196, 2)
+            q, k = rope(q, pos), rope(k, pos)                  # (B, H, 196, 64) each
+            attn = torch.softmax(q @ k.transpose(-1, -2) / 8.0, dim=-1)
+    """
+
+    freqs: torch.Tensor
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        rotary_dim: int | None = None,
+        axes: int = 1,
+        frequencies: Literal["axial", "mixed"] = "axial",
+        split: Sequence[int] | None = None,
+        base: float | None = None,
+        layout: Layout = "half",
+        scaling: str = "none",
+        factor: float = 1.0,
+        learnable: bool = False,
+        num_heads: int | None = None,
+        angle_dtype: torch.dtype = torch.float32,
+        backend: Backend = "auto",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.dim = _check_rotary_dim("dim", dim)
+        self.rotary_dim = _check_rotary_dim("rotary_dim", dim if rotary_dim is None else rotary_dim)
+        if self.rotary_dim > self.dim:
+            raise ValueError(f"rotary_dim={rotary_dim} must not exceed dim={dim}")
+        self.axes = axes
+        self.frequencies = check_choice("frequencies", frequencies, ("axial", "mixed"))
+        self.layout = check_choice("layout", layout, LAYOUTS)
+        self.backend = check_choice("backend", backend, BACKENDS)
+        self.scaling = check_choice("scaling", scaling, ROPE_SCALINGS)
+        self.factor = factor
+        if angle_dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"angle_dtype={angle_dtype} is not supported; accepted: torch.float32, torch.float64")
+        self.angle_dtype = angle_dtype
+        if frequencies == "mixed":
+            if split is not None:
+                raise ValueError("split= applies to frequencies='axial' only")
+            if scaling != "none":
+                raise ValueError(f"scaling={scaling!r} applies to frequencies='axial' only; scale positions instead")
+            self.base = _check_base(100.0 if base is None else base)
+            generator = torch.Generator().manual_seed(seed)
+            freqs = mixed_frequencies(self.rotary_dim, axes, self.base, num_heads=num_heads, generator=generator)
+        else:
+            if num_heads is not None:
+                raise ValueError("num_heads= applies to frequencies='mixed' only")
+            self.base = _check_base(10000.0 if base is None else base)
+            freqs = axial_frequencies(self.rotary_dim, axes, self.base, split=split, scaling=scaling, factor=factor)
+        self.num_heads = num_heads
+        freqs = freqs.to(angle_dtype)
+        if learnable:
+            self.freqs = nn.Parameter(freqs)
+        else:
+            self.register_buffer("freqs", freqs, persistent=True)
+        self.learnable = learnable
+        self._table: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, rotary_dim={self.rotary_dim}, axes={self.axes}, frequencies={self.frequencies!r}, "
+            f"base={self.base:g}, layout={self.layout!r}, scaling={self.scaling!r}, learnable={self.learnable}"
+        )
+
+    # positions -> angles -> cos/sin
+
+    def _as_positions(self, positions: torch.Tensor | Sequence[float]) -> torch.Tensor:
+        """Validate positions and return them as ``(..., T, axes)`` on the frequencies' device."""
+        if not isinstance(positions, torch.Tensor):
+            positions = torch.as_tensor(positions)
+        if positions.is_complex() or positions.dtype == torch.bool:
+            raise TypeError(f"positions must be real numbers; got dtype {positions.dtype}")
+        positions = positions.to(device=self.freqs.device)
+        if positions.is_floating_point():
+            check_finite(positions, "positions")
+        if self.axes == 1:
+            if positions.dim() not in (1, 2):
+                raise ValueError(f"positions must have shape (T,) or (B, T) for axes=1; got {tuple(positions.shape)}")
+            return positions.unsqueeze(-1)
+        if positions.dim() not in (2, 3) or positions.shape[-1] != self.axes:
+            raise ValueError(
+                f"positions must have shape (T, {self.axes}) or (B, T, {self.axes}) for axes={self.axes}; "
+                f"got {tuple(positions.shape)}"
+            )
+        return positions
+
+    def _angles(self, p: torch.Tensor) -> torch.Tensor:
+        p = p.to(self.angle_dtype)
+        freqs = self.freqs.to(self.angle_dtype)
+        if freqs.dim() == 3:  # (H, axes, R/2): per-head mixed frequencies
+            return p.unsqueeze(-3) @ freqs  # (..., H, T, R/2)
+        return p @ freqs  # (..., T, R/2)
+
+    def angles(self, positions: torch.Tensor | Sequence[float]) -> torch.Tensor:
+        """``φ = p F``: one angle per rotated pair, in ``angle_dtype``.
+
+        Shapes:
+            positions ``(T,)``/``(B, T)`` (axes=1) or ``(T, axes)``/``(B, T, axes)`` →
+            ``(..., T, R/2)``; with per-head frequencies ``(..., H, T, R/2)``.
+        """
+        return self._angles(self._as_positions(positions))
+
+    def cos_sin(self, positions: torch.Tensor | Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of :meth:`angles` (in ``angle_dtype``), ready for :func:`apply_rotary`."""
+        return self._cos_sin(self._as_positions(positions))
+
+    def _cos_sin(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._can_cache() and _whole_nonnegative(p):
+            index = p[..., 0].long()
+            cos, sin = self._cached(int(index.max()) + 1 if index.numel() else 1)
+            return cos[index], sin[index]
+        phi = self._angles(p)
+        return phi.cos(), phi.sin()
+
+    def _can_cache(self) -> bool:
+        return self.axes == 1 and not self.freqs.requires_grad
+
+    def _cached(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin for positions ``0 … L−1`` with ``L ≥ length`` (rebuilt when it must grow)."""
+        table = self._table
+        if table is None or table[0].shape[0] < length or table[0].device != self.freqs.device or table[0].dtype != self.angle_dtype:
+            size = max(64, 1 << (length - 1).bit_length())
+            phi = self._angles(torch.arange(size, device=self.freqs.device)[:, None])
+            self._table = table = (phi.cos(), phi.sin())
+        return table
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor | Sequence[float] | None = None,
+        *,
+        offset: int = 0,
+        inverse: bool = False,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Rotate ``x`` at ``positions`` (default for 1-D: ``offset, …, offset + T − 1``)."""
+        if x.dim() < 2:
+            raise ValueError(f"x must be (..., T, D); got shape {tuple(x.shape)}")
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"x.shape[-1]={x.shape[-1]} does not match dim={self.dim}")
+        tokens = x.shape[-2]
+        if positions is None:
+            if self.axes != 1:
+                raise ValueError(f"positions are required for axes={self.axes} (e.g. grid_positions(h, w))")
+            if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+                raise ValueError(f"offset={offset!r} must be a non-negative integer")
+            if self._can_cache():
+                cos, sin = self._cached(offset + tokens)
+                cos, sin = cos[offset : offset + tokens], sin[offset : offset + tokens]
+            else:
+                cos, sin = self._cos_sin(torch.arange(offset, offset + tokens, device=self.freqs.device)[:, None])
+        else:
+            p = self._as_positions(positions)
+            if p.shape[-2] != tokens:
+                raise ValueError(f"positions hold {p.shape[-2]} tokens but x has T={tokens} (x.shape[-2])")
+            cos, sin = self._cos_sin(p)
+            batched = p.dim() - 2  # leading batch dims of the positions
+            if batched and self.freqs.dim() == 2 and x.dim() >= 4:
+                cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)  # broadcast over heads
+        return apply_rotary(x, cos, sin, layout=self.layout, inverse=inverse, out=out, backend=self.backend)
+
+
+# --- layout conversion ---------------------------------------------------------------------------
+
+
+def _whole_nonnegative(p: torch.Tensor) -> bool:
+    if p.numel() == 0:
+        return True
+    if p.is_floating_point() and not bool((p == p.round()).all()):
+        return False
+    return bool((p >= 0).all())
+
+
+def layout_permutation(head_dim: int, *, source: Layout, target: Layout, rotary_dim: int | None = None) -> torch.Tensor:
+    """Index ``perm`` with ``new = old[perm]`` converting one head's coordinates between layouts.
+
+    Interleaved pair ``j`` is coordinates ``(2j, 2j+1)``; half pair ``j`` is ``(j, j + R/2)``.
+    Coordinates past ``rotary_dim`` keep their place.
+    """
+    head_dim = _check_rotary_dim("head_dim", head_dim)
+    rotary = _check_rotary_dim("rotary_dim", head_dim if rotary_dim is None else rotary_dim)
+    if rotary > head_dim:
+        raise ValueError(f"rotary_dim={rotary_dim} must not exceed head_dim={head_dim}")
+    check_choice("source", source, LAYOUTS)
+    check_choice("target", target, LAYOUTS)
+    perm = torch.arange(head_dim)
+    if source == target:
+        return perm
+    half = rotary // 2
+    to_half = torch.cat((torch.arange(0, rotary, 2), torch.arange(1, rotary, 2)))  # half[k] = interleaved[to_half[k]]
+    perm[:rotary] = to_half if target == "half" else torch.argsort(to_half)
+    assert perm[:rotary].unique().numel() == 2 * half
+    return perm
+
+
+def convert_layout(
+    weight: torch.Tensor,
+    num_heads: int,
+    *,
+    source: Layout,
+    target: Layout,
+    rotary_dim: int | None = None,
+    dim: int = 0,
+) -> torch.Tensor:
+    """Permute a q or k projection's output features from one pair layout to the other.
+
+    A checkpoint trained with one layout runs with the other once ``W_q`` and ``W_k`` (and
+    their biases) have their per-head output coordinates permuted: attention scores are then
+    identical. This is the permutation of HF's Meta-LLaMA conversion (interleaved → half).
+
+    Args:
+        weight: ``nn.Linear`` weight ``(num_heads · head_dim, in_features)`` or bias
+            ``(num_heads · head_dim,)``; ``dim`` selects the output-feature axis.
+        num_heads: heads in this projection (the KV heads for ``k_proj`` under GQA).
+        source, target: ``"half"`` or ``"interleaved"``.
+        rotary_dim: rotated coordinates per head (partial rotary); default the head dim.
+
+    Returns:
+        A new tensor with permuted rows (the input is unchanged).
+
+    Example:
+        >>> attn.q_proj.weight.data = convert_layout(attn.q_proj.weight.data, 32, source="interleaved", target="half")
+    """
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor; got {type(weight).__name__}")
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+        raise ValueError(f"num_heads={num_heads!r} must be a positive integer")
+    size = weight.shape[dim]
+    if size % num_heads:
+        raise ValueError(f"weight.shape[{dim}]={size} is not divisible by num_heads={num_heads}")
+    head_dim = size // num_heads
+    perm = layout_permutation(head_dim, source=source, target=target, rotary_dim=rotary_dim)
+    index = (perm + head_dim * torch.arange(num_heads)[:, None]).reshape(-1).to(weight.device)
+    return weight.index_select(dim, index)

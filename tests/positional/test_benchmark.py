@@ -1,0 +1,23 @@
+"""``kexue bench rope --quick``: every ratio is recorded with its target, against the real peers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kexue.cli import main
+
+pytest.importorskip("rotary_embedding_torch", reason="the bench extra is not installed")
+
+
+def test_rope_bench_quick(tmp_path: Path) -> None:
+    code = main(["bench", "rope", "--quick", "--repeats", "1", "--out", str(tmp_path)])
+    assert code in (0, 1)  # 1 = a target missed: speed is judged in benchmarks, not in tests
+    payload = json.loads((tmp_path / "bench.json").read_text())
+    ratios = {r["id"]: r for r in payload["ratios"]}
+    assert set(ratios) == {"rope.fwd_vs_hf", "rope.fwd_vs_lucidrains", "rope.axial_vs_lucidrains", "rope.fwd_bwd_vs_hf",
+                           "rope.fwd_vs_clone", "rope.out_vs_copy"}
+    assert ratios["rope.fwd_vs_hf"]["target"] == 3.0 and ratios["rope.out_vs_copy"]["higher_is_better"] is False
+    assert all(r["value"] > 0 for r in ratios.values())
