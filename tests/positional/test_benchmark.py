@@ -5,11 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from kexue.cli import main
-
-pytest.importorskip("rotary_embedding_torch", reason="the bench extra is not installed")
 
 
 def test_rope_bench_quick(tmp_path: Path) -> None:

@@ -341,3 +341,36 @@ def test_cuda_torch_path_matches_reference(dtype: torch.dtype) -> None:
     c, s = cos.to(dtype), sin.to(dtype)
     plain = torch.cat((x[..., :32] * c - x[..., 32:] * s, x[..., 32:] * c + x[..., :32] * s), -1)
     assert (got.double().cpu() - exact).abs().max() <= 2 * (plain.double().cpu() - exact).abs().max() + 1e-6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_edge_shapes(backend: str) -> None:
+    c, s = torch.randn(4), torch.randn(4)
+    one = torch.randn(8)  # a single vector, no leading dimensions
+    assert torch.allclose(apply_rotary(one, c, s, backend=backend), apply_rotary(one, c, s, backend="torch"), atol=1e-6)
+    assert apply_rotary(torch.randn(0, 3, 8), torch.randn(3, 4), torch.randn(3, 4), backend=backend).shape == (0, 3, 8)
+    strided = torch.randn(8, 4).t()  # last dimension not contiguous
+    assert torch.allclose(apply_rotary(strided, c, s, backend=backend), apply_rotary(strided.contiguous(), c, s, backend="torch"), atol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lead=st.lists(st.integers(1, 4), min_size=0, max_size=4),
+    pairs=st.integers(1, 9),
+    extra=st.integers(0, 5),
+    layout=st.sampled_from(["half", "interleaved"]),
+    broadcast=st.lists(st.booleans(), min_size=4, max_size=4),
+    inverse=st.booleans(),
+    dtype=st.sampled_from([torch.float64, torch.float32]),
+)
+def test_native_kernel_property(lead: list[int], pairs: int, extra: int, layout: str, broadcast: list[bool], inverse: bool, dtype: torch.dtype) -> None:
+    # any leading shape, partial rotary, cos/sin broadcast over any subset of leading dims
+    if not _native.available():
+        pytest.skip("no C compiler")
+    x = torch.randn(*lead, 2 * pairs + 2 * extra, dtype=torch.float64)
+    table_shape = [1 if b else n for n, b in zip(lead, broadcast)] + [pairs]
+    cos, sin = torch.randn(table_shape, dtype=torch.float64), torch.randn(table_shape, dtype=torch.float64)
+    want = apply_rotary(x, cos, sin, layout=layout, inverse=inverse, backend="torch")
+    got = apply_rotary(x.to(dtype), cos, sin, layout=layout, inverse=inverse, backend="native")
+    assert got.dtype == dtype
+    assert torch.allclose(got.double(), want, atol=1e-12 if dtype == torch.float64 else 5e-6, rtol=1e-5 if dtype == torch.float32 else 0)

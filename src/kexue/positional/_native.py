@@ -181,6 +181,8 @@ def rotate(
     if cos.stride() != sin.stride() or cos.stride(-1) != 1 or x.stride(-1) != 1 or out.stride(-1) != 1:
         raise ValueError("rotate needs contiguous last dimensions and cos/sin with equal strides")
     library = _load()
+    if x.numel() == 0:
+        return out
     function = getattr(library, _SYMBOLS[x.dtype], None)
     if function is None:
         raise NativeUnavailable(f"the compiler has no {x.dtype} support")

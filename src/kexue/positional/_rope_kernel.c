@@ -50,6 +50,7 @@ static inline uint16_t kx_bf16_store(float f) {
         int64_t rows = 1;                                                                           \
         if (nd > KX_MAXDIM || R % 2 != 0 || R > D) return -1;                                       \
         for (int64_t k = 0; k < nd; k++) rows *= L->shape[k];                                       \
+        if (rows == 0) return 0; /* empty: nothing to do (and no division by a zero extent) */      \
         const CT sg = transpose ? (CT)-1 : (CT)1;                                                   \
         _Pragma("omp parallel num_threads(nthreads)") {                                             \
             const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();                   \

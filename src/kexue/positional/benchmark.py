@@ -12,7 +12,7 @@ Cases (float32; full size, ``--quick`` divides the batch by 4):
 * C: forward + backward of case A (q and k, gradient of a fixed upstream tensor).
 * The one-off compile time of the C kernel.
 
-Every case is the median of at least 15 calls (``MIN_REPEATS``), after one warm-up call.
+At full size every case is the median of at least 15 calls (``MIN_REPEATS``), after one warm-up call.
 * On CUDA (``--device cuda``): case A in bfloat16 against the copy floor, and flash-attn's /
   Liger's rotary kernels when importable.
 
@@ -32,7 +32,7 @@ from kexue.report.bench import Bench, BenchSuite
 
 BENCH = BenchSuite("rope")
 # Allocating cases are at the mercy of page faults on this class of VM (a fresh 64 MB output
-# took 12 ms in one call and 30-190 ms in another), so every case takes at least 15 repeats.
+# took 12 ms in one call and 30-190 ms in another), so at full size every case takes at least 15 repeats.
 MIN_REPEATS = 15
 
 
@@ -56,7 +56,7 @@ def forward(bench: Bench) -> None:
     buf = torch.empty_like(q).fill_(0.0)
     case = "A: rope (8,16,2048,64) float32" if not bench.quick else f"A: rope {shape} float32"
     params = {"shape": list(shape), "dtype": "float32", "layout": "half", "threads": torch.get_num_threads()}
-    reps = max(bench.repeats, MIN_REPEATS)
+    reps = bench.repeats if bench.quick else max(bench.repeats, MIN_REPEATS)
 
     ours = bench.time(case, "kexue apply_rotary", lambda: apply_rotary(q, cos, sin), params=params, repeats=reps)
     ours_out = bench.time(case, "kexue apply_rotary out=", lambda: apply_rotary(q, cos, sin, out=buf), params=params, repeats=reps)
@@ -95,7 +95,7 @@ def axial(bench: Bench) -> None:
     cos, sin = rope.cos_sin(grid_positions(64, 64, device=bench.device))  # (4096, 32)
     case = f"B: 2-D axial rope, 64x64 grid, {tuple(shape)} float32"
     params = {"shape": list(shape), "grid": [64, 64], "layout": "interleaved"}
-    reps = max(bench.repeats, MIN_REPEATS)
+    reps = bench.repeats if bench.quick else max(bench.repeats, MIN_REPEATS)
     ours = bench.time(case, "kexue apply_rotary (axial)", lambda: apply_rotary(x, cos, sin, layout="interleaved"), params=params, repeats=reps)
 
     from rotary_embedding_torch import RotaryEmbedding as PeerRotary
@@ -118,7 +118,7 @@ def forward_backward(bench: Bench) -> None:
     cos, sin = RotaryEmbedding(64).to(bench.device).cos_sin(torch.arange(shape[2], device=bench.device))
     case = f"C: rope forward + backward, q and k {tuple(shape)} float32"
     params = {"shape": list(shape)}
-    reps = max(bench.repeats, MIN_REPEATS)
+    reps = bench.repeats if bench.quick else max(bench.repeats, MIN_REPEATS)
 
     def ours() -> None:
         q.grad = k.grad = None
