@@ -30,6 +30,7 @@ SUITES: dict[str, str] = {
     "orthogonal": "kexue.orthogonal.claims:SUITE",
     "sinusoidal": "kexue.positional.claims:SINUSOIDAL",
     "rope": "kexue.positional.claims:ROPE",
+    "contrastive": "kexue.contrastive.claims:SUITE",
 }
 
 # technique -> "module:attribute" of its BenchSuite

@@ -1,0 +1,228 @@
+"""The article's cached gradient accumulation: the exact large-batch gradient at micro-batch memory.
+
+For a loss that couples every sample of a batch (InfoNCE), summing micro-batch losses is not
+the batch loss, so ordinary accumulation gives the wrong gradient. The article's procedure:
+
+1. forward every micro-batch without gradient and keep the embeddings ``h``;
+2. compute the true loss ``L(h)`` and the per-sample gradients ``g_i = ∂L/∂h_i`` (here by
+   autograd on the cached embeddings, which also gives the temperature's gradient);
+3. re-run each micro-batch with gradient and backpropagate ``Σ_i ⟨h_i, g_i⟩`` (its value is
+   not the loss; its gradient is the loss's).
+
+Step 3 must see the same randomness as step 1, or dropout breaks exactness (the article's
+admitted limit, which rules out SimCSE). kexue saves the CPU and CUDA RNG states before each
+micro-batch in step 1 and restores them in step 3, then leaves the generators where step 1
+left them. BatchNorm in training mode couples the samples of a micro-batch and is rejected.
+
+Reference: Su Jianlin, "Can contrastive learning use gradient accumulation?",
+https://kexue.fm/archives/8471; Gao et al.,
+GradCache, arXiv:2101.06983; Gao et al., SimCSE, arXiv:2104.08821.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["CachedStep", "cached_backward", "encode", "naive_accumulation_backward", "slice_batch"]
+
+Batch = Any  # a tensor, a mapping of tensors (tokenizer output), or a list
+
+
+def batch_size(batch: Batch) -> int:
+    """Number of samples in a batch (first dimension; all entries of a mapping must agree)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    if isinstance(batch, Mapping):
+        sizes = {batch_size(v) for v in batch.values() if isinstance(v, (torch.Tensor, list, tuple))}
+        if len(sizes) != 1:
+            raise ValueError(f"the entries of a batch mapping must share one first dimension; got sizes {sorted(sizes)}")
+        return sizes.pop()
+    if isinstance(batch, (list, tuple)):
+        return len(batch)
+    raise TypeError(f"a batch must be a tensor, a mapping of tensors or a list; got {type(batch).__name__}")
+
+
+def slice_batch(batch: Batch, start: int, stop: int) -> Batch:
+    """Samples ``start:stop`` of a batch (tensors, mappings of tensors, lists)."""
+    if isinstance(batch, torch.Tensor):
+        return batch[start:stop]
+    if isinstance(batch, Mapping):
+        return {k: (slice_batch(v, start, stop) if isinstance(v, (torch.Tensor, list, tuple)) else v) for k, v in batch.items()}
+    return batch[start:stop]
+
+
+def encode(encoder: Callable[[Batch], Any], batch: Batch) -> torch.Tensor:
+    """Call ``encoder`` and return ``(n, D)`` embeddings (sentence-transformers dicts are unwrapped)."""
+    out = encoder(batch)
+    if isinstance(out, Mapping):
+        if "sentence_embedding" not in out:
+            raise ValueError("the encoder returned a mapping without 'sentence_embedding'; wrap it in a function that returns (n, D) embeddings")
+        out = out["sentence_embedding"]
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise ValueError(f"the encoder must return (n, D) embeddings; got {type(out).__name__} {getattr(out, 'shape', '')}")
+    return out
+
+
+def _check_batchnorm(encoder: Any) -> None:
+    if isinstance(encoder, nn.Module):
+        for name, module in encoder.named_modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+                raise ValueError(
+                    f"module {name or type(encoder).__name__!r} is a BatchNorm in training mode: it couples the samples "
+                    "of a micro-batch, so the cached gradient would not be the full-batch gradient; call .eval() on it "
+                    "or use LayerNorm"
+                )
+
+
+def _devices(encoder: Any) -> list[int]:
+    if torch.cuda.is_available() and isinstance(encoder, nn.Module):
+        return sorted({p.device.index or 0 for p in encoder.parameters() if p.is_cuda})
+    return []
+
+
+class _RngState:
+    """CPU and CUDA generator states, captured and restored together."""
+
+    def __init__(self, cuda_devices: Sequence[int]) -> None:
+        self.cpu = torch.get_rng_state()
+        self.cuda = [(dev, torch.cuda.get_rng_state(dev)) for dev in cuda_devices]
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        for dev, state in self.cuda:
+            torch.cuda.set_rng_state(state, dev)
+
+
+@dataclass
+class CachedStep:
+    """What one cached step did.
+
+    Attributes:
+        loss: the true batch loss (detached), computed in step 2.
+        surrogate: ``Σ_i ⟨h_i, g_i⟩`` summed over micro-batches (its value is NOT the loss).
+        embeddings: the cached embeddings of each side (detached).
+        seconds: time of the no-grad forward, the loss, and the grad pass.
+    """
+
+    loss: torch.Tensor
+    surrogate: float
+    embeddings: list[torch.Tensor]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _micro(size: int, micro_batch_size: int) -> list[tuple[int, int]]:
+    return [(i, min(i + micro_batch_size, size)) for i in range(0, size, micro_batch_size)]
+
+
+def cached_backward(
+    encoders: Callable[[Batch], Any] | Sequence[Callable[[Batch], Any]],
+    batches: Batch | Sequence[Batch],
+    loss_fn: Callable[..., torch.Tensor],
+    *,
+    micro_batch_size: int,
+    replay_rng: bool = True,
+    scale_loss: float = 1.0,
+) -> CachedStep:
+    """Compute the batch loss and leave its exact gradient in every parameter's ``.grad``.
+
+    Args:
+        encoders: one encoder, or one per side (separate query/document towers). An encoder
+            maps a micro-batch to ``(n, D)`` embeddings (an ``nn.Module``, a
+            sentence-transformers model, or any callable).
+        batches: one batch per side (e.g. ``[queries, documents]``; with one encoder, it
+            encodes every side). Tensors, tokenizer dicts or lists, split along dim 0.
+        loss_fn: ``loss_fn(*embeddings) -> scalar``, e.g. an :class:`InfoNCE` module with
+            targets bound in a lambda; parameters it owns (a learnable temperature) get their
+            gradient too.
+        micro_batch_size: samples per forward with gradient; peak activation memory scales
+            with it, not with the batch.
+        replay_rng: restore each micro-batch's RNG state in the grad pass (exact with dropout).
+        scale_loss: multiply the loss (and gradients) by this, e.g. ``1/k`` for k accumulated steps.
+
+    Returns:
+        :class:`CachedStep`. Gradients are *accumulated* into ``.grad`` (zero them first).
+    """
+    if isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, int) or micro_batch_size < 1:
+        raise ValueError(f"micro_batch_size={micro_batch_size!r} must be a positive integer")
+    sides = list(batches) if isinstance(batches, (list, tuple)) and not _is_sample_list(batches) else [batches]
+    towers = list(encoders) if isinstance(encoders, (list, tuple)) else [encoders] * len(sides)
+    if len(towers) != len(sides):
+        raise ValueError(f"got {len(towers)} encoders for {len(sides)} batches; pass one encoder, or one per batch")
+    for tower in towers:
+        _check_batchnorm(tower)
+    cuda = sorted({dev for tower in towers for dev in _devices(tower)})
+
+    # 1. no-grad forward, remembering the RNG state before every micro-batch
+    start = time.perf_counter()
+    cached: list[torch.Tensor] = []
+    states: list[list[_RngState]] = []
+    with torch.no_grad():
+        for tower, batch in zip(towers, sides):
+            parts, side_states = [], []
+            for lo, hi in _micro(batch_size(batch), micro_batch_size):
+                side_states.append(_RngState(cuda))
+                h = encode(tower, slice_batch(batch, lo, hi))
+                parts.append(h.float() if h.dtype in (torch.float16, torch.bfloat16) else h)  # half types cached in float32
+            cached.append(torch.cat(parts))
+            states.append(side_states)
+    after_forward = _RngState(cuda)
+    forward_s = time.perf_counter() - start
+
+    # 2. the true loss and ∂L/∂h on the cached embeddings (and the loss's own parameters' grads)
+    start = time.perf_counter()
+    leaves = [h.detach().requires_grad_(True) for h in cached]
+    with torch.enable_grad():
+        loss = loss_fn(*leaves) * scale_loss
+        if not bool(torch.isfinite(loss.detach())):
+            raise FloatingPointError(f"the contrastive loss is {float(loss.detach())}; check the embeddings and the temperature")
+        loss.backward()
+    grads = [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in leaves]
+    loss_s = time.perf_counter() - start
+
+    # 3. grad pass: replay each micro-batch and backpropagate ⟨h, g⟩
+    start = time.perf_counter()
+    surrogate = 0.0
+    for tower, batch, grad, side_states in zip(towers, sides, grads, states):
+        for (lo, hi), state in zip(_micro(batch_size(batch), micro_batch_size), side_states):
+            if replay_rng:
+                state.restore()
+            with torch.enable_grad():
+                h = encode(tower, slice_batch(batch, lo, hi))
+                g = grad[lo:hi].to(h.dtype)
+                term = (h * g).sum()
+                term.backward()
+            surrogate += float(term.detach())
+    after_forward.restore()
+    return CachedStep(loss.detach(), surrogate, [h.detach() for h in cached],
+                      {"forward_no_grad": forward_s, "loss": loss_s, "grad_pass": time.perf_counter() - start})
+
+
+def _is_sample_list(batches: Sequence[Any]) -> bool:
+    """A list of strings (one side's samples) rather than a list of sides."""
+    return len(batches) > 0 and all(isinstance(b, str) for b in batches)
+
+
+def naive_accumulation_backward(
+    encoder: Callable[[Batch], Any],
+    batches: Sequence[Batch],
+    loss_fn: Callable[..., torch.Tensor],
+    *,
+    micro_batch_size: int,
+) -> float:
+    """Ordinary gradient accumulation (the wrong answer, for comparison): the loss of each
+    micro-batch on its own, backpropagated with weight ``1/n``; returns the mean loss."""
+    sides = list(batches)
+    n = batch_size(sides[0])
+    chunks = _micro(n, micro_batch_size)
+    total = 0.0
+    for lo, hi in chunks:
+        loss = loss_fn(*[encode(encoder, slice_batch(b, lo, hi)) for b in sides]) / len(chunks)
+        loss.backward()
+        total += float(loss.detach())
+    return total

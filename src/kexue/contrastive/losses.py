@@ -1,0 +1,241 @@
+"""InfoNCE with general targets, dense and tiled (the similarity matrix never materialised).
+
+For queries ``q_i`` (N of them) and documents ``d_j`` (M ≥ N: positives plus extra hard
+negatives), similarities ``s_ij = scale · sim(q_i, d_j)`` (``scale = 1/τ``) and a target
+matrix ``t`` (each row a distribution over the documents):
+
+    L_rows = −(1/N) Σ_ij t_ij log softmax_j(s_ij) = (1/N) Σ_i [(Σ_j t_ij) LSE_j(s_ij) − Σ_j t_ij s_ij]
+
+``symmetric=True`` averages it with the column direction (document → query, columns without
+any target skipped), as CLIP does. ``∂L/∂s_ij = (p_ij − t_ij)/N`` row-wise, which is all the
+tiled backward needs: it recomputes ``s`` tile by tile from the saved log-sum-exps, so memory
+is O(tile²) instead of O(N M).
+
+Targets: ``None`` (``t = I``: query i's positive is document i), a LongTensor of one positive
+index per query, or a dense ``(N, M)`` matrix (several positives: give each row weights that
+sum to 1, e.g. ``1/k`` for k positives).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+from kexue._shared import check_choice
+
+__all__ = ["InfoNCE", "info_nce", "info_nce_tiled"]
+
+Similarity = Literal["cosine", "dot"]
+
+
+def _dense_targets(targets: torch.Tensor | None, n: int, m: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    if targets is None:
+        if m < n:
+            raise ValueError(f"default targets pair query i with document i, so documents ({m}) must be at least queries ({n})")
+        return torch.eye(n, m, device=device, dtype=dtype)
+    if targets.dtype in (torch.int64, torch.int32):
+        if targets.shape != (n,):
+            raise ValueError(f"index targets must have shape ({n},) (one document index per query); got {tuple(targets.shape)}")
+        if n and (int(targets.min()) < 0 or int(targets.max()) >= m):
+            raise ValueError(f"index targets must lie in [0, {m}); got range [{int(targets.min())}, {int(targets.max())}]")
+        return torch.nn.functional.one_hot(targets.long(), m).to(dtype)
+    if targets.shape != (n, m):
+        raise ValueError(f"dense targets must have shape ({n}, {m}); got {tuple(targets.shape)}")
+    if not bool(torch.isfinite(targets).all()) or bool((targets < 0).any()):
+        raise ValueError("dense targets must be finite and non-negative")
+    return targets.to(dtype)
+
+
+def _validate(q: torch.Tensor, d: torch.Tensor, similarity: str) -> None:
+    check_choice("similarity", similarity, ("cosine", "dot"))
+    if q.dim() != 2 or d.dim() != 2 or q.shape[1] != d.shape[1]:
+        raise ValueError(f"q and d must be (N, D) and (M, D) with the same D; got {tuple(q.shape)} and {tuple(d.shape)}")
+    if q.shape[0] == 0:
+        raise ValueError("q must hold at least one query")
+
+
+def _prepare(q: torch.Tensor, d: torch.Tensor, similarity: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if similarity == "cosine":
+        return nn.functional.normalize(q, dim=-1), nn.functional.normalize(d, dim=-1)
+    return q, d
+
+
+def info_nce(
+    q: torch.Tensor,
+    d: torch.Tensor | None = None,
+    targets: torch.Tensor | None = None,
+    *,
+    scale: float | torch.Tensor = 20.0,
+    similarity: Similarity = "cosine",
+    symmetric: bool = False,
+) -> torch.Tensor:
+    """Dense InfoNCE (materialises the ``N × M`` similarities; simplest, fine up to a few thousand).
+
+    Args:
+        q: ``(N, D)`` query embeddings.
+        d: ``(M, D)`` document embeddings (default ``q``: each embedding against all, as with
+            two dropout views concatenated — then pass targets).
+        targets: ``None``, ``(N,)`` indices or ``(N, M)`` weights (see module docs).
+        scale: ``1/τ``; a tensor (e.g. ``log_scale.exp()``) makes the temperature learnable.
+        similarity: ``"cosine"`` or ``"dot"``.
+        symmetric: average with the document → query direction.
+
+    Returns:
+        Scalar loss (mean over rows).
+    """
+    d = q if d is None else d
+    _validate(q, d, similarity)
+    qn, dn = _prepare(q, d, similarity)
+    s = scale * (qn @ dn.T)  # (N, M)
+    t = _dense_targets(targets, q.shape[0], d.shape[0], s.device, s.dtype)
+    # −Σ_j t_ij log softmax_j(s_ij) = (Σ_j t_ij) LSE_j(s_ij) − Σ_j t_ij s_ij
+    rows = (t.sum(1) * torch.logsumexp(s, dim=1) - (t * s).sum(1)).sum() / q.shape[0]
+    if not symmetric:
+        return rows
+    has = t.sum(0) > 0
+    sc, tc = s[:, has], t[:, has]
+    cols = (tc.sum(0) * torch.logsumexp(sc, dim=0) - (tc * sc).sum(0)).sum() / int(has.sum())
+    return (rows + cols) / 2
+
+
+class _TiledInfoNCE(torch.autograd.Function):
+    """Row-direction InfoNCE with index targets, computed over (tile × tile) blocks."""
+
+    @staticmethod
+    def forward(ctx, q, d, scale, index, tile: int):  # type: ignore[override]
+        n, m = q.shape[0], d.shape[0]
+        lse = torch.empty(n, dtype=torch.float32 if q.dtype != torch.float64 else torch.float64, device=q.device)
+        acc = lse.dtype
+        for i in range(0, n, tile):
+            qi = q[i : i + tile].to(acc)
+            running = torch.full((qi.shape[0],), -math.inf, dtype=acc, device=q.device)
+            for j in range(0, m, tile):
+                block = scale.to(acc) * (qi @ d[j : j + tile].to(acc).T)  # (tile, tile)
+                running = torch.logaddexp(running, torch.logsumexp(block, dim=1))
+            lse[i : i + tile] = running
+        positive = scale.to(acc) * (q.to(acc) * d[index].to(acc)).sum(1)
+        loss = (lse - positive).sum() / n
+        ctx.save_for_backward(q, d, scale, index, lse)
+        ctx.tile = tile
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        q, d, scale, index, lse = ctx.saved_tensors
+        tile, n, m = ctx.tile, q.shape[0], d.shape[0]
+        acc = lse.dtype
+        sc = scale.to(acc)
+        g_q = torch.zeros(q.shape, dtype=acc, device=q.device)
+        g_d = torch.zeros(d.shape, dtype=acc, device=d.device)
+        g_scale = torch.zeros((), dtype=acc, device=q.device)
+        for i in range(0, n, tile):
+            qi = q[i : i + tile].to(acc)
+            for j in range(0, m, tile):
+                dj = d[j : j + tile].to(acc)
+                raw = qi @ dj.T  # (tile, tile) unscaled similarities
+                p = torch.exp(sc * raw - lse[i : i + tile, None])  # softmax probabilities of the tile
+                g_q[i : i + tile] += sc * (p @ dj)
+                g_d[j : j + tile] += sc * (p.T @ qi)
+                g_scale += (p * raw).sum()
+        # the −Σ t_ij s_ij term: one positive per row
+        qd = d[index].to(acc)
+        g_q -= sc * qd
+        g_d.index_add_(0, index, -sc * q.to(acc))
+        g_scale -= (q.to(acc) * qd).sum()
+        factor = grad.to(acc) / n
+        g_scale = (g_scale * factor).reshape(scale.shape).to(scale.dtype) if ctx.needs_input_grad[2] else None
+        return (g_q * factor).to(q.dtype), (g_d * factor).to(d.dtype), g_scale, None, None
+
+
+def info_nce_tiled(
+    q: torch.Tensor,
+    d: torch.Tensor | None = None,
+    targets: torch.Tensor | None = None,
+    *,
+    scale: float | torch.Tensor = 20.0,
+    similarity: Similarity = "cosine",
+    tile: int = 1024,
+) -> torch.Tensor:
+    """InfoNCE (row direction, one positive per query) without materialising ``N × M``.
+
+    The forward streams a log-sum-exp over column tiles; the backward recomputes each
+    ``tile × tile`` block from the saved log-sum-exps. Extra memory is ``O(tile² + N)``
+    beyond the inputs and their gradients; values and gradients equal :func:`info_nce`
+    (accumulated in float32, float64 for float64 inputs).
+
+    Args:
+        targets: ``None`` (document i is query i's positive) or ``(N,)`` indices.
+        tile: block size (rows and columns).
+    """
+    d = q if d is None else d
+    _validate(q, d, similarity)
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
+        raise ValueError(f"tile={tile!r} must be a positive integer")
+    n, m = q.shape[0], d.shape[0]
+    if targets is None:
+        if m < n:
+            raise ValueError(f"default targets pair query i with document i, so documents ({m}) must be at least queries ({n})")
+        index = torch.arange(n, device=q.device)
+    elif targets.dtype in (torch.int64, torch.int32) and targets.shape == (n,):
+        index = targets.long()
+        if int(index.min()) < 0 or int(index.max()) >= m:
+            raise ValueError(f"index targets must lie in [0, {m})")
+    else:
+        raise ValueError("info_nce_tiled takes targets=None or (N,) indices; use info_nce for dense target matrices")
+    scale_t = scale if isinstance(scale, torch.Tensor) else torch.tensor(float(scale), device=q.device)
+    qn, dn = _prepare(q, d, similarity)
+    return _TiledInfoNCE.apply(qn, dn, scale_t, index, tile)
+
+
+class InfoNCE(nn.Module):
+    """InfoNCE as a module, with a fixed or learnable temperature.
+
+    Args:
+        temperature: initial ``τ`` (scale ``1/τ``); 0.05 is SimCSE's.
+        learnable: learn ``log(1/τ)`` (CLIP's parameterisation), clamped to ``max_scale``.
+        similarity: ``"cosine"`` or ``"dot"``.
+        symmetric: average with the document → query direction.
+        tiled: use :func:`info_nce_tiled` (row direction, index targets).
+        tile: its block size.
+
+    Example:
+        >>> loss_fn = InfoNCE(temperature=0.05)
+        >>> loss = loss_fn(torch.randn(8, 16), torch.randn(8, 16))
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.05,
+        *,
+        learnable: bool = False,
+        similarity: Similarity = "cosine",
+        symmetric: bool = False,
+        tiled: bool = False,
+        tile: int = 1024,
+        max_scale: float = 100.0,
+    ) -> None:
+        super().__init__()
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0 or not math.isfinite(temperature):
+            raise ValueError(f"temperature={temperature!r} must be a finite number > 0")
+        self.similarity = check_choice("similarity", similarity, ("cosine", "dot"))
+        if tiled and symmetric:
+            raise ValueError("tiled=True supports the row direction only; use symmetric=False or tiled=False")
+        self.symmetric, self.tiled, self.tile, self.max_scale = symmetric, tiled, tile, max_scale
+        log_scale = torch.tensor(math.log(1.0 / temperature))
+        if learnable:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.log_scale.clamp(max=math.log(self.max_scale)).exp()
+
+    def forward(self, q: torch.Tensor, d: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> torch.Tensor:
+        scale = self.scale.to(q.dtype)
+        if self.tiled:
+            return info_nce_tiled(q, d, targets, scale=scale, similarity=self.similarity, tile=self.tile)
+        return info_nce(q, d, targets, scale=scale, similarity=self.similarity, symmetric=self.symmetric)

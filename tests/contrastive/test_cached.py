@@ -1,0 +1,141 @@
+"""The cached procedure gives the full-batch gradient exactly: dropout on, towers, targets, temperature."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from kexue.contrastive.cached import cached_backward, naive_accumulation_backward
+from kexue.contrastive.claims import full_batch_reference
+from kexue.contrastive.losses import InfoNCE, info_nce
+
+
+def _mlp(seed: int, dropout: float = 0.2) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 20), nn.Dropout(dropout), nn.Tanh(), nn.Linear(20, 8)).double()
+
+
+def _grads(*modules: nn.Module) -> list[torch.Tensor]:
+    return [p.grad.clone() for m in modules for p in m.parameters() if p.requires_grad]
+
+
+def _close(a: list[torch.Tensor], b: list[torch.Tensor], tol: float = 1e-10) -> bool:
+    return all(float((x - y).norm() / y.norm()) <= tol for x, y in zip(a, b))
+
+
+@settings(max_examples=12, deadline=None)
+@given(micro=st.integers(1, 40), batch=st.integers(2, 40), seed=st.integers(0, 100))
+def test_cached_equals_full_batch_with_dropout(micro: int, batch: int, seed: int) -> None:
+    encoder, loss_fn = _mlp(seed), InfoNCE(0.1, learnable=True).double()
+    x = torch.randn(batch, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    loss_ref, ref = full_batch_reference(encoder, loss_fn, x, micro, seed)
+    encoder.zero_grad(), loss_fn.zero_grad()
+    torch.manual_seed(seed)
+    step = cached_backward(encoder, [x, x], loss_fn, micro_batch_size=micro)
+    assert float(step.loss) == pytest.approx(loss_ref, abs=1e-12)
+    assert _close(_grads(encoder, loss_fn), ref)
+
+
+def test_separate_towers_multi_positive_and_hard_negatives() -> None:
+    query_tower, doc_tower = _mlp(1), _mlp(2)
+    q = torch.randn(10, 6, dtype=torch.float64)
+    d = torch.randn(16, 6, dtype=torch.float64)  # 10 positives' documents + 6 hard negatives
+    t = torch.zeros(10, 16, dtype=torch.float64)
+    t[torch.arange(10), torch.arange(10)] = 0.7
+    t[torch.arange(10), 10 + torch.arange(10) % 6] = 0.3  # a second, weaker positive
+
+    def loss_fn(hq: torch.Tensor, hd: torch.Tensor) -> torch.Tensor:
+        return info_nce(hq, hd, t, scale=5.0, symmetric=True)
+
+    torch.manual_seed(0)
+    hq = torch.cat([query_tower(q[i : i + 3]) for i in range(0, 10, 3)])
+    hd = torch.cat([doc_tower(d[i : i + 3]) for i in range(0, 16, 3)])
+    loss_fn(hq, hd).backward()
+    ref = _grads(query_tower, doc_tower)
+    query_tower.zero_grad(), doc_tower.zero_grad()
+    torch.manual_seed(0)
+    cached_backward([query_tower, doc_tower], [q, d], loss_fn, micro_batch_size=3)
+    assert _close(_grads(query_tower, doc_tower), ref)
+
+
+def test_dict_batches_and_sentence_transformers_style_output() -> None:
+    class DictEncoder(nn.Module):  # takes tokenizer-like dicts, returns {"sentence_embedding": ...}
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.drop = nn.Embedding(50, 8).double(), nn.Dropout(0.1)
+
+        def forward(self, features: dict) -> dict:
+            h = self.drop(self.embed(features["input_ids"]))
+            mask = features["attention_mask"].unsqueeze(-1).double()
+            return {"sentence_embedding": (h * mask).sum(1) / mask.sum(1)}
+
+    torch.manual_seed(3)
+    encoder = DictEncoder()
+    batch = {"input_ids": torch.randint(0, 50, (12, 7)), "attention_mask": (torch.rand(12, 7) > 0.2).long()}
+    batch["attention_mask"][:, 0] = 1
+    loss_fn = InfoNCE(0.2).double()
+    torch.manual_seed(4)
+    views = [torch.cat([encoder({k: v[i : i + 5] for k, v in batch.items()})["sentence_embedding"] for i in range(0, 12, 5)]) for _ in range(2)]
+    loss_fn(*views).backward()
+    ref = _grads(encoder)
+    encoder.zero_grad()
+    torch.manual_seed(4)
+    cached_backward(encoder, [batch, batch], loss_fn, micro_batch_size=5)
+    assert _close(_grads(encoder), ref)
+
+
+def test_rng_continues_as_after_the_no_grad_pass() -> None:
+    encoder, x = _mlp(0), torch.randn(8, 6, dtype=torch.float64)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        encoder(x[:4]), encoder(x[4:]), encoder(x[:4]), encoder(x[4:])
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    cached_backward(encoder, [x, x], InfoNCE(0.1).double(), micro_batch_size=4)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_naive_accumulation_differs_and_scale_loss() -> None:
+    encoder, loss_fn = _mlp(0, dropout=0.0), InfoNCE(0.1).double()
+    x = torch.randn(16, 6, dtype=torch.float64)
+    cached_backward(encoder, [x, x], loss_fn, micro_batch_size=4)
+    exact = _grads(encoder)
+    encoder.zero_grad()
+    cached_backward(encoder, [x, x], loss_fn, micro_batch_size=4, scale_loss=0.25)
+    assert _close(_grads(encoder), [g / 4 for g in exact])
+    encoder.zero_grad()
+    naive_accumulation_backward(encoder, [x, x], loss_fn, micro_batch_size=4)
+    assert not _close(_grads(encoder), exact, tol=1e-2)
+
+
+def test_batchnorm_is_rejected_and_eval_batchnorm_accepted() -> None:
+    encoder = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8)).double()
+    x = torch.randn(8, 6, dtype=torch.float64)
+    with pytest.raises(ValueError, match="BatchNorm in training mode"):
+        cached_backward(encoder, [x, x], InfoNCE(0.1).double(), micro_batch_size=4)
+    encoder[1].eval()
+    cached_backward(encoder, [x, x], InfoNCE(0.1).double(), micro_batch_size=4)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(micro_batch_size=0), "micro_batch_size=0"),
+        (dict(micro_batch_size=2, encoders=[nn.Identity()] * 3), "3 encoders for 2 batches"),
+    ],
+)
+def test_argument_errors(kwargs: dict, match: str) -> None:
+    x = torch.randn(4, 3)
+    encoders = kwargs.pop("encoders", nn.Identity())
+    with pytest.raises(ValueError, match=match):
+        cached_backward(encoders, [x, x], InfoNCE(0.1), **kwargs)
+
+
+def test_non_finite_loss_is_an_error() -> None:
+    x = torch.randn(4, 3)
+    x[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="loss is nan"):
+        cached_backward(nn.Identity(), [x, x], lambda a, b: info_nce(a, b, similarity="dot"), micro_batch_size=2)
