@@ -31,17 +31,29 @@ __all__ = ["InfoNCE", "info_nce", "info_nce_tiled"]
 Similarity = Literal["cosine", "dot"]
 
 
-def _dense_targets(targets: torch.Tensor | None, n: int, m: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _index_targets(targets: torch.Tensor | None, n: int, m: int, device: torch.device) -> torch.Tensor:
+    """One positive document index per query: ``None`` means ``0 … N−1``."""
     if targets is None:
         if m < n:
             raise ValueError(f"default targets pair query i with document i, so documents ({m}) must be at least queries ({n})")
+        return torch.arange(n, device=device)
+    if targets.shape != (n,):
+        raise ValueError(f"index targets must have shape ({n},) (one document index per query); got {tuple(targets.shape)}")
+    if n and (int(targets.min()) < 0 or int(targets.max()) >= m):
+        raise ValueError(f"index targets must lie in [0, {m}); got range [{int(targets.min())}, {int(targets.max())}]")
+    return targets.long()
+
+
+def _is_index(targets: torch.Tensor | None) -> bool:
+    return targets is None or targets.dtype in (torch.int64, torch.int32)
+
+
+def _dense_targets(targets: torch.Tensor | None, n: int, m: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    if targets is None:
+        _index_targets(None, n, m, device)
         return torch.eye(n, m, device=device, dtype=dtype)
-    if targets.dtype in (torch.int64, torch.int32):
-        if targets.shape != (n,):
-            raise ValueError(f"index targets must have shape ({n},) (one document index per query); got {tuple(targets.shape)}")
-        if n and (int(targets.min()) < 0 or int(targets.max()) >= m):
-            raise ValueError(f"index targets must lie in [0, {m}); got range [{int(targets.min())}, {int(targets.max())}]")
-        return torch.nn.functional.one_hot(targets.long(), m).to(dtype)
+    if _is_index(targets):
+        return torch.nn.functional.one_hot(_index_targets(targets, n, m, device), m).to(dtype)
     if targets.shape != (n, m):
         raise ValueError(f"dense targets must have shape ({n}, {m}); got {tuple(targets.shape)}")
     if not bool(torch.isfinite(targets).all()) or bool((targets < 0).any()):
@@ -174,17 +186,9 @@ def info_nce_tiled(
     _validate(q, d, similarity)
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
         raise ValueError(f"tile={tile!r} must be a positive integer")
-    n, m = q.shape[0], d.shape[0]
-    if targets is None:
-        if m < n:
-            raise ValueError(f"default targets pair query i with document i, so documents ({m}) must be at least queries ({n})")
-        index = torch.arange(n, device=q.device)
-    elif targets.dtype in (torch.int64, torch.int32) and targets.shape == (n,):
-        index = targets.long()
-        if int(index.min()) < 0 or int(index.max()) >= m:
-            raise ValueError(f"index targets must lie in [0, {m})")
-    else:
+    if not _is_index(targets):
         raise ValueError("info_nce_tiled takes targets=None or (N,) indices; use info_nce for dense target matrices")
+    index = _index_targets(targets, q.shape[0], d.shape[0], q.device)
     scale_t = scale if isinstance(scale, torch.Tensor) else torch.tensor(float(scale), device=q.device)
     qn, dn = _prepare(q, d, similarity)
     return _TiledInfoNCE.apply(qn, dn, scale_t, index, tile)
