@@ -6,6 +6,7 @@ Nothing here knows about any technique. Each helper is used by at least two modu
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import sys
 from collections.abc import Iterable
@@ -18,6 +19,8 @@ __all__ = [
     "as_float_tensor",
     "check_choice",
     "check_finite",
+    "check_int",
+    "check_number",
     "empty_like_fast",
     "restore_type",
 ]
@@ -32,6 +35,21 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
         accepted = ", ".join(repr(c) for c in choices)
         raise ValueError(f"{name}={value!r} is not supported; accepted values: {accepted}")
     return value
+
+
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """Return ``value`` if it is an int (not a bool) ``>= minimum``, else raise a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
+        raise ValueError(f"{name}={value!r} must be {what}")
+    return value
+
+
+def check_number(name: str, value: Any, *, above: float) -> float:
+    """Return ``value`` as a float if it is a finite real number ``> above``, else raise a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not value > above:
+        raise ValueError(f"{name}={value!r} must be a finite number > {above:g}")
+    return float(value)
 
 
 def as_float_tensor(

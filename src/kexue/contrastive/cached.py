@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from kexue._shared import check_int
+
 __all__ = ["CachedStep", "cached_backward", "encode", "naive_accumulation_backward", "slice_batch"]
 
 Batch = Any  # a tensor, a mapping of tensors (tokenizer output), or a list
@@ -148,8 +150,7 @@ def cached_backward(
     Returns:
         :class:`CachedStep`. Gradients are *accumulated* into ``.grad`` (zero them first).
     """
-    if isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, int) or micro_batch_size < 1:
-        raise ValueError(f"micro_batch_size={micro_batch_size!r} must be a positive integer")
+    check_int("micro_batch_size", micro_batch_size, 1)
     sides = list(batches) if isinstance(batches, (list, tuple)) and not _is_sample_list(batches) else [batches]
     towers = list(encoders) if isinstance(encoders, (list, tuple)) else [encoders] * len(sides)
     if len(towers) != len(sides):

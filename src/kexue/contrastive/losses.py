@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from kexue._shared import check_choice
+from kexue._shared import check_choice, check_int, check_number
 
 __all__ = ["InfoNCE", "info_nce", "info_nce_tiled"]
 
@@ -184,8 +184,7 @@ def info_nce_tiled(
     """
     d = q if d is None else d
     _validate(q, d, similarity)
-    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
-        raise ValueError(f"tile={tile!r} must be a positive integer")
+    check_int("tile", tile, 1)
     if not _is_index(targets):
         raise ValueError("info_nce_tiled takes targets=None or (N,) indices; use info_nce for dense target matrices")
     index = _index_targets(targets, q.shape[0], d.shape[0], q.device)
@@ -222,8 +221,7 @@ class InfoNCE(nn.Module):
         max_scale: float = 100.0,
     ) -> None:
         super().__init__()
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0 or not math.isfinite(temperature):
-            raise ValueError(f"temperature={temperature!r} must be a finite number > 0")
+        check_number("temperature", temperature, above=0)
         self.similarity = check_choice("similarity", similarity, ("cosine", "dot"))
         if tiled and symmetric:
             raise ValueError("tiled=True supports the row direction only; use symmetric=False or tiled=False")

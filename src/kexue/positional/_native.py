@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -74,27 +75,33 @@ def _cache_dir() -> Path:
     return Path(root) / "native"
 
 
-def _build() -> ctypes.CDLL:
-    global _compile_seconds
+def _compiler() -> str:
     compiler = os.environ.get("CC") or "cc"
     if shutil.which(compiler) is None:
         raise NativeUnavailable(f"no C compiler found (looked for {compiler!r}; set CC)")
+    return compiler
+
+
+def _compile(compiler: str, output: Path) -> None:
+    """Compile ``_rope_kernel.c`` into the shared object ``output``."""
+    proc = subprocess.run([compiler, *_FLAGS, "-o", str(output), str(_SOURCE)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        first = (proc.stderr.strip().splitlines() or ["no output"])[0]
+        raise NativeUnavailable(f"compiling the rotary kernel with {compiler!r} failed: {first}")
+
+
+def _build() -> ctypes.CDLL:
+    global _compile_seconds
+    compiler = _compiler()
     source = _SOURCE.read_bytes()
     key = hashlib.sha256(source + " ".join([compiler, *_FLAGS, _cpu_model()]).encode()).hexdigest()[:16]
     target = _cache_dir() / f"rope-{key}.so"
     if not target.exists():
-        import time
-
         target.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             built = Path(tmp) / target.name
-            proc = subprocess.run(
-                [compiler, *_FLAGS, "-o", str(built), str(_SOURCE)], capture_output=True, text=True, check=False
-            )
-            if proc.returncode != 0:
-                first = (proc.stderr.strip().splitlines() or ["no output"])[0]
-                raise NativeUnavailable(f"compiling the rotary kernel with {compiler!r} failed: {first}")
+            _compile(compiler, built)
             os.replace(built, target)  # atomic: a concurrent build just replaces an identical file
         _compile_seconds = time.perf_counter() - start
     try:
@@ -110,6 +117,8 @@ def _build() -> ctypes.CDLL:
 
 def _load() -> ctypes.CDLL:
     global _library, _error
+    if _library is not None:  # the per-call path: no lock once loaded
+        return _library
     with _lock:
         if _library is None and _error is None:
             if os.environ.get("KEXUE_NATIVE", "1") == "0":
@@ -143,12 +152,10 @@ def require() -> None:
 
 def fresh_compile_seconds() -> float:
     """Compile the kernel into a throw-away directory and return the seconds it took (for benchmarks)."""
-    import time
-
-    compiler = os.environ.get("CC") or "cc"
+    compiler = _compiler()
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        subprocess.run([compiler, *_FLAGS, "-o", os.path.join(tmp, "k.so"), str(_SOURCE)], check=True, capture_output=True)
+        _compile(compiler, Path(tmp) / "kernel.so")
         return time.perf_counter() - start
 
 

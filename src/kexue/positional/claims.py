@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from kexue.positional import reference, vit
-from kexue.positional.rope import RotaryEmbedding, apply_rotary, convert_layout, grid_positions
+from kexue.positional.rope import RotaryEmbedding, apply_rotary, convert_layout
 from kexue.positional.sinusoidal import (
     ThetaSchedule,
     exponential_schedule,
@@ -154,6 +154,12 @@ _CONFIGS = {
 }
 
 
+def _rope(name: str) -> RotaryEmbedding:
+    """The float64 RotaryEmbedding of one of ``_CONFIGS``."""
+    cfg = _CONFIGS[name]
+    return RotaryEmbedding(cfg["dim"], axes=cfg["axes"], frequencies=cfg.get("frequencies", "axial"), angle_dtype=torch.float64)
+
+
 def _matrix(rope: RotaryEmbedding, p: torch.Tensor) -> torch.Tensor:
     """R_p formed by the fast path: rows of rope(I) are (R e_i)ᵀ."""
     eye = torch.eye(rope.dim, dtype=torch.float64)
@@ -170,13 +176,13 @@ def _positions(rng: np.random.Generator, n: int, axes: int, fractional: bool, sp
 def orthogonality_and_relativity(ctx: ClaimContext) -> None:
     rng = np.random.default_rng(ctx.seed)
     n = 60 if ctx.full else 15
-    for name, cfg in _CONFIGS.items():
-        rope = RotaryEmbedding(cfg["dim"], axes=cfg["axes"], frequencies=cfg.get("frequencies", "axial"), angle_dtype=torch.float64)
-        squeeze = (lambda p: p[0]) if cfg["axes"] == 1 else (lambda p: p)
+    for name in _CONFIGS:
+        rope = _rope(name)
+        squeeze = (lambda p: p[0]) if rope.axes == 1 else (lambda p: p)
         orth = 0.0
         for fractional in (False, True):
             rel = 0.0
-            a, b = _positions(rng, n, cfg["axes"], fractional), _positions(rng, n, cfg["axes"], fractional)
+            a, b = _positions(rng, n, rope.axes, fractional), _positions(rng, n, rope.axes, fractional)
             for pa, pb in zip(a, b):
                 ra, rb = _matrix(rope, squeeze(pa)), _matrix(rope, squeeze(pb))
                 orth = max(orth, float((ra.T @ ra - torch.eye(rope.dim, dtype=torch.float64)).abs().max()))
@@ -191,10 +197,9 @@ def orthogonality_and_relativity(ctx: ClaimContext) -> None:
 def invertibility(ctx: ClaimContext) -> None:
     rng = np.random.default_rng(ctx.seed + 1)
     for name in ("2d_axial", "3d_axial", "2d_mixed"):
-        cfg = _CONFIGS[name]
-        rope = RotaryEmbedding(cfg["dim"], axes=cfg["axes"], frequencies=cfg.get("frequencies", "axial"), angle_dtype=torch.float64)
+        rope = _rope(name)
         err = 0.0
-        for p in _positions(rng, 20, cfg["axes"], True, span=50):
+        for p in _positions(rng, 20, rope.axes, True, span=50):
             got = reference.recover_positions(_matrix(rope, p).numpy(), rope.freqs.numpy())
             err = max(err, float(np.abs(got - p.numpy()).max()))
         ctx.claim(f"invertibility.{name}", f"(x, y[, z]) recovered from R ({name}, fractional positions in [−50, 50]; R is periodic, so only within a range)",
@@ -260,21 +265,22 @@ def fast_path(ctx: ClaimContext) -> None:
     g = torch.Generator().manual_seed(ctx.seed)
     x64 = torch.randn(2, 4, 257, 64, dtype=torch.float64, generator=g)
     pos = torch.arange(257)
-    exact = RotaryEmbedding(64, angle_dtype=torch.float64, backend="torch")(x64)
-    ref = reference.apply_reference(x64[0, 0].numpy(), pos.numpy()[:, None].astype(float), RotaryEmbedding(64, angle_dtype=torch.float64).freqs.numpy())
+    exact64 = RotaryEmbedding(64, angle_dtype=torch.float64, backend="torch")
+    ref = reference.apply_reference(x64[0, 0].numpy(), pos.numpy()[:, None].astype(float), exact64.freqs.numpy())
+    cos, sin = RotaryEmbedding(64).cos_sin(pos)  # float32 tables, as models use them
+    low = {}  # dtype -> (x in that dtype, float64 truth for it, error of the plain same-dtype formula)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = x64.to(dtype)
+        truth = exact64(x.double())
+        plain = reference.plain_half_rotation(x, cos.to(dtype), sin.to(dtype))
+        low[dtype] = (x, truth, float((plain.double() - truth).abs().max()))
     backends = ["native", "torch"] if _native.available() else ["torch"]
     for backend in backends:
         err64 = float(np.abs(RotaryEmbedding(64, angle_dtype=torch.float64, backend=backend)(x64)[0, 0].numpy() - ref).max())
         ctx.claim(f"fast_path.{backend}_float64", f"{backend} path = exp(n B) x in float64 (257 positions, d = 64)",
                   article_value="R_n x", measured=err64, tolerance=1e-11, passed=err64 <= 1e-11)
-        for dtype in (torch.float32, torch.bfloat16):
-            x = x64.to(dtype)
-            truth = RotaryEmbedding(64, angle_dtype=torch.float64, backend="torch")(x.double())
-            cos, sin = RotaryEmbedding(64).cos_sin(pos)
-            c, s = cos.to(dtype), sin.to(dtype)
-            plain = torch.cat((x[..., :32] * c - x[..., 32:] * s, x[..., 32:] * c + x[..., :32] * s), -1)
+        for dtype, (x, truth, base) in low.items():
             ours = float((apply_rotary(x, cos, sin, backend=backend).double() - truth).abs().max())
-            base = float((plain.double() - truth).abs().max())
             name = str(dtype).removeprefix("torch.")
             ctx.claim(f"fast_path.{backend}_{name}", f"{backend} path in {name}: error ≤ 2 × the plain {name} formula's",
                       article_value=None, measured={"kexue": ours, "plain": base}, tolerance="≤ 2 × plain", passed=ours <= 2 * base)

@@ -18,10 +18,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from scipy import linalg
 
 __all__ = [
     "apply_reference",
+    "plain_half_rotation",
     "generators",
     "pair_indices",
     "quaternion_rotation",
@@ -130,3 +132,14 @@ def quaternion_rotation(x: float, y: float, theta: float = 1.0) -> np.ndarray:
     R_{x2−x1, y2−y1}``: the article's negative result.
     """
     return linalg.expm(theta * (x * _QUATERNION_LEFT["i"] + y * _QUATERNION_LEFT["j"]))
+
+
+def plain_half_rotation(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The textbook half-layout rotation evaluated in the tensors' own dtype (every product rounded).
+
+    The yardstick for low-precision fast paths: their error against float64 should not exceed
+    about twice this formula's (flash-attention's criterion). ``cos``/``sin``: ``(..., D/2)``.
+    """
+    half = cos.shape[-1]
+    a, b = x[..., :half], x[..., half : 2 * half]
+    return torch.cat((a * cos - b * sin, b * cos + a * sin), dim=-1)

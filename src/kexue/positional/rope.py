@@ -37,14 +37,13 @@ References:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
 from torch import nn
 
-from kexue._shared import check_choice, check_finite
+from kexue._shared import check_choice, check_finite, check_int, check_number
 from kexue.positional import _native
 
 __all__ = [
@@ -261,15 +260,14 @@ def apply_rotary(
 
 
 def _check_rotary_dim(name: str, value: int) -> int:
+    """An even dimension >= 2 (coordinates rotate, and sinusoids come, in pairs)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 2 or value % 2:
-        raise ValueError(f"{name}={value!r} must be an even integer >= 2")
+        raise ValueError(f"{name}={value!r} must be an even integer >= 2 (coordinates come in pairs)")
     return value
 
 
 def _check_base(base: float) -> float:
-    if isinstance(base, bool) or not isinstance(base, (int, float)) or not math.isfinite(base) or base <= 1:
-        raise ValueError(f"base={base!r} must be a finite number > 1")
-    return float(base)
+    return check_number("base", base, above=1)
 
 
 def rope_frequencies(rotary_dim: int, base: float = 10000.0, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -345,10 +343,9 @@ def axial_frequencies(
         returns ``F`` of shape ``(axes, R/2)``, float64.
     """
     rotary_dim = _check_rotary_dim("rotary_dim", rotary_dim)
-    if isinstance(axes, bool) or not isinstance(axes, int) or axes < 1:
-        raise ValueError(f"axes={axes!r} must be a positive integer")
+    check_int("axes", axes, 1)
     scale = ROPE_SCALINGS[check_choice("scaling", scaling, ROPE_SCALINGS)]
-    _check_factor(factor)
+    check_number("factor", factor, above=0)
     counts = _split(rotary_dim // 2, axes, split)
     freqs = torch.zeros(axes, rotary_dim // 2, dtype=torch.float64)
     start = 0
@@ -378,19 +375,13 @@ def mixed_frequencies(
         returns ``(axes, R/2)`` or ``(num_heads, axes, R/2)``, float64.
     """
     rotary_dim = _check_rotary_dim("rotary_dim", rotary_dim)
-    if isinstance(axes, bool) or not isinstance(axes, int) or axes < 1:
-        raise ValueError(f"axes={axes!r} must be a positive integer")
+    check_int("axes", axes, 1)
     magnitude = rope_frequencies(rotary_dim, base)  # (R/2,)
     heads = 1 if num_heads is None else num_heads
     direction = torch.randn(heads, axes, rotary_dim // 2, generator=generator, dtype=torch.float64)
     direction = direction / direction.norm(dim=1, keepdim=True).clamp_min(1e-12)
     freqs = direction * magnitude  # (H, axes, R/2)
     return freqs[0] if num_heads is None else freqs
-
-
-def _check_factor(factor: float) -> None:
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
-        raise ValueError(f"factor={factor!r} must be a finite number > 0")
 
 
 def grid_positions(*sizes: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
@@ -590,8 +581,7 @@ class RotaryEmbedding(nn.Module):
         if positions is None:
             if self.axes != 1:
                 raise ValueError(f"positions are required for axes={self.axes} (e.g. grid_positions(h, w))")
-            if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-                raise ValueError(f"offset={offset!r} must be a non-negative integer")
+            check_int("offset", offset, 0)
             if self._can_cache():
                 cos, sin = self._cached(offset + tokens)
                 cos, sin = cos[offset : offset + tokens], sin[offset : offset + tokens]
@@ -671,8 +661,7 @@ def convert_layout(
     """
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"weight must be a torch.Tensor; got {type(weight).__name__}")
-    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
-        raise ValueError(f"num_heads={num_heads!r} must be a positive integer")
+    check_int("num_heads", num_heads, 1)
     size = weight.shape[dim]
     if size % num_heads:
         raise ValueError(f"weight.shape[{dim}]={size} is not divisible by num_heads={num_heads}")

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from scipy import special
 
-from kexue._shared import check_choice, check_finite
+from kexue._shared import check_choice, check_finite, check_number
+from kexue.positional.rope import _check_base, _check_rotary_dim, rope_frequencies
 
 __all__ = [
     "THETA_SCHEDULES",
@@ -41,18 +42,6 @@ __all__ = [
 
 TableLayout = Literal["interleaved", "concat"]
 TABLE_LAYOUTS: tuple[str, ...] = ("interleaved", "concat")
-
-
-def _check_dim(name: str, dim: int) -> int:
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2 or dim % 2:
-        raise ValueError(f"{name}={dim!r} must be an even integer >= 2 (sin and cos come in pairs)")
-    return dim
-
-
-def _check_base(base: float) -> float:
-    if isinstance(base, bool) or not isinstance(base, (int, float)) or not math.isfinite(base) or base <= 1:
-        raise ValueError(f"base={base!r} must be a finite number > 1")
-    return float(base)
 
 
 def _positions(positions: Any, angle_dtype: torch.dtype) -> tuple[torch.Tensor, bool]:
@@ -72,11 +61,6 @@ def _positions(positions: Any, angle_dtype: torch.dtype) -> tuple[torch.Tensor, 
     tensor = tensor.to(angle_dtype)
     check_finite(tensor, "positions")
     return tensor, was_numpy
-
-
-def _frequencies(dim: int, base: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    exponent = torch.arange(0, dim, 2, dtype=torch.float64) / dim
-    return (base ** (-exponent)).to(dtype=dtype, device=device)  # (d/2,)
 
 
 def sinusoidal_table(
@@ -110,11 +94,11 @@ def sinusoidal_table(
         >>> sinusoidal_table(4, 8).shape
         torch.Size([4, 8])
     """
-    dim = _check_dim("dim", dim)
+    dim = _check_rotary_dim("dim", dim)
     base = _check_base(base)
     check_choice("layout", layout, TABLE_LAYOUTS)
     p, was_numpy = _positions(positions, angle_dtype)
-    angles = p.unsqueeze(-1) * _frequencies(dim, base, angle_dtype, p.device)  # (*S, d/2)
+    angles = p.unsqueeze(-1) * rope_frequencies(dim, base, dtype=angle_dtype).to(p.device)  # (*S, d/2): θ_i = base^(−2i/d)
     sin, cos = angles.sin(), angles.cos()
     table = torch.stack((sin, cos), dim=-1).flatten(-2) if layout == "interleaved" else torch.cat((sin, cos), dim=-1)
     table = table.to(dtype or torch.get_default_dtype())
@@ -141,7 +125,7 @@ def sinusoidal_table_nd(
     Shapes:
         ``(..., n)`` → ``(..., dim)``.
     """
-    dim = _check_dim("dim", dim)
+    dim = _check_rotary_dim("dim", dim)
     p, was_numpy = _positions(positions, angle_dtype)
     if p.dim() < 1 or p.shape[-1] < 1:
         raise ValueError(f"positions must have shape (..., n_axes); got {tuple(p.shape)}")
@@ -154,7 +138,7 @@ def sinusoidal_table_nd(
     if len(split) != axes or sum(split) != dim:
         raise ValueError(f"split={split!r} must list {axes} even dimensions summing to dim={dim}")
     for share in split:
-        _check_dim("split entry", share)
+        _check_rotary_dim("split entry", share)
     parts = [sinusoidal_table(p[..., k], share, base, layout=layout, dtype=dtype, angle_dtype=angle_dtype) for k, share in enumerate(split)]
     table = torch.cat(parts, dim=-1)
     return table.numpy() if was_numpy else table
@@ -195,8 +179,7 @@ def exponential_schedule(base: float = 10000.0) -> ThetaSchedule:
 
 def power_schedule(alpha: float) -> ThetaSchedule:
     """``θ_t = t^α`` (α > 0): a power law reaching frequencies down to 0."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0 or not math.isfinite(alpha):
-        raise ValueError(f"alpha={alpha!r} must be a finite number > 0")
+    alpha = check_number("alpha", alpha, above=0)
 
     def exact(delta: np.ndarray) -> np.ndarray:
         # ∫_0^1 cos(Δ t^α) dt: only α = 1 is elementary (sin Δ / Δ); others are numeric
@@ -239,7 +222,7 @@ def relative_inner_products(
     Shapes:
         distances ``(*S)`` → ``(*S)``.
     """
-    dim = _check_dim("dim", dim)
+    dim = _check_rotary_dim("dim", dim)
     sched = _schedule(schedule, base)
     delta = _distances(distances)
     theta = sched.theta(np.arange(0, dim, 2, dtype=np.float64) / dim)  # (d/2,)
@@ -267,7 +250,7 @@ def integral_approximation(
     Shapes:
         distances ``(*S)`` → ``(*S)``.
     """
-    dim = _check_dim("dim", dim)
+    dim = _check_rotary_dim("dim", dim)
     sched = _schedule(schedule, base)
     delta = _distances(distances)
     if sched.exact is not None:
