@@ -14,6 +14,12 @@ admitted limit, which rules out SimCSE). kexue saves the CPU and CUDA RNG states
 micro-batch in step 1 and restores them in step 3, then leaves the generators where step 1
 left them. BatchNorm in training mode couples the samples of a micro-batch and is rejected.
 
+Across processes (``distributed=True``, launched by ``torchrun``), step 2 runs on the
+all-gathered embeddings of every rank, so each rank's negatives include every other rank's
+samples; each rank backpropagates the gradient of the *global* loss for its own samples, and
+the encoders' parameter gradients are then summed over ranks. Every rank ends with the exact
+gradient of the global-batch loss (a sum over ranks, not a mean: do not rescale it).
+
 Reference: Su Jianlin, "Can contrastive learning use gradient accumulation?",
 https://kexue.fm/archives/8471; Gao et al.,
 GradCache, arXiv:2101.06983; Gao et al., SimCSE, arXiv:2104.08821.
@@ -21,6 +27,7 @@ GradCache, arXiv:2101.06983; Gao et al., SimCSE, arXiv:2104.08821.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +37,7 @@ import torch
 from torch import nn
 
 from kexue._shared import check_int
+from kexue.contrastive import distributed as dist_utils
 
 __all__ = ["CachedStep", "cached_backward", "encode", "naive_accumulation_backward", "slice_batch"]
 
@@ -130,6 +138,9 @@ def cached_backward(
     micro_batch_size: int,
     replay_rng: bool = True,
     scale_loss: float = 1.0,
+    autocast: torch.dtype | None = None,
+    distributed: bool = False,
+    group: Any = None,
 ) -> CachedStep:
     """Compute the batch loss and leave its exact gradient in every parameter's ``.grad``.
 
@@ -146,9 +157,24 @@ def cached_backward(
             with it, not with the batch.
         replay_rng: restore each micro-batch's RNG state in the grad pass (exact with dropout).
         scale_loss: multiply the loss (and gradients) by this, e.g. ``1/k`` for k accumulated steps.
+        autocast: run the encoders under ``torch.autocast`` with this dtype (``torch.bfloat16``
+            or ``torch.float16``) in both passes; embeddings are cached, and the loss and its
+            gradient computed, in float32. With float16 on CUDA, pass ``scale_loss`` (or use a
+            ``GradScaler`` on the returned loss's scale) as you would for any fp16 training.
+        distributed: gather every rank's embeddings (``torch.distributed`` must be initialised,
+            e.g. by ``torchrun``; gloo or NCCL) so that negatives come from the global batch.
+            Ranks may hold different numbers of samples. Encoders wrapped in
+            ``DistributedDataParallel`` are run under ``no_sync`` and reduced here once.
+        group: the process group (default: the world).
 
     Returns:
         :class:`CachedStep`. Gradients are *accumulated* into ``.grad`` (zero them first).
+        With ``distributed=True``, ``embeddings`` are the global (gathered) ones.
+
+    Raises:
+        ValueError: on a BatchNorm in training mode, mismatched encoders/batches, or
+            ``distributed=True`` without an initialised process group.
+        FloatingPointError: when the loss is not finite.
     """
     check_int("micro_batch_size", micro_batch_size, 1)
     sides = list(batches) if isinstance(batches, (list, tuple)) and not _is_sample_list(batches) else [batches]
@@ -157,7 +183,13 @@ def cached_backward(
         raise ValueError(f"got {len(towers)} encoders for {len(sides)} batches; pass one encoder, or one per batch")
     for tower in towers:
         _check_batchnorm(tower)
+    if autocast is not None and autocast not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16; got {autocast!r}")
+    if distributed:
+        dist_utils.check_initialised()
     cuda = sorted({dev for tower in towers for dev in _devices(tower)})
+    amp = (torch.autocast("cuda" if cuda else "cpu", dtype=autocast) if autocast is not None
+           else contextlib.nullcontext())
 
     # 1. no-grad forward, remembering the RNG state before every micro-batch
     start = time.perf_counter()
@@ -168,7 +200,8 @@ def cached_backward(
             parts, side_states = [], []
             for lo, hi in _micro(batch_size(batch), micro_batch_size):
                 side_states.append(_RngState(cuda))
-                h = encode(tower, slice_batch(batch, lo, hi))
+                with amp:
+                    h = encode(tower, slice_batch(batch, lo, hi))
                 parts.append(h.float() if h.dtype in (torch.float16, torch.bfloat16) else h)  # half types cached in float32
             cached.append(torch.cat(parts))
             states.append(side_states)
@@ -177,6 +210,10 @@ def cached_backward(
 
     # 2. the true loss and ∂L/∂h on the cached embeddings (and the loss's own parameters' grads)
     start = time.perf_counter()
+    offsets = [0] * len(cached)
+    if distributed:
+        gathered = [dist_utils.gather_rows(h, group) for h in cached]
+        cached, offsets = [g for g, _ in gathered], [o for _, o in gathered]
     leaves = [h.detach().requires_grad_(True) for h in cached]
     with torch.enable_grad():
         loss = loss_fn(*leaves) * scale_loss
@@ -189,16 +226,27 @@ def cached_backward(
     # 3. grad pass: replay each micro-batch and backpropagate ⟨h, g⟩
     start = time.perf_counter()
     surrogate = 0.0
-    for tower, batch, grad, side_states in zip(towers, sides, grads, states):
-        for (lo, hi), state in zip(_micro(batch_size(batch), micro_batch_size), side_states):
-            if replay_rng:
-                state.restore()
-            with torch.enable_grad():
-                h = encode(tower, slice_batch(batch, lo, hi))
-                g = grad[lo:hi].to(h.dtype)
-                term = (h * g).sum()
-                term.backward()
-            surrogate += float(term.detach())
+    params = dist_utils.tower_parameters(towers) if distributed else []
+    stashed = dist_utils.stash_grads(params)
+    with contextlib.ExitStack() as stack:
+        for tower in {id(t): t for t in towers}.values():
+            if distributed and hasattr(tower, "no_sync"):
+                stack.enter_context(tower.no_sync())
+        for tower, batch, grad, offset, side_states in zip(towers, sides, grads, offsets, states):
+            for (lo, hi), state in zip(_micro(batch_size(batch), micro_batch_size), side_states):
+                if replay_rng:
+                    state.restore()
+                with torch.enable_grad():
+                    with amp:
+                        h = encode(tower, slice_batch(batch, lo, hi))
+                    term = (h.float() * grad[offset + lo : offset + hi]).sum() if autocast is not None \
+                        else (h * grad[offset + lo : offset + hi].to(h.dtype)).sum()
+                    term.backward()
+                surrogate += float(term.detach())
+    if distributed:
+        dist_utils.sum_grads(params, group)
+        surrogate = dist_utils.sum_scalar(surrogate, group)
+    dist_utils.unstash_grads(params, stashed)
     after_forward.restore()
     return CachedStep(loss.detach(), surrogate, [h.detach() for h in cached],
                       {"forward_no_grad": forward_s, "loss": loss_s, "grad_pass": time.perf_counter() - start})

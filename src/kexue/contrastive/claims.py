@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from kexue.contrastive import reference
+from kexue.contrastive._torchrun_check import launch
 from kexue.contrastive.cached import cached_backward, naive_accumulation_backward
 from kexue.contrastive.losses import InfoNCE, info_nce, info_nce_tiled
 from kexue.report.claims import Article, ClaimContext, ClaimSuite
@@ -122,6 +123,15 @@ def tiled_equals_dense(ctx: ClaimContext) -> None:
     err = max(abs(float((dense - tiled).detach())), *[float((a - b).abs().max() / b.abs().max()) for a, b in zip(gt, gd)])
     ctx.claim("tiled_equals_dense", f"tiled InfoNCE (512-blocks) = dense: loss and gradients (q, d, temperature) at N = {n}, D = {d}, max relative error",
               article_value=None, measured=err, tolerance=1e-5, passed=err <= 1e-5)
+
+
+@SUITE.check
+def two_process_gloo(ctx: ClaimContext) -> None:
+    result = launch(nproc=2, batch=48, micro=5, seed=ctx.seed)
+    worst = max(result["plain_grad_rel_err"], result["ddp_grad_rel_err"])
+    ctx.claim("two_process_gloo", f"two gloo processes under torchrun (shards {result['shards']}, all-gathered embeddings, dropout on, learnable temperature; bare and DDP-wrapped encoder) = single-process full-batch gradient, float64 max relative error",
+              article_value=None, measured=worst, tolerance=1e-10, passed=worst <= 1e-10,
+              details=f"loss {result['loss']:.6f}; loss errors {result['plain_loss_abs_err']:.1e} / {result['ddp_loss_abs_err']:.1e}")
 
 
 @SUITE.check
