@@ -1,0 +1,302 @@
+"""Fine-tune a sentence-transformers model with the cached procedure (``kexue train-embedder``).
+
+Two kinds of data:
+
+* unsupervised SimCSE (Gao et al., arXiv:2104.08821): a text file with one sentence per line;
+  each sentence is encoded twice and the two dropout views are the positive pair (the RNG
+  replay of :func:`~kexue.contrastive.cached.cached_backward` keeps the gradient exact with
+  dropout on);
+* supervised pairs: a TSV file ``anchor<TAB>positive`` per line; the other rows' positives are
+  the negatives (in-batch negatives, as in sentence-transformers' MultipleNegativesRankingLoss).
+
+Every step uses the full effective batch (``batch_size`` samples) as negatives while only
+``micro_batch_size`` samples are in a forward with gradient at a time. Checkpoints (model,
+optimizer, scheduler, temperature, step, RNG) are written atomically to ``OUT/checkpoint`` and
+a later run with ``resume=True`` continues from them, reproducing the same data order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kexue._shared import check_int, check_number
+from kexue.contrastive.cached import cached_backward
+from kexue.contrastive.losses import InfoNCE
+
+__all__ = ["TrainConfig", "TrainProgress", "TrainResult", "read_pairs", "read_sentences", "train_embedder"]
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one fine-tuning run (the CLI's options).
+
+    Attributes:
+        model: folder of a sentence-transformers model (default: the embedded all-MiniLM-L6-v2).
+        out: output folder: ``model/`` (final), ``checkpoint/``, ``training.json``.
+        sentences: text file, one sentence per line (SimCSE); exclusive with ``pairs``.
+        pairs: TSV file ``anchor<TAB>positive`` (supervised).
+        batch_size: effective batch: the negatives of every step.
+        micro_batch_size: samples per forward with gradient (memory).
+        epochs, lr, warmup, temperature, max_length, seed: the usual.
+        max_steps: stop after this many steps (default: all epochs).
+        checkpoint_every: steps between checkpoints (0: only at the end).
+        evaluate: STS-B Spearman before and after (needs the shared data folder).
+        eval_split: STS-B split to evaluate on.
+        data: the shared data folder (default: see :func:`kexue.data.data_root`).
+        autocast: ``"bf16"`` to run the encoder under bfloat16 autocast.
+    """
+
+    model: str | None = None
+    out: str = "embedder-out"
+    sentences: str | None = None
+    pairs: str | None = None
+    batch_size: int = 256
+    micro_batch_size: int = 32
+    epochs: int = 1
+    lr: float = 2e-5
+    warmup: float = 0.1
+    temperature: float = 0.05
+    max_length: int = 32
+    seed: int = 0
+    max_steps: int | None = None
+    checkpoint_every: int = 50
+    evaluate: bool = True
+    eval_split: str = "test"
+    data: str | None = None
+    autocast: str | None = None
+
+    def validate(self) -> None:
+        if (self.sentences is None) == (self.pairs is None):
+            raise ValueError("give exactly one of sentences (one sentence per line, SimCSE) or pairs (anchor<TAB>positive)")
+        check_int("batch_size", self.batch_size, 2)
+        check_int("micro_batch_size", self.micro_batch_size, 1)
+        check_int("epochs", self.epochs, 1)
+        check_int("max_length", self.max_length, 2)
+        check_int("checkpoint_every", self.checkpoint_every, 0)
+        if self.max_steps is not None:
+            check_int("max_steps", self.max_steps, 1)
+        check_number("lr", self.lr, above=0)
+        check_number("temperature", self.temperature, above=0)
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"warmup must be a fraction in [0, 1); got {self.warmup!r}")
+        if self.autocast not in (None, "bf16"):
+            raise ValueError(f"autocast must be None or 'bf16'; got {self.autocast!r}")
+
+
+def read_sentences(path: str | os.PathLike) -> list[str]:
+    """Non-empty stripped lines of a UTF-8 text file."""
+    lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    sentences = [s for s in lines if s]
+    if len(sentences) < 2:
+        raise ValueError(f"sentences file {path} has {len(sentences)} non-empty lines; at least 2 are needed")
+    return sentences
+
+
+def read_pairs(path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """``anchor<TAB>positive`` lines of a UTF-8 TSV file (blank lines skipped)."""
+    anchors, positives = [], []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2 or not fields[0].strip() or not fields[1].strip():
+            raise ValueError(f"pairs file {path} line {number}: expected 'anchor<TAB>positive'; got {line[:80]!r}")
+        anchors.append(fields[0].strip())
+        positives.append(fields[1].strip())
+    if len(anchors) < 2:
+        raise ValueError(f"pairs file {path} has {len(anchors)} pairs; at least 2 are needed")
+    return anchors, positives
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a finished folder into place: the old one is only removed once the new one is there."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _checkpoint_dir(out: Path) -> Path | None:
+    for candidate in (out / "checkpoint", out / "checkpoint.old"):  # .old: a crash between the two renames
+        if (candidate / "trainer_state.pt").exists():
+            return candidate
+    return None
+
+
+@dataclass
+class TrainProgress:
+    """Minimal progress protocol: ``start(total, done)``, ``advance(loss)``; rich in the CLI."""
+
+    start: Callable[[int, int], None] = lambda total, done: None
+    advance: Callable[[float], None] = lambda loss: None
+    message: Callable[[str], None] = lambda text: None
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    losses: list[float]
+    sts_before: float | None
+    sts_after: float | None
+    seconds: float
+    out: str
+    resumed_from: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _load_model(path: str | None, max_length: int):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+    from kexue.data import embedded_model_path
+
+    folder = Path(path) if path is not None else embedded_model_path()
+    if not (folder / "config.json").exists() and not (folder / "modules.json").exists():
+        raise FileNotFoundError(f"model folder {folder} has no config.json or modules.json; pass a sentence-transformers model folder")
+    model = SentenceTransformer(str(folder), device="cpu" if not torch.cuda.is_available() else "cuda")
+    model.kexue_eval_length = model.max_seq_length  # STS is evaluated at the model's own length
+    model.max_seq_length = max_length
+    return model
+
+
+def _encoder(model) -> Callable[[list[str]], torch.Tensor]:
+    prepare = getattr(model, "preprocess", None) or model.tokenize
+    device = model.device
+
+    def encode(texts: list[str]) -> torch.Tensor:
+        features = prepare(list(texts))
+        features = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in features.items()}
+        return model(features)["sentence_embedding"]
+
+    return encode
+
+
+def train_embedder(config: TrainConfig, *, resume: bool = False, progress: TrainProgress | None = None) -> TrainResult:
+    """Run the fine-tuning described by ``config``; see the module docstring."""
+    config.validate()
+    progress = progress or TrainProgress()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.sentences is not None:
+        first = read_sentences(config.sentences)
+        sides = [first, first]
+    else:
+        sides = list(read_pairs(config.pairs))
+    n = len(sides[0])
+    batch = min(config.batch_size, n)
+    steps_per_epoch = n // batch
+    total = steps_per_epoch * config.epochs if config.max_steps is None else min(config.max_steps, steps_per_epoch * config.epochs)
+
+    checkpoint = _checkpoint_dir(out) if resume else None
+    if resume and checkpoint is None:
+        progress.message(f"no checkpoint in {out}; starting from the beginning")
+    model = _load_model(str(checkpoint) if checkpoint else config.model, config.max_length)
+    model.train()
+    loss_fn = InfoNCE(config.temperature).to(model.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    warm = max(1, int(config.warmup * total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
+    step, losses = 0, []
+    sts_before = None
+    if checkpoint is not None:
+        state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, losses, sts_before = state["step"], state["losses"], state.get("sts_before")
+        torch.set_rng_state(state["rng"])
+        progress.message(f"resumed from {checkpoint} at step {step}/{total}")
+    resumed_from = step
+
+    evaluate = _sts_evaluator(config) if config.evaluate else None
+    if evaluate is not None and sts_before is None:
+        progress.message("evaluating STS-B before training")
+        sts_before = evaluate(model)
+    if checkpoint is None:
+        torch.manual_seed(config.seed)
+
+    encode = _encoder(model)
+    autocast = torch.bfloat16 if config.autocast == "bf16" else None
+    start = time.perf_counter()
+    progress.start(total, step)
+    while step < total:
+        epoch, within = divmod(step, steps_per_epoch)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + epoch))
+        index = order[within * batch : (within + 1) * batch].tolist()
+        optimizer.zero_grad(set_to_none=True)
+        result = cached_backward(encode, [[side[i] for i in index] for side in sides], loss_fn,
+                                 micro_batch_size=config.micro_batch_size, autocast=autocast)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        losses.append(float(result.loss))
+        progress.advance(losses[-1])
+        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total:
+            _save_checkpoint(out, model, optimizer, scheduler, step, losses, sts_before)
+    seconds = time.perf_counter() - start
+    if step > resumed_from:
+        _save_checkpoint(out, model, optimizer, scheduler, step, losses, sts_before)
+    tmp = out / f"model.tmp-{os.getpid()}"
+    model.save(str(tmp))
+    _replace_dir(tmp, out / "model")
+    sts_after = None
+    if evaluate is not None:
+        progress.message("evaluating STS-B after training")
+        sts_after = evaluate(model)
+    result = TrainResult(step, losses, sts_before, sts_after, seconds, str(out), resumed_from,
+                         {"samples": n, "effective_batch": batch, "steps_per_epoch": steps_per_epoch})
+    _write_json(out / "training.json", {"config": asdict(config), **asdict(result)})
+    return result
+
+
+def _save_checkpoint(out: Path, model, optimizer, scheduler, step: int, losses: list[float], sts_before: float | None) -> None:
+    tmp = out / f"checkpoint.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save(str(tmp))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                "losses": losses, "sts_before": sts_before, "rng": torch.get_rng_state()}, tmp / "trainer_state.pt")
+    _replace_dir(tmp, out / "checkpoint")
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, allow_nan=False))
+    os.replace(tmp, path)
+
+
+def _sts_evaluator(config: TrainConfig) -> Callable[[Any], float]:
+    from kexue.data import load_stsb
+    from kexue.sts import cosine_spearman, sentence_transformer_encoder
+
+    pairs = load_stsb(config.eval_split, config.data)  # fail before training, not after
+
+    def evaluate(model) -> float:
+        train_length = model.max_seq_length
+        model.max_seq_length = getattr(model, "kexue_eval_length", train_length)
+        try:
+            score = cosine_spearman(sentence_transformer_encoder(model), pairs)
+        finally:
+            model.max_seq_length = train_length
+        if not math.isfinite(score):
+            raise FloatingPointError(f"STS-B Spearman is {score}")
+        return score
+
+    return evaluate

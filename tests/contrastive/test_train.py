@@ -1,0 +1,103 @@
+"""``kexue train-embedder`` on a tiny random BERT: resumable, deterministic, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kexue.cli import main
+from kexue.contrastive.train import TrainConfig, TrainProgress, read_pairs, train_embedder
+from kexue.data import embedded_model_path
+
+SENTENCES = [f"sentence number {i} about {w}" for i, w in enumerate(["cats", "dogs", "the sea", "music", "rain", "trains", "bread", "chess"] * 3)]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    root = tmp_path_factory.mktemp("tiny")
+    tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_path()))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(root / "bert")
+    tokenizer.save_pretrained(root / "bert")
+    st = SentenceTransformer(modules=[Transformer(str(root / "bert"), max_seq_length=16), Pooling(32, "mean")], device="cpu")
+    st.save(str(root / "st"))
+    return str(root / "st")
+
+
+@pytest.fixture()
+def pairs_file(tmp_path: Path) -> str:
+    path = tmp_path / "pairs.tsv"
+    path.write_text("\n".join(f"{s}\t{s.replace('about', 'on')}" for s in SENTENCES) + "\n")
+    return str(path)
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "model" / "model.safetensors"))
+
+
+def test_resumed_run_equals_uninterrupted_run(tiny_model: str, pairs_file: str, tmp_path: Path) -> None:
+    common = dict(model=tiny_model, pairs=pairs_file, batch_size=8, micro_batch_size=3, epochs=2, lr=1e-3,
+                  evaluate=False, checkpoint_every=2)
+    whole = train_embedder(TrainConfig(out=str(tmp_path / "whole"), **common))
+    assert whole.steps == 6 and all(torch.isfinite(torch.tensor(whole.losses)))
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt_at_step_5(loss: float, seen=[]) -> None:
+        seen.append(loss)
+        if len(seen) == 5:  # the checkpoint of step 4 is on disk, step 5's is not
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_embedder(TrainConfig(out=str(tmp_path / "split"), **common), progress=TrainProgress(advance=interrupt_at_step_5))
+    resumed = train_embedder(TrainConfig(out=str(tmp_path / "split"), **common), resume=True)
+    assert resumed.resumed_from == 4 and resumed.steps == 6
+    assert resumed.losses == whole.losses
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "split")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    start = load_file(str(Path(tiny_model) / "model.safetensors"))
+    assert any(not torch.equal(a[k], start[k]) for k in a)  # training moved the weights
+    log = json.loads((tmp_path / "split" / "training.json").read_text())
+    assert log["steps"] == 6 and log["resumed_from"] == 4
+    assert not list((tmp_path / "split").glob("*.tmp*")) and not list((tmp_path / "split").glob("*.old"))
+
+
+def test_simcse_from_sentences_with_sts_evaluation(tiny_model: str, tmp_path: Path) -> None:
+    sentences = tmp_path / "sentences.txt"
+    sentences.write_text("\n".join(SENTENCES))
+    result = train_embedder(TrainConfig(model=tiny_model, sentences=str(sentences), out=str(tmp_path / "out"),
+                                        batch_size=12, micro_batch_size=5, max_steps=2, eval_split="dev"))
+    assert result.steps == 2
+    # a random 2-layer BERT correlates weakly but measurably with STS-B dev
+    assert -100 < result.sts_before < 100 and result.sts_before != result.sts_after
+    assert result.losses[0] > 0  # dropout makes the two views differ
+
+
+def test_bad_inputs(tmp_path: Path, pairs_file: str) -> None:
+    with pytest.raises(ValueError, match="exactly one of"):
+        TrainConfig(out=str(tmp_path)).validate()
+    with pytest.raises(ValueError, match="micro_batch_size"):
+        TrainConfig(pairs=pairs_file, micro_batch_size=0).validate()
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("a\tb\nno tab here\n")
+    with pytest.raises(ValueError, match="line 2"):
+        read_pairs(bad)
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train-embedder", "--pairs", str(tmp_path / "missing.tsv"), "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.tsv" in err[0]
+    assert main(["train-embedder", "--pairs", "x.tsv", "-o", str(tmp_path / "o"), "--temperature", "0"]) == 2
+    assert "temperature" in capsys.readouterr().err
