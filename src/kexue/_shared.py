@@ -45,10 +45,10 @@ def check_int(name: str, value: Any, minimum: int) -> int:
     return value
 
 
-def check_number(name: str, value: Any, *, above: float) -> float:
-    """Return ``value`` as a float if it is a finite real number ``> above``, else raise a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not value > above:
-        raise ValueError(f"{name}={value!r} must be a finite number > {above:g}")
+def check_number(name: str, value: Any, *, above: float | None = None) -> float:
+    """Return ``value`` as a float if it is a finite real number (``> above`` when given), else raise a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (above is not None and not value > above):
+        raise ValueError(f"{name}={value!r} must be a finite number" + (f" > {above:g}" if above is not None else ""))
     return float(value)
 
 

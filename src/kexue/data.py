@@ -15,7 +15,9 @@ from pathlib import Path
 
 from kexue._shared import check_choice
 
-__all__ = ["SentencePairs", "data_root", "embedded_model_path", "load_stsb"]
+__all__ = ["STS_TASKS", "SentencePairs", "data_root", "embedded_model_path", "load_sick_r", "load_sts_year", "load_stsb", "load_task"]
+
+STS_TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STS-B", "SICK-R")
 
 _CHECKOUT = Path(__file__).resolve().parents[3]  # src/kexue/data.py -> the project's parent
 
@@ -69,6 +71,55 @@ def load_stsb(split: str = "test", root: str | os.PathLike | None = None) -> Sen
             s1.append(row[5])
             s2.append(row[6])
     return SentencePairs(f"STS-B {split}", s1, s2, scores)
+
+
+def load_sts_year(year: int, root: str | os.PathLike | None = None) -> list[SentencePairs]:
+    """SemEval STS ``year`` (2012-2016) test subsets, unscored lines skipped (score 0-5).
+
+    Note: the 2012 folder here lacks the MSRvid subset, so STS12 differs from published figures.
+    """
+    if year not in (2012, 2013, 2014, 2015, 2016):
+        raise ValueError(f"year must be one of 2012-2016; got {year!r}")
+    folder = _require(data_root(root) / "sts12-16" / str(year))
+    subsets = []
+    for path in sorted(folder.glob("*.test.tsv")):
+        s1, s2, scores = [], [], []
+        with open(path, encoding="utf-8") as fh:
+            for row in csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE):
+                if len(row) < 3 or not row[0].strip():
+                    continue
+                scores.append(float(row[0]))
+                s1.append(row[1])
+                s2.append(row[2])
+        subsets.append(SentencePairs(f"STS{year % 100} {path.name.removesuffix('.test.tsv')}", s1, s2, scores))
+    if not subsets:
+        raise FileNotFoundError(f"no *.test.tsv files in {folder}")
+    return subsets
+
+
+def load_sick_r(root: str | os.PathLike | None = None) -> SentencePairs:
+    """SICK relatedness (SemEval 2014 task 1) test pairs from ``SICK_test_annotated.txt`` (1-5)."""
+    path = _require(data_root(root) / "sick" / "SICK_test_annotated.txt")
+    s1, s2, scores = [], [], []
+    with open(path, encoding="utf-8") as fh:
+        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+        next(reader)
+        for row in reader:
+            if len(row) >= 4:
+                s1.append(row[1])
+                s2.append(row[2])
+                scores.append(float(row[3]))
+    return SentencePairs("SICK-R", s1, s2, scores)
+
+
+def load_task(task: str, root: str | os.PathLike | None = None) -> list[SentencePairs]:
+    """The subsets of one of :data:`STS_TASKS` (STS-B test and SICK-R have one subset)."""
+    check_choice("task", task, STS_TASKS)
+    if task == "STS-B":
+        return [load_stsb("test", root)]
+    if task == "SICK-R":
+        return [load_sick_r(root)]
+    return load_sts_year(2000 + int(task[3:]), root)
 
 
 def embedded_model_path() -> Path:

@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import torch
 from scipy.stats import spearmanr
 
 from kexue.data import SentencePairs
 
-__all__ = ["cosine_spearman", "sentence_transformer_encoder"]
+__all__ = ["cosine_spearman", "score_task", "score_tasks", "sentence_transformer_encoder", "unique_sentences"]
 
-Encoder = Callable[[Sequence[str]], "np.ndarray | torch.Tensor"]
+Encoder = Callable[[Sequence[str]], np.ndarray]  # torch tensors are accepted too
 
 
 def sentence_transformer_encoder(model, batch_size: int = 128) -> Encoder:
@@ -38,3 +37,45 @@ def cosine_spearman(encode: Encoder, pairs: SentencePairs) -> float:
         raise FloatingPointError(f"the encoder returned non-finite embeddings on {pairs.name}")
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     return float(spearmanr(cos, pairs.scores).statistic * 100)
+
+
+def unique_sentences(tasks: dict[str, list[SentencePairs]]) -> list[str]:
+    """Every distinct sentence of the tasks, in first-seen order (encode each once)."""
+    seen: dict[str, None] = {}
+    for subsets in tasks.values():
+        for pairs in subsets:
+            seen.update(dict.fromkeys(pairs.sentences1))
+            seen.update(dict.fromkeys(pairs.sentences2))
+    return list(seen)
+
+
+def _cosines(vectors: np.ndarray, index: dict[str, int], pairs: SentencePairs) -> np.ndarray:
+    a = vectors[[index[s] for s in pairs.sentences1]]
+    b = vectors[[index[s] for s in pairs.sentences2]]
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return (a * b).sum(1) / np.where(norms > 0, norms, 1.0)
+
+
+def score_task(subsets: Sequence[SentencePairs], vectors: np.ndarray, index: dict[str, int]) -> dict[str, float]:
+    """Spearman × 100 of one task, two aggregations.
+
+    * ``all``: one Spearman over the pooled pairs of every subset (SimCSE's and MTEB's);
+    * ``wmean``: the subsets' Spearman averaged with weights = their pair counts (SentEval's
+      "wmean", used by the BERT-flow and BERT-whitening papers).
+
+    A task with one subset (STS-B, SICK-R) has ``all == wmean``.
+    """
+    vectors = np.asarray(vectors, dtype=np.float64)
+    if not np.isfinite(vectors).all():
+        raise FloatingPointError("non-finite sentence vectors")
+    cos = [_cosines(vectors, index, p) for p in subsets]
+    per = [float(spearmanr(c, p.scores).statistic * 100) for c, p in zip(cos, subsets)]
+    sizes = np.array([len(p) for p in subsets], dtype=np.float64)
+    pooled = float(spearmanr(np.concatenate(cos), np.concatenate([p.scores for p in subsets])).statistic * 100)
+    return {"all": pooled, "wmean": float(np.dot(per, sizes) / sizes.sum()), "pairs": int(sizes.sum()),
+            "subsets": {p.name: round(r, 2) for p, r in zip(subsets, per)}}
+
+
+def score_tasks(tasks: dict[str, list[SentencePairs]], vectors: np.ndarray, index: dict[str, int]) -> dict[str, dict]:
+    """:func:`score_task` for every task."""
+    return {name: score_task(subsets, vectors, index) for name, subsets in tasks.items()}

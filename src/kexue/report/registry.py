@@ -37,6 +37,7 @@ SUITES: dict[str, str] = {
 BENCHMARKS: dict[str, str] = {
     "orthogonal": "kexue.orthogonal.benchmark:BENCH",
     "rope": "kexue.positional.benchmark:BENCH",
+    "contrastive": "kexue.contrastive.benchmark:BENCH",
 }
 
 

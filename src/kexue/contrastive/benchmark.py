@@ -1,0 +1,194 @@
+"""``kexue bench contrastive``: the cached step against a plain step and sentence-transformers.
+
+Cases (CPU, the embedded all-MiniLM-L6-v2 in training mode, dropout on; query and document
+inputs of exactly 32 tokens; ``--quick`` quarters the batch):
+
+* A: one training step at effective batch 256: a plain full-batch step (both sides forwarded
+  and backpropagated at once) against kexue's cached step with micro-batches of 32, and
+  sentence-transformers' ``CachedMultipleNegativesRankingLoss`` (scale 20, mini-batch 32) at
+  the same settings. Before timing, both cached implementations run once with dropout off
+  and their parameter gradients are compared (max relative error, reported).
+* B: peak resident memory of one step, each configuration in a fresh process: the cached
+  step at 256 / 32 against a plain step at batch 32 (the memory the cached step promises).
+* C: peak memory of the InfoNCE loss alone (forward + backward) at N = 32768, D = 384: dense
+  (the N x N similarity matrix and its gradient) against the tiled loss (blocks of 1024).
+
+Ratios: ``contrastive.step_vs_plain`` (cached / plain time, target <= 1.45),
+``contrastive.speed_vs_st`` (sentence-transformers time / kexue time, target >= 1.0),
+``contrastive.grad_vs_st`` (max relative gradient difference, target <= 1e-5),
+``contrastive.memory_vs_plain_micro`` (cached peak / plain-32 peak, target <= 1.5),
+``contrastive.tiled_memory_fraction`` (tiled peak / dense peak, target <= 0.10).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import torch
+
+from kexue.contrastive.cached import cached_backward
+from kexue.contrastive.losses import InfoNCE, info_nce, info_nce_tiled
+from kexue.report.bench import Bench, BenchSuite, CaseResult
+
+BENCH = BenchSuite("contrastive")
+TOKENS, MICRO, SCALE = 32, 32, 20.0
+
+
+def _model():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    from kexue.data import embedded_model_path
+
+    hf_logging.disable_progress_bar()
+    model = SentenceTransformer(str(embedded_model_path()), device="cpu")
+    model.train()
+    return model
+
+
+def _features(batch: int, seed: int, vocab: int = 30522) -> dict[str, torch.Tensor]:
+    """Tokenised inputs of exactly ``TOKENS`` tokens: [CLS] random word pieces [SEP]."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, vocab, (batch, TOKENS), generator=g)
+    ids[:, 0], ids[:, -1] = 101, 102
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+
+
+def _encoder(model):
+    def encode(features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(dict(features))["sentence_embedding"]  # the model adds keys: hand it a copy
+
+    return encode
+
+
+def _plain_step(model, loss_fn, q, d) -> float:
+    model.zero_grad(set_to_none=True)
+    encode = _encoder(model)
+    loss = loss_fn(encode(q), encode(d))
+    loss.backward()
+    return float(loss.detach())
+
+
+def _cached_step(model, loss_fn, q, d, micro: int = MICRO) -> float:
+    model.zero_grad(set_to_none=True)
+    return float(cached_backward(_encoder(model), [q, d], loss_fn, micro_batch_size=micro).loss)
+
+
+def _st_loss(model):
+    try:
+        from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
+    except ImportError:  # sentence-transformers < 5.2
+        from sentence_transformers.losses import CachedMultipleNegativesRankingLoss
+    return CachedMultipleNegativesRankingLoss(model, scale=SCALE, mini_batch_size=MICRO)
+
+
+def _st_step(model, st_loss, q, d) -> float:
+    model.zero_grad(set_to_none=True)
+    loss = st_loss([dict(q), dict(d)], None)
+    loss.backward()
+    return float(loss.detach())
+
+
+def _grads(model) -> list[torch.Tensor]:
+    return [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
+
+
+def _relative_difference(ours: list[torch.Tensor], theirs: list[torch.Tensor]) -> float:
+    """‖Δ‖ / ‖g‖ over all parameters as one vector. Per-parameter ratios are meaningless for the
+    attention key biases, whose true gradient is zero (softmax ignores a per-row constant) and
+    whose computed gradient is rounding noise of about 1e-8."""
+    if len(ours) != len(theirs):
+        return float("inf")
+    diff = torch.cat([(a - b).reshape(-1) for a, b in zip(ours, theirs)]).double()
+    ref = torch.cat([b.reshape(-1) for b in theirs]).double()
+    return float(diff.norm() / ref.norm())
+
+
+@BENCH.case
+def step_time(bench: Bench) -> None:
+    batch = 64 if bench.quick else 256
+    torch.manual_seed(0)
+    model = _model()
+    loss_fn = InfoNCE(1.0 / SCALE)
+    q, d = _features(batch, 1), _features(batch, 2)
+    st_loss = _st_loss(model)
+
+    model.eval()  # dropout off: both cached implementations must give the same gradient
+    _cached_step(model, loss_fn, q, d)
+    ours = _grads(model)
+    _st_step(model, st_loss, q, d)
+    theirs = _grads(model)
+    model.train()
+    grad_err = _relative_difference(ours, theirs)
+
+    case = f"A: one step, batch {batch}, {TOKENS} tokens, all-MiniLM-L6-v2"
+    params = {"batch": batch, "micro": MICRO, "tokens": TOKENS, "threads": torch.get_num_threads()}
+    plain = bench.time(case, "plain full-batch step", lambda: _plain_step(model, loss_fn, q, d), params=params)
+    cached = bench.time(case, f"kexue cached_backward (micro {MICRO})", lambda: _cached_step(model, loss_fn, q, d), params=params)
+    st = bench.time(case, f"sentence-transformers CachedMNRL (mini-batch {MICRO})", lambda: _st_step(model, st_loss, q, d), params=params)
+    bench.ratio("contrastive.step_vs_plain", cached.median_s / plain.median_s, target=1.45, higher_is_better=False,
+                description=f"kexue cached step ({batch}/{MICRO}) time / plain full-batch step time")
+    bench.ratio("contrastive.speed_vs_st", st.median_s / cached.median_s, target=1.0,
+                description="sentence-transformers CachedMultipleNegativesRankingLoss step time / kexue cached step time")
+    bench.ratio("contrastive.grad_vs_st", grad_err, target=1e-5, higher_is_better=False,
+                description="‖g_kexue − g_st‖ / ‖g_st‖ over all parameters (dropout off)")
+
+
+def _memory_child(config: str, batch: int) -> dict[str, float]:
+    """Run in a fresh process: peak resident growth (bytes) and time of one steady-state step."""
+    bench = Bench("contrastive")
+    torch.manual_seed(0)
+    model = _model()
+    loss_fn = InfoNCE(1.0 / SCALE)
+    q, d = _features(batch, 1), _features(batch, 2)
+    fn = (lambda: _cached_step(model, loss_fn, q, d)) if config == "cached" else (lambda: _plain_step(model, loss_fn, q, d))
+    fn()  # the first step allocates the gradients; measure a steady-state step
+    record = bench.time("memory", config, fn, repeats=1)
+    return {"peak": int(record.peak_bytes or 0), "seconds": record.median_s}
+
+
+def _peak_in_fresh_process(config: str, batch: int) -> dict[str, float]:
+    code = ("import json, sys; from kexue.contrastive.benchmark import _memory_child; "
+            f"print(json.dumps(_memory_child({config!r}, {batch})))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory child {config} failed: {done.stderr[-1500:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@BENCH.case
+def step_memory(bench: Bench) -> None:
+    if bench.device != "cpu":
+        return
+    batch = 64 if bench.quick else 256
+    cached = _peak_in_fresh_process("cached", batch)
+    plain = _peak_in_fresh_process("plain", MICRO)
+    case = f"B: peak memory of one step, fresh process ({TOKENS} tokens)"
+    for impl, child in ((f"kexue cached step {batch}/{MICRO}", cached), (f"plain step at batch {MICRO}", plain)):
+        bench.cases.append(CaseResult(bench.technique, case, impl, child["seconds"], [child["seconds"]], int(child["peak"]),
+                                      {"batch": batch, "micro": MICRO, "process": "fresh"}))
+    bench.ratio("contrastive.memory_vs_plain_micro", cached["peak"] / max(plain["peak"], 1), target=1.5, higher_is_better=False,
+                description=f"peak memory of the cached step at {batch}/{MICRO} / a plain step at batch {MICRO}")
+
+
+@BENCH.case
+def tiled_memory(bench: Bench) -> None:
+    n, dim = (8192, 384) if bench.quick else (32768, 384)
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(n, dim, generator=g).to(bench.device)
+    d = torch.randn(n, dim, generator=g).to(bench.device)
+
+    def run(loss) -> None:
+        qq, dd = q.detach().requires_grad_(True), d.detach().requires_grad_(True)
+        loss(qq, dd).backward()
+
+    case = f"C: InfoNCE loss forward + backward, N = {n}, D = {dim}"
+    params = {"n": n, "dim": dim, "tile": 1024}
+    dense = bench.time(case, "dense info_nce", lambda: run(lambda a, b: info_nce(a, b, scale=SCALE)), repeats=1, params=params)
+    tiled = bench.time(case, "kexue info_nce_tiled", lambda: run(lambda a, b: info_nce_tiled(a, b, scale=SCALE, tile=1024)), repeats=1, params=params)
+    if dense.peak_bytes and tiled.peak_bytes is not None:
+        bench.ratio("contrastive.tiled_memory_fraction", tiled.peak_bytes / dense.peak_bytes, target=0.10, higher_is_better=False,
+                    description=f"peak memory of the tiled loss / the dense loss at N = {n}")

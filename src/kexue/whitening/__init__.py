@@ -1,0 +1,10 @@
+"""Sentence-embedding whitening (kexue.fm/archives/8069), fitted by streaming.
+
+* :mod:`kexue.whitening.whitening`: :class:`Whitening` (scikit-learn contract, float64
+  statistics with exact merges, ``all_reduce`` over processes, save/load).
+* :mod:`kexue.whitening.reference`: float64 NumPy oracles of the article's formulas.
+"""
+
+from kexue.whitening.whitening import RankDeficientWarning, Whitening
+
+__all__ = ["RankDeficientWarning", "Whitening"]

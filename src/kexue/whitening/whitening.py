@@ -1,0 +1,323 @@
+"""Whitening of sentence embeddings with the scikit-learn contract, fitted by streaming.
+
+The statistics are the count ``n``, the mean ``μ`` and the scatter ``M = Σ_i (x_i - μ)ᵀ(x_i - μ)``,
+all float64. A batch contributes its own mean and scatter (one GEMM on centred rows), merged by
+Chan et al.'s exact pairwise update::
+
+    n = n_a + n_b,  δ = μ_b - μ_a,  μ = μ_a + δ n_b / n,  M = M_a + M_b + δᵀδ n_a n_b / n
+
+so ``partial_fit`` on any split of the data, ``merge`` of separately fitted parts and
+``all_reduce`` over processes all give the statistics of the whole data (up to float64
+rounding). The map is the article's generalised one::
+
+    Σ = M / (n - ddof) = U Λ Uᵀ,   x~ = (x - β μ) U_k Λ_k^(-γ/2)
+
+``β = γ = 1`` is whitening, ``γ = 0`` a rotation (PCA without rescaling), ``β = 0`` keeps the
+mean; ``k = n_components`` keeps the directions of largest variance.
+
+Reference: Su Jianlin, https://kexue.fm/archives/8069; Su et al., arXiv:2103.15316;
+Chan, Golub & LeVeque, "Updating formulae and a pairwise algorithm for computing sample
+variances" (1979).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, TransformerMixin
+
+from kexue._shared import check_int, check_number
+
+__all__ = ["RankDeficientWarning", "Whitening"]
+
+_FORMAT = "kexue.whitening/1"
+_CHUNK_ROWS = 65536  # rows converted to float64 at a time: bounds the memory of a huge batch
+
+
+class RankDeficientWarning(UserWarning):
+    """The covariance has (numerically) zero eigenvalues among the kept components."""
+
+
+def _as_2d(name: str, x: Any) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        t = torch.from_numpy(x)
+    elif isinstance(x, torch.Tensor):
+        t = x.detach()
+    else:
+        t = torch.as_tensor(np.asarray(x))
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D array of shape (n_samples, n_features); got shape {tuple(t.shape)}")
+    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
+        raise ValueError(f"{name} must hold real numbers; got dtype {t.dtype}")
+    return t
+
+
+def _check_finite(name: str, t: torch.Tensor) -> None:
+    bad = int((~torch.isfinite(t)).sum()) if t.is_floating_point() else 0
+    if bad:
+        raise ValueError(f"{name} contains {bad} NaN or infinite values; whitening statistics would be NaN")
+
+
+def batch_statistics(x: torch.Tensor) -> tuple[int, np.ndarray, np.ndarray]:
+    """``(n, μ, M)`` of the rows of ``x`` in float64, chunk by chunk (exact Chan merges)."""
+    n, mean, scatter = 0, None, None
+    for start in range(0, x.shape[0], _CHUNK_ROWS):
+        chunk = x[start : start + _CHUNK_ROWS].to(torch.float64)
+        mu = chunk.mean(0)
+        centred = chunk - mu
+        m2 = (centred.T @ centred).cpu().numpy()
+        n, mean, scatter = merge_statistics((n, mean, scatter), (chunk.shape[0], mu.cpu().numpy(), m2))
+    return n, mean, scatter
+
+
+def merge_statistics(a: tuple[int, Any, Any], b: tuple[int, Any, Any]) -> tuple[int, np.ndarray, np.ndarray]:
+    """Chan et al.'s pairwise merge of ``(n, μ, M)``; an empty side (``n = 0``) is the identity."""
+    na, ma, sa = a
+    nb, mb, sb = b
+    if na == 0:
+        return nb, mb, sb
+    if nb == 0:
+        return na, ma, sa
+    n = na + nb
+    delta = mb - ma
+    mean = ma + delta * (nb / n)
+    scatter = sa + sb + np.outer(delta, delta) * (na * nb / n)
+    return n, mean, scatter
+
+
+class Whitening(TransformerMixin, BaseEstimator):
+    """Whitening ``x~ = (x - βμ) U_k Λ_k^(-γ/2)`` fitted in float64, by batch or by streaming.
+
+    Args:
+        n_components: ``k``, the number of output dimensions (directions of largest variance);
+            ``None`` keeps all.
+        beta: how much of the mean to subtract (1: all, 0: none).
+        gamma: power of the rescaling (1: whitening, 0: rotation only, 0.5: half-way).
+        ddof: the covariance divides by ``n - ddof`` (0: the article's; 1: scikit-learn's PCA).
+        shrinkage: ``s`` in ``Σ' = (1 - s) Σ + s (tr Σ / d) I`` (Ledoit-Wolf style), which makes
+            a rank-deficient covariance invertible.
+        eps: added to every eigenvalue before the power ``-γ/2``.
+
+    Attributes (after fitting):
+        n_samples_seen_, n_features_in_, mean_ (μ), scatter_ (M), and, computed on demand,
+        eigenvalues_ (all d, decreasing), components_ ((k, d), rows ``U_kᵀ``), kernel_
+        (``(d, k)``), bias_ (``β μ``), n_components_.
+
+    Rank deficiency (fewer samples than dimensions, duplicated or constant features):
+    eigenvalues below ``d · ε_float64 · λ_max`` are zero to machine precision. Unless ``eps`` or
+    ``shrinkage`` lifts them, those directions are dropped from the kept components with a
+    :class:`RankDeficientWarning`, so the output never holds ``inf`` or amplified noise.
+
+    Example:
+        >>> w = Whitening(n_components=256).fit(embeddings)            # (N, 384) NumPy or torch
+        >>> for batch in stream: w.partial_fit(batch)                  # or: streaming
+        >>> z = w.transform(queries)                                   # (n, 256), same type as input
+        >>> w.save("w.safetensors"); w2 = Whitening.load("w.safetensors")
+    """
+
+    def __init__(self, n_components: int | None = None, *, beta: float = 1.0, gamma: float = 1.0,
+                 ddof: int = 0, shrinkage: float = 0.0, eps: float = 0.0) -> None:
+        self.n_components = n_components
+        self.beta = beta
+        self.gamma = gamma
+        self.ddof = ddof
+        self.shrinkage = shrinkage
+        self.eps = eps
+
+    # -- fitting ---------------------------------------------------------------------------
+    def _check_params(self) -> None:
+        if self.n_components is not None:
+            check_int("n_components", self.n_components, 1)
+        check_number("beta", self.beta)
+        check_number("gamma", self.gamma)
+        check_int("ddof", self.ddof, 0)
+        if not 0 <= self.shrinkage <= 1:
+            raise ValueError(f"shrinkage must be in [0, 1]; got {self.shrinkage!r}")
+        if not (np.isfinite(self.eps) and self.eps >= 0):
+            raise ValueError(f"eps must be a finite number >= 0; got {self.eps!r}")
+
+    def fit(self, X: Any, y: Any = None) -> Whitening:
+        """Fit on all of ``X`` (forgets earlier statistics)."""
+        for attr in ("n_samples_seen_", "mean_", "scatter_", "n_features_in_"):
+            self.__dict__.pop(attr, None)
+        return self.partial_fit(X)
+
+    def partial_fit(self, X: Any, y: Any = None) -> Whitening:
+        """Add the rows of ``X`` to the statistics (streaming; any batch sizes)."""
+        self._check_params()
+        x = _as_2d("X", X)
+        _check_finite("X", x)
+        if x.shape[0] == 0:
+            raise ValueError("X has no rows")
+        if hasattr(self, "n_features_in_") and x.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {x.shape[1]} features; this Whitening was fitted with {self.n_features_in_}")
+        self._absorb(batch_statistics(x))
+        return self
+
+    def _absorb(self, stats: tuple[int, np.ndarray, np.ndarray]) -> None:
+        current = (self.n_samples_seen_, self.mean_, self.scatter_) if hasattr(self, "n_samples_seen_") else (0, None, None)
+        self.n_samples_seen_, self.mean_, self.scatter_ = merge_statistics(current, stats)
+        self.n_features_in_ = int(self.mean_.shape[0])
+        self._cache: dict[str, np.ndarray] | None = None
+
+    def merge(self, other: Whitening) -> Whitening:
+        """Add another fitted Whitening's statistics to this one (same features); returns self."""
+        other._require_fitted()
+        if hasattr(self, "n_features_in_") and other.n_features_in_ != self.n_features_in_:
+            raise ValueError(f"cannot merge: {other.n_features_in_} features into {self.n_features_in_}")
+        self._absorb((other.n_samples_seen_, other.mean_.copy(), other.scatter_.copy()))
+        return self
+
+    def all_reduce(self, group: Any = None) -> Whitening:
+        """Combine the statistics of every process (``torch.distributed``; gloo or NCCL).
+
+        Each rank calls this after fitting its own shard; afterwards every rank holds the
+        statistics of all the shards, merged in rank order. A rank with no data may call it
+        unfitted if it knows the feature count from ``n_features_in_``. Returns self.
+        """
+        import torch.distributed as dist
+
+        from kexue.contrastive.distributed import check_initialised
+
+        check_initialised()
+        self._require_fitted()
+        d = self.n_features_in_
+        packed = torch.from_numpy(np.concatenate([[float(self.n_samples_seen_)], self.mean_, self.scatter_.ravel()]))
+        if dist.get_backend(group) == "nccl":
+            packed = packed.cuda()
+        parts = [torch.empty_like(packed) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, packed, group=group)
+        merged: tuple[int, Any, Any] = (0, None, None)
+        for part in parts:
+            p = part.cpu().numpy()
+            merged = merge_statistics(merged, (int(round(p[0])), p[1 : 1 + d].copy(), p[1 + d :].reshape(d, d).copy()))
+        self.n_samples_seen_, self.mean_, self.scatter_ = merged
+        self._cache = None
+        return self
+
+    # -- the map ---------------------------------------------------------------------------
+    def _require_fitted(self) -> None:
+        if not hasattr(self, "n_samples_seen_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError("this Whitening is not fitted yet; call fit or partial_fit first")
+
+    def _solve(self) -> dict[str, np.ndarray]:
+        self._require_fitted()
+        if getattr(self, "_cache", None):
+            return self._cache
+        self._check_params()
+        n, d = self.n_samples_seen_, self.n_features_in_
+        if n - self.ddof <= 0:
+            raise ValueError(f"{n} samples are not enough for ddof={self.ddof}")
+        sigma = self.scatter_ / (n - self.ddof)
+        if self.shrinkage:
+            sigma = (1 - self.shrinkage) * sigma + self.shrinkage * (np.trace(sigma) / d) * np.eye(d)
+        lam, u = np.linalg.eigh((sigma + sigma.T) / 2)
+        order = np.argsort(lam)[::-1]
+        lam, u = np.clip(lam[order], 0.0, None), u[:, order]
+        u = u * np.sign(u[np.abs(u).argmax(0), np.arange(d)])  # deterministic signs
+        k = d if self.n_components is None else self.n_components
+        if k > d:
+            raise ValueError(f"n_components={k} exceeds the {d} features")
+        shifted = lam[:k] + self.eps
+        tol = d * np.finfo(np.float64).eps * max(float(lam[0]), np.finfo(np.float64).tiny)
+        rank = int((shifted > tol).sum()) if self.gamma != 0 else k
+        if rank < k:
+            warnings.warn(f"the covariance has rank {rank} < n_components {k} (n_samples {n}, n_features {d}); "
+                          f"keeping {rank} components. Pass shrinkage>0 or eps>0 to keep all {k}",
+                          RankDeficientWarning, stacklevel=3)
+            k = rank
+        kernel = u[:, :k] * shifted[:k] ** (-self.gamma / 2)
+        self._cache = {"eigenvalues": lam, "components": u[:, :k].T.copy(), "kernel": kernel,
+                       "bias": self.beta * self.mean_, "inverse": (u[:, :k] * shifted[:k] ** (self.gamma / 2)).T.copy()}
+        return self._cache
+
+    @property
+    def eigenvalues_(self) -> np.ndarray:
+        return self._solve()["eigenvalues"]
+
+    @property
+    def components_(self) -> np.ndarray:
+        return self._solve()["components"]
+
+    @property
+    def kernel_(self) -> np.ndarray:
+        return self._solve()["kernel"]
+
+    @property
+    def bias_(self) -> np.ndarray:
+        return self._solve()["bias"]
+
+    @property
+    def n_components_(self) -> int:
+        return int(self.kernel_.shape[1])
+
+    def _apply(self, X: Any, matrix: np.ndarray, before: np.ndarray | None, after: np.ndarray | None, name: str) -> Any:
+        x = _as_2d(name, X)
+        _check_finite(name, x)
+        if x.shape[1] != matrix.shape[0]:
+            raise ValueError(f"{name} has {x.shape[1]} features; expected {matrix.shape[0]}")
+        dtype = x.dtype if x.is_floating_point() else torch.float64
+        m = torch.from_numpy(matrix).to(device=x.device, dtype=dtype)
+        xx = x.to(dtype)
+        if before is not None:
+            xx = xx - torch.from_numpy(before).to(device=x.device, dtype=dtype)
+        out = xx @ m
+        if after is not None:
+            out = out + torch.from_numpy(after).to(device=x.device, dtype=dtype)
+        return out.numpy() if isinstance(X, np.ndarray) or not isinstance(X, torch.Tensor) else out
+
+    def transform(self, X: Any) -> Any:
+        """``(X - βμ) W``; NumPy in, NumPy out; torch in, torch out (same device and dtype)."""
+        solved = self._solve()
+        return self._apply(X, solved["kernel"], solved["bias"], None, "X")
+
+    def inverse_transform(self, X: Any) -> Any:
+        """``X Λ_k^(γ/2) U_kᵀ + βμ``: exact when all components are kept, else the projection
+        onto the kept ones (as in scikit-learn's PCA)."""
+        solved = self._solve()
+        return self._apply(X, solved["inverse"], None, solved["bias"], "X")
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        return np.asarray([f"whitening{i}" for i in range(self.n_components_)], dtype=object)
+
+    # -- persistence -----------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write kernel, bias and the raw statistics (safetensors + JSON metadata), atomically."""
+        from safetensors.numpy import save_file
+
+        solved = self._solve()
+        tensors = {"kernel": solved["kernel"], "bias": solved["bias"], "mean": self.mean_, "scatter": self.scatter_,
+                   "eigenvalues": solved["eigenvalues"]}
+        meta = {"format": _FORMAT, "params": json.dumps(self.get_params()), "n_samples_seen": str(self.n_samples_seen_)}
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()}, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Whitening:
+        """Read a file written by :meth:`save`; it transforms and can keep fitting."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"whitening file {path} does not exist")
+        with safe_open(str(path), framework="numpy") as fh:
+            meta = fh.metadata() or {}
+            if meta.get("format") != _FORMAT:
+                raise ValueError(f"{path} is not a kexue whitening file (format {meta.get('format')!r}, expected {_FORMAT!r})")
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        w = cls(**json.loads(meta["params"]))
+        w.n_samples_seen_ = int(meta["n_samples_seen"])
+        w.mean_, w.scatter_ = tensors["mean"], tensors["scatter"]
+        w.n_features_in_ = int(w.mean_.shape[0])
+        w._cache = None
+        return w

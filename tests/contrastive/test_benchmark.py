@@ -1,0 +1,43 @@
+"""The contrastive benchmark's peer comparison is sound: same gradients as sentence-transformers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kexue.contrastive import benchmark
+from kexue.contrastive.losses import InfoNCE
+from kexue.report.bench import Bench
+
+
+def test_cached_step_matches_sentence_transformers_cached_mnrl() -> None:
+    model = benchmark._model()
+    model.eval()  # dropout off: the two libraries draw different masks
+    q, d = benchmark._features(16, 1), benchmark._features(16, 2)
+    loss_fn = InfoNCE(1.0 / benchmark.SCALE)
+    ours_loss = benchmark._cached_step(model, loss_fn, q, d, micro=4)
+    ours = benchmark._grads(model)
+    theirs_loss = benchmark._st_step(model, benchmark._st_loss(model), q, d)
+    theirs = benchmark._grads(model)
+    assert ours_loss == pytest.approx(theirs_loss, rel=1e-6)
+    assert benchmark._relative_difference(ours, theirs) <= 1e-5
+    # and the comparison can fail: a different temperature gives a different gradient
+    benchmark._cached_step(model, InfoNCE(0.1), q, d, micro=4)
+    assert benchmark._relative_difference(benchmark._grads(model), theirs) > 1e-2
+
+
+def test_relative_difference_counts_a_mismatch_as_infinite() -> None:
+    a = [torch.ones(3)]
+    assert benchmark._relative_difference(a, a + [torch.ones(1)]) == float("inf")
+    assert benchmark._relative_difference([torch.tensor([1.0, 2.0])], [torch.tensor([1.0, 1.0])]) == pytest.approx(2 ** -0.5)
+
+
+@pytest.mark.slow
+def test_quick_benchmark_meets_its_targets() -> None:
+    bench = Bench("contrastive", quick=True, repeats=2)
+    for case in benchmark.BENCH.cases:
+        case(bench)
+    ratios = {r.id: r for r in bench.ratios}
+    assert set(ratios) == {"contrastive.step_vs_plain", "contrastive.speed_vs_st", "contrastive.grad_vs_st",
+                           "contrastive.memory_vs_plain_micro", "contrastive.tiled_memory_fraction"}
+    assert ratios["contrastive.grad_vs_st"].met and ratios["contrastive.tiled_memory_fraction"].met
