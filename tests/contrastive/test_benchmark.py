@@ -39,5 +39,7 @@ def test_quick_benchmark_meets_its_targets() -> None:
         case(bench)
     ratios = {r.id: r for r in bench.ratios}
     assert set(ratios) == {"contrastive.step_vs_plain", "contrastive.speed_vs_st", "contrastive.grad_vs_st",
-                           "contrastive.memory_vs_plain_micro", "contrastive.tiled_memory_fraction"}
-    assert ratios["contrastive.grad_vs_st"].met and ratios["contrastive.tiled_memory_fraction"].met
+                           "contrastive.memory_vs_plain_micro", "contrastive.tiled_memory_fraction",
+                           "contrastive.tiled_vs_dense_error"}
+    for judged in ("grad_vs_st", "tiled_memory_fraction", "tiled_vs_dense_error", "memory_vs_plain_micro"):
+        assert ratios[f"contrastive.{judged}"].met, judged

@@ -156,3 +156,11 @@ def test_sklearn_contract() -> None:
     assert clone(w).get_params() == w.get_params()
     z = make_pipeline(Whitening(3)).fit_transform(_data())
     assert z.shape == (500, 3)
+
+
+def test_two_gloo_processes_all_reduce_to_the_whole_fit() -> None:
+    from kexue.whitening._torchrun_check import launch
+
+    result = launch(nproc=2)
+    assert result["n"] == 3000 and result["shards"] == [900, 2100]
+    assert result["mean_err"] <= 1e-12 and result["scatter_rel_err"] <= 1e-12 and result["transform_err"] <= 1e-9

@@ -13,17 +13,12 @@ match, and writes the relative errors to ``OUT.json``. :func:`launch` runs it fr
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from kexue._torchrun import exit_without_finalising, launch_module, write_result
 from kexue.contrastive.cached import cached_backward
 from kexue.contrastive.losses import InfoNCE
 
@@ -81,9 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     dist.destroy_process_group()
     if rank == 0:
         results.update(world=world, batch=args.batch, shards=[hi - lo for lo, hi in shards])
-        tmp = Path(args.out).with_suffix(".tmp")
-        tmp.write_text(json.dumps(results))
-        os.replace(tmp, args.out)
+        write_result(args.out, results)
     return 0
 
 
@@ -102,22 +95,8 @@ def _reference(args: argparse.Namespace, x: torch.Tensor, shards: list[tuple[int
 
 def launch(nproc: int = 2, batch: int = 48, micro: int = 5, seed: int = 0, timeout: float = 300) -> dict:
     """Run the check under ``torchrun`` (gloo, localhost) and return rank 0's results."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "kexue.contrastive._torchrun_check", str(out), f"--batch={batch}", f"--micro={micro}", f"--seed={seed}"]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-        if done.returncode != 0 or not out.exists():
-            raise RuntimeError(f"torchrun check failed (exit {done.returncode}): {done.stderr[-2000:]}")
-        return json.loads(out.read_text())
+    return launch_module("kexue.contrastive._torchrun_check", [f"--batch={batch}", f"--micro={micro}", f"--seed={seed}"], nproc, timeout)
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Skip interpreter finalisation: torch 2.13's gloo worker threads can abort the process
-    # ("terminate called without an active exception") when destroyed at exit, after the
-    # results are written (about 1 run in 10 on a 2-core machine).
-    os._exit(code)
+    exit_without_finalising(main())

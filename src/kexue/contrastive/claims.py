@@ -169,19 +169,21 @@ def time_split(ctx: ClaimContext) -> None:
 
 @SUITE.check
 def fine_tune_stsb(ctx: ClaimContext) -> None:
-    """The real job: supervised fine-tuning of the embedded all-MiniLM-L6-v2 on STS-B train pairs."""
+    """The real job: a short unsupervised SimCSE run of kexue train-embedder on the embedded model."""
     from kexue.contrastive.train import TrainConfig, train_embedder
     from kexue.data import load_stsb
 
     train = load_stsb("train")
-    batch, micro, steps = (256, 32, 10) if ctx.full else (64, 16, 4)
+    corpus = list(dict.fromkeys(train.sentences1 + train.sentences2))  # unlabelled sentences
+    batch, micro, steps = (256, 32, 12) if ctx.full else (64, 16, 4)
     with tempfile.TemporaryDirectory() as tmp:
-        pairs = Path(tmp) / "pairs.tsv"
-        pairs.write_text("".join(f"{a}\t{b}\n" for a, b, s in zip(train.sentences1, train.sentences2, train.scores) if s >= 4.0))
-        result = train_embedder(TrainConfig(pairs=str(pairs), out=str(Path(tmp) / "run"), batch_size=batch, micro_batch_size=micro,
-                                            max_steps=steps, lr=2e-5, seed=ctx.seed, checkpoint_every=0))
-    ctx.claim("fine_tune_stsb", f"kexue train-embedder on the embedded all-MiniLM-L6-v2: STS-B train pairs with score >= 4 as positives, effective batch {batch} from micro-batches of {micro}, {steps} steps; STS-B test Spearman x100 before and after",
+        sentences = Path(tmp) / "sentences.txt"
+        sentences.write_text("\n".join(corpus))
+        result = train_embedder(TrainConfig(sentences=str(sentences), out=str(Path(tmp) / "run"), batch_size=batch,
+                                            micro_batch_size=micro, max_steps=steps, lr=1e-5, seed=ctx.seed, checkpoint_every=0))
+    change = result.sts_after - result.sts_before
+    ctx.claim("fine_tune_stsb", f"kexue train-embedder, unsupervised SimCSE on the {len(corpus)} unlabelled STS-B train sentences, embedded all-MiniLM-L6-v2, effective batch {batch} from micro-batches of {micro}, {steps} steps, lr 1e-5: STS-B test Spearman x100 improves or is kept (change >= -0.5)",
               article_value=None,
-              measured={"before": round(result.sts_before, 2), "after": round(result.sts_after, 2), "steps": result.steps,
+              measured={"before": round(result.sts_before, 2), "after": round(result.sts_after, 2), "change": round(change, 2),
                         "first loss": round(result.losses[0], 4), "last loss": round(result.losses[-1], 4), "train s": round(result.seconds, 1)},
-              documented=True)
+              tolerance=">= -0.5", passed=change >= -0.5)

@@ -64,7 +64,7 @@ class Ratio:
         return asdict(self)
 
 
-class _PeakMemory:
+class PeakMemory:
     """Peak-memory probe for one device (see module docstring)."""
 
     def __init__(self, device: str) -> None:
@@ -118,7 +118,7 @@ class Bench:
     ratios: list[Ratio] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._memory = _PeakMemory(self.device)
+        self._memory = PeakMemory(self.device)
 
     def _sync(self) -> None:
         if self.device.startswith("cuda"):

@@ -31,6 +31,7 @@ SUITES: dict[str, str] = {
     "sinusoidal": "kexue.positional.claims:SINUSOIDAL",
     "rope": "kexue.positional.claims:ROPE",
     "contrastive": "kexue.contrastive.claims:SUITE",
+    "whitening": "kexue.whitening.claims:SUITE",
 }
 
 # technique -> "module:attribute" of its BenchSuite
@@ -38,6 +39,7 @@ BENCHMARKS: dict[str, str] = {
     "orthogonal": "kexue.orthogonal.benchmark:BENCH",
     "rope": "kexue.positional.benchmark:BENCH",
     "contrastive": "kexue.contrastive.benchmark:BENCH",
+    "whitening": "kexue.whitening.benchmark:BENCH",
 }
 
 

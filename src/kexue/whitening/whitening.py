@@ -289,14 +289,20 @@ class Whitening(TransformerMixin, BaseEstimator):
         return np.asarray([f"whitening{i}" for i in range(self.n_components_)], dtype=object)
 
     # -- persistence -----------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
-        """Write kernel, bias and the raw statistics (safetensors + JSON metadata), atomically."""
+    def save(self, path: str | os.PathLike, info: dict[str, Any] | None = None) -> None:
+        """Write kernel, bias and the raw statistics (safetensors + JSON metadata), atomically.
+
+        ``info``: JSON-able notes kept with the file (e.g. the encoder and pooling it was
+        fitted on); :meth:`load` restores them as ``info_``.
+        """
         from safetensors.numpy import save_file
 
         solved = self._solve()
         tensors = {"kernel": solved["kernel"], "bias": solved["bias"], "mean": self.mean_, "scatter": self.scatter_,
                    "eigenvalues": solved["eigenvalues"]}
-        meta = {"format": _FORMAT, "params": json.dumps(self.get_params()), "n_samples_seen": str(self.n_samples_seen_)}
+        info = info if info is not None else getattr(self, "info_", {})
+        meta = {"format": _FORMAT, "params": json.dumps(self.get_params()), "n_samples_seen": str(self.n_samples_seen_),
+                "info": json.dumps(info)}
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()}, str(tmp), metadata=meta)
@@ -319,5 +325,6 @@ class Whitening(TransformerMixin, BaseEstimator):
         w.n_samples_seen_ = int(meta["n_samples_seen"])
         w.mean_, w.scatter_ = tensors["mean"], tensors["scatter"]
         w.n_features_in_ = int(w.mean_.shape[0])
+        w.info_ = json.loads(meta.get("info", "{}"))
         w._cache = None
         return w

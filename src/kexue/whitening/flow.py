@@ -1,0 +1,163 @@
+"""The baseline the article replaces: a BERT-flow-style normalising flow on sentence vectors.
+
+BERT-flow (Li et al., EMNLP 2020, arXiv:2011.05864) maps sentence vectors to a standard
+Gaussian with a Glow model trained by maximum likelihood on the target sentences. Here the
+flow acts on the vectors themselves (no convolutions): ``n_layers`` blocks of
+
+* ActNorm: per-dimension affine map, initialised from the first batch to zero mean, unit variance;
+* a fixed random permutation of the dimensions (Glow's 1x1 convolution, not learned here);
+* an affine coupling layer (RealNVP): the second half is scaled and shifted by an MLP of the
+  first half, ``b' = b · exp(s(a)) + t(a)`` with ``s`` bounded by ``tanh``.
+
+``log p(x) = log N(z; 0, I) + Σ log|det ∂z/∂x|``, maximised with Adam. :class:`FlowWhitening`
+wraps training and ``transform`` (z for new vectors) with the scikit-learn contract.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, TransformerMixin
+from torch import nn
+
+from kexue._shared import check_int, check_number
+
+__all__ = ["FlowWhitening", "VectorFlow"]
+
+
+class _ActNorm(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.loc = nn.Parameter(torch.zeros(dim))
+        self.log_scale = nn.Parameter(torch.zeros(dim))
+        self.register_buffer("initialised", torch.tensor(False))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not bool(self.initialised):
+            with torch.no_grad():
+                self.loc.copy_(-x.mean(0))
+                std = x.std(0)
+                # a (near-)constant feature would get an enormous scale: floor it
+                self.log_scale.copy_(-torch.log(std.clamp_min(1e-3 * float(std.median()) + 1e-12)))
+                self.initialised.fill_(True)
+        return (x + self.loc) * self.log_scale.exp(), self.log_scale.sum().expand(x.shape[0])
+
+
+class _Coupling(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.half = dim // 2
+        self.net = nn.Sequential(nn.Linear(self.half, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                                 nn.Linear(hidden, 2 * (dim - self.half)))
+        nn.init.zeros_(self.net[-1].weight)  # starts as the identity
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b = x[:, : self.half], x[:, self.half :]
+        s, t = self.net(a).chunk(2, dim=1)
+        s = torch.tanh(s)
+        return torch.cat([a, b * s.exp() + t], 1), s.sum(1)
+
+
+class VectorFlow(nn.Module):
+    """Glow-style flow on ``(N, dim)`` vectors: ``forward(x) -> (z, log|det J|)``."""
+
+    def __init__(self, dim: int, n_layers: int = 4, hidden: int = 256, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.norms = nn.ModuleList(_ActNorm(dim) for _ in range(n_layers))
+        self.couplings = nn.ModuleList(_Coupling(dim, hidden) for _ in range(n_layers))
+        for i in range(n_layers):
+            self.register_buffer(f"perm{i}", torch.randperm(dim, generator=g))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logdet = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        for i, (norm, coupling) in enumerate(zip(self.norms, self.couplings)):
+            x, ld = norm(x)
+            logdet = logdet + ld
+            x = x[:, getattr(self, f"perm{i}")]
+            x, ld = coupling(x)
+            logdet = logdet + ld
+        return x, logdet
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        z, logdet = self(x)
+        return -0.5 * (z.pow(2).sum(1) + z.shape[1] * math.log(2 * math.pi)) + logdet
+
+
+class FlowWhitening(TransformerMixin, BaseEstimator):
+    """Fit a :class:`VectorFlow` by maximum likelihood; ``transform`` returns ``z``.
+
+    Args:
+        n_layers, hidden: flow size (BERT-flow used a 2-level, 3-step Glow on 768-d vectors).
+        epochs, batch_size, lr: Adam training on the fitted vectors (gradient norm clipped at 10).
+        noise: training inputs get Gaussian noise of this many times the mean feature standard
+            deviation. Sentence vectors are rank-deficient (LayerNorm outputs lie on a
+            hyperplane), where the maximum likelihood is unbounded and training diverges; the
+            noise bounds it (the usual dequantisation of flows).
+        seed: initialisation, permutation and batch order.
+    """
+
+    def __init__(self, n_layers: int = 4, hidden: int = 256, epochs: int = 10, batch_size: int = 256,
+                 lr: float = 1e-3, noise: float = 0.01, seed: int = 0) -> None:
+        self.n_layers = n_layers
+        self.hidden = hidden
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.noise = noise
+        self.seed = seed
+
+    def fit(self, X: Any, y: Any = None) -> FlowWhitening:
+        check_int("n_layers", self.n_layers, 1)
+        check_int("hidden", self.hidden, 1)
+        check_int("epochs", self.epochs, 1)
+        check_int("batch_size", self.batch_size, 2)
+        check_number("lr", self.lr, above=0)
+        if not (isinstance(self.noise, (int, float)) and math.isfinite(self.noise) and self.noise >= 0):
+            raise ValueError(f"noise={self.noise!r} must be a finite number >= 0")
+        x = torch.as_tensor(np.asarray(X), dtype=torch.float32)
+        if x.dim() != 2 or x.shape[0] < 2:
+            raise ValueError(f"X must be (n_samples >= 2, n_features); got shape {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise ValueError("X contains NaN or infinite values")
+        torch.manual_seed(self.seed)
+        flow = VectorFlow(x.shape[1], self.n_layers, self.hidden, self.seed)
+        g = torch.Generator().manual_seed(self.seed)
+        jitter = self.noise * float(x.std(0).mean())
+        with torch.no_grad():  # data-dependent ActNorm initialisation on a large first batch, noised like training
+            first = x[torch.randperm(len(x), generator=g)[: max(self.batch_size, 4096)]]
+            flow(first + jitter * torch.randn(first.shape, generator=g))
+        optimizer = torch.optim.Adam(flow.parameters(), lr=self.lr)
+        self.loss_curve_: list[float] = []
+        for _ in range(self.epochs):
+            order = torch.randperm(len(x), generator=g)
+            total = 0.0
+            for start in range(0, len(x), self.batch_size):
+                batch = x[order[start : start + self.batch_size]]
+                if jitter:
+                    batch = batch + jitter * torch.randn(batch.shape, generator=g)
+                loss = -flow.log_prob(batch).mean() / x.shape[1]  # nats per dimension
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(flow.parameters(), 10.0)
+                optimizer.step()
+                total += float(loss.detach()) * len(batch)
+            if not math.isfinite(total):
+                raise FloatingPointError("flow training diverged (non-finite likelihood); lower lr")
+            self.loss_curve_.append(total / len(x))
+        self.flow_ = flow.eval()
+        self.n_features_in_ = int(x.shape[1])
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        if not hasattr(self, "flow_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError("this FlowWhitening is not fitted yet; call fit first")
+        x = torch.as_tensor(np.asarray(X), dtype=torch.float32)
+        with torch.no_grad():
+            return self.flow_(x)[0].numpy()
