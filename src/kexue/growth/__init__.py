@@ -1,0 +1,9 @@
+"""Lossless ("function-preserving") growth of HuggingFace Transformers (kexue.fm/archives/8444).
+
+* :mod:`kexue.growth.widen`: :func:`widen` by an integer factor (the article's scheme, or by
+  copying heads), BERT, GPT-2, LLaMA, Qwen2, Mistral.
+"""
+
+from kexue.growth.widen import SUPPORTED, widen
+
+__all__ = ["SUPPORTED", "widen"]

@@ -1,0 +1,83 @@
+"""Function-preserving depth growth: insert blocks that are the identity at initialisation.
+
+In a pre-norm block ``x + Attn(Norm(x)) + FFN(Norm(·))`` the block is the identity when the
+attention output projection and the feed-forward output projection (weights and biases) are
+zero: each branch adds exactly 0. The inserted block copies its neighbour's other weights, so
+it starts from trained attention and feed-forward weights (as in stacking methods) and only the
+output projections start from zero; their gradients are non-zero, so training moves them.
+
+Post-norm models (BERT: ``LayerNorm(x + branch(x))``) have no identity block of this form:
+with zero branches the block still applies ``LayerNorm`` to ``x``, which is not the identity
+(``x`` is itself a LayerNorm output with learned γ, β); :func:`deepen` refuses them.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["PRE_NORM", "deepen"]
+
+PRE_NORM = {"llama": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
+            "qwen2": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
+            "mistral": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
+            "gpt2": ("transformer.h", ("attn.c_proj", "mlp.c_proj"))}
+
+
+def deepen(model: nn.Module, after: Sequence[int]) -> nn.Module:
+    """A new model with an identity block inserted after each layer index in ``after``.
+
+    Args:
+        model: a pre-norm HuggingFace model (LLaMA, Qwen2, Mistral, GPT-2).
+        after: layer indices of the original model (``-1`` inserts before the first layer);
+            repeated indices insert several blocks there. ``range(n)`` doubles the depth.
+
+    Returns:
+        The deeper model (same class, ``num_hidden_layers`` / ``n_layer`` updated).
+    """
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type == "bert":
+        raise ValueError("cannot deepen BERT exactly: it is post-norm, where a block with zero branches still applies "
+                         "LayerNorm; supported (pre-norm): " + ", ".join(PRE_NORM))
+    if model_type not in PRE_NORM:
+        raise ValueError(f"cannot deepen model_type {model_type!r}; supported: {', '.join(PRE_NORM)}")
+    prefix, zeroed = PRE_NORM[model_type]
+    n = model.config.n_layer if model_type == "gpt2" else model.config.num_hidden_layers
+    after = list(after)
+    for i in after:
+        if isinstance(i, bool) or not isinstance(i, int) or not -1 <= i < n:
+            raise ValueError(f"after: layer index {i!r} is out of range; the model has layers 0..{n - 1} (-1: before the first)")
+    # new layer list: (source layer, is_identity_copy)
+    plan = [(0, True)] * after.count(-1)
+    for i in range(n):
+        plan.append((i, False))
+        plan += [(i, True)] * after.count(i)
+    sd = model.state_dict()
+    pattern = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.(.*)$")
+    new_sd = {name: t for name, t in sd.items() if not pattern.match(name)}
+    for j, (src, identity) in enumerate(plan):
+        for name, t in sd.items():
+            m = pattern.match(name)
+            if m and int(m.group(1)) == src:
+                rest = m.group(2)
+                value = t.clone()
+                if identity and rest.rsplit(".", 1)[0] in zeroed:
+                    value = torch.zeros_like(t)
+                new_sd[f"{prefix}.{j}.{rest}"] = value
+    config = copy.deepcopy(model.config)
+    if model_type == "gpt2":
+        config.n_layer = len(plan)
+    else:
+        config.num_hidden_layers = len(plan)
+        if getattr(config, "layer_types", None) is not None:
+            config.layer_types = [config.layer_types[src] for src, _ in plan]
+    grown = type(model)(config).to(next(model.parameters()).dtype)
+    missing, unexpected = grown.load_state_dict(new_sd, strict=False)
+    if [x for x in missing if x != "lm_head.weight"] or unexpected:
+        raise RuntimeError(f"internal error deepening {model_type}: missing {missing[:5]}, unexpected {list(unexpected)[:5]}")
+    grown.train(model.training)
+    return grown
