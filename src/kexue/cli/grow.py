@@ -1,0 +1,82 @@
+"""``kexue grow``: write a wider and/or deeper checkpoint that computes the same function."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "grow"
+HELP = "grow a HuggingFace checkpoint (width by k, depth by identity blocks) losslessly; writes OUT and a parity report"
+EXAMPLE = "kexue grow path/to/small -o path/to/large --width 2 --depth 2"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model_dir", metavar="MODEL_DIR", help="a HuggingFace checkpoint folder (config.json + weights)")
+    parser.add_argument("-o", "--out", required=True, metavar="OUT_DIR", help="folder for the grown checkpoint (must not exist)")
+    parser.add_argument("--width", type=int, default=1, help="hidden/feed-forward width factor k (default: 1, unchanged)")
+    parser.add_argument("--mode", default="heads", choices=("heads", "head_dim"),
+                        help="heads: copy heads, keep head_dim (exact with RoPE; default); head_dim: the article's wider heads")
+    parser.add_argument("--depth", type=int, default=1, help="depth factor: insert depth-1 identity blocks after every layer (default: 1)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import os
+    import shutil
+    from pathlib import Path
+
+    import torch
+    import transformers
+
+    from kexue._shared import check_int
+    from kexue.cli._common import stderr_console, stdout_console
+    from kexue.growth import widen
+    from kexue.growth.depth import deepen
+    from kexue.growth.parity import float64_norms, max_logit_difference
+
+    check_int("--width", args.width, 1)
+    check_int("--depth", args.depth, 1)
+    if args.width == 1 and args.depth == 1:
+        raise ValueError("nothing to do: give --width >= 2 and/or --depth >= 2")
+    src, out = Path(args.model_dir), Path(args.out)
+    if not (src / "config.json").exists():
+        raise FileNotFoundError(f"MODEL_DIR {src} has no config.json")
+    if out.exists():
+        raise FileExistsError(f"--out {out} exists; choose a new folder")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    config = transformers.AutoConfig.from_pretrained(src)
+    arch = (config.architectures or [None])[0]
+    cls = getattr(transformers, arch, None) if arch else None
+    small = (cls or transformers.AutoModel).from_pretrained(src, dtype=torch.float32).eval()
+
+    def grow(model):
+        if args.width > 1:
+            model = widen(model, args.width, mode=args.mode)
+        if args.depth > 1:
+            n = model.config.n_layer if model.config.model_type == "gpt2" else model.config.num_hidden_layers
+            model = deepen(model, [i for i in range(n) for _ in range(args.depth - 1)])
+        return model
+
+    large = grow(small)
+    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+    large.save_pretrained(tmp)
+    for extra in src.iterdir():  # tokenizer and other non-weight files travel along
+        if extra.is_file() and not extra.name.startswith(("config.json", "model", "pytorch_model")) and not (tmp / extra.name).exists():
+            shutil.copy2(extra, tmp / extra.name)
+
+    g = torch.Generator().manual_seed(0)
+    probe = {"input_ids": torch.randint(0, config.vocab_size, (2, 16), generator=g)}
+    report = {"model": str(src), "width": args.width, "mode": args.mode, "depth": args.depth,
+              "parameters": {"small": sum(p.numel() for p in small.parameters()), "large": sum(p.numel() for p in large.parameters())}}
+    with torch.no_grad():
+        ref = small(**probe)
+        scale = float((ref.logits if getattr(ref, "logits", None) is not None else ref.last_hidden_state).abs().max())
+    report["float32"] = {"max_abs": max_logit_difference(small, large, probe)}
+    report["float32"]["max_rel"] = report["float32"]["max_abs"] / scale
+    small64 = small.double()
+    with float64_norms():
+        report["float64"] = {"max_abs": max_logit_difference(small64, grow(small64), probe)}
+    (tmp / "growth_parity.json").write_text(json.dumps(report, indent=2))
+    os.replace(tmp, out)
+    stdout_console().print_json(json.dumps(report))
+    stderr_console().print(f"wrote {out} ({report['parameters']['small']:,} -> {report['parameters']['large']:,} parameters)")
+    return 0 if report["float64"]["max_abs"] <= 1e-8 else 1
