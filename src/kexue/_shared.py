@@ -98,6 +98,15 @@ def restore_type(result: torch.Tensor, to_numpy: bool) -> Any:
     return result.detach().cpu().numpy()
 
 
+def check_process_group() -> None:
+    """Raise a clear ValueError unless a default ``torch.distributed`` process group exists."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError("distributed use needs an initialised torch.distributed process group; launch with torchrun "
+                         "and call torch.distributed.init_process_group('gloo' or 'nccl') first")
+
+
 def check_finite(tensor: torch.Tensor, name: str) -> None:
     """Raise a ValueError if ``tensor`` holds NaN or infinity."""
     if not bool(torch.isfinite(tensor).all()):

@@ -31,9 +31,9 @@ def launch_module(module: str, args: list[str], nproc: int = 2, timeout: float =
 
 
 def write_result(path: str, payload: dict) -> None:
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload))
-    os.replace(tmp, path)
+    from kexue.report.io import write_json
+
+    write_json(path, payload)
 
 
 def exit_without_finalising(code: int) -> None:

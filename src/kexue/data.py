@@ -15,7 +15,8 @@ from pathlib import Path
 
 from kexue._shared import check_choice
 
-__all__ = ["STS_TASKS", "SentencePairs", "data_root", "embedded_model_path", "load_sick_r", "load_sts_year", "load_stsb", "load_task"]
+__all__ = ["STS_TASKS", "SentencePairs", "data_root", "embedded_model_path", "load_sentence_transformer", "load_sick_r",
+           "load_sts_year", "load_stsb", "load_task", "quiet_offline_transformers"]
 
 STS_TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STS-B", "SICK-R")
 
@@ -120,6 +121,25 @@ def load_task(task: str, root: str | os.PathLike | None = None) -> list[Sentence
     if task == "SICK-R":
         return [load_sick_r(root)]
     return load_sts_year(2000 + int(task[3:]), root)
+
+
+def quiet_offline_transformers() -> None:
+    """Never download (``HF_HUB_OFFLINE=1`` unless set) and hide transformers' per-load progress bars."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def load_sentence_transformer(path: str | os.PathLike | None = None, device: str = "cpu"):
+    """A ``SentenceTransformer`` from a local folder (default: the embedded all-MiniLM-L6-v2), offline."""
+    quiet_offline_transformers()
+    from sentence_transformers import SentenceTransformer
+
+    folder = Path(path) if path is not None else embedded_model_path()
+    if not (folder / "config.json").exists() and not (folder / "modules.json").exists():
+        raise FileNotFoundError(f"model folder {folder} has no config.json or modules.json; pass a sentence-transformers model folder")
+    return SentenceTransformer(str(folder), device=device)
 
 
 def embedded_model_path() -> Path:

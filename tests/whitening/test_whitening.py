@@ -114,7 +114,7 @@ def test_bad_input_is_a_clear_error() -> None:
     x = _data()
     bad = x.copy()
     bad[3, 2] = np.nan
-    with pytest.raises(ValueError, match="X contains 1 NaN"):
+    with pytest.raises(ValueError, match="X contains 1 non-finite value"):
         Whitening().fit(bad)
     with pytest.raises(ValueError, match="2-D"):
         Whitening().fit(x[0])

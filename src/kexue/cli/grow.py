@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     from kexue._shared import check_int
     from kexue.cli._common import stderr_console, stdout_console
+    from kexue.data import quiet_offline_transformers
     from kexue.growth import widen
     from kexue.growth.depth import deepen
     from kexue.growth.parity import float64_norms, max_logit_difference
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"MODEL_DIR {src} has no config.json")
     if out.exists():
         raise FileExistsError(f"--out {out} exists; choose a new folder")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    quiet_offline_transformers()
     config = transformers.AutoConfig.from_pretrained(src)
     arch = (config.architectures or [None])[0]
     cls = getattr(transformers, arch, None) if arch else None

@@ -46,7 +46,6 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, evaluate=not args.no_eval, eval_split=args.eval_split,
         data=args.data, autocast="bf16" if args.bf16 else None,
     )
-    config.validate()
     err = stderr_console()
     bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                    TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)

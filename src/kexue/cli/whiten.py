@@ -32,18 +32,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _encoder(args: argparse.Namespace):
     """``sentences -> (n, D) float32`` for the chosen model and pooling."""
-    import os
+    from kexue.data import embedded_model_path, load_sentence_transformer
 
-    from kexue.data import embedded_model_path
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model_dir = args.model or str(embedded_model_path())
     if args.pooling == "model":
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        model = SentenceTransformer(model_dir, device="cpu")
+        model = load_sentence_transformer(model_dir)
         return lambda sentences: model.encode(list(sentences), batch_size=args.batch_size, convert_to_numpy=True, show_progress_bar=False)
     from kexue.whitening.pooling import encode_poolings, parse_pooling
 
@@ -74,6 +67,8 @@ def _fit(args: argparse.Namespace) -> int:
     from kexue.contrastive.train import read_sentences
     from kexue.whitening import Whitening
 
+    if not Path(args.out).parent.exists():
+        raise FileNotFoundError(f"--out {args.out}: folder {Path(args.out).parent} does not exist")
     sentences = read_sentences(args.corpus)
     w = Whitening(args.n_components, beta=args.beta, gamma=args.gamma, shrinkage=args.shrinkage)
     w._check_params()
@@ -85,8 +80,6 @@ def _fit(args: argparse.Namespace) -> int:
             part = sentences[start : start + chunk]
             w.partial_fit(encode(part))
             bar.advance(task, len(part))
-    if not Path(args.out).parent.exists():
-        raise FileNotFoundError(f"--out {args.out}: folder {Path(args.out).parent} does not exist")
     w.save(args.out, info={"model": args.model or "embedded all-MiniLM-L6-v2", "pooling": args.pooling, "corpus": str(args.corpus)})
     stderr_console().print(f"fitted on {w.n_samples_seen_} sentences, {w.n_features_in_} -> {w.n_components_} dimensions; wrote {args.out}")
     return 0

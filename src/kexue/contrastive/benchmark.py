@@ -28,29 +28,20 @@ On CUDA, case B is skipped (one process holds the device) and A and C use CUDA m
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import torch
 
 from kexue.contrastive.cached import cached_backward
 from kexue.contrastive.losses import InfoNCE, info_nce, info_nce_tiled
-from kexue.report.bench import Bench, BenchSuite, CaseResult
+from kexue.report.bench import Bench, BenchSuite, CaseResult, run_in_fresh_process
 
 BENCH = BenchSuite("contrastive")
 TOKENS, MICRO, SCALE = 32, 32, 20.0
 
 
 def _model(device: str = "cpu"):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer
-    from transformers.utils import logging as hf_logging
+    from kexue.data import load_sentence_transformer
 
-    from kexue.data import embedded_model_path
-
-    hf_logging.disable_progress_bar()
-    model = SentenceTransformer(str(embedded_model_path()), device=device)
+    model = load_sentence_transformer(device=device)
     model.train()
     return model
 
@@ -164,12 +155,7 @@ def _memory_child(config: str, batch: int) -> dict[str, float]:
 
 
 def _peak_in_fresh_process(config: str, batch: int) -> dict[str, float]:
-    code = ("import json, sys; from kexue.contrastive.benchmark import _memory_child; "
-            f"print(json.dumps(_memory_child({config!r}, {batch})))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600)
-    if done.returncode != 0:
-        raise RuntimeError(f"memory child {config} failed: {done.stderr[-1500:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_in_fresh_process(__name__, "_memory_child", config, batch)
 
 
 @BENCH.case

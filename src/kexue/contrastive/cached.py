@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kexue._shared import check_int
+from kexue._shared import check_int, check_process_group
 from kexue.contrastive import distributed as dist_utils
 
 __all__ = ["CachedStep", "cached_backward", "encode", "naive_accumulation_backward", "slice_batch"]
@@ -186,7 +186,7 @@ def cached_backward(
     if autocast is not None and autocast not in (torch.bfloat16, torch.float16):
         raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16; got {autocast!r}")
     if distributed:
-        dist_utils.check_initialised()
+        check_process_group()
     cuda = sorted({dev for tower in towers for dev in _devices(tower)})
     amp = (torch.autocast("cuda" if cuda else "cpu", dtype=autocast) if autocast is not None
            else contextlib.nullcontext())

@@ -20,16 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["check_initialised", "gather_rows", "sum_grads"]
-
-
-def check_initialised() -> None:
-    """Raise a clear error unless a default process group exists."""
-    if not (dist.is_available() and dist.is_initialized()):
-        raise ValueError(
-            "distributed=True needs an initialised torch.distributed process group; launch with "
-            "torchrun and call torch.distributed.init_process_group('gloo' or 'nccl') first"
-        )
+__all__ = ["gather_rows", "sum_grads"]
 
 
 def gather_rows(x: torch.Tensor, group: Any = None) -> tuple[torch.Tensor, int]:

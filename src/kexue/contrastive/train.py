@@ -17,7 +17,6 @@ a later run with ``resume=True`` continues from them, reproducing the same data 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -32,6 +31,7 @@ import torch
 from kexue._shared import check_int, check_number
 from kexue.contrastive.cached import cached_backward
 from kexue.contrastive.losses import InfoNCE
+from kexue.report.io import write_json
 
 __all__ = ["TrainConfig", "TrainProgress", "TrainResult", "read_pairs", "read_sentences", "train_embedder"]
 
@@ -159,18 +159,9 @@ class TrainResult:
 
 
 def _load_model(path: str | None, max_length: int):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer
-    from transformers.utils import logging as hf_logging
+    from kexue.data import load_sentence_transformer
 
-    hf_logging.disable_progress_bar()
-
-    from kexue.data import embedded_model_path
-
-    folder = Path(path) if path is not None else embedded_model_path()
-    if not (folder / "config.json").exists() and not (folder / "modules.json").exists():
-        raise FileNotFoundError(f"model folder {folder} has no config.json or modules.json; pass a sentence-transformers model folder")
-    model = SentenceTransformer(str(folder), device="cpu" if not torch.cuda.is_available() else "cuda")
+    model = load_sentence_transformer(path, device="cuda" if torch.cuda.is_available() else "cpu")
     model.kexue_eval_length = model.max_seq_length  # STS is evaluated at the model's own length
     model.max_seq_length = max_length
     return model
@@ -262,7 +253,7 @@ def train_embedder(config: TrainConfig, *, resume: bool = False, progress: Train
         sts_after = evaluate(model)
     result = TrainResult(step, losses, sts_before, sts_after, seconds, str(out), resumed_from,
                          {"samples": n, "effective_batch": batch, "steps_per_epoch": steps_per_epoch})
-    _write_json(out / "training.json", {"config": asdict(config), **asdict(result)})
+    write_json(out / "training.json", {"config": asdict(config), **asdict(result)})
     return result
 
 
@@ -274,12 +265,6 @@ def _save_checkpoint(out: Path, model, optimizer, scheduler, step: int, losses: 
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
                 "losses": losses, "sts_before": sts_before, "rng": torch.get_rng_state()}, tmp / "trainer_state.pt")
     _replace_dir(tmp, out / "checkpoint")
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, allow_nan=False))
-    os.replace(tmp, path)
 
 
 def _sts_evaluator(config: TrainConfig) -> Callable[[Any], float]:

@@ -23,8 +23,11 @@ touched. Elsewhere it is omitted.
 from __future__ import annotations
 
 import gc
+import json
 import re
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -104,6 +107,20 @@ class PeakMemory:
             self._torch.cuda.synchronize(self.device)
             return max(0, self._torch.cuda.max_memory_allocated(self.device) - base)
         return max(0, (self._status("VmHWM") or 0) - base)
+
+
+def run_in_fresh_process(module: str, function: str, *args: Any, timeout: float = 3600) -> Any:
+    """``module.function(*args)`` in a new Python process; its JSON-able result.
+
+    For peak-memory cases: a fresh process has no high-water mark from earlier cases.
+    ``args`` must be literals (they are written into the child's command line with ``repr``).
+    """
+    call = f"{function}({', '.join(repr(a) for a in args)})"
+    code = f"import json; from {module} import {function}; print(json.dumps({call}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"{module}.{call} failed in its child process: {done.stderr[-1500:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @dataclass

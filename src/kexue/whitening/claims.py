@@ -130,22 +130,24 @@ def sts(ctx: ClaimContext) -> None:
     names = list(tasks)
     table: dict[str, dict[str, dict[str, float]]] = {}  # pooling -> variant -> task -> score
     ranks: dict[str, set[str]] = {}
+    # each task's own sentences (the article's "target" fit), and their rows in the encoded matrix
+    own = {task: sorted({index[s] for p in subsets for s in (*p.sentences1, *p.sentences2)}) for task, subsets in tasks.items()}
+    local = {task: {sentences[r]: i for i, r in enumerate(rows)} for task, rows in own.items()}
     for pooling, vec in vectors.items():
         rows: dict[str, dict[str, float]] = {}
+        vec64 = vec.astype(np.float64)
         for variant, params in VARIANTS.items():
             scores = {}
             for task, subsets in tasks.items():
-                if params is None:
-                    scores[task] = score_tasks({task: subsets}, vec, index)[task]
-                    continue
-                own = sorted({index[s] for p in subsets for s in (*p.sentences1, *p.sentences2)})
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always", RankDeficientWarning)
-                    w = Whitening(**params).fit(vec[own].astype(np.float64))  # fitted on the target task's sentences
-                    z = w.transform(vec.astype(np.float64))
-                if caught:
-                    ranks.setdefault(pooling, set()).add(f"{w.n_components_} of {params.get('n_components', vec.shape[1])}")
-                scores[task] = score_tasks({task: subsets}, z, index)[task]
+                target = vec64[own[task]]
+                if params is not None:
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always", RankDeficientWarning)
+                        w = Whitening(**params).fit(target)
+                        target = w.transform(target)
+                    if caught:
+                        ranks.setdefault(pooling, set()).add(f"{w.n_components_} of {params.get('n_components', vec.shape[1])}")
+                scores[task] = score_tasks({task: subsets}, target, local[task])[task]
             rows[variant] = scores
         flow = FlowWhitening(epochs=6 if ctx.full else 1, seed=ctx.seed).fit(vec)  # one flow per pooling, all tasks' sentences
         rows["flow (all tasks)"] = score_tasks(tasks, flow.transform(vec), index)

@@ -23,7 +23,7 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from torch import nn
 
-from kexue._shared import check_int, check_number
+from kexue._shared import check_finite, check_int, check_number
 
 __all__ = ["FlowWhitening", "VectorFlow"]
 
@@ -122,8 +122,7 @@ class FlowWhitening(TransformerMixin, BaseEstimator):
         x = torch.as_tensor(np.asarray(X), dtype=torch.float32)
         if x.dim() != 2 or x.shape[0] < 2:
             raise ValueError(f"X must be (n_samples >= 2, n_features); got shape {tuple(x.shape)}")
-        if not torch.isfinite(x).all():
-            raise ValueError("X contains NaN or infinite values")
+        check_finite(x, "X")
         torch.manual_seed(self.seed)
         flow = VectorFlow(x.shape[1], self.n_layers, self.hidden, self.seed)
         g = torch.Generator().manual_seed(self.seed)

@@ -58,11 +58,11 @@ def encode_poolings(
     Sentences are batched by length (fewer pad tokens), the model runs in eval mode without
     gradient; ``progress(n)`` is called after each batch with its size.
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    from kexue.data import quiet_offline_transformers
+
+    quiet_offline_transformers()
     specs = {p: parse_pooling(p) for p in poolings}
     path = Path(model_dir)
     if not (path / "config.json").exists():

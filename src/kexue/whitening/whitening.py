@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from kexue._shared import check_int, check_number
+from kexue._shared import check_finite, check_int, check_number, check_process_group
 
 __all__ = ["RankDeficientWarning", "Whitening"]
 
@@ -56,12 +56,6 @@ def _as_2d(name: str, x: Any) -> torch.Tensor:
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
         raise ValueError(f"{name} must hold real numbers; got dtype {t.dtype}")
     return t
-
-
-def _check_finite(name: str, t: torch.Tensor) -> None:
-    bad = int((~torch.isfinite(t)).sum()) if t.is_floating_point() else 0
-    if bad:
-        raise ValueError(f"{name} contains {bad} NaN or infinite values; whitening statistics would be NaN")
 
 
 def batch_statistics(x: torch.Tensor) -> tuple[int, np.ndarray, np.ndarray]:
@@ -152,7 +146,7 @@ class Whitening(TransformerMixin, BaseEstimator):
         """Add the rows of ``X`` to the statistics (streaming; any batch sizes)."""
         self._check_params()
         x = _as_2d("X", X)
-        _check_finite("X", x)
+        check_finite(x, "X")
         if x.shape[0] == 0:
             raise ValueError("X has no rows")
         if hasattr(self, "n_features_in_") and x.shape[1] != self.n_features_in_:
@@ -183,9 +177,7 @@ class Whitening(TransformerMixin, BaseEstimator):
         """
         import torch.distributed as dist
 
-        from kexue.contrastive.distributed import check_initialised
-
-        check_initialised()
+        check_process_group()
         self._require_fitted()
         d = self.n_features_in_
         packed = torch.from_numpy(np.concatenate([[float(self.n_samples_seen_)], self.mean_, self.scatter_.ravel()]))
@@ -261,7 +253,7 @@ class Whitening(TransformerMixin, BaseEstimator):
 
     def _apply(self, X: Any, matrix: np.ndarray, before: np.ndarray | None, after: np.ndarray | None, name: str) -> Any:
         x = _as_2d(name, X)
-        _check_finite(name, x)
+        check_finite(x, name)
         if x.shape[1] != matrix.shape[0]:
             raise ValueError(f"{name} has {x.shape[1]} features; expected {matrix.shape[0]}")
         dtype = x.dtype if x.is_floating_point() else torch.float64
