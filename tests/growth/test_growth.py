@@ -112,3 +112,138 @@ def test_unsupported_models_and_bad_arguments() -> None:
         widen(_models()["gpt2"], 2, mode="tiled")
     with pytest.raises(ValueError, match="out of range"):
         deepen(_models()["gpt2"], [5])
+
+
+def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    model.zero_grad()  # eval mode: no dropout, so both models see the same function
+    logits = model(**INPUTS).logits
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), INPUTS["input_ids"].roll(-1, 1).flatten()).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("name", list(_models()))
+def test_widen_ffn_is_exact_for_any_size(name: str) -> None:
+    from kexue.growth import widen_ffn
+
+    small = _random(_models()[name])
+    old = 64 if name == "gpt2" else 24  # GPT-2: n_inner None = 4 n_embd
+    large = widen_ffn(small, old * 2 + 5)
+    assert large.config.to_dict().get("n_inner" if name == "gpt2" else "intermediate_size") == old * 2 + 5
+    with float64_norms():
+        assert max_logit_difference(small, large, INPUTS) <= 1e-10
+    with pytest.raises(ValueError, match="intermediate_size"):
+        widen_ffn(small, old - 1)
+
+
+def test_growth_never_aliases_the_small_model() -> None:
+    from kexue.growth import widen_ffn
+
+    small = _random(_models()["bert-mlm"])
+    large = widen_ffn(deepen(_random(_models()["gpt2"]), [0]), 70)
+    ptrs = {t.data_ptr() for t in small.state_dict().values()}
+    assert not ptrs & {t.data_ptr() for t in widen(small, 2).state_dict().values()}
+    assert all(not p.is_meta for p in large.parameters())
+
+
+@pytest.mark.parametrize("name", ["llama-gqa-untied", "gpt2", "bert-mlm"])
+def test_symmetry_breaking_keeps_the_function_and_separates_the_copies(name: str) -> None:
+    small = _random(_models()[name])
+    exact, noisy = widen(small, 2), widen(small, 2, noise=0.05, seed=3)
+    with float64_norms():
+        assert max_logit_difference(small, noisy, INPUTS) <= 1e-10
+    up = {"llama-gqa-untied": "model.layers.0.mlp.up_proj.weight", "gpt2": "transformer.h.0.mlp.c_fc.weight",
+          "bert-mlm": "bert.encoder.layer.0.intermediate.dense.weight"}[name]
+    with float64_norms():
+        g_exact, g_noisy = _grads(exact)[up], _grads(noisy)[up]
+    if name == "gpt2":  # Conv1D: units are columns
+        g_exact, g_noisy = g_exact.T, g_noisy.T
+    # without noise the two copies of unit 0 (rows 0 and 1) get the same gradient: they stay copies forever
+    assert torch.equal(g_exact[0], g_exact[1]) and float(g_exact[0].abs().max()) > 0
+    # with noise their gradients differ by far more than rounding
+    assert float((g_noisy[0] - g_noisy[1]).abs().max()) > 1e-3 * float(g_noisy[0].abs().max())
+    assert not torch.equal(widen(small, 2, noise=0.05, seed=4).state_dict()[up], noisy.state_dict()[up])
+
+
+def test_symmetry_breaking_for_ffn_widening() -> None:
+    from kexue.growth import widen_ffn
+
+    small = _random(_models()["qwen2-bias-gqa"])
+    noisy = widen_ffn(small, 48, noise=0.05)
+    with float64_norms():
+        assert max_logit_difference(small, noisy, INPUTS) <= 1e-10
+        g = _grads(noisy)["model.layers.0.mlp.gate_proj.weight"]
+    assert float((g[0] - g[24]).abs().max()) > 1e-3 * float(g[0].abs().max())  # unit 0 and its copy 24
+    with pytest.raises(ValueError, match="noise"):
+        widen_ffn(small, 48, noise=-1)
+
+
+_GRAD_CASES = [(name, op) for name in _models() for op in ("widen-heads", "widen-head_dim", "ffn", "deepen")
+               if not (op == "deepen" and name == "bert-mlm")  # refused: post-norm
+               and not (op == "widen-head_dim" and name not in ("gpt2", "bert-mlm"))]  # inexact under RoPE
+
+
+@pytest.mark.parametrize(("name", "op"), _GRAD_CASES)
+def test_gradient_map_gives_the_large_models_gradient(name: str, op: str) -> None:
+    """The identity behind the Adam-state transfer: at the grown point, g̃_j = g_s(j) / (n a_j)."""
+    from kexue.growth import widen_ffn
+    from kexue.growth.optim import GrowthMap
+
+    grow = {"widen-heads": lambda m: widen(m, 2), "widen-head_dim": lambda m: widen(m, 2, mode="head_dim"),
+            "ffn": lambda m: widen_ffn(m, 40 if name != "gpt2" else 100), "deepen": lambda m: deepen(m, [0, 1])}[op]
+    small = _random(_models()[name])
+    large = grow(small)
+    gmap = GrowthMap.probe(small, grow)
+    with float64_norms():
+        g_small, g_large = _grads(small), _grads(large)
+    predicted = gmap.gradients(g_small)
+    for n, g in g_large.items():
+        live = (gmap.scale[n] > 0).view_as(g)
+        assert torch.allclose(predicted[n].view_as(g)[live], g[live], rtol=1e-9, atol=1e-12), n
+        if op != "deepen":
+            assert bool(live.all()), n  # widening creates no fresh entries
+    if op == "deepen":  # the inserted blocks are fresh: their zeroed projections do get gradients
+        assert any(float(g_large[n].abs().max()) > 0 for n in g_large if not bool((gmap.scale[n] > 0).any()))
+
+
+def test_transfer_adam_state_matches_the_gradient_history() -> None:
+    """Two Adam steps on the small model, transfer: the large model's moments equal the moving
+    averages of the large model's own gradients at the grown points of the same trajectory."""
+    small = _random(_models()["llama-gqa-untied"])
+    grow = lambda m: widen(m, 2)  # noqa: E731
+    opt = torch.optim.AdamW(small.parameters(), lr=1e-3, betas=(0.9, 0.99), amsgrad=True)
+    history = []
+    for _ in range(2):
+        grown_now = grow(small)
+        with float64_norms():
+            _grads(small)
+            history.append(_grads(grown_now))
+        opt.step()
+    large = grow(small)
+    large_opt = torch.optim.AdamW(large.parameters(), lr=5e-4, amsgrad=True)
+    from kexue.growth.optim import transfer_adam_state
+
+    transfer_adam_state(opt, small, large_opt, large, grow)
+    for n, p in large.named_parameters():
+        st = large_opt.state[p]
+        m = 0.1 * 0.9 * history[0][n] + 0.1 * history[1][n]
+        v = 0.01 * 0.99 * history[0][n] ** 2 + 0.01 * history[1][n] ** 2
+        assert float(st["step"]) == 2
+        assert torch.allclose(st["exp_avg"], m, rtol=1e-8, atol=1e-14), n
+        assert torch.allclose(st["exp_avg_sq"], v, rtol=1e-8, atol=1e-20), n
+    large_opt.step()  # the state is usable as is
+    with pytest.raises(ValueError, match="no Adam state"):
+        transfer_adam_state(torch.optim.AdamW(small.parameters()), small, large_opt, large, grow)
+    with pytest.raises(ValueError, match="grow"):
+        transfer_adam_state(opt, small, large_opt, large, lambda m: widen(m, 3))
+
+
+@pytest.mark.parametrize("name", list(_models()))
+def test_float32_parity_is_within_relative_1e_minus_4(name: str) -> None:
+    from kexue.growth import widen_ffn
+
+    small = _random(_models()[name]).float()
+    with torch.no_grad():
+        scale = float(small(**INPUTS).logits.abs().max())
+    ops = [lambda m: widen(m, 2), lambda m: widen_ffn(m, 100)] + ([] if name == "bert-mlm" else [lambda m: deepen(m, [0])])
+    for op in ops:
+        assert max_logit_difference(small, op(small), INPUTS) <= 1e-4 * scale

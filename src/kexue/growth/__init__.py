@@ -4,6 +4,6 @@
   copying heads), BERT, GPT-2, LLaMA, Qwen2, Mistral.
 """
 
-from kexue.growth.widen import SUPPORTED, widen
+from kexue.growth.widen import SUPPORTED, widen, widen_ffn
 
-__all__ = ["SUPPORTED", "widen"]
+__all__ = ["SUPPORTED", "widen", "widen_ffn"]

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from kexue.growth._build import build, probing
+
 __all__ = ["PRE_NORM", "deepen"]
 
 PRE_NORM = {"llama": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
@@ -64,9 +66,9 @@ def deepen(model: nn.Module, after: Sequence[int]) -> nn.Module:
             m = pattern.match(name)
             if m and int(m.group(1)) == src:
                 rest = m.group(2)
-                value = t.clone()
-                if identity and rest.rsplit(".", 1)[0] in zeroed:
-                    value = torch.zeros_like(t)
+                value = t.detach().clone()
+                if identity and (probing() or rest.rsplit(".", 1)[0] in zeroed):
+                    value = torch.zeros_like(value)  # probing: inserted blocks are fresh parameters
                 new_sd[f"{prefix}.{j}.{rest}"] = value
     config = copy.deepcopy(model.config)
     if model_type == "gpt2":
@@ -75,9 +77,4 @@ def deepen(model: nn.Module, after: Sequence[int]) -> nn.Module:
         config.num_hidden_layers = len(plan)
         if getattr(config, "layer_types", None) is not None:
             config.layer_types = [config.layer_types[src] for src, _ in plan]
-    grown = type(model)(config).to(next(model.parameters()).dtype)
-    missing, unexpected = grown.load_state_dict(new_sd, strict=False)
-    if [x for x in missing if x != "lm_head.weight"] or unexpected:
-        raise RuntimeError(f"internal error deepening {model_type}: missing {missing[:5]}, unexpected {list(unexpected)[:5]}")
-    grown.train(model.training)
-    return grown
+    return build(model, config, new_sd, f"deepening {model_type}")

@@ -44,9 +44,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from kexue._shared import check_choice, check_int
+from kexue._shared import check_choice, check_int, check_number
+from kexue.growth._build import build, zero_sum_noise
 
-__all__ = ["SUPPORTED", "widen"]
+__all__ = ["SUPPORTED", "widen", "widen_ffn"]
 
 SUPPORTED = ("bert", "gpt2", "llama", "qwen2", "mistral")
 MODES = ("heads", "head_dim")
@@ -61,12 +62,25 @@ def _tile(t: torch.Tensor, dim: int, k: int) -> torch.Tensor:
 
 
 class _Maps:
-    """The per-role maps for factor ``k`` (weights in ``(out, in)`` layout)."""
+    """The per-role maps for factor ``k`` (weights in ``(out, in)`` layout).
 
-    def __init__(self, k: int, mode: str, gelu_fix: bool = True, bias2: str = "sqrt") -> None:
+    With ``noise > 0`` every weight that reads the (duplicated) residual stream or duplicated
+    units gets zero-sum noise across each group of duplicated input columns: the function is
+    unchanged, the copies' gradients are not (symmetry breaking)."""
+
+    def __init__(self, k: int, mode: str, gelu_fix: bool = True, bias2: str = "sqrt",
+                 noise: float = 0.0, generator: torch.Generator | None = None) -> None:
         self.k, self.mode, self.gelu_fix, self.bias2 = k, mode, gelu_fix, bias2
         self.s = math.sqrt(k)
         self.q4 = k ** 0.25
+        self.noise, self.generator = noise, generator
+
+    def _noisy(self, w: torch.Tensor, tiled: bool = False) -> torch.Tensor:
+        if not self.noise:
+            return w
+        n = w.shape[1]
+        index = torch.arange(n) % (n // self.k) if tiled else torch.arange(n) // self.k
+        return zero_sum_noise(w, index, self.noise, self.generator)
 
     # residual-stream vectors and norms
     def stream(self, t: torch.Tensor) -> torch.Tensor:  # (…, d) -> (…, k d)
@@ -76,40 +90,41 @@ class _Maps:
         return _rep(w, 1, self.k) / self.s
 
     def lm_head(self, w: torch.Tensor) -> torch.Tensor:  # (V, d), untied
-        return _rep(w, 1, self.k) / self.s
+        return self._noisy(_rep(w, 1, self.k) / self.s)
 
     # attention
     def qk(self, w: torch.Tensor, b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         k = self.k
         if self.mode == "heads":
-            return _tile(_rep(w, 1, k), 0, k) / self.s, None if b is None else _tile(b, 0, k)
-        return _rep(_rep(w, 1, k), 0, k) / k * self.q4, None if b is None else _rep(b, 0, k) / self.s * self.q4
+            return self._noisy(_tile(_rep(w, 1, k), 0, k) / self.s), None if b is None else _tile(b, 0, k)
+        return (self._noisy(_rep(_rep(w, 1, k), 0, k) / k * self.q4),
+                None if b is None else _rep(b, 0, k) / self.s * self.q4)
 
     def v(self, w: torch.Tensor, b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         k = self.k
         if self.mode == "heads":
-            return _tile(_rep(w, 1, k), 0, k) / self.s, None if b is None else _tile(b, 0, k)
-        return _rep(_rep(w, 1, k), 0, k) / k, None if b is None else _rep(b, 0, k) / self.s
+            return self._noisy(_tile(_rep(w, 1, k), 0, k) / self.s), None if b is None else _tile(b, 0, k)
+        return self._noisy(_rep(_rep(w, 1, k), 0, k) / k), None if b is None else _rep(b, 0, k) / self.s
 
     def o(self, w: torch.Tensor, b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         k = self.k
         bias = None if b is None else _rep(b, 0, k) / self.s
-        if self.mode == "heads":
-            return _rep(_tile(w, 1, k), 0, k) / (k * self.s), bias
-        return _rep(_rep(w, 1, k), 0, k) / k, bias
+        if self.mode == "heads":  # input: k copies of all heads, side by side (tiled)
+            return self._noisy(_rep(_tile(w, 1, k), 0, k) / (k * self.s), tiled=True), bias
+        return self._noisy(_rep(_rep(w, 1, k), 0, k) / k), bias
 
     # feed-forward
     def ffn_in(self, w: torch.Tensor, b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         k = self.k
         if not self.gelu_fix:  # the plain linear-layer rule: exact only for homogeneous activations
-            return _rep(_rep(w, 1, k), 0, k) / k, None if b is None else _rep(b, 0, k) / self.s
-        return _rep(_rep(w, 1, k), 0, k) / self.s, None if b is None else _rep(b, 0, k)
+            return self._noisy(_rep(_rep(w, 1, k), 0, k) / k), None if b is None else _rep(b, 0, k) / self.s
+        return self._noisy(_rep(_rep(w, 1, k), 0, k) / self.s), None if b is None else _rep(b, 0, k)
 
     def ffn_out(self, w: torch.Tensor, b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         k = self.k
         scale = k if not self.gelu_fix else k * self.s
         bias = None if b is None else _rep(b, 0, k) / (self.s if self.bias2 == "sqrt" else k)
-        return _rep(_rep(w, 1, k), 0, k) / scale, bias
+        return self._noisy(_rep(_rep(w, 1, k), 0, k) / scale), bias
 
 
 def _linear(maps_fn, sd: dict, prefix: str, new: dict, conv1d: bool = False) -> None:
@@ -235,8 +250,8 @@ def _new_config(config: Any, k: int, mode: str, scale_eps: bool) -> Any:
     return c
 
 
-def widen(model: nn.Module, factor: int, *, mode: str = "heads", gelu_fix: bool = True,
-          scale_eps: bool = True, bias2: str = "sqrt") -> nn.Module:
+def widen(model: nn.Module, factor: int, *, mode: str = "heads", noise: float = 0.0, seed: int = 0,
+          gelu_fix: bool = True, scale_eps: bool = True, bias2: str = "sqrt") -> nn.Module:
     """A new model of the same class, ``factor`` times wider, computing the same function.
 
     Args:
@@ -246,6 +261,12 @@ def widen(model: nn.Module, factor: int, *, mode: str = "heads", gelu_fix: bool 
             number of heads are multiplied by it.
         mode: ``"heads"`` (keep the head dimension, copy heads; exact with RoPE) or
             ``"head_dim"`` (the article's: wider heads; inexact with RoPE).
+        noise: symmetry breaking. Duplicated units receive identical gradients and stay
+            copies forever; ``noise > 0`` adds, to every weight reading duplicated inputs, noise
+            of standard deviation ``noise × std(weight)`` that sums to zero over each group of
+            copies, so the function is unchanged (to rounding) but the copies drift apart.
+            ``1e-2`` is a reasonable start; ``0`` keeps exact copies.
+        seed: seed of that noise.
         gelu_fix, scale_eps, bias2: the article's exactness details, switchable to measure
             what each is worth: the feed-forward rule for non-homogeneous activations, ``eps/k``
             in the norms, and the second feed-forward bias (``"sqrt"``: ``/√k``, derived;
@@ -264,16 +285,75 @@ def widen(model: nn.Module, factor: int, *, mode: str = "heads", gelu_fix: bool 
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in _ARCH:
         raise ValueError(f"cannot widen model_type {model_type!r}; supported: {', '.join(SUPPORTED)}")
-    maps = _Maps(factor, mode, gelu_fix, bias2)
+    _check_noise(noise)
+    maps = _Maps(factor, mode, gelu_fix, bias2, noise, torch.Generator().manual_seed(seed))
     sd = {k: v.detach() for k, v in model.state_dict().items()}
-    new_sd = _ARCH[model_type](maps, sd, model.config)
-    config = _new_config(model.config, factor, mode, scale_eps)
-    dtype = next(model.parameters()).dtype
-    grown = type(model)(config).to(dtype)
-    missing, unexpected = grown.load_state_dict(new_sd, strict=False)
-    tied = {n for n in missing if n in ("lm_head.weight", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias")}
-    real_missing = [n for n in missing if n not in tied and not n.endswith(("position_ids", "token_type_ids", "attn.bias", "attn.masked_bias"))]
-    if real_missing or unexpected:
-        raise RuntimeError(f"internal error widening {model_type}: missing {real_missing[:5]}, unexpected {list(unexpected)[:5]}")
-    grown.train(model.training)
-    return grown
+    with torch.no_grad():
+        new_sd = _ARCH[model_type](maps, sd, model.config)
+    return build(model, _new_config(model.config, factor, mode, scale_eps), new_sd, f"widening {model_type}")
+
+
+def _check_noise(noise: float) -> None:
+    if check_number("noise", noise) < 0:
+        raise ValueError(f"noise={noise!r} must be >= 0 (a relative standard deviation)")
+
+
+# (prefix of layer i, input projections (rows = units), output projection (columns = units), config field)
+_FFN = {
+    "llama": ("model.layers.{i}.mlp.", ("gate_proj", "up_proj"), "down_proj", "intermediate_size"),
+    "gpt2": ("transformer.h.{i}.mlp.", ("c_fc",), "c_proj", "n_inner"),
+    "bert": ("{base}encoder.layer.{i}.", ("intermediate.dense",), "output.dense", "intermediate_size"),
+}
+_FFN["qwen2"] = _FFN["mistral"] = _FFN["llama"]
+
+
+def widen_ffn(model: nn.Module, intermediate_size: int, *, noise: float = 0.0, seed: int = 0) -> nn.Module:
+    """A new model whose feed-forward blocks have ``intermediate_size`` units, same function.
+
+    Unit ``j`` of the new block copies unit ``j mod m`` of the old one (``m`` the old size):
+    its input rows (``up``, and ``gate`` for SwiGLU) and bias are copied, and the output
+    projection's column of a unit copied ``c`` times is divided by ``c``, so the copies' equal
+    activations add up to the old contribution. Exact for any activation (GeLU, SiLU, SwiGLU)
+    and any size ``>= m``, not only multiples; the residual stream is untouched.
+
+    Args:
+        model: a supported HuggingFace model (``SUPPORTED``).
+        intermediate_size: the new feed-forward width, at least the current one.
+        noise, seed: symmetry breaking as in :func:`widen` (zero-sum noise on the output
+            projection's columns of copied units).
+
+    Returns:
+        The grown model; ``save_pretrained`` / ``from_pretrained`` round-trip it.
+    """
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in _FFN:
+        raise ValueError(f"cannot widen the feed-forward of model_type {model_type!r}; supported: {', '.join(SUPPORTED)}")
+    _check_noise(noise)
+    prefix, ins, out, field = _FFN[model_type]
+    config = copy.deepcopy(model.config)
+    m = getattr(config, field, None)
+    if m is None:  # GPT-2's n_inner=None means 4 n_embd
+        m = 4 * config.n_embd
+    check_int("intermediate_size", intermediate_size, m)
+    index = torch.arange(intermediate_size) % m
+    count = torch.bincount(index, minlength=m)
+    generator = torch.Generator().manual_seed(seed)
+    conv1d = model_type == "gpt2"
+    sd = {k: v.detach() for k, v in model.state_dict().items()}
+    base = "bert." if any(n.startswith("bert.") for n in sd) else ""
+    new = dict(sd)
+    n_layers = config.n_layer if conv1d else config.num_hidden_layers
+    with torch.no_grad():
+        for i in range(n_layers):
+            p = prefix.format(i=i, base=base)
+            for name in ins:  # rows (torch layout) = units
+                w = sd[p + name + ".weight"]
+                new[p + name + ".weight"] = (w[:, index] if conv1d else w[index]).contiguous()
+                if p + name + ".bias" in sd:
+                    new[p + name + ".bias"] = sd[p + name + ".bias"][index]
+            w = sd[p + out + ".weight"]
+            w = w.T if conv1d else w  # (d, m)
+            w = zero_sum_noise(w[:, index] / count[index].to(w.dtype), index, noise, generator)
+            new[p + out + ".weight"] = (w.T if conv1d else w).contiguous()
+    setattr(config, field, intermediate_size)
+    return build(model, config, new, f"widening the feed-forward of {model_type}")
