@@ -123,6 +123,11 @@ def load_task(task: str, root: str | os.PathLike | None = None) -> list[Sentence
     return load_sts_year(2000 + int(task[3:]), root)
 
 
+def load_tinyshakespeare(root: str | os.PathLike | None = None) -> str:
+    """The tinyshakespeare corpus (karpathy/char-rnn, ~1.1 MB) as one string."""
+    return _require(data_root(root) / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+
+
 def quiet_offline_transformers() -> None:
     """Never download (``HF_HUB_OFFLINE=1`` unless set) and hide transformers' per-load progress bars."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -21,3 +21,22 @@ def test_grow_gpt2_width_and_depth(tmp_path, capsys) -> None:
     capsys.readouterr()
     assert main(["grow", str(tmp_path / "small"), "-o", str(tmp_path / "large")]) == 2  # exists / nothing to do
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_grow_llama_ffn_and_noise(tmp_path, capsys) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2)).save_pretrained(tmp_path / "small")
+    out = tmp_path / "large"
+    assert main(["grow", str(tmp_path / "small"), "-o", str(out), "--ffn", "40", "--noise", "1.0"]) == 0
+    report = json.loads((out / "growth_parity.json").read_text())
+    assert report["ffn"] == 40 and report["float64"]["max_abs"] <= 1e-10
+    assert AutoModelForCausalLM.from_pretrained(out).config.intermediate_size == 40
+    capsys.readouterr()
+    assert main(["grow", str(tmp_path / "small"), "-o", str(tmp_path / "x"), "--ffn", "8"]) == 2  # smaller than 24
+    err = capsys.readouterr().err
+    assert "intermediate_size" in err and len(err.strip().splitlines()) == 1
+    assert main(["grow", str(tmp_path / "small"), "-o", str(tmp_path / "x"), "--width", "2", "--noise", "-1"]) == 2
+    assert "--noise" in capsys.readouterr().err

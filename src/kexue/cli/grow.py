@@ -16,6 +16,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", default="heads", choices=("heads", "head_dim"),
                         help="heads: copy heads, keep head_dim (exact with RoPE; default); head_dim: the article's wider heads")
     parser.add_argument("--depth", type=int, default=1, help="depth factor: insert depth-1 identity blocks after every layer (default: 1)")
+    parser.add_argument("--ffn", type=int, default=None, metavar="SIZE",
+                        help="feed-forward width of the result (after --width), any size >= the current one (default: unchanged)")
+    parser.add_argument("--noise", type=float, default=0.0,
+                        help="symmetry breaking: zero-sum noise, relative std (keeps the function; e.g. 1.0; default 0: exact copies)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,14 +35,18 @@ def run(args: argparse.Namespace) -> int:
     from kexue._shared import check_int
     from kexue.cli._common import stderr_console, stdout_console
     from kexue.data import quiet_offline_transformers
-    from kexue.growth import widen
+    from kexue.growth import widen, widen_ffn
     from kexue.growth.depth import deepen
     from kexue.growth.parity import float64_norms, max_logit_difference
 
     check_int("--width", args.width, 1)
     check_int("--depth", args.depth, 1)
-    if args.width == 1 and args.depth == 1:
-        raise ValueError("nothing to do: give --width >= 2 and/or --depth >= 2")
+    if args.ffn is not None:
+        check_int("--ffn", args.ffn, 1)
+    if not args.noise >= 0 or args.noise == float("inf"):
+        raise ValueError(f"--noise {args.noise} must be a finite number >= 0")
+    if args.width == 1 and args.depth == 1 and args.ffn is None:
+        raise ValueError("nothing to do: give --width >= 2, --depth >= 2 and/or --ffn SIZE")
     src, out = Path(args.model_dir), Path(args.out)
     if not (src / "config.json").exists():
         raise FileNotFoundError(f"MODEL_DIR {src} has no config.json")
@@ -49,9 +58,11 @@ def run(args: argparse.Namespace) -> int:
     cls = getattr(transformers, arch, None) if arch else None
     small = (cls or transformers.AutoModel).from_pretrained(src, dtype=torch.float32).eval()
 
-    def grow(model):
+    def grow(model, noise=args.noise):
         if args.width > 1:
-            model = widen(model, args.width, mode=args.mode)
+            model = widen(model, args.width, mode=args.mode, noise=noise, seed=args.seed)
+        if args.ffn is not None:
+            model = widen_ffn(model, args.ffn, noise=noise, seed=args.seed + 1)
         if args.depth > 1:
             n = model.config.n_layer if model.config.model_type == "gpt2" else model.config.num_hidden_layers
             model = deepen(model, [i for i in range(n) for _ in range(args.depth - 1)])
@@ -66,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     g = torch.Generator().manual_seed(0)
     probe = {"input_ids": torch.randint(0, config.vocab_size, (2, 16), generator=g)}
-    report = {"model": str(src), "width": args.width, "mode": args.mode, "depth": args.depth,
+    report = {"model": str(src), "width": args.width, "mode": args.mode, "depth": args.depth, "ffn": args.ffn, "noise": args.noise,
               "parameters": {"small": sum(p.numel() for p in small.parameters()), "large": sum(p.numel() for p in large.parameters())}}
     with torch.no_grad():
         ref = small(**probe)
@@ -75,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     report["float32"]["max_rel"] = report["float32"]["max_abs"] / scale
     small64 = small.double()
     with float64_norms():
-        report["float64"] = {"max_abs": max_logit_difference(small64, grow(small64), probe)}
+        report["float64"] = {"max_abs": max_logit_difference(small64, grow(small64), probe)}  # same seed: same noise
     (tmp / "growth_parity.json").write_text(json.dumps(report, indent=2))
     os.replace(tmp, out)
     stdout_console().print_json(json.dumps(report))

@@ -32,6 +32,7 @@ SUITES: dict[str, str] = {
     "rope": "kexue.positional.claims:ROPE",
     "contrastive": "kexue.contrastive.claims:SUITE",
     "whitening": "kexue.whitening.claims:SUITE",
+    "growth": "kexue.growth.claims:SUITE",
 }
 
 # technique -> "module:attribute" of its BenchSuite
@@ -40,6 +41,7 @@ BENCHMARKS: dict[str, str] = {
     "rope": "kexue.positional.benchmark:BENCH",
     "contrastive": "kexue.contrastive.benchmark:BENCH",
     "whitening": "kexue.whitening.benchmark:BENCH",
+    "growth": "kexue.growth.benchmark:BENCH",
 }
 
 
