@@ -33,6 +33,7 @@ SUITES: dict[str, str] = {
     "contrastive": "kexue.contrastive.claims:SUITE",
     "whitening": "kexue.whitening.claims:SUITE",
     "growth": "kexue.growth.claims:SUITE",
+    "mitchell": "kexue.mitchell.claims:SUITE",
 }
 
 # technique -> "module:attribute" of its BenchSuite
@@ -42,6 +43,7 @@ BENCHMARKS: dict[str, str] = {
     "contrastive": "kexue.contrastive.benchmark:BENCH",
     "whitening": "kexue.whitening.benchmark:BENCH",
     "growth": "kexue.growth.benchmark:BENCH",
+    "mitchell": "kexue.mitchell.benchmark:BENCH",
 }
 
 

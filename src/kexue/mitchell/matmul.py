@@ -1,0 +1,61 @@
+"""Mitchell matrix products: every scalar product by :func:`~kexue.mitchell.ops.mitchell_mul`,
+summed exactly in float32 (float64 for float64 inputs) in increasing ``k``.
+
+``C[i, j] = Σ_k a[i, k] ⊗ b[k, j]`` with one rounding per addition, in that order, so the
+compiled kernel, the torch path and a scalar loop agree bit for bit. 16-bit inputs produce
+their products in their own format (that is the multiplier being emulated), accumulate in
+float32 and are rounded once to the input dtype at the end.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from kexue.mitchell import _native
+from kexue.mitchell.ops import _as_tensor, _back, mitchell_mul
+
+__all__ = ["mitchell_matmul"]
+
+
+def _accumulate(a: torch.Tensor, b: torch.Tensor, correction: str | None, backend: str) -> torch.Tensor:
+    acc_dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
+    acc = torch.zeros(a.shape[0], b.shape[1], dtype=acc_dtype, device=a.device)
+    for k in range(a.shape[1]):
+        acc += mitchell_mul(a[:, k : k + 1], b[k : k + 1, :], correction=correction, backend=backend).to(acc_dtype)
+    return acc
+
+
+def mitchell_matmul(a: Any, b: Any, *, correction: str | None = None, backend: str = "auto") -> Any:
+    """``a ⊗ b`` for ``a`` of shape ``(..., K)`` and ``b`` of shape ``(K, N)``.
+
+    Args:
+        a, b: tensors (or NumPy arrays) of one dtype (float32, float16, bfloat16, float64).
+        correction: ``None``, ``"constant"`` or ``"piecewise"`` (see :mod:`kexue.mitchell.correction`).
+        backend: ``"auto"``: the compiled kernel for finite float32 CPU inputs, else the torch
+            path (any device); ``"torch"``; ``"native"`` (an error if the kernel cannot run).
+
+    Returns:
+        ``(..., N)`` in the inputs' dtype.
+    """
+    ta, numpy_a = _as_tensor(a, "a")
+    tb, numpy_b = _as_tensor(b, "b")
+    _native.check_backend(backend)
+    if ta.dtype != tb.dtype:
+        raise TypeError(f"a and b must have the same dtype, got {ta.dtype} and {tb.dtype}")
+    if tb.dim() != 2 or ta.dim() < 1 or ta.shape[-1] != tb.shape[0]:
+        raise ValueError(f"shapes {tuple(ta.shape)} and {tuple(tb.shape)} do not multiply: need a (..., K) and b (K, N)")
+    if correction is not None:
+        from kexue._shared import check_choice
+        from kexue.mitchell.correction import CORRECTIONS
+
+        check_choice("correction", correction, CORRECTIONS)
+    lead = ta.shape[:-1]
+    a2 = ta.reshape(-1, ta.shape[-1])
+    if _native.use_native(backend, a2, tb) and bool(torch.isfinite(a2).all()) and bool(torch.isfinite(tb).all()):
+        out = _native.matmul(a2, tb, correction)
+    else:
+        # non-finite inputs take the per-k path (element-wise products handle every special value)
+        out = _accumulate(a2, tb, correction, "auto" if backend == "native" else backend)
+    return _back(out.to(ta.dtype).reshape(*lead, tb.shape[1]), numpy_a or numpy_b)

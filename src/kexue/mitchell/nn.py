@@ -1,0 +1,212 @@
+"""Training with Mitchell products: drop-in layers, a swap helper, per-layer error tracking.
+
+:class:`MitchellLinear` and :class:`MitchellConv2d` compute their matrix products with
+:func:`~kexue.mitchell.matmul.mitchell_matmul` (bias added exactly). The backward pass is a
+choice, ``backward=``:
+
+* ``"mitchell"`` (default): the two gradient products ``g Wᵀ``-style are Mitchell products too,
+  as in "Deep Neural Network Training without Multiplications" (Mogami, 2020), where every
+  multiplication of training is replaced;
+* ``"exact"``: exact gradient products with the same operands (a straight-through estimator:
+  the forward is approximate, the backward treats it as exact);
+* ``"derivative"``: the true derivative of the Mitchell forward. The product is piecewise
+  linear in each operand, ``∂(a ⊗ b)/∂a = sign(b) 2^(n_b) (1 + carry)`` with ``carry`` whether
+  the mantissas (plus correction) reach 1, so the layer's gradient is exact for the
+  approximate function; ``torch.autograd.gradcheck`` verifies it. It materialises an
+  ``(M, K, N)`` tensor: for checks and small layers only.
+
+:func:`mitchellize` swaps every ``nn.Linear`` / ``nn.Conv2d`` of a model for the Mitchell
+version (same parameters), and :func:`track_errors` records, per layer and forward, the
+relative error ``‖y_mitchell − y_exact‖ / ‖y_exact‖`` of the layer's output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from kexue._shared import check_choice
+from kexue.mitchell.matmul import mitchell_matmul
+
+__all__ = ["BACKWARDS", "MitchellConv2d", "MitchellLinear", "mitchellize", "track_errors"]
+
+BACKWARDS = ("mitchell", "exact", "derivative")
+
+
+def _derivative_factor(a: torch.Tensor, b: torch.Tensor, correction: str | None) -> torch.Tensor:
+    """``∂(a_ik ⊗ b_kj)/∂a_ik`` as an ``(M, K, N)`` tensor (a: (M, K), b: (K, N))."""
+    from kexue.mitchell.correction import constant_correction, piecewise_table
+    from kexue.mitchell.ops import DTYPES, _Parts
+
+    f = DTYPES[a.dtype]
+    pa, pb = _Parts(a, f), _Parts(b, f)
+    fa, fb = pa.frac[:, :, None], pb.frac[None, :, :]
+    if correction == "constant":
+        c = constant_correction(f.mantissa)
+    elif correction == "piecewise":
+        shift = f.mantissa - 3
+        c = piecewise_table(f.mantissa).to(a.device)[fa >> shift, fb >> shift]
+    else:
+        c = 0
+    carry = (fa + fb + c) >= (1 << f.mantissa)
+    scale = torch.ldexp(torch.ones((), dtype=a.dtype, device=a.device), pb.n[None].to(a.dtype))
+    sign = torch.where(pb.sign, -1.0, 1.0).to(a.dtype)[None]
+    factor = sign * scale * (1 + carry.to(a.dtype))
+    return torch.where(pb.zero[None], torch.zeros_like(factor), factor)
+
+
+class _MitchellMatmul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, backward, correction):  # x (M, K), w (K, N)
+        ctx.save_for_backward(x, w)
+        ctx.mode, ctx.correction = backward, correction
+        return mitchell_matmul(x, w, correction=correction)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        gx = gw = None
+        if ctx.mode == "exact":
+            gx = g @ w.T if ctx.needs_input_grad[0] else None
+            gw = x.T @ g if ctx.needs_input_grad[1] else None
+        elif ctx.mode == "mitchell":
+            gx = mitchell_matmul(g, w.T.contiguous(), correction=ctx.correction) if ctx.needs_input_grad[0] else None
+            gw = mitchell_matmul(x.T.contiguous(), g, correction=ctx.correction) if ctx.needs_input_grad[1] else None
+        else:  # the true derivative of the approximate product, both operands
+            if ctx.needs_input_grad[0]:
+                gx = (_derivative_factor(x, w, ctx.correction) * g[:, None, :]).sum(-1)
+            if ctx.needs_input_grad[1]:
+                # ∂(a ⊗ b)/∂b = ∂(b ⊗ a)/∂b: the product is symmetric
+                gw = (_derivative_factor(w.T.contiguous(), x.T.contiguous(), ctx.correction) * g.T[:, None, :]).sum(-1).T
+        return gx, gw, None, None
+
+
+def mitchell_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+                    backward: str = "mitchell", correction: str | None = None) -> torch.Tensor:
+    """``x Wᵀ + b`` with Mitchell products (``x``: ``(..., in)``, ``W``: ``(out, in)``)."""
+    check_choice("backward", backward, BACKWARDS)
+    lead = x.shape[:-1]
+    y = _MitchellMatmul.apply(x.reshape(-1, x.shape[-1]), weight.T, backward, correction)
+    y = y.reshape(*lead, weight.shape[0])
+    return y if bias is None else y + bias
+
+
+class _Tracked:
+    """Mixin: optional per-forward relative error of the output against the exact layer."""
+
+    _errors: dict[str, list[float]] | None = None
+    _name: str = ""
+
+    def _record(self, x_exact_fn, y: torch.Tensor) -> None:
+        if self._errors is None:
+            return
+        with torch.no_grad():
+            exact = x_exact_fn()
+            self._errors[self._name].append(float((y.detach() - exact).norm() / exact.norm().clamp(min=1e-30)))
+
+
+class MitchellLinear(nn.Linear, _Tracked):
+    """``nn.Linear`` whose products are Mitchell products (see the module docstring)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, backward: str = "mitchell",
+                 correction: str | None = None, device=None, dtype=None) -> None:
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        check_choice("backward", backward, BACKWARDS)
+        self.backward_mode, self.correction = backward, correction
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = mitchell_linear(x, self.weight, self.bias, backward=self.backward_mode, correction=self.correction)
+        self._record(lambda: nn.functional.linear(x, self.weight, self.bias), y)
+        return y
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", backward={self.backward_mode}, correction={self.correction}"
+
+
+class MitchellConv2d(nn.Conv2d, _Tracked):
+    """``nn.Conv2d`` (groups = 1, zero padding) computed as unfold + Mitchell matrix product."""
+
+    def __init__(self, *args, backward: str = "mitchell", correction: str | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        check_choice("backward", backward, BACKWARDS)
+        if self.groups != 1 or self.padding_mode != "zeros" or isinstance(self.padding, str):
+            raise ValueError(f"MitchellConv2d supports groups=1, padding_mode='zeros' and numeric padding; got groups={self.groups}, "
+                             f"padding_mode={self.padding_mode!r}, padding={self.padding!r}")
+        self.backward_mode, self.correction = backward, correction
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        cols = nn.functional.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
+        kh, kw = self.kernel_size
+        oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        y = mitchell_linear(cols.transpose(1, 2), self.weight.flatten(1), None, backward=self.backward_mode,
+                            correction=self.correction)  # (n, L, out)
+        y = y.transpose(1, 2).reshape(n, self.out_channels, oh, ow)
+        if self.bias is not None:
+            y = y + self.bias[None, :, None, None]
+        self._record(lambda: self._conv_forward(x, self.weight, self.bias), y)
+        return y
+
+
+def mitchellize(model: nn.Module, *, backward: str = "mitchell", correction: str | None = None,
+                skip: tuple[str, ...] = ()) -> nn.Module:
+    """Swap every ``nn.Linear`` and ``nn.Conv2d`` of ``model`` (in place) for the Mitchell
+    version holding the same parameters; returns ``model``.
+
+    Args:
+        backward: ``"mitchell"``, ``"exact"`` or ``"derivative"`` (module docstring).
+        correction: ``None``, ``"constant"`` or ``"piecewise"``.
+        skip: names (or name prefixes) of modules to keep exact, e.g. ``("lm_head",)``.
+
+    Raises:
+        ValueError: a bad option, or a ``Conv2d`` the Mitchell layer does not support
+            (grouped, non-zero padding mode); skip it by name.
+    """
+    check_choice("backward", backward, BACKWARDS)
+    if correction is not None:
+        from kexue.mitchell.correction import CORRECTIONS
+
+        check_choice("correction", correction, CORRECTIONS)
+    for name, module in list(model.named_modules()):
+        if any(name == s or name.startswith(s + ".") for s in skip):
+            continue
+        for child_name, child in list(module.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            if any(full == s or full.startswith(s + ".") for s in skip) or isinstance(child, (MitchellLinear, MitchellConv2d)):
+                continue
+            if type(child) is nn.Linear:
+                new = MitchellLinear.__new__(MitchellLinear)
+                nn.Module.__init__(new)
+                new.in_features, new.out_features = child.in_features, child.out_features
+                new.weight, new.bias = child.weight, child.bias
+            elif type(child) is nn.Conv2d:
+                new = MitchellConv2d(child.in_channels, child.out_channels, child.kernel_size, stride=child.stride,
+                                     padding=child.padding, dilation=child.dilation, groups=child.groups,
+                                     bias=child.bias is not None, padding_mode=child.padding_mode, device="meta")
+                new.weight, new.bias = child.weight, child.bias
+            else:
+                continue
+            new.backward_mode, new.correction = backward, correction
+            new.train(child.training)
+            setattr(module, child_name, new)
+    return model
+
+
+@contextlib.contextmanager
+def track_errors(model: nn.Module):
+    """Within the block, every Mitchell layer of ``model`` appends, per forward, the relative
+    error of its output against the exact layer on the same input; yields
+    ``{layer name: [errors]}``. Costs one exact forward per layer."""
+    errors: dict[str, list[float]] = defaultdict(list)
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (MitchellLinear, MitchellConv2d))]
+    for name, layer in layers:
+        layer._errors, layer._name = errors, name
+    try:
+        yield errors
+    finally:
+        for _, layer in layers:
+            layer._errors = None
