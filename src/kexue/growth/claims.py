@@ -27,7 +27,7 @@ from kexue.report.claims import Article, ClaimContext, ClaimSuite
 
 SUITE = ClaimSuite(
     "growth",
-    Article("Lossless enlargement of a Transformer model: making a model bigger without changing its function (Transformer 无损扩张)",
+    Article("Can we losslessly enlarge a Transformer? (part 1)",
             "https://kexue.fm/archives/8444"),
 )
 

@@ -1,4 +1,4 @@
-"""Mitchell's approximate arithmetic: multiplication by adding the bit patterns (kexue.fm/archives/10366).
+"""Mitchell's approximate arithmetic: multiplication by adding the bit patterns (kexue.fm/archives/7991).
 
 * :mod:`kexue.mitchell.reference`: the scalar definition (Python integers, ``struct``).
 * :func:`mitchell_mul`, :func:`mitchell_div`, :func:`mitchell_log2`, :func:`mitchell_exp2`:

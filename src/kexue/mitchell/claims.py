@@ -25,7 +25,7 @@ from kexue.report.claims import Article, ClaimContext, ClaimSuite
 SUITE = ClaimSuite(
     "mitchell",
     Article("Mitchell's approximation: multiplication becomes addition, with at most 11.1% error (Mitchell近似：乘法变为加法，误差不超过1/9)",
-            "https://kexue.fm/archives/10366"),
+            "https://kexue.fm/archives/7991"),
 )
 
 _FORMATS = {"bfloat16": (torch.bfloat16, 7), "float16": (torch.float16, 10)}
