@@ -1,0 +1,55 @@
+"""Metric definitions on hand-made strings, and the vectorised code against the plain-Python twin."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from kexue.repetition import metrics, metrics_reference as ref
+
+
+def test_hand_made_strings() -> None:
+    s = list("abcabcabc")
+    # 4-grams: abca bcab cabc abca bcab cabc -> 3 unique of 6
+    assert metrics.rep_n([s], 4)[0] == pytest.approx(0.5)
+    assert metrics.distinct_n([list("abcd")], 2) == 1.0
+    assert metrics.rep_l([list("abca")], 2) == pytest.approx(0.0)  # 'a' at t=3 is 3 back: outside l = 2
+    assert metrics.rep_l([list("abca")], 3) == pytest.approx(1 / 3)
+    assert metrics.uniq([list("aab"), list("bc")]) == 3
+    # the event: [w1..wk] followed by [w1..wk, w1], i.e. 2k + 1 tokens of period k
+    loops = metrics.find_loops([list("xyzababa"), list("abcdef"), list("aaa"), list("xyzabab")], max_period=4)
+    assert loops.looped.tolist() == [True, False, True, False]  # "abab" alone has not closed the loop
+    assert loops.start.tolist() == [3, -1, 0, -1] and loops.period.tolist() == [2, -1, 1, -1]
+    three = metrics.find_loops([list("ababa"), list("abababa")], max_period=4, min_repeats=3)
+    assert three.looped.tolist() == [False, True]
+    assert metrics.wrep_l([[1, 2, 1, 9]], [[1, 2, 3, 4]], 4) == pytest.approx(0.25)  # position 2: wrong and repeats 1
+    assert math.isnan(metrics.rep_n([[1, 2]], 4)[0])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_vectorised_equals_plain_python(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    seqs = []
+    for _ in range(60):
+        n = int(rng.integers(0, 40))
+        base = rng.integers(0, 6, size=n).tolist()
+        if rng.random() < 0.5 and n > 6:  # plant loops
+            k = int(rng.integers(1, 4))
+            base = base[: n // 2] + base[n // 2 : n // 2 + k] * 4
+        seqs.append(base)
+    for n in (1, 2, 4):
+        ours, theirs = metrics.rep_n(seqs, n), np.array(ref.rep_n(seqs, n))
+        assert np.allclose(ours, theirs, equal_nan=True)
+        assert metrics.distinct_n(seqs, n) == pytest.approx(ref.distinct_n(seqs, n))
+    assert metrics.seq_rep_n(seqs, 4) == pytest.approx(ref.seq_rep_n(seqs, 4))
+    assert metrics.rep_l(seqs, 5) == pytest.approx(ref.rep_l(seqs, 5))
+    for r in (2, 3):
+        ev = metrics.find_loops(seqs, max_period=8, min_repeats=r)
+        assert list(zip(ev.looped.tolist(), ev.start.tolist(), ev.period.tolist())) == ref.find_loops(seqs, 8, r)
+
+
+def test_summary_has_every_metric() -> None:
+    out = metrics.summary([list("the cat sat on the mat"), list("lalalalalala")])
+    assert out["loop rate"] == 0.5 and 0 < out["rep-2"] < 1 and out["uniq"] > 5
