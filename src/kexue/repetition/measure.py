@@ -55,7 +55,7 @@ def spectral_radius(P, tol: float = 1e-12, max_iter: int = 100_000) -> float:
     """``λ₁ = ρ(P ∘ P)`` (Perron root; power iteration, exact for small dense matrices)."""
     Q = _q(P)
     n = Q.shape[0]
-    if not sp.issparse(Q) and n <= 2000:
+    if not sp.issparse(Q) and n <= 300:
         return float(np.abs(np.linalg.eigvals(Q)).max())
     x = np.full(n, 1.0 / n)
     lam = 0.0
@@ -130,8 +130,9 @@ class Bounds:
     terms: int
 
 
-def bounds(P, terms: int = 20) -> Bounds:
-    """Every bound and estimate of the module docstring, summing ``terms`` powers (dense)."""
+def bounds(P, terms: int = 20, rtol: float = 1e-12) -> Bounds:
+    """Every bound and estimate of the module docstring, summing up to ``terms`` powers (dense);
+    stops early once a power adds less than ``rtol`` (relative) to every sum."""
     n = _check(P)
     dense = P.toarray() if sp.issparse(P) else np.asarray(P, dtype=np.float64)
     B = (dense > 0).astype(np.float64)
@@ -151,9 +152,16 @@ def bounds(P, terms: int = 20) -> Bounds:
             lt += tr**2 / btr * math.exp(-log_scale)
         live = bdiag > 0
         ld += float((diag[live] ** 2 / bdiag[live]).sum()) * math.exp(-log_scale)
-        ae += tr**2 / (z * n) ** k
-        pe += (diag**2).sum() / (z**k * n ** (k - 1))
-        pp += float((Pk * Pk.T).sum()) / (z**k * n ** (k - 1))  # Tr P^(2k) = Σ_ij (P^k)_ij (P^k)_ji
+        before = (lt, ld)
+        add_ae = tr**2 / (z * n) ** k
+        add_pe = (diag**2).sum() / (z**k * n ** (k - 1))
+        add_pp = float((Pk * Pk.T).sum()) / (z**k * n ** (k - 1))  # Tr P^(2k) = Σ_ij (P^k)_ij (P^k)_ji
+        ae, pe, pp = ae + add_ae, pe + add_pe, pp + add_pp
+        small = [new - old <= rtol * max(new, 1e-300) for new, old in zip((lt, ld), before)]
+        if k >= 3 and all(small) and add_ae <= rtol * max(ae, 1e-300) and add_pe <= rtol * max(pe, 1e-300) \
+                and add_pp <= rtol * max(pp, 1e-300):
+            terms = k
+            break
     s_max = float(sq_rows.max())
     return Bounds(float(lt), float(ld), float(ae), float(pe), float(pp), lam1, float(sq_rows.min()), s_max,
                   n * lam1 / (1 - lam1) if lam1 < 1 else math.inf, n * s_max / (1 - s_max) if s_max < 1 else math.inf, z, terms)
