@@ -31,15 +31,27 @@ import numpy as np
 __all__ = ["LoopEvents", "distinct_n", "find_loops", "rep_l", "rep_n", "summary", "to_array", "uniq", "wrep_l"]
 
 
-def to_array(seqs: Sequence[Sequence]) -> tuple[np.ndarray, np.ndarray]:
+def to_array(seqs: Sequence[Sequence] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pad sequences into ``(B, T)`` int64 ids with a per-position negative pad (never equal to
-    anything), and their lengths. Strings are mapped to ids first."""
+    anything), and their lengths. Strings are mapped to ids first; a 2-D integer array is taken
+    as is (every row full length)."""
+    if isinstance(seqs, _Padded):
+        return seqs.X, seqs.lengths
+    if isinstance(seqs, np.ndarray) and seqs.ndim == 2 and np.issubdtype(seqs.dtype, np.integer):
+        if seqs.size and seqs.min() < 0:
+            raise ValueError("token ids must be >= 0")
+        return seqs.astype(np.int64, copy=False), np.full(seqs.shape[0], seqs.shape[1], dtype=np.int64)
     seqs = [list(s) for s in seqs]
     if any(s and not isinstance(s[0], (int, np.integer)) for s in seqs):
         vocab: dict = {}
         seqs = [[vocab.setdefault(tok, len(vocab)) for tok in s] for s in seqs]
     lengths = np.array([len(s) for s in seqs], dtype=np.int64)
     width = int(lengths.max()) if len(seqs) else 0
+    if len(seqs) and (lengths == width).all():  # equal lengths: one conversion, no padding
+        out = np.asarray(seqs, dtype=np.int64).reshape(len(seqs), width)
+        if out.size and out.min() < 0:
+            raise ValueError("token ids must be >= 0")
+        return out, lengths
     out = np.broadcast_to(-1 - np.arange(width, dtype=np.int64), (len(seqs), width)).copy()
     for i, s in enumerate(seqs):
         out[i, : len(s)] = s
@@ -49,30 +61,36 @@ def to_array(seqs: Sequence[Sequence]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _ngram_keys(X: np.ndarray, lengths: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per valid n-gram: (sequence index, a collision-free key of the n-gram)."""
+    """``(B, T − n + 1)`` int64 keys, equal exactly for equal n-grams, and the mask of valid ones."""
     B, T = X.shape
     if T < n:
-        return np.zeros(0, np.int64), np.zeros((0, n), np.int64)
-    windows = np.lib.stride_tricks.sliding_window_view(X, n, axis=1)  # (B, T-n+1, n)
+        return np.zeros((B, 0), np.int64), np.zeros((B, 0), bool)
     valid = np.arange(T - n + 1)[None, :] <= (lengths[:, None] - n)
-    seq = np.broadcast_to(np.arange(B)[:, None], valid.shape)[valid]
-    return seq, windows[valid]
-
-
-def _unique_counts(seq: np.ndarray, grams: np.ndarray, B: int) -> np.ndarray:
-    if len(seq) == 0:
-        return np.zeros(B, np.int64)
-    rows = np.concatenate([seq[:, None], grams], axis=1)
-    uniq_rows = np.unique(rows, axis=0)
-    return np.bincount(uniq_rows[:, 0], minlength=B)
+    base = int(X.max()) + 1 if X.size else 1
+    if base ** n < 2**62:  # a positional number in base V: collision-free
+        key = np.zeros((B, T - n + 1), dtype=np.int64)
+        for j in range(n):
+            key = key * base + np.maximum(X[:, j : T - n + 1 + j], 0)
+        return key, valid
+    windows = np.lib.stride_tricks.sliding_window_view(X, n, axis=1)[valid]
+    _, rank = np.unique(windows, axis=0, return_inverse=True)  # large vocabularies: rank the rows
+    key = np.zeros((B, T - n + 1), dtype=np.int64)
+    key[valid] = rank.ravel()
+    return key, valid
 
 
 def rep_n(seqs, n: int = 4) -> np.ndarray:
     """Per sequence ``1 − unique/total`` n-grams (``nan`` for sequences shorter than ``n``)."""
     X, lengths = to_array(seqs)
-    seq, grams = _ngram_keys(X, lengths, n)
-    total = np.bincount(seq, minlength=len(lengths)).astype(np.float64)
-    unique = _unique_counts(seq, grams, len(lengths))
+    key, valid = _ngram_keys(X, lengths, n)
+    total = valid.sum(axis=1).astype(np.float64)
+    if key.shape[1] == 0:
+        return np.full(len(lengths), np.nan)
+    # invalid slots get distinct negative keys; after sorting each row, a new value starts where it changes
+    key = np.where(valid, key, -1 - np.arange(key.shape[1])[None, :])
+    ordered = np.sort(key, axis=1)
+    distinct = 1 + (np.diff(ordered, axis=1) != 0).sum(axis=1)
+    unique = distinct - (~valid).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, 1 - unique / np.where(total > 0, total, 1), np.nan)
 
@@ -85,8 +103,9 @@ def seq_rep_n(seqs, n: int = 4) -> float:
 
 def distinct_n(seqs, n: int = 2) -> float:
     X, lengths = to_array(seqs)
-    _, grams = _ngram_keys(X, lengths, n)
-    return float(len(np.unique(grams, axis=0)) / len(grams)) if len(grams) else float("nan")
+    key, valid = _ngram_keys(X, lengths, n)
+    grams = key[valid]
+    return float(len(np.unique(grams)) / len(grams)) if len(grams) else float("nan")
 
 
 def rep_l(seqs, l: int = 16) -> float:  # noqa: E741
@@ -152,23 +171,39 @@ def find_loops(seqs, max_period: int = 32, min_repeats: int = 2) -> LoopEvents:
         if need + k > T:
             break
         eq = X[:, k:] == X[:, :-k]  # eq[:, i]: x_i == x_{i+k}
-        c = np.cumsum(eq, axis=1)
-        reset = np.maximum.accumulate(np.where(~eq, c, 0), axis=1)
-        run = c - reset  # run of True ending at i
-        hits = run >= need
+        # a run of `need` equalities ends at i when the window sum over the last `need` is full
+        c = np.zeros((B, eq.shape[1] + 1), dtype=np.int16 if T < 32000 else np.int32)
+        np.cumsum(eq, axis=1, out=c[:, 1:])
+        hits = (c[:, need:] - c[:, :-need]) == need  # hits[:, j]: run over eq[j .. j + need - 1]
         found = hits.any(axis=1)
-        first = np.where(found, hits.argmax(axis=1), never)
-        end = first + k  # last token index of the event
+        # report the position of the run's last equality, as before
+        first_start = np.where(found, hits.argmax(axis=1), never)
+        end = first_start + need - 1 + k  # last token index of the event
         better = end < best_end
         best_end = np.where(better, end, best_end)
-        best_start = np.where(better, first - need + 1, best_start)
+        best_start = np.where(better, first_start, best_start)
         best_period = np.where(better, k, best_period)
     looped = best_period > 0
     return LoopEvents(looped, np.where(looped, best_start, -1), best_period)
 
 
+class _Padded:
+    """Sequences converted once, reused by several metrics."""
+
+    def __init__(self, X: np.ndarray, lengths: np.ndarray) -> None:
+        self.X, self.lengths = X, lengths
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+def _padded(seqs) -> _Padded:
+    return seqs if isinstance(seqs, _Padded) else _Padded(*to_array(seqs))
+
+
 def summary(seqs, *, max_period: int = 32, min_repeats: int = 2) -> dict[str, float]:
     """Every metric above on one set of generations (the CLI's table)."""
+    seqs = _padded(seqs)
     loops = find_loops(seqs, max_period, min_repeats)
     reps = {n: seq_rep_n(seqs, n) for n in (2, 3, 4)}
     return {"sequences": len(seqs), "rep-2": reps[2], "rep-3": reps[3], "rep-4 (seq-rep-4)": reps[4],

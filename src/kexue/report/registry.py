@@ -34,6 +34,7 @@ SUITES: dict[str, str] = {
     "whitening": "kexue.whitening.claims:SUITE",
     "growth": "kexue.growth.claims:SUITE",
     "mitchell": "kexue.mitchell.claims:SUITE",
+    "repetition": "kexue.repetition.claims:SUITE",
 }
 
 # technique -> "module:attribute" of its BenchSuite
@@ -44,6 +45,7 @@ BENCHMARKS: dict[str, str] = {
     "whitening": "kexue.whitening.benchmark:BENCH",
     "growth": "kexue.growth.benchmark:BENCH",
     "mitchell": "kexue.mitchell.benchmark:BENCH",
+    "repetition": "kexue.repetition.benchmark:BENCH",
 }
 
 

@@ -1,0 +1,55 @@
+"""``kexue reproduce repetition`` checks, the benchmark at quick size, and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from kexue.cli import main
+from kexue.report.bench import Bench
+from kexue.report.claims import ClaimContext
+from kexue.repetition import benchmark, claims
+
+
+def _run(check) -> dict:
+    ctx = ClaimContext(claims.SUITE.technique, claims.SUITE.article, mode="quick")
+    claims.SUITE.run_check(check, ctx, debug=True)
+    return {c.id: c for c in ctx.claims}
+
+
+def test_measure_and_bigram_claims() -> None:
+    got = _run(claims.measure) | _run(claims.bigram)
+    assert [i for i, c in got.items() if c.status == "fail"] == []
+    assert got["repetition.closed_form"].measured["max relative difference"] <= 1e-10
+    order = got["repetition.order_char"].measured
+    assert order["greedy"]["R"] == float("inf") and order["topk=5"]["R"] > order["topp=0.9"]["R"] > order["sample"]["R"]
+    assert got["repetition.proven_bounds"].measured["violations"] == 0
+
+
+def test_quick_benchmark_meets_accuracy_and_agrees_with_python() -> None:
+    bench = Bench("repetition", quick=True, repeats=1)
+    for case in benchmark.BENCH.cases:
+        case(bench)  # raises if the vectorised metrics disagree with the plain-Python ones
+    ratios = {r.id: r for r in bench.ratios}
+    assert ratios["repetition.estimate_rel_error"].value <= 0.02
+    P = benchmark.topk_matrix(300)
+    assert np.allclose(P.sum(axis=1), 1) and P.nnz <= 300 * 40
+
+
+def test_cli_analyze_and_metrics(tmp_path, capsys) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat. the dog sat on the log. " * 20)
+    assert main(["repetition", "analyze", str(corpus), "--level", "word", "--decoding", "topk=2,sample", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    rows = {r["rule"]: r for r in payload["rules"]}
+    assert rows["topk=2"]["r"] >= rows["sample"]["r"] > 0
+    gens = tmp_path / "gens.txt"
+    gens.write_text("a b c a b c a b c\nthe quick brown fox\n")
+    assert main(["repetition", "metrics", str(gens), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["sequences"] == 2 and metrics["loop rate"] == 0.5
+    assert main(["repetition", "analyze", str(corpus), "--decoding", "beam=3"]) == 2
+    err = capsys.readouterr().err
+    assert "beam=3" in err and len(err.strip().splitlines()) == 1
+    assert main(["repetition", "metrics", str(tmp_path / "missing.txt")]) == 2
