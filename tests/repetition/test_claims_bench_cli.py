@@ -23,7 +23,7 @@ def test_measure_and_bigram_claims() -> None:
     assert [i for i, c in got.items() if c.status == "fail"] == []
     assert got["repetition.closed_form"].measured["max relative difference"] <= 1e-10
     order = got["repetition.order_char"].measured
-    assert order["greedy"]["R"] == float("inf") and order["topk=5"]["R"] > order["topp=0.9"]["R"] > order["sample"]["R"]
+    assert str(order["greedy"]["R"]) == "inf" and order["topk=5"]["R"] > order["topp=0.9"]["R"] > order["sample"]["R"]
     assert got["repetition.proven_bounds"].measured["violations"] == 0
 
 
