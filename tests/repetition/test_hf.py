@@ -51,3 +51,20 @@ def test_loop_breaking_and_prompt_excluded_penalty() -> None:
     from kexue.repetition.metrics import find_loops
 
     assert not find_loops([broken[0, 3:].tolist()], 8, 3).looped[0]
+
+
+def test_transition_matrix_from_a_causal_lm() -> None:
+    from kexue.repetition.measure import exact_r
+    from kexue.repetition.transition import from_model
+
+    model = _looping_model()
+    seqs = torch.randint(0, 12, (4, 10), generator=torch.Generator().manual_seed(0))
+    P = from_model(model, seqs)
+    assert P.shape == (12, 12) and abs(P.sum(1) - 1).max() < 1e-12
+    # row of token t equals the mean next-token distribution at the positions holding t
+    with torch.no_grad():
+        probs = torch.softmax(model(input_ids=seqs).logits.double(), -1)
+    t = int(seqs[0, 0])
+    mask = seqs == t
+    assert abs(P[t] - probs[mask].mean(0).numpy()).max() < 1e-12
+    assert 0 < exact_r(P) < float("inf")

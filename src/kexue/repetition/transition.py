@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["Decoding", "Vocabulary", "apply_decoding", "estimate", "parse_decodings", "tokenize"]
+__all__ = ["Decoding", "Vocabulary", "apply_decoding", "estimate", "from_model", "parse_decodings", "tokenize"]
 
 _WORD = re.compile(r"[A-Za-z']+|[0-9]+|[^\sA-Za-z0-9']")
 
@@ -96,6 +96,39 @@ def estimate(ids: np.ndarray | Sequence[np.ndarray], n: int, *, alpha: float = 0
     empty = totals[:, 0] == 0
     dense[empty] = 1.0
     return dense / dense.sum(axis=1, keepdims=True)
+
+
+def from_model(model, sequences, *, batch_size: int = 16) -> np.ndarray:
+    """``P`` from a causal LM: row ``i`` is the mean of the model's next-token distributions at
+    every position of ``sequences`` (a ``(B, T)`` LongTensor of ids) whose current token is ``i``
+    (the model sees the whole prefix: this is the bigram view of a real decoder). Tokens never
+    seen as a current token get the model's distribution after that token alone.
+
+    Returns a dense ``(V, V)`` float64 matrix, ``V = model.config.vocab_size``.
+    """
+    import torch
+
+    sequences = torch.as_tensor(sequences, dtype=torch.long)
+    if sequences.dim() != 2 or sequences.shape[1] < 1:
+        raise ValueError(f"sequences must be a (B, T) tensor of token ids, got shape {tuple(sequences.shape)}")
+    vocab = model.config.vocab_size
+    sums = torch.zeros(vocab, vocab, dtype=torch.float64)
+    counts = torch.zeros(vocab, dtype=torch.float64)
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        for chunk in sequences.split(batch_size):
+            probs = torch.softmax(model(input_ids=chunk).logits.double(), dim=-1)[..., :vocab]
+            sums.index_add_(0, chunk.flatten(), probs.flatten(0, 1))
+            counts.index_add_(0, chunk.flatten(), torch.ones(chunk.numel(), dtype=torch.float64))
+        missing = torch.nonzero(counts == 0).flatten()
+        for part in missing.split(256):
+            if len(part):
+                sums[part] = torch.softmax(model(input_ids=part[:, None]).logits[:, -1].double(), dim=-1)[:, :vocab]
+                counts[part] = 1.0
+    model.train(was)
+    P = (sums / counts[:, None]).numpy()
+    return P / P.sum(axis=1, keepdims=True)
 
 
 @dataclass(frozen=True)
