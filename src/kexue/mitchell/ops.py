@@ -159,8 +159,8 @@ def mitchell_mul(a: Any, b: Any, *, correction: str | None = None, backend: str 
 
 
 def mitchell_div(a: Any, b: Any) -> Any:
-    """Mitchell quotient ``a ⊘ b``: ``λ_a − λ_b`` (never below ``a/b``, at most 12.5 % above... see
-    the claims: the relative error is at most 1/8). Dtypes and policy as :func:`mitchell_mul`."""
+    """Mitchell quotient ``a ⊘ b``: ``λ_a − λ_b``. Never below ``|a/b|``, at most 12.5 % above it
+    (exhaustive in float16 and bfloat16). Dtypes and policy as :func:`mitchell_mul`."""
     ta, tb, numpy_out = _pair(a, b)
     return _back(_torch_binary(ta, tb, "div"), numpy_out)
 
