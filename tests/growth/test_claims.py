@@ -5,17 +5,10 @@ from __future__ import annotations
 import pytest
 
 from kexue.growth import claims
-from kexue.report.claims import ClaimContext
 
 
-def _run(check) -> dict:
-    ctx = ClaimContext(claims.SUITE.technique, claims.SUITE.article, mode="quick")
-    claims.SUITE.run_check(check, ctx, debug=True)
-    return {c.id: c for c in ctx.claims}
-
-
-def test_parity_table_passes_for_every_architecture_and_operator() -> None:
-    got = _run(claims.parity)
+def test_parity_table_passes_for_every_architecture_and_operator(run_claims) -> None:
+    got = run_claims(claims.SUITE, claims.parity).by_id
     assert [i for i, c in got.items() if c.status != "pass"] == []
     table = got["growth.parity_table"].measured
     assert set(table) == {"minilm (BERT, real)", "gpt2 (random)", "llama gqa untied (random)", "llama tied (random)", "qwen2 bias gqa (random)"}
@@ -23,8 +16,8 @@ def test_parity_table_passes_for_every_architecture_and_operator() -> None:
     assert got["growth.parity.float64"].measured <= 1e-10
 
 
-def test_article_table_and_inexact_cases() -> None:
-    got = _run(claims.article_table) | _run(claims.inexact) | _run(claims.symmetry_and_optimizer)
+def test_article_table_and_inexact_cases(run_claims) -> None:
+    got = run_claims(claims.SUITE, claims.article_table, claims.inexact, claims.symmetry_and_optimizer).by_id
     assert [i for i, c in got.items() if c.status == "fail"] == []
     bias = got["growth.article_table.second_bias"]
     assert bias.measured["kept"] <= 1e-10 and min(bias.measured["changed"].values()) > 1e-6
@@ -35,7 +28,7 @@ def test_article_table_and_inexact_cases() -> None:
 
 
 @pytest.mark.slow
-def test_compute_saved_quick() -> None:
-    got = _run(claims.compute_saved)
+def test_compute_saved_quick(run_claims) -> None:
+    got = run_claims(claims.SUITE, claims.compute_saved).by_id
     assert got["growth.flops_saved"].status == "pass" and got["growth.flops_saved"].measured > 0
     assert "growth.flops_saved_depth" in got

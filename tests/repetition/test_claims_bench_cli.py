@@ -8,18 +8,11 @@ import numpy as np
 
 from kexue.cli import main
 from kexue.report.bench import Bench
-from kexue.report.claims import ClaimContext
 from kexue.repetition import benchmark, claims
 
 
-def _run(check) -> dict:
-    ctx = ClaimContext(claims.SUITE.technique, claims.SUITE.article, mode="quick")
-    claims.SUITE.run_check(check, ctx, debug=True)
-    return {c.id: c for c in ctx.claims}
-
-
-def test_measure_and_bigram_claims() -> None:
-    got = _run(claims.measure) | _run(claims.bigram)
+def test_measure_and_bigram_claims(run_claims) -> None:
+    got = run_claims(claims.SUITE, claims.measure, claims.bigram).by_id
     assert [i for i, c in got.items() if c.status == "fail"] == []
     assert got["repetition.closed_form"].measured["max relative difference"] <= 1e-10
     order = got["repetition.order_char"].measured

@@ -84,6 +84,11 @@ class ClaimContext:
     figures: list[Figure] = field(default_factory=list)
 
     @property
+    def by_id(self) -> dict[str, Claim]:
+        """The claims recorded so far, by id."""
+        return {c.id: c for c in self.claims}
+
+    @property
     def full(self) -> bool:
         return self.mode == "full"
 
