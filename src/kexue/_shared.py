@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "num_layers",
     "as_float_tensor",
     "check_choice",
     "check_finite",
@@ -155,3 +156,8 @@ def empty_like_fast(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.
         if end > start:
             _madvise(start, end - start, _MADV_HUGEPAGE)  # a failed hint is harmless
     return out
+
+
+def num_layers(config: Any) -> int:
+    """Number of Transformer blocks of a HuggingFace config (GPT-2 calls it ``n_layer``)."""
+    return config.n_layer if config.model_type == "gpt2" else config.num_hidden_layers

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from kexue._shared import num_layers
+
 __all__ = ["CharCorpus", "TrainLog", "evaluate", "flops_per_token", "train_steps"]
 
 
@@ -66,22 +68,24 @@ def evaluate(model: nn.Module, corpus: CharCorpus, context: int, windows: int = 
     return loss
 
 
-def flops_per_token(config) -> float:
-    """Training FLOPs per token (``6 N + 12 L d_attn T``, see the module docstring)."""
+def flops_per_token(config, context: int | None = None) -> float:
+    """Training FLOPs per token (``6 N + 12 L d_attn T``, see the module docstring); ``T`` is
+    ``context``, by default the config's maximum length."""
+    layers = num_layers(config)
     if config.model_type == "gpt2":
-        d, layers, ff = config.n_embd, config.n_layer, config.n_inner or 4 * config.n_embd
-        d_attn, context, matrices = d, config.n_positions, 4 * d * d + 2 * d * ff
+        d, ff = config.n_embd, config.n_inner or 4 * config.n_embd
+        d_attn, max_context, matrices = d, config.n_positions, 4 * d * d + 2 * d * ff
         vocab = config.vocab_size
     else:
-        d, layers, ff = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+        d, ff = config.hidden_size, config.intermediate_size
         head_dim = getattr(config, "head_dim", None) or d // config.num_attention_heads
         kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         d_attn = config.num_attention_heads * head_dim
         gated = 3 if config.model_type in ("llama", "qwen2", "mistral") else 2
         matrices = 2 * d * d_attn + 2 * d * kv * head_dim + gated * d * ff
-        context, vocab = config.max_position_embeddings, config.vocab_size
+        max_context, vocab = config.max_position_embeddings, config.vocab_size
     n = layers * matrices + d * vocab
-    return 6 * n + 12 * layers * d_attn * context
+    return 6 * n + 12 * layers * d_attn * (max_context if context is None else context)
 
 
 @dataclass
@@ -107,8 +111,7 @@ def train_steps(model: nn.Module, corpus: CharCorpus, optimizer: torch.optim.Opt
     (``step`` counted from ``step_offset``); FLOPs use :func:`flops_per_token` with the model's
     config (context ``context``)."""
     log = log if log is not None else TrainLog()
-    per_token = flops_per_token(model.config) - 12 * _layers(model.config) * _d_attn(model.config) * (
-        _context(model.config) - context)
+    per_token = flops_per_token(model.config, context)
     tokens = batch_size * context
     if not log.steps:
         log.add(step_offset, flops_offset, evaluate(model, corpus, context))
@@ -129,16 +132,3 @@ def train_steps(model: nn.Module, corpus: CharCorpus, optimizer: torch.optim.Opt
             log.add(step_offset + i, flops_offset + i * tokens * per_token, evaluate(model, corpus, context))
     return log
 
-
-def _layers(config) -> int:
-    return config.n_layer if config.model_type == "gpt2" else config.num_hidden_layers
-
-
-def _d_attn(config) -> int:
-    if config.model_type == "gpt2":
-        return config.n_embd
-    return config.num_attention_heads * (getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
-
-
-def _context(config) -> int:
-    return config.n_positions if config.model_type == "gpt2" else config.max_position_embeddings

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     import transformers
 
-    from kexue._shared import check_int
+    from kexue._shared import check_int, num_layers
     from kexue.cli._common import stderr_console, stdout_console
     from kexue.data import quiet_offline_transformers
     from kexue.growth import widen, widen_ffn
@@ -64,8 +64,7 @@ def run(args: argparse.Namespace) -> int:
         if args.ffn is not None:
             model = widen_ffn(model, args.ffn, noise=noise, seed=args.seed + 1)
         if args.depth > 1:
-            n = model.config.n_layer if model.config.model_type == "gpt2" else model.config.num_hidden_layers
-            model = deepen(model, [i for i in range(n) for _ in range(args.depth - 1)])
+            model = deepen(model, [i for i in range(num_layers(model.config)) for _ in range(args.depth - 1)])
         return model
 
     large = grow(small)

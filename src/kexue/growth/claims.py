@@ -19,10 +19,11 @@ import copy
 
 import torch
 
+from kexue._shared import num_layers
 from kexue.growth import widen, widen_ffn
 from kexue.growth.depth import deepen
 from kexue.growth.parity import float64_norms, max_logit_difference
-from kexue.growth.widen import _ARCH, _Maps, _new_config
+from kexue.growth.widen import _Maps, _widen_with
 from kexue.report.claims import Article, ClaimContext, ClaimSuite
 
 SUITE = ClaimSuite(
@@ -77,17 +78,14 @@ def _operators(model_type: str) -> dict[str, object]:
     ops["feed-forward x2.5"] = lambda m: widen_ffn(m, int(2.5 * _ffn_size(m.config)))
     ops["widen k=2, noise 1.0"] = lambda m: widen(m, 2, noise=1.0)
     if pre_norm:
-        ops["depth x2"] = lambda m: deepen(m, range(_layers(m.config)))
-        ops["widen k=2 then depth x2"] = lambda m: deepen(widen(m, 2), range(_layers(m.config)))
+        ops["depth x2"] = lambda m: deepen(m, range(num_layers(m.config)))
+        ops["widen k=2 then depth x2"] = lambda m: deepen(widen(m, 2), range(num_layers(m.config)))
     return ops
 
 
 def _ffn_size(config) -> int:
     return (config.n_inner or 4 * config.n_embd) if config.model_type == "gpt2" else config.intermediate_size
 
-
-def _layers(config) -> int:
-    return config.n_layer if config.model_type == "gpt2" else config.num_hidden_layers
 
 
 def _r(value):
@@ -152,12 +150,7 @@ def _custom_widen(model, k: int, mode: str, **overrides):
     maps = _Maps(k, mode)
     for name, value in overrides.items():
         setattr(maps, name, value)
-    sd = {n: t.detach() for n, t in model.state_dict().items()}
-    from kexue.growth._build import build
-
-    with torch.no_grad():
-        new = _ARCH[model.config.model_type](maps, sd, model.config)
-    return build(model, _new_config(model.config, k, mode, True), new, "widening")
+    return _widen_with(model, maps)
 
 
 @SUITE.check

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from kexue._shared import num_layers
 from kexue.growth._build import build, probing
 
 __all__ = ["PRE_NORM", "deepen"]
@@ -48,7 +49,7 @@ def deepen(model: nn.Module, after: Sequence[int]) -> nn.Module:
     if model_type not in PRE_NORM:
         raise ValueError(f"cannot deepen model_type {model_type!r}; supported: {', '.join(PRE_NORM)}")
     prefix, zeroed = PRE_NORM[model_type]
-    n = model.config.n_layer if model_type == "gpt2" else model.config.num_hidden_layers
+    n = num_layers(model.config)
     after = list(after)
     for i in after:
         if isinstance(i, bool) or not isinstance(i, int) or not -1 <= i < n:

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kexue._shared import check_choice, check_int, check_number
+from kexue._shared import check_choice, check_int, check_number, num_layers
 from kexue.growth._build import build, zero_sum_noise
 
 __all__ = ["SUPPORTED", "widen", "widen_ffn"]
@@ -143,6 +143,38 @@ def _norm(m: _Maps, sd: dict, prefix: str, new: dict) -> None:
         new[prefix + ".bias"] = m.stream(sd[prefix + ".bias"])
 
 
+# The linear layers of block i, per family: prefix ("{base}" is "bert." for BERT with a head),
+# attention (q, k, v, o; None: GPT-2's fused c_attn, handled in _gpt2), feed-forward inputs
+# (rows = units: up, and gate for SwiGLU), feed-forward output, and the config field of the
+# feed-forward width.
+_LAYOUT = {
+    "llama": ("model.layers.{i}.", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
+              ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj", "intermediate_size"),
+    "gpt2": ("transformer.h.{i}.", None, ("mlp.c_fc",), "mlp.c_proj", "n_inner"),
+    "bert": ("{base}encoder.layer.{i}.", ("attention.self.query", "attention.self.key", "attention.self.value",
+                                         "attention.output.dense"), ("intermediate.dense",), "output.dense", "intermediate_size"),
+}
+_LAYOUT["qwen2"] = _LAYOUT["mistral"] = _LAYOUT["llama"]
+
+
+def _bert_base(sd: dict) -> str:
+    return "bert." if any(n.startswith("bert.") for n in sd) else ""
+
+
+def _blocks(m: _Maps, sd: dict, config: Any, new: dict, base: str = "") -> None:
+    """Map the linear layers of every block listed in ``_LAYOUT`` (GPT-2's c_attn excepted)."""
+    prefix, attention, ffn_in, ffn_out, _ = _LAYOUT[config.model_type]
+    conv1d = config.model_type == "gpt2"
+    for i in range(num_layers(config)):
+        p = prefix.format(i=i, base=base)
+        if attention is not None:
+            for role, name in zip((m.qk, m.qk, m.v, m.o), attention):
+                _linear(role, sd, p + name, new)
+        for name in ffn_in:
+            _linear(m.ffn_in, sd, p + name, new, conv1d=conv1d)
+        _linear(m.ffn_out, sd, p + ffn_out, new, conv1d=conv1d)
+
+
 def _llama(m: _Maps, sd: dict, config: Any) -> dict:
     new: dict[str, torch.Tensor] = {}
     for name in sd:
@@ -152,15 +184,7 @@ def _llama(m: _Maps, sd: dict, config: Any) -> dict:
             new[name] = m.lm_head(sd[name])
         elif re.search(r"(layernorm|norm)\.weight$", name):
             _norm(m, sd, name.removesuffix(".weight"), new)
-    for i in range(config.num_hidden_layers):
-        p = f"model.layers.{i}."
-        _linear(m.qk, sd, p + "self_attn.q_proj", new)
-        _linear(m.qk, sd, p + "self_attn.k_proj", new)
-        _linear(m.v, sd, p + "self_attn.v_proj", new)
-        _linear(m.o, sd, p + "self_attn.o_proj", new)
-        _linear(m.ffn_in, sd, p + "mlp.gate_proj", new)
-        _linear(m.ffn_in, sd, p + "mlp.up_proj", new)
-        _linear(m.ffn_out, sd, p + "mlp.down_proj", new)
+    _blocks(m, sd, config, new)
     return new
 
 
@@ -174,15 +198,14 @@ def _gpt2(m: _Maps, sd: dict, config: Any) -> dict:
             new[name] = m.lm_head(sd[name])
         elif re.search(r"ln_(1|2|f)\.weight$", name):
             _norm(m, sd, name.removesuffix(".weight"), new)
-    for i in range(config.n_layer):
+    for i in range(num_layers(config)):
         p = f"transformer.h.{i}."
         w, b = sd[p + "attn.c_attn.weight"].T, sd[p + "attn.c_attn.bias"]  # (3d, d): q, k, v stacked
         parts = [m.qk(w[:d], b[:d]), m.qk(w[d : 2 * d], b[d : 2 * d]), m.v(w[2 * d :], b[2 * d :])]
         new[p + "attn.c_attn.weight"] = torch.cat([x[0] for x in parts]).T.contiguous()
         new[p + "attn.c_attn.bias"] = torch.cat([x[1] for x in parts])
         _linear(m.o, sd, p + "attn.c_proj", new, conv1d=True)
-        _linear(m.ffn_in, sd, p + "mlp.c_fc", new, conv1d=True)
-        _linear(m.ffn_out, sd, p + "mlp.c_proj", new, conv1d=True)
+    _blocks(m, sd, config, new)
     for name in sd:  # buffers (attention masks of older versions) pass through
         if not name.endswith((".weight", ".bias")):
             new.setdefault(name, sd[name])
@@ -198,15 +221,8 @@ def _bert(m: _Maps, sd: dict, config: Any) -> dict:
             _norm(m, sd, name.removesuffix(".weight"), new)
         elif not name.endswith((".weight", ".bias")):
             new[name] = sd[name]  # buffers: position_ids, token_type_ids
-    base = "bert." if any(n.startswith("bert.") for n in sd) else ""
-    for i in range(config.num_hidden_layers):
-        p = f"{base}encoder.layer.{i}."
-        _linear(m.qk, sd, p + "attention.self.query", new)
-        _linear(m.qk, sd, p + "attention.self.key", new)
-        _linear(m.v, sd, p + "attention.self.value", new)
-        _linear(m.o, sd, p + "attention.output.dense", new)
-        _linear(m.ffn_in, sd, p + "intermediate.dense", new)
-        _linear(m.ffn_out, sd, p + "output.dense", new)
+    base = _bert_base(sd)
+    _blocks(m, sd, config, new, base)
     if base + "pooler.dense.weight" in sd:  # tanh: keep its pre-activations; output rep(pooled) (not / √k)
         _linear(_Maps(m.k, m.mode).ffn_in, sd, base + "pooler.dense", new)
     if "cls.predictions.transform.dense.weight" in sd:
@@ -286,25 +302,20 @@ def widen(model: nn.Module, factor: int, *, mode: str = "heads", noise: float = 
     if model_type not in _ARCH:
         raise ValueError(f"cannot widen model_type {model_type!r}; supported: {', '.join(SUPPORTED)}")
     _check_noise(noise)
-    maps = _Maps(factor, mode, gelu_fix, bias2, noise, torch.Generator().manual_seed(seed))
+    return _widen_with(model, _Maps(factor, mode, gelu_fix, bias2, noise, torch.Generator().manual_seed(seed)), scale_eps)
+
+
+def _widen_with(model: nn.Module, maps: _Maps, scale_eps: bool = True) -> nn.Module:
+    """The widening with explicit maps (the claims switch single factors through them)."""
     sd = {k: v.detach() for k, v in model.state_dict().items()}
     with torch.no_grad():
-        new_sd = _ARCH[model_type](maps, sd, model.config)
-    return build(model, _new_config(model.config, factor, mode, scale_eps), new_sd, f"widening {model_type}")
+        new_sd = _ARCH[model.config.model_type](maps, sd, model.config)
+    return build(model, _new_config(model.config, maps.k, maps.mode, scale_eps), new_sd, f"widening {model.config.model_type}")
 
 
 def _check_noise(noise: float) -> None:
     if check_number("noise", noise) < 0:
         raise ValueError(f"noise={noise!r} must be >= 0 (a relative standard deviation)")
-
-
-# (prefix of layer i, input projections (rows = units), output projection (columns = units), config field)
-_FFN = {
-    "llama": ("model.layers.{i}.mlp.", ("gate_proj", "up_proj"), "down_proj", "intermediate_size"),
-    "gpt2": ("transformer.h.{i}.mlp.", ("c_fc",), "c_proj", "n_inner"),
-    "bert": ("{base}encoder.layer.{i}.", ("intermediate.dense",), "output.dense", "intermediate_size"),
-}
-_FFN["qwen2"] = _FFN["mistral"] = _FFN["llama"]
 
 
 def widen_ffn(model: nn.Module, intermediate_size: int, *, noise: float = 0.0, seed: int = 0) -> nn.Module:
@@ -326,10 +337,10 @@ def widen_ffn(model: nn.Module, intermediate_size: int, *, noise: float = 0.0, s
         The grown model; ``save_pretrained`` / ``from_pretrained`` round-trip it.
     """
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in _FFN:
+    if model_type not in _LAYOUT:
         raise ValueError(f"cannot widen the feed-forward of model_type {model_type!r}; supported: {', '.join(SUPPORTED)}")
     _check_noise(noise)
-    prefix, ins, out, field = _FFN[model_type]
+    prefix, _, ins, out, field = _LAYOUT[model_type]
     config = copy.deepcopy(model.config)
     m = getattr(config, field, None)
     if m is None:  # GPT-2's n_inner=None means 4 n_embd
@@ -340,11 +351,10 @@ def widen_ffn(model: nn.Module, intermediate_size: int, *, noise: float = 0.0, s
     generator = torch.Generator().manual_seed(seed)
     conv1d = model_type == "gpt2"
     sd = {k: v.detach() for k, v in model.state_dict().items()}
-    base = "bert." if any(n.startswith("bert.") for n in sd) else ""
+    base = _bert_base(sd)
     new = dict(sd)
-    n_layers = config.n_layer if conv1d else config.num_hidden_layers
     with torch.no_grad():
-        for i in range(n_layers):
+        for i in range(num_layers(config)):
             p = prefix.format(i=i, base=base)
             for name in ins:  # rows (torch layout) = units
                 w = sd[p + name + ".weight"]
