@@ -81,3 +81,5 @@ def test_mitchellize_swaps_layers_keeps_parameters_and_tracks_errors() -> None:
     assert all(len(v) == 2 for v in errors.values())  # tracking ended with the block
     with pytest.raises(ValueError, match="backward"):
         mitchellize(model, backward="sgd")
+    with pytest.raises(ValueError, match="correction"):
+        MitchellLinear(2, 2, correction="table")

@@ -23,11 +23,20 @@ import functools
 import numpy as np
 import torch
 
-__all__ = ["CORRECTIONS", "SEGMENTS", "constant_correction", "lambda_correction", "piecewise_table", "relative_error"]
+__all__ = ["CORRECTIONS", "SEGMENTS", "check_correction", "constant_correction", "lambda_correction", "piecewise_table",
+           "relative_error"]
 
 CORRECTIONS = ("constant", "piecewise")
 SEGMENTS = 8
 _GRID = 256  # samples per segment side when solving for c
+
+
+def check_correction(correction: str | None) -> None:
+    """``None`` (plain Mitchell) or one of ``CORRECTIONS``; a ValueError naming the value otherwise."""
+    if correction is not None:
+        from kexue._shared import check_choice
+
+        check_choice("correction", correction, CORRECTIONS)
 
 
 def relative_error(x1: np.ndarray, x2: np.ndarray, c: float = 0.0) -> np.ndarray:
@@ -75,10 +84,11 @@ def piecewise_table(mantissa_bits: int, segments: int = SEGMENTS) -> torch.Tenso
 
 def lambda_correction(kind: str, ta: torch.Tensor, tb: torch.Tensor) -> torch.Tensor | int:
     """The integer to add to each product's mantissa sum (broadcast shape of ``ta``, ``tb``)."""
-    from kexue._shared import check_choice
     from kexue.mitchell.ops import DTYPES, _Parts
 
-    check_choice("correction", kind, CORRECTIONS)
+    if kind is None:
+        raise ValueError("correction=None has no correction term")
+    check_correction(kind)
     f = DTYPES[ta.dtype]
     if kind == "constant":
         return constant_correction(f.mantissa)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from kexue.mitchell import _native
+from kexue.mitchell.correction import check_correction
 from kexue.mitchell.ops import _as_tensor, _back, mitchell_mul
 
 __all__ = ["mitchell_matmul"]
@@ -46,11 +47,7 @@ def mitchell_matmul(a: Any, b: Any, *, correction: str | None = None, backend: s
         raise TypeError(f"a and b must have the same dtype, got {ta.dtype} and {tb.dtype}")
     if tb.dim() != 2 or ta.dim() < 1 or ta.shape[-1] != tb.shape[0]:
         raise ValueError(f"shapes {tuple(ta.shape)} and {tuple(tb.shape)} do not multiply: need a (..., K) and b (K, N)")
-    if correction is not None:
-        from kexue._shared import check_choice
-        from kexue.mitchell.correction import CORRECTIONS
-
-        check_choice("correction", correction, CORRECTIONS)
+    check_correction(correction)
     lead = ta.shape[:-1]
     a2 = ta.reshape(-1, ta.shape[-1])
     if _native.use_native(backend, a2, tb) and bool(torch.isfinite(a2).all()) and bool(torch.isfinite(tb).all()):

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from kexue._shared import check_choice
+from kexue.mitchell.correction import check_correction, lambda_correction
 from kexue.mitchell.matmul import mitchell_matmul
 
 __all__ = ["BACKWARDS", "MitchellConv2d", "MitchellLinear", "mitchellize", "track_errors"]
@@ -38,19 +39,12 @@ BACKWARDS = ("mitchell", "exact", "derivative")
 
 def _derivative_factor(a: torch.Tensor, b: torch.Tensor, correction: str | None) -> torch.Tensor:
     """``∂(a_ik ⊗ b_kj)/∂a_ik`` as an ``(M, K, N)`` tensor (a: (M, K), b: (K, N))."""
-    from kexue.mitchell.correction import constant_correction, piecewise_table
     from kexue.mitchell.ops import DTYPES, _Parts
 
     f = DTYPES[a.dtype]
     pa, pb = _Parts(a, f), _Parts(b, f)
     fa, fb = pa.frac[:, :, None], pb.frac[None, :, :]
-    if correction == "constant":
-        c = constant_correction(f.mantissa)
-    elif correction == "piecewise":
-        shift = f.mantissa - 3
-        c = piecewise_table(f.mantissa).to(a.device)[fa >> shift, fb >> shift]
-    else:
-        c = 0
+    c = 0 if correction is None else lambda_correction(correction, a[:, :, None], b[None, :, :])
     carry = (fa + fb + c) >= (1 << f.mantissa)
     scale = torch.ldexp(torch.ones((), dtype=a.dtype, device=a.device), pb.n[None].to(a.dtype))
     sign = torch.where(pb.sign, -1.0, 1.0).to(a.dtype)[None]
@@ -115,6 +109,7 @@ class MitchellLinear(nn.Linear, _Tracked):
                  correction: str | None = None, device=None, dtype=None) -> None:
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         check_choice("backward", backward, BACKWARDS)
+        check_correction(correction)
         self.backward_mode, self.correction = backward, correction
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -132,6 +127,7 @@ class MitchellConv2d(nn.Conv2d, _Tracked):
     def __init__(self, *args, backward: str = "mitchell", correction: str | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         check_choice("backward", backward, BACKWARDS)
+        check_correction(correction)
         if self.groups != 1 or self.padding_mode != "zeros" or isinstance(self.padding, str):
             raise ValueError(f"MitchellConv2d supports groups=1, padding_mode='zeros' and numeric padding; got groups={self.groups}, "
                              f"padding_mode={self.padding_mode!r}, padding={self.padding!r}")
@@ -167,10 +163,7 @@ def mitchellize(model: nn.Module, *, backward: str = "mitchell", correction: str
             (grouped, non-zero padding mode); skip it by name.
     """
     check_choice("backward", backward, BACKWARDS)
-    if correction is not None:
-        from kexue.mitchell.correction import CORRECTIONS
-
-        check_choice("correction", correction, CORRECTIONS)
+    check_correction(correction)
     for name, module in list(model.named_modules()):
         if any(name == s or name.startswith(s + ".") for s in skip):
             continue

@@ -144,14 +144,10 @@ def mitchell_mul(a: Any, b: Any, *, correction: str | None = None, backend: str 
     """
     ta, tb, numpy_out = _pair(a, b)
     from kexue.mitchell import _native
-    from kexue.mitchell.correction import lambda_correction
+    from kexue.mitchell.correction import check_correction, lambda_correction
 
     _native.check_backend(backend)
-    if correction is not None:
-        from kexue._shared import check_choice
-        from kexue.mitchell.correction import CORRECTIONS
-
-        check_choice("correction", correction, CORRECTIONS)
+    check_correction(correction)
     if _native.use_native(backend, ta, tb):
         return _back(_native.mul(ta, tb, correction), numpy_out)
     corr = 0 if correction is None else lambda_correction(correction, ta, tb)

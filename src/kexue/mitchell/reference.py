@@ -31,6 +31,11 @@ from fractions import Fraction
 __all__ = ["FORMATS", "Format", "div", "exp2", "log2", "mul"]
 
 
+# struct codes (the float, the same-width unsigned integer) of the formats struct knows; bfloat16
+# is the top half of a float32
+_STRUCT = {"float32": ("<f", "<I"), "float16": ("<e", "<H"), "float64": ("<d", "<Q")}
+
+
 @dataclass(frozen=True)
 class Format:
     name: str
@@ -56,12 +61,9 @@ class Format:
 
     def to_bits(self, value: float) -> int:
         """Bit pattern of ``value`` rounded to this format (round to nearest, ties to even)."""
-        if self.name == "float32":
-            return struct.unpack("<I", struct.pack("<f", value))[0]
-        if self.name == "float16":
-            return struct.unpack("<H", struct.pack("<e", value))[0]
-        if self.name == "float64":
-            return struct.unpack("<Q", struct.pack("<d", value))[0]
+        if self.name in _STRUCT:
+            real, integer = _STRUCT[self.name]
+            return struct.unpack(integer, struct.pack(real, value))[0]
         # bfloat16: round the float64 value to 8 significant bits directly (no double rounding)
         if math.isnan(value):
             return 0x7FC0
@@ -69,12 +71,9 @@ class Format:
         return sign | self._round_magnitude(Fraction(abs(value))) if not math.isinf(value) else sign | self.inf
 
     def from_bits(self, bits: int) -> float:
-        if self.name == "float32":
-            return struct.unpack("<f", struct.pack("<I", bits))[0]
-        if self.name == "float16":
-            return struct.unpack("<e", struct.pack("<H", bits))[0]
-        if self.name == "float64":
-            return struct.unpack("<d", struct.pack("<Q", bits))[0]
+        if self.name in _STRUCT:
+            real, integer = _STRUCT[self.name]
+            return struct.unpack(real, struct.pack(integer, bits))[0]
         return struct.unpack("<f", struct.pack("<I", bits << 16))[0]
 
     def _round_magnitude(self, value: Fraction) -> int:
