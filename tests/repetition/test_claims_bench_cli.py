@@ -33,10 +33,11 @@ def test_quick_benchmark_meets_accuracy_and_agrees_with_python() -> None:
 def test_cli_analyze_and_metrics(tmp_path, capsys) -> None:
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the cat sat on the mat. the dog sat on the log. " * 20)
-    assert main(["repetition", "analyze", str(corpus), "--level", "word", "--decoding", "topk=2,sample", "--json"]) == 0
+    assert main(["repetition", "analyze", str(corpus), "--level", "word", "--decoding", "greedy,topk=2,sample", "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     rows = {r["rule"]: r for r in payload["rules"]}
     assert rows["topk=2"]["r"] >= rows["sample"]["r"] > 0
+    assert rows["greedy"]["r"] == "inf"  # strict JSON, as in results.json
     gens = tmp_path / "gens.txt"
     gens.write_text("a b c a b c a b c\nthe quick brown fox\n")
     assert main(["repetition", "metrics", str(gens), "--json"]) == 0

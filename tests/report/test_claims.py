@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from kexue.report.claims import Article, ClaimContext, ClaimSuite, _plain
+from kexue.report.claims import Article, ClaimContext, ClaimSuite, json_value
 
 ARTICLE = Article("t", "https://kexue.fm/archives/0")
 
@@ -31,10 +31,10 @@ def test_values_become_strict_json() -> None:
     import numpy as np
     import torch
 
-    assert _plain(np.float64(0.5)) == 0.5 and type(_plain(np.float64(0.5))) is float
-    assert _plain(torch.tensor(3)) == 3
-    assert _plain(float("nan")) == "nan" and _plain(np.float32(math.inf)) == "inf"
-    assert _plain({"a": np.int64(2), 3: [np.float32(1.5)]}) == {"a": 2, "3": [1.5]}
+    assert json_value(np.float64(0.5)) == 0.5 and type(json_value(np.float64(0.5))) is float
+    assert json_value(torch.tensor(3)) == 3
+    assert json_value(float("nan")) == "nan" and json_value(np.float32(math.inf)) == "inf"
+    assert json_value({"a": np.int64(2), 3: [np.float32(1.5)]}) == {"a": 2, "3": [1.5]}
 
 
 def test_crashing_check_becomes_a_failed_claim() -> None:

@@ -41,12 +41,12 @@ def _read(path: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import json
-    import math
 
     from rich.table import Table
 
     from kexue._shared import check_int
     from kexue.cli._common import stdout_console
+    from kexue.report.claims import json_value
     from kexue.repetition.transition import Vocabulary, estimate, parse_decodings, tokenize
 
     console = stdout_console()
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.generations}: no generations (one per line)")
         result = summary([tokenize(line, args.level) for line in lines], max_period=args.max_period, min_repeats=args.min_repeats)
         if args.json:
-            console.print_json(json.dumps(result))
+            console.print_json(json.dumps(json_value(result), allow_nan=False))
         else:
             table = Table("metric", "value", title=f"repetition metrics, {len(lines)} generations ({args.level} tokens)")
             for key, value in result.items():
@@ -78,9 +78,9 @@ def run(args: argparse.Namespace) -> int:
     P = estimate(vocab.encode(tokens), len(vocab), alpha=args.alpha)
     rows = analyze(P, rules)
     if args.json:
-        console.print_json(json.dumps({"corpus": args.corpus, "level": args.level, "vocabulary": len(vocab), "tokens": len(tokens),
-                                       "rules": [{k: (None if isinstance(v, float) and not math.isfinite(v) and not math.isinf(v) else v)
-                                                  for k, v in vars(r).items()} for r in rows]}, default=str))
+        payload = {"corpus": args.corpus, "level": args.level, "vocabulary": len(vocab), "tokens": len(tokens),
+                   "rules": [vars(r) for r in rows]}
+        console.print_json(json.dumps(json_value(payload), allow_nan=False))  # strict JSON: ∞ is "inf", as in results.json
         return 0
     table = Table("decoding", "R", "λ₁", "ζ", "lower (proven)", "article's estimate", "upper nλ₁/(1−λ₁)",
                   title=f"{args.corpus}: bigram model, {len(vocab)} {args.level} tokens")

@@ -75,10 +75,10 @@ def exact_r(P) -> float:
     """``R = Tr[(I − Q)^{−1} − I]`` by one dense LU (float64, ``n`` up to a few thousand);
     ``inf`` when ``λ₁ = 1``."""
     n = _check(P)
+    if spectral_radius(P) >= 1 - 1e-12:
+        return math.inf
     Q = _q(P)
     Q = Q.toarray() if sp.issparse(Q) else Q
-    if spectral_radius(Q ** 0.5) >= 1 - 1e-12:
-        return math.inf
     import scipy.linalg
 
     inverse = scipy.linalg.solve(np.eye(n) - Q, np.eye(n), assume_a="gen", overwrite_a=True, check_finite=False)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Article", "Claim", "ClaimContext", "ClaimSuite", "Figure", "Status"]
+__all__ = ["Article", "Claim", "ClaimContext", "ClaimSuite", "Figure", "Status", "json_value"]
 
 Status = Literal["pass", "fail", "documented"]
 Mode = Literal["quick", "full"]
@@ -117,9 +117,9 @@ class ClaimContext:
             technique=self.technique,
             article=self.article.url,
             statement=statement,
-            article_value=_plain(article_value),
-            measured=_plain(measured),
-            tolerance=_plain(tolerance),
+            article_value=json_value(article_value),
+            measured=json_value(measured),
+            tolerance=json_value(tolerance),
             status=status,
             details=details,
         )
@@ -169,17 +169,17 @@ class ClaimSuite:
             )
 
 
-def _plain(value: Any) -> Any:
+def json_value(value: Any) -> Any:
     """NumPy / torch scalars to Python numbers, so the value serialises to JSON."""
     if type(value) is float and not math.isfinite(value):
         return str(value)  # "nan" / "inf": strict JSON has no such numbers
     if value is None or type(value) in (str, bool, int, float):
         return value
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [json_value(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): json_value(v) for k, v in value.items()}
     item = getattr(value, "item", None)
     if callable(item):
-        return _plain(item())
+        return json_value(item())
     return str(value)
