@@ -22,7 +22,7 @@ import torch
 from kexue._shared import num_layers
 from kexue.growth import widen, widen_ffn
 from kexue.growth.depth import deepen
-from kexue.growth.parity import float64_norms, max_logit_difference
+from kexue.growth.parity import float64_norms, max_logit_difference, output_scale
 from kexue.growth.widen import _Maps, _widen_with
 from kexue.report.claims import Article, ClaimContext, ClaimSuite
 
@@ -95,12 +95,6 @@ def _r(value):
     return float(f"{value:.3g}")
 
 
-def _reference_scale(model, inputs) -> float:
-    with torch.no_grad():
-        out = model(**inputs)
-    return float((out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state).abs().max())
-
-
 @SUITE.check
 def parity(ctx: ClaimContext) -> None:
     """float64 ≤ 1e-10 and float32 ≤ 1e-4 relative, per architecture and operator."""
@@ -113,7 +107,7 @@ def parity(ctx: ClaimContext) -> None:
     for arch, model in _architectures(ctx.seed).items():
         inputs = _inputs(model, ctx.seed)
         small64, small32 = copy.deepcopy(model).double(), copy.deepcopy(model).float()
-        scale32 = _reference_scale(small32, inputs)
+        scale32 = output_scale(small32, inputs)
         table[arch] = {}
         for op_name, op in _operators(model.config.model_type).items():
             with float64_norms():
@@ -201,7 +195,7 @@ def inexact(ctx: ClaimContext) -> None:
     def rel(small, large) -> float:
         inputs = _inputs(small, ctx.seed)
         with float64_norms():
-            return max_logit_difference(small, large, inputs) / _reference_scale(small, inputs)
+            return max_logit_difference(small, large, inputs) / output_scale(small, inputs)
 
     cases = [
         ("gelu_without_fix", "plain repetition through GeLU (the linear-layer rule in the feed-forward), k = 2",

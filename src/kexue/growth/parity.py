@@ -12,7 +12,7 @@ import importlib
 
 import torch
 
-__all__ = ["float64_norms", "max_logit_difference"]
+__all__ = ["float64_norms", "max_logit_difference", "output_scale"]
 
 _RMS = {"llama": "LlamaRMSNorm", "qwen2": "Qwen2RMSNorm", "mistral": "MistralRMSNorm"}
 
@@ -52,3 +52,9 @@ def max_logit_difference(small, large, inputs: dict, *, widened_by: int = 1) -> 
             k = b.shape[-1] // a.shape[-1]
             b = b.unflatten(-1, (a.shape[-1], k)).mean(-1) * k ** 0.5
         return float((b - a).abs().max())
+
+
+def output_scale(model, inputs: dict) -> float:
+    """``max |output|`` (logits, or last hidden states without a head): the denominator of relative parity."""
+    with torch.no_grad():
+        return float(_output(model, inputs).abs().max())
