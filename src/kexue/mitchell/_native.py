@@ -8,6 +8,7 @@ and on other devices; the tests compare the two bit for bit.
 from __future__ import annotations
 
 import ctypes
+import functools
 from pathlib import Path
 
 import torch
@@ -47,7 +48,9 @@ def use_native(backend: str, *tensors: torch.Tensor) -> bool:
     return fits and _LIBRARY.available()
 
 
+@functools.lru_cache(maxsize=None)
 def _correction_args(correction: str | None) -> tuple[int, int, ctypes.Array]:
+    """(mode, constant, table) for the kernel; cached: layers call the kernel three times a step."""
     from kexue.mitchell.correction import constant_correction, piecewise_table
 
     table = (ctypes.c_int32 * 64)()
