@@ -8,13 +8,15 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: demo test test-all bench clean help
+.PHONY: demo test test-all bench wheel smoke clean help
 
 help:
 	@echo "make demo      create .venv, install, run 'kexue reproduce' (quick scale), print where the report is"
 	@echo "make test      create .venv, install with the test extra, run the test suite (excludes slow)"
 	@echo "make test-all  the whole test suite, slow checks included"
 	@echo "make bench     run 'kexue bench' at full size, writes reports/bench.json"
+	@echo "make wheel     build the wheel into dist/"
+	@echo "make smoke     build the wheel, install it in a fresh venv outside the checkout, smoke-test it"
 
 # torch first, pinned: 2.13.0 is the local CPU wheel; any other torch request pulls CUDA packages.
 $(VENV)/.torch:
@@ -22,16 +24,12 @@ $(VENV)/.torch:
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	@touch $@
 
-# One stamp per extra: the base package, '.[test]', '.[bench]'.
-$(VENV)/.installed-base: $(VENV)/.torch pyproject.toml
-	$(BIN)/python -m pip install --quiet -e .
-	@touch $@
-
+# One stamp per extra: '.[all]' (every technique and the figures), '.[test]', '.[bench]'.
 $(VENV)/.installed-%: $(VENV)/.torch pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[$*]'
 	@touch $@
 
-demo: $(VENV)/.installed-base
+demo: $(VENV)/.installed-all
 	$(BIN)/kexue reproduce --out reports
 	@echo "Report: $(CURDIR)/reports/report.html (results: $(CURDIR)/reports/results.json)"
 
@@ -45,5 +43,12 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/kexue bench --out reports
 	@echo "Benchmarks: $(CURDIR)/reports/bench.json"
 
+wheel: $(VENV)/.torch
+	rm -rf dist
+	$(BIN)/python -m pip wheel --quiet --no-deps -w dist .
+
+smoke:
+	PYTHON=$(PYTHON) bash .ci/wheel-smoke
+
 clean:
-	rm -rf $(VENV) reports build src/*.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) reports build dist src/*.egg-info .pytest_cache .hypothesis

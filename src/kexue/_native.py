@@ -1,13 +1,29 @@
-"""Build and load the project's small C kernels (plain C + OpenMP, no torch headers).
+"""Build, load and choose the project's small C kernels (plain C + OpenMP, no torch headers).
 
 A kernel is compiled on first use with the system C compiler (``$CC``, else ``cc``) into a cache
-directory and loaded with :mod:`ctypes`. The shared object is keyed by a hash of the source,
-the flags and the CPU model, because ``-march=native`` code must not be loaded on another CPU.
-Compilation takes well under a second per kernel.
+folder and loaded with :mod:`ctypes`. The shared object is keyed by a hash of the source, the
+compiler, the flags and the CPU's model name and feature flags, because ``-march=native`` code
+must not be loaded on another CPU. Compilation takes well under a second per kernel.
+
+A kernel never breaks an install. Every way it can be missing (the source is not there, no C
+compiler, a compile error, a load error, an entry point the compiler could not build, such as a
+float16 one without ``_Float16``) is caught once per process and per entry point:
+
+* ``backend="auto"`` then issues one :class:`NativeFallbackWarning` saying why and runs the torch
+  path, which gives the same results (the tests compare the two bit for bit);
+* ``backend="native"`` raises a RuntimeError naming the cause;
+* ``backend="torch"`` never touches the kernel.
+
+:func:`use_native` is that choice, for every kernel of the package.
+
+Concurrent first builds (several processes, one cache) are safe: each compiles into its own
+temporary folder inside the cache and renames the result into place, which is atomic, so a
+reader sees either no file or a complete one.
 
 Environment:
-    KEXUE_CACHE_DIR: where compiled kernels are kept (default ``~/.cache/kexue``).
-    KEXUE_NATIVE=0: never compile or load a kernel (the torch paths are used).
+    KEXUE_CACHE_DIR: the cache folder (default ``$XDG_CACHE_HOME/kexue``, else ``~/.cache/kexue``);
+        kernels go in its ``native/`` subfolder.
+    KEXUE_NATIVE=0: never compile or load a kernel (the torch paths are used, without a warning).
     CC: the C compiler.
 """
 
@@ -22,68 +38,111 @@ import subprocess
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
+from typing import Any
 
-__all__ = ["NativeLibrary", "NativeUnavailable"]
+__all__ = ["BACKENDS", "FLAGS", "NativeFallbackWarning", "NativeLibrary", "NativeUnavailable", "cache_dir", "use_native"]
 
+BACKENDS = ("auto", "torch", "native")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-fno-math-errno"]
 
 
 class NativeUnavailable(RuntimeError):
-    """A kernel could not be built or loaded on this machine (the reason is the message)."""
+    """A kernel (or one of its entry points) cannot be built or loaded here; the message says why."""
 
 
-def _cpu_model() -> str:
+class NativeFallbackWarning(UserWarning):
+    """``backend="auto"`` found a kernel unavailable and runs the torch path instead (once per process)."""
+
+
+def cpu_signature() -> str:
+    """The CPU's model name and feature flags (``/proc/cpuinfo``), which ``-march=native`` depends on."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags")):
-                return line
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        lines = []
+    wanted = {}
+    for line in lines:
+        key = line.split(":", 1)[0].strip()
+        if key in ("model name", "flags", "Features", "CPU part") and key not in wanted:
+            wanted[key] = line.strip()
+    return "\n".join(wanted.values()) or (platform.processor() or platform.machine())
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("KEXUE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "kexue")
-    return Path(root) / "native"
+def cache_dir() -> Path:
+    """The kexue cache folder: ``KEXUE_CACHE_DIR``, else ``$XDG_CACHE_HOME/kexue``, else ``~/.cache/kexue``."""
+    if os.environ.get("KEXUE_CACHE_DIR"):
+        return Path(os.environ["KEXUE_CACHE_DIR"])
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg if xdg else os.path.join(os.path.expanduser("~"), ".cache")) / "kexue"
 
 
 def _compiler() -> str:
     compiler = os.environ.get("CC") or "cc"
     if shutil.which(compiler) is None:
-        raise NativeUnavailable(f"no C compiler found (looked for {compiler!r}; set CC)")
+        raise NativeUnavailable(f"no C compiler found (looked for {compiler!r} on PATH; install one or set CC)")
     return compiler
 
 
 class NativeLibrary:
-    """One C source file, compiled once per machine and loaded lazily (thread-safe)."""
+    """One C source file, compiled once per machine and loaded lazily (thread-safe).
+
+    Args:
+        name: short name, used in the cached file's name and in messages.
+        source: the ``.c`` file.
+        symbols: the entry points (each returns ``int``); one that is absent from the built
+            library makes only that entry point unavailable.
+        flags: compiler flags (default :data:`FLAGS`).
+    """
 
     def __init__(self, name: str, source: Path, symbols: list[str], flags: list[str] | None = None) -> None:
-        self.name, self.source, self.symbols = name, source, symbols
-        self.flags = flags or FLAGS
+        self.name, self.source, self.symbols = name, Path(source), list(symbols)
+        self.flags = list(flags or FLAGS)
         self._lock = threading.Lock()
         self._library: ctypes.CDLL | None = None
         self._error: str | None = None
+        self._warned: set[str] = set()
         self.compile_seconds = 0.0  # spent in this process (0 when the cached object was reused)
 
+    # --- building ---------------------------------------------------------------------------
+
+    def _source_bytes(self) -> bytes:
+        try:
+            return self.source.read_bytes()
+        except OSError as exc:
+            raise NativeUnavailable(f"the {self.name} kernel's source {self.source} cannot be read ({exc.strerror or exc})") from exc
+
     def _compile(self, compiler: str, output: Path) -> None:
-        proc = subprocess.run([compiler, *self.flags, "-o", str(output), str(self.source)], capture_output=True, text=True, check=False)
+        try:
+            proc = subprocess.run([compiler, *self.flags, "-o", str(output), str(self.source)],
+                                  capture_output=True, text=True, check=False)
+        except OSError as exc:
+            raise NativeUnavailable(f"running the C compiler {compiler!r} failed: {exc}") from exc
         if proc.returncode != 0:
             first = (proc.stderr.strip().splitlines() or ["no output"])[0]
             raise NativeUnavailable(f"compiling the {self.name} kernel with {compiler!r} failed: {first}")
 
+    def cached_path(self, compiler: str) -> Path:
+        """Where the shared object for this source, compiler, flags and CPU lives in the cache."""
+        key_text = " ".join([compiler, *self.flags]) + "\n" + cpu_signature()
+        key = hashlib.sha256(self._source_bytes() + key_text.encode()).hexdigest()[:16]
+        return cache_dir() / "native" / f"{self.name}-{key}.so"
+
     def _build(self) -> ctypes.CDLL:
         compiler = _compiler()
-        key = hashlib.sha256(self.source.read_bytes() + " ".join([compiler, *self.flags, _cpu_model()]).encode()).hexdigest()[:16]
-        target = _cache_dir() / f"{self.name}-{key}.so"
+        target = self.cached_path(compiler)
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            start = time.perf_counter()
-            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-                built = Path(tmp) / target.name
-                self._compile(compiler, built)
-                os.replace(built, target)  # atomic: a concurrent build just replaces an identical file
-            self.compile_seconds = time.perf_counter() - start
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                start = time.perf_counter()
+                with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{self.name}-") as tmp:
+                    built = Path(tmp) / target.name
+                    self._compile(compiler, built)
+                    os.replace(built, target)  # atomic: a concurrent build just replaces an identical file
+                self.compile_seconds = time.perf_counter() - start
+            except OSError as exc:
+                raise NativeUnavailable(f"the kernel cache {target.parent} is not writable ({exc.strerror or exc}); set KEXUE_CACHE_DIR") from exc
         try:
             library = ctypes.CDLL(str(target))
         except OSError as exc:
@@ -94,8 +153,10 @@ class NativeLibrary:
                 function.restype = ctypes.c_int
         return library
 
+    # --- loading ----------------------------------------------------------------------------
+
     def load(self) -> ctypes.CDLL:
-        """The loaded library, building it on first use; NativeUnavailable says why not."""
+        """The loaded library, building it on first use; NativeUnavailable says why not (decided once)."""
         if self._library is not None:  # the per-call path: no lock once loaded
             return self._library
         with self._lock:
@@ -111,17 +172,69 @@ class NativeLibrary:
                 raise NativeUnavailable(self._error)
             return self._library
 
-    def available(self) -> bool:
+    def function(self, symbol: str) -> Any:
+        """The entry point ``symbol`` of the loaded library, or NativeUnavailable saying why not."""
+        library = self.load()
+        function = getattr(library, symbol, None)
+        if function is None:
+            raise NativeUnavailable(f"the {self.name} kernel was built without {symbol} (the compiler lacks what it needs)")
+        return function
+
+    def available(self, symbol: str | None = None) -> bool:
+        """Whether the library (or its entry point ``symbol``) can be used; builds it if needed, never warns."""
         try:
-            self.load()
+            self.function(symbol) if symbol else self.load()
         except NativeUnavailable:
             return False
         return True
 
+    def usable(self, symbol: str) -> bool:
+        """Like :meth:`available`, but a failure (not ``KEXUE_NATIVE=0``) warns once per entry point."""
+        try:
+            self.function(symbol)
+        except NativeUnavailable as exc:
+            if symbol not in self._warned and os.environ.get("KEXUE_NATIVE", "1") != "0":
+                self._warned.add(symbol)
+                warnings.warn(f"kexue: the {self.name} kernel is unavailable ({exc}); backend='auto' uses the torch path, "
+                              "which gives the same results more slowly", NativeFallbackWarning, stacklevel=4)
+            return False
+        return True
+
     def fresh_compile_seconds(self) -> float:
-        """Compile into a throw-away directory and return the seconds it took (for benchmarks)."""
+        """Compile into a throw-away folder and return the seconds it took (for benchmarks)."""
         compiler = _compiler()
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             self._compile(compiler, Path(tmp) / "kernel.so")
             return time.perf_counter() - start
+
+
+def use_native(library: NativeLibrary, backend: str, symbol: str, unsupported: str | None = None) -> bool:
+    """Whether a call runs ``symbol`` of ``library`` (True) or the torch path (False).
+
+    Args:
+        library: the kernel.
+        backend: ``"auto"`` (the kernel where it applies and works, else torch with one warning
+            per process), ``"torch"``, or ``"native"`` (the kernel or an error).
+        symbol: the entry point the call needs.
+        unsupported: None when the inputs suit the kernel, else why not (e.g. "takes float32 CPU
+            tensors only; got float64 on cpu"): ``auto`` then runs torch silently, ``native`` raises.
+
+    Raises:
+        ValueError: a backend name not in :data:`BACKENDS`, or ``native`` with unsuitable inputs.
+        RuntimeError: ``native`` and the kernel cannot be built or loaded (the message says why).
+    """
+    from kexue._shared import check_choice
+
+    check_choice("backend", backend, BACKENDS)
+    if backend == "torch":
+        return False
+    if backend == "native":
+        if unsupported:
+            raise ValueError(f"backend='native' {unsupported}; use backend='auto' or 'torch'")
+        try:
+            library.function(symbol)
+        except NativeUnavailable as exc:
+            raise RuntimeError(f"backend='native' is unavailable: {exc}; use backend='torch' or 'auto'") from exc
+        return True
+    return unsupported is None and library.usable(symbol)

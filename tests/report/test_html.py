@@ -35,7 +35,7 @@ def test_report_is_self_contained_and_escaped() -> None:
 
 def test_summary_counts() -> None:
     payload = _result().to_json()
-    assert payload["summary"] == {"pass": 1, "fail": 1, "documented": 0}
+    assert payload["summary"] == {"pass": 1, "fail": 1, "documented": 0, "skipped": 0}
     assert payload["techniques"]["orthogonal"]["figures"] == ["line"]
 
 

@@ -18,6 +18,8 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
+from kexue._optional import MissingExtra, as_missing_extra
+
 __all__ = ["UsageError", "main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -76,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``kexue`` script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    prefix = f"kexue {command}" if command else "kexue"
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -83,18 +87,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return EXIT_USAGE
         return int(args.run(args))
-    except (UsageError, ValueError, TypeError, OSError) as exc:
-        if debug:
-            raise
-        command = next((a for a in argv if not a.startswith("-")), None)
-        prefix = f"kexue {command}" if command else "kexue"
-        print(f"{prefix}: error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print("kexue: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # a bug, not bad input: still one line unless --debug
+    except Exception as exc:
         if debug:
             raise
+        if isinstance(exc, ImportError):  # a missing optional extra is the user's set-up, like bad input
+            exc = as_missing_extra(exc, prefix) or exc
+        if isinstance(exc, (UsageError, ValueError, TypeError, OSError, MissingExtra)):
+            print(f"{prefix}: error: {_one_line(exc)}", file=sys.stderr)
+            return EXIT_USAGE
+        # a bug, not bad input: still one line unless --debug
         print(f"kexue: internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for the traceback)", file=sys.stderr)
         return EXIT_FAILED

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from kexue.cli._common import add_technique_arguments
+from kexue.cli._common import add_data_argument, add_technique_arguments
 from kexue.report import registry
 
 NAME = "bench"
@@ -15,6 +16,7 @@ EXAMPLE = "kexue bench orthogonal --quick --out reports"
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_technique_arguments(parser, "benchmark")
+    add_data_argument(parser)
     parser.add_argument("--quick", action="store_true", help="smaller inputs (about a tenth), for a fast look")
     parser.add_argument("--device", default="cpu", help="torch device to run on: cpu (default), cuda, cuda:N")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per case; the median is reported (default: 5)")
@@ -38,7 +40,7 @@ def _check_device(device: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from kexue.cli._common import stderr_console, stdout_console
+    from kexue.cli._common import apply_data_argument, stderr_console, stdout_console
     from kexue.report.io import machine_info, prepare_out_dir, write_json
     from kexue.report.runner import run_benchmarks
 
@@ -46,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--repeats {args.repeats} must be at least 1")
     techniques = registry.parse_techniques(args.techniques, registry.BENCHMARKS, "benchmarks")
     device = _check_device(args.device)
+    apply_data_argument(args)
     out = prepare_out_dir(args.out)
     err = stderr_console()
     benches = run_benchmarks(techniques, quick=args.quick, device=device, repeats=args.repeats, console=err)
@@ -55,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         "quick": args.quick,
         "cases": [c.to_json() for b in benches for c in b.cases],
         "ratios": [r.to_json() for b in benches for r in b.ratios],
+        "skipped": [s for b in benches for s in b.skipped],
     }
     write_json(out / "bench.json", payload)
 
@@ -78,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
             ratios.add_row(r.id, f"{r.value:.2f}", target, met, r.description)
         console.print(ratios)
     missed = [r.id for b in benches for r in b.ratios if r.met is False]
+    for s in payload["skipped"]:
+        print(f"kexue bench: skipped {s['technique']}.{s['case']}: {s['reason']}", file=sys.stderr)
     if missed:
         err.print(f"[bold red]targets missed:[/] {', '.join(missed)}")
     err.print(f"bench: {(out / 'bench.json').resolve()}")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections import Counter
 
-from kexue.cli._common import add_technique_arguments
+from kexue.cli._common import add_data_argument, add_technique_arguments
 from kexue.report import registry
 
 NAME = "reproduce"
@@ -15,18 +17,20 @@ EXAMPLE = "kexue reproduce orthogonal --out reports"
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_technique_arguments(parser, "run")
+    add_data_argument(parser)
     parser.add_argument("--full", action="store_true", help="full scale (default: quick scale)")
     parser.add_argument("--json", action="store_true", help="print results.json to stdout instead of the table")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from kexue.cli._common import claims_table, stderr_console, stdout_console
+    from kexue.cli._common import apply_data_argument, claims_table, stderr_console, stdout_console
     from kexue.report.html import render_report
     from kexue.report.io import atomic_write, machine_info, prepare_out_dir, write_json
     from kexue.report.runner import run_claims
 
     techniques = registry.parse_techniques(args.techniques, registry.SUITES, "claims")
+    apply_data_argument(args)
     out = prepare_out_dir(args.out)
     err = stderr_console()
     result = run_claims(techniques, "full" if args.full else "quick", console=err, seed=args.seed,
@@ -41,9 +45,18 @@ def run(args: argparse.Namespace) -> int:
     else:
         stdout_console().print(claims_table(payload["claims"]))
     s = payload["summary"]
-    err.print(f"{s['pass']} pass, {s['fail']} fail, {s['documented']} documented "
+    err.print(f"{s['pass']} pass, {s['fail']} fail, {s['documented']} documented, {s['skipped']} skipped "
               f"({payload['mode']} scale, {sum(result.seconds.values()):.1f} s)")
+    if result.skipped:
+        print(f"kexue reproduce: {skipped_line(result.skipped)}", file=sys.stderr)
     if payload["not_implemented"]:
         err.print(f"not implemented yet: {', '.join(payload['not_implemented'])}")
     err.print(f"report: {(out / 'report.html').resolve()}  results: {(out / 'results.json').resolve()}")
     return 1 if result.failed else 0
+
+
+def skipped_line(claims: list) -> str:
+    """One line: how many checks were skipped, and each distinct reason with its count."""
+    reasons = Counter(c.details for c in claims)
+    listed = "; ".join(f"{reason}" + (f" (x{n})" if n > 1 else "") for reason, n in reasons.items())
+    return f"{len(claims)} check(s) skipped, not failed: {listed}"

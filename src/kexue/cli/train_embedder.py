@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from kexue.cli._common import add_data_argument
+
 NAME = "train-embedder"
 HELP = ("fine-tune a sentence-transformers model with the cached (exact large-batch) contrastive procedure: "
         "SimCSE from a text file or supervised pairs from a TSV; STS-B before/after")
@@ -30,7 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the data order and dropout (default: 0)")
     parser.add_argument("--no-eval", action="store_true", help="skip the STS-B evaluation before and after")
     parser.add_argument("--eval-split", default="test", choices=("train", "dev", "test"), help="STS-B split (default: test)")
-    parser.add_argument("--data", metavar="DIR", help="the shared data folder (default: ../shared/data or $KEXUE_DATA)")
+    add_data_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from kexue.cli._common import add_data_argument
+
 NAME = "whiten"
 HELP = "fit whitening on a corpus (streaming) and evaluate encoders, with or without it, on the STS suite"
 EXAMPLE = "kexue whiten fit --corpus sentences.txt -k 256 -o w.safetensors && kexue whiten eval --whitening w.safetensors"
@@ -26,7 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--model", metavar="DIR", help="encoder folder (default: the embedded all-MiniLM-L6-v2)")
         p.add_argument("--pooling", default="model", help="model (the sentence-transformers pipeline; default), cls, last-avg, first-last-avg or layers:i,j")
         p.add_argument("--batch-size", type=int, default=128, help="sentences per forward (default: 128)")
-        p.add_argument("--data", metavar="DIR", help="the shared data folder (default: ../shared/data or $KEXUE_DATA)")
+        add_data_argument(p)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
 
 

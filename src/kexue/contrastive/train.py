@@ -28,10 +28,13 @@ from typing import Any
 
 import torch
 
+from kexue._optional import require_extra
 from kexue._shared import check_int, check_number
 from kexue.contrastive.cached import cached_backward
 from kexue.contrastive.losses import InfoNCE
 from kexue.report.io import write_json
+
+require_extra("kexue.contrastive.train (training sentence encoders)", "sentence_transformers", "transformers")
 
 __all__ = ["TrainConfig", "TrainProgress", "TrainResult", "read_pairs", "read_sentences", "train_embedder"]
 

@@ -7,6 +7,10 @@
 * :mod:`kexue.growth.parity`: the checks; :mod:`kexue.growth.experiment`: the compute-saving run.
 """
 
+from kexue._optional import require_extra
+
+require_extra("kexue.growth", "transformers")
+
 from kexue.growth.depth import PRE_NORM, deepen
 from kexue.growth.optim import transfer_adam_state
 from kexue.growth.widen import SUPPORTED, widen, widen_ffn

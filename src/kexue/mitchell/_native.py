@@ -1,8 +1,8 @@
 """The compiled float32 kernels (``_mitchell_kernel.c``): element-wise product and matrix product.
 
-Built and cached by :mod:`kexue._native` (``KEXUE_NATIVE=0`` disables it). Every entry point
-has a torch equivalent, which is what runs when the kernel is unavailable, for other dtypes
-and on other devices; the tests compare the two bit for bit.
+Built, cached and chosen by :mod:`kexue._native` (``KEXUE_NATIVE=0`` disables it). Every entry
+point has a torch equivalent, which is what runs when the kernel is unavailable (one warning under
+``backend="auto"``), for other dtypes and on other devices; the tests compare the two bit for bit.
 """
 
 from __future__ import annotations
@@ -13,39 +13,35 @@ from pathlib import Path
 
 import torch
 
-from kexue._native import FLAGS, NativeLibrary, NativeUnavailable
+from kexue._native import BACKENDS, FLAGS, NativeLibrary
+from kexue._native import use_native as select
 from kexue._shared import check_choice
 
 __all__ = ["BACKENDS", "available", "check_backend", "matmul", "mul", "use_native"]
 
-BACKENDS = ("auto", "torch", "native")
-_LIBRARY = NativeLibrary("mitchell", Path(__file__).with_name("_mitchell_kernel.c"),
-                         ["kx_mitchell_mul_f32", "kx_mitchell_matmul_f32"], flags=[*FLAGS, "-ffp-contract=off"])
+_MUL, _MATMUL = "kx_mitchell_mul_f32", "kx_mitchell_matmul_f32"
+_LIBRARY = NativeLibrary("mitchell", Path(__file__).with_name("_mitchell_kernel.c"), [_MUL, _MATMUL],
+                         flags=[*FLAGS, "-ffp-contract=off"])
 _MODES = {None: 0, "constant": 1, "piecewise": 2}
 
 
 def available() -> bool:
-    return _LIBRARY.available()
+    """Whether both entry points are built (building them now if needed) and loadable."""
+    return _LIBRARY.available(_MUL) and _LIBRARY.available(_MATMUL)
 
 
 def check_backend(backend: str) -> None:
     check_choice("backend", backend, BACKENDS)
 
 
-def use_native(backend: str, *tensors: torch.Tensor) -> bool:
-    """Whether to run the kernel: float32 CPU tensors, and the kernel builds (``native`` insists)."""
-    fits = all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
-    if backend == "torch":
-        return False
-    if backend == "native":
-        if not fits:
-            raise ValueError("backend='native' takes float32 CPU tensors only; use backend='auto' or 'torch'")
-        try:
-            _LIBRARY.load()
-        except NativeUnavailable as exc:
-            raise RuntimeError(f"backend='native' is unavailable: {exc}; use backend='torch' or 'auto'") from exc
-        return True
-    return fits and _LIBRARY.available()
+def _unsupported(tensors: tuple[torch.Tensor, ...]) -> str | None:
+    bad = [t for t in tensors if t.dtype != torch.float32 or t.device.type != "cpu"]
+    return f"takes float32 CPU tensors only; got {bad[0].dtype} on {bad[0].device}" if bad else None
+
+
+def use_native(backend: str, *tensors: torch.Tensor, op: str = "mul") -> bool:
+    """Whether ``op`` (``"mul"`` or ``"matmul"``) runs in the kernel (see :func:`kexue._native.use_native`)."""
+    return select(_LIBRARY, backend, _MATMUL if op == "matmul" else _MUL, _unsupported(tensors))
 
 
 @functools.lru_cache(maxsize=None)
@@ -73,7 +69,7 @@ def mul(a: torch.Tensor, b: torch.Tensor, correction: str | None = None) -> torc
     a, b = a.contiguous(), b.contiguous()
     out = torch.empty_like(a)
     mode, c, table = _correction_args(correction)
-    _LIBRARY.load().kx_mitchell_mul_f32(_ptr(a), _ptr(b), _ptr(out), ctypes.c_int64(a.numel()), ctypes.c_int(mode),
+    _LIBRARY.function(_MUL)(_ptr(a), _ptr(b), _ptr(out), ctypes.c_int64(a.numel()), ctypes.c_int(mode),
                                         ctypes.c_int32(c), table, ctypes.c_int(max(1, torch.get_num_threads())))
     return out
 
@@ -84,6 +80,6 @@ def matmul(a: torch.Tensor, b: torch.Tensor, correction: str | None = None) -> t
     (m, k), n = a.shape, b.shape[1]
     out = torch.empty(m, n, dtype=torch.float32)
     mode, c, table = _correction_args(correction)
-    _LIBRARY.load().kx_mitchell_matmul_f32(_ptr(a), _ptr(b), _ptr(out), ctypes.c_int64(m), ctypes.c_int64(k), ctypes.c_int64(n),
+    _LIBRARY.function(_MATMUL)(_ptr(a), _ptr(b), _ptr(out), ctypes.c_int64(m), ctypes.c_int64(k), ctypes.c_int64(n),
                                            ctypes.c_int(mode), ctypes.c_int32(c), table, ctypes.c_int(max(1, torch.get_num_threads())))
     return out

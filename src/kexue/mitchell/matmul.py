@@ -50,7 +50,7 @@ def mitchell_matmul(a: Any, b: Any, *, correction: str | None = None, backend: s
     check_correction(correction)
     lead = ta.shape[:-1]
     a2 = ta.reshape(-1, ta.shape[-1])
-    if _native.use_native(backend, a2, tb) and bool(torch.isfinite(a2).all()) and bool(torch.isfinite(tb).all()):
+    if _native.use_native(backend, a2, tb, op="matmul") and bool(torch.isfinite(a2).all()) and bool(torch.isfinite(tb).all()):
         out = _native.matmul(a2, tb, correction)
     else:
         # non-finite inputs take the per-k path (element-wise products handle every special value)

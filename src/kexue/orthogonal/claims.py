@@ -169,8 +169,10 @@ def degenerate_inputs(ctx: ClaimContext) -> None:
     """At a = b (reflection) and a = −b (rotation, symmetric) the printed forms divide by zero."""
     rng = np.random.default_rng(ctx.seed + 3)
     d = 16
-    a = rng.standard_normal(d)
-    a /= np.linalg.norm(a)
+    # entries ±1/4: a·a = 1 and 1 + a·(−a) = 0 exactly whatever the summation order, so the
+    # printed forms meet the exact degenerate point (a random unit vector can leave 1 + cos θ at
+    # ±1e-16, where they return finite garbage instead of dividing by zero)
+    a = rng.choice([-1.0, 1.0], size=d) / np.sqrt(d)
     cases = {"reflection": a.copy(), "rotation": -a, "symmetric": -a}
     printed = {}
     for kind, b in cases.items():

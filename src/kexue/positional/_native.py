@@ -1,7 +1,8 @@
 """Call the fused CPU rotary kernel (``_rope_kernel.c``), built by :mod:`kexue._native`.
 
-The kernel is plain C with OpenMP, compiled on first use and cached (see :mod:`kexue._native`
-for the cache, ``KEXUE_NATIVE=0`` and ``CC``).
+The kernel is plain C with OpenMP, compiled on first use and cached; when it cannot be built or a
+dtype's entry point is missing, ``backend="auto"`` warns once and uses the torch path (see
+:mod:`kexue._native` for the cache, ``KEXUE_NATIVE=0`` and ``CC``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from pathlib import Path
 import torch
 
 from kexue._native import NativeLibrary, NativeUnavailable
+from kexue._native import use_native as select
 
-__all__ = ["NativeUnavailable", "available", "compile_seconds", "fresh_compile_seconds", "require", "rotate", "supports"]
+__all__ = ["NativeUnavailable", "available", "compile_seconds", "fresh_compile_seconds", "rotate", "supports", "use_native"]
 
 _MAXDIM = 8
 _SYMBOLS = {
@@ -23,7 +25,6 @@ _SYMBOLS = {
     torch.float16: "kx_rope_float16",
 }
 _LIBRARY = NativeLibrary("rope", Path(__file__).with_name("_rope_kernel.c"), list(_SYMBOLS.values()))
-_load = _LIBRARY.load
 
 
 class _Layout(ctypes.Structure):
@@ -36,17 +37,17 @@ class _Layout(ctypes.Structure):
     ]
 
 
-def available() -> bool:
-    """Whether the fused CPU kernel is built (building it now if needed) and loadable."""
-    return _LIBRARY.available()
+def available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether the fused CPU kernel for ``dtype`` is built (building it now if needed) and loadable."""
+    return dtype in _SYMBOLS and _LIBRARY.available(_SYMBOLS[dtype])
 
 
-def require() -> None:
-    """Build and load the kernel, or raise RuntimeError saying why it is unavailable here."""
-    try:
-        _load()
-    except NativeUnavailable as exc:
-        raise RuntimeError(f"backend='native' is unavailable: {exc}; use backend='torch' or 'auto'") from exc
+def use_native(backend: str, x: torch.Tensor) -> bool:
+    """Whether rotating ``x`` runs in the kernel (see :func:`kexue._native.use_native`)."""
+    unsupported = None if supports(x) else (
+        "needs a CPU tensor of float32, float64, bfloat16 or float16 with 1 to 9 dimensions; "
+        f"got {x.dtype} on {x.device} with {x.dim()} dimensions")
+    return select(_LIBRARY, backend, _SYMBOLS.get(x.dtype, _SYMBOLS[torch.float32]), unsupported)
 
 
 def fresh_compile_seconds() -> float:
@@ -82,12 +83,9 @@ def rotate(
     """
     if cos.stride() != sin.stride() or cos.stride(-1) != 1 or x.stride(-1) != 1 or out.stride(-1) != 1:
         raise ValueError("rotate needs contiguous last dimensions and cos/sin with equal strides")
-    library = _load()
+    function = _LIBRARY.function(_SYMBOLS[x.dtype])
     if x.numel() == 0:
         return out
-    function = getattr(library, _SYMBOLS[x.dtype], None)
-    if function is None:
-        raise NativeUnavailable(f"the compiler has no {x.dtype} support")
     lead = x.shape[:-1]
     layout = _Layout()
     layout.ndim = len(lead)

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from kexue._shared import check_choice, check_finite, check_int, check_number
+from kexue._native import BACKENDS as NATIVE_BACKENDS
 from kexue.positional import _native
 
 __all__ = [
@@ -63,7 +64,7 @@ __all__ = [
 Layout = Literal["half", "interleaved"]
 Backend = Literal["auto", "native", "torch"]
 LAYOUTS: tuple[str, ...] = ("half", "interleaved")
-BACKENDS: tuple[str, ...] = ("auto", "native", "torch")
+BACKENDS: tuple[str, ...] = NATIVE_BACKENDS
 
 
 # --- the functional core -------------------------------------------------------------------------
@@ -222,7 +223,7 @@ def apply_rotary(
     """
     _check_tables(x, cos, sin)
     check_choice("layout", layout, LAYOUTS)
-    check_choice("backend", backend, BACKENDS)
+    use_native = _native.use_native(backend, x)
     interleaved = layout == "interleaved"
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or cos.requires_grad or sin.requires_grad)
     if out is not None:
@@ -231,17 +232,6 @@ def apply_rotary(
         if not isinstance(out, torch.Tensor) or out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
             got = f"{tuple(out.shape)} {out.dtype} on {out.device}" if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"out must match x ({tuple(x.shape)} {x.dtype} on {x.device}); got {got}")
-
-    if backend == "native":
-        if not _native.supports(x):
-            raise ValueError(
-                "backend='native' needs a CPU tensor of float32, float64, bfloat16 or float16 with 1 to 9 "
-                f"dimensions; got {x.dtype} on {x.device} with {x.dim()} dimensions"
-            )
-        _native.require()
-        use_native = True
-    else:
-        use_native = backend == "auto" and _native.supports(x) and _native.available()
 
     if needs_grad:
         if use_native:

@@ -18,9 +18,14 @@ not trigger it.
 from __future__ import annotations
 
 import torch
-from transformers import LogitsProcessor, StoppingCriteria
 
-from kexue._shared import check_int, check_number
+from kexue._optional import require_extra
+
+require_extra("kexue.repetition.hf (the generate hooks)", "transformers")
+
+from transformers import LogitsProcessor, StoppingCriteria  # noqa: E402
+
+from kexue._shared import check_int, check_number  # noqa: E402
 
 __all__ = ["LoopBreakingProcessor", "LoopStoppingCriteria", "PromptExcludedRepetitionPenalty", "tail_loop_period"]
 

@@ -133,6 +133,7 @@ class Bench:
     repeats: int = 5
     cases: list[CaseResult] = field(default_factory=list)
     ratios: list[Ratio] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {"technique", "case", "reason"}: could not run here
 
     def __post_init__(self) -> None:
         self._memory = PeakMemory(self.device)
@@ -206,3 +207,15 @@ class BenchSuite:
         """Decorator: register ``fn`` as the next case."""
         self.cases.append(fn)
         return fn
+
+    def run_case(self, fn: BenchCase, bench: Bench) -> None:
+        """Run one case; one that needs a missing extra or data is recorded in ``bench.skipped``."""
+        from kexue._optional import skip_reason
+
+        try:
+            fn(bench)
+        except Exception as exc:
+            reason = skip_reason(exc)
+            if reason is None:
+                raise
+            bench.skipped.append({"technique": self.technique, "case": fn.__name__, "reason": reason})

@@ -12,8 +12,9 @@ A technique's ``claims.py`` builds one :class:`ClaimSuite` and registers checks 
 
 Each check records one or more :class:`Claim`s and optionally figures. The runner
 (:mod:`kexue.report.runner`) calls every check with a fresh context, catches a check that
-crashes (recorded as a failed claim, so one bug cannot hide the rest), and hands the
-results to the writers.
+crashes (recorded as a failed claim, so one bug cannot hide the rest) or that cannot run here
+because its data or an optional extra is missing (recorded as ``skipped`` with the reason, which
+is neither a pass nor a failure of the article), and hands the results to the writers.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Article", "Claim", "ClaimContext", "ClaimSuite", "Figure", "Status", "json_value"]
+__all__ = ["STATUSES", "Article", "Claim", "ClaimContext", "ClaimSuite", "Figure", "Status", "json_value"]
 
-Status = Literal["pass", "fail", "documented"]
+Status = Literal["pass", "fail", "documented", "skipped"]
+STATUSES: tuple[str, ...] = ("pass", "fail", "documented", "skipped")
 Mode = Literal["quick", "full"]
 
 
@@ -126,6 +128,14 @@ class ClaimContext:
         self.claims.append(claim)
         return claim
 
+    def skip(self, name: str, statement: str, reason: str) -> Claim:
+        """Record that ``name`` could not be checked here (missing data or extra): status ``skipped``."""
+        claim = Claim(id=f"{self.technique}.{name}", technique=self.technique, article=self.article.url,
+                      statement=statement, article_value=None, measured=None, tolerance=None, status="skipped",
+                      details=reason)
+        self.claims.append(claim)
+        return claim
+
     def figure(self, name: str, fig: Any, caption: str) -> None:
         """Store a matplotlib figure (closed afterwards) as an embedded PNG."""
         import matplotlib.pyplot as plt
@@ -153,10 +163,16 @@ class ClaimSuite:
         return fn
 
     def run_check(self, fn: Check, ctx: ClaimContext, *, debug: bool = False) -> None:
-        """Run one check; a crash becomes a failed claim named after the check."""
+        """Run one check; a crash becomes a failed claim named after the check, missing data or extras a skipped one."""
+        from kexue._optional import skip_reason
+
         try:
             fn(ctx)
         except Exception as exc:
+            reason = skip_reason(exc)
+            if reason is not None:
+                ctx.skip(f"{fn.__name__}.skipped", f"check {fn.__name__} could not run here", reason)
+                return
             if debug:
                 raise
             ctx.claim(

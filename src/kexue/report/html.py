@@ -23,7 +23,7 @@ table.claims col.c1{width:25%}table.claims col.c2{width:31%}table.claims col.c3{
 th,td{border-bottom:1px solid #e5e5ea;padding:.35rem .5rem;text-align:left;vertical-align:top}
 th{background:#f5f5f7} td{overflow-wrap:anywhere} td.num{font-family:ui-monospace,SFMono-Regular,Menlo,monospace}
 code{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.85em}
-.pass{background:#e3f9e5;color:#1b7a2b}.fail{background:#fde8e8;color:#b42318}.documented{background:#fff4d6;color:#8a5a00}
+.pass{background:#e3f9e5;color:#1b7a2b}.fail{background:#fde8e8;color:#b42318}.documented{background:#fff4d6;color:#8a5a00}.skipped{background:#e8f0fd;color:#1a4fa0}
 .badge{padding:.1rem .5rem;border-radius:.6rem;font-weight:600;font-size:.8rem;white-space:nowrap}
 figure{margin:1rem 0;display:inline-block;max-width:100%} figure img{max-width:100%;border:1px solid #e5e5ea}
 figcaption{color:#6e6e73;font-size:.85rem;max-width:900px}
@@ -60,18 +60,19 @@ def render_report(payload: dict[str, Any], figures: list[Figure], machine: dict[
         f"{escape(str(machine.get('date', '')))} · {escape(str(machine.get('processor', '')))} · "
         f"{machine.get('cpu_count')} cores · torch {escape(str(machine.get('torch', '')))}</p>",
         "<p class='summary'>"
-        + "".join(f"<span class='{s}'>{summary[s]} {s}</span>" for s in ("pass", "fail", "documented"))
+        + "".join(f"<span class='{s}'>{summary.get(s, 0)} {s}</span>" for s in ("pass", "fail", "documented", "skipped"))
         + "</p>",
         "<p class='meta'><b>pass</b>/<b>fail</b>: the article's statement checked against the tolerance shown. "
-        "<b>documented</b>: a limitation the article itself admits, reported with its measured size.</p>",
+        "<b>documented</b>: a limitation the article itself admits, reported with its measured size. "
+        "<b>skipped</b>: could not run here (its data or an optional extra is missing; the details say which), "
+        "neither a pass nor a failure.</p>",
     ]
     for technique, info in payload["techniques"].items():
         claims = [c for c in payload["claims"] if c["technique"] == technique]
         parts.append(f"<h2 id='{escape(technique)}'>{escape(technique)}</h2>")
-        parts.append(
-            f"<p class='meta'>Article: <a href='{escape(info['url'])}'>{escape(info['title'])}</a> · "
-            f"{len(claims)} claims in {info['seconds']:.1f} s</p>"
-        )
+        title = escape(info["title"])
+        article = f"<a href='{escape(info['url'])}'>{title}</a>" if info["url"] else title
+        parts.append(f"<p class='meta'>Article: {article} · {len(claims)} claims in {info['seconds']:.1f} s</p>")
         parts.append(
             "<table class='claims'><colgroup>" + "".join(f"<col class='c{i}'>" for i in range(1, 7)) + "</colgroup>"
             "<thead><tr><th>claim</th><th>statement</th><th>article</th><th>measured</th>"

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from kexue.report import registry
 from kexue.report.bench import Bench, BenchSuite
-from kexue.report.claims import Claim, ClaimContext, ClaimSuite, Figure, Mode
+from kexue.report.claims import STATUSES, Article, Claim, ClaimContext, ClaimSuite, Figure, Mode
 
 __all__ = ["ReproduceResult", "run_benchmarks", "run_claims"]
 
@@ -30,6 +30,10 @@ class ReproduceResult:
     def failed(self) -> list[Claim]:
         return [c for c in self.claims if c.status == "fail"]
 
+    @property
+    def skipped(self) -> list[Claim]:
+        return [c for c in self.claims if c.status == "skipped"]
+
     def to_json(self) -> dict[str, Any]:
         from kexue import __version__
 
@@ -43,7 +47,7 @@ class ReproduceResult:
                 for t in ran
             },
             "not_implemented": [t for t in registry.TECHNIQUES if t not in registry.SUITES],
-            "summary": {s: sum(c.status == s for c in self.claims) for s in ("pass", "fail", "documented")},
+            "summary": {s: sum(c.status == s for c in self.claims) for s in STATUSES},
         }
 
 
@@ -59,7 +63,7 @@ def run_claims(
     console = console or Console(stderr=True)
     result = ReproduceResult(mode=mode)
     with _progress(console, "checks") as progress:
-        suites: list[ClaimSuite] = [registry.load(registry.SUITES, t) for t in techniques]
+        suites = [_load_suite(t) for t in techniques]
         tasks = [progress.add_task(s.technique, total=len(s.checks), current="") for s in suites]
         for suite, task in zip(suites, tasks):
             ctx = ClaimContext(suite.technique, suite.article, mode=mode, seed=seed)
@@ -76,6 +80,23 @@ def run_claims(
     return result
 
 
+def _load_suite(technique: str) -> ClaimSuite:
+    """The technique's suite; when importing it needs a missing extra, a one-check suite that says so."""
+    from kexue._optional import MissingExtra
+
+    try:
+        return registry.load(registry.SUITES, technique)
+    except MissingExtra as exc:
+        reason = str(exc)
+    suite = ClaimSuite(technique, Article(f"{technique} (not importable here)", ""))
+
+    def claims(ctx: ClaimContext) -> None:
+        ctx.skip("claims.skipped", f"the {technique} claims could not run here", reason)
+
+    suite.check(claims)
+    return suite
+
+
 def run_benchmarks(
     techniques: list[str],
     *,
@@ -88,17 +109,34 @@ def run_benchmarks(
     console = console or Console(stderr=True)
     benches: list[Bench] = []
     with _progress(console, "cases") as progress:
-        suites: list[BenchSuite] = [registry.load(registry.BENCHMARKS, t) for t in techniques]
+        suites = [_load_bench(t) for t in techniques]
         tasks = [progress.add_task(s.technique, total=len(s.cases), current="") for s in suites]
         for suite, task in zip(suites, tasks):
             bench = Bench(suite.technique, quick=quick, device=device, repeats=repeats)
             for case in suite.cases:
                 progress.update(task, current=case.__name__)
-                case(bench)
+                suite.run_case(case, bench)
                 progress.advance(task)
             progress.update(task, current="")
             benches.append(bench)
     return benches
+
+
+def _load_bench(technique: str) -> BenchSuite:
+    """The technique's benchmarks; when importing them needs a missing extra, one case that raises it."""
+    from kexue._optional import MissingExtra
+
+    try:
+        return registry.load(registry.BENCHMARKS, technique)
+    except MissingExtra as exc:
+        error = exc
+    suite = BenchSuite(technique)
+
+    def benchmarks(bench: Bench) -> None:
+        raise error
+
+    suite.case(benchmarks)
+    return suite
 
 
 def _progress(console: Console, unit: str) -> Progress:

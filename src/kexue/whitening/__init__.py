@@ -5,6 +5,10 @@
 * :mod:`kexue.whitening.reference`: float64 NumPy oracles of the article's formulas.
 """
 
+from kexue._optional import require_extra
+
+require_extra("kexue.whitening", "sklearn")
+
 from kexue.whitening.whitening import RankDeficientWarning, Whitening
 
 __all__ = ["RankDeficientWarning", "Whitening"]

@@ -21,6 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kexue._optional import require_extra
+
+require_extra("kexue.whitening.pooling (encoding with a Hugging Face model)", "transformers")
+
 __all__ = ["POOLINGS", "encode_poolings", "parse_pooling"]
 
 POOLINGS = ("first-last-avg", "last-avg", "cls")

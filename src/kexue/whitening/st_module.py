@@ -25,6 +25,10 @@ from torch import nn
 
 from kexue.whitening.whitening import Whitening
 
+from kexue._optional import require_extra
+
+require_extra("kexue.whitening.st_module (the sentence-transformers module)", "transformers")
+
 __all__ = ["WhiteningModule", "add_whitening"]
 
 _FILE = "whitening.safetensors"
