@@ -17,6 +17,7 @@ import torch
 
 __all__ = [
     "num_layers",
+    "read_text",
     "as_float_tensor",
     "check_choice",
     "check_finite",
@@ -27,6 +28,19 @@ __all__ = [
 ]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def read_text(path: str | os.PathLike, what: str) -> str:
+    """The contents of the UTF-8 text file ``path``; errors name ``what`` (e.g. "pairs file") and the path."""
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{what} {path}: no such file" + (" (it is a folder)" if file.is_dir() else ""))
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{what} {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
 
 
 def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:

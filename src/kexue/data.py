@@ -53,13 +53,13 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
             return path
     tried = ", ".join(str(p.resolve()) for p in candidates)
     raise DataNotFound(f"data folder not found (tried {tried}); pass --data DIR or set KEXUE_DATA to the folder "
-                       "holding stsbenchmark/, sts12-16/, sick/, tinyshakespeare/ (README: 'Data sets')")
+                       "holding stsbenchmark/, sts12-16/, sick/, tinyshakespeare/ (README: 'Data and offline use')")
 
 
 def _require(path: Path) -> Path:
     if not path.exists():
         raise DataNotFound(f"expected data file {path} is missing; pass --data DIR or set KEXUE_DATA to a complete "
-                           "data folder (README: 'Data sets' says where each set comes from)")
+                           "data folder (README: 'Data and offline use' says where each set comes from)")
     return path
 
 

@@ -101,3 +101,28 @@ def test_cli_errors_are_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFi
     assert len(err) == 1 and "missing.tsv" in err[0]
     assert main(["train-embedder", "--pairs", "x.tsv", "-o", str(tmp_path / "o"), "--temperature", "0"]) == 2
     assert "temperature" in capsys.readouterr().err
+
+
+def test_saved_model_keeps_its_own_length_and_a_left_out_remainder_is_said(tiny_model: str, pairs_file: str,
+                                                                           tmp_path: Path) -> None:
+    """Training at --max-length 8 must not save max_seq_length 8 (the tiny model's own is 16), in the
+    model or the checkpoint; 24 pairs at batch 10 leave 4 out per epoch, which is said, not silent."""
+    from sentence_transformers import SentenceTransformer
+
+    said: list[str] = []
+    out = tmp_path / "out"
+    result = train_embedder(TrainConfig(model=tiny_model, pairs=pairs_file, out=str(out), batch_size=10, micro_batch_size=4,
+                                        max_length=8, epochs=2, max_steps=3, checkpoint_every=1, evaluate=False),
+                            progress=TrainProgress(message=said.append))
+    assert result.extra["samples_left_out_per_epoch"] == 4 and result.extra["max_seq_length"] == 16
+    assert any("24 samples at batch 10" in m and "4 samples" in m for m in said), said
+    assert SentenceTransformer(str(out / "model"), device="cpu").max_seq_length == 16
+    assert SentenceTransformer(str(out / "checkpoint"), device="cpu").max_seq_length == 16
+    resumed = train_embedder(TrainConfig(model=tiny_model, pairs=pairs_file, out=str(out), batch_size=10, micro_batch_size=4,
+                                         max_length=8, epochs=2, max_steps=4, checkpoint_every=1, evaluate=False), resume=True)
+    assert resumed.resumed_from == 3 and resumed.extra["max_seq_length"] == 16  # not the training length
+
+
+def test_micro_batch_above_batch_is_refused(pairs_file: str) -> None:
+    with pytest.raises(ValueError, match="micro_batch_size=16 must not exceed batch_size=8"):
+        TrainConfig(pairs=pairs_file, batch_size=8, micro_batch_size=16).validate()

@@ -82,3 +82,12 @@ def test_batched_leading_dims_and_errors() -> None:
         mitchell_matmul(torch.randn(3, 5), torch.randn(4, 2))
     with pytest.raises(ValueError, match="correction"):
         mitchell_matmul(a, b, correction="table")
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+@pytest.mark.parametrize(("a_shape", "b_shape"), [((12, 0), (0, 26)), ((0, 5), (5, 3)), ((4, 5), (5, 0)), ((2, 3, 0), (0, 4))])
+def test_zero_size_operands_give_what_torch_matmul_gives(backend: str, a_shape: tuple, b_shape: tuple) -> None:
+    a, b = torch.randn(a_shape), torch.randn(b_shape)
+    got = mitchell_matmul(a, b, backend=backend)
+    want = torch.matmul(a, b)
+    assert got.shape == want.shape and got.dtype == want.dtype and torch.equal(got, want)

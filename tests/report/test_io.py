@@ -51,3 +51,25 @@ def test_machine_info_names_what_timings_depend_on() -> None:
     for key in ("kexue_version", "torch", "torch_threads", "cpu_count", "processor", "transparent_hugepages"):
         assert key in info
     json.dumps(info)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_atomic_writes_get_the_mode_a_plain_write_gets(tmp_path, umask: int) -> None:
+    """Temporary files are private (0600); the published file must have 0666 & ~umask, like open()."""
+    import numpy as np
+
+    from kexue.whitening import Whitening
+
+    old = os.umask(umask)
+    try:
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        atomic_write(tmp_path / "atomic.txt", "x")
+        Whitening().fit(np.random.default_rng(0).standard_normal((20, 3))).save(tmp_path / "w.safetensors")
+    finally:
+        os.umask(old)
+    want = plain.stat().st_mode & 0o777
+    assert want == 0o666 & ~umask
+    assert (tmp_path / "atomic.txt").stat().st_mode & 0o777 == want
+    assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == want
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["atomic.txt", "plain.txt", "w.safetensors"]  # no temporaries left

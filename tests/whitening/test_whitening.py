@@ -116,7 +116,7 @@ def test_bad_input_is_a_clear_error() -> None:
     bad[3, 2] = np.nan
     with pytest.raises(ValueError, match="X contains 1 non-finite value"):
         Whitening().fit(bad)
-    with pytest.raises(ValueError, match="2-D"):
+    with pytest.raises(ValueError, match="Expected 2D array, got 1D array"):
         Whitening().fit(x[0])
     with pytest.raises(ValueError, match="n_components"):
         Whitening(0).fit(x)

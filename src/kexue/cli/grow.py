@@ -37,7 +37,6 @@ def run(args: argparse.Namespace) -> int:
     from kexue.data import quiet_offline_transformers
     from kexue.growth import widen, widen_ffn
     from kexue.growth.depth import deepen
-    from kexue.growth.parity import float64_norms, max_logit_difference, output_scale
 
     check_int("--width", args.width, 1)
     check_int("--depth", args.depth, 1)
@@ -52,11 +51,16 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"MODEL_DIR {src} has no config.json")
     if out.exists():
         raise FileExistsError(f"--out {out} exists; choose a new folder")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"--out {out}: its parent {out.parent} is not an existing folder")
     quiet_offline_transformers()
-    config = transformers.AutoConfig.from_pretrained(src)
-    arch = (config.architectures or [None])[0]
-    cls = getattr(transformers, arch, None) if arch else None
-    small = (cls or transformers.AutoModel).from_pretrained(src, dtype=torch.float32).eval()
+    try:
+        config = transformers.AutoConfig.from_pretrained(src)
+        arch = (config.architectures or [None])[0]
+        cls = getattr(transformers, arch, None) if arch else None
+        small = (cls or transformers.AutoModel).from_pretrained(src, dtype=torch.float32).eval()
+    except Exception as exc:  # a corrupt config, truncated or missing weights: the user's input, not a bug
+        raise ValueError(f"MODEL_DIR {src}: cannot load the checkpoint ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None
 
     def grow(model, noise=args.noise):
         if args.width > 1:
@@ -69,6 +73,27 @@ def run(args: argparse.Namespace) -> int:
 
     large = grow(small)
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+    try:
+        _write(tmp, out, src, small, large, grow, config, args)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed or interrupted run leaves no half-written folder
+        raise
+    report = json.loads((out / "growth_parity.json").read_text())
+    stdout_console().print_json(json.dumps(report))
+    stderr_console().print(f"wrote {out} ({report['parameters']['small']:,} -> {report['parameters']['large']:,} parameters)")
+    return 0 if report["float64"]["max_abs"] <= 1e-8 else 1
+
+
+def _write(tmp, out, src, small, large, grow, config, args) -> None:
+    """Save the grown model with its parity report into ``tmp``, then rename ``tmp`` to ``out``."""
+    import json
+    import os
+    import shutil
+
+    import torch
+
+    from kexue.growth.parity import float64_norms, max_logit_difference, output_scale
+
     large.save_pretrained(tmp)
     for extra in src.iterdir():  # tokenizer and other non-weight files travel along
         if extra.is_file() and not extra.name.startswith(("config.json", "model", "pytorch_model")) and not (tmp / extra.name).exists():
@@ -85,6 +110,3 @@ def run(args: argparse.Namespace) -> int:
         report["float64"] = {"max_abs": max_logit_difference(small64, grow(small64), probe)}  # same seed: same noise
     (tmp / "growth_parity.json").write_text(json.dumps(report, indent=2))
     os.replace(tmp, out)
-    stdout_console().print_json(json.dumps(report))
-    stderr_console().print(f"wrote {out} ({report['parameters']['small']:,} -> {report['parameters']['large']:,} parameters)")
-    return 0 if report["float64"]["max_abs"] <= 1e-8 else 1

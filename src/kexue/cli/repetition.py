@@ -30,21 +30,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
 
 
-def _read(path: str) -> str:
-    from pathlib import Path
-
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    return file.read_text(encoding="utf-8")
-
-
 def run(args: argparse.Namespace) -> int:
     import json
 
     from rich.table import Table
 
-    from kexue._shared import check_int
+    from kexue._shared import check_int, read_text
     from kexue.cli._common import stdout_console
     from kexue.report.claims import json_value
     from kexue.repetition.transition import Vocabulary, estimate, parse_decodings, tokenize
@@ -55,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
         check_int("--max-period", args.max_period, 1)
         check_int("--min-repeats", args.min_repeats, 2)
-        lines = [line for line in _read(args.generations).splitlines() if line.strip()]
+        lines = [line for line in read_text(args.generations, "GENERATIONS file").splitlines() if line.strip()]
         if not lines:
             raise ValueError(f"{args.generations}: no generations (one per line)")
         result = summary([tokenize(line, args.level) for line in lines], max_period=args.max_period, min_repeats=args.min_repeats)
@@ -71,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_int("--max-vocab", args.max_vocab, 2)
     rules = parse_decodings(args.decoding)
-    tokens = tokenize(_read(args.corpus), args.level)
+    tokens = tokenize(read_text(args.corpus, "CORPUS file"), args.level)
     if len(tokens) < 2:
         raise ValueError(f"{args.corpus}: fewer than two tokens")
     vocab = Vocabulary.build(tokens, max_size=args.max_vocab)

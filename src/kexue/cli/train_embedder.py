@@ -38,9 +38,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from kexue.cli._common import stderr_console
+    from kexue.cli._common import apply_data_argument, stderr_console
     from kexue.contrastive.train import TrainConfig, TrainProgress, train_embedder
 
+    apply_data_argument(args)
     config = TrainConfig(
         model=args.model, out=args.out, sentences=args.sentences, pairs=args.pairs, batch_size=args.batch_size,
         micro_batch_size=args.micro_batch_size, epochs=args.epochs, lr=args.lr, warmup=args.warmup,
@@ -64,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = train_embedder(config, resume=args.resume, progress=TrainProgress(start, advance, err.print))
     finally:
-        bar.stop()
+        if task is not None:  # a bar that never started would print an empty line before the error
+            bar.stop()
     err.print(f"{result.steps} steps in {result.seconds:.1f} s (batch {result.extra['effective_batch']}, micro-batch "
               f"{config.micro_batch_size}); final loss {result.losses[-1]:.4f}" if result.losses else "no steps run")
     if result.sts_before is not None:

@@ -57,8 +57,10 @@ def _progress():
 
 def run(args: argparse.Namespace) -> int:
     from kexue._shared import check_int
+    from kexue.cli._common import apply_data_argument
 
     check_int("--batch-size", args.batch_size, 1)
+    apply_data_argument(args)
     return _fit(args) if args.action == "fit" else _eval(args)
 
 

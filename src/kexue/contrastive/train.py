@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from kexue._optional import require_extra
-from kexue._shared import check_int, check_number
+from kexue._shared import check_int, check_number, read_text
 from kexue.contrastive.cached import cached_backward
 from kexue.contrastive.losses import InfoNCE
 from kexue.report.io import write_json
@@ -83,6 +83,8 @@ class TrainConfig:
             raise ValueError("give exactly one of sentences (one sentence per line, SimCSE) or pairs (anchor<TAB>positive)")
         check_int("batch_size", self.batch_size, 2)
         check_int("micro_batch_size", self.micro_batch_size, 1)
+        if self.micro_batch_size > self.batch_size:
+            raise ValueError(f"micro_batch_size={self.micro_batch_size} must not exceed batch_size={self.batch_size}")
         check_int("epochs", self.epochs, 1)
         check_int("max_length", self.max_length, 2)
         check_int("checkpoint_every", self.checkpoint_every, 0)
@@ -98,7 +100,7 @@ class TrainConfig:
 
 def read_sentences(path: str | os.PathLike) -> list[str]:
     """Non-empty stripped lines of a UTF-8 text file."""
-    lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    lines = [line.strip() for line in read_text(path, "sentences file").splitlines()]
     sentences = [s for s in lines if s]
     if len(sentences) < 2:
         raise ValueError(f"sentences file {path} has {len(sentences)} non-empty lines; at least 2 are needed")
@@ -108,7 +110,7 @@ def read_sentences(path: str | os.PathLike) -> list[str]:
 def read_pairs(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     """``anchor<TAB>positive`` lines of a UTF-8 TSV file (blank lines skipped)."""
     anchors, positives = [], []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_text(path, "pairs file").splitlines(), 1):
         if not line.strip():
             continue
         fields = line.split("\t")
@@ -187,7 +189,9 @@ def train_embedder(config: TrainConfig, *, resume: bool = False, progress: Train
     config.validate()
     progress = progress or TrainProgress()
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out {out} exists and is not a folder")
+    # everything that can reject the input runs before the output folder is created
     if config.sentences is not None:
         first = read_sentences(config.sentences)
         sides = [first, first]
@@ -197,8 +201,12 @@ def train_embedder(config: TrainConfig, *, resume: bool = False, progress: Train
     batch = min(config.batch_size, n)
     steps_per_epoch = n // batch
     total = steps_per_epoch * config.epochs if config.max_steps is None else min(config.max_steps, steps_per_epoch * config.epochs)
+    if n % batch:
+        progress.message(f"{n} samples at batch {batch}: {steps_per_epoch} step(s) per epoch; {n % batch} samples of each "
+                         "epoch's shuffled order are left out (a different set each epoch), as every step needs a full batch "
+                         "of negatives; choose a batch size that divides the data to use all of it")
 
-    checkpoint = _checkpoint_dir(out) if resume else None
+    checkpoint = _checkpoint_dir(out) if resume and out.is_dir() else None
     if resume and checkpoint is None:
         progress.message(f"no checkpoint in {out}; starting from the beginning")
     model = _load_model(str(checkpoint) if checkpoint else config.model, config.max_length)
@@ -220,6 +228,7 @@ def train_embedder(config: TrainConfig, *, resume: bool = False, progress: Train
     resumed_from = step
 
     evaluate = _sts_evaluator(config) if config.evaluate else None
+    out.mkdir(parents=True, exist_ok=True)
     if evaluate is not None and sts_before is None:
         progress.message("evaluating STS-B before training")
         sts_before = evaluate(model)
@@ -248,14 +257,15 @@ def train_embedder(config: TrainConfig, *, resume: bool = False, progress: Train
     if step > resumed_from:
         _save_checkpoint(out, model, optimizer, scheduler, step, losses, sts_before)
     tmp = out / f"model.tmp-{os.getpid()}"
-    model.save(str(tmp))
+    _save_at_own_length(model, tmp)
     _replace_dir(tmp, out / "model")
     sts_after = None
     if evaluate is not None:
         progress.message("evaluating STS-B after training")
         sts_after = evaluate(model)
     result = TrainResult(step, losses, sts_before, sts_after, seconds, str(out), resumed_from,
-                         {"samples": n, "effective_batch": batch, "steps_per_epoch": steps_per_epoch})
+                         {"samples": n, "effective_batch": batch, "steps_per_epoch": steps_per_epoch,
+                          "samples_left_out_per_epoch": n % batch, "max_seq_length": model.kexue_eval_length})
     write_json(out / "training.json", {"config": asdict(config), **asdict(result)})
     return result
 
@@ -264,10 +274,21 @@ def _save_checkpoint(out: Path, model, optimizer, scheduler, step: int, losses: 
     tmp = out / f"checkpoint.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save(str(tmp))
+    _save_at_own_length(model, tmp)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
                 "losses": losses, "sts_before": sts_before, "rng": torch.get_rng_state()}, tmp / "trainer_state.pt")
     _replace_dir(tmp, out / "checkpoint")
+
+
+def _save_at_own_length(model, folder: Path) -> None:
+    """``model.save(folder)`` with the model's own ``max_seq_length``, not the training ``max_length``:
+    whoever loads the saved model (or resumes from a checkpoint) must not silently truncate."""
+    train_length = model.max_seq_length
+    model.max_seq_length = model.kexue_eval_length
+    try:
+        model.save(str(folder))
+    finally:
+        model.max_seq_length = train_length
 
 
 def _sts_evaluator(config: TrainConfig) -> Callable[[Any], float]:

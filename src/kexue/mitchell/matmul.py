@@ -49,7 +49,10 @@ def mitchell_matmul(a: Any, b: Any, *, correction: str | None = None, backend: s
         raise ValueError(f"shapes {tuple(ta.shape)} and {tuple(tb.shape)} do not multiply: need a (..., K) and b (K, N)")
     check_correction(correction)
     lead = ta.shape[:-1]
-    a2 = ta.reshape(-1, ta.shape[-1])
+    a2 = ta.reshape(lead.numel(), ta.shape[-1])  # not reshape(-1, K): ambiguous when K = 0
+    if a2.numel() == 0 or tb.numel() == 0:  # an empty sum is 0, as in torch.matmul
+        out = torch.zeros(a2.shape[0], tb.shape[1], dtype=ta.dtype, device=ta.device)
+        return _back(out.reshape(*lead, tb.shape[1]), numpy_a or numpy_b)
     if _native.use_native(backend, a2, tb, op="matmul") and bool(torch.isfinite(a2).all()) and bool(torch.isfinite(tb).all()):
         out = _native.matmul(a2, tb, correction)
     else:

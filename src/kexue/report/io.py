@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "machine_info", "prepare_out_dir", "write_json"]
+__all__ = ["atomic_write", "machine_info", "prepare_out_dir", "publish", "write_json"]
 
 
 def prepare_out_dir(path: str | os.PathLike[str]) -> Path:
@@ -30,6 +30,30 @@ def prepare_out_dir(path: str | os.PathLike[str]) -> Path:
     return out
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (``/proc/self/status``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def publish(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+    """Rename the finished file ``tmp`` to ``path`` (atomic), with the mode a plain write gets.
+
+    Temporary files are created private (0600); a plain ``open(path, "w")`` gives ``0666 & ~umask``
+    (usually 0644), which is what a model folder shared with a serving account needs.
+    """
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+    return Path(path)
+
+
 def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path``, then rename it into place.
 
@@ -43,8 +67,7 @@ def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -23,7 +23,8 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from torch import nn
 
-from kexue._shared import check_finite, check_int, check_number
+from kexue._shared import check_int, check_number
+from kexue.whitening.whitening import validate_rows
 
 __all__ = ["FlowWhitening", "VectorFlow"]
 
@@ -111,6 +112,11 @@ class FlowWhitening(TransformerMixin, BaseEstimator):
         self.noise = noise
         self.seed = seed
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]  # the flow computes and returns float32
+        return tags
+
     def fit(self, X: Any, y: Any = None) -> FlowWhitening:
         check_int("n_layers", self.n_layers, 1)
         check_int("hidden", self.hidden, 1)
@@ -119,10 +125,9 @@ class FlowWhitening(TransformerMixin, BaseEstimator):
         check_number("lr", self.lr, above=0)
         if not (isinstance(self.noise, (int, float)) and math.isfinite(self.noise) and self.noise >= 0):
             raise ValueError(f"noise={self.noise!r} must be a finite number >= 0")
-        x = torch.as_tensor(np.asarray(X), dtype=torch.float32)
-        if x.dim() != 2 or x.shape[0] < 2:
-            raise ValueError(f"X must be (n_samples >= 2, n_features); got shape {tuple(x.shape)}")
-        check_finite(x, "X")
+        x = validate_rows(self, X, reset=True).to(device="cpu", dtype=torch.float32)
+        if x.shape[0] < 2:
+            raise ValueError(f"FlowWhitening needs at least 2 samples to fit; got n_samples = {x.shape[0]} (X of shape {tuple(x.shape)})")
         torch.manual_seed(self.seed)
         flow = VectorFlow(x.shape[1], self.n_layers, self.hidden, self.seed)
         g = torch.Generator().manual_seed(self.seed)
@@ -157,6 +162,6 @@ class FlowWhitening(TransformerMixin, BaseEstimator):
             from sklearn.exceptions import NotFittedError
 
             raise NotFittedError("this FlowWhitening is not fitted yet; call fit first")
-        x = torch.as_tensor(np.asarray(X), dtype=torch.float32)
+        x = validate_rows(self, X).to(device="cpu", dtype=torch.float32)
         with torch.no_grad():
             return self.flow_(x)[0].numpy()

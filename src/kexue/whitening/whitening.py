@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -34,28 +35,58 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from kexue._shared import check_finite, check_int, check_number, check_process_group
 
-__all__ = ["RankDeficientWarning", "Whitening"]
+__all__ = ["RankDeficientWarning", "Whitening", "validate_rows"]
 
 _FORMAT = "kexue.whitening/1"
 _CHUNK_ROWS = 65536  # rows converted to float64 at a time: bounds the memory of a huge batch
+# The eigendecomposition of each fitted Whitening, kept outside the estimator (transform must not
+# change its __dict__) and keyed by everything it depends on: the parameters and the very arrays
+# of the statistics, so set_params or more fitting can never leave it stale.
+_SOLVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class RankDeficientWarning(UserWarning):
     """The covariance has (numerically) zero eigenvalues among the kept components."""
 
 
-def _as_2d(name: str, x: Any) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        t = torch.from_numpy(x)
-    elif isinstance(x, torch.Tensor):
-        t = x.detach()
-    else:
-        t = torch.as_tensor(np.asarray(x))
-    if t.dim() != 2:
-        raise ValueError(f"{name} must be a 2-D array of shape (n_samples, n_features); got shape {tuple(t.shape)}")
-    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
-        raise ValueError(f"{name} must hold real numbers; got dtype {t.dtype}")
-    return t
+def validate_rows(estimator: BaseEstimator | None, X: Any, *, reset: bool = False) -> torch.Tensor:
+    """``X`` as a 2-D real tensor, checked as scikit-learn checks its estimators' input.
+
+    NumPy arrays, lists and DataFrames go through scikit-learn's ``validate_data`` (which
+    rejects sparse, complex, object and 1-D input with its usual messages, converts integers to
+    float64 and keeps float32); torch tensors keep their device and dtype and get the same checks
+    here. ``reset=True`` records the estimator's ``n_features_in_``; ``reset=False`` checks it.
+    ``estimator=None`` checks the rows alone (no feature count).
+    """
+    if not isinstance(X, torch.Tensor):
+        from sklearn.utils.validation import check_array, validate_data
+
+        options = {"dtype": [np.float64, np.float32], "ensure_all_finite": False}  # non-finite: check_finite's message
+        if estimator is None:
+            x = torch.from_numpy(check_array(X, **options))
+        else:
+            x = torch.from_numpy(validate_data(estimator, X, reset=reset, **options))
+        check_finite(x, "X")
+        return x
+    x = X.detach()
+    if x.is_complex():
+        raise ValueError(f"Complex data not supported: X is a {x.dtype} tensor")
+    if x.dim() != 2:
+        raise ValueError(f"X must be a 2-D array of shape (n_samples, n_features); got shape {tuple(x.shape)}. "
+                         "Reshape your data with x.reshape(-1, 1) for one feature or x.reshape(1, -1) for one sample")
+    if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64)):
+        raise ValueError(f"X must hold real numbers; got dtype {x.dtype}")
+    if 0 in x.shape:
+        raise ValueError(f"X has shape {tuple(x.shape)}: at least 1 sample and 1 feature are required")
+    d = int(x.shape[1])
+    if estimator is None:
+        pass
+    elif reset:
+        estimator.n_features_in_ = d
+    elif hasattr(estimator, "n_features_in_") and d != estimator.n_features_in_:
+        raise ValueError(f"X has {d} features, but {type(estimator).__name__} is expecting {estimator.n_features_in_} features as input.")
+    check_finite(x, "X")
+    return x
 
 
 def batch_statistics(x: torch.Tensor) -> tuple[int, np.ndarray, np.ndarray]:
@@ -145,12 +176,7 @@ class Whitening(TransformerMixin, BaseEstimator):
     def partial_fit(self, X: Any, y: Any = None) -> Whitening:
         """Add the rows of ``X`` to the statistics (streaming; any batch sizes)."""
         self._check_params()
-        x = _as_2d("X", X)
-        check_finite(x, "X")
-        if x.shape[0] == 0:
-            raise ValueError("X has no rows")
-        if hasattr(self, "n_features_in_") and x.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {x.shape[1]} features; this Whitening was fitted with {self.n_features_in_}")
+        x = validate_rows(self, X, reset=not hasattr(self, "n_samples_seen_"))
         self._absorb(batch_statistics(x))
         return self
 
@@ -158,7 +184,6 @@ class Whitening(TransformerMixin, BaseEstimator):
         current = (self.n_samples_seen_, self.mean_, self.scatter_) if hasattr(self, "n_samples_seen_") else (0, None, None)
         self.n_samples_seen_, self.mean_, self.scatter_ = merge_statistics(current, stats)
         self.n_features_in_ = int(self.mean_.shape[0])
-        self._cache: dict[str, np.ndarray] | None = None
 
     def merge(self, other: Whitening) -> Whitening:
         """Add another fitted Whitening's statistics to this one (same features); returns self."""
@@ -190,7 +215,6 @@ class Whitening(TransformerMixin, BaseEstimator):
             p = part.cpu().numpy()
             merged = merge_statistics(merged, (int(round(p[0])), p[1 : 1 + d].copy(), p[1 + d :].reshape(d, d).copy()))
         self.n_samples_seen_, self.mean_, self.scatter_ = merged
-        self._cache = None
         return self
 
     # -- the map ---------------------------------------------------------------------------
@@ -201,10 +225,18 @@ class Whitening(TransformerMixin, BaseEstimator):
             raise NotFittedError("this Whitening is not fitted yet; call fit or partial_fit first")
 
     def _solve(self) -> dict[str, np.ndarray]:
+        """The map for the current parameters and statistics (computed once per such pair)."""
         self._require_fitted()
-        if getattr(self, "_cache", None):
-            return self._cache
         self._check_params()
+        key = (sorted(self.get_params().items()), self.n_samples_seen_)
+        hit = _SOLVED.get(self)
+        if hit is not None and hit[0] == key and hit[1] is self.mean_ and hit[2] is self.scatter_:
+            return hit[3]
+        solved = self._eigen()
+        _SOLVED[self] = (key, self.mean_, self.scatter_, solved)
+        return solved
+
+    def _eigen(self) -> dict[str, np.ndarray]:
         n, d = self.n_samples_seen_, self.n_features_in_
         if n - self.ddof <= 0:
             raise ValueError(f"{n} samples are not enough for ddof={self.ddof}")
@@ -227,9 +259,8 @@ class Whitening(TransformerMixin, BaseEstimator):
                           RankDeficientWarning, stacklevel=3)
             k = rank
         kernel = u[:, :k] * shifted[:k] ** (-self.gamma / 2)
-        self._cache = {"eigenvalues": lam, "components": u[:, :k].T.copy(), "kernel": kernel,
-                       "bias": self.beta * self.mean_, "inverse": (u[:, :k] * shifted[:k] ** (self.gamma / 2)).T.copy()}
-        return self._cache
+        return {"eigenvalues": lam, "components": u[:, :k].T.copy(), "kernel": kernel,
+                "bias": self.beta * self.mean_, "inverse": (u[:, :k] * shifted[:k] ** (self.gamma / 2)).T.copy()}
 
     @property
     def eigenvalues_(self) -> np.ndarray:
@@ -251,11 +282,13 @@ class Whitening(TransformerMixin, BaseEstimator):
     def n_components_(self) -> int:
         return int(self.kernel_.shape[1])
 
-    def _apply(self, X: Any, matrix: np.ndarray, before: np.ndarray | None, after: np.ndarray | None, name: str) -> Any:
-        x = _as_2d(name, X)
-        check_finite(x, name)
-        if x.shape[1] != matrix.shape[0]:
-            raise ValueError(f"{name} has {x.shape[1]} features; expected {matrix.shape[0]}")
+    def _apply(self, X: Any, matrix: np.ndarray, before: np.ndarray | None, after: np.ndarray | None) -> Any:
+        if before is not None:  # transform: X in the input space
+            x = validate_rows(self, X)
+        else:  # inverse_transform: X in the output space
+            x = validate_rows(None, X)
+            if x.shape[1] != matrix.shape[0]:
+                raise ValueError(f"X has {x.shape[1]} features, but inverse_transform expects {matrix.shape[0]} (n_components_)")
         dtype = x.dtype if x.is_floating_point() else torch.float64
         m = torch.from_numpy(matrix).to(device=x.device, dtype=dtype)
         xx = x.to(dtype)
@@ -269,13 +302,13 @@ class Whitening(TransformerMixin, BaseEstimator):
     def transform(self, X: Any) -> Any:
         """``(X - βμ) W``; NumPy in, NumPy out; torch in, torch out (same device and dtype)."""
         solved = self._solve()
-        return self._apply(X, solved["kernel"], solved["bias"], None, "X")
+        return self._apply(X, solved["kernel"], solved["bias"], None)
 
     def inverse_transform(self, X: Any) -> Any:
         """``X Λ_k^(γ/2) U_kᵀ + βμ``: exact when all components are kept, else the projection
         onto the kept ones (as in scikit-learn's PCA)."""
         solved = self._solve()
-        return self._apply(X, solved["inverse"], None, solved["bias"], "X")
+        return self._apply(X, solved["inverse"], None, solved["bias"])
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         return np.asarray([f"whitening{i}" for i in range(self.n_components_)], dtype=object)
@@ -295,10 +328,16 @@ class Whitening(TransformerMixin, BaseEstimator):
         info = info if info is not None else getattr(self, "info_", {})
         meta = {"format": _FORMAT, "params": json.dumps(self.get_params()), "n_samples_seen": str(self.n_samples_seen_),
                 "info": json.dumps(info)}
+        from kexue.report.io import publish
+
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()}, str(tmp), metadata=meta)
+            publish(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Whitening:
@@ -308,15 +347,24 @@ class Whitening(TransformerMixin, BaseEstimator):
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"whitening file {path} does not exist")
-        with safe_open(str(path), framework="numpy") as fh:
-            meta = fh.metadata() or {}
-            if meta.get("format") != _FORMAT:
-                raise ValueError(f"{path} is not a kexue whitening file (format {meta.get('format')!r}, expected {_FORMAT!r})")
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-        w = cls(**json.loads(meta["params"]))
-        w.n_samples_seen_ = int(meta["n_samples_seen"])
-        w.mean_, w.scatter_ = tensors["mean"], tensors["scatter"]
-        w.n_features_in_ = int(w.mean_.shape[0])
+        try:
+            with safe_open(str(path), framework="numpy") as fh:
+                meta = fh.metadata() or {}
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()} if meta.get("format") == _FORMAT else {}
+        except Exception as exc:  # not safetensors at all, or truncated: a clear error, never an internal one
+            raise ValueError(f"{path} is not a kexue whitening file: not a readable safetensors file ({exc})") from None
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"{path} is not a kexue whitening file (format {meta.get('format')!r}, expected {_FORMAT!r})")
+        try:
+            w = cls(**json.loads(meta["params"]))
+            w.n_samples_seen_ = int(meta["n_samples_seen"])
+            w.mean_, w.scatter_ = tensors["mean"], tensors["scatter"]
+            d = int(w.mean_.shape[0])
+            valid = w.mean_.shape == (d,) and w.scatter_.shape == (d, d) and w.n_samples_seen_ >= 1
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ValueError(f"{path} is a damaged kexue whitening file ({type(exc).__name__}: {exc})") from None
+        if not valid:
+            raise ValueError(f"{path} is a damaged kexue whitening file (mean {w.mean_.shape}, scatter {w.scatter_.shape})")
+        w.n_features_in_ = d
         w.info_ = json.loads(meta.get("info", "{}"))
-        w._cache = None
         return w
