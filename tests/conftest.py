@@ -33,3 +33,25 @@ def run_claims():
         return ctx
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_sentence_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A random 2-layer BERT (hidden 32, max_seq_length 16) with the embedded model's tokenizer, saved
+    as a sentence-transformers folder: fast to train, for the training and interruption tests."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from kexue.data import embedded_model_path
+
+    root = tmp_path_factory.mktemp("tiny")
+    tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_path()))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(root / "bert")
+    tokenizer.save_pretrained(root / "bert")
+    st = SentenceTransformer(modules=[Transformer(str(root / "bert"), max_seq_length=16), Pooling(32, "mean")], device="cpu")
+    st.save(str(root / "st"))
+    return str(root / "st")

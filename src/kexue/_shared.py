@@ -19,6 +19,7 @@ __all__ = [
     "num_layers",
     "read_text",
     "as_float_tensor",
+    "as_real_array",
     "check_choice",
     "check_finite",
     "check_int",
@@ -78,8 +79,8 @@ def as_float_tensor(
         like: if given, the result is moved to this tensor's device.
 
     Returns:
-        ``(tensor, was_numpy)``: the tensor (integers and bools become float64 for NumPy
-        input and ``torch.get_default_dtype()`` for torch input) and whether the caller
+        ``(tensor, was_numpy)``: the tensor (integers become float64 for NumPy input and
+        ``torch.get_default_dtype()`` for torch input; bool, complex and object input is a TypeError) and whether the caller
         passed something other than a torch tensor (so the result should go back to NumPy).
     """
     was_numpy = not isinstance(value, torch.Tensor)
@@ -88,15 +89,15 @@ def as_float_tensor(
             array = np.asarray(value)
         except Exception as exc:  # ragged lists and the like
             raise TypeError(f"{name} must be a torch.Tensor or array-like of numbers; got {type(value).__name__}") from exc
-        if array.dtype.kind not in "biuf":
+        if array.dtype.kind not in "iuf":
             raise TypeError(f"{name} must hold real numbers; got NumPy dtype {array.dtype}")
         if array.dtype.kind != "f":
             array = array.astype(np.float64)
         tensor = torch.from_numpy(np.asarray(array, order="C"))  # keeps 0-d (ascontiguousarray would not)
     else:
         tensor = value
-        if tensor.is_complex():
-            raise TypeError(f"{name} must be real; got dtype {tensor.dtype}")
+        if tensor.is_complex() or tensor.dtype == torch.bool:
+            raise TypeError(f"{name} must hold real numbers; got dtype {tensor.dtype}")
         if not tensor.is_floating_point():
             tensor = tensor.to(torch.get_default_dtype())
     if tensor.dtype not in _FLOAT_DTYPES:
@@ -104,6 +105,20 @@ def as_float_tensor(
     if like is not None and tensor.device != like.device:
         tensor = tensor.to(like.device)
     return tensor, was_numpy
+
+
+def as_real_array(value: Any, name: str) -> np.ndarray:
+    """``value`` (array-like or tensor of real numbers) as a float64 NumPy array; a TypeError naming
+    ``name`` for bool, complex, object or ragged input."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy() if value.dtype not in (torch.bfloat16,) else value.detach().double().cpu().numpy()
+    try:
+        array = np.asarray(value)
+    except Exception as exc:
+        raise TypeError(f"{name} must be an array-like of real numbers; got {type(value).__name__}") from exc
+    if array.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must hold real numbers; got dtype {array.dtype}")
+    return array.astype(np.float64, copy=False)
 
 
 def restore_type(result: torch.Tensor, to_numpy: bool) -> Any:

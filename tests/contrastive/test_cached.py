@@ -134,11 +134,14 @@ def test_argument_errors(kwargs: dict, match: str) -> None:
         cached_backward(encoders, [x, x], InfoNCE(0.1), **kwargs)
 
 
-def test_non_finite_loss_is_an_error() -> None:
+def test_non_finite_embeddings_and_loss_are_errors() -> None:
     x = torch.randn(4, 3)
     x[0, 0] = float("nan")
-    with pytest.raises(FloatingPointError, match="loss is nan"):
+    with pytest.raises(ValueError, match="q contains 1 non-finite value"):  # named before any loss is formed
         cached_backward(nn.Identity(), [x, x], lambda a, b: info_nce(a, b, similarity="dot"), micro_batch_size=2)
+    huge = torch.full((4, 3), 1e20)  # finite embeddings whose float32 dot products overflow
+    with pytest.raises(FloatingPointError, match="loss is (nan|inf)"):
+        cached_backward(nn.Identity(), [huge, huge], lambda a, b: info_nce(a, b, similarity="dot"), micro_batch_size=2)
 
 
 def test_autocast_bfloat16_matches_the_autocast_full_batch() -> None:

@@ -75,7 +75,7 @@ def test_learnable_temperature_gradient_matches_finite_difference() -> None:
     "call,match",
     [
         (lambda: info_nce(torch.randn(4, 3), torch.randn(4, 5)), "same D"),
-        (lambda: info_nce(torch.randn(4, 3), torch.randn(3, 3)), "at least queries"),
+        (lambda: info_nce(torch.randn(4, 3), torch.randn(3, 3)), "at least as many rows as q"),
         (lambda: info_nce(torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0, 1, 2, 9])), r"\[0, 4\)"),
         (lambda: info_nce(torch.randn(4, 3), torch.randn(4, 3), torch.ones(4, 5)), r"shape \(4, 4\)"),
         (lambda: info_nce(torch.randn(4, 3), torch.randn(4, 3), -torch.eye(4)), "non-negative"),

@@ -11,27 +11,8 @@ from safetensors.torch import load_file
 
 from kexue.cli import main
 from kexue.contrastive.train import TrainConfig, TrainProgress, read_pairs, train_embedder
-from kexue.data import embedded_model_path
 
 SENTENCES = [f"sentence number {i} about {w}" for i, w in enumerate(["cats", "dogs", "the sea", "music", "rain", "trains", "bread", "chess"] * 3)]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    root = tmp_path_factory.mktemp("tiny")
-    tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_path()))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(root / "bert")
-    tokenizer.save_pretrained(root / "bert")
-    st = SentenceTransformer(modules=[Transformer(str(root / "bert"), max_seq_length=16), Pooling(32, "mean")], device="cpu")
-    st.save(str(root / "st"))
-    return str(root / "st")
 
 
 @pytest.fixture()
@@ -45,8 +26,8 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
     return load_file(str(out / "model" / "model.safetensors"))
 
 
-def test_resumed_run_equals_uninterrupted_run(tiny_model: str, pairs_file: str, tmp_path: Path) -> None:
-    common = dict(model=tiny_model, pairs=pairs_file, batch_size=8, micro_batch_size=3, epochs=2, lr=1e-3,
+def test_resumed_run_equals_uninterrupted_run(tiny_sentence_model: str, pairs_file: str, tmp_path: Path) -> None:
+    common = dict(model=tiny_sentence_model, pairs=pairs_file, batch_size=8, micro_batch_size=3, epochs=2, lr=1e-3,
                   evaluate=False, checkpoint_every=2)
     whole = train_embedder(TrainConfig(out=str(tmp_path / "whole"), **common))
     assert whole.steps == 6 and all(torch.isfinite(torch.tensor(whole.losses)))
@@ -66,17 +47,17 @@ def test_resumed_run_equals_uninterrupted_run(tiny_model: str, pairs_file: str, 
     assert resumed.losses == whole.losses
     a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "split")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    start = load_file(str(Path(tiny_model) / "model.safetensors"))
+    start = load_file(str(Path(tiny_sentence_model) / "model.safetensors"))
     assert any(not torch.equal(a[k], start[k]) for k in a)  # training moved the weights
     log = json.loads((tmp_path / "split" / "training.json").read_text())
     assert log["steps"] == 6 and log["resumed_from"] == 4
     assert not list((tmp_path / "split").glob("*.tmp*")) and not list((tmp_path / "split").glob("*.old"))
 
 
-def test_simcse_from_sentences_with_sts_evaluation(tiny_model: str, tmp_path: Path) -> None:
+def test_simcse_from_sentences_with_sts_evaluation(tiny_sentence_model: str, tmp_path: Path) -> None:
     sentences = tmp_path / "sentences.txt"
     sentences.write_text("\n".join(SENTENCES))
-    result = train_embedder(TrainConfig(model=tiny_model, sentences=str(sentences), out=str(tmp_path / "out"),
+    result = train_embedder(TrainConfig(model=tiny_sentence_model, sentences=str(sentences), out=str(tmp_path / "out"),
                                         batch_size=12, micro_batch_size=5, max_steps=2, eval_split="dev"))
     assert result.steps == 2
     # a random 2-layer BERT correlates weakly but measurably with STS-B dev
@@ -103,7 +84,7 @@ def test_cli_errors_are_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFi
     assert "temperature" in capsys.readouterr().err
 
 
-def test_saved_model_keeps_its_own_length_and_a_left_out_remainder_is_said(tiny_model: str, pairs_file: str,
+def test_saved_model_keeps_its_own_length_and_a_left_out_remainder_is_said(tiny_sentence_model: str, pairs_file: str,
                                                                            tmp_path: Path) -> None:
     """Training at --max-length 8 must not save max_seq_length 8 (the tiny model's own is 16), in the
     model or the checkpoint; 24 pairs at batch 10 leave 4 out per epoch, which is said, not silent."""
@@ -111,14 +92,14 @@ def test_saved_model_keeps_its_own_length_and_a_left_out_remainder_is_said(tiny_
 
     said: list[str] = []
     out = tmp_path / "out"
-    result = train_embedder(TrainConfig(model=tiny_model, pairs=pairs_file, out=str(out), batch_size=10, micro_batch_size=4,
+    result = train_embedder(TrainConfig(model=tiny_sentence_model, pairs=pairs_file, out=str(out), batch_size=10, micro_batch_size=4,
                                         max_length=8, epochs=2, max_steps=3, checkpoint_every=1, evaluate=False),
                             progress=TrainProgress(message=said.append))
     assert result.extra["samples_left_out_per_epoch"] == 4 and result.extra["max_seq_length"] == 16
     assert any("24 samples at batch 10" in m and "4 samples" in m for m in said), said
     assert SentenceTransformer(str(out / "model"), device="cpu").max_seq_length == 16
     assert SentenceTransformer(str(out / "checkpoint"), device="cpu").max_seq_length == 16
-    resumed = train_embedder(TrainConfig(model=tiny_model, pairs=pairs_file, out=str(out), batch_size=10, micro_batch_size=4,
+    resumed = train_embedder(TrainConfig(model=tiny_sentence_model, pairs=pairs_file, out=str(out), batch_size=10, micro_batch_size=4,
                                          max_length=8, epochs=2, max_steps=4, checkpoint_every=1, evaluate=False), resume=True)
     assert resumed.resumed_from == 3 and resumed.extra["max_seq_length"] == 16  # not the training length
 

@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from kexue._shared import check_choice, check_int, check_number
+from kexue._shared import check_choice, check_finite, check_int, check_number
 
 __all__ = ["InfoNCE", "info_nce", "info_nce_tiled"]
 
@@ -35,7 +35,7 @@ def _index_targets(targets: torch.Tensor | None, n: int, m: int, device: torch.d
     """One positive document index per query: ``None`` means ``0 … N−1``."""
     if targets is None:
         if m < n:
-            raise ValueError(f"default targets pair query i with document i, so documents ({m}) must be at least queries ({n})")
+            raise ValueError(f"d has {m} rows but the default targets pair q[i] with d[i]: d needs at least as many rows as q ({n})")
         return torch.arange(n, device=device)
     if targets.shape != (n,):
         raise ValueError(f"index targets must have shape ({n},) (one document index per query); got {tuple(targets.shape)}")
@@ -63,10 +63,19 @@ def _dense_targets(targets: torch.Tensor | None, n: int, m: int, device: torch.d
 
 def _validate(q: torch.Tensor, d: torch.Tensor, similarity: str) -> None:
     check_choice("similarity", similarity, ("cosine", "dot"))
+    for name, t in (("q", q), ("d", d)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of embeddings; got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor of embeddings; got dtype {t.dtype}")
+    if q.dtype != d.dtype:
+        raise TypeError(f"q and d must have the same dtype; got {q.dtype} and {d.dtype}")
     if q.dim() != 2 or d.dim() != 2 or q.shape[1] != d.shape[1]:
         raise ValueError(f"q and d must be (N, D) and (M, D) with the same D; got {tuple(q.shape)} and {tuple(d.shape)}")
     if q.shape[0] == 0:
         raise ValueError("q must hold at least one query")
+    check_finite(q.detach(), "q")
+    check_finite(d.detach(), "d")
 
 
 def _prepare(q: torch.Tensor, d: torch.Tensor, similarity: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,6 +246,8 @@ class InfoNCE(nn.Module):
         return self.log_scale.clamp(max=math.log(self.max_scale)).exp()
 
     def forward(self, q: torch.Tensor, d: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> torch.Tensor:
+        if not isinstance(q, torch.Tensor) or not q.is_floating_point():
+            raise TypeError(f"q must be a floating-point torch.Tensor of embeddings; got {getattr(q, 'dtype', type(q).__name__)}")
         scale = self.scale.to(q.dtype)
         if self.tiled:
             return info_nce_tiled(q, d, targets, scale=scale, similarity=self.similarity, tile=self.tile)

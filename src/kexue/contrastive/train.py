@@ -229,6 +229,8 @@ def train_embedder(config: TrainConfig, *, resume: bool = False, progress: Train
 
     evaluate = _sts_evaluator(config) if config.evaluate else None
     out.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob("model.tmp-*"), *out.glob("checkpoint.tmp-*")]:  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
     if evaluate is not None and sts_before is None:
         progress.message("evaluating STS-B before training")
         sts_before = evaluate(model)

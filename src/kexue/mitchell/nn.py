@@ -82,6 +82,12 @@ def mitchell_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
                     backward: str = "mitchell", correction: str | None = None) -> torch.Tensor:
     """``x Wᵀ + b`` with Mitchell products (``x``: ``(..., in)``, ``W``: ``(out, in)``)."""
     check_choice("backward", backward, BACKWARDS)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor; got {type(x).__name__}")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"x has dtype {x.dtype}; the layer's weight is {weight.dtype} (cast x or the layer)")
+    if x.dim() == 0 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"x has shape {tuple(x.shape)}; expected (..., {weight.shape[1]}) (in_features)")
     lead = x.shape[:-1]
     y = _MitchellMatmul.apply(x.reshape(-1, x.shape[-1]), weight.T, backward, correction)
     y = y.reshape(*lead, weight.shape[0])

@@ -46,6 +46,10 @@ def _pair(a: Any, b: Any) -> tuple[torch.Tensor, torch.Tensor, bool]:
         raise TypeError(f"a and b must have the same dtype, got {ta.dtype} and {tb.dtype}")
     if ta.device != tb.device:
         raise ValueError(f"a and b must be on the same device, got {ta.device} and {tb.device}")
+    try:
+        torch.broadcast_shapes(ta.shape, tb.shape)
+    except RuntimeError:
+        raise ValueError(f"a and b must broadcast; got shapes {tuple(ta.shape)} and {tuple(tb.shape)}") from None
     return ta, tb, na or nb
 
 

@@ -252,6 +252,8 @@ def low_rank_factors(
     """
     check_choice("kind", kind, KINDS)
     check_choice("degenerate", degenerate, ("canonical", "raise"))
+    a, _ = as_float_tensor(a, "a")
+    b, _ = as_float_tensor(b, "b", like=a)
     dtype = torch.float32 if a.device.type == "mps" else torch.float64
     a_work, b_work = a.to(dtype), b.to(dtype)
     _check_inputs(a_work, b_work, normalize, a.dtype, b.dtype)

@@ -134,6 +134,8 @@ def _native_tables(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tup
 
 
 def _native_apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor | None, interleaved: bool, transpose: bool) -> torch.Tensor:
+    if x.numel() == 0:  # nothing to rotate (and an empty view's strides need not be unit)
+        return out if out is not None else torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if x.stride(-1) != 1:
         x = x.contiguous()
     c, s = _native_tables(x, cos, sin)
@@ -563,6 +565,8 @@ class RotaryEmbedding(nn.Module):
         out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Rotate ``x`` at ``positions`` (default for 1-D: ``offset, …, offset + T − 1``)."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor; got {type(x).__name__}")
         if x.dim() < 2:
             raise ValueError(f"x must be (..., T, D); got shape {tuple(x.shape)}")
         if x.shape[-1] != self.dim:

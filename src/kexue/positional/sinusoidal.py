@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from scipy import special
 
-from kexue._shared import check_choice, check_finite, check_number
+from kexue._shared import as_real_array, check_choice, check_finite, check_number
 from kexue.positional.rope import _check_base, _check_rotary_dim, rope_frequencies
 
 __all__ = [
@@ -55,7 +55,7 @@ def _positions(positions: Any, angle_dtype: torch.dtype) -> tuple[torch.Tensor, 
             raise ValueError(f"positions={positions} must be >= 0 when given as a length")
         return torch.arange(positions, dtype=angle_dtype), False
     was_numpy = not isinstance(positions, torch.Tensor)
-    tensor = torch.as_tensor(np.asarray(positions) if was_numpy else positions)
+    tensor = torch.from_numpy(as_real_array(positions, "positions")) if was_numpy else positions
     if tensor.is_complex() or tensor.dtype == torch.bool:
         raise TypeError(f"positions must be real numbers; got dtype {tensor.dtype}")
     tensor = tensor.to(angle_dtype)
@@ -205,9 +205,9 @@ def _schedule(schedule: ThetaSchedule | float | None, base: float) -> ThetaSched
 
 
 def _distances(distances: Any) -> np.ndarray:
-    array = np.asarray(distances, dtype=np.float64)
+    array = as_real_array(distances, "distances")
     if not np.all(np.isfinite(array)):
-        raise ValueError("distances must be finite")
+        raise ValueError(f"distances contains {int((~np.isfinite(array)).sum())} non-finite value(s); finite distances are required")
     return array
 
 

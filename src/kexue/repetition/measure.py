@@ -30,25 +30,13 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from kexue.repetition.transition import check_transition
+
 __all__ = ["Bounds", "Estimate", "bounds", "estimate_r", "exact_r", "r_eigen", "r_series", "zeta"]
 
 
 def _q(P):
     return P.multiply(P).tocsr() if sp.issparse(P) else np.asarray(P, dtype=np.float64) ** 2
-
-
-def _check(P) -> int:
-    shape = P.shape
-    if len(shape) != 2 or shape[0] != shape[1]:
-        raise ValueError(f"P must be square, got shape {shape}")
-    data = P.data if sp.issparse(P) else np.asarray(P)
-    if data.size and (not np.isfinite(data).all() or data.min() < 0):
-        raise ValueError("P must hold finite, non-negative probabilities")
-    sums = np.asarray(P.sum(axis=1)).ravel()
-    if not np.allclose(sums, 1.0, atol=1e-8):
-        bad = int(np.argmax(np.abs(sums - 1)))
-        raise ValueError(f"P must be row-stochastic: row {bad} sums to {sums[bad]:.6g}")
-    return shape[0]
 
 
 def spectral_radius(P, tol: float = 1e-12, max_iter: int = 100_000) -> float:
@@ -74,7 +62,7 @@ def spectral_radius(P, tol: float = 1e-12, max_iter: int = 100_000) -> float:
 def exact_r(P) -> float:
     """``R = Tr[(I − Q)^{−1} − I]`` by one dense LU (float64, ``n`` up to a few thousand);
     ``inf`` when ``λ₁ = 1``."""
-    n = _check(P)
+    n = check_transition(P)
     if spectral_radius(P) >= 1 - 1e-12:
         return math.inf
     Q = _q(P)
@@ -87,7 +75,7 @@ def exact_r(P) -> float:
 
 def r_series(P, terms: int) -> float:
     """The truncated series ``Σ_{k=1}^{terms} Tr Q^k`` (a lower bound of ``R``, converging to it)."""
-    _check(P)
+    check_transition(P)
     Q = _q(P)
     total, power = 0.0, Q
     for _ in range(terms):
@@ -98,7 +86,7 @@ def r_series(P, terms: int) -> float:
 
 def r_eigen(P) -> float:
     """``Σ λ_i / (1 − λ_i)`` over the eigenvalues of ``Q`` (dense)."""
-    _check(P)
+    check_transition(P)
     Q = _q(P)
     lam = np.linalg.eigvals(Q.toarray() if sp.issparse(Q) else Q)
     if np.abs(lam).max() >= 1 - 1e-12:
@@ -133,7 +121,7 @@ class Bounds:
 def bounds(P, terms: int = 20, rtol: float = 1e-12) -> Bounds:
     """Every bound and estimate of the module docstring, summing up to ``terms`` powers (dense);
     stops early once a power adds less than ``rtol`` (relative) to every sum."""
-    n = _check(P)
+    n = check_transition(P)
     dense = P.toarray() if sp.issparse(P) else np.asarray(P, dtype=np.float64)
     B = (dense > 0).astype(np.float64)
     z = zeta(dense)
@@ -184,7 +172,7 @@ def estimate_r(P, *, probes: int = 64, tol: float = 1e-10, max_terms: int = 10_0
     powers applied until the tail is below ``tol`` relative. The standard error is over probes.
 
     Needs ``λ₁ < 1`` (``inf`` is returned when the power iteration finds ``λ₁ ≥ 1``)."""
-    n = _check(P)
+    n = check_transition(P)
     Q = _q(sp.csr_array(P) if not sp.issparse(P) else P)
     if spectral_radius(P) >= 1 - 1e-9:
         return Estimate(math.inf, 0.0, 0, 0, math.inf)

@@ -31,6 +31,24 @@ import numpy as np
 __all__ = ["LoopEvents", "distinct_n", "find_loops", "rep_l", "rep_n", "summary", "to_array", "uniq", "wrep_l"]
 
 
+def _token_lists(seqs) -> list[list]:
+    """``seqs`` as a non-empty list of token lists; a clear error naming ``seqs`` otherwise."""
+    what = "seqs must be a list of token sequences (lists of ids or of strings)"
+    try:
+        items = list(seqs)
+    except TypeError:
+        raise TypeError(f"{what}; got {type(seqs).__name__}") from None
+    if not items:
+        raise ValueError("seqs is empty: give at least one token sequence")
+    out = []
+    for i, s in enumerate(items):
+        try:
+            out.append(list(s))
+        except TypeError:
+            raise TypeError(f"{what}; seqs[{i}] is a {type(s).__name__}, not a sequence") from None
+    return out
+
+
 def to_array(seqs: Sequence[Sequence] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pad sequences into ``(B, T)`` int64 ids with a per-position negative pad (never equal to
     anything), and their lengths. Strings are mapped to ids first; a 2-D integer array is taken
@@ -41,7 +59,7 @@ def to_array(seqs: Sequence[Sequence] | np.ndarray) -> tuple[np.ndarray, np.ndar
         if seqs.size and seqs.min() < 0:
             raise ValueError("token ids must be >= 0")
         return seqs.astype(np.int64, copy=False), np.full(seqs.shape[0], seqs.shape[1], dtype=np.int64)
-    seqs = [list(s) for s in seqs]
+    seqs = _token_lists(seqs)
     if any(s and not isinstance(s[0], (int, np.integer)) for s in seqs):
         vocab: dict = {}
         seqs = [[vocab.setdefault(tok, len(vocab)) for tok in s] for s in seqs]

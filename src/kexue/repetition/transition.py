@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["Decoding", "Vocabulary", "apply_decoding", "estimate", "from_model", "parse_decodings", "tokenize"]
+__all__ = ["Decoding", "Vocabulary", "apply_decoding", "check_transition", "estimate", "from_model", "parse_decodings", "tokenize"]
 
 _WORD = re.compile(r"[A-Za-z']+|[0-9]+|[^\sA-Za-z0-9']")
 
@@ -78,6 +78,9 @@ def estimate(ids: np.ndarray | Sequence[np.ndarray], n: int, *, alpha: float = 0
     if alpha > 0 and sparse:
         raise ValueError("sparse=True needs alpha=0: smoothing fills every entry")
     seqs = [np.asarray(ids)] if isinstance(ids, np.ndarray) else [np.asarray(s) for s in ids]
+    for s in seqs:
+        if s.dtype.kind not in "iu" or s.ndim != 1:
+            raise TypeError(f"ids must be 1-D integer token ids (or a list of such arrays); got dtype {s.dtype}, shape {s.shape}")
     rows = np.concatenate([s[:-1] for s in seqs]) if seqs else np.zeros(0, np.int64)
     cols = np.concatenate([s[1:] for s in seqs]) if seqs else np.zeros(0, np.int64)
     if rows.size and (min(rows.min(), cols.min()) < 0 or max(rows.max(), cols.max()) >= n):
@@ -167,6 +170,28 @@ def parse_decodings(spec: str) -> list[Decoding]:
     return rules
 
 
+def check_transition(P) -> int:
+    """Check that ``P`` is a square, real, finite, non-negative, row-stochastic matrix (dense or
+    sparse); its size ``n``. Errors name ``P``."""
+    if not sp.issparse(P):
+        P = np.asarray(P) if not hasattr(P, "detach") else P.detach().cpu().numpy()
+        if P.dtype.kind not in "iuf":
+            raise TypeError(f"P must hold real probabilities; got dtype {P.dtype}")
+    shape = P.shape
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"P must be a square (n, n) matrix, got shape {shape}")
+    if shape[0] == 0:
+        raise ValueError("P is empty (0 x 0): a transition matrix needs at least one state")
+    data = P.data if sp.issparse(P) else np.asarray(P)
+    if data.size and (not np.isfinite(data).all() or data.min() < 0):
+        raise ValueError("P must hold finite, non-negative probabilities")
+    sums = np.asarray(P.sum(axis=1)).ravel()
+    if not np.allclose(sums, 1.0, atol=1e-8):
+        bad = int(np.argmax(np.abs(sums - 1)))
+        raise ValueError(f"P must be row-stochastic: row {bad} sums to {sums[bad]:.6g}")
+    return shape[0]
+
+
 def apply_decoding(P, rule: Decoding | str, *, sparse: bool | None = None):
     """The transition matrix of decoding ``P`` with ``rule``: keep entries per row, renormalise.
 
@@ -181,6 +206,7 @@ def apply_decoding(P, rule: Decoding | str, *, sparse: bool | None = None):
     """
     if isinstance(rule, str):
         (rule,) = parse_decodings(rule)
+    check_transition(P)
     if sp.issparse(P) and rule.kind in ("greedy", "topk", "topp"):
         return _sparse_truncate(sp.csr_array(P), rule)
     dense = P.toarray() if sp.issparse(P) else np.asarray(P, dtype=np.float64)

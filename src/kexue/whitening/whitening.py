@@ -62,10 +62,10 @@ def validate_rows(estimator: BaseEstimator | None, X: Any, *, reset: bool = Fals
         from sklearn.utils.validation import check_array, validate_data
 
         options = {"dtype": [np.float64, np.float32], "ensure_all_finite": False}  # non-finite: check_finite's message
-        if estimator is None:
-            x = torch.from_numpy(check_array(X, **options))
-        else:
-            x = torch.from_numpy(validate_data(estimator, X, reset=reset, **options))
+        array = check_array(X, **options) if estimator is None else validate_data(estimator, X, reset=reset, **options)
+        if not array.flags.writeable:  # e.g. a broadcast view: torch.from_numpy wants a writable buffer
+            array = array.copy()
+        x = torch.from_numpy(array)
         check_finite(x, "X")
         return x
     x = X.detach()
