@@ -30,10 +30,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kexue.contrastive import InfoNCE, info_nce, info_nce_tiled
-from kexue.mitchell import MitchellLinear, mitchell_div, mitchell_exp2, mitchell_log2, mitchell_matmul, mitchell_mul
+from kexue.mitchell import MitchellConv2d, MitchellLinear, mitchell_div, mitchell_exp2, mitchell_log2, mitchell_matmul, mitchell_mul
 from kexue.orthogonal import apply_orthogonal_map, low_rank_factors, orthogonal_map
-from kexue.positional import RotaryEmbedding, apply_rotary, relative_inner_products, sinusoidal_table
-from kexue.repetition import apply_decoding, bounds, estimate, exact_r, find_loops, seq_rep_n, summary
+from kexue.positional import (RotaryEmbedding, apply_rotary, convert_layout, integral_approximation, relative_inner_products,
+                              sinusoidal_table, sinusoidal_table_nd)
+from kexue.repetition import apply_decoding, bounds, estimate, estimate_r, exact_r, find_loops, seq_rep_n, summary
 from kexue.whitening import Whitening
 
 HOSTILE = settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
@@ -104,6 +105,15 @@ ENTRIES = [
           lambda positions: sinusoidal_table(positions, 8), valid=ANY_SHAPE),
     Entry("relative_inner_products", "distances", lambda g, n: {"distances": np.arange(n + 1, dtype=np.float64) * 3},
           lambda distances: relative_inner_products(distances, 16), valid=ANY_SHAPE),
+    Entry("sinusoidal_table_nd", "positions", lambda g, n: {"positions": torch.rand(n + 1, 2, generator=g, dtype=torch.float64) * 9},
+          lambda positions: sinusoidal_table_nd(positions, 8), valid=frozenset({"flat"})),  # one point: fine
+    Entry("integral_approximation", "distances", lambda g, n: {"distances": np.arange(n + 1, dtype=np.float64) * 3},
+          lambda distances: integral_approximation(distances, 16, nodes=256), valid=ANY_SHAPE),
+    Entry("convert_layout", "weight", lambda g, n: {"weight": torch.randn(2 * 8, n + 1, generator=g, dtype=torch.float64)},
+          lambda weight: convert_layout(weight, 2, source="half", target="interleaved"),
+          exact=lambda weight: convert_layout(torch.as_tensor(weight).double(), 2, source="half", target="interleaved"),
+          valid=frozenset({"mismatched", "flat"}),  # a wider weight is more input features; a row is a bias
+          skip=frozenset({"complex", "bool", "object"})),  # a row permutation: any dtype is permuted as it is
     Entry("mitchell_mul", "a", lambda g, n: {"a": torch.randn(n + 1, 3, generator=g), "b": torch.randn(n + 1, 3, generator=g)},
           lambda a, b: mitchell_mul(a, b), exact=lambda a, b: torch.as_tensor(a).double() * torch.as_tensor(b).double(),
           valid=frozenset({"scalar", "flat"})),
@@ -120,6 +130,10 @@ ENTRIES = [
     Entry("MitchellLinear", "x", lambda g, n: {"x": torch.randn(n + 1, 5, generator=g)},
           lambda x: _mitchell_linear()(x), exact=lambda x: torch.nn.functional.linear(x.double(), _mitchell_linear().weight.double()),
           valid=frozenset({"flat"})),
+    Entry("MitchellConv2d", "x", lambda g, n: {"x": torch.randn(n + 1, 2, 5, 5, generator=g)},
+          lambda x: _mitchell_conv()(x), exact=lambda x: torch.nn.functional.conv2d(x.double(), _mitchell_conv().weight.double()),
+          skip=ONE_ARRAY),
+    Entry("estimate_r", "P", lambda g, n: {"P": _transition(g, n + 2)}, lambda P: estimate_r(P, probes=4).value, skip=ONE_ARRAY),
     Entry("exact_r", "P", lambda g, n: {"P": _transition(g, n + 2)}, lambda P: exact_r(P), skip=ONE_ARRAY),
     Entry("bounds", "P", lambda g, n: {"P": _transition(g, n + 2)}, lambda P: np.asarray(bounds(P).lower_trace), skip=ONE_ARRAY),
     Entry("apply_decoding", "P", lambda g, n: {"P": _transition(g, n + 2)}, lambda P: apply_decoding(P, "topk=2"), skip=ONE_ARRAY),
@@ -143,6 +157,11 @@ ENTRIES = [
     Entry("Whitening", "X", lambda g, n: {"X": torch.randn(n + 20, 4, generator=g, dtype=torch.float64)},
           lambda X: Whitening().fit(X).transform(X), valid=frozenset({"object"}), skip=ONE_ARRAY),
 ]
+
+
+def _mitchell_conv() -> MitchellConv2d:
+    torch.manual_seed(0)
+    return MitchellConv2d(2, 3, 3, bias=False)
 
 
 def _mitchell_linear() -> MitchellLinear:

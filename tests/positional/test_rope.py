@@ -300,7 +300,7 @@ def test_convert_layout_against_transformers_llama_rope() -> None:
         (lambda: RotaryEmbedding(8, axes=2)(torch.randn(3, 8), torch.zeros(3, 3)), r"shape \(T, 2\)"),
         (lambda: RotaryEmbedding(8)(torch.randn(3, 8), torch.arange(4)), "T=3"),
         (lambda: RotaryEmbedding(8)(torch.randn(3, 8), offset=-1), "offset=-1"),
-        (lambda: convert_layout(torch.randn(10, 4), 3, source="half", target="interleaved"), "not divisible"),
+        (lambda: convert_layout(torch.randn(10, 4), 3, source="half", target="interleaved"), "must split into num_heads=3 heads"),
     ],
 )
 def test_errors_name_the_argument(call, match: str) -> None:

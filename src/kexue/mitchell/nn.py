@@ -140,6 +140,10 @@ class MitchellConv2d(nn.Conv2d, _Tracked):
         self.backward_mode, self.correction = backward, correction
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise ValueError(f"x must be a (N, C, H, W) tensor; got {tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        if x.dtype != self.weight.dtype:
+            raise TypeError(f"x has dtype {x.dtype}; the layer's weight is {self.weight.dtype} (cast x or the layer)")
         n, _, h, w = x.shape
         cols = nn.functional.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
         kh, kw = self.kernel_size

@@ -656,9 +656,11 @@ def convert_layout(
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"weight must be a torch.Tensor; got {type(weight).__name__}")
     check_int("num_heads", num_heads, 1)
+    if weight.dim() == 0 or not -weight.dim() <= dim < weight.dim():
+        raise ValueError(f"weight has shape {tuple(weight.shape)}: no dimension dim={dim} to convert")
     size = weight.shape[dim]
-    if size % num_heads:
-        raise ValueError(f"weight.shape[{dim}]={size} is not divisible by num_heads={num_heads}")
+    if size == 0 or size % num_heads or (size // num_heads) % 2:
+        raise ValueError(f"weight.shape[{dim}]={size} must split into num_heads={num_heads} heads of an even head_dim")
     head_dim = size // num_heads
     perm = layout_permutation(head_dim, source=source, target=target, rotary_dim=rotary_dim)
     index = (perm + head_dim * torch.arange(num_heads)[:, None]).reshape(-1).to(weight.device)

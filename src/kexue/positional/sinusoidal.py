@@ -132,7 +132,8 @@ def sinusoidal_table_nd(
     axes = p.shape[-1]
     if split is None:
         if dim % (2 * axes):
-            raise ValueError(f"dim={dim} does not split into {axes} even shares; pass split=")
+            raise ValueError(f"dim={dim} does not split into {axes} even shares, one per axis of positions "
+                             f"(positions.shape[-1]={axes}); pass split=")
         split = [dim // axes] * axes
     split = list(split)
     if len(split) != axes or sum(split) != dim:
