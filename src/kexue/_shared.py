@@ -23,6 +23,7 @@ __all__ = [
     "check_choice",
     "check_finite",
     "check_int",
+    "check_module",
     "check_number",
     "empty_like_fast",
     "restore_type",
@@ -42,6 +43,14 @@ def read_text(path: str | os.PathLike, what: str) -> str:
         return file.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"{what} {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+
+
+def check_module(name: str, value: Any, *, hf: bool = False) -> torch.nn.Module:
+    """Return ``value`` if it is a ``torch.nn.Module`` (with a ``.config``, for ``hf=True``), else a TypeError naming it."""
+    if not isinstance(value, torch.nn.Module) or (hf and not hasattr(value, "config")):
+        what = "a Hugging Face model (an nn.Module with a .config)" if hf else "a torch.nn.Module"
+        raise TypeError(f"{name} must be {what}; got {type(value).__name__}")
+    return value
 
 
 def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:

@@ -182,6 +182,8 @@ def cached_backward(
     if len(towers) != len(sides):
         raise ValueError(f"got {len(towers)} encoders for {len(sides)} batches; pass one encoder, or one per batch")
     for tower in towers:
+        if not callable(tower):
+            raise TypeError(f"encoders must be callables (an nn.Module, a sentence-transformers model, a function); got {type(tower).__name__}")
         _check_batchnorm(tower)
     if autocast is not None and autocast not in (torch.bfloat16, torch.float16):
         raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16; got {autocast!r}")
@@ -266,6 +268,7 @@ def naive_accumulation_backward(
 ) -> float:
     """Ordinary gradient accumulation (the wrong answer, for comparison): the loss of each
     micro-batch on its own, backpropagated with weight ``1/n``; returns the mean loss."""
+    check_int("micro_batch_size", micro_batch_size, 1)
     sides = list(batches)
     n = batch_size(sides[0])
     chunks = _micro(n, micro_batch_size)

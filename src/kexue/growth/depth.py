@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from kexue._shared import num_layers
+from kexue._shared import check_module, num_layers
 from kexue.growth._build import build, probing
 
 __all__ = ["PRE_NORM", "deepen"]
@@ -42,6 +42,7 @@ def deepen(model: nn.Module, after: Sequence[int]) -> nn.Module:
     Returns:
         The deeper model (same class, ``num_hidden_layers`` / ``n_layer`` updated).
     """
+    check_module("model", model, hf=True)
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type == "bert":
         raise ValueError("cannot deepen BERT exactly: it is post-norm, where a block with zero branches still applies "

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kexue._shared import check_choice, check_int, check_number, num_layers
+from kexue._shared import check_choice, check_int, check_module, check_number, num_layers
 from kexue.growth._build import build, zero_sum_noise
 
 __all__ = ["SUPPORTED", "widen", "widen_ffn"]
@@ -295,6 +295,7 @@ def widen(model: nn.Module, factor: int, *, mode: str = "heads", noise: float = 
     Raises:
         ValueError: unsupported family (the message lists the supported ones) or bad arguments.
     """
+    check_module("model", model, hf=True)
     check_int("factor", factor, 2)
     check_choice("mode", mode, MODES)
     check_choice("bias2", bias2, ("sqrt", "k"))
@@ -336,6 +337,7 @@ def widen_ffn(model: nn.Module, intermediate_size: int, *, noise: float = 0.0, s
     Returns:
         The grown model; ``save_pretrained`` / ``from_pretrained`` round-trip it.
     """
+    check_module("model", model, hf=True)
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in _LAYOUT:
         raise ValueError(f"cannot widen the feed-forward of model_type {model_type!r}; supported: {', '.join(SUPPORTED)}")

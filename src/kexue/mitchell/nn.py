@@ -28,7 +28,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from kexue._shared import check_choice
+from kexue._shared import check_choice, check_module
 from kexue.mitchell.correction import check_correction, lambda_correction
 from kexue.mitchell.matmul import mitchell_matmul
 
@@ -172,6 +172,7 @@ def mitchellize(model: nn.Module, *, backward: str = "mitchell", correction: str
         ValueError: a bad option, or a ``Conv2d`` the Mitchell layer does not support
             (grouped, non-zero padding mode); skip it by name.
     """
+    check_module("model", model)
     check_choice("backward", backward, BACKWARDS)
     check_correction(correction)
     for name, module in list(model.named_modules()):
@@ -204,6 +205,7 @@ def track_errors(model: nn.Module):
     """Within the block, every Mitchell layer of ``model`` appends, per forward, the relative
     error of its output against the exact layer on the same input; yields
     ``{layer name: [errors]}``. Costs one exact forward per layer."""
+    check_module("model", model)
     errors: dict[str, list[float]] = defaultdict(list)
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (MitchellLinear, MitchellConv2d))]
     for name, layer in layers:

@@ -172,6 +172,11 @@ def estimate_r(P, *, probes: int = 64, tol: float = 1e-10, max_terms: int = 10_0
     powers applied until the tail is below ``tol`` relative. The standard error is over probes.
 
     Needs ``λ₁ < 1`` (``inf`` is returned when the power iteration finds ``λ₁ ≥ 1``)."""
+    from kexue._shared import check_int, check_number
+
+    check_int("probes", probes, 2)  # the standard error needs two
+    check_int("max_terms", max_terms, 1)
+    check_number("tol", tol, above=0)
     n = check_transition(P)
     Q = _q(sp.csr_array(P) if not sp.issparse(P) else P)
     if spectral_radius(P) >= 1 - 1e-9:
