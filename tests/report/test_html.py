@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import re
+from html.parser import HTMLParser
 
 from kexue.report.claims import Article, ClaimContext
-from kexue.report.html import format_value, render_report
+from kexue.report.html import format_value, render_bench, render_report
 from kexue.report.runner import ReproduceResult
 
 
@@ -17,9 +18,97 @@ def _result() -> ReproduceResult:
     ax.plot([0, 1], [0, 1])
     ctx.figure("line", fig, "a line")
     result = ReproduceResult(mode="quick", claims=ctx.claims, figures=ctx.figures)
-    result.articles["orthogonal"] = {"title": "Title <&>", "url": "https://kexue.fm/archives/8453"}
+    ctx.claim("x.table", "a structured value", article_value={"BERT-base": {"raw": 56.7, "whitened": 66.3}},
+              measured={"first-last-avg": {"raw": 57.64, "whitened": 68.1}, "cls": {"raw": 40.2, "whitened": 61.0}},
+              passed=True)
+    ctx.claim("x.list", "a long list", article_value=None, measured=[0.1 * i for i in range(12)], documented=True)
+    ctx.claim("x.records", "records", article_value=None, measured=[{"rule": "greedy", "R": "inf"}, {"rule": "topk=40", "R": 3.5}],
+              documented=True)
+    result = ReproduceResult(mode="quick", claims=ctx.claims, figures=ctx.figures)
+    result.articles["orthogonal"] = {"title": "Title <&>", "url": "https://kexue.fm/archives/8453", "headlines": ["x.ok", "x.table"]}
     result.seconds["orthogonal"] = 1.0
     return result
+
+
+class _Page(HTMLParser):
+    """The parts of a report the structure test checks: ids, internal links, cells, figures, dashboard rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+        self.links: list[str] = []
+        self.cells: list[str] = []
+        self.figures = self.captions = self.dashboard_rows = 0
+        self._cell: list[str] | None = None
+        self._tables: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        a = dict(attrs)
+        if "id" in a:
+            self.ids.add(a["id"])
+        if tag == "a" and a.get("href", "").startswith("#"):
+            self.links.append(a["href"][1:])
+        if tag == "table":
+            self._tables.append(a.get("class", ""))
+        if tag == "tr" and self._tables and self._tables[-1] == "dashboard":
+            self.dashboard_rows += 1
+        if tag in ("td", "th"):
+            self._cell = []
+        self.figures += tag == "figure"
+        self.captions += tag == "figcaption"
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None:
+            self.cells.append("".join(self._cell).strip())
+            self._cell = None
+        if tag == "table" and self._tables:
+            self._tables.pop()
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def _parse(page: str) -> _Page:
+    parser = _Page()
+    parser.feed(page)
+    return parser
+
+
+def test_report_structure_dashboard_tables_links_and_figures() -> None:
+    result = _result()
+    page = render_report(result.to_json(), result.figures, {"date": "today", "processor": "cpu"})
+    parsed = _parse(page)
+    assert parsed.dashboard_rows == 1 + 1  # the header row and one row per technique
+    assert not [c for c in parsed.cells if "{'" in c or c.startswith("[")], "a Python repr in a table cell"
+    assert parsed.figures == parsed.captions == 1
+    assert set(parsed.links) <= parsed.ids, f"internal links without a target: {set(parsed.links) - parsed.ids}"
+    assert {"orthogonal", "orthogonal.x.ok", "orthogonal.x.table", "machine", "dashboard"} <= parsed.ids
+    # the structured value is a real table: its keys and numbers are cells of their own
+    assert {"first-last-avg", "cls", "raw", "whitened", "57.64", "68.1", "BERT-base", "56.7"} <= set(parsed.cells)
+    assert {"greedy", "topk=40", "inf", "3.5", "rule", "R"} <= set(parsed.cells)
+    assert "0.6" in parsed.cells and "11" in parsed.cells  # the 12-value list: one cell per value, indexed
+
+
+def test_bench_page_bars_and_times() -> None:
+    payload = {
+        "machine": {"date": "today", "processor": "cpu", "device": "cpu"}, "quick": True,
+        "cases": [{"technique": "rope", "case": "apply", "impl": "kexue", "median_s": 0.002, "times_s": [0.002], "params": {}},
+                  {"technique": "rope", "case": "apply", "impl": "HF", "median_s": 0.006, "times_s": [0.006], "params": {},
+                   "peak_bytes": 2**21}],
+        "ratios": [{"id": "rope.vs_hf", "value": 3.0, "target": 2.0, "higher_is_better": True, "met": True, "description": "HF / kexue"},
+                   {"id": "rope.memory", "value": 1.5, "target": 1.2, "higher_is_better": False, "met": False, "description": "m"},
+                   {"id": "rope.info", "value": 0.5, "target": None, "higher_is_better": True, "met": None, "description": "i"}],
+        "skipped": [{"technique": "rope", "case": "peer", "reason": "needs the 'bench' extra"}],
+    }
+    page = render_bench(payload)
+    parsed = _parse(page)
+    assert "1 targets met" in page and "1 missed" in page and "1 reported" in page and "1 skipped" in page
+    assert page.count("class='bar'") == 3 and "<span class='met'" in page and "<span class='missed'" in page
+    assert "width:87.0%" in page and "left:58.0%" in page  # 3.0 and the target 2.0 on a scale of 3.0 * 1.15
+    assert {"kexue", "HF", "2.000 ms", "6.000 ms", "3.00×", "1.00×", "2.0 MiB"} <= set(parsed.cells)
+    assert set(parsed.links) <= parsed.ids
+    assert "needs the 'bench' extra" in parsed.cells
 
 
 def test_report_is_self_contained_and_escaped() -> None:
@@ -35,7 +124,7 @@ def test_report_is_self_contained_and_escaped() -> None:
 
 def test_summary_counts() -> None:
     payload = _result().to_json()
-    assert payload["summary"] == {"pass": 1, "fail": 1, "documented": 0, "skipped": 0}
+    assert payload["summary"] == {"pass": 2, "fail": 1, "documented": 2, "skipped": 0}
     assert payload["techniques"]["orthogonal"]["figures"] == ["line"]
 
 
@@ -43,4 +132,5 @@ def test_format_value() -> None:
     assert format_value(None) == "—"
     assert format_value(1.5e-16) == "1.500e-16"
     assert format_value(0.25) == "0.25"
-    assert format_value([1.0, "x"]) == "[1, x]"
+    assert format_value([1.0, "x"]) == "1, x"
+    assert format_value({"a": 1}) == "(table of 1 entries: see report.html)"

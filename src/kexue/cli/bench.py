@@ -10,7 +10,7 @@ from kexue.cli._common import add_data_argument, add_technique_arguments
 from kexue.report import registry
 
 NAME = "bench"
-HELP = "run the side-by-side benchmarks against the peers; writes DIR/bench.json"
+HELP = "run the side-by-side benchmarks against the peers; writes DIR/bench.json and DIR/bench.html"
 EXAMPLE = "kexue bench orthogonal --quick --out reports"
 
 
@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from kexue.cli._common import apply_data_argument, stderr_console, stdout_console
-    from kexue.report.io import machine_info, prepare_out_dir, write_json
+    from kexue.report.html import render_bench
+    from kexue.report.io import atomic_write, machine_info, prepare_out_dir, write_json
     from kexue.report.runner import run_benchmarks
 
     if args.repeats < 1:
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         "skipped": [s for b in benches for s in b.skipped],
     }
     write_json(out / "bench.json", payload)
+    atomic_write(out / "bench.html", render_bench(payload))
 
     if args.json:
         print(json.dumps(payload, indent=2, allow_nan=False))
@@ -86,5 +88,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"kexue bench: skipped {s['technique']}.{s['case']}: {s['reason']}", file=sys.stderr)
     if missed:
         err.print(f"[bold red]targets missed:[/] {', '.join(missed)}")
-    err.print(f"bench: {(out / 'bench.json').resolve()}")
+    err.print(f"bench: {(out / 'bench.html').resolve()}  data: {(out / 'bench.json').resolve()}")
     return 1 if missed else 0

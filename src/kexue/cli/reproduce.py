@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 from collections import Counter
 
 from kexue.cli._common import add_data_argument, add_technique_arguments
@@ -21,6 +23,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--full", action="store_true", help="full scale (default: quick scale)")
     parser.add_argument("--json", action="store_true", help="print results.json to stdout instead of the table")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
+    parser.add_argument("--bench", metavar="DIR", help="link the report to DIR/bench.html (written by 'kexue bench --out DIR')")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     techniques = registry.parse_techniques(args.techniques, registry.SUITES, "claims")
     apply_data_argument(args)
+    bench = _bench_page(args.bench)
     out = prepare_out_dir(args.out)
     err = stderr_console()
     result = run_claims(techniques, "full" if args.full else "quick", console=err, seed=args.seed,
@@ -38,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     payload = result.to_json()
     machine = machine_info()
     write_json(out / "results.json", payload)
-    atomic_write(out / "report.html", render_report(payload, result.figures, machine))
+    link = None if bench is None else os.path.relpath(bench.resolve(), out.resolve())
+    atomic_write(out / "report.html", render_report(payload, result.figures, machine, bench_link=link))
 
     if args.json:
         print(json.dumps(payload, indent=2, allow_nan=False))
@@ -60,3 +65,13 @@ def skipped_line(claims: list) -> str:
     reasons = Counter(c.details for c in claims)
     listed = "; ".join(f"{reason}" + (f" (x{n})" if n > 1 else "") for reason, n in reasons.items())
     return f"{len(claims)} check(s) skipped, not failed: {listed}"
+
+
+def _bench_page(folder: str | None) -> Path | None:
+    """``folder/bench.html`` for ``--bench``, checked before any work is done."""
+    if folder is None:
+        return None
+    page = Path(folder) / "bench.html"
+    if not page.is_file():
+        raise ValueError(f"--bench {folder}: no bench.html there; run 'kexue bench --out {folder}' first")
+    return page

@@ -25,6 +25,7 @@ from kexue.report.claims import Article, ClaimContext, ClaimSuite
 SUITE = ClaimSuite(
     "contrastive",
     Article("Can contrastive learning use gradient accumulation? (exact large-batch gradients)", "https://kexue.fm/archives/8471"),
+    headlines=("cached_equals_full.", "time_split"),
 )
 
 BATCH = 64

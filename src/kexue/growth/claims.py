@@ -30,6 +30,7 @@ SUITE = ClaimSuite(
     "growth",
     Article("Can we losslessly enlarge a Transformer? (part 1)",
             "https://kexue.fm/archives/8444"),
+    headlines=("parity.float64", "flops_saved"),
 )
 
 TOL64, TOL32_REL = 1e-10, 1e-4
@@ -251,8 +252,6 @@ def symmetry_and_optimizer(ctx: ClaimContext) -> None:
 def compute_saved(ctx: ClaimContext) -> None:
     """The tinyshakespeare experiment: FLOPs saved by small-then-grown against from scratch."""
     import matplotlib.pyplot as plt
-    from rich.progress import Progress
-
     from kexue.charlm import CharCorpus
     from kexue.data import load_tinyshakespeare
     from kexue.growth.experiment import Settings, run_experiment
@@ -260,9 +259,8 @@ def compute_saved(ctx: ClaimContext) -> None:
     s = Settings(seed=ctx.seed, eval_every=50) if ctx.full else Settings(
         small_steps=150, large_steps=300, batch_size=16, eval_every=25, warmup=20, seed=ctx.seed)
     total = s.small_steps + 4 * s.large_steps
-    with Progress(transient=True) as bar:
-        task = bar.add_task("growth: training char-level models", total=total)
-        runs = run_experiment(CharCorpus(load_tinyshakespeare()), s, on_step=lambda: bar.advance(task))
+    with ctx.steps("training char-level models", total) as advance:
+        runs = run_experiment(CharCorpus(load_tinyshakespeare()), s, on_step=advance)
     fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4), sharey=True)
     for ax, run in zip(axes, runs):
         ax.plot(run.scratch.flops, run.scratch.val_loss, label=f"large from scratch ({run.operator} x2)")

@@ -26,6 +26,7 @@ SUITE = ClaimSuite(
     "mitchell",
     Article("Mitchell's approximation: multiplication becomes addition, with at most 11.1% error (Mitchell近似：乘法变为加法，误差不超过1/9)",
             "https://kexue.fm/archives/7991"),
+    headlines=("error_bounds", "corrections"),
 )
 
 _FORMATS = {"bfloat16": (torch.bfloat16, 7), "float16": (torch.float16, 10)}
@@ -160,7 +161,6 @@ def corrections(ctx: ClaimContext) -> None:
 def training(ctx: ClaimContext) -> None:
     """Digits MLP/CNN and a char LM, exact vs Mitchell vs corrected."""
     import matplotlib.pyplot as plt
-    from rich.progress import Progress
 
     from kexue.mitchell.experiment import VARIANTS, char_lm, digits, digits_data
 
@@ -170,15 +170,14 @@ def training(ctx: ClaimContext) -> None:
     data = digits_data(ctx.seed)
     results: dict[str, dict[str, list[float]]] = {}
     curves: dict[str, dict[str, list[float]]] = {}
-    with Progress(transient=True) as bar:
-        task = bar.add_task("mitchell: training", total=len(seeds) * len(VARIANTS) * 2 * epochs + len(VARIANTS) * steps)
+    with ctx.steps("training", len(seeds) * len(VARIANTS) * 2 * epochs + len(VARIANTS) * steps) as advance:
         for arch in ("mlp", "cnn"):
             for variant in VARIANTS:
                 for seed in seeds:
-                    r = digits(arch, variant, data, epochs=epochs, seed=seed, on_epoch=lambda: bar.advance(task))
+                    r = digits(arch, variant, data, epochs=epochs, seed=seed, on_epoch=advance)
                     results.setdefault(arch, {}).setdefault(variant, []).append(r["accuracy"])
                     curves.setdefault(arch, {}).setdefault(variant, r["curve"])
-        lm = {v: char_lm(v, steps=steps, seed=ctx.seed, on_step=lambda: bar.advance(task)) for v in VARIANTS}
+        lm = {v: char_lm(v, steps=steps, seed=ctx.seed, on_step=advance) for v in VARIANTS}
     for arch in ("mlp", "cnn"):
         acc = {v: round(float(np.mean(a)), 2) for v, a in results[arch].items()}
         gap = acc["exact"] - acc["mitchell"]

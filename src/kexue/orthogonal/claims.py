@@ -24,6 +24,7 @@ SUITE = ClaimSuite(
         "The orthogonal matrix that maps one unit vector to another (从一个单位向量变换到另一个单位向量的正交矩阵)",
         "https://kexue.fm/archives/8453",
     ),
+    headlines=("symmetric.worked_example", "near_degenerate.rotation_kexue_float32"),
 )
 
 SYMMETRIC_KINDS = ("reflection", "symmetric")  # T = Tᵀ, so T also maps b back to a

@@ -28,10 +28,12 @@ from kexue.report.claims import Article, ClaimContext, ClaimSuite
 SINUSOIDAL = ClaimSuite(
     "sinusoidal",
     Article("Transformer upgrade road 1: tracing sinusoidal position encoding to its roots", "https://kexue.fm/archives/8231"),
+    headlines=("decay.envelope", "sum_to_integral"),
 )
 ROPE = ClaimSuite(
     "rope",
     Article("Transformer upgrade road 2 and 4: rotary position embedding, in 1-D and 2-D", "https://kexue.fm/archives/8397"),
+    headlines=("relativity.", "vit.all_variants_learn"),
 )
 
 DIM = 128

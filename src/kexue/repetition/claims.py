@@ -23,6 +23,7 @@ from kexue.report.claims import Article, ClaimContext, ClaimSuite
 SUITE = ClaimSuite(
     "repetition",
     Article("A theoretical analysis of repetition in Seq2Seq decoding (Seq2Seq重复解码现象的理论分析尝试)", "https://kexue.fm/archives/8128"),
+    headlines=("closed_form", "order_char"),
 )
 
 RULES = {"char": "greedy,topk=5,topp=0.9,sample", "word": "greedy,topk=40,topp=0.9,sample"}
@@ -183,7 +184,6 @@ def bigram(ctx: ClaimContext) -> None:
 @SUITE.check
 def char_gpt(ctx: ClaimContext) -> None:
     import torch
-    from rich.progress import Progress
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from kexue.charlm import CharCorpus, train_steps
@@ -198,10 +198,9 @@ def char_gpt(ctx: ClaimContext) -> None:
     model = LlamaForCausalLM(LlamaConfig(vocab_size=corpus.vocab_size, hidden_size=64, intermediate_size=168, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=False))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.99), weight_decay=0.0)
-    with Progress(transient=True) as bar:
-        task = bar.add_task("repetition: training a char GPT", total=steps)
+    with ctx.steps("training a char GPT", steps) as advance:
         log = train_steps(model, corpus, opt, steps=steps, batch_size=32, context=64, generator=torch.Generator().manual_seed(ctx.seed),
-                          eval_every=steps, lr_at=lambda s: 3e-3 * min(1.0, s / 50), on_step=lambda: bar.advance(task))
+                          eval_every=steps, lr_at=lambda s: 3e-3 * min(1.0, s / 50), on_step=advance)
     model.eval()
     g = torch.Generator().manual_seed(ctx.seed)
     starts = torch.randint(0, len(corpus.val) - 9, (prompts,), generator=g)

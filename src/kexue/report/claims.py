@@ -23,7 +23,8 @@ import base64
 import io
 import math
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -84,6 +85,20 @@ class ClaimContext:
     seed: int = 0
     claims: list[Claim] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
+    display: Any = None  # the runner's rich Progress: long inner loops show as sub-bars of its one display
+
+    @contextmanager
+    def steps(self, description: str, total: int) -> Iterator[Callable[..., None]]:
+        """``with ctx.steps("training", n) as advance: ... advance()`` (or ``advance(k)``): a sub-bar of the
+        run's one progress display for a long inner loop, removed when the loop ends; a no-op without one."""
+        if self.display is None:
+            yield lambda k=1: None
+            return
+        task = self.display.add_task(f"  {description}", total=total, current="")
+        try:
+            yield lambda k=1: self.display.advance(task, k)
+        finally:
+            self.display.remove_task(task)
 
     @property
     def by_id(self) -> dict[str, Claim]:
@@ -156,6 +171,9 @@ class ClaimSuite:
     technique: str
     article: Article
     checks: list[Check] = field(default_factory=list)
+    # the report's dashboard shows, for each of these claim names (or name prefixes: the first
+    # claim that starts with it), the article's value beside ours
+    headlines: tuple[str, ...] = ()
 
     def check(self, fn: Check) -> Check:
         """Decorator: register ``fn`` as the next check."""

@@ -13,7 +13,7 @@ from kexue.report import registry
 from kexue.report.bench import Bench, BenchSuite
 from kexue.report.claims import STATUSES, Article, Claim, ClaimContext, ClaimSuite, Figure, Mode
 
-__all__ = ["ReproduceResult", "run_benchmarks", "run_claims"]
+__all__ = ["Estimate", "ReproduceResult", "run_benchmarks", "run_claims"]
 
 
 @dataclass
@@ -23,7 +23,7 @@ class ReproduceResult:
     mode: Mode
     claims: list[Claim] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
-    articles: dict[str, dict[str, str]] = field(default_factory=dict)
+    articles: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -64,20 +64,84 @@ def run_claims(
     result = ReproduceResult(mode=mode)
     with _progress(console, "checks") as progress:
         suites = [_load_suite(t) for t in techniques]
+        eta = Estimate(mode, [f"{s.technique}.{c.__name__}" for s in suites for c in s.checks])
+        overall = progress.add_task("all", total=len(eta.expected), current=eta.describe())
         tasks = [progress.add_task(s.technique, total=len(s.checks), current="") for s in suites]
         for suite, task in zip(suites, tasks):
-            ctx = ClaimContext(suite.technique, suite.article, mode=mode, seed=seed)
+            ctx = ClaimContext(suite.technique, suite.article, mode=mode, seed=seed, display=progress)
             start = time.perf_counter()
             for check in suite.checks:
                 progress.update(task, current=check.__name__)
+                began = time.perf_counter()
                 suite.run_check(check, ctx, debug=debug)
+                eta.done(f"{suite.technique}.{check.__name__}", time.perf_counter() - began)
                 progress.advance(task)
+                progress.update(overall, advance=1, current=eta.describe())
             progress.update(task, current="")
             result.seconds[suite.technique] = time.perf_counter() - start
             result.claims.extend(ctx.claims)
             result.figures.extend(ctx.figures)
-            result.articles[suite.technique] = {"title": suite.article.title, "url": suite.article.url}
+            result.articles[suite.technique] = {"title": suite.article.title, "url": suite.article.url,
+                                                "headlines": list(suite.headlines)}
+    eta.save()
     return result
+
+
+class Estimate:
+    """How long the rest of a run will take: each check's time in the previous run at this scale
+    (kept in the cache folder, ``reproduce-timings.json``), else a per-check guess from the scale,
+    corrected by how fast this run has gone so far."""
+
+    GUESS = {"quick": 3.0, "full": 30.0}  # seconds per check never timed here
+
+    def __init__(self, mode: Mode, ids: list[str]) -> None:
+        self.mode = mode
+        self.known = self._load().get(mode, {})
+        self.expected = {i: float(self.known.get(i, self.GUESS[mode])) for i in ids}
+        self.source = "from the last run" if all(i in self.known for i in ids) else (
+            "partly from the last run" if any(i in self.known for i in ids) else f"guessed from the {mode} scale")
+        self.actual: dict[str, float] = {}
+
+    @staticmethod
+    def _path():
+        from kexue._native import cache_dir
+
+        return cache_dir() / "reproduce-timings.json"
+
+    def _load(self) -> dict[str, dict[str, float]]:
+        import json
+
+        try:
+            return json.loads(self._path().read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def done(self, check_id: str, seconds: float) -> None:
+        self.actual[check_id] = seconds
+
+    def remaining(self) -> float:
+        """Seconds left: the expected time of the checks not run yet, scaled by actual/expected so far."""
+        left = sum(v for k, v in self.expected.items() if k not in self.actual)
+        spent = sum(self.expected[k] for k in self.actual)
+        ratio = sum(self.actual.values()) / spent if spent > 0 else 1.0
+        return left * min(max(ratio, 0.25), 4.0)
+
+    def describe(self) -> str:
+        if len(self.actual) == len(self.expected):
+            return ""
+        return f"about {self.remaining():.0f} s left ({self.source})"
+
+    def save(self) -> None:
+        """Record this run's times for the next estimate (best effort: an unwritable cache is ignored)."""
+        from kexue.report.io import write_json
+
+        data = self._load()
+        data[self.mode] = {**data.get(self.mode, {}), **{k: round(v, 3) for k, v in self.actual.items()}}
+        try:
+            self._path().parent.mkdir(parents=True, exist_ok=True)
+            write_json(self._path(), data)
+        except OSError:
+            pass
 
 
 def _load_suite(technique: str) -> ClaimSuite:

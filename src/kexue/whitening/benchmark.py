@@ -1,6 +1,6 @@
 """``kexue bench whitening``: fitting against scikit-learn, streaming memory and throughput, search.
 
-Cases (CPU; ``--quick`` divides the sizes by 10, except B: 50,000 and 200,000 rows):
+Cases (CPU; ``--quick`` divides the sizes by 10, except B: 100,000 and 400,000 rows):
 
 * A: fit on 200,000 x 384 float32 in memory: kexue ``Whitening(ddof=1)`` against
   scikit-learn's ``PCA(whiten=True, svd_solver="full")``; the two transforms are compared
@@ -81,18 +81,22 @@ def _stream_child(impl: str, n: int) -> dict[str, float]:
     return {"seconds": seconds, "peak": memory.stop(base)}
 
 
-def _in_fresh_process(impl: str, n: int) -> dict[str, float]:
-    return run_in_fresh_process(__name__, "_stream_child", impl, n, timeout=1800)
+def _in_fresh_process(impl: str, n: int, runs: int = 3) -> dict[str, float]:
+    """The median time and median peak of ``runs`` fresh processes: one process's peak RSS varies by
+    ±15 % from run to run (allocator timing), too much for a 1.2 target on a single sample."""
+    samples = [run_in_fresh_process(__name__, "_stream_child", impl, n, timeout=1800) for _ in range(runs)]
+    return {key: float(np.median([r[key] for r in samples])) for key in ("seconds", "peak")}
 
 
 @BENCH.case
 def streaming(bench: Bench) -> None:
     if bench.device != "cpu":
         return
-    # the smaller run needs several batches to reach its steady state (one batch of 10,000 peaks
-    # ~70 MiB lower, since no merge has happened yet), so --quick compares 50,000 with 200,000
-    small, large = (50_000, 200_000) if bench.quick else (100_000, 1_000_000)
-    case = f"B: streaming fit, {STREAM_DIM}-d, batches of {STREAM_BATCH}, fresh process"
+    # the smaller run needs several batches to reach its steady state: one batch of 10,000 peaks
+    # ~70 MiB lower (no merge yet), and 50,000 rows still peaked ~15 % below 200,000 (ratios up to
+    # 1.29 against the 1.2 target), so --quick compares 100,000 with 400,000 (medians of 3: 1.03-1.14)
+    small, large = (100_000, 400_000) if bench.quick else (100_000, 1_000_000)
+    case = f"B: streaming fit, {STREAM_DIM}-d, batches of {STREAM_BATCH}, fresh process (median of 3)"
     runs = {}
     for impl, n in (("kexue", small), ("kexue", large), ("floor", large)):
         runs[(impl, n)] = r = _in_fresh_process(impl, n)

@@ -28,6 +28,7 @@ from kexue.whitening.whitening import RankDeficientWarning, Whitening
 SUITE = ClaimSuite(
     "whitening",
     Article("You may not need BERT-flow: a linear transformation matches BERT-flow (BERT-whitening)", "https://kexue.fm/archives/8069"),
+    headlines=("table.all", "table.wmean"),
 )
 
 # MTEB's published all-MiniLM-L6-v2 scores ("all" aggregation, cosine Spearman x 100)
@@ -94,8 +95,6 @@ def statistics(ctx: ClaimContext) -> None:
 
 
 def _encode(ctx: ClaimContext):
-    from rich.progress import Progress
-
     from kexue.data import STS_TASKS, embedded_model_path, load_task
     from kexue.sts import unique_sentences
     from kexue.whitening.pooling import POOLINGS, encode_poolings
@@ -103,9 +102,8 @@ def _encode(ctx: ClaimContext):
     tasks = {t: load_task(t) for t in STS_TASKS}
     sentences = unique_sentences(tasks)
     start = time.perf_counter()
-    with Progress(transient=True) as bar:
-        task = bar.add_task("encoding STS sentences", total=len(sentences))
-        vectors = encode_poolings(embedded_model_path(), sentences, POOLINGS, progress=lambda k: bar.advance(task, k))
+    with ctx.steps("encoding STS sentences", len(sentences)) as advance:
+        vectors = encode_poolings(embedded_model_path(), sentences, POOLINGS, progress=advance)
     return tasks, sentences, vectors, time.perf_counter() - start
 
 
