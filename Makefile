@@ -41,7 +41,7 @@ test-all: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/kexue bench --out reports
-	@echo "Benchmarks: $(CURDIR)/reports/bench.json"
+	@echo "Benchmarks: $(CURDIR)/reports/bench.html (data: $(CURDIR)/reports/bench.json)"
 
 wheel: $(VENV)/.torch
 	rm -rf dist

@@ -103,7 +103,7 @@ def test_bench_page_bars_and_times() -> None:
     }
     page = render_bench(payload)
     parsed = _parse(page)
-    assert "1 targets met" in page and "1 missed" in page and "1 reported" in page and "1 skipped" in page
+    assert "1 targets met" in page and "1 missed" in page and "1 reported" in page and "1 cases skipped" in page
     assert page.count("class='bar'") == 3 and "<span class='met'" in page and "<span class='missed'" in page
     assert "width:87.0%" in page and "left:58.0%" in page  # 3.0 and the target 2.0 on a scale of 3.0 * 1.15
     assert {"kexue", "HF", "2.000 ms", "6.000 ms", "3.00×", "1.00×", "2.0 MiB"} <= set(parsed.cells)

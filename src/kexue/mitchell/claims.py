@@ -20,13 +20,14 @@ import torch
 
 from kexue.mitchell import reference as ref
 from kexue.mitchell.ops import mitchell_div, mitchell_mul
-from kexue.report.claims import Article, ClaimContext, ClaimSuite
+from kexue.report.claims import Article, ClaimContext, ClaimSuite, Headline
 
 SUITE = ClaimSuite(
     "mitchell",
     Article("Mitchell's approximation: multiplication becomes addition, with at most 11.1% error (Mitchell近似：乘法变为加法，误差不超过1/9)",
             "https://kexue.fm/archives/7991"),
-    headlines=("error_bounds", "corrections"),
+    headlines=(Headline("error_bounds", ("float16", "max_mul_error"), "max relative error of the product (float16, every pair)"),
+               Headline("corrections", ("piecewise", "float16", "max"), "max error (%) with the piecewise correction (float16)")),
 )
 
 _FORMATS = {"bfloat16": (torch.bfloat16, 7), "float16": (torch.float16, 10)}

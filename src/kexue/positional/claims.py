@@ -23,12 +23,12 @@ from kexue.positional.sinusoidal import (
     relative_inner_products,
     sinusoidal_table,
 )
-from kexue.report.claims import Article, ClaimContext, ClaimSuite
+from kexue.report.claims import Article, ClaimContext, ClaimSuite, Headline
 
 SINUSOIDAL = ClaimSuite(
     "sinusoidal",
     Article("Transformer upgrade road 1: tracing sinusoidal position encoding to its roots", "https://kexue.fm/archives/8231"),
-    headlines=("decay.envelope", "sum_to_integral"),
+    headlines=("decay.envelope", Headline("sum_to_integral", ("4096",), "relative gap of the sum to its integral at d = 4096")),
 )
 ROPE = ClaimSuite(
     "rope",

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-__all__ = ["STATUSES", "Article", "Claim", "ClaimContext", "ClaimSuite", "Figure", "Status", "json_value"]
+__all__ = ["STATUSES", "Article", "Claim", "ClaimContext", "ClaimSuite", "Figure", "Headline", "Status", "json_value"]
 
 Status = Literal["pass", "fail", "documented", "skipped"]
 STATUSES: tuple[str, ...] = ("pass", "fail", "documented", "skipped")
@@ -42,6 +42,20 @@ class Article:
     title: str
     url: str
     note: str = ""
+
+
+@dataclass(frozen=True)
+class Headline:
+    """One result the report's dashboard shows for a technique: claim ``name`` (or the first claim whose
+    name starts with it), optionally one entry of a structured value (``path``: the keys leading to
+    it; the article's value is looked up at the same path, or at its last key), under ``label``."""
+
+    claim: str
+    path: tuple[str, ...] = ()
+    label: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -171,9 +185,9 @@ class ClaimSuite:
     technique: str
     article: Article
     checks: list[Check] = field(default_factory=list)
-    # the report's dashboard shows, for each of these claim names (or name prefixes: the first
-    # claim that starts with it), the article's value beside ours
-    headlines: tuple[str, ...] = ()
+    # the report's dashboard shows these results, the article's value beside ours (a bare string is
+    # Headline(string): a claim name or name prefix)
+    headlines: tuple[str | Headline, ...] = ()
 
     def check(self, fn: Check) -> Check:
         """Decorator: register ``fn`` as the next check."""

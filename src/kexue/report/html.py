@@ -93,7 +93,7 @@ def render_value(value: Any) -> str:
             return escape(", ".join(format_value(v) for v in value))
         cells = "".join(f"<td class='num'>{render_value(v)}</td>" for v in value)
         return f"<table class='value'><tr>{''.join(f'<th>{i}</th>' for i in range(len(value)))}</tr><tr>{cells}</tr></table>"
-    if value and all(isinstance(v, dict) and all(_is_scalar(x) for x in v.values()) for v in value.values()):
+    if value and all(isinstance(v, dict) and not any(map(is_structured, v.values())) for v in value.values()):
         return _matrix_table(value)
     rows = "".join(f"<tr><th>{escape(str(k))}</th><td class='num'>{render_value(v)}</td></tr>" for k, v in value.items())
     return f"<table class='value'>{rows}</table>"
@@ -129,6 +129,30 @@ def _headline(claims: list[dict[str, Any]], technique: str, prefix: str) -> dict
     return next((c for c in claims if c["id"] == full), None) or next((c for c in claims if c["id"].startswith(full)), None)
 
 
+def _at(value: Any, path: list[str]) -> Any:
+    """``value[k1][k2]...`` for ``path`` = ``[k1, k2, ...]``; None where the path does not exist."""
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def _headline_values(claim: dict[str, Any], path: list[str]) -> tuple[Any, Any]:
+    """(article's value, ours) for a headline: at ``path`` in both, the article's also at its last key."""
+    ours = _at(claim["measured"], path)
+    theirs = _at(claim["article_value"], path) if path else claim["article_value"]
+    if theirs is None and path and isinstance(claim["article_value"], dict):
+        theirs = claim["article_value"].get(path[-1])
+    if theirs is None and path and not isinstance(claim["article_value"], (dict, list)):
+        theirs = claim["article_value"]
+    return theirs, ours
+
+
+def _dashboard_cell(value: Any) -> str:
+    return "table below" if is_structured(value) else render_value(value)
+
+
 def _dashboard(payload: dict[str, Any]) -> str:
     rows = []
     for technique, info in payload["techniques"].items():
@@ -136,14 +160,15 @@ def _dashboard(payload: dict[str, Any]) -> str:
         counts = " ".join(f"<span class='badge {s}'>{sum(c['status'] == s for c in claims)} {s}</span>"
                           for s in STATUSES if any(c["status"] == s for c in claims))
         heads = []
-        for prefix in info.get("headlines", []):
-            c = _headline(claims, technique, prefix)
+        for spec in info.get("headlines", []):
+            spec = spec if isinstance(spec, dict) else {"claim": spec, "path": [], "label": ""}
+            c = _headline(claims, technique, spec["claim"])
             if c is None:
                 continue
-            ours = "table below" if is_structured(c["measured"]) else render_value(c["measured"])
-            theirs = "table below" if is_structured(c["article_value"]) else render_value(c["article_value"])
-            heads.append(f"<div class='headline'>{_badge(c['status'])} <a href='#{escape(c['id'])}'>{escape(c['statement'])}</a>"
-                         f"<br>article: <b>{theirs}</b> · kexue: <b>{ours}</b></div>")
+            theirs, ours = _headline_values(c, spec["path"])
+            label = spec["label"] or c["statement"]
+            heads.append(f"<div class='headline'>{_badge(c['status'])} <a href='#{escape(c['id'])}'>{escape(label)}</a>"
+                         f"<br>article: <b>{_dashboard_cell(theirs)}</b> · kexue: <b>{_dashboard_cell(ours)}</b></div>")
         article = escape(info["title"])
         if info.get("url"):
             article = f"<a href='{escape(info['url'])}'>{article}</a>"
@@ -252,8 +277,8 @@ def render_bench(payload: dict[str, Any]) -> str:
              f"<p class='meta'>{escape(str(payload['machine'].get('date', '')))} · {escape(str(payload['machine'].get('processor', '')))} · "
              f"device {escape(str(payload['machine'].get('device', '')))} · {'quick' if payload.get('quick') else 'full'} size</p>",
              f"<p class='summary'><span class='pass'>{met} targets met</span><span class='fail'>{missed} missed</span>"
-             f"<span class='documented'>{len(ratios) - met - missed} reported</span>"
-             f"<span class='skipped'>{len(payload.get('skipped', []))} skipped</span></p>",
+             f"<span class='skipped'>{len(ratios) - met - missed} reported</span>"
+             f"<span class='documented'>{len(payload.get('skipped', []))} cases skipped</span></p>",
              "<nav class='toc'>Sections: <a href='#ratios'>ratios</a> <a href='#cases'>times</a> <a href='#machine'>machine</a></nav>",
              "<h2 id='ratios'>Ratios against their targets<a class='top' href='#dashboard'>↑ top</a></h2>",
              "<p class='meta'>Each bar is the measured ratio; the black tick is the target. Green: met, red: missed, "

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from kexue.report import registry
 from kexue.report.bench import Bench, BenchSuite
-from kexue.report.claims import STATUSES, Article, Claim, ClaimContext, ClaimSuite, Figure, Mode
+from kexue.report.claims import STATUSES, Article, Claim, ClaimContext, ClaimSuite, Figure, Headline, Mode
 
 __all__ = ["Estimate", "ReproduceResult", "run_benchmarks", "run_claims"]
 
@@ -66,9 +66,10 @@ def run_claims(
         suites = [_load_suite(t) for t in techniques]
         eta = Estimate(mode, [f"{s.technique}.{c.__name__}" for s in suites for c in s.checks])
         overall = progress.add_task("all", total=len(eta.expected), current=eta.describe())
-        tasks = [progress.add_task(s.technique, total=len(s.checks), current="") for s in suites]
+        tasks = [progress.add_task(s.technique, total=len(s.checks), current="", start=False) for s in suites]
         for suite, task in zip(suites, tasks):
             ctx = ClaimContext(suite.technique, suite.article, mode=mode, seed=seed, display=progress)
+            progress.start_task(task)  # its clock shows this technique's own time
             start = time.perf_counter()
             for check in suite.checks:
                 progress.update(task, current=check.__name__)
@@ -78,11 +79,13 @@ def run_claims(
                 progress.advance(task)
                 progress.update(overall, advance=1, current=eta.describe())
             progress.update(task, current="")
+            progress.stop_task(task)
             result.seconds[suite.technique] = time.perf_counter() - start
             result.claims.extend(ctx.claims)
             result.figures.extend(ctx.figures)
             result.articles[suite.technique] = {"title": suite.article.title, "url": suite.article.url,
-                                                "headlines": list(suite.headlines)}
+                                                "headlines": [(h if isinstance(h, Headline) else Headline(h)).to_json()
+                                                              for h in suite.headlines]}
     eta.save()
     return result
 
