@@ -216,3 +216,15 @@ def test_unwritable_cache_falls_back(monkeypatch: pytest.MonkeyPatch, tmp_path: 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
 def test_fresh_compile_seconds() -> None:
     assert NativeLibrary("rope", SOURCES["rope"], ["kx_rope_float32"]).fresh_compile_seconds() > 0
+
+
+def test_an_unreadable_cache_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache folder this user may not enter (Path.exists raises PermissionError on Python 3.11)."""
+    def denied(self):
+        raise PermissionError(13, "Permission denied")
+
+    library = NativeLibrary("rope", SOURCES["rope"], ["kx_rope_float32"])
+    monkeypatch.setattr(Path, "exists", denied)
+    with pytest.raises(NativeUnavailable, match="cannot be read"):
+        library.function("kx_rope_float32")
+    assert not library.available("kx_rope_float32")  # decided once, no exception escapes

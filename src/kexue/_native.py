@@ -116,7 +116,7 @@ class NativeLibrary:
     def _compile(self, compiler: str, output: Path) -> None:
         try:
             proc = subprocess.run([compiler, *self.flags, "-o", str(output), str(self.source)],
-                                  capture_output=True, text=True, check=False)
+                                  capture_output=True, text=True, errors="replace", check=False)
         except OSError as exc:
             raise NativeUnavailable(f"running the C compiler {compiler!r} failed: {exc}") from exc
         if proc.returncode != 0:
@@ -132,7 +132,11 @@ class NativeLibrary:
     def _build(self) -> ctypes.CDLL:
         compiler = _compiler()
         target = self.cached_path(compiler)
-        if not target.exists():
+        try:
+            cached = target.exists()
+        except OSError as exc:  # e.g. a cache folder this user may not enter
+            raise NativeUnavailable(f"the kernel cache {target.parent} cannot be read ({exc.strerror or exc}); set KEXUE_CACHE_DIR") from exc
+        if not cached:
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 start = time.perf_counter()
@@ -168,6 +172,8 @@ class NativeLibrary:
                         self._library = self._build()
                     except NativeUnavailable as exc:
                         self._error = str(exc)
+                    except Exception as exc:  # anything else unforeseen still only disables the kernel
+                        self._error = f"building the {self.name} kernel failed: {type(exc).__name__}: {exc}"
             if self._library is None:
                 raise NativeUnavailable(self._error)
             return self._library

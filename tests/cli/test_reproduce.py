@@ -141,3 +141,14 @@ def test_suite_that_needs_a_missing_extra_is_skipped(tmp_path: Path, monkeypatch
     payload = json.loads((tmp_path / "results.json").read_text())
     assert [(c["id"], c["status"]) for c in payload["claims"]] == [("growth.claims.skipped", "skipped")]
     assert "kexue[nlp]" in payload["claims"][0]["details"]
+
+
+def test_bench_option_links_bench_html(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_suite(monkeypatch, passed=True)
+    bench = tmp_path / "runs #2"
+    bench.mkdir()
+    (bench / "bench.html").write_text("<html></html>")
+    assert main(["reproduce", "orthogonal", "--bench", str(bench), "--out", str(tmp_path / "out")]) == 0
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "href='../runs%20%232/bench.html'" in page  # relative to the report, URL-quoted
+    assert main(["reproduce", "orthogonal", "--bench", str(tmp_path), "--out", str(tmp_path / "out")]) == 2  # no bench.html there

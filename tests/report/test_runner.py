@@ -31,3 +31,28 @@ def test_unwritable_cache_is_ignored(tmp_path, monkeypatch: pytest.MonkeyPatch) 
     estimate = Estimate("quick", ["a.x"])
     estimate.done("a.x", 1.0)
     estimate.save()  # no error
+
+
+@pytest.mark.parametrize("content", ["null", "[]", '{"quick": 5}', '{"quick": {"a.x": "slow", "a.y": true}}', "{not json"])
+def test_malformed_timings_count_as_none(tmp_path, monkeypatch: pytest.MonkeyPatch, content: str) -> None:
+    monkeypatch.setenv("KEXUE_CACHE_DIR", str(tmp_path))
+    (tmp_path / "reproduce-timings.json").write_text(content)
+    estimate = Estimate("quick", ["a.x", "a.y"])
+    assert estimate.source == "guessed from the quick scale"
+    estimate.done("a.x", 1.0)
+    estimate.done("a.y", 2.0)
+    estimate.save()
+    assert Estimate("quick", ["a.x", "a.y"]).remaining() == pytest.approx(3.0)
+
+
+def test_a_suite_whose_import_misses_an_extra_module_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kexue.report import registry
+    from kexue.report.runner import run_claims
+
+    def load(table, technique):
+        raise ModuleNotFoundError("No module named 'tokenizers'", name="tokenizers")
+
+    monkeypatch.setattr(registry, "load", load)
+    result = run_claims(["growth"])
+    assert [(c.id, c.status) for c in result.claims] == [("growth.claims.skipped", "skipped")]
+    assert "pip install 'kexue[nlp]'" in result.claims[0].details

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from urllib.parse import quote
 from collections import Counter
 
 from kexue.cli._common import add_data_argument, add_technique_arguments
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     payload = result.to_json()
     machine = machine_info()
     write_json(out / "results.json", payload)
-    link = None if bench is None else os.path.relpath(bench.resolve(), out.resolve())
+    link = None if bench is None else quote(Path(os.path.relpath(bench.resolve(), out.resolve())).as_posix())
     atomic_write(out / "report.html", render_report(payload, result.figures, machine, bench_link=link))
 
     if args.json:

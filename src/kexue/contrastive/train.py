@@ -135,6 +135,17 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
+def _alive(pid: str) -> bool:
+    """Whether the process ``pid`` (a temporary folder's suffix) still runs (then its folder is not stale)."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _checkpoint_dir(out: Path) -> Path | None:
     for candidate in (out / "checkpoint", out / "checkpoint.old"):  # .old: a crash between the two renames
         if (candidate / "trainer_state.pt").exists():
@@ -230,7 +241,8 @@ def train_embedder(config: TrainConfig, *, resume: bool = False, progress: Train
     evaluate = _sts_evaluator(config) if config.evaluate else None
     out.mkdir(parents=True, exist_ok=True)
     for stale in [*out.glob("model.tmp-*"), *out.glob("checkpoint.tmp-*")]:  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
+        if not _alive(stale.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(stale, ignore_errors=True)
     if evaluate is not None and sts_before is None:
         progress.message("evaluating STS-B before training")
         sts_before = evaluate(model)

@@ -112,12 +112,17 @@ class Estimate:
         return cache_dir() / "reproduce-timings.json"
 
     def _load(self) -> dict[str, dict[str, float]]:
+        """The stored timings; anything unreadable or of the wrong shape counts as none."""
         import json
 
         try:
-            return json.loads(self._path().read_text())
+            data = json.loads(self._path().read_text())
         except (OSError, ValueError):
             return {}
+        if not isinstance(data, dict):
+            return {}
+        return {mode: {k: float(v) for k, v in times.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                for mode, times in data.items() if isinstance(times, dict)}
 
     def done(self, check_id: str, seconds: float) -> None:
         self.actual[check_id] = seconds
@@ -143,18 +148,21 @@ class Estimate:
         try:
             self._path().parent.mkdir(parents=True, exist_ok=True)
             write_json(self._path(), data)
-        except OSError:
+        except (OSError, ValueError):  # an estimate must never cost the run its results
             pass
 
 
 def _load_suite(technique: str) -> ClaimSuite:
     """The technique's suite; when importing it needs a missing extra, a one-check suite that says so."""
-    from kexue._optional import MissingExtra
+    from kexue._optional import as_missing_extra
 
     try:
         return registry.load(registry.SUITES, technique)
-    except MissingExtra as exc:
-        reason = str(exc)
+    except ImportError as exc:
+        missing = as_missing_extra(exc, f"the {technique} claims")
+        if missing is None:
+            raise
+        reason = str(missing)
     suite = ClaimSuite(technique, Article(f"{technique} (not importable here)", ""))
 
     def claims(ctx: ClaimContext) -> None:
@@ -191,12 +199,14 @@ def run_benchmarks(
 
 def _load_bench(technique: str) -> BenchSuite:
     """The technique's benchmarks; when importing them needs a missing extra, one case that raises it."""
-    from kexue._optional import MissingExtra
+    from kexue._optional import as_missing_extra
 
     try:
         return registry.load(registry.BENCHMARKS, technique)
-    except MissingExtra as exc:
-        error = exc
+    except ImportError as exc:
+        error = as_missing_extra(exc, f"the {technique} benchmarks")
+        if error is None:
+            raise
     suite = BenchSuite(technique)
 
     def benchmarks(bench: Bench) -> None:

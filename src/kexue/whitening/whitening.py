@@ -63,8 +63,8 @@ def validate_rows(estimator: BaseEstimator | None, X: Any, *, reset: bool = Fals
 
         options = {"dtype": [np.float64, np.float32], "ensure_all_finite": False}  # non-finite: check_finite's message
         array = check_array(X, **options) if estimator is None else validate_data(estimator, X, reset=reset, **options)
-        if not array.flags.writeable:  # e.g. a broadcast view: torch.from_numpy wants a writable buffer
-            array = array.copy()
+        if not array.flags.writeable or any(s < 0 for s in array.strides):  # broadcast or reversed views:
+            array = np.ascontiguousarray(array).copy()  # torch.from_numpy wants a writable, forward buffer
         x = torch.from_numpy(array)
         check_finite(x, "X")
         return x
@@ -230,10 +230,11 @@ class Whitening(TransformerMixin, BaseEstimator):
         self._check_params()
         key = (sorted(self.get_params().items()), self.n_samples_seen_)
         hit = _SOLVED.get(self)
-        if hit is not None and hit[0] == key and hit[1] is self.mean_ and hit[2] is self.scatter_:
+        if hit is not None and hit[0] == key and hit[1]() is self.mean_ and hit[2]() is self.scatter_:
             return hit[3]
         solved = self._eigen()
-        _SOLVED[self] = (key, self.mean_, self.scatter_, solved)
+        # weak references: a refit must not keep the old statistics alive
+        _SOLVED[self] = (key, weakref.ref(self.mean_), weakref.ref(self.scatter_), solved)
         return solved
 
     def _eigen(self) -> dict[str, np.ndarray]:
