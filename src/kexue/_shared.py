@@ -120,7 +120,8 @@ def as_real_array(value: Any, name: str) -> np.ndarray:
     """``value`` (array-like or tensor of real numbers) as a float64 NumPy array; a TypeError naming
     ``name`` for bool, complex, object or ragged input."""
     if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy() if value.dtype not in (torch.bfloat16,) else value.detach().double().cpu().numpy()
+        value = value.detach().cpu()
+        value = (value.double() if value.dtype == torch.bfloat16 else value).numpy()  # NumPy has no bfloat16
     try:
         array = np.asarray(value)
     except Exception as exc:

@@ -6,9 +6,9 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from urllib.parse import quote
-from collections import Counter
 
 from kexue.cli._common import add_data_argument, add_technique_arguments
 from kexue.report import registry

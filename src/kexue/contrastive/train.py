@@ -142,7 +142,7 @@ def _alive(pid: str) -> bool:
     except (ValueError, ProcessLookupError):
         return False
     except PermissionError:
-        return True
+        pass  # it runs, as another user
     return True
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,24 +153,34 @@ class Estimate:
             pass
 
 
-def _load_suite(technique: str) -> ClaimSuite:
-    """The technique's suite; when importing it needs a missing extra, a one-check suite that says so."""
+def _import_registered(table: dict[str, str], technique: str, what: str) -> Any:
+    """The object registered for ``technique`` in ``table``, or the MissingExtra that importing it raised."""
     from kexue._optional import as_missing_extra
 
     try:
-        return registry.load(registry.SUITES, technique)
+        return registry.load(table, technique)
     except ImportError as exc:
-        missing = as_missing_extra(exc, f"the {technique} claims")
+        missing = as_missing_extra(exc, f"the {technique} {what}")
         if missing is None:
             raise
-        reason = str(missing)
-    suite = ClaimSuite(technique, Article(f"{technique} (not importable here)", ""))
+        return missing
 
-    def claims(ctx: ClaimContext) -> None:
-        ctx.skip("claims.skipped", f"the {technique} claims could not run here", reason)
 
-    suite.check(claims)
-    return suite
+def _raising(name: str, error: Exception) -> Callable[[Any], None]:
+    """A check or case named ``name`` that raises ``error`` (recorded as skipped by the suite)."""
+    def stand_in(_: Any) -> None:
+        raise error
+
+    stand_in.__name__ = name
+    return stand_in
+
+
+def _load_suite(technique: str) -> ClaimSuite:
+    """The technique's suite; when importing it needs a missing extra, a one-check suite that is skipped."""
+    loaded = _import_registered(registry.SUITES, technique, "claims")
+    if isinstance(loaded, ClaimSuite):
+        return loaded
+    return ClaimSuite(technique, Article(f"{technique} (not importable here)", ""), checks=[_raising("claims", loaded)])
 
 
 def run_benchmarks(
@@ -198,22 +209,11 @@ def run_benchmarks(
 
 
 def _load_bench(technique: str) -> BenchSuite:
-    """The technique's benchmarks; when importing them needs a missing extra, one case that raises it."""
-    from kexue._optional import as_missing_extra
-
-    try:
-        return registry.load(registry.BENCHMARKS, technique)
-    except ImportError as exc:
-        error = as_missing_extra(exc, f"the {technique} benchmarks")
-        if error is None:
-            raise
-    suite = BenchSuite(technique)
-
-    def benchmarks(bench: Bench) -> None:
-        raise error
-
-    suite.case(benchmarks)
-    return suite
+    """The technique's benchmarks; when importing them needs a missing extra, one case that is skipped."""
+    loaded = _import_registered(registry.BENCHMARKS, technique, "benchmarks")
+    if isinstance(loaded, BenchSuite):
+        return loaded
+    return BenchSuite(technique, cases=[_raising("benchmarks", loaded)])
 
 
 def _progress(console: Console, unit: str) -> Progress:
