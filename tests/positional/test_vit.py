@@ -38,6 +38,14 @@ def test_forward_at_both_resolutions(variant: str) -> None:
     assert model(vit._patches(x, vit.TEST_SIZE), "interpolate").shape == (3, 10)
 
 
+def test_smaller_images_give_a_smaller_grid() -> None:
+    result = vit.train_and_evaluate("rope-mixed", epochs=2, sizes=(8, 12))  # the quick scale's 4×4 → 6×6 tokens
+    assert result.train_resolution > 0.15 and result.extrapolate is not None
+    for bad in ((9, 12), (12, 8), (8, 8), (0, 4)):
+        with pytest.raises(ValueError, match="sizes="):
+            vit.train_and_evaluate("learned", epochs=1, sizes=bad)
+
+
 def test_five_epochs_beat_chance() -> None:
     result = vit.train_and_evaluate("rope-2d-axial", epochs=5)
     assert result.train_resolution > 0.3  # chance is 0.1

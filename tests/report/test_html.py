@@ -3,6 +3,8 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
+import pytest
+
 from kexue.report.claims import Article, ClaimContext
 from kexue.report.html import format_value, render_bench, render_report
 from kexue.report.runner import ReproduceResult
@@ -134,3 +136,59 @@ def test_format_value() -> None:
     assert format_value(0.25) == "0.25"
     assert format_value([1.0, "x"]) == "1, x"
     assert format_value({"a": 1}) == "(table of 1 entries: see report.html)"
+
+
+def test_purpose_built_table_replaces_the_generic_rendering() -> None:
+    import pytest
+
+    from kexue.report.claims import Table
+
+    ctx = ClaimContext("whitening", Article("t", "https://kexue.fm/archives/8069"))
+    table = Table(("pooling", "variant", "STS-B", "mean"),
+                  (("cls", "raw", 40.25, 41.0), ("cls", "whitening", 61.5, 60.0), ("avg", "raw", 70.0, 69.5),
+                   ("article", "whitening", 71.34, 70.0)),
+                  header_columns=2, reference_rows=(3,), caption="Spearman x100")
+    ctx.claim("table", "s", article_value=None, measured={"cls": {"raw": {"STS-B": 40.25}}}, documented=True, table=table)
+    result = ReproduceResult(mode="quick", claims=ctx.claims, figures=[])
+    result.articles["whitening"] = {"title": "t", "url": "https://kexue.fm/archives/8069", "headlines": []}
+    result.seconds["whitening"] = 1.0
+    payload = result.to_json()
+    assert payload["claims"][0]["table"]["rows"][3] == ["article", "whitening", 71.34, 70.0]  # results.json keeps the table
+    assert payload["claims"][0]["measured"] == {"cls": {"raw": {"STS-B": 40.25}}}  # and the raw value
+    page = render_report(payload, [], {"date": "today"})
+    parsed = _parse(page)
+    assert "<caption>Spearman x100</caption>" in page and "<tr class='ref'>" in page
+    # a repeated group label is shown once: "cls" heads its group, the row below starts with an empty heading
+    assert page.count("<th>cls</th>") == 1 and "<tr><th></th><th>whitening</th>" in page
+    assert {"40.25", "61.5", "71.34", "STS-B", "mean"} <= set(parsed.cells)
+    assert "{'" not in page
+    with pytest.raises(ValueError, match="do not have 4 cells"):
+        Table(("a", "b", "c", "d"), (("x", 1.0),))
+    with pytest.raises(ValueError, match="scalars"):
+        Table(("a", "b"), (("x", [1.0]),))
+    with pytest.raises(ValueError, match="header_columns"):
+        Table(("a",), (("x",),), header_columns=2)
+
+
+@pytest.mark.slow
+def test_a_real_quick_report_has_the_structure(tmp_path, monkeypatch) -> None:
+    """Every technique at quick scale: the page a newcomer sees after ``make demo``."""
+    import json
+
+    from kexue.cli import main
+
+    monkeypatch.setenv("KEXUE_NO_CACHE", "1")
+    assert main(["reproduce", "--out", str(tmp_path)]) == 0
+    page = (tmp_path / "report.html").read_text()
+    payload = json.loads((tmp_path / "results.json").read_text())
+    parsed = _parse(page)
+    assert parsed.dashboard_rows == 1 + len(payload["techniques"]) == 9
+    reprs = [c for c in parsed.cells if "{'" in c or "['" in c or re.search(r"\[-?\d[\d.e-]*, -?\d", c)]
+    assert not reprs, f"a Python repr in a table cell: {reprs[:3]}"
+    assert parsed.figures == parsed.captions > 0
+    assert set(parsed.links) <= parsed.ids, f"internal links without a target: {set(parsed.links) - parsed.ids}"
+    built = {c["id"] for c in payload["claims"] if c.get("table")}
+    assert {"whitening.table.wmean", "growth.parity_table", "mitchell.error_bounds", "repetition.order_char",
+            "rope.vit.all_variants_learn"} <= built
+    assert page.count("<table class='value built'>") == len(built)
+    assert "article: BERT-base, first-last-avg" in parsed.cells  # the article's rows beside ours

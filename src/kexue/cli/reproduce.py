@@ -25,6 +25,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print results.json to stdout instead of the table")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
     parser.add_argument("--bench", metavar="DIR", help="link the report to DIR/bench.html (written by 'kexue bench --out DIR')")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="recompute cached intermediates (the STS sentence encodings) instead of reading them from the cache folder")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
     techniques = registry.parse_techniques(args.techniques, registry.SUITES, "claims")
     apply_data_argument(args)
+    if args.no_cache:
+        os.environ["KEXUE_NO_CACHE"] = "1"
     bench = _bench_page(args.bench)
     out = prepare_out_dir(args.out)
     err = stderr_console()

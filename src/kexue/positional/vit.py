@@ -138,15 +138,22 @@ def _accuracy(model: TinyViT, patches: torch.Tensor, labels: torch.Tensor, mode:
 
 
 def train_and_evaluate(variant: str, seed: int = 0, epochs: int = 30, batch_size: int = 64, lr: float = 3e-3,
-                       on_epoch: Callable[[], None] | None = None) -> ViTResult:
-    """Train one variant with a fixed seed and return its accuracies."""
+                       on_epoch: Callable[[], None] | None = None, sizes: tuple[int, int] = (TRAIN_SIZE, TEST_SIZE)) -> ViTResult:
+    """Train one variant with a fixed seed and return its accuracies.
+
+    ``sizes``: the image side at training and at the larger test resolution (multiples of
+    ``PATCH``, the second larger); the default 16 → 24 is an 8×8 → 12×12 token grid.
+    """
     import time
 
+    train_size, test_size = sizes
+    if train_size % PATCH or test_size % PATCH or not 0 < train_size < test_size:
+        raise ValueError(f"sizes={sizes!r}: need two multiples of {PATCH} with train < test")
     start = time.perf_counter()
     torch.manual_seed(seed)
     x_train, y_train, x_test, y_test = load_digits_split(seed=0)
-    train_patches, test_small, test_large = _patches(x_train, TRAIN_SIZE), _patches(x_test, TRAIN_SIZE), _patches(x_test, TEST_SIZE)
-    model = TinyViT(variant)
+    train_patches, test_small, test_large = _patches(x_train, train_size), _patches(x_test, train_size), _patches(x_test, test_size)
+    model = TinyViT(variant, grid=train_size // PATCH)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     steps = epochs * math.ceil(len(y_train) / batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
@@ -173,9 +180,10 @@ def train_and_evaluate(variant: str, seed: int = 0, epochs: int = 30, batch_size
     )
 
 
-def run_experiment(seeds: tuple[int, ...] = (0,), epochs: int = 30, on_epoch: Callable[[], None] | None = None) -> list[ViTResult]:
-    """Every variant for every seed."""
-    return [train_and_evaluate(v, seed=s, epochs=epochs, on_epoch=on_epoch) for s in seeds for v in VARIANTS]
+def run_experiment(seeds: tuple[int, ...] = (0,), epochs: int = 30, on_epoch: Callable[[], None] | None = None,
+                   sizes: tuple[int, int] = (TRAIN_SIZE, TEST_SIZE)) -> list[ViTResult]:
+    """Every variant for every seed (``sizes``: see :func:`train_and_evaluate`)."""
+    return [train_and_evaluate(v, seed=s, epochs=epochs, on_epoch=on_epoch, sizes=sizes) for s in seeds for v in VARIANTS]
 
 
 def summarize(results: list[ViTResult]) -> dict[str, dict[str, float | None]]:

@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from kexue.report.claims import Article, ClaimContext, ClaimSuite, Headline
+from kexue.report.claims import Article, ClaimContext, ClaimSuite, Headline, Table
 
 SUITE = ClaimSuite(
     "repetition",
@@ -41,6 +41,13 @@ def _corpus_p(level: str, max_vocab: int = 2000):
     vocab = Vocabulary.build(tokens, max_size=max_vocab)
     ids = vocab.encode(tokens)
     return estimate(ids, len(vocab)), ids, vocab
+
+
+def _rule_table(rows: dict[str, dict[str, float]], r_key: str, caption: str) -> Table:
+    """Decoding rule × (R, observed loop rate, seq-rep-4)."""
+    return Table(("decoding rule", "R (theory)", "loop rate (observed)", "seq-rep-4 (observed)"),
+                 tuple((rule, round(v[r_key], 4) if math.isfinite(v[r_key]) else "∞", round(v["loop rate"], 4), round(v["seq-rep-4"], 4))
+                       for rule, v in rows.items()), caption=caption)
 
 
 @SUITE.check
@@ -67,7 +74,7 @@ def measure(ctx: ClaimContext) -> None:
     b = bounds(P_char, terms=40)
     r_char = exact_r(P_char)
     ctx.claim("trace_correction", "the paper's Tr P^(2k) is not Σ_i (P^k)_ii² (= Tr(P^k ∘ P^k)): the 2 x 2 counterexample "
-              "[[0.1, 0.9], [0.8, 0.2]] at k = 1, and both forms of the bound summed on the char bigram P against the exact R",
+              "P = (0.1 0.9; 0.8 0.2) (rows) at k = 1, and both forms of the bound summed on the char bigram P against the exact R",
               article_value="they differ; the elementwise form is the right one",
               measured={"2x2 Tr P²": printed, "2x2 Σ P_ii²": corrected, "char: printed-form sum": b.paper_printed,
                         "char: corrected-form sum": b.paper_estimate, "char: exact R": r_char},
@@ -139,7 +146,9 @@ def bigram(ctx: ClaimContext) -> None:
                   f"and repetition observed in {sequences} sampled sequences of {length} tokens (loop rate: a cycle walked twice "
                   "and closed; seq-rep-4)", article_value="greedy > top-k > top-p > pure sampling, in R and in observed repetition",
                   measured={**rows, "Spearman(R, loop rate)": rank}, tolerance="strictly decreasing in R, loop rate and seq-rep-4",
-                  passed=r_order and obs_order, details=f"rules {RULES[level]}; greedy has a deterministic cycle, so R = ∞")
+                  passed=r_order and obs_order, details=f"rules {RULES[level]}; greedy has a deterministic cycle, so R = ∞",
+                  table=_rule_table(rows, "R", f"bigram {level} model: the article's R against {sequences} sampled sequences of "
+                                               f"{length} tokens; Spearman(R, loop rate) = {rank:.3f}; R = ∞: a deterministic cycle"))
         finite = [v if math.isfinite(v) else np.nan for v in r_values]
         x = np.arange(len(names))
         ax.bar(x - 0.2, [v if np.isfinite(v) else max(np.nan_to_num(finite)) * 1.5 for v in finite], 0.4, label="R (∞ drawn as a capped bar)")
@@ -232,5 +241,7 @@ def char_gpt(ctx: ClaimContext) -> None:
               f"decoded with each rule ({prompts} prompts x {new} characters): observed repetition next to the bigram theory's R",
               article_value="a real model is the bigram case plus a perturbation: the same order, weaker",
               measured=rows, documented=True,
+              table=_rule_table(rows, "bigram R", f"char-level GPT, {prompts} prompts x {new} characters per rule; R from the "
+                                                  "corpus bigram model (a prediction for this model, not a measurement)"),
               details=("the loop-rate order matches the bigram prediction" if agrees else "the loop-rate order differs from the bigram prediction")
               + "; the model conditions on up to 512 characters, so the bigram R is a prediction, not a measurement")

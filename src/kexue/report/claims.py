@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-__all__ = ["STATUSES", "Article", "Claim", "ClaimContext", "ClaimSuite", "Figure", "Headline", "Status", "json_value"]
+__all__ = ["STATUSES", "Article", "Claim", "ClaimContext", "ClaimSuite", "Figure", "Headline", "Status", "Table", "json_value"]
 
 Status = Literal["pass", "fail", "documented", "skipped"]
 STATUSES: tuple[str, ...] = ("pass", "fail", "documented", "skipped")
@@ -59,6 +59,46 @@ class Headline:
 
 
 @dataclass(frozen=True)
+class Table:
+    """A purpose-built table for one claim: the report shows it under the claim in place of the
+    generic rendering of the claim's value (results.json keeps both the raw value and the table).
+
+    Args:
+        columns: the column headings.
+        rows: one tuple of scalars per row, as long as ``columns``.
+        header_columns: how many leading columns label the row (shown as row headings; a value
+            repeated from the row above is shown once, so groups read as groups).
+        reference_rows: indices of rows that hold the article's (or a peer's) values, set apart
+            from kexue's own.
+        caption: one sentence saying what the numbers are.
+        decimals: show every float with this many decimals (a column of scores reads evenly);
+            ``None``: six significant digits.
+    """
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+    header_columns: int = 1
+    reference_rows: tuple[int, ...] = ()
+    caption: str = ""
+    decimals: int | None = None
+
+    def __post_init__(self) -> None:
+        width = len(self.columns)
+        bad = [i for i, row in enumerate(self.rows) if len(row) != width]
+        if bad:
+            raise ValueError(f"Table rows {bad} do not have {width} cells (the number of columns)")
+        if not 0 <= self.header_columns <= width:
+            raise ValueError(f"header_columns={self.header_columns} must be in [0, {width}]")
+        if any(isinstance(v, (list, tuple, dict)) for row in self.rows for v in row):
+            raise ValueError("Table cells must be scalars (numbers, strings, None)")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"columns": list(self.columns), "rows": [json_value(list(r)) for r in self.rows],
+                "header_columns": self.header_columns, "reference_rows": list(self.reference_rows), "caption": self.caption,
+                "decimals": self.decimals}
+
+
+@dataclass(frozen=True)
 class Claim:
     """One verdict in ``results.json``; ``id`` is dotted and stable (``technique.group.name``)."""
 
@@ -71,6 +111,7 @@ class Claim:
     tolerance: Any
     status: Status
     details: str = ""
+    table: dict[str, Any] | None = None  # Table.to_json(): the report's purpose-built view of the value
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,11 +175,13 @@ class ClaimContext:
         passed: bool | None = None,
         documented: bool = False,
         details: str = "",
+        table: Table | None = None,
     ) -> Claim:
         """Record a claim. Exactly one of ``passed`` (a verdict) or ``documented=True``.
 
         ``documented`` is for a limitation the article itself admits, reported with its
-        measured size rather than judged.
+        measured size rather than judged. ``table``: a purpose-built :class:`Table` the report
+        shows for this claim instead of the generic rendering of its values.
         """
         if documented == (passed is not None):
             raise ValueError("claim(): give exactly one of passed=<bool> or documented=True")
@@ -153,6 +196,7 @@ class ClaimContext:
             tolerance=json_value(tolerance),
             status=status,
             details=details,
+            table=None if table is None else table.to_json(),
         )
         self.claims.append(claim)
         return claim

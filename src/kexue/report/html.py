@@ -15,7 +15,7 @@ from typing import Any
 
 from kexue.report.claims import STATUSES, Figure
 
-__all__ = ["format_value", "render_bench", "render_report", "render_value"]
+__all__ = ["format_value", "render_bench", "render_report", "render_table", "render_value"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,'Noto Sans CJK SC','PingFang SC','Microsoft YaHei',sans-serif;margin:2rem auto;max-width:1200px;padding:0 1rem;color:#1d1d1f;line-height:1.45}
@@ -29,7 +29,7 @@ th,td{border-bottom:1px solid #e5e5ea;padding:.35rem .5rem;text-align:left;verti
 th{background:#f5f5f7} td{overflow-wrap:anywhere} td.num{font-family:ui-monospace,SFMono-Regular,Menlo,monospace}
 table.value{width:auto;font-size:.8rem;margin:.3rem 0} table.value th,table.value td{padding:.15rem .45rem}
 tr.structured>td{background:#fafafc;padding:.3rem .8rem .8rem} .side{display:inline-block;vertical-align:top;margin-right:2rem}
-.side>b{font-size:.8rem;color:#6e6e73}
+.side>b{display:block;font-size:.8rem;color:#6e6e73}
 table.dashboard td{vertical-align:top} .headline{font-size:.82rem;margin-bottom:.25rem}
 code{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.85em}
 .pass{background:#e3f9e5;color:#1b7a2b}.fail{background:#fde8e8;color:#b42318}.documented{background:#fff4d6;color:#8a5a00}.skipped{background:#e8f0fd;color:#1a4fa0}
@@ -42,6 +42,8 @@ details{font-size:.8rem;color:#6e6e73}
 .bar{position:relative;height:1.1rem;background:#f0f0f3;border-radius:.3rem;min-width:14rem}
 .bar>span{position:absolute;left:0;top:0;bottom:0;border-radius:.3rem}
 .bar>i{position:absolute;top:-.15rem;bottom:-.15rem;width:2px;background:#1d1d1f}
+table.built caption{caption-side:top;text-align:left;color:#6e6e73;font-size:.8rem;padding:.2rem 0}
+table.built tr.ref td,table.built tr.ref th{background:#fff8e6;font-style:italic}
 .met{background:#7bd88f}.missed{background:#f29b9b}.reported{background:#b9c6e4}
 """
 
@@ -120,6 +122,29 @@ def _records_table(records: list[dict[str, Any]]) -> str:
     return f"<table class='value'>{head}{body}</table>"
 
 
+def _cell(value: Any, decimals: int | None) -> str:
+    if decimals is not None and isinstance(value, float) and not isinstance(value, bool):
+        return f"{value:.{decimals}f}"
+    return format_value(value)
+
+
+def render_table(table: dict[str, Any]) -> str:
+    """HTML for a claim's purpose-built table (:class:`kexue.report.claims.Table` as JSON)."""
+    h = table["header_columns"]
+    reference = set(table["reference_rows"])
+    head = "<tr>" + "".join(f"<th>{escape(str(c))}</th>" for c in table["columns"]) + "</tr>"
+    body, previous = [], [None] * h
+    for i, row in enumerate(table["rows"]):
+        labels = [("" if row[j] == previous[j] and all(row[q] == previous[q] for q in range(j)) else escape(format_value(row[j])))
+                  for j in range(h)]
+        previous = list(row[:h])
+        cells = "".join(f"<th>{label}</th>" for label in labels)
+        cells += "".join(f"<td class='num'>{escape(_cell(v, table.get('decimals')))}</td>" for v in row[h:])
+        body.append(f"<tr class='ref'>{cells}</tr>" if i in reference else f"<tr>{cells}</tr>")
+    caption = f"<caption>{escape(table['caption'])}</caption>" if table.get("caption") else ""
+    return f"<table class='value built'>{caption}{head}{''.join(body)}</table>"
+
+
 def _badge(status: str) -> str:
     return f"<span class='badge {escape(status)}'>{escape(status)}</span>"
 
@@ -181,7 +206,8 @@ def _dashboard(payload: dict[str, Any]) -> str:
 
 def _claim_rows(c: dict[str, Any]) -> str:
     details = f"<details><summary>details</summary><pre>{escape(c['details'])}</pre></details>" if c["details"] else ""
-    structured = is_structured(c["measured"]) or is_structured(c["article_value"])
+    table = c.get("table")
+    structured = table is not None or is_structured(c["measured"]) or is_structured(c["article_value"])
     article = "see below" if is_structured(c["article_value"]) else render_value(c["article_value"])
     measured = "see below" if is_structured(c["measured"]) else render_value(c["measured"])
     row = (f"<tr id='{escape(c['id'])}'><td><code>{escape(c['id']).replace('.', '.<wbr>')}</code></td>"
@@ -189,6 +215,8 @@ def _claim_rows(c: dict[str, Any]) -> str:
            f"<td class='num'>{render_value(c['tolerance'])}</td><td>{_badge(c['status'])}</td></tr>")
     if not structured:
         return row
+    if table is not None:
+        return row + f"<tr class='structured'><td colspan='6'>{render_table(table)}</td></tr>"
     sides = []
     for label, key in (("article", "article_value"), ("kexue (measured)", "measured")):
         if c[key] is not None:
