@@ -151,11 +151,16 @@ def check_finite(tensor: torch.Tensor, name: str) -> None:
     """Raise a ValueError if ``tensor`` holds NaN or infinity.
 
     A finite sum proves every element finite (a NaN or an infinity makes the sum NaN or
-    infinite), at a fraction of ``isfinite``'s cost; only a non-finite sum (possibly an
-    overflow of finite values) needs the element-wise check.
+    infinite), at a fraction of ``isfinite``'s cost and without a copy (the sum is in the
+    tensor's own dtype); only a non-finite sum (possibly an overflow of finite values) or a
+    dtype without a sum (float8) needs the element-wise check.
     """
-    if tensor.is_floating_point() and tensor.numel() and bool(torch.isfinite(tensor.sum(dtype=torch.float64))):
-        return
+    if tensor.is_floating_point() and tensor.numel():
+        try:
+            if bool(torch.isfinite(tensor.sum())):
+                return
+        except (RuntimeError, TypeError, NotImplementedError):
+            pass
     if not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
         raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf); finite values are required")

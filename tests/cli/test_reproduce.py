@@ -152,3 +152,22 @@ def test_bench_option_links_bench_html(tmp_path: Path, monkeypatch: pytest.Monke
     page = (tmp_path / "out" / "report.html").read_text()
     assert "href='../runs%20%232/bench.html'" in page  # relative to the report, URL-quoted
     assert main(["reproduce", "orthogonal", "--bench", str(tmp_path), "--out", str(tmp_path / "out")]) == 2  # no bench.html there
+
+
+def test_no_cache_is_set_for_the_run_only(tmp_path, monkeypatch) -> None:
+    import os
+
+    from kexue.report import runner
+
+    seen = []
+    real = runner.run_claims
+
+    def spy(*args, **kwargs):
+        seen.append(os.environ.get("KEXUE_NO_CACHE"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_claims", spy)
+    monkeypatch.delenv("KEXUE_NO_CACHE", raising=False)
+    assert main(["reproduce", "orthogonal", "--no-cache", "--out", str(tmp_path / "a")]) == 0
+    assert main(["reproduce", "orthogonal", "--out", str(tmp_path / "b")]) == 0
+    assert seen == ["1", None] and "KEXUE_NO_CACHE" not in os.environ

@@ -164,3 +164,21 @@ def test_two_gloo_processes_all_reduce_to_the_whole_fit() -> None:
     result = launch(nproc=2)
     assert result["n"] == 3000 and result["shards"] == [900, 2100]
     assert result["mean_err"] <= 1e-12 and result["scatter_rel_err"] <= 1e-12 and result["transform_err"] <= 1e-9
+
+
+def test_set_params_reuses_the_decomposition_and_equals_a_fresh_fit() -> None:
+    """Variant sweeps (k, β, γ, ε) after one fit give exactly what fitting each variant gives."""
+    from kexue.whitening import whitening as module
+
+    x = np.random.default_rng(3).standard_normal((500, 12)) @ np.random.default_rng(4).standard_normal((12, 12))
+    fitted = Whitening().fit(x)
+    fitted.transform(x)
+    decomposition = module._DECOMPOSED[fitted][3]
+    for params in ({"n_components": 5}, {"gamma": 0.5}, {"beta": 0.0}, {"eps": 1e-3}, {"n_components": 3, "gamma": 0.0}):
+        swept = fitted.set_params(**{**Whitening().get_params(), **params})
+        np.testing.assert_array_equal(swept.transform(x), Whitening(**params).fit(x).transform(x))
+        assert module._DECOMPOSED[fitted][3] is decomposition  # no second eigh
+    fitted.eigenvalues_[:] = 0.0  # a caller writing into the returned array cannot corrupt the cache
+    assert fitted.set_params(n_components=4).eigenvalues_[0] > 0
+    fitted.set_params(shrinkage=0.1).transform(x)
+    assert module._DECOMPOSED[fitted][3] is not decomposition  # shrinkage changes the covariance itself

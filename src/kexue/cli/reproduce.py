@@ -37,13 +37,20 @@ def run(args: argparse.Namespace) -> int:
 
     techniques = registry.parse_techniques(args.techniques, registry.SUITES, "claims")
     apply_data_argument(args)
-    if args.no_cache:
-        os.environ["KEXUE_NO_CACHE"] = "1"
     bench = _bench_page(args.bench)
     out = prepare_out_dir(args.out)
     err = stderr_console()
-    result = run_claims(techniques, "full" if args.full else "quick", console=err, seed=args.seed,
-                        debug=getattr(args, "debug", False))
+    previous = os.environ.get("KEXUE_NO_CACHE")
+    if args.no_cache:
+        os.environ["KEXUE_NO_CACHE"] = "1"
+    try:
+        result = run_claims(techniques, "full" if args.full else "quick", console=err, seed=args.seed,
+                            debug=getattr(args, "debug", False))
+    finally:  # a caller of main() in the same process keeps its own setting
+        if previous is None:
+            os.environ.pop("KEXUE_NO_CACHE", None)
+        else:
+            os.environ["KEXUE_NO_CACHE"] = previous
     payload = result.to_json()
     machine = machine_info()
     write_json(out / "results.json", payload)

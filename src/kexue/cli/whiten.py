@@ -27,7 +27,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     for p in (fit, ev):
         p.add_argument("--model", metavar="DIR", help="encoder folder (default: the embedded all-MiniLM-L6-v2)")
         p.add_argument("--pooling", default="model", help="model (the sentence-transformers pipeline; default), cls, last-avg, first-last-avg or layers:i,j")
-        p.add_argument("--batch-size", type=int, default=128, help="sentences per forward (default: 128)")
+        p.add_argument("--batch-size", type=int, default=128, help="at most this many sentences per forward (default: 128); batches also stop at 4,096 tokens, padding included")
         add_data_argument(p)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
 

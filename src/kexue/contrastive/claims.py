@@ -87,7 +87,7 @@ def gradient_equivalence(ctx: ClaimContext) -> None:
         worst = max(cached.values())
         ctx.claim(f"cached_equals_full.{name}", f"cached gradient = full-batch gradient with dropout on (batch {BATCH}, micro-batches {', '.join(map(str, micros))}, encoder and learnable temperature), max relative error",
                   article_value="equal", measured=worst, tolerance=tol, passed=worst <= tol,
-                  details=f"per micro-batch size: {cached}")
+                  details="per micro-batch size: " + ", ".join(f"{m}: {e:.2e}" for m, e in cached.items()))
         small = {m: v for m, v in naive.items() if m < BATCH}
         ctx.claim(f"naive_accumulation_gap.{name}", "summing micro-batch InfoNCE gradients is NOT the batch gradient: relative error per micro-batch size",
                   article_value="not equal", measured={str(k): round(v, 4) for k, v in small.items()},

@@ -7,6 +7,9 @@
   ``RotaryEmbedding`` (1-D with offsets/partial/scaling, N-D axial, mixed and learnable),
   ``convert_layout`` between the half and interleaved pair layouts
   (kexue.fm/archives/8265, 8397).
+* :mod:`kexue.positional.scaling`: the long-context scalings of Hugging Face configs
+  (linear, dynamic NTK, YaRN, LongRoPE, Llama 3, proportional) in float64, ``rope_parameters``
+  and ``rope_parameters_from_config``.
 * :mod:`kexue.positional.reference`: float64 oracles (``exp(Σ p_k B_k)`` and loops).
 """
 
@@ -22,6 +25,7 @@ from kexue.positional.rope import (
     mixed_frequencies,
     rope_frequencies,
 )
+from kexue.positional.scaling import ROPE_TYPES, RopeParameters, rope_parameters, rope_parameters_from_config
 from kexue.positional.sinusoidal import (
     THETA_SCHEDULES,
     integral_approximation,
@@ -33,7 +37,9 @@ from kexue.positional.sinusoidal import (
 __all__ = [
     "LAYOUTS",
     "ROPE_SCALINGS",
+    "ROPE_TYPES",
     "THETA_SCHEDULES",
+    "RopeParameters",
     "RotaryEmbedding",
     "apply_rotary",
     "axial_frequencies",
@@ -44,6 +50,8 @@ __all__ = [
     "mixed_frequencies",
     "relative_inner_products",
     "rope_frequencies",
+    "rope_parameters",
+    "rope_parameters_from_config",
     "sinusoidal_table",
     "sinusoidal_table_nd",
 ]

@@ -30,6 +30,9 @@ __all__ = [
     "recover_positions",
     "rotation",
     "sinusoidal_reference",
+    "llama3_scaling_reference",
+    "yarn_regions_reference",
+    "dynamic_ntk_reference",
 ]
 
 
@@ -143,3 +146,38 @@ def plain_half_rotation(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -
     half = cos.shape[-1]
     a, b = x[..., :half], x[..., half : 2 * half]
     return torch.cat((a * cos - b * sin, b * cos + a * sin), dim=-1)
+
+
+# --- long-context scalings, one pair at a time, in Python floats (float64) ---------------------
+
+def llama3_scaling_reference(j: int, dim: int, base: float, factor: float, low: float, high: float, original: float) -> float:
+    """Llama 3.1's published rule for pair ``j``: keep short wavelengths, divide long ones by
+    ``factor``, blend by ``(original/λ − low)/(high − low)`` in between."""
+    theta = base ** (-2 * j / dim)
+    wavelength = 2 * math.pi / theta
+    if wavelength < original / high:
+        return theta
+    if wavelength > original / low:
+        return theta / factor
+    w = (original / wavelength - low) / (high - low)
+    return (1 - w) * theta / factor + w * theta
+
+
+def yarn_regions_reference(j: int, dim: int, base: float, original: float, beta_fast: float, beta_slow: float) -> str:
+    """YaRN (arXiv 2309.00071, §3.2) by the number of turns ``r = L₀ θ_j / 2π`` of pair ``j``
+    over the original length: ``"kept"`` when ``r > β_fast``, ``"interpolated"`` when
+    ``r < β_slow``, else ``"ramp"``."""
+    turns = original * base ** (-2 * j / dim) / (2 * math.pi)
+    if turns > beta_fast:
+        return "kept"
+    if turns < beta_slow:
+        return "interpolated"
+    return "ramp"
+
+
+def dynamic_ntk_reference(j: int, dim: int, base: float, factor: float, length: int, trained: int) -> float:
+    """Dynamic NTK: at a length beyond the trained one the base grows to
+    ``base (s L / L₀ − s + 1)^(R/(R−2))``; at or below it nothing changes."""
+    if length > trained:
+        base = base * (factor * length / trained - (factor - 1)) ** (dim / (dim - 2))
+    return base ** (-2 * j / dim)

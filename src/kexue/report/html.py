@@ -133,10 +133,12 @@ def render_table(table: dict[str, Any]) -> str:
     h = table["header_columns"]
     reference = set(table["reference_rows"])
     head = "<tr>" + "".join(f"<th>{escape(str(c))}</th>" for c in table["columns"]) + "</tr>"
-    body, previous = [], [None] * h
+    unset = object()
+    body, previous = [], [unset] * h
     for i, row in enumerate(table["rows"]):
-        labels = [("" if row[j] == previous[j] and all(row[q] == previous[q] for q in range(j)) else escape(format_value(row[j])))
-                  for j in range(h)]
+        if i in reference and i - 1 not in reference:
+            previous = [unset] * h  # the reference rows start a group of their own
+        labels = [("" if all(row[q] == previous[q] for q in range(j + 1)) else escape(format_value(row[j]))) for j in range(h)]
         previous = list(row[:h])
         cells = "".join(f"<th>{label}</th>" for label in labels)
         cells += "".join(f"<td class='num'>{escape(_cell(v, table.get('decimals')))}</td>" for v in row[h:])

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from kexue._optional import require_extra
+from kexue._shared import check_int
 
 require_extra("kexue.whitening.pooling (encoding with a Hugging Face model)", "transformers")
 
@@ -74,6 +75,8 @@ def encode_poolings(
 
     from kexue.data import quiet_offline_transformers
 
+    for name, value in (("batch_size", batch_size), ("batch_tokens", batch_tokens)):
+        check_int(name, value, 1)
     quiet_offline_transformers()
     specs = {p: parse_pooling(p) for p in poolings}
     path = Path(model_dir)
@@ -81,9 +84,8 @@ def encode_poolings(
         raise FileNotFoundError(f"model folder {path} has no config.json")
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     model = AutoModel.from_pretrained(str(path)).eval()
-    for name, value in (("batch_size", batch_size), ("batch_tokens", batch_tokens)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    if not sentences:
+        return {p: np.empty((0, model.config.hidden_size), dtype=np.float32) for p in poolings}
     tokens = tokenizer(list(sentences), truncation=True, max_length=max_length)
     lengths = [len(ids) for ids in tokens["input_ids"]]
     out = {p: np.empty((len(sentences), model.config.hidden_size), dtype=np.float32) for p in poolings}
@@ -125,8 +127,8 @@ def _file_digest(path: Path) -> str:
 
 def encoding_cache_key(model_dir: str | os.PathLike, sentences: Sequence[str], poolings: Sequence[str], max_length: int) -> str:
     """A digest of everything the encodings depend on: the model folder's files (contents, not
-    names or dates), the sentences in order, the poolings, ``max_length`` and the versions of
-    kexue, torch and transformers. Any change gives a different key, so a stale hit cannot occur."""
+    names or dates), the sentences in order, the poolings, ``max_length``, this module's source
+    and the versions of kexue, torch and transformers; a change to any of them is a new key."""
     import transformers
 
     from kexue import __version__
@@ -135,10 +137,12 @@ def encoding_cache_key(model_dir: str | os.PathLike, sentences: Sequence[str], p
     files = {str(f.relative_to(path)): _file_digest(f) for f in sorted(path.rglob("*")) if f.is_file()}
     h = hashlib.sha256()
     h.update(json.dumps({"files": files, "poolings": list(poolings), "max_length": max_length,
+                         "code": _file_digest(Path(__file__)),  # this module's source: an edited encoder is a new key
                          "versions": [__version__, torch.__version__, transformers.__version__]}, sort_keys=True).encode())
-    for s in sentences:
-        h.update(s.encode("utf-8", "surrogatepass"))
-        h.update(b"\0")
+    for s in sentences:  # length-prefixed, so no two lists of sentences give the same bytes
+        data = s.encode("utf-8", "surrogatepass")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
     return h.hexdigest()[:32]
 
 
@@ -156,7 +160,8 @@ def cached_encode_poolings(
     The encodings are deterministic (eval mode, no gradient), so a hit equals a fresh pass to
     the bit on the same machine and versions. ``KEXUE_NO_CACHE=1`` (``kexue reproduce --no-cache``)
     always encodes and leaves the cache as it is; an unreadable or unwritable cache only costs
-    the time of encoding again.
+    the time of encoding again. An entry for the STS sets is about 116 MB (25,190 × 384 × 3
+    float32); old entries are not removed (delete ``encodings/`` in the cache folder to free them).
     """
     from kexue._native import cache_dir
     from kexue.report.io import atomic_write
@@ -172,8 +177,8 @@ def cached_encode_poolings(
                 if progress is not None:
                     progress(len(sentences))
                 return vectors, True
-        except (OSError, ValueError, KeyError):
-            pass  # a damaged entry: encode again and replace it
+        except Exception:  # a damaged entry (truncated, not a zip, a missing array): encode again and replace it
+            pass
     vectors = encode_poolings(model_dir, sentences, poolings, max_length=max_length, progress=progress)
     if use_cache:
         buffer = io.BytesIO()

@@ -43,6 +43,9 @@ _CHUNK_ROWS = 65536  # rows converted to float64 at a time: bounds the memory of
 # change its __dict__) and keyed by everything it depends on: the parameters and the very arrays
 # of the statistics, so set_params or more fitting can never leave it stale.
 _SOLVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# The eigendecomposition alone, keyed by what it depends on (statistics, ddof, shrinkage): changing
+# n_components, beta, gamma or eps with set_params re-derives the map without a new eigh.
+_DECOMPOSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class RankDeficientWarning(UserWarning):
@@ -237,10 +240,16 @@ class Whitening(TransformerMixin, BaseEstimator):
         _SOLVED[self] = (key, weakref.ref(self.mean_), weakref.ref(self.scatter_), solved)
         return solved
 
-    def _eigen(self) -> dict[str, np.ndarray]:
+    def _decompose(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(λ, U)`` of the (shrunk) covariance, decreasing, with deterministic signs; computed once
+        per statistics, ddof and shrinkage."""
         n, d = self.n_samples_seen_, self.n_features_in_
         if n - self.ddof <= 0:
             raise ValueError(f"{n} samples are not enough for ddof={self.ddof}")
+        key = (n, self.ddof, self.shrinkage)
+        hit = _DECOMPOSED.get(self)
+        if hit is not None and hit[0] == key and hit[1]() is self.mean_ and hit[2]() is self.scatter_:
+            return hit[3]
         sigma = self.scatter_ / (n - self.ddof)
         if self.shrinkage:
             sigma = (1 - self.shrinkage) * sigma + self.shrinkage * (np.trace(sigma) / d) * np.eye(d)
@@ -248,6 +257,12 @@ class Whitening(TransformerMixin, BaseEstimator):
         order = np.argsort(lam)[::-1]
         lam, u = np.clip(lam[order], 0.0, None), u[:, order]
         u = u * np.sign(u[np.abs(u).argmax(0), np.arange(d)])  # deterministic signs
+        _DECOMPOSED[self] = (key, weakref.ref(self.mean_), weakref.ref(self.scatter_), (lam, u))
+        return lam, u
+
+    def _eigen(self) -> dict[str, np.ndarray]:
+        n, d = self.n_samples_seen_, self.n_features_in_
+        lam, u = self._decompose()
         k = d if self.n_components is None else self.n_components
         if k > d:
             raise ValueError(f"n_components={k} exceeds the {d} features")
@@ -260,7 +275,7 @@ class Whitening(TransformerMixin, BaseEstimator):
                           RankDeficientWarning, stacklevel=3)
             k = rank
         kernel = u[:, :k] * shifted[:k] ** (-self.gamma / 2)
-        return {"eigenvalues": lam, "components": u[:, :k].T.copy(), "kernel": kernel,
+        return {"eigenvalues": lam.copy(), "components": u[:, :k].T.copy(), "kernel": kernel,
                 "bias": self.beta * self.mean_, "inverse": (u[:, :k] * shifted[:k] ** (self.gamma / 2)).T.copy()}
 
     @property
