@@ -170,3 +170,49 @@ def test_per_layer_type_configs_need_a_layer_type() -> None:
             assert torch.equal(ours.inv_freq, rope_parameters(head_dim=64, base=base).inv_freq)
     assert not torch.equal(rope_parameters_from_config(config, layer_type="full_attention").inv_freq,
                            rope_parameters_from_config(config, layer_type="sliding_attention").inv_freq)
+
+
+def test_attention_decay_is_the_articles_sum() -> None:
+    from kexue.positional.scaling import attention_decay
+
+    theta = torch.rand(16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for delta in (0.0, 1.0, 7.5, 300.0):
+        partial, total = 0j, 0.0
+        for t in theta.tolist():  # S_j = Σ_{k<j} e^{iΔθ_k}, summed over j = 1 … R/2
+            partial += complex(math.cos(delta * t), math.sin(delta * t))
+            total += abs(partial)
+        assert attention_decay(theta, [delta]).item() == pytest.approx(total / 16, rel=1e-12)
+    assert attention_decay(theta, 0.0).item() == pytest.approx(8.5)  # (R/2 + 1) / 2 at Δ = 0
+    ladder = rope_parameters(head_dim=128).inv_freq
+    values = attention_decay(ladder, torch.tensor([1.0, 10.0, 100.0]))
+    assert values[0] > values[1] > values[2]  # the article's decay with distance
+
+
+def test_pair_analysis() -> None:
+    from kexue.positional.scaling import pair_analysis
+
+    linear = pair_analysis(rope_parameters("linear", head_dim=64, factor=4.0), 4096)
+    assert torch.allclose(linear["ratio"], torch.full((32,), 0.25, dtype=torch.float64), rtol=1e-15)
+    plain = rope_parameters(head_dim=64)
+    a = pair_analysis(plain, 4096)
+    assert torch.allclose(a["wavelength"], 2 * math.pi / plain.inv_freq) and a["turns"][0] == pytest.approx(4096 / (2 * math.pi))
+    prop = pair_analysis(rope_parameters("proportional", head_dim=64, partial_rotary_factor=0.25), 100)
+    assert torch.isinf(prop["wavelength"][8:]).all() and (prop["turns"][8:] == 0).all() and (prop["ratio"][:8] == 1).all()
+    with pytest.raises(ValueError, match="context=0"):
+        pair_analysis(plain, 0)
+
+
+def test_scaling_claims() -> None:
+    from kexue.positional import claims
+    from kexue.report.claims import ClaimContext
+
+    ctx = ClaimContext("rope", claims.ROPE.article)
+    for check in (claims.scaling_matches_transformers, claims.scaling_analysis):
+        claims.ROPE.run_check(check, ctx, debug=True)
+    got = ctx.by_id
+    assert got["rope.scaling.matches_transformers"].status == "pass"
+    analysis = got["rope.scaling.analysis"]
+    assert analysis.status == "documented" and len(analysis.table["rows"]) == 4
+    llama = analysis.measured["Llama 3.1 (x8, L0 8k)"]
+    assert llama["kept"] + llama["divided by s or more"] + llama["in between"] == 64 and llama["in between"] > 0
+    assert [f.name for f in ctx.figures] == ["scalings"]

@@ -10,6 +10,8 @@ experiment the article did not have.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -310,6 +312,108 @@ def layout_conversion(ctx: ClaimContext) -> None:
             worst = max(worst, float(diff))
     ctx.claim("layout_conversion", "permuting W_q, W_k with convert_layout gives identical attention scores in the other layout (full and partial rotary, both directions)",
               article_value=None, measured=worst, tolerance=1e-10, passed=worst <= 1e-10)
+
+
+# Long-context settings of real models: (label, rope_type, head_dim, base, trained length L₀, fields)
+_SCALED_MODELS = (
+    ("linear x4 (position interpolation)", "linear", 128, 10000.0, 4096, {"factor": 4.0}),
+    ("dynamic NTK x4, at 4 L0", "dynamic", 128, 10000.0, 4096, {"factor": 4.0}),
+    ("YaRN x4 (Qwen2.5, L0 32k)", "yarn", 128, 1e6, 32768, {"factor": 4.0, "original_max_position_embeddings": 32768}),
+    ("Llama 3.1 (x8, L0 8k)", "llama3", 128, 500000.0, 8192,
+     {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+)
+
+
+_COMPARED = _SCALED_MODELS + (
+    ("LongRoPE (Phi-3 style)", "longrope", 96, 10000.0, 4096,
+     {"short_factor": [1.0 + 0.02 * i for i in range(48)], "long_factor": [1.0 + 0.5 * i for i in range(48)],
+      "original_max_position_embeddings": 4096}),
+    ("proportional, quarter rotated", "proportional", 128, 10000.0, 4096, {"partial_rotary_factor": 0.25}),
+)
+
+
+def _scaling_gaps(transformers: Any, init_functions: dict) -> tuple[float, float]:
+    """Max relative gap of the inverse frequencies and max gap of the attention factors, kexue vs transformers."""
+    from kexue.positional.scaling import rope_parameters_from_config
+
+    worst, factor_gap = 0.0, 0.0
+    for _, rope_type, head_dim, base, original, fields in _COMPARED:
+        config = transformers.LlamaConfig(hidden_size=4 * head_dim, num_attention_heads=4, head_dim=head_dim, max_position_embeddings=4 * original,
+                                          rope_parameters={"rope_type": rope_type, "rope_theta": base, **fields})
+        for length in (original // 2, 4 * original):
+            hf_inv, hf_factor = init_functions[rope_type](config, "cpu", seq_len=length)
+            ours = rope_parameters_from_config(config, seq_len=length)
+            gap = float(((ours.inv_freq - hf_inv.double()).abs() / hf_inv.double().abs().clamp_min(1e-300)).max())
+            worst, factor_gap = max(worst, gap), max(factor_gap, abs(ours.attention_factor - hf_factor))
+    return worst, factor_gap
+
+
+@ROPE.check
+def scaling_matches_transformers(ctx: ClaimContext) -> None:
+    """Every rope_type of the installed transformers against kexue's float64 scalings."""
+    import logging
+
+    from kexue._optional import require_extra
+
+    require_extra("comparing RoPE scalings with transformers", "transformers")
+    import transformers
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    quiet = logging.getLogger("transformers.modeling_rope_utils")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its advice about 'factor' vs 'original_max_position_embeddings', for the configs built here
+    try:
+        worst, factor_gap = _scaling_gaps(transformers, ROPE_INIT_FUNCTIONS)
+    finally:
+        quiet.setLevel(level)
+    types = ", ".join(dict.fromkeys(c[1] for c in _COMPARED))
+    ctx.claim("scaling.matches_transformers", f"kexue's float64 scalings ({types}) against transformers "
+              f"{transformers.__version__}'s ROPE_INIT_FUNCTIONS (float32), at half and at four times the trained length: "
+              "max relative difference of the inverse frequencies, and of the attention factors",
+              article_value="the same frequencies", measured={"inverse frequencies": worst, "attention factors": factor_gap},
+              tolerance="2e-6 (float32 rounding), attention factors exactly", passed=worst <= 2e-6 and factor_gap == 0.0,
+              details="the test suite runs 336 configurations x 6 lengths (tests/positional/test_scaling.py)")
+
+
+@ROPE.check
+def scaling_analysis(ctx: ClaimContext) -> None:
+    """What each scaling does to each pair, and to the article's long-range decay."""
+    import matplotlib.pyplot as plt
+
+    from kexue.positional.scaling import attention_decay, pair_analysis, rope_parameters
+
+    rows, curves = [], {}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4))
+    for label, rope_type, head_dim, base, original, fields in _SCALED_MODELS:
+        length = 4 * original if rope_type == "dynamic" else None
+        p = rope_parameters(rope_type, head_dim=head_dim, base=base, max_position_embeddings=original, seq_len=length, **fields)
+        plain = rope_parameters(head_dim=head_dim, base=base)
+        a = pair_analysis(p, original)
+        s = fields["factor"]
+        kept = int((a["ratio"] > 1 - 1e-9).sum())
+        scaled = int((a["ratio"] < 1 / s + 1e-9).sum())
+        rows.append((label, p.rotary_dim // 2, kept, scaled, p.rotary_dim // 2 - kept - scaled,
+                     int((pair_analysis(plain, original)["turns"] < 1).sum()), int((pair_analysis(p, 4 * original)["turns"] < 1).sum()),
+                     round(p.attention_factor, 4)))
+        left.plot(a["ratio"].numpy(), label=label)
+        distances = np.unique(np.geomspace(1, 4 * original, 200).astype(int))
+        curves[label] = (distances, attention_decay(p.inv_freq, distances).numpy())
+        right.semilogx(distances, curves[label][1], label=label)
+        right.axvline(original, color="grey", lw=0.5)
+    left.set(xlabel="rotary pair j (high → low frequency)", ylabel="θ'_j / θ_j", yscale="log", title="What each scaling does to each pair")
+    left.legend(fontsize=7)
+    right.set(xlabel="relative distance Δ", ylabel="(2/R) Σ_j |S_j(Δ)|", title="The article's decay bound under each scaling")
+    right.legend(fontsize=7)
+    ctx.figure("scalings", fig, "Left: the ratio of each rotary pair's frequency to the unscaled ladder (1: kept, 1/s: interpolated). "
+               "Right: the long-range bound of the RoPE article for the scaled frequencies; grey lines: each setting's trained length.")
+    table = Table(("setting", "pairs", "kept", "divided by s or more", "in between", "pairs < 1 turn in L0 (unscaled)",
+                   "pairs < 1 turn in 4 L0 (scaled)", "attention factor"), tuple(rows),
+                  caption="Per rotary pair: kept (ratio 1), interpolated (1/s) or blended; pairs that never complete a turn "
+                          "within the trained length, before and, over four times that length, after scaling")
+    ctx.claim("scaling.analysis", "what each long-context scaling does to each rotary pair (head 128), and the pairs that never "
+              "complete a turn within the trained length: linear scales every pair, NTK mostly the low frequencies, YaRN and "
+              "Llama 3 keep the high frequencies and interpolate the low ones with a blend in between",
+              article_value=None, measured={r[0]: dict(zip(table.columns[1:], r[1:])) for r in rows}, documented=True, table=table)
 
 
 @ROPE.check

@@ -38,7 +38,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -485,7 +485,40 @@ class RotaryEmbedding(nn.Module):
         else:
             self.register_buffer("freqs", freqs, persistent=True)
         self.learnable = learnable
+        self.attention_factor = 1.0  # multiplies cos and sin (a long-context scaling's, see from_config)
         self._table: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def from_config(cls, config: Any, *, layer_type: str | None = None, seq_len: int | None = None,
+                    angle_dtype: torch.dtype = torch.float32, backend: Backend = "auto") -> RotaryEmbedding:
+        """The rotary embedding a transformers model builds from ``config``: its head width, its
+        rotated share, its ``rope_type`` scaling with that scaling's attention factor (applied to
+        cos and sin, as transformers does) and its pair layout (``rope_interleave``: the
+        interleaved pairs of DeepSeek-V3; attention scores are those of transformers, whose
+        output order differs by a fixed permutation of the rotated coordinates).
+
+        ``layer_type`` picks one entry of a per-layer-type config (Gemma 3: ``"sliding_attention"``
+        or ``"full_attention"``). ``seq_len``: the frequencies of ``dynamic`` and ``longrope``
+        depend on the length; they are fixed here for ``seq_len`` (default: the trained length).
+        For ``dynamic``, pass the longest length a cache will hold (prompt plus new tokens): every
+        key and query of that cache then uses one base, which keeps attention a function of
+        relative position. transformers instead changes the base as the sequence grows, so keys
+        cached under the old base no longer match queries rotated under the new one.
+
+        Raises:
+            ValueError: a config without RoPE parameters, M-RoPE (``mrope_section``), or an
+                invalid scaling field, each named.
+        """
+        from kexue.positional.scaling import rope_parameters_from_config
+
+        params = rope_parameters_from_config(config, seq_len=seq_len, layer_type=layer_type)
+        layout: Layout = "interleaved" if getattr(config, "rope_interleave", False) else "half"
+        rope = cls(params.head_dim, rotary_dim=params.rotary_dim, base=params.base, layout=layout,
+                   angle_dtype=angle_dtype, backend=backend)
+        rope.register_buffer("freqs", params.inv_freq[None].to(angle_dtype), persistent=True)
+        rope.scaling = params.rope_type
+        rope.attention_factor = params.attention_factor
+        return rope
 
     def extra_repr(self) -> str:
         return (
@@ -589,6 +622,11 @@ class RotaryEmbedding(nn.Module):
             batched = p.dim() - 2  # leading batch dims of the positions
             if batched and self.freqs.dim() == 2 and x.dim() >= 4:
                 cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)  # broadcast over heads
+        if self.attention_factor != 1.0:
+            if inverse:
+                raise ValueError(f"inverse=True undoes a rotation, but this embedding also scales by attention_factor="
+                                 f"{self.attention_factor:g}; divide by it after the inverse rotation instead")
+            cos, sin = cos * self.attention_factor, sin * self.attention_factor
         return apply_rotary(x, cos, sin, layout=self.layout, inverse=inverse, out=out, backend=self.backend)
 
 

@@ -53,7 +53,7 @@ import torch
 
 from kexue._shared import check_choice
 
-__all__ = ["ROPE_TYPES", "RopeParameters", "rope_parameters", "rope_parameters_from_config"]
+__all__ = ["ROPE_TYPES", "RopeParameters", "attention_decay", "pair_analysis", "rope_parameters", "rope_parameters_from_config"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,8 @@ class RopeParameters:
     rope_type: str
     inv_freq: torch.Tensor
     attention_factor: float
+    head_dim: int
+    base: float
 
     @property
     def rotary_dim(self) -> int:
@@ -272,7 +274,7 @@ def rope_parameters(
     if rope_type == "proportional":
         params = {**params, "partial_rotary_factor": share}
     inv_freq, attention = fn(_Spec(head_dim, dim, base, max_position_embeddings, seq_len, params))
-    return RopeParameters(rope_type, inv_freq, float(attention))
+    return RopeParameters(rope_type, inv_freq, float(attention), head_dim, base)
 
 
 _CONFIG_FIELDS = ("rope_type", "rope_theta", "partial_rotary_factor")
@@ -296,8 +298,46 @@ def rope_parameters_from_config(config: Any, *, seq_len: int | None = None, laye
             raise ValueError(f"layer_type={layer_type!r}: this config keeps RoPE parameters for {sorted(parameters)}; pass one of them")
         parameters = parameters[layer_type]
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if parameters.get("mrope_section") is not None:
+        raise ValueError(f"{type(config).__name__}: rope_parameters['mrope_section'] (multimodal M-RoPE) is not supported yet")
     extra = {k: v for k, v in parameters.items() if k not in _CONFIG_FIELDS}
     share = parameters.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None))
     return rope_parameters(parameters.get("rope_type", "default"), head_dim=int(head_dim), base=float(parameters["rope_theta"]),
                            partial_rotary_factor=1.0 if share is None else float(share),
                            max_position_embeddings=getattr(config, "max_position_embeddings", None), seq_len=seq_len, **extra)
+
+
+def pair_analysis(params: RopeParameters, context: int) -> dict[str, torch.Tensor]:
+    """Per rotary pair ``j`` of a scaling, against the unscaled ladder of the same base and width:
+
+    * ``wavelength``: ``2π / θ'_j`` (positions per turn; ``inf`` for a pair that does not rotate);
+    * ``turns``: ``context · θ'_j / 2π``, how many turns the pair makes within ``context``
+      positions (below 1: the pair never completes a turn, so a model trained on ``context``
+      tokens has not seen its whole circle);
+    * ``ratio``: ``θ'_j / θ_j`` (1: kept, ``1/s``: interpolated; YaRN's ramp and Llama 3's band
+      lie between).
+
+    All float64, shape ``(R/2,)``.
+    """
+    if isinstance(context, bool) or not isinstance(context, int) or context < 1:
+        raise ValueError(f"context={context!r} must be a positive integer")
+    theta = params.inv_freq
+    plain = params.base ** (-torch.arange(0, params.rotary_dim, 2, dtype=torch.float64) /
+                            (params.head_dim if params.rope_type == "proportional" else params.rotary_dim))
+    wavelength = torch.where(theta > 0, 2 * math.pi / theta.clamp_min(1e-300), torch.full_like(theta, math.inf))
+    return {"wavelength": wavelength, "turns": context * theta / (2 * math.pi), "ratio": theta / plain}
+
+
+def attention_decay(inv_freq: torch.Tensor, distances: Any) -> torch.Tensor:
+    """The RoPE article's long-range bound, for any frequencies: ``(2/R) Σ_j |S_j(Δ)|`` with
+    ``S_j(Δ) = Σ_{k<j} e^{iΔθ_k}``.
+
+    By Abel summation, ``|Σ_j h_j e^{iΔθ_j}| ≤ max_j |h_{j+1} − h_j| · Σ_j |S_j(Δ)|`` for any
+    query-key products ``h_j``: this is the factor that decays with the relative distance ``Δ``
+    (Su et al., RoFormer, §3.4.3; kexue.fm/archives/8265). float64, shape of ``distances``.
+    """
+    theta = torch.as_tensor(inv_freq, dtype=torch.float64).reshape(-1)
+    delta = torch.as_tensor(distances, dtype=torch.float64)
+    phase = delta.reshape(-1, 1) * theta  # (N, R/2)
+    partial = torch.cumsum(torch.polar(torch.ones_like(phase), phase), dim=1)  # S_1 … S_{R/2}
+    return (partial.abs().sum(dim=1) / theta.numel()).reshape(delta.shape)

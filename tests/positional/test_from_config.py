@@ -1,0 +1,155 @@
+"""RotaryEmbedding.from_config against each model family's own rotary code in the installed transformers."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import pytest
+import torch
+
+from kexue.positional import RotaryEmbedding
+
+transformers = pytest.importorskip("transformers")
+
+SMALL = {"hidden_size": 128, "intermediate_size": 64, "num_hidden_layers": 2, "vocab_size": 64}
+
+
+def _family(name: str, config_class: str, rotary_class: str, **fields):
+    config = getattr(transformers, config_class)(**{**SMALL, **fields})
+    return name, config, rotary_class
+
+
+FAMILIES = [
+    _family("llama", "LlamaConfig", "LlamaRotaryEmbedding", num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=131072,
+            rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+    _family("mistral", "MistralConfig", "MistralRotaryEmbedding", num_attention_heads=4, num_key_value_heads=1,
+            head_dim=64, rope_parameters={"rope_type": "default", "rope_theta": 1e6}),
+    _family("qwen2", "Qwen2Config", "Qwen2RotaryEmbedding", num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=131072,
+            rope_parameters={"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0, "original_max_position_embeddings": 32768}),
+    _family("qwen3", "Qwen3Config", "Qwen3RotaryEmbedding", num_attention_heads=4, num_key_value_heads=2, head_dim=48,
+            rope_parameters={"rope_type": "linear", "rope_theta": 1e6, "factor": 2.0}),
+    _family("phi3", "Phi3Config", "Phi3RotaryEmbedding", num_attention_heads=4, num_key_value_heads=4,
+            max_position_embeddings=131072, original_max_position_embeddings=4096,
+            rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.75,
+                             "short_factor": [1.0 + 0.1 * i for i in range(12)], "long_factor": [1.0 + 2.0 * i for i in range(12)],
+                             "original_max_position_embeddings": 4096}),
+    _family("gpt_neox", "GPTNeoXConfig", "GPTNeoXRotaryEmbedding", num_attention_heads=4,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}),
+    _family("gemma", "GemmaConfig", "GemmaRotaryEmbedding", num_attention_heads=2, num_key_value_heads=1, head_dim=96,
+            rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}, max_position_embeddings=256),
+]
+
+
+def _hf_rotate(family: str, config, rotary_class: str, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, **kw):
+    module = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+    rotary = getattr(module, rotary_class)(config)
+    cos, sin = rotary(q, positions[None], **kw)
+    return module.apply_rotary_pos_emb(q, k, cos, sin)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_transformers():
+    logger = logging.getLogger("transformers.modeling_rope_utils")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    yield
+    logger.setLevel(level)
+
+
+@pytest.mark.parametrize("family,config,rotary_class", FAMILIES, ids=[f[0] for f in FAMILIES])
+@pytest.mark.parametrize("length", [7, 300])
+def test_rotation_equals_the_familys_own(family: str, config, rotary_class: str, length: int) -> None:
+    torch.manual_seed(0)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    q = torch.randn(2, config.num_attention_heads, length, head_dim)
+    k = torch.randn(2, config.num_attention_heads, length, head_dim)
+    positions = torch.arange(length) + 3
+    hf_q, hf_k = _hf_rotate(family, config, rotary_class, q, k, positions)
+    rope = RotaryEmbedding.from_config(config, seq_len=length + 3)
+    # float32 angles of position p carry an error of about p · 2^-24 rad, in transformers and here alike
+    atol = 2e-5 + 3e-7 * float(positions.max()) * float(q.abs().max())
+    torch.testing.assert_close(rope(q, positions), hf_q, rtol=0, atol=atol)
+    torch.testing.assert_close(rope(k, positions), hf_k, rtol=0, atol=atol)
+    if rope.attention_factor != 1.0:
+        with pytest.raises(ValueError, match="attention_factor"):
+            rope(q, positions, inverse=True)
+
+
+def test_longrope_switches_to_the_long_factors_past_the_original_length() -> None:
+    family, config, rotary_class = next(f for f in FAMILIES if f[0] == "phi3")
+    short, long = RotaryEmbedding.from_config(config), RotaryEmbedding.from_config(config, seq_len=5000)
+    assert not torch.equal(short.freqs, long.freqs)
+    q = torch.randn(1, 4, 5000, 32)
+    positions = torch.arange(5000)
+    hf_q, _ = _hf_rotate(family, config, rotary_class, q, q, positions)
+    atol = 2e-5 + 3e-7 * 5000 * float(q.abs().max())  # float32 angles up to 5000 rad, here and in transformers
+    torch.testing.assert_close(long(q, positions), hf_q, rtol=0, atol=atol)
+    assert long.attention_factor == short.attention_factor > 1
+
+
+def test_gemma3_local_and_global_layers() -> None:
+    config = transformers.Gemma3TextConfig(**{**SMALL, "num_hidden_layers": 6}, num_attention_heads=2, num_key_value_heads=1, head_dim=64)
+    module = importlib.import_module("transformers.models.gemma3.modeling_gemma3")
+    q = torch.randn(1, 2, 40, 64)
+    positions = torch.arange(40)
+    for layer_type in ("sliding_attention", "full_attention"):
+        rotary = module.Gemma3RotaryEmbedding(config)
+        cos, sin = rotary(q, positions[None], layer_type=layer_type)
+        hf_q, _ = module.apply_rotary_pos_emb(q, q, cos, sin)
+        ours = RotaryEmbedding.from_config(config, layer_type=layer_type)
+        torch.testing.assert_close(ours(q, positions), hf_q, rtol=2e-5, atol=2e-5)
+
+
+def test_deepseek_interleaved_pairs_give_transformers_attention_scores() -> None:
+    config = transformers.DeepseekV3Config(**SMALL, num_attention_heads=2, num_key_value_heads=2, qk_rope_head_dim=16,
+                                           qk_nope_head_dim=16, v_head_dim=16, kv_lora_rank=16, q_lora_rank=16,
+                                           n_routed_experts=4, num_experts_per_tok=2, first_k_dense_replace=2,
+                                           max_position_embeddings=16384, rope_interleave=True,
+                                           rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                                            "original_max_position_embeddings": 4096, "mscale": 1.0,
+                                                            "mscale_all_dim": 1.0, "beta_fast": 32, "beta_slow": 1})
+    module = importlib.import_module("transformers.models.deepseek_v3.modeling_deepseek_v3")
+    q, k = torch.randn(1, 2, 50, 16), torch.randn(1, 2, 50, 16)
+    positions = torch.arange(50)
+    rotary = module.DeepseekV3RotaryEmbedding(config)
+    cos, sin = rotary(q, positions[None])
+    hf_q, hf_k = module.apply_rotary_pos_emb_interleave(q, k, cos, sin)
+    rope = RotaryEmbedding.from_config(config)
+    assert rope.layout == "interleaved" and rope.dim == 16
+    torch.testing.assert_close(rope(q, positions) @ rope(k, positions).transpose(-1, -2), hf_q @ hf_k.transpose(-1, -2),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_unsupported_configs_are_named() -> None:
+    with pytest.raises(ValueError, match="rope_parameters"):
+        RotaryEmbedding.from_config(transformers.BertConfig())
+    vl = transformers.Qwen2VLTextConfig(**SMALL, num_attention_heads=4, num_key_value_heads=2,
+                                        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]})
+    with pytest.raises(ValueError, match="mrope_section"):
+        RotaryEmbedding.from_config(vl)
+
+
+def test_dynamic_ntk_fixed_base_per_cache_keeps_attention_relative() -> None:
+    """One base for the whole cache (kexue's choice) vs transformers' base that moves as the sequence grows.
+
+    Generating 64 tokens past a trained length of 256: with the base fixed for the final length
+    (prompt + new tokens), a query and a cached key score by their offset alone. Had the keys been
+    cached while the base was that of a shorter length, the same query-key pair scores differently.
+    """
+    config = transformers.LlamaConfig(**SMALL, num_attention_heads=2, num_key_value_heads=2, head_dim=64, max_position_embeddings=256,
+                                      rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 4.0})
+    final = RotaryEmbedding.from_config(config, seq_len=320, angle_dtype=torch.float64)
+    early = RotaryEmbedding.from_config(config, seq_len=280, angle_dtype=torch.float64)  # the base when the key was cached
+    assert not torch.equal(final.freqs, early.freqs)
+    q, k = torch.randn(64, dtype=torch.float64), torch.randn(64, dtype=torch.float64)
+
+    def score(rope_q, rope_k, m: int, n: int) -> float:
+        return float(rope_q(q[None], torch.tensor([m])) @ rope_k(k[None], torch.tensor([n])).T)
+
+    assert score(final, final, 319, 270) == pytest.approx(score(final, final, 49, 0), rel=1e-12)  # offset 49 either way
+    stale = score(final, early, 319, 270)  # a key rotated under the earlier base, a query under the final one
+    assert abs(stale - score(final, final, 319, 270)) > 1e-3 * abs(score(final, final, 319, 270))
