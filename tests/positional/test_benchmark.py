@@ -14,6 +14,10 @@ def test_rope_bench_quick(tmp_path: Path) -> None:
     payload = json.loads((tmp_path / "bench.json").read_text())
     ratios = {r["id"]: r for r in payload["ratios"]}
     assert set(ratios) == {"rope.fwd_vs_hf", "rope.fwd_vs_lucidrains", "rope.axial_vs_lucidrains", "rope.fwd_bwd_vs_hf",
-                           "rope.fwd_vs_clone", "rope.out_vs_copy"}
+                           "rope.fwd_vs_clone", "rope.out_vs_copy", "rope.hf_patch_rope_share", "rope.hf_patch_prefill",
+                           "rope.hf_patch_decode"}
+    assert ratios["rope.hf_patch_rope_share"]["target"] == 3.0 and ratios["rope.hf_patch_decode"]["target"] is None
+    shares = [c["params"]["rope_share"] for c in payload["cases"] if c["case"].startswith("D: LLaMA forward")]
+    assert len(shares) == 2 and all(0 < s < 1 for s in shares)
     assert ratios["rope.fwd_vs_hf"]["target"] == 3.0 and ratios["rope.out_vs_copy"]["higher_is_better"] is False
     assert all(r["value"] > 0 for r in ratios.values())

@@ -19,6 +19,7 @@ ROPE_IDS = {
     "rope.invertibility.single_block_counterexample", "rope.one_d.special_case", "rope.flattened.neighbour_distances",
     "rope.flattened.breaks_2d_relativity", "rope.quaternion.breaks_relativity", "rope.fast_path.native_available",
     "rope.layout_conversion", "rope.scaling.matches_transformers", "rope.scaling.analysis",
+    "rope.mrope.block_solution",
 } | {f"rope.fast_path.{b}_{d}" for b in ("native", "torch") for d in ("float64", "float32", "bfloat16")}
 
 

@@ -129,8 +129,58 @@ def test_unsupported_configs_are_named() -> None:
         RotaryEmbedding.from_config(transformers.BertConfig())
     vl = transformers.Qwen2VLTextConfig(**SMALL, num_attention_heads=4, num_key_value_heads=2,
                                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]})
-    with pytest.raises(ValueError, match="mrope_section"):
+    with pytest.raises(ValueError, match=r"mrope_section=\[2, 3, 3\] must be three non-negative pair counts summing to 16"):
         RotaryEmbedding.from_config(vl)
+
+
+def _mrope_positions(batch: int, length: int) -> torch.Tensor:
+    """(3, B, T) position ids as transformers takes them: text runs with t = h = w, then an image block."""
+    t = torch.arange(length)
+    ids = torch.stack([t, t, t])
+    ids[1, 5:17] = 5 + torch.arange(12) // 4  # a 3 x 4 image grid after 5 text tokens
+    ids[2, 5:17] = 5 + torch.arange(12) % 4
+    ids[0, 5:17] = 5
+    ids[:, 17:] = ids[:, 17:] - 12 + 4  # text after the image continues from max + 1
+    return ids[:, None].expand(3, batch, length) + torch.arange(batch)[None, :, None]
+
+
+@pytest.mark.parametrize("family,config_class,rotary_class,sections", [
+    ("qwen2_vl", "Qwen2VLTextConfig", "Qwen2VLRotaryEmbedding", [4, 6, 6]),
+    ("qwen2_vl", "Qwen2VLTextConfig", "Qwen2VLRotaryEmbedding", None),  # the family's default [16, 24, 24]
+    ("qwen2_5_vl", "Qwen2_5_VLTextConfig", "Qwen2_5_VLRotaryEmbedding", [2, 7, 7]),
+    ("qwen3_vl", "Qwen3VLTextConfig", "Qwen3VLTextRotaryEmbedding", [6, 5, 5]),
+    ("qwen3_vl", "Qwen3VLTextConfig", "Qwen3VLTextRotaryEmbedding", None),  # the default [24, 20, 20], interleaved
+])
+def test_mrope_equals_transformers(family: str, config_class: str, rotary_class: str, sections) -> None:
+    head_dim = 32 if sections is not None else 128
+    rope_parameters = {"rope_type": "default", "rope_theta": 10000.0}
+    if sections is not None:
+        rope_parameters["mrope_section"] = sections
+    config = getattr(transformers, config_class)(**{**SMALL, "hidden_size": 4 * head_dim}, num_attention_heads=4, num_key_value_heads=2,
+                                                 head_dim=head_dim, rope_parameters=rope_parameters)
+    module = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+    positions = _mrope_positions(2, 24)  # (3, B, T)
+    q = torch.randn(2, 4, 24, head_dim)
+    cos, sin = getattr(module, rotary_class)(config)(q, positions)
+    hf_q, _ = module.apply_rotary_pos_emb(q, q, cos, sin)
+    rope = RotaryEmbedding.from_config(config)
+    assert rope.axes == 3 and rope.freqs.shape == (3, head_dim // 2)
+    torch.testing.assert_close(rope(q, positions.permute(1, 2, 0)), hf_q, rtol=0, atol=5e-5)
+
+
+def test_mrope_is_the_block_solution_and_text_is_1d() -> None:
+    from kexue.positional.mrope import mrope_frequencies
+    from kexue.positional.scaling import rope_parameters
+
+    theta = rope_parameters(head_dim=32).inv_freq
+    for interleaved in (False, True):
+        f = mrope_frequencies(theta, (6, 5, 5), interleaved=interleaved)
+        assert ((f != 0).sum(0) == 1).all() and torch.equal(f.sum(0), theta)  # one axis per pair, the 1-D ladder's θ_j
+        assert sorted((f != 0).sum(1).tolist()) == [5, 5, 6]
+        p = torch.tensor([[7.0, 7.0, 7.0]])
+        assert torch.allclose(p.double() @ f, 7.0 * theta[None], rtol=0, atol=0)  # text (t = h = w): 1-D RoPE
+    contiguous = mrope_frequencies(theta, (6, 5, 5))
+    assert (contiguous[0, :6] != 0).all() and (contiguous[1, 6:11] != 0).all() and (contiguous[2, 11:] != 0).all()
 
 
 def test_dynamic_ntk_fixed_base_per_cache_keeps_attention_relative() -> None:

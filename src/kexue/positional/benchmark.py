@@ -10,6 +10,10 @@ Cases (float32; full size, ``--quick`` divides the batch by 4):
 * B: 2-D axial RoPE on a 64×64 grid, (8, 16, 4096, 64), against rotary-embedding-torch's
   ``get_axial_freqs`` + ``apply_rotary_emb`` (both interleaved, frequencies precomputed).
 * C: forward + backward of case A (q and k, gradient of a fixed upstream tensor).
+* D: a random-initialised LLaMA (4 layers, hidden 512, 8 heads of 64; 4 x 1024 tokens, quick
+  2 x 256) with transformers' ``apply_rotary_pos_emb`` and with kexue's (:mod:`kexue.positional.hf`):
+  the share of the forward spent in RoPE (timed at each call), prefill time, and greedy decoding
+  of 32 tokens with the KV cache.
 * The one-off compile time of the C kernel.
 
 At full size every case is the median of at least 15 calls (``MIN_REPEATS``), after one warm-up call.
@@ -19,7 +23,9 @@ At full size every case is the median of at least 15 calls (``MIN_REPEATS``), af
 Ratios: ``rope.fwd_vs_hf``, ``rope.fwd_vs_lucidrains``, ``rope.axial_vs_lucidrains``,
 ``rope.fwd_bwd_vs_hf`` (peer time / kexue time, targets 3, 2, 2, 1.5), ``rope.fwd_vs_clone``
 (kexue allocating / clone, target ≤ 1.5) and ``rope.out_vs_copy`` (kexue ``out=`` / copy_,
-target ≤ 2).
+target ≤ 2), ``rope.hf_patch_rope_share`` (RoPE's share of the LLaMA forward, transformers /
+kexue, target ≥ 3), and, reported without targets, ``rope.hf_patch_prefill`` and
+``rope.hf_patch_decode`` (transformers time / kexue time).
 """
 
 from __future__ import annotations
@@ -136,6 +142,88 @@ def forward_backward(bench: Bench) -> None:
     peer = bench.time(case, "HF apply_rotary_pos_emb fwd+bwd", hf, params=params, repeats=reps)
     bench.ratio("rope.fwd_bwd_vs_hf", peer.median_s / mine.median_s, target=1.5,
                 description="HF fwd+bwd time / kexue fwd+bwd time (q and k)")
+
+
+def _timed(fn, total: list[float]):
+    """``fn`` that adds its own wall time to ``total[0]``."""
+    import time
+
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            total[0] += time.perf_counter() - start
+
+    return wrapper
+
+
+def _rope_share(model, ids: torch.Tensor, module, function, repeats: int) -> tuple[list[float], float]:
+    """Forward times of ``model(ids)`` with ``module.apply_rotary_pos_emb = function``, and the
+    median share of them spent inside that function (wall time, timed at each call)."""
+    import statistics
+    import time
+
+    saved = module.apply_rotary_pos_emb
+    total = [0.0]
+    module.apply_rotary_pos_emb = _timed(function, total)
+    times, shares = [], []
+    try:
+        with torch.no_grad():
+            model(ids)  # warm-up
+            for _ in range(repeats):
+                total[0] = 0.0
+                start = time.perf_counter()
+                model(ids)
+                times.append(time.perf_counter() - start)
+                shares.append(total[0] / times[-1])
+    finally:
+        module.apply_rotary_pos_emb = saved
+    return times, statistics.median(shares)
+
+
+@BENCH.case
+def hf_model(bench: Bench) -> None:
+    """D: a random-initialised LLaMA (4 layers, hidden 512, 8 heads of 64) with transformers' RoPE and with kexue's."""
+    if bench.device != "cpu":
+        return
+    import transformers
+    from transformers.models.llama import modeling_llama
+
+    from kexue.positional.hf import hf_apply_rotary_pos_emb, patch_hf_rope
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=1024, hidden_size=512, intermediate_size=1024, num_hidden_layers=4,
+                                      num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=4096)
+    model = transformers.LlamaForCausalLM(config).eval()
+    batch, tokens = (2, 256) if bench.quick else (4, 1024)
+    ids = torch.randint(0, 1024, (batch, tokens), generator=torch.Generator().manual_seed(1))
+    case = f"D: LLaMA forward (4 x 512, {batch} x {tokens} tokens)"
+    params = {"batch": batch, "tokens": tokens, "layers": 4, "hidden": 512, "threads": torch.get_num_threads()}
+    reps = max(3, bench.repeats if bench.quick else 7)
+    original = modeling_llama.apply_rotary_pos_emb
+    plain_times, plain_share = _rope_share(model, ids, modeling_llama, original, reps)
+    fused_times, fused_share = _rope_share(model, ids, modeling_llama, hf_apply_rotary_pos_emb, reps)
+    plain_s = bench.record(case, "transformers RoPE: prefill", plain_times, params={**params, "rope_share": round(plain_share, 4)}).median_s
+    fused_s = bench.record(case, "kexue RoPE (patch_hf_rope): prefill", fused_times,
+                           params={**params, "rope_share": round(fused_share, 4)}).median_s
+    bench.ratio("rope.hf_patch_rope_share", plain_share / max(fused_share, 1e-9), target=3.0,
+                description=f"RoPE's share of the forward, transformers / kexue ({plain_share:.1%} / {fused_share:.1%})")
+    bench.ratio("rope.hf_patch_prefill", plain_s / fused_s, description="prefill time, transformers RoPE / kexue RoPE (no target)")
+
+    prompt = ids[:, : tokens // 4]
+    new = 16 if bench.quick else 32
+
+    def decode() -> None:
+        with torch.no_grad():
+            model.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
+
+    decode_params = {**params, "prompt": prompt.shape[1], "new_tokens": new}
+    plain_decode = bench.time(case.replace("forward", "greedy decode"), "transformers RoPE", decode, params=decode_params, repeats=3)
+    with patch_hf_rope(model):
+        fused_decode = bench.time(case.replace("forward", "greedy decode"), "kexue RoPE (patch_hf_rope)", decode, params=decode_params, repeats=3)
+    bench.ratio("rope.hf_patch_decode", plain_decode.median_s / fused_decode.median_s,
+                description="greedy decode time with the KV cache, transformers RoPE / kexue RoPE (no target)")
 
 
 @BENCH.case

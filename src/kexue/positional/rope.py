@@ -74,6 +74,13 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def _broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
+    """Whether ``shape`` broadcasts to exactly ``target`` (torch.broadcast_shapes costs ~40 µs a call)."""
+    if len(shape) > len(target):
+        return False
+    return all(s == t or s == 1 for s, t in zip(reversed(shape), reversed(target)))
+
+
 def _check_tables(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> int:
     """Validate shapes; return the number of rotated pairs ``R/2``."""
     for name, value in (("x", x), ("cos", cos), ("sin", sin)):
@@ -98,11 +105,7 @@ def _check_tables(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> int:
             f"cos.shape[-1]={half} must be between 1 and x.shape[-1] / 2 = {dim / 2:g} "
             f"(one angle per rotated pair){hint}"
         )
-    try:
-        lead = torch.broadcast_shapes(cos.shape[:-1], x.shape[:-1])
-    except RuntimeError:
-        lead = None
-    if lead != x.shape[:-1]:
+    if not _broadcasts_to(cos.shape[:-1], x.shape[:-1]):
         raise ValueError(
             f"cos/sin leading shape {tuple(cos.shape[:-1])} must broadcast to x's leading shape {tuple(x.shape[:-1])}"
         )
@@ -498,7 +501,10 @@ class RotaryEmbedding(nn.Module):
         output order differs by a fixed permutation of the rotated coordinates).
 
         ``layer_type`` picks one entry of a per-layer-type config (Gemma 3: ``"sliding_attention"``
-        or ``"full_attention"``). ``seq_len``: the frequencies of ``dynamic`` and ``longrope``
+        or ``"full_attention"``). An M-RoPE config (Qwen2-VL, Qwen2.5-VL, Qwen3-VL: ``mrope_section``
+        or the family's default sections) gives ``axes=3``: positions are ``(T, 3)`` or
+        ``(B, T, 3)`` (temporal, height, width; transformers' ``(3, B, T)`` moved last), see
+        :func:`kexue.positional.mrope.mrope_frequencies` and :func:`kexue.positional.mrope.mrope_position_ids`. ``seq_len``: the frequencies of ``dynamic`` and ``longrope``
         depend on the length; they are fixed here for ``seq_len`` (default: the trained length).
         For ``dynamic``, pass the longest length a cache will hold (prompt plus new tokens): every
         key and query of that cache then uses one base, which keeps attention a function of
@@ -506,16 +512,20 @@ class RotaryEmbedding(nn.Module):
         cached under the old base no longer match queries rotated under the new one.
 
         Raises:
-            ValueError: a config without RoPE parameters, M-RoPE (``mrope_section``), or an
-                invalid scaling field, each named.
+            ValueError: a config without RoPE parameters or with an invalid scaling or M-RoPE field,
+                each named.
         """
+        from kexue.positional.mrope import mrope_frequencies, mrope_layout
         from kexue.positional.scaling import rope_parameters_from_config
 
         params = rope_parameters_from_config(config, seq_len=seq_len, layer_type=layer_type)
         layout: Layout = "interleaved" if getattr(config, "rope_interleave", False) else "half"
+        mrope = mrope_layout(config)
+        freqs = params.inv_freq[None] if mrope is None else mrope_frequencies(params.inv_freq, mrope[0], interleaved=mrope[1])
         rope = cls(params.head_dim, rotary_dim=params.rotary_dim, base=params.base, layout=layout,
                    angle_dtype=angle_dtype, backend=backend)
-        rope.register_buffer("freqs", params.inv_freq[None].to(angle_dtype), persistent=True)
+        rope.axes = freqs.shape[0]  # 3 for M-RoPE: (temporal, height, width) positions
+        rope.register_buffer("freqs", freqs.to(angle_dtype), persistent=True)
         rope.scaling = params.rope_type
         rope.attention_factor = params.attention_factor
         return rope

@@ -55,6 +55,8 @@ from kexue._shared import check_choice
 
 __all__ = ["ROPE_TYPES", "RopeParameters", "attention_decay", "pair_analysis", "rope_parameters", "rope_parameters_from_config"]
 
+_MROPE_FIELDS = ("mrope_section", "mrope_interleaved")  # read by kexue.positional.mrope, not by the scalings
+
 
 @dataclass(frozen=True)
 class RopeParameters:
@@ -298,9 +300,7 @@ def rope_parameters_from_config(config: Any, *, seq_len: int | None = None, laye
             raise ValueError(f"layer_type={layer_type!r}: this config keeps RoPE parameters for {sorted(parameters)}; pass one of them")
         parameters = parameters[layer_type]
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    if parameters.get("mrope_section") is not None:
-        raise ValueError(f"{type(config).__name__}: rope_parameters['mrope_section'] (multimodal M-RoPE) is not supported yet")
-    extra = {k: v for k, v in parameters.items() if k not in _CONFIG_FIELDS}
+    extra = {k: v for k, v in parameters.items() if k not in _CONFIG_FIELDS and k not in _MROPE_FIELDS}
     share = parameters.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None))
     return rope_parameters(parameters.get("rope_type", "default"), head_dim=int(head_dim), base=float(parameters["rope_theta"]),
                            partial_rotary_factor=1.0 if share is None else float(share),
@@ -341,3 +341,4 @@ def attention_decay(inv_freq: torch.Tensor, distances: Any) -> torch.Tensor:
     phase = delta.reshape(-1, 1) * theta  # (N, R/2)
     partial = torch.cumsum(torch.polar(torch.ones_like(phase), phase), dim=1)  # S_1 … S_{R/2}
     return (partial.abs().sum(dim=1) / theta.numel()).reshape(delta.shape)
+

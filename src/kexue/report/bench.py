@@ -177,6 +177,13 @@ class Bench:
         self.cases.append(record)
         return record
 
+    def record(self, case: str, impl: str, times: list[float], *, params: dict[str, Any] | None = None) -> CaseResult:
+        """Record times measured by the case itself (when ``fn``-per-call timing does not fit, e.g. a
+        share of a larger call); the median is reported, peak memory is not measured."""
+        record = CaseResult(self.technique, case, impl, statistics.median(times), list(times), None, dict(params or {}))
+        self.cases.append(record)
+        return record
+
     def ratio(
         self,
         id: str,
