@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import logging
 
 import pytest
@@ -203,3 +204,31 @@ def test_dynamic_ntk_fixed_base_per_cache_keeps_attention_relative() -> None:
     assert score(final, final, 319, 270) == pytest.approx(score(final, final, 49, 0), rel=1e-12)  # offset 49 either way
     stale = score(final, early, 319, 270)  # a key rotated under the earlier base, a query under the final one
     assert abs(stale - score(final, final, 319, 270)) > 1e-3 * abs(score(final, final, 319, 270))
+
+
+def test_bfloat16_models_keep_float32_angles_far_out() -> None:
+    """bf16 queries at positions near 100k: kexue rotates with float32 tables and rounds once; transformers hands
+    bf16 cos/sin tables to the product. Against a float64 rotation, kexue's error is one bf16 rounding."""
+    family, config, rotary_class = next(f for f in FAMILIES if f[0] == "llama")
+    positions = torch.arange(100_000, 100_064)
+    q = torch.randn(1, 4, 64, 32).to(torch.bfloat16)
+    exact = RotaryEmbedding.from_config(config, angle_dtype=torch.float64)(q.double(), positions)
+    ours = RotaryEmbedding.from_config(config)(q, positions)
+    hf_q, _ = _hf_rotate(family, config, rotary_class, q, q, positions)
+    ours_err = float((ours.double() - exact).abs().max())
+    hf_err = float((hf_q.double() - exact).abs().max())
+    assert ours.dtype == torch.bfloat16 and ours_err <= 2**-8 * float(exact.abs().max()) + 2e-3  # float32 angles: ~6e-3 rad at 1e5
+    assert ours_err <= hf_err
+
+
+def test_attention_factor_is_in_the_tables_and_the_cache_follows_it() -> None:
+    family, config, rotary_class = next(f for f in FAMILIES if f[0] == "qwen2")  # YaRN x4: factor 0.1 ln 4 + 1
+    rope = RotaryEmbedding.from_config(config)
+    cos, sin = rope.cos_sin(torch.arange(50))
+    torch.testing.assert_close(cos**2 + sin**2, torch.full_like(cos, rope.attention_factor**2), rtol=1e-6, atol=0)
+    q = torch.randn(1, 4, 50, 32)
+    scaled = rope(q)  # builds the cached table with the factor
+    rope.attention_factor = 1.0
+    plain = rope(q)  # the cache is rebuilt, not reused
+    torch.testing.assert_close(scaled, plain * (0.1 * math.log(4.0) + 1), rtol=1e-5, atol=1e-6)
+    assert torch.allclose(rope(plain, inverse=True), q, atol=1e-5)

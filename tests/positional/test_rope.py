@@ -133,7 +133,8 @@ def test_cache_grows_and_angles_are_float32_for_bfloat16_models() -> None:
     rope = RotaryEmbedding(64)
     x = torch.randn(1, 1, 4, 64, dtype=torch.bfloat16)
     rope(x, offset=10_000)
-    cos, _ = rope._table
+    cos, _, factor = rope._table
+    assert factor == 1.0
     assert cos.dtype == torch.float32 and cos.shape[0] >= 10_004
     # float32 angles at position 10,000: a bfloat16 angle would be off by up to 32 rad
     want = np.cos(10_000 * rope_frequencies(64).numpy())

@@ -14,6 +14,9 @@ Cases (float32; full size, ``--quick`` divides the batch by 4):
   2 x 256) with transformers' ``apply_rotary_pos_emb`` and with kexue's (:mod:`kexue.positional.hf`):
   the share of the forward spent in RoPE (timed at each call), prefill time, and greedy decoding
   of 32 tokens with the KV cache.
+* E: every scaling type built by ``RotaryEmbedding.from_config``: its cos/sin tables for 2048
+  (float, so uncached) positions and the rotation of case A's ``x`` into a preallocated
+  ``out=``, against the default.
 * The one-off compile time of the C kernel.
 
 At full size every case is the median of at least 15 calls (``MIN_REPEATS``), after one warm-up call.
@@ -25,10 +28,14 @@ Ratios: ``rope.fwd_vs_hf``, ``rope.fwd_vs_lucidrains``, ``rope.axial_vs_lucidrai
 (kexue allocating / clone, target ≤ 1.5) and ``rope.out_vs_copy`` (kexue ``out=`` / copy_,
 target ≤ 2), ``rope.hf_patch_rope_share`` (RoPE's share of the LLaMA forward, transformers /
 kexue, target ≥ 3), and, reported without targets, ``rope.hf_patch_prefill`` and
-``rope.hf_patch_decode`` (transformers time / kexue time).
+``rope.hf_patch_decode`` (transformers time / kexue time); ``rope.scaled_tables_vs_1d`` and
+``rope.scaled_apply_vs_1d`` (slowest scaling type / the 1-D case, target ≤ 1.15).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -224,6 +231,66 @@ def hf_model(bench: Bench) -> None:
         fused_decode = bench.time(case.replace("forward", "greedy decode"), "kexue RoPE (patch_hf_rope)", decode, params=decode_params, repeats=3)
     bench.ratio("rope.hf_patch_decode", plain_decode.median_s / fused_decode.median_s,
                 description="greedy decode time with the KV cache, transformers RoPE / kexue RoPE (no target)")
+
+
+_SCALED = {  # rope_type -> its fields, for a head of 64 trained at 4,096 tokens
+    "default": {},
+    "linear": {"factor": 4.0},
+    "dynamic": {"factor": 4.0},
+    "yarn": {"factor": 4.0, "original_max_position_embeddings": 4096},
+    "llama3": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 4096},
+    "longrope": {"short_factor": [1.0] * 32, "long_factor": [4.0] * 32, "original_max_position_embeddings": 4096},
+}
+
+
+def _interleaved(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """Times of each call, measured round-robin (one call of each per round after a warm-up), so a
+    drift of the machine's speed hits every call alike."""
+    import time
+
+    for fn in calls.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+@BENCH.case
+def scaled(bench: Bench) -> None:
+    """E: every scaling type from a transformers config: cos/sin tables and the rotation, against the plain 1-D case."""
+    import statistics
+
+    import transformers
+
+    shape = _shape(bench, 2048)
+    q = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(bench.device)
+    positions = torch.arange(shape[2], device=bench.device)
+    buf = torch.empty_like(q).fill_(0.0)  # out=: the rotations compare without the page faults of a fresh 64 MB output
+    rounds = bench.repeats if bench.quick else max(bench.repeats, 3 * MIN_REPEATS)
+    ropes = {}
+    for rope_type, fields in _SCALED.items():
+        config = transformers.LlamaConfig(hidden_size=1024, num_attention_heads=16, head_dim=64, max_position_embeddings=16384,
+                                          rope_parameters={"rope_type": rope_type, "rope_theta": 10000.0, **fields})
+        ropes[rope_type] = RotaryEmbedding.from_config(config, seq_len=8192).to(bench.device)
+    tables = _interleaved({t: (lambda r=r: r.cos_sin(positions.double())) for t, r in ropes.items()}, rounds)
+    applies = _interleaved({t: (lambda r=r: r(q, positions, out=buf)) for t, r in ropes.items()}, rounds)
+    for rope_type, rope in ropes.items():
+        params = {"shape": list(shape), "rope_type": rope_type, "attention_factor": round(rope.attention_factor, 4), "interleaved_rounds": rounds}
+        bench.record("E: tables for 2048 positions", rope_type, tables[rope_type], params=params)
+        bench.record(f"E: rotate {tuple(shape)} out=", rope_type, applies[rope_type], params=params)
+
+    def worst(times: dict[str, list[float]]) -> float:
+        base = statistics.median(times["default"])
+        return max(statistics.median(v) / base for k, v in times.items() if k != "default")
+
+    bench.ratio("rope.scaled_tables_vs_1d", worst(tables), target=1.15, higher_is_better=False,
+                description="slowest scaling type's cos/sin table time / the plain 1-D table time (interleaved rounds)")
+    bench.ratio("rope.scaled_apply_vs_1d", worst(applies), target=1.15, higher_is_better=False,
+                description="slowest scaling type's rotation time / the plain 1-D rotation (out=, interleaved rounds)")
 
 
 @BENCH.case

@@ -489,7 +489,7 @@ class RotaryEmbedding(nn.Module):
             self.register_buffer("freqs", freqs, persistent=True)
         self.learnable = learnable
         self.attention_factor = 1.0  # multiplies cos and sin (a long-context scaling's, see from_config)
-        self._table: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._table: tuple[torch.Tensor, torch.Tensor, float] | None = None  # cos, sin, the attention factor they include
 
     @classmethod
     def from_config(cls, config: Any, *, layer_type: str | None = None, seq_len: int | None = None,
@@ -575,7 +575,8 @@ class RotaryEmbedding(nn.Module):
         return self._angles(self._as_positions(positions))
 
     def cos_sin(self, positions: torch.Tensor | Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin of :meth:`angles` (in ``angle_dtype``), ready for :func:`apply_rotary`."""
+        """cos and sin of :meth:`angles` (in ``angle_dtype``), times :attr:`attention_factor` (1 unless
+        a scaling defines one, as transformers scales its tables), ready for :func:`apply_rotary`."""
         return self._cos_sin(self._as_positions(positions))
 
     def _cos_sin(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -583,8 +584,12 @@ class RotaryEmbedding(nn.Module):
             index = p[..., 0].long()
             cos, sin = self._cached(int(index.max()) + 1 if index.numel() else 1)
             return cos[index], sin[index]
-        phi = self._angles(p)
-        return phi.cos(), phi.sin()
+        return self._tables(self._angles(p))
+
+    def _tables(self, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.attention_factor == 1.0:
+            return phi.cos(), phi.sin()
+        return phi.cos() * self.attention_factor, phi.sin() * self.attention_factor
 
     def _can_cache(self) -> bool:
         return self.axes == 1 and not self.freqs.requires_grad
@@ -592,11 +597,12 @@ class RotaryEmbedding(nn.Module):
     def _cached(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin for positions ``0 … L−1`` with ``L ≥ length`` (rebuilt when it must grow)."""
         table = self._table
-        if table is None or table[0].shape[0] < length or table[0].device != self.freqs.device or table[0].dtype != self.angle_dtype:
+        if (table is None or table[0].shape[0] < length or table[0].device != self.freqs.device
+                or table[0].dtype != self.angle_dtype or table[2] != self.attention_factor):
             size = max(64, 1 << (length - 1).bit_length())
             phi = self._angles(torch.arange(size, device=self.freqs.device)[:, None])
-            self._table = table = (phi.cos(), phi.sin())
-        return table
+            self._table = table = (*self._tables(phi), self.attention_factor)
+        return table[0], table[1]
 
     def forward(
         self,
@@ -632,11 +638,9 @@ class RotaryEmbedding(nn.Module):
             batched = p.dim() - 2  # leading batch dims of the positions
             if batched and self.freqs.dim() == 2 and x.dim() >= 4:
                 cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)  # broadcast over heads
-        if self.attention_factor != 1.0:
-            if inverse:
-                raise ValueError(f"inverse=True undoes a rotation, but this embedding also scales by attention_factor="
-                                 f"{self.attention_factor:g}; divide by it after the inverse rotation instead")
-            cos, sin = cos * self.attention_factor, sin * self.attention_factor
+        if self.attention_factor != 1.0 and inverse:
+            raise ValueError(f"inverse=True undoes a rotation, but this embedding also scales by attention_factor="
+                             f"{self.attention_factor:g}; divide by it after the inverse rotation instead")
         return apply_rotary(x, cos, sin, layout=self.layout, inverse=inverse, out=out, backend=self.backend)
 
 
