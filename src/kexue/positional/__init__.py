@@ -9,7 +9,12 @@
   (kexue.fm/archives/8265, 8397).
 * :mod:`kexue.positional.scaling`: the long-context scalings of Hugging Face configs
   (linear, dynamic NTK, YaRN, LongRoPE, Llama 3, proportional) in float64, ``rope_parameters``
-  and ``rope_parameters_from_config``.
+  and ``rope_parameters_from_config``; ``pair_analysis`` and ``attention_decay`` (what a scaling
+  does to each pair, and the article's long-range bound). ``RotaryEmbedding.from_config`` builds
+  a transformers model's rotary embedding from its config.
+* :mod:`kexue.positional.mrope`: multimodal M-RoPE (Qwen2-VL, Qwen3-VL): frequencies, 3-D
+  position ids and the decode delta.
+* :mod:`kexue.positional.hf`: ``patch_hf_rope``, HF decoder families on kexue's kernel.
 * :mod:`kexue.positional.reference`: float64 oracles (``exp(Σ p_k B_k)`` and loops).
 """
 

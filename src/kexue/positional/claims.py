@@ -427,7 +427,7 @@ def mrope(ctx: ClaimContext) -> None:
     q = torch.randn(1, 40, 128, dtype=torch.float64, generator=torch.Generator().manual_seed(ctx.seed))
     measured = {}
     worst = 0.0
-    for name, sections, interleaved in (("Qwen2-VL [16, 24, 24]", (16, 24, 24), False), ("Qwen3-VL [24, 20, 20], interleaved", (24, 20, 20), True)):
+    for name, sections, interleaved in (("Qwen2-VL, sections 16/24/24", (16, 24, 24), False), ("Qwen3-VL, sections 24/20/20, interleaved", (24, 20, 20), True)):
         f = mrope_frequencies(theta, sections, interleaved=interleaved)
         rope = RotaryEmbedding(128, axes=3, split=[16, 24, 24], base=1e6, angle_dtype=torch.float64)
         rope.register_buffer("freqs", f, persistent=True)
