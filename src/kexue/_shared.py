@@ -6,10 +6,12 @@ Nothing here knows about any technique. Each helper is used by at least two modu
 from __future__ import annotations
 
 import ctypes
+import logging
 import math
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -136,6 +138,18 @@ def restore_type(result: torch.Tensor, to_numpy: bool) -> Any:
     if not to_numpy:
         return result
     return result.detach().cpu().numpy()
+
+
+@contextmanager
+def quieter(logger: str, level: int = logging.ERROR) -> Iterator[None]:
+    """Raise ``logger``'s level for the block (a third-party notice kexue's own call causes), then restore it."""
+    target = logging.getLogger(logger)
+    before = target.level
+    target.setLevel(level)
+    try:
+        yield
+    finally:
+        target.setLevel(before)
 
 
 def check_process_group() -> None:

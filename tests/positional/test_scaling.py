@@ -135,7 +135,7 @@ def test_longrope_switches_at_the_original_length() -> None:
 @pytest.mark.parametrize("kwargs,match", [
     ({"rope_type": "rotary"}, "rope_type"),
     ({"rope_type": "linear"}, "needs 'factor'"),
-    ({"rope_type": "linear", "factor": 0.0}, "factor must be a finite number > 0"),
+    ({"rope_type": "linear", "factor": 0.0}, "linear factor=0.0 must be a finite number > 0"),
     ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0,
       "original_max_position_embeddings": 8192}, "high_freq_factor"),
     ({"rope_type": "yarn", "factor": 2.0}, "original_max_position_embeddings"),
@@ -145,7 +145,7 @@ def test_longrope_switches_at_the_original_length() -> None:
     ({"rope_type": "dynamic", "factor": 2.0}, "max_position_embeddings"),
     ({"partial_rotary_factor": 0.01}, "rotary width of 0"),
     ({"partial_rotary_factor": 1.5}, "at most head_dim"),
-    ({"base": 1.0}, "must exceed 1"),
+    ({"base": 1.0}, r"base \(rope_theta\)=1.0 must be a finite number > 1"),
     ({"seq_len": 0}, "seq_len=0"),
 ])
 def test_bad_parameters_are_named(kwargs: dict, match: str) -> None:

@@ -351,21 +351,16 @@ def _scaling_gaps(transformers: Any, init_functions: dict) -> tuple[float, float
 @ROPE.check
 def scaling_matches_transformers(ctx: ClaimContext) -> None:
     """Every rope_type of the installed transformers against kexue's float64 scalings."""
-    import logging
-
     from kexue._optional import require_extra
+    from kexue._shared import quieter
 
     require_extra("comparing RoPE scalings with transformers", "transformers")
     import transformers
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    quiet = logging.getLogger("transformers.modeling_rope_utils")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # its advice about 'factor' vs 'original_max_position_embeddings', for the configs built here
-    try:
+    # its advice about 'factor' vs 'original_max_position_embeddings', for the configs built here
+    with quieter("transformers.modeling_rope_utils"):
         worst, factor_gap = _scaling_gaps(transformers, ROPE_INIT_FUNCTIONS)
-    finally:
-        quiet.setLevel(level)
     types = ", ".join(dict.fromkeys(c[1] for c in _COMPARED))
     ctx.claim("scaling.matches_transformers", f"kexue's float64 scalings ({types}) against transformers "
               f"{transformers.__version__}'s ROPE_INIT_FUNCTIONS (float32), at half and at four times the trained length: "

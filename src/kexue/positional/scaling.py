@@ -51,7 +51,7 @@ from typing import Any
 
 import torch
 
-from kexue._shared import check_choice
+from kexue._shared import check_choice, check_number
 
 __all__ = ["ROPE_TYPES", "RopeParameters", "attention_decay", "pair_analysis", "rope_parameters", "rope_parameters_from_config"]
 
@@ -107,13 +107,7 @@ class _Spec:
             if self.max_position_embeddings is None:
                 raise ValueError(f"rope_type={rope_type!r} needs 'factor' or max_position_embeddings")
             factor = self.max_position_embeddings / original
-        return _positive(f"{rope_type} factor", factor)
-
-
-def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
-    return float(value)
+        return check_number(f"{rope_type} factor", factor, above=0)
 
 
 def _default(spec: _Spec) -> tuple[torch.Tensor, float]:
@@ -121,11 +115,11 @@ def _default(spec: _Spec) -> tuple[torch.Tensor, float]:
 
 
 def _linear(spec: _Spec) -> tuple[torch.Tensor, float]:
-    return spec.ladder() / _positive("linear factor", spec.require("factor", "linear")), 1.0
+    return spec.ladder() / check_number("linear factor", spec.require("factor", "linear"), above=0), 1.0
 
 
 def _dynamic(spec: _Spec) -> tuple[torch.Tensor, float]:
-    factor = _positive("dynamic factor", spec.require("factor", "dynamic"))
+    factor = check_number("dynamic factor", spec.require("factor", "dynamic"), above=0)
     if spec.max_position_embeddings is None:
         raise ValueError("rope_type='dynamic' needs max_position_embeddings (the trained length L₀)")
     length = max(spec.seq_len or spec.max_position_embeddings, spec.max_position_embeddings)
@@ -142,7 +136,7 @@ def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
 def _yarn_attention_factor(spec: _Spec, factor: float) -> float:
     given = spec.params.get("attention_factor")
     if given is not None:
-        return _positive("yarn attention_factor", given)
+        return check_number("yarn attention_factor", given, above=0)
     mscale, mscale_all_dim = spec.params.get("mscale"), spec.params.get("mscale_all_dim")
     if mscale and mscale_all_dim:  # both set and non-zero, as transformers reads them
         return _yarn_mscale(factor, mscale) / _yarn_mscale(factor, mscale_all_dim)
@@ -161,9 +155,10 @@ def _yarn_boundaries(spec: _Spec, original: float, beta_fast: float, beta_slow: 
 
 def _yarn(spec: _Spec) -> tuple[torch.Tensor, float]:
     factor = spec.factor("yarn")
-    original = _positive("yarn original_max_position_embeddings", spec.require("original_max_position_embeddings", "yarn"))
-    beta_fast = _positive("yarn beta_fast", spec.get("beta_fast", 32.0))
-    beta_slow = _positive("yarn beta_slow", spec.get("beta_slow", 1.0))
+    original = check_number("yarn original_max_position_embeddings",
+                            spec.require("original_max_position_embeddings", "yarn"), above=0)
+    beta_fast = check_number("yarn beta_fast", spec.get("beta_fast", 32.0), above=0)
+    beta_slow = check_number("yarn beta_slow", spec.get("beta_slow", 1.0), above=0)
     truncate = spec.params.get("truncate", True)
     if not isinstance(truncate, bool):
         raise ValueError(f"yarn truncate must be true or false; got {truncate!r}")
@@ -187,19 +182,20 @@ def _longrope(spec: _Spec) -> tuple[torch.Tensor, float]:
     factor = spec.factor("longrope")
     given = spec.params.get("attention_factor")
     if given is not None:
-        attention = _positive("longrope attention_factor", given)
+        attention = check_number("longrope attention_factor", given, above=0)
     else:
         attention = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(original))
     return spec.ladder() / rescale, attention
 
 
 def _llama3(spec: _Spec) -> tuple[torch.Tensor, float]:
-    factor = _positive("llama3 factor", spec.require("factor", "llama3"))
-    low = _positive("llama3 low_freq_factor", spec.require("low_freq_factor", "llama3"))
-    high = _positive("llama3 high_freq_factor", spec.require("high_freq_factor", "llama3"))
+    factor = check_number("llama3 factor", spec.require("factor", "llama3"), above=0)
+    low = check_number("llama3 low_freq_factor", spec.require("low_freq_factor", "llama3"), above=0)
+    high = check_number("llama3 high_freq_factor", spec.require("high_freq_factor", "llama3"), above=0)
     if high <= low:
         raise ValueError(f"llama3 high_freq_factor ({high}) must exceed low_freq_factor ({low})")
-    original = _positive("llama3 original_max_position_embeddings", spec.require("original_max_position_embeddings", "llama3"))
+    original = check_number("llama3 original_max_position_embeddings",
+                            spec.require("original_max_position_embeddings", "llama3"), above=0)
     theta = spec.ladder()
     wavelength = 2 * math.pi / theta
     weight = (original / wavelength - low) / (high - low)
@@ -210,7 +206,7 @@ def _llama3(spec: _Spec) -> tuple[torch.Tensor, float]:
 
 
 def _proportional(spec: _Spec) -> tuple[torch.Tensor, float]:
-    factor = _positive("proportional factor", spec.get("factor", 1.0))
+    factor = check_number("proportional factor", spec.get("factor", 1.0), above=0)
     rotated = int(spec.get("partial_rotary_factor", 1.0) * spec.head_dim // 2)
     j = torch.arange(0, spec.head_dim // 2, dtype=torch.float64)
     theta = torch.where(j < rotated, spec.base ** (-2 * j / spec.head_dim), torch.zeros((), dtype=torch.float64))
@@ -262,10 +258,8 @@ def rope_parameters(
     fn = ROPE_TYPES[check_choice("rope_type", rope_type, ROPE_TYPES)]
     if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 2 or head_dim % 2:
         raise ValueError(f"head_dim={head_dim!r} must be an even integer >= 2")
-    base = _positive("base (rope_theta)", base)
-    if base <= 1:
-        raise ValueError(f"base (rope_theta) must exceed 1; got {base!r}")
-    share = _positive("partial_rotary_factor", partial_rotary_factor)
+    base = check_number("base (rope_theta)", base, above=1)
+    share = check_number("partial_rotary_factor", partial_rotary_factor, above=0)
     dim = head_dim if rope_type == "proportional" else int(head_dim * share)
     if dim < 2 or dim % 2 or share > 1:
         raise ValueError(f"partial_rotary_factor={partial_rotary_factor!r} gives a rotary width of {dim} of head_dim={head_dim}; "

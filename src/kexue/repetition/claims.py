@@ -14,11 +14,11 @@
 from __future__ import annotations
 
 import functools
-import logging
 import math
 
 import numpy as np
 
+from kexue._shared import quieter
 from kexue.report.claims import Article, ClaimContext, ClaimSuite, Headline, Table
 
 SUITE = ClaimSuite(
@@ -220,17 +220,12 @@ def char_gpt(ctx: ClaimContext) -> None:
     settings = {"greedy": dict(do_sample=False), "topk=5": dict(do_sample=True, top_k=5), "topp=0.9": dict(do_sample=True, top_p=0.9, top_k=0),
                 "sample": dict(do_sample=True, top_k=0)}
     rows = {}
-    quiet = logging.getLogger("transformers.generation.utils")  # its right-padding notice: these prompts are unpadded
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        outputs = {}
+    outputs = {}
+    with quieter("transformers.generation.utils"):  # its right-padding notice: these prompts are unpadded
         for name, kw in settings.items():
             torch.manual_seed(ctx.seed)
             with torch.no_grad():
                 outputs[name] = model.generate(prompt, max_new_tokens=new, pad_token_id=0, **kw)[:, prompt.shape[1]:]
-    finally:
-        quiet.setLevel(level)
     for name, out in outputs.items():
         seqs = [s.tolist() for s in out]
         rows[name] = {"bigram R": exact_r(apply_decoding(P, name)), "loop rate": find_loops(seqs, 32, 2).rate,
