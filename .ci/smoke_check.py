@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 KEXUE = str(Path(sys.executable).with_name("kexue"))
-TECHNIQUES = ["orthogonal", "mitchell", "repetition"]
+TECHNIQUES = ["orthogonal", "rope", "mitchell", "repetition"]
 
 
 def check(ok: bool, what: str) -> None:

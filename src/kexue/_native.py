@@ -215,13 +215,21 @@ class NativeLibrary:
             return time.perf_counter() - start
 
 
+def _compiling() -> bool:
+    """Whether torch.compile is tracing (a ctypes call would break its graph)."""
+    import torch
+
+    return torch.compiler.is_compiling()
+
+
 def use_native(library: NativeLibrary, backend: str, symbol: str, unsupported: str | None = None) -> bool:
     """Whether a call runs ``symbol`` of ``library`` (True) or the torch path (False).
 
     Args:
         library: the kernel.
         backend: ``"auto"`` (the kernel where it applies and works, else torch with one warning
-            per process), ``"torch"``, or ``"native"`` (the kernel or an error).
+            per process; the torch path while ``torch.compile`` traces, so graphs do not break),
+            ``"torch"``, or ``"native"`` (the kernel or an error).
         symbol: the entry point the call needs.
         unsupported: None when the inputs suit the kernel, else why not (e.g. "takes float32 CPU
             tensors only; got float64 on cpu"): ``auto`` then runs torch silently, ``native`` raises.
@@ -233,7 +241,7 @@ def use_native(library: NativeLibrary, backend: str, symbol: str, unsupported: s
     from kexue._shared import check_choice
 
     check_choice("backend", backend, BACKENDS)
-    if backend == "torch":
+    if backend == "torch" or (backend == "auto" and _compiling()):
         return False
     if backend == "native":
         if unsupported:

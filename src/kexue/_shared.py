@@ -22,6 +22,7 @@ __all__ = [
     "read_text",
     "as_float_tensor",
     "as_real_array",
+    "check_bool",
     "check_choice",
     "check_finite",
     "check_int",
@@ -69,6 +70,13 @@ def check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         what = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
         raise ValueError(f"{name}={value!r} must be {what}")
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Return ``value`` if it is ``True`` or ``False``, else raise a ValueError naming it."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} must be True or False")
     return value
 
 

@@ -7,7 +7,7 @@ import importlib
 import pytest
 import torch
 
-from kexue.positional.hf import SUPPORTED_FAMILIES, hf_apply_rotary_pos_emb, patch_hf_rope
+from kexue.positional.hf import SUPPORTED_FAMILIES, hf_apply_rotary_pos_emb, hf_apply_rotary_pos_emb_, patch_hf_rope
 
 transformers = pytest.importorskip("transformers")
 
@@ -35,13 +35,14 @@ def test_every_supported_family_is_tested() -> None:
     assert set(MODELS) == set(SUPPORTED_FAMILIES)
 
 
+@pytest.mark.parametrize("in_place", [False, True], ids=["out-of-place", "in-place"])
 @pytest.mark.parametrize("family", sorted(MODELS))
-def test_same_logits_and_greedy_tokens_with_the_kv_cache(family: str, monkeypatch) -> None:
+def test_same_logits_and_greedy_tokens_with_the_kv_cache(family: str, in_place: bool, monkeypatch) -> None:
     from kexue.positional import hf
 
     calls = []
-    real = hf.apply_rotary
-    monkeypatch.setattr(hf, "apply_rotary", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    real = hf.apply_rotary_qk
+    monkeypatch.setattr(hf, "apply_rotary_qk", lambda *a, **kw: calls.append(kw.get("out")) or real(*a, **kw))
     model = _model(family)
     module = importlib.import_module(SUPPORTED_FAMILIES[family])
     original = module.apply_rotary_pos_emb
@@ -49,14 +50,32 @@ def test_same_logits_and_greedy_tokens_with_the_kv_cache(family: str, monkeypatc
     with torch.no_grad():
         want = model(ids).logits
         want_tokens = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0)
-        with patch_hf_rope(model) as patch:
-            assert module.apply_rotary_pos_emb is hf_apply_rotary_pos_emb and patch.active
+        with patch_hf_rope(model, in_place=in_place) as patch:
+            assert module.apply_rotary_pos_emb is (hf_apply_rotary_pos_emb_ if in_place else hf_apply_rotary_pos_emb)
+            assert patch.active
             got = model(ids).logits
-            assert len(calls) == 2 * SMALL["num_hidden_layers"]  # q and k of every layer went through kexue
+            assert len(calls) == SMALL["num_hidden_layers"]  # q and k of every layer, one call each
+            assert all((out is not None) == in_place for out in calls)
             got_tokens = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0)
     assert module.apply_rotary_pos_emb is original and not patch.active
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert torch.equal(got_tokens, want_tokens)
+
+
+def test_in_place_rotates_out_of_place_when_gradients_are_needed() -> None:
+    q = torch.randn(1, 2, 5, 8, requires_grad=True)
+    k = torch.randn(1, 2, 5, 8)
+    angles = torch.randn(1, 5, 4)
+    cos, sin = torch.cat((angles.cos(),) * 2, -1), torch.cat((angles.sin(),) * 2, -1)
+    before = k.clone()
+    rq, rk = hf_apply_rotary_pos_emb_(q, k, cos, sin)
+    assert torch.equal(k, before) and rq.grad_fn is not None
+    with torch.no_grad():
+        q2, k2 = q.detach().clone(), k.clone()
+        got = hf_apply_rotary_pos_emb_(q2, k2, cos, sin)
+    assert got[0] is q2 and got[1] is k2  # rotated in place
+    torch.testing.assert_close(q2, rq.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(k2, rk, rtol=0, atol=0)
 
 
 def test_the_drop_in_equals_transformers_function_with_gradients() -> None:
@@ -84,9 +103,13 @@ def test_patches_nest_and_removal_is_idempotent() -> None:
     a, b = patch_hf_rope(_model("qwen2")), patch_hf_rope(_model("qwen2"))
     a.remove()
     a.remove()
-    assert module.apply_rotary_pos_emb is hf_apply_rotary_pos_emb  # b still holds it
+    assert module.apply_rotary_pos_emb is hf_apply_rotary_pos_emb_  # b still holds it (in place by default)
+    with pytest.raises(ValueError, match="in_place=False but the qwen2 patch already in force has in_place=True"):
+        patch_hf_rope(_model("qwen2"), in_place=False)
     b.remove()
     assert module.apply_rotary_pos_emb is original
+    with pytest.raises(ValueError, match="in_place=1 must be True or False"):
+        patch_hf_rope(_model("qwen2"), in_place=1)
 
 
 def test_unsupported_models_are_named() -> None:

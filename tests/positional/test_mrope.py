@@ -72,3 +72,66 @@ def test_text_only_is_1d_and_decode_continues_after_the_image() -> None:
 def test_bad_segments_are_named(bad, match) -> None:
     with pytest.raises(ValueError, match=match):
         mrope_position_ids(bad, spatial_merge_size=2)
+
+
+def _tiny_vl(family: str):
+    """A random-initialised Qwen2-VL or Qwen3-VL (vision tower of one block, 2x2 patches)."""
+    torch.manual_seed(0)
+    text = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=512, bos_token_id=0, eos_token_id=1, pad_token_id=0)
+    tokens = dict(image_token_id=120, video_token_id=121, vision_start_token_id=122, vision_end_token_id=123)
+    if family == "qwen2_vl":
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+        vision = dict(depth=1, embed_dim=32, num_heads=2, hidden_size=64, mlp_ratio=2, patch_size=2, spatial_merge_size=2,
+                      temporal_patch_size=2, in_channels=3)
+        config = transformers.Qwen2VLConfig(text_config=text, vision_config=vision, **tokens)
+        return transformers.Qwen2VLForConditionalGeneration(config).eval()
+    text.update(head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
+                                              "mrope_interleaved": True})
+    vision = dict(depth=1, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64, patch_size=2,
+                  spatial_merge_size=2, temporal_patch_size=2, in_channels=3, num_position_embeddings=64,
+                  deepstack_visual_indexes=[0])
+    config = transformers.Qwen3VLConfig(text_config=text, vision_config=vision, **tokens)
+    return transformers.Qwen3VLForConditionalGeneration(config).eval()
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_generation_with_the_kv_cache_uses_our_positions_and_tables(family: str) -> None:
+    """A real (tiny, random) VL model generating for a left-padded batch of two different image
+    prompts: at every step its text model receives exactly kexue's 3-D position ids (prompt:
+    :func:`mrope_position_ids`; each new token: :func:`mrope_decode_positions` with that
+    sequence's own delta), and kexue's M-RoPE rotates by exactly its cos/sin."""
+    from kexue.positional.rope import RotaryEmbedding
+
+    model = _tiny_vl(family)
+    # sequence 0: 4 text, a 4 x 6 image (merged 2 x 3), 3 text; sequence 1: 2 text, a 6 x 4 image, 6 text
+    segments = [[4, (1, 4, 6), 3], [2, (1, 6, 4), 6]]
+    rows = [[5, 6, 7, 122] + [120] * 6 + [123, 8, 9], [11, 122] + [120] * 6 + [123, 12, 13, 14, 15, 16]]
+    length = max(map(len, rows))
+    ids, mask = torch.zeros(2, length, dtype=torch.long), torch.zeros(2, length, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, length - len(row):], mask[i, length - len(row):] = torch.tensor(row), 1
+    seen = []
+    rotary = model.model.language_model.rotary_emb
+    hook = rotary.register_forward_hook(lambda m, args, kwargs, out: seen.append((args[1].clone(), out[0].clone())),
+                                        with_kwargs=True)
+    new = 4
+    try:
+        with torch.no_grad():
+            model.generate(input_ids=ids, attention_mask=mask, pixel_values=torch.randn(48, 24),
+                           image_grid_thw=torch.tensor([[1, 4, 6], [1, 6, 4]]), mm_token_type_ids=(ids == 120).int(),
+                           max_new_tokens=new, min_new_tokens=new, do_sample=False)
+    finally:
+        hook.remove()
+    assert len(seen) == new  # the prompt, then one call per new token with the cache
+    ours = RotaryEmbedding.from_config(model.config.text_config, angle_dtype=torch.float64)
+    for b, (segs, row) in enumerate(zip(segments, rows)):
+        positions, delta = mrope_position_ids(segs, spatial_merge_size=2)
+        pad = length - len(row)
+        assert torch.equal(seen[0][0][:, b, pad:].T, positions)
+        for step in range(1, new):
+            want = mrope_decode_positions(delta, len(row) + step - 1)
+            assert torch.equal(seen[step][0][:, b, :].T, want), (b, step)
+    for positions, hf_cos in seen:  # (3, B, T) ids -> transformers' (B, T, R) cos, each angle twice
+        cos, _ = ours.cos_sin(positions.permute(1, 2, 0))
+        torch.testing.assert_close(torch.cat((cos, cos), -1).float(), hf_cos, rtol=0, atol=2e-6)

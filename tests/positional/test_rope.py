@@ -12,6 +12,7 @@ from kexue.positional import _native, reference
 from kexue.positional.rope import (
     RotaryEmbedding,
     apply_rotary,
+    apply_rotary_qk,
     axial_frequencies,
     convert_layout,
     grid_positions,
@@ -301,6 +302,14 @@ def test_convert_layout_against_transformers_llama_rope() -> None:
         (lambda: RotaryEmbedding(8, axes=2)(torch.randn(3, 8), torch.zeros(3, 3)), r"shape \(T, 2\)"),
         (lambda: RotaryEmbedding(8)(torch.randn(3, 8), torch.arange(4)), "T=3"),
         (lambda: RotaryEmbedding(8)(torch.randn(3, 8), offset=-1), "offset=-1"),
+        (lambda: RotaryEmbedding(8)(torch.randn(2, 3, 8), offset=torch.tensor([0, 1, 2])), r"one per sequence \(x.shape\[0\]=2\)"),
+        (lambda: RotaryEmbedding(8)(torch.randn(2, 3, 8), offset=torch.tensor([0.0, 1.0])), "1-D integers"),
+        (lambda: RotaryEmbedding(8)(torch.randn(2, 3, 8), offset=torch.tensor([0, -4])), "minimum -4"),
+        (lambda: apply_rotary_qk(torch.randn(4, 8), torch.randn(4, 8).double(), torch.randn(4, 4), torch.randn(4, 4)), "share a dtype"),
+        (lambda: apply_rotary_qk(torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 4), torch.randn(4, 4), out=torch.empty(4, 8)), "out must be a pair"),
+        (lambda: apply_rotary_qk(torch.randn(4, 8), torch.randn(2, 8), torch.randn(4, 4), torch.randn(4, 4)), "must broadcast"),
+        (lambda: apply_rotary_qk(torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 4), torch.randn(4, 4),
+                                 out=(torch.empty(4, 8), torch.empty(4, 6))), r"out\[1\] must match k"),
         (lambda: convert_layout(torch.randn(10, 4), 3, source="half", target="interleaved"), "must split into num_heads=3 heads"),
     ],
 )
@@ -375,3 +384,107 @@ def test_native_kernel_property(lead: list[int], pairs: int, extra: int, layout:
     got = apply_rotary(x.to(dtype), cos, sin, layout=layout, inverse=inverse, backend="native")
     assert got.dtype == dtype
     assert torch.allclose(got.double(), want, atol=1e-12 if dtype == torch.float64 else 5e-6, rtol=1e-5 if dtype == torch.float32 else 0)
+
+
+QK_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("dtype", QK_DTYPES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout", ["half", "interleaved"])
+def test_fused_qk_equals_two_calls_with_gqa_views_and_in_place(dtype: torch.dtype, backend: str, layout: str) -> None:
+    g = torch.Generator().manual_seed(11)
+    # HF's layout: (B, T, H, D) projections viewed as (B, H, T, D); 8 query heads, 2 key heads;
+    # partial rotary (24 of 32 pairs), per-sequence positions (B, 1, T, R/2)
+    q = torch.randn(2, 9, 8, 64, generator=g).to(dtype).transpose(1, 2)
+    k = torch.randn(2, 9, 2, 64, generator=g).to(dtype).transpose(1, 2)
+    rope = RotaryEmbedding(64, rotary_dim=48)
+    cos, sin = rope.cos_sin(torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 8], [40, 41, 42, 43, 44, 45, 46, 47, 48]]))
+    cos, sin = cos[:, None], sin[:, None]
+    want_q = apply_rotary(q, cos, sin, layout=layout, backend=backend)
+    want_k = apply_rotary(k, cos, sin, layout=layout, backend=backend)
+    got_q, got_k = apply_rotary_qk(q, k, cos, sin, layout=layout, backend=backend)
+    assert torch.equal(got_q, want_q) and torch.equal(got_k, want_k)
+    qq, kk = q.clone(), k.clone()
+    assert all(a is b for a, b in zip(apply_rotary_qk(qq, kk, cos, sin, layout=layout, backend=backend, out=(qq, kk)), (qq, kk)))
+    assert torch.equal(qq, want_q) and torch.equal(kk, want_k)
+    back = apply_rotary_qk(qq, kk, cos, sin, layout=layout, backend=backend, inverse=True)
+    tol = 1e-5 if dtype in (torch.float32, torch.float64) else 5e-2  # float32 angles: cos² + sin² = 1 ± 1e-7
+    torch.testing.assert_close(back[0], q, rtol=tol, atol=tol)
+    torch.testing.assert_close(back[1], k, rtol=tol, atol=tol)
+
+
+def test_fused_qk_is_one_kernel_call_and_matches_the_reference(monkeypatch) -> None:
+    if not _native.available():
+        pytest.skip("no C compiler")
+    calls = []
+    real = _native.rotate_many
+    monkeypatch.setattr(_native, "rotate_many", lambda jobs, **kw: calls.append(len(jobs)) or real(jobs, **kw))
+    q, k = torch.randn(1, 4, 6, 16, dtype=torch.float64), torch.randn(1, 1, 6, 16, dtype=torch.float64)
+    rope = RotaryEmbedding(16, angle_dtype=torch.float64)
+    cos, sin = rope.cos_sin(torch.arange(6))
+    got_q, got_k = apply_rotary_qk(q, k, cos, sin, backend="native")
+    assert calls == [2]
+    positions = torch.arange(6, dtype=torch.float64)[:, None]
+    for got, x in ((got_q, q), (got_k, k)):
+        want = _reference_rows(x, positions.expand(*x.shape[:-1], 1), rope.freqs, "half")
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12)
+
+
+def test_fused_qk_gradients_equal_two_calls() -> None:
+    q = torch.randn(2, 4, 5, 16, requires_grad=True)
+    k = torch.randn(2, 2, 5, 16, requires_grad=True)
+    cos, sin = RotaryEmbedding(16).cos_sin(torch.arange(5))
+    a, b = apply_rotary_qk(q, k, cos, sin)
+    (a.square().sum() + 3 * b.sum()).backward()
+    grads = q.grad.clone(), k.grad.clone()
+    q.grad = k.grad = None
+    (apply_rotary(q, cos, sin).square().sum() + 3 * apply_rotary(k, cos, sin).sum()).backward()
+    assert torch.equal(grads[0], q.grad) and torch.equal(grads[1], k.grad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_per_sequence_offsets_are_one_call_equal_to_each_sequence_alone(backend: str) -> None:
+    # batched decoding with KV caches of different lengths: sequence b's new tokens start at offset[b]
+    rope = RotaryEmbedding(32, backend=backend)
+    x = torch.randn(3, 4, 2, 32)
+    offset = torch.tensor([0, 17, 300])  # 300 is past the cached table: it must grow
+    got = rope(x, offset=offset)
+    for b in range(3):
+        assert torch.equal(got[b : b + 1], rope(x[b : b + 1], offset=int(offset[b])))
+    positions = offset[:, None] + torch.arange(2)
+    exact = _reference_rows(x, positions[:, None, :, None].expand(3, 4, 2, 1), rope.freqs, "half")
+    np.testing.assert_allclose(got.double().numpy(), exact, atol=2e-4)
+    three_d = torch.randn(3, 2, 32)  # (B, T, D)
+    assert torch.equal(rope(three_d, offset=offset)[2], rope(three_d[2:], offset=300)[0])
+
+
+def test_float16_angles_at_long_positions_stay_float32_accurate() -> None:
+    # fp16 models get float32 angles and float32 arithmetic: at positions near 60k the error is
+    # below that of transformers' recipe (float32 angles, tables and products in fp16), and far
+    # below angles computed in fp16, whose spacing there is 32 rad
+    positions = torch.arange(60_000, 60_064)
+    x = torch.randn(1, 2, 64, 64, generator=torch.Generator().manual_seed(5)).half()
+    rope = RotaryEmbedding(64)
+    exact = RotaryEmbedding(64, angle_dtype=torch.float64, backend="torch")(x.double(), positions)
+    error = (rope(x, positions).double() - exact).abs().max().item()
+    cos, sin = rope.cos_sin(positions)
+    hf_recipe = reference.plain_half_rotation(x, cos.half(), sin.half()).double()
+    assert 0 < error <= (hf_recipe - exact).abs().max().item()
+    angles16 = (positions.half()[:, None] * rope_frequencies(64).half()[None]).double()
+    assert (angles16 - positions.double()[:, None] * rope_frequencies(64)[None]).abs().max() > 1
+
+
+def test_the_torch_path_traces_under_compile_fullgraph() -> None:
+    # GPU users get inductor's fused kernel: no graph break in apply_rotary, apply_rotary_qk or
+    # RotaryEmbedding (with its cached table); "auto" takes the torch path while compiling
+    torch._dynamo.reset()
+    rope = RotaryEmbedding(32)
+    q, k = torch.randn(2, 4, 16, 32), torch.randn(2, 2, 16, 32)
+    cos, sin = rope.cos_sin(torch.arange(16))
+    fn = torch.compile(lambda q, k, cos, sin: apply_rotary_qk(q, k, cos, sin), fullgraph=True, backend="inductor")
+    got_q, got_k = fn(q, k, cos, sin)
+    torch.testing.assert_close(got_q, apply_rotary(q, cos, sin), rtol=0, atol=1e-6)
+    torch.testing.assert_close(got_k, apply_rotary(k, cos, sin), rtol=0, atol=1e-6)
+    module = torch.compile(rope, fullgraph=True, backend="inductor")
+    torch.testing.assert_close(module(q, offset=3), rope(q, offset=3), rtol=0, atol=1e-6)

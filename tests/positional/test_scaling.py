@@ -212,7 +212,12 @@ def test_scaling_claims() -> None:
     got = ctx.by_id
     assert got["rope.scaling.matches_transformers"].status == "pass"
     analysis = got["rope.scaling.analysis"]
-    assert analysis.status == "documented" and len(analysis.table["rows"]) == 4
+    assert analysis.status == "documented" and len(analysis.table["rows"]) == 6
     llama = analysis.measured["Llama 3.1 (x8, L0 8k)"]
     assert llama["kept"] + llama["divided by s or more"] + llama["in between"] == 64 and llama["in between"] > 0
+    linear, dynamic = analysis.measured["linear x4 (position interpolation)"], analysis.measured["dynamic NTK x4, at 4 L0"]
+    assert linear["divided by s or more"] == 64 and dynamic["kept"] == 1 and dynamic["in between"] > 0  # NTK: pair 0 keeps θ_0 = 1
+    proportional = analysis.measured["proportional, quarter rotated"]
+    assert (proportional["kept"], proportional["not rotated"]) == (16, 48)
+    assert analysis.measured["LongRoPE (Phi-3 style)"]["attention factor"] > 1  # sqrt(1 + ln 4 / ln 4096)
     assert [f.name for f in ctx.figures] == ["scalings"]

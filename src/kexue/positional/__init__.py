@@ -4,6 +4,7 @@
   decay analysis of kexue.fm/archives/8231 (inner products, their integral approximation,
   pluggable frequency schedules).
 * :mod:`kexue.positional.rope`: ``apply_rotary`` (fused CPU kernel, plain-torch path),
+  ``apply_rotary_qk`` (queries and keys in one kernel call, GQA shapes, in place),
   ``RotaryEmbedding`` (1-D with offsets/partial/scaling, N-D axial, mixed and learnable),
   ``convert_layout`` between the half and interleaved pair layouts
   (kexue.fm/archives/8265, 8397).
@@ -23,6 +24,7 @@ from kexue.positional.rope import (
     ROPE_SCALINGS,
     RotaryEmbedding,
     apply_rotary,
+    apply_rotary_qk,
     axial_frequencies,
     convert_layout,
     grid_positions,
@@ -47,6 +49,7 @@ __all__ = [
     "RopeParameters",
     "RotaryEmbedding",
     "apply_rotary",
+    "apply_rotary_qk",
     "axial_frequencies",
     "convert_layout",
     "grid_positions",

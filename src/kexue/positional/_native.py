@@ -74,6 +74,42 @@ def _threads(elements: int) -> int:
     return 1 if elements < PARALLEL_MIN_ELEMENTS else max(1, torch.get_num_threads())
 
 
+class _Job(ctypes.Structure):
+    _fields_ = [
+        ("x", ctypes.c_void_p),
+        ("out", ctypes.c_void_p),
+        ("cs", ctypes.c_void_p),
+        ("sn", ctypes.c_void_p),
+        ("layout", ctypes.POINTER(_Layout)),
+        ("D", ctypes.c_int64),
+        ("copy_tail", ctypes.c_int64),
+        ("stream", ctypes.c_int64),
+    ]
+
+
+# Out-of-place float32 calls writing at least this many bytes in all use non-temporal stores: the
+# output cannot stay in this class of machine's cache anyway (32 MB of L3), and streaming it
+# spares reading each output line before writing it. Smaller outputs stay in cache for the next op.
+STREAM_MIN_BYTES = 1 << 25
+
+
+def _job(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor, keep: list, stream: bool) -> _Job:
+    if cos.stride() != sin.stride() or cos.stride(-1) != 1 or x.stride(-1) != 1 or out.stride(-1) != 1:
+        raise ValueError("rotate needs contiguous last dimensions and cos/sin with equal strides")
+    layout = _Layout()
+    lead = x.shape[:-1]
+    layout.ndim = len(lead)
+    for k, size in enumerate(lead):
+        layout.shape[k] = size
+        layout.x_stride[k] = x.stride(k)
+        layout.out_stride[k] = out.stride(k)
+        layout.cs_stride[k] = cos.stride(k)
+    keep.append(layout)  # the struct must outlive the call
+    copy = out.data_ptr() != x.data_ptr()
+    return _Job(x.data_ptr(), out.data_ptr(), cos.data_ptr(), sin.data_ptr(), ctypes.pointer(layout),
+                x.shape[-1], int(copy), int(copy and stream))
+
+
 def rotate(
     x: torch.Tensor,
     cos: torch.Tensor,
@@ -90,32 +126,29 @@ def rotate(
     last dimension. ``out`` may be ``x`` itself (in place). Entries past ``R`` are copied
     unless ``out`` is ``x``.
     """
-    if cos.stride() != sin.stride() or cos.stride(-1) != 1 or x.stride(-1) != 1 or out.stride(-1) != 1:
-        raise ValueError("rotate needs contiguous last dimensions and cos/sin with equal strides")
-    function = _LIBRARY.function(_SYMBOLS[x.dtype])
-    if x.numel() == 0:
-        return out
-    lead = x.shape[:-1]
-    layout = _Layout()
-    layout.ndim = len(lead)
-    for k, size in enumerate(lead):
-        layout.shape[k] = size
-        layout.x_stride[k] = x.stride(k)
-        layout.out_stride[k] = out.stride(k)
-        layout.cs_stride[k] = cos.stride(k)
-    status = function(
-        ctypes.c_void_p(x.data_ptr()),
-        ctypes.c_void_p(out.data_ptr()),
-        ctypes.c_void_p(cos.data_ptr()),
-        ctypes.c_void_p(sin.data_ptr()),
-        ctypes.byref(layout),
-        ctypes.c_int64(x.shape[-1]),
-        ctypes.c_int64(2 * cos.shape[-1]),
-        ctypes.c_int(int(interleaved)),
-        ctypes.c_int(int(transpose)),
-        ctypes.c_int(int(out.data_ptr() != x.data_ptr())),
-        ctypes.c_int(_threads(x.numel())),
-    )
+    rotate_many([(x, cos, sin, out)], interleaved=interleaved, transpose=transpose)
+    return out
+
+
+def rotate_many(jobs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]], *,
+                interleaved: bool, transpose: bool) -> None:
+    """:func:`rotate` for one or two ``(x, cos, sin, out)`` at once: one kernel call, one thread team.
+
+    All ``x`` share a dtype and a rotated width ``R``; each has its own shape, strides and tables.
+    """
+    if not 1 <= len(jobs) <= 2:
+        raise ValueError(f"the kernel takes 1 or 2 tensors per call; got {len(jobs)}")
+    dtype, half = jobs[0][0].dtype, jobs[0][1].shape[-1]
+    if any(x.dtype != dtype or out.dtype != dtype or cos.shape[-1] != half for x, cos, _, out in jobs):
+        raise ValueError("tensors rotated in one kernel call must share their dtype and rotated width")
+    function = _LIBRARY.function(_SYMBOLS[dtype])
+    keep: list = []
+    stream = sum(out.numel() * out.element_size() for *_, out in jobs) >= STREAM_MIN_BYTES
+    array = (_Job * len(jobs))(*(_job(*job, keep, stream) for job in jobs if job[0].numel()))
+    count = sum(1 for job in jobs if job[0].numel())
+    if count == 0:
+        return
+    status = function(array, ctypes.c_int(count), ctypes.c_int64(2 * half), ctypes.c_int(int(interleaved)),
+                      ctypes.c_int(int(transpose)), ctypes.c_int(_threads(sum(job[0].numel() for job in jobs))))
     if status != 0:
         raise NativeUnavailable(f"rotary kernel rejected its arguments (status {status})")
-    return out

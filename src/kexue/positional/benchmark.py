@@ -3,7 +3,8 @@
 Cases (float32; full size, ``--quick`` divides the batch by 4):
 
 * A: ``x`` of shape (8, 16, 2048, 64) (batch, heads, tokens, head dim), cos/sin precomputed,
-  half layout. kexue allocating, with ``out=``, in place, and its plain-torch path; HF's
+  half layout. kexue allocating, with ``out=``, in place, its plain-torch path eager and under
+  ``torch.compile`` (inductor), q and k in one call (``apply_rotary_qk``); HF's
   ``apply_rotary_pos_emb`` (it rotates q and k in one call, so both sides rotate q and k);
   rotary-embedding-torch's ``apply_rotary_emb`` (interleaved layout, so kexue runs
   interleaved against it); the floors ``x.clone()`` and ``buf.copy_(x)``.
@@ -12,8 +13,8 @@ Cases (float32; full size, ``--quick`` divides the batch by 4):
 * C: forward + backward of case A (q and k, gradient of a fixed upstream tensor).
 * D: a random-initialised LLaMA (4 layers, hidden 512, 8 heads of 64; 4 x 1024 tokens, quick
   2 x 256) with transformers' ``apply_rotary_pos_emb`` and with kexue's (:mod:`kexue.positional.hf`):
-  the share of the forward spent in RoPE (timed at each call), prefill time, and greedy decoding
-  of 32 tokens with the KV cache.
+  the share of the forward spent in RoPE (timed at each call; the patch's default in-place rotation and ``in_place=False``), prefill
+  time, and greedy decoding of 32 tokens with the KV cache.
 * E: every scaling type built by ``RotaryEmbedding.from_config``: its cos/sin tables for 2048
   (float, so uncached) positions and the rotation of case A's ``x`` into a preallocated
   ``out=``, against the default.
@@ -26,8 +27,9 @@ At full size every case is the median of at least 15 calls (``MIN_REPEATS``), af
 Ratios: ``rope.fwd_vs_hf``, ``rope.fwd_vs_lucidrains``, ``rope.axial_vs_lucidrains``,
 ``rope.fwd_bwd_vs_hf`` (peer time / kexue time, targets 3, 2, 2, 1.5), ``rope.fwd_vs_clone``
 (kexue allocating / clone, target ≤ 1.5) and ``rope.out_vs_copy`` (kexue ``out=`` / copy_,
-target ≤ 2), ``rope.hf_patch_rope_share`` (RoPE's share of the LLaMA forward, transformers /
-kexue, target ≥ 3), and, reported without targets, ``rope.hf_patch_prefill`` and
+target ≤ 2), ``rope.qk_vs_copy`` (``apply_rotary_qk(q, k, out=)`` / a copy_ of q and of k,
+target ≤ 1.1), ``rope.compiled_vs_kernel`` (no target), ``rope.hf_patch_rope_share`` (RoPE's share of the LLaMA forward, transformers /
+kexue, target ≥ 3), and, reported without targets, ``rope.hf_patch_rope_share_out_of_place``, ``rope.hf_patch_prefill`` and
 ``rope.hf_patch_decode`` (transformers time / kexue time); ``rope.scaled_tables_vs_1d`` and
 ``rope.scaled_apply_vs_1d`` (slowest scaling type / the 1-D case, target ≤ 1.15).
 """
@@ -91,6 +93,9 @@ def forward(bench: Bench) -> None:
     bench.ratio("rope.fwd_vs_hf", hf.median_s / both.median_s, target=3.0,
                 description="HF apply_rotary_pos_emb(q, k) time / kexue apply_rotary on q and k")
 
+    _fused_qk(bench, case, q, k, cos, sin, buf, params, reps)
+    _compiled(bench, case, q, cos, sin, params, reps, ours.median_s)
+
     from rotary_embedding_torch import apply_rotary_emb
 
     freqs = torch.repeat_interleave(rope.angles(torch.arange(shape[2], device=bench.device)), 2, dim=-1)  # (T, 64) interleaved
@@ -98,6 +103,33 @@ def forward(bench: Bench) -> None:
     inter = bench.time(case, "kexue apply_rotary (interleaved)", lambda: apply_rotary(q, cos, sin, layout="interleaved"), params=params, repeats=reps)
     bench.ratio("rope.fwd_vs_lucidrains", peer.median_s / inter.median_s, target=2.0,
                 description="rotary-embedding-torch apply_rotary_emb time / kexue apply_rotary (both interleaved)")
+
+
+def _fused_qk(bench: Bench, case: str, q, k, cos, sin, buf, params: dict, reps: int) -> None:
+    """q and k in one kernel call (out=) against one copy_ of each, in interleaved rounds."""
+    from kexue.positional.rope import apply_rotary_qk
+
+    kbuf = torch.empty_like(k).fill_(0.0)
+    times = _interleaved({"qk": lambda: apply_rotary_qk(q, k, cos, sin, out=(buf, kbuf)),
+                          "copy": lambda: (buf.copy_(q), kbuf.copy_(k))}, max(reps, 2 * MIN_REPEATS))
+    fused = bench.record(case, "kexue apply_rotary_qk out= (one call)", times["qk"], params=params)
+    floor = bench.record(case, "floor: copy_ of q and of k", times["copy"], params=params)
+    bench.ratio("rope.qk_vs_copy", fused.median_s / floor.median_s, target=1.1, higher_is_better=False,
+                description="kexue apply_rotary_qk(q, k, out=) time / copy_ of q and k (interleaved rounds)")
+
+
+def _compiled(bench: Bench, case: str, q, cos, sin, params: dict, reps: int, kernel_s: float) -> None:
+    """The plain-torch path under torch.compile (inductor; the warm-up call compiles) beside the kernel."""
+    if bench.device != "cpu":
+        return
+    compiled = torch.compile(lambda x, c, s: apply_rotary(x, c, s, backend="torch"), fullgraph=True, backend="inductor")
+    try:
+        traced = bench.time(case, "kexue plain-torch path, torch.compile (inductor)", lambda: compiled(q, cos, sin),
+                            params=params, repeats=reps)
+    finally:
+        torch._dynamo.reset()
+    bench.ratio("rope.compiled_vs_kernel", traced.median_s / kernel_s,
+                description="torch.compile'd plain-torch path time / the C kernel (allocating; no target)")
 
 
 @BENCH.case
@@ -197,7 +229,7 @@ def hf_model(bench: Bench) -> None:
     import transformers
     from transformers.models.llama import modeling_llama
 
-    from kexue.positional.hf import hf_apply_rotary_pos_emb, patch_hf_rope
+    from kexue.positional.hf import hf_apply_rotary_pos_emb, hf_apply_rotary_pos_emb_, patch_hf_rope
 
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=1024, hidden_size=512, intermediate_size=1024, num_hidden_layers=4,
@@ -210,12 +242,17 @@ def hf_model(bench: Bench) -> None:
     reps = max(3, bench.repeats if bench.quick else 7)
     original = modeling_llama.apply_rotary_pos_emb
     plain_times, plain_share = _rope_share(model, ids, modeling_llama, original, reps)
-    fused_times, fused_share = _rope_share(model, ids, modeling_llama, hf_apply_rotary_pos_emb, reps)
+    fused_times, fused_share = _rope_share(model, ids, modeling_llama, hf_apply_rotary_pos_emb_, reps)
+    copy_times, copy_share = _rope_share(model, ids, modeling_llama, hf_apply_rotary_pos_emb, reps)
     plain_s = bench.record(case, "transformers RoPE: prefill", plain_times, params={**params, "rope_share": round(plain_share, 4)}).median_s
     fused_s = bench.record(case, "kexue RoPE (patch_hf_rope): prefill", fused_times,
                            params={**params, "rope_share": round(fused_share, 4)}).median_s
+    bench.record(case, "kexue RoPE (patch_hf_rope, in_place=False): prefill", copy_times,
+                 params={**params, "rope_share": round(copy_share, 4)})
     bench.ratio("rope.hf_patch_rope_share", plain_share / max(fused_share, 1e-9), target=3.0,
                 description=f"RoPE's share of the forward, transformers / kexue ({plain_share:.1%} / {fused_share:.1%})")
+    bench.ratio("rope.hf_patch_rope_share_out_of_place", plain_share / max(copy_share, 1e-9),
+                description=f"the same with in_place=False ({plain_share:.1%} / {copy_share:.1%}; no target)")
     bench.ratio("rope.hf_patch_prefill", plain_s / fused_s, description="prefill time, transformers RoPE / kexue RoPE (no target)")
 
     prompt = ids[:, : tokens // 4]

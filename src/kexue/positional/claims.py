@@ -315,21 +315,23 @@ def layout_conversion(ctx: ClaimContext) -> None:
 
 
 # Long-context settings of real models: (label, rope_type, head_dim, base, trained length L₀, fields)
-_SCALED_MODELS = (
+_COMPARED = (
     ("linear x4 (position interpolation)", "linear", 128, 10000.0, 4096, {"factor": 4.0}),
     ("dynamic NTK x4, at 4 L0", "dynamic", 128, 10000.0, 4096, {"factor": 4.0}),
     ("YaRN x4 (Qwen2.5, L0 32k)", "yarn", 128, 1e6, 32768, {"factor": 4.0, "original_max_position_embeddings": 32768}),
     ("Llama 3.1 (x8, L0 8k)", "llama3", 128, 500000.0, 8192,
      {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
-)
-
-
-_COMPARED = _SCALED_MODELS + (
     ("LongRoPE (Phi-3 style)", "longrope", 96, 10000.0, 4096,
      {"short_factor": [1.0 + 0.02 * i for i in range(48)], "long_factor": [1.0 + 0.5 * i for i in range(48)],
       "original_max_position_embeddings": 4096}),
     ("proportional, quarter rotated", "proportional", 128, 10000.0, 4096, {"partial_rotary_factor": 0.25}),
 )
+
+
+def _trained_for(rope_type: str, original: int) -> int:
+    """The config's max_position_embeddings: the trained length for dynamic NTK (it scales past it),
+    four times it for the others (whose original length is a field of their own)."""
+    return original if rope_type == "dynamic" else 4 * original
 
 
 def _scaling_gaps(transformers: Any, init_functions: dict) -> tuple[float, float]:
@@ -338,7 +340,8 @@ def _scaling_gaps(transformers: Any, init_functions: dict) -> tuple[float, float
 
     worst, factor_gap = 0.0, 0.0
     for _, rope_type, head_dim, base, original, fields in _COMPARED:
-        config = transformers.LlamaConfig(hidden_size=4 * head_dim, num_attention_heads=4, head_dim=head_dim, max_position_embeddings=4 * original,
+        config = transformers.LlamaConfig(hidden_size=4 * head_dim, num_attention_heads=4, head_dim=head_dim,
+                                          max_position_embeddings=_trained_for(rope_type, original),
                                           rope_parameters={"rope_type": rope_type, "rope_theta": base, **fields})
         for length in (original // 2, 4 * original):
             hf_inv, hf_factor = init_functions[rope_type](config, "cpu", seq_len=length)
@@ -370,44 +373,97 @@ def scaling_matches_transformers(ctx: ClaimContext) -> None:
               details="the test suite runs 336 configurations x 6 lengths (tests/positional/test_scaling.py)")
 
 
+def _scaled(rope_type: str, head_dim: int, base: float, original: int, fields: dict) -> tuple[Any, Any]:
+    """A setting's parameters at four times its trained length, and the unscaled full-head ladder."""
+    from kexue.positional.scaling import rope_parameters
+
+    p = rope_parameters(rope_type, head_dim=head_dim, base=base, max_position_embeddings=_trained_for(rope_type, original),
+                        seq_len=4 * original if rope_type in ("dynamic", "longrope") else None, **fields)
+    return p, rope_parameters(head_dim=head_dim, base=base)
+
+
+def _largest_factor(fields: dict) -> float:
+    return float(fields.get("factor", max(fields.get("long_factor", [1.0]))))
+
+
+def _analysis_row(label: str, p: Any, plain: Any, original: int, fields: dict) -> tuple:
+    from kexue.positional.scaling import pair_analysis
+
+    a = pair_analysis(p, original)
+    s = _largest_factor(fields)
+    still = int((p.inv_freq == 0).sum())  # proportional rotary: pairs past the rotated share
+    kept = int((a["ratio"] > 1 - 1e-9).sum())
+    scaled = int(((a["ratio"] < 1 / s + 1e-9) & (p.inv_freq > 0)).sum()) if s > 1 else 0
+    pairs = p.rotary_dim // 2
+    return (label, pairs, kept, scaled, pairs - kept - scaled - still, still,
+            int((pair_analysis(plain, original)["turns"] < 1).sum()),
+            int(((pair_analysis(p, 4 * original)["turns"] < 1) & (p.inv_freq > 0)).sum()), round(p.attention_factor, 4))
+
+
+def _type_panels(axes: Any, label: str, rope_type: str, p: Any, plain: Any, original: int) -> None:
+    """One setting's row of three panels: wavelengths against L0 and 4 L0, the per-pair ratio, the decay bound."""
+    from kexue.positional.scaling import attention_decay, pair_analysis
+
+    wave, ratio, decay = axes
+    scaled, unscaled = pair_analysis(p, original), pair_analysis(plain, original)
+    rotating = (p.inv_freq > 0).numpy()  # proportional rotary leaves the pairs past its share still
+    pairs = np.arange(p.rotary_dim // 2)
+    wave.semilogy(np.arange(plain.rotary_dim // 2), unscaled["wavelength"].numpy(), label="unscaled", color="grey")
+    wave.semilogy(pairs[rotating], scaled["wavelength"].numpy()[rotating], label="scaled", ls="--" if rope_type == "proportional" else "-")
+    for length, style in ((original, "--"), (4 * original, ":")):
+        wave.axhline(length, color="black", ls=style, lw=0.8, label=f"L = {length:,}")
+    wave.set(ylabel="wavelength 2π/θ_j")
+    wave.set_title(label, fontsize=10)
+    wave.legend(fontsize=6, loc="upper left")
+    ratio.plot(pairs[rotating], scaled["ratio"].numpy()[rotating], marker=".", ms=3)
+    ratio.set(ylabel="θ'_j / θ_j", yscale="log", xlim=(-1, len(pairs)))
+    ratio.set_title(_RATIO_TITLES[rope_type], fontsize=9)
+    distances = np.unique(np.geomspace(1, 4 * original, 200).astype(int))
+    decay.semilogx(distances, attention_decay(plain.inv_freq, distances).numpy(), color="grey", label="unscaled")
+    decay.semilogx(distances, attention_decay(p.inv_freq, distances).numpy(), label="scaled")
+    decay.axvline(original, color="black", ls="--", lw=0.8)
+    decay.set(ylabel="(2/R) Σ_j |S_j(Δ)|")
+    decay.set_title("the article's long-range bound", fontsize=9)
+    decay.legend(fontsize=6)
+
+
+_RATIO_TITLES = {
+    "linear": "Linear: every pair divided by s",
+    "dynamic": "Dynamic NTK: a larger base (low pairs scaled most)",
+    "yarn": "YaRN: high pairs kept, low ones / s, a ramp between",
+    "llama3": "Llama 3: high band kept, low band / s, smooth between",
+    "longrope": "LongRoPE: one searched factor per pair",
+    "proportional": "Proportional: rotated pairs keep the full-head ladder",
+}
+
+
 @ROPE.check
 def scaling_analysis(ctx: ClaimContext) -> None:
-    """What each scaling does to each pair, and to the article's long-range decay."""
+    """What each scaling does to each pair, and to the article's long-range decay: a row of panels per type."""
     import matplotlib.pyplot as plt
 
-    from kexue.positional.scaling import attention_decay, pair_analysis, rope_parameters
-
-    rows, curves = [], {}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4))
-    for label, rope_type, head_dim, base, original, fields in _SCALED_MODELS:
-        length = 4 * original if rope_type == "dynamic" else None
-        p = rope_parameters(rope_type, head_dim=head_dim, base=base, max_position_embeddings=original, seq_len=length, **fields)
-        plain = rope_parameters(head_dim=head_dim, base=base)
-        a = pair_analysis(p, original)
-        s = fields["factor"]
-        kept = int((a["ratio"] > 1 - 1e-9).sum())
-        scaled = int((a["ratio"] < 1 / s + 1e-9).sum())
-        rows.append((label, p.rotary_dim // 2, kept, scaled, p.rotary_dim // 2 - kept - scaled,
-                     int((pair_analysis(plain, original)["turns"] < 1).sum()), int((pair_analysis(p, 4 * original)["turns"] < 1).sum()),
-                     round(p.attention_factor, 4)))
-        left.plot(a["ratio"].numpy(), label=label)
-        distances = np.unique(np.geomspace(1, 4 * original, 200).astype(int))
-        curves[label] = (distances, attention_decay(p.inv_freq, distances).numpy())
-        right.semilogx(distances, curves[label][1], label=label)
-        right.axvline(original, color="grey", lw=0.5)
-    left.set(xlabel="rotary pair j (high → low frequency)", ylabel="θ'_j / θ_j", yscale="log", title="What each scaling does to each pair")
-    left.legend(fontsize=7)
-    right.set(xlabel="relative distance Δ", ylabel="(2/R) Σ_j |S_j(Δ)|", title="The article's decay bound under each scaling")
-    right.legend(fontsize=7)
-    ctx.figure("scalings", fig, "Left: the ratio of each rotary pair's frequency to the unscaled ladder (1: kept, 1/s: interpolated). "
-               "Right: the long-range bound of the RoPE article for the scaled frequencies; grey lines: each setting's trained length.")
-    table = Table(("setting", "pairs", "kept", "divided by s or more", "in between", "pairs < 1 turn in L0 (unscaled)",
+    rows = []
+    fig, grid = plt.subplots(len(_COMPARED), 3, figsize=(15, 3.1 * len(_COMPARED)))
+    for axes, (label, rope_type, head_dim, base, original, fields) in zip(grid, _COMPARED):
+        p, plain = _scaled(rope_type, head_dim, base, original, fields)
+        rows.append(_analysis_row(label, p, plain, original, fields))
+        _type_panels(axes, label, rope_type, p, plain, original)
+    for axis, xlabel in zip(grid[-1], ("rotary pair j (high → low frequency)", "rotary pair j", "relative distance Δ")):
+        axis.set_xlabel(xlabel)
+    fig.subplots_adjust(hspace=0.45, wspace=0.25)
+    ctx.figure("scalings", fig, "One row per scaling type. Left: each rotary pair's wavelength against the trained length L0 "
+               "(dashed) and 4 L0 (dotted); a pair above a line never completes a turn within it. Middle: the ratio of its "
+               "scaled to its unscaled frequency (1: kept, 1/s: interpolated). Right: the RoPE article's long-range bound, "
+               "scaled against unscaled (dashed: L0).")
+    table = Table(("setting", "pairs", "kept", "divided by s or more", "in between", "not rotated", "pairs < 1 turn in L0 (unscaled)",
                    "pairs < 1 turn in 4 L0 (scaled)", "attention factor"), tuple(rows),
-                  caption="Per rotary pair: kept (ratio 1), interpolated (1/s) or blended; pairs that never complete a turn "
-                          "within the trained length, before and, over four times that length, after scaling")
-    ctx.claim("scaling.analysis", "what each long-context scaling does to each rotary pair (head 128), and the pairs that never "
+                  caption="Per rotary pair: kept (ratio 1), interpolated (1/s, s the largest factor), blended, or not rotated "
+                          "(proportional rotary's pairs past its share); rotating pairs that never complete a turn within the "
+                          "trained length, before and, over four times that length, after scaling")
+    ctx.claim("scaling.analysis", "what each long-context scaling does to each rotary pair, and the pairs that never "
               "complete a turn within the trained length: linear scales every pair, NTK mostly the low frequencies, YaRN and "
-              "Llama 3 keep the high frequencies and interpolate the low ones with a blend in between",
+              "Llama 3 keep the high frequencies and interpolate the low ones with a blend in between, LongRoPE sets one "
+              "factor per pair, proportional rotary keeps its pairs' frequencies",
               article_value=None, measured={r[0]: dict(zip(table.columns[1:], r[1:])) for r in rows}, documented=True, table=table)
 
 
