@@ -36,6 +36,8 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "huggingface_hub": ("nlp", "huggingface-hub"),
     "sklearn": ("sklearn", "scikit-learn"),
     "matplotlib": ("report", "matplotlib"),
+    "datasets": ("train", "datasets"),
+    "accelerate": ("train", "accelerate"),
     "rotary_embedding_torch": ("bench", "rotary-embedding-torch"),
 }
 

@@ -14,7 +14,10 @@ from kexue.contrastive.losses import InfoNCE
 def test_two_gloo_processes_match_the_single_process_full_batch() -> None:
     result = launch(nproc=2, batch=48, micro=5, seed=0)
     assert result["shards"] == [16, 32]  # uneven shards exercise the padded gather
-    for wrap in ("plain", "ddp"):
+    assert result["fsdp_shards"] == [24, 24]  # FSDP2 all-gathers in every forward: equal micro-batch counts
+    assert "same number of micro-batches on every rank" in result["fsdp_uneven_error"]
+    assert "[8, 14]" in result["fsdp_uneven_error"]  # 16 and 32 samples in micro-batches of 5, both sides
+    for wrap in ("plain", "ddp", "fsdp"):  # fsdp: FSDP2 fully_shard on gloo (CPU)
         assert result[f"{wrap}_grad_rel_err"] <= 1e-10
         assert result[f"{wrap}_loss_abs_err"] <= 1e-12
 
@@ -23,7 +26,7 @@ def test_two_gloo_processes_match_the_single_process_full_batch() -> None:
 def test_three_processes_odd_batch() -> None:
     result = launch(nproc=3, batch=31, micro=4, seed=3)
     assert sum(result["shards"]) == 31
-    assert result["plain_grad_rel_err"] <= 1e-10 and result["ddp_grad_rel_err"] <= 1e-10
+    assert max(result[f"{wrap}_grad_rel_err"] for wrap in ("plain", "ddp", "fsdp")) <= 1e-10
 
 
 def test_shards_cover_the_batch_unevenly() -> None:

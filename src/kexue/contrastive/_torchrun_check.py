@@ -4,8 +4,8 @@
 
 Every rank builds the same dropout MLP and the same global batch, keeps an uneven shard of it
 (ranks hold different numbers of samples), seeds its RNG with ``seed + 1 + rank`` and runs
-:func:`cached_backward` with ``distributed=True``, once with the bare encoder and once wrapped
-in ``DistributedDataParallel``. Rank 0 then recomputes the gradient in one process: the whole
+:func:`cached_backward` with ``distributed=True``: with the bare encoder, wrapped in
+``DistributedDataParallel``, and sharded by FSDP2 (``fully_shard``, gloo on CPU). Rank 0 then recomputes the gradient in one process: the whole
 batch in one backward, each shard forwarded with that rank's RNG stream so the dropout masks
 match, and writes the relative errors to ``OUT.json``. :func:`launch` runs it from Python.
 """
@@ -38,8 +38,28 @@ def _shards(n: int, world: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
+def _wrap(encoder: nn.Module, wrap: str) -> nn.Module:
+    if wrap == "ddp":
+        return nn.parallel.DistributedDataParallel(encoder)
+    if wrap == "fsdp":  # FSDP2: each Linear its own unit, then the root
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in encoder:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer)
+        return fully_shard(encoder)
+    return encoder
+
+
+def _even(n: int, world: int) -> list[tuple[int, int]]:
+    bounds = [round(n * r / world) for r in range(world + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 def _grads(*modules: nn.Module) -> list[torch.Tensor]:
-    return [p.grad.detach().clone() for m in modules for p in m.parameters()]
+    """Every parameter's full gradient (FSDP2's sharded DTensors gathered: every rank must call this)."""
+    full = [p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad for m in modules for p in m.parameters()]
+    return [g.detach().clone() for g in full]
 
 
 def _rel(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
@@ -57,12 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     x = torch.randn(args.batch, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(args.seed))
-    shards = _shards(args.batch, world)
-    lo, hi = shards[rank]
     results: dict[str, float] = {}
-    for wrap in ("plain", "ddp"):
+    for wrap in ("plain", "ddp", "fsdp"):
+        # FSDP2 all-gathers parameters in every forward: every rank needs as many micro-batches
+        shards = _shards(args.batch, world) if wrap != "fsdp" else _even(args.batch, world)
+        lo, hi = shards[rank]
         encoder, loss_fn = _encoder(args.seed), InfoNCE(0.05, learnable=True).double()
-        model = nn.parallel.DistributedDataParallel(encoder) if wrap == "ddp" else encoder
+        model = _wrap(encoder, wrap)
         torch.manual_seed(args.seed + 1 + rank)
         step = cached_backward(model, [x[lo:hi], x[lo:hi]], loss_fn, micro_batch_size=args.micro, distributed=True)
         got = _grads(encoder, loss_fn)
@@ -72,10 +93,18 @@ def main(argv: list[str] | None = None) -> int:
             results[f"{wrap}_loss_abs_err"] = abs(float(step.loss) - ref_loss)
             results["loss"] = ref_loss
         del model, step
+    lo, hi = _shards(args.batch, world)[rank]  # uneven: FSDP2 must refuse clearly, on every rank, not hang
+    try:
+        cached_backward(_wrap(_encoder(args.seed), "fsdp"), [x[lo:hi], x[lo:hi]], InfoNCE(0.05).double(),
+                        micro_batch_size=args.micro, distributed=True)
+        results["fsdp_uneven_error"] = ""
+    except ValueError as exc:
+        results["fsdp_uneven_error"] = str(exc)
     dist.barrier()  # no rank tears down gloo while another still uses it
     dist.destroy_process_group()
     if rank == 0:
-        results.update(world=world, batch=args.batch, shards=[hi - lo for lo, hi in shards])
+        results.update(world=world, batch=args.batch, shards=[hi - lo for lo, hi in _shards(args.batch, world)],
+                       fsdp_shards=[hi - lo for lo, hi in _even(args.batch, world)])
         write_result(args.out, results)
     return 0
 

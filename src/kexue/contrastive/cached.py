@@ -164,7 +164,8 @@ def cached_backward(
         distributed: gather every rank's embeddings (``torch.distributed`` must be initialised,
             e.g. by ``torchrun``; gloo or NCCL) so that negatives come from the global batch.
             Ranks may hold different numbers of samples. Encoders wrapped in
-            ``DistributedDataParallel`` are run under ``no_sync`` and reduced here once.
+            ``DistributedDataParallel`` or FSDP2 (``fully_shard``) reduce their gradients once
+            per step (see :class:`kexue.contrastive.distributed.StepSync`).
         group: the process group (default: the world).
 
     Returns:
@@ -189,6 +190,8 @@ def cached_backward(
         raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16; got {autocast!r}")
     if distributed:
         check_process_group()
+    if distributed or dist_utils.dist.is_initialized():
+        dist_utils.check_fsdp_counts(towers, sum(len(_micro(batch_size(b), micro_batch_size)) for b in sides), group)
     cuda = sorted({dev for tower in towers for dev in _devices(tower)})
     amp = (torch.autocast("cuda" if cuda else "cpu", dtype=autocast) if autocast is not None
            else contextlib.nullcontext())
@@ -225,30 +228,26 @@ def cached_backward(
     grads = [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in leaves]
     loss_s = time.perf_counter() - start
 
-    # 3. grad pass: replay each micro-batch and backpropagate ⟨h, g⟩
+    # 3. grad pass: replay each micro-batch and backpropagate ⟨h, g⟩ (one gradient reduction per step)
     start = time.perf_counter()
     surrogate = 0.0
-    params = dist_utils.tower_parameters(towers) if distributed else []
-    stashed = dist_utils.stash_grads(params)
-    with contextlib.ExitStack() as stack:
-        for tower in {id(t): t for t in towers}.values():
-            if distributed and hasattr(tower, "no_sync"):
-                stack.enter_context(tower.no_sync())
-        for tower, batch, grad, offset, side_states in zip(towers, sides, grads, offsets, states):
-            for (lo, hi), state in zip(_micro(batch_size(batch), micro_batch_size), side_states):
-                if replay_rng:
-                    state.restore()
-                with torch.enable_grad():
-                    with amp:
-                        h = encode(tower, slice_batch(batch, lo, hi))
-                    term = (h.float() * grad[offset + lo : offset + hi]).sum() if autocast is not None \
-                        else (h * grad[offset + lo : offset + hi].to(h.dtype)).sum()
-                    term.backward()
-                surrogate += float(term.detach())
+    sync = dist_utils.StepSync(towers, distributed=distributed, group=group)
+    remaining = sum(len(side_states) for side_states in states)
+    for tower, batch, grad, offset, side_states in zip(towers, sides, grads, offsets, states):
+        for (lo, hi), state in zip(_micro(batch_size(batch), micro_batch_size), side_states):
+            remaining -= 1
+            if replay_rng:
+                state.restore()
+            with torch.enable_grad(), sync.micro_batch(last=remaining == 0):
+                with amp:
+                    h = encode(tower, slice_batch(batch, lo, hi))
+                g = grad[offset + lo : offset + hi]
+                term = (h.float() * g).sum() if autocast is not None else (h * g.to(h.dtype)).sum()
+                (term * sync.scale if sync.scale != 1.0 else term).backward()
+            surrogate += float(term.detach())
+    sync.finish()
     if distributed:
-        dist_utils.sum_grads(params, group)
         surrogate = dist_utils.sum_scalar(surrogate, group)
-    dist_utils.unstash_grads(params, stashed)
     after_forward.restore()
     return CachedStep(loss.detach(), surrogate, [h.detach() for h in cached],
                       {"forward_no_grad": forward_s, "loss": loss_s, "grad_pass": time.perf_counter() - start})

@@ -16,11 +16,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import contextlib
+
 import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["gather_rows", "sum_grads"]
+__all__ = ["StepSync", "check_fsdp_counts", "gather_rows", "gather_with_local", "sum_grads"]
 
 
 def gather_rows(x: torch.Tensor, group: Any = None) -> tuple[torch.Tensor, int]:
@@ -42,6 +44,88 @@ def gather_rows(x: torch.Tensor, group: Any = None) -> tuple[torch.Tensor, int]:
     dist.all_gather(parts, padded.contiguous(), group=group)
     rows = torch.cat([p[:c] for p, c in zip(parts, counts)])
     return rows, sum(counts[:rank])
+
+
+def gather_with_local(x: torch.Tensor, group: Any = None) -> tuple[torch.Tensor, int]:
+    """:func:`gather_rows` keeping this rank's own rows as ``x`` itself, so gradients reach them."""
+    rows, offset = gather_rows(x.detach(), group)
+    return torch.cat((rows[:offset], x, rows[offset + x.shape[0]:])), offset
+
+
+def _is_fsdp(module: Any) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without FSDP2
+        return False
+    return isinstance(module, FSDPModule)
+
+
+class StepSync:
+    """Exactly one gradient reduction per step for the grad pass of a cached step.
+
+    The grad pass runs one backward per micro-batch; a ``DistributedDataParallel`` or FSDP2
+    (``fully_shard``) encoder would reduce gradients after every one of them (the complaint
+    against cached losses: one all-reduce per micro-batch, and hangs when ranks hold different
+    numbers of micro-batches). With ``distributed=True`` (the loss is the global-batch loss, the
+    same on every rank, so the exact gradient is the *sum* of the ranks' shares):
+
+    * DDP and plain encoders run every micro-batch without synchronisation (``no_sync``), and
+      :meth:`finish` sums ``.grad`` over ranks in one flat all-reduce per dtype; gradients already
+      in ``.grad`` (accumulated over earlier steps) are set aside meanwhile and added back after;
+    * FSDP2 encoders skip their reduce-scatter on every micro-batch but the rank's last
+      (``set_requires_gradient_sync``), and since that reduce-scatter averages, the grad pass is
+      scaled by the world size (:attr:`scale`).
+
+    With ``distributed=False`` each rank's loss is its own, and DDP/FSDP2 keep their usual
+    meaning (the average of the ranks' gradients), reduced once, on the rank's last micro-batch.
+
+    FSDP2 all-gathers parameters in every forward, so every rank must run the same number of
+    micro-batches: :func:`check_fsdp_counts` raises a clear error on every rank (instead of a
+    collective mismatch) when they differ.
+    """
+
+    def __init__(self, towers: Sequence[Any], *, distributed: bool, group: Any = None) -> None:
+        unique = list({id(t): t for t in towers}.values())
+        self.distributed, self.group = distributed, group
+        self.ddp = [t for t in unique if isinstance(t, nn.parallel.DistributedDataParallel)]
+        self.fsdp = [t for t in unique if _is_fsdp(t)]
+        self.scale = float(dist.get_world_size(group)) if distributed and self.fsdp else 1.0
+        if distributed and self.fsdp and len(self.fsdp) != len(unique):
+            raise ValueError("distributed=True needs every encoder wrapped alike: all FSDP2 (fully_shard) or none")
+        self.params = [] if not distributed or self.fsdp else tower_parameters(unique)
+        self._stashed = stash_grads(self.params)
+
+    @contextlib.contextmanager
+    def micro_batch(self, last: bool):
+        """The context of one micro-batch's forward and backward (``last``: the step's final one)."""
+        with contextlib.ExitStack() as stack:
+            for tower in self.ddp:
+                if self.distributed or not last:
+                    stack.enter_context(tower.no_sync())
+            for tower in self.fsdp:
+                tower.set_requires_gradient_sync(last)
+            yield
+
+    def finish(self) -> None:
+        """Sum the step's gradients over ranks where this object does it, and restore earlier ones."""
+        for tower in self.fsdp:
+            tower.set_requires_gradient_sync(True)
+        if self.params:
+            sum_grads(self.params, self.group)
+        unstash_grads(self.params, self._stashed)
+
+
+def check_fsdp_counts(towers: Sequence[Any], micro_batches: int, group: Any = None) -> None:
+    """With FSDP2 encoders, raise a ValueError on every rank unless all ranks run ``micro_batches``."""
+    if not any(_is_fsdp(t) for t in towers):
+        return
+    counts = [torch.zeros(1, dtype=torch.long) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(counts, torch.tensor([micro_batches]), group=group)
+    counts = [int(c) for c in counts]
+    if len(set(counts)) > 1:
+        raise ValueError(f"FSDP2 (fully_shard) encoders need the same number of micro-batches on every rank, since each "
+                         f"forward all-gathers the parameters; the ranks have {counts}: give each rank the same number of "
+                         "samples, or set micro_batch_size so that the counts agree")
 
 
 def tower_parameters(towers: Sequence[Any]) -> list[nn.Parameter]:

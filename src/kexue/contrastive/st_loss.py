@@ -1,0 +1,308 @@
+"""kexue's cached InfoNCE as a sentence-transformers loss: a drop-in for ``SentenceTransformerTrainer``.
+
+:class:`CachedContrastiveLoss` takes the trainer's columns (anchor, positive, then any number
+of hard-negative columns) and computes the article's procedure (:mod:`kexue.contrastive.cached`)
+inside the trainer's ``loss.backward()``:
+
+1. every column is embedded micro-batch by micro-batch without gradient, the RNG state saved
+   before each micro-batch;
+2. the InfoNCE loss of the whole batch (anchor ``i`` against every positive and hard negative,
+   its own positive the target) is computed on the cached embeddings and differentiated up to
+   them, in the forward call;
+3. the returned loss's backward replays each micro-batch with its saved RNG state and
+   backpropagates ``⟨h, ∂L/∂h⟩`` scaled by the incoming gradient, so the trainer's gradient
+   accumulation and fp16 loss scaling reach every micro-batch.
+
+What it adds to sentence-transformers' ``CachedMultipleNegativesRankingLoss`` (whose gradient
+it equals at the same scale and similarity, tested):
+
+* a learnable temperature (``learnable_scale=True``, CLIP's ``log(1/τ)``), whose gradient also
+  flows through the trainer's backward;
+* tiled similarities (``tiled=True``): the ``N × M`` matrix is never materialised;
+* ``sort_by_length`` (default on): inside a step the samples are embedded shortest-padding
+  first, in micro-batches of similar lengths, each cut to its own longest sequence; the loss
+  and gradient are those of the batch in its original order (up to float rounding of the
+  different matrix shapes);
+* ``micro_batch_tokens``: micro-batches by a padded-token budget instead of a count;
+* ``distributed=True``: negatives gathered from every rank, the exact global-batch gradient,
+  and one gradient reduction per step under DDP or FSDP2
+  (:class:`kexue.contrastive.distributed.StepSync`);
+* :func:`kexue.contrastive.verify.verify_cached_gradients` to check it on your model.
+
+It composes with ``MatryoshkaLoss`` (it exposes ``calculate_loss`` and
+``uses_gradient_cache``, the contract that wrapper uses for cached losses).
+
+Reference: Su Jianlin, https://kexue.fm/archives/8471; Gao et al., GradCache, arXiv:2101.06983.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from kexue._shared import check_bool, check_int, check_number
+from kexue.contrastive import distributed as dist_utils
+from kexue.contrastive.cached import _check_batchnorm, _devices, _RngState, encode
+from kexue.contrastive.losses import InfoNCE, Similarity
+
+__all__ = ["CachedContrastiveLoss", "MicroBatchPlan", "plan_micro_batches"]
+
+
+@dataclass
+class MicroBatchPlan:
+    """How one column of a batch is split.
+
+    Attributes:
+        groups: sample indices of each micro-batch, in the order they are embedded.
+        widths: the padded width each micro-batch is cut to (``None``: kept whole).
+        inverse: the permutation putting the concatenated micro-batches back in batch order.
+    """
+
+    groups: list[torch.Tensor]
+    widths: list[int | None]
+    inverse: torch.Tensor
+
+
+def _size(feature: dict[str, Any]) -> int:
+    for key in ("input_ids", "attention_mask"):
+        if isinstance(feature.get(key), torch.Tensor):
+            return feature[key].shape[0]
+    for value in feature.values():
+        if isinstance(value, torch.Tensor) and value.dim() >= 1:
+            return value.shape[0]
+    raise ValueError(f"a sentence feature needs a batched tensor (input_ids, attention_mask, ...); got keys {sorted(feature)}")
+
+
+def plan_micro_batches(feature: dict[str, Any], *, micro_batch_size: int, micro_batch_tokens: int | None = None,
+                       sort_by_length: bool = True) -> MicroBatchPlan:
+    """Split one tokenised column into micro-batches.
+
+    By count (``micro_batch_size`` samples each) or, with ``micro_batch_tokens``, greedily
+    packed so that each micro-batch's padded size (its count times its longest sequence) stays
+    within the budget (a single longer sequence forms its own). With ``sort_by_length`` the
+    samples are taken longest first, so each micro-batch holds similar lengths. Micro-batches of
+    a right-padded batch are cut to their own longest sequence.
+    """
+    n = _size(feature)
+    mask = feature.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        lengths = mask.sum(dim=1).cpu()
+        right_padded = bool((mask[:, 1:] <= mask[:, :-1]).all())
+    else:
+        lengths, right_padded = None, False
+    if sort_by_length and lengths is not None:
+        order = torch.argsort(lengths, descending=True, stable=True)
+    else:
+        order = torch.arange(n)
+    groups = _pack(order, lengths, micro_batch_size, micro_batch_tokens)
+    widths = [int(lengths[g].max()) if right_padded and len(g) else None for g in groups]
+    return MicroBatchPlan(groups, widths, torch.argsort(torch.cat(groups)) if groups else torch.arange(0))
+
+
+def _pack(order: torch.Tensor, lengths: torch.Tensor | None, size: int, tokens: int | None) -> list[torch.Tensor]:
+    if tokens is None or lengths is None:
+        return list(order.split(size))
+    groups, start, longest = [], 0, 0
+    for i, index in enumerate(order.tolist()):
+        longest_with = max(longest, int(lengths[index]))
+        if i > start and longest_with * (i - start + 1) > tokens:
+            groups.append(order[start:i])
+            start, longest_with = i, int(lengths[index])
+        longest = longest_with
+    if start < len(order):
+        groups.append(order[start:])
+    return groups
+
+
+def take(feature: dict[str, Any], index: torch.Tensor, width: int | None) -> dict[str, Any]:
+    """Samples ``index`` of a tokenised column, sequences cut to ``width`` (batched tensors only)."""
+    n = _size(feature)
+    out = {}
+    for key, value in feature.items():
+        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == n:
+            value = value[index.to(value.device)]
+            if width is not None and value.dim() == 2 and key in ("input_ids", "attention_mask", "token_type_ids", "position_ids"):
+                value = value[:, :width]
+        out[key] = value
+    return out
+
+
+class _Replay(torch.autograd.Function):
+    """Passes the loss through; its backward runs the grad pass (step 3) with the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, loss, anchor, replay):  # type: ignore[override]
+        ctx.replay, ctx.attached = replay, loss.requires_grad
+        return loss.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        ctx.replay(grad)
+        return (grad if ctx.attached else None), None, None
+
+
+class CachedContrastiveLoss(nn.Module):
+    """InfoNCE over anchor, positive and hard-negative columns with the exact large-batch gradient.
+
+    Args:
+        model: the ``SentenceTransformer`` being trained (the trainer swaps in its wrapped model).
+        scale: ``1/τ`` (20, sentence-transformers' default, is ``τ = 0.05``).
+        learnable_scale: learn ``log scale``, clamped to ``max_scale``.
+        max_scale: the clamp of a learnable scale.
+        similarity: ``"cosine"`` or ``"dot"``.
+        symmetric: average with the positive → anchor direction (hard-negative columns are not
+            targets there).
+        tiled: never materialise the ``N × M`` similarities (row direction only).
+        tile: the tile size of ``tiled``.
+        micro_batch_size: samples per micro-batch (the memory knob).
+        micro_batch_tokens: pack micro-batches by padded tokens instead (count × longest
+            sequence ≤ this); ``micro_batch_size`` is then ignored.
+        sort_by_length: embed similar lengths together (see the module docstring).
+        replay_rng: replay each micro-batch's RNG state in the grad pass (exact with dropout).
+        distributed: gather the embeddings of every rank (``torch.distributed`` initialised, e.g.
+            by ``torchrun``): the loss of the global batch, and its exact gradient.
+        group: the process group (default: the world).
+
+    The returned loss's ``backward()`` leaves the gradient in the parameters, as any loss does.
+    Called with gradients disabled (evaluation), it only computes the loss.
+
+    Example:
+        >>> loss = CachedContrastiveLoss(model, micro_batch_size=16)
+        >>> trainer = SentenceTransformerTrainer(model=model, train_dataset=pairs, loss=loss)
+    """
+
+    # MatryoshkaLoss (and AdaptiveLayerLoss) look for this: see sentence_transformers' gradcache
+    uses_gradient_cache = True
+
+    def __init__(self, model: Any, *, scale: float = 20.0, learnable_scale: bool = False, max_scale: float = 100.0,
+                 similarity: Similarity = "cosine", symmetric: bool = False, tiled: bool = False, tile: int = 1024,
+                 micro_batch_size: int = 32, micro_batch_tokens: int | None = None, sort_by_length: bool = True,
+                 replay_rng: bool = True, distributed: bool = False, group: Any = None) -> None:
+        super().__init__()
+        if not callable(model):
+            raise TypeError(f"model must be a SentenceTransformer (or a callable on its features); got {type(model).__name__}")
+        self.model = model
+        self.info_nce = InfoNCE(1.0 / check_number("scale", scale, above=0), learnable=check_bool("learnable_scale", learnable_scale),
+                                similarity=similarity, symmetric=check_bool("symmetric", symmetric),
+                                tiled=check_bool("tiled", tiled), tile=check_int("tile", tile, 1),
+                                max_scale=check_number("max_scale", max_scale, above=0))
+        self.micro_batch_size = check_int("micro_batch_size", micro_batch_size, 1)
+        self.micro_batch_tokens = None if micro_batch_tokens is None else check_int("micro_batch_tokens", micro_batch_tokens, 1)
+        self.sort_by_length = check_bool("sort_by_length", sort_by_length)
+        self.replay_rng = check_bool("replay_rng", replay_rng)
+        self.distributed = check_bool("distributed", distributed)
+        self.group = group
+        self._plans: list[MicroBatchPlan] = []
+
+    # --- the trainer's entry point ---------------------------------------------------------------
+
+    def forward(self, sentence_features: Iterable[dict[str, torch.Tensor]], labels: torch.Tensor | None = None) -> torch.Tensor:
+        features = list(sentence_features)
+        if len(features) < 2:
+            raise ValueError(f"CachedContrastiveLoss needs an anchor and a positive column (then any hard-negative columns); "
+                             f"got {len(features)} column(s)")
+        _check_batchnorm(self.model)
+        if self.distributed:
+            from kexue._shared import check_process_group
+
+            check_process_group()
+        self._plans = [plan_micro_batches(f, micro_batch_size=self.micro_batch_size, micro_batch_tokens=self.micro_batch_tokens,
+                                          sort_by_length=self.sort_by_length) for f in features]
+        if dist_utils.dist.is_initialized():
+            dist_utils.check_fsdp_counts([self.model], sum(len(p.groups) for p in self._plans), self.group)
+        training = torch.is_grad_enabled()
+        reps, states = self._embed(features, capture=training)
+        if not training:
+            return self.calculate_loss(reps, labels)
+        loss = self.calculate_loss(reps, labels, with_backward=True)
+        cache = []
+        for column, parts in enumerate(reps):
+            if any(part.grad is None for part in parts):
+                raise ValueError(f"column {column} received no gradient from the loss; remove it from the dataset")
+            cache.append([part.grad.detach().clone() for part in parts])
+        replay = _ReplayPass(self, features, list(self._plans), cache, states, _RngState(self._cuda()))
+        return _Replay.apply(loss, torch.zeros((), requires_grad=True), replay)
+
+    # --- MatryoshkaLoss's contract ---------------------------------------------------------------
+
+    def calculate_loss(self, reps: list[list[torch.Tensor]], labels: torch.Tensor | None = None, *,
+                       with_backward: bool = False) -> torch.Tensor:
+        """The batch loss from per-column, per-micro-batch embeddings (in this step's plan).
+
+        With ``with_backward``, differentiate it up to ``reps`` (their ``.grad``) and return it,
+        still attached to a learnable scale so that scale's gradient flows in the outer backward.
+        """
+        if len(reps) != len(self._plans):
+            raise ValueError(f"got embeddings of {len(reps)} columns for a plan of {len(self._plans)}")
+        columns = [torch.cat(parts)[plan.inverse.to(parts[0].device)] for parts, plan in zip(reps, self._plans)]
+        anchors, documents = columns[0], columns[1:]
+        if self.distributed:
+            anchors = dist_utils.gather_with_local(anchors, self.group)[0]
+            documents = [dist_utils.gather_with_local(d, self.group)[0] for d in documents]
+        loss = self.info_nce(anchors, torch.cat(documents))  # anchor i's target: positive i
+        if not with_backward:
+            return loss
+        leaves = [part for parts in reps for part in parts]
+        learnable = self.info_nce.log_scale.requires_grad
+        torch.autograd.backward(loss, inputs=leaves, retain_graph=learnable)
+        return loss if learnable else loss.detach()
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {"scale": float(self.info_nce.scale), "learnable_scale": self.info_nce.log_scale.requires_grad,
+                "similarity": self.info_nce.similarity, "symmetric": self.info_nce.symmetric, "tiled": self.info_nce.tiled,
+                "micro_batch_size": self.micro_batch_size, "micro_batch_tokens": self.micro_batch_tokens,
+                "sort_by_length": self.sort_by_length, "distributed": self.distributed}
+
+    @property
+    def citation(self) -> str:
+        return ("@misc{su2021contrastive, title={Can contrastive learning use gradient accumulation?}, author={Su Jianlin}, "
+                "year={2021}, url={https://kexue.fm/archives/8471}}")
+
+    # --- steps 1 and 3 ---------------------------------------------------------------------------
+
+    def _cuda(self) -> list[int]:
+        return _devices(self.model)
+
+    def _embed(self, features: list[dict[str, Any]], capture: bool) -> tuple[list[list[torch.Tensor]], list[list[_RngState]]]:
+        """Step 1: every micro-batch without gradient (the RNG state saved before each)."""
+        reps, states = [], []
+        cuda = self._cuda()
+        with torch.no_grad():
+            for feature, plan in zip(features, self._plans):
+                parts, column_states = [], []
+                for index, width in zip(plan.groups, plan.widths):
+                    if capture:
+                        column_states.append(_RngState(cuda))
+                    h = encode(self.model, take(feature, index, width))
+                    parts.append(h.detach().requires_grad_(capture))
+                reps.append(parts)
+                states.append(column_states)
+        return reps, states
+
+
+class _ReplayPass:
+    """Step 3 of one forward call, bound to its own plan, gradients and RNG states."""
+
+    def __init__(self, loss: CachedContrastiveLoss, features, plans, cache, states, after: _RngState) -> None:
+        self.loss, self.features, self.plans, self.cache, self.states, self.after = loss, features, plans, cache, states, after
+
+    def __call__(self, grad_output: torch.Tensor) -> None:
+        loss = self.loss
+        sync = dist_utils.StepSync([loss.model], distributed=loss.distributed, group=loss.group)
+        remaining = sum(len(plan.groups) for plan in self.plans)
+        weight = grad_output.detach() * sync.scale
+        with torch.enable_grad():
+            for feature, plan, grads, states in zip(self.features, self.plans, self.cache, self.states):
+                for index, width, grad, state in zip(plan.groups, plan.widths, grads, states):
+                    remaining -= 1
+                    if loss.replay_rng:
+                        state.restore()
+                    with sync.micro_batch(last=remaining == 0):
+                        h = encode(loss.model, take(feature, index, width))
+                        ((h.float() * grad.float()).sum() * weight).backward()
+        sync.finish()
+        self.after.restore()
