@@ -40,6 +40,18 @@ def test_quick_benchmark_meets_its_targets() -> None:
     ratios = {r.id: r for r in bench.ratios}
     assert set(ratios) == {"contrastive.step_vs_plain", "contrastive.speed_vs_st", "contrastive.grad_vs_st",
                            "contrastive.memory_vs_plain_micro", "contrastive.tiled_memory_fraction",
-                           "contrastive.tiled_vs_dense_error"}
+                           "contrastive.tiled_vs_dense_error", "contrastive.trainer_vs_st", "contrastive.token_budget_speedup"}
+    assert ratios["contrastive.trainer_vs_st"].target == 1.1 and ratios["contrastive.token_budget_speedup"].target == 1.2
     for judged in ("grad_vs_st", "tiled_memory_fraction", "tiled_vs_dense_error", "memory_vs_plain_micro"):
         assert ratios[f"contrastive.{judged}"].met, judged
+
+
+def test_the_benchmark_pairs_are_a_fixed_random_draw_of_paraphrases() -> None:
+    anchors, positives = benchmark._stsb_pairs(64)
+    again = benchmark._stsb_pairs(64)
+    assert (anchors, positives) == again and len(anchors) == 64 and len(set(anchors)) > 60
+    from kexue.data import load_stsb
+
+    stsb = load_stsb("train")
+    scores = dict(zip(zip(stsb.sentences1, stsb.sentences2), stsb.scores))
+    assert all(scores[pair] >= 4.0 for pair in zip(anchors, positives))

@@ -107,3 +107,16 @@ def test_saved_model_keeps_its_own_length_and_a_left_out_remainder_is_said(tiny_
 def test_micro_batch_above_batch_is_refused(pairs_file: str) -> None:
     with pytest.raises(ValueError, match="micro_batch_size=16 must not exceed batch_size=8"):
         TrainConfig(pairs=pairs_file, batch_size=8, micro_batch_size=16).validate()
+
+
+def test_verify_checks_the_first_batch_and_exits_by_the_result(tiny_sentence_model: str, pairs_file: str, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "never-written"
+    argv = ["train-embedder", "--pairs", pairs_file, "--model", tiny_sentence_model, "--batch-size", "12",
+            "--micro-batch-size", "5", "-o", str(out), "--verify"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "6 micro-batches of at most 5" in printed and "0.model.encoder.layer.1" in printed and "passed" in printed
+    assert not out.exists()  # --verify trains nothing and writes nothing
+    assert main([*argv, "--tolerance", "1e-30"]) == 1  # float32 rounding is above any bound this small
+    assert "FAILED" in capsys.readouterr().out

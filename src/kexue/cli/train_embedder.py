@@ -32,6 +32,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the data order and dropout (default: 0)")
     parser.add_argument("--no-eval", action="store_true", help="skip the STS-B evaluation before and after")
     parser.add_argument("--eval-split", default="test", choices=("train", "dev", "test"), help="STS-B split (default: test)")
+    parser.add_argument("--verify", action="store_true",
+                        help="check the cached gradient of the first batch against its full-batch gradient (dropout "
+                             "replayed), print the error per parameter group and exit (0: within --tolerance, 1: not); no training")
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="--verify's bound on each group's relative error (default: 1e-4)")
     add_data_argument(parser)
 
 
@@ -49,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, evaluate=not args.no_eval, eval_split=args.eval_split,
         data=args.data, autocast="bf16" if args.bf16 else None,
     )
+    if args.verify:
+        return _verify(config, args.tolerance)
     err = stderr_console()
     bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                    TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
@@ -73,3 +79,24 @@ def run(args: argparse.Namespace) -> int:
         err.print(f"STS-B {config.eval_split} Spearman x100: before {result.sts_before:.2f}, after {result.sts_after:.2f}")
     err.print(f"model: {result.out}/model  log: {result.out}/training.json")
     return 0
+
+
+def _verify(config, tolerance: float) -> int:
+    from rich.table import Table
+
+    from kexue.cli._common import stdout_console
+    from kexue.contrastive.train import verify_first_batch
+
+    check = verify_first_batch(config, tolerance=tolerance)
+    table = Table(title="cached vs full-batch gradient of the first batch")
+    table.add_column("parameter group")
+    table.add_column("relative error", justify="right")
+    table.add_column(f"≤ {tolerance:g}", justify="center")
+    for group, error in check.rows():
+        table.add_row(group, f"{error:.2e}", "yes" if error <= tolerance else "NO")
+    console = stdout_console()
+    console.print(table)
+    console.print(f"{config.batch_size} samples per side, {check.micro_batches} micro-batches of at most "
+                  f"{config.micro_batch_size} in all; loss: cached {check.loss_cached:.6f}, full batch {check.loss_full:.6f}")
+    console.print(f"max error {check.max_error:.2e}: " + ("passed" if check.passed else "FAILED"))
+    return 0 if check.passed else 1

@@ -17,12 +17,22 @@ inputs of exactly 32 tokens; ``--quick`` quarters the batch):
   the tiled loss (blocks of 1024) against the dense one: peak extra memory, and equality of
   the loss and gradients.
 
+* D: one ``SentenceTransformerTrainer`` epoch over STS-B train pairs scored 4 or more (real,
+  length-varied sentences drawn at random; 512 pairs, 128 with ``--quick``) at batch 64 and mini-batch 16,
+  dropout on: sentence-transformers' ``CachedMultipleNegativesRankingLoss`` against kexue's
+  ``CachedContrastiveLoss`` (same scale, same data order, same seed).
+* E: one cached step of kexue's loss on those sentences, batch 128: micro-batches of 16 in
+  batch order against a token budget of 16 times the mean length, longest first.
+
 Ratios: ``contrastive.step_vs_plain`` (cached / plain time, target <= 1.45),
 ``contrastive.speed_vs_st`` (sentence-transformers time / kexue time, target >= 1.0),
 ``contrastive.grad_vs_st`` (max relative gradient difference, target <= 1e-5),
 ``contrastive.memory_vs_plain_micro`` (cached peak / (plain-32 peak + stored embeddings),
 target <= 1.5), ``contrastive.tiled_memory_fraction`` (tiled extra peak / the N x N float32
-matrix's bytes, target <= 0.10), ``contrastive.tiled_vs_dense_error`` (target <= 1e-5).
+matrix's bytes, target <= 0.10), ``contrastive.tiled_vs_dense_error`` (target <= 1e-5),
+``contrastive.trainer_vs_st`` (trainer epoch with sentence-transformers' cached loss / with
+kexue's, target >= 1.1), ``contrastive.token_budget_speedup`` (step time by count / by token
+budget, target >= 1.2).
 On CUDA, case B is skipped (one process holds the device) and A and C use CUDA memory stats.
 """
 
@@ -32,7 +42,7 @@ import torch
 
 from kexue.contrastive.cached import cached_backward
 from kexue.contrastive.losses import InfoNCE, info_nce, info_nce_tiled
-from kexue.report.bench import Bench, BenchSuite, CaseResult, run_in_fresh_process
+from kexue.report.bench import Bench, BenchSuite, CaseResult, interleaved_times, run_in_fresh_process
 
 BENCH = BenchSuite("contrastive")
 TOKENS, MICRO, SCALE = 32, 32, 20.0
@@ -203,3 +213,94 @@ def tiled_memory(bench: Bench) -> None:
               *[float((a - b).abs().max() / b.abs().max()) for a, b in zip(ours[1:], dense[1:])])
     bench.ratio("contrastive.tiled_vs_dense_error", err, target=1e-5, higher_is_better=False,
                 description="tiled vs dense: max relative error of the loss and of the q and d gradients")
+
+
+def _stsb_pairs(count: int) -> tuple[list[str], list[str]]:
+    """``count`` STS-B train pairs scored 4 or more (near-paraphrases: anchor and positive), drawn
+    at random (seed 0) as a shuffling trainer draws its batches; the file itself is grouped by
+    source, its first hundreds of pairs uniformly short headlines."""
+    from kexue.data import load_stsb
+
+    stsb = load_stsb("train")
+    pool = [(a, b) for a, b, s in zip(stsb.sentences1, stsb.sentences2, stsb.scores) if s >= 4.0]
+    pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))[:count].tolist()
+    return [pool[i][0] for i in pick], [pool[i][1] for i in pick]
+
+
+def _trainer_epoch(model, loss, anchors: list[str], positives: list[str], batch: int, out: str) -> float:
+    """Seconds of one SentenceTransformerTrainer epoch (the trainer built outside the timing)."""
+    import time
+
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+
+    from kexue._shared import quieter
+
+    args = SentenceTransformerTrainingArguments(output_dir=out, per_device_train_batch_size=batch, num_train_epochs=1,
+                                                learning_rate=2e-5, report_to=[], save_strategy="no", logging_strategy="no",
+                                                use_cpu=True, seed=0, dataloader_drop_last=True, disable_tqdm=True)
+    with quieter("sentence_transformers"), quieter("transformers"):
+        trainer = SentenceTransformerTrainer(model=model, args=args, loss=loss,
+                                             train_dataset=Dataset.from_dict({"anchor": anchors, "positive": positives}))
+        start = time.perf_counter()
+        trainer.train()
+    return time.perf_counter() - start
+
+
+@BENCH.case
+def trainer_epoch(bench: Bench) -> None:
+    """D: a SentenceTransformerTrainer epoch with sentence-transformers' cached loss and with kexue's."""
+    import tempfile
+
+    from kexue.contrastive.st_loss import CachedContrastiveLoss
+
+    if bench.device != "cpu":
+        return
+    anchors, positives = _stsb_pairs(128 if bench.quick else 512)
+    batch, mini = 64, 16
+    case = f"D: SentenceTransformerTrainer epoch, {len(anchors)} STS-B pairs, batch {batch}, mini-batch {mini}"
+    params = {"pairs": len(anchors), "batch": batch, "mini_batch": mini, "threads": torch.get_num_threads()}
+    times: dict[str, list[float]] = {"st": [], "kexue": []}
+    with tempfile.TemporaryDirectory() as out:
+        for _ in range(1 if bench.quick else 2):  # interleaved: a drift of the machine hits both alike
+            for name in times:
+                torch.manual_seed(0)
+                model = _model()
+                loss = (_st_loss(model) if name == "st" else CachedContrastiveLoss(model, scale=SCALE, micro_batch_size=mini))
+                if name == "st":
+                    loss.mini_batch_size = mini
+                times[name].append(_trainer_epoch(model, loss, anchors, positives, batch, out))
+    st = bench.record(case, f"sentence-transformers CachedMNRL (mini-batch {mini})", times["st"], params=params)
+    ours = bench.record(case, f"kexue CachedContrastiveLoss (micro-batch {mini}, sorted by length)", times["kexue"], params=params)
+    bench.ratio("contrastive.trainer_vs_st", st.median_s / ours.median_s, target=1.1,
+                description="trainer epoch with sentence-transformers' CachedMultipleNegativesRankingLoss / with kexue's loss")
+
+
+@BENCH.case
+def token_budget(bench: Bench) -> None:
+    """E: one cached step on length-varied sentences, micro-batches by count (batch order) vs by a token budget."""
+    from kexue.contrastive.st_loss import CachedContrastiveLoss
+
+    if bench.device != "cpu":
+        return
+    anchors, positives = _stsb_pairs(128)
+    torch.manual_seed(0)
+    model = _model()
+    features = [model.preprocess(anchors), model.preprocess(positives)]
+    mean = float(torch.cat([f["attention_mask"].sum(1) for f in features]).float().mean())
+    budget = int(16 * mean)
+    by_count = CachedContrastiveLoss(model, scale=SCALE, micro_batch_size=16, sort_by_length=False)
+    by_tokens = CachedContrastiveLoss(model, scale=SCALE, micro_batch_tokens=budget)
+
+    def step(loss) -> None:
+        model.zero_grad(set_to_none=True)
+        loss([dict(f) for f in features]).backward()
+
+    case = f"E: cached step, {len(anchors)} STS-B pairs (mean {mean:.1f} tokens)"
+    params = {"pairs": len(anchors), "micro_batch_size": 16, "micro_batch_tokens": budget}
+    times = interleaved_times({"count": lambda: step(by_count), "tokens": lambda: step(by_tokens)},
+                               bench.repeats if bench.quick else max(bench.repeats, 5))
+    count = bench.record(case, "micro-batches of 16, batch order", times["count"], params=params)
+    tokens = bench.record(case, f"token budget {budget} (16 x mean length), longest first", times["tokens"], params=params)
+    bench.ratio("contrastive.token_budget_speedup", count.median_s / tokens.median_s, target=1.2,
+                description="cached step time with count-based micro-batches / with a token budget (length-varied inputs)")

@@ -195,6 +195,38 @@ def _encoder(model) -> Callable[[list[str]], torch.Tensor]:
     return encode
 
 
+def _read_sides(config: TrainConfig) -> list[list[str]]:
+    if config.sentences is not None:
+        first = read_sentences(config.sentences)
+        return [first, first]  # SimCSE: the two dropout views of each sentence are the positive pair
+    return list(read_pairs(config.pairs))
+
+
+def _first_batch(config: TrainConfig, sides: list[list[str]]) -> list[list[str]]:
+    """The samples of the first step (epoch 0's shuffled order, as :func:`train_embedder` takes them)."""
+    n = len(sides[0])
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))[: min(config.batch_size, n)].tolist()
+    return [[side[i] for i in order] for side in sides]
+
+
+def verify_first_batch(config: TrainConfig, *, tolerance: float = 1e-4):
+    """:func:`kexue.contrastive.verify.verify_cached_gradients` on the run's model and first batch.
+
+    The model is in training mode (dropout on, replayed), and the micro-batches, temperature and
+    seed are the run's own: what ``train_embedder`` would compute at its first step, against the
+    gradient of that batch in one graph. Returns the :class:`~kexue.contrastive.verify.GradientCheck`.
+    """
+    from kexue.contrastive.verify import verify_cached_gradients
+
+    config.validate()
+    sides = _read_sides(config)
+    model = _load_model(config.model, config.max_length)
+    model.train()
+    torch.manual_seed(config.seed)
+    return verify_cached_gradients(model, _first_batch(config, sides), InfoNCE(config.temperature).to(model.device),
+                                   micro_batch_size=config.micro_batch_size, encoder=_encoder(model), tolerance=tolerance)
+
+
 def train_embedder(config: TrainConfig, *, resume: bool = False, progress: TrainProgress | None = None) -> TrainResult:
     """Run the fine-tuning described by ``config``; see the module docstring."""
     config.validate()
@@ -203,11 +235,7 @@ def train_embedder(config: TrainConfig, *, resume: bool = False, progress: Train
     if out.exists() and not out.is_dir():
         raise ValueError(f"out {out} exists and is not a folder")
     # everything that can reject the input runs before the output folder is created
-    if config.sentences is not None:
-        first = read_sentences(config.sentences)
-        sides = [first, first]
-    else:
-        sides = list(read_pairs(config.pairs))
+    sides = _read_sides(config)
     n = len(sides[0])
     batch = min(config.batch_size, n)
     steps_per_epoch = n // batch

@@ -36,14 +36,11 @@ kexue, target ≥ 3), and, reported without targets, ``rope.hf_patch_rope_share_
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 
 from kexue.positional import _native
 from kexue.positional.rope import RotaryEmbedding, apply_rotary, grid_positions
-from kexue.report.bench import Bench, BenchSuite
+from kexue.report.bench import Bench, BenchSuite, interleaved_times
 
 BENCH = BenchSuite("rope")
 # Allocating cases are at the mercy of page faults on this class of VM (a fresh 64 MB output
@@ -110,7 +107,7 @@ def _fused_qk(bench: Bench, case: str, q, k, cos, sin, buf, params: dict, reps: 
     from kexue.positional.rope import apply_rotary_qk
 
     kbuf = torch.empty_like(k).fill_(0.0)
-    times = _interleaved({"qk": lambda: apply_rotary_qk(q, k, cos, sin, out=(buf, kbuf)),
+    times = interleaved_times({"qk": lambda: apply_rotary_qk(q, k, cos, sin, out=(buf, kbuf)),
                           "copy": lambda: (buf.copy_(q), kbuf.copy_(k))}, max(reps, 2 * MIN_REPEATS))
     fused = bench.record(case, "kexue apply_rotary_qk out= (one call)", times["qk"], params=params)
     floor = bench.record(case, "floor: copy_ of q and of k", times["copy"], params=params)
@@ -280,22 +277,6 @@ _SCALED = {  # rope_type -> its fields, for a head of 64 trained at 4,096 tokens
 }
 
 
-def _interleaved(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
-    """Times of each call, measured round-robin (one call of each per round after a warm-up), so a
-    drift of the machine's speed hits every call alike."""
-    import time
-
-    for fn in calls.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, fn in calls.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
 @BENCH.case
 def scaled(bench: Bench) -> None:
     """E: every scaling type from a transformers config: cos/sin tables and the rotation, against the plain 1-D case."""
@@ -313,8 +294,8 @@ def scaled(bench: Bench) -> None:
         config = transformers.LlamaConfig(hidden_size=1024, num_attention_heads=16, head_dim=64, max_position_embeddings=16384,
                                           rope_parameters={"rope_type": rope_type, "rope_theta": 10000.0, **fields})
         ropes[rope_type] = RotaryEmbedding.from_config(config, seq_len=8192).to(bench.device)
-    tables = _interleaved({t: (lambda r=r: r.cos_sin(positions.double())) for t, r in ropes.items()}, rounds)
-    applies = _interleaved({t: (lambda r=r: r(q, positions, out=buf)) for t, r in ropes.items()}, rounds)
+    tables = interleaved_times({t: (lambda r=r: r.cos_sin(positions.double())) for t, r in ropes.items()}, rounds)
+    applies = interleaved_times({t: (lambda r=r: r(q, positions, out=buf)) for t, r in ropes.items()}, rounds)
     for rope_type, rope in ropes.items():
         params = {"shape": list(shape), "rope_type": rope_type, "attention_factor": round(rope.attention_factor, 4), "interleaved_rounds": rounds}
         bench.record("E: tables for 2048 positions", rope_type, tables[rope_type], params=params)

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Bench", "BenchSuite", "CaseResult", "Ratio"]
+__all__ = ["Bench", "BenchSuite", "CaseResult", "Ratio", "interleaved_times"]
 
 
 @dataclass(frozen=True)
@@ -226,3 +226,17 @@ class BenchSuite:
             if reason is None:
                 raise
             bench.skipped.append({"technique": self.technique, "case": fn.__name__, "reason": reason})
+
+
+def interleaved_times(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """Wall times of each call, measured round-robin (one call of each per round, after one warm-up
+    call each), so that a drift of the machine's speed hits every call alike."""
+    for fn in calls.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times

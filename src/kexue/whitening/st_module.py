@@ -1,10 +1,20 @@
-"""A sentence-transformers module that applies a fitted :class:`Whitening`.
+"""Whitening inside a ``SentenceTransformer``, as sentence-transformers' own ``Dense`` module.
 
-Appended to a ``SentenceTransformer``, it replaces ``features["sentence_embedding"]`` by
-``(x - βμ) W``; the model then saves and loads with its whitening (``whitening.safetensors``
-in the module's folder) through plain ``SentenceTransformer(path, trust_remote_code=True)``
-(sentence-transformers 6 asks for that consent before importing a module class it does not
-ship; the class is kexue's, nothing is downloaded), as long as kexue is importable.
+A fitted whitening is an affine map, ``x ↦ (x − βμ) W = x W − βμ W``: :func:`add_whitening`
+appends it to a model as a built-in ``Dense`` layer (weight ``Wᵀ``, bias ``−βμW``, identity
+activation), followed by a ``Normalize`` where the model ended with one. The whitened model is
+then an ordinary sentence-transformers pipeline: ``model.save(path)`` writes it, and
+``SentenceTransformer(path)`` loads it anywhere sentence-transformers is installed, without
+``trust_remote_code`` and without kexue.
+
+The whitening must have been fitted on what the pipeline outputs where it is appended (e.g.
+``model.encode(corpus)``: after the model's own ``Normalize``, if it has one).
+
+:class:`WhiteningModule` (kexue's own module class, which needs kexue and
+``trust_remote_code=True`` to load) is kept only so that models saved by kexue 0.1 still load.
+It offers nothing the ``Dense`` layer does not: the fitted estimator itself (eigenvalues, raw
+statistics, for refitting with other ``n_components``/``beta``/``gamma``) is saved with
+:meth:`Whitening.save`, next to the model if you want it there.
 
 Example:
     >>> from sentence_transformers import SentenceTransformer
@@ -12,7 +22,7 @@ Example:
     >>> w = Whitening(256).fit(model.encode(corpus))
     >>> add_whitening(model, w)
     >>> model.save("minilm-whitened")
-    >>> SentenceTransformer("minilm-whitened", trust_remote_code=True).encode(["a query"])
+    >>> SentenceTransformer("minilm-whitened").encode(["a query"])       # no trust_remote_code
 """
 
 from __future__ import annotations
@@ -29,13 +39,17 @@ from kexue._optional import require_extra
 
 require_extra("kexue.whitening.st_module (the sentence-transformers module)", "transformers")
 
-__all__ = ["WhiteningModule", "add_whitening"]
+__all__ = ["WhiteningModule", "add_whitening", "whitening_dense"]
 
 _FILE = "whitening.safetensors"
 
 
 class WhiteningModule(nn.Module):
-    """``features["sentence_embedding"] <- (x - βμ) W`` (kernel and bias as float32 buffers)."""
+    """``features["sentence_embedding"] <- (x - βμ) W`` (kernel and bias as float32 buffers).
+
+    Kept so that models saved by kexue 0.1 load (with ``trust_remote_code=True``); new models get
+    a built-in ``Dense`` (:func:`add_whitening`).
+    """
 
     def __init__(self, whitening: Whitening) -> None:
         super().__init__()
@@ -63,14 +77,45 @@ class WhiteningModule(nn.Module):
         return cls(Whitening.load(folder / _FILE))
 
 
-def add_whitening(model, whitening: Whitening, *, normalize: bool = False):
-    """Append a :class:`WhiteningModule` (and optionally a ``Normalize``) to a ``SentenceTransformer``; returns it."""
-    name = str(len(model._modules))
-    model.add_module(name, WhiteningModule(whitening))
+def _modules():
+    try:
+        from sentence_transformers.sentence_transformer.modules import Dense, Normalize
+    except ImportError:  # sentence-transformers < 6
+        from sentence_transformers.models import Dense, Normalize
+    return Dense, Normalize
+
+
+def whitening_dense(whitening: Whitening) -> nn.Module:
+    """sentence-transformers' ``Dense`` computing ``(x − βμ) W``: weight ``Wᵀ``, bias ``−βμW``
+    (computed in float64, stored in float32), identity activation."""
+    Dense, _ = _modules()
+    kernel = torch.from_numpy(whitening.kernel_)  # (d, k) float64
+    bias = -(torch.from_numpy(whitening.bias_) @ kernel)  # (k,)
+    d, k = kernel.shape
+    return Dense(d, k, bias=True, activation_function=nn.Identity(), init_weight=kernel.T.contiguous().float(),
+                 init_bias=bias.float())
+
+
+def add_whitening(model, whitening: Whitening, *, normalize: bool | None = None):
+    """Append the whitening to a ``SentenceTransformer`` as a built-in ``Dense``; returns the model.
+
+    Args:
+        model: the model whose outputs ``whitening`` was fitted on.
+        whitening: a fitted :class:`Whitening` of the model's embedding width.
+        normalize: append a ``Normalize`` after it; default: when the model ends with one (its
+            users expect unit vectors; whitened cosines are unchanged by it).
+
+    Raises:
+        ValueError: the whitening's input width differs from the model's embedding width.
+    """
+    _, Normalize = _modules()
+    width = whitening.kernel_.shape[0]
+    dimension = getattr(model, "get_embedding_dimension", None) or getattr(model, "get_sentence_embedding_dimension")
+    if dimension() not in (None, width):
+        raise ValueError(f"the whitening was fitted on {width}-d vectors but the model outputs {dimension()}-d embeddings")
+    if normalize is None:
+        normalize = len(model._modules) > 0 and isinstance(model[len(model._modules) - 1], Normalize)
+    model.add_module(str(len(model._modules)), whitening_dense(whitening))
     if normalize:
-        try:
-            from sentence_transformers.sentence_transformer.modules import Normalize
-        except ImportError:  # older sentence-transformers
-            from sentence_transformers.models import Normalize
         model.add_module(str(len(model._modules)), Normalize())
     return model
