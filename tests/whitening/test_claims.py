@@ -19,3 +19,14 @@ def test_sts_claims(run_claims) -> None:
     got = run_claims(claims.SUITE, claims.sts).by_id
     assert {i for i, c in got.items() if c.status == "fail"} == set()
     assert got["whitening.mteb.STS-B"].measured == pytest.approx(82.03, abs=0.5)
+
+
+@pytest.mark.slow
+def test_raw_encoder_and_real_retrieval_claims(run_claims) -> None:
+    got = run_claims(claims.SUITE, claims.raw_encoder, claims.retrieval_real).by_id
+    assert {i for i, c in got.items() if c.status == "fail"} == set()
+    helps = got["whitening.raw_encoder.whitening_helps"].measured
+    assert helps["whitening"] > helps["raw"] + 5  # the article's effect, on an anisotropic raw encoder
+    rows = got["whitening.raw_encoder.table"].table["rows"]
+    assert {r[1] for r in rows} >= {"raw", "whitening", "whitening-48", "flow (all tasks)"}
+    assert got["whitening.raw_encoder.isotropy"].status == "pass"
