@@ -170,7 +170,7 @@ def pretrain_raw_encoder(config: PretrainConfig = QUICK, *, sentences: Sequence[
     torch.manual_seed(config.seed)
     bert = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=config.hidden, num_hidden_layers=config.layers,
                                 num_attention_heads=config.heads, intermediate_size=config.intermediate,
-                                max_position_embeddings=config.max_length), add_pooling_layer=False)
+                                max_position_embeddings=config.max_length))  # its pooler is unused, but AutoModel expects one
     model = _MaskedLM(bert).train()
     losses, seconds = _train(model, tokenizer, sentences, config, progress)
     import tempfile
