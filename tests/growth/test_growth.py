@@ -247,3 +247,63 @@ def test_float32_parity_is_within_relative_1e_minus_4(name: str) -> None:
     ops = [lambda m: widen(m, 2), lambda m: widen_ffn(m, 100)] + ([] if name == "bert-mlm" else [lambda m: deepen(m, [0])])
     for op in ops:
         assert max_logit_difference(small, op(small), INPUTS) <= 1e-4 * scale
+
+
+@pytest.mark.parametrize("after", [[-1, 1], [0], [0, 0, 1]])
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_deepen_gpt2_with_scores_scaled_by_inverse_layer_index(after: list[int], attention: str) -> None:
+    """GPT-2 divides layer i's attention scores by i + 1: moved layers get their query rescaled."""
+    config = GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=4, n_positions=32, scale_attn_by_inverse_layer_idx=True)
+    config._attn_implementation = attention
+    small = _random(GPT2LMHeadModel(config))
+    large = deepen(small, after)
+    with float64_norms():
+        assert max_logit_difference(small, large, INPUTS) <= 1e-10
+    # what the fix prevents: the same blocks without the query rescaling change the logits
+    from kexue.growth import depth
+
+    real = depth._index_compensation
+    try:
+        depth._index_compensation = lambda *a: None
+        unfixed = deepen(small, after)
+    finally:
+        depth._index_compensation = real
+    assert max_logit_difference(small, unfixed, INPUTS) > 1e-5
+
+
+def test_deepen_gpt2_scaled_transfers_adam_state_through_the_rescaling() -> None:
+    from kexue.growth.optim import GrowthMap
+
+    config = GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=4, n_positions=32, scale_attn_by_inverse_layer_idx=True)
+    small = _random(GPT2LMHeadModel(config))
+    grow = lambda m: deepen(m, [-1])  # noqa: E731  every original layer moves up one index
+    large = grow(small)
+    gmap = GrowthMap.probe(small, grow)
+    scale = gmap.scale["transformer.h.1.attn.c_attn.weight"].view(16, 48)
+    assert torch.allclose(scale[:, :16], torch.full((16, 16), 2.0, dtype=scale.dtype))  # (1 + 1) / (0 + 1): the query
+    assert torch.allclose(scale[:, 16:], torch.ones(16, 32, dtype=scale.dtype))  # keys and values unscaled
+    with float64_norms():
+        g_small, g_large = _grads(small), _grads(large)
+    predicted = gmap.gradients(g_small)
+    for n, g in g_large.items():
+        live = (gmap.scale[n] > 0).view_as(g)
+        assert torch.allclose(predicted[n].view_as(g)[live], g[live], rtol=1e-9, atol=1e-12), n
+
+
+def test_deepen_qwen2_sliding_window_layers_keep_their_type() -> None:
+    """Qwen2 makes layers past max_window_layers sliding-window ones: an inserted block copies the
+    type of the layer it follows, and every original layer keeps its own."""
+    config = Qwen2Config(**SMALL, num_key_value_heads=2, use_sliding_window=True, sliding_window=4, max_window_layers=1)
+    config._attn_implementation = "eager"
+    small = _random(Qwen2ForCausalLM(config))
+    assert small.config.layer_types == ["full_attention", "sliding_attention"]
+    large = deepen(small, [-1, 0, 1])
+    assert large.config.layer_types == ["full_attention", "full_attention", "full_attention", "sliding_attention", "sliding_attention"]
+    with float64_norms():
+        assert max_logit_difference(small, large, INPUTS) <= 1e-10  # 12 tokens > the window of 4: the types matter
+    flipped = deepen(small, [0])
+    flipped.config.layer_types = ["full_attention"] * 3  # what a rebuilt-from-max_window_layers config would say
+    wrong = Qwen2ForCausalLM(flipped.config).double().eval()
+    wrong.load_state_dict(flipped.state_dict())
+    with float64_norms():
+        assert max_logit_difference(small, wrong, INPUTS) > 1e-5

@@ -6,6 +6,17 @@ zero: each branch adds exactly 0. The inserted block copies its neighbour's othe
 it starts from trained attention and feed-forward weights (as in stacking methods) and only the
 output projections start from zero; their gradients are non-zero, so training moves them.
 
+Per-layer settings move with their layers:
+
+* per-layer config lists (``layer_types``: Qwen2's sliding-window layers past
+  ``max_window_layers``, Mistral/LLaMA-style per-layer attention types) are rebuilt, and an
+  inserted block takes the type of the layer whose weights it copies (the layer it follows);
+* GPT-2's ``scale_attn_by_inverse_layer_idx`` divides layer ``i``'s attention scores by
+  ``i + 1``. A layer moved from index ``i`` to ``j`` would divide by ``j + 1``. Its query
+  projection (the first ``n_embd`` columns of ``c_attn``, weight and bias) is multiplied by
+  ``(j + 1)/(i + 1)``, which cancels exactly, since the scores are linear in the query. An
+  inserted copy gets the same factor for its own index, so it attends like its source.
+
 Post-norm models (BERT: ``LayerNorm(x + branch(x))``) have no identity block of this form:
 with zero branches the block still applies ``LayerNorm`` to ``x``, which is not the identity
 (``x`` is itself a LayerNorm output with learned γ, β); :func:`deepen` refuses them.
@@ -15,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -29,6 +40,22 @@ PRE_NORM = {"llama": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
             "qwen2": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
             "mistral": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
             "gpt2": ("transformer.h", ("attn.c_proj", "mlp.c_proj"))}
+
+
+def _index_compensation(model_type: str, config) -> Callable[[str, torch.Tensor, int, int], torch.Tensor] | None:
+    """For settings that depend on a layer's index: ``(parameter, value, old index, new index) -> value``."""
+    if model_type == "gpt2" and getattr(config, "scale_attn_by_inverse_layer_idx", False):
+        width = config.n_embd
+
+        def rescale_query(rest: str, value: torch.Tensor, old: int, new: int) -> torch.Tensor:
+            if rest not in ("attn.c_attn.weight", "attn.c_attn.bias") or old == new:
+                return value
+            value = value.clone()
+            value[..., :width] *= (new + 1) / (old + 1)  # Conv1D: output features last; q, k, v in that order
+            return value
+
+        return rescale_query
+    return None
 
 
 def deepen(model: nn.Module, after: Sequence[int]) -> nn.Module:
@@ -60,6 +87,7 @@ def deepen(model: nn.Module, after: Sequence[int]) -> nn.Module:
     for i in range(n):
         plan.append((i, False))
         plan += [(i, True)] * after.count(i)
+    compensate = _index_compensation(model_type, model.config)
     sd = model.state_dict()
     pattern = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.(.*)$")
     new_sd = {name: t for name, t in sd.items() if not pattern.match(name)}
@@ -71,6 +99,8 @@ def deepen(model: nn.Module, after: Sequence[int]) -> nn.Module:
                 value = t.detach().clone()
                 if identity and (probing() or rest.rsplit(".", 1)[0] in zeroed):
                     value = torch.zeros_like(value)  # probing: inserted blocks are fresh parameters
+                elif compensate is not None:
+                    value = compensate(rest, value, src, j)
                 new_sd[f"{prefix}.{j}.{rest}"] = value
     config = copy.deepcopy(model.config)
     if model_type == "gpt2":
