@@ -235,3 +235,16 @@ def test_trainer_end_to_end_saves_reloads_and_evaluates(model, tmp_path) -> None
     head = SentencePairs("sts-b head", stsb.sentences1[:200], stsb.sentences2[:200], stsb.scores[:200])
     score = cosine_spearman(sentence_transformer_encoder(reloaded), head)
     assert -100.0 <= score <= 100.0
+
+
+def test_two_gloo_processes_give_the_global_batch_gradient(tiny_sentence_model: str) -> None:
+    """distributed=True under torchrun: plain and DDP-wrapped models end with the single-process
+    gradient of the global batch (dropout on), after one all-reduce per step."""
+    from kexue.contrastive._torchrun_st_check import launch
+
+    result = launch(tiny_sentence_model, nproc=2, batch=18, micro=4)
+    assert result["shards"] == [6, 12]
+    for wrap in ("plain", "ddp"):
+        assert result[f"{wrap}_grad_rel_err"] <= 1e-5, result
+        assert result[f"{wrap}_loss_abs_err"] <= 1e-5, result
+        assert result[f"{wrap}_all_reduces"] == 1, result
