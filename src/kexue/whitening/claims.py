@@ -5,7 +5,12 @@
 * ``sts``: the STS harness against MTEB's published scores for all-MiniLM-L6-v2, then the
   article's table for the embedded model: raw, whitening, whitening-k, β/γ variants and the
   flow baseline, per pooling and task, with isotropy and the eigenvalue spectrum.
-* ``retrieval``: top-10 search with k = 128 whitened against 384 raw dimensions.
+* ``retrieval``: top-10 search with k = 128 whitened against 384 raw dimensions (synthetic
+  vectors with the model's spectrum).
+* ``raw_encoder``: the article's claim where it applies: a raw masked-LM encoder pre-trained
+  here (:mod:`kexue.whitening.raw_encoder`), its STS table with every variant and the flow,
+  whether whitening helps it and matches the flow, and its isotropy.
+* ``retrieval_real``: the same search over the real STS/SICK sentences.
 
 The embedded model encodes the distinct sentences of the tasks once (all three poolings from one
 pass; the quick scale's 4 tasks, 11,486 sentences, take about 25 s on 2 cores, --full's seven,

@@ -1,0 +1,137 @@
+"""Grow a checkpoint folder into another: what ``kexue grow`` does, as a library function.
+
+:func:`grow_checkpoint` loads a HuggingFace checkpoint (sharded safetensors too), widens it
+(``width``, ``mode``), widens its feed-forward layers (``ffn``), deepens it (``depth``), writes
+the grown model (sharded past ``max_shard_size``) with the source's tokenizer and other
+non-weight files, and a parity report, ``growth_parity.json``. That report holds the largest
+logit change on a fixed probe batch, in float32 and in float64, the second grown again from a
+float64 copy with the same noise. The output folder is written under a temporary name and
+renamed, so an interrupted or failed run leaves no half-written folder.
+
+Memory: the small model, the grown model (built on the meta device and filled in place, never
+a second copy of itself), and after it is saved and released, its float64 twin for the parity
+check. At no time do two copies of the large model exist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kexue._shared import check_choice, check_int, check_number, num_layers
+
+__all__ = ["grow_checkpoint"]
+
+
+def _load(src: Path):
+    import transformers
+
+    from kexue.data import quiet_offline_transformers
+
+    quiet_offline_transformers()
+    try:
+        config = transformers.AutoConfig.from_pretrained(src)
+        arch = (config.architectures or [None])[0]
+        cls = getattr(transformers, arch, None) if arch else None
+        return config, (cls or transformers.AutoModel).from_pretrained(src, dtype=torch.float32).eval()
+    except Exception as exc:  # a corrupt config, truncated or missing weights: the user's input, not a bug
+        raise ValueError(f"src {src}: cannot load the checkpoint ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None
+
+
+def _grower(width: int, mode: str, depth: int, ffn: int | None, noise: float, seed: int):
+    from kexue.growth import widen, widen_ffn
+    from kexue.growth.depth import deepen
+
+    def grow(model):
+        if width > 1:
+            model = widen(model, width, mode=mode, noise=noise, seed=seed)
+        if ffn is not None:
+            model = widen_ffn(model, ffn, noise=noise, seed=seed + 1)
+        if depth > 1:
+            model = deepen(model, [i for i in range(num_layers(model.config)) for _ in range(depth - 1)])
+        return model
+
+    return grow
+
+
+def _check(src: Path, dst: Path, width: int, mode: str, depth: int, ffn: int | None, noise: float) -> None:
+    check_int("width", width, 1)
+    check_int("depth", depth, 1)
+    check_choice("mode", mode, ("heads", "head_dim"))
+    if ffn is not None:
+        check_int("ffn", ffn, 1)
+    check_number("noise", noise)
+    if noise < 0:
+        raise ValueError(f"noise={noise} must be >= 0")
+    if width == 1 and depth == 1 and ffn is None:
+        raise ValueError("nothing to do: give width >= 2, depth >= 2 and/or ffn")
+    if not (src / "config.json").exists():
+        raise FileNotFoundError(f"src {src} has no config.json")
+    if dst.exists():
+        raise FileExistsError(f"dst {dst} exists; choose a new folder")
+    if not dst.parent.is_dir():
+        raise FileNotFoundError(f"dst {dst}: its parent {dst.parent} is not an existing folder")
+
+
+def grow_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, width: int = 1, depth: int = 1, ffn: int | None = None,
+                    mode: str = "heads", noise: float = 0.0, seed: int = 0, max_shard_size: str | int = "5GB") -> dict[str, Any]:
+    """Write a grown copy of the checkpoint ``src`` to ``dst`` (which must not exist); returns the parity report.
+
+    Args:
+        src: a HuggingFace checkpoint folder (``config.json`` and weights, sharded or not).
+        dst: the new folder.
+        width: hidden and feed-forward width factor ``k`` (1: unchanged).
+        depth: depth factor: ``depth − 1`` identity blocks after every layer (1: unchanged).
+        ffn: the feed-forward width of the result (after ``width``), any size ≥ the current one.
+        mode: ``"heads"`` (copies heads, exact with RoPE) or ``"head_dim"`` (the article's wider heads).
+        noise: zero-sum symmetry-breaking noise, relative std (0, the default: exact copies; the
+            function is kept either way).
+        seed: the noise's seed.
+        max_shard_size: passed to ``save_pretrained``: larger models are written as sharded safetensors.
+
+    Returns:
+        The report written to ``dst/growth_parity.json``: the settings, the parameter counts, and
+        ``float32`` / ``float64`` ``max_abs`` logit differences (``float32.max_rel`` relative to the
+        largest logit).
+    """
+    src, dst = Path(src), Path(dst)
+    _check(src, dst, width, mode, depth, ffn, noise)
+    config, small = _load(src)
+    grow = _grower(width, mode, depth, ffn, noise, seed)
+    tmp = dst.with_name(dst.name + f".tmp-{os.getpid()}")
+    try:
+        report = _write(tmp, src, small, grow, config, max_shard_size,
+                        {"model": str(src), "width": width, "mode": mode, "depth": depth, "ffn": ffn, "noise": noise})
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed or interrupted run leaves no half-written folder
+        raise
+    return report
+
+
+def _write(tmp: Path, src: Path, small, grow, config, max_shard_size, settings: dict[str, Any]) -> dict[str, Any]:
+    """Save the grown model, the source's other files and the parity report into ``tmp``."""
+    from kexue.growth.parity import float64_norms, max_logit_difference, output_scale
+
+    g = torch.Generator().manual_seed(0)
+    probe = {"input_ids": torch.randint(0, config.vocab_size, (2, 16), generator=g)}
+    large = grow(small)
+    report = {**settings, "parameters": {"small": sum(p.numel() for p in small.parameters()),
+                                         "large": sum(p.numel() for p in large.parameters())}}
+    report["float32"] = {"max_abs": max_logit_difference(small, large, probe)}
+    report["float32"]["max_rel"] = report["float32"]["max_abs"] / output_scale(small, probe)
+    large.save_pretrained(tmp, max_shard_size=max_shard_size)
+    del large  # released before the float64 twin exists: never two copies of the large model
+    for extra in src.iterdir():  # tokenizer and other non-weight files travel along
+        if extra.is_file() and not extra.name.startswith(("config.json", "model", "pytorch_model")) and not (tmp / extra.name).exists():
+            shutil.copy2(extra, tmp / extra.name)
+    small64 = small.double()
+    with float64_norms():
+        report["float64"] = {"max_abs": max_logit_difference(small64, grow(small64), probe)}  # same seed: same noise
+    (tmp / "growth_parity.json").write_text(json.dumps(report, indent=2))
+    return report
