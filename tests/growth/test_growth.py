@@ -177,6 +177,17 @@ def test_symmetry_breaking_for_ffn_widening() -> None:
         widen_ffn(small, 48, noise=-1)
 
 
+def _assert_gradient_map(small, large, gmap) -> dict[str, torch.Tensor]:
+    """The map's prediction g̃_j = g_s(j) / (n a_j) equals the large model's own gradient at every live entry."""
+    with float64_norms():
+        g_small, g_large = _grads(small), _grads(large)
+    predicted = gmap.gradients(g_small)
+    for n, g in g_large.items():
+        live = (gmap.scale[n] > 0).view_as(g)
+        assert torch.allclose(predicted[n].view_as(g)[live], g[live], rtol=1e-9, atol=1e-12), n
+    return g_large
+
+
 _GRAD_CASES = [(name, op) for name in _models() for op in ("widen-heads", "widen-head_dim", "ffn", "deepen")
                if not (op == "deepen" and name == "bert-mlm")  # refused: post-norm
                and not (op == "widen-head_dim" and name not in ("gpt2", "bert-mlm"))]  # inexact under RoPE
@@ -193,14 +204,9 @@ def test_gradient_map_gives_the_large_models_gradient(name: str, op: str) -> Non
     small = _random(_models()[name])
     large = grow(small)
     gmap = GrowthMap.probe(small, grow)
-    with float64_norms():
-        g_small, g_large = _grads(small), _grads(large)
-    predicted = gmap.gradients(g_small)
-    for n, g in g_large.items():
-        live = (gmap.scale[n] > 0).view_as(g)
-        assert torch.allclose(predicted[n].view_as(g)[live], g[live], rtol=1e-9, atol=1e-12), n
-        if op != "deepen":
-            assert bool(live.all()), n  # widening creates no fresh entries
+    g_large = _assert_gradient_map(small, large, gmap)
+    if op != "deepen":
+        assert all(bool((gmap.scale[n] > 0).all()) for n in g_large)  # widening creates no fresh entries
     if op == "deepen":  # the inserted blocks are fresh: their zeroed projections do get gradients
         assert any(float(g_large[n].abs().max()) > 0 for n in g_large if not bool((gmap.scale[n] > 0).any()))
 
@@ -282,12 +288,7 @@ def test_deepen_gpt2_scaled_transfers_adam_state_through_the_rescaling() -> None
     scale = gmap.scale["transformer.h.1.attn.c_attn.weight"].view(16, 48)
     assert torch.allclose(scale[:, :16], torch.full((16, 16), 2.0, dtype=scale.dtype))  # (1 + 1) / (0 + 1): the query
     assert torch.allclose(scale[:, 16:], torch.ones(16, 32, dtype=scale.dtype))  # keys and values unscaled
-    with float64_norms():
-        g_small, g_large = _grads(small), _grads(large)
-    predicted = gmap.gradients(g_small)
-    for n, g in g_large.items():
-        live = (gmap.scale[n] > 0).view_as(g)
-        assert torch.allclose(predicted[n].view_as(g)[live], g[live], rtol=1e-9, atol=1e-12), n
+    _assert_gradient_map(small, large, gmap)
 
 
 def test_deepen_qwen2_sliding_window_layers_keep_their_type() -> None:
