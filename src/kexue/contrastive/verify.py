@@ -185,7 +185,7 @@ def _check_st_loss(model, batch, loss, params, state) -> tuple[list, list, tuple
     reference = loss.calculate_loss(reps)
     reference.backward()
     full = _take_grads(params)
-    return cached, full, (float(value), float(reference)), sum(len(p.groups) for p in loss._plans)
+    return cached, full, (float(value.detach()), float(reference.detach())), sum(len(p.groups) for p in loss._plans)
 
 
 def _check_embedding_loss(encoder, batch, loss_fn, micro_batch_size, params, state) -> tuple[list, list, tuple[float, float], int]:
@@ -199,4 +199,4 @@ def _check_embedding_loss(encoder, batch, loss_fn, micro_batch_size, params, sta
     reference.backward()
     full = _take_grads(params)
     count = sum(len(_micro(batch_size(side), micro_batch_size)) for side in sides)
-    return cached, full, (float(step.loss), float(reference)), count
+    return cached, full, (float(step.loss), float(reference.detach())), count
