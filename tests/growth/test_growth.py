@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers import (AutoModelForCausalLM, BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel, LlamaConfig,
-                          LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+                          LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 from kexue.growth import widen
 from kexue.growth.depth import deepen
@@ -27,6 +27,7 @@ def _models() -> dict[str, torch.nn.Module]:
         "llama-gqa-untied": LlamaForCausalLM(LlamaConfig(**SMALL, num_key_value_heads=2, tie_word_embeddings=False)),
         "llama-tied": LlamaForCausalLM(LlamaConfig(**SMALL, num_key_value_heads=4, tie_word_embeddings=True)),
         "qwen2-bias-gqa": Qwen2ForCausalLM(Qwen2Config(**SMALL, num_key_value_heads=2)),
+        "qwen3-qk-norm": Qwen3ForCausalLM(Qwen3Config(**SMALL, num_key_value_heads=2, head_dim=8)),  # head_dim ≠ hidden/heads
         "gpt2": GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=4, n_positions=32)),
         "bert-mlm": BertForMaskedLM(BertConfig(**SMALL, max_position_embeddings=32)),
     }
@@ -308,3 +309,38 @@ def test_deepen_qwen2_sliding_window_layers_keep_their_type() -> None:
     wrong.load_state_dict(flipped.state_dict())
     with float64_norms():
         assert max_logit_difference(small, wrong, INPUTS) > 1e-5
+
+
+def test_qwen3_qk_norms_need_the_joint_rescaling() -> None:
+    """Without dividing q and k by √k, the per-head norms see eps/k against unscaled vectors: inexact."""
+    import importlib
+
+    widen_module = importlib.import_module("kexue.growth.widen")  # the module (kexue.growth.widen is also the function)
+    small = _random(_models()["qwen3-qk-norm"])
+    large = widen(small, 2)
+    with float64_norms():
+        assert max_logit_difference(small, large, INPUTS) <= 1e-10
+    real = widen_module._ARCH["qwen3"]
+
+    def without_rescaling(m, sd, config):  # q_norm/k_norm kept, but q and k not divided by √k
+        new = real(m, sd, config)
+        return {n: (t * m.s if n.endswith(("q_proj.weight", "k_proj.weight")) else t) for n, t in new.items()}
+
+    try:
+        widen_module._ARCH["qwen3"] = without_rescaling
+        broken = widen(small, 2)
+    finally:
+        widen_module._ARCH["qwen3"] = real
+    with float64_norms():
+        assert max_logit_difference(small, broken, INPUTS) > 1e-8  # eps-sized, but 100x the parity bound
+    with pytest.raises(ValueError, match="mode='heads' only"):
+        widen(small, 2, mode="head_dim")
+
+
+def test_qwen3_grown_reloads_with_plain_from_pretrained(tmp_path) -> None:
+    small = _random(_models()["qwen3-qk-norm"])
+    deepen(widen(small, 2), [0]).save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float64).eval()
+    assert reloaded.config.num_attention_heads == 8 and reloaded.config.head_dim == 8 and reloaded.config.num_hidden_layers == 3
+    with float64_norms():
+        assert max_logit_difference(small, reloaded, INPUTS) <= 1e-10

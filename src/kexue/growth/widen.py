@@ -49,7 +49,7 @@ from kexue.growth._build import build, zero_sum_noise
 
 __all__ = ["SUPPORTED", "widen", "widen_ffn"]
 
-SUPPORTED = ("bert", "gpt2", "llama", "qwen2", "mistral")
+SUPPORTED = ("bert", "gpt2", "llama", "qwen2", "mistral", "qwen3")
 MODES = ("heads", "head_dim")
 
 
@@ -154,7 +154,7 @@ _LAYOUT = {
     "bert": ("{base}encoder.layer.{i}.", ("attention.self.query", "attention.self.key", "attention.self.value",
                                          "attention.output.dense"), ("intermediate.dense",), "output.dense", "intermediate_size"),
 }
-_LAYOUT["qwen2"] = _LAYOUT["mistral"] = _LAYOUT["llama"]
+_LAYOUT["qwen2"] = _LAYOUT["mistral"] = _LAYOUT["qwen3"] = _LAYOUT["llama"]
 
 
 def _bert_base(sd: dict) -> str:
@@ -185,6 +185,29 @@ def _llama(m: _Maps, sd: dict, config: Any) -> dict:
         elif re.search(r"(layernorm|norm)\.weight$", name):
             _norm(m, sd, name.removesuffix(".weight"), new)
     _blocks(m, sd, config, new)
+    return new
+
+
+def _qwen3(m: _Maps, sd: dict, config: Any) -> dict:
+    """Qwen3: LLaMA's maps, plus an RMSNorm over each head of q and of k (``q_norm``, ``k_norm``).
+
+    In ``heads`` mode every head of the grown model is an exact copy of an old head, so these
+    norms see the old per-head vectors, but the config holds one ``rms_norm_eps`` for them and
+    for the residual-stream norms, whose exactness needs ``eps/k`` (see the module table).
+    RMSNorm is invariant to a joint scaling, ``RMS(x/√k; eps/k) = RMS(x; eps)``: so q and k
+    are produced ``1/√k`` smaller (their projections divided by √k), and ``q_norm``/``k_norm``
+    keep their weights; their outputs, and so the attention, are exactly the old ones.
+    ``head_dim`` mode would change each norm's width and is refused.
+    """
+    if m.mode != "heads":
+        raise ValueError("Qwen3 widens in mode='heads' only: mode='head_dim' would widen the per-head q/k norms "
+                         "(and is inexact under RoPE anyway)")
+    new = _llama(m, {n: t for n, t in sd.items() if not n.endswith(("q_norm.weight", "k_norm.weight"))}, config)
+    for name, t in sd.items():
+        if name.endswith(("q_norm.weight", "k_norm.weight")):
+            new[name] = t.clone()
+        elif re.search(r"self_attn\.(q|k)_proj\.(weight|bias)$", name):
+            new[name] = new[name] / m.s
     return new
 
 
@@ -236,7 +259,8 @@ def _bert(m: _Maps, sd: dict, config: Any) -> dict:
     return new
 
 
-_ARCH: dict[str, Callable[[_Maps, dict, Any], dict]] = {"llama": _llama, "qwen2": _llama, "mistral": _llama, "gpt2": _gpt2, "bert": _bert}
+_ARCH: dict[str, Callable[[_Maps, dict, Any], dict]] = {"llama": _llama, "qwen2": _llama, "mistral": _llama, "qwen3": _qwen3,
+                                                         "gpt2": _gpt2, "bert": _bert}
 
 
 def _new_config(config: Any, k: int, mode: str, scale_eps: bool) -> Any:
@@ -272,7 +296,8 @@ def widen(model: nn.Module, factor: int, *, mode: str = "heads", noise: float = 
 
     Args:
         model: a HuggingFace model of a supported family (``SUPPORTED``): BERT (any head in
-            ``BertModel``/``BertForMaskedLM``), GPT-2, LLaMA, Qwen2, Mistral.
+            ``BertModel``/``BertForMaskedLM``), GPT-2, LLaMA, Qwen2, Mistral, Qwen3 (``heads``
+            mode; see :func:`_qwen3` for its per-head q/k norms).
         factor: integer ``k >= 2``: hidden size, feed-forward size and (``mode="heads"``) the
             number of heads are multiplied by it.
         mode: ``"heads"`` (keep the head dimension, copy heads; exact with RoPE) or
