@@ -248,3 +248,30 @@ def test_two_gloo_processes_give_the_global_batch_gradient(tiny_sentence_model: 
         assert result[f"{wrap}_grad_rel_err"] <= 1e-5, result
         assert result[f"{wrap}_loss_abs_err"] <= 1e-5, result
         assert result[f"{wrap}_all_reduces"] == 1, result
+
+
+@pytest.mark.slow
+def test_trainer_on_the_embedded_model_saves_reloads_and_evaluates_stsb(tmp_path) -> None:
+    """The issue's end-to-end run: all-MiniLM-L6-v2 in SentenceTransformerTrainer with kexue's loss."""
+    pytest.importorskip("datasets")
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+
+    from kexue.data import SentencePairs, embedded_model_path, load_stsb
+    from kexue.sts import cosine_spearman, sentence_transformer_encoder
+
+    train = load_stsb("train")
+    pairs = [(a, b) for a, b, s in zip(train.sentences1, train.sentences2, train.scores) if s >= 4.0][:64]
+    model = SentenceTransformer(str(embedded_model_path()), device="cpu")
+    test = load_stsb("test")
+    head = SentencePairs("sts-b head", test.sentences1[:300], test.sentences2[:300], test.scores[:300])
+    before = cosine_spearman(sentence_transformer_encoder(model), head)
+    args = SentenceTransformerTrainingArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=32, max_steps=2,
+                                                learning_rate=1e-5, report_to=[], save_strategy="no", use_cpu=True, seed=0)
+    data = Dataset.from_dict({"anchor": [a for a, _ in pairs], "positive": [b for _, b in pairs]})
+    SentenceTransformerTrainer(model=model, args=args, train_dataset=data,
+                               loss=CachedContrastiveLoss(model, micro_batch_size=8)).train()
+    model.save(str(tmp_path / "saved"))
+    after = cosine_spearman(sentence_transformer_encoder(SentenceTransformer(str(tmp_path / "saved"), device="cpu")), head)
+    assert after > before - 1.0  # two small steps on paraphrase pairs keep (or improve) the score
+    assert after > 70.0
