@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers import (AutoModelForCausalLM, BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel, LlamaConfig,
-                          LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+                          LlamaForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                          Qwen3ForCausalLM)
 
 from kexue.growth import widen
 from kexue.growth.depth import deepen
@@ -28,6 +29,8 @@ def _models() -> dict[str, torch.nn.Module]:
         "llama-tied": LlamaForCausalLM(LlamaConfig(**SMALL, num_key_value_heads=4, tie_word_embeddings=True)),
         "qwen2-bias-gqa": Qwen2ForCausalLM(Qwen2Config(**SMALL, num_key_value_heads=2)),
         "qwen3-qk-norm": Qwen3ForCausalLM(Qwen3Config(**SMALL, num_key_value_heads=2, head_dim=8)),  # head_dim ≠ hidden/heads
+        "phi3-fused-partial": Phi3ForCausalLM(Phi3Config(**SMALL, num_key_value_heads=2, pad_token_id=0, rope_parameters={
+            "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5})),  # fused qkv / gate_up, half rotary
         "gpt2": GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=4, n_positions=32)),
         "bert-mlm": BertForMaskedLM(BertConfig(**SMALL, max_position_embeddings=32)),
     }
@@ -75,7 +78,7 @@ def test_embedded_minilm_widens_exactly() -> None:
     assert max_logit_difference(small, large, enc) <= 1e-10
 
 
-@pytest.mark.parametrize("name", ["llama-gqa-untied", "qwen2-bias-gqa", "gpt2"])
+@pytest.mark.parametrize("name", ["llama-gqa-untied", "qwen2-bias-gqa", "gpt2", "qwen3-qk-norm", "phi3-fused-partial"])
 def test_deepen_inserts_identity_blocks(name: str) -> None:
     small = _random(_models()[name])
     large = deepen(small, [-1, 0, 1, 1])
@@ -344,3 +347,33 @@ def test_qwen3_grown_reloads_with_plain_from_pretrained(tmp_path) -> None:
     assert reloaded.config.num_attention_heads == 8 and reloaded.config.head_dim == 8 and reloaded.config.num_hidden_layers == 3
     with float64_norms():
         assert max_logit_difference(small, reloaded, INPUTS) <= 1e-10
+
+
+def test_phi3_fused_projections_are_split_by_role_and_reload(tmp_path) -> None:
+    import importlib
+
+    from kexue.growth import widen_ffn
+
+    widen_module = importlib.import_module("kexue.growth.widen")
+    small = _random(_models()["phi3-fused-partial"])
+    deepen(widen_ffn(widen(small, 2), 80), [1]).save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float64).eval()
+    assert reloaded.config.intermediate_size == 80 and reloaded.config.num_hidden_layers == 3
+    with float64_norms():
+        assert max_logit_difference(small, reloaded, INPUTS) <= 1e-10
+    real = widen_module._phi3
+
+    def fused_as_one(m, sd, config):  # qkv mapped as one block: heads tiled as [q k v q k v], not [q q k k v v]
+        new = real(m, sd, config)
+        for name in sd:
+            if name.endswith("qkv_proj.weight"):
+                new[name] = m.qk(sd[name], None)[0]
+        return new
+
+    widen_module._ARCH["phi3"] = fused_as_one
+    try:
+        broken = widen(small, 2)
+    finally:
+        widen_module._ARCH["phi3"] = real
+    with float64_norms():
+        assert max_logit_difference(small, broken, INPUTS) > 1e-3

@@ -40,6 +40,7 @@ PRE_NORM = {"llama": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
             "qwen2": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
             "mistral": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
             "qwen3": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
+            "phi3": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
             "gpt2": ("transformer.h", ("attn.c_proj", "mlp.c_proj"))}
 
 

@@ -49,7 +49,7 @@ from kexue.growth._build import build, zero_sum_noise
 
 __all__ = ["SUPPORTED", "widen", "widen_ffn"]
 
-SUPPORTED = ("bert", "gpt2", "llama", "qwen2", "mistral", "qwen3")
+SUPPORTED = ("bert", "gpt2", "llama", "qwen2", "mistral", "qwen3", "phi3")
 MODES = ("heads", "head_dim")
 
 
@@ -155,6 +155,9 @@ _LAYOUT = {
                                          "attention.output.dense"), ("intermediate.dense",), "output.dense", "intermediate_size"),
 }
 _LAYOUT["qwen2"] = _LAYOUT["mistral"] = _LAYOUT["qwen3"] = _LAYOUT["llama"]
+# Phi-3 fuses q, k, v into qkv_proj and gate, up into gate_up_proj (handled in _phi3 and widen_ffn)
+_LAYOUT["phi3"] = ("model.layers.{i}.", None, (), "mlp.down_proj", "intermediate_size")
+_FUSED_FFN_IN = {"phi3": "mlp.gate_up_proj"}  # rows: [gate units; up units]
 
 
 def _bert_base(sd: dict) -> str:
@@ -211,6 +214,42 @@ def _qwen3(m: _Maps, sd: dict, config: Any) -> dict:
     return new
 
 
+def _phi3(m: _Maps, sd: dict, config: Any) -> dict:
+    """Phi-3: LLaMA's maps on its fused projections.
+
+    ``qkv_proj`` stacks the rows of q (``H · hd``), k and v (``H_kv · hd`` each): each block is
+    mapped by its own role and the blocks are stacked again, so the grown rows are again
+    ``[q; k; v]`` of the grown head counts (mapping the fused rows as one block would tile them
+    as ``[q k v q k v]``: a different function, tested). ``gate_up_proj`` stacks the gate and
+    up units: each half takes the feed-forward-input map, so unit ``j``'s gate and up rows stay
+    ``I'`` apart (for widening by ``k`` this equals repeating the fused rows, but not for
+    :func:`widen_ffn`'s copies to any size). Partial rotary is unaffected (``heads`` mode keeps
+    the head dimension).
+    """
+    new: dict[str, torch.Tensor] = {}
+    for name in sd:
+        if name.endswith("embed_tokens.weight"):
+            new[name] = m.embedding(sd[name])
+        elif name == "lm_head.weight":
+            new[name] = m.lm_head(sd[name])
+        elif re.search(r"(layernorm|norm)\.weight$", name):
+            _norm(m, sd, name.removesuffix(".weight"), new)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    q_rows = config.num_attention_heads * head_dim
+    kv_rows = (getattr(config, "num_key_value_heads", None) or config.num_attention_heads) * head_dim
+    units = config.intermediate_size
+    for i in range(num_layers(config)):
+        p = f"model.layers.{i}."
+        w = sd[p + "self_attn.qkv_proj.weight"]
+        q, k, v = w[:q_rows], w[q_rows : q_rows + kv_rows], w[q_rows + kv_rows :]
+        new[p + "self_attn.qkv_proj.weight"] = torch.cat([m.qk(q, None)[0], m.qk(k, None)[0], m.v(v, None)[0]])
+        _linear(m.o, sd, p + "self_attn.o_proj", new)
+        gate_up = sd[p + "mlp.gate_up_proj.weight"]
+        new[p + "mlp.gate_up_proj.weight"] = torch.cat([m.ffn_in(gate_up[:units], None)[0], m.ffn_in(gate_up[units:], None)[0]])
+    _blocks(m, sd, config, new)
+    return new
+
+
 def _gpt2(m: _Maps, sd: dict, config: Any) -> dict:
     new: dict[str, torch.Tensor] = {}
     d = config.n_embd
@@ -260,7 +299,7 @@ def _bert(m: _Maps, sd: dict, config: Any) -> dict:
 
 
 _ARCH: dict[str, Callable[[_Maps, dict, Any], dict]] = {"llama": _llama, "qwen2": _llama, "mistral": _llama, "qwen3": _qwen3,
-                                                         "gpt2": _gpt2, "bert": _bert}
+                                                         "phi3": _phi3, "gpt2": _gpt2, "bert": _bert}
 
 
 def _new_config(config: Any, k: int, mode: str, scale_eps: bool) -> Any:
@@ -297,7 +336,8 @@ def widen(model: nn.Module, factor: int, *, mode: str = "heads", noise: float = 
     Args:
         model: a HuggingFace model of a supported family (``SUPPORTED``): BERT (any head in
             ``BertModel``/``BertForMaskedLM``), GPT-2, LLaMA, Qwen2, Mistral, Qwen3 (``heads``
-            mode; see :func:`_qwen3` for its per-head q/k norms).
+            mode; see :func:`_qwen3` for its per-head q/k norms), Phi-3 (fused ``qkv_proj`` and
+            ``gate_up_proj``, see :func:`_phi3`).
         factor: integer ``k >= 2``: hidden size, feed-forward size and (``mode="heads"``) the
             number of heads are multiplied by it.
         mode: ``"heads"`` (keep the head dimension, copy heads; exact with RoPE) or
@@ -388,6 +428,9 @@ def widen_ffn(model: nn.Module, intermediate_size: int, *, noise: float = 0.0, s
                 new[p + name + ".weight"] = (w[:, index] if conv1d else w[index]).contiguous()
                 if p + name + ".bias" in sd:
                     new[p + name + ".bias"] = sd[p + name + ".bias"][index]
+            if model_type in _FUSED_FFN_IN:  # [gate; up] stacked: copy each half's units
+                w = sd[p + _FUSED_FFN_IN[model_type] + ".weight"]
+                new[p + _FUSED_FFN_IN[model_type] + ".weight"] = torch.cat([w[:m][index], w[m:][index]])
             w = sd[p + out + ".weight"]
             w = w.T if conv1d else w  # (d, m)
             w = zero_sum_noise(w[:, index] / count[index].to(w.dtype), index, noise, generator)
