@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import (AutoModelForCausalLM, BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel, LlamaConfig,
+from transformers import (AutoModelForCausalLM, BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig,
+                          GPTNeoXForCausalLM, LlamaConfig,
                           LlamaForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
                           Qwen3ForCausalLM)
 
@@ -31,6 +32,9 @@ def _models() -> dict[str, torch.nn.Module]:
         "qwen3-qk-norm": Qwen3ForCausalLM(Qwen3Config(**SMALL, num_key_value_heads=2, head_dim=8)),  # head_dim ≠ hidden/heads
         "phi3-fused-partial": Phi3ForCausalLM(Phi3Config(**SMALL, num_key_value_heads=2, pad_token_id=0, rope_parameters={
             "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5})),  # fused qkv / gate_up, half rotary
+        "neox-parallel-partial": GPTNeoXForCausalLM(GPTNeoXConfig(**SMALL, use_parallel_residual=True, rope_parameters={
+            "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25})),  # per-head fused QKV
+        "neox-sequential-tied": GPTNeoXForCausalLM(GPTNeoXConfig(**SMALL, use_parallel_residual=False, tie_word_embeddings=True)),
         "gpt2": GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=4, n_positions=32)),
         "bert-mlm": BertForMaskedLM(BertConfig(**SMALL, max_position_embeddings=32)),
     }
@@ -78,7 +82,8 @@ def test_embedded_minilm_widens_exactly() -> None:
     assert max_logit_difference(small, large, enc) <= 1e-10
 
 
-@pytest.mark.parametrize("name", ["llama-gqa-untied", "qwen2-bias-gqa", "gpt2", "qwen3-qk-norm", "phi3-fused-partial"])
+@pytest.mark.parametrize("name", ["llama-gqa-untied", "qwen2-bias-gqa", "gpt2", "qwen3-qk-norm", "phi3-fused-partial",
+                                  "neox-parallel-partial", "neox-sequential-tied"])
 def test_deepen_inserts_identity_blocks(name: str) -> None:
     small = _random(_models()[name])
     large = deepen(small, [-1, 0, 1, 1])
@@ -89,7 +94,8 @@ def test_deepen_inserts_identity_blocks(name: str) -> None:
     # the inserted blocks can learn: their zeroed output projections get non-zero gradients
     large.train()
     large(**INPUTS).logits.pow(2).mean().backward()
-    zeroed = [p for n, p in large.named_parameters() if (".1." in n or ".0." in n) and ("o_proj" in n or "c_proj" in n)]
+    zeroed = [p for n, p in large.named_parameters() if (".1." in n or ".0." in n)
+              and any(out in n for out in ("o_proj", "c_proj", "attention.dense", "dense_4h_to_h"))]
     assert any(float(p.grad.abs().max()) > 0 for p in zeroed)
 
 
@@ -375,5 +381,37 @@ def test_phi3_fused_projections_are_split_by_role_and_reload(tmp_path) -> None:
         broken = widen(small, 2)
     finally:
         widen_module._ARCH["phi3"] = real
+    with float64_norms():
+        assert max_logit_difference(small, broken, INPUTS) > 1e-3
+
+
+def test_gpt_neox_per_head_qkv_layout_matters_and_reloads(tmp_path) -> None:
+    """The fused rows are grouped per head ([q_h; k_h; v_h]): tiling them as plain q/k/v blocks breaks the function."""
+    import importlib
+
+    from kexue.growth import widen_ffn
+
+    small = _random(_models()["neox-parallel-partial"])
+    deepen(widen_ffn(widen(small, 2), 60), [0]).save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float64).eval()
+    assert reloaded.config.num_attention_heads == 8 and reloaded.config.intermediate_size == 60
+    with float64_norms():
+        assert max_logit_difference(small, reloaded, INPUTS) <= 1e-10
+    widen_module = importlib.import_module("kexue.growth.widen")
+    real = widen_module._gpt_neox
+
+    def as_stacked_blocks(m, sd, config):  # rows read as [q; k; v] stacked (LLaMA-style), not per head
+        new = real(m, sd, config)
+        for name, w in sd.items():
+            if name.endswith("query_key_value.weight"):
+                d = w.shape[0] // 3
+                new[name] = torch.cat([m.qk(w[j * d : (j + 1) * d], None)[0] for j in range(3)])
+        return new
+
+    widen_module._ARCH["gpt_neox"] = as_stacked_blocks
+    try:
+        broken = widen(small, 2)
+    finally:
+        widen_module._ARCH["gpt_neox"] = real
     with float64_norms():
         assert max_logit_difference(small, broken, INPUTS) > 1e-3

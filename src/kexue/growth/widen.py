@@ -49,7 +49,7 @@ from kexue.growth._build import build, zero_sum_noise
 
 __all__ = ["SUPPORTED", "widen", "widen_ffn"]
 
-SUPPORTED = ("bert", "gpt2", "llama", "qwen2", "mistral", "qwen3", "phi3")
+SUPPORTED = ("bert", "gpt2", "llama", "qwen2", "mistral", "qwen3", "phi3", "gpt_neox")
 MODES = ("heads", "head_dim")
 
 
@@ -158,6 +158,8 @@ _LAYOUT["qwen2"] = _LAYOUT["mistral"] = _LAYOUT["qwen3"] = _LAYOUT["llama"]
 # Phi-3 fuses q, k, v into qkv_proj and gate, up into gate_up_proj (handled in _phi3 and widen_ffn)
 _LAYOUT["phi3"] = ("model.layers.{i}.", None, (), "mlp.down_proj", "intermediate_size")
 _FUSED_FFN_IN = {"phi3": "mlp.gate_up_proj"}  # rows: [gate units; up units]
+# GPT-NeoX/Pythia: fused per-head query_key_value (handled in _gpt_neox), GeLU feed-forward
+_LAYOUT["gpt_neox"] = ("gpt_neox.layers.{i}.", None, ("mlp.dense_h_to_4h",), "mlp.dense_4h_to_h", "intermediate_size")
 
 
 def _bert_base(sd: dict) -> str:
@@ -250,6 +252,45 @@ def _phi3(m: _Maps, sd: dict, config: Any) -> dict:
     return new
 
 
+def _gpt_neox(m: _Maps, sd: dict, config: Any) -> dict:
+    """GPT-NeoX / Pythia: a fused ``query_key_value`` laid out per head, ``(H, [q_h; k_h; v_h], d)``.
+
+    In ``heads`` mode the grown model's head ``c·H + h`` is copy ``c`` of head ``h``: the fused
+    rows are regrouped by head, every head block (its q, k and v rows together) is mapped as
+    q/k/v are (columns repeated, ``/√k``) and the blocks are tiled over the copies, so each new
+    head again holds ``[q; k; v]``; the bias is tiled the same way. The attention output
+    ``dense`` then reads ``k`` copies of all heads side by side (the ``o`` rule). The parallel
+    residual (``x + Attn(LN₁ x) + MLP(LN₂ x)``) needs nothing more: every branch reads and
+    writes the ``rep(h)/√k`` stream. Partial rotary is unaffected (head size kept).
+    ``head_dim`` mode is refused (inexact under RoPE).
+    """
+    if m.mode != "heads":
+        raise ValueError("GPT-NeoX widens in mode='heads' only (mode='head_dim' is inexact under its rotary embedding)")
+    new: dict[str, torch.Tensor] = {}
+    for name in sd:
+        if name.endswith("embed_in.weight"):
+            new[name] = m.embedding(sd[name])
+        elif name == "lm_head.weight":
+            new[name] = m.lm_head(sd[name])
+        elif re.search(r"(layernorm|layer_norm)\.weight$", name):
+            _norm(m, sd, name.removesuffix(".weight"), new)
+    heads = config.num_attention_heads
+    for i in range(num_layers(config)):
+        p = f"gpt_neox.layers.{i}."
+        w = sd[p + "attention.query_key_value.weight"]  # (H · 3 hd, d)
+        grouped = (_rep(w, 1, m.k) / m.s).view(heads, -1, w.shape[1] * m.k)
+        new[p + "attention.query_key_value.weight"] = m._noisy(_tile(grouped, 0, m.k).reshape(-1, w.shape[1] * m.k))
+        if p + "attention.query_key_value.bias" in sd:
+            b = sd[p + "attention.query_key_value.bias"].view(heads, -1)
+            new[p + "attention.query_key_value.bias"] = _tile(b, 0, m.k).reshape(-1)
+        _linear(m.o, sd, p + "attention.dense", new)
+    _blocks(m, sd, config, new)
+    for name in sd:  # buffers pass through
+        if not name.endswith((".weight", ".bias")):
+            new.setdefault(name, sd[name])
+    return new
+
+
 def _gpt2(m: _Maps, sd: dict, config: Any) -> dict:
     new: dict[str, torch.Tensor] = {}
     d = config.n_embd
@@ -299,7 +340,7 @@ def _bert(m: _Maps, sd: dict, config: Any) -> dict:
 
 
 _ARCH: dict[str, Callable[[_Maps, dict, Any], dict]] = {"llama": _llama, "qwen2": _llama, "mistral": _llama, "qwen3": _qwen3,
-                                                         "phi3": _phi3, "gpt2": _gpt2, "bert": _bert}
+                                                         "phi3": _phi3, "gpt_neox": _gpt_neox, "gpt2": _gpt2, "bert": _bert}
 
 
 def _new_config(config: Any, k: int, mode: str, scale_eps: bool) -> Any:
@@ -311,6 +352,10 @@ def _new_config(config: Any, k: int, mode: str, scale_eps: bool) -> Any:
         c.n_inner = None if config.n_inner is None else config.n_inner * k
         c.n_head = config.n_head * (k if mode == "heads" else 1)
         c.layer_norm_epsilon = config.layer_norm_epsilon / eps_div
+    elif t == "gpt_neox":  # head size = hidden / heads: kept by multiplying both
+        c.hidden_size, c.intermediate_size = config.hidden_size * k, config.intermediate_size * k
+        c.num_attention_heads = config.num_attention_heads * k
+        c.layer_norm_eps = config.layer_norm_eps / eps_div
     elif t == "bert":
         c.hidden_size = config.hidden_size * k
         c.intermediate_size = config.intermediate_size * k
@@ -337,7 +382,8 @@ def widen(model: nn.Module, factor: int, *, mode: str = "heads", noise: float = 
         model: a HuggingFace model of a supported family (``SUPPORTED``): BERT (any head in
             ``BertModel``/``BertForMaskedLM``), GPT-2, LLaMA, Qwen2, Mistral, Qwen3 (``heads``
             mode; see :func:`_qwen3` for its per-head q/k norms), Phi-3 (fused ``qkv_proj`` and
-            ``gate_up_proj``, see :func:`_phi3`).
+            ``gate_up_proj``, see :func:`_phi3`), GPT-NeoX/Pythia (per-head fused QKV, parallel
+            residual, ``heads`` mode; see :func:`_gpt_neox`).
         factor: integer ``k >= 2``: hidden size, feed-forward size and (``mode="heads"``) the
             number of heads are multiplied by it.
         mode: ``"heads"`` (keep the head dimension, copy heads; exact with RoPE) or
