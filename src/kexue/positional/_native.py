@@ -94,16 +94,16 @@ STREAM_MIN_BYTES = 1 << 25
 
 
 def _job(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor, keep: list, stream: bool) -> _Job:
-    if cos.stride() != sin.stride() or cos.stride(-1) != 1 or x.stride(-1) != 1 or out.stride(-1) != 1:
+    x_stride, cs_stride, out_stride = x.stride(), cos.stride(), out.stride()
+    if cs_stride != sin.stride() or cs_stride[-1] != 1 or x_stride[-1] != 1 or out_stride[-1] != 1:
         raise ValueError("rotate needs contiguous last dimensions and cos/sin with equal strides")
+    n = x.dim() - 1
     layout = _Layout()
-    lead = x.shape[:-1]
-    layout.ndim = len(lead)
-    for k, size in enumerate(lead):
-        layout.shape[k] = size
-        layout.x_stride[k] = x.stride(k)
-        layout.out_stride[k] = out.stride(k)
-        layout.cs_stride[k] = cos.stride(k)
+    layout.ndim = n
+    layout.shape[:n] = x.shape[:-1]  # slice assignment: one ctypes call per field, not per dimension
+    layout.x_stride[:n] = x_stride[:-1]
+    layout.out_stride[:n] = out_stride[:-1]
+    layout.cs_stride[:n] = cs_stride[:-1]
     keep.append(layout)  # the struct must outlive the call
     copy = out.data_ptr() != x.data_ptr()
     return _Job(x.data_ptr(), out.data_ptr(), cos.data_ptr(), sin.data_ptr(), ctypes.pointer(layout),
@@ -141,14 +141,15 @@ def rotate_many(jobs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch
     dtype, half = jobs[0][0].dtype, jobs[0][1].shape[-1]
     if any(x.dtype != dtype or out.dtype != dtype or cos.shape[-1] != half for x, cos, _, out in jobs):
         raise ValueError("tensors rotated in one kernel call must share their dtype and rotated width")
+    live = [job for job in jobs if job[0].numel()]
+    if not live:
+        return
     function = _LIBRARY.function(_SYMBOLS[dtype])
     keep: list = []
-    stream = sum(out.numel() * out.element_size() for *_, out in jobs) >= STREAM_MIN_BYTES
-    array = (_Job * len(jobs))(*(_job(*job, keep, stream) for job in jobs if job[0].numel()))
-    count = sum(1 for job in jobs if job[0].numel())
-    if count == 0:
-        return
-    status = function(array, ctypes.c_int(count), ctypes.c_int64(2 * half), ctypes.c_int(int(interleaved)),
-                      ctypes.c_int(int(transpose)), ctypes.c_int(_threads(sum(job[0].numel() for job in jobs))))
+    elements = sum(job[0].numel() for job in live)
+    stream = elements * live[0][3].element_size() >= STREAM_MIN_BYTES
+    array = (_Job * len(live))(*(_job(*job, keep, stream) for job in live))
+    status = function(array, ctypes.c_int(len(live)), ctypes.c_int64(2 * half), ctypes.c_int(int(interleaved)),
+                      ctypes.c_int(int(transpose)), ctypes.c_int(_threads(elements)))
     if status != 0:
         raise NativeUnavailable(f"rotary kernel rejected its arguments (status {status})")

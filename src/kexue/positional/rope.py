@@ -138,10 +138,12 @@ def _native_tables(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tup
 
 
 def _native_prepare(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor | None):
-    """The kernel's operands for one tensor: ``(x, cos, sin, target)`` and the ``out`` to return."""
+    """The kernel's operands for one tensor: ``(x, cos, sin, target)`` and the ``out`` to return.
+    ``cos``/``sin`` are already in the compute dtype with a contiguous last dimension."""
     if x.stride(-1) != 1:
         x = x.contiguous()
-    c, s = _native_tables(x, cos, sin)
+    shape = (*x.shape[:-1], cos.shape[-1])
+    c, s = cos.expand(shape), sin.expand(shape)
     if out is None:
         # plain allocation on purpose: a huge-page hint (kexue._shared.empty_like_fast) made single
         # 64 MB outputs bimodal here (7 ms or 30-80 ms, from direct compaction) where 4 KiB pages
@@ -155,7 +157,13 @@ def _native_apply_many(items: Sequence[tuple[torch.Tensor, torch.Tensor, torch.T
                        interleaved: bool, transpose: bool) -> list[torch.Tensor]:
     """Rotate each ``(x, cos, sin, out)`` in one kernel call; returns the outputs."""
     jobs, outs = [], []
+    tables: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # q and k share theirs: converted once
     for x, cos, sin, out in items:
+        key = (id(cos), id(sin))
+        if key not in tables:
+            dtype = _compute_dtype(x)
+            tables[key] = (cos.to(dtype).contiguous(), sin.to(dtype).contiguous())
+        cos, sin = tables[key]
         if x.numel() == 0:  # nothing to rotate (and an empty view's strides need not be unit)
             outs.append(out if out is not None else torch.empty(x.shape, dtype=x.dtype, device=x.device))
             continue
