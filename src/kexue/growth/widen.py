@@ -180,15 +180,23 @@ def _blocks(m: _Maps, sd: dict, config: Any, new: dict, base: str = "") -> None:
         _linear(m.ffn_out, sd, p + ffn_out, new, conv1d=conv1d)
 
 
-def _llama(m: _Maps, sd: dict, config: Any) -> dict:
+def _stream_ends(m: _Maps, sd: dict, embedding: str, norms: str) -> dict[str, torch.Tensor]:
+    """The maps of what reads or writes the residual stream outside the blocks' linear layers:
+    the token embedding (name ending ``embedding``), an untied ``lm_head`` and every norm
+    matching the regular expression ``norms``."""
     new: dict[str, torch.Tensor] = {}
     for name in sd:
-        if name.endswith("embed_tokens.weight"):
+        if name.endswith(embedding):
             new[name] = m.embedding(sd[name])
         elif name == "lm_head.weight":
             new[name] = m.lm_head(sd[name])
-        elif re.search(r"(layernorm|norm)\.weight$", name):
+        elif re.search(norms, name):
             _norm(m, sd, name.removesuffix(".weight"), new)
+    return new
+
+
+def _llama(m: _Maps, sd: dict, config: Any) -> dict:
+    new = _stream_ends(m, sd, "embed_tokens.weight", r"(layernorm|norm)\.weight$")
     _blocks(m, sd, config, new)
     return new
 
@@ -228,14 +236,7 @@ def _phi3(m: _Maps, sd: dict, config: Any) -> dict:
     :func:`widen_ffn`'s copies to any size). Partial rotary is unaffected (``heads`` mode keeps
     the head dimension).
     """
-    new: dict[str, torch.Tensor] = {}
-    for name in sd:
-        if name.endswith("embed_tokens.weight"):
-            new[name] = m.embedding(sd[name])
-        elif name == "lm_head.weight":
-            new[name] = m.lm_head(sd[name])
-        elif re.search(r"(layernorm|norm)\.weight$", name):
-            _norm(m, sd, name.removesuffix(".weight"), new)
+    new = _stream_ends(m, sd, "embed_tokens.weight", r"(layernorm|norm)\.weight$")
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     q_rows = config.num_attention_heads * head_dim
     kv_rows = (getattr(config, "num_key_value_heads", None) or config.num_attention_heads) * head_dim
@@ -266,14 +267,7 @@ def _gpt_neox(m: _Maps, sd: dict, config: Any) -> dict:
     """
     if m.mode != "heads":
         raise ValueError("GPT-NeoX widens in mode='heads' only (mode='head_dim' is inexact under its rotary embedding)")
-    new: dict[str, torch.Tensor] = {}
-    for name in sd:
-        if name.endswith("embed_in.weight"):
-            new[name] = m.embedding(sd[name])
-        elif name == "lm_head.weight":
-            new[name] = m.lm_head(sd[name])
-        elif re.search(r"(layernorm|layer_norm)\.weight$", name):
-            _norm(m, sd, name.removesuffix(".weight"), new)
+    new = _stream_ends(m, sd, "embed_in.weight", r"(layernorm|layer_norm)\.weight$")
     heads = config.num_attention_heads
     for i in range(num_layers(config)):
         p = f"gpt_neox.layers.{i}."
