@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers import (AutoModelForCausalLM, BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig,
-                          GPTNeoXForCausalLM, LlamaConfig,
+                          GPTNeoXForCausalLM, LlamaConfig, Olmo2Config, Olmo2ForCausalLM,
                           LlamaForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
                           Qwen3ForCausalLM)
 
@@ -34,6 +34,7 @@ def _models() -> dict[str, torch.nn.Module]:
             "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5})),  # fused qkv / gate_up, half rotary
         "neox-parallel-partial": GPTNeoXForCausalLM(GPTNeoXConfig(**SMALL, use_parallel_residual=True, rope_parameters={
             "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25})),  # per-head fused QKV
+        "olmo2-branch-norms": Olmo2ForCausalLM(Olmo2Config(**SMALL, num_key_value_heads=2, pad_token_id=0)),
         "neox-sequential-tied": GPTNeoXForCausalLM(GPTNeoXConfig(**SMALL, use_parallel_residual=False, tie_word_embeddings=True)),
         "gpt2": GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=4, n_positions=32)),
         "bert-mlm": BertForMaskedLM(BertConfig(**SMALL, max_position_embeddings=32)),
@@ -83,7 +84,7 @@ def test_embedded_minilm_widens_exactly() -> None:
 
 
 @pytest.mark.parametrize("name", ["llama-gqa-untied", "qwen2-bias-gqa", "gpt2", "qwen3-qk-norm", "phi3-fused-partial",
-                                  "neox-parallel-partial", "neox-sequential-tied"])
+                                  "neox-parallel-partial", "neox-sequential-tied", "olmo2-branch-norms"])
 def test_deepen_inserts_identity_blocks(name: str) -> None:
     small = _random(_models()[name])
     large = deepen(small, [-1, 0, 1, 1])
@@ -413,5 +414,26 @@ def test_gpt_neox_per_head_qkv_layout_matters_and_reloads(tmp_path) -> None:
         broken = widen(small, 2)
     finally:
         widen_module._ARCH["gpt_neox"] = real
+    with float64_norms():
+        assert max_logit_difference(small, broken, INPUTS) > 1e-3
+
+
+def test_olmo2_whole_projection_norms_are_tiled_and_reload(tmp_path) -> None:
+    """OLMo 2's q/k norms span all heads: tiled over the copies (with q, k produced 1/√k smaller);
+    treating them as stream norms (LLaMA's maps) is a different function."""
+    import importlib
+
+    small = _random(_models()["olmo2-branch-norms"])
+    deepen(widen(small, 2), [0, 1]).save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float64).eval()
+    assert reloaded.config.num_attention_heads == 8 and reloaded.config.num_hidden_layers == 4
+    with float64_norms():
+        assert max_logit_difference(small, reloaded, INPUTS) <= 1e-10
+    widen_module = importlib.import_module("kexue.growth.widen")
+    widen_module._ARCH["olmo2"], real = widen_module._llama, widen_module._ARCH["olmo2"]
+    try:
+        broken = widen(small, 2)
+    finally:
+        widen_module._ARCH["olmo2"] = real
     with float64_norms():
         assert max_logit_difference(small, broken, INPUTS) > 1e-3

@@ -41,6 +41,7 @@ PRE_NORM = {"llama": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
             "mistral": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
             "qwen3": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
             "phi3": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
+            "olmo2": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),  # branch norms: Norm(0) = 0
             "gpt_neox": ("gpt_neox.layers", ("attention.dense", "mlp.dense_4h_to_h")),  # parallel residual too
             "gpt2": ("transformer.h", ("attn.c_proj", "mlp.c_proj"))}
 

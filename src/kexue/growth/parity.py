@@ -14,7 +14,8 @@ import torch
 
 __all__ = ["float64_norms", "max_logit_difference", "output_scale"]
 
-_RMS = {"llama": "LlamaRMSNorm", "qwen2": "Qwen2RMSNorm", "mistral": "MistralRMSNorm", "qwen3": "Qwen3RMSNorm", "phi3": "Phi3RMSNorm"}
+_RMS = {"llama": "LlamaRMSNorm", "qwen2": "Qwen2RMSNorm", "mistral": "MistralRMSNorm", "qwen3": "Qwen3RMSNorm", "phi3": "Phi3RMSNorm",
+        "olmo2": "Olmo2RMSNorm"}
 
 
 def _exact_forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -24,7 +25,7 @@ def _exact_forward(self, hidden: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def float64_norms():
-    """Within the block, LLaMA/Qwen2/Mistral/Qwen3/Phi-3 RMSNorm compute in the input dtype."""
+    """Within the block, LLaMA/Qwen2/Mistral/Qwen3/Phi-3/OLMo 2 RMSNorm compute in the input dtype."""
     saved = []
     for family, cls_name in _RMS.items():
         module = importlib.import_module(f"transformers.models.{family}.modeling_{family}")

@@ -49,7 +49,7 @@ from kexue.growth._build import build, zero_sum_noise
 
 __all__ = ["SUPPORTED", "widen", "widen_ffn"]
 
-SUPPORTED = ("bert", "gpt2", "llama", "qwen2", "mistral", "qwen3", "phi3", "gpt_neox")
+SUPPORTED = ("bert", "gpt2", "llama", "qwen2", "mistral", "qwen3", "olmo2", "phi3", "gpt_neox")
 MODES = ("heads", "head_dim")
 
 
@@ -154,7 +154,7 @@ _LAYOUT = {
     "bert": ("{base}encoder.layer.{i}.", ("attention.self.query", "attention.self.key", "attention.self.value",
                                          "attention.output.dense"), ("intermediate.dense",), "output.dense", "intermediate_size"),
 }
-_LAYOUT["qwen2"] = _LAYOUT["mistral"] = _LAYOUT["qwen3"] = _LAYOUT["llama"]
+_LAYOUT["qwen2"] = _LAYOUT["mistral"] = _LAYOUT["qwen3"] = _LAYOUT["olmo2"] = _LAYOUT["llama"]
 # Phi-3 fuses q, k, v into qkv_proj and gate, up into gate_up_proj (handled in _phi3 and widen_ffn)
 _LAYOUT["phi3"] = ("model.layers.{i}.", None, (), "mlp.down_proj", "intermediate_size")
 _FUSED_FFN_IN = {"phi3": "mlp.gate_up_proj"}  # rows: [gate units; up units]
@@ -219,6 +219,29 @@ def _qwen3(m: _Maps, sd: dict, config: Any) -> dict:
     for name, t in sd.items():
         if name.endswith(("q_norm.weight", "k_norm.weight")):
             new[name] = t.clone()
+        elif re.search(r"self_attn\.(q|k)_proj\.(weight|bias)$", name):
+            new[name] = new[name] / m.s
+    return new
+
+
+def _olmo2(m: _Maps, sd: dict, config: Any) -> dict:
+    """OLMo 2: RMSNorms over the whole q and k projections, and norms on the branch outputs.
+
+    In ``heads`` mode the grown q is ``k`` copies of all the old heads side by side, ``tile(q)``:
+    its mean square is the old one's, but the config's single ``rms_norm_eps`` becomes
+    ``eps/k`` (for the stream norms). As for Qwen3, q and k are produced ``1/√k`` smaller, so
+    ``RMS(tile(q)/√k; eps/k) = tile(RMS(q; eps))``, and ``q_norm``/``k_norm`` weights are
+    tiled (not repeated and divided: these norms act on head coordinates, not the stream). The
+    post-attention and post-feed-forward norms read the branch outputs, which are in the
+    stream's ``rep(·)/√k`` form: the stream-norm rule. ``head_dim`` mode is refused.
+    """
+    if m.mode != "heads":
+        raise ValueError("OLMo 2 widens in mode='heads' only (mode='head_dim' would reorder its q/k norms' coordinates "
+                         "and is inexact under RoPE)")
+    new = _llama(m, {n: t for n, t in sd.items() if not n.endswith(("q_norm.weight", "k_norm.weight"))}, config)
+    for name, t in sd.items():
+        if name.endswith(("q_norm.weight", "k_norm.weight")):
+            new[name] = _tile(t, 0, m.k)
         elif re.search(r"self_attn\.(q|k)_proj\.(weight|bias)$", name):
             new[name] = new[name] / m.s
     return new
@@ -334,7 +357,7 @@ def _bert(m: _Maps, sd: dict, config: Any) -> dict:
 
 
 _ARCH: dict[str, Callable[[_Maps, dict, Any], dict]] = {"llama": _llama, "qwen2": _llama, "mistral": _llama, "qwen3": _qwen3,
-                                                         "phi3": _phi3, "gpt_neox": _gpt_neox, "gpt2": _gpt2, "bert": _bert}
+                                                         "olmo2": _olmo2, "phi3": _phi3, "gpt_neox": _gpt_neox, "gpt2": _gpt2, "bert": _bert}
 
 
 def _new_config(config: Any, k: int, mode: str, scale_eps: bool) -> Any:
@@ -375,7 +398,8 @@ def widen(model: nn.Module, factor: int, *, mode: str = "heads", noise: float = 
     Args:
         model: a HuggingFace model of a supported family (``SUPPORTED``): BERT (any head in
             ``BertModel``/``BertForMaskedLM``), GPT-2, LLaMA, Qwen2, Mistral, Qwen3 (``heads``
-            mode; see :func:`_qwen3` for its per-head q/k norms), Phi-3 (fused ``qkv_proj`` and
+            mode; see :func:`_qwen3` for its per-head q/k norms), OLMo 2 (``heads`` mode, whole-
+            projection q/k norms, :func:`_olmo2`), Phi-3 (fused ``qkv_proj`` and
             ``gate_up_proj``, see :func:`_phi3`), GPT-NeoX/Pythia (per-head fused QKV, parallel
             residual, ``heads`` mode; see :func:`_gpt_neox`).
         factor: integer ``k >= 2``: hidden size, feed-forward size and (``mode="heads"``) the
