@@ -97,7 +97,7 @@ class RopePatch:
             if _ACTIVE[self.module_name] == 0:
                 module = importlib.import_module(self.module_name)
                 module.apply_rotary_pos_emb = _ORIGINALS.pop(self.module_name)
-                del _ACTIVE[self.module_name]
+                del _ACTIVE[self.module_name], _MODE[self.module_name]
 
     @property
     def active(self) -> bool:

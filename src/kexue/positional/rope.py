@@ -131,12 +131,6 @@ def _rotate_torch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interle
     return rotated if rotary == x.shape[-1] else torch.cat((rotated, x[..., rotary:]), dim=-1)
 
 
-def _native_tables(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    dtype = _compute_dtype(x)
-    shape = (*x.shape[:-1], cos.shape[-1])
-    return cos.to(dtype).contiguous().expand(shape), sin.to(dtype).contiguous().expand(shape)
-
-
 def _native_prepare(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor | None):
     """The kernel's operands for one tensor: ``(x, cos, sin, target)`` and the ``out`` to return.
     ``cos``/``sin`` are already in the compute dtype with a contiguous last dimension."""
@@ -156,7 +150,7 @@ def _native_prepare(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: 
 def _native_apply_many(items: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]],
                        interleaved: bool, transpose: bool) -> list[torch.Tensor]:
     """Rotate each ``(x, cos, sin, out)`` in one kernel call; returns the outputs."""
-    jobs, outs = [], []
+    jobs, outs, copies = [], [], []
     tables: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # q and k share theirs: converted once
     for x, cos, sin, out in items:
         key = (id(cos), id(sin))
@@ -170,14 +164,12 @@ def _native_apply_many(items: Sequence[tuple[torch.Tensor, torch.Tensor, torch.T
         job, out = _native_prepare(x, cos, sin, out)
         jobs.append(job)
         outs.append(out)
+        if job[3] is not out:  # the kernel wrote a contiguous stand-in for a strided out=
+            copies.append((out, job[3]))
     if jobs:
         _native.rotate_many(jobs, interleaved=interleaved, transpose=transpose)
-    done = iter(jobs)
-    for x, out in zip((item[0] for item in items), outs):
-        if x.numel():
-            target = next(done)[3]
-            if target is not out:
-                out.copy_(target)
+    for out, target in copies:
+        out.copy_(target)
     return outs
 
 
@@ -704,11 +696,7 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"offset must be non-negative; got minimum {int(offset.min())}")
         tokens = x.shape[-2]
         index = offset.to(self.freqs.device)[:, None] + torch.arange(tokens, device=self.freqs.device)  # (B, T)
-        if self._can_cache():
-            cos, sin = self._cached(int(index.max()) + 1 if index.numel() else 1)
-            cos, sin = cos[index], sin[index]
-        else:
-            cos, sin = self._cos_sin(index[..., None])
+        cos, sin = self._cos_sin(index[..., None])  # from the cached table where it applies
         if x.dim() >= 4:
             cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)  # broadcast over heads
         return cos, sin
@@ -740,13 +728,13 @@ class RotaryEmbedding(nn.Module):
                 raise ValueError(f"positions are required for axes={self.axes} (e.g. grid_positions(h, w))")
             if isinstance(offset, torch.Tensor):
                 cos, sin = self._offset_tables(x, offset)
-            elif self._can_cache():
-                check_int("offset", offset, 0)
-                cos, sin = self._cached(offset + tokens)
-                cos, sin = cos[offset : offset + tokens], sin[offset : offset + tokens]
             else:
                 check_int("offset", offset, 0)
-                cos, sin = self._cos_sin(torch.arange(offset, offset + tokens, device=self.freqs.device)[:, None])
+                if self._can_cache():
+                    cos, sin = self._cached(offset + tokens)
+                    cos, sin = cos[offset : offset + tokens], sin[offset : offset + tokens]
+                else:
+                    cos, sin = self._cos_sin(torch.arange(offset, offset + tokens, device=self.freqs.device)[:, None])
         else:
             p = self._as_positions(positions)
             if p.shape[-2] != tokens:
