@@ -178,7 +178,7 @@ def cached_backward(
         FloatingPointError: when the loss is not finite.
     """
     check_int("micro_batch_size", micro_batch_size, 1)
-    sides = list(batches) if isinstance(batches, (list, tuple)) and not _is_sample_list(batches) else [batches]
+    sides = split_sides(batches)
     towers = list(encoders) if isinstance(encoders, (list, tuple)) else [encoders] * len(sides)
     if len(towers) != len(sides):
         raise ValueError(f"got {len(towers)} encoders for {len(sides)} batches; pass one encoder, or one per batch")
@@ -190,8 +190,7 @@ def cached_backward(
         raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16; got {autocast!r}")
     if distributed:
         check_process_group()
-    if distributed or dist_utils.dist.is_initialized():
-        dist_utils.check_fsdp_counts(towers, sum(len(_micro(batch_size(b), micro_batch_size)) for b in sides), group)
+    dist_utils.check_fsdp_counts(towers, sum(len(_micro(batch_size(b), micro_batch_size)) for b in sides), group)
     cuda = sorted({dev for tower in towers for dev in _devices(tower)})
     amp = (torch.autocast("cuda" if cuda else "cpu", dtype=autocast) if autocast is not None
            else contextlib.nullcontext())
@@ -253,9 +252,12 @@ def cached_backward(
                       {"forward_no_grad": forward_s, "loss": loss_s, "grad_pass": time.perf_counter() - start})
 
 
-def _is_sample_list(batches: Sequence[Any]) -> bool:
-    """A list of strings (one side's samples) rather than a list of sides."""
-    return len(batches) > 0 and all(isinstance(b, str) for b in batches)
+def split_sides(batches: Batch | Sequence[Batch]) -> list[Batch]:
+    """One batch per side: a list or tuple of batches as given, anything else (one tensor, one
+    mapping, one list of strings: a side's samples) as the only side."""
+    if isinstance(batches, (list, tuple)) and not (len(batches) > 0 and all(isinstance(b, str) for b in batches)):
+        return list(batches)
+    return [batches]
 
 
 def naive_accumulation_backward(

@@ -13,10 +13,9 @@ Launch with ``torchrun --nproc_per_node N your_script.py``; a worked check lives
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from typing import Any
-
-import contextlib
 
 import torch
 import torch.distributed as dist

@@ -37,14 +37,14 @@ Reference: Su Jianlin, https://kexue.fm/archives/8471; Gao et al., GradCache, ar
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from kexue._shared import check_bool, check_int, check_number
+from kexue._shared import check_bool, check_int, check_number, check_process_group
 from kexue.contrastive import distributed as dist_utils
 from kexue.contrastive.cached import _check_batchnorm, _devices, _RngState, encode
 from kexue.contrastive.losses import InfoNCE, Similarity
@@ -108,14 +108,21 @@ def _pack(order: torch.Tensor, lengths: torch.Tensor | None, size: int, tokens: 
         return list(order.split(size))
     groups, start, longest = [], 0, 0
     for i, index in enumerate(order.tolist()):
-        longest_with = max(longest, int(lengths[index]))
-        if i > start and longest_with * (i - start + 1) > tokens:
+        length = int(lengths[index])
+        if i > start and max(longest, length) * (i - start + 1) > tokens:  # adding it would pass the budget
             groups.append(order[start:i])
-            start, longest_with = i, int(lengths[index])
-        longest = longest_with
+            start, longest = i, 0
+        longest = max(longest, length)
     if start < len(order):
         groups.append(order[start:])
     return groups
+
+
+def tokenized(model: Any, texts: Sequence[str]) -> dict[str, Any]:
+    """A sentence-transformers model's features for ``texts``, on the model's device."""
+    prepare = getattr(model, "preprocess", None) or model.tokenize
+    device = next(model.parameters()).device
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in prepare(list(texts)).items()}
 
 
 def take(feature: dict[str, Any], index: torch.Tensor, width: int | None) -> dict[str, Any]:
@@ -207,13 +214,10 @@ class CachedContrastiveLoss(nn.Module):
                              f"got {len(features)} column(s)")
         _check_batchnorm(self.model)
         if self.distributed:
-            from kexue._shared import check_process_group
-
             check_process_group()
         self._plans = [plan_micro_batches(f, micro_batch_size=self.micro_batch_size, micro_batch_tokens=self.micro_batch_tokens,
                                           sort_by_length=self.sort_by_length) for f in features]
-        if dist_utils.dist.is_initialized():
-            dist_utils.check_fsdp_counts([self.model], sum(len(p.groups) for p in self._plans), self.group)
+        dist_utils.check_fsdp_counts([self.model], sum(len(p.groups) for p in self._plans), self.group)
         training = torch.is_grad_enabled()
         reps, states = self._embed(features, capture=training)
         if not training:

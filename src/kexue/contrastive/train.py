@@ -184,13 +184,10 @@ def _load_model(path: str | None, max_length: int):
 
 
 def _encoder(model) -> Callable[[list[str]], torch.Tensor]:
-    prepare = getattr(model, "preprocess", None) or model.tokenize
-    device = model.device
+    from kexue.contrastive.st_loss import tokenized
 
     def encode(texts: list[str]) -> torch.Tensor:
-        features = prepare(list(texts))
-        features = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in features.items()}
-        return model(features)["sentence_embedding"]
+        return model(tokenized(model, texts))["sentence_embedding"]
 
     return encode
 
@@ -202,11 +199,14 @@ def _read_sides(config: TrainConfig) -> list[list[str]]:
     return list(read_pairs(config.pairs))
 
 
-def _first_batch(config: TrainConfig, sides: list[list[str]]) -> list[list[str]]:
-    """The samples of the first step (epoch 0's shuffled order, as :func:`train_embedder` takes them)."""
+def _step_batch(config: TrainConfig, sides: list[list[str]], step: int) -> list[list[str]]:
+    """The samples of ``step``: a window of its epoch's shuffled order (seed + epoch), full batches only."""
     n = len(sides[0])
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))[: min(config.batch_size, n)].tolist()
-    return [[side[i] for i in order] for side in sides]
+    batch = min(config.batch_size, n)
+    epoch, within = divmod(step, n // batch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + epoch))
+    index = order[within * batch : (within + 1) * batch].tolist()
+    return [[side[i] for i in index] for side in sides]
 
 
 def verify_first_batch(config: TrainConfig, *, tolerance: float = 1e-4):
@@ -223,7 +223,7 @@ def verify_first_batch(config: TrainConfig, *, tolerance: float = 1e-4):
     model = _load_model(config.model, config.max_length)
     model.train()
     torch.manual_seed(config.seed)
-    return verify_cached_gradients(model, _first_batch(config, sides), InfoNCE(config.temperature).to(model.device),
+    return verify_cached_gradients(model, _step_batch(config, sides, 0), InfoNCE(config.temperature).to(model.device),
                                    micro_batch_size=config.micro_batch_size, encoder=_encoder(model), tolerance=tolerance)
 
 
@@ -282,11 +282,8 @@ def train_embedder(config: TrainConfig, *, resume: bool = False, progress: Train
     start = time.perf_counter()
     progress.start(total, step)
     while step < total:
-        epoch, within = divmod(step, steps_per_epoch)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + epoch))
-        index = order[within * batch : (within + 1) * batch].tolist()
         optimizer.zero_grad(set_to_none=True)
-        result = cached_backward(encode, [[side[i] for i in index] for side in sides], loss_fn,
+        result = cached_backward(encode, _step_batch(config, sides, step), loss_fn,
                                  micro_batch_size=config.micro_batch_size, autocast=autocast)
         optimizer.step()
         scheduler.step()

@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from kexue._shared import check_int, check_number
-from kexue.contrastive.cached import _devices, _micro, _RngState, batch_size, cached_backward, encode, slice_batch
-from kexue.contrastive.st_loss import CachedContrastiveLoss, take
+from kexue.contrastive.cached import _devices, _micro, _RngState, batch_size, cached_backward, encode, slice_batch, split_sides
+from kexue.contrastive.st_loss import CachedContrastiveLoss, take, tokenized
 
 __all__ = ["GradientCheck", "parameter_group", "verify_cached_gradients"]
 
@@ -163,12 +163,9 @@ def _features(model: Any, batch: Sequence[Any]) -> list[dict[str, Any]]:
         raise ValueError("batch must be the loss's columns: a list of tokenised feature dicts, or of lists of texts")
     if all(isinstance(column, dict) for column in batch):
         return list(batch)
-    prepare = getattr(model, "preprocess", None) or getattr(model, "tokenize", None)
-    if prepare is None:
+    if getattr(model, "preprocess", None) is None and getattr(model, "tokenize", None) is None:
         raise ValueError("texts need a model with preprocess/tokenize (a SentenceTransformer); pass tokenised features")
-    device = next(model.parameters()).device
-    return [{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in prepare(list(column)).items()}
-            for column in batch]
+    return [tokenized(model, column) for column in batch]
 
 
 def _check_st_loss(model, batch, loss, params, state) -> tuple[list, list, tuple[float, float], int]:
@@ -192,7 +189,7 @@ def _check_embedding_loss(encoder, batch, loss_fn, micro_batch_size, params, sta
     step = cached_backward(encoder, batch, loss_fn, micro_batch_size=micro_batch_size)
     cached = _take_grads(params)
     state.restore()
-    sides = list(batch) if isinstance(batch, (list, tuple)) and not all(isinstance(b, str) for b in batch) else [batch]
+    sides = split_sides(batch)
     embeddings = [torch.cat([encode(encoder, slice_batch(side, lo, hi)) for lo, hi in _micro(batch_size(side), micro_batch_size)])
                   for side in sides]
     reference = loss_fn(*embeddings)
