@@ -10,7 +10,7 @@
 * ``raw_encoder``: the article's claim where it applies: a raw masked-LM encoder pre-trained
   here (:mod:`kexue.whitening.raw_encoder`), its STS table with every variant and the flow,
   whether whitening helps it and matches the flow, and its isotropy.
-* ``retrieval_real``: the same search over the real STS/SICK sentences.
+* ``sts`` also runs that search over the real STS/SICK sentences (``retrieval.real_sentences``).
 
 The embedded model encodes the distinct sentences of the tasks once (all three poolings from one
 pass; the quick scale's 4 tasks, 11,486 sentences, take about 25 s on 2 cores, --full's seven,
@@ -188,6 +188,7 @@ def sts(ctx: ClaimContext) -> None:
               documented=True)
     _bars(ctx, mean_all)
     _isotropy(ctx, vectors)
+    _retrieval_real(ctx, vectors)
     ctx.claim("encode_time", "encoding the STS sentences with all three poolings (one pass; kept in the cache folder, keyed by "
               "the model's files, the sentences and the versions, unless --no-cache)", article_value=None,
               measured={"sentences": len(sentences), "seconds": round(encoding["seconds"], 1),
@@ -266,7 +267,7 @@ def _bars(ctx: ClaimContext, mean_all: dict[str, dict[str, float]]) -> None:
 
 
 def _isotropy(ctx: ClaimContext, vectors: dict[str, np.ndarray], *, claim: str = "isotropy", figure: str = "spectrum",
-              encoder: str = "all-MiniLM-L6-v2") -> dict[str, dict]:
+              encoder: str = "all-MiniLM-L6-v2") -> None:
     import matplotlib.pyplot as plt
 
     rng = np.random.default_rng(ctx.seed)
@@ -301,7 +302,6 @@ def _isotropy(ctx: ClaimContext, vectors: dict[str, np.ndarray], *, claim: str =
               article_value="whitened vectors are isotropic", measured=measured,
               passed=all(abs(m["whitened"]) < abs(m["mean cosine of random pairs, raw"]) and abs(m["whitened"]) < 0.01 for m in measured.values()),
               tolerance="|mean cosine| < 0.01 after, and below before")
-    return measured
 
 
 @SUITE.check
@@ -403,10 +403,9 @@ def raw_encoder(ctx: ClaimContext) -> None:
     _isotropy(ctx, vectors, claim="raw_encoder.isotropy", figure="raw_encoder_spectrum", encoder="the raw encoder")
 
 
-@SUITE.check
-def retrieval_real(ctx: ClaimContext) -> None:
-    """Top-10 search over the real STS/SICK sentences: k = 128 whitened dimensions against 384 raw ones."""
-    tasks, sentences, vectors, _ = _encode(ctx)
+def _retrieval_real(ctx: ClaimContext, vectors: dict[str, np.ndarray]) -> None:
+    """Top-10 search over the real STS/SICK sentences: k = 128 whitened dimensions against 384 raw
+    ones (the ``sts`` check's encodings, not encoded again)."""
     db = vectors["last-avg"]  # all-MiniLM-L6-v2's own pooling: the vectors its users search
     n, d, k = db.shape[0], db.shape[1], 128
     rng = np.random.default_rng(ctx.seed)
