@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from transformers import (AutoModelForCausalLM, BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig,
@@ -321,26 +323,34 @@ def test_deepen_qwen2_sliding_window_layers_keep_their_type() -> None:
         assert max_logit_difference(small, wrong, INPUTS) > 1e-5
 
 
+def _widened_with(small: torch.nn.Module, family: str, make) -> torch.nn.Module:
+    """``widen(small, 2)`` with the family's map replaced by ``make(its real map)``: the mistake a test shows."""
+    module = importlib.import_module("kexue.growth.widen")  # the module (kexue.growth.widen is also the function)
+    real = module._ARCH[family]
+    module._ARCH[family] = make(real)
+    try:
+        return widen(small, 2)
+    finally:
+        module._ARCH[family] = real
+
+
+def _reloaded(large: torch.nn.Module, folder) -> torch.nn.Module:
+    large.save_pretrained(folder)
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float64).eval()
+
+
 def test_qwen3_qk_norms_need_the_joint_rescaling() -> None:
     """Without dividing q and k by √k, the per-head norms see eps/k against unscaled vectors: inexact."""
-    import importlib
-
-    widen_module = importlib.import_module("kexue.growth.widen")  # the module (kexue.growth.widen is also the function)
     small = _random(_models()["qwen3-qk-norm"])
     large = widen(small, 2)
     with float64_norms():
         assert max_logit_difference(small, large, INPUTS) <= 1e-10
-    real = widen_module._ARCH["qwen3"]
 
-    def without_rescaling(m, sd, config):  # q_norm/k_norm kept, but q and k not divided by √k
-        new = real(m, sd, config)
-        return {n: (t * m.s if n.endswith(("q_proj.weight", "k_proj.weight")) else t) for n, t in new.items()}
+    def without_rescaling(real):  # q_norm/k_norm kept, but q and k not divided by √k
+        return lambda m, sd, config: {n: (t * m.s if n.endswith(("q_proj.weight", "k_proj.weight")) else t)
+                                      for n, t in real(m, sd, config).items()}
 
-    try:
-        widen_module._ARCH["qwen3"] = without_rescaling
-        broken = widen(small, 2)
-    finally:
-        widen_module._ARCH["qwen3"] = real
+    broken = _widened_with(small, "qwen3", without_rescaling)
     with float64_norms():
         assert max_logit_difference(small, broken, INPUTS) > 1e-8  # eps-sized, but 100x the parity bound
     with pytest.raises(ValueError, match="mode='heads' only"):
@@ -349,71 +359,56 @@ def test_qwen3_qk_norms_need_the_joint_rescaling() -> None:
 
 def test_qwen3_grown_reloads_with_plain_from_pretrained(tmp_path) -> None:
     small = _random(_models()["qwen3-qk-norm"])
-    deepen(widen(small, 2), [0]).save_pretrained(tmp_path)
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float64).eval()
+    reloaded = _reloaded(deepen(widen(small, 2), [0]), tmp_path)
     assert reloaded.config.num_attention_heads == 8 and reloaded.config.head_dim == 8 and reloaded.config.num_hidden_layers == 3
     with float64_norms():
         assert max_logit_difference(small, reloaded, INPUTS) <= 1e-10
 
 
 def test_phi3_fused_projections_are_split_by_role_and_reload(tmp_path) -> None:
-    import importlib
-
     from kexue.growth import widen_ffn
 
-    widen_module = importlib.import_module("kexue.growth.widen")
     small = _random(_models()["phi3-fused-partial"])
-    deepen(widen_ffn(widen(small, 2), 80), [1]).save_pretrained(tmp_path)
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float64).eval()
+    reloaded = _reloaded(deepen(widen_ffn(widen(small, 2), 80), [1]), tmp_path)
     assert reloaded.config.intermediate_size == 80 and reloaded.config.num_hidden_layers == 3
     with float64_norms():
         assert max_logit_difference(small, reloaded, INPUTS) <= 1e-10
-    real = widen_module._phi3
 
-    def fused_as_one(m, sd, config):  # qkv mapped as one block: heads tiled as [q k v q k v], not [q q k k v v]
-        new = real(m, sd, config)
-        for name in sd:
-            if name.endswith("qkv_proj.weight"):
-                new[name] = m.qk(sd[name], None)[0]
-        return new
+    def fused_as_one(real):  # qkv mapped as one block: heads tiled as [q k v q k v], not [q q k k v v]
+        def maps(m, sd, config):
+            new = real(m, sd, config)
+            for name in sd:
+                if name.endswith("qkv_proj.weight"):
+                    new[name] = m.qk(sd[name], None)[0]
+            return new
+        return maps
 
-    widen_module._ARCH["phi3"] = fused_as_one
-    try:
-        broken = widen(small, 2)
-    finally:
-        widen_module._ARCH["phi3"] = real
+    broken = _widened_with(small, "phi3", fused_as_one)
     with float64_norms():
         assert max_logit_difference(small, broken, INPUTS) > 1e-3
 
 
 def test_gpt_neox_per_head_qkv_layout_matters_and_reloads(tmp_path) -> None:
     """The fused rows are grouped per head ([q_h; k_h; v_h]): tiling them as plain q/k/v blocks breaks the function."""
-    import importlib
-
     from kexue.growth import widen_ffn
 
     small = _random(_models()["neox-parallel-partial"])
-    deepen(widen_ffn(widen(small, 2), 60), [0]).save_pretrained(tmp_path)
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float64).eval()
+    reloaded = _reloaded(deepen(widen_ffn(widen(small, 2), 60), [0]), tmp_path)
     assert reloaded.config.num_attention_heads == 8 and reloaded.config.intermediate_size == 60
     with float64_norms():
         assert max_logit_difference(small, reloaded, INPUTS) <= 1e-10
-    widen_module = importlib.import_module("kexue.growth.widen")
-    real = widen_module._gpt_neox
 
-    def as_stacked_blocks(m, sd, config):  # rows read as [q; k; v] stacked (LLaMA-style), not per head
-        new = real(m, sd, config)
-        for name, w in sd.items():
-            if name.endswith("query_key_value.weight"):
-                d = w.shape[0] // 3
-                new[name] = torch.cat([m.qk(w[j * d : (j + 1) * d], None)[0] for j in range(3)])
-        return new
+    def as_stacked_blocks(real):  # rows read as [q; k; v] stacked (LLaMA-style), not per head
+        def maps(m, sd, config):
+            new = real(m, sd, config)
+            for name, w in sd.items():
+                if name.endswith("query_key_value.weight"):
+                    d = w.shape[0] // 3
+                    new[name] = torch.cat([m.qk(w[j * d : (j + 1) * d], None)[0] for j in range(3)])
+            return new
+        return maps
 
-    widen_module._ARCH["gpt_neox"] = as_stacked_blocks
-    try:
-        broken = widen(small, 2)
-    finally:
-        widen_module._ARCH["gpt_neox"] = real
+    broken = _widened_with(small, "gpt_neox", as_stacked_blocks)
     with float64_norms():
         assert max_logit_difference(small, broken, INPUTS) > 1e-3
 
@@ -421,19 +416,11 @@ def test_gpt_neox_per_head_qkv_layout_matters_and_reloads(tmp_path) -> None:
 def test_olmo2_whole_projection_norms_are_tiled_and_reload(tmp_path) -> None:
     """OLMo 2's q/k norms span all heads: tiled over the copies (with q, k produced 1/√k smaller);
     treating them as stream norms (LLaMA's maps) is a different function."""
-    import importlib
-
     small = _random(_models()["olmo2-branch-norms"])
-    deepen(widen(small, 2), [0, 1]).save_pretrained(tmp_path)
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float64).eval()
+    reloaded = _reloaded(deepen(widen(small, 2), [0, 1]), tmp_path)
     assert reloaded.config.num_attention_heads == 8 and reloaded.config.num_hidden_layers == 4
     with float64_norms():
         assert max_logit_difference(small, reloaded, INPUTS) <= 1e-10
-    widen_module = importlib.import_module("kexue.growth.widen")
-    widen_module._ARCH["olmo2"], real = widen_module._llama, widen_module._ARCH["olmo2"]
-    try:
-        broken = widen(small, 2)
-    finally:
-        widen_module._ARCH["olmo2"] = real
+    broken = _widened_with(small, "olmo2", lambda real: importlib.import_module("kexue.growth.widen")._llama)
     with float64_norms():
         assert max_logit_difference(small, broken, INPUTS) > 1e-3

@@ -201,6 +201,19 @@ def _llama(m: _Maps, sd: dict, config: Any) -> dict:
     return new
 
 
+def _with_qk_norms(m: _Maps, sd: dict, config: Any, norm_weight: Callable[[torch.Tensor], torch.Tensor]) -> dict:
+    """LLaMA's maps for a model with RMSNorms on q and k (``q_norm``, ``k_norm``) sharing the
+    config's ``rms_norm_eps`` with the stream norms: q and k are produced ``1/√k`` smaller, so
+    that ``RMS(x/√k; eps/k) = RMS(x; eps)``, and ``norm_weight`` maps those norms' weights."""
+    new = _llama(m, {n: t for n, t in sd.items() if not n.endswith(("q_norm.weight", "k_norm.weight"))}, config)
+    for name, t in sd.items():
+        if name.endswith(("q_norm.weight", "k_norm.weight")):
+            new[name] = norm_weight(t)
+        elif re.search(r"self_attn\.(q|k)_proj\.(weight|bias)$", name):
+            new[name] = new[name] / m.s
+    return new
+
+
 def _qwen3(m: _Maps, sd: dict, config: Any) -> dict:
     """Qwen3: LLaMA's maps, plus an RMSNorm over each head of q and of k (``q_norm``, ``k_norm``).
 
@@ -215,13 +228,7 @@ def _qwen3(m: _Maps, sd: dict, config: Any) -> dict:
     if m.mode != "heads":
         raise ValueError("Qwen3 widens in mode='heads' only: mode='head_dim' would widen the per-head q/k norms "
                          "(and is inexact under RoPE anyway)")
-    new = _llama(m, {n: t for n, t in sd.items() if not n.endswith(("q_norm.weight", "k_norm.weight"))}, config)
-    for name, t in sd.items():
-        if name.endswith(("q_norm.weight", "k_norm.weight")):
-            new[name] = t.clone()
-        elif re.search(r"self_attn\.(q|k)_proj\.(weight|bias)$", name):
-            new[name] = new[name] / m.s
-    return new
+    return _with_qk_norms(m, sd, config, lambda w: w.clone())  # per head: the copies read the old weights
 
 
 def _olmo2(m: _Maps, sd: dict, config: Any) -> dict:
@@ -238,13 +245,7 @@ def _olmo2(m: _Maps, sd: dict, config: Any) -> dict:
     if m.mode != "heads":
         raise ValueError("OLMo 2 widens in mode='heads' only (mode='head_dim' would reorder its q/k norms' coordinates "
                          "and is inexact under RoPE)")
-    new = _llama(m, {n: t for n, t in sd.items() if not n.endswith(("q_norm.weight", "k_norm.weight"))}, config)
-    for name, t in sd.items():
-        if name.endswith(("q_norm.weight", "k_norm.weight")):
-            new[name] = _tile(t, 0, m.k)
-        elif re.search(r"self_attn\.(q|k)_proj\.(weight|bias)$", name):
-            new[name] = new[name] / m.s
-    return new
+    return _with_qk_norms(m, sd, config, lambda w: _tile(w, 0, m.k))  # across all heads: tiled over the copies
 
 
 def _phi3(m: _Maps, sd: dict, config: Any) -> dict:
