@@ -51,7 +51,20 @@ def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small"]  # neither the output nor its temporary folder
 
 
+def test_a_mixture_of_experts_checkpoint_grows_experts_width_and_depth(tmp_path) -> None:
+    from kexue.growth.zoo import randomized, tiny_model
+
+    small = randomized(tiny_model("mixtral"), dtype=torch.float32)
+    small.save_pretrained(tmp_path / "small")
+    report = grow_checkpoint(tmp_path / "small", tmp_path / "large", experts=2, width=2, depth=2)
+    assert report["experts"] == 2 and report["float64"]["max_abs"] <= 1e-10
+    large = AutoModelForCausalLM.from_pretrained(tmp_path / "large")
+    assert (large.config.num_local_experts, large.config.num_experts_per_tok) == (8, 4)
+    assert (large.config.hidden_size, large.config.num_hidden_layers) == (32, 4)
+
+
 @pytest.mark.parametrize("kwargs,error,match", [
+    ({"experts": 0}, ValueError, "experts=0"),
     ({"width": 0}, ValueError, "width=0"),
     ({}, ValueError, "nothing to do"),
     ({"width": 2, "mode": "wide"}, ValueError, "mode='wide'"),

@@ -5,14 +5,17 @@ from __future__ import annotations
 import pytest
 
 from kexue.growth import claims
+from kexue.growth.zoo import ZOO
 
 
 def test_parity_table_passes_for_every_architecture_and_operator(run_claims) -> None:
     got = run_claims(claims.SUITE, claims.parity).by_id
     assert [i for i, c in got.items() if c.status != "pass"] == []
     table = got["growth.parity_table"].measured
-    assert set(table) == {"minilm (BERT, real)", "gpt2 (random)", "llama gqa untied (random)", "llama tied (random)", "qwen2 bias gqa (random)"}
-    assert "depth x2" in table["qwen2 bias gqa (random)"] and "depth x2" not in table["minilm (BERT, real)"]
+    assert set(table) == {"minilm (BERT, real)", *ZOO}
+    assert "depth x2" in table["qwen2-bias-gqa"] and "depth x2" not in table["minilm (BERT, real)"]
+    assert "experts x2" in table["mixtral"] and "head_dim k=2 (the article's)" in table["gpt2"]
+    assert all("widen k=2, saved and reloaded" in ops for ops in table.values())
     assert got["growth.parity.float64"].measured <= 1e-10
 
 
@@ -31,4 +34,5 @@ def test_article_table_and_inexact_cases(run_claims) -> None:
 def test_compute_saved_quick(run_claims) -> None:
     got = run_claims(claims.SUITE, claims.compute_saved).by_id
     assert got["growth.flops_saved"].status == "pass" and got["growth.flops_saved"].measured > 0
-    assert "growth.flops_saved_depth" in got
+    recipes = {"width", "width_early", "depth", "stack"}
+    assert {i.removeprefix("growth.flops_saved.") for i in got if i.startswith("growth.flops_saved.")} == recipes

@@ -6,50 +6,27 @@ import importlib
 
 import pytest
 import torch
-from transformers import (AutoModelForCausalLM, BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig,
-                          GPTNeoXForCausalLM, LlamaConfig, Olmo2Config, Olmo2ForCausalLM,
-                          LlamaForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
-                          Qwen3ForCausalLM)
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
 from kexue.growth import widen
 from kexue.growth.depth import deepen
 from kexue.growth.parity import float64_norms, max_logit_difference
+from kexue.growth.zoo import randomized as _random
+from kexue.growth.zoo import tiny_model
 
 SMALL = dict(vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4)
-
-
-def _random(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)  # far from init: every weight matters
-    return model.double().eval()
-
-
-def _models() -> dict[str, torch.nn.Module]:
-    return {
-        "llama-gqa-untied": LlamaForCausalLM(LlamaConfig(**SMALL, num_key_value_heads=2, tie_word_embeddings=False)),
-        "llama-tied": LlamaForCausalLM(LlamaConfig(**SMALL, num_key_value_heads=4, tie_word_embeddings=True)),
-        "qwen2-bias-gqa": Qwen2ForCausalLM(Qwen2Config(**SMALL, num_key_value_heads=2)),
-        "qwen3-qk-norm": Qwen3ForCausalLM(Qwen3Config(**SMALL, num_key_value_heads=2, head_dim=8)),  # head_dim ≠ hidden/heads
-        "phi3-fused-partial": Phi3ForCausalLM(Phi3Config(**SMALL, num_key_value_heads=2, pad_token_id=0, rope_parameters={
-            "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5})),  # fused qkv / gate_up, half rotary
-        "neox-parallel-partial": GPTNeoXForCausalLM(GPTNeoXConfig(**SMALL, use_parallel_residual=True, rope_parameters={
-            "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25})),  # per-head fused QKV
-        "olmo2-branch-norms": Olmo2ForCausalLM(Olmo2Config(**SMALL, num_key_value_heads=2, pad_token_id=0)),
-        "neox-sequential-tied": GPTNeoXForCausalLM(GPTNeoXConfig(**SMALL, use_parallel_residual=False, tie_word_embeddings=True)),
-        "gpt2": GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=4, n_positions=32)),
-        "bert-mlm": BertForMaskedLM(BertConfig(**SMALL, max_position_embeddings=32)),
-    }
+# the zoo's entries this file covers (tests/growth/test_families.py: Gemma 1-3, OPT, Mixtral, Qwen3-MoE)
+NAMES = ("llama-gqa-untied", "llama-tied", "qwen2-bias-gqa", "qwen3-qk-norm", "phi3-fused-partial", "neox-parallel-partial",
+         "olmo2-branch-norms", "neox-sequential-tied", "gpt2", "bert-mlm")
 
 
 INPUTS = {"input_ids": torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))}
 
 
-@pytest.mark.parametrize("name", list(_models()))
+@pytest.mark.parametrize("name", list(NAMES))
 @pytest.mark.parametrize("k", [2, 3])
 def test_widen_by_heads_is_exact_in_float64(name: str, k: int) -> None:
-    small = _random(_models()[name])
+    small = _random(tiny_model(name))
     large = widen(small, k, mode="heads")
     assert sum(p.numel() for p in large.parameters()) > 3 * sum(p.numel() for p in small.parameters())
     with float64_norms():
@@ -58,16 +35,16 @@ def test_widen_by_heads_is_exact_in_float64(name: str, k: int) -> None:
 
 @pytest.mark.parametrize("name", ["gpt2", "bert-mlm"])
 def test_article_head_dim_widening_is_exact_without_rope(name: str) -> None:
-    small = _random(_models()[name])
+    small = _random(tiny_model(name))
     assert max_logit_difference(small, widen(small, 2, mode="head_dim"), INPUTS) <= 1e-10
 
 
 def test_documented_inexact_cases_are_inexact() -> None:
-    small = _random(_models()["llama-gqa-untied"])
+    small = _random(tiny_model("llama-gqa-untied"))
     with float64_norms():
         assert max_logit_difference(small, widen(small, 2, mode="head_dim"), INPUTS) > 1e-3  # RoPE frequencies change
         assert 1e-8 < max_logit_difference(small, widen(small, 2, scale_eps=False), INPUTS) < 1e-2  # eps not scaled
-    gpt2 = _random(_models()["gpt2"])
+    gpt2 = _random(tiny_model("gpt2"))
     assert max_logit_difference(gpt2, widen(gpt2, 2, gelu_fix=False), INPUTS) > 1e-3  # plain repetition through GeLU
     assert max_logit_difference(gpt2, widen(gpt2, 2, bias2="k"), INPUTS) > 1e-3  # the article's b2/k
     assert max_logit_difference(gpt2, widen(gpt2, 2, bias2="sqrt"), INPUTS) <= 1e-10  # the derived b2/sqrt(k)
@@ -88,7 +65,7 @@ def test_embedded_minilm_widens_exactly() -> None:
 @pytest.mark.parametrize("name", ["llama-gqa-untied", "qwen2-bias-gqa", "gpt2", "qwen3-qk-norm", "phi3-fused-partial",
                                   "neox-parallel-partial", "neox-sequential-tied", "olmo2-branch-norms"])
 def test_deepen_inserts_identity_blocks(name: str) -> None:
-    small = _random(_models()[name])
+    small = _random(tiny_model(name))
     large = deepen(small, [-1, 0, 1, 1])
     layers = large.config.n_layer if name == "gpt2" else large.config.num_hidden_layers
     assert layers == 6
@@ -103,7 +80,7 @@ def test_deepen_inserts_identity_blocks(name: str) -> None:
 
 
 def test_save_and_reload_with_plain_from_pretrained(tmp_path) -> None:
-    small = _random(_models()["llama-gqa-untied"])
+    small = _random(tiny_model("llama-gqa-untied"))
     large = deepen(widen(small, 2), [0])
     large.save_pretrained(tmp_path)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float64).eval()
@@ -118,13 +95,13 @@ def test_unsupported_models_and_bad_arguments() -> None:
     with pytest.raises(ValueError, match="supported: bert, gpt2, llama"):
         widen(t5, 2)
     with pytest.raises(ValueError, match="post-norm"):
-        deepen(_models()["bert-mlm"], [0])
+        deepen(tiny_model("bert-mlm"), [0])
     with pytest.raises(ValueError, match="factor"):
-        widen(_models()["gpt2"], 1)
+        widen(tiny_model("gpt2"), 1)
     with pytest.raises(ValueError, match="mode"):
-        widen(_models()["gpt2"], 2, mode="tiled")
+        widen(tiny_model("gpt2"), 2, mode="tiled")
     with pytest.raises(ValueError, match="out of range"):
-        deepen(_models()["gpt2"], [5])
+        deepen(tiny_model("gpt2"), [5])
 
 
 def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -134,11 +111,11 @@ def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("name", list(_models()))
+@pytest.mark.parametrize("name", list(NAMES))
 def test_widen_ffn_is_exact_for_any_size(name: str) -> None:
     from kexue.growth import widen_ffn
 
-    small = _random(_models()[name])
+    small = _random(tiny_model(name))
     old = 64 if name == "gpt2" else 24  # GPT-2: n_inner None = 4 n_embd
     large = widen_ffn(small, old * 2 + 5)
     assert large.config.to_dict().get("n_inner" if name == "gpt2" else "intermediate_size") == old * 2 + 5
@@ -151,8 +128,8 @@ def test_widen_ffn_is_exact_for_any_size(name: str) -> None:
 def test_growth_never_aliases_the_small_model() -> None:
     from kexue.growth import widen_ffn
 
-    small = _random(_models()["bert-mlm"])
-    large = widen_ffn(deepen(_random(_models()["gpt2"]), [0]), 70)
+    small = _random(tiny_model("bert-mlm"))
+    large = widen_ffn(deepen(_random(tiny_model("gpt2")), [0]), 70)
     ptrs = {t.data_ptr() for t in small.state_dict().values()}
     assert not ptrs & {t.data_ptr() for t in widen(small, 2).state_dict().values()}
     assert all(not p.is_meta for p in large.parameters())
@@ -160,7 +137,7 @@ def test_growth_never_aliases_the_small_model() -> None:
 
 @pytest.mark.parametrize("name", ["llama-gqa-untied", "gpt2", "bert-mlm"])
 def test_symmetry_breaking_keeps_the_function_and_separates_the_copies(name: str) -> None:
-    small = _random(_models()[name])
+    small = _random(tiny_model(name))
     exact, noisy = widen(small, 2), widen(small, 2, noise=0.05, seed=3)
     with float64_norms():
         assert max_logit_difference(small, noisy, INPUTS) <= 1e-10
@@ -180,7 +157,7 @@ def test_symmetry_breaking_keeps_the_function_and_separates_the_copies(name: str
 def test_symmetry_breaking_for_ffn_widening() -> None:
     from kexue.growth import widen_ffn
 
-    small = _random(_models()["qwen2-bias-gqa"])
+    small = _random(tiny_model("qwen2-bias-gqa"))
     noisy = widen_ffn(small, 48, noise=0.05)
     with float64_norms():
         assert max_logit_difference(small, noisy, INPUTS) <= 1e-10
@@ -201,7 +178,7 @@ def _assert_gradient_map(small, large, gmap) -> dict[str, torch.Tensor]:
     return g_large
 
 
-_GRAD_CASES = [(name, op) for name in _models() for op in ("widen-heads", "widen-head_dim", "ffn", "deepen")
+_GRAD_CASES = [(name, op) for name in NAMES for op in ("widen-heads", "widen-head_dim", "ffn", "deepen")
                if not (op == "deepen" and name == "bert-mlm")  # refused: post-norm
                and not (op == "widen-head_dim" and name not in ("gpt2", "bert-mlm"))]  # inexact under RoPE
 
@@ -214,7 +191,7 @@ def test_gradient_map_gives_the_large_models_gradient(name: str, op: str) -> Non
 
     grow = {"widen-heads": lambda m: widen(m, 2), "widen-head_dim": lambda m: widen(m, 2, mode="head_dim"),
             "ffn": lambda m: widen_ffn(m, 40 if name != "gpt2" else 100), "deepen": lambda m: deepen(m, [0, 1])}[op]
-    small = _random(_models()[name])
+    small = _random(tiny_model(name))
     large = grow(small)
     gmap = GrowthMap.probe(small, grow)
     g_large = _assert_gradient_map(small, large, gmap)
@@ -227,7 +204,7 @@ def test_gradient_map_gives_the_large_models_gradient(name: str, op: str) -> Non
 def test_transfer_adam_state_matches_the_gradient_history() -> None:
     """Two Adam steps on the small model, transfer: the large model's moments equal the moving
     averages of the large model's own gradients at the grown points of the same trajectory."""
-    small = _random(_models()["llama-gqa-untied"])
+    small = _random(tiny_model("llama-gqa-untied"))
     grow = lambda m: widen(m, 2)  # noqa: E731
     opt = torch.optim.AdamW(small.parameters(), lr=1e-3, betas=(0.9, 0.99), amsgrad=True)
     history = []
@@ -256,11 +233,11 @@ def test_transfer_adam_state_matches_the_gradient_history() -> None:
         transfer_adam_state(opt, small, large_opt, large, lambda m: widen(m, 3))
 
 
-@pytest.mark.parametrize("name", list(_models()))
+@pytest.mark.parametrize("name", list(NAMES))
 def test_float32_parity_is_within_relative_1e_minus_4(name: str) -> None:
     from kexue.growth import widen_ffn
 
-    small = _random(_models()[name]).float()
+    small = _random(tiny_model(name)).float()
     with torch.no_grad():
         scale = float(small(**INPUTS).logits.abs().max())
     ops = [lambda m: widen(m, 2), lambda m: widen_ffn(m, 100)] + ([] if name == "bert-mlm" else [lambda m: deepen(m, [0])])
@@ -341,7 +318,7 @@ def _reloaded(large: torch.nn.Module, folder) -> torch.nn.Module:
 
 def test_qwen3_qk_norms_need_the_joint_rescaling() -> None:
     """Without dividing q and k by √k, the per-head norms see eps/k against unscaled vectors: inexact."""
-    small = _random(_models()["qwen3-qk-norm"])
+    small = _random(tiny_model("qwen3-qk-norm"))
     large = widen(small, 2)
     with float64_norms():
         assert max_logit_difference(small, large, INPUTS) <= 1e-10
@@ -358,7 +335,7 @@ def test_qwen3_qk_norms_need_the_joint_rescaling() -> None:
 
 
 def test_qwen3_grown_reloads_with_plain_from_pretrained(tmp_path) -> None:
-    small = _random(_models()["qwen3-qk-norm"])
+    small = _random(tiny_model("qwen3-qk-norm"))
     reloaded = _reloaded(deepen(widen(small, 2), [0]), tmp_path)
     assert reloaded.config.num_attention_heads == 8 and reloaded.config.head_dim == 8 and reloaded.config.num_hidden_layers == 3
     with float64_norms():
@@ -368,7 +345,7 @@ def test_qwen3_grown_reloads_with_plain_from_pretrained(tmp_path) -> None:
 def test_phi3_fused_projections_are_split_by_role_and_reload(tmp_path) -> None:
     from kexue.growth import widen_ffn
 
-    small = _random(_models()["phi3-fused-partial"])
+    small = _random(tiny_model("phi3-fused-partial"))
     reloaded = _reloaded(deepen(widen_ffn(widen(small, 2), 80), [1]), tmp_path)
     assert reloaded.config.intermediate_size == 80 and reloaded.config.num_hidden_layers == 3
     with float64_norms():
@@ -392,7 +369,7 @@ def test_gpt_neox_per_head_qkv_layout_matters_and_reloads(tmp_path) -> None:
     """The fused rows are grouped per head ([q_h; k_h; v_h]): tiling them as plain q/k/v blocks breaks the function."""
     from kexue.growth import widen_ffn
 
-    small = _random(_models()["neox-parallel-partial"])
+    small = _random(tiny_model("neox-parallel-partial"))
     reloaded = _reloaded(deepen(widen_ffn(widen(small, 2), 60), [0]), tmp_path)
     assert reloaded.config.num_attention_heads == 8 and reloaded.config.intermediate_size == 60
     with float64_norms():
@@ -416,7 +393,7 @@ def test_gpt_neox_per_head_qkv_layout_matters_and_reloads(tmp_path) -> None:
 def test_olmo2_whole_projection_norms_are_tiled_and_reload(tmp_path) -> None:
     """OLMo 2's q/k norms span all heads: tiled over the copies (with q, k produced 1/√k smaller);
     treating them as stream norms (LLaMA's maps) is a different function."""
-    small = _random(_models()["olmo2-branch-norms"])
+    small = _random(tiny_model("olmo2-branch-norms"))
     reloaded = _reloaded(deepen(widen(small, 2), [0, 1]), tmp_path)
     assert reloaded.config.num_attention_heads == 8 and reloaded.config.num_hidden_layers == 4
     with float64_norms():

@@ -18,6 +18,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depth", type=int, default=1, help="depth factor: insert depth-1 identity blocks after every layer (default: 1)")
     parser.add_argument("--ffn", type=int, default=None, metavar="SIZE",
                         help="feed-forward width of the result (after --width), any size >= the current one (default: unchanged)")
+    parser.add_argument("--experts", type=int, default=1,
+                        help="mixture-of-experts models: copy every expert this many times, as many more experts per token (default: 1)")
     parser.add_argument("--noise", type=float, default=0.0,
                         help="symmetry breaking: zero-sum noise, relative std (keeps the function; e.g. 1.0; default 0: exact copies)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
@@ -32,15 +34,17 @@ def run(args: argparse.Namespace) -> int:
     if not args.noise >= 0 or args.noise == float("inf"):
         raise ValueError(f"--noise {args.noise} must be a finite number >= 0")
     try:
-        report = grow_checkpoint(args.model_dir, args.out, width=args.width, depth=args.depth, ffn=args.ffn, mode=args.mode,
+        report = grow_checkpoint(args.model_dir, args.out, width=args.width, depth=args.depth, ffn=args.ffn, experts=args.experts, mode=args.mode,
                                  noise=args.noise, seed=args.seed)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:  # name the CLI's options, not the function's arguments
         message = str(exc)
         for name, option in (("src ", "MODEL_DIR "), ("dst ", "--out "), ("width=", "--width="), ("depth=", "--depth="),
-                             ("ffn=", "--ffn="), ("noise=", "--noise=")):
+                             ("ffn=", "--ffn="), ("experts=", "--experts="),
+                             ("noise=", "--noise=")):
             if message.startswith(name):
                 message = option + message[len(name):]
-        raise type(exc)(message.replace("give width >= 2, depth >= 2 and/or ffn", "give --width >= 2, --depth >= 2 and/or --ffn SIZE")) from None
+        raise type(exc)(message.replace("give width >= 2, depth >= 2, experts >= 2 and/or ffn",
+                                                "give --width >= 2, --depth >= 2, --experts >= 2 and/or --ffn SIZE")) from None
     stdout_console().print_json(json.dumps(report))
     stderr_console().print(f"wrote {args.out} ({report['parameters']['small']:,} -> {report['parameters']['large']:,} parameters)")
     return 0 if report["float64"]["max_abs"] <= 1e-8 else 1

@@ -1,8 +1,11 @@
 """Lossless ("function-preserving") growth of HuggingFace Transformers (kexue.fm/archives/8444).
 
-* :func:`widen`: hidden size × k (the article's scheme, or by copying heads), BERT, GPT-2,
-  LLaMA, Qwen2, Mistral; :func:`widen_ffn`: the feed-forward alone, any size.
-* :func:`deepen`: identity blocks (pre-norm families).
+* :func:`widen`: hidden size × k (the article's scheme, or by copying heads), for the families
+  in ``SUPPORTED`` (BERT, GPT-2, LLaMA, Qwen2, Mistral, Qwen3, OLMo 2, Phi-3, GPT-NeoX, Gemma
+  1-3, OPT, Mixtral); :func:`widen_ffn`: the feed-forward alone (every expert), any size.
+* :func:`deepen`: identity blocks (pre-norm families, ``PRE_NORM``).
+* :func:`add_experts`: every expert copied, experts per token multiplied (Mixtral).
+* :mod:`kexue.growth.zoo`: a tiny model of every supported family and variant.
 * :func:`transfer_adam_state`: carry Adam's moments through any of these.
 * :mod:`kexue.growth.parity`: the checks; :mod:`kexue.growth.experiment`: the compute-saving run.
 """
@@ -12,7 +15,8 @@ from kexue._optional import require_extra
 require_extra("kexue.growth", "transformers")
 
 from kexue.growth.depth import PRE_NORM, deepen
+from kexue.growth.moe import MOE, add_experts
 from kexue.growth.optim import transfer_adam_state
 from kexue.growth.widen import SUPPORTED, widen, widen_ffn
 
-__all__ = ["PRE_NORM", "SUPPORTED", "deepen", "transfer_adam_state", "widen", "widen_ffn"]
+__all__ = ["MOE", "PRE_NORM", "SUPPORTED", "add_experts", "deepen", "transfer_adam_state", "widen", "widen_ffn"]

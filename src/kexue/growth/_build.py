@@ -59,11 +59,23 @@ def build(model: nn.Module, config: Any, state: dict[str, torch.Tensor], what: s
     missing, unexpected = grown.load_state_dict(state, strict=False, assign=True)
     if hasattr(grown, "tie_weights"):
         grown.tie_weights()
+    _embedding_scales_in_weight_dtype(grown)
     left = [n for n, p in grown.named_parameters() if p.is_meta]
     if left or unexpected:
         raise RuntimeError(f"internal error {what}: parameters not set {left[:5]}, unexpected {list(unexpected)[:5]}")
     grown.train(model.training)
     return grown
+
+
+def _embedding_scales_in_weight_dtype(model: nn.Module) -> None:
+    """Gemma's embeddings multiply by ``√d`` held in a non-persistent buffer made at construction
+    (in float32 here, where the grown weights are assigned later). ``from_pretrained(dtype=…)``
+    makes it in the weights' dtype, so the grown model gets that value: in float64 ``√(kd)`` is
+    then exact, not a float32 rounding ~1e-8 off."""
+    for module in model.modules():
+        scalar, weight = getattr(module, "scalar_embed_scale", None), getattr(module, "weight", None)
+        if scalar is not None and isinstance(getattr(module, "embed_scale", None), torch.Tensor) and weight is not None:
+            module.embed_scale = torch.tensor(scalar, dtype=weight.dtype, device=weight.device)
 
 
 def zero_sum_noise(w: torch.Tensor, index: torch.Tensor, scale: float, generator: torch.Generator) -> torch.Tensor:

@@ -9,8 +9,10 @@ process's baseline (after imports).
 
 Ratios: ``growth.time_vs_load_save`` ((load + grow + save) / (load + save), target <= 2: the
 grow step costs at most one more load-and-save), ``growth.memory_vs_models`` (peak RSS growth
-during load + grow / (small + large float32 bytes), target <= 1.2), and
-``growth.memory_with_save_vs_models`` (the same, including ``save_pretrained``; reported).
+during load + grow / (small + large float32 bytes), target <= 1.2, the worst of the runs: the
+bound must hold in every run), and ``growth.memory_with_save_vs_models`` (the same, including
+``save_pretrained``; reported). ``widen`` builds every repeated or tiled matrix in one
+allocation and scales it in place, so no temporary the size of the largest matrix exists.
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ def grow_checkpoint(bench: Bench) -> None:
     models = best["small_bytes"] + best["large_bytes"]
     bench.ratio("growth.time_vs_load_save", (best["load"] + best["grow"] + best["save"]) / (best["load"] + best["save"]), target=2.0,
                 higher_is_better=False, description="(load + grow + save) / (load + save), best of the runs")
-    bench.ratio("growth.memory_vs_models", best["peak_grow"] / models, target=1.2, higher_is_better=False,
-                description=f"peak RSS growth during load + grow / (small + large float32 bytes = {models / 2**30:.2f} GiB)")
-    bench.ratio("growth.memory_with_save_vs_models", best["peak_all"] / models, higher_is_better=False,
-                description="the same including save_pretrained (transformers' saving code, reported)")
+    bench.ratio("growth.memory_vs_models", max(r["peak_grow"] for r in results) / models, target=1.2, higher_is_better=False,
+                description=f"peak RSS growth during load + grow / (small + large float32 bytes = {models / 2**30:.2f} GiB), "
+                            f"worst of the runs")
+    bench.ratio("growth.memory_with_save_vs_models", max(r["peak_all"] for r in results) / models, higher_is_better=False,
+                description="the same including save_pretrained (transformers' saving code, reported), worst of the runs")

@@ -1,7 +1,8 @@
 """Grow a checkpoint folder into another: what ``kexue grow`` does, as a library function.
 
 :func:`grow_checkpoint` loads a HuggingFace checkpoint (sharded safetensors too), widens it
-(``width``, ``mode``), widens its feed-forward layers (``ffn``), deepens it (``depth``), writes
+(``width``, ``mode``), widens its feed-forward layers (``ffn``), deepens it (``depth``), copies
+the experts of a mixture-of-experts model (``experts``), writes
 the grown model (sharded past ``max_shard_size``) with the source's tokenizer and other
 non-weight files, and a parity report, ``growth_parity.json``. That report holds the largest
 logit change on a fixed probe batch, in float32 and in float64, the second grown again from a
@@ -43,11 +44,13 @@ def _load(src: Path):
         raise ValueError(f"src {src}: cannot load the checkpoint ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None
 
 
-def _grower(width: int, mode: str, depth: int, ffn: int | None, noise: float, seed: int):
-    from kexue.growth import widen, widen_ffn
+def _grower(width: int, mode: str, depth: int, ffn: int | None, experts: int, noise: float, seed: int):
+    from kexue.growth import add_experts, widen, widen_ffn
     from kexue.growth.depth import deepen
 
     def grow(model):
+        if experts > 1:
+            model = add_experts(model, experts, noise=noise, seed=seed + 2)
         if width > 1:
             model = widen(model, width, mode=mode, noise=noise, seed=seed)
         if ffn is not None:
@@ -59,17 +62,18 @@ def _grower(width: int, mode: str, depth: int, ffn: int | None, noise: float, se
     return grow
 
 
-def _check(src: Path, dst: Path, width: int, mode: str, depth: int, ffn: int | None, noise: float) -> None:
+def _check(src: Path, dst: Path, width: int, mode: str, depth: int, ffn: int | None, experts: int, noise: float) -> None:
     check_int("width", width, 1)
     check_int("depth", depth, 1)
+    check_int("experts", experts, 1)
     check_choice("mode", mode, ("heads", "head_dim"))
     if ffn is not None:
         check_int("ffn", ffn, 1)
     check_number("noise", noise)
     if noise < 0:
         raise ValueError(f"noise={noise} must be >= 0")
-    if width == 1 and depth == 1 and ffn is None:
-        raise ValueError("nothing to do: give width >= 2, depth >= 2 and/or ffn")
+    if width == 1 and depth == 1 and ffn is None and experts == 1:
+        raise ValueError("nothing to do: give width >= 2, depth >= 2, experts >= 2 and/or ffn")
     if not (src / "config.json").exists():
         raise FileNotFoundError(f"src {src} has no config.json")
     if dst.exists():
@@ -79,7 +83,8 @@ def _check(src: Path, dst: Path, width: int, mode: str, depth: int, ffn: int | N
 
 
 def grow_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, width: int = 1, depth: int = 1, ffn: int | None = None,
-                    mode: str = "heads", noise: float = 0.0, seed: int = 0, max_shard_size: str | int = "5GB") -> dict[str, Any]:
+                    experts: int = 1, mode: str = "heads", noise: float = 0.0, seed: int = 0,
+                    max_shard_size: str | int = "5GB") -> dict[str, Any]:
     """Write a grown copy of the checkpoint ``src`` to ``dst`` (which must not exist); returns the parity report.
 
     Args:
@@ -88,6 +93,8 @@ def grow_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, width: in
         width: hidden and feed-forward width factor ``k`` (1: unchanged).
         depth: depth factor: ``depth − 1`` identity blocks after every layer (1: unchanged).
         ffn: the feed-forward width of the result (after ``width``), any size ≥ the current one.
+        experts: mixture-of-experts models: every expert copied this many times, and as many
+            times more experts per token (:func:`~kexue.growth.add_experts`; applied first).
         mode: ``"heads"`` (copies heads, exact with RoPE) or ``"head_dim"`` (the article's wider heads).
         noise: zero-sum symmetry-breaking noise, relative std (0, the default: exact copies; the
             function is kept either way).
@@ -100,13 +107,14 @@ def grow_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, width: in
         largest logit).
     """
     src, dst = Path(src), Path(dst)
-    _check(src, dst, width, mode, depth, ffn, noise)
+    _check(src, dst, width, mode, depth, ffn, experts, noise)
     config, small = _load(src)
-    grow = _grower(width, mode, depth, ffn, noise, seed)
+    grow = _grower(width, mode, depth, ffn, experts, noise, seed)
     tmp = dst.with_name(dst.name + f".tmp-{os.getpid()}")
     try:
         report = _write(tmp, src, small, grow, config, max_shard_size,
-                        {"model": str(src), "width": width, "mode": mode, "depth": depth, "ffn": ffn, "noise": noise})
+                        {"model": str(src), "width": width, "mode": mode, "depth": depth, "ffn": ffn, "experts": experts,
+                         "noise": noise})
         os.replace(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed or interrupted run leaves no half-written folder
@@ -131,6 +139,8 @@ def _write(tmp: Path, src: Path, small, grow, config, max_shard_size, settings: 
         if extra.is_file() and not extra.name.startswith(("config.json", "model", "pytorch_model")) and not (tmp / extra.name).exists():
             shutil.copy2(extra, tmp / extra.name)
     small64 = small.double()
+    if getattr(small64.config, "_experts_implementation", None) not in (None, "eager"):
+        small64.set_experts_implementation("eager")  # grouped_mm has no float64 kernel; the grown twin inherits it
     with float64_norms():
         report["float64"] = {"max_abs": max_logit_difference(small64, grow(small64), probe)}  # same seed: same noise
     (tmp / "growth_parity.json").write_text(json.dumps(report, indent=2))

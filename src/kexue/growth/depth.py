@@ -11,6 +11,11 @@ Per-layer settings move with their layers:
 * per-layer config lists (``layer_types``: Qwen2's sliding-window layers past
   ``max_window_layers``, Mistral/LLaMA-style per-layer attention types) are rebuilt, and an
   inserted block takes the type of the layer whose weights it copies (the layer it follows);
+* Qwen3-MoE's dense layers (``mlp_only_layers``, ``decoder_sparse_step``) are rebuilt the
+  same way (:func:`_dense_layers_follow`);
+* Gemma 2/3 alternate sliding-window and global layers (``layer_types``), and Gemma 3 gives
+  each type its own RoPE base: both follow a layer through ``layer_types``, so a sliding
+  layer stays sliding, with its local base, wherever it moves;
 * GPT-2's ``scale_attn_by_inverse_layer_idx`` divides layer ``i``'s attention scores by
   ``i + 1``. A layer moved from index ``i`` to ``j`` would divide by ``j + 1``. Its query
   projection (the first ``n_embd`` columns of ``c_attn``, weight and bias) is multiplied by
@@ -19,7 +24,11 @@ Per-layer settings move with their layers:
 
 Post-norm models (BERT: ``LayerNorm(x + branch(x))``) have no identity block of this form:
 with zero branches the block still applies ``LayerNorm`` to ``x``, which is not the identity
-(``x`` is itself a LayerNorm output with learned γ, β); :func:`deepen` refuses them.
+(``x`` is itself a LayerNorm output with learned γ, β); :func:`deepen` refuses them, and OPT
+with ``do_layer_norm_before=False`` likewise. Sandwich norms on the branch outputs (OLMo 2,
+Gemma 2/3) are no obstacle: an RMSNorm of a zero branch is zero. In Mixtral (and Qwen3-MoE) the feed-forward
+branch is ``Σ_e w_e E_e(x)``: zeroing every expert's ``down_proj`` makes it zero whatever the
+router picks.
 """
 
 from __future__ import annotations
@@ -43,7 +52,13 @@ PRE_NORM = {"llama": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
             "phi3": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
             "olmo2": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),  # branch norms: Norm(0) = 0
             "gpt_neox": ("gpt_neox.layers", ("attention.dense", "mlp.dense_4h_to_h")),  # parallel residual too
-            "gpt2": ("transformer.h", ("attn.c_proj", "mlp.c_proj"))}
+            "gpt2": ("transformer.h", ("attn.c_proj", "mlp.c_proj")),
+            "gemma": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
+            "gemma2": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),  # sandwich norms: Norm(0) = 0
+            "gemma3_text": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
+            "opt": ("model.decoder.layers", ("self_attn.out_proj", "fc2")),  # pre-LN (do_layer_norm_before) only
+            "mixtral": ("model.layers", ("self_attn.o_proj", "mlp.experts.down_proj")),  # every expert's output zero
+            "qwen3_moe": ("model.layers", ("self_attn.o_proj", "mlp.experts.down_proj", "mlp.down_proj"))}  # + dense layers
 
 
 def _index_compensation(model_type: str, config) -> Callable[[str, torch.Tensor, int, int], torch.Tensor] | None:
@@ -62,11 +77,26 @@ def _index_compensation(model_type: str, config) -> Callable[[str, torch.Tensor,
     return None
 
 
+def _dense_layers_follow(old, config, plan: list[tuple[int, bool]]) -> None:
+    """Qwen3-MoE picks a layer's feed-forward by its index: dense if in ``mlp_only_layers`` or
+    if ``(i + 1) % decoder_sparse_step ≠ 0``. The rebuilt config lists every new layer whose
+    source was dense in ``mlp_only_layers`` and sets ``decoder_sparse_step = 1``, so each layer
+    (and each inserted copy) keeps its source's kind."""
+    def dense(i: int) -> bool:
+        return i in old.mlp_only_layers or not (old.num_experts > 0 and (i + 1) % old.decoder_sparse_step == 0)
+
+    config.mlp_only_layers = [j for j, (src, _) in enumerate(plan) if dense(src)]
+    config.decoder_sparse_step = 1
+
+
 def deepen(model: nn.Module, after: Sequence[int]) -> nn.Module:
     """A new model with an identity block inserted after each layer index in ``after``.
 
     Args:
-        model: a pre-norm HuggingFace model (LLaMA, Qwen2, Mistral, GPT-2).
+        model: a pre-norm HuggingFace model (``PRE_NORM``): LLaMA, Qwen2, Mistral, Qwen3, Phi-3,
+            OLMo 2, GPT-NeoX, GPT-2, Gemma, Gemma 2, Gemma 3 (text), OPT with
+            ``do_layer_norm_before=True``, Mixtral and Qwen3-MoE (every expert's ``down_proj``
+            zeroed).
         after: layer indices of the original model (``-1`` inserts before the first layer);
             repeated indices insert several blocks there. ``range(n)`` doubles the depth.
 
@@ -78,6 +108,10 @@ def deepen(model: nn.Module, after: Sequence[int]) -> nn.Module:
     if model_type == "bert":
         raise ValueError("cannot deepen BERT exactly: it is post-norm, where a block with zero branches still applies "
                          "LayerNorm; supported (pre-norm): " + ", ".join(PRE_NORM))
+    if model_type == "opt" and not model.config.do_layer_norm_before:
+        raise ValueError("cannot deepen this OPT exactly: do_layer_norm_before=False makes it post-norm (OPT-350m), "
+                         "where a block with zero branches still applies LayerNorm; pre-norm OPT "
+                         "(do_layer_norm_before=True) is supported")
     if model_type not in PRE_NORM:
         raise ValueError(f"cannot deepen model_type {model_type!r}; supported: {', '.join(PRE_NORM)}")
     prefix, zeroed = PRE_NORM[model_type]
@@ -101,7 +135,7 @@ def deepen(model: nn.Module, after: Sequence[int]) -> nn.Module:
             if m and int(m.group(1)) == src:
                 rest = m.group(2)
                 value = t.detach().clone()
-                if identity and (probing() or rest.rsplit(".", 1)[0] in zeroed):
+                if identity and (probing() or rest in zeroed or rest.rsplit(".", 1)[0] in zeroed):  # a parameter or a module
                     value = torch.zeros_like(value)  # probing: inserted blocks are fresh parameters
                 elif compensate is not None:
                     value = compensate(rest, value, src, j)
@@ -113,4 +147,6 @@ def deepen(model: nn.Module, after: Sequence[int]) -> nn.Module:
         config.num_hidden_layers = len(plan)
         if getattr(config, "layer_types", None) is not None:
             config.layer_types = [config.layer_types[src] for src, _ in plan]
+        if model_type == "qwen3_moe":
+            _dense_layers_follow(model.config, config, plan)
     return build(model, config, new_sd, f"deepening {model_type}")

@@ -1,36 +1,58 @@
-"""Does growth save compute? Small-then-grown against large-from-scratch on tinyshakespeare.
+"""Does growth save compute? Recipes of small-then-grown against large-from-scratch, on tinyshakespeare.
 
-Protocol (one seed, all runs on the same character-level LLaMA-style models):
+Every run is one ``transformers.Trainer.train()`` call on character-level LLaMA-style models,
+the code a user would run: the grown runs carry a :class:`~kexue.growth.callback.GrowthCallback`
+that grows the model at a step, with Adam's state and the learning-rate schedule carried over.
 
-1. the small model (hidden ``d``, ``L`` layers) trains ``small_steps`` steps;
-2. it is grown losslessly, (a) to ``2d`` by :func:`~kexue.growth.widen` (heads copied,
-   zero-sum symmetry-breaking noise) and (b) to ``2L`` layers by
-   :func:`~kexue.growth.depth.deepen`; Adam's state is carried over
-   (:func:`~kexue.growth.optim.transfer_adam_state`) and each grown model trains
-   ``large_steps`` more steps;
-3. each large shape also trains ``large_steps`` steps from scratch.
+Recipes (the small model: hidden ``d``, ``L`` layers; all grown ``× 2`` in one dimension):
 
-Every run uses AdamW, linear warm-up then a constant learning rate (the grown models continue
-at ``grown_lr``, without a second warm-up), the same batch size and context. The validation
-loss is measured on fixed windows every ``eval_every`` steps. FLOPs saved = ``1 − F/F₀`` with
-``F₀`` the scratch run's total FLOPs and ``F`` the FLOPs (small phase included) at which the
-grown run first reaches the scratch run's final validation loss (linear interpolation between
-evaluations).
+============  =================================================================  ====================
+recipe        growth                                                              function-preserving
+============  =================================================================  ====================
+width         :func:`~kexue.growth.widen` to ``2d`` (heads copied, zero-sum        yes
+              noise) after ``small_steps``
+width early   the same after ``small_steps // 2``                                  yes
+depth         :func:`~kexue.growth.deepen`: an identity block after every layer    yes
+stack         the trained layers stacked (layer ``L + i`` copies layer ``i``,      no (a baseline, as
+              G_stack-style, Du et al. 2024)                                       in G_stack)
+============  =================================================================  ====================
+
+The stacking baseline carries Adam's moments through its gather map like the others (each
+copy of a layer starts from its source's moments halved): at a stacked point that is a
+heuristic, not the gradient identity of the function-preserving recipes.
+
+Each large shape (``2d × L`` and ``d × 2L``) also trains ``large_steps`` steps from scratch;
+each grown run trains ``large_steps`` steps after its growth. Every run uses AdamW (β₂ 0.99,
+no weight decay), a linear warm-up then a constant rate (``lr``; from the growth on the grown
+model uses ``grown_lr``, without a second warm-up), the same batch size and context, the same
+data stream per seed. Validation loss is measured on fixed windows every ``eval_every`` steps.
+FLOPs saved = ``1 − F/F₀``: ``F₀`` the scratch run's total FLOPs, ``F`` the FLOPs (small phase
+included) at which the grown run first reaches the scratch run's final validation loss (linear
+interpolation between evaluations).
 """
 
 from __future__ import annotations
 
+import copy
+import re
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
-from kexue.charlm import CharCorpus, TrainLog, train_steps
+from kexue.charlm import CharCorpus, TrainLog, evaluate, flops_per_token
+from kexue.growth._build import build
+from kexue.growth.callback import GrowthCallback
 from kexue.growth.depth import deepen
-from kexue.growth.optim import transfer_adam_state
 from kexue.growth.widen import widen
 
-__all__ = ["GrowthRun", "Settings", "flops_to_reach", "run_experiment"]
+__all__ = ["PUBLISHED", "GrowthRun", "Recipe", "Settings", "flops_to_reach", "recipes", "run_experiment", "stack_layers"]
+
+# FLOPs (or compute) saved as published, for the report beside ours
+PUBLISHED = {"Staged Training (Shen et al. 2022)": 0.22, "bert2BERT (Chen et al. 2022)": 0.45,
+             "LiGO (Wang et al. 2023)": 0.50, "G_stack (Du et al. 2024)": 0.546}
 
 
 @dataclass(frozen=True)
@@ -47,17 +69,58 @@ class Settings:
     warmup: int = 50
     noise: float = 1.0
     eval_every: int = 100
+    eval_windows: int = 256
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A growth recipe: ``grow`` applied after step ``at_step``, compared with the scratch run of ``shape``."""
+
+    name: str
+    shape: str  # "width" or "depth": which large model it becomes
+    at_step: int
+    grow: Callable[[nn.Module], nn.Module]
+    function_preserving: bool
 
 
 @dataclass
 class GrowthRun:
-    operator: str
-    small: TrainLog
-    grown: TrainLog
+    recipe: Recipe
+    grown: TrainLog  # from step 0 (the small phase included)
     scratch: TrainLog
     saved: float | None
     target: float
+
+
+def stack_layers(model: nn.Module) -> nn.Module:
+    """The G_stack-style baseline: twice the layers, layer ``L + i`` a copy of trained layer ``i``.
+    Not function-preserving (each copy reads what the layers below it now produce)."""
+    n = model.config.num_hidden_layers
+    pattern = re.compile(r"^model\.layers\.(\d+)\.(.*)$")
+    state = {}
+    for name, t in model.state_dict().items():
+        m = pattern.match(name)
+        if m is None:
+            state[name] = t.detach().clone()
+            continue
+        for copy_index in range(2):
+            state[f"model.layers.{int(m.group(1)) + copy_index * n}.{m.group(2)}"] = t.detach().clone()
+    config = copy.deepcopy(model.config)
+    config.num_hidden_layers = 2 * n
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = list(config.layer_types) * 2
+    return build(model, config, state, "stacking layers")
+
+
+def recipes(s: Settings) -> list[Recipe]:
+    """The recipes of the module docstring for settings ``s``."""
+    return [
+        Recipe("width", "width", s.small_steps, lambda m: widen(m, 2, noise=s.noise, seed=s.seed), True),
+        Recipe("width early", "width", max(1, s.small_steps // 2), lambda m: widen(m, 2, noise=s.noise, seed=s.seed), True),
+        Recipe("depth", "depth", s.small_steps, lambda m: deepen(m, range(m.config.num_hidden_layers)), True),
+        Recipe("stack (G_stack-style)", "depth", s.small_steps, stack_layers, False),
+    ]
 
 
 def _config(vocab: int, s: Settings, hidden: int, layers: int, heads: int):
@@ -79,44 +142,85 @@ def flops_to_reach(log: TrainLog, target: float) -> float | None:
     return None
 
 
+class _Windows(torch.utils.data.IterableDataset):
+    """Random training windows of the corpus, one seeded stream (``input_ids`` = ``labels``: the
+    model shifts them, so ``context`` characters are predicted per window)."""
+
+    def __init__(self, corpus: CharCorpus, s: Settings, seed: int) -> None:
+        self.corpus, self.s, self.seed = corpus, s, seed
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed)
+        while True:
+            for row in self.corpus.batch(self.s.batch_size, self.s.context, generator):
+                yield {"input_ids": row, "labels": row}
+
+
+def _curve_callback(corpus: CharCorpus, s: Settings, log: TrainLog, on_step: Callable[[], None] | None):
+    """A TrainerCallback recording validation loss against FLOPs (each step's FLOPs from the
+    model that takes the step, so a growth changes the rate from the next step on)."""
+    from transformers import TrainerCallback
+
+    tokens = s.batch_size * s.context
+
+    class Curve(TrainerCallback):
+        flops = 0.0
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            log.add(0, 0.0, evaluate(model, corpus, s.context, s.eval_windows))
+
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            self.flops += tokens * flops_per_token(model.config, s.context)
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if on_step is not None:
+                on_step()
+            if state.global_step % s.eval_every == 0 or state.global_step == state.max_steps:
+                log.add(state.global_step, self.flops, evaluate(model, corpus, s.context, s.eval_windows))
+
+    return Curve()
+
+
+def train_run(model: nn.Module, corpus: CharCorpus, s: Settings, steps: int, seed: int, growth: GrowthCallback | None = None,
+              on_step: Callable[[], None] | None = None) -> TrainLog:
+    """One ``Trainer.train()`` run of ``steps`` steps (with ``growth`` when given): the curve."""
+    from transformers import PrinterCallback, Trainer, TrainingArguments
+
+    log = TrainLog()
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(output_dir=out, max_steps=steps, per_device_train_batch_size=s.batch_size, learning_rate=s.lr,
+                                 lr_scheduler_type="constant_with_warmup", warmup_steps=s.warmup, adam_beta2=0.99,
+                                 weight_decay=0.0, max_grad_norm=0.0, optim="adamw_torch", save_strategy="no",
+                                 logging_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True, seed=seed,
+                                 dataloader_num_workers=0)
+        callbacks = ([growth] if growth is not None else []) + [_curve_callback(corpus, s, log, on_step)]
+        trainer = Trainer(model=model, args=args, train_dataset=_Windows(corpus, s, seed), callbacks=callbacks)
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
+    return log
+
+
+def total_steps(s: Settings) -> int:
+    """Optimizer steps of :func:`run_experiment` (for a progress bar)."""
+    return 2 * s.large_steps + sum(r.at_step + s.large_steps for r in recipes(s))
+
+
 def run_experiment(corpus: CharCorpus, s: Settings, on_step: Callable[[], None] | None = None) -> list[GrowthRun]:
-    """Run the protocol of the module docstring for width and depth growth."""
+    """Run every recipe of :func:`recipes` and the two scratch baselines; one result per recipe."""
     from transformers import LlamaForCausalLM
 
-    def optimizer(model, lr):
-        return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
-
-    def schedule(lr):
-        return lambda step: lr * min(1.0, step / s.warmup)
-
-    def train(model, opt, steps, lr, log=None, flops=0.0, step0=0, seed=0):
-        return train_steps(model, corpus, opt, steps=steps, batch_size=s.batch_size, context=s.context,
-                           generator=torch.Generator().manual_seed(seed), eval_every=s.eval_every, log=log,
-                           flops_offset=flops, step_offset=step0, lr_at=schedule(lr), on_step=on_step)
-
-    torch.manual_seed(s.seed)
-    small = LlamaForCausalLM(_config(corpus.vocab_size, s, s.hidden, s.layers, s.heads))
-    small_opt = optimizer(small, s.lr)
-    small_log = train(small, small_opt, s.small_steps, s.lr, seed=s.seed)
-    operators = {
-        "width": ((2 * s.hidden, s.layers, 2 * s.heads), lambda m: widen(m, 2), lambda m: widen(m, 2, noise=s.noise, seed=s.seed)),
-        "depth": ((s.hidden, 2 * s.layers, s.heads), lambda m: deepen(m, range(s.layers)), lambda m: deepen(m, range(s.layers))),
-    }
-    runs = []
-    for name, (shape, exact_op, op) in operators.items():
+    shapes = {"width": (2 * s.hidden, s.layers, 2 * s.heads), "depth": (s.hidden, 2 * s.layers, s.heads)}
+    scratch = {}
+    for name, shape in shapes.items():
         torch.manual_seed(s.seed + 1)
-        scratch = LlamaForCausalLM(_config(corpus.vocab_size, s, *shape))
-        scratch_log = train(scratch, optimizer(scratch, s.lr), s.large_steps, s.lr, seed=s.seed + 1)
-        grown = op(small)
-        grown_opt = optimizer(grown, s.grown_lr)
-        transfer_adam_state(small_opt, small, grown_opt, grown, exact_op)
-        grown_log = TrainLog()
-        grown_log.add(s.small_steps, small_log.flops[-1], small_log.val_loss[-1])
-        grown_log = train(grown, grown_opt, s.large_steps, s.grown_lr, log=grown_log, flops=small_log.flops[-1],
-                          step0=s.small_steps, seed=s.seed + 1)
-        grown_log.steps = [step - s.small_steps for step in grown_log.steps]
-        target = scratch_log.val_loss[-1]
-        reach = flops_to_reach(grown_log, target)
-        runs.append(GrowthRun(name, small_log, grown_log, scratch_log,
-                              None if reach is None else 1 - reach / scratch_log.flops[-1], target))
+        scratch[name] = train_run(LlamaForCausalLM(_config(corpus.vocab_size, s, *shape)), corpus, s, s.large_steps, s.seed, on_step=on_step)
+    runs = []
+    for recipe in recipes(s):
+        torch.manual_seed(s.seed)
+        small = LlamaForCausalLM(_config(corpus.vocab_size, s, s.hidden, s.layers, s.heads))
+        growth = GrowthCallback(recipe.grow, recipe.at_step, lr_scale=s.grown_lr / s.lr)
+        grown = train_run(small, corpus, s, recipe.at_step + s.large_steps, s.seed, growth, on_step)
+        target = scratch[recipe.shape].val_loss[-1]
+        reach = flops_to_reach(grown, target)
+        runs.append(GrowthRun(recipe, grown, scratch[recipe.shape], None if reach is None else 1 - reach / scratch[recipe.shape].flops[-1], target))
     return runs

@@ -33,6 +33,34 @@ from kexue.growth._build import probe_mode
 __all__ = ["GrowthMap", "transfer_adam_state"]
 
 
+def _check_no_split(index: dict[str, torch.Tensor], scale: dict[str, torch.Tensor], n_small: int) -> None:
+    """Refuse a map in which one small entry feeds several large parameters at different scales.
+
+    Copies within one parameter play one role and receive equal gradients at a grown point.
+    An entry split over two parameters at different scales cannot: ``g̃ = g/(n a)`` would give
+    them gradients in the ratio of their scales, while the true ones depend on how the small
+    model's summed gradient divides between the roles, which the small model does not record.
+    The one such operator: widening an OPT whose tied head cannot take its ``1/k`` (no affine
+    LayerNorm before it) unties the head, embedding ``rep(E)`` and head ``rep(E)/k``. (Equal
+    scales, e.g. the layer-stacking baseline of :mod:`kexue.growth.experiment`, pass through:
+    there ``g/n`` is the chosen heuristic, not an identity.)"""
+    names = list(index)
+    seen = torch.full((n_small,), float("nan"), dtype=torch.float64)  # the scale each source was first seen at
+    owner = torch.full((n_small,), -1, dtype=torch.long)  # ... and in which parameter
+    for i, name in enumerate(names):
+        live = scale[name] > 0
+        sources, a = index[name][live], scale[name][live]
+        earlier = seen[sources]
+        clash = ~torch.isnan(earlier) & ((earlier - a).abs() > 1e-9 * a)
+        if clash.any():
+            other = names[int(owner[sources[clash][0]])]
+            raise ValueError(f"grow splits a parameter of the small model over {other} and {name} at different "
+                             "scales (e.g. an untied head): their gradients are not determined by the small model's, "
+                             "so the Adam state cannot be carried over; give the large model a fresh optimizer")
+        fresh = torch.isnan(earlier)
+        seen[sources[fresh]], owner[sources[fresh]] = a[fresh], i
+
+
 @dataclass
 class GrowthMap:
     """Per new parameter: flat source indices into the concatenated small parameters, scales
@@ -68,6 +96,7 @@ class GrowthMap:
                 raise ValueError(f"grow is not a gather-and-scale map: {name} mixes entries of the small model")
             index[name] = torch.where(fresh, 0, pos.long() - 1)
             scale[name] = a
+        _check_no_split(index, scale, offset)
         copies = torch.zeros(offset, dtype=torch.float64)
         for name in index:
             copies.index_add_(0, index[name][scale[name] > 0], torch.ones(int((scale[name] > 0).sum()), dtype=torch.float64))
@@ -110,7 +139,9 @@ def transfer_adam_state(small_optimizer: torch.optim.Optimizer, small: nn.Module
 
     Raises:
         ValueError: a parameter of ``large`` is not in ``large_optimizer``, the optimizers
-            hold no Adam state, or ``grow`` does not match ``large``.
+            hold no Adam state, ``grow`` does not match ``large``, or ``grow`` splits a small
+            parameter over large ones at different scales (widening an OPT without affine
+            LayerNorms unties its head: see ``_check_no_split``).
     """
     gmap = GrowthMap.probe(small, grow)
     small_params = dict(small.named_parameters())

@@ -1,8 +1,11 @@
 """Parity checks: does the grown model compute the small model's function?
 
-HF's LLaMA-family RMSNorm upcasts to float32 and back, which caps float64 parity at ~1e-7
-whatever the weights; :func:`float64_norms` temporarily computes those norms in the input's
-dtype so that float64 checks test the mathematics (HF's float32 behaviour is unchanged outside).
+HF's LLaMA-family RMSNorm upcasts to float32 and back, Gemma's RMSNorm computes in float32
+(``x.float()``) and the Mixtral/Qwen3-MoE routers take their softmax in float32: each caps
+float64 parity at ~1e-7 whatever the weights, and the experts' default grouped matmul refuses
+float64 outright. :func:`float64_norms` temporarily computes those in the input's dtype (the
+experts by HF's own per-expert loop) so that float64 checks test the mathematics; HF's float32
+behaviour is unchanged, and everything is restored on exit.
 """
 
 from __future__ import annotations
@@ -14,24 +17,67 @@ import torch
 
 __all__ = ["float64_norms", "max_logit_difference", "output_scale"]
 
-_RMS = {"llama": "LlamaRMSNorm", "qwen2": "Qwen2RMSNorm", "mistral": "MistralRMSNorm", "qwen3": "Qwen3RMSNorm", "phi3": "Phi3RMSNorm",
-        "olmo2": "Olmo2RMSNorm"}
-
 
 def _exact_forward(self, hidden: torch.Tensor) -> torch.Tensor:
     variance = hidden.pow(2).mean(-1, keepdim=True)
     return self.weight * (hidden * torch.rsqrt(variance + self.variance_epsilon))
 
 
+def _exact_gemma_forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    """Gemma's ``x / RMS(x) · (1 + w)`` in the input's dtype (HF: in float32)."""
+    return hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + self.eps) * (1.0 + self.weight)
+
+
+def _exact_router_forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mixtral's / Qwen3-MoE's top-k router with the softmax in the input's dtype (HF: in float32)."""
+    logits = torch.nn.functional.linear(hidden.reshape(-1, self.hidden_dim), self.weight)  # (tokens, E)
+    top, index = torch.topk(torch.softmax(logits, dim=-1), self.top_k, dim=-1)  # (tokens, top_k)
+    if getattr(self, "norm_topk_prob", True):  # Mixtral always renormalises; Qwen3-MoE by its config
+        top = top / top.sum(dim=-1, keepdim=True)
+    return logits, top, index
+
+
+def _eager_experts_in_float64(dispatched):
+    """The experts' forward: HF's own per-expert loop for float64 input (the default grouped
+    matmul has no float64 kernel), the configured implementation otherwise."""
+    eager = getattr(dispatched, "__wrapped__", dispatched)  # use_experts_implementation wraps the loop
+
+    def forward(self, hidden: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return (eager if hidden.dtype == torch.float64 else dispatched)(self, hidden, *args, **kwargs)
+
+    return forward
+
+
+def _always(forward):
+    return lambda original: forward
+
+
+# (family, class name) -> (its forward -> the forward it gets inside float64_norms)
+_PATCHES = {("llama", "LlamaRMSNorm"): _always(_exact_forward), ("qwen2", "Qwen2RMSNorm"): _always(_exact_forward),
+            ("mistral", "MistralRMSNorm"): _always(_exact_forward), ("qwen3", "Qwen3RMSNorm"): _always(_exact_forward),
+            ("phi3", "Phi3RMSNorm"): _always(_exact_forward), ("olmo2", "Olmo2RMSNorm"): _always(_exact_forward),
+            ("gemma", "GemmaRMSNorm"): _always(_exact_gemma_forward),
+            ("gemma2", "Gemma2RMSNorm"): _always(_exact_gemma_forward),
+            ("gemma3", "Gemma3RMSNorm"): _always(_exact_gemma_forward),
+            ("mixtral", "MixtralRMSNorm"): _always(_exact_forward),
+            ("mixtral", "MixtralTopKRouter"): _always(_exact_router_forward),
+            ("mixtral", "MixtralExperts"): _eager_experts_in_float64,
+            ("qwen3_moe", "Qwen3MoeRMSNorm"): _always(_exact_forward),
+            ("qwen3_moe", "Qwen3MoeTopKRouter"): _always(_exact_router_forward),
+            ("qwen3_moe", "Qwen3MoeExperts"): _eager_experts_in_float64}
+
+
 @contextlib.contextmanager
 def float64_norms():
-    """Within the block, LLaMA/Qwen2/Mistral/Qwen3/Phi-3/OLMo 2 RMSNorm compute in the input dtype."""
+    """Within the block, the RMSNorms of LLaMA/Qwen2/Mistral/Qwen3/Phi-3/OLMo 2/Mixtral/Gemma 1-3/
+    Qwen3-MoE and the Mixtral/Qwen3-MoE routers compute in the input dtype, and those models'
+    experts run HF's per-expert loop for float64 input."""
     saved = []
-    for family, cls_name in _RMS.items():
+    for (family, cls_name), patch in _PATCHES.items():
         module = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
         cls = getattr(module, cls_name)
         saved.append((cls, cls.forward))
-        cls.forward = _exact_forward
+        cls.forward = patch(cls.forward)
     try:
         yield
     finally:

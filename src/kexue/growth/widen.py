@@ -19,7 +19,14 @@ FFN in (up, gate)      rep both / √k (the activation sees the old    rep (no d
                        SiLU, SwiGLU)
 FFN out (down)         rep both / (k √k)                             rep / √k  (article: b / k)
 untied LM head         rep columns / √k                              unchanged
+MoE router             rep columns / √k (logits kept)                —
 =====================  ===========================================  ==========================
+
+Families whose modules fix something the table assumes free get their own derivation, in
+their map's docstring: Gemma 1-3 (:func:`_gemma`: ``√d`` inside the embedding, ``1 + w``
+norms, a tied head that the embedding's map would otherwise get wrong), OPT (:func:`_opt`:
+LayerNorm ``eps`` fixed in the modules, so the stream is ``rep(h)`` undivided, and the tied
+head's ``1/k`` goes to whatever produces its input), Mixtral (:func:`_mixtral`).
 
 Two ways to widen attention: ``mode="head_dim"`` is the article's (same heads, each ``k`` times
 wider; the ``k^(1/4)`` on q and k restores the ``1/√head_dim`` scale; NOT exact under RoPE,
@@ -45,12 +52,14 @@ import torch
 from torch import nn
 
 from kexue._shared import check_choice, check_int, check_module, check_number, num_layers
-from kexue.growth._build import build, zero_sum_noise
+from kexue.growth._build import build, probing, zero_sum_noise
 
 __all__ = ["SUPPORTED", "widen", "widen_ffn"]
 
-SUPPORTED = ("bert", "gpt2", "llama", "qwen2", "mistral", "qwen3", "olmo2", "phi3", "gpt_neox")
+SUPPORTED = ("bert", "gpt2", "llama", "qwen2", "mistral", "qwen3", "olmo2", "phi3", "gpt_neox", "gemma", "gemma2",
+             "gemma3_text", "opt", "mixtral", "qwen3_moe")
 MODES = ("heads", "head_dim")
+_UNDIVIDED = ("opt",)  # families grown in the undivided stream form rep(h) (LayerNorm eps fixed in the modules)
 
 
 def _rep(t: torch.Tensor, dim: int, k: int) -> torch.Tensor:
@@ -61,19 +70,47 @@ def _tile(t: torch.Tensor, dim: int, k: int) -> torch.Tensor:
     return torch.cat([t] * k, dim=dim)
 
 
+def _spread(w: torch.Tensor, k: int, rows: str | None = None, cols: str | None = None) -> torch.Tensor:
+    """A 2-D weight with its rows and/or columns repeated locally (``"rep"``: ``a a b b``) or
+    tiled (``"tile"``: ``a b a b``) ``k`` times, in ONE new allocation (a broadcast view copied
+    once), so that the caller scales it in place: growing a large checkpoint then holds no
+    temporaries the size of its largest matrices (``kexue bench growth``'s memory bound)."""
+    shape: list[int] = []
+    expanded: list[int] = []
+    for n, how in zip(w.shape, (rows, cols)):
+        shape += {"rep": [n, 1], "tile": [1, n], None: [n]}[how]
+        expanded += {"rep": [n, k], "tile": [k, n], None: [n]}[how]
+    out = (w.shape[0] * (k if rows else 1), w.shape[1] * (k if cols else 1))
+    return w.reshape(shape).expand(expanded).reshape(out)
+
+
 class _Maps:
     """The per-role maps for factor ``k`` (weights in ``(out, in)`` layout).
 
     With ``noise > 0`` every weight that reads the (duplicated) residual stream or duplicated
     units gets zero-sum noise across each group of duplicated input columns: the function is
-    unchanged, the copies' gradients are not (symmetry breaking)."""
+    unchanged, the copies' gradients are not (symmetry breaking).
+
+    Every rule is written for a stream ``rep(h)/σ``: ``σ = √k`` (the article's, the default) or
+    ``σ = 1`` (``divided=False``). A weight with repeated columns reading ``rep(x)/σ`` sums
+    ``k`` equal terms, so it yields ``(k/σ) W x``: a rule's scale is whatever turns that into
+    the form its output needs (e.g. ``σ/k`` for an output that must be the old one, ``1/k``
+    for one that must be ``rep(·)/σ`` again). For ``σ = √k`` these are the table's entries.
+    """
 
     def __init__(self, k: int, mode: str, gelu_fix: bool = True, bias2: str = "sqrt",
-                 noise: float = 0.0, generator: torch.Generator | None = None) -> None:
+                 noise: float = 0.0, generator: torch.Generator | None = None, divided: bool = True) -> None:
         self.k, self.mode, self.gelu_fix, self.bias2 = k, mode, gelu_fix, bias2
         self.s = math.sqrt(k)
         self.q4 = k ** 0.25
+        self.divided = divided
         self.noise, self.generator = noise, generator
+
+    @property
+    def sigma(self) -> float:
+        """σ, the stream's divisor: ``√k`` (``rep(h)/√k``, the article's isometry), or 1 (``rep(h)``
+        undivided: OPT, whose LayerNorm eps is fixed in the modules; rep keeps the variance)."""
+        return self.s if self.divided else 1.0
 
     def _noisy(self, w: torch.Tensor, tiled: bool = False) -> torch.Tensor:
         if not self.noise:
@@ -84,47 +121,48 @@ class _Maps:
 
     # residual-stream vectors and norms
     def stream(self, t: torch.Tensor) -> torch.Tensor:  # (…, d) -> (…, k d)
-        return _rep(t, -1, self.k) / self.s
+        return _rep(t, -1, self.k) / self.sigma
 
     def embedding(self, w: torch.Tensor) -> torch.Tensor:  # (V, d)
-        return _rep(w, 1, self.k) / self.s
+        return _spread(w, self.k, cols="rep").div_(self.sigma)
 
-    def lm_head(self, w: torch.Tensor) -> torch.Tensor:  # (V, d), untied
-        return self._noisy(_rep(w, 1, self.k) / self.s)
+    def lm_head(self, w: torch.Tensor) -> torch.Tensor:  # (V, d), untied; any reader whose output keeps its size
+        return self._noisy(_spread(w, self.k, cols="rep").mul_(self.sigma / self.k))
 
     # attention
     def qk(self, w: torch.Tensor, b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         k = self.k
         if self.mode == "heads":
-            return self._noisy(_tile(_rep(w, 1, k), 0, k) / self.s), None if b is None else _tile(b, 0, k)
-        return (self._noisy(_rep(_rep(w, 1, k), 0, k) / k * self.q4),
-                None if b is None else _rep(b, 0, k) / self.s * self.q4)
+            return self._noisy(_spread(w, k, "tile", "rep").mul_(self.sigma / k)), None if b is None else _tile(b, 0, k)
+        # output rep(q) k^(-1/4): the scores gain k (the repeated sum) over √k (the wider 1/√head_dim)
+        return (self._noisy(_spread(w, k, "rep", "rep").mul_(self.sigma / k).div_(self.q4)),
+                None if b is None else _rep(b, 0, k) / self.q4)
 
     def v(self, w: torch.Tensor, b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         k = self.k
         if self.mode == "heads":
-            return self._noisy(_tile(_rep(w, 1, k), 0, k) / self.s), None if b is None else _tile(b, 0, k)
-        return self._noisy(_rep(_rep(w, 1, k), 0, k) / k), None if b is None else _rep(b, 0, k) / self.s
+            return self._noisy(_spread(w, k, "tile", "rep").mul_(self.sigma / k)), None if b is None else _tile(b, 0, k)
+        return self._noisy(_spread(w, k, "rep", "rep").div_(k)), None if b is None else _rep(b, 0, k) / self.sigma
 
     def o(self, w: torch.Tensor, b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         k = self.k
-        bias = None if b is None else _rep(b, 0, k) / self.s
+        bias = None if b is None else _rep(b, 0, k) / self.sigma
         if self.mode == "heads":  # input: k copies of all heads, side by side (tiled)
-            return self._noisy(_rep(_tile(w, 1, k), 0, k) / (k * self.s), tiled=True), bias
-        return self._noisy(_rep(_rep(w, 1, k), 0, k) / k), bias
+            return self._noisy(_spread(w, k, "rep", "tile").div_(k * self.sigma), tiled=True), bias
+        return self._noisy(_spread(w, k, "rep", "rep").div_(k)), bias
 
     # feed-forward
     def ffn_in(self, w: torch.Tensor, b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         k = self.k
         if not self.gelu_fix:  # the plain linear-layer rule: exact only for homogeneous activations
-            return self._noisy(_rep(_rep(w, 1, k), 0, k) / k), None if b is None else _rep(b, 0, k) / self.s
-        return self._noisy(_rep(_rep(w, 1, k), 0, k) / self.s), None if b is None else _rep(b, 0, k)
+            return self._noisy(_spread(w, k, "rep", "rep").div_(k)), None if b is None else _rep(b, 0, k) / self.sigma
+        return self._noisy(_spread(w, k, "rep", "rep").mul_(self.sigma / k)), None if b is None else _rep(b, 0, k)
 
     def ffn_out(self, w: torch.Tensor, b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         k = self.k
-        scale = k if not self.gelu_fix else k * self.s
-        bias = None if b is None else _rep(b, 0, k) / (self.s if self.bias2 == "sqrt" else k)
-        return self._noisy(_rep(_rep(w, 1, k), 0, k) / scale), bias
+        scale = k if not self.gelu_fix else k * self.sigma
+        bias = None if b is None else _rep(b, 0, k) / (self.sigma if self.bias2 == "sqrt" else k)
+        return self._noisy(_spread(w, k, "rep", "rep").div_(scale)), bias
 
 
 def _linear(maps_fn, sd: dict, prefix: str, new: dict, conv1d: bool = False) -> None:
@@ -160,6 +198,16 @@ _LAYOUT["phi3"] = ("model.layers.{i}.", None, (), "mlp.down_proj", "intermediate
 _FUSED_FFN_IN = {"phi3": "mlp.gate_up_proj"}  # rows: [gate units; up units]
 # GPT-NeoX/Pythia: fused per-head query_key_value (handled in _gpt_neox), GeLU feed-forward
 _LAYOUT["gpt_neox"] = ("gpt_neox.layers.{i}.", None, ("mlp.dense_h_to_4h",), "mlp.dense_4h_to_h", "intermediate_size")
+_LAYOUT["gemma"] = _LAYOUT["gemma2"] = _LAYOUT["gemma3_text"] = _LAYOUT["llama"]
+_LAYOUT["opt"] = ("model.decoder.layers.{i}.", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"),
+                  ("fc1",), "fc2", "ffn_dim")
+# Mixtral: experts are 3-D parameters (E, 2I, d) and (E, d, I), handled in _mixtral and widen_ffn
+_LAYOUT["mixtral"] = ("model.layers.{i}.", _LAYOUT["llama"][1], (), None, "intermediate_size")
+_EXPERTS = {"mixtral": ("mlp.experts.gate_up_proj", "mlp.experts.down_proj"),  # [gate; up] rows per expert, down
+            "qwen3_moe": ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")}
+# Qwen3-MoE: sparse layers as Mixtral's, dense ones (mlp_only_layers, decoder_sparse_step) as LLaMA's
+_LAYOUT["qwen3_moe"] = (*_LAYOUT["mixtral"][:4], "moe_intermediate_size")  # widen_ffn grows the experts
+_EXPERT_SIZE = {"mixtral": "intermediate_size", "qwen3_moe": "moe_intermediate_size"}
 
 
 def _bert_base(sd: dict) -> str:
@@ -177,7 +225,8 @@ def _blocks(m: _Maps, sd: dict, config: Any, new: dict, base: str = "") -> None:
                 _linear(role, sd, p + name, new)
         for name in ffn_in:
             _linear(m.ffn_in, sd, p + name, new, conv1d=conv1d)
-        _linear(m.ffn_out, sd, p + ffn_out, new, conv1d=conv1d)
+        if ffn_out is not None:
+            _linear(m.ffn_out, sd, p + ffn_out, new, conv1d=conv1d)
 
 
 def _stream_ends(m: _Maps, sd: dict, embedding: str, norms: str) -> dict[str, torch.Tensor]:
@@ -226,8 +275,8 @@ def _qwen3(m: _Maps, sd: dict, config: Any) -> dict:
     ``head_dim`` mode would change each norm's width and is refused.
     """
     if m.mode != "heads":
-        raise ValueError("Qwen3 widens in mode='heads' only: mode='head_dim' would widen the per-head q/k norms "
-                         "(and is inexact under RoPE anyway)")
+        raise ValueError(f"{config.model_type} widens in mode='heads' only: mode='head_dim' would widen the per-head q/k "
+                         "norms (and is inexact under RoPE anyway)")
     return _with_qk_norms(m, sd, config, lambda w: w.clone())  # per head: the copies read the old weights
 
 
@@ -309,6 +358,171 @@ def _gpt_neox(m: _Maps, sd: dict, config: Any) -> dict:
     return new
 
 
+def _gemma_norm(m: _Maps, w: torch.Tensor, scale: float) -> torch.Tensor:
+    """Gemma's ``(1 + w)`` RMSNorm weight for an output ``scale · rep(old output)``:
+    ``1 + w' = scale · rep(1 + w)``, so ``w' = scale · rep(w) + (scale - 1)``.
+
+    The map is affine, not linear. Under :func:`~kexue.growth._build.probing` it returns its
+    linear part ``scale · rep(w)``: the derivative ``∂w'/∂w`` is what the gradient map and the
+    Adam-state transfer need, and the probe reads it from a gather-and-scale map."""
+    grown = _rep(w, 0, m.k) * scale
+    return grown if probing() else grown + (scale - 1.0)
+
+
+def _gemma(m: _Maps, sd: dict, config: Any) -> dict:
+    """Gemma, Gemma 2, Gemma 3 (text): LLaMA's maps, with four peculiarities.
+
+    * The embedding is multiplied by ``√d`` inside the model, and by ``√(kd)`` after widening,
+      so the stored ``E'`` must satisfy ``√(kd) E' = rep(√d E)/√k``: ``E' = rep(E)/k``.
+    * RMSNorm multiplies by ``1 + w``. The stream rule (output ``rep(y)/√k``, ``eps/k``) needs
+      ``1 + w' = rep(1 + w)/√k``: ``w' = rep(1 + w)/√k - 1`` (:func:`_gemma_norm`). Gemma 2/3's
+      sandwich norms (``post_attention``, ``pre_feedforward``, ``post_feedforward``) read a
+      branch input or output in the stream form and take the same rule.
+    * The head is tied: ``E'`` (``rep(E)/k``) is also the output matrix. With a final norm in
+      the stream form the logits would be ``rep(h)/√k · rep(E)/k = h·E/√k``: wrong. The final
+      norm therefore outputs ``rep(h)`` (``1 + w' = rep(1 + w)``, i.e. ``w' = rep(w)``), and
+      ``rep(h) · rep(E)/k = h·E``. An untied ``lm_head`` takes the same ``rep/k`` rule, so one
+      final-norm rule serves both.
+    * Gemma 3's q/k norms act per head: as for Qwen3, every head of the grown model is a copy
+      of an old head, q and k are produced ``1/√k`` smaller (``RMS(x/√k; eps/k) = RMS(x; eps)``)
+      and the ``1 + w`` weights are kept.
+
+    Nothing else needs a rule in ``heads`` mode: the head dimension is kept, so the attention
+    scale ``query_pre_attn_scalar^(-1/2)``, the soft-capping of attention and final logits
+    (which see the old scores and logits) and the RoPE bases of each layer type are unchanged.
+    ``head_dim`` mode is refused (inexact under RoPE; its ``k^(1/4)`` assumes a
+    ``1/√head_dim`` scale, which ``query_pre_attn_scalar`` replaces).
+    """
+    if m.mode != "heads":
+        raise ValueError(f"{config.model_type} widens in mode='heads' only (mode='head_dim' is inexact under RoPE, and "
+                         "its attention scale is query_pre_attn_scalar, not head_dim)")
+    if not m.divided:
+        raise ValueError(f"{config.model_type} grows in the divided stream form rep(h)/√k only (its embedding and "
+                         "final-norm rules are derived for it)")
+    new: dict[str, torch.Tensor] = {}
+    for name, t in sd.items():
+        if name == "model.embed_tokens.weight":
+            new[name] = _rep(t, 1, m.k) / m.k
+        elif name == "lm_head.weight":
+            new[name] = m._noisy(_rep(t, 1, m.k) / m.k)
+        elif name == "model.norm.weight":
+            new[name] = _gemma_norm(m, t, 1.0)
+        elif name.endswith(("q_norm.weight", "k_norm.weight")):
+            new[name] = t.clone()
+        elif name.endswith("norm.weight"):
+            new[name] = _gemma_norm(m, t, 1.0 / m.s)
+    _blocks(m, sd, config, new)
+    if any(n.endswith("q_norm.weight") for n in sd):
+        for name in new:
+            if re.search(r"self_attn\.(q|k)_proj\.(weight|bias)$", name):
+                new[name] = new[name] / m.s
+    return new
+
+
+def _opt_head_producer(sd: dict, config: Any) -> str | None:
+    """The affine LayerNorm whose output feeds OPT's tied head, or ``None`` where there is none."""
+    if config.word_embed_proj_dim != config.hidden_size or not config.tie_word_embeddings:
+        return None
+    name = ("model.decoder.final_layer_norm" if config.do_layer_norm_before
+            else f"model.decoder.layers.{num_layers(config) - 1}.final_layer_norm")
+    return name if name + ".weight" in sd else None
+
+
+def _opt(m: _Maps, sd: dict, config: Any) -> dict:
+    """OPT: the undivided stream ``rep(h)`` (``divided=False``, ``σ = 1``), learned positions.
+
+    OPT's LayerNorms are built with torch's default ``eps = 1e-5`` in the modules, not read
+    from the config, so ``eps/k`` is impossible. In the undivided form every LayerNorm input is
+    ``rep(x)``, whose mean and variance are the old ones: the same ``eps`` is exact, and
+    ``γ' = rep(γ)``, ``β' = rep(β)`` (nothing at all with ``layer_norm_elementwise_affine=False``).
+    The other rules follow from ``σ = 1`` (see :class:`_Maps`); in this form the feed-forward
+    activation sees the old pre-activations under either feed-forward rule, and ``head_dim``
+    mode is exact too (no RoPE; q and k carry ``k^(-1/4)``). Token and position embeddings
+    (the offset of 2 is only an index shift: its two extra rows are repeated like the rest)
+    are ``rep(E)``.
+
+    The tied head wants the opposite: the input embedding must be ``rep(E)``, and
+    ``rep(h) · rep(E) = k h·E``. The ``1/k`` goes to whatever produces the head's input:
+
+    * ``word_embed_proj_dim ≠ hidden_size`` (OPT-350m): ``project_out`` maps the stream back to
+      the unwidened embedding width (columns repeated, ``/k``) and ``project_in`` into the
+      stream (rows repeated); the embeddings and the head are not widened at all;
+    * otherwise the last LayerNorm before the head, ``γ' = rep(γ)/k``, ``β' = rep(β)/k``: the
+      decoder's ``final_layer_norm`` in pre-LN models, the last layer's ``final_layer_norm``
+      in post-LN ones (``do_layer_norm_before=False``);
+    * without an affine LayerNorm there (``layer_norm_elementwise_affine=False``) no weight can
+      take it: the grown model's head is untied (``tie_word_embeddings=False``) and holds
+      ``rep(E)/k`` (:func:`_new_config` unties it).
+    """
+    proj = config.word_embed_proj_dim != config.hidden_size
+    producer = _opt_head_producer(sd, config)
+    new: dict[str, torch.Tensor] = {}
+    for name, t in sd.items():
+        if name == "model.decoder.embed_tokens.weight":
+            new[name] = t.clone() if proj else m.embedding(t)
+        elif name == "model.decoder.embed_positions.weight":
+            new[name] = m.embedding(t)
+        elif name == "model.decoder.project_in.weight":  # (hidden, proj): into the stream, rep(x)
+            new[name] = _rep(t, 0, m.k)
+        elif name == "model.decoder.project_out.weight":  # (proj, hidden): out of it, to the old size
+            new[name] = m.lm_head(t)
+        elif name == "lm_head.weight":
+            new[name] = t.clone() if proj else m.lm_head(t) if producer is None else None
+        elif re.search(r"layer_norm\.(weight|bias)$", name):
+            new[name] = m.stream(t) / (m.k if name.rsplit(".", 1)[0] == producer else 1)
+    if new.get("lm_head.weight", 0) is None:
+        del new["lm_head.weight"]  # tied: build() ties it to the grown embedding
+    _blocks(m, sd, config, new)
+    return new
+
+
+def _mixtral(m: _Maps, sd: dict, config: Any) -> dict:
+    """Mixtral: LLaMA's maps for attention and norms; the router and every expert grown.
+
+    The router ``W_r`` (``(E, d)``) reads the stream: columns repeated, ``/√k`` (the untied-head
+    rule), so the router logits, and with them the top-k choice and the weights, are exactly
+    the old ones. Each expert is a SwiGLU feed-forward: its gate and up rows (the halves of
+    ``gate_up_proj[e]``) take the feed-forward-input rule separately, so the grown expert's
+    unit ``j`` keeps gate and up ``kI`` rows apart, and ``down_proj[e]`` the feed-forward-output
+    rule; the mixture ``Σ_e w_e f_e(x)`` is then ``rep(·)/√k`` of the old one. ``head_dim``
+    mode is refused (inexact under RoPE).
+    """
+    if m.mode != "heads":
+        raise ValueError("mixtral widens in mode='heads' only (mode='head_dim' is inexact under its rotary embedding)")
+    new = _stream_ends(m, sd, "embed_tokens.weight", r"(layernorm|norm)\.weight$")
+    _blocks(m, sd, config, new)
+    _moe_layers(m, sd, config, new)
+    return new
+
+
+def _moe_layers(m: _Maps, sd: dict, config: Any, new: dict) -> None:
+    """The feed-forward of every layer: router and experts (:func:`_mixtral`), or a dense
+    SwiGLU (LLaMA's rules) in the layers a Qwen3-MoE config keeps dense."""
+    gate_up, down = _EXPERTS[config.model_type]
+    units = getattr(config, _EXPERT_SIZE[config.model_type])
+    for i in range(num_layers(config)):
+        p = f"model.layers.{i}."
+        if p + gate_up not in sd:  # a dense layer
+            for name in ("mlp.gate_proj", "mlp.up_proj"):
+                _linear(m.ffn_in, sd, p + name, new)
+            _linear(m.ffn_out, sd, p + "mlp.down_proj", new)
+            continue
+        new[p + "mlp.gate.weight"] = m.lm_head(sd[p + "mlp.gate.weight"])
+        new[p + gate_up] = torch.stack([torch.cat([m.ffn_in(w[:units], None)[0], m.ffn_in(w[units:], None)[0]])
+                                        for w in sd[p + gate_up]])
+        new[p + down] = torch.stack([m.ffn_out(w, None)[0] for w in sd[p + down]])
+
+
+def _qwen3_moe(m: _Maps, sd: dict, config: Any) -> dict:
+    """Qwen3-MoE: Qwen3's per-head q/k norms (:func:`_qwen3`: q, k produced ``1/√k`` smaller,
+    norm weights kept; ``heads`` mode only) and Mixtral's router and experts (:func:`_mixtral`),
+    with dense SwiGLU layers where the config keeps them. The router's ``norm_topk_prob``
+    needs nothing: the router logits, so every weight, are the old ones either way."""
+    new = _qwen3(m, sd, config)
+    _moe_layers(m, sd, config, new)
+    return new
+
+
 def _gpt2(m: _Maps, sd: dict, config: Any) -> dict:
     new: dict[str, torch.Tensor] = {}
     d = config.n_embd
@@ -357,8 +571,10 @@ def _bert(m: _Maps, sd: dict, config: Any) -> dict:
     return new
 
 
-_ARCH: dict[str, Callable[[_Maps, dict, Any], dict]] = {"llama": _llama, "qwen2": _llama, "mistral": _llama, "qwen3": _qwen3,
-                                                         "olmo2": _olmo2, "phi3": _phi3, "gpt_neox": _gpt_neox, "gpt2": _gpt2, "bert": _bert}
+_ARCH: dict[str, Callable[[_Maps, dict, Any], dict]] = {
+    "llama": _llama, "qwen2": _llama, "mistral": _llama, "qwen3": _qwen3, "olmo2": _olmo2, "phi3": _phi3,
+    "gpt_neox": _gpt_neox, "gpt2": _gpt2, "bert": _bert, "gemma": _gemma, "gemma2": _gemma, "gemma3_text": _gemma,
+    "opt": _opt, "mixtral": _mixtral, "qwen3_moe": _qwen3_moe}
 
 
 def _new_config(config: Any, k: int, mode: str, scale_eps: bool) -> Any:
@@ -374,6 +590,13 @@ def _new_config(config: Any, k: int, mode: str, scale_eps: bool) -> Any:
         c.hidden_size, c.intermediate_size = config.hidden_size * k, config.intermediate_size * k
         c.num_attention_heads = config.num_attention_heads * k
         c.layer_norm_eps = config.layer_norm_eps / eps_div
+    elif t == "opt":  # undivided stream: LayerNorm eps (fixed in the modules) unchanged
+        c.hidden_size, c.ffn_dim = config.hidden_size * k, config.ffn_dim * k
+        c.num_attention_heads = config.num_attention_heads * (k if mode == "heads" else 1)
+        if config.word_embed_proj_dim == config.hidden_size:
+            c.word_embed_proj_dim = config.word_embed_proj_dim * k
+            if config.tie_word_embeddings and not config.layer_norm_elementwise_affine:
+                c.tie_word_embeddings = False  # no LayerNorm weight can take the head's 1/k: see _opt
     elif t == "bert":
         c.hidden_size = config.hidden_size * k
         c.intermediate_size = config.intermediate_size * k
@@ -389,6 +612,8 @@ def _new_config(config: Any, k: int, mode: str, scale_eps: bool) -> Any:
         else:
             c.head_dim = head_dim * k
         c.rms_norm_eps = config.rms_norm_eps / eps_div
+        if t == "qwen3_moe":
+            c.moe_intermediate_size = config.moe_intermediate_size * k
     return c
 
 
@@ -402,7 +627,12 @@ def widen(model: nn.Module, factor: int, *, mode: str = "heads", noise: float = 
             mode; see :func:`_qwen3` for its per-head q/k norms), OLMo 2 (``heads`` mode, whole-
             projection q/k norms, :func:`_olmo2`), Phi-3 (fused ``qkv_proj`` and
             ``gate_up_proj``, see :func:`_phi3`), GPT-NeoX/Pythia (per-head fused QKV, parallel
-            residual, ``heads`` mode; see :func:`_gpt_neox`).
+            residual, ``heads`` mode; see :func:`_gpt_neox`), Gemma, Gemma 2, Gemma 3 text
+            (``√d`` embedding scale, ``1 + w`` RMSNorms, sandwich norms, soft-capping, per-head
+            q/k norms, ``heads`` mode; see :func:`_gemma`), OPT (pre- and post-LN, with or
+            without ``project_in``/``project_out``, biases and affine LayerNorms; undivided
+            stream, see :func:`_opt`), Mixtral (router and every expert; see :func:`_mixtral`),
+            Qwen3-MoE (``heads`` mode; :func:`_qwen3_moe`).
         factor: integer ``k >= 2``: hidden size, feed-forward size and (``mode="heads"``) the
             number of heads are multiplied by it.
         mode: ``"heads"`` (keep the head dimension, copy heads; exact with RoPE) or
@@ -423,7 +653,10 @@ def widen(model: nn.Module, factor: int, *, mode: str = "heads", noise: float = 
         a plain checkpoint that ``from_pretrained`` loads with no custom code.
 
     Raises:
-        ValueError: unsupported family (the message lists the supported ones) or bad arguments.
+        ValueError: unsupported family (the message lists the supported ones), ``mode="head_dim"``
+            for a family where it cannot be exact (Qwen3, Qwen3-MoE, OLMo 2, GPT-NeoX, Gemma 1-3,
+            Mixtral; LLaMA, Qwen2, Mistral and Phi-3 allow it as the article's documented inexact case), or bad
+            arguments.
     """
     check_module("model", model, hf=True)
     check_int("factor", factor, 2)
@@ -438,6 +671,9 @@ def widen(model: nn.Module, factor: int, *, mode: str = "heads", noise: float = 
 
 def _widen_with(model: nn.Module, maps: _Maps, scale_eps: bool = True) -> nn.Module:
     """The widening with explicit maps (the claims switch single factors through them)."""
+    if model.config.model_type in _UNDIVIDED and maps.divided:
+        maps = copy.copy(maps)
+        maps.divided = False
     sd = {k: v.detach() for k, v in model.state_dict().items()}
     with torch.no_grad():
         new_sd = _ARCH[model.config.model_type](maps, sd, model.config)
@@ -456,7 +692,10 @@ def widen_ffn(model: nn.Module, intermediate_size: int, *, noise: float = 0.0, s
     its input rows (``up``, and ``gate`` for SwiGLU) and bias are copied, and the output
     projection's column of a unit copied ``c`` times is divided by ``c``, so the copies' equal
     activations add up to the old contribution. Exact for any activation (GeLU, SiLU, SwiGLU)
-    and any size ``>= m``, not only multiples; the residual stream is untouched.
+    and any size ``>= m``, not only multiples; the residual stream is untouched. In Mixtral
+    and Qwen3-MoE every expert is grown so (its gate and up halves of ``gate_up_proj`` each
+    copy the units) and the router is untouched; ``intermediate_size`` is then the experts'
+    width (Qwen3-MoE: ``moe_intermediate_size``; its dense layers keep theirs).
 
     Args:
         model: a supported HuggingFace model (``SUPPORTED``).
@@ -496,6 +735,15 @@ def widen_ffn(model: nn.Module, intermediate_size: int, *, noise: float = 0.0, s
             if model_type in _FUSED_FFN_IN:  # [gate; up] stacked: copy each half's units
                 w = sd[p + _FUSED_FFN_IN[model_type] + ".weight"]
                 new[p + _FUSED_FFN_IN[model_type] + ".weight"] = torch.cat([w[:m][index], w[m:][index]])
+            if model_type in _EXPERTS:  # every expert: (E, 2m, d), (E, d, m); dense layers keep their own size
+                if p + _EXPERTS[model_type][0] not in sd:
+                    continue
+                gate_up, down = (p + n for n in _EXPERTS[model_type])
+                w = sd[gate_up]
+                new[gate_up] = torch.cat([w[:, :m][:, index], w[:, m:][:, index]], dim=1)
+                w = sd[down]
+                new[down] = zero_sum_noise(w[..., index] / count[index].to(w.dtype), index, noise, generator).contiguous()
+                continue
             w = sd[p + out + ".weight"]
             w = w.T if conv1d else w  # (d, m)
             w = zero_sum_noise(w[:, index] / count[index].to(w.dtype), index, noise, generator)
