@@ -23,10 +23,9 @@ def _tiny_checkpoint(folder: Path, family: str) -> None:
     import transformers
 
     torch.manual_seed(0)
-    if family == "opt":  # a family kexue does not grow
-        config = transformers.OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2,
-                                        max_position_embeddings=32, word_embed_proj_dim=16)
-        model = transformers.OPTForCausalLM(config)
+    if family == "bloom":  # a family kexue does not grow (ALiBi, fused per-head QKV)
+        config = transformers.BloomConfig(vocab_size=64, hidden_size=16, n_layer=1, n_head=2)
+        model = transformers.BloomForCausalLM(config)
     else:
         config = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                           num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
@@ -53,7 +52,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "no-config").mkdir()
     (root / "bad-config").mkdir()
     (root / "bad-config" / "config.json").write_text("{not json")
-    _tiny_checkpoint(root / "opt", "opt")
+    _tiny_checkpoint(root / "bloom", "bloom")
     _tiny_checkpoint(root / "llama", "llama")
     truncated = root / "llama-truncated"
     truncated.mkdir()
@@ -86,7 +85,7 @@ CASES = [
     ("grow-missing-model", ["grow", "nowhere", "-o", "new-out", "--width", "2"], "nowhere"),
     ("grow-no-config", ["grow", "no-config", "-o", "new-out", "--width", "2"], "no-config has no config.json"),
     ("grow-corrupt-config", ["grow", "bad-config", "-o", "new-out", "--width", "2"], "bad-config"),
-    ("grow-unsupported-family", ["grow", "opt", "-o", "new-out", "--width", "2"], "opt"),
+    ("grow-unsupported-family", ["grow", "bloom", "-o", "new-out", "--width", "2"], "bloom"),
     ("grow-truncated-weights", ["grow", "llama-truncated", "-o", "new-out", "--width", "2"], "llama-truncated"),
     ("grow-out-exists", ["grow", "llama", "-o", "existing", "--width", "2"], "--out existing exists"),
     ("grow-out-under-a-file", ["grow", "llama", "-o", "a-file/out", "--width", "2"], "its parent a-file is not an existing folder"),

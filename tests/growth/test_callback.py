@@ -157,3 +157,53 @@ def test_bad_arguments() -> None:
     with pytest.raises(FileNotFoundError, match="trainer_state.json"):
         GrowthCallback(lambda m: m, 3).model_for_checkpoint(_small(), "/nonexistent")
     copy.deepcopy(GrowthCallback(lambda m: m, 3))  # callbacks are copied by some trainers
+
+
+def _llrd_trainer(model, out, callback):
+    """A Trainer whose optimizer gives each layer its own learning rate (layer-wise decay)."""
+    groups = [{"params": [p for n, p in model.named_parameters() if f"layers.{i}." in n], "lr": 10.0 ** -(i + 2)}
+              for i in range(2)]
+    groups.append({"params": [p for n, p in model.named_parameters() if "layers." not in n and p.requires_grad], "lr": 1e-3})
+    optimizer = torch.optim.AdamW(groups, eps=1e-30, weight_decay=0.0)
+    return Trainer(model=model, args=_args(out), train_dataset=_Rows(_rows()), callbacks=[callback],
+                   optimizers=(optimizer, None))
+
+
+def test_per_layer_learning_rates_and_frozen_parameters_survive_growth(tmp_path) -> None:
+    model = _small()
+    model.model.embed_tokens.weight.requires_grad_(False)
+    frozen = model.model.embed_tokens.weight.detach().clone()
+    trainer = _llrd_trainer(model, tmp_path, GrowthCallback(lambda m: widen(m, 2), at_step=AT))
+    trainer.train()
+    names = {id(p): n for n, p in model.named_parameters()}
+    rates = {names[id(p)]: g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert rates["model.layers.0.mlp.up_proj.weight"] == 1e-2 and rates["model.layers.1.mlp.up_proj.weight"] == 1e-3
+    assert "model.embed_tokens.weight" not in rates and not model.model.embed_tokens.weight.requires_grad
+    assert torch.equal(model.model.embed_tokens.weight, widen(_small(), 2).model.embed_tokens.weight.detach())  # never moved
+    assert frozen.shape[1] * 2 == model.model.embed_tokens.weight.shape[1]
+
+
+def test_an_inserted_layer_whose_role_spans_groups_is_refused_and_nothing_changes(tmp_path) -> None:
+    model = _small()
+    trainer = _llrd_trainer(model, tmp_path, GrowthCallback(lambda m: deepen(m, [0]), at_step=AT))
+    with pytest.raises(ValueError, match="new parameter model.layers.1.*spans several groups"):
+        trainer.train()
+    assert model.config.num_hidden_layers == 2  # the model and the optimizer are as they were
+    held = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert held == {id(p) for p in model.parameters() if p.requires_grad}
+
+
+def test_mixture_of_experts_and_tied_heads_grow_inside_the_trainer(tmp_path) -> None:
+    from kexue.growth import add_experts
+    from kexue.growth.zoo import tiny_model
+
+    moe = tiny_model("mixtral").double()
+    moe.config.output_router_logits = True  # the auxiliary loss reads num_experts from the model: it must follow
+    rows = torch.randint(0, 64, (STEPS * BATCH, 10), generator=torch.Generator().manual_seed(2))
+    Trainer(model=moe, args=_args(tmp_path / "moe"), train_dataset=_Rows(rows),
+            callbacks=[GrowthCallback(lambda m: add_experts(m, 2), AT)]).train()
+    assert moe.num_experts == 8 and moe.config.num_local_experts == 8
+    tied = tiny_model("llama-tied").double()
+    Trainer(model=tied, args=_args(tmp_path / "tied"), train_dataset=_Rows(rows),
+            callbacks=[GrowthCallback(lambda m: widen(m, 2), AT)]).train()
+    assert tied.lm_head.weight is tied.model.embed_tokens.weight and tied.config.hidden_size == 32

@@ -241,7 +241,7 @@ def test_opt_needs_the_undivided_stream() -> None:
         return maps
 
     real_producer = _widen_module._opt_head_producer
-    _widen_module._opt_head_producer = lambda sd, config: None
+    _widen_module._opt_head_producer = lambda config: None
     try:
         broken = _widened_with(small, "opt", divided)
     finally:
@@ -252,16 +252,16 @@ def test_opt_needs_the_undivided_stream() -> None:
 @pytest.mark.parametrize("name", ["opt-pre-ln", "opt-post-ln-tied"])
 def test_opt_tied_head_takes_its_one_over_k_at_the_last_layer_norm(name: str) -> None:
     small = randomized(tiny_model(name))
-    real = _widen_module._opt_head_producer
-    producer = real({n: 0 for n in small.state_dict()}, small.config)
+    producer = _widen_module._opt_head_producer(small.config)
     expected = "model.decoder.final_layer_norm" if name == "opt-pre-ln" else "model.decoder.layers.1.final_layer_norm"
     assert producer == expected
-    _widen_module._opt_head_producer = lambda sd, config: None  # no 1/k anywhere, head still tied
-    try:
-        broken = widen(small, 2)
-    finally:
-        _widen_module._opt_head_producer = real
-    assert _relative(small, broken) > 1e-3
+    large = widen(small, 2)
+    assert large.config.tie_word_embeddings and _relative(small, large) < 1e-12
+    with torch.no_grad():  # undo the 1/k on the head's input: the tied head then reads k h·E
+        norm = large.get_submodule(producer)
+        norm.weight.mul_(2)
+        norm.bias.mul_(2)
+    assert _relative(small, large) > 1e-3
 
 
 def test_opt_without_affine_norms_unties_the_grown_head_and_reloads(tmp_path) -> None:

@@ -2,9 +2,10 @@
 
 * :func:`widen`: hidden size × k (the article's scheme, or by copying heads), for the families
   in ``SUPPORTED`` (BERT, GPT-2, LLaMA, Qwen2, Mistral, Qwen3, OLMo 2, Phi-3, GPT-NeoX, Gemma
-  1-3, OPT, Mixtral); :func:`widen_ffn`: the feed-forward alone (every expert), any size.
+  1-3, OPT, Mixtral, Qwen3-MoE); :func:`widen_ffn`: the feed-forward alone (every expert), any size.
 * :func:`deepen`: identity blocks (pre-norm families, ``PRE_NORM``).
-* :func:`add_experts`: every expert copied, experts per token multiplied (Mixtral).
+* :func:`add_experts`: every expert copied, experts per token multiplied (Mixtral, Qwen3-MoE).
+* :class:`~kexue.growth.callback.GrowthCallback`: grow inside one ``Trainer.train()`` run.
 * :mod:`kexue.growth.zoo`: a tiny model of every supported family and variant.
 * :func:`transfer_adam_state`: carry Adam's moments through any of these.
 * :mod:`kexue.growth.parity`: the checks; :mod:`kexue.growth.experiment`: the compute-saving run.

@@ -78,6 +78,15 @@ def _embedding_scales_in_weight_dtype(model: nn.Module) -> None:
             module.embed_scale = torch.tensor(scalar, dtype=weight.dtype, device=weight.device)
 
 
+def check_noise(noise: float) -> float:
+    """The symmetry-breaking noise argument: a finite number ``>= 0`` (a relative std)."""
+    from kexue._shared import check_number
+
+    if check_number("noise", noise) < 0:
+        raise ValueError(f"noise={noise!r} must be >= 0 (a relative standard deviation)")
+    return float(noise)
+
+
 def zero_sum_noise(w: torch.Tensor, index: torch.Tensor, scale: float, generator: torch.Generator) -> torch.Tensor:
     """``w`` plus noise along its last axis that sums to zero over each group of columns sharing
     a source ``index`` (columns that read identical inputs): the product with any input whose

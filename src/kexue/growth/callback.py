@@ -6,9 +6,10 @@ in the same run, as if the large model had been there from the start:
 * **the model** is grown by any operator of :mod:`kexue.growth` (or a composition), then
   moved *into the object the Trainer holds*: its submodules, parameters, buffers and config are
   replaced, so every reference the Trainer, accelerate and other callbacks keep stays valid;
-* **the optimizer** keeps its parameter groups (weight decay or not, per-group settings): each
-  new parameter joins the group of the old parameter with the same name (layer indices aside:
-  inserted layers join their role's group). Adam/AdamW moments go through the same maps as
+* **the optimizer** keeps its parameter groups (weight decay or not, per-layer rates): each
+  grown parameter joins the group of the parameter it was grown from (read off the operator's
+  gather-and-scale map, so a layer moved by an insertion keeps its own group), frozen ones stay
+  frozen, and an inserted layer's fresh parameters join their role's group. Adam/AdamW moments go through the same maps as
   the weights (:func:`~kexue.growth.transfer_adam_state`: ``m̃ = m / (n a)``, ``ṽ = v / (n a)²``,
   the state the large model would hold along the grown trajectory); other optimizers start
   the new parameters with empty state;
@@ -50,7 +51,7 @@ require_extra("kexue.growth.callback", "transformers")
 from transformers import TrainerCallback  # noqa: E402
 
 from kexue._shared import check_bool, check_int, check_number  # noqa: E402
-from kexue.growth.optim import transfer_adam_state  # noqa: E402
+from kexue.growth.optim import GrowthMap, transfer_adam_state  # noqa: E402
 
 __all__ = ["GrowthCallback"]
 
@@ -65,15 +66,15 @@ def _role(name: str) -> str:
 
 
 def _adopt(model: nn.Module, grown: nn.Module) -> None:
-    """Make ``model`` the grown model in place: its submodules, own parameters, buffers and
-    config become ``grown``'s (hooks registered on ``model`` itself are kept)."""
-    model._modules.clear()
-    model._modules.update(grown._modules)
-    model._parameters.clear()
-    model._parameters.update(grown._parameters)
-    model._buffers.clear()
-    model._buffers.update(grown._buffers)
-    model.config = grown.config
+    """Make ``model`` the grown model in place: its submodules, own parameters, buffers, config
+    and the public attributes HF models copy from the config in ``__init__`` (``num_experts``,
+    ``vocab_size``, ...) become ``grown``'s; hooks registered on ``model`` itself are kept."""
+    for registry in ("_modules", "_parameters", "_buffers"):
+        getattr(model, registry).clear()
+        getattr(model, registry).update(getattr(grown, registry))
+    for name, value in vars(grown).items():
+        if not name.startswith("_") and name != "training":
+            setattr(model, name, value)
 
 
 def _unwrap(obj, attribute: str):
@@ -81,22 +82,36 @@ def _unwrap(obj, attribute: str):
     return getattr(obj, attribute, obj)
 
 
-def _regroup(optimizer: torch.optim.Optimizer, small: nn.Module, large: nn.Module) -> None:
-    """Replace every group's parameters by the large model's, matching roles by name."""
-    group_of = {}
-    for name, p in small.named_parameters():
-        for g, group in enumerate(optimizer.param_groups):
-            if any(p is q for q in group["params"]):
-                group_of[_role(name)] = g
-    new_params: list[list[nn.Parameter]] = [[] for _ in optimizer.param_groups]
+def _new_groups(optimizer: torch.optim.Optimizer, small: nn.Module, large: nn.Module, gmap: GrowthMap) -> list[list[nn.Parameter]]:
+    """The large model's parameters per optimizer group. A parameter grown from a small one
+    (``gmap.source``: a widened weight, a layer moved by an insertion) joins its source's group
+    and keeps its ``requires_grad``, so per-layer learning rates and frozen weights survive. A
+    fresh one (an inserted layer's) joins its role's group when that role lives in one group,
+    stays frozen where its role is frozen everywhere, and is refused otherwise (which rate
+    would it get?)."""
+    group_of = {id(p): g for g, group in enumerate(optimizer.param_groups) for p in group["params"]}
+    small_params = dict(small.named_parameters())
+    roles: dict[str, set[int]] = {}
+    for name, p in small_params.items():
+        if id(p) in group_of:
+            roles.setdefault(_role(name), set()).add(group_of[id(p)])
+    trainable_roles = {_role(n) for n, p in small_params.items() if p.requires_grad}
+    groups: list[list[nn.Parameter]] = [[] for _ in optimizer.param_groups]
     for name, p in large.named_parameters():
-        if not p.requires_grad:
-            continue
-        if _role(name) not in group_of:
-            raise ValueError(f"the grown model's parameter {name} has no counterpart in the optimizer's groups")
-        new_params[group_of[_role(name)]].append(p)
-    for group, params in zip(optimizer.param_groups, new_params):
-        group["params"] = params
+        source = gmap.source(name)
+        if source is not None:
+            p.requires_grad_(small_params[source].requires_grad)
+            if id(small_params[source]) in group_of:
+                groups[group_of[id(small_params[source])]].append(p)
+        elif _role(name) not in trainable_roles:
+            p.requires_grad_(False)
+        elif len(roles.get(_role(name), ())) == 1:
+            groups[next(iter(roles[_role(name)]))].append(p)
+        else:
+            where = "no optimizer group holds its role" if _role(name) not in roles else "its role spans several groups"
+            raise ValueError(f"the grown model's new parameter {name}: {where} ({_role(name)}); give the Trainer an optimizer "
+                             "whose groups hold each role once, or grow with an operator that adds no parameters")
+    return groups
 
 
 class GrowthCallback(TrainerCallback):
@@ -138,26 +153,43 @@ class GrowthCallback(TrainerCallback):
         return control
 
     def grow_in_place(self, model: nn.Module, optimizer=None, lr_scheduler=None) -> None:
-        """Grow ``model`` now, carrying ``optimizer``'s state and ``lr_scheduler``'s rates."""
+        """Grow ``model`` now, carrying ``optimizer``'s groups and state and ``lr_scheduler``'s
+        rates. Everything that can fail (the groups, the Adam-state map) is computed before
+        anything is changed: an error leaves the model and the optimizer as they were."""
         grown = self.grow(model)
+        optimizer = _unwrap(optimizer, "optimizer") if optimizer is not None else None
         if optimizer is not None:
-            self._move_optimizer(_unwrap(optimizer, "optimizer"), model, grown)
-        if lr_scheduler is not None and self.lr_scale != 1.0:
-            self._scale_rates(_unwrap(optimizer, "optimizer") if optimizer is not None else None, _unwrap(lr_scheduler, "scheduler"))
+            gmap = GrowthMap.probe(model, self.grow)
+            groups = _new_groups(optimizer, model, grown, gmap)
+            state = self._new_state(optimizer, model, grown, [p for g in groups for p in g], gmap)
+            old = [p for group in optimizer.param_groups for p in group["params"]]
+            for group, params in zip(optimizer.param_groups, groups):
+                group["params"] = params
+            for p in old:
+                optimizer.state.pop(p, None)
+            optimizer.state.update(state)
+        if self.lr_scale != 1.0:
+            self._scale_rates(optimizer, _unwrap(lr_scheduler, "scheduler") if lr_scheduler is not None else None)
         _adopt(model, grown)
 
-    def _move_optimizer(self, optimizer: torch.optim.Optimizer, small: nn.Module, grown: nn.Module) -> None:
-        old_params = [p for group in optimizer.param_groups for p in group["params"]]
-        old_state = {p: optimizer.state[p] for p in old_params if p in optimizer.state}
-        _regroup(optimizer, small, grown)
-        for p in old_params:
-            optimizer.state.pop(p, None)
-        is_adam = all("exp_avg" in s and "exp_avg_sq" in s for s in old_state.values()) and old_state
-        if self.transfer_optimizer_state and is_adam:
-            transfer_adam_state(_StateView(old_state), small, optimizer, grown, self.grow)
+    def _new_state(self, optimizer: torch.optim.Optimizer, small: nn.Module, grown: nn.Module,
+                   params: list[nn.Parameter], gmap: GrowthMap) -> dict:
+        """The optimizer state of the grown parameters: Adam's moments through the growth map,
+        or nothing (``transfer_optimizer_state=False``, or an optimizer without Adam's state)."""
+        held = [p for group in optimizer.param_groups for p in group["params"]]
+        old = {p: optimizer.state[p] for p in held if p in optimizer.state}
+        adam = [bool(s) and "exp_avg" in s and "exp_avg_sq" in s for s in old.values()]
+        if not self.transfer_optimizer_state or not any(adam):
+            return {}
+        if not all(adam) or len(old) != len(held):
+            raise ValueError("GrowthCallback: some trained parameters hold no Adam state (never updated?); the moments "
+                             "cannot be carried: pass transfer_optimizer_state=False to start them empty")
+        target = _StateView({}, [{"params": params}])
+        transfer_adam_state(_StateView(old), small, target, grown, self.grow, growth_map=gmap)
+        return target.state
 
     def _scale_rates(self, optimizer: torch.optim.Optimizer | None, scheduler) -> None:
-        if hasattr(scheduler, "base_lrs"):
+        if scheduler is not None and hasattr(scheduler, "base_lrs"):
             scheduler.base_lrs = [lr * self.lr_scale for lr in scheduler.base_lrs]
         for group in (optimizer.param_groups if optimizer is not None else []):
             group["lr"] *= self.lr_scale
@@ -171,7 +203,10 @@ class GrowthCallback(TrainerCallback):
         path = Path(checkpoint) / "trainer_state.json"
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint={str(checkpoint)!r}: no trainer_state.json (not a Trainer checkpoint folder)")
-        step = int(json.loads(path.read_text())["global_step"])
+        try:
+            step = int(json.loads(path.read_text())["global_step"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"checkpoint={str(checkpoint)!r}: trainer_state.json has no readable global_step ({exc})") from None
         if step < self.at_step:
             return model
         self.grown_at = self.at_step
@@ -179,7 +214,9 @@ class GrowthCallback(TrainerCallback):
 
 
 class _StateView:
-    """The optimizer state of the small model's parameters, as transfer_adam_state reads it."""
+    """An optimizer's ``state`` (and ``param_groups``) as :func:`transfer_adam_state` reads or
+    writes them: the small model's old state, or the grown state before it is installed."""
 
-    def __init__(self, state: dict) -> None:
+    def __init__(self, state: dict, param_groups: list | None = None) -> None:
         self.state = state
+        self.param_groups = param_groups or []

@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from kexue._shared import check_choice, check_int, check_number, num_layers
+from kexue._shared import check_choice, check_int, num_layers
+from kexue.growth._build import check_noise
 
 __all__ = ["grow_checkpoint"]
 
@@ -69,9 +70,7 @@ def _check(src: Path, dst: Path, width: int, mode: str, depth: int, ffn: int | N
     check_choice("mode", mode, ("heads", "head_dim"))
     if ffn is not None:
         check_int("ffn", ffn, 1)
-    check_number("noise", noise)
-    if noise < 0:
-        raise ValueError(f"noise={noise} must be >= 0")
+    check_noise(noise)
     if width == 1 and depth == 1 and ffn is None and experts == 1:
         raise ValueError("nothing to do: give width >= 2, depth >= 2, experts >= 2 and/or ffn")
     if not (src / "config.json").exists():

@@ -18,7 +18,7 @@ stack         the trained layers stacked (layer ``L + i`` copies layer ``i``,   
 ============  =================================================================  ====================
 
 The stacking baseline carries Adam's moments through its gather map like the others (each
-copy of a layer starts from its source's moments halved): at a stacked point that is a
+copy of a layer starts from its source's moments, ``m/2`` and ``v/4``): at a stacked point that is a
 heuristic, not the gradient identity of the function-preserving recipes.
 
 Each large shape (``2d × L`` and ``d × 2L``) also trains ``large_steps`` steps from scratch;

@@ -35,8 +35,8 @@ import copy
 import torch
 from torch import nn
 
-from kexue._shared import check_int, check_module, check_number, num_layers
-from kexue.growth._build import build, zero_sum_noise
+from kexue._shared import check_int, check_module, num_layers
+from kexue.growth._build import build, check_noise, zero_sum_noise
 
 __all__ = ["MOE", "add_experts"]
 
@@ -82,8 +82,7 @@ def add_experts(model: nn.Module, factor: int, *, noise: float = 0.0, seed: int 
     """
     check_module("model", model, hf=True)
     check_int("factor", factor, 2)
-    if check_number("noise", noise) < 0:
-        raise ValueError(f"noise={noise!r} must be >= 0 (a relative standard deviation)")
+    check_noise(noise)
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in MOE:
         raise ValueError(f"cannot add experts to model_type {model_type!r}; supported: {', '.join(MOE)}")

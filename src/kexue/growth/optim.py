@@ -70,6 +70,7 @@ class GrowthMap:
     scale: dict[str, torch.Tensor]
     count: dict[str, torch.Tensor]
     small_names: list[str]
+    small_sizes: list[int]
 
     @classmethod
     def probe(cls, small: nn.Module, grow: Callable[[nn.Module], nn.Module]) -> GrowthMap:
@@ -101,7 +102,17 @@ class GrowthMap:
         for name in index:
             copies.index_add_(0, index[name][scale[name] > 0], torch.ones(int((scale[name] > 0).sum()), dtype=torch.float64))
         count = {name: copies[index[name]] for name in index}
-        return cls(index, scale, count, names)
+        return cls(index, scale, count, names, [p.numel() for p in small.parameters()])
+
+    def source(self, name: str) -> str | None:
+        """The small parameter that the live entries of the large parameter ``name`` come from
+        (the first one's, for a parameter gathered from several), or None for a fresh one."""
+        live = self.scale[name] > 0
+        if not live.any():
+            return None
+        bounds = torch.cumsum(torch.tensor([0] + self.small_sizes), 0)
+        first = self.index[name][live][:1]
+        return self.small_names[int(torch.bucketize(first, bounds, right=True)) - 1]
 
     def _apply(self, small_tensors: dict[str, torch.Tensor], power: int) -> dict[str, torch.Tensor]:
         flat = torch.cat([small_tensors[n].detach().flatten().double() for n in self.small_names])
@@ -121,7 +132,8 @@ class GrowthMap:
 
 
 def transfer_adam_state(small_optimizer: torch.optim.Optimizer, small: nn.Module, large_optimizer: torch.optim.Optimizer,
-                        large: nn.Module, grow: Callable[[nn.Module], nn.Module]) -> GrowthMap:
+                        large: nn.Module, grow: Callable[[nn.Module], nn.Module], *,
+                        growth_map: GrowthMap | None = None) -> GrowthMap:
     """Fill ``large_optimizer``'s state (Adam / AdamW) from ``small_optimizer``'s.
 
     Args:
@@ -133,21 +145,22 @@ def transfer_adam_state(small_optimizer: torch.optim.Optimizer, small: nn.Module
         large: the grown model, ``grow(small)`` (possibly with symmetry-breaking noise).
         grow: the operator that produced ``large`` from ``small``, e.g.
             ``lambda m: widen(m, 2)``; it is re-run on float64 probes (noise is ignored).
+        growth_map: ``GrowthMap.probe(small, grow)`` when the caller has it already (the probe
+            is not run again).
 
     Returns:
         The :class:`GrowthMap` used (reusable for further transfers of the same growth).
 
     Raises:
-        ValueError: a parameter of ``large`` is not in ``large_optimizer``, the optimizers
-            hold no Adam state, ``grow`` does not match ``large``, or ``grow`` splits a small
+        ValueError: a trainable parameter of ``large`` is not in ``large_optimizer``, a trainable
+            parameter of ``small`` holds no Adam state (frozen ones need none: their moments count
+            as zero and their grown copies stay frozen without state), ``grow`` does not match ``large``, or ``grow`` splits a small
             parameter over large ones at different scales (widening an OPT without affine
             LayerNorms unties its head: see ``_check_no_split``).
     """
-    gmap = GrowthMap.probe(small, grow)
+    gmap = growth_map if growth_map is not None else GrowthMap.probe(small, grow)
     small_params = dict(small.named_parameters())
-    states = [small_optimizer.state.get(p, {}) for p in small_params.values()]
-    if not all("exp_avg" in s and "exp_avg_sq" in s for s in states):
-        raise ValueError("small_optimizer holds no Adam state for every parameter of small (take at least one step first)")
+    states = _adam_states(small_optimizer, small_params)
     in_large_opt = {id(p) for group in large_optimizer.param_groups for p in group["params"]}
     large_params = dict(large.named_parameters())
     if set(large_params) != set(gmap.scale):
@@ -161,6 +174,8 @@ def transfer_adam_state(small_optimizer: torch.optim.Optimizer, small: nn.Module
     steps = torch.tensor([float(s["step"]) for s in states])
     bounds = torch.cumsum(torch.tensor([0] + [t.numel() for t in small_params.values()]), 0)
     for name, p in large_params.items():
+        if not p.requires_grad:
+            continue  # frozen: no optimizer state
         if id(p) not in in_large_opt:
             raise ValueError(f"large_optimizer does not hold parameter {name}")
         if p.numel() != gmap.scale[name].numel():
@@ -170,10 +185,30 @@ def transfer_adam_state(small_optimizer: torch.optim.Optimizer, small: nn.Module
         # a wholly fresh parameter starts at step 0; otherwise the step of its source
         owner = torch.bucketize(src, bounds, right=True) - 1
         step = float(steps[owner].max()) if live.any() else 0.0
-        template = states[0]["step"]
+        template = next(st["step"] for st in states if st.get("trained"))
         state = {"step": torch.tensor(step, dtype=template.dtype, device=template.device) if torch.is_tensor(template) else step,
                  "exp_avg": m[name].view_as(p).to(p.device, p.dtype), "exp_avg_sq": v[name].view_as(p).to(p.device, p.dtype)}
         if vmax is not None:
             state["max_exp_avg_sq"] = vmax[name].view_as(p).to(p.device, p.dtype)
         large_optimizer.state[p] = state
     return gmap
+
+
+def _adam_states(optimizer, params: dict[str, nn.Parameter]) -> list[dict]:
+    """Each small parameter's Adam state; a frozen parameter without state gets zero moments
+    at step 0 (it never moved). ``trained`` marks the states that came from the optimizer."""
+    states = []
+    for name, p in params.items():
+        state = optimizer.state.get(p, {})
+        if "exp_avg" in state and "exp_avg_sq" in state:
+            states.append({**state, "trained": True})
+        elif not p.requires_grad:
+            states.append({"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p), "step": 0.0})
+        else:
+            raise ValueError(f"small_optimizer holds no Adam state for {name} (take at least one step first, or freeze it)")
+    if not any(st.get("trained") for st in states):
+        raise ValueError("small_optimizer holds no Adam state for any parameter of small (take at least one step first)")
+    if any("max_exp_avg_sq" in st for st in states):  # amsgrad
+        for st in states:
+            st.setdefault("max_exp_avg_sq", torch.zeros_like(st["exp_avg_sq"]))
+    return states

@@ -51,8 +51,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kexue._shared import check_choice, check_int, check_module, check_number, num_layers
-from kexue.growth._build import build, probing, zero_sum_noise
+from kexue._shared import check_choice, check_int, check_module, num_layers
+from kexue.growth._build import build, check_noise, probing, zero_sum_noise
 
 __all__ = ["SUPPORTED", "widen", "widen_ffn"]
 
@@ -419,13 +419,18 @@ def _gemma(m: _Maps, sd: dict, config: Any) -> dict:
     return new
 
 
-def _opt_head_producer(sd: dict, config: Any) -> str | None:
-    """The affine LayerNorm whose output feeds OPT's tied head, or ``None`` where there is none."""
+def _opt_head_producer(config: Any) -> str | None:
+    """The affine LayerNorm whose output feeds OPT's tied head (it takes the head's ``1/k``), or
+    ``None`` where there is none: a projection, an untied head, no affine LayerNorms, or a
+    pre-LN decoder without its final LayerNorm (``_remove_final_layer_norm``). One predicate
+    for the weights (:func:`_opt`) and the config (:func:`_new_config` unties the head then)."""
     if config.word_embed_proj_dim != config.hidden_size or not config.tie_word_embeddings:
         return None
-    name = ("model.decoder.final_layer_norm" if config.do_layer_norm_before
-            else f"model.decoder.layers.{num_layers(config) - 1}.final_layer_norm")
-    return name if name + ".weight" in sd else None
+    if not config.layer_norm_elementwise_affine:
+        return None
+    if config.do_layer_norm_before:
+        return None if getattr(config, "_remove_final_layer_norm", False) else "model.decoder.final_layer_norm"
+    return f"model.decoder.layers.{num_layers(config) - 1}.final_layer_norm"
 
 
 def _opt(m: _Maps, sd: dict, config: Any) -> dict:
@@ -450,12 +455,13 @@ def _opt(m: _Maps, sd: dict, config: Any) -> dict:
     * otherwise the last LayerNorm before the head, ``γ' = rep(γ)/k``, ``β' = rep(β)/k``: the
       decoder's ``final_layer_norm`` in pre-LN models, the last layer's ``final_layer_norm``
       in post-LN ones (``do_layer_norm_before=False``);
-    * without an affine LayerNorm there (``layer_norm_elementwise_affine=False``) no weight can
-      take it: the grown model's head is untied (``tie_word_embeddings=False``) and holds
+    * without an affine LayerNorm there (``layer_norm_elementwise_affine=False``, or a pre-LN
+      decoder built with ``_remove_final_layer_norm``) no weight can take it: the grown
+      model's head is untied (``tie_word_embeddings=False``) and holds
       ``rep(E)/k`` (:func:`_new_config` unties it).
     """
     proj = config.word_embed_proj_dim != config.hidden_size
-    producer = _opt_head_producer(sd, config)
+    producer = _opt_head_producer(config)
     new: dict[str, torch.Tensor] = {}
     for name, t in sd.items():
         if name == "model.decoder.embed_tokens.weight":
@@ -595,7 +601,7 @@ def _new_config(config: Any, k: int, mode: str, scale_eps: bool) -> Any:
         c.num_attention_heads = config.num_attention_heads * (k if mode == "heads" else 1)
         if config.word_embed_proj_dim == config.hidden_size:
             c.word_embed_proj_dim = config.word_embed_proj_dim * k
-            if config.tie_word_embeddings and not config.layer_norm_elementwise_affine:
+            if config.tie_word_embeddings and _opt_head_producer(config) is None:
                 c.tie_word_embeddings = False  # no LayerNorm weight can take the head's 1/k: see _opt
     elif t == "bert":
         c.hidden_size = config.hidden_size * k
@@ -665,7 +671,7 @@ def widen(model: nn.Module, factor: int, *, mode: str = "heads", noise: float = 
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in _ARCH:
         raise ValueError(f"cannot widen model_type {model_type!r}; supported: {', '.join(SUPPORTED)}")
-    _check_noise(noise)
+    check_noise(noise)
     return _widen_with(model, _Maps(factor, mode, gelu_fix, bias2, noise, torch.Generator().manual_seed(seed)), scale_eps)
 
 
@@ -679,10 +685,6 @@ def _widen_with(model: nn.Module, maps: _Maps, scale_eps: bool = True) -> nn.Mod
         new_sd = _ARCH[model.config.model_type](maps, sd, model.config)
     return build(model, _new_config(model.config, maps.k, maps.mode, scale_eps), new_sd, f"widening {model.config.model_type}")
 
-
-def _check_noise(noise: float) -> None:
-    if check_number("noise", noise) < 0:
-        raise ValueError(f"noise={noise!r} must be >= 0 (a relative standard deviation)")
 
 
 def widen_ffn(model: nn.Module, intermediate_size: int, *, noise: float = 0.0, seed: int = 0) -> nn.Module:
@@ -710,7 +712,7 @@ def widen_ffn(model: nn.Module, intermediate_size: int, *, noise: float = 0.0, s
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in _LAYOUT:
         raise ValueError(f"cannot widen the feed-forward of model_type {model_type!r}; supported: {', '.join(SUPPORTED)}")
-    _check_noise(noise)
+    check_noise(noise)
     prefix, _, ins, out, field = _LAYOUT[model_type]
     config = copy.deepcopy(model.config)
     m = getattr(config, field, None)

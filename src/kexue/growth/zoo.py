@@ -110,12 +110,13 @@ def _gemma3() -> nn.Module:
                          "full_attention": {"rope_type": "default", "rope_theta": 10000.0}}))
 
 
-def _opt(pre_ln: bool, proj: int = 16, affine: bool = True, bias: bool = True) -> nn.Module:
+def _opt(pre_ln: bool, proj: int = 16, affine: bool = True, bias: bool = True, final_norm: bool = True) -> nn.Module:
     from transformers import OPTConfig, OPTForCausalLM
 
     return OPTForCausalLM(OPTConfig(vocab_size=64, hidden_size=16, ffn_dim=24, num_hidden_layers=2, num_attention_heads=4,
                                     max_position_embeddings=32, word_embed_proj_dim=proj, do_layer_norm_before=pre_ln,
-                                    layer_norm_elementwise_affine=affine, enable_bias=bias))
+                                    layer_norm_elementwise_affine=affine, enable_bias=bias,
+                                    _remove_final_layer_norm=not final_norm))
 
 
 def _mixtral() -> nn.Module:
@@ -155,6 +156,8 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[str, ...]]] = {
     "opt-post-ln-proj": (lambda: _opt(False, proj=8), ("widen-heads", "widen-head_dim", "widen_ffn")),  # OPT-350m's shape
     "opt-post-ln-tied": (lambda: _opt(False), ("widen-heads", "widen_ffn")),
     "opt-no-bias-no-affine": (lambda: _opt(True, affine=False, bias=False), ("widen-heads", "widen_ffn", "deepen")),
+    # pre-LN without the decoder's final LayerNorm (OPT-350m's converted checkpoints): the tied head is untied
+    "opt-pre-ln-no-final-norm": (lambda: _opt(True, final_norm=False), ("widen-heads", "widen_ffn", "deepen")),
     "mixtral": (_mixtral, ("widen-heads", "widen_ffn", "deepen", "add_experts")),
     "qwen3-moe-dense-layer": (_qwen3_moe, ("widen-heads", "widen_ffn", "deepen", "add_experts")),
 }
