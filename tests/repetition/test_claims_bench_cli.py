@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from kexue.cli import main
 from kexue.report.bench import Bench
@@ -12,12 +13,24 @@ from kexue.repetition import benchmark, claims
 
 
 def test_measure_and_bigram_claims(run_claims) -> None:
-    got = run_claims(claims.SUITE, claims.measure, claims.bigram).by_id
+    got = run_claims(claims.SUITE, claims.measure, claims.bigram, claims.estimator).by_id
     assert [i for i, c in got.items() if c.status == "fail"] == []
     assert got["repetition.closed_form"].measured["max relative difference"] <= 1e-10
     order = got["repetition.order_char"].measured
     assert str(order["greedy"]["R"]) == "inf" and order["topk=5"]["R"] > order["topp=0.9"]["R"] > order["sample"]["R"]
     assert got["repetition.proven_bounds"].measured["violations"] == 0
+    errors = got["repetition.estimate_error"].measured
+    assert errors["worst relative error"] <= 0.01 and len(errors) > 4
+
+
+@pytest.mark.slow
+def test_real_model_claims(run_claims) -> None:
+    got = run_claims(claims.SUITE, claims.char_gpt).by_id
+    order = got["repetition.real_model_order"].measured
+    assert set(order) >= {"greedy+dry", "sample+dry"} and str(order["greedy"]["R (model's P)"]) == "inf"
+    assert order["greedy+dry"]["R (model's P)"] < float("inf")  # DRY makes greedy's R finite
+    assert -1 <= order["Spearman(R model P, loop rate)"] <= 1
+    assert abs(sum(v["share of loop tokens"] for v in got["repetition.inflow"].measured["top tokens"].values())) <= 1
 
 
 def test_quick_benchmark_meets_accuracy_and_agrees_with_python() -> None:
@@ -26,6 +39,8 @@ def test_quick_benchmark_meets_accuracy_and_agrees_with_python() -> None:
         case(bench)  # raises if the vectorised metrics disagree with the plain-Python ones
     ratios = {r.id: r for r in bench.ratios}
     assert ratios["repetition.estimate_rel_error"].value <= 0.02
+    assert ratios["repetition.estimate_worst_rel_error"].value <= 0.01
+    assert ratios["repetition.estimate_seconds_50k"].value > 0 and ratios["repetition.dry_overhead"].value > 0
     P = benchmark.topk_matrix(300)
     assert np.allclose(P.sum(axis=1), 1) and P.nnz <= 300 * 40
 

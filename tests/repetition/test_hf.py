@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessorList, StoppingCriteriaList
 
@@ -68,3 +69,85 @@ def test_transition_matrix_from_a_causal_lm() -> None:
     mask = seqs == t
     assert abs(P[t] - probs[mask].mean(0).numpy()).max() < 1e-12
     assert 0 < exact_r(P) < float("inf")
+
+
+def test_loop_criteria_equal_the_vllm_and_article_definitions_step_by_step() -> None:
+    import random
+
+    from kexue.repetition.hooks_reference import article_repeats, vllm_repeats
+
+    rng = random.Random(0)
+    for _ in range(60):
+        P, B = rng.randint(0, 5), 3
+        T = P + rng.randint(1, 50)
+        rows = []
+        for _ in range(B):
+            s = [rng.randrange(4) for _ in range(T)]
+            if rng.random() < 0.6:
+                k, c = rng.randint(1, 7), rng.randint(0, T - 1)
+                s = s[:c] + (s[c : c + k] * 60)[: T - c]
+            rows.append(s[:T])
+        event, r, hi = rng.choice(["article", "vllm"]), rng.randint(2, 3), rng.randint(1, 8)
+        lo, budget = rng.randint(1, hi), rng.choice([0, 0, 3])
+        crit = LoopStoppingCriteria(P, hi, r, min_period=lo, event=event, loop_budget=budget)
+        rule = vllm_repeats if event == "vllm" else article_repeats
+        spent, stopped = [0] * B, [None] * B
+        x = torch.tensor(rows)
+        for t in range(P + 1, T + 1):
+            got = crit(x[:, :t], None).tolist()
+            for b in range(B):
+                k = rule(rows[b][P:t], hi, lo, r)
+                spent[b] += k > 0
+                if stopped[b] is None and k and spent[b] > budget:
+                    stopped[b] = k
+            assert got == [s is not None for s in stopped]
+        assert [h.period if h else None for h in crit.hits] == stopped
+        fresh = LoopStoppingCriteria(P, hi, r, min_period=lo, event=event, loop_budget=budget)
+        assert fresh(x, None).tolist() == [s is not None for s in stopped]  # rebuilt from the ids: same answer
+
+
+def test_vllm_parameters_and_the_difference_between_the_two_events() -> None:
+    ids = torch.tensor([[9, 1, 2, 1, 2, 1, 2]])  # after the prompt: "1 2" three times, not back at "1"
+    vllm = LoopStoppingCriteria.from_vllm(1, max_pattern_size=4, min_count=3)
+    assert vllm(ids, None).item() and vllm.hits[0].period == 2 and vllm.hits[0].pattern == (1, 2)
+    assert not LoopStoppingCriteria(1, 4, 3)(ids, None).item()  # the article's event needs the closing "1"
+    assert LoopStoppingCriteria(1, 4, 3)(torch.cat([ids, torch.tensor([[1]])], 1), None).item()
+    assert not LoopStoppingCriteria.from_vllm(1, 4, 3, min_pattern_size=3)(ids, None).item()  # period 2 < min size
+    with pytest.raises(ValueError, match="min_count"):
+        LoopStoppingCriteria.from_vllm(0, 4, 1)
+    with pytest.raises(ValueError, match="min_period"):
+        LoopStoppingCriteria(0, 4, 3, min_period=5)
+    with pytest.raises(ValueError, match="event"):
+        LoopStoppingCriteria(0, event="ngram")
+
+
+def test_multi_line_loops_are_found_where_dry_is_blind() -> None:
+    from kexue.repetition.dry import DRYLogitsProcessor
+
+    nl = 0
+    block = [1, 2, 3, 4, 5, nl, 6, 7, 8, 9, nl, 10, 11, 12, 13, 14, 15, nl]  # three lines, period 18
+    dry = DRYLogitsProcessor(1.0, 1.75, 2, breaker_ids=[[nl]])
+    twice = torch.tensor([[20] + block * 2 + block[:4]])
+    many = torch.tensor([[20] + block * 12 + block[:4]])
+    # DRY only sees back to the last newline: the penalty on the next token is the same after 2 or 12 copies
+    assert torch.equal(dry.penalties(twice, 21), dry.penalties(many, 21))
+    assert dry.penalties(many, 21)[0, 5].item() == pytest.approx(1.75**2)  # "1 2 3 4" repeated: 4 − 2 = 2
+    crit = LoopStoppingCriteria(1, max_period=64, min_repeats=3)
+    assert crit(many, None).item() and crit.hits[0].period == len(block)
+    assert crit.hits[0].repeats > 3 and crit.hits[0].start == 1
+
+
+def test_loop_budget_inside_generate_and_the_report() -> None:
+    model = _looping_model()
+    prompt = torch.tensor([[1, 2, 3]])
+    runs = {}
+    for budget in (0, 5):
+        crit = LoopStoppingCriteria(3, max_period=8, min_repeats=3, loop_budget=budget)
+        out = model.generate(prompt, max_new_tokens=80, do_sample=False, pad_token_id=0,
+                             stopping_criteria=StoppingCriteriaList([crit]))
+        runs[budget] = (out, crit.hits[0])
+    (first, hit0), (later, hit5) = runs[0], runs[5]
+    assert later.shape[1] == first.shape[1] + 5  # a greedy loop stays a loop: 5 more tokens, then stop
+    assert torch.equal(later[:, : first.shape[1]], first)
+    assert hit0.spent == 1 and hit5.spent == 6 and hit0.period == hit5.period == tail_loop_period(first, 3, 8, 3).item()
+    assert hit0.pattern == tuple(first[0, -hit0.period :].tolist()) and hit0.end == first.shape[1] - 1

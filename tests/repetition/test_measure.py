@@ -101,3 +101,109 @@ def test_bad_inputs_are_named() -> None:
     with pytest.raises(ValueError, match="unknown rule"):
         parse_decodings("beam=4")
     assert parse_decodings("pure") == [Decoding("sample")]
+
+
+def _random_sparse(n: int, k: int, seed: int) -> sp.csr_array:
+    rng = np.random.default_rng(seed)
+    P = sp.csr_array((rng.random(n * k), (np.repeat(np.arange(n), k), rng.integers(0, n, n * k))), shape=(n, n))
+    P.sum_duplicates()
+    return sp.csr_array(sp.diags_array(1 / np.asarray(P.sum(axis=1)).ravel()) @ P)
+
+
+def test_exact_power_traces_and_blocks() -> None:
+    from kexue.repetition.measure import power_traces
+
+    P = _random_sparse(200, 4, 0)
+    Q = P.multiply(P).tocsr()
+    traces = power_traces(Q)
+    dense = Q.toarray()
+    assert len(traces) > 4
+    assert np.allclose(traces, [np.trace(np.linalg.matrix_power(dense, k)) for k in range(1, len(traces) + 1)], rtol=1e-12, atol=0)
+    assert len(power_traces(Q, budget=1.0)) == 2  # no budget: Tr Q and Tr Q² only
+    # a reducible P (transient tokens, two closed classes): every block solved exactly = dense LU
+    rng = np.random.default_rng(1)
+    D = rng.random((60, 60)) * (rng.random((60, 60)) < 0.15)
+    D[:20, 20:] = 0  # tokens 0..19 never leave: a closed class
+    D[20:40, 40:] = 0
+    D[20:40, :20] = 0  # 20..39 closed too
+    D[np.arange(60), np.arange(60)] += 0.05
+    D /= D.sum(axis=1, keepdims=True)
+    est = estimate_r(sp.csr_array(D))
+    assert est.blocks > 2 and est.stderr == 0 and est.stochastic_tokens == 0
+    assert est.value == pytest.approx(exact_r(D), rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0])
+def test_estimate_reaches_its_error_and_the_error_bar_is_honest(seed: int) -> None:
+    P = _random_sparse(800, 3, seed)  # sparse: many short cycles, a long tail (λ₁ large)
+    r = exact_r(P.toarray())
+    est = estimate_r(P, dense_block=1, seed=seed)  # every block stochastic
+    assert est.converged and est.stochastic_tokens > 0 and est.relative_error <= 0.005
+    assert abs(est.value - r) <= 4 * est.stderr + 1e-12 * r
+    fixed = estimate_r(P, rel_error=None, probes=4, dense_block=1, seed=seed)  # no adaptivity: a wider error bar
+    assert fixed.probes < est.probes and fixed.stderr > est.stderr
+
+
+def test_hutch_plus_plus_beats_hutchinson_on_a_low_rank_tail() -> None:
+    # every row puts 90 % on the same three popular tokens: Q's tail is nearly rank one (the Perron
+    # part), which the sketch takes exactly; plain probes see it only through their variance
+    rng = np.random.default_rng(0)
+    n = 400
+    popular = np.zeros(n)
+    popular[:3] = [0.6, 0.3, 0.1]
+    noise = rng.random((n, n)) * (rng.random((n, n)) < 0.03)
+    noise[np.arange(n), rng.integers(0, n, n)] += 1
+    P = sp.csr_array(0.9 * popular[None, :] + 0.1 * noise / noise.sum(axis=1, keepdims=True))
+    r = exact_r(P.toarray())
+    errors = {m: [abs(estimate_r(P, rel_error=None, probes=16, method=m, dense_block=1, seed=s).value - r) / r for s in range(3)]
+              for m in ("hutch++", "hutchinson")}
+    assert max(errors["hutch++"]) * 100 < min(errors["hutchinson"]) and min(errors["hutchinson"]) > 1e-4
+
+
+def test_inflow_and_perron_vectors() -> None:
+    from kexue.repetition.measure import inflow, perron_vectors
+
+    P = apply_decoding(_random_p(30, 7), "topk=4")
+    Q = P**2
+    lam, v, u = perron_vectors(Q)
+    assert lam == pytest.approx(spectral_radius(P), rel=1e-10)
+    assert np.allclose(Q @ v, lam * v, atol=1e-10) and np.allclose(u @ Q, lam * u, atol=1e-10)
+    flow = inflow(P)
+    assert flow.perron.sum() == pytest.approx(1) and flow.loop_share.sum() == pytest.approx(1)
+    # loop_share is the exact split of R over starting tokens
+    r_i = np.diag(np.linalg.inv(np.eye(30) - Q)) - 1
+    assert np.allclose(flow.loop_share * exact_r(P), r_i, rtol=1e-10)
+    # long loops: (Q^k)_ii / Tr Q^k tends to the Perron share
+    Qk = np.linalg.matrix_power(Q / lam, 400)
+    assert np.allclose(np.diag(Qk) / np.trace(Qk), flow.perron, atol=1e-8)
+
+
+def test_r_with_dry_equals_the_cycle_sum_and_its_limits() -> None:
+    import itertools
+
+    from kexue.repetition.analysis import dry_penalised, r_with_dry
+
+    P = _random_p(3, 2, power=1.0)
+    D = apply_decoding(P, "topk=2")
+    mult, base, allowed = 2.0, 3.0, 2
+    G = {j: dry_penalised(P, "topk=2", mult * base ** (j - allowed)) for j in range(allowed, 9)}
+    brute = 0.0  # the event's probability summed over every cycle w1..wk, second walk penalised
+    for k in range(1, 9):
+        for w in itertools.product(range(3), repeat=k):
+            steps = [(w[j], w[(j + 1) % k]) for j in range(k)]
+            first = np.prod([D[a, b] for a, b in steps])
+            second = np.prod([D[a, b] if j < allowed else G[j][a, b] for j, (a, b) in enumerate(steps, start=1)])
+            brute += first * second
+    assert r_with_dry(P, "topk=2", multiplier=mult, base=base, allowed_length=allowed) == pytest.approx(brute, rel=1e-9)
+    assert r_with_dry(P, "sample", multiplier=1e-9) == pytest.approx(exact_r(P), rel=1e-6)  # no penalty: the plain R
+    g = dry_penalised(P, "sample", 1.0)  # closed form for sampling: p e^-δ / (1 − p + p e^-δ)
+    assert np.allclose(g, P * math.exp(-1) / (1 - P + P * math.exp(-1)))
+    assert math.isfinite(r_with_dry(P, "greedy", multiplier=0.8)) and exact_r(apply_decoding(P, "greedy")) == math.inf
+
+
+def test_analyze_explains_missing_bounds() -> None:
+    from kexue.repetition.analysis import analyze
+
+    rows = {r.rule: r for r in analyze(_random_p(20, 1), parse_decodings("greedy,topk=3"))}
+    assert rows["greedy"].lower == math.inf and rows["greedy"].article_estimate == math.inf and "ζn = 1" in rows["greedy"].note
+    assert math.isfinite(rows["topk=3"].lower) and rows["topk=3"].note == ""

@@ -79,4 +79,6 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(r.rule, f"{r.r:.6g}" + (f" ± {r.r_stderr:.2g}" if r.r_stderr else ""), f"{r.lambda1:.4f}", f"{r.zeta:.4g}",
                       f"{r.lower:.4g}", f"{r.article_estimate:.4g}", f"{r.upper:.4g}")
     console.print(table)
+    for note in dict.fromkeys(f"{r.rule}: {r.note}" for r in rows if r.note):
+        console.print(note, highlight=False)
     return 0

@@ -2,15 +2,17 @@
 vocabularies, repetition metrics and ``generate`` hooks (kexue.fm/archives/8128).
 
 * :mod:`~kexue.repetition.transition`: ``P`` from a corpus, decoding rules applied to ``P``.
-* :mod:`~kexue.repetition.measure`: exact R, series, eigenvalues, bounds, stochastic estimate.
-* :mod:`~kexue.repetition.analysis`: R per rule, simulated decoding, rebalanced encoding.
+* :mod:`~kexue.repetition.measure`: exact R, series, eigenvalues, bounds, the estimate with its
+  error (strongly connected blocks, exact low powers, Hutch++), per-token inflow.
+* :mod:`~kexue.repetition.analysis`: R per rule (DRY included), simulated decoding, rebalanced encoding.
 * :mod:`~kexue.repetition.metrics`: rep-n, seq-rep-n, distinct-n, rep/l, wrep/l, uniq, loops.
-* :mod:`~kexue.repetition.hf`: ``LoopStoppingCriteria``, ``LoopBreakingProcessor``,
-  ``PromptExcludedRepetitionPenalty`` for ``model.generate``.
+* :mod:`~kexue.repetition.hf`: ``LoopStoppingCriteria`` (article's or vLLM's rule, loop budget),
+  ``LoopBreakingProcessor``, ``PromptExcludedRepetitionPenalty`` for ``model.generate``.
+* :mod:`~kexue.repetition.dry`: ``DRYLogitsProcessor``, llama.cpp's DRY for ``model.generate``.
 """
 
-from kexue.repetition.measure import bounds, estimate_r, exact_r
+from kexue.repetition.measure import bounds, estimate_r, exact_r, inflow
 from kexue.repetition.metrics import find_loops, seq_rep_n, summary
 from kexue.repetition.transition import apply_decoding, estimate, parse_decodings
 
-__all__ = ["apply_decoding", "bounds", "estimate", "estimate_r", "exact_r", "find_loops", "parse_decodings", "seq_rep_n", "summary"]
+__all__ = ["apply_decoding", "bounds", "estimate", "estimate_r", "exact_r", "find_loops", "inflow", "parse_decodings", "seq_rep_n", "summary"]

@@ -1,9 +1,11 @@
-"""HuggingFace ``generate`` hooks: stop at a loop, break a loop, penalise repeats outside the prompt.
+"""HuggingFace ``generate`` hooks: stop at a loop (with a budget), break a loop, penalise repeats
+outside the prompt. DRY lives in :mod:`kexue.repetition.dry`.
 
-The loop test is the article's event on the tail of each sequence: the last ``(r − 1)k + k + 1``
-tokens have period ``k`` for some ``k ≤ max_period`` (a cycle walked ``r`` times, back at its
-start; ``r = min_repeats``). Only generated tokens count: a prompt that already repeats does
-not trigger it.
+The loop tests look at the tail of each sequence: the article's event (the last ``r k + 1``
+tokens are a cycle of ``k`` tokens walked ``r`` times, back at its start; ``r = min_repeats``)
+or vLLM's (the last ``r k`` tokens are one pattern repeated ``r`` times). Only generated tokens
+count: a prompt that already repeats does not trigger them. :func:`tail_loop_period` is the
+stateless form of the article's test.
 
 .. code-block:: python
 
@@ -17,6 +19,8 @@ not trigger it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from kexue._optional import require_extra
@@ -27,7 +31,7 @@ from transformers import LogitsProcessor, StoppingCriteria  # noqa: E402
 
 from kexue._shared import check_int, check_number  # noqa: E402
 
-__all__ = ["LoopBreakingProcessor", "LoopStoppingCriteria", "PromptExcludedRepetitionPenalty", "tail_loop_period"]
+__all__ = ["LoopBreakingProcessor", "LoopHit", "LoopStoppingCriteria", "PromptExcludedRepetitionPenalty", "tail_loop_period"]
 
 
 def tail_loop_period(ids: torch.Tensor, start: int, max_period: int, min_repeats: int) -> torch.Tensor:
@@ -46,16 +50,130 @@ def tail_loop_period(ids: torch.Tensor, start: int, max_period: int, min_repeats
     return period
 
 
-class LoopStoppingCriteria(StoppingCriteria):
-    """Stop a sequence as soon as its generated tail closes a loop (per-row for batches)."""
+@dataclass(frozen=True)
+class LoopHit:
+    """The loop that stopped a row: its ``period`` and ``pattern`` (the last ``period`` token ids),
+    where the periodic run starts and ends in ``input_ids`` (``end`` = the last token), how many
+    times the pattern has been walked, and the loop tokens spent (tokens generated while a loop
+    held, the budget's count)."""
 
-    def __init__(self, prompt_length: int, max_period: int = 32, min_repeats: int = 3) -> None:
+    row: int
+    period: int
+    pattern: tuple[int, ...]
+    start: int
+    end: int
+    repeats: float
+    spent: int
+
+    def text(self, tokenizer) -> str:
+        """The pattern decoded with ``tokenizer`` (anything with ``decode(ids)``)."""
+        return tokenizer.decode(list(self.pattern))
+
+
+_EVENTS = ("article", "vllm")
+
+
+class LoopStoppingCriteria(StoppingCriteria):
+    """Stop a row when its generated tail loops, optionally after a budget of loop tokens.
+
+    Two loop rules, both on generated tokens only (a prompt that repeats does not count), with
+    periods ``k`` in ``[min_period, max_period]`` and ``r = min_repeats``:
+
+    * ``event="article"`` (default): the article's event, the last ``r k + 1`` tokens are a cycle
+      of ``k`` tokens walked ``r`` times and back at its first token;
+    * ``event="vllm"``: vLLM's repetition detection (``RepetitionDetectionParams``: ``max_pattern_size``,
+      ``min_pattern_size``, ``min_count``; :meth:`from_vllm` takes those names): the last ``r k``
+      tokens are one pattern of ``k`` tokens repeated ``r`` times.
+
+    Both are thresholds on ``run_k``, the number of consecutive latest positions ``t`` with
+    ``x_t = x_{t−k}`` (article: ``run_k ≥ (r − 1)k + 1``; vLLM: ``run_k ≥ (r − 1)k``). The criteria
+    keep ``run_k`` for every ``k ≤ max_period`` and update all of them in one vectorised step per
+    token, so long periods cost little: a loop of several lines (a period of hundreds of tokens)
+    is found like a short one, and nothing resets at a newline (DRY's sequence breakers do, which
+    makes DRY blind to multi-line loops). The smallest firing period is reported.
+
+    ``loop_budget``: how many more tokens a row may generate while a loop holds (counted over all
+    its loops) before it is stopped; 0 stops at the first loop. After ``generate``, ``hits[b]``
+    is the :class:`LoopHit` that stopped row ``b`` (``None`` if it was not stopped by a loop).
+    State is kept between calls of one ``generate`` run; ``input_ids`` that do not extend the
+    previous call's by one token (a new run) start it again from the ids.
+    """
+
+    def __init__(self, prompt_length: int, max_period: int = 32, min_repeats: int = 3, *, min_period: int = 1,
+                 event: str = "article", loop_budget: int = 0) -> None:
+        from kexue._shared import check_choice
+
         self.prompt_length = check_int("prompt_length", prompt_length, 0)
         self.max_period = check_int("max_period", max_period, 1)
         self.min_repeats = check_int("min_repeats", min_repeats, 2)
+        self.min_period = check_int("min_period", min_period, 1)
+        if self.min_period > self.max_period:
+            raise ValueError(f"min_period={min_period!r} must be <= max_period={max_period!r}")
+        self.event = check_choice("event", event, _EVENTS)
+        self.loop_budget = check_int("loop_budget", loop_budget, 0)
+        self._ids: torch.Tensor | None = None
+        self.hits: list[LoopHit | None] = []
+
+    @classmethod
+    def from_vllm(cls, prompt_length: int, max_pattern_size: int, min_count: int, min_pattern_size: int = 0, *,
+                  loop_budget: int = 0) -> LoopStoppingCriteria:
+        """vLLM's parameters and reading of them: ``min_pattern_size <= 0`` means 1; vLLM turns the
+        check off for ``max_pattern_size <= 0`` or ``min_count < 2``, which here is an error
+        (leave the criteria out instead)."""
+        check_int("max_pattern_size", max_pattern_size, 1)
+        check_int("min_count", min_count, 2)
+        if isinstance(min_pattern_size, bool) or not isinstance(min_pattern_size, int):
+            raise ValueError(f"min_pattern_size={min_pattern_size!r} must be an integer")
+        return cls(prompt_length, max_pattern_size, min_count, min_period=max(min_pattern_size, 1), event="vllm",
+                   loop_budget=loop_budget)
+
+    def _threshold(self) -> torch.Tensor:
+        k = torch.arange(1, self.max_period + 1)
+        return (self.min_repeats - 1) * k + (1 if self.event == "article" else 0)
+
+    def _reset(self, B: int, device) -> None:
+        self._run = torch.zeros(B, self.max_period, dtype=torch.long, device=device)
+        self._spent = torch.zeros(B, dtype=torch.long, device=device)
+        self._need = self._threshold().to(device)
+        self._need[: self.min_period - 1] = torch.iinfo(torch.long).max  # periods below min_period never fire
+        self.hits = [None] * B
+
+    def _advance(self, ids: torch.Tensor) -> None:
+        """Take in the last token of ``ids``."""
+        e = ids.shape[1] - 1
+        K = self.max_period
+        lag = torch.arange(1, K + 1, device=ids.device)
+        back = ids.index_select(1, (e - lag).clamp(min=0))  # (B, K): x_{e-k}
+        same = (back == ids[:, e : e + 1]) & ((e - lag) >= self.prompt_length)[None]
+        self._run = torch.where(same, self._run + 1, 0)
+        looping = (self._run >= self._need[None]).any(dim=1)
+        self._spent += looping.long()
+        self._ids = ids
+        over = looping & (self._spent > self.loop_budget)
+        for b in over.nonzero().flatten().tolist():
+            if self.hits[b] is None:
+                self.hits[b] = self._hit(ids, b, e)
+
+    def _hit(self, ids: torch.Tensor, b: int, e: int) -> LoopHit:
+        firing = (self._run[b] >= self._need).nonzero().flatten()
+        k = int(firing[0]) + 1
+        run = int(self._run[b, k - 1])
+        pattern = tuple(int(t) for t in ids[b, e - k + 1 : e + 1])
+        return LoopHit(b, k, pattern, e - run - k + 1, e, (run + k) / k, int(self._spent[b]))
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        return tail_loop_period(input_ids, self.prompt_length, self.max_period, self.min_repeats) > 0
+        B, T = input_ids.shape
+        prev = self._ids
+        if prev is not None and prev.device == input_ids.device and prev.shape[0] == B and T == prev.shape[1] + 1 \
+                and torch.equal(input_ids[:, :-1], prev):
+            self._advance(input_ids)
+        elif prev is None or prev.shape != input_ids.shape or not torch.equal(prev, input_ids):
+            self._reset(B, input_ids.device)
+            for t in range(self.prompt_length + 1, T + 1):
+                self._advance(input_ids[:, :t])
+            self._ids = input_ids
+        done = torch.tensor([h is not None for h in self.hits], dtype=torch.bool, device=input_ids.device)
+        return done
 
 
 class LoopBreakingProcessor(LogitsProcessor):

@@ -32,7 +32,7 @@ import scipy.sparse as sp
 
 from kexue.repetition.transition import check_transition
 
-__all__ = ["Bounds", "Estimate", "bounds", "estimate_r", "exact_r", "r_eigen", "r_series", "zeta"]
+__all__ = ["Bounds", "Estimate", "Inflow", "bounds", "estimate_r", "exact_r", "inflow", "perron_vectors", "r_eigen", "r_series", "zeta"]
 
 
 def _q(P):
@@ -41,7 +41,11 @@ def _q(P):
 
 def spectral_radius(P, tol: float = 1e-12, max_iter: int = 100_000) -> float:
     """``λ₁ = ρ(P ∘ P)`` (Perron root; power iteration, exact for small dense matrices)."""
-    Q = _q(P)
+    return _perron_root(_q(P), tol, max_iter)
+
+
+def _perron_root(Q, tol: float = 1e-12, max_iter: int = 100_000) -> float:
+    """``ρ(Q)`` of a non-negative matrix (eigenvalues up to 300, else damped power iteration)."""
     n = Q.shape[0]
     if not sp.issparse(Q) and n <= 300:
         return float(np.abs(np.linalg.eigvals(Q)).max())
@@ -157,41 +161,292 @@ def bounds(P, terms: int = 20, rtol: float = 1e-12) -> Bounds:
 
 @dataclass
 class Estimate:
-    """Stochastic estimate of ``R`` with its standard error."""
+    """An estimate of ``R`` with its standard error (``value ± stderr``).
+
+    ``exact_terms`` is the part computed exactly (every small strongly connected block, and
+    ``Tr Q + Tr Q²`` of the large ones); the rest is the stochastic trace estimate of the large
+    blocks' tails. ``probes``: probe vectors used (all blocks, sketch included); ``terms``: the
+    most powers of ``Q`` summed; ``blocks``: strongly connected components of ``Q``;
+    ``stochastic_tokens``: tokens in blocks estimated stochastically (0: the value is exact);
+    ``converged``: whether the requested relative error was reached.
+    """
 
     value: float
     stderr: float
     probes: int
     terms: int
-    exact_terms: float  # Tr Q + Tr Q² computed exactly
+    exact_terms: float
+    method: str = "hutchinson"
+    blocks: int = 1
+    stochastic_tokens: int = 0
+    converged: bool = True
+
+    @property
+    def relative_error(self) -> float:
+        """``stderr / |value|`` (0 for an exact value)."""
+        return self.stderr / abs(self.value) if self.value and math.isfinite(self.value) else 0.0
+
+    def __float__(self) -> float:
+        return self.value
 
 
-def estimate_r(P, *, probes: int = 64, tol: float = 1e-10, max_terms: int = 10_000, seed: int = 0) -> Estimate:
-    """``R`` for large sparse ``P``: ``Tr Q + Tr Q²`` exactly, the rest of the series
-    ``Σ_{k≥3} Tr Q^k`` by Hutchinson's estimator (Rademacher probes, ``z_iᵀ Q^k z_i``),
-    powers applied until the tail is below ``tol`` relative. The standard error is over probes.
+def _components(Q: sp.csr_array) -> tuple[int, np.ndarray]:
+    from scipy.sparse.csgraph import connected_components
 
-    Needs ``λ₁ < 1`` (``inf`` is returned when the power iteration finds ``λ₁ ≥ 1``)."""
-    from kexue._shared import check_int, check_number
+    return connected_components(Q, directed=True, connection="strong")
 
-    check_int("probes", probes, 2)  # the standard error needs two
-    check_int("max_terms", max_terms, 1)
-    check_number("tol", tol, above=0)
-    n = check_transition(P)
-    Q = _q(sp.csr_array(P) if not sp.issparse(P) else P)
-    if spectral_radius(P) >= 1 - 1e-9:
-        return Estimate(math.inf, 0.0, 0, 0, math.inf)
-    exact = float(Q.diagonal().sum()) + float(Q.multiply(Q.T).sum())
-    rng = np.random.default_rng(seed)
-    Z = rng.choice([-1.0, 1.0], size=(n, probes))
-    V = Q @ (Q @ Z)
-    per_probe = np.zeros(probes)
-    k = 2
+
+def _exact_block(Q: sp.csr_array) -> float:
+    """``Tr[(I − Q)^{-1}] − m`` of one block by dense LU (``inf`` when its Perron root is 1)."""
+    m = Q.shape[0]
+    if _perron_root(Q) >= 1 - 1e-12:
+        return math.inf
+    import scipy.linalg
+
+    inverse = scipy.linalg.solve(np.eye(m) - Q.toarray(), np.eye(m), assume_a="gen", overwrite_a=True, check_finite=False)
+    return float(np.trace(inverse) - m)
+
+
+def _tail(Q: sp.csr_array, V: np.ndarray, first: int, tol: float, max_terms: int) -> tuple[np.ndarray, int]:
+    """``Σ_{k=first}^{K} Q^k V``, powers added until the latest is below ``tol`` (relative, Frobenius)."""
+    W = V
+    for _ in range(first):
+        W = Q @ W
+    S, k = W.copy(), first
     while k < max_terms:
-        V = Q @ V
+        W = Q @ W
+        S += W
         k += 1
-        term = (Z * V).sum(axis=0)
-        per_probe += term
-        if np.abs(term).mean() <= tol * max(abs(exact + per_probe.mean()), 1e-300):
+        if np.linalg.norm(W) <= tol * max(np.linalg.norm(S), 1e-300):
             break
-    return Estimate(exact + float(per_probe.mean()), float(per_probe.std(ddof=1) / math.sqrt(probes)), probes, k, exact)
+    return S, k
+
+
+def power_traces(Q: sp.csr_array, budget: float | None = None, chunk_nnz: float = 4e6, seed: int = 0) -> list[float]:
+    """Exact ``Tr Q^k`` for ``k = 1 … 2M``, with ``M`` as large as a ``budget`` of multiplications
+    per sparse product allows (estimated on a sample of rows; default ``2·10⁷ + 100 nnz(Q)``, about
+    what a hundred probe vectors cost in the stochastic tail, so exact powers are bought where they
+    are cheaper than probes):
+
+    .. math:: \\operatorname{Tr} Q^{a+b} = \\sum_i ⟨(Q^a)_{i,:},\\ ((Qᵀ)^b)_{i,:}⟩,
+
+    so ``Tr Q^{2m+1}`` and ``Tr Q^{2m+2}`` come from rows of ``Q^{m+1}`` and of ``(Qᵀ)^m``,
+    ``(Qᵀ)^{m+1}``, built a chunk of rows at a time (memory stays bounded). ``M ≥ 1``."""
+    n = Q.shape[0]
+    budget = 2e7 + 100 * Q.nnz if budget is None else budget
+    QT = sp.csr_array(Q.T)
+    traces = [float(Q.diagonal().sum()), float(Q.multiply(QT).sum())]
+    per_row = max(Q.nnz, QT.nnz) / max(n, 1)
+    sample = np.random.default_rng(seed).choice(n, size=min(n, 256), replace=False)
+    R, L, depth = Q[sample], QT[sample], 1
+    while depth < 16:
+        grown = max(R.nnz, L.nnz) / len(sample)  # non-zeros a row of Q^depth
+        if grown >= n or n * grown * per_row > budget:  # dense already, or the next product too dear
+            break
+        R, L, depth = R @ Q, L @ QT, depth + 1
+    if depth == 1:
+        return traces
+    traces += [0.0] * (2 * depth - 2)
+    rows = max(1, int(chunk_nnz / max(per_row ** min(depth, 4), 1)))
+    for lo in range(0, n, rows):
+        R, L = Q[lo : lo + rows], QT[lo : lo + rows]
+        for m in range(1, depth):
+            R = sp.csr_array(R @ Q)
+            traces[2 * m] += float(R.multiply(L).sum())  # Tr Q^(2m+1)
+            L = sp.csr_array(L @ QT)
+            traces[2 * m + 1] += float(R.multiply(L).sum())  # Tr Q^(2m+2)
+    return traces
+
+
+class _Block:
+    """One large block: ``Tr Q^k`` exactly for ``k < first`` (:func:`power_traces`), the tail
+    ``Tr Σ_{k≥first} Q^k`` as sketched part + residual probes."""
+
+    def __init__(self, Q: sp.csr_array, method: str, sketch: int, rng: np.random.Generator, tol: float, max_terms: int) -> None:
+        self.Q, self.rng, self.tol, self.max_terms = Q, rng, tol, max_terms
+        traces = power_traces(Q)
+        self.exact, self.first = float(sum(traces)), len(traces) + 1
+        self.values = np.zeros(0)
+        self.low, self.basis, self.terms, self.probes = 0.0, None, 0, 0
+        if method == "hutch++":  # Meyer et al. 2021: the range of A S carries the dominant (Perron) part exactly
+            m = Q.shape[0]
+            Y, self.terms = _tail(Q, self._rademacher(min(sketch, m)), self.first, tol, max_terms)
+            self.basis = np.linalg.qr(Y)[0]  # (m, s)
+            AB, k = _tail(Q, self.basis, self.first, tol, max_terms)
+            self.low = float((self.basis * AB).sum())
+            self.terms, self.probes = max(self.terms, k), 2 * self.basis.shape[1]
+
+    def _rademacher(self, count: int) -> np.ndarray:
+        return self.rng.choice([-1.0, 1.0], size=(self.Q.shape[0], count))
+
+    def add(self, count: int) -> None:
+        G = self._rademacher(count)
+        if self.basis is not None:
+            G -= self.basis @ (self.basis.T @ G)  # probe the residual (I − BBᵀ) A (I − BBᵀ)
+        AG, k = _tail(self.Q, G, self.first, self.tol, self.max_terms)
+        self.values = np.concatenate([self.values, (G * AG).sum(axis=0)])
+        self.terms, self.probes = max(self.terms, k), self.probes + count
+
+    @property
+    def value(self) -> float:
+        return self.exact + self.low + float(self.values.mean())
+
+    @property
+    def variance(self) -> float:  # of the mean
+        return float(self.values.var(ddof=1)) / len(self.values)
+
+
+def estimate_r(P, *, rel_error: float | None = 0.005, probes: int | None = None, max_probes: int = 4096,
+               method: str = "hutch++", dense_block: int = 1000, tol: float = 1e-10, max_terms: int = 10_000,
+               seed: int = 0) -> Estimate:
+    """``R`` for large sparse ``P``, to a requested relative standard error.
+
+    Exact structure first: order the tokens by the strongly connected components of ``Q = P∘P``
+    (the condensation is a DAG, so ``I − Q`` is block-triangular) and
+
+    .. math:: \\operatorname{Tr}(I − Q)^{-1} = \\sum_B \\operatorname{Tr}(I − Q_{BB})^{-1},
+
+    the sum over the diagonal blocks ``Q_BB``: a transient token alone in its block costs
+    ``q/(1 − q)`` (``q = Q_ii``), a block of up to ``dense_block`` tokens one dense LU. A larger
+    block gets ``Tr Q_BB + Tr Q_BB²`` exactly and the tail ``Tr A``, ``A = Σ_{k≥3} Q_BB^k``
+    (powers applied to blocks of vectors until the latest is below ``tol``), stochastically:
+
+    * ``method="hutch++"`` (default; Meyer, Musco, Musco, Woodruff 2021, arXiv 2010.09649):
+      ``Tr A = Tr(Bᵀ A B) + Tr((I − BBᵀ) A (I − BBᵀ))`` with ``B`` an orthonormal basis of ``A S``
+      for ``s`` Rademacher vectors ``S``; the first part is exact given ``B`` and holds the slowly
+      decaying Perron part, the second is estimated with Rademacher probes (unbiased for any
+      square ``A``, as ``Tr((I − BBᵀ) A BBᵀ) = 0``);
+    * ``method="hutchinson"``: plain Rademacher probes ``zᵀ A z`` (Hutchinson 1989).
+
+    The standard error is that of the probe mean (conditional on the sketch, which is what the
+    estimate's error is given the sketch), summed in quadrature over blocks. Probes are added
+    (doubling, to the block with the largest variance) until ``stderr ≤ rel_error · R`` or
+    ``max_probes`` are used; ``rel_error=None`` uses ``probes`` and stops.
+
+    Args:
+        P: row-stochastic ``(n, n)`` matrix, dense or sparse.
+        rel_error: target relative standard error (default 0.5 %), or ``None``.
+        probes: residual probes to start with per large block (default 32; the sketch uses as many).
+        max_probes: cap on residual probes over all blocks.
+        method: ``"hutch++"`` or ``"hutchinson"``.
+        dense_block: blocks up to this size are solved exactly.
+        tol, max_terms: truncation of the power series.
+        seed: seed of the probes.
+
+    Returns:
+        :class:`Estimate`; ``value = inf`` when a block has ``λ₁ ≥ 1`` (a deterministic cycle).
+    """
+    from kexue._shared import check_choice, check_int, check_number
+
+    if probes is not None:
+        check_int("probes", probes, 2)  # the standard error needs two
+    probes = 32 if probes is None else probes
+    check_int("max_probes", max_probes, 2)
+    check_int("max_terms", max_terms, 4)
+    check_int("dense_block", dense_block, 1)
+    check_number("tol", tol, above=0)
+    if rel_error is not None:
+        check_number("rel_error", rel_error, above=0)
+    check_choice("method", method, ("hutch++", "hutchinson"))
+    check_transition(P)
+    Q = _q(sp.csr_array(P) if not sp.issparse(P) else sp.csr_array(P))
+    count, labels = _components(Q)
+    order = np.argsort(labels, kind="stable")
+    sizes = np.bincount(labels, minlength=count)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    diag = Q.diagonal()
+    single = sizes[labels] == 1
+    if (diag[single] >= 1 - 1e-12).any():
+        return Estimate(math.inf, 0.0, 0, 0, math.inf, method, count, 0)
+    exact = float((diag[single] / (1 - diag[single])).sum())
+    rng = np.random.default_rng(seed)
+    large: list[_Block] = []
+    for c in np.flatnonzero(sizes > 1):
+        idx = order[starts[c] : starts[c + 1]]
+        block = sp.csr_array(Q[idx][:, idx])
+        if len(idx) <= dense_block:
+            exact += _exact_block(block)
+        elif _perron_root(block, tol=1e-10) >= 1 - 1e-9:
+            exact = math.inf
+        else:
+            large.append(_Block(block, method, probes, rng, tol, max_terms))
+        if not math.isfinite(exact):
+            return Estimate(math.inf, 0.0, 0, 0, math.inf, method, count, 0)
+    if not large:
+        return Estimate(exact, 0.0, 0, 0, exact, method, count, 0)
+    for b in large:
+        b.add(probes)
+    converged = rel_error is None
+    while rel_error is not None:
+        value = exact + sum(b.value for b in large)
+        variance = sum(b.variance for b in large)
+        if math.sqrt(variance) <= rel_error * abs(value):
+            converged = True
+            break
+        used = sum(len(b.values) for b in large)
+        if used >= max_probes:
+            break
+        worst = max(large, key=lambda b: b.variance)
+        worst.add(min(len(worst.values), max_probes - used))
+    value = exact + sum(b.value for b in large)
+    stderr = math.sqrt(sum(b.variance for b in large))
+    return Estimate(value, stderr, sum(b.probes for b in large), max(b.terms for b in large),
+                    exact + sum(b.exact for b in large), method, count, int(sum(b.Q.shape[0] for b in large)), converged)
+
+
+def perron_vectors(Q, tol: float = 1e-12, max_iter: int = 100_000) -> tuple[float, np.ndarray, np.ndarray]:
+    """``(λ₁, v, u)``: the Perron root of the non-negative ``Q`` and its right and left
+    eigenvectors (``Q v = λ₁ v``, ``uᵀ Q = λ₁ uᵀ``, both ``≥ 0`` with unit sum), by damped power
+    iteration (the damping ``x ← (x + Qx/|Qx|)/2`` also converges on periodic structure)."""
+
+    def iterate(M) -> tuple[float, np.ndarray]:
+        n = M.shape[0]
+        x, lam = np.full(n, 1.0 / n), 0.0
+        for _ in range(max_iter):
+            y = M @ x
+            new = float(y.sum())
+            if new == 0:
+                return 0.0, x
+            y /= new
+            if abs(new - lam) < tol * new and np.abs(y - x).max() < 1e-11:
+                return new, y
+            x, lam = 0.5 * (x + y), new
+        return lam, x
+
+    lam, v = iterate(Q)
+    _, u = iterate(Q.T)
+    return lam, v, u
+
+
+@dataclass
+class Inflow:
+    """Which tokens feed loops (see :func:`inflow`): per-token arrays, each summing to 1."""
+
+    perron: np.ndarray  # u_i v_i / uᵀv: the share of long loops passing through token i
+    loop_share: np.ndarray  # [(I − Q)^{-1}]_ii − 1 over R: token i's exact share of R (dense P only)
+    lambda1: float
+
+
+def inflow(P) -> Inflow:
+    """Per-token loop inflow of the decoder ``P``.
+
+    ``R = Σ_i r_i`` with ``r_i = Σ_k (Q^k)_ii = [(I − Q)^{-1}]_ii − 1``, the probability mass of
+    loops that start (and end) at token ``i``. For long loops ``Q^k ≈ λ₁^k v uᵀ / uᵀv`` (``v``, ``u``
+    the right and left Perron vectors of ``Q = P∘P``), so ``(Q^k)_ii / Tr Q^k → u_i v_i / uᵀv``:
+    the Perron share says which tokens the dominant loop mode runs through (where ``Q``'s mass
+    flows in, ``u``, and out again, ``v``). ``loop_share`` is ``r / R`` exactly (``nan`` when
+    ``R = ∞`` or ``P`` is larger than 5,000).
+    """
+    n = check_transition(P)
+    Q = _q(P)
+    lam, v, u = perron_vectors(Q)
+    weight = u * v
+    perron = weight / weight.sum() if weight.sum() > 0 else np.full(n, np.nan)
+    share = np.full(n, np.nan)
+    if n <= 5000 and lam < 1 - 1e-12:
+        import scipy.linalg
+
+        dense = Q.toarray() if sp.issparse(Q) else Q
+        r = np.diag(scipy.linalg.solve(np.eye(n) - dense, np.eye(n), check_finite=False)) - 1
+        share = r / r.sum()
+    return Inflow(perron, share, lam)
