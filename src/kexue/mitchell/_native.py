@@ -17,17 +17,17 @@ from kexue._native import BACKENDS, FLAGS, NativeLibrary
 from kexue._native import use_native as select
 from kexue._shared import check_choice
 
-__all__ = ["BACKENDS", "available", "check_backend", "matmul", "mul", "use_native"]
+__all__ = ["BACKENDS", "available", "bmm", "check_backend", "matmul", "mul", "use_native"]
 
-_MUL, _MATMUL = "kx_mitchell_mul_f32", "kx_mitchell_matmul_f32"
-_LIBRARY = NativeLibrary("mitchell", Path(__file__).with_name("_mitchell_kernel.c"), [_MUL, _MATMUL],
+_MUL, _MATMUL, _BMM = "kx_mitchell_mul_f32", "kx_mitchell_matmul_f32", "kx_mitchell_bmm_f32"
+_LIBRARY = NativeLibrary("mitchell", Path(__file__).with_name("_mitchell_kernel.c"), [_MUL, _MATMUL, _BMM],
                          flags=[*FLAGS, "-ffp-contract=off"])
-_MODES = {None: 0, "constant": 1, "piecewise": 2}
+_MODES = {None: 0, "constant": 1, "piecewise": 2, "lmul": 1}  # lmul is a constant too
 
 
 def available() -> bool:
     """Whether both entry points are built (building them now if needed) and loadable."""
-    return _LIBRARY.available(_MUL) and _LIBRARY.available(_MATMUL)
+    return all(_LIBRARY.available(s) for s in (_MUL, _MATMUL, _BMM))
 
 
 def check_backend(backend: str) -> None:
@@ -40,19 +40,21 @@ def _unsupported(tensors: tuple[torch.Tensor, ...]) -> str | None:
 
 
 def use_native(backend: str, *tensors: torch.Tensor, op: str = "mul") -> bool:
-    """Whether ``op`` (``"mul"`` or ``"matmul"``) runs in the kernel (see :func:`kexue._native.use_native`)."""
-    return select(_LIBRARY, backend, _MATMUL if op == "matmul" else _MUL, _unsupported(tensors))
+    """Whether ``op`` (``"mul"``, ``"matmul"`` or ``"bmm"``) runs in the kernel (see :func:`kexue._native.use_native`)."""
+    return select(_LIBRARY, backend, {"mul": _MUL, "matmul": _MATMUL, "bmm": _BMM}[op], _unsupported(tensors))
 
 
 @functools.lru_cache(maxsize=None)
 def _correction_args(correction: str | None) -> tuple[int, int, ctypes.Array]:
     """(mode, constant, table) for the kernel; cached: layers call the kernel three times a step."""
-    from kexue.mitchell.correction import constant_correction, piecewise_table
+    from kexue.mitchell.correction import constant_correction, lmul_correction, piecewise_table
 
     table = (ctypes.c_int32 * 64)()
     c = 0
     if correction == "constant":
         c = constant_correction(23)
+    elif correction == "lmul":
+        c = lmul_correction(23)
     elif correction == "piecewise":
         for i, v in enumerate(piecewise_table(23).flatten().tolist()):
             table[i] = v
@@ -82,4 +84,16 @@ def matmul(a: torch.Tensor, b: torch.Tensor, correction: str | None = None) -> t
     mode, c, table = _correction_args(correction)
     _LIBRARY.function(_MATMUL)(_ptr(a), _ptr(b), _ptr(out), ctypes.c_int64(m), ctypes.c_int64(k), ctypes.c_int64(n),
                                            ctypes.c_int(mode), ctypes.c_int32(c), table, ctypes.c_int(max(1, torch.get_num_threads())))
+    return out
+
+
+def bmm(a: torch.Tensor, b: torch.Tensor, correction: str | None = None) -> torch.Tensor:
+    """``(B, M, K) ⊗ (B, K, N)``, each product as :func:`matmul` (finite inputs only)."""
+    a, b = a.contiguous(), b.contiguous()
+    (batch, m, k), n = a.shape, b.shape[2]
+    out = torch.empty(batch, m, n, dtype=torch.float32)
+    mode, c, table = _correction_args(correction)
+    _LIBRARY.function(_BMM)(_ptr(a), _ptr(b), _ptr(out), ctypes.c_int64(batch), ctypes.c_int64(m), ctypes.c_int64(k),
+                            ctypes.c_int64(n), ctypes.c_int(mode), ctypes.c_int32(c), table,
+                            ctypes.c_int(max(1, torch.get_num_threads())))
     return out

@@ -9,7 +9,15 @@ to the bit patterns, still no multiplier) shifts that error:
   uniformly distributed mantissas is zero (an unbiased multiplier);
 * ``"piecewise"``: REALM-style (Saadat et al., DAC 2018): the mantissa square is cut into
   ``M × M`` segments (``M = 8``, indexed by the top 3 mantissa bits of each operand) and each
-  segment gets its own zero-mean ``c``: a 64-entry table lookup and one more addition.
+  segment gets its own zero-mean ``c``: a 64-entry table lookup and one more addition (formats
+  with fewer than 3 mantissa bits use ``M = 2^m``: float8_e5m2 gets a 4 × 4 table);
+* ``"lmul"``: the offset of L-Mul (Luo & Sun, "Addition is All You Need for Energy-efficient
+  Language Models", arXiv 2410.00907, 2024): ``L-Mul(x, y) = (1 + x₁ + x₂ + 2^(−l(m))) 2^(e₁+e₂)``
+  with ``l(m) = m`` for ``m ≤ 3``, ``3`` for ``m = 4`` and ``4`` for ``m > 4``; here the term
+  ``2^(−l(m))`` is added to the Mitchell sum, i.e. ``2^(m − l(m))`` to the bit patterns. Unlike
+  the paper's real-valued formula, a mantissa sum that reaches 1 carries into the exponent
+  (the bit-pattern addition, Mitchell's ``2(x₁ + x₂)`` branch), so it is "Mitchell plus L-Mul's
+  offset", not a re-derivation of their hardware.
 
 The constants are computed here (bisection on the mean error, which is increasing in ``c``)
 and rounded to the format's ``2^-m`` grid, so the realised errors include that rounding; the
@@ -23,10 +31,10 @@ import functools
 import numpy as np
 import torch
 
-__all__ = ["CORRECTIONS", "SEGMENTS", "check_correction", "constant_correction", "lambda_correction", "piecewise_table",
-           "relative_error"]
+__all__ = ["CORRECTIONS", "SEGMENTS", "best_correction", "check_correction", "constant_correction", "lambda_correction", "lmul_correction",
+           "piecewise_table", "relative_error", "segments_for"]
 
-CORRECTIONS = ("constant", "piecewise")
+CORRECTIONS = ("constant", "piecewise", "lmul")
 SEGMENTS = 8
 _GRID = 256  # samples per segment side when solving for c
 
@@ -47,14 +55,14 @@ def relative_error(x1: np.ndarray, x2: np.ndarray, c: float = 0.0) -> np.ndarray
     return approx / ((1 + x1) * (1 + x2)) - 1
 
 
-def _zero_mean_c(x1: np.ndarray, x2: np.ndarray) -> float:
-    lo, hi = 0.0, 0.5
+def _zero_mean_c(x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
+    """The ``c`` with zero mean relative error, per row of ``x1``, ``x2`` (bisection on the mean,
+    which increases with ``c``; all rows at once)."""
+    lo, hi = np.zeros(x1.shape[0]), np.full(x1.shape[0], 0.5)
     for _ in range(60):
         mid = (lo + hi) / 2
-        if relative_error(x1, x2, mid).mean() < 0:
-            lo = mid
-        else:
-            hi = mid
+        below = relative_error(x1, x2, mid[:, None]).mean(axis=1) < 0
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
     return (lo + hi) / 2
 
 
@@ -68,18 +76,34 @@ def _cell(i: int, j: int, segments: int) -> tuple[np.ndarray, np.ndarray]:
 def constant_correction(mantissa_bits: int) -> int:
     """The zero-mean constant in units of ``2^-m`` for a format with ``m`` mantissa bits."""
     x1, x2 = _cell(0, 0, 1)
-    return int(round(_zero_mean_c(x1, x2) * (1 << mantissa_bits)))
+    return int(round(float(_zero_mean_c(x1[None], x2[None])[0]) * (1 << mantissa_bits)))
 
 
 @functools.lru_cache(maxsize=None)
 def _piecewise_real(segments: int) -> np.ndarray:
-    return np.array([[_zero_mean_c(*_cell(i, j, segments)) for j in range(segments)] for i in range(segments)])
+    cells = [_cell(i, j, segments) for i in range(segments) for j in range(segments)]
+    x1, x2 = np.stack([c[0] for c in cells]), np.stack([c[1] for c in cells])
+    return _zero_mean_c(x1, x2).reshape(segments, segments)
 
 
-def piecewise_table(mantissa_bits: int, segments: int = SEGMENTS) -> torch.Tensor:
+def segments_for(mantissa_bits: int) -> int:
+    """Segments per operand of the piecewise table: ``SEGMENTS``, or ``2^m`` when ``m`` is smaller."""
+    return min(SEGMENTS, 1 << mantissa_bits)
+
+
+def piecewise_table(mantissa_bits: int, segments: int | None = None) -> torch.Tensor:
     """``(M, M)`` int64 table of zero-mean corrections (units of ``2^-m``), indexed by the
-    operands' top ``log2 M`` mantissa bits."""
+    operands' top ``log2 M`` mantissa bits (``M`` defaults to :func:`segments_for`)."""
+    segments = segments_for(mantissa_bits) if segments is None else segments
     return torch.from_numpy(np.round(_piecewise_real(segments) * (1 << mantissa_bits)).astype(np.int64))
+
+
+def lmul_correction(mantissa_bits: int) -> int:
+    """L-Mul's offset ``2^(−l(m))`` in units of ``2^-m``: ``2^(m − l(m))``, ``l(m) = m`` (m ≤ 3),
+    ``3`` (m = 4), ``4`` (m > 4)."""
+    m = mantissa_bits
+    level = m if m <= 3 else (3 if m == 4 else 4)
+    return 1 << (m - level)
 
 
 def lambda_correction(kind: str, ta: torch.Tensor, tb: torch.Tensor) -> torch.Tensor | int:
@@ -92,8 +116,23 @@ def lambda_correction(kind: str, ta: torch.Tensor, tb: torch.Tensor) -> torch.Te
     f = DTYPES[ta.dtype]
     if kind == "constant":
         return constant_correction(f.mantissa)
+    if kind == "lmul":
+        return lmul_correction(f.mantissa)
     ta, tb = torch.broadcast_tensors(ta, tb)
-    shift = f.mantissa - int(np.log2(SEGMENTS))
+    shift = f.mantissa - int(np.log2(segments_for(f.mantissa)))
     ia, ib = _Parts(ta, f).frac >> shift, _Parts(tb, f).frac >> shift
     table = piecewise_table(f.mantissa).to(ta.device)
     return table[ia, ib]
+
+
+def best_correction(grid: int = 1024) -> str:
+    """The correction with the smallest mean |relative error| of float32 products over a
+    ``grid × grid`` lattice of mantissa pairs (``"piecewise"`` here; the claims show the table)."""
+    from kexue.mitchell.ops import mitchell_mul
+
+    x = torch.arange(grid, dtype=torch.float64) / grid
+    x1, x2 = (v.flatten() for v in torch.meshgrid(x, x, indexing="ij"))
+    exact = (1 + x1) * (1 + x2)
+    a, b = (1 + x1).float(), (1 + x2).float()
+    mean = {k: float((mitchell_mul(a, b, correction=k).double() / exact - 1).abs().mean()) for k in CORRECTIONS}
+    return min(mean, key=mean.get)

@@ -3,9 +3,12 @@
 * digits (scikit-learn, 8×8 images, 1,347 train / 450 test, stratified): an MLP (64-128-64-10)
   and a small CNN (two 3×3 convolutions, 16 and 32 channels, then a linear layer), Adam,
   cross-entropy; the test accuracy after the last epoch.
-* tinyshakespeare: a character-level LLaMA-style model whose linear layers (attention
-  projections, SwiGLU, output head) are Mitchell layers; attention's own score and value
-  products stay exact. Validation loss after training.
+* tinyshakespeare: a character-level LLaMA-style Transformer (HF ``LlamaForCausalLM``) trained
+  with (a) exact arithmetic, (b) Mitchell products in every linear layer (attention projections,
+  SwiGLU, output head), (c) also in attention (``Q Kᵀ``, the softmax's exponentials by
+  ``mitchell_exp2``, ``P V``), (d) (c) with an error correction; ``--full`` adds "everything":
+  (d) plus the RMS norms' products and the SwiGLU gate product. Validation loss after training,
+  and the per-part error of the trained model on one batch.
 
 Every variant starts from the same initial weights and sees the same batches; only the
 arithmetic of the swapped layers differs (``backward="mitchell"``: the paper's setting, every
@@ -14,6 +17,7 @@ product of training approximate).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,7 +27,8 @@ from torch import nn
 
 from kexue.mitchell.nn import mitchellize
 
-__all__ = ["VARIANTS", "char_lm", "digits", "digits_data"]
+__all__ = ["FULL_ONLY_VARIANTS", "TRANSFORMER_VARIANTS", "VARIANTS", "char_transformer", "digits", "digits_data", "layer_errors",
+           "part_kind", "transformer_switches"]
 
 VARIANTS = {"exact": None, "mitchell": "plain", "mitchell+piecewise": "piecewise"}
 
@@ -88,25 +93,111 @@ def digits(arch: str, variant: str, data: DigitsData, *, epochs: int, seed: int 
     return {"accuracy": curve[-1], "curve": curve}
 
 
-def char_lm(variant: str, *, steps: int, seed: int = 0, on_step: Callable[[], None] | None = None,
-            hidden: int = 64, layers: int = 2, context: int = 64, batch_size: int = 16, warmup: int = 20, evals: int = 5) -> dict[str, float | list[float]]:
-    """Train the char-level model with ``variant`` arithmetic; final validation loss (nats/char).
+TRANSFORMER_VARIANTS = ("exact", "linears", "linears+attention", "linears+attention+correction")
+FULL_ONLY_VARIANTS = ("everything",)  # (d) plus RMS norms and the gated-MLP product: --full only
 
-    The learning rate 3e-3 is reached linearly over the first ``warmup`` steps; the validation
-    loss is measured ``evals`` times (plus once before training) for the curve."""
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from kexue.charlm import CharCorpus, TrainLog, train_steps
+def transformer_switches(variant: str, correction: str | None) -> dict | None:
+    """``mitchellize`` keywords of a char-Transformer variant (None: exact arithmetic)."""
+    from kexue._shared import check_choice
+
+    check_choice("variant", variant, TRANSFORMER_VARIANTS + FULL_ONLY_VARIANTS)
+    return {"exact": None, "linears": {},
+            "linears+attention": {"attention": True},
+            "linears+attention+correction": {"attention": True, "correction": correction},
+            "everything": {"attention": True, "norms": True, "gates": True, "correction": correction}}[variant]
+
+
+@functools.lru_cache(maxsize=1)
+def _corpus():
+    from kexue.charlm import CharCorpus
     from kexue.data import load_tinyshakespeare
 
-    corpus = CharCorpus(load_tinyshakespeare())
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=corpus.vocab_size, hidden_size=hidden, intermediate_size=hidden * 8 // 3 // 8 * 8,
+    return CharCorpus(load_tinyshakespeare())
+
+
+def _llama(vocab: int, hidden: int, layers: int, context: int) -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 8 // 3 // 8 * 8,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
                          max_position_embeddings=context, tie_word_embeddings=False)
-    model = _variant(LlamaForCausalLM(config), variant)
+    return LlamaForCausalLM(config)
+
+
+def _window_loss(model: nn.Module, window: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids=window[:, :-1]).logits
+    return nn.functional.cross_entropy(logits.flatten(0, 1).float(), window[:, 1:].flatten())
+
+
+def layer_errors(model: nn.Module, exact_twin: nn.Module, window: torch.Tensor) -> dict[str, object]:
+    """Per-part local errors (:func:`~kexue.mitchell.nn.track_errors`) of ``model`` on one batch,
+    and the end-to-end effect: relative error of the logits against ``exact_twin`` (the same
+    weights, exact arithmetic) and the two losses."""
+    from kexue.mitchell.nn import track_errors
+
+    model.eval()
+    with torch.no_grad(), track_errors(model) as errors:
+        logits = model(input_ids=window[:, :-1]).logits
+    with torch.no_grad():
+        exact = exact_twin(input_ids=window[:, :-1]).logits
+        target = window[:, 1:].flatten()
+        loss = float(nn.functional.cross_entropy(logits.flatten(0, 1), target))
+        loss_exact = float(nn.functional.cross_entropy(exact.flatten(0, 1), target))
+    return {"parts": {name: v[0] for name, v in errors.items()},
+            "logits_error": float((logits - exact).norm() / exact.norm()), "loss": loss, "loss_exact_arithmetic": loss_exact}
+
+
+def char_transformer(variant: str, *, steps: int, seed: int = 0, correction: str | None = "piecewise", hidden: int = 64,
+                     layers: int = 2, context: int = 64, batch_size: int = 16, warmup: int = 20, evals: int = 5,
+                     eval_windows: int = 256, track: bool = False,
+                     on_step: Callable[[], None] | None = None) -> dict[str, object]:
+    """Train the tinyshakespeare char Transformer (LLaMA-style, HF ``LlamaForCausalLM``) with the
+    arithmetic of ``variant`` (:data:`TRANSFORMER_VARIANTS`); validation loss (nats/char).
+
+    Same seed, initial weights and batches for every variant; AdamW, learning rate 3e-3 reached
+    linearly over ``warmup`` steps; ``backward="mitchell"`` (gradient products approximate too).
+    The validation loss is :func:`kexue.charlm.evaluate` on ``eval_windows`` fixed windows,
+    ``evals`` times (plus once before training when ``evals > 1``). With ``track``, the result
+    also has :func:`layer_errors` of the trained model on the first 16 validation windows.
+    """
+    from kexue.charlm import evaluate
+    from kexue.mitchell.nn import mitchellize
+
+    corpus = _corpus()
+    switches = transformer_switches(variant, correction)
+    torch.manual_seed(seed)
+    model = _llama(corpus.vocab_size, hidden, layers, context)
+    if switches is not None:
+        mitchellize(model, backward="mitchell", **switches)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.99), weight_decay=0.0)
-    log = train_steps(model, corpus, opt, steps=steps, batch_size=batch_size, context=context,
-                      generator=torch.Generator().manual_seed(seed), eval_every=max(1, steps // max(1, evals)), log=TrainLog(),
-                      lr_at=lambda s: 3e-3 * min(1.0, s / max(1, warmup)), on_step=on_step)
-    return {"val_loss": log.val_loss[-1], "curve": log.val_loss}
+    g = torch.Generator().manual_seed(seed)
+    every = max(1, steps // max(1, evals))
+    curve = [evaluate(model, corpus, context, windows=eval_windows)] if evals > 1 else []
+    model.train()
+    for step in range(1, steps + 1):
+        for group in opt.param_groups:
+            group["lr"] = 3e-3 * min(1.0, step / max(1, warmup))
+        loss = _window_loss(model, corpus.batch(batch_size, context, g))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"char transformer ({variant}) diverged at step {step}: loss {float(loss)}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if on_step is not None:
+            on_step()
+        if step % every == 0 or step == steps:
+            curve.append(evaluate(model, corpus, context, windows=eval_windows))
+    out: dict[str, object] = {"val_loss": curve[-1], "curve": curve}
+    if track and switches is not None:
+        twin = _llama(corpus.vocab_size, hidden, layers, context)
+        twin.load_state_dict(model.state_dict())
+        window = corpus.val[: 16 * (context + 1)].reshape(16, context + 1)
+        out["errors"] = layer_errors(model, twin, window)
+    return out
+
+
+def part_kind(name: str) -> str:
+    """The kind of a tracked part, from its name: ``q_proj``, ``attention core``, ``lm_head``, …"""
+    last = name.rsplit(".", 1)[-1]
+    return {"core": "attention core (QKᵀ, softmax, PV)", "gate": "MLP gate product"}.get(last, last)

@@ -5,6 +5,9 @@ summed exactly in float32 (float64 for float64 inputs) in increasing ``k``.
 compiled kernel, the torch path and a scalar loop agree bit for bit. 16-bit inputs produce
 their products in their own format (that is the multiplier being emulated), accumulate in
 float32 and are rounded once to the input dtype at the end.
+
+:func:`mitchell_bmm` is the batched product (``torch.matmul``'s broadcasting of the leading
+dimensions), with the same summation order in every batch entry.
 """
 
 from __future__ import annotations
@@ -17,15 +20,20 @@ from kexue.mitchell import _native
 from kexue.mitchell.correction import check_correction
 from kexue.mitchell.ops import _as_tensor, _back, mitchell_mul
 
-__all__ = ["mitchell_matmul"]
+__all__ = ["mitchell_bmm", "mitchell_matmul"]
 
 
 def _accumulate(a: torch.Tensor, b: torch.Tensor, correction: str | None, backend: str) -> torch.Tensor:
+    """``Σ_k a[..., :, k] ⊗ b[..., k, :]`` in increasing ``k`` (a: (..., M, K), b: (..., K, N), same batch shape)."""
     acc_dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
-    acc = torch.zeros(a.shape[0], b.shape[1], dtype=acc_dtype, device=a.device)
-    for k in range(a.shape[1]):
-        acc += mitchell_mul(a[:, k : k + 1], b[k : k + 1, :], correction=correction, backend=backend).to(acc_dtype)
+    acc = torch.zeros(*a.shape[:-1], b.shape[-1], dtype=acc_dtype, device=a.device)
+    for k in range(a.shape[-1]):
+        acc += mitchell_mul(a[..., k : k + 1], b[..., k : k + 1, :], correction=correction, backend=backend).to(acc_dtype)
     return acc
+
+
+def _finite(*tensors: torch.Tensor) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def mitchell_matmul(a: Any, b: Any, *, correction: str | None = None, backend: str = "auto") -> Any:
@@ -33,7 +41,7 @@ def mitchell_matmul(a: Any, b: Any, *, correction: str | None = None, backend: s
 
     Args:
         a, b: tensors (or NumPy arrays) of one dtype (float32, float16, bfloat16, float64).
-        correction: ``None``, ``"constant"`` or ``"piecewise"`` (see :mod:`kexue.mitchell.correction`).
+        correction: ``None``, ``"constant"``, ``"piecewise"`` or ``"lmul"`` (see :mod:`kexue.mitchell.correction`).
         backend: ``"auto"``: the compiled kernel for finite float32 CPU inputs, else the torch
             path (any device); ``"torch"``; ``"native"`` (an error if the kernel cannot run).
 
@@ -53,9 +61,50 @@ def mitchell_matmul(a: Any, b: Any, *, correction: str | None = None, backend: s
     if a2.numel() == 0 or tb.numel() == 0:  # an empty sum is 0, as in torch.matmul
         out = torch.zeros(a2.shape[0], tb.shape[1], dtype=ta.dtype, device=ta.device)
         return _back(out.reshape(*lead, tb.shape[1]), numpy_a or numpy_b)
-    if _native.use_native(backend, a2, tb, op="matmul") and bool(torch.isfinite(a2).all()) and bool(torch.isfinite(tb).all()):
+    if _native.use_native(backend, a2, tb, op="matmul") and _finite(a2, tb):
         out = _native.matmul(a2, tb, correction)
     else:
         # non-finite inputs take the per-k path (element-wise products handle every special value)
         out = _accumulate(a2, tb, correction, "auto" if backend == "native" else backend)
     return _back(out.to(ta.dtype).reshape(*lead, tb.shape[1]), numpy_a or numpy_b)
+
+
+def mitchell_bmm(a: Any, b: Any, *, correction: str | None = None, backend: str = "auto") -> Any:
+    """Batched Mitchell product ``a ⊗ b`` for ``a`` of shape ``(..., M, K)`` and ``b`` of shape
+    ``(..., K, N)``; the leading dimensions broadcast as in ``torch.matmul``.
+
+    Every batch entry is :func:`mitchell_matmul` of its two matrices, bit for bit (same products,
+    float32 sums in increasing ``k``), so attention's ``Q Kᵀ`` and ``P V`` are the matrix product
+    of the article applied head by head.
+
+    Args:
+        a, b: tensors (or NumPy arrays) of one dtype, at least 2-D.
+        correction: as :func:`mitchell_matmul`.
+        backend: ``"auto"``: the compiled kernel for finite float32 CPU inputs, else the torch
+            path; ``"torch"``; ``"native"``.
+
+    Returns:
+        ``(broadcast(...), M, N)`` in the inputs' dtype.
+    """
+    ta, numpy_a = _as_tensor(a, "a")
+    tb, numpy_b = _as_tensor(b, "b")
+    _native.check_backend(backend)
+    if ta.dtype != tb.dtype:
+        raise TypeError(f"a and b must have the same dtype, got {ta.dtype} and {tb.dtype}")
+    if ta.dim() < 2 or tb.dim() < 2 or ta.shape[-1] != tb.shape[-2]:
+        raise ValueError(f"shapes {tuple(ta.shape)} and {tuple(tb.shape)} do not multiply: need a (..., M, K) and b (..., K, N)")
+    check_correction(correction)
+    try:
+        lead = torch.broadcast_shapes(ta.shape[:-2], tb.shape[:-2])
+    except RuntimeError:
+        raise ValueError(f"the batch dimensions of a {tuple(ta.shape)} and b {tuple(tb.shape)} do not broadcast") from None
+    (m, k), n = ta.shape[-2:], tb.shape[-1]
+    a3 = ta.expand(*lead, m, k).reshape(lead.numel(), m, k)
+    b3 = tb.expand(*lead, k, n).reshape(lead.numel(), k, n)
+    if a3.numel() == 0 or b3.numel() == 0:
+        out = torch.zeros(lead.numel(), m, n, dtype=ta.dtype, device=ta.device)
+    elif _native.use_native(backend, a3, b3, op="bmm") and _finite(a3, b3):
+        out = _native.bmm(a3, b3, correction)
+    else:
+        out = _accumulate(a3, b3, correction, "auto" if backend == "native" else backend)
+    return _back(out.to(ta.dtype).reshape(*lead, m, n), numpy_a or numpy_b)

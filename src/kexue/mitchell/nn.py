@@ -16,8 +16,11 @@ choice, ``backward=``:
   ``(M, K, N)`` tensor: for checks and small layers only.
 
 :func:`mitchellize` swaps every ``nn.Linear`` / ``nn.Conv2d`` of a model for the Mitchell
-version (same parameters), and :func:`track_errors` records, per layer and forward, the
-relative error ``‖y_mitchell − y_exact‖ / ‖y_exact‖`` of the layer's output.
+version (same parameters) and, when asked, the rest of a Transformer's products
+(:mod:`kexue.mitchell.transformer`: attention, RMS/layer norms, the gated MLP product);
+:func:`track_errors` records, per layer and forward, the relative error
+``‖y_mitchell − y_exact‖ / ‖y_exact‖`` of the layer's output against the exact layer on the same
+input (a local error: what that layer adds, not what reaches it).
 """
 
 from __future__ import annotations
@@ -158,29 +161,104 @@ class MitchellConv2d(nn.Conv2d, _Tracked):
         return y
 
 
-def mitchellize(model: nn.Module, *, backward: str = "mitchell", correction: str | None = None,
-                skip: tuple[str, ...] = ()) -> nn.Module:
-    """Swap every ``nn.Linear`` and ``nn.Conv2d`` of ``model`` (in place) for the Mitchell
-    version holding the same parameters; returns ``model``.
+def _skipped(name: str, skip: tuple[str, ...]) -> bool:
+    return any(name == s or name.startswith(s + ".") for s in skip)
 
-    Args:
-        backward: ``"mitchell"``, ``"exact"`` or ``"derivative"`` (module docstring).
-        correction: ``None``, ``"constant"`` or ``"piecewise"``.
-        skip: names (or name prefixes) of modules to keep exact, e.g. ``("lm_head",)``.
 
-    Raises:
-        ValueError: a bad option, or a ``Conv2d`` the Mitchell layer does not support
-            (grouped, non-zero padding mode); skip it by name.
-    """
-    check_module("model", model)
-    check_choice("backward", backward, BACKWARDS)
-    check_correction(correction)
+def _swap_parts(model: nn.Module, skip: tuple[str, ...], *, norms: bool, gates: bool, backward: str,
+                correction: str | None) -> None:
+    """Replace RMS/layer norms and gated MLPs (not linears) by their Mitchell versions."""
+    from kexue.mitchell import transformer as tf
+
     for name, module in list(model.named_modules()):
-        if any(name == s or name.startswith(s + ".") for s in skip):
+        if _skipped(name, skip):
             continue
         for child_name, child in list(module.named_children()):
             full = f"{name}.{child_name}" if name else child_name
-            if any(full == s or full.startswith(s + ".") for s in skip) or isinstance(child, (MitchellLinear, MitchellConv2d)):
+            if _skipped(full, skip):
+                continue
+            if norms and tf.is_rms_norm(child):
+                new = tf.rms_norm_from(child, backward=backward, correction=correction)
+            elif norms and type(child) is nn.LayerNorm:
+                new = tf.MitchellLayerNorm(child, backward=backward, correction=correction)
+            elif gates and tf.is_gated_mlp(child):
+                new = tf.MitchellGatedMLP(child, backward=backward, correction=correction)
+            else:
+                continue
+            new.train(child.training)
+            setattr(module, child_name, new)
+
+
+def _switch_attention(model: nn.Module, skip: tuple[str, ...], switches, backward: str, correction: str | None) -> None:
+    from kexue.mitchell import transformer as tf
+
+    found = [(n, m) for n, m in model.named_modules() if tf.is_hf_attention(m)]
+    if not found:
+        raise ValueError("attention=... needs transformers attention modules (a class named *Attention with a config "
+                         f"and a scaling, dispatching through AttentionInterface); {type(model).__name__} has none")
+    tf.register_hf_attention()
+    for name, module in found:
+        if not _skipped(name, skip):
+            module._kexue_mitchell = (switches, backward, correction)
+        module.config._attn_implementation = tf.ATTENTION_KEY  # unswitched modules run exact SDPA there
+
+
+def mitchellize(model: nn.Module, *, backward: str = "mitchell", correction: str | None = None,
+                skip: tuple[str, ...] = (), linears: bool = True, attention=False, norms: bool = False,
+                gates: bool = False) -> nn.Module:
+    """Swap the products of ``model`` (in place) for Mitchell products; returns ``model``.
+
+    By default every ``nn.Linear`` and ``nn.Conv2d`` becomes the Mitchell layer holding the same
+    parameters. The switches extend this to the rest of a Transformer
+    (:mod:`kexue.mitchell.transformer`).
+
+    Args:
+        backward: ``"mitchell"``, ``"exact"`` or ``"derivative"`` (module docstring; attention,
+            norms and gates accept the first two).
+        correction: ``None``, ``"constant"``, ``"piecewise"`` or ``"lmul"``.
+        skip: names (or name prefixes) of modules to keep exact, e.g. ``("lm_head",)``.
+        linears: swap ``nn.Linear`` / ``nn.Conv2d``.
+        attention: ``False``, ``True`` (scores, softmax exponentials and values Mitchell) or an
+            :class:`~kexue.mitchell.transformer.AttentionSwitches`: transformers attention
+            modules (HF-style, dispatching through ``AttentionInterface``) then use
+            :func:`~kexue.mitchell.transformer.mitchell_attention_forward`.
+        norms: swap RMS norms (HF ``*RMSNorm``, ``nn.RMSNorm``) and ``nn.LayerNorm``.
+        gates: make the element-wise product of gated MLPs (``gate_proj``/``up_proj``/``down_proj``
+            /``act_fn``, LLaMA-style) a Mitchell product.
+
+    Raises:
+        ValueError: a bad option, ``attention`` on a model without transformers attention
+            modules, or a ``Conv2d`` the Mitchell layer does not support (grouped, non-zero
+            padding mode); skip it by name.
+    """
+    from kexue._shared import check_bool
+    from kexue.mitchell.transformer import PART_BACKWARDS, AttentionSwitches
+
+    check_module("model", model)
+    check_choice("backward", backward, BACKWARDS)
+    check_correction(correction)
+    for flag, value in (("linears", linears), ("norms", norms), ("gates", gates)):
+        check_bool(flag, value)
+    switches = AttentionSwitches.coerce(attention)
+    if (switches is not None or norms or gates) and backward not in PART_BACKWARDS:
+        raise ValueError(f"backward={backward!r} is for linear and convolution layers only; attention, norms and gates take "
+                         f"{' or '.join(repr(b) for b in PART_BACKWARDS)}")
+    if norms or gates:
+        _swap_parts(model, skip, norms=norms, gates=gates, backward=backward, correction=correction)
+    if switches is not None:
+        _switch_attention(model, skip, switches, backward, correction)
+    if linears:
+        _swap_linears(model, skip, backward, correction)
+    return model
+
+
+def _swap_linears(model: nn.Module, skip: tuple[str, ...], backward: str, correction: str | None) -> None:
+    for name, module in list(model.named_modules()):
+        if _skipped(name, skip):
+            continue
+        for child_name, child in list(module.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            if _skipped(full, skip) or isinstance(child, (MitchellLinear, MitchellConv2d)):
                 continue
             if type(child) is nn.Linear:
                 new = MitchellLinear.__new__(MitchellLinear)
@@ -197,17 +275,21 @@ def mitchellize(model: nn.Module, *, backward: str = "mitchell", correction: str
             new.backward_mode, new.correction = backward, correction
             new.train(child.training)
             setattr(module, child_name, new)
-    return model
 
 
 @contextlib.contextmanager
 def track_errors(model: nn.Module):
-    """Within the block, every Mitchell layer of ``model`` appends, per forward, the relative
-    error of its output against the exact layer on the same input; yields
-    ``{layer name: [errors]}``. Costs one exact forward per layer."""
+    """Within the block, every Mitchell part of ``model`` appends, per forward, the relative
+    error of its output against the exact computation on the same input; yields
+    ``{name: [errors]}``. Linear, convolution and norm layers record under their module name;
+    attention under ``<attention module>.core`` (``softmax(Q Kᵀ s) V`` from the same Q, K, V); a
+    gated MLP's product under ``<mlp>.gate``. Costs one exact forward per part."""
+    from kexue.mitchell.transformer import MitchellGatedMLP, _TrackedNorm
+
     check_module("model", model)
     errors: dict[str, list[float]] = defaultdict(list)
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (MitchellLinear, MitchellConv2d))]
+    layers = [(n, m) for n, m in model.named_modules()
+              if isinstance(m, (MitchellLinear, MitchellConv2d, _TrackedNorm, MitchellGatedMLP)) or hasattr(m, "_kexue_mitchell")]
     for name, layer in layers:
         layer._errors, layer._name = errors, name
     try:

@@ -7,7 +7,11 @@ saturation to ±∞, gradual underflow): every entry equals the scalar reference
 compiled kernel (:mod:`kexue.mitchell._native`) when it is available, which is tested against
 this path.
 
-Formats: float32, float16, bfloat16 (the article's), and float64 (for gradient checks).
+Formats: float32, float16, bfloat16 (the article's), float64 (for gradient checks), and the two
+float8 formats ``float8_e4m3fn`` and ``float8_e5m2`` (policy for e4m3fn's missing infinities in
+:mod:`kexue.mitchell.reference`: overflow saturates to ±448, ``x / 0`` and ``log2(0)`` are NaN).
+Everything is computed on the integer bit patterns and only viewed as the float dtype at the end,
+so the float8 dtypes (which have almost no torch arithmetic) work like the others.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from kexue.mitchell.reference import FORMATS, Format
 __all__ = ["DTYPES", "mitchell_div", "mitchell_exp2", "mitchell_log2", "mitchell_mul"]
 
 DTYPES = {torch.float32: FORMATS["float32"], torch.float16: FORMATS["float16"], torch.bfloat16: FORMATS["bfloat16"],
-          torch.float64: FORMATS["float64"]}
-_INT = {16: torch.int16, 32: torch.int32, 64: torch.int64}
+          torch.float64: FORMATS["float64"], torch.float8_e4m3fn: FORMATS["float8_e4m3fn"],
+          torch.float8_e5m2: FORMATS["float8_e5m2"]}
+_INT = {8: torch.int8, 16: torch.int16, 32: torch.int32, 64: torch.int64}
+_SUPPORTED = "float32, float16, bfloat16, float64, float8_e4m3fn or float8_e5m2"
 
 
 def _as_tensor(x: Any, name: str) -> tuple[torch.Tensor, bool]:
@@ -35,7 +41,7 @@ def _as_tensor(x: Any, name: str) -> tuple[torch.Tensor, bool]:
             raise TypeError(f"{name}: NumPy dtype {arr.dtype} is not supported; use float16, float32 or float64")
         t, numpy_in = torch.from_numpy(np.ascontiguousarray(arr)), True
     if t.dtype not in DTYPES:
-        raise TypeError(f"{name}: dtype {t.dtype} is not supported; use float32, float16, bfloat16 or float64")
+        raise TypeError(f"{name}: dtype {t.dtype} is not supported; use {_SUPPORTED}")
     return t, numpy_in
 
 
@@ -64,8 +70,8 @@ class _Parts:
         signed = t.contiguous().view(_INT[f.bits])
         self.sign = signed < 0
         mag = signed.to(torch.int64) & (f.sign - 1 if f.bits < 64 else torch.iinfo(torch.int64).max)
-        self.nan = mag > f.inf
-        self.inf = mag == f.inf
+        self.nan = mag > f.inf if f.has_inf else mag == f.inf  # e4m3fn: S.1111.111 is NaN
+        self.inf = mag == f.inf if f.has_inf else torch.zeros_like(self.nan)
         self.zero = mag == 0
         m = f.mantissa
         self.n = (mag >> m) - f.bias
@@ -77,17 +83,24 @@ class _Parts:
             self.frac = torch.where(sub, (mag - (torch.ones_like(p) << p)) << (m - p).clamp(min=0), self.frac)
 
 
+def _sign_bit(f: Format) -> int:
+    """The sign bit as an int64 value (float64's is 2^63, which int64 holds as −2^63)."""
+    return f.sign if f.bits < 64 else -f.sign
+
+
 def _normalise(n: torch.Tensor, frac: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Carry ``frac`` (any int64) into ``n`` so that ``0 <= frac < 2^m``."""
     return n + (frac >> m), frac & ((1 << m) - 1)
 
 
-def _compose(sign: torch.Tensor, n: torch.Tensor, frac: torch.Tensor, f: Format, dtype: torch.dtype) -> torch.Tensor:
-    """``±2^n (1 + frac/2^m)``, saturating to ±∞ and rounding into the subnormals."""
+def _compose(sign: torch.Tensor, n: torch.Tensor, frac: torch.Tensor, f: Format) -> torch.Tensor:
+    """Bit patterns (int64, sign included) of ``±2^n (1 + frac/2^m)``, saturating to ±∞ (or to
+    the largest finite in a format without infinities) and rounding into the subnormals."""
     m = f.mantissa
     e = n + f.bias
     top = (1 << f.exponent) - 1
-    mag = torch.where(e >= top, torch.full_like(frac, f.inf), (e.clamp(min=0, max=top) << m) | frac)
+    mag = (e.clamp(min=0, max=top) << m) | frac
+    mag = torch.where((e > top) | (mag > f.max_finite), torch.full_like(frac, f.overflow), mag)
     low = e < 1
     if bool(low.any()):
         shift = (1 - e).clamp(min=1, max=m + 2)
@@ -98,12 +111,14 @@ def _compose(sign: torch.Tensor, n: torch.Tensor, frac: torch.Tensor, f: Format,
         q = q + ((r > half) | ((r == half) & (q & 1 == 1))).to(torch.int64)
         q = torch.where(1 - e > m + 1, torch.zeros_like(q), q)
         mag = torch.where(low, q, mag)
-    out = mag.to(_INT[f.bits]).view(dtype)
-    return torch.where(sign, -out, out)
+    return mag | torch.where(sign, _sign_bit(f), 0)
 
 
-def _nan_like(t: torch.Tensor) -> torch.Tensor:
-    return torch.full_like(t, float("nan"))
+def _to_float(bits: torch.Tensor, f: Format, dtype: torch.dtype) -> torch.Tensor:
+    """View int64 bit patterns (``0 <= bits < 2^width``) as ``dtype``."""
+    if f.bits < 64:
+        bits = torch.where(bits >= f.sign, bits - (f.sign << 1), bits)  # two's complement of the width
+    return bits.to(_INT[f.bits]).view(dtype)
 
 
 def _torch_binary(ta: torch.Tensor, tb: torch.Tensor, op: str, correction: torch.Tensor | int = 0) -> torch.Tensor:
@@ -115,18 +130,19 @@ def _torch_binary(ta: torch.Tensor, tb: torch.Tensor, op: str, correction: torch
         n, frac = _normalise(pa.n + pb.n, pa.frac + pb.frac + correction, f.mantissa)
     else:
         n, frac = _normalise(pa.n - pb.n, pa.frac - pb.frac, f.mantissa)
-    out = _compose(sign, n, frac, f, ta.dtype)
-    signed_zero = torch.where(sign, -torch.zeros_like(out), torch.zeros_like(out))
-    signed_inf = torch.where(sign, torch.full_like(out, -float("inf")), torch.full_like(out, float("inf")))
+    bits = _compose(sign, n, frac, f)
+    signed = torch.where(sign, _sign_bit(f), 0)  # ±0
     if op == "mul":
-        out = torch.where(pa.zero | pb.zero, signed_zero, out)
-        out = torch.where(pa.inf | pb.inf, signed_inf, out)
+        bits = torch.where(pa.zero | pb.zero, signed, bits)
+        bits = torch.where(pa.inf | pb.inf, signed | f.inf, bits)
         bad = pa.nan | pb.nan | (pa.inf & pb.zero) | (pa.zero & pb.inf)
     else:
-        out = torch.where(pa.zero | pb.inf, signed_zero, out)
-        out = torch.where(pa.inf | pb.zero, signed_inf, out)
+        bits = torch.where(pa.zero | pb.inf, signed, bits)
+        bits = torch.where(pa.inf | pb.zero, signed | f.inf, bits)
         bad = pa.nan | pb.nan | (pa.inf & pb.inf) | (pa.zero & pb.zero)
-    return torch.where(bad, _nan_like(out), out)
+        if not f.has_inf:
+            bad = bad | pb.zero  # x / 0 has no finite answer: NaN (reference.py's policy)
+    return _to_float(torch.where(bad, f.nan, bits), f, ta.dtype)
 
 
 def mitchell_mul(a: Any, b: Any, *, correction: str | None = None, backend: str = "auto") -> Any:
@@ -137,9 +153,10 @@ def mitchell_mul(a: Any, b: Any, *, correction: str | None = None, backend: str 
     ``1/9`` below it (at ``x_a = x_b = 1/2``).
 
     Args:
-        a, b: tensors (or NumPy arrays) of one dtype: float32, float16, bfloat16 or float64.
-        correction: ``None`` (plain Mitchell), ``"constant"`` or ``"piecewise"``: an error
-            correction added to the integer sum (:mod:`kexue.mitchell.correction`).
+        a, b: tensors (or NumPy arrays) of one dtype: float32, float16, bfloat16, float64,
+            float8_e4m3fn or float8_e5m2.
+        correction: ``None`` (plain Mitchell), ``"constant"``, ``"piecewise"`` or ``"lmul"``: an
+            error correction added to the integer sum (:mod:`kexue.mitchell.correction`).
         backend: ``"auto"`` (the compiled kernel for float32 on CPU when available, else
             torch), ``"torch"`` or ``"native"``.
 
@@ -167,17 +184,17 @@ def mitchell_div(a: Any, b: Any) -> Any:
 
 def mitchell_log2(a: Any) -> Any:
     """Mitchell logarithm ``n + x`` of ``a = 2^n (1 + x)``, rounded to the input dtype
-    (exact in float64 and wherever it fits); ``−∞`` at ±0, NaN for negative numbers and NaN,
-    ``+∞`` at ``+∞``."""
+    (exact in float64 and wherever it fits); ``−∞`` at ±0 (NaN in float8_e4m3fn, which has no
+    ``−∞``), NaN for negative numbers and NaN, ``+∞`` at ``+∞``."""
     t, numpy_out = _as_tensor(a, "a")
     f = DTYPES[t.dtype]
     p = _Parts(t, f)
     value = p.n.to(torch.float64) + p.frac.to(torch.float64) / float(1 << f.mantissa)  # one rounding
-    out = value.to(t.dtype)
-    out = torch.where(p.zero, torch.full_like(out, -float("inf")), out)
-    out = torch.where(p.inf & ~p.sign, torch.full_like(out, float("inf")), out)
-    out = torch.where(p.nan | (p.sign & ~p.zero), _nan_like(out), out)
-    return _back(out, numpy_out)
+    bits = value.to(t.dtype).view(_INT[f.bits]).to(torch.int64) & ((1 << f.bits) - 1 if f.bits < 64 else -1)
+    bits = torch.where(p.zero, _sign_bit(f) | f.inf if f.has_inf else f.nan, bits)  # −∞; NaN without infinities
+    bits = torch.where(p.inf & ~p.sign, f.inf, bits)
+    bits = torch.where(p.nan | (p.sign & ~p.zero), f.nan, bits)
+    return _back(_to_float(bits, f, t.dtype), numpy_out)
 
 
 def mitchell_exp2(y: Any) -> Any:
@@ -190,6 +207,6 @@ def mitchell_exp2(y: Any) -> Any:
     y64 = torch.nan_to_num(t.to(torch.float64), nan=0.0).clamp(-(f.bias + f.mantissa + 2), f.bias + 2)
     lam = torch.round(y64 * float(1 << f.mantissa)).to(torch.int64)  # round: ties to even
     n, frac = _normalise(torch.zeros_like(lam), lam, f.mantissa)
-    out = _compose(torch.zeros_like(lam, dtype=torch.bool), n, frac, f, t.dtype)
-    out = torch.where(torch.isnan(t), _nan_like(out), out)
-    return _back(out, numpy_out)
+    bits = _compose(torch.zeros_like(lam, dtype=torch.bool), n, frac, f)
+    bits = torch.where(torch.isnan(t), f.nan, bits)
+    return _back(_to_float(bits, f, t.dtype), numpy_out)

@@ -19,6 +19,18 @@ Policy for the cases the article leaves open (the same in every path):
 * results beyond the largest finite number saturate to ±∞ (as IEEE multiplication does); results
   below the normal range are the Mitchell value ``2^n (1 + f/2^m)`` rounded to the nearest
   subnormal (ties to even), reaching ±0 — gradual underflow, never a wrapped exponent.
+
+Float8. ``float8_e5m2`` (5 exponent bits, 2 mantissa bits, bias 15) is IEEE-like: it has ±∞ and
+NaN and follows the policy above unchanged. ``float8_e4m3fn`` (4 exponent bits, 3 mantissa bits,
+bias 7; "fn": finite, NaN only) has no infinities: its exponent field 15 holds normal numbers up
+to ``S.1111.110 = ±448`` and ``S.1111.111`` is NaN. Its policy:
+
+* results beyond ±448 *saturate to ±448* (the largest finite), as torch's own conversion to
+  ``float8_e4m3fn`` does and as the OCP FP8 specification's saturating mode prescribes;
+* results that are infinite by definition, not by rounding (``x / 0`` and ``log2(0)``), are
+  NaN, the format's only non-finite value (448 would be a silently wrong finite number);
+* inputs given as Python floats are rounded into the format like torch's conversion: ties to
+  even, ±∞ and overflow to ±448, NaN to NaN.
 """
 
 from __future__ import annotations
@@ -28,7 +40,7 @@ import struct
 from dataclasses import dataclass
 from fractions import Fraction
 
-__all__ = ["FORMATS", "Format", "div", "exp2", "log2", "mul"]
+__all__ = ["FORMATS", "Format", "div", "div_bits", "exp2", "log2", "mul", "mul_bits"]
 
 
 # struct codes (the float, the same-width unsigned integer) of the formats struct knows; bfloat16
@@ -38,10 +50,14 @@ _STRUCT = {"float32": ("<f", "<I"), "float16": ("<e", "<H"), "float64": ("<d", "
 
 @dataclass(frozen=True)
 class Format:
+    """A binary floating-point format: ``bits`` wide, ``exponent`` exponent bits, ``mantissa``
+    stored fraction bits; ``finite`` marks the "fn" layout (no infinities, all-ones is NaN)."""
+
     name: str
     bits: int  # total width
     mantissa: int  # m
     exponent: int  # exponent field width
+    finite: bool = False  # True: no infinities (float8_e4m3fn)
 
     @property
     def bias(self) -> int:
@@ -53,7 +69,27 @@ class Format:
 
     @property
     def inf(self) -> int:
-        return ((1 << self.exponent) - 1) << self.mantissa
+        """Magnitude pattern of +∞ (IEEE layouts); for a finite format the first NaN pattern."""
+        return ((1 << self.exponent) - 1) << self.mantissa if not self.finite else self.sign - 1
+
+    @property
+    def has_inf(self) -> bool:
+        return not self.finite
+
+    @property
+    def max_finite(self) -> int:
+        """Magnitude pattern of the largest finite number."""
+        return self.inf - 1
+
+    @property
+    def overflow(self) -> int:
+        """Magnitude pattern a too-large result becomes: +∞, or the largest finite (saturation)."""
+        return self.inf if self.has_inf else self.max_finite
+
+    @property
+    def nan(self) -> int:
+        """The canonical (quiet) NaN pattern."""
+        return self.inf | (1 << (self.mantissa - 1)) if self.has_inf else self.sign - 1
 
     @property
     def sign(self) -> int:
@@ -64,17 +100,25 @@ class Format:
         if self.name in _STRUCT:
             real, integer = _STRUCT[self.name]
             return struct.unpack(integer, struct.pack(real, value))[0]
-        # bfloat16: round the float64 value to 8 significant bits directly (no double rounding)
+        # bfloat16, float8: round the float64 value directly (no double rounding)
         if math.isnan(value):
-            return 0x7FC0
-        sign = 0x8000 if math.copysign(1.0, value) < 0 else 0
-        return sign | self._round_magnitude(Fraction(abs(value))) if not math.isinf(value) else sign | self.inf
+            return self.nan
+        sign = self.sign if math.copysign(1.0, value) < 0 else 0
+        return sign | self._round_magnitude(Fraction(abs(value))) if not math.isinf(value) else sign | self.overflow
 
     def from_bits(self, bits: int) -> float:
         if self.name in _STRUCT:
             real, integer = _STRUCT[self.name]
             return struct.unpack(real, struct.pack(integer, bits))[0]
-        return struct.unpack("<f", struct.pack("<I", bits << 16))[0]
+        if self.name == "bfloat16":
+            return struct.unpack("<f", struct.pack("<I", bits << 16))[0]
+        sign, mag = -1.0 if bits & self.sign else 1.0, bits & (self.sign - 1)
+        if mag > self.max_finite:
+            return math.nan if mag > self.inf or not self.has_inf else sign * math.inf
+        e, frac = mag >> self.mantissa, mag & ((1 << self.mantissa) - 1)
+        if e == 0:  # subnormal: 2^(1-bias) (frac / 2^m)
+            return sign * math.ldexp(frac, 1 - self.bias - self.mantissa)
+        return sign * math.ldexp((1 << self.mantissa) + frac, e - self.bias - self.mantissa)
 
     def _round_magnitude(self, value: Fraction) -> int:
         """Magnitude bits of the non-negative ``value`` rounded to nearest, ties to even (∞ on overflow)."""
@@ -93,11 +137,12 @@ class Format:
         if r * 2 > quantum or (r * 2 == quantum and q % 2 == 1):
             q += 1
         bits = ((e + self.bias - 1) << m) + q if n >= 1 - self.bias else q  # q carries into the exponent when it overflows
-        return min(bits, self.inf)
+        return min(bits, self.overflow) if bits > self.max_finite else bits
 
 
 FORMATS = {f.name: f for f in (Format("float32", 32, 23, 8), Format("float16", 16, 10, 5), Format("bfloat16", 16, 7, 8),
-                               Format("float64", 64, 52, 11))}
+                               Format("float64", 64, 52, 11), Format("float8_e4m3fn", 8, 3, 4, finite=True),
+                               Format("float8_e5m2", 8, 2, 5))}
 
 
 def _fmt(fmt: str | Format) -> Format:
@@ -107,7 +152,7 @@ def _fmt(fmt: str | Format) -> Format:
 def _classify(f: Format, bits: int) -> tuple[int, str, int]:
     """(sign bit, kind in {'nan', 'inf', 'zero', 'finite'}, λ for finite non-zero)."""
     sign, mag = bits & f.sign, bits & (f.sign - 1)
-    if mag > f.inf:
+    if mag > f.inf or (mag == f.inf and not f.has_inf):
         return sign, "nan", 0
     if mag == f.inf:
         return sign, "inf", 0
@@ -125,8 +170,8 @@ def _from_lambda(f: Format, sign: int, lam: int) -> int:
     """Bits of ``sign · 2^n (1 + frac/2^m)`` for ``λ = 2^m n + frac`` with saturation and gradual underflow."""
     m = f.mantissa
     bits = lam + f.one
-    if bits >= f.inf:
-        return sign | f.inf
+    if bits > f.max_finite:
+        return sign | f.overflow
     if bits >= 1 << m:
         return sign | bits
     n, frac = lam >> m, lam & ((1 << m) - 1)
@@ -145,7 +190,7 @@ def _binary(f: Format, a: int, b: int, op: str) -> int:
     sa, ka, la = _classify(f, a)
     sb, kb, lb = _classify(f, b)
     sign = sa ^ sb
-    nan = f.inf | (1 << (f.mantissa - 1))
+    nan = f.nan
     if "nan" in (ka, kb):
         return nan
     if op == "mul":
@@ -158,6 +203,8 @@ def _binary(f: Format, a: int, b: int, op: str) -> int:
         return _from_lambda(f, sign, la + lb)
     if ka == kb and ka in ("inf", "zero"):
         return nan
+    if kb == "zero" and not f.has_inf:
+        return nan  # x / 0 is infinite by definition: NaN in a format without infinities
     if ka == "inf" or kb == "zero":
         return sign | f.inf
     if ka == "zero" or kb == "inf":
@@ -174,6 +221,7 @@ def mul(a: float, b: float, fmt: str | Format = "float32", correction: int = 0) 
 
 
 def mul_bits(a: int, b: int, fmt: str | Format = "float32", correction: int = 0) -> int:
+    """:func:`mul` on bit patterns (``correction`` added to ``λ`` of finite non-zero products)."""
     f = _fmt(fmt)
     if correction:
         sa, ka, la = _classify(f, a)
@@ -186,7 +234,12 @@ def mul_bits(a: int, b: int, fmt: str | Format = "float32", correction: int = 0)
 def div(a: float, b: float, fmt: str | Format = "float32") -> float:
     """Mitchell quotient ``a / b`` (``λ_a − λ_b``)."""
     f = _fmt(fmt)
-    return f.from_bits(_binary(f, f.to_bits(a), f.to_bits(b), "div"))
+    return f.from_bits(div_bits(f.to_bits(a), f.to_bits(b), f))
+
+
+def div_bits(a: int, b: int, fmt: str | Format = "float32") -> int:
+    """:func:`div` on bit patterns."""
+    return _binary(_fmt(fmt), a, b, "div")
 
 
 def log2(a: float, fmt: str | Format = "float32") -> float:
@@ -196,7 +249,7 @@ def log2(a: float, fmt: str | Format = "float32") -> float:
     if kind == "nan" or (s and kind != "zero"):
         return math.nan
     if kind == "zero":
-        return -math.inf
+        return -math.inf if f.has_inf else math.nan
     if kind == "inf":
         return math.inf
     return f.from_bits(f._round_magnitude(abs(Fraction(lam, 1 << f.mantissa))) | (f.sign if lam < 0 else 0))
