@@ -11,12 +11,15 @@ import pytest
 import torch
 
 from kexue.contrastive import InfoNCE, cached_backward, naive_accumulation_backward
-from kexue.growth import deepen, widen, widen_ffn
-from kexue.mitchell import MitchellLinear, mitchell_mul, mitchellize, track_errors
+from kexue.growth import add_experts, deepen, widen, widen_ffn
+from kexue.growth.callback import GrowthCallback
+from kexue.mitchell import MitchellLinear, mitchell_bmm, mitchell_mul, mitchellize, track_errors
 from kexue.orthogonal import apply_orthogonal_map, orthogonal_map
 from kexue.positional import (RotaryEmbedding, axial_frequencies, grid_positions, layout_permutation, mixed_frequencies,
                               rope_frequencies, sinusoidal_table)
 from kexue.repetition import estimate_r, find_loops, parse_decodings
+from kexue.repetition.dry import DRYLogitsProcessor
+from kexue.repetition.hf import LoopStoppingCriteria
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +47,16 @@ CASES = [
     ("deepen-not-a-model", lambda m: deepen(object(), [0]), "model"),
     ("deepen-index-out-of-range", lambda m: deepen(m, [99]), "after"),
     ("deepen-index-not-int", lambda m: deepen(m, ["a"]), "after"),
+    ("add-experts-dense-model", lambda m: add_experts(m, 2), "model_type"),
+    ("add-experts-factor-1", lambda m: add_experts(m, 1), "factor"),
+    ("growth-callback-step-0", lambda m: GrowthCallback(lambda x: x, 0), "at_step"),
+    ("growth-callback-lr-scale-nan", lambda m: GrowthCallback(lambda x: x, 1, lr_scale=NAN), "lr_scale"),
+    ("growth-callback-not-callable", lambda m: GrowthCallback(None, 1), "grow"),
+    ("dry-multiplier-nan", lambda m: DRYLogitsProcessor(NAN), "multiplier"),
+    ("dry-allowed-length-0", lambda m: DRYLogitsProcessor(1.0, allowed_length=0), "allowed_length"),
+    ("dry-base-below-1", lambda m: DRYLogitsProcessor(1.0, base=0.5), "base"),
+    ("loop-stopping-prompt-negative", lambda m: LoopStoppingCriteria(-1), "prompt_length"),
+    ("loop-stopping-budget-negative", lambda m: LoopStoppingCriteria(0, loop_budget=-1), "loop_budget"),
     ("mitchellize-not-a-module", lambda m: mitchellize(object()), "model"),
     ("mitchellize-backward", lambda m: mitchellize(torch.nn.Linear(2, 2), backward="x"), "backward"),
     ("mitchellize-correction", lambda m: mitchellize(torch.nn.Linear(2, 2), correction="x"), "correction"),
@@ -51,6 +64,7 @@ CASES = [
     ("mitchell-linear-backward", lambda m: MitchellLinear(2, 2, backward="x"), "backward"),
     ("mitchell-mul-backend", lambda m: mitchell_mul(X, X, backend="gpu"), "backend"),
     ("mitchell-mul-correction", lambda m: mitchell_mul(X, X, correction="linear"), "correction"),
+    ("mitchell-bmm-backend", lambda m: mitchell_bmm(X[None], X.T[None], backend="gpu"), "backend"),
     ("orthogonal-kind", lambda m: orthogonal_map([1.0, 0.0], [0.0, 1.0], kind="householder"), "kind"),
     ("orthogonal-degenerate", lambda m: orthogonal_map([1.0, 0.0], [0.0, 1.0], degenerate="ignore"), "degenerate"),
     ("apply-orthogonal-zero-a", lambda m: apply_orthogonal_map(X, torch.zeros(3), torch.ones(3)), "a"),

@@ -19,7 +19,7 @@ from kexue.growth.parity import float64_norms, max_logit_difference, output_scal
 from kexue.growth.zoo import OPERATORS, ZOO, operators, randomized, tiny_model, tiny_models
 
 NEW = ("gemma-tied", "gemma2-sandwich-softcap", "gemma3-qk-norm-local-rope", "opt-pre-ln", "opt-post-ln-proj",
-       "opt-post-ln-tied", "opt-no-bias-no-affine", "mixtral", "qwen3-moe-dense-layer")
+       "opt-post-ln-tied", "opt-no-bias-no-affine", "opt-pre-ln-no-final-norm", "mixtral", "qwen3-moe-dense-layer")
 # 12 tokens: longer than the sliding window (4) of the Gemma 2/3 entries, so layer types matter
 INPUTS = {"input_ids": torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))}
 GROW = {"widen-heads": lambda m: widen(m, 2), "widen-head_dim": lambda m: widen(m, 2, mode="head_dim"),
@@ -80,13 +80,14 @@ def _reloaded(large, folder):
 
 
 @pytest.mark.parametrize("name", NEW)
-def test_every_operator_is_exact_in_float64_and_close_in_float32(name: str) -> None:
+def test_every_operator_is_exact_in_float64_close_in_float32_and_reloads(name: str, tmp_path) -> None:
     small = randomized(tiny_model(name))
     small32 = copy.deepcopy(small).float()
     scale32 = output_scale(small32, INPUTS)
     for op in operators(name):
         large = GROW[op](small)
         assert _relative(small, large) <= 1e-10, op
+        assert _relative(small, _reloaded(large, tmp_path / op)) <= 1e-10, op  # plain from_pretrained
         assert max_logit_difference(small32, GROW[op](small32), INPUTS) <= 1e-4 * scale32, op
 
 
@@ -103,7 +104,8 @@ def test_widening_by_three_and_composed_operators_are_exact(name: str) -> None:
 
 
 @pytest.mark.parametrize(("name", "op"), [(n, op) for n in NEW for op in operators(n)
-                                          if not (n == "opt-no-bias-no-affine" and op.startswith("widen-"))])  # untied: refused
+                                          if not (n in ("opt-no-bias-no-affine", "opt-pre-ln-no-final-norm")
+                                                  and op.startswith("widen-"))])  # head untied by the widening: refused
 def test_gradient_map_for_every_new_family_and_operator(name: str, op: str) -> None:
     _assert_gradient_map(randomized(tiny_model(name)), GROW[op])
 

@@ -152,3 +152,11 @@ def test_inside_generate_with_the_kv_cache_equals_the_definition() -> None:
         assert torch.equal(out, ids)
     plain = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=40, do_sample=False, pad_token_id=0)
     assert not torch.equal(plain, out)  # DRY changed the greedy continuation of this looping model
+
+
+def test_the_same_ids_with_a_wider_vocabulary_do_not_crash() -> None:
+    dry = DRYLogitsProcessor(multiplier=1.0, allowed_length=2, breaker_ids=[])
+    ids = torch.tensor([[1, 2, 3, 1, 2]])
+    first = dry(ids, torch.zeros(1, 8))
+    wider = dry(ids, torch.zeros(1, 12))  # the same state asked again, more logits
+    assert torch.equal(wider[:, :8], first) and wider.shape == (1, 12)

@@ -151,3 +151,10 @@ def test_loop_budget_inside_generate_and_the_report() -> None:
     assert torch.equal(later[:, : first.shape[1]], first)
     assert hit0.spent == 1 and hit5.spent == 6 and hit0.period == hit5.period == tail_loop_period(first, 3, 8, 3).item()
     assert hit0.pattern == tuple(first[0, -hit0.period :].tolist()) and hit0.end == first.shape[1] - 1
+
+
+def test_loop_stopping_refuses_a_prompt_length_longer_than_the_sequences() -> None:
+    from kexue.repetition.hf import LoopStoppingCriteria
+
+    with pytest.raises(ValueError, match="prompt_length=9 is longer than the sequences"):
+        LoopStoppingCriteria(prompt_length=9)(torch.zeros(1, 5, dtype=torch.long), torch.zeros(1, 3))

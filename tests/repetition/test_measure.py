@@ -207,3 +207,15 @@ def test_analyze_explains_missing_bounds() -> None:
     rows = {r.rule: r for r in analyze(_random_p(20, 1), parse_decodings("greedy,topk=3"))}
     assert rows["greedy"].lower == math.inf and rows["greedy"].article_estimate == math.inf and "ζn = 1" in rows["greedy"].note
     assert math.isfinite(rows["topk=3"].lower) and rows["topk=3"].note == ""
+
+
+def test_a_power_series_cut_at_max_terms_is_not_reported_as_converged() -> None:
+    """λ₁ = 1 − 5e-5 needs ~10⁶ powers: cut at max_terms the value is 37 % low; the estimate
+    must say so (converged False, a truncation bound covering the gap), not hide it in a tiny
+    standard error."""
+    P = np.array([[1 - 5e-5, 5e-5], [5e-5, 1 - 5e-5]])
+    exact = estimate_r(P)  # one block of 2 <= dense_block: solved exactly
+    assert exact.converged and exact.value == pytest.approx(19998.5, rel=1e-6)
+    cut = estimate_r(P, dense_block=1, max_terms=10_000)
+    assert not cut.converged and cut.terms == 10_000
+    assert cut.value + cut.truncation >= exact.value * (1 - 1e-9) > cut.value

@@ -311,10 +311,12 @@ def _real_model_claims(ctx: ClaimContext, rows: dict, P_model: np.ndarray, outpu
               "included, as the loop rate observed when generating with them does: Spearman rank correlation",
               article_value="the article's prediction carried to a real model: higher R, more loops",
               measured={"Spearman(R model P, loop rate)": rank, "Spearman(R corpus bigram P, loop rate)": rank_bigram, **rows},
-              tolerance="Spearman >= 0.7", passed=rank >= 0.7, table=table,
-              details="DRY is history-dependent, so on P it is expressible only on the article's event itself (the penalty on "
-                      "the second walk of the cycle; other penalised tokens, earlier context and breakers left out); "
-                      "greedy's R = ∞ ranks first")
+              documented=True, table=table,
+              details="reported, not tested against a threshold: with 7 rules and one seed a single swapped pair moves "
+                      "Spearman by 0.036, and no threshold would be significant (the one-sided 5% critical value for n = 7 "
+                      "is 0.714). DRY is history-dependent, so on P it is expressible only on the article's event itself (the "
+                      "penalty on the second walk of the cycle; other penalised tokens, earlier context and breakers left "
+                      "out); greedy's R = ∞ ranks first")
     D = apply_decoding(P_model, "topk=5")
     flow = inflow(D)
     seen = np.zeros(corpus.vocab_size)

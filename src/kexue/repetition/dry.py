@@ -265,6 +265,8 @@ class DRYLogitsProcessor(LogitsProcessor):
                 self._tables(ids.device)
             self._cover(max(vocab_size, int(ids.max()) + 1), ids.shape[1], ids.device)
             self._rebuild(ids)
+        else:  # the same ids again (e.g. a wider vocabulary asked of the same state)
+            self._cover(max(vocab_size, int(ids.max()) + 1), ids.shape[1], ids.device)
 
     def penalties(self, input_ids: torch.LongTensor, vocab_size: int) -> torch.Tensor:
         """``(B, vocab_size)`` float32 amounts DRY subtracts from the next logits."""

@@ -163,6 +163,9 @@ class LoopStoppingCriteria(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         B, T = input_ids.shape
+        if T < self.prompt_length:
+            raise ValueError(f"prompt_length={self.prompt_length} is longer than the sequences ({T} tokens): pass the "
+                             "prompt's length, input_ids.shape[1] of the prompt given to generate")
         prev = self._ids
         if prev is not None and prev.device == input_ids.device and prev.shape[0] == B and T == prev.shape[1] + 1 \
                 and torch.equal(input_ids[:, :-1], prev):

@@ -168,7 +168,10 @@ class Estimate:
     blocks' tails. ``probes``: probe vectors used (all blocks, sketch included); ``terms``: the
     most powers of ``Q`` summed; ``blocks``: strongly connected components of ``Q``;
     ``stochastic_tokens``: tokens in blocks estimated stochastically (0: the value is exact);
-    ``converged``: whether the requested relative error was reached.
+    ``converged``: whether the requested relative error was reached and no power series was
+    cut at ``max_terms``; ``truncation``: a bound on what such a cut left out
+    (``m ρ^(K+1) / (1 − ρ)`` per block of ``m`` tokens with Perron root ``ρ``, cut after ``K``
+    powers; 0 when nothing was cut). The standard error does not include it.
     """
 
     value: float
@@ -180,6 +183,7 @@ class Estimate:
     blocks: int = 1
     stochastic_tokens: int = 0
     converged: bool = True
+    truncation: float = 0.0
 
     @property
     def relative_error(self) -> float:
@@ -208,7 +212,8 @@ def _exact_block(Q: sp.csr_array) -> float:
 
 
 def _tail(Q: sp.csr_array, V: np.ndarray, first: int, tol: float, max_terms: int) -> tuple[np.ndarray, int]:
-    """``Σ_{k=first}^{K} Q^k V``, powers added until the latest is below ``tol`` (relative, Frobenius)."""
+    """``Σ_{k=first}^{K} Q^k V``, powers added until the latest is below ``tol`` (relative,
+    Frobenius) or ``K = max_terms`` (the caller checks ``K`` to know whether it was cut)."""
     W = V
     for _ in range(first):
         W = Q @ W
@@ -290,6 +295,14 @@ class _Block:
     @property
     def value(self) -> float:
         return self.exact + self.low + float(self.values.mean())
+
+    @property
+    def truncation(self) -> float:
+        """A bound on the series cut at ``max_terms``: ``Σ_{k>K} |Tr Q^k| ≤ m ρ^(K+1)/(1 − ρ)``."""
+        if self.terms < self.max_terms:
+            return 0.0
+        rho = _perron_root(self.Q, tol=1e-10)
+        return self.Q.shape[0] * rho ** (self.terms + 1) / (1 - rho)
 
     @property
     def variance(self) -> float:  # of the mean
@@ -390,8 +403,10 @@ def estimate_r(P, *, rel_error: float | None = 0.005, probes: int | None = None,
         worst.add(min(len(worst.values), max_probes - used))
     value = exact + sum(b.value for b in large)
     stderr = math.sqrt(sum(b.variance for b in large))
+    truncation = sum(b.truncation for b in large)
     return Estimate(value, stderr, sum(b.probes for b in large), max(b.terms for b in large),
-                    exact + sum(b.exact for b in large), method, count, int(sum(b.Q.shape[0] for b in large)), converged)
+                    exact + sum(b.exact for b in large), method, count, int(sum(b.Q.shape[0] for b in large)),
+                    converged and truncation <= (rel_error or 0.0) * abs(value), truncation)
 
 
 def perron_vectors(Q, tol: float = 1e-12, max_iter: int = 100_000) -> tuple[float, np.ndarray, np.ndarray]:
