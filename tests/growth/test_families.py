@@ -15,13 +15,14 @@ from transformers import AutoModelForCausalLM
 
 from kexue.growth import add_experts, deepen, widen, widen_ffn
 from kexue.growth.optim import GrowthMap, transfer_adam_state
-from kexue.growth.parity import float64_norms, max_logit_difference, output_scale
+from kexue.growth.parity import float64_norms, gradient_map_error, gradients, max_logit_difference, output_scale
 from kexue.growth.zoo import OPERATORS, ZOO, operators, randomized, tiny_model, tiny_models
+
+# 12 tokens: longer than the sliding window (4) of the Gemma 2/3 entries, so layer types matter
+INPUTS = {"input_ids": torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))}
 
 NEW = ("gemma-tied", "gemma2-sandwich-softcap", "gemma3-qk-norm-local-rope", "opt-pre-ln", "opt-post-ln-proj",
        "opt-post-ln-tied", "opt-no-bias-no-affine", "opt-pre-ln-no-final-norm", "mixtral", "qwen3-moe-dense-layer")
-# 12 tokens: longer than the sliding window (4) of the Gemma 2/3 entries, so layer types matter
-INPUTS = {"input_ids": torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))}
 GROW = {"widen-heads": lambda m: widen(m, 2), "widen-head_dim": lambda m: widen(m, 2, mode="head_dim"),
         "widen_ffn": lambda m: widen_ffn(m, 53), "deepen": lambda m: deepen(m, [-1, 1]),
         "add_experts": lambda m: add_experts(m, 2)}
@@ -55,22 +56,10 @@ def _renamed(real, rule):
     return maps
 
 
-def _grads(model) -> dict[str, torch.Tensor]:
-    model.zero_grad()
-    logits = model(**INPUTS).logits
-    torch.nn.functional.cross_entropy(logits.flatten(0, 1), INPUTS["input_ids"].roll(-1, 1).flatten()).backward()
-    return {n: p.grad.clone() for n, p in model.named_parameters()}
-
-
 def _assert_gradient_map(small, grow) -> GrowthMap:
     """At the grown point the large model's gradient is g_s(j) / (n a_j) at every live entry."""
-    large, gmap = grow(small), GrowthMap.probe(small, grow)
-    with float64_norms():
-        g_small, g_large = _grads(small), _grads(large)
-    predicted = gmap.gradients(g_small)
-    for n, g in g_large.items():
-        live = (gmap.scale[n] > 0).view_as(g)
-        assert torch.allclose(predicted[n].view_as(g)[live], g[live], rtol=1e-9, atol=1e-12), n
+    gmap = GrowthMap.probe(small, grow)
+    assert gradient_map_error(small, grow(small), gmap, INPUTS) <= 1e-9
     return gmap
 
 
@@ -169,8 +158,8 @@ def test_gemma_gradient_map_and_adam_transfer_through_the_affine_norms() -> None
     history = []
     for _ in range(2):
         with float64_norms():
-            history.append(_grads(grow(small)))
-            _grads(small)
+            history.append(gradients(grow(small), INPUTS))
+            gradients(small, INPUTS)
         opt.step()
     large = grow(small)
     large_opt = torch.optim.AdamW(large.parameters())
@@ -191,7 +180,7 @@ def test_noise_keeps_the_function_and_separates_the_copies(name: str, up: str) -
     noisy = widen(small, 2, noise=0.05, seed=1)
     assert _relative(small, noisy) <= 1e-10
     with float64_norms():
-        g = _grads(noisy)[up]
+        g = gradients(noisy, INPUTS)[up]
     g = g[0] if g.dim() == 3 else g  # experts: expert 0's rows
     assert float((g[0] - g[1]).abs().max()) > 1e-3 * float(g[0].abs().max())  # unit 0 and its copy
 
@@ -327,7 +316,7 @@ def test_add_experts_noise_keeps_the_function_and_separates_the_copies() -> None
     assert _relative(small, noisy) <= 1e-10
     name = "model.layers.0.mlp.experts.gate_up_proj"
     with float64_norms():
-        g_exact, g_noisy = _grads(exact)[name], _grads(noisy)[name]
+        g_exact, g_noisy = gradients(exact, INPUTS)[name], gradients(noisy, INPUTS)[name]
     assert torch.allclose(g_exact[0], g_exact[1], rtol=1e-10, atol=1e-15)  # copies of expert 0: same gradients without noise
     assert float((g_noisy[0] - g_noisy[1]).abs().max()) > 1e-3 * float(g_noisy[0].abs().max())
     with pytest.raises(ValueError, match="noise"):
@@ -345,8 +334,8 @@ def test_add_experts_gradient_map_and_adam_transfer() -> None:
     assert torch.equal(gmap.count["model.layers.0.mlp.gate.weight"], torch.full((8 * 16,), 2.0, dtype=torch.float64))
     opt = torch.optim.Adam(small.parameters())
     with float64_norms():
-        _grads(small)
-        g_large = _grads(grow(small))
+        gradients(small, INPUTS)
+        g_large = gradients(grow(small), INPUTS)
     opt.step()
     large = grow(small)
     large_opt = torch.optim.Adam(large.parameters())

@@ -10,9 +10,11 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, Qwen
 
 from kexue.growth import widen
 from kexue.growth.depth import deepen
-from kexue.growth.parity import float64_norms, max_logit_difference
+from kexue.growth.parity import float64_norms, gradient_map_error, gradients, max_logit_difference
 from kexue.growth.zoo import randomized as _random
 from kexue.growth.zoo import tiny_model
+
+INPUTS = {"input_ids": torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))}
 
 SMALL = dict(vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4)
 # the zoo's entries this file covers (tests/growth/test_families.py: Gemma 1-3, OPT, Mixtral, Qwen3-MoE)
@@ -20,7 +22,6 @@ NAMES = ("llama-gqa-untied", "llama-tied", "qwen2-bias-gqa", "qwen3-qk-norm", "p
          "olmo2-branch-norms", "neox-sequential-tied", "gpt2", "bert-mlm")
 
 
-INPUTS = {"input_ids": torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))}
 
 
 @pytest.mark.parametrize("name", list(NAMES))
@@ -104,13 +105,6 @@ def test_unsupported_models_and_bad_arguments() -> None:
         deepen(tiny_model("gpt2"), [5])
 
 
-def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    model.zero_grad()  # eval mode: no dropout, so both models see the same function
-    logits = model(**INPUTS).logits
-    torch.nn.functional.cross_entropy(logits.flatten(0, 1), INPUTS["input_ids"].roll(-1, 1).flatten()).backward()
-    return {n: p.grad.clone() for n, p in model.named_parameters()}
-
-
 @pytest.mark.parametrize("name", list(NAMES))
 def test_widen_ffn_is_exact_for_any_size(name: str) -> None:
     from kexue.growth import widen_ffn
@@ -144,7 +138,7 @@ def test_symmetry_breaking_keeps_the_function_and_separates_the_copies(name: str
     up = {"llama-gqa-untied": "model.layers.0.mlp.up_proj.weight", "gpt2": "transformer.h.0.mlp.c_fc.weight",
           "bert-mlm": "bert.encoder.layer.0.intermediate.dense.weight"}[name]
     with float64_norms():
-        g_exact, g_noisy = _grads(exact)[up], _grads(noisy)[up]
+        g_exact, g_noisy = gradients(exact, INPUTS)[up], gradients(noisy, INPUTS)[up]
     if name == "gpt2":  # Conv1D: units are columns
         g_exact, g_noisy = g_exact.T, g_noisy.T
     # without noise the two copies of unit 0 (rows 0 and 1) get the same gradient: they stay copies forever
@@ -161,21 +155,10 @@ def test_symmetry_breaking_for_ffn_widening() -> None:
     noisy = widen_ffn(small, 48, noise=0.05)
     with float64_norms():
         assert max_logit_difference(small, noisy, INPUTS) <= 1e-10
-        g = _grads(noisy)["model.layers.0.mlp.gate_proj.weight"]
+        g = gradients(noisy, INPUTS)["model.layers.0.mlp.gate_proj.weight"]
     assert float((g[0] - g[24]).abs().max()) > 1e-3 * float(g[0].abs().max())  # unit 0 and its copy 24
     with pytest.raises(ValueError, match="noise"):
         widen_ffn(small, 48, noise=-1)
-
-
-def _assert_gradient_map(small, large, gmap) -> dict[str, torch.Tensor]:
-    """The map's prediction g̃_j = g_s(j) / (n a_j) equals the large model's own gradient at every live entry."""
-    with float64_norms():
-        g_small, g_large = _grads(small), _grads(large)
-    predicted = gmap.gradients(g_small)
-    for n, g in g_large.items():
-        live = (gmap.scale[n] > 0).view_as(g)
-        assert torch.allclose(predicted[n].view_as(g)[live], g[live], rtol=1e-9, atol=1e-12), n
-    return g_large
 
 
 _GRAD_CASES = [(name, op) for name in NAMES for op in ("widen-heads", "widen-head_dim", "ffn", "deepen")
@@ -194,7 +177,9 @@ def test_gradient_map_gives_the_large_models_gradient(name: str, op: str) -> Non
     small = _random(tiny_model(name))
     large = grow(small)
     gmap = GrowthMap.probe(small, grow)
-    g_large = _assert_gradient_map(small, large, gmap)
+    assert gradient_map_error(small, large, gmap, INPUTS) <= 1e-9
+    with float64_norms():
+        g_large = gradients(large, INPUTS)
     if op != "deepen":
         assert all(bool((gmap.scale[n] > 0).all()) for n in g_large)  # widening creates no fresh entries
     if op == "deepen":  # the inserted blocks are fresh: their zeroed projections do get gradients
@@ -211,8 +196,8 @@ def test_transfer_adam_state_matches_the_gradient_history() -> None:
     for _ in range(2):
         grown_now = grow(small)
         with float64_norms():
-            _grads(small)
-            history.append(_grads(grown_now))
+            gradients(small, INPUTS)
+            history.append(gradients(grown_now, INPUTS))
         opt.step()
     large = grow(small)
     large_opt = torch.optim.AdamW(large.parameters(), lr=5e-4, amsgrad=True)
@@ -278,7 +263,7 @@ def test_deepen_gpt2_scaled_transfers_adam_state_through_the_rescaling() -> None
     scale = gmap.scale["transformer.h.1.attn.c_attn.weight"].view(16, 48)
     assert torch.allclose(scale[:, :16], torch.full((16, 16), 2.0, dtype=scale.dtype))  # (1 + 1) / (0 + 1): the query
     assert torch.allclose(scale[:, 16:], torch.ones(16, 32, dtype=scale.dtype))  # keys and values unscaled
-    _assert_gradient_map(small, large, gmap)
+    assert gradient_map_error(small, large, gmap, INPUTS) <= 1e-9
 
 
 def test_deepen_qwen2_sliding_window_layers_keep_their_type() -> None:

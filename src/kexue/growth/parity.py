@@ -15,7 +15,7 @@ import importlib
 
 import torch
 
-__all__ = ["float64_norms", "max_logit_difference", "output_scale"]
+__all__ = ["float64_norms", "gradient_map_error", "gradients", "max_logit_difference", "output_scale"]
 
 
 def _exact_forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -105,3 +105,32 @@ def output_scale(model, inputs: dict) -> float:
     """``max |output|`` (logits, or last hidden states without a head): the denominator of relative parity."""
     with torch.no_grad():
         return float(_output(model, inputs).abs().max())
+
+
+def gradients(model, inputs: dict) -> dict[str, torch.Tensor]:
+    """Every parameter's gradient of the next-token cross-entropy on ``inputs`` (targets: the
+    ids shifted by one, cyclically). Call in eval mode: no dropout, so a small and a grown
+    model compute the same function."""
+    model.zero_grad()
+    logits = _output(model, inputs)
+    ids = inputs["input_ids"]
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids.roll(-1, 1).flatten()).backward()
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def gradient_map_error(small, large, gmap, inputs: dict) -> float:
+    """The gradient identity behind the Adam-state transfer, measured: ``max |g̃ − g_large|``
+    over every parameter's live entries, relative to the largest gradient entry of the large
+    model (parameters whose gradient is zero, an unused embedding row say, are judged on that
+    scale too), with ``g̃ = g_s(j) / (n a_j)`` the map's prediction from the small model's
+    gradient. Runs inside :func:`float64_norms`."""
+    with float64_norms():
+        g_small, g_large = gradients(small, inputs), gradients(large, inputs)
+    predicted = gmap.gradients(g_small)
+    scale = max(float(g.abs().max()) for g in g_large.values())
+    worst = 0.0
+    for name, g in g_large.items():
+        live = (gmap.scale[name] > 0).view_as(g)
+        if live.any():
+            worst = max(worst, float((predicted[name].view_as(g)[live] - g[live]).abs().max()))
+    return worst / max(scale, 1e-300)
