@@ -160,3 +160,15 @@ def test_the_same_ids_with_a_wider_vocabulary_do_not_crash() -> None:
     first = dry(ids, torch.zeros(1, 8))
     wider = dry(ids, torch.zeros(1, 12))  # the same state asked again, more logits
     assert torch.equal(wider[:, :8], first) and wider.shape == (1, 12)
+
+
+def test_dry_on_p_refuses_a_vocabulary_it_cannot_afford() -> None:
+    import scipy.sparse as sp
+
+    from kexue.repetition.analysis import DRY_MAX_TOKENS, dry_penalised, r_with_dry
+
+    big = sp.identity(DRY_MAX_TOKENS + 1, format="csr")
+    with pytest.raises(ValueError, match=f"P has {DRY_MAX_TOKENS + 1} tokens"):
+        dry_penalised(big, "greedy", 1.0)
+    with pytest.raises(ValueError, match="at most"):
+        r_with_dry(big, "greedy", multiplier=1.0)

@@ -65,11 +65,18 @@ def analyze(P, rules: Sequence[Decoding], *, terms: int = 30, probes: int = 32, 
     return rows
 
 
+DRY_MAX_TOKENS = 2000  # dry_penalised is O(n³) in time and holds dense n × n copies
+
+
 def dry_penalised(P, rule: Decoding | str, delta: float) -> np.ndarray:
     """``G[i, j]``: the probability of ``j`` after ``i`` when ``j``'s logit is lowered by ``delta``
     and then ``rule`` is applied (row ``i`` of ``P`` with entry ``j`` times ``e^(−delta)``,
     renormalised, decoded): DRY's effect on the one token that would extend a repeat, in
     llama.cpp's order (DRY before top-k, top-p, temperature)."""
+    n = P.shape[0]
+    if n > DRY_MAX_TOKENS:
+        raise ValueError(f"P has {n} tokens: dry_penalised decodes one dense copy of P per token (O(n³)), so it accepts at "
+                         f"most {DRY_MAX_TOKENS}; restrict P to the tokens that matter (e.g. a character-level model)")
     dense = P.toarray() if sp.issparse(P) else np.asarray(P, dtype=np.float64)
     G = np.zeros_like(dense)
     factor = math.exp(-delta)
