@@ -105,16 +105,17 @@ class TrainLog:
 def train_steps(model: nn.Module, corpus: CharCorpus, optimizer: torch.optim.Optimizer, *, steps: int, batch_size: int,
                 context: int, generator: torch.Generator, eval_every: int, log: TrainLog | None = None,
                 flops_offset: float = 0.0, step_offset: int = 0, lr_at: Callable[[int], float] | None = None,
-                on_step: Callable[[], None] | None = None) -> TrainLog:
+                on_step: Callable[[], None] | None = None, eval_windows: int = 256, eval_at_start: bool = True) -> TrainLog:
     """Train ``steps`` steps (cross-entropy on random windows), evaluating every ``eval_every``
     steps and at the end. ``lr_at(step)`` sets the learning rate of every group before each step
     (``step`` counted from ``step_offset``); FLOPs use :func:`flops_per_token` with the model's
-    config (context ``context``)."""
+    config (context ``context``). Each evaluation is :func:`evaluate` on ``eval_windows``
+    windows; ``eval_at_start=False`` skips the one before the first step (on an empty log)."""
     log = log if log is not None else TrainLog()
     per_token = flops_per_token(model.config, context)
     tokens = batch_size * context
-    if not log.steps:
-        log.add(step_offset, flops_offset, evaluate(model, corpus, context))
+    if not log.steps and eval_at_start:
+        log.add(step_offset, flops_offset, evaluate(model, corpus, context, eval_windows))
     model.train()
     for i in range(1, steps + 1):
         if lr_at is not None:
@@ -129,6 +130,6 @@ def train_steps(model: nn.Module, corpus: CharCorpus, optimizer: torch.optim.Opt
         if on_step is not None:
             on_step()
         if i % eval_every == 0 or i == steps:
-            log.add(step_offset + i, flops_offset + i * tokens * per_token, evaluate(model, corpus, context))
+            log.add(step_offset + i, flops_offset + i * tokens * per_token, evaluate(model, corpus, context, eval_windows))
     return log
 

@@ -125,11 +125,6 @@ def _llama(vocab: int, hidden: int, layers: int, context: int) -> nn.Module:
     return LlamaForCausalLM(config)
 
 
-def _window_loss(model: nn.Module, window: torch.Tensor) -> torch.Tensor:
-    logits = model(input_ids=window[:, :-1]).logits
-    return nn.functional.cross_entropy(logits.flatten(0, 1).float(), window[:, 1:].flatten())
-
-
 def layer_errors(model: nn.Module, exact_twin: nn.Module, window: torch.Tensor) -> dict[str, object]:
     """Per-part local errors (:func:`~kexue.mitchell.nn.track_errors`) of ``model`` on one batch,
     and the end-to-end effect: relative error of the logits against ``exact_twin`` (the same
@@ -161,7 +156,7 @@ def char_transformer(variant: str, *, steps: int, seed: int = 0, correction: str
     ``evals`` times (plus once before training when ``evals > 1``). With ``track``, the result
     also has :func:`layer_errors` of the trained model on the first 16 validation windows.
     """
-    from kexue.charlm import evaluate
+    from kexue.charlm import train_steps
     from kexue.mitchell.nn import mitchellize
 
     corpus = _corpus()
@@ -171,23 +166,11 @@ def char_transformer(variant: str, *, steps: int, seed: int = 0, correction: str
     if switches is not None:
         mitchellize(model, backward="mitchell", **switches)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.99), weight_decay=0.0)
-    g = torch.Generator().manual_seed(seed)
-    every = max(1, steps // max(1, evals))
-    curve = [evaluate(model, corpus, context, windows=eval_windows)] if evals > 1 else []
-    model.train()
-    for step in range(1, steps + 1):
-        for group in opt.param_groups:
-            group["lr"] = 3e-3 * min(1.0, step / max(1, warmup))
-        loss = _window_loss(model, corpus.batch(batch_size, context, g))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"char transformer ({variant}) diverged at step {step}: loss {float(loss)}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if on_step is not None:
-            on_step()
-        if step % every == 0 or step == steps:
-            curve.append(evaluate(model, corpus, context, windows=eval_windows))
+    log = train_steps(model, corpus, opt, steps=steps, batch_size=batch_size, context=context,
+                      generator=torch.Generator().manual_seed(seed), eval_every=max(1, steps // max(1, evals)),
+                      lr_at=lambda step: 3e-3 * min(1.0, step / max(1, warmup)), on_step=on_step,
+                      eval_windows=eval_windows, eval_at_start=evals > 1)
+    curve = log.val_loss
     out: dict[str, object] = {"val_loss": curve[-1], "curve": curve}
     if track and switches is not None:
         twin = _llama(corpus.vocab_size, hidden, layers, context)
