@@ -125,6 +125,17 @@ def deepen(model: nn.Module, after: Sequence[int]) -> nn.Module:
     for i in range(n):
         plan.append((i, False))
         plan += [(i, True)] * after.count(i)
+    return relayered(model, plan)
+
+
+def relayered(model: nn.Module, plan: Sequence[tuple[int, bool]]) -> nn.Module:
+    """A new model whose layer ``j`` is a copy of layer ``plan[j][0]``, with its branch output
+    projections zeroed where ``plan[j][1]`` (an identity block). Per-layer settings move with
+    their layers (``layer_types``, Qwen3-MoE's dense layers, GPT-2's index scaling); under
+    probing, identity copies are fresh parameters. :func:`deepen` and the stacking baseline
+    of :mod:`kexue.growth.experiment` are plans."""
+    model_type = model.config.model_type
+    prefix, zeroed = PRE_NORM[model_type]
     compensate = _index_compensation(model_type, model.config)
     sd = model.state_dict()
     pattern = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.(.*)$")

@@ -33,8 +33,6 @@ interpolation between evaluations).
 
 from __future__ import annotations
 
-import copy
-import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,9 +41,8 @@ import torch
 from torch import nn
 
 from kexue.charlm import CharCorpus, TrainLog, evaluate, flops_per_token
-from kexue.growth._build import build
 from kexue.growth.callback import GrowthCallback
-from kexue.growth.depth import deepen
+from kexue.growth.depth import deepen, relayered
 from kexue.growth.widen import widen
 
 __all__ = ["PUBLISHED", "GrowthRun", "Recipe", "Settings", "flops_to_reach", "recipes", "run_experiment", "stack_layers"]
@@ -96,21 +93,8 @@ class GrowthRun:
 def stack_layers(model: nn.Module) -> nn.Module:
     """The G_stack-style baseline: twice the layers, layer ``L + i`` a copy of trained layer ``i``.
     Not function-preserving (each copy reads what the layers below it now produce)."""
-    n = model.config.num_hidden_layers
-    pattern = re.compile(r"^model\.layers\.(\d+)\.(.*)$")
-    state = {}
-    for name, t in model.state_dict().items():
-        m = pattern.match(name)
-        if m is None:
-            state[name] = t.detach().clone()
-            continue
-        for copy_index in range(2):
-            state[f"model.layers.{int(m.group(1)) + copy_index * n}.{m.group(2)}"] = t.detach().clone()
-    config = copy.deepcopy(model.config)
-    config.num_hidden_layers = 2 * n
-    if getattr(config, "layer_types", None) is not None:
-        config.layer_types = list(config.layer_types) * 2
-    return build(model, config, state, "stacking layers")
+    layers = list(range(model.config.num_hidden_layers))
+    return relayered(model, [(i, False) for i in layers + layers])
 
 
 def recipes(s: Settings) -> list[Recipe]:
