@@ -7,11 +7,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy.stats import spearmanr
 
+from kexue._shared import as_real_array
 from kexue.data import SentencePairs
 
 __all__ = ["cosine_spearman", "score_task", "score_tasks", "sentence_transformer_encoder", "unique_sentences"]
 
-Encoder = Callable[[Sequence[str]], np.ndarray]  # torch tensors are accepted too
+Encoder = Callable[[Sequence[str]], np.ndarray]  # torch tensors too: any dtype (bfloat16 included), any device
 
 
 def sentence_transformer_encoder(model, batch_size: int = 128) -> Encoder:
@@ -24,15 +25,15 @@ def sentence_transformer_encoder(model, batch_size: int = 128) -> Encoder:
             out = model.encode(list(sentences), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
         finally:
             model.train(was_training)
-        return np.asarray(out, dtype=np.float64)
+        return as_real_array(out, "embeddings")
 
     return encode
 
 
 def cosine_spearman(encode: Encoder, pairs: SentencePairs) -> float:
     """Spearman's ρ × 100 between gold scores and the cosine similarity of the two sides."""
-    a = np.asarray(encode(pairs.sentences1), dtype=np.float64)
-    b = np.asarray(encode(pairs.sentences2), dtype=np.float64)
+    a = as_real_array(encode(pairs.sentences1), "embeddings")  # torch on any device, bfloat16 included
+    b = as_real_array(encode(pairs.sentences2), "embeddings")
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise FloatingPointError(f"the encoder returned non-finite embeddings on {pairs.name}")
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
@@ -65,7 +66,7 @@ def score_task(subsets: Sequence[SentencePairs], vectors: np.ndarray, index: dic
 
     A task with one subset (STS-B, SICK-R) has ``all == wmean``.
     """
-    vectors = np.asarray(vectors, dtype=np.float64)
+    vectors = as_real_array(vectors, "vectors")
     if not np.isfinite(vectors).all():
         raise FloatingPointError("non-finite sentence vectors")
     cos = [_cosines(vectors, index, p) for p in subsets]

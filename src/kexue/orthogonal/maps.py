@@ -41,6 +41,14 @@ index on ties), which keeps the kind's determinant and symmetry:
 With ``degenerate="raise"`` a ValueError is raised instead. In dimension 1 no perpendicular
 exists and the degenerate cases always raise.
 
+Devices and precision: the factors are built on the inputs' device in float64 (float32 on MPS,
+which lacks float64); the canonical choice is taken with ``torch.where``, not a branch, so with
+``validate=False`` (and ``degenerate="canonical"``, ``d > 1``) a call reads no value back to the
+host: the per-batch hot call on a GPU does not synchronise, and the meta device gives shapes.
+``validate=True`` (the default) checks ``a`` and ``b`` (finite, nonzero or unit length), which
+needs their values on the host once per call. Autocast does not lower the precision: the
+products are computed in the documented dtypes with autocast off.
+
 References:
     Su Jianlin, "从一个单位向量变换到另一个单位向量的正交矩阵", Scientific Spaces, 2021,
     https://kexue.fm/archives/8453
@@ -54,7 +62,8 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 
-from kexue._shared import as_float_tensor, check_choice, check_finite, empty_like_fast, restore_type
+from kexue._device import autocast_disabled
+from kexue._shared import as_float_tensor, check_bool, check_choice, check_finite, empty_like_fast, restore_type
 
 __all__ = ["KINDS", "Kind", "apply_orthogonal_map", "orthogonal_map", "low_rank_factors"]
 
@@ -165,22 +174,29 @@ def _direction(
 
     ``u`` is ``â − b̂`` or ``â + b̂`` for unit ``â, b̂``. Below 4ε its direction is rounding
     noise (e.g. ``b = 3a`` exactly), while the canonical map is off by only ``‖u‖ ≤ 4ε``.
+    With ``degenerate="canonical"`` in ``d > 1`` the choice is a ``torch.where`` (no host
+    sync); raising (on request, or in dimension 1 where no perpendicular exists) reads the
+    test back to the host.
     """
     direction = _scaled_unit(u)
     is_degenerate = torch.linalg.vector_norm(u.detach(), dim=-1) <= 4 * torch.finfo(u.dtype).eps
-    if bool(is_degenerate.any()):
-        where = tuple(int(i) for i in is_degenerate.nonzero()[0]) if is_degenerate.dim() else ()
-        if degenerate == "raise" or a.shape[-1] == 1:
-            reason = (
-                "dimension 1 has no perpendicular direction"
-                if a.shape[-1] == 1
-                else "pass degenerate='canonical' to use the canonical perpendicular of a"
-            )
-            raise ValueError(
-                f"degenerate input: {what} at batch index {where}; the map is not determined ({reason})"
-            )
-        direction = torch.where(is_degenerate.unsqueeze(-1), _canonical_perpendicular(a), direction)
-    return direction
+    if degenerate == "raise" or a.shape[-1] == 1:
+        _raise_if_degenerate(is_degenerate, a.shape[-1], what)
+        return direction
+    return torch.where(is_degenerate.unsqueeze(-1), _canonical_perpendicular(a), direction)
+
+
+def _raise_if_degenerate(is_degenerate: torch.Tensor, d: int, what: str) -> None:
+    """The ValueError for a degenerate pair, naming its first batch index (reads the test on the host)."""
+    if is_degenerate.device.type == "meta":
+        raise ValueError("degenerate='raise' (and dimension d = 1) needs the values of a and b; "
+                         "on the meta device use degenerate='canonical' with d > 1")
+    if not bool(is_degenerate.any()):
+        return
+    where = tuple(int(i) for i in is_degenerate.nonzero()[0]) if is_degenerate.dim() else ()
+    reason = ("dimension 1 has no perpendicular direction" if d == 1
+              else "pass degenerate='canonical' to use the canonical perpendicular of a")
+    raise ValueError(f"degenerate input: {what} at batch index {where}; the map is not determined ({reason})")
 
 
 def _reflection(a: torch.Tensor, b: torch.Tensor, diff: torch.Tensor, total: torch.Tensor, degenerate: Degenerate) -> LowRank:
@@ -208,16 +224,25 @@ _FACTORS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Te
 }
 
 
-def _check_inputs(a: torch.Tensor, b: torch.Tensor, normalize: bool, a_dtype: torch.dtype, b_dtype: torch.dtype) -> None:
-    """Validate ``a, b`` (see ``normalize`` in :func:`orthogonal_map`); ``*_dtype`` are the callers' dtypes."""
+def _check_shapes(a: torch.Tensor, b: torch.Tensor) -> None:
+    """``a, b`` are vectors ``(..., d)`` of one ``d >= 1`` (shapes only: no value is read)."""
     for name, u in (("a", a), ("b", b)):
         if u.dim() == 0:
             raise ValueError(f"{name} must have at least one dimension (..., d); got a scalar")
         if u.shape[-1] == 0:
             raise ValueError(f"{name} has last dimension 0; vectors need d >= 1")
-        check_finite(u, name)
     if a.shape[-1] != b.shape[-1]:
         raise ValueError(f"a and b must have the same last dimension d; got a.shape={tuple(a.shape)}, b.shape={tuple(b.shape)}")
+
+
+def _check_values(a: torch.Tensor, b: torch.Tensor, normalize: bool, a_dtype: torch.dtype, b_dtype: torch.dtype) -> None:
+    """Validate the values of ``a, b`` (see ``normalize`` in :func:`orthogonal_map`); ``*_dtype`` are
+    the callers' dtypes. Reads the checks back to the host (one sync per check on a GPU)."""
+    if a.device.type == "meta":
+        raise ValueError("validate=True needs the values of a and b, which the meta device does not have; "
+                         "pass validate=False on the meta device")
+    for name, u in (("a", a), ("b", b)):
+        check_finite(u, name)
     for name, u, input_dtype in (("a", a, a_dtype), ("b", b, b_dtype)):
         if normalize:
             is_zero = u.abs().amax(dim=-1) == 0
@@ -240,6 +265,7 @@ def low_rank_factors(
     *,
     normalize: bool = True,
     degenerate: Degenerate = "canonical",
+    validate: bool = True,
 ) -> LowRank:
     """The factors of ``T = β I + V Uᵀ`` for torch tensors ``a, b`` of shape ``(..., d)``.
 
@@ -248,15 +274,18 @@ def low_rank_factors(
     working precision however close ``a`` is to ``±b``; cast the factors to the working
     dtype before use. Differentiable: gradients flow through the plain formulas (same
     derivative), the values come from the accurate ones. See the module docstring for the
-    formulas and the degenerate cases.
+    formulas and the degenerate cases. ``validate``: see :func:`orthogonal_map`.
     """
     check_choice("kind", kind, KINDS)
     check_choice("degenerate", degenerate, ("canonical", "raise"))
+    check_bool("validate", validate)
     a, _ = as_float_tensor(a, "a")
     b, _ = as_float_tensor(b, "b", like=a)
     dtype = torch.float32 if a.device.type == "mps" else torch.float64
     a_work, b_work = a.to(dtype), b.to(dtype)
-    _check_inputs(a_work, b_work, normalize, a.dtype, b.dtype)
+    _check_shapes(a_work, b_work)
+    if validate:
+        _check_values(a_work, b_work, normalize, a.dtype, b.dtype)
     try:
         a, b = torch.broadcast_tensors(a_work, b_work)
     except RuntimeError as exc:
@@ -277,6 +306,7 @@ def orthogonal_map(
     *,
     normalize: bool = True,
     degenerate: Degenerate = "canonical",
+    validate: bool = True,
 ) -> Any:
     """The orthogonal matrix ``T`` with ``T a = b``, batched over leading dimensions.
 
@@ -293,10 +323,17 @@ def orthogonal_map(
         degenerate: ``"canonical"`` or ``"raise"``; what to do when the map is not
             determined (``a = b`` for reflection, ``a = −b`` for the others). See the
             module docstring.
+        validate: check that ``a`` and ``b`` are finite and nonzero (or, with
+            ``normalize=False``, unit length), raising a ValueError otherwise. The checks read
+            values back to the host; ``validate=False`` skips them (a non-finite or zero
+            vector then gives NaN) so that a call on a GPU does not synchronise, and is
+            required on the meta device.
 
     Returns:
         ``T`` of shape ``(..., d, d)``, a torch tensor for torch ``a`` (autograd flows
-        through it) and a NumPy array otherwise, in the promoted dtype of ``a`` and ``b``.
+        through it) and a NumPy array otherwise, in the promoted dtype of ``a`` and ``b``,
+        on ``a``'s device. Computed in float64 (float32 on MPS) whatever the input dtype and
+        whether or not autocast is on, then rounded once.
 
     Example:
         >>> import numpy as np
@@ -308,10 +345,11 @@ def orthogonal_map(
     """
     a_t, a_numpy = as_float_tensor(a, "a")
     b_t, _ = as_float_tensor(b, "b", like=a_t)
-    beta, U, V = low_rank_factors(a_t, b_t, kind, normalize=normalize, degenerate=degenerate)
+    beta, U, V = low_rank_factors(a_t, b_t, kind, normalize=normalize, degenerate=degenerate, validate=validate)
     d = U.shape[-2]
     eye = torch.eye(d, dtype=U.dtype, device=U.device)
-    T = beta * eye + V @ U.mT  # (..., d, d)
+    with autocast_disabled(U):
+        T = beta * eye + V @ U.mT  # (..., d, d)
     out_dtype = torch.promote_types(a_t.dtype, b_t.dtype)
     return restore_type(T.to(out_dtype), a_numpy)
 
@@ -325,6 +363,7 @@ def apply_orthogonal_map(
     inverse: bool = False,
     normalize: bool = True,
     degenerate: Degenerate = "canonical",
+    validate: bool = True,
     out: Any = None,
 ) -> Any:
     """``T x`` for every vector ``x`` (the rows of ``x``), in O(d) each, without forming ``T``.
@@ -344,11 +383,17 @@ def apply_orthogonal_map(
             the two symmetric kinds).
         normalize: see :func:`orthogonal_map`.
         degenerate: see :func:`orthogonal_map`.
+        validate: see :func:`orthogonal_map`. For a hot call on a GPU (a map applied to
+            every batch) pass ``validate=False`` with ``a`` and ``b`` already on ``x``'s
+            device: nothing is then read back to the host (validate once, e.g. with
+            :func:`orthogonal_map` or :func:`low_rank_factors` on the first batch).
         out: optional preallocated result of ``x``'s shape and dtype (``out=x`` maps
             in place). Not differentiable.
 
     Returns:
-        ``T x`` in ``x``'s dtype (integers become floating), torch for torch ``x``, else NumPy.
+        ``T x`` in ``x``'s dtype (integers become floating), torch for torch ``x``, else NumPy,
+        on ``x``'s device (the meta device gives the shape). The factors are built in float64
+        (float32 on MPS) and the O(d) update runs in ``x``'s dtype, with autocast off.
         ``x`` is not checked for NaN: like any linear map, NaN rows stay NaN.
 
     Example:
@@ -369,7 +414,7 @@ def apply_orthogonal_map(
     d = x_t.shape[-1]
     if a_t.dim() == 0 or a_t.shape[-1] != d:
         raise ValueError(f"a must have last dimension d = x.shape[-1] = {d}; got a.shape={tuple(a_t.shape)}")
-    beta, U, V = low_rank_factors(a_t, b_t, kind, normalize=normalize, degenerate=degenerate)
+    beta, U, V = low_rank_factors(a_t, b_t, kind, normalize=normalize, degenerate=degenerate, validate=validate)
     if inverse:
         U, V = V, U
     U, V = U.to(x_t.dtype), V.to(x_t.dtype)
@@ -387,10 +432,11 @@ def apply_orthogonal_map(
         if torch.is_grad_enabled() and (x_t.requires_grad or U.requires_grad):
             raise ValueError("out= is not differentiable; call without out= when x, a or b require grad")
 
-    if U.dim() == 2 and x_t.shape[:-1] == batch:
-        y = _apply_shared(x_t, beta, U, V, out_t)
-    else:
-        y = _apply_batched(x_t, beta, U, V, batch, out_t)
+    with autocast_disabled(x_t):
+        if U.dim() == 2 and x_t.shape[:-1] == batch:
+            y = _apply_shared(x_t, beta, U, V, out_t)
+        else:
+            y = _apply_batched(x_t, beta, U, V, batch, out_t)
     if out is not None:
         return out
     return restore_type(y, x_numpy)

@@ -2,6 +2,9 @@
 
 * :mod:`kexue.whitening.whitening`: :class:`Whitening` (scikit-learn contract, float64
   statistics with exact merges, ``all_reduce`` over processes, save/load).
+* :mod:`kexue.whitening.layer`: :class:`WhiteningLayer`, the fitted map as a torch module whose
+  float64 map survives ``.bfloat16()``/``.half()``/``.to(dtype)`` and follows it to its device (the
+  per-batch GPU path: no host sync; the meta device for shapes).
 * :mod:`kexue.whitening.reference`: float64 NumPy oracles of the article's formulas.
 """
 
@@ -10,5 +13,6 @@ from kexue._optional import require_extra
 require_extra("kexue.whitening", "sklearn")
 
 from kexue.whitening.whitening import RankDeficientWarning, Whitening
+from kexue.whitening.layer import WhiteningLayer
 
-__all__ = ["RankDeficientWarning", "Whitening"]
+__all__ = ["RankDeficientWarning", "Whitening", "WhiteningLayer"]

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kexue.whitening.layer import _HoldsMap, whiten
 from kexue.whitening.whitening import Whitening
 
 from kexue._optional import require_extra
@@ -44,22 +45,23 @@ __all__ = ["WhiteningModule", "add_whitening", "whitening_dense"]
 _FILE = "whitening.safetensors"
 
 
-class WhiteningModule(nn.Module):
-    """``features["sentence_embedding"] <- (x - βμ) W`` (kernel and bias as float32 buffers).
+class WhiteningModule(_HoldsMap):
+    """``features["sentence_embedding"] <- (x - βμ) W``, the map kept in float64 (float32 on MPS).
 
     Kept so that models saved by kexue 0.1 load (with ``trust_remote_code=True``); new models get
-    a built-in ``Dense`` (:func:`add_whitening`).
+    a built-in ``Dense`` (:func:`add_whitening`). The kernel and bias buffers keep their precision
+    through ``model.bfloat16()``, ``.half()``, ``.to(dtype)`` and ``.double()`` and follow the model
+    to its device; ``forward`` computes in float32 (float64 for float64 embeddings) with autocast
+    off and returns the embeddings' dtype, without reading anything back to the host.
     """
 
     def __init__(self, whitening: Whitening) -> None:
         super().__init__()
         self.whitening = whitening
-        self.register_buffer("kernel", torch.from_numpy(whitening.kernel_).float())
-        self.register_buffer("bias", torch.from_numpy(whitening.bias_).float())
+        self._register_map(whitening)
 
     def forward(self, features: dict[str, Any]) -> dict[str, Any]:
-        x = features["sentence_embedding"]
-        features["sentence_embedding"] = (x - self.bias.to(x.dtype)) @ self.kernel.to(x.dtype)
+        features["sentence_embedding"] = whiten(features["sentence_embedding"], self.kernel, self.bias)
         return features
 
     def get_sentence_embedding_dimension(self) -> int:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from kexue._device import autocast_disabled, collective_device
 from kexue._shared import check_finite, check_int, check_number, check_process_group
 
 __all__ = ["RankDeficientWarning", "Whitening", "validate_rows"]
@@ -72,6 +73,9 @@ def validate_rows(estimator: BaseEstimator | None, X: Any, *, reset: bool = Fals
         check_finite(x, "X")
         return x
     x = X.detach()
+    if x.device.type == "meta":
+        raise ValueError("X is on the meta device, which holds no values: the Whitening estimator fits on and "
+                         "validates values (cpu, cuda, ...); WhiteningLayer(fitted).to('meta') gives the shapes")
     if x.is_complex():
         raise ValueError(f"Complex data not supported: X is a {x.dtype} tensor")
     if x.dim() != 2:
@@ -92,14 +96,26 @@ def validate_rows(estimator: BaseEstimator | None, X: Any, *, reset: bool = Fals
     return x
 
 
+def _float64_device(device: torch.device) -> torch.device:
+    """Where float64 statistics of tensors on ``device`` are computed: there, or on the CPU for MPS
+    (which has no float64)."""
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 def batch_statistics(x: torch.Tensor) -> tuple[int, np.ndarray, np.ndarray]:
-    """``(n, μ, M)`` of the rows of ``x`` in float64, chunk by chunk (exact Chan merges)."""
+    """``(n, μ, M)`` of the rows of ``x`` in float64, chunk by chunk (exact Chan merges).
+
+    Each chunk's mean and scatter are computed in float64 on ``x``'s device (on the CPU for MPS)
+    with autocast off, then merged on the host (one transfer per chunk: fitting synchronises).
+    """
+    device = _float64_device(x.device)
     n, mean, scatter = 0, None, None
     for start in range(0, x.shape[0], _CHUNK_ROWS):
-        chunk = x[start : start + _CHUNK_ROWS].to(torch.float64)
-        mu = chunk.mean(0)
-        centred = chunk - mu
-        m2 = (centred.T @ centred).cpu().numpy()
+        chunk = x[start : start + _CHUNK_ROWS].to(device=device, dtype=torch.float64)
+        with autocast_disabled(chunk):
+            mu = chunk.mean(0)
+            centred = chunk - mu
+            m2 = (centred.T @ centred).cpu().numpy()
         n, mean, scatter = merge_statistics((n, mean, scatter), (chunk.shape[0], mu.cpu().numpy(), m2))
     return n, mean, scatter
 
@@ -209,8 +225,7 @@ class Whitening(TransformerMixin, BaseEstimator):
         self._require_fitted()
         d = self.n_features_in_
         packed = torch.from_numpy(np.concatenate([[float(self.n_samples_seen_)], self.mean_, self.scatter_.ravel()]))
-        if dist.get_backend(group) == "nccl":
-            packed = packed.cuda()
+        packed = packed.to(collective_device(group))  # NCCL: the current CUDA device; gloo: the CPU
         parts = [torch.empty_like(packed) for _ in range(dist.get_world_size(group))]
         dist.all_gather(parts, packed, group=group)
         merged: tuple[int, Any, Any] = (0, None, None)
@@ -305,18 +320,29 @@ class Whitening(TransformerMixin, BaseEstimator):
             x = validate_rows(None, X)
             if x.shape[1] != matrix.shape[0]:
                 raise ValueError(f"X has {x.shape[1]} features, but inverse_transform expects {matrix.shape[0]} (n_components_)")
-        dtype = x.dtype if x.is_floating_point() else torch.float64
-        m = torch.from_numpy(matrix).to(device=x.device, dtype=dtype)
-        xx = x.to(dtype)
-        if before is not None:
-            xx = xx - torch.from_numpy(before).to(device=x.device, dtype=dtype)
-        out = xx @ m
-        if after is not None:
-            out = out + torch.from_numpy(after).to(device=x.device, dtype=dtype)
+        # float16/bfloat16 inputs are computed in float32 with the float64 map rounded once to it (never
+        # to the input's dtype), then rounded to the input's dtype; integers compute and return float64
+        out_dtype = x.dtype if x.is_floating_point() else torch.float64
+        work = torch.promote_types(out_dtype, torch.float32)
+        m = torch.from_numpy(matrix).to(device=x.device, dtype=work)
+        with autocast_disabled(x):
+            xx = x.to(work)
+            if before is not None:
+                xx = xx - torch.from_numpy(before).to(device=x.device, dtype=work)
+            out = xx @ m
+            if after is not None:
+                out = out + torch.from_numpy(after).to(device=x.device, dtype=work)
+        out = out.to(out_dtype)
         return out.numpy() if isinstance(X, np.ndarray) or not isinstance(X, torch.Tensor) else out
 
     def transform(self, X: Any) -> Any:
-        """``(X - βμ) W``; NumPy in, NumPy out; torch in, torch out (same device and dtype)."""
+        """``(X - βμ) W``; NumPy in, NumPy out; torch in, torch out (same device and dtype).
+
+        float16 and bfloat16 tensors are computed in float32 (float32 and float64 in their own
+        dtype) with autocast off, and returned in their dtype. The input is validated (finite),
+        which reads a value back to the host; for a per-batch hot path on a GPU use
+        :class:`~kexue.whitening.layer.WhiteningLayer`, which does not.
+        """
         solved = self._solve()
         return self._apply(X, solved["kernel"], solved["bias"], None)
 
