@@ -40,3 +40,23 @@ def test_grow_llama_ffn_and_noise(tmp_path, capsys) -> None:
     assert "intermediate_size" in err and len(err.strip().splitlines()) == 1
     assert main(["grow", str(tmp_path / "small"), "-o", str(tmp_path / "x"), "--width", "2", "--noise", "-1"]) == 2
     assert "--noise" in capsys.readouterr().err
+
+
+def test_grow_prints_the_planned_size_before_writing(tmp_path, capsys, monkeypatch) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from kexue.growth import checkpoint
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2)).save_pretrained(tmp_path / "small")
+    large = checkpoint.plan_checkpoint(tmp_path / "small", width=2)["large"]
+    assert main(["grow", str(tmp_path / "small"), "-o", str(tmp_path / "dry"), "--width", "2", "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["planned"]["large"] == large and not (tmp_path / "dry").exists()
+    assert err.count("\n") == 1 and f"-> {large['parameters']:,} parameters" in err and "float32" in err
+
+    seen = []
+    real_load = checkpoint._load
+    monkeypatch.setattr(checkpoint, "_load", lambda src: (seen.append(capsys.readouterr().err), real_load(src))[1])
+    assert main(["grow", str(tmp_path / "small"), "-o", str(tmp_path / "large"), "--width", "2"]) == 0
+    assert seen and f"-> {large['parameters']:,} parameters" in seen[0]  # printed before the weights were even loaded

@@ -75,3 +75,24 @@ def test_bad_arguments_are_named(tmp_path, kwargs, error, match: str) -> None:
     with pytest.raises(error, match=match):
         grow_checkpoint(tmp_path / "small", tmp_path / "large", **kwargs)
     assert not (tmp_path / "large").exists()
+
+
+def test_the_grown_size_is_planned_on_meta_before_writing(tmp_path, monkeypatch) -> None:
+    """plan_checkpoint reads config.json only (no weights: deleting them changes nothing); the plan is
+    the size of what grow_checkpoint then writes, and dry_run writes nothing."""
+    from kexue.growth.checkpoint import plan_checkpoint
+
+    _small(tmp_path / "small")
+    report = grow_checkpoint(tmp_path / "small", tmp_path / "large", width=2, depth=2, ffn=100)
+    (tmp_path / "small" / "model.safetensors").unlink()
+    plan = plan_checkpoint(tmp_path / "small", width=2, depth=2, ffn=100)
+    assert report["planned"] == plan
+    large = AutoModelForCausalLM.from_pretrained(tmp_path / "large")
+    n = sum(p.numel() for p in large.parameters())
+    assert plan["large"] == {"parameters": n, "bytes": 4 * n, "dtypes": {"float32": {"parameters": n, "bytes": 4 * n}}}
+    assert plan["small"]["parameters"] == report["parameters"]["small"] and report["parameters"]["large"] == n
+    assert grow_checkpoint(tmp_path / "small", tmp_path / "dry", width=2, dry_run=True) == {
+        "planned": plan_checkpoint(tmp_path / "small", width=2)}
+    assert not (tmp_path / "dry").exists()
+    with pytest.raises(ValueError, match="dry_run=1"):
+        grow_checkpoint(tmp_path / "small", tmp_path / "dry", width=2, dry_run=1)

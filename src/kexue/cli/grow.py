@@ -23,6 +23,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--noise", type=float, default=0.0,
                         help="symmetry breaking: zero-sum noise, relative std (keeps the function; e.g. 1.0; default 0: exact copies)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the grown size (planned on the meta device from config.json alone) and write nothing")
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n} B"
+
+
+def describe_plan(planned: dict) -> str:
+    """One line: the parameter counts before and after, and the grown size per dtype."""
+    small, large = planned["small"], planned["large"]
+    dtypes = ", ".join(f"{name} {_bytes(d['bytes'])}" for name, d in large["dtypes"].items())
+    return (f"planned: {small['parameters']:,} -> {large['parameters']:,} parameters, "
+            f"{_bytes(small['bytes'])} -> {_bytes(large['bytes'])} ({dtypes})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,9 +50,15 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.noise >= 0 or args.noise == float("inf"):
         raise ValueError(f"--noise {args.noise} must be a finite number >= 0")
+    options = dict(width=args.width, depth=args.depth, ffn=args.ffn, experts=args.experts, mode=args.mode, noise=args.noise,
+                   seed=args.seed)
     try:
-        report = grow_checkpoint(args.model_dir, args.out, width=args.width, depth=args.depth, ffn=args.ffn, experts=args.experts, mode=args.mode,
-                                 noise=args.noise, seed=args.seed)
+        planned = grow_checkpoint(args.model_dir, args.out, **options, dry_run=True)["planned"]
+        stderr_console().print(describe_plan(planned))  # before anything is loaded or written
+        if args.dry_run:
+            stdout_console().print_json(json.dumps({"planned": planned}))
+            return 0
+        report = grow_checkpoint(args.model_dir, args.out, **options)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:  # name the CLI's options, not the function's arguments
         message = str(exc)
         for name, option in (("src ", "MODEL_DIR "), ("dst ", "--out "), ("width=", "--width="), ("depth=", "--depth="),

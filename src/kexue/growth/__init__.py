@@ -8,6 +8,8 @@
 * :class:`~kexue.growth.callback.GrowthCallback`: grow inside one ``Trainer.train()`` run.
 * :mod:`kexue.growth.zoo`: a tiny model of every supported family and variant.
 * :func:`transfer_adam_state`: carry Adam's moments through any of these.
+* Devices: every operator works where the model is (CPU, CUDA, and the meta device for planning
+  a growth of a model too large to load) and keeps its dtype.
 * :mod:`kexue.growth.parity`: the checks; :mod:`kexue.growth.experiment`: the compute-saving run.
 """
 

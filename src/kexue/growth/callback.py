@@ -26,6 +26,10 @@ that checkpoint has (grown or not), to hand to the Trainer before ``train(resume
 The Trainer then loads the weights, optimizer state and scheduler as usual, and the callback
 does not grow a second time (the growth step is behind).
 
+Planning: :meth:`GrowthCallback.plan` computes the grown model, the new optimizer groups and the
+carried state without changing anything, on a model on the meta device too (shapes, config and
+groups; no optimizer state there).
+
 Single process only: DDP/FSDP wrap the parameters at start-up and would keep the old ones
 (refused with an error). Example::
 
@@ -39,6 +43,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -51,9 +56,9 @@ require_extra("kexue.growth.callback", "transformers")
 from transformers import TrainerCallback  # noqa: E402
 
 from kexue._shared import check_bool, check_int, check_number  # noqa: E402
-from kexue.growth.optim import GrowthMap, transfer_adam_state  # noqa: E402
+from kexue.growth.optim import GrowthMap, parameter_sources, transfer_adam_state  # noqa: E402
 
-__all__ = ["GrowthCallback"]
+__all__ = ["GrowthCallback", "GrowthPlan"]
 
 _LAYER_INDEX = re.compile(r"\.\d+\.")
 
@@ -82,9 +87,11 @@ def _unwrap(obj, attribute: str):
     return getattr(obj, attribute, obj)
 
 
-def _new_groups(optimizer: torch.optim.Optimizer, small: nn.Module, large: nn.Module, gmap: GrowthMap) -> list[list[nn.Parameter]]:
+def _new_groups(optimizer: torch.optim.Optimizer, small: nn.Module, large: nn.Module,
+                source_of: Callable[[str], str | None]) -> list[list[nn.Parameter]]:
     """The large model's parameters per optimizer group. A parameter grown from a small one
-    (``gmap.source``: a widened weight, a layer moved by an insertion) joins its source's group
+    (``source_of(name)``: a widened weight, a layer moved by an insertion; ``GrowthMap.source``,
+    or :func:`~kexue.growth.optim.parameter_sources` on the meta device) joins its source's group
     and keeps its ``requires_grad``, so per-layer learning rates and frozen weights survive. A
     fresh one (an inserted layer's) joins its role's group when that role lives in one group,
     stays frozen where its role is frozen everywhere, and is refused otherwise (which rate
@@ -98,7 +105,7 @@ def _new_groups(optimizer: torch.optim.Optimizer, small: nn.Module, large: nn.Mo
     trainable_roles = {_role(n) for n, p in small_params.items() if p.requires_grad}
     groups: list[list[nn.Parameter]] = [[] for _ in optimizer.param_groups]
     for name, p in large.named_parameters():
-        source = gmap.source(name)
+        source = source_of(name)
         if source is not None:
             p.requires_grad_(small_params[source].requires_grad)
             if id(small_params[source]) in group_of:
@@ -112,6 +119,17 @@ def _new_groups(optimizer: torch.optim.Optimizer, small: nn.Module, large: nn.Mo
             raise ValueError(f"the grown model's new parameter {name}: {where} ({_role(name)}); give the Trainer an optimizer "
                              "whose groups hold each role once, or grow with an operator that adds no parameters")
     return groups
+
+
+@dataclass
+class GrowthPlan:
+    """What :meth:`GrowthCallback.grow_in_place` installs: the grown model, the large model's
+    parameters per optimizer group (None without an optimizer) and the optimizer state keyed
+    by those parameters (empty when not carried, and on the meta device)."""
+
+    grown: nn.Module
+    groups: list[list[nn.Parameter]] | None
+    state: dict = field(default_factory=dict)
 
 
 class GrowthCallback(TrainerCallback):
@@ -152,25 +170,43 @@ class GrowthCallback(TrainerCallback):
             self.grown_at = state.global_step
         return control
 
+    def plan(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> GrowthPlan:
+        """Everything :meth:`grow_in_place` would change, computed without changing anything: the
+        grown model, each optimizer group's new parameters and the carried Adam state.
+
+        Works on a model on the meta device (accelerate's ``init_empty_weights``), to check a
+        growth of a model too large to load: the grown model is then a meta model with the grown
+        shapes and config, the groups are read off :func:`~kexue.growth.optim.parameter_sources`
+        (no values needed), and the optimizer state is left empty (there are no moments to carry).
+        """
+        grown = self.grow(model)
+        optimizer = _unwrap(optimizer, "optimizer") if optimizer is not None else None
+        if optimizer is None:
+            return GrowthPlan(grown, None, {})
+        if any(p.is_meta for p in model.parameters()):
+            sources = parameter_sources(model, self.grow)
+            return GrowthPlan(grown, _new_groups(optimizer, model, grown, sources.get), {})
+        gmap = GrowthMap.probe(model, self.grow)
+        groups = _new_groups(optimizer, model, grown, gmap.source)
+        state = self._new_state(optimizer, model, grown, [p for g in groups for p in g], gmap)
+        return GrowthPlan(grown, groups, state)
+
     def grow_in_place(self, model: nn.Module, optimizer=None, lr_scheduler=None) -> None:
         """Grow ``model`` now, carrying ``optimizer``'s groups and state and ``lr_scheduler``'s
         rates. Everything that can fail (the groups, the Adam-state map) is computed before
-        anything is changed: an error leaves the model and the optimizer as they were."""
-        grown = self.grow(model)
+        anything is changed (:meth:`plan`): an error leaves the model and the optimizer as they were."""
+        plan = self.plan(model, optimizer)
         optimizer = _unwrap(optimizer, "optimizer") if optimizer is not None else None
-        if optimizer is not None:
-            gmap = GrowthMap.probe(model, self.grow)
-            groups = _new_groups(optimizer, model, grown, gmap)
-            state = self._new_state(optimizer, model, grown, [p for g in groups for p in g], gmap)
+        if optimizer is not None and plan.groups is not None:
             old = [p for group in optimizer.param_groups for p in group["params"]]
-            for group, params in zip(optimizer.param_groups, groups):
+            for group, params in zip(optimizer.param_groups, plan.groups):
                 group["params"] = params
             for p in old:
                 optimizer.state.pop(p, None)
-            optimizer.state.update(state)
+            optimizer.state.update(plan.state)
         if self.lr_scale != 1.0:
             self._scale_rates(optimizer, _unwrap(lr_scheduler, "scheduler") if lr_scheduler is not None else None)
-        _adopt(model, grown)
+        _adopt(model, plan.grown)
 
     def _new_state(self, optimizer: torch.optim.Optimizer, small: nn.Module, grown: nn.Module,
                    params: list[nn.Parameter], gmap: GrowthMap) -> dict:

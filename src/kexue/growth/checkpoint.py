@@ -7,7 +7,9 @@ the grown model (sharded past ``max_shard_size``) with the source's tokenizer an
 non-weight files, and a parity report, ``growth_parity.json``. That report holds the largest
 logit change on a fixed probe batch, in float32 and in float64, the second grown again from a
 float64 copy with the same noise. The output folder is written under a temporary name and
-renamed, so an interrupted or failed run leaves no half-written folder.
+renamed, so an interrupted or failed run leaves no half-written folder. Before anything is
+loaded, the grown size (parameters and bytes, per dtype) is planned on the meta device from the
+config alone (:func:`plan_checkpoint`; ``grow_checkpoint(..., dry_run=True)``) and reported.
 
 Memory: the small model, the grown model (built on the meta device and filled in place, never
 a second copy of itself), and after it is saved and released, its float64 twin for the parity
@@ -24,25 +26,68 @@ from typing import Any
 
 import torch
 
-from kexue._shared import check_choice, check_int, num_layers
+from kexue._shared import check_bool, check_choice, check_int, num_layers
 from kexue.growth._build import check_noise
 
-__all__ = ["grow_checkpoint"]
+__all__ = ["grow_checkpoint", "plan_checkpoint"]
+
+_DTYPE = torch.float32  # the dtype the checkpoint is loaded, grown and written in
 
 
-def _load(src: Path):
+def _model_class(config: Any) -> Any:
+    """The class of ``config.architectures[0]`` (``AutoModel`` when it names none transformers has)."""
+    import transformers
+
+    arch = (config.architectures or [None])[0]
+    return (getattr(transformers, arch, None) if arch else None) or transformers.AutoModel
+
+
+def _cannot_load(src: Path, exc: Exception) -> ValueError:
+    return ValueError(f"src {src}: cannot load the checkpoint ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})")
+
+
+def _config(src: Path) -> Any:
     import transformers
 
     from kexue.data import quiet_offline_transformers
 
     quiet_offline_transformers()
     try:
-        config = transformers.AutoConfig.from_pretrained(src)
-        arch = (config.architectures or [None])[0]
-        cls = getattr(transformers, arch, None) if arch else None
-        return config, (cls or transformers.AutoModel).from_pretrained(src, dtype=torch.float32).eval()
-    except Exception as exc:  # a corrupt config, truncated or missing weights: the user's input, not a bug
-        raise ValueError(f"src {src}: cannot load the checkpoint ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None
+        return transformers.AutoConfig.from_pretrained(src)
+    except Exception as exc:  # a corrupt config: the user's input, not a bug
+        raise _cannot_load(src, exc) from None
+
+
+def _load(src: Path):
+    config = _config(src)
+    try:
+        return config, _model_class(config).from_pretrained(src, dtype=_DTYPE).eval()
+    except Exception as exc:  # truncated or missing weights: the user's input, not a bug
+        raise _cannot_load(src, exc) from None
+
+
+def _size(model: torch.nn.Module) -> dict[str, Any]:
+    """Parameters and bytes of ``model`` (tied weights once, as ``save_pretrained`` writes them), in
+    all and per dtype: ``{"parameters": n, "bytes": b, "dtypes": {"float32": {"parameters": n, "bytes": b}}}``."""
+    dtypes: dict[str, dict[str, int]] = {}
+    for p in model.parameters():
+        entry = dtypes.setdefault(str(p.dtype).removeprefix("torch."), {"parameters": 0, "bytes": 0})
+        entry["parameters"] += p.numel()
+        entry["bytes"] += p.numel() * p.element_size()
+    return {"parameters": sum(d["parameters"] for d in dtypes.values()), "bytes": sum(d["bytes"] for d in dtypes.values()),
+            "dtypes": dtypes}
+
+
+def _plan(src: Path, grow) -> dict[str, Any]:
+    """The small and the grown model's sizes, from ``src``'s config alone: both are built on the
+    meta device (no weight is read or allocated) and grown there."""
+    config = _config(src)
+    try:
+        with torch.device("meta"):
+            small = _model_class(config)(config).to(_DTYPE)
+    except Exception as exc:
+        raise _cannot_load(src, exc) from None
+    return {"small": _size(small), "large": _size(grow(small))}
 
 
 def _grower(width: int, mode: str, depth: int, ffn: int | None, experts: int, noise: float, seed: int):
@@ -63,7 +108,7 @@ def _grower(width: int, mode: str, depth: int, ffn: int | None, experts: int, no
     return grow
 
 
-def _check(src: Path, dst: Path, width: int, mode: str, depth: int, ffn: int | None, experts: int, noise: float) -> None:
+def _check_growth(src: Path, width: int, mode: str, depth: int, ffn: int | None, experts: int, noise: float) -> None:
     check_int("width", width, 1)
     check_int("depth", depth, 1)
     check_int("experts", experts, 1)
@@ -75,16 +120,47 @@ def _check(src: Path, dst: Path, width: int, mode: str, depth: int, ffn: int | N
         raise ValueError("nothing to do: give width >= 2, depth >= 2, experts >= 2 and/or ffn")
     if not (src / "config.json").exists():
         raise FileNotFoundError(f"src {src} has no config.json")
+
+
+def _check(src: Path, dst: Path, width: int, mode: str, depth: int, ffn: int | None, experts: int, noise: float) -> None:
+    _check_growth(src, width, mode, depth, ffn, experts, noise)
     if dst.exists():
         raise FileExistsError(f"dst {dst} exists; choose a new folder")
     if not dst.parent.is_dir():
         raise FileNotFoundError(f"dst {dst}: its parent {dst.parent} is not an existing folder")
 
 
+def plan_checkpoint(src: str | os.PathLike, *, width: int = 1, depth: int = 1, ffn: int | None = None, experts: int = 1,
+                    mode: str = "heads") -> dict[str, Any]:
+    """The size of what :func:`grow_checkpoint` would write, planned on the meta device from
+    ``src``'s ``config.json`` alone (no weight is read: a checkpoint too large to load plans in
+    well under a second).
+
+    Args:
+        src, width, depth, ffn, experts, mode: as for :func:`grow_checkpoint`.
+
+    Returns:
+        ``{"small": size, "large": size}``, each size ``{"parameters": n, "bytes": b, "dtypes":
+        {dtype: {"parameters": n, "bytes": b}}}`` (tied weights counted once; the checkpoint is
+        grown and written in float32).
+
+    Example:
+        >>> plan = plan_checkpoint("path/to/small", width=2)  # doctest: +SKIP
+        >>> plan["large"]["bytes"]  # doctest: +SKIP
+    """
+    src = Path(src)
+    _check_growth(src, width, mode, depth, ffn, experts, 0.0)
+    return _plan(src, _grower(width, mode, depth, ffn, experts, 0.0, 0))
+
+
 def grow_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, width: int = 1, depth: int = 1, ffn: int | None = None,
                     experts: int = 1, mode: str = "heads", noise: float = 0.0, seed: int = 0,
-                    max_shard_size: str | int = "5GB") -> dict[str, Any]:
+                    max_shard_size: str | int = "5GB", dry_run: bool = False) -> dict[str, Any]:
     """Write a grown copy of the checkpoint ``src`` to ``dst`` (which must not exist); returns the parity report.
+
+    The grown size is planned first, on the meta device (:func:`plan_checkpoint`), and reported
+    as ``planned``; with ``dry_run=True`` the arguments and folders are checked, the plan is
+    returned (``{"planned": ...}``) and nothing is loaded or written.
 
     Args:
         src: a HuggingFace checkpoint folder (``config.json`` and weights, sharded or not).
@@ -99,21 +175,27 @@ def grow_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, width: in
             function is kept either way).
         seed: the noise's seed.
         max_shard_size: passed to ``save_pretrained``: larger models are written as sharded safetensors.
+        dry_run: plan only (see above).
 
     Returns:
-        The report written to ``dst/growth_parity.json``: the settings, the parameter counts, and
+        The report written to ``dst/growth_parity.json``: the settings, the planned sizes
+        (``planned``, as :func:`plan_checkpoint` returns them), the parameter counts, and
         ``float32`` / ``float64`` ``max_abs`` logit differences (``float32.max_rel`` relative to the
         largest logit).
     """
     src, dst = Path(src), Path(dst)
     _check(src, dst, width, mode, depth, ffn, experts, noise)
-    config, small = _load(src)
+    check_bool("dry_run", dry_run)
     grow = _grower(width, mode, depth, ffn, experts, noise, seed)
+    planned = _plan(src, grow)
+    if dry_run:
+        return {"planned": planned}
+    config, small = _load(src)
     tmp = dst.with_name(dst.name + f".tmp-{os.getpid()}")
     try:
         report = _write(tmp, src, small, grow, config, max_shard_size,
                         {"model": str(src), "width": width, "mode": mode, "depth": depth, "ffn": ffn, "experts": experts,
-                         "noise": noise})
+                         "noise": noise, "planned": planned})
         os.replace(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed or interrupted run leaves no half-written folder

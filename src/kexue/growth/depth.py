@@ -101,7 +101,8 @@ def deepen(model: nn.Module, after: Sequence[int]) -> nn.Module:
             repeated indices insert several blocks there. ``range(n)`` doubles the depth.
 
     Returns:
-        The deeper model (same class, ``num_hidden_layers`` / ``n_layer`` updated).
+        The deeper model (same class, dtype and device, the meta device included;
+        ``num_hidden_layers`` / ``n_layer`` updated).
     """
     check_module("model", model, hf=True)
     model_type = getattr(getattr(model, "config", None), "model_type", None)

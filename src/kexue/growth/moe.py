@@ -69,7 +69,8 @@ def add_experts(model: nn.Module, factor: int, *, noise: float = 0.0, seed: int 
         seed: seed of that noise.
 
     Returns:
-        The grown model (same class); ``save_pretrained`` / ``from_pretrained`` round-trip it.
+        The grown model (same class, dtype and device, the meta device included);
+        ``save_pretrained`` / ``from_pretrained`` round-trip it.
 
     Raises:
         ValueError: an unsupported family (the message lists the supported ones) or bad arguments.

@@ -28,9 +28,33 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kexue.growth._build import probe_mode
+from kexue.growth._build import Provenance, probe_mode, tracking
 
-__all__ = ["GrowthMap", "transfer_adam_state"]
+__all__ = ["GrowthMap", "parameter_sources", "transfer_adam_state"]
+
+
+def _check_not_meta(model: nn.Module, what: str) -> None:
+    """Refuse a model with parameters on the meta device where values must be read."""
+    if any(p.is_meta for p in model.parameters()):
+        raise ValueError(f"{what}: model is on the meta device, which holds no values; this step needs them "
+                         "(load the weights first). Planning on meta: parameter_sources, the growth operators themselves")
+
+
+def parameter_sources(small: nn.Module, grow: Callable[[nn.Module], nn.Module]) -> dict[str, str | None]:
+    """For each parameter of ``grow(small)``, the parameter of ``small`` its values come from (the
+    first, for one gathered from several), or None for a fresh one (an inserted layer's).
+
+    The per-parameter summary of :meth:`GrowthMap.source`, read without values: ``grow`` runs
+    (as in the probe: no noise, inserted layers fresh) while :class:`~kexue.growth._build.Provenance`
+    follows every tensor's sources through the torch calls. Works on any device, the meta device
+    included, where the value probe cannot run: the planning of
+    :class:`~kexue.growth.callback.GrowthCallback` on a model too large to load.
+    """
+    with probe_mode(), tracking(Provenance()) as tracker:
+        for name, p in small.named_parameters():
+            tracker.tag(p, (name,))
+        large = grow(small)
+        return {name: next(iter(tracker.of(p)), None) for name, p in large.named_parameters()}
 
 
 def _check_no_split(index: dict[str, torch.Tensor], scale: dict[str, torch.Tensor], n_small: int) -> None:
@@ -45,8 +69,9 @@ def _check_no_split(index: dict[str, torch.Tensor], scale: dict[str, torch.Tenso
     scales, e.g. the layer-stacking baseline of :mod:`kexue.growth.experiment`, pass through:
     there ``g/n`` is the chosen heuristic, not an identity.)"""
     names = list(index)
-    seen = torch.full((n_small,), float("nan"), dtype=torch.float64)  # the scale each source was first seen at
-    owner = torch.full((n_small,), -1, dtype=torch.long)  # ... and in which parameter
+    device = next(iter(index.values())).device if index else torch.device("cpu")
+    seen = torch.full((n_small,), float("nan"), dtype=torch.float64, device=device)  # the scale each source was first seen at
+    owner = torch.full((n_small,), -1, dtype=torch.long, device=device)  # ... and in which parameter
     for i, name in enumerate(names):
         live = scale[name] > 0
         sources, a = index[name][live], scale[name][live]
@@ -74,14 +99,21 @@ class GrowthMap:
 
     @classmethod
     def probe(cls, small: nn.Module, grow: Callable[[nn.Module], nn.Module]) -> GrowthMap:
-        """Read the gather-and-scale map of ``grow`` (a function small -> large)."""
+        """Read the gather-and-scale map of ``grow`` (a function small -> large), on the device of
+        ``small``'s parameters (where the map's tensors then live).
+
+        Raises:
+            ValueError: ``small`` is on the meta device (the probe reads values; for the map of
+                whole parameters without values see :func:`parameter_sources`).
+        """
+        _check_not_meta(small, "GrowthMap.probe")
         names = [n for n, _ in small.named_parameters()]
         ones, ids = copy.deepcopy(small).double(), copy.deepcopy(small).double()
         offset = 0
         with torch.no_grad():
             for (_, p1), (_, p2) in zip(ones.named_parameters(), ids.named_parameters()):
                 p1.fill_(1.0)
-                p2.copy_(torch.arange(offset + 1, offset + p2.numel() + 1, dtype=torch.float64).view_as(p2))
+                p2.copy_(torch.arange(offset + 1, offset + p2.numel() + 1, dtype=torch.float64, device=p2.device).view_as(p2))
                 offset += p2.numel()
             with probe_mode():
                 big_ones, big_ids = grow(ones), grow(ids)
@@ -98,9 +130,10 @@ class GrowthMap:
             index[name] = torch.where(fresh, 0, pos.long() - 1)
             scale[name] = a
         _check_no_split(index, scale, offset)
-        copies = torch.zeros(offset, dtype=torch.float64)
+        device = next(small.parameters()).device
+        copies = torch.zeros(offset, dtype=torch.float64, device=device)
         for name in index:
-            copies.index_add_(0, index[name][scale[name] > 0], torch.ones(int((scale[name] > 0).sum()), dtype=torch.float64))
+            copies.index_add_(0, index[name], (scale[name] > 0).to(torch.float64))  # fresh entries add 0
         count = {name: copies[index[name]] for name in index}
         return cls(index, scale, count, names, [p.numel() for p in small.parameters()])
 
@@ -110,8 +143,8 @@ class GrowthMap:
         live = self.scale[name] > 0
         if not live.any():
             return None
-        bounds = torch.cumsum(torch.tensor([0] + self.small_sizes), 0)
         first = self.index[name][live][:1]
+        bounds = torch.cumsum(torch.tensor([0] + self.small_sizes, device=first.device), 0)
         return self.small_names[int(torch.bucketize(first, bounds, right=True)) - 1]
 
     def _apply(self, small_tensors: dict[str, torch.Tensor], power: int) -> dict[str, torch.Tensor]:
@@ -158,6 +191,7 @@ def transfer_adam_state(small_optimizer: torch.optim.Optimizer, small: nn.Module
             parameter over large ones at different scales (widening an OPT without affine
             LayerNorms unties its head: see ``_check_no_split``).
     """
+    _check_not_meta(small, "transfer_adam_state")
     gmap = growth_map if growth_map is not None else GrowthMap.probe(small, grow)
     small_params = dict(small.named_parameters())
     states = _adam_states(small_optimizer, small_params)
@@ -171,8 +205,9 @@ def transfer_adam_state(small_optimizer: torch.optim.Optimizer, small: nn.Module
 
     m, v = gmap.gradients(by_name("exp_avg")), gmap.second_moments(by_name("exp_avg_sq"))
     vmax = gmap.second_moments(by_name("max_exp_avg_sq")) if all("max_exp_avg_sq" in s for s in states) else None
-    steps = torch.tensor([float(s["step"]) for s in states])
-    bounds = torch.cumsum(torch.tensor([0] + [t.numel() for t in small_params.values()]), 0)
+    device = next(iter(gmap.index.values())).device
+    steps = torch.tensor([float(s["step"]) for s in states], device=device)  # one host read per parameter, once
+    bounds = torch.cumsum(torch.tensor([0] + [t.numel() for t in small_params.values()], device=device), 0)
     for name, p in large_params.items():
         if not p.requires_grad:
             continue  # frozen: no optimizer state

@@ -655,8 +655,14 @@ def widen(model: nn.Module, factor: int, *, mode: str = "heads", noise: float = 
             ``"k"``: ``/k``, the article's table).
 
     Returns:
-        The grown model (same dtype, eval/train mode of the input); ``save_pretrained`` writes
-        a plain checkpoint that ``from_pretrained`` loads with no custom code.
+        The grown model (same dtype, device and eval/train mode as the input); ``save_pretrained``
+        writes a plain checkpoint that ``from_pretrained`` loads with no custom code. A model on
+        the meta device (``init_empty_weights``) gives a meta model with the grown shapes and
+        config (noise is skipped there: no values), to plan a growth of a model too large to load.
+        A bfloat16/float16 model is grown in its dtype: each weight is one copy or one scaling,
+        rounded once, bit for bit the float32 growth of the same weights cast back (Qwen3's and
+        Gemma 3's q/k projections, scaled twice, are within one ulp; Gemma's affine norm rule
+        within one ulp of 1).
 
     Raises:
         ValueError: unsupported family (the message lists the supported ones), ``mode="head_dim"``
@@ -706,49 +712,71 @@ def widen_ffn(model: nn.Module, intermediate_size: int, *, noise: float = 0.0, s
             projection's columns of copied units).
 
     Returns:
-        The grown model; ``save_pretrained`` / ``from_pretrained`` round-trip it.
+        The grown model, in the input's dtype and on its device (the meta device too: shapes and
+        config only); ``save_pretrained`` / ``from_pretrained`` round-trip it.
     """
     check_module("model", model, hf=True)
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in _LAYOUT:
         raise ValueError(f"cannot widen the feed-forward of model_type {model_type!r}; supported: {', '.join(SUPPORTED)}")
     check_noise(noise)
-    prefix, _, ins, out, field = _LAYOUT[model_type]
+    prefix, _, _, _, field = _LAYOUT[model_type]
     config = copy.deepcopy(model.config)
     m = getattr(config, field, None)
     if m is None:  # GPT-2's n_inner=None means 4 n_embd
         m = 4 * config.n_embd
     check_int("intermediate_size", intermediate_size, m)
-    index = torch.arange(intermediate_size) % m
-    count = torch.bincount(index, minlength=m)
     generator = torch.Generator().manual_seed(seed)
-    conv1d = model_type == "gpt2"
     sd = {k: v.detach() for k, v in model.state_dict().items()}
     base = _bert_base(sd)
     new = dict(sd)
     with torch.no_grad():
         for i in range(num_layers(config)):
-            p = prefix.format(i=i, base=base)
-            for name in ins:  # rows (torch layout) = units
-                w = sd[p + name + ".weight"]
-                new[p + name + ".weight"] = (w[:, index] if conv1d else w[index]).contiguous()
-                if p + name + ".bias" in sd:
-                    new[p + name + ".bias"] = sd[p + name + ".bias"][index]
-            if model_type in _FUSED_FFN_IN:  # [gate; up] stacked: copy each half's units
-                w = sd[p + _FUSED_FFN_IN[model_type] + ".weight"]
-                new[p + _FUSED_FFN_IN[model_type] + ".weight"] = torch.cat([w[:m][index], w[m:][index]])
-            if model_type in _EXPERTS:  # every expert: (E, 2m, d), (E, d, m); dense layers keep their own size
-                if p + _EXPERTS[model_type][0] not in sd:
-                    continue
-                gate_up, down = (p + n for n in _EXPERTS[model_type])
-                w = sd[gate_up]
-                new[gate_up] = torch.cat([w[:, :m][:, index], w[:, m:][:, index]], dim=1)
-                w = sd[down]
-                new[down] = zero_sum_noise(w[..., index] / count[index].to(w.dtype), index, noise, generator).contiguous()
-                continue
-            w = sd[p + out + ".weight"]
-            w = w.T if conv1d else w  # (d, m)
-            w = zero_sum_noise(w[:, index] / count[index].to(w.dtype), index, noise, generator)
-            new[p + out + ".weight"] = (w.T if conv1d else w).contiguous()
+            _widen_ffn_layer(sd, new, model_type, prefix.format(i=i, base=base), m, intermediate_size,
+                             noise=noise, generator=generator)
     setattr(config, field, intermediate_size)
     return build(model, config, new, f"widening the feed-forward of {model_type}")
+
+
+def _unit_copies(units: int, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each of ``size`` new units, on ``device``: the old unit it copies (``j mod units``) and
+    how many copies that old unit has (``size // units``, one more for the first ``size % units``),
+    counted without reading any value (the meta device has none)."""
+    index = torch.arange(size, device=device) % units
+    return index, size // units + (index < size % units).long()
+
+
+def _widen_ffn_layer(sd: dict, new: dict, model_type: str, p: str, m: int, size: int, *, noise: float,
+                     generator: torch.Generator) -> None:
+    """One layer of :func:`widen_ffn`: copy the units' input rows, divide the output columns of a
+    unit copied ``c`` times by ``c`` (with zero-sum noise over the copies). Index tensors are made
+    on each weight's device; the noise's index stays on the CPU, where the noise is drawn."""
+    _, _, ins, out, _ = _LAYOUT[model_type]
+    conv1d = model_type == "gpt2"
+    for name in ins:  # rows (torch layout) = units
+        w = sd[p + name + ".weight"]
+        index, _ = _unit_copies(m, size, w.device)
+        new[p + name + ".weight"] = (w[:, index] if conv1d else w[index]).contiguous()
+        if p + name + ".bias" in sd:
+            new[p + name + ".bias"] = sd[p + name + ".bias"][index]
+    if model_type in _FUSED_FFN_IN:  # [gate; up] stacked: copy each half's units
+        w = sd[p + _FUSED_FFN_IN[model_type] + ".weight"]
+        index, _ = _unit_copies(m, size, w.device)
+        new[p + _FUSED_FFN_IN[model_type] + ".weight"] = torch.cat([w[:m][index], w[m:][index]])
+    noise_index = torch.arange(size) % m
+    if model_type in _EXPERTS:  # every expert: (E, 2m, d), (E, d, m); dense layers keep their own size
+        if p + _EXPERTS[model_type][0] not in sd:
+            return
+        gate_up, down = (p + n for n in _EXPERTS[model_type])
+        w = sd[gate_up]
+        index, _ = _unit_copies(m, size, w.device)
+        new[gate_up] = torch.cat([w[:, :m][:, index], w[:, m:][:, index]], dim=1)
+        w = sd[down]
+        index, count = _unit_copies(m, size, w.device)
+        new[down] = zero_sum_noise(w[..., index] / count.to(w.dtype), noise_index, noise, generator).contiguous()
+        return
+    w = sd[p + out + ".weight"]
+    w = w.T if conv1d else w  # (d, m)
+    index, count = _unit_copies(m, size, w.device)
+    w = zero_sum_noise(w[:, index] / count.to(w.dtype), noise_index, noise, generator)
+    new[p + out + ".weight"] = (w.T if conv1d else w).contiguous()
