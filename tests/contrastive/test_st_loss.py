@@ -275,3 +275,43 @@ def test_trainer_on_the_embedded_model_saves_reloads_and_evaluates_stsb(tmp_path
     after = cosine_spearman(sentence_transformer_encoder(SentenceTransformer(str(tmp_path / "saved"), device="cpu")), head)
     assert after > before - 1.0  # two small steps on paraphrase pairs keep (or improve) the score
     assert after > 70.0
+
+
+class _BagOfWords(torch.nn.Module):
+    """A dropout bag-of-embeddings encoder on tokenised features (no host syncs of its own)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.drop = torch.nn.Embedding(40, 8), torch.nn.Dropout(0.1)
+
+    def forward(self, features: dict) -> dict:
+        mask = features["attention_mask"].unsqueeze(-1).float()
+        h = self.drop(self.embed(features["input_ids"]))
+        return {"sentence_embedding": (h * mask).sum(1) / mask.sum(1)}
+
+
+def _bag_features(n: int, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 9, (n,), generator=g)
+    mask = (torch.arange(8) < lengths[:, None]).long()  # right-padded
+    return {"input_ids": torch.randint(0, 40, (n, 8), generator=g) * mask, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("tokens", [None, 20])
+def test_no_host_sync_per_micro_batch(tokens: int | None) -> None:
+    from device_contract import count_host_syncs
+
+    torch.manual_seed(0)
+    encoder = _BagOfWords()
+    columns = [_bag_features(24, 1), _bag_features(24, 2)]
+    counts = []
+    for micro in (12, 2):
+        loss = CachedContrastiveLoss(encoder, micro_batch_size=micro, micro_batch_tokens=tokens)
+        with count_host_syncs() as forward:
+            value = loss(columns)
+        with count_host_syncs() as replay:
+            value.backward()
+        assert replay == []  # the grad pass (step 3) waits for nothing
+        counts.append(len(forward))
+    # the plan reads each column's lengths once, the loss validates once: the same however many micro-batches
+    assert counts[0] == counts[1] == len(columns) + 2

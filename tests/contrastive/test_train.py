@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from kexue.cli import main
-from kexue.contrastive.train import TrainConfig, TrainProgress, read_pairs, train_embedder
+from kexue.contrastive.train import TrainConfig, TrainProgress, load_trainer_state, read_pairs, train_embedder
 
 SENTENCES = [f"sentence number {i} about {w}" for i, w in enumerate(["cats", "dogs", "the sea", "music", "rain", "trains", "bread", "chess"] * 3)]
 
@@ -51,6 +51,8 @@ def test_resumed_run_equals_uninterrupted_run(tiny_sentence_model: str, pairs_fi
     assert any(not torch.equal(a[k], start[k]) for k in a)  # training moved the weights
     log = json.loads((tmp_path / "split" / "training.json").read_text())
     assert log["steps"] == 6 and log["resumed_from"] == 4
+    rng = load_trainer_state(tmp_path / "split" / "checkpoint")["rng"]  # every device's generator, safely loadable
+    assert isinstance(rng["cpu"], torch.Tensor) and len(rng.get("devices", [])) == torch.cuda.device_count()
     assert not list((tmp_path / "split").glob("*.tmp*")) and not list((tmp_path / "split").glob("*.old"))
 
 
@@ -120,3 +122,35 @@ def test_verify_checks_the_first_batch_and_exits_by_the_result(tiny_sentence_mod
     assert not out.exists()  # --verify trains nothing and writes nothing
     assert main([*argv, "--tolerance", "1e-30"]) == 1  # float32 rounding is above any bound this small
     assert "FAILED" in capsys.readouterr().out
+
+
+class _Payload:
+    """Unpickling this runs ``open(marker, "w")``: the kind of object a crafted checkpoint would hold."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.marker), "w"))
+
+
+def _crafted_checkpoint(out: Path) -> Path:
+    folder = out / "checkpoint"
+    folder.mkdir(parents=True)
+    marker = out.parent / "code-ran"
+    torch.save({"optimizer": _Payload(marker), "scheduler": {}, "step": 1, "losses": [], "rng": torch.get_rng_state()},
+               folder / "trainer_state.pt")
+    return marker
+
+
+def test_a_crafted_pickle_in_a_checkpoint_is_refused(pairs_file: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    marker = _crafted_checkpoint(out)
+    config = TrainConfig(pairs=pairs_file, out=str(out), batch_size=8, micro_batch_size=3, evaluate=False)
+    with pytest.raises(ValueError, match=r"not a safe training state.*refusing to unpickle it \(.*open"):
+        train_embedder(config, resume=True)
+    assert not marker.exists()
+    assert main(["train-embedder", "--pairs", pairs_file, "-o", str(out), "--resume", "--no-eval"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trainer_state.pt is not a safe training state" in err[0] and "weights_only=False" not in err[0]
+    assert not marker.exists()

@@ -10,9 +10,12 @@ the batch loss, so ordinary accumulation gives the wrong gradient. The article's
    not the loss; its gradient is the loss's).
 
 Step 3 must see the same randomness as step 1, or dropout breaks exactness (the article's
-admitted limit, which rules out SimCSE). kexue saves the CPU and CUDA RNG states before each
+admitted limit, which rules out SimCSE). kexue saves the RNG state of the CPU and of every
+device the encoders use (their parameters, the batch tensors, or ``devices=``) before each
 micro-batch in step 1 and restores them in step 3, then leaves the generators where step 1
-left them. BatchNorm in training mode couples the samples of a micro-batch and is rejected.
+left them. Autocast runs on the same devices' type. No step waits for the device between
+micro-batches (no ``.item()``; the surrogate's value stays a tensor). BatchNorm in training
+mode couples the samples of a micro-batch and is rejected.
 
 Across processes (``distributed=True``, launched by ``torchrun``), step 2 runs on the
 all-gathered embeddings of every rank, so each rank's negatives include every other rank's
@@ -36,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kexue._device import RngState, autocast_device_type, devices_of
 from kexue._shared import check_int, check_process_group
 from kexue.contrastive import distributed as dist_utils
 
@@ -90,23 +94,49 @@ def _check_batchnorm(encoder: Any) -> None:
                 )
 
 
-def _devices(encoder: Any) -> list[int]:
-    if torch.cuda.is_available() and isinstance(encoder, nn.Module):
-        return sorted({p.device.index or 0 for p in encoder.parameters() if p.is_cuda})
-    return []
+def check_devices(devices: Any) -> list[torch.device]:
+    """``devices`` as a list of ``torch.device`` (each a ``torch.device``, a string like ``"cuda:0"`` or a CUDA index)."""
+    if isinstance(devices, (str, int, torch.device)) or not isinstance(devices, (list, tuple, set, frozenset)):
+        raise TypeError(f"devices must be a list of devices (torch.device, 'cuda:0', or a CUDA index); got {devices!r}")
+    parsed = []
+    for device in devices:
+        if not isinstance(device, (str, int, torch.device)) or isinstance(device, bool):
+            raise TypeError(f"devices must hold torch.device, str or int entries; got {device!r}")
+        try:
+            parsed.append(torch.device("cuda", device) if isinstance(device, int) else torch.device(device))
+        except RuntimeError as exc:
+            raise ValueError(f"devices holds {device!r}, which is not a device ('cpu', 'cuda:0', ...)") from exc
+    return parsed
 
 
-class _RngState:
-    """CPU and CUDA generator states, captured and restored together."""
+def encoder_devices(towers: Sequence[Any], sides: Sequence[Batch], devices: Sequence[Any] | None = None) -> list[torch.device]:
+    """The devices the encoders compute on: ``devices`` when given, else those of the encoders that are
+    modules (parameters and buffers) and of the batch tensors.
 
-    def __init__(self, cuda_devices: Sequence[int]) -> None:
-        self.cpu = torch.get_rng_state()
-        self.cuda = [(dev, torch.cuda.get_rng_state(dev)) for dev in cuda_devices]
+    A plain function with text batches shows no device; pass ``devices`` for it (its RNG replay
+    then also covers every initialised CUDA device, see :func:`replayed_devices`).
+    """
+    if devices is not None:
+        return check_devices(devices)
+    return devices_of(*[t for t in towers if isinstance(t, nn.Module)], *sides)
 
-    def restore(self) -> None:
-        torch.set_rng_state(self.cpu)
-        for dev, state in self.cuda:
-            torch.cuda.set_rng_state(state, dev)
+
+def replayed_devices(towers: Sequence[Any], used: Sequence[torch.device]) -> list[torch.device]:
+    """The devices whose generators the RNG replay saves: ``used``, and every initialised CUDA device
+    when an encoder is a plain function (its devices cannot be seen; saving an idle generator is harmless)."""
+    opaque = any(not isinstance(t, nn.Module) for t in towers)
+    if opaque and torch.cuda.is_available() and torch.cuda.is_initialized():
+        return [*used, *(torch.device("cuda", i) for i in range(torch.cuda.device_count()))]
+    return list(used)
+
+
+def _autocast(dtype: torch.dtype | None, devices: Sequence[torch.device]) -> Any:
+    """``torch.autocast`` on the encoders' device type (a null context without ``dtype``)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16; got {dtype!r}")
+    return torch.autocast(autocast_device_type(devices), dtype=dtype)
 
 
 @dataclass
@@ -115,19 +145,32 @@ class CachedStep:
 
     Attributes:
         loss: the true batch loss (detached), computed in step 2.
-        surrogate: ``Σ_i ⟨h_i, g_i⟩`` summed over micro-batches (its value is NOT the loss).
+        surrogate: ``Σ_i ⟨h_i, g_i⟩`` summed over micro-batches, a detached scalar tensor on the
+            loss's device (its value is NOT the loss; kept a tensor so the loop never waits for it).
         embeddings: the cached embeddings of each side (detached).
-        seconds: time of the no-grad forward, the loss, and the grad pass.
+        seconds: time of the no-grad forward, the loss, and the grad pass (host time: on an
+            accelerator the work may still be queued).
     """
 
     loss: torch.Tensor
-    surrogate: float
+    surrogate: torch.Tensor
     embeddings: list[torch.Tensor]
     seconds: dict[str, float] = field(default_factory=dict)
 
 
 def _micro(size: int, micro_batch_size: int) -> list[tuple[int, int]]:
     return [(i, min(i + micro_batch_size, size)) for i in range(0, size, micro_batch_size)]
+
+
+def _towers(encoders: Any, sides: list[Batch]) -> list[Callable[[Batch], Any]]:
+    towers = list(encoders) if isinstance(encoders, (list, tuple)) else [encoders] * len(sides)
+    if len(towers) != len(sides):
+        raise ValueError(f"got {len(towers)} encoders for {len(sides)} batches; pass one encoder, or one per batch")
+    for tower in towers:
+        if not callable(tower):
+            raise TypeError(f"encoders must be callables (an nn.Module, a sentence-transformers model, a function); got {type(tower).__name__}")
+        _check_batchnorm(tower)
+    return towers
 
 
 def cached_backward(
@@ -139,6 +182,8 @@ def cached_backward(
     replay_rng: bool = True,
     scale_loss: float = 1.0,
     autocast: torch.dtype | None = None,
+    devices: Sequence[torch.device | str | int] | None = None,
+    validate: bool = True,
     distributed: bool = False,
     group: Any = None,
 ) -> CachedStep:
@@ -155,12 +200,19 @@ def cached_backward(
             gradient too.
         micro_batch_size: samples per forward with gradient; peak activation memory scales
             with it, not with the batch.
-        replay_rng: restore each micro-batch's RNG state in the grad pass (exact with dropout).
+        replay_rng: restore each micro-batch's RNG state in the grad pass (exact with dropout):
+            the CPU generator and that of every device in ``devices``.
         scale_loss: multiply the loss (and gradients) by this, e.g. ``1/k`` for k accumulated steps.
         autocast: run the encoders under ``torch.autocast`` with this dtype (``torch.bfloat16``
-            or ``torch.float16``) in both passes; embeddings are cached, and the loss and its
-            gradient computed, in float32. With float16 on CUDA, pass ``scale_loss`` (or use a
-            ``GradScaler`` on the returned loss's scale) as you would for any fp16 training.
+            or ``torch.float16``) in both passes, on the device type of ``devices``; embeddings
+            are cached, and the loss and its gradient computed, in float32. With float16 on CUDA,
+            pass ``scale_loss`` (or use a ``GradScaler`` on the returned loss's scale) as you
+            would for any fp16 training.
+        devices: the devices the encoders compute on. Default: those of the encoders that are
+            modules and of the batch tensors. Give it when an encoder is a plain function fed
+            texts (it shows no device): ``devices=[model.device]``.
+        validate: raise on a non-finite loss (one host synchronisation per call, after the loss;
+            ``False``: none at all).
         distributed: gather every rank's embeddings (``torch.distributed`` must be initialised,
             e.g. by ``torchrun``; gloo or NCCL) so that negatives come from the global batch.
             Ranks may hold different numbers of samples. Encoders wrapped in
@@ -173,83 +225,111 @@ def cached_backward(
         With ``distributed=True``, ``embeddings`` are the global (gathered) ones.
 
     Raises:
-        ValueError: on a BatchNorm in training mode, mismatched encoders/batches, or
-            ``distributed=True`` without an initialised process group.
-        FloatingPointError: when the loss is not finite.
+        ValueError: on a BatchNorm in training mode, mismatched encoders/batches, an autocast
+            dtype other than bfloat16/float16, or ``distributed=True`` without an initialised
+            process group.
+        FloatingPointError: when the loss is not finite (with ``validate``).
+
+    Example:
+        >>> encoder = nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.1), nn.Linear(16, 8))
+        >>> x = torch.randn(32, 8)
+        >>> step = cached_backward(encoder, [x, x], InfoNCE(0.05), micro_batch_size=8)
     """
     check_int("micro_batch_size", micro_batch_size, 1)
     sides = split_sides(batches)
-    towers = list(encoders) if isinstance(encoders, (list, tuple)) else [encoders] * len(sides)
-    if len(towers) != len(sides):
-        raise ValueError(f"got {len(towers)} encoders for {len(sides)} batches; pass one encoder, or one per batch")
-    for tower in towers:
-        if not callable(tower):
-            raise TypeError(f"encoders must be callables (an nn.Module, a sentence-transformers model, a function); got {type(tower).__name__}")
-        _check_batchnorm(tower)
-    if autocast is not None and autocast not in (torch.bfloat16, torch.float16):
-        raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16; got {autocast!r}")
+    towers = _towers(encoders, sides)
+    used = encoder_devices(towers, sides, devices)
+    amp = _autocast(autocast, used)
     if distributed:
         check_process_group()
     dist_utils.check_fsdp_counts(towers, sum(len(_micro(batch_size(b), micro_batch_size)) for b in sides), group)
-    cuda = sorted({dev for tower in towers for dev in _devices(tower)})
-    amp = (torch.autocast("cuda" if cuda else "cpu", dtype=autocast) if autocast is not None
-           else contextlib.nullcontext())
+    rng = replayed_devices(towers, used)
 
-    # 1. no-grad forward, remembering the RNG state before every micro-batch
     start = time.perf_counter()
-    cached: list[torch.Tensor] = []
-    states: list[list[_RngState]] = []
-    with torch.no_grad():
-        for tower, batch in zip(towers, sides):
-            parts, side_states = [], []
-            for lo, hi in _micro(batch_size(batch), micro_batch_size):
-                side_states.append(_RngState(cuda))
-                with amp:
-                    h = encode(tower, slice_batch(batch, lo, hi))
-                parts.append(h.float() if h.dtype in (torch.float16, torch.bfloat16) else h)  # half types cached in float32
-            cached.append(torch.cat(parts))
-            states.append(side_states)
-    after_forward = _RngState(cuda)
+    cached, states = _forward_no_grad(towers, sides, micro_batch_size, amp, rng)
+    after_forward = RngState(rng)
     forward_s = time.perf_counter() - start
 
-    # 2. the true loss and ∂L/∂h on the cached embeddings (and the loss's own parameters' grads)
     start = time.perf_counter()
     offsets = [0] * len(cached)
     if distributed:
         gathered = [dist_utils.gather_rows(h, group) for h in cached]
         cached, offsets = [g for g, _ in gathered], [o for _, o in gathered]
+    loss, grads = _loss_and_embedding_grads(loss_fn, cached, scale_loss, validate)
+    loss_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    surrogate = _grad_pass(towers, sides, grads, offsets, states if replay_rng else None, micro_batch_size, amp,
+                           distributed, group)
+    if distributed:
+        surrogate = dist_utils.sum_tensor(surrogate, group)
+    after_forward.restore()
+    return CachedStep(loss.detach(), surrogate, [h.detach() for h in cached],
+                      {"forward_no_grad": forward_s, "loss": loss_s, "grad_pass": time.perf_counter() - start})
+
+
+def _forward_no_grad(towers: Sequence[Callable[[Batch], Any]], sides: Sequence[Batch], micro_batch_size: int, amp: Any,
+                     rng: Sequence[torch.device]) -> tuple[list[torch.Tensor], list[list[RngState]]]:
+    """Step 1: embed every micro-batch without gradient, saving the RNG state before each.
+
+    Half-precision embeddings are cached in float32 (the loss is computed in float32).
+    """
+    cached: list[torch.Tensor] = []
+    states: list[list[RngState]] = []
+    with torch.no_grad():
+        for tower, batch in zip(towers, sides):
+            parts, side_states = [], []
+            for lo, hi in _micro(batch_size(batch), micro_batch_size):
+                side_states.append(RngState(rng))
+                with amp:
+                    h = encode(tower, slice_batch(batch, lo, hi))
+                parts.append(h.float() if h.dtype in (torch.float16, torch.bfloat16) else h)
+            cached.append(torch.cat(parts))
+            states.append(side_states)
+    return cached, states
+
+
+def _loss_and_embedding_grads(loss_fn: Callable[..., torch.Tensor], cached: Sequence[torch.Tensor], scale_loss: float,
+                              validate: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Step 2: the true loss on the cached embeddings and ``∂L/∂h`` (the loss's own parameters get their gradient)."""
     leaves = [h.detach().requires_grad_(True) for h in cached]
     with torch.enable_grad():
         loss = loss_fn(*leaves) * scale_loss
-        if not bool(torch.isfinite(loss.detach())):
+        if validate and loss.device.type != "meta" and not bool(torch.isfinite(loss.detach())):
             raise FloatingPointError(f"the contrastive loss is {float(loss.detach())}; check the embeddings and the temperature")
         loss.backward()
-    grads = [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in leaves]
-    loss_s = time.perf_counter() - start
+    return loss, [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in leaves]
 
-    # 3. grad pass: replay each micro-batch and backpropagate ⟨h, g⟩ (one gradient reduction per step)
-    start = time.perf_counter()
-    surrogate = 0.0
+
+def _grad_pass(towers: Sequence[Callable[[Batch], Any]], sides: Sequence[Batch], grads: Sequence[torch.Tensor],
+               offsets: Sequence[int], states: list[list[RngState]] | None, micro_batch_size: int, amp: Any,
+               distributed: bool, group: Any) -> torch.Tensor:
+    """Step 3: replay each micro-batch with gradient and backpropagate ``Σ ⟨h_i, g_i⟩``.
+
+    One gradient reduction per step (:class:`~kexue.contrastive.distributed.StepSync`); nothing
+    waits for the device: the surrogate's value is summed as a tensor.
+
+    Returns:
+        The surrogate's value (detached scalar, float32 or float64).
+    """
     sync = dist_utils.StepSync(towers, distributed=distributed, group=group)
-    remaining = sum(len(side_states) for side_states in states)
-    for tower, batch, grad, offset, side_states in zip(towers, sides, grads, offsets, states):
-        for (lo, hi), state in zip(_micro(batch_size(batch), micro_batch_size), side_states):
+    chunks = [_micro(batch_size(batch), micro_batch_size) for batch in sides]
+    remaining = sum(len(c) for c in chunks)
+    terms: list[torch.Tensor] = []
+    for index, (tower, batch, grad, offset) in enumerate(zip(towers, sides, grads, offsets)):
+        for number, (lo, hi) in enumerate(chunks[index]):
             remaining -= 1
-            if replay_rng:
-                state.restore()
+            if states is not None:
+                states[index][number].restore()
             with torch.enable_grad(), sync.micro_batch(last=remaining == 0):
                 with amp:
                     h = encode(tower, slice_batch(batch, lo, hi))
                 g = grad[offset + lo : offset + hi]
-                term = (h.float() * g).sum() if autocast is not None else (h * g.to(h.dtype)).sum()
+                term = (h.to(g.dtype) * g).sum()  # ∂/∂h = g, rounded to h's dtype on the way back
                 (term * sync.scale if sync.scale != 1.0 else term).backward()
-            surrogate += float(term.detach())
+            terms.append(term.detach().to(grads[0].device))
     sync.finish()
-    if distributed:
-        surrogate = dist_utils.sum_scalar(surrogate, group)
-    after_forward.restore()
-    return CachedStep(loss.detach(), surrogate, [h.detach() for h in cached],
-                      {"forward_no_grad": forward_s, "loss": loss_s, "grad_pass": time.perf_counter() - start})
+    return torch.stack(terms).sum() if terms else grads[0].new_zeros(())
 
 
 def split_sides(batches: Batch | Sequence[Batch]) -> list[Batch]:

@@ -75,7 +75,7 @@ def gradient_equivalence(ctx: ClaimContext) -> None:
             torch.manual_seed(ctx.seed + 1)
             step = cached_backward(encoder, [x, x], loss_fn, micro_batch_size=micro)
             cached[micro] = _rel(_grads(encoder, loss_fn), ref)
-            surrogate[micro] = (float(step.loss), step.surrogate, loss_ref)
+            surrogate[micro] = (float(step.loss), float(step.surrogate), loss_ref)
             _zero(encoder, loss_fn)
             torch.manual_seed(ctx.seed + 1)
             cached_backward(encoder, [x, x], loss_fn, micro_batch_size=micro, replay_rng=False)

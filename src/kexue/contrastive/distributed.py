@@ -21,21 +21,27 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["StepSync", "check_fsdp_counts", "gather_rows", "gather_with_local", "sum_grads"]
+from kexue._device import collective_device
+
+__all__ = ["StepSync", "check_fsdp_counts", "gather_rows", "gather_with_local", "sum_grads", "sum_tensor"]
 
 
 def gather_rows(x: torch.Tensor, group: Any = None) -> tuple[torch.Tensor, int]:
     """All-gather ``x`` along dim 0 (row counts may differ by rank).
+
+    The row counts travel on the backend's device (:func:`kexue._device.collective_device`) and
+    reach the host once (the padded gather needs them); ``x`` must be on that device already
+    (CUDA for NCCL).
 
     Returns:
         ``(global rows in rank order, offset of this rank's rows)``.
     """
     world = dist.get_world_size(group)
     rank = dist.get_rank(group)
-    n = torch.tensor([x.shape[0]], dtype=torch.long, device=x.device)
+    n = torch.tensor([x.shape[0]], dtype=torch.long, device=collective_device(group))
     sizes = [torch.zeros_like(n) for _ in range(world)]
     dist.all_gather(sizes, n, group=group)
-    counts = [int(s.item()) for s in sizes]
+    counts = torch.cat(sizes).tolist()
     longest = max(counts)
     padded = x.new_zeros((longest, *x.shape[1:]))
     padded[: x.shape[0]] = x
@@ -118,9 +124,10 @@ def check_fsdp_counts(towers: Sequence[Any], micro_batches: int, group: Any = No
     """With FSDP2 encoders, raise a ValueError on every rank unless all ranks run ``micro_batches``."""
     if not any(_is_fsdp(t) for t in towers):
         return
-    counts = [torch.zeros(1, dtype=torch.long) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(counts, torch.tensor([micro_batches]), group=group)
-    counts = [int(c) for c in counts]
+    device = collective_device(group)  # NCCL refuses CPU tensors
+    gathered = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(gathered, torch.tensor([micro_batches], device=device), group=group)
+    counts = torch.cat(gathered).tolist()
     if len(set(counts)) > 1:
         raise ValueError(f"FSDP2 (fully_shard) encoders need the same number of micro-batches on every rank, since each "
                          f"forward all-gathers the parameters; the ranks have {counts}: give each rank the same number of "
@@ -171,9 +178,8 @@ def sum_grads(params: Sequence[nn.Parameter], group: Any = None) -> None:
             start += n
 
 
-def sum_scalar(value: float, group: Any = None) -> float:
-    t = torch.tensor([value], dtype=torch.float64)
-    if dist.get_backend(group) == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t, group=group)
-    return float(t.item())
+def sum_tensor(value: torch.Tensor, group: Any = None) -> torch.Tensor:
+    """``value`` summed over ranks (a new tensor on ``value``'s device; the reduction runs on the backend's device)."""
+    total = value.detach().to(collective_device(group), copy=True)
+    dist.all_reduce(total, group=group)
+    return total.to(value.device)

@@ -19,11 +19,12 @@ sum to 1, e.g. ``1/k`` for k positives).
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from kexue._device import autocast_disabled
 from kexue._shared import check_choice, check_finite, check_int, check_number
 
 __all__ = ["InfoNCE", "info_nce", "info_nce_tiled"]
@@ -31,15 +32,15 @@ __all__ = ["InfoNCE", "info_nce", "info_nce_tiled"]
 Similarity = Literal["cosine", "dot"]
 
 
-def _index_targets(targets: torch.Tensor | None, n: int, m: int, device: torch.device) -> torch.Tensor:
-    """One positive document index per query: ``None`` means ``0 … N−1``."""
+def _index_targets(targets: torch.Tensor | None, n: int, m: int, device: torch.device, validate: bool = True) -> torch.Tensor:
+    """One positive document index per query: ``None`` means ``0 … N−1`` (range checked with ``validate``)."""
     if targets is None:
         if m < n:
             raise ValueError(f"d has {m} rows but the default targets pair q[i] with d[i]: d needs at least as many rows as q ({n})")
         return torch.arange(n, device=device)
     if targets.shape != (n,):
         raise ValueError(f"index targets must have shape ({n},) (one document index per query); got {tuple(targets.shape)}")
-    if n and (int(targets.min()) < 0 or int(targets.max()) >= m):
+    if validate and n and targets.device.type != "meta" and (int(targets.min()) < 0 or int(targets.max()) >= m):
         raise ValueError(f"index targets must lie in [0, {m}); got range [{int(targets.min())}, {int(targets.max())}]")
     return targets.long()
 
@@ -48,20 +49,22 @@ def _is_index(targets: torch.Tensor | None) -> bool:
     return targets is None or targets.dtype in (torch.int64, torch.int32)
 
 
-def _dense_targets(targets: torch.Tensor | None, n: int, m: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _dense_targets(targets: torch.Tensor | None, n: int, m: int, device: torch.device, dtype: torch.dtype,
+                   validate: bool = True) -> torch.Tensor:
     if targets is None:
         _index_targets(None, n, m, device)
         return torch.eye(n, m, device=device, dtype=dtype)
     if _is_index(targets):
-        return torch.nn.functional.one_hot(_index_targets(targets, n, m, device), m).to(dtype)
+        return torch.nn.functional.one_hot(_index_targets(targets, n, m, device, validate), m).to(dtype)
     if targets.shape != (n, m):
         raise ValueError(f"dense targets must have shape ({n}, {m}); got {tuple(targets.shape)}")
-    if not bool(torch.isfinite(targets).all()) or bool((targets < 0).any()):
+    if validate and targets.device.type != "meta" and (not bool(torch.isfinite(targets).all()) or bool((targets < 0).any())):
         raise ValueError("dense targets must be finite and non-negative")
     return targets.to(dtype)
 
 
-def _validate(q: torch.Tensor, d: torch.Tensor, similarity: str) -> None:
+def _validate(q: torch.Tensor, d: torch.Tensor, similarity: str, values: bool = True) -> None:
+    """Types and shapes always; with ``values``, finiteness too (a host synchronisation; skipped on meta)."""
     check_choice("similarity", similarity, ("cosine", "dot"))
     for name, t in (("q", q), ("d", d)):
         if not isinstance(t, torch.Tensor):
@@ -74,8 +77,14 @@ def _validate(q: torch.Tensor, d: torch.Tensor, similarity: str) -> None:
         raise ValueError(f"q and d must be (N, D) and (M, D) with the same D; got {tuple(q.shape)} and {tuple(d.shape)}")
     if q.shape[0] == 0:
         raise ValueError("q must hold at least one query")
-    check_finite(q.detach(), "q")
-    check_finite(d.detach(), "d")
+    if values and q.device.type != "meta":
+        check_finite(q.detach(), "q")
+        check_finite(d.detach(), "d")
+
+
+def _accumulation(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the loss is computed in: float64 for float64 embeddings, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _prepare(q: torch.Tensor, d: torch.Tensor, similarity: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,6 +101,7 @@ def info_nce(
     scale: float | torch.Tensor = 20.0,
     similarity: Similarity = "cosine",
     symmetric: bool = False,
+    validate: bool = True,
 ) -> torch.Tensor:
     """Dense InfoNCE (materialises the ``N × M`` similarities; simplest, fine up to a few thousand).
 
@@ -103,23 +113,29 @@ def info_nce(
         scale: ``1/τ``; a tensor (e.g. ``log_scale.exp()``) makes the temperature learnable.
         similarity: ``"cosine"`` or ``"dot"``.
         symmetric: average with the document → query direction.
+        validate: check finiteness and target ranges (host synchronisations; ``False``: none).
 
     Returns:
-        Scalar loss (mean over rows).
+        Scalar loss (mean over rows): float64 for float64 embeddings, else float32. It is
+        computed in that dtype with autocast off (the embeddings of any floating dtype are
+        upcast once), so bfloat16 embeddings lose nothing in the softmax.
     """
     d = q if d is None else d
-    _validate(q, d, similarity)
-    qn, dn = _prepare(q, d, similarity)
-    s = scale * (qn @ dn.T)  # (N, M)
-    t = _dense_targets(targets, q.shape[0], d.shape[0], s.device, s.dtype)
-    # −Σ_j t_ij log softmax_j(s_ij) = (Σ_j t_ij) LSE_j(s_ij) − Σ_j t_ij s_ij
-    rows = (t.sum(1) * torch.logsumexp(s, dim=1) - (t * s).sum(1)).sum() / q.shape[0]
-    if not symmetric:
-        return rows
-    has = t.sum(0) > 0
-    sc, tc = s[:, has], t[:, has]
-    cols = (tc.sum(0) * torch.logsumexp(sc, dim=0) - (tc * sc).sum(0)).sum() / int(has.sum())
-    return (rows + cols) / 2
+    _validate(q, d, similarity, validate)
+    acc = _accumulation(q.dtype)
+    with autocast_disabled(q):  # temperature-scaled similarities in bfloat16 would be off by ~0.1 at 1/τ = 20
+        qn, dn = _prepare(q.to(acc), d.to(acc), similarity)
+        s = scale * (qn @ dn.T)  # (N, M)
+        t = _dense_targets(targets, q.shape[0], d.shape[0], s.device, s.dtype, validate)
+        # log_softmax subtracts the row maximum before adding the log-sum: a near-zero loss keeps its relative
+        # precision (LSE − s would cancel at 1/τ · eps)
+        rows = -(t * torch.log_softmax(s, dim=1)).sum() / q.shape[0]
+        if not symmetric:
+            return rows
+        # columns without any target contribute 0: no boolean mask (no host sync) needed
+        columns = (t.sum(0) > 0).sum().clamp_min(1)
+        cols = -(t * torch.log_softmax(s, dim=0)).sum() / columns
+        return (rows + cols) / 2
 
 
 class _TiledInfoNCE(torch.autograd.Function):
@@ -179,6 +195,7 @@ def info_nce_tiled(
     scale: float | torch.Tensor = 20.0,
     similarity: Similarity = "cosine",
     tile: int = 1024,
+    validate: bool = True,
 ) -> torch.Tensor:
     """InfoNCE (row direction, one positive per query) without materialising ``N × M``.
 
@@ -190,16 +207,24 @@ def info_nce_tiled(
     Args:
         targets: ``None`` (document i is query i's positive) or ``(N,)`` indices.
         tile: block size (rows and columns).
+        validate: check finiteness and target ranges (host synchronisations; ``False``: none).
+
+    Returns:
+        Scalar loss: float64 for float64 embeddings, else float32 (autocast off inside). Its value
+        is ``LSE − s`` per row, with an absolute error of about ``scale · eps`` per row: relative
+        precision is lost only when the loss itself is near 0 (the dense form keeps it).
     """
     d = q if d is None else d
-    _validate(q, d, similarity)
+    _validate(q, d, similarity, validate)
     check_int("tile", tile, 1)
     if not _is_index(targets):
         raise ValueError("info_nce_tiled takes targets=None or (N,) indices; use info_nce for dense target matrices")
-    index = _index_targets(targets, q.shape[0], d.shape[0], q.device)
-    scale_t = scale if isinstance(scale, torch.Tensor) else torch.tensor(float(scale), device=q.device)
-    qn, dn = _prepare(q, d, similarity)
-    return _TiledInfoNCE.apply(qn, dn, scale_t, index, tile)
+    index = _index_targets(targets, q.shape[0], d.shape[0], q.device, validate)
+    scale_t = scale if isinstance(scale, torch.Tensor) else torch.full((), float(scale), device=q.device)  # a fill, not a copy
+    acc = _accumulation(q.dtype)
+    with autocast_disabled(q):
+        qn, dn = _prepare(q.to(acc), d.to(acc), similarity)
+        return _TiledInfoNCE.apply(qn, dn, scale_t, index, tile)
 
 
 class InfoNCE(nn.Module):
@@ -212,6 +237,13 @@ class InfoNCE(nn.Module):
         symmetric: average with the document → query direction.
         tiled: use :func:`info_nce_tiled` (row direction, index targets).
         tile: its block size.
+        max_scale: the clamp of ``1/τ``.
+        validate: check finiteness and target ranges on every call (host synchronisations;
+            ``False``: none).
+
+    The temperature stays in float32 (float64 after ``.double()``) when the module is cast to
+    bfloat16 or float16, and the loss is computed in float32 with autocast off whatever the
+    embeddings' dtype; it follows the module to its device.
 
     Example:
         >>> loss_fn = InfoNCE(temperature=0.05)
@@ -228,6 +260,7 @@ class InfoNCE(nn.Module):
         tiled: bool = False,
         tile: int = 1024,
         max_scale: float = 100.0,
+        validate: bool = True,
     ) -> None:
         super().__init__()
         check_number("temperature", temperature, above=0)
@@ -235,6 +268,7 @@ class InfoNCE(nn.Module):
         if tiled and symmetric:
             raise ValueError("tiled=True supports the row direction only; use symmetric=False or tiled=False")
         self.symmetric, self.tiled, self.tile, self.max_scale = symmetric, tiled, tile, max_scale
+        self.validate = validate
         log_scale = torch.tensor(math.log(1.0 / temperature))
         if learnable:
             self.log_scale = nn.Parameter(log_scale)
@@ -248,7 +282,21 @@ class InfoNCE(nn.Module):
     def forward(self, q: torch.Tensor, d: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> torch.Tensor:
         if not isinstance(q, torch.Tensor) or not q.is_floating_point():
             raise TypeError(f"q must be a floating-point torch.Tensor of embeddings; got {getattr(q, 'dtype', type(q).__name__)}")
-        scale = self.scale.to(q.dtype)
+        scale = self.scale.to(_accumulation(q.dtype))
         if self.tiled:
-            return info_nce_tiled(q, d, targets, scale=scale, similarity=self.similarity, tile=self.tile)
-        return info_nce(q, d, targets, scale=scale, similarity=self.similarity, symmetric=self.symmetric)
+            return info_nce_tiled(q, d, targets, scale=scale, similarity=self.similarity, tile=self.tile, validate=self.validate)
+        return info_nce(q, d, targets, scale=scale, similarity=self.similarity, symmetric=self.symmetric, validate=self.validate)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> InfoNCE:
+        """Follow ``.to()``/``.cuda()``/``.double()``, but keep the temperature in at least float32:
+        ``model.bfloat16()`` would otherwise round ``log(1/τ)`` (1/0.07 becomes 14.25)."""
+        before = self.log_scale.detach().clone()
+        super()._apply(fn, recurse)
+        after = self.log_scale
+        if after.dtype in (torch.float16, torch.bfloat16) and before.dtype not in (torch.float16, torch.bfloat16):
+            kept = after.float() if before.device.type == "meta" or after.device.type == "meta" else before.to(after.device, torch.float32)
+            if isinstance(after, nn.Parameter):
+                after.data = kept
+            else:
+                self.log_scale = kept
+        return self

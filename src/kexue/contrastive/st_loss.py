@@ -4,8 +4,8 @@
 of hard-negative columns) and computes the article's procedure (:mod:`kexue.contrastive.cached`)
 inside the trainer's ``loss.backward()``:
 
-1. every column is embedded micro-batch by micro-batch without gradient, the RNG state saved
-   before each micro-batch;
+1. every column is embedded micro-batch by micro-batch without gradient, the RNG state of the
+   CPU and of every device the model and the features use saved before each micro-batch;
 2. the InfoNCE loss of the whole batch (anchor ``i`` against every positive and hard negative,
    its own positive the target) is computed on the cached embeddings and differentiated up to
    them, in the forward call;
@@ -46,7 +46,8 @@ from torch import nn
 
 from kexue._shared import check_bool, check_int, check_number, check_process_group
 from kexue.contrastive import distributed as dist_utils
-from kexue.contrastive.cached import _check_batchnorm, _devices, _RngState, encode
+from kexue._device import RngState
+from kexue.contrastive.cached import _check_batchnorm, encode, encoder_devices, replayed_devices
 from kexue.contrastive.losses import InfoNCE, Similarity
 
 __all__ = ["CachedContrastiveLoss", "MicroBatchPlan", "plan_micro_batches"]
@@ -86,36 +87,41 @@ def plan_micro_batches(feature: dict[str, Any], *, micro_batch_size: int, micro_
     within the budget (a single longer sequence forms its own). With ``sort_by_length`` the
     samples are taken longest first, so each micro-batch holds similar lengths. Micro-batches of
     a right-padded batch are cut to their own longest sequence.
+
+    The index tensors live on the attention mask's device; the lengths reach the host once
+    (one transfer per column, none without an attention mask), never once per micro-batch.
     """
     n = _size(feature)
     mask = feature.get("attention_mask")
-    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-        lengths = mask.sum(dim=1).cpu()
-        right_padded = bool((mask[:, 1:] <= mask[:, :-1]).all())
-    else:
-        lengths, right_padded = None, False
-    if sort_by_length and lengths is not None:
-        order = torch.argsort(lengths, descending=True, stable=True)
-    else:
-        order = torch.arange(n)
-    groups = _pack(order, lengths, micro_batch_size, micro_batch_tokens)
-    widths = [int(lengths[g].max()) if right_padded and len(g) else None for g in groups]
-    return MicroBatchPlan(groups, widths, torch.argsort(torch.cat(groups)) if groups else torch.arange(0))
+    if not (isinstance(mask, torch.Tensor) and mask.dim() == 2):
+        order = torch.arange(n, device=mask.device if isinstance(mask, torch.Tensor) else None)
+        groups = list(order.split(micro_batch_size))
+        return MicroBatchPlan(groups, [None] * len(groups), order)
+    lengths = mask.sum(dim=1)  # (n,)
+    order = torch.argsort(lengths, descending=True, stable=True) if sort_by_length else torch.arange(n, device=mask.device)
+    right_padded = (mask[:, 1:] <= mask[:, :-1]).all()
+    host = torch.cat([lengths[order], right_padded.reshape(1).to(lengths.dtype)]).tolist()  # the one transfer
+    sorted_lengths, right = host[:-1], bool(host[-1])
+    bounds = _pack(sorted_lengths, micro_batch_size, micro_batch_tokens)
+    groups = [order[lo:hi] for lo, hi in bounds]
+    widths = [max(sorted_lengths[lo:hi]) if right and hi > lo else None for lo, hi in bounds]
+    return MicroBatchPlan(groups, widths, torch.argsort(order))
 
 
-def _pack(order: torch.Tensor, lengths: torch.Tensor | None, size: int, tokens: int | None) -> list[torch.Tensor]:
-    if tokens is None or lengths is None:
-        return list(order.split(size))
-    groups, start, longest = [], 0, 0
-    for i, index in enumerate(order.tolist()):
-        length = int(lengths[index])
+def _pack(lengths: list[int], size: int, tokens: int | None) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each micro-batch over samples of these ``lengths`` (in embedding order)."""
+    n = len(lengths)
+    if tokens is None:
+        return [(i, min(i + size, n)) for i in range(0, n, size)]
+    bounds, start, longest = [], 0, 0
+    for i, length in enumerate(lengths):
         if i > start and max(longest, length) * (i - start + 1) > tokens:  # adding it would pass the budget
-            groups.append(order[start:i])
+            bounds.append((start, i))
             start, longest = i, 0
         longest = max(longest, length)
-    if start < len(order):
-        groups.append(order[start:])
-    return groups
+    if start < n:
+        bounds.append((start, n))
+    return bounds
 
 
 def tokenized(model: Any, texts: Sequence[str]) -> dict[str, Any]:
@@ -219,7 +225,8 @@ class CachedContrastiveLoss(nn.Module):
                                           sort_by_length=self.sort_by_length) for f in features]
         dist_utils.check_fsdp_counts([self.model], sum(len(p.groups) for p in self._plans), self.group)
         training = torch.is_grad_enabled()
-        reps, states = self._embed(features, capture=training)
+        rng = self._rng_devices(features)
+        reps, states = self._embed(features, capture=training, rng=rng)
         if not training:
             return self.calculate_loss(reps, labels)
         loss = self.calculate_loss(reps, labels, with_backward=True)
@@ -228,7 +235,7 @@ class CachedContrastiveLoss(nn.Module):
             if any(part.grad is None for part in parts):
                 raise ValueError(f"column {column} received no gradient from the loss; remove it from the dataset")
             cache.append([part.grad.detach().clone() for part in parts])
-        replay = _ReplayPass(self, features, list(self._plans), cache, states, _RngState(self._cuda()))
+        replay = _ReplayPass(self, features, list(self._plans), cache, states, RngState(rng))
         return _Replay.apply(loss, torch.zeros((), requires_grad=True), replay)
 
     # --- MatryoshkaLoss's contract ---------------------------------------------------------------
@@ -268,19 +275,21 @@ class CachedContrastiveLoss(nn.Module):
 
     # --- steps 1 and 3 ---------------------------------------------------------------------------
 
-    def _cuda(self) -> list[int]:
-        return _devices(self.model)
+    def _rng_devices(self, features: list[dict[str, Any]]) -> list[torch.device]:
+        """The devices whose generators are replayed: the model's and the features' (see
+        :func:`~kexue.contrastive.cached.replayed_devices`)."""
+        return replayed_devices([self.model], encoder_devices([self.model], features))
 
-    def _embed(self, features: list[dict[str, Any]], capture: bool) -> tuple[list[list[torch.Tensor]], list[list[_RngState]]]:
-        """Step 1: every micro-batch without gradient (the RNG state saved before each)."""
+    def _embed(self, features: list[dict[str, Any]], capture: bool,
+               rng: list[torch.device]) -> tuple[list[list[torch.Tensor]], list[list[RngState]]]:
+        """Step 1: every micro-batch without gradient (the RNG state of every device saved before each)."""
         reps, states = [], []
-        cuda = self._cuda()
         with torch.no_grad():
             for feature, plan in zip(features, self._plans):
                 parts, column_states = [], []
                 for index, width in zip(plan.groups, plan.widths):
                     if capture:
-                        column_states.append(_RngState(cuda))
+                        column_states.append(RngState(rng))
                     h = encode(self.model, take(feature, index, width))
                     parts.append(h.detach().requires_grad_(capture))
                 reps.append(parts)
@@ -291,7 +300,7 @@ class CachedContrastiveLoss(nn.Module):
 class _ReplayPass:
     """Step 3 of one forward call, bound to its own plan, gradients and RNG states."""
 
-    def __init__(self, loss: CachedContrastiveLoss, features, plans, cache, states, after: _RngState) -> None:
+    def __init__(self, loss: CachedContrastiveLoss, features, plans, cache, states, after: RngState) -> None:
         self.loss, self.features, self.plans, self.cache, self.states, self.after = loss, features, plans, cache, states, after
 
     def __call__(self, grad_output: torch.Tensor) -> None:

@@ -11,14 +11,20 @@ Two kinds of data:
 
 Every step uses the full effective batch (``batch_size`` samples) as negatives while only
 ``micro_batch_size`` samples are in a forward with gradient at a time. Checkpoints (model,
-optimizer, scheduler, temperature, step, RNG) are written atomically to ``OUT/checkpoint`` and
-a later run with ``resume=True`` continues from them, reproducing the same data order.
+optimizer, scheduler, temperature, step, and the RNG of the CPU and of every accelerator device)
+are written atomically to ``OUT/checkpoint`` and a later run with ``resume=True`` continues from
+them, reproducing the same data order and dropout masks. The training state is loaded with
+``torch.load(weights_only=True)``: a checkpoint holding arbitrary pickled objects is refused.
+
+The encoder runs where the model is (CUDA when available); its RNG replay and ``autocast="bf16"``
+follow the model's device.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import pickle
 import shutil
 import time
 from collections.abc import Callable
@@ -28,6 +34,7 @@ from typing import Any
 
 import torch
 
+from kexue._device import devices_of, load_rng_state_dict, rng_state_dict
 from kexue._optional import require_extra
 from kexue._shared import check_int, check_number, read_text
 from kexue.contrastive.cached import cached_backward
@@ -36,7 +43,7 @@ from kexue.report.io import write_json
 
 require_extra("kexue.contrastive.train (training sentence encoders)", "sentence_transformers", "transformers")
 
-__all__ = ["TrainConfig", "TrainProgress", "TrainResult", "read_pairs", "read_sentences", "train_embedder"]
+__all__ = ["TrainConfig", "TrainProgress", "TrainResult", "load_trainer_state", "read_pairs", "read_sentences", "train_embedder"]
 
 
 @dataclass
@@ -56,7 +63,7 @@ class TrainConfig:
         evaluate: STS-B Spearman before and after (needs the shared data folder).
         eval_split: STS-B split to evaluate on.
         data: the shared data folder (default: see :func:`kexue.data.data_root`).
-        autocast: ``"bf16"`` to run the encoder under bfloat16 autocast.
+        autocast: ``"bf16"`` to run the encoder under bfloat16 autocast (on the model's device type).
     """
 
     model: str | None = None
@@ -248,6 +255,7 @@ def train_embedder(config: TrainConfig, *, resume: bool = False, progress: Train
     checkpoint = _checkpoint_dir(out) if resume and out.is_dir() else None
     if resume and checkpoint is None:
         progress.message(f"no checkpoint in {out}; starting from the beginning")
+    state = load_trainer_state(checkpoint) if checkpoint is not None else None  # refuse an unsafe file first
     model = _load_model(str(checkpoint) if checkpoint else config.model, config.max_length)
     model.train()
     loss_fn = InfoNCE(config.temperature).to(model.device)
@@ -257,12 +265,12 @@ def train_embedder(config: TrainConfig, *, resume: bool = False, progress: Train
         optimizer, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
     step, losses = 0, []
     sts_before = None
-    if checkpoint is not None:
-        state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, losses, sts_before = state["step"], state["losses"], state.get("sts_before")
-        torch.set_rng_state(state["rng"])
+        for note in load_rng_state_dict(state["rng"]):
+            progress.message(f"resuming: {note}; dropout continues from a fresh stream there")
         progress.message(f"resumed from {checkpoint} at step {step}/{total}")
     resumed_from = step
 
@@ -278,13 +286,14 @@ def train_embedder(config: TrainConfig, *, resume: bool = False, progress: Train
         torch.manual_seed(config.seed)
 
     encode = _encoder(model)
+    devices = devices_of(model)  # the encoder function is fed texts: its RNG and autocast devices are the model's
     autocast = torch.bfloat16 if config.autocast == "bf16" else None
     start = time.perf_counter()
     progress.start(total, step)
     while step < total:
         optimizer.zero_grad(set_to_none=True)
         result = cached_backward(encode, _step_batch(config, sides, step), loss_fn,
-                                 micro_batch_size=config.micro_batch_size, autocast=autocast)
+                                 micro_batch_size=config.micro_batch_size, autocast=autocast, devices=devices)
         optimizer.step()
         scheduler.step()
         step += 1
@@ -309,13 +318,42 @@ def train_embedder(config: TrainConfig, *, resume: bool = False, progress: Train
     return result
 
 
+def load_trainer_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """The training state of a checkpoint folder (optimizer, scheduler, step, losses, every RNG), loaded safely.
+
+    ``trainer_state.pt`` is read with ``torch.load(..., weights_only=True)``: tensors, numbers,
+    strings and containers only, so a crafted pickle cannot run code.
+
+    Raises:
+        ValueError: when the file holds anything else (or is not a checkpoint at all).
+    """
+    path = Path(checkpoint) / "trainer_state.pt"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        raise ValueError(f"checkpoint file {path} is not a safe training state (tensors, numbers and containers only); "
+                         f"refusing to unpickle it ({_unpickling_reason(exc)})") from None
+    missing = [key for key in ("optimizer", "scheduler", "step", "losses", "rng") if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise ValueError(f"checkpoint file {path} lacks {missing}; it was not written by kexue train-embedder")
+    return state
+
+
+def _unpickling_reason(exc: BaseException) -> str:
+    """The line of a refused ``torch.load`` that names the offending object (torch's advice to
+    retry with ``weights_only=False`` is left out: that is what must not be done)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+    return (named or lines or [type(exc).__name__])[0].split(". Please")[0].rstrip(".")
+
+
 def _save_checkpoint(out: Path, model, optimizer, scheduler, step: int, losses: list[float], sts_before: float | None) -> None:
     tmp = out / f"checkpoint.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     _save_at_own_length(model, tmp)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                "losses": losses, "sts_before": sts_before, "rng": torch.get_rng_state()}, tmp / "trainer_state.pt")
+                "losses": losses, "sts_before": sts_before, "rng": rng_state_dict()}, tmp / "trainer_state.pt")
     _replace_dir(tmp, out / "checkpoint")
 
 

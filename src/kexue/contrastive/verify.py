@@ -31,7 +31,16 @@ import torch
 from torch import nn
 
 from kexue._shared import check_int, check_number
-from kexue.contrastive.cached import _devices, _micro, _RngState, batch_size, cached_backward, encode, slice_batch, split_sides
+from kexue._device import RngState, devices_of
+from kexue.contrastive.cached import (
+    _micro,
+    batch_size,
+    cached_backward,
+    encode,
+    replayed_devices,
+    slice_batch,
+    split_sides,
+)
 from kexue.contrastive.st_loss import CachedContrastiveLoss, take, tokenized
 
 __all__ = ["GradientCheck", "parameter_group", "verify_cached_gradients"]
@@ -142,7 +151,8 @@ def verify_cached_gradients(
     saved = [p.grad for _, p in params]  # the caller's gradients, put back at the end
     for _, p in params:
         p.grad = None
-    state = _RngState(_devices(model))
+    devices = devices_of(model, batch)  # an encoder function fed texts shows none: the model's are its
+    state = RngState(replayed_devices([encoder or model], devices))
     try:
         if isinstance(loss, CachedContrastiveLoss):
             cached, full, losses, count = _check_st_loss(model, batch, loss, params, state)
@@ -150,7 +160,8 @@ def verify_cached_gradients(
             if micro_batch_size is None:
                 raise ValueError("micro_batch_size is required when loss is a loss on embeddings (the cached step's micro-batch)")
             check_int("micro_batch_size", micro_batch_size, 1)
-            cached, full, losses, count = _check_embedding_loss(encoder or model, batch, loss, micro_batch_size, params, state)
+            cached, full, losses, count = _check_embedding_loss(encoder or model, batch, loss, micro_batch_size, params, state,
+                                                                    devices)
     finally:
         for (_, p), g in zip(params, saved):
             p.grad = g
@@ -185,8 +196,9 @@ def _check_st_loss(model, batch, loss, params, state) -> tuple[list, list, tuple
     return cached, full, (float(value.detach()), float(reference.detach())), sum(len(p.groups) for p in loss._plans)
 
 
-def _check_embedding_loss(encoder, batch, loss_fn, micro_batch_size, params, state) -> tuple[list, list, tuple[float, float], int]:
-    step = cached_backward(encoder, batch, loss_fn, micro_batch_size=micro_batch_size)
+def _check_embedding_loss(encoder, batch, loss_fn, micro_batch_size, params, state,
+                          devices) -> tuple[list, list, tuple[float, float], int]:
+    step = cached_backward(encoder, batch, loss_fn, micro_batch_size=micro_batch_size, devices=devices)
     cached = _take_grads(params)
     state.restore()
     sides = split_sides(batch)
