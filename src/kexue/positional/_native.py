@@ -15,7 +15,8 @@ import torch
 from kexue._native import NativeLibrary, NativeUnavailable
 from kexue._native import use_native as select
 
-__all__ = ["NativeUnavailable", "available", "compile_seconds", "fresh_compile_seconds", "rotate", "supports", "use_native"]
+__all__ = ["NativeUnavailable", "available", "compile_seconds", "fresh_compile_seconds", "rotate", "supports", "symbol",
+           "use_native"]
 
 _MAXDIM = 8
 _SYMBOLS = {
@@ -24,7 +25,20 @@ _SYMBOLS = {
     torch.bfloat16: "kx_rope_bfloat16",
     torch.float16: "kx_rope_float16",
 }
-_LIBRARY = NativeLibrary("rope", Path(__file__).with_name("_rope_kernel.c"), list(_SYMBOLS.values()))
+# the half types' entry points that round each product to the storage type (transformers' recipe)
+_PRODUCT_SYMBOLS = {
+    torch.bfloat16: "kx_rope_bfloat16_products",
+    torch.float16: "kx_rope_float16_products",
+}
+_LIBRARY = NativeLibrary("rope", Path(__file__).with_name("_rope_kernel.c"),
+                         [*_SYMBOLS.values(), *_PRODUCT_SYMBOLS.values()])
+
+
+def symbol(dtype: torch.dtype, round_products: bool = False) -> str:
+    """The kernel's entry point for ``dtype`` (``round_products``: the half types' transformers recipe)."""
+    if round_products and dtype in _PRODUCT_SYMBOLS:
+        return _PRODUCT_SYMBOLS[dtype]
+    return _SYMBOLS.get(dtype, _SYMBOLS[torch.float32])
 
 
 class _Layout(ctypes.Structure):
@@ -42,12 +56,12 @@ def available(dtype: torch.dtype = torch.float32) -> bool:
     return dtype in _SYMBOLS and _LIBRARY.available(_SYMBOLS[dtype])
 
 
-def use_native(backend: str, x: torch.Tensor) -> bool:
+def use_native(backend: str, x: torch.Tensor, round_products: bool = False) -> bool:
     """Whether rotating ``x`` runs in the kernel (see :func:`kexue._native.use_native`)."""
     unsupported = None if supports(x) else (
         "needs a CPU tensor of float32, float64, bfloat16 or float16 with 1 to 9 dimensions; "
         f"got {x.dtype} on {x.device} with {x.dim()} dimensions")
-    return select(_LIBRARY, backend, _SYMBOLS.get(x.dtype, _SYMBOLS[torch.float32]), unsupported)
+    return select(_LIBRARY, backend, symbol(x.dtype, round_products), unsupported)
 
 
 def fresh_compile_seconds() -> float:
@@ -118,20 +132,22 @@ def rotate(
     *,
     interleaved: bool,
     transpose: bool,
+    round_products: bool = False,
 ) -> torch.Tensor:
     """Run the kernel: ``out = R x`` (or ``Rᵀ x``) with one (cos, sin) per pair.
 
     ``cos``/``sin`` must already be broadcast to ``x.shape[:-1] + (R/2,)`` (stride-0 views are
     fine) with a contiguous last dimension; ``out`` has ``x``'s shape and dtype and a contiguous
     last dimension. ``out`` may be ``x`` itself (in place). Entries past ``R`` are copied
-    unless ``out`` is ``x``.
+    unless ``out`` is ``x``. ``round_products``: for bfloat16/float16 ``x``, round each product
+    to ``x``'s dtype before the sum (transformers' recipe); otherwise the sum rounds once.
     """
-    rotate_many([(x, cos, sin, out)], interleaved=interleaved, transpose=transpose)
+    rotate_many([(x, cos, sin, out)], interleaved=interleaved, transpose=transpose, round_products=round_products)
     return out
 
 
 def rotate_many(jobs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]], *,
-                interleaved: bool, transpose: bool) -> None:
+                interleaved: bool, transpose: bool, round_products: bool = False) -> None:
     """:func:`rotate` for one or two ``(x, cos, sin, out)`` at once: one kernel call, one thread team.
 
     All ``x`` share a dtype and a rotated width ``R``; each has its own shape, strides and tables.
@@ -144,7 +160,7 @@ def rotate_many(jobs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch
     live = [job for job in jobs if job[0].numel()]
     if not live:
         return
-    function = _LIBRARY.function(_SYMBOLS[dtype])
+    function = _LIBRARY.function(symbol(dtype, round_products))
     keep: list = []
     elements = sum(job[0].numel() for job in live)
     stream = elements * live[0][3].element_size() >= STREAM_MIN_BYTES

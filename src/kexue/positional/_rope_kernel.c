@@ -11,6 +11,9 @@
  * for float32/bfloat16/float16 data, double for float64 data); half types are converted on
  * load and rounded to nearest even on store.  Rows are split evenly over `nthreads` OpenMP
  * threads; one call may rotate two tensors (q and k) in the same parallel region.
+ * The `_products` entry points of the half types round each product to the storage type before
+ * the sum, as `q * cos + rotate_half(q) * sin` evaluated in that type does (transformers' recipe:
+ * bit-identical to it); the plain entry points round once, on store.
  * Compiled at first use by kexue.positional._native (see there for flags).
  */
 #include <stdint.h>
@@ -87,7 +90,7 @@ static int64_t kx_rows(const kx_layout *L) {
 #define KX_SAME(v) (v)
 
 /* NAME##_range rotates rows [r0, r1) of one job; NAME runs njobs jobs in one parallel region. */
-#define KX_DEFINE(NAME, XT, CT, LOAD, STORE, CAN_STREAM, STREAM)                                   \
+#define KX_DEFINE(NAME, XT, CT, LOAD, STORE, CAN_STREAM, STREAM, RP)                               \
     static void NAME##_range(const kx_job *J, int64_t R, int interleaved, CT sg, int64_t r0,        \
                              int64_t r1) {                                                          \
         const kx_layout *L = J->layout;                                                             \
@@ -115,14 +118,14 @@ static int64_t kx_rows(const kx_layout *L) {
             if (!interleaved) {                                                                     \
                 for (int64_t i = 0; i < h; i++) {                                                   \
                     const CT a = LOAD(xr[i]), b = LOAD(xr[i + h]), si = sg * s[i];                  \
-                    orow[i] = STORE(a * c[i] - b * si);                                             \
-                    orow[i + h] = STORE(b * c[i] + a * si);                                         \
+                    orow[i] = STORE(RP(a * c[i]) - RP(b * si));                                     \
+                    orow[i + h] = STORE(RP(b * c[i]) + RP(a * si));                                 \
                 }                                                                                   \
             } else {                                                                                \
                 for (int64_t i = 0; i < h; i++) {                                                   \
                     const CT a = LOAD(xr[2 * i]), b = LOAD(xr[2 * i + 1]), si = sg * s[i];          \
-                    orow[2 * i] = STORE(a * c[i] - b * si);                                         \
-                    orow[2 * i + 1] = STORE(b * c[i] + a * si);                                     \
+                    orow[2 * i] = STORE(RP(a * c[i]) - RP(b * si));                                 \
+                    orow[2 * i + 1] = STORE(RP(b * c[i]) + RP(a * si));                             \
                 }                                                                                   \
             }                                                                                       \
             if (J->copy_tail)                                                                       \
@@ -170,12 +173,19 @@ static int64_t kx_rows(const kx_layout *L) {
         return 0;                                                                                   \
     }
 
-KX_DEFINE(kx_rope_float32, float, float, KX_SAME, KX_SAME, kx_can_stream_f32, kx_stream_f32)
-KX_DEFINE(kx_rope_float64, double, double, KX_SAME, KX_SAME, KX_NO_STREAM_CAN, KX_NO_STREAM)
-KX_DEFINE(kx_rope_bfloat16, uint16_t, float, kx_bf16_load, kx_bf16_store, KX_NO_STREAM_CAN, KX_NO_STREAM)
+static inline float kx_bf16_round(float f) { return kx_bf16_load(kx_bf16_store(f)); }
+
+KX_DEFINE(kx_rope_float32, float, float, KX_SAME, KX_SAME, kx_can_stream_f32, kx_stream_f32, KX_SAME)
+KX_DEFINE(kx_rope_float64, double, double, KX_SAME, KX_SAME, KX_NO_STREAM_CAN, KX_NO_STREAM, KX_SAME)
+KX_DEFINE(kx_rope_bfloat16, uint16_t, float, kx_bf16_load, kx_bf16_store, KX_NO_STREAM_CAN, KX_NO_STREAM, KX_SAME)
+KX_DEFINE(kx_rope_bfloat16_products, uint16_t, float, kx_bf16_load, kx_bf16_store, KX_NO_STREAM_CAN, KX_NO_STREAM,
+          kx_bf16_round)
 
 #if defined(__FLT16_MAX__)
 #define KX_F16_LOAD(v) ((float)(v))
 #define KX_F16_STORE(v) ((_Float16)(v))
-KX_DEFINE(kx_rope_float16, _Float16, float, KX_F16_LOAD, KX_F16_STORE, KX_NO_STREAM_CAN, KX_NO_STREAM)
+#define KX_F16_ROUND(v) ((float)(_Float16)(v))
+KX_DEFINE(kx_rope_float16, _Float16, float, KX_F16_LOAD, KX_F16_STORE, KX_NO_STREAM_CAN, KX_NO_STREAM, KX_SAME)
+KX_DEFINE(kx_rope_float16_products, _Float16, float, KX_F16_LOAD, KX_F16_STORE, KX_NO_STREAM_CAN, KX_NO_STREAM,
+          KX_F16_ROUND)
 #endif

@@ -10,6 +10,14 @@ or :func:`hf_apply_rotary_pos_emb`, which hand one copy of the angles to
 kernel where it applies, plain torch elsewhere). The model's weights, cache and outputs are untouched; only the arithmetic path
 changes, so logits agree to float32 rounding and greedy decoding gives the same tokens.
 
+Precision: the tables are transformers' own (float32 angles with autocast off, cos/sin cast to
+the model's dtype), and in a bfloat16/float16 model each product rounds to that dtype before
+the sum (``rounding="products"`` of :func:`kexue.positional.rope.apply_rotary`): bit-identical
+to transformers' ``q * cos + rotate_half(q) * sin``, so a ``model.to(torch.bfloat16)`` decodes
+transformers' own tokens. Rounding the sum once instead would be more accurate, but it moves
+bfloat16 logits by an ulp, enough to flip near-tied greedy choices of a random model. The
+patched function reads nothing back to the host (no synchronisation per layer on a GPU).
+
 The patch is per modeling module: while it is active, every model of that family in the
 process uses it (transformers looks the function up in its module at each call). Patches
 nest; each :meth:`RopePatch.remove` (or the end of its ``with`` block) undoes its own.
@@ -58,7 +66,7 @@ def hf_apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
     kexue's ``(B, T, R/2)`` table. ``unsqueeze_dim`` is where the head dimension of ``q``/``k``
     is (1 for ``(B, H, T, D)``).
     """
-    return apply_rotary_qk(q, k, *_tables(cos, sin, unsqueeze_dim))
+    return apply_rotary_qk(q, k, *_tables(cos, sin, unsqueeze_dim), rounding="products")
 
 
 def hf_apply_rotary_pos_emb_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -71,8 +79,8 @@ def hf_apply_rotary_pos_emb_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor
     """
     c, s = _tables(cos, sin, unsqueeze_dim)
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
-        return apply_rotary_qk(q, k, c, s)
-    return apply_rotary_qk(q, k, c, s, out=(q, k))
+        return apply_rotary_qk(q, k, c, s, rounding="products")
+    return apply_rotary_qk(q, k, c, s, out=(q, k), rounding="products")
 
 
 def _tables(cos: torch.Tensor, sin: torch.Tensor, unsqueeze_dim: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -124,13 +124,21 @@ def mrope_position_ids(segments: Sequence[Any], *, spatial_merge_size: int = 1, 
     return positions, delta
 
 
-def mrope_decode_positions(delta: int, cache_length: int, new_tokens: int = 1) -> torch.Tensor:
+def mrope_decode_positions(delta: int | torch.Tensor, cache_length: int, new_tokens: int = 1, *,
+                           device: torch.device | str | None = None) -> torch.Tensor:
     """``(new_tokens, 3)`` positions of tokens generated after a prompt: ``cache_length + k + delta``
     on all three axes (generated tokens are text). ``cache_length`` counts every token already in
     the KV cache, and ``delta`` is the prompt's from :func:`mrope_position_ids`; a batch whose
     sequences differ needs each sequence's own delta (a stale delta from another batch shifts
-    every new token)."""
+    every new token). The positions are made on ``device`` (the tensor ``delta``'s by default);
+    a tensor ``delta`` is added on the device, never read back to the host (one call per decode
+    step: no synchronisation on a GPU)."""
     for name, value in (("cache_length", cache_length), ("new_tokens", new_tokens)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name}={value!r} must be a non-negative integer")
-    return (torch.arange(new_tokens) + cache_length + int(delta))[:, None].expand(-1, 3)
+    if isinstance(delta, torch.Tensor):
+        device = device if device is not None else delta.device
+        shift: int | torch.Tensor = delta.to(device)
+    else:
+        shift = int(delta)
+    return (torch.arange(new_tokens, device=device) + cache_length + shift)[:, None].expand(-1, 3)

@@ -51,6 +51,7 @@ __all__ = [
     "BACKENDS",
     "LAYOUTS",
     "ROPE_SCALINGS",
+    "ROUNDINGS",
     "RotaryEmbedding",
     "apply_rotary",
     "apply_rotary_qk",
@@ -64,7 +65,10 @@ __all__ = [
 
 Layout = Literal["half", "interleaved"]
 Backend = Literal["auto", "native", "torch"]
+Rounding = Literal["once", "products"]
 LAYOUTS: tuple[str, ...] = ("half", "interleaved")
+ROUNDINGS: tuple[str, ...] = ("once", "products")
+_HALF_TYPES = (torch.bfloat16, torch.float16)
 BACKENDS: tuple[str, ...] = NATIVE_BACKENDS
 
 
@@ -115,7 +119,13 @@ def _check_tables(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> int:
     return half
 
 
-def _rotate_torch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool, inverse: bool) -> torch.Tensor:
+def _rounds_products(x: torch.Tensor, rounding: str) -> bool:
+    """Whether products round to ``x``'s dtype before the sum (only a half type's storage differs)."""
+    return rounding == "products" and x.dtype in _HALF_TYPES
+
+
+def _rotate_torch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool, inverse: bool,
+                  round_products: bool = False) -> torch.Tensor:
     """The plain-torch path (any device, autograd through every input)."""
     half = cos.shape[-1]
     rotary = 2 * half
@@ -125,7 +135,11 @@ def _rotate_torch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interle
         s = -s
     head = x[..., :rotary].to(dtype)
     a, b = (head[..., 0::2], head[..., 1::2]) if interleaved else (head[..., :half], head[..., half:])
-    first, second = a * c - b * s, b * c + a * s  # (..., R/2) each
+
+    def product(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return (u * v).to(x.dtype).to(dtype) if round_products else u * v
+
+    first, second = product(a, c) - product(b, s), product(b, c) + product(a, s)  # (..., R/2) each
     rotated = torch.stack((first, second), dim=-1).flatten(-2) if interleaved else torch.cat((first, second), dim=-1)
     rotated = rotated.to(x.dtype)
     return rotated if rotary == x.shape[-1] else torch.cat((rotated, x[..., rotary:]), dim=-1)
@@ -148,7 +162,7 @@ def _native_prepare(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: 
 
 
 def _native_apply_many(items: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]],
-                       interleaved: bool, transpose: bool) -> list[torch.Tensor]:
+                       interleaved: bool, transpose: bool, round_products: bool = False) -> list[torch.Tensor]:
     """Rotate each ``(x, cos, sin, out)`` in one kernel call; returns the outputs."""
     jobs, outs, copies = [], [], []
     tables: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # q and k share theirs: converted once
@@ -167,7 +181,7 @@ def _native_apply_many(items: Sequence[tuple[torch.Tensor, torch.Tensor, torch.T
         if job[3] is not out:  # the kernel wrote a contiguous stand-in for a strided out=
             copies.append((out, job[3]))
     if jobs:
-        _native.rotate_many(jobs, interleaved=interleaved, transpose=transpose)
+        _native.rotate_many(jobs, interleaved=interleaved, transpose=transpose, round_products=round_products)
     for out, target in copies:
         out.copy_(target)
     return outs
@@ -216,6 +230,7 @@ def apply_rotary(
     inverse: bool = False,
     out: torch.Tensor | None = None,
     backend: Backend = "auto",
+    rounding: Rounding = "once",
 ) -> torch.Tensor:
     """Rotate coordinate pairs of ``x`` by precomputed angles: ``R x`` (or ``Rᵀ x``).
 
@@ -235,10 +250,16 @@ def apply_rotary(
             Not with autograd.
         backend: ``"native"`` the fused CPU kernel, ``"torch"`` plain torch ops, ``"auto"``
             native where it applies (CPU, compiler available) and torch otherwise.
+        rounding: ``"once"``: the sums ``a cos − b sin`` are formed in float32 and round once
+            to ``x``'s dtype (the most accurate). ``"products"``: for a bfloat16/float16 ``x``,
+            each product first rounds to ``x``'s dtype, as transformers' ``q * cos +
+            rotate_half(q) * sin`` evaluated in that dtype does (bit-identical to it, so a
+            patched model decodes the same tokens); the same as ``"once"`` for other dtypes.
 
     Returns:
         Tensor of ``x``'s shape and dtype. The arithmetic is in float32 (float64 for a
-        float64 ``x``) whatever the storage dtype, and rounds once on output.
+        float64 ``x``) whatever the storage dtype, and rounds once on output (see ``rounding``).
+        Nothing is read back to the host: shapes are checked, values are not.
 
     Gradients flow to ``x``, ``cos`` and ``sin`` (so learnable frequencies train).
 
@@ -251,19 +272,20 @@ def apply_rotary(
     """
     _check_tables(x, cos, sin)
     check_choice("layout", layout, LAYOUTS)
-    use_native = _native.use_native(backend, x)
+    round_products = _rounds_products(x, check_choice("rounding", rounding, ROUNDINGS))
+    use_native = _native.use_native(backend, x, round_products)
     interleaved = layout == "interleaved"
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or cos.requires_grad or sin.requires_grad)
     _check_out("out", out, "x", x, needs_grad)
 
     if needs_grad:
-        if use_native:
+        if use_native and not round_products:
             return _NativeRotary.apply(x, cos, sin, interleaved, inverse)
-        return _rotate_torch(x, cos, sin, interleaved, inverse)
+        return _rotate_torch(x, cos, sin, interleaved, inverse, round_products)
     with torch.no_grad():
         if use_native:
-            return _native_apply(x, cos, sin, out, interleaved, inverse)
-        result = _rotate_torch(x, cos, sin, interleaved, inverse)
+            return _native_apply_many([(x, cos, sin, out)], interleaved, inverse, round_products)[0]
+        result = _rotate_torch(x, cos, sin, interleaved, inverse, round_products)
         if out is None:
             return result
         return out.copy_(result)
@@ -289,6 +311,7 @@ def apply_rotary_qk(
     inverse: bool = False,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
     backend: Backend = "auto",
+    rounding: Rounding = "once",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate queries and keys by the same angles in one kernel call: ``(R q, R k)``.
 
@@ -302,7 +325,7 @@ def apply_rotary_qk(
             any shape works as long as ``cos``/``sin`` broadcast to both.
         cos, sin: ``(..., R/2)`` tables broadcastable to ``q.shape[:-1]`` and ``k.shape[:-1]``
             (e.g. ``(T, R/2)``, or ``(B, 1, T, R/2)`` for per-sequence positions).
-        layout, inverse, backend: as in :func:`apply_rotary`.
+        layout, inverse, backend, rounding: as in :func:`apply_rotary`.
         out: ``(q_out, k_out)`` to write into; ``out=(q, k)`` rotates both in place. Not with
             autograd.
 
@@ -326,11 +349,13 @@ def apply_rotary_qk(
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or cos.requires_grad or sin.requires_grad)
     _check_out("out[0]", q_out, "q", q, needs_grad)
     _check_out("out[1]", k_out, "k", k, needs_grad)
-    if needs_grad or not _native.use_native(backend, q):
-        return (apply_rotary(q, cos, sin, layout=layout, inverse=inverse, out=q_out, backend=backend),
-                apply_rotary(k, cos, sin, layout=layout, inverse=inverse, out=k_out, backend=backend))
+    round_products = _rounds_products(q, check_choice("rounding", rounding, ROUNDINGS))
+    if needs_grad or not _native.use_native(backend, q, round_products):
+        options: dict[str, Any] = {"layout": layout, "inverse": inverse, "backend": backend, "rounding": rounding}
+        return apply_rotary(q, cos, sin, out=q_out, **options), apply_rotary(k, cos, sin, out=k_out, **options)
     with torch.no_grad():
-        rq, rk = _native_apply_many([(q, cos, sin, q_out), (k, cos, sin, k_out)], layout == "interleaved", inverse)
+        rq, rk = _native_apply_many([(q, cos, sin, q_out), (k, cos, sin, k_out)], layout == "interleaved", inverse,
+                                    round_products)
     return rq, rk
 
 
@@ -348,17 +373,18 @@ def _check_base(base: float) -> float:
     return check_number("base", base, above=1)
 
 
-def rope_frequencies(rotary_dim: int, base: float = 10000.0, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def rope_frequencies(rotary_dim: int, base: float = 10000.0, *, dtype: torch.dtype = torch.float64,
+                     device: torch.device | str | None = None) -> torch.Tensor:
     """The 1-D frequency ladder ``θ_j = base^{−2j/R}``, ``j = 0 … R/2 − 1``.
 
-    Computed in float64 and rounded once to ``dtype``.
+    Computed in float64 on ``device`` (no copy from the host) and rounded once to ``dtype``.
 
     Shapes:
         returns ``(R/2,)``.
     """
     rotary_dim = _check_rotary_dim("rotary_dim", rotary_dim)
     base = _check_base(base)
-    exponent = torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim
+    exponent = torch.arange(0, rotary_dim, 2, dtype=torch.float64, device=device) / rotary_dim
     return (base ** (-exponent)).to(dtype)
 
 
@@ -485,6 +511,15 @@ class RotaryEmbedding(nn.Module):
     float32-correct angles. For 1-D integer positions the cos/sin table is cached and grown
     as needed (a KV cache's ``offset`` only slices it).
 
+    Devices and precision: the frequencies (and the cached table) keep ``angle_dtype``
+    through every cast of the module (``.to(dtype)``, ``.half()``, ``.bfloat16()``,
+    ``.double()``, ``model.bfloat16()``: transformers' bug #29285 was a bfloat16 cast of its
+    frequencies) and follow it to its device; the angles are formed by elementwise products,
+    which autocast leaves in ``angle_dtype``. On the meta device every call returns meta
+    tensors of the right shape and dtype; materialising a meta module (``.to_empty(device=...)``)
+    recomputes the frequencies from their float64 definition. ``forward(..., validate=False)``
+    reads nothing back to the host (see :meth:`forward`).
+
     Args:
         dim: the head dimension ``D`` of the tensors to rotate.
         rotary_dim: how many leading coordinates rotate (partial rotary, e.g. GPT-NeoX's
@@ -502,6 +537,7 @@ class RotaryEmbedding(nn.Module):
         angle_dtype: float32 or float64.
         backend: passed to :func:`apply_rotary`.
         seed: mixed only: seed of the random directions.
+        device: where the frequencies live (e.g. ``"meta"`` to plan a model without memory).
 
     Shapes:
         ``forward(x, positions)``: ``x`` ``(..., T, D)`` (e.g. ``(B, H, T, D)``); positions
@@ -536,6 +572,7 @@ class RotaryEmbedding(nn.Module):
         angle_dtype: torch.dtype = torch.float32,
         backend: Backend = "auto",
         seed: int = 0,
+        device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         self.dim = _check_rotary_dim("dim", dim)
@@ -565,18 +602,48 @@ class RotaryEmbedding(nn.Module):
             self.base = _check_base(10000.0 if base is None else base)
             freqs = axial_frequencies(self.rotary_dim, axes, self.base, split=split, scaling=scaling, factor=factor)
         self.num_heads = num_heads
-        freqs = freqs.to(angle_dtype)
-        if learnable:
-            self.freqs = nn.Parameter(freqs)
-        else:
-            self.register_buffer("freqs", freqs, persistent=True)
         self.learnable = learnable
         self.attention_factor = 1.0  # multiplies cos and sin (a long-context scaling's, see from_config)
+        self._set_frequencies(freqs, device)
+
+    def _set_frequencies(self, freqs: torch.Tensor, device: torch.device | str | None) -> None:
+        """Hold ``freqs`` (float64) as the ``freqs`` buffer (or parameter) in ``angle_dtype`` on ``device``;
+        the float64 values stay, outside the module's cast path, for materialising a meta module."""
+        self._definition = freqs.detach().to("cpu", torch.float64)  # a plain attribute: .to()/.half() never reach it
+        value = self._definition.to(self.angle_dtype).to(device or "cpu")
+        if self.learnable:
+            self.freqs = nn.Parameter(value)
+        else:
+            self.register_buffer("freqs", value, persistent=True)
         self._table: tuple[torch.Tensor, torch.Tensor, float] | None = None  # cos, sin, the attention factor they include
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> RotaryEmbedding:
+        """``nn.Module._apply`` (behind ``.to()``, ``.half()``, ``.cuda()``, ``.to_empty()``...) with the
+        frequencies kept in ``angle_dtype``: they follow the device, never a cast."""
+        before = self.freqs.detach()  # a separate handle: a parameter's .data is swapped in place below
+        grad = None if self.freqs.grad is None else self.freqs.grad.detach()
+        super()._apply(fn, recurse)
+        self._restore_frequencies(before, grad)
+        return self
+
+    def _restore_frequencies(self, before: torch.Tensor, grad: torch.Tensor | None) -> None:
+        """After ``_apply``: the frequencies' values in ``angle_dtype`` on their new device (recomputed
+        from the float64 definition when leaving the meta device, which holds no values)."""
+        device = self.freqs.device
+        source = self._definition if before.is_meta and device.type != "meta" else before
+        kept = source.to(self.angle_dtype).to(device)
+        if isinstance(self.freqs, nn.Parameter):
+            self.freqs.data = kept
+            if grad is not None:
+                self.freqs.grad = grad.to(self.angle_dtype).to(device)
+        else:
+            self._buffers["freqs"] = kept
+        self._table = None
 
     @classmethod
     def from_config(cls, config: Any, *, layer_type: str | None = None, seq_len: int | None = None,
-                    angle_dtype: torch.dtype = torch.float32, backend: Backend = "auto") -> RotaryEmbedding:
+                    angle_dtype: torch.dtype = torch.float32, backend: Backend = "auto",
+                    device: torch.device | str | None = None) -> RotaryEmbedding:
         """The rotary embedding a transformers model builds from ``config``: its head width, its
         rotated share, its ``rope_type`` scaling with that scaling's attention factor (applied to
         cos and sin, as transformers does) and its pair layout (``rope_interleave``: the
@@ -593,6 +660,8 @@ class RotaryEmbedding(nn.Module):
         key and query of that cache then uses one base, which keeps attention a function of
         relative position. transformers instead changes the base as the sequence grows, so keys
         cached under the old base no longer match queries rotated under the new one.
+        ``device``: where the frequencies live (``"meta"`` included); they keep ``angle_dtype``
+        through casts of the module, as in the constructor.
 
         Raises:
             ValueError: a config without RoPE parameters or with an invalid scaling or M-RoPE field,
@@ -608,7 +677,7 @@ class RotaryEmbedding(nn.Module):
         rope = cls(params.head_dim, rotary_dim=params.rotary_dim, base=params.base, layout=layout,
                    angle_dtype=angle_dtype, backend=backend)
         rope.axes = freqs.shape[0]  # 3 for M-RoPE: (temporal, height, width) positions
-        rope.register_buffer("freqs", freqs.to(angle_dtype), persistent=True)
+        rope._set_frequencies(freqs, device)
         rope.scaling = params.rope_type
         rope.attention_factor = params.attention_factor
         return rope
@@ -621,14 +690,16 @@ class RotaryEmbedding(nn.Module):
 
     # positions -> angles -> cos/sin
 
-    def _as_positions(self, positions: torch.Tensor | Sequence[float]) -> torch.Tensor:
-        """Validate positions and return them as ``(..., T, axes)`` on the frequencies' device."""
+    def _as_positions(self, positions: torch.Tensor | Sequence[float], validate: bool = True) -> torch.Tensor:
+        """Check positions and return them as ``(..., T, axes)`` on the frequencies' device
+        (values are read, for finiteness, only when ``validate`` and not on the meta device)."""
+        device = self.freqs.device
         if not isinstance(positions, torch.Tensor):
-            positions = torch.as_tensor(positions)
+            positions = torch.as_tensor(positions, device=device)
         if positions.is_complex() or positions.dtype == torch.bool:
             raise TypeError(f"positions must be real numbers; got dtype {positions.dtype}")
-        positions = positions.to(device=self.freqs.device)
-        if positions.is_floating_point():
+        positions = positions.to(device=device)
+        if validate and positions.is_floating_point() and not positions.is_meta:
             check_finite(positions, "positions")
         if self.axes == 1:
             if positions.dim() not in (1, 2):
@@ -642,28 +713,31 @@ class RotaryEmbedding(nn.Module):
         return positions
 
     def _angles(self, p: torch.Tensor) -> torch.Tensor:
-        p = p.to(self.angle_dtype)
+        """``p F`` as elementwise products summed over the axes: autocast (which lowers ``matmul``)
+        leaves them in ``angle_dtype``."""
+        p = p.to(self.angle_dtype).unsqueeze(-1)  # (..., T, axes, 1)
         freqs = self.freqs.to(self.angle_dtype)
         if freqs.dim() == 3:  # (H, axes, R/2): per-head mixed frequencies
-            return p.unsqueeze(-3) @ freqs  # (..., H, T, R/2)
-        return p @ freqs  # (..., T, R/2)
+            return (p.unsqueeze(-4) * freqs.unsqueeze(-3)).sum(-2)  # (..., H, T, R/2)
+        return (p * freqs).sum(-2)  # (..., T, R/2)
 
-    def angles(self, positions: torch.Tensor | Sequence[float]) -> torch.Tensor:
+    def angles(self, positions: torch.Tensor | Sequence[float], *, validate: bool = True) -> torch.Tensor:
         """``φ = p F``: one angle per rotated pair, in ``angle_dtype``.
 
         Shapes:
             positions ``(T,)``/``(B, T)`` (axes=1) or ``(T, axes)``/``(B, T, axes)`` →
             ``(..., T, R/2)``; with per-head frequencies ``(..., H, T, R/2)``.
         """
-        return self._angles(self._as_positions(positions))
+        return self._angles(self._as_positions(positions, validate))
 
-    def cos_sin(self, positions: torch.Tensor | Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    def cos_sin(self, positions: torch.Tensor | Sequence[float], *, validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin of :meth:`angles` (in ``angle_dtype``), times :attr:`attention_factor` (1 unless
-        a scaling defines one, as transformers scales its tables), ready for :func:`apply_rotary`."""
-        return self._cos_sin(self._as_positions(positions))
+        a scaling defines one, as transformers scales its tables), ready for :func:`apply_rotary`.
+        ``validate=False``: no value is read back to the host (see :meth:`forward`)."""
+        return self._cos_sin(self._as_positions(positions, validate), validate)
 
-    def _cos_sin(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._can_cache() and _whole_nonnegative(p):
+    def _cos_sin(self, p: torch.Tensor, validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        if validate and self._can_cache() and not p.is_meta and _whole_nonnegative(p):
             index = p[..., 0].long()
             cos, sin = self._cached(int(index.max()) + 1 if index.numel() else 1)
             return cos[index], sin[index]
@@ -687,19 +761,30 @@ class RotaryEmbedding(nn.Module):
             self._table = table = (*self._tables(phi), self.attention_factor)
         return table[0], table[1]
 
-    def _offset_tables(self, x: torch.Tensor, offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _offset_tables(self, x: torch.Tensor, offset: torch.Tensor, validate: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sequence tables ``(B, [1,] T, R/2)``: sequence ``b`` at ``offset[b], …, offset[b] + T − 1``."""
         if offset.dim() != 1 or offset.dtype.is_floating_point or offset.dtype == torch.bool or offset.shape[0] != x.shape[0]:
             raise ValueError(f"offset as a tensor must be 1-D integers, one per sequence (x.shape[0]={x.shape[0]}); "
                              f"got shape {tuple(offset.shape)} {offset.dtype}")
-        if offset.numel() and int(offset.min()) < 0:
+        if validate and offset.numel() and not offset.is_meta and int(offset.min()) < 0:
             raise ValueError(f"offset must be non-negative; got minimum {int(offset.min())}")
         tokens = x.shape[-2]
         index = offset.to(self.freqs.device)[:, None] + torch.arange(tokens, device=self.freqs.device)  # (B, T)
-        cos, sin = self._cos_sin(index[..., None])  # from the cached table where it applies
+        cos, sin = self._cos_sin(index[..., None], validate)  # from the cached table where it applies
         if x.dim() >= 4:
             cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)  # broadcast over heads
         return cos, sin
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor; got {type(x).__name__}")
+        if x.dim() < 2:
+            raise ValueError(f"x must be (..., T, D); got shape {tuple(x.shape)}")
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"x.shape[-1]={x.shape[-1]} does not match dim={self.dim}")
+        if x.device != self.freqs.device:
+            raise ValueError(f"x is on {x.device} but this RotaryEmbedding's frequencies are on {self.freqs.device}; "
+                             f"move the module with .to({str(x.device)!r})")
 
     def forward(
         self,
@@ -709,25 +794,29 @@ class RotaryEmbedding(nn.Module):
         offset: int | torch.Tensor = 0,
         inverse: bool = False,
         out: torch.Tensor | None = None,
+        validate: bool = True,
     ) -> torch.Tensor:
         """Rotate ``x`` at ``positions`` (default for 1-D: ``offset, …, offset + T − 1``).
 
         ``offset`` may be a ``(B,)`` integer tensor, one start per sequence of ``x``
         (``(B, H, T, D)`` or ``(B, T, D)``): batched decoding with KV caches of different
         lengths, rotated in one kernel call through broadcast tables.
+
+        ``validate``: with ``True`` (the default) explicit float positions are checked finite and
+        tensor offsets non-negative, and 1-D integer positions are looked up in the cached
+        table: each reads values back to the host, a synchronisation per call on a GPU. With
+        ``False`` nothing is read back (no ``.item()``, ``bool()`` or ``int()`` of a tensor):
+        tables are computed on the device from the positions as given, for the per-layer
+        calls of a model whose positions are known to be valid. Default positions with an
+        integer ``offset`` never synchronise.
         """
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor; got {type(x).__name__}")
-        if x.dim() < 2:
-            raise ValueError(f"x must be (..., T, D); got shape {tuple(x.shape)}")
-        if x.shape[-1] != self.dim:
-            raise ValueError(f"x.shape[-1]={x.shape[-1]} does not match dim={self.dim}")
+        self._check_input(x)
         tokens = x.shape[-2]
         if positions is None:
             if self.axes != 1:
                 raise ValueError(f"positions are required for axes={self.axes} (e.g. grid_positions(h, w))")
             if isinstance(offset, torch.Tensor):
-                cos, sin = self._offset_tables(x, offset)
+                cos, sin = self._offset_tables(x, offset, validate)
             else:
                 check_int("offset", offset, 0)
                 if self._can_cache():
@@ -736,10 +825,10 @@ class RotaryEmbedding(nn.Module):
                 else:
                     cos, sin = self._cos_sin(torch.arange(offset, offset + tokens, device=self.freqs.device)[:, None])
         else:
-            p = self._as_positions(positions)
+            p = self._as_positions(positions, validate)
             if p.shape[-2] != tokens:
                 raise ValueError(f"positions hold {p.shape[-2]} tokens but x has T={tokens} (x.shape[-2])")
-            cos, sin = self._cos_sin(p)
+            cos, sin = self._cos_sin(p, validate)
             batched = p.dim() - 2  # leading batch dims of the positions
             if batched and self.freqs.dim() == 2 and x.dim() >= 4:
                 cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)  # broadcast over heads

@@ -44,8 +44,10 @@ TableLayout = Literal["interleaved", "concat"]
 TABLE_LAYOUTS: tuple[str, ...] = ("interleaved", "concat")
 
 
-def _positions(positions: Any, angle_dtype: torch.dtype) -> tuple[torch.Tensor, bool]:
-    """Positions as an ``angle_dtype`` tensor; an int ``n`` means ``0 … n−1``."""
+def _positions(positions: Any, angle_dtype: torch.dtype, device: torch.device | str | None = None,
+               validate: bool = True) -> tuple[torch.Tensor, bool]:
+    """Positions as an ``angle_dtype`` tensor; an int ``n`` means ``0 … n−1`` (on ``device``).
+    Finiteness is checked (a read back to the host) only when ``validate`` and not on the meta device."""
     if angle_dtype not in (torch.float32, torch.float64):
         raise ValueError(f"angle_dtype={angle_dtype} is not supported; accepted: torch.float32, torch.float64")
     if isinstance(positions, bool):
@@ -53,14 +55,14 @@ def _positions(positions: Any, angle_dtype: torch.dtype) -> tuple[torch.Tensor, 
     if isinstance(positions, int):
         if positions < 0:
             raise ValueError(f"positions={positions} must be >= 0 when given as a length")
-        return torch.arange(positions, dtype=angle_dtype), False
+        return torch.arange(positions, dtype=angle_dtype, device=device), False
     was_numpy = not isinstance(positions, torch.Tensor)
     tensor = torch.from_numpy(as_real_array(positions, "positions")) if was_numpy else positions
     if tensor.is_complex() or tensor.dtype == torch.bool:
         raise TypeError(f"positions must be real numbers; got dtype {tensor.dtype}")
-    tensor = tensor.to(angle_dtype)
-    check_finite(tensor, "positions")
-    return tensor, was_numpy
+    if validate and tensor.is_floating_point() and not tensor.is_meta:  # integers are finite: nothing to read
+        check_finite(tensor, "positions")
+    return tensor.to(angle_dtype), was_numpy
 
 
 def sinusoidal_table(
@@ -71,11 +73,15 @@ def sinusoidal_table(
     layout: TableLayout = "interleaved",
     dtype: torch.dtype | None = None,
     angle_dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+    validate: bool = True,
 ) -> Any:
     """Sinusoidal encodings of arbitrary (integer, fractional, offset) positions.
 
     Angles ``k θ_i`` and their sines are computed in ``angle_dtype`` (float64 by default)
     and rounded once to ``dtype``, so a bfloat16 table is the correctly rounded table.
+    The table is made on the positions' device (``device`` for an int length; the meta
+    device gives a meta table); elementwise products keep autocast out of the angles.
 
     Args:
         positions: an int ``n`` (positions ``0 … n−1``), or a tensor / array of positions of
@@ -86,6 +92,9 @@ def sinusoidal_table(
             ``"concat"`` — all sines then all cosines (tensor2tensor, fairseq).
         dtype: output dtype (default ``torch.get_default_dtype()``).
         angle_dtype: float64 or float32.
+        device: where a table of an int length is made (tensor positions keep their device).
+        validate: check that tensor positions are finite, which reads a value back to the
+            host (a GPU synchronisation); ``False`` reads nothing.
 
     Shapes:
         positions ``(*S)`` → ``(*S, d)``.
@@ -97,8 +106,8 @@ def sinusoidal_table(
     dim = _check_rotary_dim("dim", dim)
     base = _check_base(base)
     check_choice("layout", layout, TABLE_LAYOUTS)
-    p, was_numpy = _positions(positions, angle_dtype)
-    angles = p.unsqueeze(-1) * rope_frequencies(dim, base, dtype=angle_dtype).to(p.device)  # (*S, d/2): θ_i = base^(−2i/d)
+    p, was_numpy = _positions(positions, angle_dtype, device, validate)
+    angles = p.unsqueeze(-1) * rope_frequencies(dim, base, dtype=angle_dtype, device=p.device)  # (*S, d/2): θ_i = base^(−2i/d)
     sin, cos = angles.sin(), angles.cos()
     table = torch.stack((sin, cos), dim=-1).flatten(-2) if layout == "interleaved" else torch.cat((sin, cos), dim=-1)
     table = table.to(dtype or torch.get_default_dtype())
@@ -114,6 +123,7 @@ def sinusoidal_table_nd(
     layout: TableLayout = "interleaved",
     dtype: torch.dtype | None = None,
     angle_dtype: torch.dtype = torch.float64,
+    validate: bool = True,
 ) -> Any:
     """N-D sinusoidal tables (e.g. 2-D for image patches, as in MAE): one 1-D table per axis, concatenated.
 
@@ -121,12 +131,13 @@ def sinusoidal_table_nd(
         positions: ``(..., n)`` coordinates (``n`` axes), e.g. ``grid_positions(h, w)``.
         dim: total dimension; axis ``k`` gets ``split[k]`` of it (default ``dim / n`` each;
             every share must be even).
+        validate: as in :func:`sinusoidal_table`.
 
     Shapes:
         ``(..., n)`` → ``(..., dim)``.
     """
     dim = _check_rotary_dim("dim", dim)
-    p, was_numpy = _positions(positions, angle_dtype)
+    p, was_numpy = _positions(positions, angle_dtype, validate=validate)
     if p.dim() < 1 or p.shape[-1] < 1:
         raise ValueError(f"positions must have shape (..., n_axes); got {tuple(p.shape)}")
     axes = p.shape[-1]
@@ -140,7 +151,8 @@ def sinusoidal_table_nd(
         raise ValueError(f"split={split!r} must list {axes} even dimensions summing to dim={dim}")
     for share in split:
         _check_rotary_dim("split entry", share)
-    parts = [sinusoidal_table(p[..., k], share, base, layout=layout, dtype=dtype, angle_dtype=angle_dtype) for k, share in enumerate(split)]
+    parts = [sinusoidal_table(p[..., k], share, base, layout=layout, dtype=dtype, angle_dtype=angle_dtype, validate=False)
+             for k, share in enumerate(split)]
     table = torch.cat(parts, dim=-1)
     return table.numpy() if was_numpy else table
 

@@ -79,15 +79,19 @@ class _Block(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (B, H, T, Dh) each
-        if self.rope is not None:
-            q, k = self.rope(q, positions), self.rope(k, positions)
+        if self.rope is not None:  # positions come from TinyViT.positions: valid by construction, so no host reads
+            q, k = self.rope(q, positions, validate=False), self.rope(k, positions, validate=False)
         attn = F.scaled_dot_product_attention(q, k, v)
         x = x + self.proj(attn.transpose(1, 2).reshape(b, t, d))
         return x + self.mlp(self.norm2(x))
 
 
 class TinyViT(nn.Module):
-    """Patch embedding, ``depth`` pre-LN blocks, mean pooling, linear head."""
+    """Patch embedding, ``depth`` pre-LN blocks, mean pooling, linear head.
+
+    Casting the model (``model.bfloat16()``) leaves its RoPE frequencies and angles in float32
+    (see :class:`kexue.positional.rope.RotaryEmbedding`); positions are made on the input's
+    device, and the blocks rotate without reading values back to the host."""
 
     def __init__(self, variant: str, dim: int = 64, heads: int = 4, depth: int = 2, grid: int = TRAIN_SIZE // PATCH) -> None:
         super().__init__()
@@ -107,11 +111,12 @@ class TinyViT(nn.Module):
         self.blocks = nn.ModuleList(_Block(dim, heads, self.rope) for _ in range(depth))
         self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, 10)
 
-    def positions(self, grid: int, mode: str) -> torch.Tensor | None:
-        """Token positions for a ``grid × grid`` input: ``"extrapolate"`` integer, ``"interpolate"`` rescaled."""
+    def positions(self, grid: int, mode: str, device: torch.device | str | None = None) -> torch.Tensor | None:
+        """Token positions for a ``grid × grid`` input on ``device``: ``"extrapolate"`` integer,
+        ``"interpolate"`` rescaled (float32 whatever the model's dtype)."""
         if self.rope is None:
             return None
-        pos = grid_positions(grid, grid)  # (T, 2)
+        pos = grid_positions(grid, grid, device=device)  # (T, 2)
         if mode == "interpolate" and grid != self.grid:
             pos = pos * (self.grid - 1) / (grid - 1)
         if self.variant == "rope-1d-flat":
@@ -125,7 +130,7 @@ class TinyViT(nn.Module):
         if self.table is not None:
             table = self.table if grid == self.grid else F.interpolate(self.table, size=(grid, grid), mode="bicubic", align_corners=False)
             x = x + table.flatten(2).transpose(1, 2)
-        positions = self.positions(grid, mode)
+        positions = self.positions(grid, mode, patches.device)
         for block in self.blocks:
             x = block(x, positions)
         return self.head(self.norm(x).mean(dim=1))
