@@ -4,7 +4,8 @@
  * vectorisable fast path covers normal operands and normal results:
  *     bits(a (x) b) = (|a| + |b| - 0x3F800000) | sign,   |.| the bit pattern without sign,
  * which is the article's C++ line. Everything else (subnormal operands, results below the normal
- * range, non-finite values) is flagged per block and recomputed by the exact scalar routine.
+ * range, non-finite values) is flagged per block and recomputed by the exact scalar routine, so
+ * every input (infinities and NaN included) is handled here: the caller never inspects values.
  * Overflow saturates to infinity in the fast path itself.
  *
  * Corrections (mode 1: a constant, mode 2: an 8 x 8 table indexed by the top three mantissa
@@ -15,6 +16,7 @@
  * Rows of C are shared among OpenMP threads.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define ONE 0x3F800000u
@@ -136,15 +138,18 @@ int kx_mitchell_mul_f32(const uint32_t *a, const uint32_t *b, uint32_t *out, int
  *   same k-block, from the same partial sums, so the order of additions never changes.
  */
 
-/* C[i, j0:j1] += sum_{k0 <= k < k1} a[i, k] (x) b[k, j0:j1] for rows i0 <= i < i1 (generic path). */
+/* C[i, j0:j1] += sum_{k0 <= k < k1} a[i, k] (x) b[k, j0:j1] for rows i0 <= i < i1 (generic path).
+ * finite[k]: row k of B holds only finite numbers (NULL: unknown). A zero a[i, k] against such a row
+ * gives +-0 products, and adding +-0 to a sum that started at +0 changes nothing: skipped. Against a
+ * row with an infinity or a NaN the products are NaN, so they are computed. */
 static void generic_tile(const uint32_t *A, const uint32_t *B, float *C, int64_t K, int64_t N, int64_t i0, int64_t i1,
                          int64_t j0, int64_t j1, int64_t k0, int64_t k1, int mode, int32_t c, const int32_t *table,
-                         uint32_t *prod) {
+                         uint32_t *prod, const uint8_t *finite) {
     for (int64_t i = i0; i < i1; i++) {
         float *row = C + i * N;
         for (int64_t k = k0; k < k1; k++) {
             uint32_t a = A[i * K + k];
-            if ((a & 0x7FFFFFFFu) == 0) continue; /* finite b: every product is +-0, adding it changes nothing */
+            if ((a & 0x7FFFFFFFu) == 0 && finite && finite[k]) continue;
             const uint32_t *brow = B + k * N;
             for (int64_t jb = j0; jb < j1; jb += BLOCK) {
                 int64_t len = j1 - jb < BLOCK ? j1 - jb : BLOCK;
@@ -251,7 +256,7 @@ static uint32_t *scratch_get(size_t words) {
 static inline int normal_mag(uint32_t u) { return u >= MINN && u < INF; }
 
 static int tiled_matmul(const uint32_t *A, const uint32_t *B, float *C, int64_t batch, int64_t M, int64_t K, int64_t N,
-                        int mode, int32_t c, int threads) {
+                        int mode, int32_t c, int threads, const uint8_t *finite) {
     int64_t kblocks = (K + KB - 1) / KB, rtiles = M / TILE_R, ctiles = N / TILE_W;
     /* packed copies: B's column panels per k-block (batch, k-block, panel, KB, W) and A's row tiles
      * (batch, tile, K, R), so the tiles read contiguous memory */
@@ -331,7 +336,7 @@ static int tiled_matmul(const uint32_t *A, const uint32_t *B, float *C, int64_t 
                 int64_t i0 = rtiles * TILE_R;
                 if (i0 < M) {
                     memset(Cb + i0 * N, 0, (size_t)(M - i0) * N * sizeof(float));
-                    generic_tile(Ab, Bb, Cb, K, N, i0, M, 0, N, 0, K, mode, c, NULL, prod);
+                    generic_tile(Ab, Bb, Cb, K, N, i0, M, 0, N, 0, K, mode, c, NULL, prod, finite + b * K);
                 }
                 continue;
             }
@@ -351,11 +356,11 @@ static int tiled_matmul(const uint32_t *A, const uint32_t *B, float *C, int64_t 
                             fast_tile(AL + pa, AS + pa, BP + pb, Cb, N, i0, ct * TILE_W, k1 - k0);
                         }
                         else
-                            generic_tile(Ab, Bb, Cb, K, N, i0, i0 + TILE_R, ct * TILE_W, (ct + 1) * TILE_W, k0, k1, mode, c, NULL, prod);
+                            generic_tile(Ab, Bb, Cb, K, N, i0, i0 + TILE_R, ct * TILE_W, (ct + 1) * TILE_W, k0, k1, mode, c, NULL, prod, finite + b * K);
                     }
                 }
                 if (ctiles * TILE_W < N)
-                    generic_tile(Ab, Bb, Cb, K, N, t0 * TILE_R, t1 * TILE_R, ctiles * TILE_W, N, k0, k1, mode, c, NULL, prod);
+                    generic_tile(Ab, Bb, Cb, K, N, t0 * TILE_R, t1 * TILE_R, ctiles * TILE_W, N, k0, k1, mode, c, NULL, prod, finite + b * K);
             }
         }
     }
@@ -368,8 +373,19 @@ static int tiled_matmul(const uint32_t *A, const uint32_t *B, float *C, int64_t 
  * the piecewise table (indexed by both operands) and small shapes the generic one. */
 int kx_mitchell_bmm_f32(const uint32_t *A, const uint32_t *B, float *C, int64_t batch, int64_t M, int64_t K, int64_t N,
                         int mode, int32_t c, const int32_t *table, int threads) {
+    /* finite[b * K + k]: row k of B[b] has no infinity and no NaN (lets zeros of A be skipped) */
+    uint8_t *finite = malloc((size_t)(batch * K > 0 ? batch * K : 1));
+    if (!finite) return -1;
+    for (int64_t r = 0; r < batch * K; r++) {
+        uint32_t odd = 0;
+        for (int64_t j = 0; j < N; j++) odd |= (B[r * N + j] & 0x7FFFFFFFu) >= INF;
+        finite[r] = !odd;
+    }
 #if defined(__AVX512F__) || defined(__AVX2__)
-    if (mode != 2 && M >= TILE_R && N >= TILE_W && K > 0 && tiled_matmul(A, B, C, batch, M, K, N, mode, c, threads) == 0) return 0;
+    if (mode != 2 && M >= TILE_R && N >= TILE_W && K > 0 && tiled_matmul(A, B, C, batch, M, K, N, mode, c, threads, finite) == 0) {
+        free(finite);
+        return 0;
+    }
 #endif
     /* small products run on one thread: waking a team costs more than it saves */
 #pragma omp parallel num_threads(threads) if (batch * M * K * N > (1LL << 21))
@@ -380,9 +396,10 @@ int kx_mitchell_bmm_f32(const uint32_t *A, const uint32_t *B, float *C, int64_t 
             int64_t b = r / M, i = r % M;
             float *Cb = C + b * M * N;
             memset(Cb + i * N, 0, (size_t)N * sizeof(float));
-            generic_tile(A + b * M * K, B + b * K * N, Cb, K, N, i, i + 1, 0, N, 0, K, mode, c, table, prod);
+            generic_tile(A + b * M * K, B + b * K * N, Cb, K, N, i, i + 1, 0, N, 0, K, mode, c, table, prod, finite + b * K);
         }
     }
+    free(finite);
     return 0;
 }
 

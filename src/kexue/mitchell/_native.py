@@ -47,7 +47,7 @@ def use_native(backend: str, *tensors: torch.Tensor, op: str = "mul") -> bool:
 @functools.lru_cache(maxsize=None)
 def _correction_args(correction: str | None) -> tuple[int, int, ctypes.Array]:
     """(mode, constant, table) for the kernel; cached: layers call the kernel three times a step."""
-    from kexue.mitchell.correction import constant_correction, lmul_correction, piecewise_table
+    from kexue.mitchell.correction import constant_correction, lmul_correction, piecewise_values
 
     table = (ctypes.c_int32 * 64)()
     c = 0
@@ -56,8 +56,8 @@ def _correction_args(correction: str | None) -> tuple[int, int, ctypes.Array]:
     elif correction == "lmul":
         c = lmul_correction(23)
     elif correction == "piecewise":
-        for i, v in enumerate(piecewise_table(23).flatten().tolist()):
-            table[i] = v
+        for i, v in enumerate(piecewise_values(23).ravel()):
+            table[i] = int(v)
     return _MODES[correction], c, table
 
 
@@ -76,24 +76,32 @@ def mul(a: torch.Tensor, b: torch.Tensor, correction: str | None = None) -> torc
     return out
 
 
+def _check_status(status: int, what: str) -> None:
+    if status != 0:
+        raise MemoryError(f"the Mitchell {what} kernel could not allocate its scratch memory")
+
+
 def matmul(a: torch.Tensor, b: torch.Tensor, correction: str | None = None) -> torch.Tensor:
-    """``(M, K) ⊗ (K, N)`` with float32 accumulation in increasing ``k`` (finite inputs only)."""
+    """``(M, K) ⊗ (K, N)`` with float32 accumulation in increasing ``k`` (any values: infinities and NaN
+    follow the element-wise policy)."""
     a, b = a.contiguous(), b.contiguous()
     (m, k), n = a.shape, b.shape[1]
     out = torch.empty(m, n, dtype=torch.float32)
     mode, c, table = _correction_args(correction)
-    _LIBRARY.function(_MATMUL)(_ptr(a), _ptr(b), _ptr(out), ctypes.c_int64(m), ctypes.c_int64(k), ctypes.c_int64(n),
-                                           ctypes.c_int(mode), ctypes.c_int32(c), table, ctypes.c_int(max(1, torch.get_num_threads())))
+    status = _LIBRARY.function(_MATMUL)(_ptr(a), _ptr(b), _ptr(out), ctypes.c_int64(m), ctypes.c_int64(k), ctypes.c_int64(n),
+                                        ctypes.c_int(mode), ctypes.c_int32(c), table, ctypes.c_int(max(1, torch.get_num_threads())))
+    _check_status(status, "matmul")
     return out
 
 
 def bmm(a: torch.Tensor, b: torch.Tensor, correction: str | None = None) -> torch.Tensor:
-    """``(B, M, K) ⊗ (B, K, N)``, each product as :func:`matmul` (finite inputs only)."""
+    """``(B, M, K) ⊗ (B, K, N)``, each product as :func:`matmul`."""
     a, b = a.contiguous(), b.contiguous()
     (batch, m, k), n = a.shape, b.shape[2]
     out = torch.empty(batch, m, n, dtype=torch.float32)
     mode, c, table = _correction_args(correction)
-    _LIBRARY.function(_BMM)(_ptr(a), _ptr(b), _ptr(out), ctypes.c_int64(batch), ctypes.c_int64(m), ctypes.c_int64(k),
-                            ctypes.c_int64(n), ctypes.c_int(mode), ctypes.c_int32(c), table,
-                            ctypes.c_int(max(1, torch.get_num_threads())))
+    status = _LIBRARY.function(_BMM)(_ptr(a), _ptr(b), _ptr(out), ctypes.c_int64(batch), ctypes.c_int64(m), ctypes.c_int64(k),
+                                     ctypes.c_int64(n), ctypes.c_int(mode), ctypes.c_int32(c), table,
+                                     ctypes.c_int(max(1, torch.get_num_threads())))
+    _check_status(status, "bmm")
     return out

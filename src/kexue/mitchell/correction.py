@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 __all__ = ["CORRECTIONS", "SEGMENTS", "best_correction", "check_correction", "constant_correction", "lambda_correction", "lmul_correction",
-           "piecewise_table", "relative_error", "segments_for"]
+           "parts_correction", "piecewise_table", "piecewise_values", "relative_error", "segments_for"]
 
 CORRECTIONS = ("constant", "piecewise", "lmul")
 SEGMENTS = 8
@@ -94,8 +94,13 @@ def segments_for(mantissa_bits: int) -> int:
 def piecewise_table(mantissa_bits: int, segments: int | None = None) -> torch.Tensor:
     """``(M, M)`` int64 table of zero-mean corrections (units of ``2^-m``), indexed by the
     operands' top ``log2 M`` mantissa bits (``M`` defaults to :func:`segments_for`)."""
+    return torch.from_numpy(piecewise_values(mantissa_bits, segments))
+
+
+def piecewise_values(mantissa_bits: int, segments: int | None = None) -> np.ndarray:
+    """:func:`piecewise_table` as a NumPy int64 array (for the compiled kernel: no tensor is read)."""
     segments = segments_for(mantissa_bits) if segments is None else segments
-    return torch.from_numpy(np.round(_piecewise_real(segments) * (1 << mantissa_bits)).astype(np.int64))
+    return np.round(_piecewise_real(segments) * (1 << mantissa_bits)).astype(np.int64)
 
 
 def lmul_correction(mantissa_bits: int) -> int:
@@ -114,15 +119,28 @@ def lambda_correction(kind: str, ta: torch.Tensor, tb: torch.Tensor) -> torch.Te
         raise ValueError("correction=None has no correction term")
     check_correction(kind)
     f = DTYPES[ta.dtype]
-    if kind == "constant":
-        return constant_correction(f.mantissa)
-    if kind == "lmul":
-        return lmul_correction(f.mantissa)
+    if kind != "piecewise":
+        return parts_correction(kind, f.mantissa, None, None)
     ta, tb = torch.broadcast_tensors(ta, tb)
-    shift = f.mantissa - int(np.log2(segments_for(f.mantissa)))
-    ia, ib = _Parts(ta, f).frac >> shift, _Parts(tb, f).frac >> shift
-    table = piecewise_table(f.mantissa).to(ta.device)
-    return table[ia, ib]
+    return parts_correction(kind, f.mantissa, _Parts(ta, f).frac, _Parts(tb, f).frac)
+
+
+def parts_correction(kind: str, mantissa_bits: int, frac_a: torch.Tensor | None, frac_b: torch.Tensor | None) -> torch.Tensor | int:
+    """:func:`lambda_correction` from the operands' stored fractions (int64, broadcasting; unused
+    but for ``"piecewise"``). The table is built on their device once and cached there."""
+    if kind == "constant":
+        return constant_correction(mantissa_bits)
+    if kind == "lmul":
+        return lmul_correction(mantissa_bits)
+    shift = mantissa_bits - int(np.log2(segments_for(mantissa_bits)))
+    table = _device_table(mantissa_bits, frac_a.device)
+    return table[frac_a >> shift, frac_b >> shift]
+
+
+@functools.lru_cache(maxsize=None)
+def _device_table(mantissa_bits: int, device: torch.device) -> torch.Tensor:
+    """:func:`piecewise_table` on ``device``, copied there once (not per call: a copy is a host sync on a GPU)."""
+    return piecewise_table(mantissa_bits).to(device)
 
 
 def best_correction(grid: int = 1024) -> str:

@@ -17,23 +17,26 @@ from typing import Any
 import torch
 
 from kexue.mitchell import _native
-from kexue.mitchell.correction import check_correction
-from kexue.mitchell.ops import _as_tensor, _back, mitchell_mul
+from kexue.mitchell.correction import check_correction, parts_correction
+from kexue.mitchell.ops import DTYPES, _as_tensor, _back, _combine, _Parts, _to_float
 
 __all__ = ["mitchell_bmm", "mitchell_matmul"]
 
 
-def _accumulate(a: torch.Tensor, b: torch.Tensor, correction: str | None, backend: str) -> torch.Tensor:
-    """``Σ_k a[..., :, k] ⊗ b[..., k, :]`` in increasing ``k`` (a: (..., M, K), b: (..., K, N), same batch shape)."""
+def _accumulate(a: torch.Tensor, b: torch.Tensor, correction: str | None) -> torch.Tensor:
+    """``Σ_k a[..., :, k] ⊗ b[..., k, :]`` in increasing ``k`` (a: (..., M, K), b: (..., K, N), same batch shape).
+
+    The operands are taken apart once; each ``k`` is then the element-wise product of
+    :mod:`kexue.mitchell.ops` (same bits), added in the accumulation dtype."""
+    f = DTYPES[a.dtype]
     acc_dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
     acc = torch.zeros(*a.shape[:-1], b.shape[-1], dtype=acc_dtype, device=a.device)
+    pa, pb = _Parts(a, f), _Parts(b, f)
     for k in range(a.shape[-1]):
-        acc += mitchell_mul(a[..., k : k + 1], b[..., k : k + 1, :], correction=correction, backend=backend).to(acc_dtype)
+        ak, bk = pa.select((..., slice(None), slice(k, k + 1))), pb.select((..., slice(k, k + 1), slice(None)))
+        corr = 0 if correction is None else parts_correction(correction, f.mantissa, ak.frac, bk.frac)
+        acc += _to_float(_combine(ak, bk, f, "mul", corr), f, a.dtype).to(acc_dtype)
     return acc
-
-
-def _finite(*tensors: torch.Tensor) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def mitchell_matmul(a: Any, b: Any, *, correction: str | None = None, backend: str = "auto") -> Any:
@@ -42,8 +45,9 @@ def mitchell_matmul(a: Any, b: Any, *, correction: str | None = None, backend: s
     Args:
         a, b: tensors (or NumPy arrays) of one dtype (float32, float16, bfloat16, float64).
         correction: ``None``, ``"constant"``, ``"piecewise"`` or ``"lmul"`` (see :mod:`kexue.mitchell.correction`).
-        backend: ``"auto"``: the compiled kernel for finite float32 CPU inputs, else the torch
-            path (any device); ``"torch"``; ``"native"`` (an error if the kernel cannot run).
+        backend: ``"auto"``: the compiled kernel for float32 CPU inputs, else the torch path
+            (any device); ``"torch"``; ``"native"`` (an error if the kernel cannot run). The
+            choice depends on dtype and device only: no value is read on the host.
 
     Returns:
         ``(..., N)`` in the inputs' dtype.
@@ -61,11 +65,10 @@ def mitchell_matmul(a: Any, b: Any, *, correction: str | None = None, backend: s
     if a2.numel() == 0 or tb.numel() == 0:  # an empty sum is 0, as in torch.matmul
         out = torch.zeros(a2.shape[0], tb.shape[1], dtype=ta.dtype, device=ta.device)
         return _back(out.reshape(*lead, tb.shape[1]), numpy_a or numpy_b)
-    if _native.use_native(backend, a2, tb, op="matmul") and _finite(a2, tb):
+    if _native.use_native(backend, a2, tb, op="matmul"):  # chosen by dtype and device only, never by values
         out = _native.matmul(a2, tb, correction)
     else:
-        # non-finite inputs take the per-k path (element-wise products handle every special value)
-        out = _accumulate(a2, tb, correction, "auto" if backend == "native" else backend)
+        out = _accumulate(a2, tb, correction)
     return _back(out.to(ta.dtype).reshape(*lead, tb.shape[1]), numpy_a or numpy_b)
 
 
@@ -80,8 +83,8 @@ def mitchell_bmm(a: Any, b: Any, *, correction: str | None = None, backend: str 
     Args:
         a, b: tensors (or NumPy arrays) of one dtype, at least 2-D.
         correction: as :func:`mitchell_matmul`.
-        backend: ``"auto"``: the compiled kernel for finite float32 CPU inputs, else the torch
-            path; ``"torch"``; ``"native"``.
+        backend: ``"auto"``: the compiled kernel for float32 CPU inputs, else the torch path;
+            ``"torch"``; ``"native"``.
 
     Returns:
         ``(broadcast(...), M, N)`` in the inputs' dtype.
@@ -103,8 +106,8 @@ def mitchell_bmm(a: Any, b: Any, *, correction: str | None = None, backend: str 
     b3 = tb.expand(*lead, k, n).reshape(lead.numel(), k, n)
     if a3.numel() == 0 or b3.numel() == 0:
         out = torch.zeros(lead.numel(), m, n, dtype=ta.dtype, device=ta.device)
-    elif _native.use_native(backend, a3, b3, op="bmm") and _finite(a3, b3):
+    elif _native.use_native(backend, a3, b3, op="bmm"):
         out = _native.bmm(a3, b3, correction)
     else:
-        out = _accumulate(a3, b3, correction, "auto" if backend == "native" else backend)
+        out = _accumulate(a3, b3, correction)
     return _back(out.to(ta.dtype).reshape(*lead, m, n), numpy_a or numpy_b)

@@ -15,6 +15,13 @@ choice, ``backward=``:
   approximate function; ``torch.autograd.gradcheck`` verifies it. It materialises an
   ``(M, K, N)`` tensor: for checks and small layers only.
 
+Precision and devices. A layer computes Mitchell products of its operands' dtype (float32,
+float16, bfloat16, float64), sums them in float32 (float64 for float64) and rounds once. Under
+``torch.autocast`` (on the input's device type) it follows autocast as ``nn.Linear`` and
+``nn.Conv2d`` do: input, weight and bias are cast to autocast's dtype and the Mitchell arithmetic
+is that dtype's, so a partly mitchellized model runs under autocast like an exact one. Nothing in
+a forward reads a value on the host; it runs on any device (the compiled kernel on CPU float32).
+
 :func:`mitchellize` swaps every ``nn.Linear`` / ``nn.Conv2d`` of a model for the Mitchell
 version (same parameters) and, when asked, the rest of a Transformer's products
 (:mod:`kexue.mitchell.transformer`: attention, RMS/layer norms, the gated MLP product);
@@ -35,7 +42,7 @@ from kexue._shared import check_choice, check_module
 from kexue.mitchell.correction import check_correction, lambda_correction
 from kexue.mitchell.matmul import mitchell_matmul
 
-__all__ = ["BACKWARDS", "MitchellConv2d", "MitchellLinear", "mitchellize", "track_errors"]
+__all__ = ["BACKWARDS", "MitchellConv2d", "MitchellLinear", "autocast_dtype", "mitchell_linear", "mitchellize", "track_errors"]
 
 BACKWARDS = ("mitchell", "exact", "derivative")
 
@@ -81,12 +88,40 @@ class _MitchellMatmul(torch.autograd.Function):
         return gx, gw, None, None
 
 
+def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast computes matrix products in on ``x``'s device type, or None where it is off
+    (or where that device type has no autocast, as the meta device)."""
+    device_type = x.device.type
+    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+def _autocast_operands(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """Cast the operands as autocast casts those of ``nn.Linear``: under autocast on the first
+    operand's device type, floating tensors other than float64 go to autocast's dtype (differentiably,
+    so float32 weights still get float32 gradients); otherwise they are returned unchanged."""
+    dtype = autocast_dtype(tensors[0])
+    if dtype is None:
+        return tensors
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t for t in tensors)
+
+
 def mitchell_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
                     backward: str = "mitchell", correction: str | None = None) -> torch.Tensor:
-    """``x Wᵀ + b`` with Mitchell products (``x``: ``(..., in)``, ``W``: ``(out, in)``)."""
+    """``x Wᵀ + b`` with Mitchell products (``x``: ``(..., in)``, ``W``: ``(out, in)``).
+
+    Precision: the products are Mitchell products of the operands' dtype, summed in float32
+    (float64 for float64) and rounded once to that dtype (:func:`~kexue.mitchell.matmul.mitchell_matmul`).
+    Under ``torch.autocast`` on ``x``'s device type the layer follows autocast as ``nn.Linear``
+    does: ``x``, ``W`` and ``b`` (float32, float16 or bfloat16) are cast to autocast's dtype first,
+    so the Mitchell arithmetic is that dtype's (bfloat16 for CPU autocast) and so is the output.
+    Outside autocast ``x`` must have the weight's dtype (a TypeError otherwise: no silent cast).
+    """
     check_choice("backward", backward, BACKWARDS)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor; got {type(x).__name__}")
+    x, weight, bias = _autocast_operands(x, weight, bias)
     if x.dtype != weight.dtype:
         raise TypeError(f"x has dtype {x.dtype}; the layer's weight is {weight.dtype} (cast x or the layer)")
     if x.dim() == 0 or x.shape[-1] != weight.shape[1]:
@@ -145,18 +180,19 @@ class MitchellConv2d(nn.Conv2d, _Tracked):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             raise ValueError(f"x must be a (N, C, H, W) tensor; got {tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-        if x.dtype != self.weight.dtype:
-            raise TypeError(f"x has dtype {x.dtype}; the layer's weight is {self.weight.dtype} (cast x or the layer)")
+        x, weight, bias = _autocast_operands(x, self.weight, self.bias)
+        if x.dtype != weight.dtype:
+            raise TypeError(f"x has dtype {x.dtype}; the layer's weight is {weight.dtype} (cast x or the layer)")
         n, _, h, w = x.shape
         cols = nn.functional.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
         kh, kw = self.kernel_size
         oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
         ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
-        y = mitchell_linear(cols.transpose(1, 2), self.weight.flatten(1), None, backward=self.backward_mode,
+        y = mitchell_linear(cols.transpose(1, 2), weight.flatten(1), None, backward=self.backward_mode,
                             correction=self.correction)  # (n, L, out)
         y = y.transpose(1, 2).reshape(n, self.out_channels, oh, ow)
-        if self.bias is not None:
-            y = y + self.bias[None, :, None, None]
+        if bias is not None:
+            y = y + bias[None, :, None, None]
         self._record(lambda: self._conv_forward(x, self.weight, self.bias), y)
         return y
 

@@ -12,6 +12,10 @@ float8 formats ``float8_e4m3fn`` and ``float8_e5m2`` (policy for e4m3fn's missin
 :mod:`kexue.mitchell.reference`: overflow saturates to ±448, ``x / 0`` and ``log2(0)`` are NaN).
 Everything is computed on the integer bit patterns and only viewed as the float dtype at the end,
 so the float8 dtypes (which have almost no torch arithmetic) work like the others.
+
+No host sync: special values, subnormal inputs and underflowing results are handled with
+``torch.where`` over the whole tensor (never a branch on the data), and the kernel is chosen by
+dtype and device only, so a GPU stream never waits for the host.
 """
 
 from __future__ import annotations
@@ -64,7 +68,10 @@ def _back(t: torch.Tensor, numpy_out: bool):
 
 
 class _Parts:
-    """Sign, kind masks and Mitchell logarithm ``n + frac/2^m`` (int64 ``n`` and ``frac``) of a tensor."""
+    """Sign, kind masks and Mitchell logarithm ``n + frac/2^m`` (int64 ``n`` and ``frac``) of a tensor.
+
+    Branch-free: subnormal inputs are normalised with ``torch.where`` over the whole tensor, so
+    nothing reads a value on the host (no host sync on a GPU)."""
 
     def __init__(self, t: torch.Tensor, f: Format) -> None:
         signed = t.contiguous().view(_INT[f.bits])
@@ -74,13 +81,28 @@ class _Parts:
         self.inf = mag == f.inf if f.has_inf else torch.zeros_like(self.nan)
         self.zero = mag == 0
         m = f.mantissa
-        self.n = (mag >> m) - f.bias
-        self.frac = mag & ((1 << m) - 1)
         sub = (mag > 0) & (mag < (1 << m))
-        if bool(sub.any()):  # normalise: value = 2^(1-bias-m+p) (1 + (mag - 2^p)/2^p), p the top bit
-            p = torch.frexp(mag.clamp(min=1).to(torch.float64))[1].to(torch.int64) - 1
-            self.n = torch.where(sub, 1 - f.bias - m + p, self.n)
-            self.frac = torch.where(sub, (mag - (torch.ones_like(p) << p)) << (m - p).clamp(min=0), self.frac)
+        # normalise subnormals: value = 2^(1-bias-m+p) (1 + (mag - 2^p)/2^p), p the top bit (0 <= p < m);
+        # the clamp keeps the (discarded) values of the other entries in range
+        small = mag.clamp(min=1, max=(1 << m) - 1)
+        p = _top_bit(small, m)
+        self.n = torch.where(sub, 1 - f.bias - m + p, (mag >> m) - f.bias)
+        self.frac = torch.where(sub, (small - (torch.ones_like(p) << p)) << (m - p), mag & ((1 << m) - 1))
+
+    def select(self, index: tuple) -> _Parts:
+        """The parts of ``t[index]`` (every field indexed alike)."""
+        out = object.__new__(_Parts)
+        for name in ("sign", "nan", "inf", "zero", "n", "frac"):
+            setattr(out, name, getattr(self, name)[index])
+        return out
+
+
+def _top_bit(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """``⌊log₂ x⌋`` of int64 ``1 <= x < 2^bits`` from the exponent field of ``x`` converted to a float
+    (exact: float32 holds integers below 2^24, float64 below 2^53)."""
+    if bits <= 24:
+        return (x.to(torch.float32).view(torch.int32) >> 23).to(torch.int64) - 127
+    return (x.to(torch.float64).view(torch.int64) >> 52) - 1023
 
 
 def _sign_bit(f: Format) -> int:
@@ -101,16 +123,15 @@ def _compose(sign: torch.Tensor, n: torch.Tensor, frac: torch.Tensor, f: Format)
     top = (1 << f.exponent) - 1
     mag = (e.clamp(min=0, max=top) << m) | frac
     mag = torch.where((e > top) | (mag > f.max_finite), torch.full_like(frac, f.overflow), mag)
-    low = e < 1
-    if bool(low.any()):
-        shift = (1 - e).clamp(min=1, max=m + 2)
-        significand = (1 << m) + frac
-        q = significand >> shift
-        r = significand & ((torch.ones_like(shift) << shift) - 1)
-        half = torch.ones_like(shift) << (shift - 1)
-        q = q + ((r > half) | ((r == half) & (q & 1 == 1))).to(torch.int64)
-        q = torch.where(1 - e > m + 1, torch.zeros_like(q), q)
-        mag = torch.where(low, q, mag)
+    # results below the normal range round into the subnormals (computed for every entry, kept where e < 1)
+    shift = (1 - e).clamp(min=1, max=m + 2)
+    significand = (1 << m) + frac
+    q = significand >> shift
+    r = significand & ((torch.ones_like(shift) << shift) - 1)
+    half = torch.ones_like(shift) << (shift - 1)
+    q = q + ((r > half) | ((r == half) & (q & 1 == 1))).to(torch.int64)
+    q = torch.where(1 - e > m + 1, torch.zeros_like(q), q)
+    mag = torch.where(e < 1, q, mag)
     return mag | torch.where(sign, _sign_bit(f), 0)
 
 
@@ -121,10 +142,9 @@ def _to_float(bits: torch.Tensor, f: Format, dtype: torch.dtype) -> torch.Tensor
     return bits.to(_INT[f.bits]).view(dtype)
 
 
-def _torch_binary(ta: torch.Tensor, tb: torch.Tensor, op: str, correction: torch.Tensor | int = 0) -> torch.Tensor:
-    f = DTYPES[ta.dtype]
-    ta, tb = torch.broadcast_tensors(ta, tb)
-    pa, pb = _Parts(ta, f), _Parts(tb, f)
+def _combine(pa: _Parts, pb: _Parts, f: Format, op: str, correction: torch.Tensor | int = 0) -> torch.Tensor:
+    """Bit patterns (int64) of ``a ⊗ b`` or ``a ⊘ b`` from the operands' parts (broadcasting), with the
+    special values of :mod:`kexue.mitchell.reference` chosen by ``torch.where``."""
     sign = pa.sign ^ pb.sign
     if op == "mul":
         n, frac = _normalise(pa.n + pb.n, pa.frac + pb.frac + correction, f.mantissa)
@@ -142,7 +162,13 @@ def _torch_binary(ta: torch.Tensor, tb: torch.Tensor, op: str, correction: torch
         bad = pa.nan | pb.nan | (pa.inf & pb.inf) | (pa.zero & pb.zero)
         if not f.has_inf:
             bad = bad | pb.zero  # x / 0 has no finite answer: NaN (reference.py's policy)
-    return _to_float(torch.where(bad, f.nan, bits), f, ta.dtype)
+    return torch.where(bad, f.nan, bits)
+
+
+def _torch_binary(ta: torch.Tensor, tb: torch.Tensor, op: str, correction: torch.Tensor | int = 0) -> torch.Tensor:
+    f = DTYPES[ta.dtype]
+    ta, tb = torch.broadcast_tensors(ta, tb)
+    return _to_float(_combine(_Parts(ta, f), _Parts(tb, f), f, op, correction), f, ta.dtype)
 
 
 def mitchell_mul(a: Any, b: Any, *, correction: str | None = None, backend: str = "auto") -> Any:

@@ -85,7 +85,7 @@ def mul(a: torch.Tensor, b: torch.Tensor | float, *, backward: str = "mitchell",
     _check_backward(backward)
     check_correction(correction)
     if not isinstance(b, torch.Tensor):
-        b = torch.tensor(float(b), dtype=a.dtype, device=a.device)
+        b = torch.full((), float(b), dtype=a.dtype, device=a.device)  # filled on the device: no host-to-device copy
     return _Mul.apply(a, b, backward, correction)
 
 
@@ -322,10 +322,10 @@ class MitchellLayerNorm(_TrackedNorm):
         c = x - x.mean(dims, keepdim=True)
         r = torch.rsqrt(mul(c, c, **opts).mean(dims, keepdim=True) + self.eps)
         y = mul(c, r, **opts)
-        if self.weight is not None:
-            y = mul(y, self.weight, **opts)
+        if self.weight is not None:  # parameters join x's dtype, as nn.LayerNorm's mixed-dtype kernel and CPU autocast do
+            y = mul(y, self.weight.to(y.dtype), **opts)
         if self.bias is not None:
-            y = y + self.bias
+            y = y + self.bias.to(y.dtype)
         self._record(lambda: nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps), y)
         return y
 

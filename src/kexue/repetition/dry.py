@@ -35,8 +35,14 @@ itself is penalised); ``breaker_ids`` gives breakers as token-id sequences for m
 HF tokenizer. Batched: every row has its own repeats and breakers. The processor keeps, per row,
 the common-suffix length at every earlier position and updates it in one vectorised step per
 generated token (``c_i ← (x_i = x_e)(c_{i−1} + 1)``), so a ``generate`` call with the KV cache
-costs ``O(B·T)`` per step; a call whose ``input_ids`` do not extend the previous call's by one
-token (a new ``generate`` call, beam reordering) rebuilds the state from the ids.
+costs ``O(B·T)`` per step (``O(B²·T)`` to match rows, for beam search's reordering).
+
+Devices. Every step runs on ``input_ids``' device and reads no value on the host (no ``.item()``,
+no ``torch.equal``): a call whose ids have one more token than the previous call's and the same
+batch size is the next step (each row continues the previous row it extends: itself, or its parent
+beam); any other shape rebuilds the state from the ids (the first call of a ``generate`` run; on a
+GPU it copies the breaker tables to the device once). A new run whose first ids happen to have the
+shape of the previous run's next step must call :meth:`DRYLogitsProcessor.reset` first.
 
 Padding tokens are tokens to DRY, as they would be to llama.cpp: with left-padded prompts pass
 ``prompt_length`` (the padded prompt width) to leave them out.
@@ -69,6 +75,7 @@ require_extra("kexue.repetition.dry (the DRY logits processor)", "transformers")
 from transformers import LogitsProcessor  # noqa: E402
 
 from kexue._shared import check_int, check_number  # noqa: E402
+from kexue.repetition._steps import RowTracker, extends  # noqa: E402
 
 __all__ = ["DEFAULT_SEQUENCE_BREAKERS", "DRYLogitsProcessor", "breaker_sequences", "dry_max_exponent"]
 
@@ -159,6 +166,7 @@ class DRYLogitsProcessor(LogitsProcessor):
         self._max_exp = dry_max_exponent(self.base)
         self._device = None
         self._ids: torch.Tensor | None = None
+        self._rows = RowTracker()
 
     @staticmethod
     def _breakers(strings, tokenizer, breaker_ids) -> list[tuple[int, tuple[int, ...]]]:
@@ -185,17 +193,19 @@ class DRYLogitsProcessor(LogitsProcessor):
         return self.multiplier != 0 and self.penalty_last_n != 0
 
     def _tables(self, device) -> None:
-        """One-token breakers as a lookup table; longer ones grouped by tail length."""
+        """One-token breakers as a lookup table; longer ones grouped by tail length (copied to the
+        device once, at the first call there)."""
         singles = [h for h, t in self.breakers if not t]
-        size = max([h for h, _ in self.breakers] + [0]) + 1
-        self._single = torch.zeros(size, dtype=torch.bool, device=device)
+        size = max([h for h, _ in self.breakers] + [0]) + 2  # + the overflow slot (see _lookup)
+        single = torch.zeros(size, dtype=torch.bool)
         if singles:
-            self._single[torch.tensor(singles, device=device)] = True
+            single[torch.tensor(singles)] = True
+        self._single = single.to(device)
         multi: dict[int, list[list[int]]] = {}
         for h, t in self.breakers:
             if t:
                 multi.setdefault(len(t), []).append([h, *t])
-        self._multi = {n: torch.tensor(rows, device=device) for n, rows in multi.items()}  # (M, n + 1)
+        self._multi = {n: torch.tensor(rows).to(device) for n, rows in multi.items()}  # (M, n + 1)
         self._amounts = torch.zeros(0, device=device)
         self._ok = ~self._single
         self._device = device
@@ -203,24 +213,32 @@ class DRYLogitsProcessor(LogitsProcessor):
     @staticmethod
     def _lookup(table: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """``table[tokens]`` as one contiguous ``index_select`` (plain indexing with a strided index
-        tensor takes a slow path, badly so on a busy multi-threaded CPU); the table covers every id."""
-        return table.index_select(0, tokens.reshape(-1)).view(tokens.shape)
+        tensor takes a slow path, badly so on a busy multi-threaded CPU). Ids beyond the table read its
+        last entry, the overflow slot: the tables cover the vocabulary and every breaker, so such ids
+        (never penalised, never breakers) need no host-side check of the largest id."""
+        return table.index_select(0, tokens.reshape(-1).clamp(max=table.shape[0] - 1)).view(tokens.shape)
 
     def _is_single(self, tokens: torch.Tensor) -> torch.Tensor:
         return self._lookup(self._single, tokens)
 
+    @staticmethod
+    def _by_length(table: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``table[lengths]`` for indices the table is known to cover (no clamp)."""
+        return table.index_select(0, lengths.reshape(-1)).view(lengths.shape)
+
     def _cover(self, size: int, length: int, device) -> None:
-        """Grow the breaker table to ``size`` ids and the penalty table to ``length`` repeats."""
-        if self._single.shape[0] < size:
-            self._single = torch.nn.functional.pad(self._single, (0, size - self._single.shape[0]))
+        """Grow the breaker table to ``size`` ids (plus the overflow slot) and the penalty table to
+        ``length`` repeats, computed on the device (no host-to-device copy)."""
+        if self._single.shape[0] < size + 1:
+            self._single = torch.nn.functional.pad(self._single, (0, size + 1 - self._single.shape[0]))
             self._ok = ~self._single
         if self._amounts.shape[0] <= length:
-            n = torch.arange(2 * length + 2, dtype=torch.float64)
+            n = torch.arange(2 * length + 2, dtype=torch.float64, device=device)
             exponent = n - self.allowed_length
             if self._max_exp is not None:
                 exponent = exponent.clamp(max=self._max_exp)
-            amount = self.multiplier * torch.pow(torch.tensor(self.base, dtype=torch.float64), exponent)
-            self._amounts = torch.where(n >= self.allowed_length, amount, 0.0).float().to(device)  # by repeat length
+            amount = self.multiplier * torch.pow(torch.full((), self.base, dtype=torch.float64, device=device), exponent)
+            self._amounts = torch.where(n >= self.allowed_length, amount, 0.0).float()  # by repeat length
             self._reach = torch.arange(1, 2 * length + 2, device=device)
 
     def _advance(self, ids: torch.Tensor) -> None:
@@ -255,18 +273,29 @@ class DRYLogitsProcessor(LogitsProcessor):
             self._advance(ids[:, :t])
 
     def _sync(self, ids: torch.Tensor, vocab_size: int) -> None:
+        """Bring the state to ``ids``: one step when they have the shape of the next token (rows matched
+        to the rows they extend on the device, so beam search's reordering is followed), else a
+        rebuild from the ids. Nothing is read on the host."""
         prev = self._ids
-        if prev is not None and prev.device == ids.device and ids.shape[0] == prev.shape[0] \
-                and ids.shape[1] == prev.shape[1] + 1 and torch.equal(ids[:, :-1], prev):
-            self._cover(max(vocab_size, int(ids[:, -1].max()) + 1), ids.shape[1], ids.device)
+        if extends(ids, prev):
+            if ids.shape[0] > 1:  # a batch of one can only continue itself
+                src = self._rows.sources(ids)
+                self._c, self._head, self._tail = self._c.index_select(0, src), self._head.index_select(0, src), \
+                    self._tail.index_select(0, src)
+            self._cover(vocab_size, ids.shape[1], ids.device)
             self._advance(ids)
-        elif prev is None or not (prev.shape == ids.shape and torch.equal(prev, ids)):
-            if self._device != ids.device:
-                self._tables(ids.device)
-            self._cover(max(vocab_size, int(ids.max()) + 1), ids.shape[1], ids.device)
-            self._rebuild(ids)
-        else:  # the same ids again (e.g. a wider vocabulary asked of the same state)
-            self._cover(max(vocab_size, int(ids.max()) + 1), ids.shape[1], ids.device)
+            return
+        if self._device != ids.device:
+            self._tables(ids.device)
+        self._cover(vocab_size, ids.shape[1], ids.device)
+        self._rebuild(ids)
+        if ids.shape[0] > 1:
+            self._rows.start(ids)
+
+    def reset(self) -> None:
+        """Forget the state: the next call rebuilds it from its ids (needed only when a new run's first
+        ids have exactly the shape of the previous run's next step)."""
+        self._ids = None
 
     def penalties(self, input_ids: torch.LongTensor, vocab_size: int) -> torch.Tensor:
         """``(B, vocab_size)`` float32 amounts DRY subtracts from the next logits."""
@@ -282,11 +311,11 @@ class DRYLogitsProcessor(LogitsProcessor):
         rep_limit = torch.where(self._head >= start, e - self._head - self._tail, width)  # (B,)
         cap = torch.minimum(self._reach[None, : width - 1], rep_limit[:, None])  # reach: i - start + 1 for i = start .. e - 1
         count = torch.minimum(self._c[:, start:e], cap)  # (B, width - 1)
-        follower = input_ids[:, start + 1 :]
-        count = torch.where((count >= self.allowed_length) & self._lookup(self._ok, follower), count, 0)
+        follower = input_ids[:, start + 1 :].clamp(max=self._single.shape[0] - 1)  # ids past the tables: the overflow slot
+        count = torch.where((count >= self.allowed_length) & self._by_length(self._ok, follower), count, 0)
         longest = torch.zeros(B, self._single.shape[0], dtype=torch.long, device=input_ids.device)
         longest.scatter_reduce_(1, follower, count, reduce="amax")
-        return self._lookup(self._amounts, longest[:, :vocab_size])
+        return self._by_length(self._amounts, longest[:, :vocab_size])
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if not self.enabled:

@@ -30,6 +30,7 @@ require_extra("kexue.repetition.hf (the generate hooks)", "transformers")
 from transformers import LogitsProcessor, StoppingCriteria  # noqa: E402
 
 from kexue._shared import check_int, check_number  # noqa: E402
+from kexue.repetition._steps import RowTracker, extends  # noqa: E402
 
 __all__ = ["LoopBreakingProcessor", "LoopHit", "LoopStoppingCriteria", "PromptExcludedRepetitionPenalty", "tail_loop_period"]
 
@@ -95,8 +96,11 @@ class LoopStoppingCriteria(StoppingCriteria):
     ``loop_budget``: how many more tokens a row may generate while a loop holds (counted over all
     its loops) before it is stopped; 0 stops at the first loop. After ``generate``, ``hits[b]``
     is the :class:`LoopHit` that stopped row ``b`` (``None`` if it was not stopped by a loop).
-    State is kept between calls of one ``generate`` run; ``input_ids`` that do not extend the
-    previous call's by one token (a new run) start it again from the ids.
+    State is kept on ``input_ids``' device between calls of one ``generate`` run and no value is read
+    on the host per token: a call with one more token than the previous call's and the same batch
+    size is the next step (rows matched on the device to the rows they extend, which follows beam
+    search's reordering); any other shape starts a run from the ids. A new run whose first ids have
+    exactly the shape of the previous run's next step must call :meth:`reset` first.
     """
 
     def __init__(self, prompt_length: int, max_period: int = 32, min_repeats: int = 3, *, min_period: int = 1,
@@ -112,7 +116,7 @@ class LoopStoppingCriteria(StoppingCriteria):
         self.event = check_choice("event", event, _EVENTS)
         self.loop_budget = check_int("loop_budget", loop_budget, 0)
         self._ids: torch.Tensor | None = None
-        self.hits: list[LoopHit | None] = []
+        self._rows = RowTracker()
 
     @classmethod
     def from_vllm(cls, prompt_length: int, max_pattern_size: int, min_count: int, min_pattern_size: int = 0, *,
@@ -127,39 +131,55 @@ class LoopStoppingCriteria(StoppingCriteria):
         return cls(prompt_length, max_pattern_size, min_count, min_period=max(min_pattern_size, 1), event="vllm",
                    loop_budget=loop_budget)
 
-    def _threshold(self) -> torch.Tensor:
-        k = torch.arange(1, self.max_period + 1)
-        return (self.min_repeats - 1) * k + (1 if self.event == "article" else 0)
-
     def _reset(self, B: int, device) -> None:
         self._run = torch.zeros(B, self.max_period, dtype=torch.long, device=device)
         self._spent = torch.zeros(B, dtype=torch.long, device=device)
-        self._need = self._threshold().to(device)
+        k = torch.arange(1, self.max_period + 1, device=device)
+        self._need = (self.min_repeats - 1) * k + (1 if self.event == "article" else 0)
         self._need[: self.min_period - 1] = torch.iinfo(torch.long).max  # periods below min_period never fire
-        self.hits = [None] * B
+        # the stopping record, per row, on the device: stopped, and period, run, end, spent at that token
+        self._stopped = torch.zeros(B, dtype=torch.bool, device=device)
+        self._record = torch.zeros(4, B, dtype=torch.long, device=device)
+
+    def _reorder(self, src: torch.Tensor) -> None:
+        """Rows continue the previous rows ``src`` (beam search's reordering; the identity otherwise)."""
+        self._run, self._spent = self._run.index_select(0, src), self._spent.index_select(0, src)
+        self._stopped, self._record = self._stopped.index_select(0, src), self._record.index_select(1, src)
 
     def _advance(self, ids: torch.Tensor) -> None:
-        """Take in the last token of ``ids``."""
+        """Take in the last token of ``ids`` (device tensors only: nothing is read on the host)."""
         e = ids.shape[1] - 1
         K = self.max_period
         lag = torch.arange(1, K + 1, device=ids.device)
         back = ids.index_select(1, (e - lag).clamp(min=0))  # (B, K): x_{e-k}
         same = (back == ids[:, e : e + 1]) & ((e - lag) >= self.prompt_length)[None]
         self._run = torch.where(same, self._run + 1, 0)
-        looping = (self._run >= self._need[None]).any(dim=1)
+        firing = self._run >= self._need[None]
+        looping = firing.any(dim=1)
         self._spent += looping.long()
         self._ids = ids
-        over = looping & (self._spent > self.loop_budget)
-        for b in over.nonzero().flatten().tolist():
-            if self.hits[b] is None:
-                self.hits[b] = self._hit(ids, b, e)
+        new = looping & (self._spent > self.loop_budget) & ~self._stopped
+        first = firing.int().argmax(dim=1)  # the smallest firing period - 1
+        run = self._run.gather(1, first[:, None])[:, 0]
+        now = torch.stack([first + 1, run, torch.full_like(run, e), self._spent])
+        self._record = torch.where(new[None], now, self._record)
+        self._stopped = self._stopped | new
 
-    def _hit(self, ids: torch.Tensor, b: int, e: int) -> LoopHit:
-        firing = (self._run[b] >= self._need).nonzero().flatten()
-        k = int(firing[0]) + 1
-        run = int(self._run[b, k - 1])
-        pattern = tuple(int(t) for t in ids[b, e - k + 1 : e + 1])
-        return LoopHit(b, k, pattern, e - run - k + 1, e, (run + k) / k, int(self._spent[b]))
+    @property
+    def hits(self) -> list[LoopHit | None]:
+        """Per row of the last run, the :class:`LoopHit` that stopped it (``None`` if none). Reading it
+        copies the record to the host: do it after ``generate``, not inside the loop."""
+        if self._ids is None:
+            return []
+        stopped, (period, run, end, spent) = self._stopped.tolist(), self._record.tolist()
+        ids = self._ids
+        return [LoopHit(b, period[b], tuple(ids[b, end[b] - period[b] + 1 : end[b] + 1].tolist()), end[b] - run[b] - period[b] + 1,
+                        end[b], (run[b] + period[b]) / period[b], spent[b]) if stopped[b] else None for b in range(len(stopped))]
+
+    def reset(self) -> None:
+        """Forget the state: the next call starts a run from its ids (needed only when a new run's
+        first ids have exactly the shape of the previous run's next step)."""
+        self._ids = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         B, T = input_ids.shape
@@ -167,16 +187,18 @@ class LoopStoppingCriteria(StoppingCriteria):
             raise ValueError(f"prompt_length={self.prompt_length} is longer than the sequences ({T} tokens): pass the "
                              "prompt's length, input_ids.shape[1] of the prompt given to generate")
         prev = self._ids
-        if prev is not None and prev.device == input_ids.device and prev.shape[0] == B and T == prev.shape[1] + 1 \
-                and torch.equal(input_ids[:, :-1], prev):
+        if extends(input_ids, prev):
+            if B > 1:  # a batch of one can only continue itself
+                self._reorder(self._rows.sources(input_ids))
             self._advance(input_ids)
-        elif prev is None or prev.shape != input_ids.shape or not torch.equal(prev, input_ids):
+        else:
             self._reset(B, input_ids.device)
             for t in range(self.prompt_length + 1, T + 1):
                 self._advance(input_ids[:, :t])
             self._ids = input_ids
-        done = torch.tensor([h is not None for h in self.hits], dtype=torch.bool, device=input_ids.device)
-        return done
+            if B > 1:
+                self._rows.start(input_ids)
+        return self._stopped.clone()
 
 
 class LoopBreakingProcessor(LogitsProcessor):
@@ -190,6 +212,8 @@ class LoopBreakingProcessor(LogitsProcessor):
         self.min_repeats = check_int("min_repeats", min_repeats, 2)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """Penalise, in place, per period ``k`` in increasing order, the rows about to close a loop
+        (branch-free on the device: the other rows get their own logit back)."""
         generated = input_ids[:, self.prompt_length :]
         T = generated.shape[1]
         for k in range(1, self.max_period + 1):
@@ -197,12 +221,11 @@ class LoopBreakingProcessor(LogitsProcessor):
             if need + k > T or need == 0:
                 continue
             tail = generated[:, T - need - k :]
-            about = (tail[:, k:] == tail[:, :-k]).all(dim=1)
-            if about.any():
-                nxt = generated[:, T - k]  # the token that continues the period
-                rows = about.nonzero().flatten()
-                logit = scores[rows, nxt[rows]]
-                scores[rows, nxt[rows]] = torch.where(logit > 0, logit / self.penalty, logit * self.penalty)
+            about = (tail[:, k:] == tail[:, :-k]).all(dim=1, keepdim=True)
+            nxt = generated[:, T - k : T - k + 1]  # the token that continues the period
+            logit = scores.gather(1, nxt)
+            penalised = torch.where(logit > 0, logit / self.penalty, logit * self.penalty)
+            scores.scatter_(1, nxt, torch.where(about, penalised, logit))
         return scores
 
 

@@ -107,31 +107,43 @@ def from_model(model, sequences, *, batch_size: int = 16) -> np.ndarray:
     (the model sees the whole prefix: this is the bigram view of a real decoder). Tokens never
     seen as a current token get the model's distribution after that token alone.
 
-    Returns a dense ``(V, V)`` float64 matrix, ``V = model.config.vocab_size``.
+    Runs on the model's device (the ids are moved there, the sums are kept there in float64; only
+    the final matrix comes back to the host). Returns a dense ``(V, V)`` float64 matrix,
+    ``V = model.config.vocab_size``.
     """
     import torch
 
+    device = _model_device(model)
     sequences = torch.as_tensor(sequences, dtype=torch.long)
     if sequences.dim() != 2 or sequences.shape[1] < 1:
         raise ValueError(f"sequences must be a (B, T) tensor of token ids, got shape {tuple(sequences.shape)}")
+    sequences = sequences.to(device)
     vocab = model.config.vocab_size
-    sums = torch.zeros(vocab, vocab, dtype=torch.float64)
-    counts = torch.zeros(vocab, dtype=torch.float64)
+    sums = torch.zeros(vocab, vocab, dtype=torch.float64, device=device)
+    counts = torch.zeros(vocab, dtype=torch.float64, device=device)
     was = model.training
     model.eval()
     with torch.no_grad():
         for chunk in sequences.split(batch_size):
             probs = torch.softmax(model(input_ids=chunk).logits.double(), dim=-1)[..., :vocab]
             sums.index_add_(0, chunk.flatten(), probs.flatten(0, 1))
-            counts.index_add_(0, chunk.flatten(), torch.ones(chunk.numel(), dtype=torch.float64))
+            counts.index_add_(0, chunk.flatten(), torch.ones(chunk.numel(), dtype=torch.float64, device=device))
         missing = torch.nonzero(counts == 0).flatten()
         for part in missing.split(256):
             if len(part):
                 sums[part] = torch.softmax(model(input_ids=part[:, None]).logits[:, -1].double(), dim=-1)[:, :vocab]
                 counts[part] = 1.0
     model.train(was)
-    P = (sums / counts[:, None]).numpy()
+    P = (sums / counts[:, None]).cpu().numpy()
     return P / P.sum(axis=1, keepdims=True)
+
+
+def _model_device(model):
+    """The device of the model's first parameter (the CPU for a model without parameters)."""
+    import torch
+
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 @dataclass(frozen=True)
