@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: demo test test-all bench wheel smoke clean help
+.PHONY: demo test test-all bench wheel smoke gpu-check precision clean help
 
 help:
 	@echo "make demo      create .venv, install, run 'kexue reproduce' (quick scale), print where the report is"
@@ -17,6 +17,8 @@ help:
 	@echo "make bench     run 'kexue bench' at full size, writes reports/bench.json"
 	@echo "make wheel     build the wheel into dist/"
 	@echo "make smoke     build the wheel, install it in a fresh venv outside the checkout, smoke-test it"
+	@echo "make gpu-check on a CUDA machine: the gpu tests and 'kexue bench --device cuda' (machine's own python3)"
+	@echo "make precision rewrite docs/precision.md's contract table from the device/precision matrix"
 
 # torch first, pinned: 2.13.0 is the local CPU wheel; any other torch request pulls CUDA packages.
 $(VENV)/.torch:
@@ -49,6 +51,13 @@ wheel: $(VENV)/.torch
 
 smoke:
 	PYTHON=$(PYTHON) bash .ci/wheel-smoke
+
+# the machine's own Python (a CUDA torch), not .venv: see .ci/gpu-check
+gpu-check:
+	bash .ci/gpu-check
+
+precision: $(VENV)/.installed-test
+	$(BIN)/python tools/precision_table.py
 
 clean:
 	rm -rf $(VENV) reports build dist src/*.egg-info .pytest_cache .hypothesis

@@ -73,6 +73,36 @@ def kernels() -> None:
     check(len(built) == 2, f"both kernels were compiled into KEXUE_CACHE_DIR: {built}")
 
 
+def devices() -> None:
+    """The device/precision contract from the installed wheel: a RoPE module cast to bfloat16 keeps float32
+    angles (the #29285 bug stays fixed), and the per-layer call syncs nothing."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    from kexue.positional import RotaryEmbedding
+
+    rope = RotaryEmbedding(128)
+    positions = torch.arange(8000, 8192)
+    x = torch.randn(1, 2, len(positions), 128, generator=torch.Generator().manual_seed(0))
+    exact = rope.double()(x.double(), positions=positions, validate=False)  # angles stay float32: the cast is refused
+    cast = rope.bfloat16()
+    check(cast.freqs.dtype == torch.float32, f"RotaryEmbedding(128).bfloat16() keeps float32 frequencies ({cast.freqs.dtype})")
+    err = float((cast(x.bfloat16(), positions=positions, validate=False).double() - exact).abs().max())
+    check(err < 0.05, f"bfloat16 rotation at positions 8000-8191 is within bfloat16 rounding (max |diff| {err:.1e})")
+
+    class Syncs(TorchFunctionMode):
+        seen: list[str] = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, "__name__", "") in {"item", "tolist", "__bool__", "__int__", "__float__", "cpu"}:
+                self.seen.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    with Syncs() as mode:
+        cast(x.bfloat16(), positions=positions, validate=False)
+    check(not mode.seen, f"RotaryEmbedding.forward(validate=False) reads nothing back to the host ({mode.seen})")
+
+
 def missing_extras() -> None:
     for module, extra in (("kexue.growth", "nlp"), ("kexue.repetition.hf", "nlp"), ("kexue.contrastive.train", "nlp"),
                           ("kexue.whitening", "sklearn")):
@@ -126,6 +156,7 @@ def main() -> None:
     if args.mode == "core":
         fast_start()
         kernels()
+        devices()
         missing_extras()
         reproduce(args.data, expect_skipped=True)  # the checks that need nlp, sklearn or matplotlib
     else:

@@ -41,6 +41,12 @@ def test_contract_cuda(entry: Entry, setting: Setting) -> None:
         _check(entry, setting)
 
 
+def test_matrix_covers_every_technique() -> None:
+    """Every technique contributes entries (a missing device_cases.py would silently shrink the matrix)."""
+    techniques = {entry.name.split(".")[1] for entry in ENTRIES}
+    assert techniques >= {"positional", "contrastive", "whitening", "growth", "mitchell", "repetition", "orthogonal"}
+
+
 def test_host_sync_counter_sees_syncs() -> None:
     """The counter the matrix relies on catches each kind of host sync (and nothing in plain arithmetic)."""
     x = torch.arange(4.0)
