@@ -19,7 +19,7 @@ PAGE = ROOT / "docs" / "precision.md"
 def _rows() -> dict[str, list[str]]:
     rows = {}
     for line in PAGE.read_text(encoding="utf-8").splitlines():
-        match = re.match(r"\| `([\w.]+)` \|", line)
+        match = re.match(r"\| `([^`]+)` \|", line)
         if match:
             rows[match.group(1)] = [c.strip() for c in line.strip().strip("|").split(" | ")]
     return rows

@@ -53,12 +53,14 @@ def run(args: argparse.Namespace) -> int:
     options = dict(width=args.width, depth=args.depth, ffn=args.ffn, experts=args.experts, mode=args.mode, noise=args.noise,
                    seed=args.seed)
     try:
-        planned = grow_checkpoint(args.model_dir, args.out, **options, dry_run=True)["planned"]
-        stderr_console().print(describe_plan(planned))  # before anything is loaded or written
         if args.dry_run:
+            planned = grow_checkpoint(args.model_dir, args.out, **options, dry_run=True)["planned"]
+            stderr_console().print(describe_plan(planned))
             stdout_console().print_json(json.dumps({"planned": planned}))
             return 0
-        report = grow_checkpoint(args.model_dir, args.out, **options)
+        # the plan is printed once the checkpoint has loaded (so a bad checkpoint gives one error line), before writing
+        report = grow_checkpoint(args.model_dir, args.out, **options,
+                                 on_plan=lambda planned: stderr_console().print(describe_plan(planned)))
     except (ValueError, FileNotFoundError, FileExistsError) as exc:  # name the CLI's options, not the function's arguments
         message = str(exc)
         for name, option in (("src ", "MODEL_DIR "), ("dst ", "--out "), ("width=", "--width="), ("depth=", "--depth="),

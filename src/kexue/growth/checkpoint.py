@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +156,8 @@ def plan_checkpoint(src: str | os.PathLike, *, width: int = 1, depth: int = 1, f
 
 def grow_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, width: int = 1, depth: int = 1, ffn: int | None = None,
                     experts: int = 1, mode: str = "heads", noise: float = 0.0, seed: int = 0,
-                    max_shard_size: str | int = "5GB", dry_run: bool = False) -> dict[str, Any]:
+                    max_shard_size: str | int = "5GB", dry_run: bool = False,
+                    on_plan: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Write a grown copy of the checkpoint ``src`` to ``dst`` (which must not exist); returns the parity report.
 
     The grown size is planned first, on the meta device (:func:`plan_checkpoint`), and reported
@@ -176,6 +178,8 @@ def grow_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, width: in
         seed: the noise's seed.
         max_shard_size: passed to ``save_pretrained``: larger models are written as sharded safetensors.
         dry_run: plan only (see above).
+        on_plan: called with the plan once the checkpoint has loaded, before anything is written
+            (``kexue grow`` prints it there).
 
     Returns:
         The report written to ``dst/growth_parity.json``: the settings, the planned sizes
@@ -191,6 +195,8 @@ def grow_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, width: in
     if dry_run:
         return {"planned": planned}
     config, small = _load(src)
+    if on_plan is not None:
+        on_plan(planned)
     tmp = dst.with_name(dst.name + f".tmp-{os.getpid()}")
     try:
         report = _write(tmp, src, small, grow, config, max_shard_size,
