@@ -8,12 +8,13 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: demo test test-all bench wheel smoke gpu-check precision clean help
+.PHONY: demo test test-all lint bench wheel smoke gpu-check precision clean help
 
 help:
 	@echo "make demo      create .venv, install, run 'kexue reproduce' (quick scale), print where the report is"
 	@echo "make test      create .venv, install with the test extra, run the test suite (excludes slow)"
 	@echo "make test-all  the whole test suite, slow checks included"
+	@echo "make lint      ruff check, ruff format --check and mypy (the pinned versions of the lint extra; not yet clean: issue #28)"
 	@echo "make bench     run 'kexue bench' at full size, writes reports/bench.json"
 	@echo "make wheel     build the wheel into dist/"
 	@echo "make smoke     build the wheel, install it in a fresh venv outside the checkout, smoke-test it"
@@ -41,6 +42,12 @@ test: $(VENV)/.installed-test
 test-all: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m ""
 
+# the same three checks as .pre-commit-config.yaml
+lint: $(VENV)/.installed-lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
 bench: $(VENV)/.installed-bench
 	$(BIN)/kexue bench --out reports
 	@echo "Benchmarks: $(CURDIR)/reports/bench.html (data: $(CURDIR)/reports/bench.json)"
@@ -60,4 +67,4 @@ precision: $(VENV)/.installed-test
 	$(BIN)/python tools/precision_table.py
 
 clean:
-	rm -rf $(VENV) reports build dist src/*.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) reports build dist src/*.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache

@@ -292,12 +292,12 @@ def train_embedder(config: TrainConfig, *, resume: bool = False, progress: Train
     progress.start(total, step)
     while step < total:
         optimizer.zero_grad(set_to_none=True)
-        result = cached_backward(encode, _step_batch(config, sides, step), loss_fn,
+        step_result = cached_backward(encode, _step_batch(config, sides, step), loss_fn,
                                  micro_batch_size=config.micro_batch_size, autocast=autocast, devices=devices)
         optimizer.step()
         scheduler.step()
         step += 1
-        losses.append(float(result.loss))
+        losses.append(float(step_result.loss))
         progress.advance(losses[-1])
         if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total:
             _save_checkpoint(out, model, optimizer, scheduler, step, losses, sts_before)
