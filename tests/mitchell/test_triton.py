@@ -1,0 +1,223 @@
+"""The Triton Mitchell kernels (:mod:`kexue.mitchell._triton`) without a GPU, and on one where present.
+
+Under ``TRITON_INTERPRET=1`` every kernel runs on CPU tensors and must equal the torch path bit for bit
+on random bit patterns (which include NaN, infinities and subnormals) and on a grid of special operands;
+the matrix product is compared with ``matmul._accumulate`` (float32 sums in increasing ``k``), NaN
+payloads aside. The kernels are also compiled ahead of time for sm_80 and sm_90 with no register spills.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from types import ModuleType
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from kexue.mitchell.correction import lambda_correction  # noqa: E402
+from kexue.mitchell.matmul import _accumulate  # noqa: E402
+from kexue.mitchell.ops import _torch_binary, mitchell_exp2, mitchell_log2  # noqa: E402
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+CORRECTIONS = (None, "constant", "piecewise", "lmul")
+_INT = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+
+
+def _interpreted(module: ModuleType) -> bool:
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(module._binary_kernel, InterpretedFunction)
+
+
+@pytest.fixture(scope="module")
+def kernels() -> Iterator[ModuleType]:
+    """The kernel module built for the interpreter (``triton.jit`` reads ``TRITON_INTERPRET`` at import)."""
+    before = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        module = importlib.import_module("kexue.mitchell._triton")
+        if not _interpreted(module):
+            module = importlib.reload(module)
+        assert _interpreted(module)
+        yield module
+    finally:
+        if before is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = before
+
+
+def _random_bits(n: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """``n`` uniformly random bit patterns viewed as ``dtype`` (every class of value occurs)."""
+    width = torch.finfo(dtype).bits
+    g = torch.Generator().manual_seed(seed)
+    bits = torch.randint(-(2 ** (width - 1)), 2 ** (width - 1), (n,), generator=g, dtype=torch.int64)
+    return bits.to(_INT[dtype]).view(dtype)
+
+
+def _specials(dtype: torch.dtype) -> torch.Tensor:
+    """Zeros, infinities, NaN, the subnormal and normal range ends and values near carries, both signs."""
+    info = torch.finfo(dtype)
+    values = [0.0, float("inf"), float("nan"), info.smallest_normal, info.max, 1.0, 1.5, 1.9990234375, 3.0,
+              info.smallest_normal / 2, info.smallest_normal * 0.75, 2.0 ** -60, 2.0 ** 60]
+    positive = torch.tensor(values, dtype=torch.float64).to(dtype)
+    tiny = torch.tensor([1, 3, (1 << (info.bits - 1 - (8 if info.bits == 32 or dtype == torch.bfloat16 else 5))) - 1],
+                        dtype=_INT[dtype]).view(dtype)  # subnormals: the smallest, 3 ulp, the largest
+    positive = torch.cat((positive, tiny))
+    return torch.cat((positive, -positive))
+
+
+def _same_bits(got: torch.Tensor, want: torch.Tensor) -> bool:
+    return got.dtype == want.dtype and torch.equal(got.view(_INT[got.dtype]), want.view(_INT[want.dtype]))
+
+
+def _same_values(got: torch.Tensor, want: torch.Tensor) -> bool:
+    """Bit for bit, except that any NaN matches any NaN (sums of ±∞ make NaN whose payload is the hardware's)."""
+    nan = torch.isnan(want)
+    return torch.equal(torch.isnan(got), nan) and _same_bits(got.masked_fill(nan, 0), want.masked_fill(nan, 0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("correction", CORRECTIONS)
+def test_mul_random_bits(kernels: ModuleType, dtype: torch.dtype, correction: str | None) -> None:
+    a, b = _random_bits(2048, dtype, 1), _random_bits(2048, dtype, 2)
+    corr = 0 if correction is None else lambda_correction(correction, a, b)
+    assert _same_bits(kernels.mul(a, b, correction), _torch_binary(a, b, "mul", corr))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", ["mul", "div"])
+def test_special_operands(kernels: ModuleType, dtype: torch.dtype, op: str) -> None:
+    s = _specials(dtype)
+    a, b = s[:, None], s[None, :]  # every pair, through broadcasting (stride-0 operands)
+    got = kernels.mul(a, b) if op == "mul" else kernels.div(a, b)
+    want = _torch_binary(a, b, op)
+    assert _same_bits(got, want)
+    assert torch.isnan(got).any() and torch.isinf(got).any() and (got == 0).any()  # the grid reaches the edge cases
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_div_random_bits(kernels: ModuleType, dtype: torch.dtype) -> None:
+    a, b = _random_bits(2048, dtype, 3), _random_bits(2048, dtype, 4)
+    assert _same_bits(kernels.div(a, b), _torch_binary(a, b, "div"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_log2(kernels: ModuleType, dtype: torch.dtype) -> None:
+    x = torch.cat((_random_bits(2048, dtype, 5), _specials(dtype)))
+    assert _same_bits(kernels.log2(x), mitchell_log2(x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_exp2(kernels: ModuleType, dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(6)
+    halves = torch.arange(-600, 600, dtype=torch.float64) / 4  # ties: y · 2^m exactly half-way (for small m)
+    y = torch.cat((_random_bits(1024, dtype, 7), (torch.randn(1024, generator=g) * 60).to(dtype), halves.to(dtype),
+                   _specials(dtype)))
+    assert _same_bits(kernels.exp2(y), mitchell_exp2(y))
+
+
+def test_strided_and_broadcast_operands(kernels: ModuleType) -> None:
+    a = _random_bits(6 * 40, torch.float32, 8).view(6, 40).t()  # (40, 6) transposed view
+    b = _random_bits(6, torch.float32, 9)  # broadcast along rows
+    assert _same_bits(kernels.mul(a, b, "piecewise"), _torch_binary(a, b, "mul", lambda_correction("piecewise", a, b)))
+    scalar = torch.tensor(0.7, dtype=torch.float32)
+    assert _same_bits(kernels.mul(a, scalar), _torch_binary(a, scalar, "mul"))
+
+
+def test_empty(kernels: ModuleType) -> None:
+    assert kernels.mul(torch.empty(0, 3), torch.empty(0, 3)).shape == (0, 3)
+    assert torch.equal(kernels.matmul(torch.ones(2, 0), torch.ones(0, 3)), torch.zeros(2, 3))
+
+
+def test_rejects_other_formats(kernels: ModuleType) -> None:
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+        kernels.mul(torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("correction", [None, "piecewise"])
+def test_bmm_matches_torch_summation_order(kernels: ModuleType, dtype: torch.dtype, correction: str | None) -> None:
+    g = torch.Generator().manual_seed(10)
+    a = (torch.randn(2, 17, 9, generator=g) * 3).to(dtype)
+    b = (torch.randn(2, 9, 12, generator=g) * 3).to(dtype)
+    got = kernels.bmm(a, b, correction, block=16)
+    assert _same_bits(got, _accumulate(a, b, correction).to(dtype))
+
+
+def test_bmm_order_is_increasing_k(kernels: ModuleType) -> None:
+    # 1 + 2^-24 + 2^-24 + ... in increasing k stays 1 in float32; summing the small terms first would not
+    a = torch.tensor([[[1.0] + [2.0 ** -24] * 7]])
+    b = torch.ones(1, 8, 1)
+    got = kernels.bmm(a, b, block=16)
+    assert got.item() == 1.0 and _same_bits(got, _accumulate(a, b, None))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy's ∞ − ∞ in the interpreter
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul_special_values_and_views(kernels: ModuleType, dtype: torch.dtype) -> None:
+    s = _specials(dtype)
+    a = torch.cat((s, _random_bits(8, dtype, 11))).view(5, 8)  # NaN, ±∞, subnormals among the entries
+    b = _random_bits(8 * 5, dtype, 12).view(5, 8).t()  # (8, 5) transposed view
+    want = _accumulate(a, b.contiguous(), None).to(dtype)
+    assert _same_values(kernels.matmul(a, b, block=16), want)
+
+
+def test_bmm_broadcast_batch_view(kernels: ModuleType) -> None:
+    a = _random_bits(3 * 6, torch.bfloat16, 13).view(1, 3, 6).abs().clamp(max=1e4)  # finite operands
+    b = (torch.randn(2, 6, 4, generator=torch.Generator().manual_seed(14))).to(torch.bfloat16)
+    a2 = a.expand(2, 3, 6)  # stride 0 over the batch, read in place
+    assert _same_bits(kernels.bmm(a2, b, "constant", block=16), _accumulate(a2.contiguous(), b, "constant").to(torch.bfloat16))
+
+
+_AOT = """
+import json
+from kexue._triton import compile_resources
+from kexue.mitchell._triton import compile_cases
+report = {}
+for name, fn, pointers, constexprs, warps in compile_cases():
+    for arch in (80, 90):
+        r = compile_resources(fn, pointers, constexprs, arch=arch, num_warps=warps)
+        report[f"{name}@sm_{arch}"] = [r.registers, r.spills, r.stack_bytes]
+print(json.dumps(report))
+"""
+
+
+def test_compiles_for_sm80_and_sm90_without_spills(tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # real JITFunctions, not the interpreter
+    env.update(TRITON_CACHE_DIR=str(tmp_path), TRITON_DEFAULT_FP_FUSION="0")
+    done = subprocess.run([sys.executable, "-c", _AOT], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(report) == 30
+    for case, (registers, spills, stack) in report.items():
+        assert 0 < registers <= 255, case
+        assert spills == 0 and stack == 0, f"{case}: {spills} bytes spilled, {stack} bytes of stack"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_bit_identical(dtype: torch.dtype) -> None:
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        pytest.skip("the interpreter is on: the compiled kernels are not what runs")
+    from kexue.mitchell import _triton as kernels
+
+    if _interpreted(kernels):
+        kernels = importlib.reload(kernels)
+    a, b = _random_bits(1 << 20, dtype, 15).cuda(), _random_bits(1 << 20, dtype, 16).cuda()
+    for correction in CORRECTIONS:
+        corr = 0 if correction is None else lambda_correction(correction, a, b)
+        assert _same_bits(kernels.mul(a, b, correction), _torch_binary(a, b, "mul", corr))
+    assert _same_bits(kernels.div(a, b), _torch_binary(a, b, "div"))
+    assert _same_bits(kernels.log2(a), mitchell_log2(a))
+    assert _same_bits(kernels.exp2(a), mitchell_exp2(a))
+    g = torch.Generator().manual_seed(17)
+    x, w = torch.randn(3, 100, 70, generator=g).to(dtype).cuda(), torch.randn(3, 70, 90, generator=g).to(dtype).cuda()
+    assert _same_values(kernels.bmm(x, w, "piecewise"), _accumulate(x, w, "piecewise").to(dtype))
