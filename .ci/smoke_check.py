@@ -45,8 +45,11 @@ def fast_start() -> None:
             times.append(time.perf_counter() - start)
         check(codes == {0}, f"kexue {flag} exits 0")
         best = min(times)
-        print(f"info  kexue {flag}: {best:.3f} s wall (best of 5; median {sorted(times)[2]:.3f} s; "
-              f"target < 0.3 s: {'met' if best < 0.3 else 'MISSED'})", flush=True)
+        print(
+            f"info  kexue {flag}: {best:.3f} s wall (best of 5; median {sorted(times)[2]:.3f} s; "
+            f"target < 0.3 s: {'met' if best < 0.3 else 'MISSED'})",
+            flush=True,
+        )
     code = "import sys, kexue, kexue.cli; kexue.cli.build_parser(); print(sorted(m for m in ('torch', 'numpy', 'rich') if m in sys.modules))"
     heavy = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     check(heavy == "[]", f"import kexue and the CLI parser import no torch, numpy or rich (found {heavy})")
@@ -86,7 +89,10 @@ def devices() -> None:
     x = torch.randn(1, 2, len(positions), 128, generator=torch.Generator().manual_seed(0))
     exact = rope.double()(x.double(), positions=positions, validate=False)  # angles stay float32: the cast is refused
     cast = rope.bfloat16()
-    check(cast.freqs.dtype == torch.float32, f"RotaryEmbedding(128).bfloat16() keeps float32 frequencies ({cast.freqs.dtype})")
+    check(
+        cast.freqs.dtype == torch.float32,
+        f"RotaryEmbedding(128).bfloat16() keeps float32 frequencies ({cast.freqs.dtype})",
+    )
     err = float((cast(x.bfloat16(), positions=positions, validate=False).double() - exact).abs().max())
     check(err < 0.05, f"bfloat16 rotation at positions 8000-8191 is within bfloat16 rounding (max |diff| {err:.1e})")
 
@@ -104,8 +110,12 @@ def devices() -> None:
 
 
 def missing_extras() -> None:
-    for module, extra in (("kexue.growth", "nlp"), ("kexue.repetition.hf", "nlp"), ("kexue.contrastive.train", "nlp"),
-                          ("kexue.whitening", "sklearn")):
+    for module, extra in (
+        ("kexue.growth", "nlp"),
+        ("kexue.repetition.hf", "nlp"),
+        ("kexue.contrastive.train", "nlp"),
+        ("kexue.whitening", "sklearn"),
+    ):
         try:
             importlib.import_module(module)
         except ImportError as exc:
@@ -133,15 +143,20 @@ def reproduce(data: str | None, *, expect_skipped: bool, expect_pass: bool = Tru
     done = subprocess.run([KEXUE, "reproduce", *TECHNIQUES, "--out", str(out)], capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
     where = f"KEXUE_DATA={data}" if data else "no data folder"
-    check(done.returncode == 0, f"kexue reproduce {' '.join(TECHNIQUES)} ({where}) exits 0 in {seconds:.0f} s"
-          + ("" if done.returncode == 0 else f": {done.stderr[-3000:]}"))
+    check(
+        done.returncode == 0,
+        f"kexue reproduce {' '.join(TECHNIQUES)} ({where}) exits 0 in {seconds:.0f} s"
+        + ("" if done.returncode == 0 else f": {done.stderr[-3000:]}"),
+    )
     summary = json.loads((out / "results.json").read_text())["summary"]
     print(f"info  summary: {summary}", flush=True)
     check(summary["fail"] == 0 and (summary["pass"] > 0) == expect_pass, "no claim failed")
     check((summary["skipped"] > 0) == expect_skipped, f"{'some' if expect_skipped else 'no'} claim skipped")
     lines = [line for line in done.stderr.splitlines() if line.startswith("kexue reproduce:")]
-    check(len(lines) == (1 if expect_skipped else 0), "one stderr line says what was skipped and why" if expect_skipped
-          else "no skipped line on stderr")
+    check(
+        len(lines) == (1 if expect_skipped else 0),
+        "one stderr line says what was skipped and why" if expect_skipped else "no skipped line on stderr",
+    )
     if lines:
         print(f"info  {lines[0][:400]}", flush=True)
     shutil.rmtree(out)

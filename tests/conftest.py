@@ -50,11 +50,19 @@ def tiny_sentence_model(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     root = tmp_path_factory.mktemp("tiny")
     tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_path()))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(root / "bert")
     tokenizer.save_pretrained(root / "bert")
-    st = SentenceTransformer(modules=[Transformer(str(root / "bert"), max_seq_length=16), Pooling(32, "mean")], device="cpu")
+    st = SentenceTransformer(
+        modules=[Transformer(str(root / "bert"), max_seq_length=16), Pooling(32, "mean")], device="cpu"
+    )
     st.save(str(root / "st"))
     return str(root / "st")

@@ -34,10 +34,28 @@ LOW_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 DTYPE_NAMES = {torch.float64: "float64", torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 # functions and methods whose result reaches the host (or whose output size does)
-_SYNCING = frozenset({
-    "item", "tolist", "__bool__", "__int__", "__float__", "__index__", "__len__", "cpu", "nonzero", "argwhere",
-    "unique", "unique_consecutive", "masked_select", "equal", "allclose", "bincount", "any_", "_local_scalar_dense",
-})
+_SYNCING = frozenset(
+    {
+        "item",
+        "tolist",
+        "__bool__",
+        "__int__",
+        "__float__",
+        "__index__",
+        "__len__",
+        "cpu",
+        "nonzero",
+        "argwhere",
+        "unique",
+        "unique_consecutive",
+        "masked_select",
+        "equal",
+        "allclose",
+        "bincount",
+        "any_",
+        "_local_scalar_dense",
+    }
+)
 
 
 class _SyncCounter(TorchFunctionMode):
@@ -49,7 +67,11 @@ class _SyncCounter(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name in _SYNCING or (name == "__getitem__" and _boolean_index(args)):
             self.calls.append(name if name != "__getitem__" else "boolean-mask indexing")
-        if name == "repeat_interleave" and "output_size" not in (kwargs or {}) and isinstance(args[1:2] and args[1], torch.Tensor):
+        if (
+            name == "repeat_interleave"
+            and "output_size" not in (kwargs or {})
+            and isinstance(args[1:2] and args[1], torch.Tensor)
+        ):
             self.calls.append("repeat_interleave without output_size")
         return func(*args, **(kwargs or {}))
 
@@ -136,9 +158,11 @@ class Entry:
     metric: Literal["relative", "absolute"] = "relative"
 
     def settings(self, devices: tuple[str, ...] = ("cpu", "meta")) -> list[Setting]:
-        return [Setting(dtype, mode, ac, device)
-                for device, dtype, mode, ac in itertools.product(devices, self.dtypes, self.modes, self.autocast)
-                if device in self.devices]
+        return [
+            Setting(dtype, mode, ac, device)
+            for device, dtype, mode, ac in itertools.product(devices, self.dtypes, self.modes, self.autocast)
+            if device in self.devices
+        ]
 
     def expected_dtype(self, setting: Setting) -> torch.dtype:
         return self.out_dtype(setting) if self.out_dtype is not None else setting.dtype
@@ -185,8 +209,12 @@ def evaluate(entry: Entry, setting: Setting) -> Outcome:
     where = f"{entry.name} [{setting.id}]"
     assert isinstance(out, torch.Tensor), f"{where}: returned {type(out).__name__}, not a tensor"
     assert out.device.type == setting.device, f"{where}: output on {out.device}, not {setting.device}"
-    assert out.dtype == entry.expected_dtype(setting), f"{where}: output {out.dtype}, contract {entry.expected_dtype(setting)}"
-    assert tuple(out.shape) == tuple(reference.shape), f"{where}: shape {tuple(out.shape)}, reference {tuple(reference.shape)}"
+    assert out.dtype == entry.expected_dtype(setting), (
+        f"{where}: output {out.dtype}, contract {entry.expected_dtype(setting)}"
+    )
+    assert tuple(out.shape) == tuple(reference.shape), (
+        f"{where}: shape {tuple(out.shape)}, reference {tuple(reference.shape)}"
+    )
     if setting.device == "meta":
         return Outcome(entry, setting, None, None, list(syncs))
     measured, bound = error(out, reference, entry.metric), entry.bound(setting)

@@ -18,8 +18,15 @@ def test_corpus_codec_and_split() -> None:
 
 
 def test_flops_per_token_by_hand() -> None:
-    llama = LlamaConfig(vocab_size=65, hidden_size=64, intermediate_size=168, num_hidden_layers=2, num_attention_heads=4,
-                        num_key_value_heads=2, max_position_embeddings=128)
+    llama = LlamaConfig(
+        vocab_size=65,
+        hidden_size=64,
+        intermediate_size=168,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
     # per layer: q, o (64x64 each), k, v (64x32 each), gate/up/down (64x168 each); plus the head 64x65
     n = 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 168) + 64 * 65
     assert flops_per_token(llama) == 6 * n + 12 * 2 * 64 * 128
@@ -31,8 +38,16 @@ def test_flops_per_token_by_hand() -> None:
 def test_evaluation_is_deterministic() -> None:
     corpus = CharCorpus("the quick brown fox jumps over the lazy dog. " * 200)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=corpus.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, max_position_embeddings=32))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=corpus.vocab_size,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=32,
+        )
+    )
     first = evaluate(model, corpus, context=16, windows=8)
     assert first == evaluate(model, corpus, context=16, windows=8)
     assert 2.0 < first < 5.0  # near ln(vocab) for an untrained model

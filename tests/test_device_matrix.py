@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from device_contract import Entry, Setting, count_host_syncs, cuda_sync_errors, evaluate, load_entries
 
 ENTRIES = load_entries()
@@ -27,7 +28,8 @@ def _check(entry: Entry, setting: Setting) -> None:
         assert not outcome.syncs, f"{entry.name} [{setting.id}]: host syncs in the hot call: {outcome.syncs}"
     if outcome.error is not None:
         assert outcome.error <= outcome.bound, (
-            f"{entry.name} [{setting.id}]: error {outcome.error:.3g} against float64 > bound {outcome.bound:.3g}")
+            f"{entry.name} [{setting.id}]: error {outcome.error:.3g} against float64 > bound {outcome.bound:.3g}"
+        )
 
 
 @pytest.mark.parametrize(("entry", "setting"), _cases(("cpu", "meta")))

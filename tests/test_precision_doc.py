@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import torch
+
 from device_contract import LOW_DTYPES, load_entries
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ def test_every_entry_point_has_a_row() -> None:
 
 def test_measured_errors_are_under_their_bounds() -> None:
     for name, cells in _rows().items():
-        for cell in cells[-(len(LOW_DTYPES) + 1):]:
+        for cell in cells[-(len(LOW_DTYPES) + 1) :]:
             if cell in ("refused", "n/a"):
                 continue
             measured, bound = (float(x) for x in cell.split(" / "))
@@ -44,6 +45,8 @@ def test_measured_errors_are_under_their_bounds() -> None:
 def test_gpu_check_exits_cleanly_without_cuda() -> None:
     assert not torch.cuda.is_available()
     env = {**os.environ, "PYTHON": sys.executable}
-    done = subprocess.run(["bash", str(ROOT / ".ci" / "gpu-check")], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["bash", str(ROOT / ".ci" / "gpu-check")], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert "no CUDA device" in done.stdout

@@ -38,8 +38,11 @@ def _cell(entry: Entry, dtype: torch.dtype, autocast: tuple[bool, ...] = (False,
 
 def _dtype_cells(entry: Entry) -> list[str]:
     """float32 without autocast, float32 under CPU autocast (bfloat16), then the half dtypes (autocast on and off)."""
-    return [_cell(entry, torch.float32, (False,)), _cell(entry, torch.float32, (True,)),
-            *(_cell(entry, d) for d in LOW_DTYPES[1:])]
+    return [
+        _cell(entry, torch.float32, (False,)),
+        _cell(entry, torch.float32, (True,)),
+        *(_cell(entry, d) for d in LOW_DTYPES[1:]),
+    ]
 
 
 def _devices(entry: Entry) -> str:
@@ -47,12 +50,19 @@ def _devices(entry: Entry) -> str:
 
 
 def table(entries: list[Entry]) -> str:
-    head = ["entry point", "accepts", "computes and accumulates in", "returns", "devices",
-            "float32 error / bound", "float32 under autocast", *(DTYPE_NAMES[d] + " error / bound" for d in LOW_DTYPES[1:])]
+    head = [
+        "entry point",
+        "accepts",
+        "computes and accumulates in",
+        "returns",
+        "devices",
+        "float32 error / bound",
+        "float32 under autocast",
+        *(DTYPE_NAMES[d] + " error / bound" for d in LOW_DTYPES[1:]),
+    ]
     rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for entry in entries:
-        cells = [f"`{entry.name}`", entry.accepts, entry.computes, entry.returns, _devices(entry),
-                 *_dtype_cells(entry)]
+        cells = [f"`{entry.name}`", entry.accepts, entry.computes, entry.returns, _devices(entry), *_dtype_cells(entry)]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows)
 

@@ -86,8 +86,9 @@ class RngState:
 
     def __init__(self, devices: Iterable[torch.device | str | int] = ()) -> None:
         self.cpu = torch.get_rng_state()
-        self.devices = [(device, torch.get_device_module(device.type).get_rng_state(device))
-                        for device in rng_devices(devices)]
+        self.devices = [
+            (device, torch.get_device_module(device.type).get_rng_state(device)) for device in rng_devices(devices)
+        ]
 
     def restore(self) -> None:
         """Set the CPU generator and every saved device generator back to the captured states."""
@@ -107,8 +108,10 @@ def autocast_device_type(devices: Iterable[torch.device | str]) -> str:
     """
     types = sorted({torch.device(d).type for d in devices} - _NO_GENERATOR)
     if len(types) > 1:
-        raise ValueError(f"devices span the accelerator types {types}; one autocast region covers one device type: "
-                         "run the model on one of them")
+        raise ValueError(
+            f"devices span the accelerator types {types}; one autocast region covers one device type: "
+            "run the model on one of them"
+        )
     return types[0] if types else "cpu"
 
 
@@ -165,7 +168,11 @@ def load_rng_state_dict(state: Mapping[str, Any] | torch.Tensor) -> list[str]:
     count = module.device_count()
     for index, device_state in enumerate(saved[:count]):
         module.set_rng_state(device_state, torch.device(device_type, index))
-    return [f"{len(saved) - count} of {len(saved)} saved {device_type} generators have no device here"] if len(saved) > count else []
+    return (
+        [f"{len(saved) - count} of {len(saved)} saved {device_type} generators have no device here"]
+        if len(saved) > count
+        else []
+    )
 
 
 def autocast_disabled(*tensors: torch.Tensor) -> Any:

@@ -42,7 +42,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BACKENDS", "FLAGS", "NativeFallbackWarning", "NativeLibrary", "NativeUnavailable", "cache_dir", "use_native"]
+__all__ = [
+    "BACKENDS",
+    "FLAGS",
+    "NativeFallbackWarning",
+    "NativeLibrary",
+    "NativeUnavailable",
+    "cache_dir",
+    "use_native",
+]
 
 BACKENDS = ("auto", "torch", "native")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-fno-math-errno"]
@@ -75,7 +83,7 @@ def cache_dir() -> Path:
     if os.environ.get("KEXUE_CACHE_DIR"):
         return Path(os.environ["KEXUE_CACHE_DIR"])
     xdg = os.environ.get("XDG_CACHE_HOME")
-    return Path(xdg if xdg else os.path.join(os.path.expanduser("~"), ".cache")) / "kexue"
+    return Path(xdg or os.path.join(os.path.expanduser("~"), ".cache")) / "kexue"
 
 
 def _compiler() -> str:
@@ -111,12 +119,19 @@ class NativeLibrary:
         try:
             return self.source.read_bytes()
         except OSError as exc:
-            raise NativeUnavailable(f"the {self.name} kernel's source {self.source} cannot be read ({exc.strerror or exc})") from exc
+            raise NativeUnavailable(
+                f"the {self.name} kernel's source {self.source} cannot be read ({exc.strerror or exc})"
+            ) from exc
 
     def _compile(self, compiler: str, output: Path) -> None:
         try:
-            proc = subprocess.run([compiler, *self.flags, "-o", str(output), str(self.source)],
-                                  capture_output=True, text=True, errors="replace", check=False)
+            proc = subprocess.run(
+                [compiler, *self.flags, "-o", str(output), str(self.source)],
+                capture_output=True,
+                text=True,
+                errors="replace",
+                check=False,
+            )
         except OSError as exc:
             raise NativeUnavailable(f"running the C compiler {compiler!r} failed: {exc}") from exc
         if proc.returncode != 0:
@@ -135,7 +150,9 @@ class NativeLibrary:
         try:
             cached = target.exists()
         except OSError as exc:  # e.g. a cache folder this user may not enter
-            raise NativeUnavailable(f"the kernel cache {target.parent} cannot be read ({exc.strerror or exc}); set KEXUE_CACHE_DIR") from exc
+            raise NativeUnavailable(
+                f"the kernel cache {target.parent} cannot be read ({exc.strerror or exc}); set KEXUE_CACHE_DIR"
+            ) from exc
         if not cached:
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +163,9 @@ class NativeLibrary:
                     os.replace(built, target)  # atomic: a concurrent build just replaces an identical file
                 self.compile_seconds = time.perf_counter() - start
             except OSError as exc:
-                raise NativeUnavailable(f"the kernel cache {target.parent} is not writable ({exc.strerror or exc}); set KEXUE_CACHE_DIR") from exc
+                raise NativeUnavailable(
+                    f"the kernel cache {target.parent} is not writable ({exc.strerror or exc}); set KEXUE_CACHE_DIR"
+                ) from exc
         try:
             library = ctypes.CDLL(str(target))
         except OSError as exc:
@@ -183,7 +202,9 @@ class NativeLibrary:
         library = self.load()
         function = getattr(library, symbol, None)
         if function is None:
-            raise NativeUnavailable(f"the {self.name} kernel was built without {symbol} (the compiler lacks what it needs)")
+            raise NativeUnavailable(
+                f"the {self.name} kernel was built without {symbol} (the compiler lacks what it needs)"
+            )
         return function
 
     def available(self, symbol: str | None = None) -> bool:
@@ -201,8 +222,12 @@ class NativeLibrary:
         except NativeUnavailable as exc:
             if symbol not in self._warned and os.environ.get("KEXUE_NATIVE", "1") != "0":
                 self._warned.add(symbol)
-                warnings.warn(f"kexue: the {self.name} kernel is unavailable ({exc}); backend='auto' uses the torch path, "
-                              "which gives the same results more slowly", NativeFallbackWarning, stacklevel=4)
+                warnings.warn(
+                    f"kexue: the {self.name} kernel is unavailable ({exc}); backend='auto' uses the torch path, "
+                    "which gives the same results more slowly",
+                    NativeFallbackWarning,
+                    stacklevel=4,
+                )
             return False
         return True
 

@@ -48,8 +48,10 @@ class MissingExtra(ImportError):
     def __init__(self, feature: str, module: str) -> None:
         extra, package = EXTRAS[module]
         self.extra = extra
-        super().__init__(f"{feature} needs the '{extra}' extra ({package} is not installed): pip install 'kexue[{extra}]'",
-                         name=module)
+        super().__init__(
+            f"{feature} needs the '{extra}' extra ({package} is not installed): pip install 'kexue[{extra}]'",
+            name=module,
+        )
 
 
 class DataNotFound(FileNotFoundError):

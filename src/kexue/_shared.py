@@ -18,8 +18,6 @@ import numpy as np
 import torch
 
 __all__ = [
-    "num_layers",
-    "read_text",
     "as_float_tensor",
     "as_real_array",
     "check_bool",
@@ -29,6 +27,8 @@ __all__ = [
     "check_module",
     "check_number",
     "empty_like_fast",
+    "num_layers",
+    "read_text",
     "restore_type",
 ]
 
@@ -45,7 +45,9 @@ def read_text(path: str | os.PathLike, what: str) -> str:
     try:
         return file.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{what} {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+        raise ValueError(
+            f"{what} {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+        ) from None
 
 
 def check_module(name: str, value: Any, *, hf: bool = False) -> torch.nn.Module:
@@ -82,14 +84,17 @@ def check_bool(name: str, value: Any) -> bool:
 
 def check_number(name: str, value: Any, *, above: float | None = None) -> float:
     """Return ``value`` as a float if it is a finite real number (``> above`` when given), else raise a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (above is not None and not value > above):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or (above is not None and not value > above)
+    ):
         raise ValueError(f"{name}={value!r} must be a finite number" + (f" > {above:g}" if above is not None else ""))
     return float(value)
 
 
-def as_float_tensor(
-    value: Any, name: str, *, like: torch.Tensor | None = None
-) -> tuple[torch.Tensor, bool]:
+def as_float_tensor(value: Any, name: str, *, like: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
     """Convert an array-like to a floating torch tensor without copying when possible.
 
     Args:
@@ -107,7 +112,9 @@ def as_float_tensor(
         try:
             array = np.asarray(value)
         except Exception as exc:  # ragged lists and the like
-            raise TypeError(f"{name} must be a torch.Tensor or array-like of numbers; got {type(value).__name__}") from exc
+            raise TypeError(
+                f"{name} must be a torch.Tensor or array-like of numbers; got {type(value).__name__}"
+            ) from exc
         if array.dtype.kind not in "iuf":
             raise TypeError(f"{name} must hold real numbers; got NumPy dtype {array.dtype}")
         if array.dtype.kind != "f":
@@ -165,8 +172,10 @@ def check_process_group() -> None:
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
-        raise ValueError("distributed use needs an initialised torch.distributed process group; launch with torchrun "
-                         "and call torch.distributed.init_process_group('gloo' or 'nccl') first")
+        raise ValueError(
+            "distributed use needs an initialised torch.distributed process group; launch with torchrun "
+            "and call torch.distributed.init_process_group('gloo' or 'nccl') first"
+        )
 
 
 def check_finite(tensor: torch.Tensor, name: str) -> None:

@@ -31,7 +31,7 @@ import torch
 __all__ = ["Resources", "available", "collapse", "compile_resources", "interpreting", "on_cuda", "signature_of"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def available() -> bool:
     """Whether triton is installed and imports (checked once per process)."""
     if importlib.util.find_spec("triton") is None:
@@ -96,13 +96,16 @@ class Resources:
         return self.spill_stores + self.spill_loads
 
 
-def signature_of(fn: Any, pointers: Mapping[str, str], constexprs: Mapping[str, Any],
-                 integers: Mapping[str, str] | None = None) -> dict[str, str]:
+def signature_of(
+    fn: Any, pointers: Mapping[str, str], constexprs: Mapping[str, Any], integers: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """``triton.compile``'s signature of a ``@triton.jit`` function: ``pointers`` (name → ``"*fp32"``, …),
     ``constexprs`` as ``"constexpr"``, every other argument ``integers.get(name, "i32")``."""
     integers = integers or {}
-    return {name: "constexpr" if name in constexprs else pointers.get(name, integers.get(name, "i32"))
-            for name in fn.arg_names}
+    return {
+        name: "constexpr" if name in constexprs else pointers.get(name, integers.get(name, "i32"))
+        for name in fn.arg_names
+    }
 
 
 def _ptxas_report(log: str) -> Resources:
@@ -114,8 +117,15 @@ def _ptxas_report(log: str) -> Resources:
     return Resources(int(registers.group(1)), stack, stores, loads)
 
 
-def compile_resources(fn: Any, pointers: Mapping[str, str], constexprs: Mapping[str, Any], *, arch: int,
-                      num_warps: int = 4, integers: Mapping[str, str] | None = None) -> Resources:
+def compile_resources(
+    fn: Any,
+    pointers: Mapping[str, str],
+    constexprs: Mapping[str, Any],
+    *,
+    arch: int,
+    num_warps: int = 4,
+    integers: Mapping[str, str] | None = None,
+) -> Resources:
     """Compile a kernel ahead of time for ``sm_<arch>`` without a GPU and return its resource usage.
 
     ``triton.compile`` builds the PTX and the cubin with the bundled ``ptxas`` (raising on any compile
@@ -138,12 +148,25 @@ def compile_resources(fn: Any, pointers: Mapping[str, str], constexprs: Mapping[
     signature = signature_of(fn, pointers, constexprs, integers)
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names) if name in pointers}
     source = ASTSource(fn, signature, dict(constexprs), attrs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": num_warps, "enable_fp_fusion": False})
+    compiled = triton.compile(
+        source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "enable_fp_fusion": False}
+    )
     with tempfile.TemporaryDirectory() as folder:
         ptx = Path(folder) / "kernel.ptx"
         ptx.write_text(compiled.asm["ptx"])
-        done = subprocess.run([get_ptxas(arch).path, "-v", "--fmad=false", "--regAllocOptLevel=2",  # Triton's own flags
-                               f"--gpu-name={sm_arch_from_capability(arch)}", str(ptx),
-                               "-o", str(ptx.with_suffix(".cubin"))], capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [
+                get_ptxas(arch).path,
+                "-v",
+                "--fmad=false",
+                "--regAllocOptLevel=2",  # Triton's own flags
+                f"--gpu-name={sm_arch_from_capability(arch)}",
+                str(ptx),
+                "-o",
+                str(ptx.with_suffix(".cubin")),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     return _ptxas_report(done.stderr)

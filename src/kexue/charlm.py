@@ -63,7 +63,9 @@ def evaluate(model: nn.Module, corpus: CharCorpus, context: int, windows: int = 
     was = model.training
     model.eval()
     with torch.no_grad():
-        loss = sum(float(_loss(model, data[i : i + 16])) * len(data[i : i + 16]) for i in range(0, len(data), 16)) / len(data)
+        loss = sum(
+            float(_loss(model, data[i : i + 16])) * len(data[i : i + 16]) for i in range(0, len(data), 16)
+        ) / len(data)
     model.train(was)
     return loss
 
@@ -102,10 +104,24 @@ class TrainLog:
         self.val_loss.append(loss)
 
 
-def train_steps(model: nn.Module, corpus: CharCorpus, optimizer: torch.optim.Optimizer, *, steps: int, batch_size: int,
-                context: int, generator: torch.Generator, eval_every: int, log: TrainLog | None = None,
-                flops_offset: float = 0.0, step_offset: int = 0, lr_at: Callable[[int], float] | None = None,
-                on_step: Callable[[], None] | None = None, eval_windows: int = 256, eval_at_start: bool = True) -> TrainLog:
+def train_steps(
+    model: nn.Module,
+    corpus: CharCorpus,
+    optimizer: torch.optim.Optimizer,
+    *,
+    steps: int,
+    batch_size: int,
+    context: int,
+    generator: torch.Generator,
+    eval_every: int,
+    log: TrainLog | None = None,
+    flops_offset: float = 0.0,
+    step_offset: int = 0,
+    lr_at: Callable[[int], float] | None = None,
+    on_step: Callable[[], None] | None = None,
+    eval_windows: int = 256,
+    eval_at_start: bool = True,
+) -> TrainLog:
     """Train ``steps`` steps (cross-entropy on random windows), evaluating every ``eval_every``
     steps and at the end. ``lr_at(step)`` sets the learning rate of every group before each step
     (``step`` counted from ``step_offset``); FLOPs use :func:`flops_per_token` with the model's
@@ -130,6 +146,7 @@ def train_steps(model: nn.Module, corpus: CharCorpus, optimizer: torch.optim.Opt
         if on_step is not None:
             on_step()
         if i % eval_every == 0 or i == steps:
-            log.add(step_offset + i, flops_offset + i * tokens * per_token, evaluate(model, corpus, context, eval_windows))
+            log.add(
+                step_offset + i, flops_offset + i * tokens * per_token, evaluate(model, corpus, context, eval_windows)
+            )
     return log
-

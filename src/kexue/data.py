@@ -18,10 +18,23 @@ from pathlib import Path
 from kexue._optional import DataNotFound, require_extra
 from kexue._shared import check_choice
 
-__all__ = ["STS_TASKS", "DataNotFound", "SentencePairs", "data_candidates", "data_root", "embedded_model_path", "load_sentence_transformer", "load_sick_r",
-           "load_sts_year", "load_stsb", "load_task", "quiet_offline_transformers"]
+__all__ = [
+    "STS_TASKS",
+    "DataNotFound",
+    "SentencePairs",
+    "data_candidates",
+    "data_root",
+    "embedded_model_path",
+    "load_sentence_transformer",
+    "load_sick_r",
+    "load_sts_year",
+    "load_stsb",
+    "load_task",
+    "quiet_offline_transformers",
+]
 
 STS_TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STS-B", "SICK-R")
+
 
 @dataclass(frozen=True)
 class SentencePairs:
@@ -52,14 +65,18 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
         if path.is_dir():
             return path
     tried = ", ".join(str(p.resolve()) for p in candidates)
-    raise DataNotFound(f"data folder not found (tried {tried}); pass --data DIR or set KEXUE_DATA to the folder "
-                       "holding stsbenchmark/, sts12-16/, sick/, tinyshakespeare/ (README: 'Data and offline use')")
+    raise DataNotFound(
+        f"data folder not found (tried {tried}); pass --data DIR or set KEXUE_DATA to the folder "
+        "holding stsbenchmark/, sts12-16/, sick/, tinyshakespeare/ (README: 'Data and offline use')"
+    )
 
 
 def _require(path: Path) -> Path:
     if not path.exists():
-        raise DataNotFound(f"expected data file {path} is missing; pass --data DIR or set KEXUE_DATA to a complete "
-                           "data folder (README: 'Data and offline use' says where each set comes from)")
+        raise DataNotFound(
+            f"expected data file {path} is missing; pass --data DIR or set KEXUE_DATA to a complete "
+            "data folder (README: 'Data and offline use' says where each set comes from)"
+        )
     return path
 
 
@@ -102,7 +119,9 @@ def load_sts_year(year: int, root: str | os.PathLike | None = None) -> list[Sent
                 s2.append(row[2])
         subsets.append(SentencePairs(f"STS{year % 100} {path.name.removesuffix('.test.tsv')}", s1, s2, scores))
     if not subsets:
-        raise DataNotFound(f"no *.test.tsv files in {folder}; pass --data DIR or set KEXUE_DATA to a complete data folder")
+        raise DataNotFound(
+            f"no *.test.tsv files in {folder}; pass --data DIR or set KEXUE_DATA to a complete data folder"
+        )
     return subsets
 
 
@@ -153,7 +172,9 @@ def load_sentence_transformer(path: str | os.PathLike | None = None, device: str
 
     folder = Path(path) if path is not None else embedded_model_path()
     if not (folder / "config.json").exists() and not (folder / "modules.json").exists():
-        raise FileNotFoundError(f"model folder {folder} has no config.json or modules.json; pass a sentence-transformers model folder")
+        raise FileNotFoundError(
+            f"model folder {folder} has no config.json or modules.json; pass a sentence-transformers model folder"
+        )
     return SentenceTransformer(str(folder), device=device)
 
 

@@ -73,8 +73,12 @@ def score_task(subsets: Sequence[SentencePairs], vectors: np.ndarray, index: dic
     per = [float(spearmanr(c, p.scores).statistic * 100) for c, p in zip(cos, subsets)]
     sizes = np.array([len(p) for p in subsets], dtype=np.float64)
     pooled = float(spearmanr(np.concatenate(cos), np.concatenate([p.scores for p in subsets])).statistic * 100)
-    return {"all": pooled, "wmean": float(np.dot(per, sizes) / sizes.sum()), "pairs": int(sizes.sum()),
-            "subsets": {p.name: round(r, 2) for p, r in zip(subsets, per)}}
+    return {
+        "all": pooled,
+        "wmean": float(np.dot(per, sizes) / sizes.sum()),
+        "pairs": int(sizes.sum()),
+        "subsets": {p.name: round(r, 2) for p, r in zip(subsets, per)},
+    }
 
 
 def score_tasks(tasks: dict[str, list[SentencePairs]], vectors: np.ndarray, index: dict[str, int]) -> dict[str, dict]:

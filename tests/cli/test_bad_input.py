@@ -27,8 +27,15 @@ def _tiny_checkpoint(folder: Path, family: str) -> None:
         config = transformers.BloomConfig(vocab_size=64, hidden_size=16, n_layer=1, n_head=2)
         model = transformers.BloomForCausalLM(config)
     else:
-        config = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+        config = transformers.LlamaConfig(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=32,
+        )
         model = transformers.LlamaForCausalLM(config)
     model.save_pretrained(folder)
 
@@ -76,10 +83,22 @@ def _whitening_file(path: Path) -> None:
 CASES = [
     # kexue reproduce / bench
     ("reproduce-unknown-technique", ["reproduce", "nonsense"], "unknown technique 'nonsense'"),
-    ("reproduce-out-is-a-file", ["reproduce", "orthogonal", "--out", "a-file"], "--out 'a-file' is not a writable directory"),
-    ("reproduce-data-missing", ["reproduce", "orthogonal", "--data", "nowhere", "--out", "new-out"], "--data nowhere: no such folder"),
+    (
+        "reproduce-out-is-a-file",
+        ["reproduce", "orthogonal", "--out", "a-file"],
+        "--out 'a-file' is not a writable directory",
+    ),
+    (
+        "reproduce-data-missing",
+        ["reproduce", "orthogonal", "--data", "nowhere", "--out", "new-out"],
+        "--data nowhere: no such folder",
+    ),
     ("reproduce-seed-not-int", ["reproduce", "orthogonal", "--seed", "x"], "argument --seed: invalid int value"),
-    ("bench-repeats-0", ["bench", "orthogonal", "--repeats", "0", "--out", "new-out"], "--repeats 0 must be at least 1"),
+    (
+        "bench-repeats-0",
+        ["bench", "orthogonal", "--repeats", "0", "--out", "new-out"],
+        "--repeats 0 must be at least 1",
+    ),
     ("bench-device", ["bench", "orthogonal", "--device", "tpu", "--out", "new-out"], "--device 'tpu'"),
     # kexue grow
     ("grow-missing-model", ["grow", "nowhere", "-o", "new-out", "--width", "2"], "nowhere"),
@@ -88,7 +107,11 @@ CASES = [
     ("grow-unsupported-family", ["grow", "bloom", "-o", "new-out", "--width", "2"], "bloom"),
     ("grow-truncated-weights", ["grow", "llama-truncated", "-o", "new-out", "--width", "2"], "llama-truncated"),
     ("grow-out-exists", ["grow", "llama", "-o", "existing", "--width", "2"], "--out existing exists"),
-    ("grow-out-under-a-file", ["grow", "llama", "-o", "a-file/out", "--width", "2"], "its parent a-file is not an existing folder"),
+    (
+        "grow-out-under-a-file",
+        ["grow", "llama", "-o", "a-file/out", "--width", "2"],
+        "its parent a-file is not an existing folder",
+    ),
     ("grow-width-0", ["grow", "llama", "-o", "new-out", "--width", "0"], "--width=0 must be a positive integer"),
     ("grow-nothing-to-do", ["grow", "llama", "-o", "new-out"], "nothing to do"),
     ("grow-noise-nan", ["grow", "llama", "-o", "new-out", "--width", "2", "--noise", "nan"], "--noise nan"),
@@ -97,31 +120,105 @@ CASES = [
     ("whiten-fit-missing-corpus", ["whiten", "fit", "--corpus", "nowhere.txt", "-o", "w2.safetensors"], "nowhere.txt"),
     ("whiten-fit-empty-corpus", ["whiten", "fit", "--corpus", "empty.txt", "-o", "w2.safetensors"], "empty.txt"),
     ("whiten-fit-binary-corpus", ["whiten", "fit", "--corpus", "binary.bin", "-o", "w2.safetensors"], "binary.bin"),
-    ("whiten-fit-k-0", ["whiten", "fit", "--corpus", "sentences.txt", "-k", "0", "-o", "w2.safetensors"], "n_components=0"),
-    ("whiten-fit-shrinkage", ["whiten", "fit", "--corpus", "sentences.txt", "--shrinkage", "2", "-o", "w2.safetensors"], "shrinkage"),
-    ("whiten-fit-out-folder-missing", ["whiten", "fit", "--corpus", "sentences.txt", "-o", "nowhere/w.safetensors"], "nowhere"),
-    ("whiten-fit-batch-0", ["whiten", "fit", "--corpus", "sentences.txt", "--batch-size", "0", "-o", "w2.safetensors"], "--batch-size"),
+    (
+        "whiten-fit-k-0",
+        ["whiten", "fit", "--corpus", "sentences.txt", "-k", "0", "-o", "w2.safetensors"],
+        "n_components=0",
+    ),
+    (
+        "whiten-fit-shrinkage",
+        ["whiten", "fit", "--corpus", "sentences.txt", "--shrinkage", "2", "-o", "w2.safetensors"],
+        "shrinkage",
+    ),
+    (
+        "whiten-fit-out-folder-missing",
+        ["whiten", "fit", "--corpus", "sentences.txt", "-o", "nowhere/w.safetensors"],
+        "nowhere",
+    ),
+    (
+        "whiten-fit-batch-0",
+        ["whiten", "fit", "--corpus", "sentences.txt", "--batch-size", "0", "-o", "w2.safetensors"],
+        "--batch-size",
+    ),
     ("whiten-eval-missing-file", ["whiten", "eval", "--whitening", "nowhere.safetensors"], "nowhere.safetensors"),
-    ("whiten-eval-json-file", ["whiten", "eval", "--whitening", "fake.safetensors"], "fake.safetensors is not a kexue whitening file"),
-    ("whiten-eval-empty-file", ["whiten", "eval", "--whitening", "other.safetensors"], "other.safetensors is not a kexue whitening file"),
-    ("whiten-eval-truncated", ["whiten", "eval", "--whitening", "truncated.safetensors"], "truncated.safetensors is not a kexue whitening file"),
+    (
+        "whiten-eval-json-file",
+        ["whiten", "eval", "--whitening", "fake.safetensors"],
+        "fake.safetensors is not a kexue whitening file",
+    ),
+    (
+        "whiten-eval-empty-file",
+        ["whiten", "eval", "--whitening", "other.safetensors"],
+        "other.safetensors is not a kexue whitening file",
+    ),
+    (
+        "whiten-eval-truncated",
+        ["whiten", "eval", "--whitening", "truncated.safetensors"],
+        "truncated.safetensors is not a kexue whitening file",
+    ),
     ("whiten-eval-binary", ["whiten", "eval", "--whitening", "binary.bin"], "binary.bin is not a kexue whitening file"),
     ("whiten-eval-unknown-task", ["whiten", "eval", "--tasks", "STS99"], "unknown task 'STS99'"),
     ("whiten-eval-bad-pooling", ["whiten", "eval", "--pooling", "max"], "max"),
     # kexue train-embedder
     ("train-missing-pairs", ["train-embedder", "--pairs", "nowhere.tsv", "-o", "new-out", "--no-eval"], "nowhere.tsv"),
-    ("train-empty-sentences", ["train-embedder", "--sentences", "empty.txt", "-o", "new-out", "--no-eval"], "empty.txt"),
-    ("train-blank-sentences", ["train-embedder", "--sentences", "blank.txt", "-o", "new-out", "--no-eval"], "blank.txt"),
+    (
+        "train-empty-sentences",
+        ["train-embedder", "--sentences", "empty.txt", "-o", "new-out", "--no-eval"],
+        "empty.txt",
+    ),
+    (
+        "train-blank-sentences",
+        ["train-embedder", "--sentences", "blank.txt", "-o", "new-out", "--no-eval"],
+        "blank.txt",
+    ),
     ("train-one-sentence", ["train-embedder", "--sentences", "one.txt", "-o", "new-out", "--no-eval"], "at least 2"),
-    ("train-binary-sentences", ["train-embedder", "--sentences", "binary.bin", "-o", "new-out", "--no-eval"], "binary.bin"),
-    ("train-pairs-without-tabs", ["train-embedder", "--pairs", "notab.tsv", "-o", "new-out", "--no-eval"], "notab.tsv line 1"),
-    ("train-micro-above-batch", ["train-embedder", "--pairs", "pairs.tsv", "-o", "new-out", "--batch-size", "4",
-                                 "--micro-batch-size", "8", "--no-eval"], "micro_batch_size=8 must not exceed batch_size=4"),
-    ("train-lr-negative", ["train-embedder", "--pairs", "pairs.tsv", "-o", "new-out", "--lr", "-1", "--no-eval"], "lr=-1"),
-    ("train-warmup-1", ["train-embedder", "--pairs", "pairs.tsv", "-o", "new-out", "--warmup", "1", "--no-eval"], "warmup"),
+    (
+        "train-binary-sentences",
+        ["train-embedder", "--sentences", "binary.bin", "-o", "new-out", "--no-eval"],
+        "binary.bin",
+    ),
+    (
+        "train-pairs-without-tabs",
+        ["train-embedder", "--pairs", "notab.tsv", "-o", "new-out", "--no-eval"],
+        "notab.tsv line 1",
+    ),
+    (
+        "train-micro-above-batch",
+        [
+            "train-embedder",
+            "--pairs",
+            "pairs.tsv",
+            "-o",
+            "new-out",
+            "--batch-size",
+            "4",
+            "--micro-batch-size",
+            "8",
+            "--no-eval",
+        ],
+        "micro_batch_size=8 must not exceed batch_size=4",
+    ),
+    (
+        "train-lr-negative",
+        ["train-embedder", "--pairs", "pairs.tsv", "-o", "new-out", "--lr", "-1", "--no-eval"],
+        "lr=-1",
+    ),
+    (
+        "train-warmup-1",
+        ["train-embedder", "--pairs", "pairs.tsv", "-o", "new-out", "--warmup", "1", "--no-eval"],
+        "warmup",
+    ),
     ("train-out-is-a-file", ["train-embedder", "--pairs", "pairs.tsv", "-o", "a-file", "--no-eval"], "a-file"),
-    ("train-model-missing", ["train-embedder", "--pairs", "pairs.tsv", "-o", "new-out", "--model", "nowhere", "--no-eval"], "nowhere"),
-    ("train-data-missing", ["train-embedder", "--pairs", "pairs.tsv", "-o", "new-out", "--data", "nowhere"], "--data nowhere"),
+    (
+        "train-model-missing",
+        ["train-embedder", "--pairs", "pairs.tsv", "-o", "new-out", "--model", "nowhere", "--no-eval"],
+        "nowhere",
+    ),
+    (
+        "train-data-missing",
+        ["train-embedder", "--pairs", "pairs.tsv", "-o", "new-out", "--data", "nowhere"],
+        "--data nowhere",
+    ),
     # kexue repetition
     ("repetition-analyze-missing", ["repetition", "analyze", "nowhere.txt"], "nowhere.txt"),
     ("repetition-analyze-empty", ["repetition", "analyze", "empty.txt"], "empty.txt"),
@@ -140,9 +237,9 @@ def _tree(root: Path) -> dict[str, tuple[int, int]]:
 
 
 @pytest.mark.parametrize(("argv", "fragment"), [pytest.param(a, f, id=i) for i, a, f in CASES])
-def test_bad_input_exits_2_with_one_line_and_leaves_nothing(inputs: Path, argv: list[str], fragment: str,
-                                                           monkeypatch: pytest.MonkeyPatch,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_exits_2_with_one_line_and_leaves_nothing(
+    inputs: Path, argv: list[str], fragment: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(inputs)
     monkeypatch.setenv("KEXUE_DATA", str(Path(__file__).resolve().parents[3] / "shared" / "data"))
     before = _tree(inputs)

@@ -31,12 +31,26 @@ def test_bench_json_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     payload = json.loads((tmp_path / "bench.json").read_text())
     assert set(payload) >= {"machine", "cases", "ratios"}
     assert payload["machine"]["torch"] and payload["machine"]["device"] == "cpu"
-    assert [(c["technique"], c["case"], c["impl"]) for c in payload["cases"]] == [("orthogonal", "tiny", "kexue"), ("orthogonal", "tiny", "peer")]
+    assert [(c["technique"], c["case"], c["impl"]) for c in payload["cases"]] == [
+        ("orthogonal", "tiny", "kexue"),
+        ("orthogonal", "tiny", "peer"),
+    ]
     assert all(c["median_s"] >= 0 and len(c["times_s"]) == 2 for c in payload["cases"])
-    assert payload["ratios"] == [{"id": "orthogonal.fake_ratio", "value": 6.0, "target": 5.0, "higher_is_better": True, "met": True, "description": "fake"}]
+    assert payload["ratios"] == [
+        {
+            "id": "orthogonal.fake_ratio",
+            "value": 6.0,
+            "target": 5.0,
+            "higher_is_better": True,
+            "met": True,
+            "description": "fake",
+        }
+    ]
 
 
-def test_missed_target_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missed_target_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     _fake_bench(monkeypatch, ratio=2.0)
     assert main(["bench", "orthogonal", "--out", str(tmp_path), "--repeats", "1"]) == 1
     assert "targets missed: orthogonal.fake_ratio" in capsys.readouterr().err
@@ -47,16 +61,27 @@ def test_orthogonal_benchmark_quick(tmp_path: Path) -> None:
     code = main(["bench", "orthogonal", "--quick", "--repeats", "1", "--out", str(tmp_path)])
     payload = json.loads((tmp_path / "bench.json").read_text())
     ids = [r["id"] for r in payload["ratios"]]
-    assert ids == ["orthogonal.apply_vs_matmul", "orthogonal.apply_vs_clone", "orthogonal.apply_vs_hugepage_clone", "orthogonal.apply_vs_copy"]
+    assert ids == [
+        "orthogonal.apply_vs_matmul",
+        "orthogonal.apply_vs_clone",
+        "orthogonal.apply_vs_hugepage_clone",
+        "orthogonal.apply_vs_copy",
+    ]
     impls = {c["impl"] for c in payload["cases"]}
-    assert {"dense T + matmul (reflection)", "floor: x.clone()", "floor: buf.copy_(x)", "kexue apply out= (reflection)"} <= impls
+    assert {
+        "dense T + matmul (reflection)",
+        "floor: x.clone()",
+        "floor: buf.copy_(x)",
+        "kexue apply out= (reflection)",
+    } <= impls
     matmul = payload["ratios"][0]
     assert matmul["target"] == 5.0 and matmul["higher_is_better"] is True
     assert code == (0 if matmul["met"] else 1)
 
 
-def test_case_needing_a_missing_extra_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_case_needing_a_missing_extra_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     suite = BenchSuite("orthogonal")
 
     @suite.case

@@ -12,7 +12,9 @@ from kexue.cli import main
 
 def test_grow_gpt2_width_and_depth(tmp_path, capsys) -> None:
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=4, n_positions=32)).save_pretrained(tmp_path / "small")
+    GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=4, n_positions=32)).save_pretrained(
+        tmp_path / "small"
+    )
     assert main(["grow", str(tmp_path / "small"), "-o", str(tmp_path / "large"), "--width", "2", "--depth", "2"]) == 0
     report = json.loads((tmp_path / "large" / "growth_parity.json").read_text())
     assert report["float64"]["max_abs"] <= 1e-10 and report["float32"]["max_rel"] <= 1e-4
@@ -27,8 +29,16 @@ def test_grow_llama_ffn_and_noise(tmp_path, capsys) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=2)).save_pretrained(tmp_path / "small")
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=24,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).save_pretrained(tmp_path / "small")
     out = tmp_path / "large"
     assert main(["grow", str(tmp_path / "small"), "-o", str(out), "--ffn", "40", "--noise", "1.0"]) == 0
     report = json.loads((out / "growth_parity.json").read_text())
@@ -47,8 +57,16 @@ def test_grow_prints_the_planned_size_before_writing(tmp_path, capsys, monkeypat
 
     from kexue.growth import checkpoint
 
-    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=2)).save_pretrained(tmp_path / "small")
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=24,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).save_pretrained(tmp_path / "small")
     large = checkpoint.plan_checkpoint(tmp_path / "small", width=2)["large"]
     assert main(["grow", str(tmp_path / "small"), "-o", str(tmp_path / "dry"), "--width", "2", "--dry-run"]) == 0
     out, err = capsys.readouterr()
@@ -57,7 +75,9 @@ def test_grow_prints_the_planned_size_before_writing(tmp_path, capsys, monkeypat
 
     seen = []
     real_write = checkpoint._write
-    monkeypatch.setattr(checkpoint, "_write", lambda *a, **k: (seen.append(capsys.readouterr().err), real_write(*a, **k))[1])
+    monkeypatch.setattr(
+        checkpoint, "_write", lambda *a, **k: (seen.append(capsys.readouterr().err), real_write(*a, **k))[1]
+    )
     assert main(["grow", str(tmp_path / "small"), "-o", str(tmp_path / "large"), "--width", "2"]) == 0
     # printed once the checkpoint loaded (a bad one gives its one error line alone), before anything was written
     assert seen and f"-> {large['parameters']:,} parameters" in seen[0]

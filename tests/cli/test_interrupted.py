@@ -25,13 +25,21 @@ from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 
-SENTENCES = [f"sentence {i} about {w}" for i, w in enumerate(["cats", "dogs", "the sea", "music", "rain", "trains"] * 4)]
+SENTENCES = [
+    f"sentence {i} about {w}" for i, w in enumerate(["cats", "dogs", "the sea", "music", "rain", "trains"] * 4)
+]
 
 
 def _kexue(*argv: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "kexue", *argv], cwd=cwd, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "kexue", *argv],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _kill_after(proc: subprocess.Popen, seconds: float) -> bool:
@@ -50,11 +58,29 @@ def _finish(proc: subprocess.Popen) -> None:
     assert proc.returncode == 0, err[-3000:]
 
 
-def test_train_embedder_killed_and_resumed_equals_an_uninterrupted_run(tiny_sentence_model: str, tmp_path: Path) -> None:
+def test_train_embedder_killed_and_resumed_equals_an_uninterrupted_run(
+    tiny_sentence_model: str, tmp_path: Path
+) -> None:
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text("\n".join(f"{s}\t{s.replace('about', 'on')}" for s in SENTENCES) + "\n")
-    args = ["train-embedder", "--pairs", str(pairs), "--model", tiny_sentence_model, "--batch-size", "8",
-            "--micro-batch-size", "3", "--epochs", "12", "--lr", "1e-3", "--checkpoint-every", "1", "--no-eval"]
+    args = [
+        "train-embedder",
+        "--pairs",
+        str(pairs),
+        "--model",
+        tiny_sentence_model,
+        "--batch-size",
+        "8",
+        "--micro-batch-size",
+        "3",
+        "--epochs",
+        "12",
+        "--lr",
+        "1e-3",
+        "--checkpoint-every",
+        "1",
+        "--no-eval",
+    ]
     start = time.perf_counter()
     _finish(_kexue(*args, "-o", str(tmp_path / "whole"), cwd=tmp_path))
     whole_seconds = time.perf_counter() - start
@@ -93,8 +119,15 @@ def test_grow_killed_leaves_no_or_a_complete_checkpoint(tmp_path: Path) -> None:
     import transformers
 
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = transformers.LlamaConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "small")
 
     def valid(out: Path) -> bool:
@@ -102,8 +135,12 @@ def test_grow_killed_leaves_no_or_a_complete_checkpoint(tmp_path: Path) -> None:
         grown = transformers.LlamaForCausalLM.from_pretrained(out)
         return report["depth"] == 2 and grown.config.hidden_size == 128 and grown.config.num_hidden_layers == 8
 
-    _killed_outputs_are_absent_or_valid(lambda out: ["grow", str(tmp_path / "small"), "-o", str(out), "--width", "2", "--depth", "2"],
-                                        valid, tmp_path, seed=19)
+    _killed_outputs_are_absent_or_valid(
+        lambda out: ["grow", str(tmp_path / "small"), "-o", str(out), "--width", "2", "--depth", "2"],
+        valid,
+        tmp_path,
+        seed=19,
+    )
 
 
 def test_whiten_fit_killed_leaves_no_or_a_complete_file(tmp_path: Path) -> None:
@@ -115,5 +152,6 @@ def test_whiten_fit_killed_leaves_no_or_a_complete_file(tmp_path: Path) -> None:
     def valid(out: Path) -> bool:
         return Whitening.load(out).n_samples_seen_ == len(SENTENCES) * 20
 
-    _killed_outputs_are_absent_or_valid(lambda out: ["whiten", "fit", "--corpus", str(corpus), "-k", "16", "-o", str(out)],
-                                        valid, tmp_path, seed=23)
+    _killed_outputs_are_absent_or_valid(
+        lambda out: ["whiten", "fit", "--corpus", str(corpus), "-k", "16", "-o", str(out)], valid, tmp_path, seed=23
+    )

@@ -44,7 +44,10 @@ def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) 
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["reproduce", "householder"], "kexue reproduce: error: unknown technique 'householder'; choose from: orthogonal"),
+        (
+            ["reproduce", "householder"],
+            "kexue reproduce: error: unknown technique 'householder'; choose from: orthogonal",
+        ),
         (["bench", "householder"], "kexue bench: error: unknown technique 'householder'"),
         (["reproduce", "--bogus"], "kexue reproduce: error: unrecognized arguments: --bogus"),
         (["frobnicate"], "kexue frobnicate: error: argument COMMAND: invalid choice: 'frobnicate'"),

@@ -44,7 +44,9 @@ def test_report_html_embeds_figures(reproduced: tuple[int, Path]) -> None:
     assert "orthogonal.near_degenerate.rotation_kexue_float32" in page.replace("<wbr>", "")
 
 
-def test_json_flag_prints_the_results(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_json_flag_prints_the_results(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     _fake_suite(monkeypatch, passed=True)
     assert main(["reproduce", "orthogonal", "--json", "--out", str(tmp_path)]) == 0
     printed = json.loads(capsys.readouterr().out)
@@ -52,7 +54,9 @@ def test_json_flag_prints_the_results(tmp_path: Path, capsys: pytest.CaptureFixt
     assert [c["id"] for c in printed["claims"]] == ["orthogonal.fake.claim"]
 
 
-def test_failed_claim_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_failed_claim_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     _fake_suite(monkeypatch, passed=False)
     assert main(["reproduce", "orthogonal", "--out", str(tmp_path)]) == 1
     payload = json.loads((tmp_path / "results.json").read_text())
@@ -65,7 +69,14 @@ def _fake_suite(monkeypatch: pytest.MonkeyPatch, *, passed: bool) -> None:
 
     @suite.check
     def fake(ctx: ClaimContext) -> None:
-        ctx.claim("fake.claim", "a statement", article_value=1.0, measured=1.0 if passed else 2.0, tolerance=0.0, passed=passed)
+        ctx.claim(
+            "fake.claim",
+            "a statement",
+            article_value=1.0,
+            measured=1.0 if passed else 2.0,
+            tolerance=0.0,
+            passed=passed,
+        )
 
     monkeypatch.setattr(registry, "load", lambda table, technique: suite)
 
@@ -93,8 +104,9 @@ def _data_suite(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(registry, "load", lambda table, technique: suite)
 
 
-def test_missing_data_and_extras_are_skipped_not_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_data_and_extras_are_skipped_not_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     _data_suite(monkeypatch)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("KEXUE_DATA", raising=False)
@@ -151,7 +163,9 @@ def test_bench_option_links_bench_html(tmp_path: Path, monkeypatch: pytest.Monke
     assert main(["reproduce", "orthogonal", "--bench", str(bench), "--out", str(tmp_path / "out")]) == 0
     page = (tmp_path / "out" / "report.html").read_text()
     assert "href='../runs%20%232/bench.html'" in page  # relative to the report, URL-quoted
-    assert main(["reproduce", "orthogonal", "--bench", str(tmp_path), "--out", str(tmp_path / "out")]) == 2  # no bench.html there
+    assert (
+        main(["reproduce", "orthogonal", "--bench", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    )  # no bench.html there
 
 
 def test_no_cache_is_set_for_the_run_only(tmp_path, monkeypatch) -> None:

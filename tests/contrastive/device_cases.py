@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from device_contract import Entry, Setting, build
 from torch import nn
 
+from device_contract import Entry, Setting, build
 from kexue.contrastive import InfoNCE, cached_backward, info_nce, info_nce_tiled
 from kexue.contrastive.reference import info_nce_reference
 
@@ -28,10 +28,16 @@ def _half(dtype: torch.dtype) -> torch.dtype:
 
 # --- the losses ------------------------------------------------------------------------------------
 
+
 def _pairs(dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     q = torch.randn(N, D, generator=g, dtype=torch.float64)
-    d = torch.cat([q + 1.5 * torch.randn(N, D, generator=g, dtype=torch.float64), torch.randn(M - N, D, generator=g, dtype=torch.float64)])
+    d = torch.cat(
+        [
+            q + 1.5 * torch.randn(N, D, generator=g, dtype=torch.float64),
+            torch.randn(M - N, D, generator=g, dtype=torch.float64),
+        ]
+    )
     return q.to(device, dtype), d.to(device, dtype)
 
 
@@ -72,10 +78,15 @@ def _loss_dtype(setting: Setting) -> torch.dtype:
 
 # --- the cached step ---------------------------------------------------------------------------------
 
+
 def _weights() -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    return [torch.randn(16, WIDTH, generator=g, dtype=torch.float64) / WIDTH**0.5, 0.1 * torch.randn(16, generator=g, dtype=torch.float64),
-            torch.randn(WIDTH, 16, generator=g, dtype=torch.float64) / 4, 0.1 * torch.randn(WIDTH, generator=g, dtype=torch.float64)]
+    return [
+        torch.randn(16, WIDTH, generator=g, dtype=torch.float64) / WIDTH**0.5,
+        0.1 * torch.randn(16, generator=g, dtype=torch.float64),
+        torch.randn(WIDTH, 16, generator=g, dtype=torch.float64) / 4,
+        0.1 * torch.randn(WIDTH, generator=g, dtype=torch.float64),
+    ]
 
 
 def _encoder(dtype: torch.dtype, device: str) -> nn.Module:
@@ -88,7 +99,9 @@ def _encoder(dtype: torch.dtype, device: str) -> nn.Module:
 def _views(dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(2)
     x = torch.randn(BATCH, WIDTH, generator=g, dtype=torch.float64)
-    return x.to(device, dtype), (x + 0.3 * torch.randn(BATCH, WIDTH, generator=g, dtype=torch.float64)).to(device, dtype)
+    return x.to(device, dtype), (x + 0.3 * torch.randn(BATCH, WIDTH, generator=g, dtype=torch.float64)).to(
+        device, dtype
+    )
 
 
 def _made(dtype: torch.dtype, device: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -163,7 +176,7 @@ ENTRIES = [
         out_dtype=_loss_dtype,
         tolerance={torch.float32: 4e-6},
         why="float32: the streamed value is LSE − s, whose absolute error is about 1/τ · eps per row (1/τ = 20 here); "
-            "the plain yardstick's log_softmax subtracts first. Measured 6.8e-7 for a loss of 0.52",
+        "the plain yardstick's log_softmax subtracts first. Measured 6.8e-7 for a loss of 0.52",
     ),
     Entry(
         name="kexue.contrastive.InfoNCE",

@@ -29,7 +29,9 @@ def test_cached_step_matches_sentence_transformers_cached_mnrl() -> None:
 def test_relative_difference_counts_a_mismatch_as_infinite() -> None:
     a = [torch.ones(3)]
     assert benchmark._relative_difference(a, a + [torch.ones(1)]) == float("inf")
-    assert benchmark._relative_difference([torch.tensor([1.0, 2.0])], [torch.tensor([1.0, 1.0])]) == pytest.approx(2 ** -0.5)
+    assert benchmark._relative_difference([torch.tensor([1.0, 2.0])], [torch.tensor([1.0, 1.0])]) == pytest.approx(
+        2**-0.5
+    )
 
 
 @pytest.mark.slow
@@ -38,10 +40,19 @@ def test_quick_benchmark_meets_its_targets() -> None:
     for case in benchmark.BENCH.cases:
         case(bench)
     ratios = {r.id: r for r in bench.ratios}
-    assert set(ratios) == {"contrastive.step_vs_plain", "contrastive.speed_vs_st", "contrastive.grad_vs_st",
-                           "contrastive.memory_vs_plain_micro", "contrastive.tiled_memory_fraction",
-                           "contrastive.tiled_vs_dense_error", "contrastive.trainer_vs_st", "contrastive.token_budget_speedup"}
-    assert ratios["contrastive.trainer_vs_st"].target == 1.1 and ratios["contrastive.token_budget_speedup"].target == 1.2
+    assert set(ratios) == {
+        "contrastive.step_vs_plain",
+        "contrastive.speed_vs_st",
+        "contrastive.grad_vs_st",
+        "contrastive.memory_vs_plain_micro",
+        "contrastive.tiled_memory_fraction",
+        "contrastive.tiled_vs_dense_error",
+        "contrastive.trainer_vs_st",
+        "contrastive.token_budget_speedup",
+    }
+    assert (
+        ratios["contrastive.trainer_vs_st"].target == 1.1 and ratios["contrastive.token_budget_speedup"].target == 1.2
+    )
     for judged in ("grad_vs_st", "tiled_memory_fraction", "tiled_vs_dense_error", "memory_vs_plain_micro"):
         assert ratios[f"contrastive.{judged}"].met, judged
 

@@ -80,7 +80,10 @@ def test_dict_batches_and_sentence_transformers_style_output() -> None:
     batch["attention_mask"][:, 0] = 1
     loss_fn = InfoNCE(0.2).double()
     torch.manual_seed(4)
-    views = [torch.cat([encoder({k: v[i : i + 5] for k, v in batch.items()})["sentence_embedding"] for i in range(0, 12, 5)]) for _ in range(2)]
+    views = [
+        torch.cat([encoder({k: v[i : i + 5] for k, v in batch.items()})["sentence_embedding"] for i in range(0, 12, 5)])
+        for _ in range(2)
+    ]
     loss_fn(*views).backward()
     ref = _grads(encoder)
     encoder.zero_grad()
@@ -146,7 +149,9 @@ def test_non_finite_embeddings_and_loss_are_errors() -> None:
         cached_backward(nn.Identity(), [huge, huge], lambda a, b: info_nce(a, b, similarity="dot"), micro_batch_size=2)
 
 
-def _autocast_full_batch(encoder: nn.Module, loss_fn: InfoNCE, x: torch.Tensor, micro: int, *, one_region: bool) -> list[torch.Tensor]:
+def _autocast_full_batch(
+    encoder: nn.Module, loss_fn: InfoNCE, x: torch.Tensor, micro: int, *, one_region: bool
+) -> list[torch.Tensor]:
     """The full batch in one graph under bfloat16 CPU autocast: each micro-batch in its own autocast region (as
     the cached step runs them) or all in one region."""
     encoder.zero_grad(set_to_none=True)
@@ -213,4 +218,6 @@ def test_plain_function_encoder_with_dropout_equals_the_full_batch() -> None:
 
 def test_autocast_rejects_other_dtypes() -> None:
     with pytest.raises(ValueError, match="autocast"):
-        cached_backward(nn.Linear(2, 2), [torch.randn(4, 2)] * 2, InfoNCE(0.1), micro_batch_size=2, autocast=torch.float64)
+        cached_backward(
+            nn.Linear(2, 2), [torch.randn(4, 2)] * 2, InfoNCE(0.1), micro_batch_size=2, autocast=torch.float64
+        )

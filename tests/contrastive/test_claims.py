@@ -5,9 +5,17 @@ from __future__ import annotations
 from kexue.contrastive.claims import SUITE
 from kexue.report.claims import ClaimContext
 
-IDS = {f"contrastive.{name}.{dt}" for name in ("cached_equals_full", "naive_accumulation_gap", "no_replay_gap") for dt in ("float32", "float64")} | {
-    "contrastive.surrogate_is_not_the_loss", "contrastive.gradient_identity", "contrastive.tiled_equals_dense", "contrastive.time_split",
-    "contrastive.two_process_gloo", "contrastive.fine_tune_stsb",
+IDS = {
+    f"contrastive.{name}.{dt}"
+    for name in ("cached_equals_full", "naive_accumulation_gap", "no_replay_gap")
+    for dt in ("float32", "float64")
+} | {
+    "contrastive.surrogate_is_not_the_loss",
+    "contrastive.gradient_identity",
+    "contrastive.tiled_equals_dense",
+    "contrastive.time_split",
+    "contrastive.two_process_gloo",
+    "contrastive.fine_tune_stsb",
 }
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed as dist
-from device_contract import count_host_syncs
 from torch import nn
 
+from device_contract import count_host_syncs
 from kexue import _device
 from kexue.contrastive import distributed
 from kexue.contrastive.cached import _autocast, cached_backward, encoder_devices, replayed_devices
@@ -43,7 +43,7 @@ class FakeAccelerator:
         self.counters[device.index] = int(state[0])
 
 
-@pytest.fixture()
+@pytest.fixture
 def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> FakeAccelerator:
     fake = FakeAccelerator()
     original = torch.get_device_module
@@ -85,7 +85,9 @@ def test_the_replay_saves_and_restores_the_accelerator_generator(fake_cuda: Fake
     assert not torch.allclose(weight.grad, reference, rtol=1e-3, atol=0)
 
 
-def test_devices_come_from_parameters_and_batch_or_every_cuda_device_for_functions(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_devices_come_from_parameters_and_batch_or_every_cuda_device_for_functions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     module = nn.Linear(3, 3, device="meta")
     assert encoder_devices([module], [torch.zeros(2, 3)]) == [torch.device("cpu"), torch.device("meta")]
     assert encoder_devices([len], [["a", "b"]]) == []
@@ -98,8 +100,9 @@ def test_devices_come_from_parameters_and_batch_or_every_cuda_device_for_functio
     assert replayed_devices([module], [torch.device("meta")]) == [torch.device("meta")]
 
 
-@pytest.mark.parametrize("devices,match", [("cuda", "list of devices"), ([1.5], "torch.device, str or int"),
-                                           (["gpu7"], "not a device")])
+@pytest.mark.parametrize(
+    "devices,match", [("cuda", "list of devices"), ([1.5], "torch.device, str or int"), (["gpu7"], "not a device")]
+)
 def test_devices_argument_errors(devices: object, match: str) -> None:
     x = torch.randn(4, 3)
     with pytest.raises((TypeError, ValueError), match=match):
@@ -181,7 +184,9 @@ def _step(micro: int, validate: bool) -> list[str]:
     encoder = nn.Sequential(nn.Linear(6, 16), nn.Dropout(0.1), nn.Tanh(), nn.Linear(16, 8))
     x = torch.randn(24, 6)
     with count_host_syncs() as syncs:
-        cached_backward(encoder, [x, x + 0.1], InfoNCE(0.1, validate=validate), micro_batch_size=micro, validate=validate)
+        cached_backward(
+            encoder, [x, x + 0.1], InfoNCE(0.1, validate=validate), micro_batch_size=micro, validate=validate
+        )
     return list(syncs)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from device_contract import cuda_sync_errors
 from torch import nn
 
+from device_contract import cuda_sync_errors
 from kexue._device import load_rng_state_dict, rng_state_dict
 from kexue.contrastive.cached import cached_backward
 from kexue.contrastive.losses import InfoNCE
@@ -24,7 +24,9 @@ def _grads(module: nn.Module) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for p in module.parameters()])
 
 
-def _full_batch(encoder: nn.Module, loss_fn: nn.Module, x: torch.Tensor, micro: int, seed: int, amp: bool = False) -> torch.Tensor:
+def _full_batch(
+    encoder: nn.Module, loss_fn: nn.Module, x: torch.Tensor, micro: int, seed: int, amp: bool = False
+) -> torch.Tensor:
     """One graph over the micro-batches in the cached step's order (so the same CUDA dropout masks)."""
     encoder.zero_grad(set_to_none=True)
     torch.manual_seed(seed)

@@ -22,7 +22,11 @@ def test_dense_matches_definition_with_general_targets(similarity: str, symmetri
     multi[torch.arange(12), torch.arange(12)] = 0.5
     multi[torch.arange(12), (torch.arange(12) + 1) % 12] = 0.5  # two positives per row
     index = torch.randint(0, 17, (12,), generator=torch.Generator().manual_seed(1))
-    for targets, dense in ((None, torch.eye(12, 17, dtype=torch.float64)), (index, torch.nn.functional.one_hot(index, 17)), (multi, multi)):
+    for targets, dense in (
+        (None, torch.eye(12, 17, dtype=torch.float64)),
+        (index, torch.nn.functional.one_hot(index, 17)),
+        (multi, multi),
+    ):
         got = info_nce(q, d, targets, scale=7.0, similarity=similarity, symmetric=symmetric)
         want = info_nce_reference(q, d, dense, scale=7.0, similarity=similarity, symmetric=symmetric)
         assert float(got) == pytest.approx(float(want), abs=1e-12)
@@ -44,7 +48,9 @@ def test_tiled_gradcheck() -> None:
     q, d = (t.requires_grad_() for t in _data(7, 9, 3))
     scale = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
     index = torch.tensor([0, 3, 2, 8, 4, 5, 1])
-    assert torch.autograd.gradcheck(lambda a, b, s: info_nce_tiled(a, b, index, scale=s, similarity="dot", tile=4), (q, d, scale))
+    assert torch.autograd.gradcheck(
+        lambda a, b, s: info_nce_tiled(a, b, index, scale=s, similarity="dot", tile=4), (q, d, scale)
+    )
 
 
 def test_tiled_float32_does_not_materialise_the_matrix() -> None:

@@ -7,14 +7,16 @@ import pytest
 import torch
 
 pytest.importorskip("sentence_transformers")
-from sentence_transformers import SentenceTransformer  # noqa: E402
-from sentence_transformers.sentence_transformer import losses as st_losses  # noqa: E402
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer import losses as st_losses
 
-from kexue.contrastive.st_loss import CachedContrastiveLoss, plan_micro_batches  # noqa: E402
-from kexue.contrastive.verify import parameter_group, verify_cached_gradients  # noqa: E402
+from kexue.contrastive.st_loss import CachedContrastiveLoss, plan_micro_batches
+from kexue.contrastive.verify import parameter_group, verify_cached_gradients
 
-WORDS = ("the cat sat on a mat while dogs ran far away under bright summer skies and cold rain fell on the old town "
-         "as people walked home").split()
+WORDS = (
+    "the cat sat on a mat while dogs ran far away under bright summer skies and cold rain fell on the old town "
+    "as people walked home"
+).split()
 
 
 def _columns(n: int, count: int, seed: int = 0) -> list[list[str]]:
@@ -28,7 +30,7 @@ def _columns(n: int, count: int, seed: int = 0) -> list[list[str]]:
     return [[sentence() for _ in range(n)] for _ in range(count)]
 
 
-@pytest.fixture()
+@pytest.fixture
 def model(tiny_sentence_model: str) -> SentenceTransformer:
     st = SentenceTransformer(tiny_sentence_model, device="cpu")
     st.max_seq_length = 24
@@ -77,8 +79,10 @@ def test_symmetric_and_dot_equal_the_peer(model) -> None:
     assert ours[0] == pytest.approx(peer[0], rel=1e-6) and _rel(ours[1], peer[1]) <= 1e-5
 
 
-@pytest.mark.parametrize("options", [{}, {"learnable_scale": True}, {"tiled": True, "tile": 5},
-                                     {"symmetric": True, "micro_batch_tokens": 50}])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"learnable_scale": True}, {"tiled": True, "tile": 5}, {"symmetric": True, "micro_batch_tokens": 50}],
+)
 def test_with_dropout_the_gradient_is_the_full_batch_one(model, options: dict) -> None:
     model.train()  # dropout on: replayed masks make the cached gradient the full-batch one
     columns = _columns(12, 3, seed=2)
@@ -96,7 +100,9 @@ def test_with_dropout_the_gradient_is_the_full_batch_one(model, options: dict) -
 
 def test_without_rng_replay_dropout_breaks_exactness(model) -> None:
     model.train()
-    check = verify_cached_gradients(model, _columns(12, 2, seed=3), CachedContrastiveLoss(model, micro_batch_size=4, replay_rng=False))
+    check = verify_cached_gradients(
+        model, _columns(12, 2, seed=3), CachedContrastiveLoss(model, micro_batch_size=4, replay_rng=False)
+    )
     assert not check.passed and check.max_error > 1e-2  # the article's admitted limit, which replay removes
 
 
@@ -115,8 +121,9 @@ def test_verify_on_an_embedding_loss_and_plain_encoder() -> None:
     torch.manual_seed(0)
     encoder = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Dropout(0.2), torch.nn.Linear(16, 8)).double()
     x = torch.randn(20, 6, dtype=torch.float64)
-    check = verify_cached_gradients(encoder, [x, x + 0.1], InfoNCE(0.1, learnable=True).double(), micro_batch_size=3,
-                                    tolerance=1e-12)
+    check = verify_cached_gradients(
+        encoder, [x, x + 0.1], InfoNCE(0.1, learnable=True).double(), micro_batch_size=3, tolerance=1e-12
+    )
     assert check.passed and set(check.errors) == {"0", "2", "loss"} and check.micro_batches == 14
     with pytest.raises(ValueError, match="micro_batch_size is required"):
         verify_cached_gradients(encoder, [x, x], InfoNCE(0.1))
@@ -132,10 +139,20 @@ def test_matryoshka_composes(model) -> None:
     model.eval()
     columns = _columns(10, 2, seed=4)
     dims = [32, 16, 8]
-    ours = _gradient(model, st_losses.MatryoshkaLoss(model, CachedContrastiveLoss(model, micro_batch_size=3), dims,
-                                                     matryoshka_weights=[1.0, 0.5, 0.25]), columns)
-    peer = _gradient(model, st_losses.MatryoshkaLoss(model, st_losses.MultipleNegativesRankingLoss(model), dims,
-                                                     matryoshka_weights=[1.0, 0.5, 0.25]), columns)
+    ours = _gradient(
+        model,
+        st_losses.MatryoshkaLoss(
+            model, CachedContrastiveLoss(model, micro_batch_size=3), dims, matryoshka_weights=[1.0, 0.5, 0.25]
+        ),
+        columns,
+    )
+    peer = _gradient(
+        model,
+        st_losses.MatryoshkaLoss(
+            model, st_losses.MultipleNegativesRankingLoss(model), dims, matryoshka_weights=[1.0, 0.5, 0.25]
+        ),
+        columns,
+    )
     assert ours[0] == pytest.approx(peer[0], rel=1e-6) and _rel(ours[1], peer[1]) <= 1e-5
 
 
@@ -164,7 +181,9 @@ def test_evaluation_mode_only_computes_the_loss(model) -> None:
         value = loss(_features(model, columns))
     assert value.grad_fn is None and value.dim() == 0
     model.eval()
-    assert float(value) == pytest.approx(_gradient(model, st_losses.MultipleNegativesRankingLoss(model), columns)[0], rel=1e-6)
+    assert float(value) == pytest.approx(
+        _gradient(model, st_losses.MultipleNegativesRankingLoss(model), columns)[0], rel=1e-6
+    )
 
 
 def test_ddp_reduces_once_per_step(model, tmp_path) -> None:
@@ -192,16 +211,22 @@ def test_ddp_reduces_once_per_step(model, tmp_path) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda m: CachedContrastiveLoss(m, micro_batch_size=0), "micro_batch_size=0"),
-    (lambda m: CachedContrastiveLoss(m, micro_batch_tokens=-5), "micro_batch_tokens=-5"),
-    (lambda m: CachedContrastiveLoss(m, scale=0.0), "scale=0.0"),
-    (lambda m: CachedContrastiveLoss(m, sort_by_length="yes"), "sort_by_length='yes'"),
-    (lambda m: CachedContrastiveLoss(m, similarity="l2"), "similarity='l2'"),
-    (lambda m: CachedContrastiveLoss(3), "model must be a SentenceTransformer"),
-    (lambda m: CachedContrastiveLoss(m)([m.preprocess(["one column"])]), "needs an anchor and a positive column"),
-    (lambda m: CachedContrastiveLoss(m, distributed=True)([m.preprocess(["a"]), m.preprocess(["b"])]), "init_process_group"),
-])
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda m: CachedContrastiveLoss(m, micro_batch_size=0), "micro_batch_size=0"),
+        (lambda m: CachedContrastiveLoss(m, micro_batch_tokens=-5), "micro_batch_tokens=-5"),
+        (lambda m: CachedContrastiveLoss(m, scale=0.0), "scale=0.0"),
+        (lambda m: CachedContrastiveLoss(m, sort_by_length="yes"), "sort_by_length='yes'"),
+        (lambda m: CachedContrastiveLoss(m, similarity="l2"), "similarity='l2'"),
+        (lambda m: CachedContrastiveLoss(3), "model must be a SentenceTransformer"),
+        (lambda m: CachedContrastiveLoss(m)([m.preprocess(["one column"])]), "needs an anchor and a positive column"),
+        (
+            lambda m: CachedContrastiveLoss(m, distributed=True)([m.preprocess(["a"]), m.preprocess(["b"])]),
+            "init_process_group",
+        ),
+    ],
+)
 def test_errors_name_the_argument(model, call, match: str) -> None:
     with pytest.raises((ValueError, TypeError), match=match):
         call(model)
@@ -217,9 +242,18 @@ def test_trainer_end_to_end_saves_reloads_and_evaluates(model, tmp_path) -> None
     data = Dataset.from_dict({"anchor": anchors, "positive": positives, "negative": negatives})
     loss = CachedContrastiveLoss(model, micro_batch_size=4, learnable_scale=True)
     before = float(loss.info_nce.log_scale)
-    args = SentenceTransformerTrainingArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=16, max_steps=4,
-                                                learning_rate=1e-3, report_to=[], save_strategy="no", logging_steps=1,
-                                                use_cpu=True, seed=0, dataloader_drop_last=True)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=16,
+        max_steps=4,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        use_cpu=True,
+        seed=0,
+        dataloader_drop_last=True,
+    )
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss)
     result = trainer.train()
     assert result.global_step == 4 and torch.isfinite(torch.tensor(result.training_loss))
@@ -227,7 +261,9 @@ def test_trainer_end_to_end_saves_reloads_and_evaluates(model, tmp_path) -> None
     model.save(str(tmp_path / "saved"))
     reloaded = SentenceTransformer(str(tmp_path / "saved"), device="cpu")
     sentences = anchors[:5]
-    torch.testing.assert_close(reloaded.encode(sentences, convert_to_tensor=True), model.encode(sentences, convert_to_tensor=True))
+    torch.testing.assert_close(
+        reloaded.encode(sentences, convert_to_tensor=True), model.encode(sentences, convert_to_tensor=True)
+    )
     from kexue.data import SentencePairs, load_stsb
     from kexue.sts import cosine_spearman, sentence_transformer_encoder
 
@@ -266,13 +302,24 @@ def test_trainer_on_the_embedded_model_saves_reloads_and_evaluates_stsb(tmp_path
     test = load_stsb("test")
     head = SentencePairs("sts-b head", test.sentences1[:300], test.sentences2[:300], test.scores[:300])
     before = cosine_spearman(sentence_transformer_encoder(model), head)
-    args = SentenceTransformerTrainingArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=32, max_steps=2,
-                                                learning_rate=1e-5, report_to=[], save_strategy="no", use_cpu=True, seed=0)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=32,
+        max_steps=2,
+        learning_rate=1e-5,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+    )
     data = Dataset.from_dict({"anchor": [a for a, _ in pairs], "positive": [b for _, b in pairs]})
-    SentenceTransformerTrainer(model=model, args=args, train_dataset=data,
-                               loss=CachedContrastiveLoss(model, micro_batch_size=8)).train()
+    SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=data, loss=CachedContrastiveLoss(model, micro_batch_size=8)
+    ).train()
     model.save(str(tmp_path / "saved"))
-    after = cosine_spearman(sentence_transformer_encoder(SentenceTransformer(str(tmp_path / "saved"), device="cpu")), head)
+    after = cosine_spearman(
+        sentence_transformer_encoder(SentenceTransformer(str(tmp_path / "saved"), device="cpu")), head
+    )
     assert after > before - 1.0  # two small steps on paraphrase pairs keep (or improve) the score
     assert after > 70.0
 

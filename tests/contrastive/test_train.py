@@ -12,10 +12,13 @@ from safetensors.torch import load_file
 from kexue.cli import main
 from kexue.contrastive.train import TrainConfig, TrainProgress, load_trainer_state, read_pairs, train_embedder
 
-SENTENCES = [f"sentence number {i} about {w}" for i, w in enumerate(["cats", "dogs", "the sea", "music", "rain", "trains", "bread", "chess"] * 3)]
+SENTENCES = [
+    f"sentence number {i} about {w}"
+    for i, w in enumerate(["cats", "dogs", "the sea", "music", "rain", "trains", "bread", "chess"] * 3)
+]
 
 
-@pytest.fixture()
+@pytest.fixture
 def pairs_file(tmp_path: Path) -> str:
     path = tmp_path / "pairs.tsv"
     path.write_text("\n".join(f"{s}\t{s.replace('about', 'on')}" for s in SENTENCES) + "\n")
@@ -27,8 +30,16 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 
 
 def test_resumed_run_equals_uninterrupted_run(tiny_sentence_model: str, pairs_file: str, tmp_path: Path) -> None:
-    common = dict(model=tiny_sentence_model, pairs=pairs_file, batch_size=8, micro_batch_size=3, epochs=2, lr=1e-3,
-                  evaluate=False, checkpoint_every=2)
+    common = dict(
+        model=tiny_sentence_model,
+        pairs=pairs_file,
+        batch_size=8,
+        micro_batch_size=3,
+        epochs=2,
+        lr=1e-3,
+        evaluate=False,
+        checkpoint_every=2,
+    )
     whole = train_embedder(TrainConfig(out=str(tmp_path / "whole"), **common))
     assert whole.steps == 6 and all(torch.isfinite(torch.tensor(whole.losses)))
 
@@ -41,7 +52,9 @@ def test_resumed_run_equals_uninterrupted_run(tiny_sentence_model: str, pairs_fi
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        train_embedder(TrainConfig(out=str(tmp_path / "split"), **common), progress=TrainProgress(advance=interrupt_at_step_5))
+        train_embedder(
+            TrainConfig(out=str(tmp_path / "split"), **common), progress=TrainProgress(advance=interrupt_at_step_5)
+        )
     resumed = train_embedder(TrainConfig(out=str(tmp_path / "split"), **common), resume=True)
     assert resumed.resumed_from == 4 and resumed.steps == 6
     assert resumed.losses == whole.losses
@@ -59,8 +72,17 @@ def test_resumed_run_equals_uninterrupted_run(tiny_sentence_model: str, pairs_fi
 def test_simcse_from_sentences_with_sts_evaluation(tiny_sentence_model: str, tmp_path: Path) -> None:
     sentences = tmp_path / "sentences.txt"
     sentences.write_text("\n".join(SENTENCES))
-    result = train_embedder(TrainConfig(model=tiny_sentence_model, sentences=str(sentences), out=str(tmp_path / "out"),
-                                        batch_size=12, micro_batch_size=5, max_steps=2, eval_split="dev"))
+    result = train_embedder(
+        TrainConfig(
+            model=tiny_sentence_model,
+            sentences=str(sentences),
+            out=str(tmp_path / "out"),
+            batch_size=12,
+            micro_batch_size=5,
+            max_steps=2,
+            eval_split="dev",
+        )
+    )
     assert result.steps == 2
     # a random 2-layer BERT correlates weakly but measurably with STS-B dev
     assert -100 < result.sts_before < 100 and result.sts_before != result.sts_after
@@ -86,23 +108,49 @@ def test_cli_errors_are_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFi
     assert "temperature" in capsys.readouterr().err
 
 
-def test_saved_model_keeps_its_own_length_and_a_left_out_remainder_is_said(tiny_sentence_model: str, pairs_file: str,
-                                                                           tmp_path: Path) -> None:
+def test_saved_model_keeps_its_own_length_and_a_left_out_remainder_is_said(
+    tiny_sentence_model: str, pairs_file: str, tmp_path: Path
+) -> None:
     """Training at --max-length 8 must not save max_seq_length 8 (the tiny model's own is 16), in the
     model or the checkpoint; 24 pairs at batch 10 leave 4 out per epoch, which is said, not silent."""
     from sentence_transformers import SentenceTransformer
 
     said: list[str] = []
     out = tmp_path / "out"
-    result = train_embedder(TrainConfig(model=tiny_sentence_model, pairs=pairs_file, out=str(out), batch_size=10, micro_batch_size=4,
-                                        max_length=8, epochs=2, max_steps=3, checkpoint_every=1, evaluate=False),
-                            progress=TrainProgress(message=said.append))
+    result = train_embedder(
+        TrainConfig(
+            model=tiny_sentence_model,
+            pairs=pairs_file,
+            out=str(out),
+            batch_size=10,
+            micro_batch_size=4,
+            max_length=8,
+            epochs=2,
+            max_steps=3,
+            checkpoint_every=1,
+            evaluate=False,
+        ),
+        progress=TrainProgress(message=said.append),
+    )
     assert result.extra["samples_left_out_per_epoch"] == 4 and result.extra["max_seq_length"] == 16
     assert any("24 samples at batch 10" in m and "4 samples" in m for m in said), said
     assert SentenceTransformer(str(out / "model"), device="cpu").max_seq_length == 16
     assert SentenceTransformer(str(out / "checkpoint"), device="cpu").max_seq_length == 16
-    resumed = train_embedder(TrainConfig(model=tiny_sentence_model, pairs=pairs_file, out=str(out), batch_size=10, micro_batch_size=4,
-                                         max_length=8, epochs=2, max_steps=4, checkpoint_every=1, evaluate=False), resume=True)
+    resumed = train_embedder(
+        TrainConfig(
+            model=tiny_sentence_model,
+            pairs=pairs_file,
+            out=str(out),
+            batch_size=10,
+            micro_batch_size=4,
+            max_length=8,
+            epochs=2,
+            max_steps=4,
+            checkpoint_every=1,
+            evaluate=False,
+        ),
+        resume=True,
+    )
     assert resumed.resumed_from == 3 and resumed.extra["max_seq_length"] == 16  # not the training length
 
 
@@ -111,11 +159,24 @@ def test_micro_batch_above_batch_is_refused(pairs_file: str) -> None:
         TrainConfig(pairs=pairs_file, batch_size=8, micro_batch_size=16).validate()
 
 
-def test_verify_checks_the_first_batch_and_exits_by_the_result(tiny_sentence_model: str, pairs_file: str, tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_checks_the_first_batch_and_exits_by_the_result(
+    tiny_sentence_model: str, pairs_file: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "never-written"
-    argv = ["train-embedder", "--pairs", pairs_file, "--model", tiny_sentence_model, "--batch-size", "12",
-            "--micro-batch-size", "5", "-o", str(out), "--verify"]
+    argv = [
+        "train-embedder",
+        "--pairs",
+        pairs_file,
+        "--model",
+        tiny_sentence_model,
+        "--batch-size",
+        "12",
+        "--micro-batch-size",
+        "5",
+        "-o",
+        str(out),
+        "--verify",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "6 micro-batches of at most 5" in printed and "0.model.encoder.layer.1" in printed and "passed" in printed
@@ -138,12 +199,16 @@ def _crafted_checkpoint(out: Path) -> Path:
     folder = out / "checkpoint"
     folder.mkdir(parents=True)
     marker = out.parent / "code-ran"
-    torch.save({"optimizer": _Payload(marker), "scheduler": {}, "step": 1, "losses": [], "rng": torch.get_rng_state()},
-               folder / "trainer_state.pt")
+    torch.save(
+        {"optimizer": _Payload(marker), "scheduler": {}, "step": 1, "losses": [], "rng": torch.get_rng_state()},
+        folder / "trainer_state.pt",
+    )
     return marker
 
 
-def test_a_crafted_pickle_in_a_checkpoint_is_refused(pairs_file: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_crafted_pickle_in_a_checkpoint_is_refused(
+    pairs_file: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "run"
     marker = _crafted_checkpoint(out)
     config = TrainConfig(pairs=pairs_file, out=str(out), batch_size=8, micro_batch_size=3, evaluate=False)
@@ -152,5 +217,9 @@ def test_a_crafted_pickle_in_a_checkpoint_is_refused(pairs_file: str, tmp_path: 
     assert not marker.exists()
     assert main(["train-embedder", "--pairs", pairs_file, "-o", str(out), "--resume", "--no-eval"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "trainer_state.pt is not a safe training state" in err[0] and "weights_only=False" not in err[0]
+    assert (
+        len(err) == 1
+        and "trainer_state.pt is not a safe training state" in err[0]
+        and "weights_only=False" not in err[0]
+    )
     assert not marker.exists()

@@ -12,12 +12,12 @@ model and its logits have the right shape, device and dtype.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 
 import torch
-from device_contract import Entry, Setting, build
 from torch import nn
 
+from device_contract import Entry, Setting, build
 from kexue.growth import deepen, widen, widen_ffn
 from kexue.growth.parity import float64_norms
 from kexue.growth.zoo import randomized, tiny_model
@@ -37,14 +37,14 @@ def _logits(model: nn.Module) -> torch.Tensor:
         return model(input_ids=IDS.to(next(model.parameters()).device)).logits  # (B, T, V)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _reference(dtype: torch.dtype) -> torch.Tensor:
     """The original model's logits in float64 (weights as rounded to ``dtype``)."""
     with float64_norms():
         return _logits(_make(dtype, "cpu").double())
 
 
-@lru_cache(maxsize=None)
+@cache
 def _plain(dtype: torch.dtype) -> torch.Tensor:
     """The original model's logits computed in ``dtype`` (HF's own mixed precision: RMSNorm in float32)."""
     return _logits(_make(dtype, "cpu"))
@@ -63,17 +63,34 @@ def _out_dtype(setting: Setting) -> torch.dtype:
     return torch.bfloat16 if setting.autocast and setting.device != "meta" else setting.dtype
 
 
-_COMMON = dict(reference=_reference, plain=_plain, out_dtype=_out_dtype, follows_autocast=True,
-               accepts="any floating dtype; cpu, cuda, meta (shapes and config only)")
+_COMMON = dict(
+    reference=_reference,
+    plain=_plain,
+    out_dtype=_out_dtype,
+    follows_autocast=True,
+    accepts="any floating dtype; cpu, cuda, meta (shapes and config only)",
+)
 
 ENTRIES = [
-    Entry(name="kexue.growth.widen", prepare=_grown(lambda m: widen(m, 2)),
-          computes="the weights' dtype on their device (each map rounds once; noise drawn in float64 on the CPU)",
-          returns="a model in the input's dtype and device", **_COMMON),
-    Entry(name="kexue.growth.widen_ffn", prepare=_grown(lambda m: widen_ffn(m, 37)),
-          computes="the weights' dtype on their device (copies exact; the output columns divided by the copy count)",
-          returns="a model in the input's dtype and device", **_COMMON),
-    Entry(name="kexue.growth.deepen", prepare=_grown(lambda m: deepen(m, [0, 1])),
-          computes="exact copies and zeros in the weights' dtype on their device",
-          returns="a model in the input's dtype and device", **_COMMON),
+    Entry(
+        name="kexue.growth.widen",
+        prepare=_grown(lambda m: widen(m, 2)),
+        computes="the weights' dtype on their device (each map rounds once; noise drawn in float64 on the CPU)",
+        returns="a model in the input's dtype and device",
+        **_COMMON,
+    ),
+    Entry(
+        name="kexue.growth.widen_ffn",
+        prepare=_grown(lambda m: widen_ffn(m, 37)),
+        computes="the weights' dtype on their device (copies exact; the output columns divided by the copy count)",
+        returns="a model in the input's dtype and device",
+        **_COMMON,
+    ),
+    Entry(
+        name="kexue.growth.deepen",
+        prepare=_grown(lambda m: deepen(m, [0, 1])),
+        computes="exact copies and zeros in the weights' dtype on their device",
+        returns="a model in the input's dtype and device",
+        **_COMMON,
+    ),
 ]

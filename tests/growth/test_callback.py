@@ -16,8 +16,15 @@ BATCH, STEPS, AT = 4, 6, 3
 
 def _small() -> LlamaForCausalLM:
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
     return LlamaForCausalLM(config).double()
 
 
@@ -39,15 +46,30 @@ def _rows(accumulate: int = 1) -> torch.Tensor:
 def _args(out, accumulate: int = 1, **overrides) -> TrainingArguments:
     # Adam with a negligible eps is invariant to the loss's scale (the Trainer normalises by the
     # label count of the whole accumulated batch; the loop below by each micro-batch's mean)
-    settings = dict(output_dir=str(out), max_steps=STEPS, per_device_train_batch_size=BATCH, learning_rate=1e-2,
-                    lr_scheduler_type="constant", weight_decay=0.0, adam_epsilon=1e-30, max_grad_norm=0.0,
-                    optim="adamw_torch", gradient_accumulation_steps=accumulate, save_strategy="no",
-                    report_to=[], disable_tqdm=True, use_cpu=True, logging_strategy="no", seed=0)
+    settings = dict(
+        output_dir=str(out),
+        max_steps=STEPS,
+        per_device_train_batch_size=BATCH,
+        learning_rate=1e-2,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        adam_epsilon=1e-30,
+        max_grad_norm=0.0,
+        optim="adamw_torch",
+        gradient_accumulation_steps=accumulate,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=True,
+        logging_strategy="no",
+        seed=0,
+    )
     return TrainingArguments(**{**settings, **overrides})
 
 
 def _by_hand(model, grow, rows: torch.Tensor, accumulate: int = 1, lr_scale: float = 1.0):
     """Train AT steps, grow, carry Adam's state through transfer_adam_state, train the rest."""
+
     def adam(m, lr):
         return torch.optim.AdamW(m.parameters(), lr=lr, eps=1e-30, weight_decay=0.0)
 
@@ -75,11 +97,14 @@ def _assert_same_weights(a, b, tol: float = 1e-9) -> None:
         assert torch.allclose(pa[name], pb[name], rtol=0, atol=tol), name
 
 
-@pytest.mark.parametrize(("grow", "accumulate", "lr_scale"), [
-    (lambda m: widen(m, 2), 1, 1.0),
-    (lambda m: widen(m, 2, noise=0.5, seed=3), 2, 0.5),  # noise, gradient accumulation and a new rate
-    (lambda m: deepen(m, [0, 1]), 1, 1.0),
-])
+@pytest.mark.parametrize(
+    ("grow", "accumulate", "lr_scale"),
+    [
+        (lambda m: widen(m, 2), 1, 1.0),
+        (lambda m: widen(m, 2, noise=0.5, seed=3), 2, 0.5),  # noise, gradient accumulation and a new rate
+        (lambda m: deepen(m, [0, 1]), 1, 1.0),
+    ],
+)
 def test_growth_inside_trainer_equals_growing_by_hand(tmp_path, grow, accumulate, lr_scale) -> None:
     rows = _rows(accumulate)
     expected = _by_hand(_small(), grow, rows, accumulate, lr_scale)
@@ -118,8 +143,12 @@ def test_growth_keeps_the_function_and_the_decay_groups(tmp_path) -> None:
             seen["weight_decay"] = [g["weight_decay"] for g in optimizer.param_groups]
 
     model = _small()
-    Trainer(model=model, args=_args(tmp_path, weight_decay=0.1), train_dataset=_Rows(_rows()),
-            callbacks=[Probe(lambda m: deepen(m, [1]), at_step=AT)]).train()
+    Trainer(
+        model=model,
+        args=_args(tmp_path, weight_decay=0.1),
+        train_dataset=_Rows(_rows()),
+        callbacks=[Probe(lambda m: deepen(m, [1]), at_step=AT)],
+    ).train()
     assert seen["change"] < 1e-12
     decay = seen["groups"][seen["weight_decay"].index(0.1)]
     no_decay = seen["groups"][seen["weight_decay"].index(0.0)]
@@ -132,16 +161,23 @@ def test_resuming_after_the_growth_step_continues_the_same_run(tmp_path) -> None
     rows = _rows()
     grow = lambda m: widen(m, 2)  # noqa: E731
     straight = _small()
-    Trainer(model=straight, args=_args(tmp_path / "a"), train_dataset=_Rows(rows), callbacks=[GrowthCallback(grow, AT)]).train()
+    Trainer(
+        model=straight, args=_args(tmp_path / "a"), train_dataset=_Rows(rows), callbacks=[GrowthCallback(grow, AT)]
+    ).train()
     first = _small()
-    Trainer(model=first, args=_args(tmp_path / "b", save_strategy="steps", save_steps=AT + 1), train_dataset=_Rows(rows),
-            callbacks=[GrowthCallback(grow, AT)]).train()
+    Trainer(
+        model=first,
+        args=_args(tmp_path / "b", save_strategy="steps", save_steps=AT + 1),
+        train_dataset=_Rows(rows),
+        callbacks=[GrowthCallback(grow, AT)],
+    ).train()
     checkpoint = tmp_path / "b" / f"checkpoint-{AT + 1}"
     callback = GrowthCallback(grow, AT)
     resumed = callback.model_for_checkpoint(_small(), checkpoint)
     assert resumed.config.hidden_size == 32
     Trainer(model=resumed, args=_args(tmp_path / "b"), train_dataset=_Rows(rows), callbacks=[callback]).train(
-        resume_from_checkpoint=str(checkpoint))
+        resume_from_checkpoint=str(checkpoint)
+    )
     _assert_same_weights(resumed, straight)
     before = GrowthCallback(grow, AT + 2).model_for_checkpoint(_small(), checkpoint)
     assert before.config.hidden_size == 16  # a checkpoint from before the growth step: the small shape
@@ -161,12 +197,17 @@ def test_bad_arguments() -> None:
 
 def _llrd_trainer(model, out, callback):
     """A Trainer whose optimizer gives each layer its own learning rate (layer-wise decay)."""
-    groups = [{"params": [p for n, p in model.named_parameters() if f"layers.{i}." in n], "lr": 10.0 ** -(i + 2)}
-              for i in range(2)]
-    groups.append({"params": [p for n, p in model.named_parameters() if "layers." not in n and p.requires_grad], "lr": 1e-3})
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if f"layers.{i}." in n], "lr": 10.0 ** -(i + 2)}
+        for i in range(2)
+    ]
+    groups.append(
+        {"params": [p for n, p in model.named_parameters() if "layers." not in n and p.requires_grad], "lr": 1e-3}
+    )
     optimizer = torch.optim.AdamW(groups, eps=1e-30, weight_decay=0.0)
-    return Trainer(model=model, args=_args(out), train_dataset=_Rows(_rows()), callbacks=[callback],
-                   optimizers=(optimizer, None))
+    return Trainer(
+        model=model, args=_args(out), train_dataset=_Rows(_rows()), callbacks=[callback], optimizers=(optimizer, None)
+    )
 
 
 def test_per_layer_learning_rates_and_frozen_parameters_survive_growth(tmp_path) -> None:
@@ -179,7 +220,9 @@ def test_per_layer_learning_rates_and_frozen_parameters_survive_growth(tmp_path)
     rates = {names[id(p)]: g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
     assert rates["model.layers.0.mlp.up_proj.weight"] == 1e-2 and rates["model.layers.1.mlp.up_proj.weight"] == 1e-3
     assert "model.embed_tokens.weight" not in rates and not model.model.embed_tokens.weight.requires_grad
-    assert torch.equal(model.model.embed_tokens.weight, widen(_small(), 2).model.embed_tokens.weight.detach())  # never moved
+    assert torch.equal(
+        model.model.embed_tokens.weight, widen(_small(), 2).model.embed_tokens.weight.detach()
+    )  # never moved
     assert frozen.shape[1] * 2 == model.model.embed_tokens.weight.shape[1]
 
 
@@ -200,10 +243,18 @@ def test_mixture_of_experts_and_tied_heads_grow_inside_the_trainer(tmp_path) -> 
     moe = tiny_model("mixtral").double()
     moe.config.output_router_logits = True  # the auxiliary loss reads num_experts from the model: it must follow
     rows = torch.randint(0, 64, (STEPS * BATCH, 10), generator=torch.Generator().manual_seed(2))
-    Trainer(model=moe, args=_args(tmp_path / "moe"), train_dataset=_Rows(rows),
-            callbacks=[GrowthCallback(lambda m: add_experts(m, 2), AT)]).train()
+    Trainer(
+        model=moe,
+        args=_args(tmp_path / "moe"),
+        train_dataset=_Rows(rows),
+        callbacks=[GrowthCallback(lambda m: add_experts(m, 2), AT)],
+    ).train()
     assert moe.num_experts == 8 and moe.config.num_local_experts == 8
     tied = tiny_model("llama-tied").double()
-    Trainer(model=tied, args=_args(tmp_path / "tied"), train_dataset=_Rows(rows),
-            callbacks=[GrowthCallback(lambda m: widen(m, 2), AT)]).train()
+    Trainer(
+        model=tied,
+        args=_args(tmp_path / "tied"),
+        train_dataset=_Rows(rows),
+        callbacks=[GrowthCallback(lambda m: widen(m, 2), AT)],
+    ).train()
     assert tied.lm_head.weight is tied.model.embed_tokens.weight and tied.config.hidden_size == 32

@@ -14,8 +14,17 @@ from kexue.growth.parity import float64_norms, max_logit_difference
 
 def _small(path, shard: str | None = None) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=False,
+        )
+    )
     model.save_pretrained(path, **({"max_shard_size": shard} if shard else {}))
     (path / "tokenizer_config.json").write_text("{}")  # stands for the tokenizer files that travel along
     return model
@@ -63,13 +72,16 @@ def test_a_mixture_of_experts_checkpoint_grows_experts_width_and_depth(tmp_path)
     assert (large.config.hidden_size, large.config.num_hidden_layers) == (32, 4)
 
 
-@pytest.mark.parametrize("kwargs,error,match", [
-    ({"experts": 0}, ValueError, "experts=0"),
-    ({"width": 0}, ValueError, "width=0"),
-    ({}, ValueError, "nothing to do"),
-    ({"width": 2, "mode": "wide"}, ValueError, "mode='wide'"),
-    ({"width": 2, "noise": -1.0}, ValueError, "noise=-1.0"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"experts": 0}, ValueError, "experts=0"),
+        ({"width": 0}, ValueError, "width=0"),
+        ({}, ValueError, "nothing to do"),
+        ({"width": 2, "mode": "wide"}, ValueError, "mode='wide'"),
+        ({"width": 2, "noise": -1.0}, ValueError, "noise=-1.0"),
+    ],
+)
 def test_bad_arguments_are_named(tmp_path, kwargs, error, match: str) -> None:
     _small(tmp_path / "small")
     with pytest.raises(error, match=match):
@@ -92,7 +104,8 @@ def test_the_grown_size_is_planned_on_meta_before_writing(tmp_path, monkeypatch)
     assert plan["large"] == {"parameters": n, "bytes": 4 * n, "dtypes": {"float32": {"parameters": n, "bytes": 4 * n}}}
     assert plan["small"]["parameters"] == report["parameters"]["small"] and report["parameters"]["large"] == n
     assert grow_checkpoint(tmp_path / "small", tmp_path / "dry", width=2, dry_run=True) == {
-        "planned": plan_checkpoint(tmp_path / "small", width=2)}
+        "planned": plan_checkpoint(tmp_path / "small", width=2)
+    }
     assert not (tmp_path / "dry").exists()
     with pytest.raises(ValueError, match="dry_run=1"):
         grow_checkpoint(tmp_path / "small", tmp_path / "dry", width=2, dry_run=1)

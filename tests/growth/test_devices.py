@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 import torch
-from device_contract import cuda_sync_errors
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from device_contract import cuda_sync_errors
 from kexue.growth import add_experts, deepen, transfer_adam_state, widen, widen_ffn
 from kexue.growth._build import zero_sum_noise
 from kexue.growth.callback import GrowthCallback
@@ -30,9 +30,17 @@ OPERATORS: dict[str, Callable[[nn.Module], nn.Module]] = {
 }
 # families x operators: dense decoders, fused projections, GPT-2's Conv1D, Gemma's norms, OPT, the MoEs
 CASES = [("llama-gqa-untied", op) for op in ("widen", "widen_ffn", "deepen")] + [
-    ("phi3-fused-partial", "widen"), ("phi3-fused-partial", "widen_ffn"), ("gpt2", "widen"), ("gpt2", "deepen"),
-    ("gemma-tied", "widen"), ("opt-pre-ln", "widen"), ("bert-mlm", "widen_ffn"), ("mixtral", "widen_ffn"),
-    ("mixtral", "add_experts"), ("qwen3-moe-dense-layer", "deepen")]
+    ("phi3-fused-partial", "widen"),
+    ("phi3-fused-partial", "widen_ffn"),
+    ("gpt2", "widen"),
+    ("gpt2", "deepen"),
+    ("gemma-tied", "widen"),
+    ("opt-pre-ln", "widen"),
+    ("bert-mlm", "widen_ffn"),
+    ("mixtral", "widen_ffn"),
+    ("mixtral", "add_experts"),
+    ("qwen3-moe-dense-layer", "deepen"),
+]
 
 
 def _on_meta(name: str, how: str) -> nn.Module:
@@ -135,8 +143,15 @@ def test_zero_sum_noise_skips_meta_and_keeps_the_cpu_draw() -> None:
     assert torch.equal(zero_sum_noise(w, index, 0.5, torch.Generator().manual_seed(0)), expected)
 
 
-@pytest.mark.parametrize(("name", "op"), [("llama-gqa-untied", "deepen"), ("gpt2", "widen"), ("mixtral", "add_experts"),
-                                          ("phi3-fused-partial", "widen_ffn")])
+@pytest.mark.parametrize(
+    ("name", "op"),
+    [
+        ("llama-gqa-untied", "deepen"),
+        ("gpt2", "widen"),
+        ("mixtral", "add_experts"),
+        ("phi3-fused-partial", "widen_ffn"),
+    ],
+)
 def test_parameter_sources_on_meta_equal_the_value_probe(name: str, op: str) -> None:
     small = randomized(tiny_model(name))
     grow = {**OPERATORS, "widen_ffn": lambda m: widen_ffn(m, 37)}[op]
@@ -179,8 +194,9 @@ def test_callback_plans_on_meta_as_on_the_cpu(grow) -> None:
     meta_opt = _decay_groups(meta)
     plan = callback.plan(meta, meta_opt)
     assert all(p.is_meta for p in plan.grown.parameters())
-    assert {n: shape for n, (shape, _) in _signature(plan.grown).items()} == \
-        {n: shape for n, (shape, _) in _signature(expected.grown).items()}
+    assert {n: shape for n, (shape, _) in _signature(plan.grown).items()} == {
+        n: shape for n, (shape, _) in _signature(expected.grown).items()
+    }
     assert _group_names(plan.grown, plan.groups) == _group_names(expected.grown, expected.groups)
     assert plan.state == {} and len(expected.state) == sum(len(g) for g in expected.groups)
     callback.grow_in_place(meta, meta_opt)  # the whole step runs on meta: model and groups replaced
@@ -221,6 +237,7 @@ def test_two_roundings_stay_within_one_unit_in_the_last_place(dtype: torch.dtype
 
 # ---------------------------------------------------------------- CUDA (skipped without a GPU)
 
+
 def _train(model: nn.Module, opt: torch.optim.Optimizer, batches: list[torch.Tensor]) -> None:
     for ids in batches:
         model(input_ids=ids, labels=ids).loss.backward()
@@ -243,9 +260,8 @@ def _grow_and_continue(device: str) -> nn.Module:
         assert mixing == [], mixing
         assert {p.device.type for p in large.parameters()} == {device}
         assert all(s["exp_avg"].device.type == device for s in large_opt.state.values())
-        with cuda_sync_errors(device == "cuda"):
-            with torch.no_grad():
-                large(input_ids=batches[3])  # the grown model's forward: no host sync of growth's making
+        with cuda_sync_errors(device == "cuda"), torch.no_grad():
+            large(input_ids=batches[3])  # the grown model's forward: no host sync of growth's making
         _train(large, large_opt, batches[3:])
     return large
 

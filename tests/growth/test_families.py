@@ -21,11 +21,25 @@ from kexue.growth.zoo import OPERATORS, ZOO, operators, randomized, tiny_model, 
 # 12 tokens: longer than the sliding window (4) of the Gemma 2/3 entries, so layer types matter
 INPUTS = {"input_ids": torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))}
 
-NEW = ("gemma-tied", "gemma2-sandwich-softcap", "gemma3-qk-norm-local-rope", "opt-pre-ln", "opt-post-ln-proj",
-       "opt-post-ln-tied", "opt-no-bias-no-affine", "opt-pre-ln-no-final-norm", "mixtral", "qwen3-moe-dense-layer")
-GROW = {"widen-heads": lambda m: widen(m, 2), "widen-head_dim": lambda m: widen(m, 2, mode="head_dim"),
-        "widen_ffn": lambda m: widen_ffn(m, 53), "deepen": lambda m: deepen(m, [-1, 1]),
-        "add_experts": lambda m: add_experts(m, 2)}
+NEW = (
+    "gemma-tied",
+    "gemma2-sandwich-softcap",
+    "gemma3-qk-norm-local-rope",
+    "opt-pre-ln",
+    "opt-post-ln-proj",
+    "opt-post-ln-tied",
+    "opt-no-bias-no-affine",
+    "opt-pre-ln-no-final-norm",
+    "mixtral",
+    "qwen3-moe-dense-layer",
+)
+GROW = {
+    "widen-heads": lambda m: widen(m, 2),
+    "widen-head_dim": lambda m: widen(m, 2, mode="head_dim"),
+    "widen_ffn": lambda m: widen_ffn(m, 53),
+    "deepen": lambda m: deepen(m, [-1, 1]),
+    "add_experts": lambda m: add_experts(m, 2),
+}
 _widen_module = importlib.import_module("kexue.growth.widen")  # kexue.growth.widen is also the function
 
 
@@ -46,6 +60,7 @@ def _widened_with(small, family: str, make, **kwargs):
 
 def _renamed(real, rule):
     """The real map, with ``rule(name, old tensor, m) -> tensor or None`` overriding entries."""
+
     def maps(m, sd, config):
         new = real(m, sd, config)
         for name, t in sd.items():
@@ -53,6 +68,7 @@ def _renamed(real, rule):
             if replaced is not None:
                 new[name] = replaced
         return new
+
     return maps
 
 
@@ -87,14 +103,23 @@ def test_widening_by_three_and_composed_operators_are_exact(name: str) -> None:
     composed = widen(small, 2)
     for op in operators(name):
         if op not in ("widen-heads", "widen-head_dim"):
-            composed = {"widen_ffn": lambda m: widen_ffn(m, 100), "deepen": lambda m: deepen(m, [0]),
-                        "add_experts": lambda m: add_experts(m, 3)}[op](composed)
+            composed = {
+                "widen_ffn": lambda m: widen_ffn(m, 100),
+                "deepen": lambda m: deepen(m, [0]),
+                "add_experts": lambda m: add_experts(m, 3),
+            }[op](composed)
     assert _relative(small, composed) <= 1e-10
 
 
-@pytest.mark.parametrize(("name", "op"), [(n, op) for n in NEW for op in operators(n)
-                                          if not (n in ("opt-no-bias-no-affine", "opt-pre-ln-no-final-norm")
-                                                  and op.startswith("widen-"))])  # head untied by the widening: refused
+@pytest.mark.parametrize(
+    ("name", "op"),
+    [
+        (n, op)
+        for n in NEW
+        for op in operators(n)
+        if not (n in ("opt-no-bias-no-affine", "opt-pre-ln-no-final-norm") and op.startswith("widen-"))
+    ],
+)  # head untied by the widening: refused
 def test_gradient_map_for_every_new_family_and_operator(name: str, op: str) -> None:
     _assert_gradient_map(randomized(tiny_model(name)), GROW[op])
 
@@ -105,8 +130,13 @@ def test_gradient_map_for_every_new_family_and_operator(name: str, op: str) -> N
 def test_gemma_embedding_scale_needs_rep_over_k() -> None:
     """√(kd) inside the widened model: the article's rep/√k embedding is √k too large."""
     small = randomized(tiny_model("gemma-tied"))
-    broken = _widened_with(small, "gemma", lambda real: _renamed(
-        real, lambda n, t, m: _widen_module._rep(t, 1, m.k) / m.s if n == "model.embed_tokens.weight" else None))
+    broken = _widened_with(
+        small,
+        "gemma",
+        lambda real: _renamed(
+            real, lambda n, t, m: _widen_module._rep(t, 1, m.k) / m.s if n == "model.embed_tokens.weight" else None
+        ),
+    )
     assert _relative(small, broken) > 1e-3
     with pytest.raises(ValueError, match="mode='heads' only"):
         widen(small, 2, mode="head_dim")
@@ -117,23 +147,39 @@ def test_gemma_final_norm_outputs_rep_h_for_the_head(name: str) -> None:
     """Tied (and, by the same rule, untied) head: the final norm must output rep(h), not the stream's rep(h)/√k."""
     small = randomized(tiny_model(name))
     family = small.config.model_type
-    broken = _widened_with(small, family, lambda real: _renamed(
-        real, lambda n, t, m: _widen_module._gemma_norm(m, t, 1 / m.s) if n == "model.norm.weight" else None))
+    broken = _widened_with(
+        small,
+        family,
+        lambda real: _renamed(
+            real, lambda n, t, m: _widen_module._gemma_norm(m, t, 1 / m.s) if n == "model.norm.weight" else None
+        ),
+    )
     assert _relative(small, broken) > 1e-3
 
 
 def test_gemma_one_plus_w_norms_need_the_affine_rule() -> None:
     """Mapping w like a plain γ (rep(w)/√k) instead of 1 + w' = rep(1 + w)/√k changes every sandwich norm."""
     small = randomized(tiny_model("gemma2-sandwich-softcap"))
-    broken = _widened_with(small, "gemma2", lambda real: _renamed(
-        real, lambda n, t, m: _widen_module._rep(t, 0, m.k) / m.s if "layernorm" in n else None))
+    broken = _widened_with(
+        small,
+        "gemma2",
+        lambda real: _renamed(real, lambda n, t, m: _widen_module._rep(t, 0, m.k) / m.s if "layernorm" in n else None),
+    )
     assert _relative(small, broken) > 1e-3
 
 
 def test_gemma3_qk_norms_need_the_joint_rescaling() -> None:
     small = randomized(tiny_model("gemma3-qk-norm-local-rope"))
-    broken = _widened_with(small, "gemma3_text", lambda real: lambda m, sd, config: {
-        n: (t * m.s if n.endswith(("q_proj.weight", "k_proj.weight")) else t) for n, t in real(m, sd, config).items()})
+    broken = _widened_with(
+        small,
+        "gemma3_text",
+        lambda real: (
+            lambda m, sd, config: {
+                n: (t * m.s if n.endswith(("q_proj.weight", "k_proj.weight")) else t)
+                for n, t in real(m, sd, config).items()
+            }
+        ),
+    )
     assert 1e-9 < _relative(small, broken)  # eps-sized, but far above the parity bound
 
 
@@ -152,7 +198,7 @@ def test_gemma_gradient_map_and_adam_transfer_through_the_affine_norms() -> None
     grow = lambda m: deepen(widen(m, 2), [0])  # noqa: E731
     gmap = _assert_gradient_map(small, grow)
     scale = gmap.scale["model.layers.0.post_attention_layernorm.weight"]
-    assert torch.allclose(scale, torch.full_like(scale, 2 ** -0.5))  # the linear part, not the affine map's value
+    assert torch.allclose(scale, torch.full_like(scale, 2**-0.5))  # the linear part, not the affine map's value
     assert torch.allclose(gmap.scale["model.norm.weight"], torch.ones(32, dtype=torch.float64))
     opt = torch.optim.AdamW(small.parameters(), lr=1e-3)
     history = []
@@ -171,10 +217,15 @@ def test_gemma_gradient_map_and_adam_transfer_through_the_affine_norms() -> None
         assert not large_opt.state[p]["exp_avg"][~live].any()  # fresh entries (the inserted block) start at zero
 
 
-@pytest.mark.parametrize(("name", "up"), [("gemma3-qk-norm-local-rope", "model.layers.0.mlp.up_proj.weight"),
-                                         ("opt-post-ln-proj", "model.decoder.layers.0.fc1.weight"),
-                                         ("mixtral", "model.layers.0.mlp.experts.gate_up_proj"),
-                                         ("qwen3-moe-dense-layer", "model.layers.1.mlp.up_proj.weight")])
+@pytest.mark.parametrize(
+    ("name", "up"),
+    [
+        ("gemma3-qk-norm-local-rope", "model.layers.0.mlp.up_proj.weight"),
+        ("opt-post-ln-proj", "model.decoder.layers.0.fc1.weight"),
+        ("mixtral", "model.layers.0.mlp.experts.gate_up_proj"),
+        ("qwen3-moe-dense-layer", "model.layers.1.mlp.up_proj.weight"),
+    ],
+)
 def test_noise_keeps_the_function_and_separates_the_copies(name: str, up: str) -> None:
     small = randomized(tiny_model(name))
     noisy = widen(small, 2, noise=0.05, seed=1)
@@ -188,7 +239,11 @@ def test_noise_keeps_the_function_and_separates_the_copies(name: str, up: str) -
 def test_gemma2_soft_caps_and_query_scalar_are_exercised() -> None:
     """They need no rule (heads mode keeps scores and logits), but the zoo's Gemma 2 must exercise them."""
     small = randomized(tiny_model("gemma2-sandwich-softcap"))
-    for field, value in (("attn_logit_softcapping", None), ("final_logit_softcapping", None), ("query_pre_attn_scalar", 8)):
+    for field, value in (
+        ("attn_logit_softcapping", None),
+        ("final_logit_softcapping", None),
+        ("query_pre_attn_scalar", 8),
+    ):
         config = copy.deepcopy(small.config)
         setattr(config, field, value)
         other = type(small)(config).double().eval()
@@ -229,6 +284,7 @@ def test_opt_needs_the_undivided_stream() -> None:
             m = copy.copy(m)
             m.divided = True
             return real(m, sd, config)
+
         return maps
 
     real_producer = _widen_module._opt_head_producer
@@ -317,7 +373,9 @@ def test_add_experts_noise_keeps_the_function_and_separates_the_copies() -> None
     name = "model.layers.0.mlp.experts.gate_up_proj"
     with float64_norms():
         g_exact, g_noisy = gradients(exact, INPUTS)[name], gradients(noisy, INPUTS)[name]
-    assert torch.allclose(g_exact[0], g_exact[1], rtol=1e-10, atol=1e-15)  # copies of expert 0: same gradients without noise
+    assert torch.allclose(
+        g_exact[0], g_exact[1], rtol=1e-10, atol=1e-15
+    )  # copies of expert 0: same gradients without noise
     assert float((g_noisy[0] - g_noisy[1]).abs().max()) > 1e-3 * float(g_noisy[0].abs().max())
     with pytest.raises(ValueError, match="noise"):
         add_experts(small, 2, noise=-1)
@@ -374,8 +432,9 @@ def test_zoo_lists_every_family_with_its_operators() -> None:
     assert set(SUPPORTED) - {"mistral"} <= {m.config.model_type for m in models.values()}  # Mistral: LLaMA's code path
     for name, model in models.items():
         assert set(operators(name)) <= set(OPERATORS)
-        assert ("deepen" in operators(name)) == (model.config.model_type in PRE_NORM
-                                                 and getattr(model.config, "do_layer_norm_before", True))
+        assert ("deepen" in operators(name)) == (
+            model.config.model_type in PRE_NORM and getattr(model.config, "do_layer_norm_before", True)
+        )
     with pytest.raises(ValueError, match="name='t5' is not supported"):
         tiny_model("t5")
 

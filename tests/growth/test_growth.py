@@ -18,10 +18,18 @@ INPUTS = {"input_ids": torch.randint(0, 64, (2, 12), generator=torch.Generator()
 
 SMALL = dict(vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4)
 # the zoo's entries this file covers (tests/growth/test_families.py: Gemma 1-3, OPT, Mixtral, Qwen3-MoE)
-NAMES = ("llama-gqa-untied", "llama-tied", "qwen2-bias-gqa", "qwen3-qk-norm", "phi3-fused-partial", "neox-parallel-partial",
-         "olmo2-branch-norms", "neox-sequential-tied", "gpt2", "bert-mlm")
-
-
+NAMES = (
+    "llama-gqa-untied",
+    "llama-tied",
+    "qwen2-bias-gqa",
+    "qwen3-qk-norm",
+    "phi3-fused-partial",
+    "neox-parallel-partial",
+    "olmo2-branch-norms",
+    "neox-sequential-tied",
+    "gpt2",
+    "bert-mlm",
+)
 
 
 @pytest.mark.parametrize("name", list(NAMES))
@@ -58,13 +66,27 @@ def test_embedded_minilm_widens_exactly() -> None:
 
     small = AutoModel.from_pretrained(str(embedded_model_path())).double().eval()
     large = widen(small, 2)
-    enc = {"input_ids": torch.tensor([[101, 7592, 2088, 2003, 1037, 3231, 102]]), "attention_mask": torch.ones(1, 7, dtype=torch.long)}
+    enc = {
+        "input_ids": torch.tensor([[101, 7592, 2088, 2003, 1037, 3231, 102]]),
+        "attention_mask": torch.ones(1, 7, dtype=torch.long),
+    }
     assert large.config.hidden_size == 768 and large.config.num_attention_heads == 24
     assert max_logit_difference(small, large, enc) <= 1e-10
 
 
-@pytest.mark.parametrize("name", ["llama-gqa-untied", "qwen2-bias-gqa", "gpt2", "qwen3-qk-norm", "phi3-fused-partial",
-                                  "neox-parallel-partial", "neox-sequential-tied", "olmo2-branch-norms"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "llama-gqa-untied",
+        "qwen2-bias-gqa",
+        "gpt2",
+        "qwen3-qk-norm",
+        "phi3-fused-partial",
+        "neox-parallel-partial",
+        "neox-sequential-tied",
+        "olmo2-branch-norms",
+    ],
+)
 def test_deepen_inserts_identity_blocks(name: str) -> None:
     small = _random(tiny_model(name))
     large = deepen(small, [-1, 0, 1, 1])
@@ -75,8 +97,12 @@ def test_deepen_inserts_identity_blocks(name: str) -> None:
     # the inserted blocks can learn: their zeroed output projections get non-zero gradients
     large.train()
     large(**INPUTS).logits.pow(2).mean().backward()
-    zeroed = [p for n, p in large.named_parameters() if (".1." in n or ".0." in n)
-              and any(out in n for out in ("o_proj", "c_proj", "attention.dense", "dense_4h_to_h"))]
+    zeroed = [
+        p
+        for n, p in large.named_parameters()
+        if (".1." in n or ".0." in n)
+        and any(out in n for out in ("o_proj", "c_proj", "attention.dense", "dense_4h_to_h"))
+    ]
     assert any(float(p.grad.abs().max()) > 0 for p in zeroed)
 
 
@@ -135,8 +161,11 @@ def test_symmetry_breaking_keeps_the_function_and_separates_the_copies(name: str
     exact, noisy = widen(small, 2), widen(small, 2, noise=0.05, seed=3)
     with float64_norms():
         assert max_logit_difference(small, noisy, INPUTS) <= 1e-10
-    up = {"llama-gqa-untied": "model.layers.0.mlp.up_proj.weight", "gpt2": "transformer.h.0.mlp.c_fc.weight",
-          "bert-mlm": "bert.encoder.layer.0.intermediate.dense.weight"}[name]
+    up = {
+        "llama-gqa-untied": "model.layers.0.mlp.up_proj.weight",
+        "gpt2": "transformer.h.0.mlp.c_fc.weight",
+        "bert-mlm": "bert.encoder.layer.0.intermediate.dense.weight",
+    }[name]
     with float64_norms():
         g_exact, g_noisy = gradients(exact, INPUTS)[up], gradients(noisy, INPUTS)[up]
     if name == "gpt2":  # Conv1D: units are columns
@@ -161,9 +190,13 @@ def test_symmetry_breaking_for_ffn_widening() -> None:
         widen_ffn(small, 48, noise=-1)
 
 
-_GRAD_CASES = [(name, op) for name in NAMES for op in ("widen-heads", "widen-head_dim", "ffn", "deepen")
-               if not (op == "deepen" and name == "bert-mlm")  # refused: post-norm
-               and not (op == "widen-head_dim" and name not in ("gpt2", "bert-mlm"))]  # inexact under RoPE
+_GRAD_CASES = [
+    (name, op)
+    for name in NAMES
+    for op in ("widen-heads", "widen-head_dim", "ffn", "deepen")
+    if not (op == "deepen" and name == "bert-mlm")  # refused: post-norm
+    and not (op == "widen-head_dim" and name not in ("gpt2", "bert-mlm"))
+]  # inexact under RoPE
 
 
 @pytest.mark.parametrize(("name", "op"), _GRAD_CASES)
@@ -172,8 +205,12 @@ def test_gradient_map_gives_the_large_models_gradient(name: str, op: str) -> Non
     from kexue.growth import widen_ffn
     from kexue.growth.optim import GrowthMap
 
-    grow = {"widen-heads": lambda m: widen(m, 2), "widen-head_dim": lambda m: widen(m, 2, mode="head_dim"),
-            "ffn": lambda m: widen_ffn(m, 40 if name != "gpt2" else 100), "deepen": lambda m: deepen(m, [0, 1])}[op]
+    grow = {
+        "widen-heads": lambda m: widen(m, 2),
+        "widen-head_dim": lambda m: widen(m, 2, mode="head_dim"),
+        "ffn": lambda m: widen_ffn(m, 40 if name != "gpt2" else 100),
+        "deepen": lambda m: deepen(m, [0, 1]),
+    }[op]
     small = _random(tiny_model(name))
     large = grow(small)
     gmap = GrowthMap.probe(small, grow)
@@ -225,7 +262,9 @@ def test_float32_parity_is_within_relative_1e_minus_4(name: str) -> None:
     small = _random(tiny_model(name)).float()
     with torch.no_grad():
         scale = float(small(**INPUTS).logits.abs().max())
-    ops = [lambda m: widen(m, 2), lambda m: widen_ffn(m, 100)] + ([] if name == "bert-mlm" else [lambda m: deepen(m, [0])])
+    ops = [lambda m: widen(m, 2), lambda m: widen_ffn(m, 100)] + (
+        [] if name == "bert-mlm" else [lambda m: deepen(m, [0])]
+    )
     for op in ops:
         assert max_logit_difference(small, op(small), INPUTS) <= 1e-4 * scale
 
@@ -234,7 +273,9 @@ def test_float32_parity_is_within_relative_1e_minus_4(name: str) -> None:
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
 def test_deepen_gpt2_with_scores_scaled_by_inverse_layer_index(after: list[int], attention: str) -> None:
     """GPT-2 divides layer i's attention scores by i + 1: moved layers get their query rescaled."""
-    config = GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=4, n_positions=32, scale_attn_by_inverse_layer_idx=True)
+    config = GPT2Config(
+        vocab_size=64, n_embd=16, n_layer=2, n_head=4, n_positions=32, scale_attn_by_inverse_layer_idx=True
+    )
     config._attn_implementation = attention
     small = _random(GPT2LMHeadModel(config))
     large = deepen(small, after)
@@ -255,7 +296,9 @@ def test_deepen_gpt2_with_scores_scaled_by_inverse_layer_index(after: list[int],
 def test_deepen_gpt2_scaled_transfers_adam_state_through_the_rescaling() -> None:
     from kexue.growth.optim import GrowthMap
 
-    config = GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=4, n_positions=32, scale_attn_by_inverse_layer_idx=True)
+    config = GPT2Config(
+        vocab_size=64, n_embd=16, n_layer=2, n_head=4, n_positions=32, scale_attn_by_inverse_layer_idx=True
+    )
     small = _random(GPT2LMHeadModel(config))
     grow = lambda m: deepen(m, [-1])  # noqa: E731  every original layer moves up one index
     large = grow(small)
@@ -274,7 +317,13 @@ def test_deepen_qwen2_sliding_window_layers_keep_their_type() -> None:
     small = _random(Qwen2ForCausalLM(config))
     assert small.config.layer_types == ["full_attention", "sliding_attention"]
     large = deepen(small, [-1, 0, 1])
-    assert large.config.layer_types == ["full_attention", "full_attention", "full_attention", "sliding_attention", "sliding_attention"]
+    assert large.config.layer_types == [
+        "full_attention",
+        "full_attention",
+        "full_attention",
+        "sliding_attention",
+        "sliding_attention",
+    ]
     with float64_norms():
         assert max_logit_difference(small, large, INPUTS) <= 1e-10  # 12 tokens > the window of 4: the types matter
     flipped = deepen(small, [0])
@@ -309,8 +358,10 @@ def test_qwen3_qk_norms_need_the_joint_rescaling() -> None:
         assert max_logit_difference(small, large, INPUTS) <= 1e-10
 
     def without_rescaling(real):  # q_norm/k_norm kept, but q and k not divided by √k
-        return lambda m, sd, config: {n: (t * m.s if n.endswith(("q_proj.weight", "k_proj.weight")) else t)
-                                      for n, t in real(m, sd, config).items()}
+        return lambda m, sd, config: {
+            n: (t * m.s if n.endswith(("q_proj.weight", "k_proj.weight")) else t)
+            for n, t in real(m, sd, config).items()
+        }
 
     broken = _widened_with(small, "qwen3", without_rescaling)
     with float64_norms():
@@ -322,7 +373,11 @@ def test_qwen3_qk_norms_need_the_joint_rescaling() -> None:
 def test_qwen3_grown_reloads_with_plain_from_pretrained(tmp_path) -> None:
     small = _random(tiny_model("qwen3-qk-norm"))
     reloaded = _reloaded(deepen(widen(small, 2), [0]), tmp_path)
-    assert reloaded.config.num_attention_heads == 8 and reloaded.config.head_dim == 8 and reloaded.config.num_hidden_layers == 3
+    assert (
+        reloaded.config.num_attention_heads == 8
+        and reloaded.config.head_dim == 8
+        and reloaded.config.num_hidden_layers == 3
+    )
     with float64_norms():
         assert max_logit_difference(small, reloaded, INPUTS) <= 1e-10
 
@@ -343,6 +398,7 @@ def test_phi3_fused_projections_are_split_by_role_and_reload(tmp_path) -> None:
                 if name.endswith("qkv_proj.weight"):
                     new[name] = m.qk(sd[name], None)[0]
             return new
+
         return maps
 
     broken = _widened_with(small, "phi3", fused_as_one)
@@ -368,6 +424,7 @@ def test_gpt_neox_per_head_qkv_layout_matters_and_reloads(tmp_path) -> None:
                     d = w.shape[0] // 3
                     new[name] = torch.cat([m.qk(w[j * d : (j + 1) * d], None)[0] for j in range(3)])
             return new
+
         return maps
 
     broken = _widened_with(small, "gpt_neox", as_stacked_blocks)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import functools
 
 import torch
-from device_contract import Entry, Setting, build
 
+from device_contract import Entry, Setting, build
 from kexue.mitchell import MitchellLinear, mitchell_bmm, mitchell_matmul, mitchell_mul
 from kexue.mitchell import reference as ref
 
@@ -33,10 +33,11 @@ def _exact_values(shape: tuple[int, ...], seed: int) -> torch.Tensor:
 def _pair(a_shape: tuple[int, ...], b_shape: tuple[int, ...]):
     def make(dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
         return _exact_values(a_shape, 0).to(device, dtype), _exact_values(b_shape, 1).to(device, dtype)
+
     return make
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _products(a_shape: tuple[int, ...], b_shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """``(..., M, K, N)`` float64 Mitchell products ``a[.., i, k] ⊗ b[.., k, j]`` by the scalar definition."""
     a, b = (t.double() for t in _pair(a_shape, b_shape)(dtype, "cpu"))
@@ -55,6 +56,7 @@ def _naive_sum(products: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 # --- element-wise product ----------------------------------------------------------------------------
 
+
 def _mul(setting: Setting):
     a, b = build(setting, _pair((M, K), (M, K)))
     return lambda: mitchell_mul(a, b)
@@ -68,6 +70,7 @@ def _mul_reference(dtype: torch.dtype) -> torch.Tensor:
 
 # --- matrix products ---------------------------------------------------------------------------------
 
+
 def _matmul(setting: Setting):
     a, b = build(setting, _pair((M, K), (K, N)))
     return lambda: mitchell_matmul(a, b)
@@ -79,6 +82,7 @@ def _bmm(setting: Setting):
 
 
 # --- the linear layer (cast with .to(), follows autocast) ---------------------------------------------
+
 
 def _linear_make(dtype: torch.dtype, device: str) -> tuple[MitchellLinear, torch.Tensor]:
     layer = MitchellLinear(K, N, device=device, dtype=dtype)
@@ -93,11 +97,13 @@ def _linear(setting: Setting):
     return lambda: layer(x).detach()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _linear_products(dtype: torch.dtype) -> torch.Tensor:
     layer, x = _linear_make(dtype, "cpu")
     w = layer.weight.detach().T.double()
-    values = [[[ref.mul(float(x[i, k]), float(w[k, j]), FORMAT[dtype]) for j in range(N)] for k in range(K)] for i in range(M)]
+    values = [
+        [[ref.mul(float(x[i, k]), float(w[k, j]), FORMAT[dtype]) for j in range(N)] for k in range(K)] for i in range(M)
+    ]
     return torch.tensor(values, dtype=torch.float64)
 
 
@@ -114,7 +120,7 @@ def _follows_autocast(setting: Setting) -> torch.dtype:
     return torch.bfloat16 if setting.autocast and setting.device != "meta" else setting.dtype
 
 
-_EXACT = {dtype: 0.0 for dtype in FORMAT}
+_EXACT = dict.fromkeys(FORMAT, 0.0)
 _EXACT_WHY = "bit-exact against the scalar definition (integer arithmetic on the bit patterns)"
 
 ENTRIES = [

@@ -24,7 +24,11 @@ def test_quick_cases_run_and_report_the_three_ratios() -> None:
     for case in benchmark.BENCH.cases:
         case(bench)
     ratios = {r.id: r for r in bench.ratios}
-    assert {"mitchell.mul_vs_torch_mul", "mitchell.matmul_vs_blas", "mitchell.matmul_vs_numpy_emulation",
-            "mitchell.bmm_vs_torch_bmm"} <= set(ratios)
+    assert {
+        "mitchell.mul_vs_torch_mul",
+        "mitchell.matmul_vs_blas",
+        "mitchell.matmul_vs_numpy_emulation",
+        "mitchell.bmm_vs_torch_bmm",
+    } <= set(ratios)
     assert "mitchell.matmul_vs_blas_2048" not in ratios  # --full only
     assert ratios["mitchell.emulation_agreement"].value < 1e-5

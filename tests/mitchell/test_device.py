@@ -5,11 +5,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from device_contract import count_host_syncs, cuda_sync_errors
 from torch import nn
 
-from kexue.mitchell import (_native, mitchell_attention, mitchell_bmm, mitchell_div, mitchell_exp2, mitchell_log2, mitchell_matmul,
-                            mitchell_mul, mitchellize)
+from device_contract import count_host_syncs, cuda_sync_errors
+from kexue.mitchell import (
+    _native,
+    mitchell_attention,
+    mitchell_bmm,
+    mitchell_div,
+    mitchell_exp2,
+    mitchell_log2,
+    mitchell_matmul,
+    mitchell_mul,
+    mitchellize,
+)
 from kexue.mitchell import reference as ref
 from kexue.mitchell.nn import MitchellConv2d, MitchellLinear
 from kexue.mitchell.transformer import MitchellGatedMLP, MitchellLayerNorm, MitchellRMSNorm
@@ -73,7 +82,12 @@ def test_layers_norms_gates_and_attention_do_not_sync() -> None:
     linear, conv = MitchellLinear(8, 6), MitchellConv2d(2, 3, 3, padding=1)
     norm, layer_norm = MitchellRMSNorm(nn.Parameter(torch.ones(8)), 1e-6), MitchellLayerNorm(nn.LayerNorm(8))
     mlp = nn.Module()
-    mlp.gate_proj, mlp.up_proj, mlp.down_proj, mlp.act_fn = nn.Linear(8, 12), nn.Linear(8, 12), nn.Linear(12, 8), nn.SiLU()
+    mlp.gate_proj, mlp.up_proj, mlp.down_proj, mlp.act_fn = (
+        nn.Linear(8, 12),
+        nn.Linear(8, 12),
+        nn.Linear(12, 8),
+        nn.SiLU(),
+    )
     gated = MitchellGatedMLP(mitchellize(mlp))
     x, image = torch.randn(2, 5, 8), torch.randn(1, 2, 6, 6)
     q, k, v = torch.randn(3, 2, 5, 4).unbind(0)
@@ -92,7 +106,9 @@ def _reference_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     out = torch.zeros(x.shape[0], weight.shape[0], dtype=torch.float64)
     for i in range(x.shape[0]):
         for j in range(weight.shape[0]):
-            out[i, j] = sum(ref.mul(float(x[i, k]), float(weight[j, k]), fmt) for k in range(x.shape[1])) + float(bias[j])
+            out[i, j] = sum(ref.mul(float(x[i, k]), float(weight[j, k]), fmt) for k in range(x.shape[1])) + float(
+                bias[j]
+            )
     return out
 
 
@@ -124,7 +140,10 @@ def test_autocast_is_taken_from_the_tensors_device() -> None:
         assert layer(x).dtype == torch.float32
     meta = MitchellLinear(4, 3, device="meta")
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert meta(torch.randn(2, 4, device="meta")).dtype == nn.Linear(4, 3, device="meta")(torch.randn(2, 4, device="meta")).dtype
+        assert (
+            meta(torch.randn(2, 4, device="meta")).dtype
+            == nn.Linear(4, 3, device="meta")(torch.randn(2, 4, device="meta")).dtype
+        )
         assert MitchellConv2d(2, 3, 3)(torch.randn(1, 2, 5, 5)).dtype == torch.bfloat16
 
 

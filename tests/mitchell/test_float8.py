@@ -26,8 +26,11 @@ def _bits(t: torch.Tensor) -> list[int]:
 
 def _mismatches(got: list[int], want: list[int], f: ref.Format) -> list[tuple[int, int, int]]:
     """Pairs whose bit patterns differ (any NaN equals any NaN)."""
-    return [(i, g, w) for i, (g, w) in enumerate(zip(got, want))
-            if g != w and not (math.isnan(f.from_bits(g)) and math.isnan(f.from_bits(w)))][:5]
+    return [
+        (i, g, w)
+        for i, (g, w) in enumerate(zip(got, want))
+        if g != w and not (math.isnan(f.from_bits(g)) and math.isnan(f.from_bits(w)))
+    ][:5]
 
 
 def test_reference_decodes_and_rounds_like_torch() -> None:
@@ -35,7 +38,7 @@ def test_reference_decodes_and_rounds_like_torch() -> None:
         f = ref.FORMATS[name]
         every = torch.arange(256, dtype=torch.int64).to(torch.uint8).view(dtype).double().tolist()
         assert all(x == f.from_bits(i) or (math.isnan(x) and math.isnan(f.from_bits(i))) for i, x in enumerate(every))
-        values = [1e9, -1e9, math.inf, -math.inf, 464.0, 480.0, 61440.0, 2.0 ** -10, 3 * 2.0 ** -18, 1.3, -0.7]
+        values = [1e9, -1e9, math.inf, -math.inf, 464.0, 480.0, 61440.0, 2.0**-10, 3 * 2.0**-18, 1.3, -0.7]
         assert [f.to_bits(v) for v in values] == _bits(torch.tensor(values, dtype=torch.float64).to(dtype))
 
 
@@ -51,7 +54,9 @@ def _check_products(name: str, correction: str | None, subset: int | None = None
         top = [(ref._classify(f, x)[2] & ((1 << f.mantissa) - 1)) >> shift for x in range(256)]
         extra = [table[top[x]][top[y]] for x, y in zip(ia, ib)]
     else:
-        extra = [{None: 0, "lmul": lmul_correction(f.mantissa), "constant": constant_correction(f.mantissa)}[correction]] * len(ia)
+        extra = [
+            {None: 0, "lmul": lmul_correction(f.mantissa), "constant": constant_correction(f.mantissa)}[correction]
+        ] * len(ia)
     want = [ref.mul_bits(x, y, f, c) for x, y, c in zip(ia, ib, extra)]
     assert _mismatches(_bits(mitchell_mul(a, b, correction=correction)), want, f) == []
 
@@ -90,9 +95,11 @@ def test_e4m3fn_saturates_and_has_nan_for_true_infinities() -> None:
     prod = mitchell_mul(t(256.0, -448.0, 2.0, 0.0), t(4.0, 448.0, 3.0, 448.0)).float().tolist()
     assert prod[:2] == [448.0, -448.0]  # saturated, not wrapped and not NaN
     assert prod[2] == 6.0 and prod[3] == 0.0
-    q = mitchell_div(t(1.0, 0.0, 448.0), t(0.0, 0.0, 2.0 ** -9)).float()
+    q = mitchell_div(t(1.0, 0.0, 448.0), t(0.0, 0.0, 2.0**-9)).float()
     assert math.isnan(q[0]) and math.isnan(q[1]) and float(q[2]) == 448.0
-    assert math.isnan(float(mitchell_log2(t(0.0)).float())) and float(mitchell_log2(t(448.0)).float()) == 9.0  # 8.75 rounded to 3 bits
+    assert (
+        math.isnan(float(mitchell_log2(t(0.0)).float())) and float(mitchell_log2(t(448.0)).float()) == 9.0
+    )  # 8.75 rounded to 3 bits
     assert float(mitchell_exp2(t(20.0)).float()) == 448.0
     # the naive int8 addition of the patterns wraps into NaN/negative numbers on the same overflow
     a, b = t(256.0).view(torch.int8).int(), t(4.0).view(torch.int8).int()
@@ -105,7 +112,7 @@ def test_e5m2_follows_the_ieee_policy() -> None:
     assert mitchell_mul(t(32768.0), t(4.0)).float().tolist() == [math.inf]
     assert mitchell_div(t(-1.0), t(0.0)).float().tolist() == [-math.inf]
     assert mitchell_log2(t(0.0)).float().tolist() == [-math.inf]
-    assert mitchell_mul(t(2.0 ** -14), t(2.0 ** -2)).float().tolist() == [2.0 ** -16]  # into the subnormals
+    assert mitchell_mul(t(2.0**-14), t(2.0**-2)).float().tolist() == [2.0**-16]  # into the subnormals
 
 
 @pytest.mark.parametrize("name", list(FP8))

@@ -56,7 +56,10 @@ def test_torch_path_matches_scalar_loop(correction) -> None:
 @pytest.mark.parametrize("correction", [None, "constant", "piecewise", "lmul"])
 def test_kernel_matches_torch_path_bit_for_bit(correction) -> None:
     a, b = _inputs(1)
-    k, t = mitchell_matmul(a, b, backend="native", correction=correction), mitchell_matmul(a, b, backend="torch", correction=correction)
+    k, t = (
+        mitchell_matmul(a, b, backend="native", correction=correction),
+        mitchell_matmul(a, b, backend="torch", correction=correction),
+    )
     assert _same(k, t)
     assert torch.isinf(k).any()  # the overflow reached the output as inf, not garbage
 
@@ -85,7 +88,9 @@ def test_batched_leading_dims_and_errors() -> None:
 
 
 @pytest.mark.parametrize("backend", ["auto", "torch"])
-@pytest.mark.parametrize(("a_shape", "b_shape"), [((12, 0), (0, 26)), ((0, 5), (5, 3)), ((4, 5), (5, 0)), ((2, 3, 0), (0, 4))])
+@pytest.mark.parametrize(
+    ("a_shape", "b_shape"), [((12, 0), (0, 26)), ((0, 5), (5, 3)), ((4, 5), (5, 0)), ((2, 3, 0), (0, 4))]
+)
 def test_zero_size_operands_give_what_torch_matmul_gives(backend: str, a_shape: tuple, b_shape: tuple) -> None:
     a, b = torch.randn(a_shape), torch.randn(b_shape)
     got = mitchell_matmul(a, b, backend=backend)
@@ -116,8 +121,19 @@ def test_bmm_in_bfloat16_and_float8_rounds_products_in_the_format() -> None:
         x, y = a.to(dtype), b.to(dtype)
         got = mitchell_bmm(x, y)
         # the scalar definition: products in the format, float32 sums in increasing k, one final rounding
-        prods = [[[[ref.mul(float(x[i, r, k].float()), float(y[i, k, c].float()), str(dtype).split(".")[1]) for k in range(6)]
-                   for c in range(4)] for r in range(3)] for i in range(2)]
+        prods = [
+            [
+                [
+                    [
+                        ref.mul(float(x[i, r, k].float()), float(y[i, k, c].float()), str(dtype).split(".")[1])
+                        for k in range(6)
+                    ]
+                    for c in range(4)
+                ]
+                for r in range(3)
+            ]
+            for i in range(2)
+        ]
         want = torch.zeros(2, 3, 4)
         for k in range(6):
             want += torch.tensor([[[p[k] for p in row] for row in m] for m in prods], dtype=torch.float32)

@@ -31,8 +31,12 @@ def test_derivative_backward_passes_gradcheck(correction) -> None:
     w = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
     # the Mitchell product is piecewise linear: finite differences agree away from the kinks
-    assert torch.autograd.gradcheck(lambda x, w, b: mitchell_linear(x, w, b, backward="derivative", correction=correction),
-                                    (x, w, b), eps=1e-7, atol=1e-6)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: mitchell_linear(x, w, b, backward="derivative", correction=correction),
+        (x, w, b),
+        eps=1e-7,
+        atol=1e-6,
+    )
 
 
 def test_exact_and_mitchell_backwards_are_the_stated_products() -> None:
@@ -66,7 +70,9 @@ def test_conv2d_matches_unfold_definition_and_exact_conv_closely() -> None:
 
 def test_mitchellize_swaps_layers_keeps_parameters_and_tracks_errors() -> None:
     torch.manual_seed(3)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10), nn.ReLU(), nn.Linear(10, 3))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10), nn.ReLU(), nn.Linear(10, 3)
+    )
     params = [id(p) for p in model.parameters()]
     mitchellize(model, correction="piecewise", skip=("5",))
     assert isinstance(model[0], MitchellConv2d) and isinstance(model[3], MitchellLinear) and type(model[5]) is nn.Linear

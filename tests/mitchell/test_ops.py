@@ -21,10 +21,10 @@ def _samples(dtype: torch.dtype, n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     bits = {torch.float32: 32, torch.float64: 64}.get(dtype, 16)
     if bits == 64:
-        raw = torch.randint(-2**62, 2**62, (n,), generator=g) * 2 + torch.randint(0, 2, (n,), generator=g)
+        raw = torch.randint(-(2**62), 2**62, (n,), generator=g) * 2 + torch.randint(0, 2, (n,), generator=g)
         t = raw.view(torch.float64)
     else:
-        raw = torch.randint(-2 ** (bits - 1), 2 ** (bits - 1), (n,), generator=g, dtype=torch.int64)
+        raw = torch.randint(-(2 ** (bits - 1)), 2 ** (bits - 1), (n,), generator=g, dtype=torch.int64)
         t = raw.to({16: torch.int16, 32: torch.int32}[bits]).view(dtype)
     finfo = torch.finfo(dtype)
     extra = SPECIAL + [finfo.tiny, finfo.tiny / 4, finfo.max, -finfo.max, finfo.smallest_normal * 0.5]
@@ -85,14 +85,23 @@ def test_special_values_policy() -> None:
     assert 0 < got[8].item() < 1e-75 or got[8].item() == 0  # underflow: gradual, to 0 here
     assert got[8].item() == 0.0
     q = mitchell_div(torch.tensor([1.0, 0.0, inf, 1.0, -1.0]), torch.tensor([0.0, 0.0, inf, inf, 0.0]))
-    assert q[0].item() == inf and math.isnan(q[1].item()) and math.isnan(q[2].item()) and q[3].item() == 0 and q[4].item() == -inf
+    assert (
+        q[0].item() == inf
+        and math.isnan(q[1].item())
+        and math.isnan(q[2].item())
+        and q[3].item() == 0
+        and q[4].item() == -inf
+    )
     assert mitchell_log2(torch.tensor([0.0])).item() == -inf and math.isnan(mitchell_log2(torch.tensor([-1.0])).item())
 
 
 def test_subnormal_inputs_are_not_flushed() -> None:
-    tiny = torch.tensor([2.0 ** -140], dtype=torch.float32)  # subnormal in float32
-    assert mitchell_mul(tiny, torch.tensor([2.0 ** 100])).item() == 2.0 ** -40
-    assert mitchell_mul(torch.tensor([2.0 ** -20], dtype=torch.float16), torch.tensor([1.5], dtype=torch.float16)).item() == 1.5 * 2 ** -20
+    tiny = torch.tensor([2.0**-140], dtype=torch.float32)  # subnormal in float32
+    assert mitchell_mul(tiny, torch.tensor([2.0**100])).item() == 2.0**-40
+    assert (
+        mitchell_mul(torch.tensor([2.0**-20], dtype=torch.float16), torch.tensor([1.5], dtype=torch.float16)).item()
+        == 1.5 * 2**-20
+    )
 
 
 def _mantissa_grid(m: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,8 +13,15 @@ from torch import nn
 from kexue.mitchell.matmul import mitchell_bmm
 from kexue.mitchell.nn import mitchellize, track_errors
 from kexue.mitchell.ops import mitchell_exp2, mitchell_mul
-from kexue.mitchell.transformer import (AttentionSwitches, MitchellGatedMLP, MitchellRMSNorm, bmm, mitchell_attention,
-                                        mitchell_softmax, mul)
+from kexue.mitchell.transformer import (
+    AttentionSwitches,
+    MitchellGatedMLP,
+    MitchellRMSNorm,
+    bmm,
+    mitchell_attention,
+    mitchell_softmax,
+    mul,
+)
 
 EXACT = AttentionSwitches(scores=False, softmax=False, values=False, normalise=False)
 
@@ -31,8 +38,16 @@ def _tiny_llama(seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=16, attn_implementation="eager")
+    config = LlamaConfig(
+        vocab_size=40,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=16,
+        attn_implementation="eager",
+    )
     return LlamaForCausalLM(config)
 
 
@@ -68,7 +83,9 @@ def test_each_switch_is_its_definition() -> None:
 
 def test_mitchell_exponential_never_below_exact_and_within_the_bound() -> None:
     z = torch.linspace(-30, 0, 20001, dtype=torch.float64)
-    ratio = mitchell_softmax(z[None], exponentials=True).double() / torch.softmax(z[None], -1)  # same normaliser up to it
+    ratio = mitchell_softmax(z[None], exponentials=True).double() / torch.softmax(
+        z[None], -1
+    )  # same normaliser up to it
     e = mitchell_exp2(z / math.log(2)) / torch.exp(z)
     assert float(e.min()) >= 1 - 1e-15 and float(e.max()) == pytest.approx(2 / (math.e * math.log(2)), abs=1e-6)
     assert bool(torch.isfinite(ratio).all())
@@ -124,7 +141,14 @@ def test_mitchellize_hf_llama_all_parts_exact_switches_and_skips() -> None:
     torch.testing.assert_close(exact(input_ids=ids).logits, want, rtol=1e-5, atol=1e-5)
     full = copy.deepcopy(model)
     params = [p.data_ptr() for p in full.parameters()]
-    mitchellize(full, attention=True, norms=True, gates=True, correction="piecewise", skip=("lm_head", "model.layers.1.self_attn"))
+    mitchellize(
+        full,
+        attention=True,
+        norms=True,
+        gates=True,
+        correction="piecewise",
+        skip=("lm_head", "model.layers.1.self_attn"),
+    )
     assert [p.data_ptr() for p in full.parameters()] == params
     layer0, layer1 = full.model.layers
     assert isinstance(layer0.mlp, MitchellGatedMLP) and isinstance(full.model.norm, MitchellRMSNorm)

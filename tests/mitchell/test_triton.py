@@ -21,9 +21,9 @@ import torch
 
 pytest.importorskip("triton")
 
-from kexue.mitchell.correction import lambda_correction  # noqa: E402
-from kexue.mitchell.matmul import _accumulate  # noqa: E402
-from kexue.mitchell.ops import _torch_binary, mitchell_exp2, mitchell_log2  # noqa: E402
+from kexue.mitchell.correction import lambda_correction
+from kexue.mitchell.matmul import _accumulate
+from kexue.mitchell.ops import _torch_binary, mitchell_exp2, mitchell_log2
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 CORRECTIONS = (None, "constant", "piecewise", "lmul")
@@ -65,11 +65,25 @@ def _random_bits(n: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
 def _specials(dtype: torch.dtype) -> torch.Tensor:
     """Zeros, infinities, NaN, the subnormal and normal range ends and values near carries, both signs."""
     info = torch.finfo(dtype)
-    values = [0.0, float("inf"), float("nan"), info.smallest_normal, info.max, 1.0, 1.5, 1.9990234375, 3.0,
-              info.smallest_normal / 2, info.smallest_normal * 0.75, 2.0 ** -60, 2.0 ** 60]
+    values = [
+        0.0,
+        float("inf"),
+        float("nan"),
+        info.smallest_normal,
+        info.max,
+        1.0,
+        1.5,
+        1.9990234375,
+        3.0,
+        info.smallest_normal / 2,
+        info.smallest_normal * 0.75,
+        2.0**-60,
+        2.0**60,
+    ]
     positive = torch.tensor(values, dtype=torch.float64).to(dtype)
-    tiny = torch.tensor([1, 3, (1 << (info.bits - 1 - (8 if info.bits == 32 or dtype == torch.bfloat16 else 5))) - 1],
-                        dtype=_INT[dtype]).view(dtype)  # subnormals: the smallest, 3 ulp, the largest
+    tiny = torch.tensor(
+        [1, 3, (1 << (info.bits - 1 - (8 if info.bits == 32 or dtype == torch.bfloat16 else 5))) - 1], dtype=_INT[dtype]
+    ).view(dtype)  # subnormals: the smallest, 3 ulp, the largest
     positive = torch.cat((positive, tiny))
     return torch.cat((positive, -positive))
 
@@ -119,8 +133,14 @@ def test_log2(kernels: ModuleType, dtype: torch.dtype) -> None:
 def test_exp2(kernels: ModuleType, dtype: torch.dtype) -> None:
     g = torch.Generator().manual_seed(6)
     halves = torch.arange(-600, 600, dtype=torch.float64) / 4  # ties: y · 2^m exactly half-way (for small m)
-    y = torch.cat((_random_bits(1024, dtype, 7), (torch.randn(1024, generator=g) * 60).to(dtype), halves.to(dtype),
-                   _specials(dtype)))
+    y = torch.cat(
+        (
+            _random_bits(1024, dtype, 7),
+            (torch.randn(1024, generator=g) * 60).to(dtype),
+            halves.to(dtype),
+            _specials(dtype),
+        )
+    )
     assert _same_bits(kernels.exp2(y), mitchell_exp2(y))
 
 
@@ -154,7 +174,7 @@ def test_bmm_matches_torch_summation_order(kernels: ModuleType, dtype: torch.dty
 
 def test_bmm_order_is_increasing_k(kernels: ModuleType) -> None:
     # 1 + 2^-24 + 2^-24 + ... in increasing k stays 1 in float32; summing the small terms first would not
-    a = torch.tensor([[[1.0] + [2.0 ** -24] * 7]])
+    a = torch.tensor([[[1.0] + [2.0**-24] * 7]])
     b = torch.ones(1, 8, 1)
     got = kernels.bmm(a, b, block=16)
     assert got.item() == 1.0 and _same_bits(got, _accumulate(a, b, None))
@@ -174,7 +194,9 @@ def test_bmm_broadcast_batch_view(kernels: ModuleType) -> None:
     a = _random_bits(3 * 6, torch.bfloat16, 13).view(1, 3, 6).abs().clamp(max=1e4)  # finite operands
     b = (torch.randn(2, 6, 4, generator=torch.Generator().manual_seed(14))).to(torch.bfloat16)
     a2 = a.expand(2, 3, 6)  # stride 0 over the batch, read in place
-    assert _same_bits(kernels.bmm(a2, b, "constant", block=16), _accumulate(a2.contiguous(), b, "constant").to(torch.bfloat16))
+    assert _same_bits(
+        kernels.bmm(a2, b, "constant", block=16), _accumulate(a2.contiguous(), b, "constant").to(torch.bfloat16)
+    )
 
 
 _AOT = """

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from device_contract import Entry, Setting, build
 
+from device_contract import Entry, Setting, build
 from kexue.orthogonal import apply_orthogonal_map, orthogonal_map
 from kexue.orthogonal.reference import closed_form
 

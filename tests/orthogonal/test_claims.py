@@ -7,26 +7,36 @@ import pytest
 from kexue.orthogonal.claims import SUITE
 from kexue.report.claims import ClaimContext
 
-EXPECTED_IDS = {
-    f"orthogonal.{kind}.{name}"
-    for kind in ("reflection", "rotation", "symmetric")
-    for name in ("orthogonality", "maps_a_to_b", "determinant", "worked_example",
-                 "closed_form_equals_construction", "fast_matches_reference")
-} | {
-    "orthogonal.reflection.maps_b_to_a",
-    "orthogonal.symmetric.maps_b_to_a",
-    "orthogonal.rotation.inverse_maps_b_to_a",
-    "orthogonal.rotation.fixes_complement",
-    "orthogonal.degenerate.reflection_canonical",
-    "orthogonal.degenerate.rotation_canonical",
-    "orthogonal.degenerate.symmetric_canonical",
-    "orthogonal.degenerate.printed_formulas",
-} | {
-    f"orthogonal.near_degenerate.{k}_{w}_{dtype}"
-    for k in ("reflection", "rotation", "symmetric")
-    for w in ("printed", "kexue")
-    for dtype in ("float32", "float64")
-}
+EXPECTED_IDS = (
+    {
+        f"orthogonal.{kind}.{name}"
+        for kind in ("reflection", "rotation", "symmetric")
+        for name in (
+            "orthogonality",
+            "maps_a_to_b",
+            "determinant",
+            "worked_example",
+            "closed_form_equals_construction",
+            "fast_matches_reference",
+        )
+    }
+    | {
+        "orthogonal.reflection.maps_b_to_a",
+        "orthogonal.symmetric.maps_b_to_a",
+        "orthogonal.rotation.inverse_maps_b_to_a",
+        "orthogonal.rotation.fixes_complement",
+        "orthogonal.degenerate.reflection_canonical",
+        "orthogonal.degenerate.rotation_canonical",
+        "orthogonal.degenerate.symmetric_canonical",
+        "orthogonal.degenerate.printed_formulas",
+    }
+    | {
+        f"orthogonal.near_degenerate.{k}_{w}_{dtype}"
+        for k in ("reflection", "rotation", "symmetric")
+        for w in ("printed", "kexue")
+        for dtype in ("float32", "float64")
+    }
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +62,11 @@ def test_documented_claims_show_the_printed_formulas_breaking(ctx: ClaimContext)
     by_id = {c.id: c for c in ctx.claims}
     assert {c.id for c in ctx.claims if c.status == "documented"} == {
         "orthogonal.degenerate.printed_formulas",
-        *(f"orthogonal.near_degenerate.{k}_printed_{t}" for k in ("reflection", "rotation", "symmetric") for t in ("float32", "float64")),
+        *(
+            f"orthogonal.near_degenerate.{k}_printed_{t}"
+            for k in ("reflection", "rotation", "symmetric")
+            for t in ("float32", "float64")
+        ),
     }
     assert by_id["orthogonal.degenerate.printed_formulas"].measured == (
         "reflection 256/256, rotation 256/256, symmetric 256/256 entries non-finite"

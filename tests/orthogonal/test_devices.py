@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from device_contract import count_host_syncs, cuda_sync_errors
 
-from kexue.orthogonal import KINDS, apply_orthogonal_map, low_rank_factors, orthogonal_map
-from kexue.orthogonal import reference
+from device_contract import count_host_syncs, cuda_sync_errors
+from kexue.orthogonal import KINDS, apply_orthogonal_map, low_rank_factors, orthogonal_map, reference
 
 
 def _pair(d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,7 +24,9 @@ def test_validate_false_reads_nothing_back_and_gives_the_same_map(kind: str) -> 
         fast = apply_orthogonal_map(x.bfloat16(), a.bfloat16(), b.bfloat16(), kind, validate=False)
         matrix = orthogonal_map(a, b, kind, validate=False)
     assert syncs == []
-    torch.testing.assert_close(fast, apply_orthogonal_map(x.bfloat16(), a.bfloat16(), b.bfloat16(), kind), rtol=0, atol=0)
+    torch.testing.assert_close(
+        fast, apply_orthogonal_map(x.bfloat16(), a.bfloat16(), b.bfloat16(), kind), rtol=0, atol=0
+    )
     torch.testing.assert_close(matrix, orthogonal_map(a, b, kind), rtol=0, atol=0)
 
 
@@ -91,7 +92,11 @@ def test_autocast_does_not_lower_the_precision(kind: str) -> None:
     batched = (torch.randn(9, 32), torch.randn(9, 32))  # per-row pairs: the batched matmul path
     plain = (orthogonal_map(a, b, kind), apply_orthogonal_map(x, a, b, kind), apply_orthogonal_map(x, *batched, kind))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        under = (orthogonal_map(a, b, kind), apply_orthogonal_map(x, a, b, kind), apply_orthogonal_map(x, *batched, kind))
+        under = (
+            orthogonal_map(a, b, kind),
+            apply_orthogonal_map(x, a, b, kind),
+            apply_orthogonal_map(x, *batched, kind),
+        )
     for p, u in zip(plain, under):
         assert u.dtype == torch.float32
         torch.testing.assert_close(u, p, rtol=0, atol=0)

@@ -32,7 +32,10 @@ def test_unit_vector_to_double_word_precision() -> None:
         u = _random(d, 10 + seed)
         hi, lo = _dw_unit(u[None])
         norm = sum(Decimal(v) ** 2 for v in u.tolist()).sqrt()
-        worst = max(abs(Decimal(h) + Decimal(l) - Decimal(v) / norm) for h, l, v in zip(hi[0].tolist(), lo[0].tolist(), u.tolist()))
+        worst = max(
+            abs(Decimal(h) + Decimal(l) - Decimal(v) / norm)
+            for h, l, v in zip(hi[0].tolist(), lo[0].tolist(), u.tolist())
+        )
         assert worst < Decimal("1e-30"), (d, worst)
         # plain float64 normalisation is only good to ~1e-16: the test can tell them apart
         plain = (u / torch.linalg.vector_norm(u)).tolist()

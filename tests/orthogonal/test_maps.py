@@ -60,8 +60,12 @@ def test_float32_error_within_twice_the_plain_float32_reference(kind: str) -> No
         exact = x @ reference.closed_form(a, b, kind).T
         x32 = x.astype(np.float32)
         plain = x32 @ reference.closed_form(a.astype(np.float32), b.astype(np.float32), kind, np.float32).T
-        fast = apply_orthogonal_map(torch.from_numpy(x32), torch.from_numpy(a.astype(np.float32)),
-                                    torch.from_numpy(b.astype(np.float32)), kind=kind).numpy()
+        fast = apply_orthogonal_map(
+            torch.from_numpy(x32),
+            torch.from_numpy(a.astype(np.float32)),
+            torch.from_numpy(b.astype(np.float32)),
+            kind=kind,
+        ).numpy()
         worst_plain = max(worst_plain, np.abs(plain - exact).max())
         worst_fast = max(worst_fast, np.abs(fast - exact).max())
     assert worst_fast <= 2 * worst_plain, (worst_fast, worst_plain)
@@ -69,12 +73,16 @@ def test_float32_error_within_twice_the_plain_float32_reference(kind: str) -> No
 
 # --- properties ----------------------------------------------------------------------------------
 
-vectors = st.integers(min_value=2, max_value=40).flatmap(
-    lambda d: st.tuples(
-        arrays(np.float64, d, elements=st.floats(-100, 100, allow_nan=False, allow_subnormal=False)),
-        arrays(np.float64, d, elements=st.floats(-100, 100, allow_nan=False, allow_subnormal=False)),
+vectors = (
+    st.integers(min_value=2, max_value=40)
+    .flatmap(
+        lambda d: st.tuples(
+            arrays(np.float64, d, elements=st.floats(-100, 100, allow_nan=False, allow_subnormal=False)),
+            arrays(np.float64, d, elements=st.floats(-100, 100, allow_nan=False, allow_subnormal=False)),
+        )
     )
-).filter(lambda ab: np.abs(ab[0]).max() > 1e-3 and np.abs(ab[1]).max() > 1e-3)
+    .filter(lambda ab: np.abs(ab[0]).max() > 1e-3 and np.abs(ab[1]).max() > 1e-3)
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -321,7 +329,9 @@ def test_gradcheck_matrix(kind: str) -> None:
 def test_gradcheck_apply(kind: str, inverse: bool) -> None:
     a, b = (torch.from_numpy(v).requires_grad_() for v in _pair(6, 17))
     x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, a, b: apply_orthogonal_map(x, a, b, kind=kind, inverse=inverse), (x, a, b))
+    assert torch.autograd.gradcheck(
+        lambda x, a, b: apply_orthogonal_map(x, a, b, kind=kind, inverse=inverse), (x, a, b)
+    )
 
 
 def test_gradient_matches_reference_direction() -> None:
@@ -349,9 +359,20 @@ def test_gradient_matches_reference_direction() -> None:
         (lambda: orthogonal_map(1.0, 1.0), r"at least one dimension"),
         (lambda: orthogonal_map(["x", "y"], [0.0, 1.0]), r"a must hold real numbers"),
         (lambda: orthogonal_map(np.ones((3, 2)), np.ones((4, 2))), r"must broadcast"),
-        (lambda: apply_orthogonal_map(np.ones((3, 4)), [1.0, 0.0], [0.0, 1.0]), r"last dimension d = x.shape\[-1\] = 4"),
-        (lambda: apply_orthogonal_map(np.ones((3, 2)), [1.0, 0.0], [0.0, 1.0], out=np.ones((2, 2))), r"out must have shape \(3, 2\)"),
-        (lambda: apply_orthogonal_map(torch.ones(3, 2), [1.0, 0.0], [0.0, 1.0], out=torch.ones(3, 2, dtype=torch.float64)), r"dtype torch.float32"),
+        (
+            lambda: apply_orthogonal_map(np.ones((3, 4)), [1.0, 0.0], [0.0, 1.0]),
+            r"last dimension d = x.shape\[-1\] = 4",
+        ),
+        (
+            lambda: apply_orthogonal_map(np.ones((3, 2)), [1.0, 0.0], [0.0, 1.0], out=np.ones((2, 2))),
+            r"out must have shape \(3, 2\)",
+        ),
+        (
+            lambda: apply_orthogonal_map(
+                torch.ones(3, 2), [1.0, 0.0], [0.0, 1.0], out=torch.ones(3, 2, dtype=torch.float64)
+            ),
+            r"dtype torch.float32",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_error(call, match: str) -> None:

@@ -20,7 +20,9 @@ def _pair(d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def test_closed_form_equals_plane_construction(kind: str, d: int) -> None:
     for seed in range(5):
         a, b = _pair(d, seed)
-        np.testing.assert_allclose(reference.closed_form(a, b, kind), reference.plane_construction(a, b, kind), atol=1e-13)
+        np.testing.assert_allclose(
+            reference.closed_form(a, b, kind), reference.plane_construction(a, b, kind), atol=1e-13
+        )
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -23,8 +23,12 @@ def test_full_scale_claims_pass() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(d=st.integers(2, 1024), seed=st.integers(0, 2**32 - 1), kind=st.sampled_from(["reflection", "rotation", "symmetric"]),
-       near=st.sampled_from([None, 1e-3, 1e-6, 0.0]))
+@given(
+    d=st.integers(2, 1024),
+    seed=st.integers(0, 2**32 - 1),
+    kind=st.sampled_from(["reflection", "rotation", "symmetric"]),
+    near=st.sampled_from([None, 1e-3, 1e-6, 0.0]),
+)
 def test_float32_apply_close_to_float64_reference(d: int, seed: int, kind: str, near: float | None) -> None:
     """Random dims, and pairs near (or at) the degenerate point, in float32."""
     rng = np.random.default_rng(seed)

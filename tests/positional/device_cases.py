@@ -11,9 +11,15 @@ up to 5e-4 rad, so the float32 bound is set by the angles, and the low-precision
 from __future__ import annotations
 
 import torch
-from device_contract import Entry, Setting, build
 
-from kexue.positional import RotaryEmbedding, apply_rotary, apply_rotary_qk, rope_parameters_from_config, sinusoidal_table
+from device_contract import Entry, Setting, build
+from kexue.positional import (
+    RotaryEmbedding,
+    apply_rotary,
+    apply_rotary_qk,
+    rope_parameters_from_config,
+    sinusoidal_table,
+)
 from kexue.positional.reference import plain_half_rotation, sinusoidal_reference
 from kexue.positional.rope import axial_frequencies, rope_frequencies
 from kexue.positional.vit import TinyViT
@@ -108,7 +114,9 @@ def _hf(setting: Setting):
 
 
 def _rope(setting: Setting):
-    rope, x = build(setting, lambda dtype, device: (RotaryEmbedding(D, device=device), _randn(1, 2, T, D).to(device, dtype)))
+    rope, x = build(
+        setting, lambda dtype, device: (RotaryEmbedding(D, device=device), _randn(1, 2, T, D).to(device, dtype))
+    )
     return lambda: rope(x, offset=OFFSET)
 
 
@@ -129,15 +137,30 @@ def _yarn_config():
     import transformers
 
     return transformers.LlamaConfig(
-        vocab_size=32, hidden_size=128, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        vocab_size=32,
+        hidden_size=128,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
         max_position_embeddings=8192,
-        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 2048})
+        rope_parameters={
+            "rope_type": "yarn",
+            "rope_theta": 10000.0,
+            "factor": 4.0,
+            "original_max_position_embeddings": 2048,
+        },
+    )
 
 
 def _yarn(setting: Setting):
     config = _yarn_config()
-    rope, x = build(setting, lambda dtype, device: (RotaryEmbedding.from_config(config, device=device),
-                                                    _randn(1, 2, T, D, seed=3).to(device, dtype)))
+    rope, x = build(
+        setting,
+        lambda dtype, device: (
+            RotaryEmbedding.from_config(config, device=device),
+            _randn(1, 2, T, D, seed=3).to(device, dtype),
+        ),
+    )
     return lambda: rope(x, offset=OFFSET)
 
 
@@ -161,9 +184,17 @@ def _mrope_config():
     import transformers
 
     return transformers.Qwen2VLTextConfig(
-        vocab_size=32, hidden_size=64, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, bos_token_id=0, eos_token_id=1, pad_token_id=0,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]})
+        vocab_size=32,
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=0,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
+    )
 
 
 def _mrope_positions() -> torch.Tensor:
@@ -175,8 +206,13 @@ def _mrope_positions() -> torch.Tensor:
 
 def _mrope(setting: Setting):
     config = _mrope_config()
-    rope, x = build(setting, lambda dtype, device: (RotaryEmbedding.from_config(config, device=device),
-                                                    _randn(1, 2, T, 32, seed=4).to(device, dtype)))
+    rope, x = build(
+        setting,
+        lambda dtype, device: (
+            RotaryEmbedding.from_config(config, device=device),
+            _randn(1, 2, T, 32, seed=4).to(device, dtype),
+        ),
+    )
     positions = _mrope_positions().to(setting.device)
     return lambda: rope(x, positions)
 
@@ -206,8 +242,13 @@ def _vit_positions() -> torch.Tensor:
 
 def _vit(setting: Setting):
     torch.manual_seed(0)
-    model, q = build(setting, lambda dtype, device: (TinyViT("rope-2d-axial").to(device, dtype),
-                                                     _randn(2, 4, 144, 16, seed=5).to(device, dtype)))
+    model, q = build(
+        setting,
+        lambda dtype, device: (
+            TinyViT("rope-2d-axial").to(device, dtype),
+            _randn(2, 4, 144, 16, seed=5).to(device, dtype),
+        ),
+    )
     return lambda: model.rope(q, model.positions(12, "interpolate", q.device), validate=False)
 
 
@@ -242,56 +283,71 @@ ROTARY_RETURNS = "x's dtype (q's and k's)"
 ENTRIES = [
     Entry(
         name="kexue.positional.apply_rotary",
-        prepare=_apply, reference=_apply_reference, plain=_apply_plain,
+        prepare=_apply,
+        reference=_apply_reference,
+        plain=_apply_plain,
         accepts="x: float16, bfloat16, float32, float64; cos/sin: any float dtype, on x's device",
         computes="float32 (float64 for float64 x); rounds once on output",
         returns=ROTARY_RETURNS,
     ),
     Entry(
         name="kexue.positional.apply_rotary_qk",
-        prepare=_qk, reference=_qk_reference, plain=_qk_plain,
+        prepare=_qk,
+        reference=_qk_reference,
+        plain=_qk_plain,
         accepts="q, k: one float dtype; cos/sin: any float dtype, on their device",
         computes="float32 (float64 for float64 q, k); rounds once on output",
         returns=ROTARY_RETURNS,
     ),
     Entry(
         name="kexue.positional.hf.hf_apply_rotary_pos_emb",
-        prepare=_hf, reference=_qk_reference, plain=_qk_plain,
+        prepare=_hf,
+        reference=_qk_reference,
+        plain=_qk_plain,
         accepts="transformers' (B, T, R) cos/sin tables and q, k in the model's dtype",
         computes="float32 products rounded to the model's dtype before the sum (transformers' recipe, bit for bit)",
         returns=ROTARY_RETURNS,
     ),
     Entry(
         name="kexue.positional.RotaryEmbedding",
-        prepare=_rope, reference=_rope_reference, plain=_rope_plain,
+        prepare=_rope,
+        reference=_rope_reference,
+        plain=_rope_plain,
         accepts="x of any float dtype; the module cast with .to()/.half()/.bfloat16() keeps its float32 frequencies",
         computes="angles and cos/sin in angle_dtype (float32), autocast off; rotation in float32, one rounding",
         returns="x's dtype",
     ),
     Entry(
         name="kexue.positional.RotaryEmbedding.from_config (yarn)",
-        prepare=_yarn, reference=_yarn_reference, plain=_yarn_plain,
+        prepare=_yarn,
+        reference=_yarn_reference,
+        plain=_yarn_plain,
         accepts="a transformers config (any rope_type); x of any float dtype; the module cast with .to()",
         computes="frequencies in float64, held in angle_dtype; angles, tables (× attention factor) and rotation in float32",
         returns="x's dtype",
     ),
     Entry(
         name="kexue.positional.RotaryEmbedding.from_config (M-RoPE)",
-        prepare=_mrope, reference=_mrope_reference, plain=_mrope_plain,
+        prepare=_mrope,
+        reference=_mrope_reference,
+        plain=_mrope_plain,
         accepts="an M-RoPE config (Qwen2-VL, Qwen3-VL); (T, 3) integer positions; x of any float dtype",
         computes="angles p·F in angle_dtype (float32), elementwise (autocast-proof); rotation in float32",
         returns="x's dtype",
     ),
     Entry(
         name="kexue.positional.vit.TinyViT.rope (2-D axial RoPE)",
-        prepare=_vit, reference=_vit_reference, plain=_vit_plain,
+        prepare=_vit,
+        reference=_vit_reference,
+        plain=_vit_plain,
         accepts="the ViT cast whole with .to(dtype); fractional (T, 2) positions; validate=False",
         computes="angles in float32 whatever the model's dtype; rotation in float32",
         returns="x's dtype",
     ),
     Entry(
         name="kexue.positional.sinusoidal_table",
-        prepare=_sinusoidal, reference=lambda dtype: torch.from_numpy(sinusoidal_reference(_sin_positions(dtype).double().numpy(), D)),
+        prepare=_sinusoidal,
+        reference=lambda dtype: torch.from_numpy(sinusoidal_reference(_sin_positions(dtype).double().numpy(), D)),
         plain=_sinusoidal_plain,
         accepts="positions: an int length or a real tensor/array on any device; validate=False reads nothing back",
         computes="angles and sines in float64 (angle_dtype), rounded once to dtype",

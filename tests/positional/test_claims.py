@@ -8,19 +8,34 @@ from kexue.positional import claims
 from kexue.report.claims import ClaimContext
 
 SINUSOIDAL_IDS = {
-    "sinusoidal.relativity.integer", "sinusoidal.relativity.fractional", "sinusoidal.decay.envelope",
-    "sinusoidal.decay.limit", "sinusoidal.sum_to_integral", "sinusoidal.schedules.base_stretches_decay",
+    "sinusoidal.relativity.integer",
+    "sinusoidal.relativity.fractional",
+    "sinusoidal.decay.envelope",
+    "sinusoidal.decay.limit",
+    "sinusoidal.sum_to_integral",
+    "sinusoidal.schedules.base_stretches_decay",
     "sinusoidal.schedules.comparison",
 }
-ROPE_IDS = {
-    f"rope.relativity.{c}_{k}" for c in ("1d", "2d_axial", "3d_axial", "2d_mixed") for k in ("integer", "fractional")
-} | {f"rope.orthogonality.{c}" for c in ("1d", "2d_axial", "3d_axial", "2d_mixed")} | {
-    "rope.invertibility.2d_axial", "rope.invertibility.3d_axial", "rope.invertibility.2d_mixed",
-    "rope.invertibility.single_block_counterexample", "rope.one_d.special_case", "rope.flattened.neighbour_distances",
-    "rope.flattened.breaks_2d_relativity", "rope.quaternion.breaks_relativity", "rope.fast_path.native_available",
-    "rope.layout_conversion", "rope.scaling.matches_transformers", "rope.scaling.analysis",
-    "rope.mrope.block_solution",
-} | {f"rope.fast_path.{b}_{d}" for b in ("native", "torch") for d in ("float64", "float32", "bfloat16")}
+ROPE_IDS = (
+    {f"rope.relativity.{c}_{k}" for c in ("1d", "2d_axial", "3d_axial", "2d_mixed") for k in ("integer", "fractional")}
+    | {f"rope.orthogonality.{c}" for c in ("1d", "2d_axial", "3d_axial", "2d_mixed")}
+    | {
+        "rope.invertibility.2d_axial",
+        "rope.invertibility.3d_axial",
+        "rope.invertibility.2d_mixed",
+        "rope.invertibility.single_block_counterexample",
+        "rope.one_d.special_case",
+        "rope.flattened.neighbour_distances",
+        "rope.flattened.breaks_2d_relativity",
+        "rope.quaternion.breaks_relativity",
+        "rope.fast_path.native_available",
+        "rope.layout_conversion",
+        "rope.scaling.matches_transformers",
+        "rope.scaling.analysis",
+        "rope.mrope.block_solution",
+    }
+    | {f"rope.fast_path.{b}_{d}" for b in ("native", "torch") for d in ("float64", "float32", "bfloat16")}
+)
 
 
 def _run(suite, skip: tuple[str, ...] = ()) -> ClaimContext:
@@ -43,7 +58,9 @@ def rope() -> ClaimContext:
 
 def test_sinusoidal_ids_and_verdicts(sinusoidal: ClaimContext) -> None:
     assert {c.id for c in sinusoidal.claims} == SINUSOIDAL_IDS
-    assert all(c.status in ("pass", "documented") for c in sinusoidal.claims), [c for c in sinusoidal.claims if c.status == "fail"]
+    assert all(c.status in ("pass", "documented") for c in sinusoidal.claims), [
+        c for c in sinusoidal.claims if c.status == "fail"
+    ]
     assert {f.name for f in sinusoidal.figures} == {"sinusoidal_decay", "sinusoidal_schedules"}
 
 

@@ -9,11 +9,10 @@ import importlib
 import pytest
 import torch
 import torch.nn.functional as F
-from device_contract import count_host_syncs, cuda_sync_errors
 from torch import nn
 
-from kexue.positional import RotaryEmbedding, apply_rotary, apply_rotary_qk, sinusoidal_table
-from kexue.positional import vit
+from device_contract import count_host_syncs, cuda_sync_errors
+from kexue.positional import RotaryEmbedding, apply_rotary, apply_rotary_qk, sinusoidal_table, vit
 from kexue.positional.hf import SUPPORTED_FAMILIES, hf_apply_rotary_pos_emb, hf_apply_rotary_pos_emb_, patch_hf_rope
 from kexue.positional.mrope import mrope_decode_positions
 from kexue.positional.reference import plain_half_rotation
@@ -48,8 +47,13 @@ def test_a_cast_module_keeps_float32_angles_the_issue_case(cast: str) -> None:
     error = (rope(x).double() - want).abs().max().item()
     assert error <= bound, f"{cast}: error {error:.3g} > bound {bound:.3g}"
     # the same cast without the override (nn.Module's own _apply) is the bug: frequencies in the cast dtype
-    dtype = {"bfloat16()": torch.bfloat16, "to(bfloat16)": torch.bfloat16, "half()": torch.float16,
-             "to(float16)": torch.float16, "double()": torch.float64}[cast]
+    dtype = {
+        "bfloat16()": torch.bfloat16,
+        "to(bfloat16)": torch.bfloat16,
+        "half()": torch.float16,
+        "to(float16)": torch.float16,
+        "double()": torch.float64,
+    }[cast]
     broken = RotaryEmbedding(128)
     nn.Module._apply(broken, lambda t: t.to(dtype) if t.is_floating_point() else t)
     broken_error = (broken(x).double() - want).abs().max().item()
@@ -59,9 +63,18 @@ def test_a_cast_module_keeps_float32_angles_the_issue_case(cast: str) -> None:
 
 def test_from_config_and_mrope_modules_keep_their_precision_through_casts() -> None:
     transformers = pytest.importorskip("transformers")
-    yarn = transformers.LlamaConfig(hidden_size=64, num_attention_heads=2, num_hidden_layers=1, max_position_embeddings=8192,
-                                    rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
-                                                     "original_max_position_embeddings": 2048})
+    yarn = transformers.LlamaConfig(
+        hidden_size=64,
+        num_attention_heads=2,
+        num_hidden_layers=1,
+        max_position_embeddings=8192,
+        rope_parameters={
+            "rope_type": "yarn",
+            "rope_theta": 10000.0,
+            "factor": 4.0,
+            "original_max_position_embeddings": 2048,
+        },
+    )
     rope = RotaryEmbedding.from_config(yarn).bfloat16()
     want = RotaryEmbedding.from_config(yarn, angle_dtype=torch.float64)
     x = torch.randn(1, 2, 16, 32)
@@ -89,8 +102,12 @@ def test_learnable_frequencies_keep_dtype_identity_and_gradient_through_a_cast()
 def test_meta_device_gives_meta_outputs_of_the_right_shape(how: str) -> None:
     rope = RotaryEmbedding(32, device="meta") if how == "built" else RotaryEmbedding(32).to("meta")
     x = torch.empty(2, 4, 10, 32, device="meta", dtype=torch.bfloat16)
-    for out in (rope(x), rope(x, offset=5), rope(x, torch.arange(10, device="meta")),
-                rope(x, offset=torch.zeros(2, dtype=torch.long, device="meta"))):
+    for out in (
+        rope(x),
+        rope(x, offset=5),
+        rope(x, torch.arange(10, device="meta")),
+        rope(x, offset=torch.zeros(2, dtype=torch.long, device="meta")),
+    ):
         assert out.is_meta and out.shape == x.shape and out.dtype == torch.bfloat16
     cos, _ = rope.cos_sin(torch.arange(10.0, device="meta"))
     assert cos.is_meta and cos.dtype == torch.float32 and cos.shape == (10, 16)
@@ -100,12 +117,24 @@ def test_meta_device_gives_meta_outputs_of_the_right_shape(how: str) -> None:
 
 def test_materialising_a_meta_module_recomputes_its_frequencies() -> None:
     transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(hidden_size=64, num_attention_heads=2, num_hidden_layers=1, max_position_embeddings=4096,
-                                      rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-                                                       "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                                       "original_max_position_embeddings": 512})
-    for meta, real in ((RotaryEmbedding(32, device="meta"), RotaryEmbedding(32)),
-                       (RotaryEmbedding.from_config(config, device="meta"), RotaryEmbedding.from_config(config))):
+    config = transformers.LlamaConfig(
+        hidden_size=64,
+        num_attention_heads=2,
+        num_hidden_layers=1,
+        max_position_embeddings=4096,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 512,
+        },
+    )
+    for meta, real in (
+        (RotaryEmbedding(32, device="meta"), RotaryEmbedding(32)),
+        (RotaryEmbedding.from_config(config, device="meta"), RotaryEmbedding.from_config(config)),
+    ):
         meta.to_empty(device="cpu")
         assert torch.equal(meta.freqs, real.freqs)
         x = torch.randn(1, 2, 5, 32)
@@ -130,8 +159,11 @@ def test_no_host_sync_in_the_per_layer_paths() -> None:
         hf_apply_rotary_pos_emb(q, k, hf_cos, hf_sin)
         hf_apply_rotary_pos_emb_(q.clone(), k.clone(), hf_cos, hf_sin)
         rope(q, offset=7)  # default positions: the cached table, sliced with Python ints
-        got = {"positions": rope(q, positions, validate=False), "fractional": rope(q, positions / 3, validate=False),
-               "offsets": rope(q, offset=offsets, validate=False)}
+        got = {
+            "positions": rope(q, positions, validate=False),
+            "fractional": rope(q, positions / 3, validate=False),
+            "offsets": rope(q, offset=offsets, validate=False),
+        }
         mrope(q, torch.stack((positions, positions + 1, positions + 2), -1))  # integer (T, 3): nothing to validate
         mrope_decode_positions(torch.tensor(5), 12, 1)
         sinusoidal_table(positions.float(), 16, validate=False)
@@ -167,8 +199,10 @@ def test_the_patched_transformers_forward_syncs_nothing(monkeypatch) -> None:
 
 
 def test_cpu_autocast_leaves_angles_and_outputs_alone() -> None:
-    for rope, positions in ((RotaryEmbedding(32), torch.arange(5000.0, 5016.0)),
-                            (RotaryEmbedding(32, axes=2, frequencies="mixed", num_heads=4), torch.randn(16, 2) * 50)):
+    for rope, positions in (
+        (RotaryEmbedding(32), torch.arange(5000.0, 5016.0)),
+        (RotaryEmbedding(32, axes=2, frequencies="mixed", num_heads=4), torch.randn(16, 2) * 50),
+    ):
         x = torch.randn(2, 4, 16, 32)
         plain_angles, plain_out = rope.angles(positions), rope(x, positions)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -195,19 +229,31 @@ def test_products_rounding_is_transformers_rotation_bit_for_bit(dtype: torch.dty
     cos = torch.cat((angles.cos(), angles.cos()), -1)[None].to(dtype)
     sin = torch.cat((angles.sin(), angles.sin()), -1)[None].to(dtype)
     theirs = module.apply_rotary_pos_emb(q, k, cos, sin)
-    ours = apply_rotary_qk(q, k, cos[..., :32].unsqueeze(1), sin[..., :32].unsqueeze(1), rounding="products", backend=backend)
+    ours = apply_rotary_qk(
+        q, k, cos[..., :32].unsqueeze(1), sin[..., :32].unsqueeze(1), rounding="products", backend=backend
+    )
     once = apply_rotary(q, cos[..., :32].unsqueeze(1), sin[..., :32].unsqueeze(1), backend=backend)
     assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
     assert not torch.equal(once, theirs[0])
 
 
-SMALL = {"vocab_size": 97, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
-         "num_key_value_heads": 2, "max_position_embeddings": 256}
+SMALL = {
+    "vocab_size": 97,
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 256,
+}
 
 
 def _tiny(family: str, transformers):
     torch.manual_seed(0)
-    config_class, model_class = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}[family]
+    config_class, model_class = {
+        "llama": ("LlamaConfig", "LlamaForCausalLM"),
+        "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    }[family]
     return getattr(transformers, model_class)(getattr(transformers, config_class)(**SMALL)).eval()
 
 
@@ -228,7 +274,9 @@ def test_a_bfloat16_model_patched_decodes_transformers_own_tokens(family: str) -
     assert torch.equal(got_logits, want_logits)
 
 
-def _train_vit(model: vit.TinyViT, dtype: torch.dtype, patches: torch.Tensor, labels: torch.Tensor, steps: int = 20) -> torch.Tensor:
+def _train_vit(
+    model: vit.TinyViT, dtype: torch.dtype, patches: torch.Tensor, labels: torch.Tensor, steps: int = 20
+) -> torch.Tensor:
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
     generator = torch.Generator().manual_seed(0)
     losses = []
@@ -276,7 +324,10 @@ def test_cuda_rotary_embedding_matches_the_float64_reference_without_syncs() -> 
         bf16 = rope(xc.bfloat16(), positions, validate=False)
     for out in outs:
         assert out.device.type == "cuda" and (out.double().cpu() - want).abs().max().item() <= bound
-    assert bf16.dtype == torch.bfloat16 and (bf16.double().cpu() - want).abs().max().item() <= 4 * BF16_EPS * want.abs().max().item()
+    assert (
+        bf16.dtype == torch.bfloat16
+        and (bf16.double().cpu() - want).abs().max().item() <= 4 * BF16_EPS * want.abs().max().item()
+    )
 
 
 @pytest.mark.gpu
@@ -299,10 +350,15 @@ def test_cuda_patched_bfloat16_llama_decodes_transformers_tokens_without_syncs()
         want = model.generate(ids, max_new_tokens=32, do_sample=False, pad_token_id=0)
         with patch_hf_rope(model):
             got = model.generate(ids, max_new_tokens=32, do_sample=False, pad_token_id=0)
-            q, k = torch.randn(2, 4, 9, 16, device="cuda", dtype=torch.bfloat16), torch.randn(2, 2, 9, 16, device="cuda", dtype=torch.bfloat16)
+            q, k = (
+                torch.randn(2, 4, 9, 16, device="cuda", dtype=torch.bfloat16),
+                torch.randn(2, 2, 9, 16, device="cuda", dtype=torch.bfloat16),
+            )
             cos, sin = model.model.rotary_emb(q, torch.arange(9, device="cuda")[None].expand(2, -1))
             with cuda_sync_errors():
                 rq, rk = module.apply_rotary_pos_emb(q.clone(), k.clone(), cos, sin)  # the patched function (in place)
     assert torch.equal(got, want)
-    theirs = importlib.import_module(SUPPORTED_FAMILIES["llama"]).apply_rotary_pos_emb(q, k, cos, sin)  # unpatched again
+    theirs = importlib.import_module(SUPPORTED_FAMILIES["llama"]).apply_rotary_pos_emb(
+        q, k, cos, sin
+    )  # unpatched again
     assert torch.equal(rq, theirs[0]) and torch.equal(rk, theirs[1])

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import importlib
-import math
 import logging
+import math
 
 import pytest
 import torch
@@ -22,26 +22,88 @@ def _family(name: str, config_class: str, rotary_class: str, **fields):
 
 
 FAMILIES = [
-    _family("llama", "LlamaConfig", "LlamaRotaryEmbedding", num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=131072,
-            rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
-    _family("mistral", "MistralConfig", "MistralRotaryEmbedding", num_attention_heads=4, num_key_value_heads=1,
-            head_dim=64, rope_parameters={"rope_type": "default", "rope_theta": 1e6}),
-    _family("qwen2", "Qwen2Config", "Qwen2RotaryEmbedding", num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=131072,
-            rope_parameters={"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0, "original_max_position_embeddings": 32768}),
-    _family("qwen3", "Qwen3Config", "Qwen3RotaryEmbedding", num_attention_heads=4, num_key_value_heads=2, head_dim=48,
-            rope_parameters={"rope_type": "linear", "rope_theta": 1e6, "factor": 2.0}),
-    _family("phi3", "Phi3Config", "Phi3RotaryEmbedding", num_attention_heads=4, num_key_value_heads=4,
-            max_position_embeddings=131072, original_max_position_embeddings=4096,
-            rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.75,
-                             "short_factor": [1.0 + 0.1 * i for i in range(12)], "long_factor": [1.0 + 2.0 * i for i in range(12)],
-                             "original_max_position_embeddings": 4096}),
-    _family("gpt_neox", "GPTNeoXConfig", "GPTNeoXRotaryEmbedding", num_attention_heads=4,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}),
-    _family("gemma", "GemmaConfig", "GemmaRotaryEmbedding", num_attention_heads=2, num_key_value_heads=1, head_dim=96,
-            rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}, max_position_embeddings=256),
+    _family(
+        "llama",
+        "LlamaConfig",
+        "LlamaRotaryEmbedding",
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=131072,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    ),
+    _family(
+        "mistral",
+        "MistralConfig",
+        "MistralRotaryEmbedding",
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=64,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+    ),
+    _family(
+        "qwen2",
+        "Qwen2Config",
+        "Qwen2RotaryEmbedding",
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=131072,
+        rope_parameters={
+            "rope_type": "yarn",
+            "rope_theta": 1e6,
+            "factor": 4.0,
+            "original_max_position_embeddings": 32768,
+        },
+    ),
+    _family(
+        "qwen3",
+        "Qwen3Config",
+        "Qwen3RotaryEmbedding",
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=48,
+        rope_parameters={"rope_type": "linear", "rope_theta": 1e6, "factor": 2.0},
+    ),
+    _family(
+        "phi3",
+        "Phi3Config",
+        "Phi3RotaryEmbedding",
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=131072,
+        original_max_position_embeddings=4096,
+        rope_parameters={
+            "rope_type": "longrope",
+            "rope_theta": 10000.0,
+            "partial_rotary_factor": 0.75,
+            "short_factor": [1.0 + 0.1 * i for i in range(12)],
+            "long_factor": [1.0 + 2.0 * i for i in range(12)],
+            "original_max_position_embeddings": 4096,
+        },
+    ),
+    _family(
+        "gpt_neox",
+        "GPTNeoXConfig",
+        "GPTNeoXRotaryEmbedding",
+        num_attention_heads=4,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
+    ),
+    _family(
+        "gemma",
+        "GemmaConfig",
+        "GemmaRotaryEmbedding",
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=96,
+        rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0},
+        max_position_embeddings=256,
+    ),
 ]
 
 
@@ -93,7 +155,9 @@ def test_longrope_switches_to_the_long_factors_past_the_original_length() -> Non
 
 
 def test_gemma3_local_and_global_layers() -> None:
-    config = transformers.Gemma3TextConfig(**{**SMALL, "num_hidden_layers": 6}, num_attention_heads=2, num_key_value_heads=1, head_dim=64)
+    config = transformers.Gemma3TextConfig(
+        **{**SMALL, "num_hidden_layers": 6}, num_attention_heads=2, num_key_value_heads=1, head_dim=64
+    )
     module = importlib.import_module("transformers.models.gemma3.modeling_gemma3")
     q = torch.randn(1, 2, 40, 64)
     positions = torch.arange(40)
@@ -106,13 +170,31 @@ def test_gemma3_local_and_global_layers() -> None:
 
 
 def test_deepseek_interleaved_pairs_give_transformers_attention_scores() -> None:
-    config = transformers.DeepseekV3Config(**SMALL, num_attention_heads=2, num_key_value_heads=2, qk_rope_head_dim=16,
-                                           qk_nope_head_dim=16, v_head_dim=16, kv_lora_rank=16, q_lora_rank=16,
-                                           n_routed_experts=4, num_experts_per_tok=2, first_k_dense_replace=2,
-                                           max_position_embeddings=16384, rope_interleave=True,
-                                           rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
-                                                            "original_max_position_embeddings": 4096, "mscale": 1.0,
-                                                            "mscale_all_dim": 1.0, "beta_fast": 32, "beta_slow": 1})
+    config = transformers.DeepseekV3Config(
+        **SMALL,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        qk_rope_head_dim=16,
+        qk_nope_head_dim=16,
+        v_head_dim=16,
+        kv_lora_rank=16,
+        q_lora_rank=16,
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        first_k_dense_replace=2,
+        max_position_embeddings=16384,
+        rope_interleave=True,
+        rope_parameters={
+            "rope_type": "yarn",
+            "rope_theta": 10000.0,
+            "factor": 4.0,
+            "original_max_position_embeddings": 4096,
+            "mscale": 1.0,
+            "mscale_all_dim": 1.0,
+            "beta_fast": 32,
+            "beta_slow": 1,
+        },
+    )
     module = importlib.import_module("transformers.models.deepseek_v3.modeling_deepseek_v3")
     q, k = torch.randn(1, 2, 50, 16), torch.randn(1, 2, 50, 16)
     positions = torch.arange(50)
@@ -121,16 +203,23 @@ def test_deepseek_interleaved_pairs_give_transformers_attention_scores() -> None
     hf_q, hf_k = module.apply_rotary_pos_emb_interleave(q, k, cos, sin)
     rope = RotaryEmbedding.from_config(config)
     assert rope.layout == "interleaved" and rope.dim == 16
-    torch.testing.assert_close(rope(q, positions) @ rope(k, positions).transpose(-1, -2), hf_q @ hf_k.transpose(-1, -2),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        rope(q, positions) @ rope(k, positions).transpose(-1, -2), hf_q @ hf_k.transpose(-1, -2), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_unsupported_configs_are_named() -> None:
     with pytest.raises(ValueError, match="rope_parameters"):
         RotaryEmbedding.from_config(transformers.BertConfig())
-    vl = transformers.Qwen2VLTextConfig(**SMALL, num_attention_heads=4, num_key_value_heads=2,
-                                        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]})
-    with pytest.raises(ValueError, match=r"mrope_section=\[2, 3, 3\] must be three non-negative pair counts summing to 16"):
+    vl = transformers.Qwen2VLTextConfig(
+        **SMALL,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+    )
+    with pytest.raises(
+        ValueError, match=r"mrope_section=\[2, 3, 3\] must be three non-negative pair counts summing to 16"
+    ):
         RotaryEmbedding.from_config(vl)
 
 
@@ -145,20 +234,28 @@ def _mrope_positions(batch: int, length: int) -> torch.Tensor:
     return ids[:, None].expand(3, batch, length) + torch.arange(batch)[None, :, None]
 
 
-@pytest.mark.parametrize("family,config_class,rotary_class,sections", [
-    ("qwen2_vl", "Qwen2VLTextConfig", "Qwen2VLRotaryEmbedding", [4, 6, 6]),
-    ("qwen2_vl", "Qwen2VLTextConfig", "Qwen2VLRotaryEmbedding", None),  # the family's default [16, 24, 24]
-    ("qwen2_5_vl", "Qwen2_5_VLTextConfig", "Qwen2_5_VLRotaryEmbedding", [2, 7, 7]),
-    ("qwen3_vl", "Qwen3VLTextConfig", "Qwen3VLTextRotaryEmbedding", [6, 5, 5]),
-    ("qwen3_vl", "Qwen3VLTextConfig", "Qwen3VLTextRotaryEmbedding", None),  # the default [24, 20, 20], interleaved
-])
+@pytest.mark.parametrize(
+    "family,config_class,rotary_class,sections",
+    [
+        ("qwen2_vl", "Qwen2VLTextConfig", "Qwen2VLRotaryEmbedding", [4, 6, 6]),
+        ("qwen2_vl", "Qwen2VLTextConfig", "Qwen2VLRotaryEmbedding", None),  # the family's default [16, 24, 24]
+        ("qwen2_5_vl", "Qwen2_5_VLTextConfig", "Qwen2_5_VLRotaryEmbedding", [2, 7, 7]),
+        ("qwen3_vl", "Qwen3VLTextConfig", "Qwen3VLTextRotaryEmbedding", [6, 5, 5]),
+        ("qwen3_vl", "Qwen3VLTextConfig", "Qwen3VLTextRotaryEmbedding", None),  # the default [24, 20, 20], interleaved
+    ],
+)
 def test_mrope_equals_transformers(family: str, config_class: str, rotary_class: str, sections) -> None:
     head_dim = 32 if sections is not None else 128
     rope_parameters = {"rope_type": "default", "rope_theta": 10000.0}
     if sections is not None:
         rope_parameters["mrope_section"] = sections
-    config = getattr(transformers, config_class)(**{**SMALL, "hidden_size": 4 * head_dim}, num_attention_heads=4, num_key_value_heads=2,
-                                                 head_dim=head_dim, rope_parameters=rope_parameters)
+    config = getattr(transformers, config_class)(
+        **{**SMALL, "hidden_size": 4 * head_dim},
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=head_dim,
+        rope_parameters=rope_parameters,
+    )
     module = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
     positions = _mrope_positions(2, 24)  # (3, B, T)
     q = torch.randn(2, 4, 24, head_dim)
@@ -191,10 +288,18 @@ def test_dynamic_ntk_fixed_base_per_cache_keeps_attention_relative() -> None:
     (prompt + new tokens), a query and a cached key score by their offset alone. Had the keys been
     cached while the base was that of a shorter length, the same query-key pair scores differently.
     """
-    config = transformers.LlamaConfig(**SMALL, num_attention_heads=2, num_key_value_heads=2, head_dim=64, max_position_embeddings=256,
-                                      rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 4.0})
+    config = transformers.LlamaConfig(
+        **SMALL,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=64,
+        max_position_embeddings=256,
+        rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 4.0},
+    )
     final = RotaryEmbedding.from_config(config, seq_len=320, angle_dtype=torch.float64)
-    early = RotaryEmbedding.from_config(config, seq_len=280, angle_dtype=torch.float64)  # the base when the key was cached
+    early = RotaryEmbedding.from_config(
+        config, seq_len=280, angle_dtype=torch.float64
+    )  # the base when the key was cached
     assert not torch.equal(final.freqs, early.freqs)
     q, k = torch.randn(64, dtype=torch.float64), torch.randn(64, dtype=torch.float64)
 
@@ -217,7 +322,9 @@ def test_bfloat16_models_keep_float32_angles_far_out() -> None:
     hf_q, _ = _hf_rotate(family, config, rotary_class, q, q, positions)
     ours_err = float((ours.double() - exact).abs().max())
     hf_err = float((hf_q.double() - exact).abs().max())
-    assert ours.dtype == torch.bfloat16 and ours_err <= 2**-8 * float(exact.abs().max()) + 2e-3  # float32 angles: ~6e-3 rad at 1e5
+    assert (
+        ours.dtype == torch.bfloat16 and ours_err <= 2**-8 * float(exact.abs().max()) + 2e-3
+    )  # float32 angles: ~6e-3 rad at 1e5
     assert ours_err <= hf_err
 
 

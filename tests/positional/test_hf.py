@@ -11,16 +11,28 @@ from kexue.positional.hf import SUPPORTED_FAMILIES, hf_apply_rotary_pos_emb, hf_
 
 transformers = pytest.importorskip("transformers")
 
-SMALL = {"vocab_size": 97, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
-         "max_position_embeddings": 256}
+SMALL = {
+    "vocab_size": 97,
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 256,
+}
 MODELS = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", {"num_key_value_heads": 2}),
     "mistral": ("MistralConfig", "MistralForCausalLM", {"num_key_value_heads": 1, "head_dim": 32}),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {"num_key_value_heads": 2}),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"num_key_value_heads": 2, "head_dim": 24}),
-    "phi3": ("Phi3Config", "Phi3ForCausalLM", {"num_key_value_heads": 4, "pad_token_id": 0,
-                                               "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
-                                                                   "partial_rotary_factor": 0.5}}),
+    "phi3": (
+        "Phi3Config",
+        "Phi3ForCausalLM",
+        {
+            "num_key_value_heads": 4,
+            "pad_token_id": 0,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+        },
+    ),
 }
 
 
@@ -114,7 +126,12 @@ def test_patches_nest_and_removal_is_idempotent() -> None:
 
 def test_unsupported_models_are_named() -> None:
     with pytest.raises(ValueError, match="families llama, mistral, qwen2, qwen3, phi3; got BertModel"):
-        patch_hf_rope(transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=1,
-                                                                     num_attention_heads=2, intermediate_size=37)))
+        patch_hf_rope(
+            transformers.BertModel(
+                transformers.BertConfig(
+                    hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37
+                )
+            )
+        )
     with pytest.raises(ValueError, match="got int"):
         patch_hf_rope(3)

@@ -77,20 +77,56 @@ def test_bad_segments_are_named(bad, match) -> None:
 def _tiny_vl(family: str):
     """A random-initialised Qwen2-VL or Qwen3-VL (vision tower of one block, 2x2 patches)."""
     torch.manual_seed(0)
-    text = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=512, bos_token_id=0, eos_token_id=1, pad_token_id=0)
+    text = dict(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
     tokens = dict(image_token_id=120, video_token_id=121, vision_start_token_id=122, vision_end_token_id=123)
     if family == "qwen2_vl":
         text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
-        vision = dict(depth=1, embed_dim=32, num_heads=2, hidden_size=64, mlp_ratio=2, patch_size=2, spatial_merge_size=2,
-                      temporal_patch_size=2, in_channels=3)
+        vision = dict(
+            depth=1,
+            embed_dim=32,
+            num_heads=2,
+            hidden_size=64,
+            mlp_ratio=2,
+            patch_size=2,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            in_channels=3,
+        )
         config = transformers.Qwen2VLConfig(text_config=text, vision_config=vision, **tokens)
         return transformers.Qwen2VLForConditionalGeneration(config).eval()
-    text.update(head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
-                                              "mrope_interleaved": True})
-    vision = dict(depth=1, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64, patch_size=2,
-                  spatial_merge_size=2, temporal_patch_size=2, in_channels=3, num_position_embeddings=64,
-                  deepstack_visual_indexes=[0])
+    text.update(
+        head_dim=16,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [2, 3, 3],
+            "mrope_interleaved": True,
+        },
+    )
+    vision = dict(
+        depth=1,
+        hidden_size=32,
+        intermediate_size=48,
+        num_heads=2,
+        out_hidden_size=64,
+        patch_size=2,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        in_channels=3,
+        num_position_embeddings=64,
+        deepstack_visual_indexes=[0],
+    )
     config = transformers.Qwen3VLConfig(text_config=text, vision_config=vision, **tokens)
     return transformers.Qwen3VLForConditionalGeneration(config).eval()
 
@@ -110,17 +146,25 @@ def test_generation_with_the_kv_cache_uses_our_positions_and_tables(family: str)
     length = max(map(len, rows))
     ids, mask = torch.zeros(2, length, dtype=torch.long), torch.zeros(2, length, dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, length - len(row):], mask[i, length - len(row):] = torch.tensor(row), 1
+        ids[i, length - len(row) :], mask[i, length - len(row) :] = torch.tensor(row), 1
     seen = []
     rotary = model.model.language_model.rotary_emb
-    hook = rotary.register_forward_hook(lambda m, args, kwargs, out: seen.append((args[1].clone(), out[0].clone())),
-                                        with_kwargs=True)
+    hook = rotary.register_forward_hook(
+        lambda m, args, kwargs, out: seen.append((args[1].clone(), out[0].clone())), with_kwargs=True
+    )
     new = 4
     try:
         with torch.no_grad():
-            model.generate(input_ids=ids, attention_mask=mask, pixel_values=torch.randn(48, 24),
-                           image_grid_thw=torch.tensor([[1, 4, 6], [1, 6, 4]]), mm_token_type_ids=(ids == 120).int(),
-                           max_new_tokens=new, min_new_tokens=new, do_sample=False)
+            model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                pixel_values=torch.randn(48, 24),
+                image_grid_thw=torch.tensor([[1, 4, 6], [1, 6, 4]]),
+                mm_token_type_ids=(ids == 120).int(),
+                max_new_tokens=new,
+                min_new_tokens=new,
+                do_sample=False,
+            )
     finally:
         hook.remove()
     assert len(seen) == new  # the prompt, then one call per new token with the cache

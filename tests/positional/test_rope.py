@@ -29,7 +29,9 @@ def test_native_kernel_builds_here() -> None:
     assert _native.available()
 
 
-def _reference_rows(x: torch.Tensor, positions: torch.Tensor, freqs: torch.Tensor, layout: str, inverse: bool = False) -> np.ndarray:
+def _reference_rows(
+    x: torch.Tensor, positions: torch.Tensor, freqs: torch.Tensor, layout: str, inverse: bool = False
+) -> np.ndarray:
     flat_x = x.double().reshape(-1, x.shape[-1]).numpy()
     flat_p = positions.double().reshape(-1, freqs.shape[0]).numpy()
     return reference.apply_reference(flat_x, flat_p, freqs.double().numpy(), layout, inverse).reshape(x.shape)
@@ -40,8 +42,14 @@ def _reference_rows(x: torch.Tensor, positions: torch.Tensor, freqs: torch.Tenso
 @pytest.mark.parametrize("axes,frequencies", [(1, "axial"), (2, "axial"), (3, "axial"), (2, "mixed")])
 def test_float64_matches_matrix_exponential(backend: str, layout: str, axes: int, frequencies: str) -> None:
     g = torch.Generator().manual_seed(axes)
-    rope = RotaryEmbedding(12 if axes == 3 else 16, axes=axes, frequencies=frequencies, layout=layout,
-                           angle_dtype=torch.float64, backend=backend)
+    rope = RotaryEmbedding(
+        12 if axes == 3 else 16,
+        axes=axes,
+        frequencies=frequencies,
+        layout=layout,
+        angle_dtype=torch.float64,
+        backend=backend,
+    )
     x = torch.randn(7, rope.dim, dtype=torch.float64, generator=g)
     positions = torch.randn(7, axes, dtype=torch.float64, generator=g) * 20  # fractional and negative
     p_arg = positions[:, 0] if axes == 1 else positions
@@ -58,7 +66,9 @@ def test_partial_rotary_leaves_the_tail_unchanged(backend: str) -> None:
     x = torch.randn(2, 3, 5, 16, dtype=torch.float64)
     y = rope(x)
     assert torch.equal(y[..., 6:], x[..., 6:])
-    want = _reference_rows(x[..., :6].contiguous(), torch.arange(5.0).expand(2, 3, 5).reshape(-1, 1), rope.freqs, "half")
+    want = _reference_rows(
+        x[..., :6].contiguous(), torch.arange(5.0).expand(2, 3, 5).reshape(-1, 1), rope.freqs, "half"
+    )
     assert np.abs(y[..., :6].numpy() - want).max() < 1e-12
 
 
@@ -201,13 +211,17 @@ def test_learnable_frequencies_receive_the_right_gradient(backend: str) -> None:
     rope.freqs.data = rope.freqs.data.double()
     x = torch.randn(4, 8, dtype=torch.float64)
     pos = torch.randn(4, 2, dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda f: _with_freqs(rope, f)(x, pos), (rope.freqs.detach().clone().requires_grad_(),))
+    assert torch.autograd.gradcheck(
+        lambda f: _with_freqs(rope, f)(x, pos), (rope.freqs.detach().clone().requires_grad_(),)
+    )
     rope(x, pos).square().sum().backward()
     assert rope.freqs.grad is not None and rope.freqs.grad.abs().sum() > 0
 
 
 def _with_freqs(rope: RotaryEmbedding, freqs: torch.Tensor) -> RotaryEmbedding:
-    clone = RotaryEmbedding(rope.dim, axes=rope.axes, frequencies="mixed", learnable=True, angle_dtype=torch.float64, backend=rope.backend)
+    clone = RotaryEmbedding(
+        rope.dim, axes=rope.axes, frequencies="mixed", learnable=True, angle_dtype=torch.float64, backend=rope.backend
+    )
     del clone.freqs
     clone.freqs = freqs  # a plain tensor attribute carrying the gradcheck input
     return clone
@@ -221,7 +235,9 @@ def _with_freqs(rope: RotaryEmbedding, freqs: torch.Tensor) -> RotaryEmbedding:
     p2=st.lists(st.floats(-50, 50), min_size=3, max_size=3),
     layout=st.sampled_from(["half", "interleaved"]),
 )
-def test_relativity_and_orthogonality_property(axes: int, pairs: int, p1: list[float], p2: list[float], layout: str) -> None:
+def test_relativity_and_orthogonality_property(
+    axes: int, pairs: int, p1: list[float], p2: list[float], layout: str
+) -> None:
     rope = RotaryEmbedding(2 * pairs * axes, axes=axes, angle_dtype=torch.float64, layout=layout, backend="torch")
     eye = torch.eye(rope.dim, dtype=torch.float64)
     a, b = torch.tensor(p1[:axes], dtype=torch.float64), torch.tensor(p2[:axes], dtype=torch.float64)
@@ -288,9 +304,20 @@ def test_convert_layout_against_transformers_llama_rope() -> None:
         (lambda: apply_rotary(torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 8)), "HF's duplicated"),
         (lambda: apply_rotary(torch.randn(4, 8), torch.randn(5, 4), torch.randn(5, 4)), "must broadcast"),
         (lambda: apply_rotary(torch.randn(4, 8), torch.randn(4, 4), torch.randn(4, 3)), "same shape"),
-        (lambda: apply_rotary(torch.randn(4, 8), torch.randn(4, 4), torch.randn(4, 4), layout="pairs"), "layout='pairs'"),
-        (lambda: apply_rotary(torch.randn(4, 8), torch.randn(4, 4), torch.randn(4, 4), out=torch.empty(4, 9)), "out must match"),
-        (lambda: apply_rotary(torch.randn(4, 8, requires_grad=True), torch.randn(4, 4), torch.randn(4, 4), out=torch.empty(4, 8)), "out= is not supported"),
+        (
+            lambda: apply_rotary(torch.randn(4, 8), torch.randn(4, 4), torch.randn(4, 4), layout="pairs"),
+            "layout='pairs'",
+        ),
+        (
+            lambda: apply_rotary(torch.randn(4, 8), torch.randn(4, 4), torch.randn(4, 4), out=torch.empty(4, 9)),
+            "out must match",
+        ),
+        (
+            lambda: apply_rotary(
+                torch.randn(4, 8, requires_grad=True), torch.randn(4, 4), torch.randn(4, 4), out=torch.empty(4, 8)
+            ),
+            "out= is not supported",
+        ),
         (lambda: RotaryEmbedding(7), "dim=7"),
         (lambda: RotaryEmbedding(8, rotary_dim=10), "must not exceed"),
         (lambda: RotaryEmbedding(12, axes=2, split=[2, 2]), "split="),
@@ -302,15 +329,42 @@ def test_convert_layout_against_transformers_llama_rope() -> None:
         (lambda: RotaryEmbedding(8, axes=2)(torch.randn(3, 8), torch.zeros(3, 3)), r"shape \(T, 2\)"),
         (lambda: RotaryEmbedding(8)(torch.randn(3, 8), torch.arange(4)), "T=3"),
         (lambda: RotaryEmbedding(8)(torch.randn(3, 8), offset=-1), "offset=-1"),
-        (lambda: RotaryEmbedding(8)(torch.randn(2, 3, 8), offset=torch.tensor([0, 1, 2])), r"one per sequence \(x.shape\[0\]=2\)"),
+        (
+            lambda: RotaryEmbedding(8)(torch.randn(2, 3, 8), offset=torch.tensor([0, 1, 2])),
+            r"one per sequence \(x.shape\[0\]=2\)",
+        ),
         (lambda: RotaryEmbedding(8)(torch.randn(2, 3, 8), offset=torch.tensor([0.0, 1.0])), "1-D integers"),
         (lambda: RotaryEmbedding(8)(torch.randn(2, 3, 8), offset=torch.tensor([0, -4])), "minimum -4"),
-        (lambda: apply_rotary_qk(torch.randn(4, 8), torch.randn(4, 8).double(), torch.randn(4, 4), torch.randn(4, 4)), "share a dtype"),
-        (lambda: apply_rotary_qk(torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 4), torch.randn(4, 4), out=torch.empty(4, 8)), "out must be a pair"),
-        (lambda: apply_rotary_qk(torch.randn(4, 8), torch.randn(2, 8), torch.randn(4, 4), torch.randn(4, 4)), "must broadcast"),
-        (lambda: apply_rotary_qk(torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 4), torch.randn(4, 4),
-                                 out=(torch.empty(4, 8), torch.empty(4, 6))), r"out\[1\] must match k"),
-        (lambda: convert_layout(torch.randn(10, 4), 3, source="half", target="interleaved"), "must split into num_heads=3 heads"),
+        (
+            lambda: apply_rotary_qk(
+                torch.randn(4, 8), torch.randn(4, 8).double(), torch.randn(4, 4), torch.randn(4, 4)
+            ),
+            "share a dtype",
+        ),
+        (
+            lambda: apply_rotary_qk(
+                torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 4), torch.randn(4, 4), out=torch.empty(4, 8)
+            ),
+            "out must be a pair",
+        ),
+        (
+            lambda: apply_rotary_qk(torch.randn(4, 8), torch.randn(2, 8), torch.randn(4, 4), torch.randn(4, 4)),
+            "must broadcast",
+        ),
+        (
+            lambda: apply_rotary_qk(
+                torch.randn(4, 8),
+                torch.randn(4, 8),
+                torch.randn(4, 4),
+                torch.randn(4, 4),
+                out=(torch.empty(4, 8), torch.empty(4, 6)),
+            ),
+            r"out\[1\] must match k",
+        ),
+        (
+            lambda: convert_layout(torch.randn(10, 4), 3, source="half", target="interleaved"),
+            "must split into num_heads=3 heads",
+        ),
     ],
 )
 def test_errors_name_the_argument(call, match: str) -> None:
@@ -360,7 +414,11 @@ def test_edge_shapes(backend: str) -> None:
     assert torch.allclose(apply_rotary(one, c, s, backend=backend), apply_rotary(one, c, s, backend="torch"), atol=1e-6)
     assert apply_rotary(torch.randn(0, 3, 8), torch.randn(3, 4), torch.randn(3, 4), backend=backend).shape == (0, 3, 8)
     strided = torch.randn(8, 4).t()  # last dimension not contiguous
-    assert torch.allclose(apply_rotary(strided, c, s, backend=backend), apply_rotary(strided.contiguous(), c, s, backend="torch"), atol=1e-6)
+    assert torch.allclose(
+        apply_rotary(strided, c, s, backend=backend),
+        apply_rotary(strided.contiguous(), c, s, backend="torch"),
+        atol=1e-6,
+    )
 
 
 @settings(max_examples=60, deadline=None)
@@ -373,7 +431,9 @@ def test_edge_shapes(backend: str) -> None:
     inverse=st.booleans(),
     dtype=st.sampled_from([torch.float64, torch.float32]),
 )
-def test_native_kernel_property(lead: list[int], pairs: int, extra: int, layout: str, broadcast: list[bool], inverse: bool, dtype: torch.dtype) -> None:
+def test_native_kernel_property(
+    lead: list[int], pairs: int, extra: int, layout: str, broadcast: list[bool], inverse: bool, dtype: torch.dtype
+) -> None:
     # any leading shape, partial rotary, cos/sin broadcast over any subset of leading dims
     if not _native.available():
         pytest.skip("no C compiler")
@@ -383,7 +443,9 @@ def test_native_kernel_property(lead: list[int], pairs: int, extra: int, layout:
     want = apply_rotary(x, cos, sin, layout=layout, inverse=inverse, backend="torch")
     got = apply_rotary(x.to(dtype), cos, sin, layout=layout, inverse=inverse, backend="native")
     assert got.dtype == dtype
-    assert torch.allclose(got.double(), want, atol=1e-12 if dtype == torch.float64 else 5e-6, rtol=1e-5 if dtype == torch.float32 else 0)
+    assert torch.allclose(
+        got.double(), want, atol=1e-12 if dtype == torch.float64 else 5e-6, rtol=1e-5 if dtype == torch.float32 else 0
+    )
 
 
 QK_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
@@ -406,7 +468,10 @@ def test_fused_qk_equals_two_calls_with_gqa_views_and_in_place(dtype: torch.dtyp
     got_q, got_k = apply_rotary_qk(q, k, cos, sin, layout=layout, backend=backend)
     assert torch.equal(got_q, want_q) and torch.equal(got_k, want_k)
     qq, kk = q.clone(), k.clone()
-    assert all(a is b for a, b in zip(apply_rotary_qk(qq, kk, cos, sin, layout=layout, backend=backend, out=(qq, kk)), (qq, kk)))
+    assert all(
+        a is b
+        for a, b in zip(apply_rotary_qk(qq, kk, cos, sin, layout=layout, backend=backend, out=(qq, kk)), (qq, kk))
+    )
     assert torch.equal(qq, want_q) and torch.equal(kk, want_k)
     back = apply_rotary_qk(qq, kk, cos, sin, layout=layout, backend=backend, inverse=True)
     tol = 1e-5 if dtype in (torch.float32, torch.float64) else 5e-2  # float32 angles: cos² + sin² = 1 ± 1e-7

@@ -73,7 +73,10 @@ def test_exponential_closed_form_matches_quadrature() -> None:
 
 def test_sum_approaches_integral_as_dim_grows() -> None:
     delta = np.arange(0, 2000.0)
-    gaps = [np.abs(relative_inner_products(delta, d) - integral_approximation(delta, d)).max() / (d / 2) for d in (64, 256, 1024)]
+    gaps = [
+        np.abs(relative_inner_products(delta, d) - integral_approximation(delta, d)).max() / (d / 2)
+        for d in (64, 256, 1024)
+    ]
     assert gaps[0] > gaps[1] > gaps[2]
     assert gaps[2] < 0.06
 

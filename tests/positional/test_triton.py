@@ -22,7 +22,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from kexue.positional.rope import _rotate_torch  # noqa: E402
+from kexue.positional.rope import _rotate_torch
 
 HALF_TYPES = (torch.float16, torch.bfloat16)
 
@@ -66,8 +66,9 @@ def _queries(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 1) -> 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("interleaved", [False, True])
 @pytest.mark.parametrize(("inverse", "products"), [(False, False), (True, False), (False, True)])
-def test_matches_torch_path_bit_for_bit(kernels: ModuleType, dtype: torch.dtype, interleaved: bool, inverse: bool,
-                                        products: bool) -> None:
+def test_matches_torch_path_bit_for_bit(
+    kernels: ModuleType, dtype: torch.dtype, interleaved: bool, inverse: bool, products: bool
+) -> None:
     x = _queries(2, 5, 3, 12, dtype=dtype).transpose(1, 2)  # (B, H, T, D) view of (B, T, H, D); R = 8 of D = 12
     cos, sin = _tables(2, 1, 5, 4)  # per-sequence tables, broadcast over heads
     got = kernels.rotate(x, cos, sin, interleaved=interleaved, transpose=inverse, round_products=products)

@@ -10,15 +10,15 @@ from __future__ import annotations
 import random
 
 import torch
-from device_contract import LOW_DTYPES, Entry, Setting, build
 
+from device_contract import LOW_DTYPES, Entry, Setting, build
 from kexue.repetition.dry import DRYLogitsProcessor
 from kexue.repetition.hf import LoopBreakingProcessor, LoopStoppingCriteria, tail_loop_period
 from kexue.repetition.hooks_reference import article_repeats, dry_penalties
 
 B, T, V, PROMPT = 3, 28, 9, 4
 BREAKERS = [(8, ()), (7, (0,))]
-_EXACT = {dtype: 0.0 for dtype in LOW_DTYPES}
+_EXACT = dict.fromkeys(LOW_DTYPES, 0.0)
 _EXACT_WHY = "integer/boolean output: exact"
 
 
@@ -27,7 +27,7 @@ def _ids() -> torch.Tensor:
     rows = []
     for r in range(B):
         s = [rng.randrange(V) for _ in range(T // 2)]
-        rows.append(s + (s[-(r + 2):] * T)[: T - len(s)])  # loops of period 2, 3, 4
+        rows.append(s + (s[-(r + 2) :] * T)[: T - len(s)])  # loops of period 2, 3, 4
     return torch.tensor(rows)
 
 
@@ -37,6 +37,7 @@ def _scores(dtype: torch.dtype, device: str) -> torch.Tensor:
 
 
 # --- DRY ---------------------------------------------------------------------------------------------
+
 
 def _dry(setting: Setting):
     scores = build(setting, _scores)
@@ -63,6 +64,7 @@ def _dry_plain(dtype: torch.dtype) -> torch.Tensor:
 
 
 # --- loop stopping, loop breaking, the tail test --------------------------------------------------------
+
 
 def _stop(setting: Setting):
     scores = build(setting, _scores)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from kexue.cli import main
-from kexue.report.bench import Bench
 from kexue.repetition import benchmark, claims
+from kexue.report.bench import Bench
 
 
 def test_measure_and_bigram_claims(run_claims) -> None:
@@ -48,7 +48,10 @@ def test_quick_benchmark_meets_accuracy_and_agrees_with_python() -> None:
 def test_cli_analyze_and_metrics(tmp_path, capsys) -> None:
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the cat sat on the mat. the dog sat on the log. " * 20)
-    assert main(["repetition", "analyze", str(corpus), "--level", "word", "--decoding", "greedy,topk=2,sample", "--json"]) == 0
+    assert (
+        main(["repetition", "analyze", str(corpus), "--level", "word", "--decoding", "greedy,topk=2,sample", "--json"])
+        == 0
+    )
     payload = json.loads(capsys.readouterr().out)
     rows = {r["rule"]: r for r in payload["rules"]}
     assert rows["topk=2"]["r"] >= rows["sample"]["r"] > 0

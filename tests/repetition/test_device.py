@@ -7,10 +7,17 @@ import random
 
 import pytest
 import torch
-from device_contract import count_host_syncs, cuda_sync_errors
 from torch import nn
-from transformers import GPT2Config, GPT2LMHeadModel, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
+from device_contract import count_host_syncs, cuda_sync_errors
 from kexue.repetition.dry import DRYLogitsProcessor
 from kexue.repetition.hf import LoopBreakingProcessor, LoopStoppingCriteria, PromptExcludedRepetitionPenalty
 from kexue.repetition.hooks_reference import article_repeats, dry_penalties
@@ -38,10 +45,14 @@ def test_dry_steps_do_not_sync_and_equal_the_definition() -> None:
     ids, vocab = _looping_rows(0), 7
     dry = DRYLogitsProcessor(0.8, 1.75, 2, breaker_ids=[[h, *t] for h, t in BREAKERS], prompt_length=4)
     with count_host_syncs() as syncs:
-        got = [dry(ids[:, :t], torch.zeros(3, vocab)) for t in range(10, ids.shape[1] + 1)]  # first call (the prompt) included
+        got = [
+            dry(ids[:, :t], torch.zeros(3, vocab)) for t in range(10, ids.shape[1] + 1)
+        ]  # first call (the prompt) included
     assert syncs == []
     for t, scores in zip(range(10, ids.shape[1] + 1), got, strict=True):
-        want = torch.stack([_dense(dry_penalties(r, multiplier=0.8, breakers=BREAKERS, start=4), vocab) for r in ids[:, :t].tolist()])
+        want = torch.stack(
+            [_dense(dry_penalties(r, multiplier=0.8, breakers=BREAKERS, start=4), vocab) for r in ids[:, :t].tolist()]
+        )
         assert torch.allclose(-scores, want, rtol=1e-6)
 
 
@@ -155,8 +166,15 @@ def test_generate_with_dry_and_loop_stopping_on_cuda_matches_the_cpu_without_a_s
         dry = DRYLogitsProcessor(0.8, breaker_ids=[[9], [10, 11]], prompt_length=8)
         stop = LoopStoppingCriteria(8, max_period=6, min_repeats=3, loop_budget=4)
         wrap = _SyncFree if device == "cuda" else (lambda x: x)
-        out = m.generate(p, attention_mask=torch.ones_like(p), max_new_tokens=48, do_sample=False, pad_token_id=0,
-                         logits_processor=LogitsProcessorList([wrap(dry)]), stopping_criteria=StoppingCriteriaList([wrap(stop)]))
+        out = m.generate(
+            p,
+            attention_mask=torch.ones_like(p),
+            max_new_tokens=48,
+            do_sample=False,
+            pad_token_id=0,
+            logits_processor=LogitsProcessorList([wrap(dry)]),
+            stopping_criteria=StoppingCriteriaList([wrap(stop)]),
+        )
         return out.cpu(), stop.hits
 
     cuda_out, cuda_hits = run("cuda")

@@ -40,11 +40,15 @@ def test_breakers_window_prompt_and_exponent_cap() -> None:
     assert pen(breaker_ids=[[3]]).abs().sum() == 0  # the last token is a breaker: rep_limit 0
     assert pen(breaker_ids=[[2, 3]])[4].item() == 0  # a two-token breaker ends the sequence
     assert pen(breaker_ids=[[4]])[4].item() == 0  # one-token breakers are never penalised
-    assert pen(breaker_ids=[], penalty_last_n=6)[4].item() == pytest.approx(1.0)  # window cuts the earlier copy to "2 3"
+    assert pen(breaker_ids=[], penalty_last_n=6)[4].item() == pytest.approx(
+        1.0
+    )  # window cuts the earlier copy to "2 3"
     assert pen(breaker_ids=[], prompt_length=2)[4].item() == pytest.approx(1.0)  # the prompt's "5 1" is left out
     assert pen(breaker_ids=[], prompt_length=4).abs().sum() == 0
     huge = DRYLogitsProcessor(1.0, 100.0, 1, breaker_ids=[]).penalties(torch.tensor([[7] * 60]), 8)[0, 7].item()
-    assert huge == pytest.approx(100.0 ** int(88.7228391 / torch.log(torch.tensor(100.0)).item()), rel=1e-5)  # capped, finite
+    assert huge == pytest.approx(
+        100.0 ** int(88.7228391 / torch.log(torch.tensor(100.0)).item()), rel=1e-5
+    )  # capped, finite
     assert DRYLogitsProcessor(0.0, breaker_ids=[]).penalties(torch.tensor([[7] * 10]), 8).abs().sum() == 0
 
 
@@ -61,18 +65,36 @@ def test_batched_incremental_state_equals_the_definition(seed: int) -> None:
                 s = s[: T // 2] + (s[T // 2 : T // 2 + k] * 40)[: T - T // 2]
             rows.append(s)
         breakers = [(5, ()), (4, (0,)), (4, (0, 1))] if trial % 2 else []
-        kw = dict(multiplier=rng.choice([0.5, 1.0]), base=rng.choice([1.0, 1.75]), allowed_length=rng.randint(1, 3),
-                  penalty_last_n=rng.choice([-1, 5, 12]))
+        kw = dict(
+            multiplier=rng.choice([0.5, 1.0]),
+            base=rng.choice([1.0, 1.75]),
+            allowed_length=rng.randint(1, 3),
+            penalty_last_n=rng.choice([-1, 5, 12]),
+        )
         start = rng.choice([None, 0, 3])
-        dry = DRYLogitsProcessor(kw["multiplier"], kw["base"], kw["allowed_length"], kw["penalty_last_n"],
-                                 breaker_ids=[[h, *t] for h, t in breakers], prompt_length=start)
+        dry = DRYLogitsProcessor(
+            kw["multiplier"],
+            kw["base"],
+            kw["allowed_length"],
+            kw["penalty_last_n"],
+            breaker_ids=[[h, *t] for h, t in breakers],
+            prompt_length=start,
+        )
         x = torch.tensor(rows)
         for t in range(1, T + 1):  # one call per generated token, as generate makes them
             got = dry.penalties(x[:, :t], V)
-            want = torch.stack([_dense(dry_penalties(r[:t], breakers=breakers, start=start or 0, **kw), V) for r in rows])
+            want = torch.stack(
+                [_dense(dry_penalties(r[:t], breakers=breakers, start=start or 0, **kw), V) for r in rows]
+            )
             assert torch.allclose(got, want, rtol=1e-6), (rows, t, kw, start, breakers)
-        fresh = DRYLogitsProcessor(kw["multiplier"], kw["base"], kw["allowed_length"], kw["penalty_last_n"],
-                                   breaker_ids=[[h, *t] for h, t in breakers], prompt_length=start)
+        fresh = DRYLogitsProcessor(
+            kw["multiplier"],
+            kw["base"],
+            kw["allowed_length"],
+            kw["penalty_last_n"],
+            breaker_ids=[[h, *t] for h, t in breakers],
+            prompt_length=start,
+        )
         assert torch.equal(fresh.penalties(x, V), got)  # rebuilt from the ids = updated step by step
 
 
@@ -102,16 +124,26 @@ def test_breaker_strings_are_tokenised_as_llama_cpp_does() -> None:
     tok = _ToyTokenizer(vocab)
     got = set(breaker_sequences(tok, ["\n", "ab", "Note:"]))
     ids = {w: i for i, w in enumerate(vocab)}
-    want = {(ids["\n"], ()), (ids["x\n"], ()),  # texts containing "\n"
-            (ids["ab"], ()), (ids["a"], (ids["b"],)), (ids["xa"], (ids["b"],)),  # "a" and "xa" end with the prefix "a" of "ab"
-            (ids["Note"], (ids[":"],)), (ids["No"], (ids["te:"],))}  # "Note" + ":", "No" + "te:"
+    want = {
+        (ids["\n"], ()),
+        (ids["x\n"], ()),  # texts containing "\n"
+        (ids["ab"], ()),
+        (ids["a"], (ids["b"],)),
+        (ids["xa"], (ids["b"],)),  # "a" and "xa" end with the prefix "a" of "ab"
+        (ids["Note"], (ids[":"],)),
+        (ids["No"], (ids["te:"],)),
+    }  # "Note" + ":", "No" + "te:"
     assert got == want
     with pytest.raises(ValueError, match="tokenizer="):
         DRYLogitsProcessor(1.0)  # string breakers need the tokenizer
     with pytest.raises(TypeError, match="list of strings"):
         breaker_sequences(tok, "\n")
-    for bad, name in ((dict(multiplier=-1.0), "multiplier"), (dict(multiplier=1.0, base=0.5), "base"),
-                      (dict(multiplier=1.0, allowed_length=0), "allowed_length"), (dict(multiplier=1.0, penalty_last_n=-2), "penalty_last_n")):
+    for bad, name in (
+        (dict(multiplier=-1.0), "multiplier"),
+        (dict(multiplier=1.0, base=0.5), "base"),
+        (dict(multiplier=1.0, allowed_length=0), "allowed_length"),
+        (dict(multiplier=1.0, penalty_last_n=-2), "penalty_last_n"),
+    ):
         with pytest.raises(ValueError, match=name):
             DRYLogitsProcessor(**bad, breaker_ids=[])
 
@@ -120,37 +152,61 @@ def _bpe_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    text = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
-            "First Citizen:\nYou are all resolved rather to die than to famish?\n\nAll:\nResolved. resolved.\n") * 20
+    text = (
+        "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+        "First Citizen:\nYou are all resolved rather to die than to famish?\n\nAll:\nResolved. resolved.\n"
+    ) * 20
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    core.train_from_iterator([text], trainers.BpeTrainer(vocab_size=320, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                         show_progress=False))
+    core.train_from_iterator(
+        [text],
+        trainers.BpeTrainer(vocab_size=320, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False),
+    )
     return PreTrainedTokenizerFast(tokenizer_object=core)
 
 
 def test_inside_generate_with_the_kv_cache_equals_the_definition() -> None:
     tok = _bpe_tokenizer()
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=128)).double().eval()
+    model = (
+        GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=128))
+        .double()
+        .eval()
+    )
     rows = [tok.encode("First Citizen:\nSpeak, speak.\n"), tok.encode("All:\nResolved, rather to die?\n")]
     width = min(len(r) for r in rows)
     prompt = torch.tensor([r[:width] for r in rows])
     for prompt_length in (None, width):
         dry = DRYLogitsProcessor(0.8, 1.75, 2, tokenizer=tok, prompt_length=prompt_length)
         assert any(not t for _, t in dry.breakers)  # "\n" and ":" tokens are one-token breakers
-        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=40, do_sample=False, use_cache=True,
-                             pad_token_id=0, logits_processor=LogitsProcessorList([dry]))
+        out = model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=40,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=0,
+            logits_processor=LogitsProcessorList([dry]),
+        )
         ids = prompt.clone()  # the definition, step by step, without a cache
         with torch.no_grad():
             for _ in range(40):
                 logits = model(ids).logits[:, -1].float()
-                pen = torch.stack([_dense(dry_penalties(r, multiplier=0.8, breakers=dry.breakers, start=prompt_length or 0), logits.shape[1])
-                                   for r in ids.tolist()])
+                pen = torch.stack(
+                    [
+                        _dense(
+                            dry_penalties(r, multiplier=0.8, breakers=dry.breakers, start=prompt_length or 0),
+                            logits.shape[1],
+                        )
+                        for r in ids.tolist()
+                    ]
+                )
                 ids = torch.cat([ids, (logits - pen).argmax(dim=1, keepdim=True)], dim=1)
         assert torch.equal(out, ids)
-    plain = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=40, do_sample=False, pad_token_id=0)
+    plain = model.generate(
+        prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=40, do_sample=False, pad_token_id=0
+    )
     assert not torch.equal(plain, out)  # DRY changed the greedy continuation of this looping model
 
 

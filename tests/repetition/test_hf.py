@@ -6,7 +6,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessorList, StoppingCriteriaList
 
-from kexue.repetition.hf import LoopBreakingProcessor, LoopStoppingCriteria, PromptExcludedRepetitionPenalty, tail_loop_period
+from kexue.repetition.hf import (
+    LoopBreakingProcessor,
+    LoopStoppingCriteria,
+    PromptExcludedRepetitionPenalty,
+    tail_loop_period,
+)
 
 
 def test_tail_loop_period_ignores_the_prompt() -> None:
@@ -17,8 +22,17 @@ def test_tail_loop_period_ignores_the_prompt() -> None:
 
 def _looping_model() -> LlamaForCausalLM:
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=12, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=12,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+        )
+    )
     return model.eval()
 
 
@@ -29,8 +43,13 @@ def test_generate_stops_at_the_first_loop() -> None:
     from kexue.repetition.metrics import find_loops
 
     assert find_loops([plain[0, 3:].tolist()], 8, 3).looped[0]
-    stopped = model.generate(prompt, max_new_tokens=60, do_sample=False, pad_token_id=0,
-                             stopping_criteria=StoppingCriteriaList([LoopStoppingCriteria(3, max_period=8, min_repeats=3)]))
+    stopped = model.generate(
+        prompt,
+        max_new_tokens=60,
+        do_sample=False,
+        pad_token_id=0,
+        stopping_criteria=StoppingCriteriaList([LoopStoppingCriteria(3, max_period=8, min_repeats=3)]),
+    )
     assert stopped.shape[1] < plain.shape[1]
     assert tail_loop_period(stopped, 3, 8, 3).item() > 0  # it stopped exactly when the loop closed
     assert tail_loop_period(stopped[:, :-1], 3, 8, 3).item() == 0
@@ -47,8 +66,13 @@ def test_loop_breaking_and_prompt_excluded_penalty() -> None:
     assert out[0, 6] == 2.0 and out[0, 4] == 3.0 and out[0, 5] == 3.0  # prompt tokens 4 and 5 untouched
     model = _looping_model()
     prompt = torch.tensor([[1, 2, 3]])
-    broken = model.generate(prompt, max_new_tokens=40, do_sample=False, pad_token_id=0,
-                            logits_processor=LogitsProcessorList([LoopBreakingProcessor(3, penalty=1e4, max_period=8, min_repeats=3)]))
+    broken = model.generate(
+        prompt,
+        max_new_tokens=40,
+        do_sample=False,
+        pad_token_id=0,
+        logits_processor=LogitsProcessorList([LoopBreakingProcessor(3, penalty=1e4, max_period=8, min_repeats=3)]),
+    )
     from kexue.repetition.metrics import find_loops
 
     assert not find_loops([broken[0, 3:].tolist()], 8, 3).looped[0]
@@ -143,8 +167,9 @@ def test_loop_budget_inside_generate_and_the_report() -> None:
     runs = {}
     for budget in (0, 5):
         crit = LoopStoppingCriteria(3, max_period=8, min_repeats=3, loop_budget=budget)
-        out = model.generate(prompt, max_new_tokens=80, do_sample=False, pad_token_id=0,
-                             stopping_criteria=StoppingCriteriaList([crit]))
+        out = model.generate(
+            prompt, max_new_tokens=80, do_sample=False, pad_token_id=0, stopping_criteria=StoppingCriteriaList([crit])
+        )
         runs[budget] = (out, crit.hits[0])
     (first, hit0), (later, hit5) = runs[0], runs[5]
     assert later.shape[1] == first.shape[1] + 5  # a greedy loop stays a loop: 5 more tokens, then stop

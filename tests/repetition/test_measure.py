@@ -118,7 +118,9 @@ def test_exact_power_traces_and_blocks() -> None:
     traces = power_traces(Q)
     dense = Q.toarray()
     assert len(traces) > 4
-    assert np.allclose(traces, [np.trace(np.linalg.matrix_power(dense, k)) for k in range(1, len(traces) + 1)], rtol=1e-12, atol=0)
+    assert np.allclose(
+        traces, [np.trace(np.linalg.matrix_power(dense, k)) for k in range(1, len(traces) + 1)], rtol=1e-12, atol=0
+    )
     assert len(power_traces(Q, budget=1.0)) == 2  # no budget: Tr Q and Tr Q² only
     # a reducible P (transient tokens, two closed classes): every block solved exactly = dense LU
     rng = np.random.default_rng(1)
@@ -155,8 +157,13 @@ def test_hutch_plus_plus_beats_hutchinson_on_a_low_rank_tail() -> None:
     noise[np.arange(n), rng.integers(0, n, n)] += 1
     P = sp.csr_array(0.9 * popular[None, :] + 0.1 * noise / noise.sum(axis=1, keepdims=True))
     r = exact_r(P.toarray())
-    errors = {m: [abs(estimate_r(P, rel_error=None, probes=16, method=m, dense_block=1, seed=s).value - r) / r for s in range(3)]
-              for m in ("hutch++", "hutchinson")}
+    errors = {
+        m: [
+            abs(estimate_r(P, rel_error=None, probes=16, method=m, dense_block=1, seed=s).value - r) / r
+            for s in range(3)
+        ]
+        for m in ("hutch++", "hutchinson")
+    }
     assert max(errors["hutch++"]) * 100 < min(errors["hutchinson"]) and min(errors["hutchinson"]) > 1e-4
 
 
@@ -205,7 +212,11 @@ def test_analyze_explains_missing_bounds() -> None:
     from kexue.repetition.analysis import analyze
 
     rows = {r.rule: r for r in analyze(_random_p(20, 1), parse_decodings("greedy,topk=3"))}
-    assert rows["greedy"].lower == math.inf and rows["greedy"].article_estimate == math.inf and "ζn = 1" in rows["greedy"].note
+    assert (
+        rows["greedy"].lower == math.inf
+        and rows["greedy"].article_estimate == math.inf
+        and "ζn = 1" in rows["greedy"].note
+    )
     assert math.isfinite(rows["topk=3"].lower) and rows["topk=3"].note == ""
 
 

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from kexue.repetition import metrics, metrics_reference as ref
+from kexue.repetition import metrics
+from kexue.repetition import metrics_reference as ref
 
 
 def test_hand_made_strings() -> None:

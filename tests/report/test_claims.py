@@ -16,7 +16,10 @@ def test_claim_status_and_id() -> None:
     documented = ctx.claim("a.d", "s", article_value=None, measured=3.0, documented=True)
     assert documented.status == "documented" and documented.id == "orthogonal.a.d"
     assert documented.article == ARTICLE.url
-    assert list(ctx.by_id) == ["orthogonal.a.b", "orthogonal.a.c", "orthogonal.a.d"] and ctx.by_id["orthogonal.a.d"] is documented
+    assert (
+        list(ctx.by_id) == ["orthogonal.a.b", "orthogonal.a.c", "orthogonal.a.d"]
+        and ctx.by_id["orthogonal.a.d"] is documented
+    )
 
 
 def test_claim_needs_exactly_one_verdict() -> None:

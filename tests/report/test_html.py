@@ -20,14 +20,27 @@ def _result() -> ReproduceResult:
     ax.plot([0, 1], [0, 1])
     ctx.figure("line", fig, "a line")
     result = ReproduceResult(mode="quick", claims=ctx.claims, figures=ctx.figures)
-    ctx.claim("x.table", "a structured value", article_value={"BERT-base": {"raw": 56.7, "whitened": 66.3}},
-              measured={"first-last-avg": {"raw": 57.64, "whitened": 68.1}, "cls": {"raw": 40.2, "whitened": 61.0}},
-              passed=True)
+    ctx.claim(
+        "x.table",
+        "a structured value",
+        article_value={"BERT-base": {"raw": 56.7, "whitened": 66.3}},
+        measured={"first-last-avg": {"raw": 57.64, "whitened": 68.1}, "cls": {"raw": 40.2, "whitened": 61.0}},
+        passed=True,
+    )
     ctx.claim("x.list", "a long list", article_value=None, measured=[0.1 * i for i in range(12)], documented=True)
-    ctx.claim("x.records", "records", article_value=None, measured=[{"rule": "greedy", "R": "inf"}, {"rule": "topk=40", "R": 3.5}],
-              documented=True)
+    ctx.claim(
+        "x.records",
+        "records",
+        article_value=None,
+        measured=[{"rule": "greedy", "R": "inf"}, {"rule": "topk=40", "R": 3.5}],
+        documented=True,
+    )
     result = ReproduceResult(mode="quick", claims=ctx.claims, figures=ctx.figures)
-    result.articles["orthogonal"] = {"title": "Title <&>", "url": "https://kexue.fm/archives/8453", "headlines": ["x.ok", "x.table"]}
+    result.articles["orthogonal"] = {
+        "title": "Title <&>",
+        "url": "https://kexue.fm/archives/8453",
+        "headlines": ["x.ok", "x.table"],
+    }
     result.seconds["orthogonal"] = 1.0
     return result
 
@@ -94,13 +107,53 @@ def test_report_structure_dashboard_tables_links_and_figures() -> None:
 
 def test_bench_page_bars_and_times() -> None:
     payload = {
-        "machine": {"date": "today", "processor": "cpu", "device": "cpu"}, "quick": True,
-        "cases": [{"technique": "rope", "case": "apply", "impl": "kexue", "median_s": 0.002, "times_s": [0.002], "params": {}},
-                  {"technique": "rope", "case": "apply", "impl": "HF", "median_s": 0.006, "times_s": [0.006], "params": {},
-                   "peak_bytes": 2**21}],
-        "ratios": [{"id": "rope.vs_hf", "value": 3.0, "target": 2.0, "higher_is_better": True, "met": True, "description": "HF / kexue"},
-                   {"id": "rope.memory", "value": 1.5, "target": 1.2, "higher_is_better": False, "met": False, "description": "m"},
-                   {"id": "rope.info", "value": 0.5, "target": None, "higher_is_better": True, "met": None, "description": "i"}],
+        "machine": {"date": "today", "processor": "cpu", "device": "cpu"},
+        "quick": True,
+        "cases": [
+            {
+                "technique": "rope",
+                "case": "apply",
+                "impl": "kexue",
+                "median_s": 0.002,
+                "times_s": [0.002],
+                "params": {},
+            },
+            {
+                "technique": "rope",
+                "case": "apply",
+                "impl": "HF",
+                "median_s": 0.006,
+                "times_s": [0.006],
+                "params": {},
+                "peak_bytes": 2**21,
+            },
+        ],
+        "ratios": [
+            {
+                "id": "rope.vs_hf",
+                "value": 3.0,
+                "target": 2.0,
+                "higher_is_better": True,
+                "met": True,
+                "description": "HF / kexue",
+            },
+            {
+                "id": "rope.memory",
+                "value": 1.5,
+                "target": 1.2,
+                "higher_is_better": False,
+                "met": False,
+                "description": "m",
+            },
+            {
+                "id": "rope.info",
+                "value": 0.5,
+                "target": None,
+                "higher_is_better": True,
+                "met": None,
+                "description": "i",
+            },
+        ],
         "skipped": [{"technique": "rope", "case": "peer", "reason": "needs the 'bench' extra"}],
     }
     page = render_bench(payload)
@@ -144,16 +197,31 @@ def test_purpose_built_table_replaces_the_generic_rendering() -> None:
     from kexue.report.claims import Table
 
     ctx = ClaimContext("whitening", Article("t", "https://kexue.fm/archives/8069"))
-    table = Table(("pooling", "variant", "STS-B", "mean"),
-                  (("cls", "raw", 40.25, 41.0), ("cls", "whitening", 61.5, 60.0), ("avg", "raw", 70.0, 69.5),
-                   ("article", "whitening", 71.34, 70.0)),
-                  header_columns=2, reference_rows=(3,), caption="Spearman x100")
-    ctx.claim("table", "s", article_value=None, measured={"cls": {"raw": {"STS-B": 40.25}}}, documented=True, table=table)
+    table = Table(
+        ("pooling", "variant", "STS-B", "mean"),
+        (
+            ("cls", "raw", 40.25, 41.0),
+            ("cls", "whitening", 61.5, 60.0),
+            ("avg", "raw", 70.0, 69.5),
+            ("article", "whitening", 71.34, 70.0),
+        ),
+        header_columns=2,
+        reference_rows=(3,),
+        caption="Spearman x100",
+    )
+    ctx.claim(
+        "table", "s", article_value=None, measured={"cls": {"raw": {"STS-B": 40.25}}}, documented=True, table=table
+    )
     result = ReproduceResult(mode="quick", claims=ctx.claims, figures=[])
     result.articles["whitening"] = {"title": "t", "url": "https://kexue.fm/archives/8069", "headlines": []}
     result.seconds["whitening"] = 1.0
     payload = result.to_json()
-    assert payload["claims"][0]["table"]["rows"][3] == ["article", "whitening", 71.34, 70.0]  # results.json keeps the table
+    assert payload["claims"][0]["table"]["rows"][3] == [
+        "article",
+        "whitening",
+        71.34,
+        70.0,
+    ]  # results.json keeps the table
     assert payload["claims"][0]["measured"] == {"cls": {"raw": {"STS-B": 40.25}}}  # and the raw value
     page = render_report(payload, [], {"date": "today"})
     parsed = _parse(page)
@@ -188,7 +256,12 @@ def test_a_real_quick_report_has_the_structure(tmp_path, monkeypatch) -> None:
     assert parsed.figures == parsed.captions > 0
     assert set(parsed.links) <= parsed.ids, f"internal links without a target: {set(parsed.links) - parsed.ids}"
     built = {c["id"] for c in payload["claims"] if c.get("table")}
-    assert {"whitening.table.wmean", "growth.parity_table", "mitchell.error_bounds", "repetition.order_char",
-            "rope.vit.all_variants_learn"} <= built
+    assert {
+        "whitening.table.wmean",
+        "growth.parity_table",
+        "mitchell.error_bounds",
+        "repetition.order_char",
+        "rope.vit.all_variants_learn",
+    } <= built
     assert page.count("<table class='value built'>") == len(built)
     assert "article: BERT-base, first-last-avg" in parsed.cells  # the article's rows beside ours

@@ -72,4 +72,8 @@ def test_atomic_writes_get_the_mode_a_plain_write_gets(tmp_path, umask: int) -> 
     assert want == 0o666 & ~umask
     assert (tmp_path / "atomic.txt").stat().st_mode & 0o777 == want
     assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == want
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["atomic.txt", "plain.txt", "w.safetensors"]  # no temporaries left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "atomic.txt",
+        "plain.txt",
+        "w.safetensors",
+    ]  # no temporaries left

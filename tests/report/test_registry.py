@@ -8,7 +8,16 @@ from kexue.report.claims import ClaimSuite
 
 
 def test_the_eight_names() -> None:
-    assert registry.TECHNIQUES == ("orthogonal", "sinusoidal", "rope", "contrastive", "whitening", "growth", "mitchell", "repetition")
+    assert registry.TECHNIQUES == (
+        "orthogonal",
+        "sinusoidal",
+        "rope",
+        "contrastive",
+        "whitening",
+        "growth",
+        "mitchell",
+        "repetition",
+    )
 
 
 def test_every_entry_loads_the_right_object() -> None:

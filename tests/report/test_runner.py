@@ -33,7 +33,9 @@ def test_unwritable_cache_is_ignored(tmp_path, monkeypatch: pytest.MonkeyPatch) 
     estimate.save()  # no error
 
 
-@pytest.mark.parametrize("content", ["null", "[]", '{"quick": 5}', '{"quick": {"a.x": "slow", "a.y": true}}', "{not json"])
+@pytest.mark.parametrize(
+    "content", ["null", "[]", '{"quick": 5}', '{"quick": {"a.x": "slow", "a.y": true}}', "{not json"]
+)
 def test_malformed_timings_count_as_none(tmp_path, monkeypatch: pytest.MonkeyPatch, content: str) -> None:
     monkeypatch.setenv("KEXUE_CACHE_DIR", str(tmp_path))
     (tmp_path / "reproduce-timings.json").write_text(content)

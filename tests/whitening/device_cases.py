@@ -10,8 +10,8 @@ from __future__ import annotations
 import functools
 
 import torch
-from device_contract import Entry, Setting, build
 
+from device_contract import Entry, Setting, build
 from kexue.whitening import Whitening
 from kexue.whitening.layer import WhiteningLayer
 from kexue.whitening.st_module import WhiteningModule
@@ -125,7 +125,7 @@ ENTRIES = [
         plain=_streaming_plain,
         accepts="float16, bfloat16, float32, float64 tensors (NumPy float32/float64), on any device but meta",
         computes="statistics in float64 on X's device (CPU for MPS), merged on the host; transform in float32 "
-                 "(float64 for float64), autocast off",
+        "(float64 for float64), autocast off",
         returns="X's dtype, on X's device",
         devices=("cpu", "cuda"),
         no_host_sync=False,  # fitting merges each batch's statistics on the host; transform validates X

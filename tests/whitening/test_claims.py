@@ -9,8 +9,17 @@ from kexue.whitening import claims
 
 def test_statistics_and_retrieval_claims_pass(run_claims) -> None:
     got = run_claims(claims.SUITE, claims.statistics, claims.retrieval).by_id
-    assert set(got) == {f"whitening.{n}" for n in ("mean0_cov_identity", "matches_reference", "streaming_equals_batch",
-                                                   "merged_equals_whole", "two_process_all_reduce", "retrieval")}
+    assert set(got) == {
+        f"whitening.{n}"
+        for n in (
+            "mean0_cov_identity",
+            "matches_reference",
+            "streaming_equals_batch",
+            "merged_equals_whole",
+            "two_process_all_reduce",
+            "retrieval",
+        )
+    }
     assert [i for i, c in got.items() if c.status != "pass"] == []
 
 

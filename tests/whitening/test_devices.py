@@ -7,8 +7,8 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-from device_contract import count_host_syncs, cuda_sync_errors
 
+from device_contract import count_host_syncs, cuda_sync_errors
 from kexue.whitening import Whitening
 from kexue.whitening.layer import WhiteningLayer, statistics_dtype
 from kexue.whitening.st_module import WhiteningModule
@@ -140,11 +140,13 @@ def test_all_reduce_gathers_on_the_backends_device() -> None:
 
     w = Whitening().fit(_embeddings(50, 4))
     where = torch.device("meta")  # stands for cuda:<current>, which this machine may not have
-    with mock.patch("kexue.whitening.whitening.check_process_group"), \
-            mock.patch("kexue.whitening.whitening.collective_device", return_value=where) as device, \
-            mock.patch("torch.distributed.get_world_size", return_value=2), \
-            mock.patch("torch.distributed.all_gather", all_gather), \
-            pytest.raises(RuntimeError, match="stop after"):
+    with (
+        mock.patch("kexue.whitening.whitening.check_process_group"),
+        mock.patch("kexue.whitening.whitening.collective_device", return_value=where) as device,
+        mock.patch("torch.distributed.get_world_size", return_value=2),
+        mock.patch("torch.distributed.all_gather", all_gather),
+        pytest.raises(RuntimeError, match="stop after"),
+    ):
         w.all_reduce("a group")
     device.assert_called_once_with("a group")
     assert seen == [where]

@@ -9,9 +9,16 @@ from kexue.data import embedded_model_path
 from kexue.whitening import pooling
 
 # lengths from 1 to ~30 tokens, shuffled, with a duplicate: batches of 4 mix them only after sorting
-SENTENCES = ["ok", "A man is playing a large flute on a stage in front of a crowd of people at night.", "The cat sat.",
-             "Two dogs run across a snowy field while a child watches them from the porch of a wooden house nearby.",
-             "Stocks fell.", "ok", "She is reading the newspaper in the kitchen.", "A woman slices an onion."]
+SENTENCES = [
+    "ok",
+    "A man is playing a large flute on a stage in front of a crowd of people at night.",
+    "The cat sat.",
+    "Two dogs run across a snowy field while a child watches them from the porch of a wooden house nearby.",
+    "Stocks fell.",
+    "ok",
+    "She is reading the newspaper in the kitchen.",
+    "A woman slices an onion.",
+]
 
 
 def test_batched_by_token_count_equals_one_sentence_at_a_time() -> None:
@@ -48,7 +55,9 @@ def test_the_key_reads_the_model_files_contents(tmp_path) -> None:
     copy = tmp_path / "model"
     shutil.copytree(embedded_model_path(), copy)
     key = pooling.encoding_cache_key(copy, SENTENCES, pooling.POOLINGS, 256)
-    assert key == pooling.encoding_cache_key(embedded_model_path(), SENTENCES, pooling.POOLINGS, 256)  # contents, not paths
+    assert key == pooling.encoding_cache_key(
+        embedded_model_path(), SENTENCES, pooling.POOLINGS, 256
+    )  # contents, not paths
     config = copy / "config.json"
     config.write_text(config.read_text().replace("}", ', "kexue_test": 1}', 1))
     assert pooling.encoding_cache_key(copy, SENTENCES, pooling.POOLINGS, 256) != key

@@ -12,9 +12,15 @@ from kexue.whitening.raw_encoder import PretrainConfig, pretrain_raw_encoder
 
 pytest.importorskip("transformers")
 
-TINY = PretrainConfig(hidden=32, layers=1, heads=2, intermediate=64, max_length=16, batch_size=8, steps=12, lr=3e-3, warmup=2)
-SENTENCES = [f"the {a} sat on the {b} near a {c}" for a in ("cat", "dog", "bird") for b in ("mat", "wall", "road")
-             for c in ("tree", "house", "car", "boat")]
+TINY = PretrainConfig(
+    hidden=32, layers=1, heads=2, intermediate=64, max_length=16, batch_size=8, steps=12, lr=3e-3, warmup=2
+)
+SENTENCES = [
+    f"the {a} sat on the {b} near a {c}"
+    for a in ("cat", "dog", "bird")
+    for b in ("mat", "wall", "road")
+    for c in ("tree", "house", "car", "boat")
+]
 
 
 def test_bert_corruption_rates() -> None:
@@ -26,7 +32,9 @@ def test_bert_corruption_rates() -> None:
     ids = torch.randint(1000, 20000, (400, 40))
     special = torch.zeros_like(ids, dtype=torch.bool)
     special[:, 0] = special[:, -1] = True
-    corrupted, chosen, targets = raw_encoder._mask(ids, special, PretrainConfig(), tokenizer, torch.Generator().manual_seed(0))
+    corrupted, chosen, targets = raw_encoder._mask(
+        ids, special, PretrainConfig(), tokenizer, torch.Generator().manual_seed(0)
+    )
     assert not chosen[:, 0].any() and not chosen[:, -1].any()  # [CLS]/[SEP] are never chosen
     assert abs(chosen.float().mean().item() / (38 / 40) - 0.15) < 0.01
     masked = (corrupted[chosen] == tokenizer.mask_token_id).float().mean().item()
@@ -51,8 +59,15 @@ def test_pretraining_learns_caches_and_loads(tmp_path, monkeypatch) -> None:
     assert other != folder  # another corpus is another key
 
 
-@pytest.mark.parametrize("field,value,match", [("hidden", 31, "multiple of heads"), ("lr", 0.0, "lr=0.0"),
-                                               ("mask_probability", 1.5, "mask_probability=1.5"), ("steps", 0, "steps=0")])
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("hidden", 31, "multiple of heads"),
+        ("lr", 0.0, "lr=0.0"),
+        ("mask_probability", 1.5, "mask_probability=1.5"),
+        ("steps", 0, "steps=0"),
+    ],
+)
 def test_bad_settings_are_named(field: str, value, match: str) -> None:
     import dataclasses
 

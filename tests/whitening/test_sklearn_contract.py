@@ -17,7 +17,11 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from kexue.whitening import Whitening
 from kexue.whitening.flow import FlowWhitening
 
-ESTIMATORS = [Whitening(), Whitening(n_components=1, gamma=0.5, shrinkage=0.1), FlowWhitening(n_layers=2, hidden=8, epochs=2)]
+ESTIMATORS = [
+    Whitening(),
+    Whitening(n_components=1, gamma=0.5, shrinkage=0.1),
+    FlowWhitening(n_layers=2, hidden=8, epochs=2),
+]
 
 
 @parametrize_with_checks(ESTIMATORS)

@@ -9,7 +9,9 @@ from kexue.data import embedded_model_path
 from kexue.whitening import Whitening
 from kexue.whitening.st_module import add_whitening
 
-SENTENCES = [f"{a} {b} is on the table" for a in ("a", "the", "one", "my") for b in ("cat", "cup", "book", "phone", "key", "pen")]
+SENTENCES = [
+    f"{a} {b} is on the table" for a in ("a", "the", "one", "my") for b in ("cat", "cup", "book", "phone", "key", "pen")
+]
 
 
 @pytest.mark.parametrize("normalize", [None, False])
@@ -59,7 +61,9 @@ def test_models_saved_with_the_old_module_still_load(tmp_path) -> None:
     model.add_module(str(len(model._modules)), WhiteningModule(w))
     model.save(str(tmp_path / "old"))
     reloaded = SentenceTransformer(str(tmp_path / "old"), device="cpu", trust_remote_code=True)
-    np.testing.assert_allclose(reloaded.encode(SENTENCES, convert_to_numpy=True), w.transform(raw), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        reloaded.encode(SENTENCES, convert_to_numpy=True), w.transform(raw), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_pooling_last_avg_gives_the_models_own_cosines() -> None:

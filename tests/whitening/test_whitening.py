@@ -30,7 +30,12 @@ def test_whitened_data_has_zero_mean_and_identity_covariance() -> None:
 
 
 @settings(max_examples=20, deadline=None)
-@given(k=st.integers(1, 12), beta=st.sampled_from([0.0, 0.5, 1.0]), gamma=st.sampled_from([0.0, 0.5, 1.0]), ddof=st.integers(0, 1))
+@given(
+    k=st.integers(1, 12),
+    beta=st.sampled_from([0.0, 0.5, 1.0]),
+    gamma=st.sampled_from([0.0, 0.5, 1.0]),
+    ddof=st.integers(0, 1),
+)
 def test_kernel_and_bias_equal_the_reference(k: int, beta: float, gamma: float, ddof: int) -> None:
     x = _data(seed=k)
     w = Whitening(k, beta=beta, gamma=gamma, ddof=ddof).fit(x)
@@ -83,7 +88,9 @@ def test_inverse_transform_round_trip_and_projection() -> None:
     np.testing.assert_allclose(full.inverse_transform(full.transform(x)), x, atol=1e-9)
     reduced = Whitening(4).fit(x)
     pca = PCA(4).fit(x)
-    np.testing.assert_allclose(reduced.inverse_transform(reduced.transform(x)), pca.inverse_transform(pca.transform(x)), atol=1e-8)
+    np.testing.assert_allclose(
+        reduced.inverse_transform(reduced.transform(x)), pca.inverse_transform(pca.transform(x)), atol=1e-8
+    )
 
 
 def test_matches_sklearn_pca_whiten_up_to_sign() -> None:
@@ -174,7 +181,13 @@ def test_set_params_reuses_the_decomposition_and_equals_a_fresh_fit() -> None:
     fitted = Whitening().fit(x)
     fitted.transform(x)
     decomposition = module._DECOMPOSED[fitted][3]
-    for params in ({"n_components": 5}, {"gamma": 0.5}, {"beta": 0.0}, {"eps": 1e-3}, {"n_components": 3, "gamma": 0.0}):
+    for params in (
+        {"n_components": 5},
+        {"gamma": 0.5},
+        {"beta": 0.0},
+        {"eps": 1e-3},
+        {"n_components": 3, "gamma": 0.0},
+    ):
         swept = fitted.set_params(**{**Whitening().get_params(), **params})
         np.testing.assert_array_equal(swept.transform(x), Whitening(**params).fit(x).transform(x))
         assert module._DECOMPOSED[fitted][3] is decomposition  # no second eigh

@@ -99,5 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{prefix}: error: {_one_line(exc)}", file=sys.stderr)
             return EXIT_USAGE
         # a bug, not bad input: still one line unless --debug
-        print(f"kexue: internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"kexue: internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED

@@ -17,16 +17,24 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
-__all__ = ["STATUS_STYLE", "add_data_argument", "add_technique_arguments", "apply_data_argument", "claims_table",
-           "stderr_console", "stdout_console"]
+__all__ = [
+    "STATUS_STYLE",
+    "add_data_argument",
+    "add_technique_arguments",
+    "apply_data_argument",
+    "claims_table",
+    "stderr_console",
+    "stdout_console",
+]
 
 STATUS_STYLE = {"pass": "bold green", "fail": "bold red", "documented": "bold yellow", "skipped": "bold blue"}
 
 
 def add_data_argument(parser: argparse.ArgumentParser) -> None:
     """``--data DIR``: the data folder, ahead of ``$KEXUE_DATA`` and ``../shared/data``, ``./shared/data``."""
-    parser.add_argument("--data", metavar="DIR",
-                        help="the data folder (default: $KEXUE_DATA, else ../shared/data, else ./shared/data)")
+    parser.add_argument(
+        "--data", metavar="DIR", help="the data folder (default: $KEXUE_DATA, else ../shared/data, else ./shared/data)"
+    )
 
 
 def apply_data_argument(args: argparse.Namespace) -> None:
@@ -35,14 +43,20 @@ def apply_data_argument(args: argparse.Namespace) -> None:
         return
     folder = Path(args.data).expanduser()
     if not folder.is_dir():
-        raise ValueError(f"--data {args.data}: no such folder; give the folder holding stsbenchmark/, sts12-16/, sick/, tinyshakespeare/")
+        raise ValueError(
+            f"--data {args.data}: no such folder; give the folder holding stsbenchmark/, sts12-16/, sick/, tinyshakespeare/"
+        )
     os.environ["KEXUE_DATA"] = str(folder.resolve())
 
 
 def add_technique_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     """The positional TECHNIQUE list and ``--out DIR`` that every technique-wide command takes."""
-    parser.add_argument("techniques", nargs="*", metavar="TECHNIQUE",
-                        help=f"techniques to {verb} (default: all implemented); names: {', '.join(registry.TECHNIQUES)}")
+    parser.add_argument(
+        "techniques",
+        nargs="*",
+        metavar="TECHNIQUE",
+        help=f"techniques to {verb} (default: all implemented); names: {', '.join(registry.TECHNIQUES)}",
+    )
     parser.add_argument("--out", default="reports", metavar="DIR", help="output directory (default: reports/)")
 
 
@@ -72,6 +86,11 @@ def claims_table(claims: list[dict]) -> Table:
     for c in claims:
         name = c["id"].removeprefix(c["technique"] + ".")
         measured = c["details"] if c["status"] == "skipped" else format_value(c["measured"])
-        table.add_row(c["technique"], name, format_value(c["article_value"]), measured,
-                      f"[{STATUS_STYLE[c['status']]}]{c['status']}[/]")
+        table.add_row(
+            c["technique"],
+            name,
+            format_value(c["article_value"]),
+            measured,
+            f"[{STATUS_STYLE[c['status']]}]{c['status']}[/]",
+        )
     return table

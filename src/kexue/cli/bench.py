@@ -19,7 +19,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_data_argument(parser)
     parser.add_argument("--quick", action="store_true", help="smaller inputs (about a tenth), for a fast look")
     parser.add_argument("--device", default="cpu", help="torch device to run on: cpu (default), cuda, cuda:N")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per case; the median is reported (default: 5)")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed repeats per case; the median is reported (default: 5)"
+    )
     parser.add_argument("--json", action="store_true", help="print bench.json to stdout instead of the tables")
 
 

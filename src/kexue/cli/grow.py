@@ -10,21 +10,52 @@ EXAMPLE = "kexue grow path/to/small -o path/to/large --width 2 --depth 2"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model_dir", metavar="MODEL_DIR", help="a HuggingFace checkpoint folder (config.json + weights)")
-    parser.add_argument("-o", "--out", required=True, metavar="OUT_DIR", help="folder for the grown checkpoint (must not exist)")
-    parser.add_argument("--width", type=int, default=1, help="hidden/feed-forward width factor k (default: 1, unchanged)")
-    parser.add_argument("--mode", default="heads", choices=("heads", "head_dim"),
-                        help="heads: copy heads, keep head_dim (exact with RoPE; default); head_dim: the article's wider heads")
-    parser.add_argument("--depth", type=int, default=1, help="depth factor: insert depth-1 identity blocks after every layer (default: 1)")
-    parser.add_argument("--ffn", type=int, default=None, metavar="SIZE",
-                        help="feed-forward width of the result (after --width), any size >= the current one (default: unchanged)")
-    parser.add_argument("--experts", type=int, default=1,
-                        help="mixture-of-experts models: copy every expert this many times, as many more experts per token (default: 1)")
-    parser.add_argument("--noise", type=float, default=0.0,
-                        help="symmetry breaking: zero-sum noise, relative std (keeps the function; e.g. 1.0; default 0: exact copies)")
+    parser.add_argument(
+        "model_dir", metavar="MODEL_DIR", help="a HuggingFace checkpoint folder (config.json + weights)"
+    )
+    parser.add_argument(
+        "-o", "--out", required=True, metavar="OUT_DIR", help="folder for the grown checkpoint (must not exist)"
+    )
+    parser.add_argument(
+        "--width", type=int, default=1, help="hidden/feed-forward width factor k (default: 1, unchanged)"
+    )
+    parser.add_argument(
+        "--mode",
+        default="heads",
+        choices=("heads", "head_dim"),
+        help="heads: copy heads, keep head_dim (exact with RoPE; default); head_dim: the article's wider heads",
+    )
+    parser.add_argument(
+        "--depth",
+        type=int,
+        default=1,
+        help="depth factor: insert depth-1 identity blocks after every layer (default: 1)",
+    )
+    parser.add_argument(
+        "--ffn",
+        type=int,
+        default=None,
+        metavar="SIZE",
+        help="feed-forward width of the result (after --width), any size >= the current one (default: unchanged)",
+    )
+    parser.add_argument(
+        "--experts",
+        type=int,
+        default=1,
+        help="mixture-of-experts models: copy every expert this many times, as many more experts per token (default: 1)",
+    )
+    parser.add_argument(
+        "--noise",
+        type=float,
+        default=0.0,
+        help="symmetry breaking: zero-sum noise, relative std (keeps the function; e.g. 1.0; default 0: exact copies)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the grown size (planned on the meta device from config.json alone) and write nothing")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the grown size (planned on the meta device from config.json alone) and write nothing",
+    )
 
 
 def _bytes(n: int) -> str:
@@ -38,8 +69,10 @@ def describe_plan(planned: dict) -> str:
     """One line: the parameter counts before and after, and the grown size per dtype."""
     small, large = planned["small"], planned["large"]
     dtypes = ", ".join(f"{name} {_bytes(d['bytes'])}" for name, d in large["dtypes"].items())
-    return (f"planned: {small['parameters']:,} -> {large['parameters']:,} parameters, "
-            f"{_bytes(small['bytes'])} -> {_bytes(large['bytes'])} ({dtypes})")
+    return (
+        f"planned: {small['parameters']:,} -> {large['parameters']:,} parameters, "
+        f"{_bytes(small['bytes'])} -> {_bytes(large['bytes'])} ({dtypes})"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,8 +83,15 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.noise >= 0 or args.noise == float("inf"):
         raise ValueError(f"--noise {args.noise} must be a finite number >= 0")
-    options = dict(width=args.width, depth=args.depth, ffn=args.ffn, experts=args.experts, mode=args.mode, noise=args.noise,
-                   seed=args.seed)
+    options = dict(
+        width=args.width,
+        depth=args.depth,
+        ffn=args.ffn,
+        experts=args.experts,
+        mode=args.mode,
+        noise=args.noise,
+        seed=args.seed,
+    )
     try:
         if args.dry_run:
             planned = grow_checkpoint(args.model_dir, args.out, **options, dry_run=True)["planned"]
@@ -59,17 +99,34 @@ def run(args: argparse.Namespace) -> int:
             stdout_console().print_json(json.dumps({"planned": planned}))
             return 0
         # the plan is printed once the checkpoint has loaded (so a bad checkpoint gives one error line), before writing
-        report = grow_checkpoint(args.model_dir, args.out, **options,
-                                 on_plan=lambda planned: stderr_console().print(describe_plan(planned)))
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:  # name the CLI's options, not the function's arguments
+        report = grow_checkpoint(
+            args.model_dir, args.out, **options, on_plan=lambda planned: stderr_console().print(describe_plan(planned))
+        )
+    except (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+    ) as exc:  # name the CLI's options, not the function's arguments
         message = str(exc)
-        for name, option in (("src ", "MODEL_DIR "), ("dst ", "--out "), ("width=", "--width="), ("depth=", "--depth="),
-                             ("ffn=", "--ffn="), ("experts=", "--experts="),
-                             ("noise=", "--noise=")):
+        for name, option in (
+            ("src ", "MODEL_DIR "),
+            ("dst ", "--out "),
+            ("width=", "--width="),
+            ("depth=", "--depth="),
+            ("ffn=", "--ffn="),
+            ("experts=", "--experts="),
+            ("noise=", "--noise="),
+        ):
             if message.startswith(name):
-                message = option + message[len(name):]
-        raise type(exc)(message.replace("give width >= 2, depth >= 2, experts >= 2 and/or ffn",
-                                                "give --width >= 2, --depth >= 2, --experts >= 2 and/or --ffn SIZE")) from None
+                message = option + message[len(name) :]
+        raise type(exc)(
+            message.replace(
+                "give width >= 2, depth >= 2, experts >= 2 and/or ffn",
+                "give --width >= 2, --depth >= 2, --experts >= 2 and/or --ffn SIZE",
+            )
+        ) from None
     stdout_console().print_json(json.dumps(report))
-    stderr_console().print(f"wrote {args.out} ({report['parameters']['small']:,} -> {report['parameters']['large']:,} parameters)")
+    stderr_console().print(
+        f"wrote {args.out} ({report['parameters']['small']:,} -> {report['parameters']['large']:,} parameters)"
+    )
     return 0 if report["float64"]["max_abs"] <= 1e-8 else 1

@@ -24,9 +24,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--full", action="store_true", help="full scale (default: quick scale)")
     parser.add_argument("--json", action="store_true", help="print results.json to stdout instead of the table")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
-    parser.add_argument("--bench", metavar="DIR", help="link the report to DIR/bench.html (written by 'kexue bench --out DIR')")
-    parser.add_argument("--no-cache", action="store_true",
-                        help="recompute cached intermediates (the STS sentence encodings) instead of reading them from the cache folder")
+    parser.add_argument(
+        "--bench", metavar="DIR", help="link the report to DIR/bench.html (written by 'kexue bench --out DIR')"
+    )
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="recompute cached intermediates (the STS sentence encodings) instead of reading them from the cache folder",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,8 +49,13 @@ def run(args: argparse.Namespace) -> int:
     if args.no_cache:
         os.environ["KEXUE_NO_CACHE"] = "1"
     try:
-        result = run_claims(techniques, "full" if args.full else "quick", console=err, seed=args.seed,
-                            debug=getattr(args, "debug", False))
+        result = run_claims(
+            techniques,
+            "full" if args.full else "quick",
+            console=err,
+            seed=args.seed,
+            debug=getattr(args, "debug", False),
+        )
     finally:  # a caller of main() in the same process keeps its own setting
         if previous is None:
             os.environ.pop("KEXUE_NO_CACHE", None)
@@ -62,8 +72,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         stdout_console().print(claims_table(payload["claims"]))
     s = payload["summary"]
-    err.print(f"{s['pass']} pass, {s['fail']} fail, {s['documented']} documented, {s['skipped']} skipped "
-              f"({payload['mode']} scale, {sum(result.seconds.values()):.1f} s)")
+    err.print(
+        f"{s['pass']} pass, {s['fail']} fail, {s['documented']} documented, {s['skipped']} skipped "
+        f"({payload['mode']} scale, {sum(result.seconds.values()):.1f} s)"
+    )
     if result.skipped:
         print(f"kexue reproduce: {skipped_line(result.skipped)}", file=sys.stderr)
     if payload["not_implemented"]:

@@ -8,7 +8,9 @@ from kexue.cli._common import add_data_argument
 
 NAME = "whiten"
 HELP = "fit whitening on a corpus (streaming) and evaluate encoders, with or without it, on the STS suite"
-EXAMPLE = "kexue whiten fit --corpus sentences.txt -k 256 -o w.safetensors && kexue whiten eval --whitening w.safetensors"
+EXAMPLE = (
+    "kexue whiten fit --corpus sentences.txt -k 256 -o w.safetensors && kexue whiten eval --whitening w.safetensors"
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -17,17 +19,36 @@ def configure(parser: argparse.ArgumentParser) -> None:
     fit.add_argument("--corpus", required=True, metavar="FILE", help="one sentence per line")
     fit.add_argument("-k", "--n-components", type=int, default=None, help="output dimensions (default: all)")
     fit.add_argument("--beta", type=float, default=1.0, help="fraction of the mean removed (default: 1)")
-    fit.add_argument("--gamma", type=float, default=1.0, help="rescaling power: 1 whitening, 0 rotation only (default: 1)")
-    fit.add_argument("--shrinkage", type=float, default=0.0, help="covariance shrinkage towards a multiple of I, in [0, 1]")
+    fit.add_argument(
+        "--gamma", type=float, default=1.0, help="rescaling power: 1 whitening, 0 rotation only (default: 1)"
+    )
+    fit.add_argument(
+        "--shrinkage", type=float, default=0.0, help="covariance shrinkage towards a multiple of I, in [0, 1]"
+    )
     fit.add_argument("-o", "--out", required=True, metavar="FILE", help="output .safetensors file")
     ev = sub.add_parser("eval", help="Spearman x100 on STS12-16, STS-B test and SICK-R")
-    ev.add_argument("--whitening", metavar="FILE", help="a file written by 'kexue whiten fit' (default: none, the raw vectors)")
-    ev.add_argument("--tasks", default="all", help="comma-separated subset of STS12,STS13,STS14,STS15,STS16,STS-B,SICK-R (default: all)")
+    ev.add_argument(
+        "--whitening", metavar="FILE", help="a file written by 'kexue whiten fit' (default: none, the raw vectors)"
+    )
+    ev.add_argument(
+        "--tasks",
+        default="all",
+        help="comma-separated subset of STS12,STS13,STS14,STS15,STS16,STS-B,SICK-R (default: all)",
+    )
     ev.add_argument("--json", action="store_true", help="print the scores as JSON")
     for p in (fit, ev):
         p.add_argument("--model", metavar="DIR", help="encoder folder (default: the embedded all-MiniLM-L6-v2)")
-        p.add_argument("--pooling", default="model", help="model (the sentence-transformers pipeline; default), cls, last-avg, first-last-avg or layers:i,j")
-        p.add_argument("--batch-size", type=int, default=128, help="at most this many sentences per forward (default: 128); batches also stop at 4,096 tokens, padding included")
+        p.add_argument(
+            "--pooling",
+            default="model",
+            help="model (the sentence-transformers pipeline; default), cls, last-avg, first-last-avg or layers:i,j",
+        )
+        p.add_argument(
+            "--batch-size",
+            type=int,
+            default=128,
+            help="at most this many sentences per forward (default: 128); batches also stop at 4,096 tokens, padding included",
+        )
         add_data_argument(p)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
 
@@ -39,11 +60,15 @@ def _encoder(args: argparse.Namespace):
     model_dir = args.model or str(embedded_model_path())
     if args.pooling == "model":
         model = load_sentence_transformer(model_dir)
-        return lambda sentences: model.encode(list(sentences), batch_size=args.batch_size, convert_to_numpy=True, show_progress_bar=False)
+        return lambda sentences: model.encode(
+            list(sentences), batch_size=args.batch_size, convert_to_numpy=True, show_progress_bar=False
+        )
     from kexue.whitening.pooling import encode_poolings, parse_pooling
 
     parse_pooling(args.pooling)
-    return lambda sentences: encode_poolings(model_dir, sentences, [args.pooling], batch_size=args.batch_size)[args.pooling]
+    return lambda sentences: encode_poolings(model_dir, sentences, [args.pooling], batch_size=args.batch_size)[
+        args.pooling
+    ]
 
 
 def _progress():
@@ -51,8 +76,14 @@ def _progress():
 
     from kexue.cli._common import stderr_console
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=stderr_console(), transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=stderr_console(),
+        transient=True,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,8 +115,13 @@ def _fit(args: argparse.Namespace) -> int:
             part = sentences[start : start + chunk]
             w.partial_fit(encode(part))
             bar.advance(task, len(part))
-    w.save(args.out, info={"model": args.model or "embedded all-MiniLM-L6-v2", "pooling": args.pooling, "corpus": str(args.corpus)})
-    stderr_console().print(f"fitted on {w.n_samples_seen_} sentences, {w.n_features_in_} -> {w.n_components_} dimensions; wrote {args.out}")
+    w.save(
+        args.out,
+        info={"model": args.model or "embedded all-MiniLM-L6-v2", "pooling": args.pooling, "corpus": str(args.corpus)},
+    )
+    stderr_console().print(
+        f"fitted on {w.n_samples_seen_} sentences, {w.n_features_in_} -> {w.n_components_} dimensions; wrote {args.out}"
+    )
     return 0
 
 
@@ -106,7 +142,9 @@ def _eval(args: argparse.Namespace) -> int:
             raise ValueError(f"--tasks: unknown task {name!r}; choose from {', '.join(STS_TASKS)}")
     w = Whitening.load(args.whitening) if args.whitening else None
     if w is not None and w.info_.get("pooling", args.pooling) != args.pooling:
-        stderr_console().print(f"note: {args.whitening} was fitted with --pooling {w.info_['pooling']}, evaluating with {args.pooling}")
+        stderr_console().print(
+            f"note: {args.whitening} was fitted with --pooling {w.info_['pooling']}, evaluating with {args.pooling}"
+        )
     tasks = {t: load_task(t, args.data) for t in names}
     sentences = unique_sentences(tasks)
     encode = _encoder(args)

@@ -95,21 +95,32 @@ def main(argv: list[str] | None = None) -> int:
         del model, step
     lo, hi = _shards(args.batch, world)[rank]  # uneven: FSDP2 must refuse clearly, on every rank, not hang
     try:
-        cached_backward(_wrap(_encoder(args.seed), "fsdp"), [x[lo:hi], x[lo:hi]], InfoNCE(0.05).double(),
-                        micro_batch_size=args.micro, distributed=True)
+        cached_backward(
+            _wrap(_encoder(args.seed), "fsdp"),
+            [x[lo:hi], x[lo:hi]],
+            InfoNCE(0.05).double(),
+            micro_batch_size=args.micro,
+            distributed=True,
+        )
         results["fsdp_uneven_error"] = ""
     except ValueError as exc:
         results["fsdp_uneven_error"] = str(exc)
     dist.barrier()  # no rank tears down gloo while another still uses it
     dist.destroy_process_group()
     if rank == 0:
-        results.update(world=world, batch=args.batch, shards=[hi - lo for lo, hi in _shards(args.batch, world)],
-                       fsdp_shards=[hi - lo for lo, hi in _even(args.batch, world)])
+        results.update(
+            world=world,
+            batch=args.batch,
+            shards=[hi - lo for lo, hi in _shards(args.batch, world)],
+            fsdp_shards=[hi - lo for lo, hi in _even(args.batch, world)],
+        )
         write_result(args.out, results)
     return 0
 
 
-def _reference(args: argparse.Namespace, x: torch.Tensor, shards: list[tuple[int, int]]) -> tuple[list[torch.Tensor], float]:
+def _reference(
+    args: argparse.Namespace, x: torch.Tensor, shards: list[tuple[int, int]]
+) -> tuple[list[torch.Tensor], float]:
     """The global batch in one process and one backward, with each rank's RNG stream."""
     encoder, loss_fn = _encoder(args.seed), InfoNCE(0.05, learnable=True).double()
     views: list[list[torch.Tensor]] = [[], []]
@@ -124,7 +135,9 @@ def _reference(args: argparse.Namespace, x: torch.Tensor, shards: list[tuple[int
 
 def launch(nproc: int = 2, batch: int = 48, micro: int = 5, seed: int = 0, timeout: float = 300) -> dict:
     """Run the check under ``torchrun`` (gloo, localhost) and return rank 0's results."""
-    return launch_module("kexue.contrastive._torchrun_check", [f"--batch={batch}", f"--micro={micro}", f"--seed={seed}"], nproc, timeout)
+    return launch_module(
+        "kexue.contrastive._torchrun_check", [f"--batch={batch}", f"--micro={micro}", f"--seed={seed}"], nproc, timeout
+    )
 
 
 if __name__ == "__main__":

@@ -27,8 +27,13 @@ WORDS = "a the cat dog sat ran on under mat tree bright cold rain sun home town 
 
 def _texts(n: int, seed: int) -> list[str]:
     g = torch.Generator().manual_seed(seed)
-    return [" ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (int(torch.randint(2, 14, (1,), generator=g)),), generator=g))
-            for _ in range(n)]
+    return [
+        " ".join(
+            WORDS[int(i)]
+            for i in torch.randint(0, len(WORDS), (int(torch.randint(2, 14, (1,), generator=g)),), generator=g)
+        )
+        for _ in range(n)
+    ]
 
 
 def _flat_grad(model) -> torch.Tensor:
@@ -110,8 +115,12 @@ def _reference(args, anchors, positives, bounds, world) -> tuple[torch.Tensor, f
 
 def launch(model: str, nproc: int = 2, batch: int = 18, micro: int = 4, seed: int = 0, timeout: float = 300) -> dict:
     """Run the check under ``torchrun`` (gloo, localhost) and return rank 0's results."""
-    return launch_module("kexue.contrastive._torchrun_st_check", [model, f"--batch={batch}", f"--micro={micro}", f"--seed={seed}"],
-                         nproc, timeout)
+    return launch_module(
+        "kexue.contrastive._torchrun_st_check",
+        [model, f"--batch={batch}", f"--micro={micro}", f"--seed={seed}"],
+        nproc,
+        timeout,
+    )
 
 
 if __name__ == "__main__":

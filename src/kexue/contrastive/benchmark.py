@@ -61,7 +61,14 @@ def _features(batch: int, seed: int, vocab: int = 30522, device: str = "cpu") ->
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1000, vocab, (batch, TOKENS), generator=g)
     ids[:, 0], ids[:, -1] = 101, 102
-    return {k: v.to(device) for k, v in {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}.items()}
+    return {
+        k: v.to(device)
+        for k, v in {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "token_type_ids": torch.zeros_like(ids),
+        }.items()
+    }
 
 
 def _encoder(model):
@@ -134,14 +141,35 @@ def step_time(bench: Bench) -> None:
     case = f"A: one step, batch {batch}, {TOKENS} tokens, all-MiniLM-L6-v2"
     params = {"batch": batch, "micro": MICRO, "tokens": TOKENS, "threads": torch.get_num_threads()}
     plain = bench.time(case, "plain full-batch step", lambda: _plain_step(model, loss_fn, q, d), params=params)
-    cached = bench.time(case, f"kexue cached_backward (micro {MICRO})", lambda: _cached_step(model, loss_fn, q, d), params=params)
-    st = bench.time(case, f"sentence-transformers CachedMNRL (mini-batch {MICRO})", lambda: _st_step(model, st_loss, q, d), params=params)
-    bench.ratio("contrastive.step_vs_plain", cached.median_s / plain.median_s, target=1.45, higher_is_better=False,
-                description=f"kexue cached step ({batch}/{MICRO}) time / plain full-batch step time")
-    bench.ratio("contrastive.speed_vs_st", st.median_s / cached.median_s, target=1.0,
-                description="sentence-transformers CachedMultipleNegativesRankingLoss step time / kexue cached step time")
-    bench.ratio("contrastive.grad_vs_st", grad_err, target=1e-5, higher_is_better=False,
-                description="‖g_kexue − g_st‖ / ‖g_st‖ over all parameters (dropout off)")
+    cached = bench.time(
+        case, f"kexue cached_backward (micro {MICRO})", lambda: _cached_step(model, loss_fn, q, d), params=params
+    )
+    st = bench.time(
+        case,
+        f"sentence-transformers CachedMNRL (mini-batch {MICRO})",
+        lambda: _st_step(model, st_loss, q, d),
+        params=params,
+    )
+    bench.ratio(
+        "contrastive.step_vs_plain",
+        cached.median_s / plain.median_s,
+        target=1.45,
+        higher_is_better=False,
+        description=f"kexue cached step ({batch}/{MICRO}) time / plain full-batch step time",
+    )
+    bench.ratio(
+        "contrastive.speed_vs_st",
+        st.median_s / cached.median_s,
+        target=1.0,
+        description="sentence-transformers CachedMultipleNegativesRankingLoss step time / kexue cached step time",
+    )
+    bench.ratio(
+        "contrastive.grad_vs_st",
+        grad_err,
+        target=1e-5,
+        higher_is_better=False,
+        description="‖g_kexue − g_st‖ / ‖g_st‖ over all parameters (dropout off)",
+    )
 
 
 def _memory_child(config: str, batch: int) -> dict[str, float]:
@@ -178,10 +206,24 @@ def step_memory(bench: Bench) -> None:
     stored = 2 * batch * 384 * 4  # the cached float32 embeddings of both sides
     case = f"B: peak memory of one step, fresh process ({TOKENS} tokens)"
     for impl, child in ((f"kexue cached step {batch}/{MICRO}", cached), (f"plain step at batch {MICRO}", plain)):
-        bench.cases.append(CaseResult(bench.technique, case, impl, child["seconds"], [child["seconds"]], int(child["peak"]),
-                                      {"batch": batch, "micro": MICRO, "process": "fresh"}))
-    bench.ratio("contrastive.memory_vs_plain_micro", cached["peak"] / (plain["peak"] + stored), target=1.5, higher_is_better=False,
-                description=f"peak RSS growth of the cached step at {batch}/{MICRO} / (a plain step at batch {MICRO} + the {stored / 2**20:.1f} MiB of stored embeddings)")
+        bench.cases.append(
+            CaseResult(
+                bench.technique,
+                case,
+                impl,
+                child["seconds"],
+                [child["seconds"]],
+                int(child["peak"]),
+                {"batch": batch, "micro": MICRO, "process": "fresh"},
+            )
+        )
+    bench.ratio(
+        "contrastive.memory_vs_plain_micro",
+        cached["peak"] / (plain["peak"] + stored),
+        target=1.5,
+        higher_is_better=False,
+        description=f"peak RSS growth of the cached step at {batch}/{MICRO} / (a plain step at batch {MICRO} + the {stored / 2**20:.1f} MiB of stored embeddings)",
+    )
 
 
 @BENCH.case
@@ -200,19 +242,38 @@ def tiled_memory(bench: Bench) -> None:
 
     case = f"C: InfoNCE loss forward + backward, N = {n}, D = {dim}"
     params = {"n": n, "dim": dim, "tile": 1024}
-    bench.time(case, "dense info_nce", lambda: run("dense", lambda a, b: info_nce(a, b, scale=SCALE)), repeats=1, params=params)
+    bench.time(
+        case, "dense info_nce", lambda: run("dense", lambda a, b: info_nce(a, b, scale=SCALE)), repeats=1, params=params
+    )
     dense = kept.pop("dense")
-    tiled = bench.time(case, "kexue info_nce_tiled", lambda: run("tiled", lambda a, b: info_nce_tiled(a, b, scale=SCALE, tile=1024)),
-                       repeats=1, params=params)
+    tiled = bench.time(
+        case,
+        "kexue info_nce_tiled",
+        lambda: run("tiled", lambda a, b: info_nce_tiled(a, b, scale=SCALE, tile=1024)),
+        repeats=1,
+        params=params,
+    )
     matrix = n * n * 4
     if tiled.peak_bytes is not None:
-        bench.ratio("contrastive.tiled_memory_fraction", tiled.peak_bytes / matrix, target=0.10, higher_is_better=False,
-                    description=f"peak extra memory of the tiled loss (forward + backward) / the dense {n}x{n} float32 matrix ({matrix / 2**30:.1f} GiB)")
+        bench.ratio(
+            "contrastive.tiled_memory_fraction",
+            tiled.peak_bytes / matrix,
+            target=0.10,
+            higher_is_better=False,
+            description=f"peak extra memory of the tiled loss (forward + backward) / the dense {n}x{n} float32 matrix ({matrix / 2**30:.1f} GiB)",
+        )
     ours = kept["tiled"]
-    err = max(abs(ours[0] - dense[0]) / abs(dense[0]),
-              *[float((a - b).abs().max() / b.abs().max()) for a, b in zip(ours[1:], dense[1:])])
-    bench.ratio("contrastive.tiled_vs_dense_error", err, target=1e-5, higher_is_better=False,
-                description="tiled vs dense: max relative error of the loss and of the q and d gradients")
+    err = max(
+        abs(ours[0] - dense[0]) / abs(dense[0]),
+        *[float((a - b).abs().max() / b.abs().max()) for a, b in zip(ours[1:], dense[1:])],
+    )
+    bench.ratio(
+        "contrastive.tiled_vs_dense_error",
+        err,
+        target=1e-5,
+        higher_is_better=False,
+        description="tiled vs dense: max relative error of the loss and of the q and d gradients",
+    )
 
 
 def _stsb_pairs(count: int) -> tuple[list[str], list[str]]:
@@ -236,12 +297,26 @@ def _trainer_epoch(model, loss, anchors: list[str], positives: list[str], batch:
 
     from kexue._shared import quieter
 
-    args = SentenceTransformerTrainingArguments(output_dir=out, per_device_train_batch_size=batch, num_train_epochs=1,
-                                                learning_rate=2e-5, report_to=[], save_strategy="no", logging_strategy="no",
-                                                use_cpu=True, seed=0, dataloader_drop_last=True, disable_tqdm=True)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=out,
+        per_device_train_batch_size=batch,
+        num_train_epochs=1,
+        learning_rate=2e-5,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        use_cpu=True,
+        seed=0,
+        dataloader_drop_last=True,
+        disable_tqdm=True,
+    )
     with quieter("sentence_transformers"), quieter("transformers"):
-        trainer = SentenceTransformerTrainer(model=model, args=args, loss=loss,
-                                             train_dataset=Dataset.from_dict({"anchor": anchors, "positive": positives}))
+        trainer = SentenceTransformerTrainer(
+            model=model,
+            args=args,
+            loss=loss,
+            train_dataset=Dataset.from_dict({"anchor": anchors, "positive": positives}),
+        )
         start = time.perf_counter()
         trainer.train()
     return time.perf_counter() - start
@@ -266,14 +341,24 @@ def trainer_epoch(bench: Bench) -> None:
             for name in times:
                 torch.manual_seed(0)
                 model = _model()
-                loss = (_st_loss(model) if name == "st" else CachedContrastiveLoss(model, scale=SCALE, micro_batch_size=mini))
+                loss = (
+                    _st_loss(model)
+                    if name == "st"
+                    else CachedContrastiveLoss(model, scale=SCALE, micro_batch_size=mini)
+                )
                 if name == "st":
                     loss.mini_batch_size = mini
                 times[name].append(_trainer_epoch(model, loss, anchors, positives, batch, out))
     st = bench.record(case, f"sentence-transformers CachedMNRL (mini-batch {mini})", times["st"], params=params)
-    ours = bench.record(case, f"kexue CachedContrastiveLoss (micro-batch {mini}, sorted by length)", times["kexue"], params=params)
-    bench.ratio("contrastive.trainer_vs_st", st.median_s / ours.median_s, target=1.1,
-                description="trainer epoch with sentence-transformers' CachedMultipleNegativesRankingLoss / with kexue's loss")
+    ours = bench.record(
+        case, f"kexue CachedContrastiveLoss (micro-batch {mini}, sorted by length)", times["kexue"], params=params
+    )
+    bench.ratio(
+        "contrastive.trainer_vs_st",
+        st.median_s / ours.median_s,
+        target=1.1,
+        description="trainer epoch with sentence-transformers' CachedMultipleNegativesRankingLoss / with kexue's loss",
+    )
 
 
 @BENCH.case
@@ -298,9 +383,17 @@ def token_budget(bench: Bench) -> None:
 
     case = f"E: cached step, {len(anchors)} STS-B pairs (mean {mean:.1f} tokens)"
     params = {"pairs": len(anchors), "micro_batch_size": 16, "micro_batch_tokens": budget}
-    times = interleaved_times({"count": lambda: step(by_count), "tokens": lambda: step(by_tokens)},
-                               bench.repeats if bench.quick else max(bench.repeats, 5))
+    times = interleaved_times(
+        {"count": lambda: step(by_count), "tokens": lambda: step(by_tokens)},
+        bench.repeats if bench.quick else max(bench.repeats, 5),
+    )
     count = bench.record(case, "micro-batches of 16, batch order", times["count"], params=params)
-    tokens = bench.record(case, f"token budget {budget} (16 x mean length), longest first", times["tokens"], params=params)
-    bench.ratio("contrastive.token_budget_speedup", count.median_s / tokens.median_s, target=1.2,
-                description="cached step time with count-based micro-batches / with a token budget (length-varied inputs)")
+    tokens = bench.record(
+        case, f"token budget {budget} (16 x mean length), longest first", times["tokens"], params=params
+    )
+    bench.ratio(
+        "contrastive.token_budget_speedup",
+        count.median_s / tokens.median_s,
+        target=1.2,
+        description="cached step time with count-based micro-batches / with a token budget (length-varied inputs)",
+    )

@@ -55,7 +55,9 @@ def batch_size(batch: Batch) -> int:
     if isinstance(batch, Mapping):
         sizes = {batch_size(v) for v in batch.values() if isinstance(v, (torch.Tensor, list, tuple))}
         if len(sizes) != 1:
-            raise ValueError(f"the entries of a batch mapping must share one first dimension; got sizes {sorted(sizes)}")
+            raise ValueError(
+                f"the entries of a batch mapping must share one first dimension; got sizes {sorted(sizes)}"
+            )
         return sizes.pop()
     if isinstance(batch, (list, tuple)):
         return len(batch)
@@ -67,7 +69,10 @@ def slice_batch(batch: Batch, start: int, stop: int) -> Batch:
     if isinstance(batch, torch.Tensor):
         return batch[start:stop]
     if isinstance(batch, Mapping):
-        return {k: (slice_batch(v, start, stop) if isinstance(v, (torch.Tensor, list, tuple)) else v) for k, v in batch.items()}
+        return {
+            k: (slice_batch(v, start, stop) if isinstance(v, (torch.Tensor, list, tuple)) else v)
+            for k, v in batch.items()
+        }
     return batch[start:stop]
 
 
@@ -76,10 +81,14 @@ def encode(encoder: Callable[[Batch], Any], batch: Batch) -> torch.Tensor:
     out = encoder(batch)
     if isinstance(out, Mapping):
         if "sentence_embedding" not in out:
-            raise ValueError("the encoder returned a mapping without 'sentence_embedding'; wrap it in a function that returns (n, D) embeddings")
+            raise ValueError(
+                "the encoder returned a mapping without 'sentence_embedding'; wrap it in a function that returns (n, D) embeddings"
+            )
         out = out["sentence_embedding"]
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise ValueError(f"the encoder must return (n, D) embeddings; got {type(out).__name__} {getattr(out, 'shape', '')}")
+        raise ValueError(
+            f"the encoder must return (n, D) embeddings; got {type(out).__name__} {getattr(out, 'shape', '')}"
+        )
     return out
 
 
@@ -109,7 +118,9 @@ def check_devices(devices: Any) -> list[torch.device]:
     return parsed
 
 
-def encoder_devices(towers: Sequence[Any], sides: Sequence[Batch], devices: Sequence[Any] | None = None) -> list[torch.device]:
+def encoder_devices(
+    towers: Sequence[Any], sides: Sequence[Batch], devices: Sequence[Any] | None = None
+) -> list[torch.device]:
     """The devices the encoders compute on: ``devices`` when given, else those of the encoders that are
     modules (parameters and buffers) and of the batch tensors.
 
@@ -168,7 +179,9 @@ def _towers(encoders: Any, sides: list[Batch]) -> list[Callable[[Batch], Any]]:
         raise ValueError(f"got {len(towers)} encoders for {len(sides)} batches; pass one encoder, or one per batch")
     for tower in towers:
         if not callable(tower):
-            raise TypeError(f"encoders must be callables (an nn.Module, a sentence-transformers model, a function); got {type(tower).__name__}")
+            raise TypeError(
+                f"encoders must be callables (an nn.Module, a sentence-transformers model, a function); got {type(tower).__name__}"
+            )
         _check_batchnorm(tower)
     return towers
 
@@ -259,17 +272,27 @@ def cached_backward(
     loss_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    surrogate = _grad_pass(towers, sides, grads, offsets, states if replay_rng else None, micro_batch_size, amp,
-                           distributed, group)
+    surrogate = _grad_pass(
+        towers, sides, grads, offsets, states if replay_rng else None, micro_batch_size, amp, distributed, group
+    )
     if distributed:
         surrogate = dist_utils.sum_tensor(surrogate, group)
     after_forward.restore()
-    return CachedStep(loss.detach(), surrogate, [h.detach() for h in cached],
-                      {"forward_no_grad": forward_s, "loss": loss_s, "grad_pass": time.perf_counter() - start})
+    return CachedStep(
+        loss.detach(),
+        surrogate,
+        [h.detach() for h in cached],
+        {"forward_no_grad": forward_s, "loss": loss_s, "grad_pass": time.perf_counter() - start},
+    )
 
 
-def _forward_no_grad(towers: Sequence[Callable[[Batch], Any]], sides: Sequence[Batch], micro_batch_size: int, amp: Any,
-                     rng: Sequence[torch.device]) -> tuple[list[torch.Tensor], list[list[RngState]]]:
+def _forward_no_grad(
+    towers: Sequence[Callable[[Batch], Any]],
+    sides: Sequence[Batch],
+    micro_batch_size: int,
+    amp: Any,
+    rng: Sequence[torch.device],
+) -> tuple[list[torch.Tensor], list[list[RngState]]]:
     """Step 1: embed every micro-batch without gradient, saving the RNG state before each.
 
     Half-precision embeddings are cached in float32 (the loss is computed in float32).
@@ -289,21 +312,32 @@ def _forward_no_grad(towers: Sequence[Callable[[Batch], Any]], sides: Sequence[B
     return cached, states
 
 
-def _loss_and_embedding_grads(loss_fn: Callable[..., torch.Tensor], cached: Sequence[torch.Tensor], scale_loss: float,
-                              validate: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _loss_and_embedding_grads(
+    loss_fn: Callable[..., torch.Tensor], cached: Sequence[torch.Tensor], scale_loss: float, validate: bool
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Step 2: the true loss on the cached embeddings and ``∂L/∂h`` (the loss's own parameters get their gradient)."""
     leaves = [h.detach().requires_grad_(True) for h in cached]
     with torch.enable_grad():
         loss = loss_fn(*leaves) * scale_loss
         if validate and loss.device.type != "meta" and not bool(torch.isfinite(loss.detach())):
-            raise FloatingPointError(f"the contrastive loss is {float(loss.detach())}; check the embeddings and the temperature")
+            raise FloatingPointError(
+                f"the contrastive loss is {float(loss.detach())}; check the embeddings and the temperature"
+            )
         loss.backward()
     return loss, [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in leaves]
 
 
-def _grad_pass(towers: Sequence[Callable[[Batch], Any]], sides: Sequence[Batch], grads: Sequence[torch.Tensor],
-               offsets: Sequence[int], states: list[list[RngState]] | None, micro_batch_size: int, amp: Any,
-               distributed: bool, group: Any) -> torch.Tensor:
+def _grad_pass(
+    towers: Sequence[Callable[[Batch], Any]],
+    sides: Sequence[Batch],
+    grads: Sequence[torch.Tensor],
+    offsets: Sequence[int],
+    states: list[list[RngState]] | None,
+    micro_batch_size: int,
+    amp: Any,
+    distributed: bool,
+    group: Any,
+) -> torch.Tensor:
     """Step 3: replay each micro-batch with gradient and backpropagate ``Σ ⟨h_i, g_i⟩``.
 
     One gradient reduction per step (:class:`~kexue.contrastive.distributed.StepSync`); nothing

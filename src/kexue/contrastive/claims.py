@@ -24,9 +24,17 @@ from kexue.report.claims import Article, ClaimContext, ClaimSuite, Headline
 
 SUITE = ClaimSuite(
     "contrastive",
-    Article("Can contrastive learning use gradient accumulation? (exact large-batch gradients)", "https://kexue.fm/archives/8471"),
-    headlines=(Headline("cached_equals_full.float32", label="cached gradient vs the full-batch gradient (dropout on), max relative error"),
-               Headline("time_split", ("extra / forward",), "extra time of caching, in no-grad forwards")),
+    Article(
+        "Can contrastive learning use gradient accumulation? (exact large-batch gradients)",
+        "https://kexue.fm/archives/8471",
+    ),
+    headlines=(
+        Headline(
+            "cached_equals_full.float32",
+            label="cached gradient vs the full-batch gradient (dropout on), max relative error",
+        ),
+        Headline("time_split", ("extra / forward",), "extra time of caching, in no-grad forwards"),
+    ),
 )
 
 BATCH = 64
@@ -46,7 +54,9 @@ def _zero(*modules: nn.Module) -> None:
         m.zero_grad(set_to_none=True)
 
 
-def full_batch_reference(encoder: nn.Module, loss_fn: InfoNCE, x: torch.Tensor, micro: int, seed: int) -> tuple[float, list[torch.Tensor]]:
+def full_batch_reference(
+    encoder: nn.Module, loss_fn: InfoNCE, x: torch.Tensor, micro: int, seed: int
+) -> tuple[float, list[torch.Tensor]]:
     """One backward through the whole batch, micro-batches forwarded in the cached run's RNG order."""
     _zero(encoder, loss_fn)
     torch.manual_seed(seed)
@@ -85,20 +95,40 @@ def gradient_equivalence(ctx: ClaimContext) -> None:
             naive_accumulation_backward(encoder, [x, x], loss_fn, micro_batch_size=micro)
             naive[micro] = _rel(_grads(encoder), ref[:-1])
         worst = max(cached.values())
-        ctx.claim(f"cached_equals_full.{name}", f"cached gradient = full-batch gradient with dropout on (batch {BATCH}, micro-batches {', '.join(map(str, micros))}, encoder and learnable temperature), max relative error",
-                  article_value="equal", measured=worst, tolerance=tol, passed=worst <= tol,
-                  details="per micro-batch size: " + ", ".join(f"{m}: {e:.2e}" for m, e in cached.items()))
+        ctx.claim(
+            f"cached_equals_full.{name}",
+            f"cached gradient = full-batch gradient with dropout on (batch {BATCH}, micro-batches {', '.join(map(str, micros))}, encoder and learnable temperature), max relative error",
+            article_value="equal",
+            measured=worst,
+            tolerance=tol,
+            passed=worst <= tol,
+            details="per micro-batch size: " + ", ".join(f"{m}: {e:.2e}" for m, e in cached.items()),
+        )
         small = {m: v for m, v in naive.items() if m < BATCH}
-        ctx.claim(f"naive_accumulation_gap.{name}", "summing micro-batch InfoNCE gradients is NOT the batch gradient: relative error per micro-batch size",
-                  article_value="not equal", measured={str(k): round(v, 4) for k, v in small.items()},
-                  tolerance="> 1e-2 for every size", passed=min(small.values()) > 1e-2)
-        ctx.claim(f"no_replay_gap.{name}", "without replaying the RNG, dropout makes the cached gradient wrong (the article's admitted limit): relative error",
-                  article_value="inexact with dropout", measured={str(k): round(v, 4) for k, v in unreplayed.items()}, documented=True)
+        ctx.claim(
+            f"naive_accumulation_gap.{name}",
+            "summing micro-batch InfoNCE gradients is NOT the batch gradient: relative error per micro-batch size",
+            article_value="not equal",
+            measured={str(k): round(v, 4) for k, v in small.items()},
+            tolerance="> 1e-2 for every size",
+            passed=min(small.values()) > 1e-2,
+        )
+        ctx.claim(
+            f"no_replay_gap.{name}",
+            "without replaying the RNG, dropout makes the cached gradient wrong (the article's admitted limit): relative error",
+            article_value="inexact with dropout",
+            measured={str(k): round(v, 4) for k, v in unreplayed.items()},
+            documented=True,
+        )
         if dtype == torch.float64:
             loss, surr, ref_loss = surrogate[micros[0]]
-            ctx.claim("surrogate_is_not_the_loss", "the surrogate Σ⟨h_i, g_i⟩ has the loss's gradient but not its value",
-                      article_value="report the true loss", measured={"true loss": round(loss, 6), "surrogate value": surr, "full-batch loss": round(ref_loss, 6)},
-                      documented=True)
+            ctx.claim(
+                "surrogate_is_not_the_loss",
+                "the surrogate Σ⟨h_i, g_i⟩ has the loss's gradient but not its value",
+                article_value="report the true loss",
+                measured={"true loss": round(loss, 6), "surrogate value": surr, "full-batch loss": round(ref_loss, 6)},
+                documented=True,
+            )
 
 
 @SUITE.check
@@ -109,8 +139,14 @@ def gradient_identity(ctx: ClaimContext) -> None:
     loss = info_nce(h, h, t, scale=1.0, similarity="dot")
     auto = torch.autograd.grad(loss, h)[0]
     err = float((auto - reference.embedding_gradient_reference(h.detach(), t)).abs().max())
-    ctx.claim("gradient_identity", "∂L/∂h_i = (1/N) Σ_j (p_ij + p_ji − 2 t_ij) h_j for s = h hᵀ and symmetric one-hot t (the article's g_i)",
-              article_value="g_i = 2 Σ_j (p̄_ij − t_ij) h_j", measured=err, tolerance=1e-12, passed=err <= 1e-12)
+    ctx.claim(
+        "gradient_identity",
+        "∂L/∂h_i = (1/N) Σ_j (p_ij + p_ji − 2 t_ij) h_j for s = h hᵀ and symmetric one-hot t (the article's g_i)",
+        article_value="g_i = 2 Σ_j (p̄_ij − t_ij) h_j",
+        measured=err,
+        tolerance=1e-12,
+        passed=err <= 1e-12,
+    )
 
 
 @SUITE.check
@@ -124,18 +160,32 @@ def tiled_equals_dense(ctx: ClaimContext) -> None:
     gd = torch.autograd.grad(dense, (q, k, scale))
     tiled = info_nce_tiled(q, k, scale=scale, tile=512)
     gt = torch.autograd.grad(tiled, (q, k, scale))
-    err = max(abs(float((dense - tiled).detach())), *[float((a - b).abs().max() / b.abs().max()) for a, b in zip(gt, gd)])
-    ctx.claim("tiled_equals_dense", f"tiled InfoNCE (512-blocks) = dense: loss and gradients (q, d, temperature) at N = {n}, D = {d}, max relative error",
-              article_value=None, measured=err, tolerance=1e-5, passed=err <= 1e-5)
+    err = max(
+        abs(float((dense - tiled).detach())), *[float((a - b).abs().max() / b.abs().max()) for a, b in zip(gt, gd)]
+    )
+    ctx.claim(
+        "tiled_equals_dense",
+        f"tiled InfoNCE (512-blocks) = dense: loss and gradients (q, d, temperature) at N = {n}, D = {d}, max relative error",
+        article_value=None,
+        measured=err,
+        tolerance=1e-5,
+        passed=err <= 1e-5,
+    )
 
 
 @SUITE.check
 def two_process_gloo(ctx: ClaimContext) -> None:
     result = launch(nproc=2, batch=48, micro=5, seed=ctx.seed)
     worst = max(result["plain_grad_rel_err"], result["ddp_grad_rel_err"])
-    ctx.claim("two_process_gloo", f"two gloo processes under torchrun (shards {' + '.join(map(str, result['shards']))}, all-gathered embeddings, dropout on, learnable temperature; bare and DDP-wrapped encoder) = single-process full-batch gradient, float64 max relative error",
-              article_value=None, measured=worst, tolerance=1e-10, passed=worst <= 1e-10,
-              details=f"loss {result['loss']:.6f}; loss errors {result['plain_loss_abs_err']:.1e} / {result['ddp_loss_abs_err']:.1e}")
+    ctx.claim(
+        "two_process_gloo",
+        f"two gloo processes under torchrun (shards {' + '.join(map(str, result['shards']))}, all-gathered embeddings, dropout on, learnable temperature; bare and DDP-wrapped encoder) = single-process full-batch gradient, float64 max relative error",
+        article_value=None,
+        measured=worst,
+        tolerance=1e-10,
+        passed=worst <= 1e-10,
+        details=f"loss {result['loss']:.6f}; loss errors {result['plain_loss_abs_err']:.1e} / {result['ddp_loss_abs_err']:.1e}",
+    )
 
 
 @SUITE.check
@@ -164,9 +214,18 @@ def time_split(ctx: ClaimContext) -> None:
     p, c = float(np.median(plain)), float(np.median(cached))
     fwd = float(np.median([s["forward_no_grad"] for s in splits]))
     extra = (c - p) / fwd
-    ctx.claim("time_split", "extra cost of the cached step ≈ one no-grad forward: (cached − plain) / no-grad forward time (batch 256, micro 32, 2-layer Transformer, CPU)",
-              article_value="one extra forward", measured={"plain step s": round(p, 3), "cached step s": round(c, 3), "no-grad forward s": round(fwd, 3), "extra / forward": round(extra, 2)},
-              documented=True)
+    ctx.claim(
+        "time_split",
+        "extra cost of the cached step ≈ one no-grad forward: (cached − plain) / no-grad forward time (batch 256, micro 32, 2-layer Transformer, CPU)",
+        article_value="one extra forward",
+        measured={
+            "plain step s": round(p, 3),
+            "cached step s": round(c, 3),
+            "no-grad forward s": round(fwd, 3),
+            "extra / forward": round(extra, 2),
+        },
+        documented=True,
+    )
 
 
 @SUITE.check
@@ -183,7 +242,9 @@ def fine_tune_stsb(ctx: ClaimContext) -> None:
     train = load_stsb("train")
     test = load_stsb("test")
     if not ctx.full:
-        test = SentencePairs(f"{test.name} (every 3rd pair)", test.sentences1[::3], test.sentences2[::3], test.scores[::3])
+        test = SentencePairs(
+            f"{test.name} (every 3rd pair)", test.sentences1[::3], test.sentences2[::3], test.scores[::3]
+        )
     corpus = list(dict.fromkeys(train.sentences1 + train.sentences2))  # unlabelled sentences
     batch, micro, steps = (256, 32, 12) if ctx.full else (32, 8, 4)
 
@@ -193,12 +254,33 @@ def fine_tune_stsb(ctx: ClaimContext) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sentences = Path(tmp) / "sentences.txt"
         sentences.write_text("\n".join(corpus))
-        result = train_embedder(TrainConfig(sentences=str(sentences), out=str(Path(tmp) / "run"), batch_size=batch, evaluate=False,
-                                            micro_batch_size=micro, max_steps=steps, lr=1e-5, seed=ctx.seed, checkpoint_every=0))
+        result = train_embedder(
+            TrainConfig(
+                sentences=str(sentences),
+                out=str(Path(tmp) / "run"),
+                batch_size=batch,
+                evaluate=False,
+                micro_batch_size=micro,
+                max_steps=steps,
+                lr=1e-5,
+                seed=ctx.seed,
+                checkpoint_every=0,
+            )
+        )
         before, after = score(None), score(str(Path(result.out) / "model"))
     change = after - before
-    ctx.claim("fine_tune_stsb", f"kexue train-embedder, unsupervised SimCSE on the {len(corpus)} unlabelled STS-B train sentences, embedded all-MiniLM-L6-v2, effective batch {batch} from micro-batches of {micro}, {steps} steps, lr 1e-5: Spearman x100 on {len(test)} STS-B test pairs improves or is kept (change >= -0.5); the saved model is the one scored",
-              article_value=None,
-              measured={"before": round(before, 2), "after": round(after, 2), "change": round(change, 2),
-                        "first loss": round(result.losses[0], 4), "last loss": round(result.losses[-1], 4), "train s": round(result.seconds, 1)},
-              tolerance=">= -0.5", passed=change >= -0.5)
+    ctx.claim(
+        "fine_tune_stsb",
+        f"kexue train-embedder, unsupervised SimCSE on the {len(corpus)} unlabelled STS-B train sentences, embedded all-MiniLM-L6-v2, effective batch {batch} from micro-batches of {micro}, {steps} steps, lr 1e-5: Spearman x100 on {len(test)} STS-B test pairs improves or is kept (change >= -0.5); the saved model is the one scored",
+        article_value=None,
+        measured={
+            "before": round(before, 2),
+            "after": round(after, 2),
+            "change": round(change, 2),
+            "first loss": round(result.losses[0], 4),
+            "last loss": round(result.losses[-1], 4),
+            "train s": round(result.seconds, 1),
+        },
+        tolerance=">= -0.5",
+        passed=change >= -0.5,
+    )

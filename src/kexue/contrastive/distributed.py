@@ -54,7 +54,7 @@ def gather_rows(x: torch.Tensor, group: Any = None) -> tuple[torch.Tensor, int]:
 def gather_with_local(x: torch.Tensor, group: Any = None) -> tuple[torch.Tensor, int]:
     """:func:`gather_rows` keeping this rank's own rows as ``x`` itself, so gradients reach them."""
     rows, offset = gather_rows(x.detach(), group)
-    return torch.cat((rows[:offset], x, rows[offset + x.shape[0]:])), offset
+    return torch.cat((rows[:offset], x, rows[offset + x.shape[0] :])), offset
 
 
 def _is_fsdp(module: Any) -> bool:
@@ -129,9 +129,11 @@ def check_fsdp_counts(towers: Sequence[Any], micro_batches: int, group: Any = No
     dist.all_gather(gathered, torch.tensor([micro_batches], device=device), group=group)
     counts = torch.cat(gathered).tolist()
     if len(set(counts)) > 1:
-        raise ValueError(f"FSDP2 (fully_shard) encoders need the same number of micro-batches on every rank, since each "
-                         f"forward all-gathers the parameters; the ranks have {counts}: give each rank the same number of "
-                         "samples, or set micro_batch_size so that the counts agree")
+        raise ValueError(
+            f"FSDP2 (fully_shard) encoders need the same number of micro-batches on every rank, since each "
+            f"forward all-gathers the parameters; the ranks have {counts}: give each rank the same number of "
+            "samples, or set micro_batch_size so that the counts agree"
+        )
 
 
 def tower_parameters(towers: Sequence[Any]) -> list[nn.Parameter]:

@@ -32,14 +32,20 @@ __all__ = ["InfoNCE", "info_nce", "info_nce_tiled"]
 Similarity = Literal["cosine", "dot"]
 
 
-def _index_targets(targets: torch.Tensor | None, n: int, m: int, device: torch.device, validate: bool = True) -> torch.Tensor:
+def _index_targets(
+    targets: torch.Tensor | None, n: int, m: int, device: torch.device, validate: bool = True
+) -> torch.Tensor:
     """One positive document index per query: ``None`` means ``0 … N−1`` (range checked with ``validate``)."""
     if targets is None:
         if m < n:
-            raise ValueError(f"d has {m} rows but the default targets pair q[i] with d[i]: d needs at least as many rows as q ({n})")
+            raise ValueError(
+                f"d has {m} rows but the default targets pair q[i] with d[i]: d needs at least as many rows as q ({n})"
+            )
         return torch.arange(n, device=device)
     if targets.shape != (n,):
-        raise ValueError(f"index targets must have shape ({n},) (one document index per query); got {tuple(targets.shape)}")
+        raise ValueError(
+            f"index targets must have shape ({n},) (one document index per query); got {tuple(targets.shape)}"
+        )
     if validate and n and targets.device.type != "meta" and (int(targets.min()) < 0 or int(targets.max()) >= m):
         raise ValueError(f"index targets must lie in [0, {m}); got range [{int(targets.min())}, {int(targets.max())}]")
     return targets.long()
@@ -49,8 +55,9 @@ def _is_index(targets: torch.Tensor | None) -> bool:
     return targets is None or targets.dtype in (torch.int64, torch.int32)
 
 
-def _dense_targets(targets: torch.Tensor | None, n: int, m: int, device: torch.device, dtype: torch.dtype,
-                   validate: bool = True) -> torch.Tensor:
+def _dense_targets(
+    targets: torch.Tensor | None, n: int, m: int, device: torch.device, dtype: torch.dtype, validate: bool = True
+) -> torch.Tensor:
     if targets is None:
         _index_targets(None, n, m, device)
         return torch.eye(n, m, device=device, dtype=dtype)
@@ -58,7 +65,11 @@ def _dense_targets(targets: torch.Tensor | None, n: int, m: int, device: torch.d
         return torch.nn.functional.one_hot(_index_targets(targets, n, m, device, validate), m).to(dtype)
     if targets.shape != (n, m):
         raise ValueError(f"dense targets must have shape ({n}, {m}); got {tuple(targets.shape)}")
-    if validate and targets.device.type != "meta" and (not bool(torch.isfinite(targets).all()) or bool((targets < 0).any())):
+    if (
+        validate
+        and targets.device.type != "meta"
+        and (not bool(torch.isfinite(targets).all()) or bool((targets < 0).any()))
+    ):
         raise ValueError("dense targets must be finite and non-negative")
     return targets.to(dtype)
 
@@ -74,7 +85,9 @@ def _validate(q: torch.Tensor, d: torch.Tensor, similarity: str, values: bool = 
     if q.dtype != d.dtype:
         raise TypeError(f"q and d must have the same dtype; got {q.dtype} and {d.dtype}")
     if q.dim() != 2 or d.dim() != 2 or q.shape[1] != d.shape[1]:
-        raise ValueError(f"q and d must be (N, D) and (M, D) with the same D; got {tuple(q.shape)} and {tuple(d.shape)}")
+        raise ValueError(
+            f"q and d must be (N, D) and (M, D) with the same D; got {tuple(q.shape)} and {tuple(d.shape)}"
+        )
     if q.shape[0] == 0:
         raise ValueError("q must hold at least one query")
     if values and q.device.type != "meta":
@@ -220,7 +233,9 @@ def info_nce_tiled(
     if not _is_index(targets):
         raise ValueError("info_nce_tiled takes targets=None or (N,) indices; use info_nce for dense target matrices")
     index = _index_targets(targets, q.shape[0], d.shape[0], q.device, validate)
-    scale_t = scale if isinstance(scale, torch.Tensor) else torch.full((), float(scale), device=q.device)  # a fill, not a copy
+    scale_t = (
+        scale if isinstance(scale, torch.Tensor) else torch.full((), float(scale), device=q.device)
+    )  # a fill, not a copy
     acc = _accumulation(q.dtype)
     with autocast_disabled(q):
         qn, dn = _prepare(q.to(acc), d.to(acc), similarity)
@@ -279,13 +294,21 @@ class InfoNCE(nn.Module):
     def scale(self) -> torch.Tensor:
         return self.log_scale.clamp(max=math.log(self.max_scale)).exp()
 
-    def forward(self, q: torch.Tensor, d: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, q: torch.Tensor, d: torch.Tensor | None = None, targets: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if not isinstance(q, torch.Tensor) or not q.is_floating_point():
-            raise TypeError(f"q must be a floating-point torch.Tensor of embeddings; got {getattr(q, 'dtype', type(q).__name__)}")
+            raise TypeError(
+                f"q must be a floating-point torch.Tensor of embeddings; got {getattr(q, 'dtype', type(q).__name__)}"
+            )
         scale = self.scale.to(_accumulation(q.dtype))
         if self.tiled:
-            return info_nce_tiled(q, d, targets, scale=scale, similarity=self.similarity, tile=self.tile, validate=self.validate)
-        return info_nce(q, d, targets, scale=scale, similarity=self.similarity, symmetric=self.symmetric, validate=self.validate)
+            return info_nce_tiled(
+                q, d, targets, scale=scale, similarity=self.similarity, tile=self.tile, validate=self.validate
+            )
+        return info_nce(
+            q, d, targets, scale=scale, similarity=self.similarity, symmetric=self.symmetric, validate=self.validate
+        )
 
     def _apply(self, fn: Any, recurse: bool = True) -> InfoNCE:
         """Follow ``.to()``/``.cuda()``/``.double()``, but keep the temperature in at least float32:
@@ -294,7 +317,11 @@ class InfoNCE(nn.Module):
         super()._apply(fn, recurse)
         after = self.log_scale
         if after.dtype in (torch.float16, torch.bfloat16) and before.dtype not in (torch.float16, torch.bfloat16):
-            kept = after.float() if before.device.type == "meta" or after.device.type == "meta" else before.to(after.device, torch.float32)
+            kept = (
+                after.float()
+                if before.device.type == "meta" or after.device.type == "meta"
+                else before.to(after.device, torch.float32)
+            )
             if isinstance(after, nn.Parameter):
                 after.data = kept
             else:

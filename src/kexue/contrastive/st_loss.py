@@ -44,9 +44,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from kexue._device import RngState
 from kexue._shared import check_bool, check_int, check_number, check_process_group
 from kexue.contrastive import distributed as dist_utils
-from kexue._device import RngState
 from kexue.contrastive.cached import _check_batchnorm, encode, encoder_devices, replayed_devices
 from kexue.contrastive.losses import InfoNCE, Similarity
 
@@ -75,11 +75,18 @@ def _size(feature: dict[str, Any]) -> int:
     for value in feature.values():
         if isinstance(value, torch.Tensor) and value.dim() >= 1:
             return value.shape[0]
-    raise ValueError(f"a sentence feature needs a batched tensor (input_ids, attention_mask, ...); got keys {sorted(feature)}")
+    raise ValueError(
+        f"a sentence feature needs a batched tensor (input_ids, attention_mask, ...); got keys {sorted(feature)}"
+    )
 
 
-def plan_micro_batches(feature: dict[str, Any], *, micro_batch_size: int, micro_batch_tokens: int | None = None,
-                       sort_by_length: bool = True) -> MicroBatchPlan:
+def plan_micro_batches(
+    feature: dict[str, Any],
+    *,
+    micro_batch_size: int,
+    micro_batch_tokens: int | None = None,
+    sort_by_length: bool = True,
+) -> MicroBatchPlan:
     """Split one tokenised column into micro-batches.
 
     By count (``micro_batch_size`` samples each) or, with ``micro_batch_tokens``, greedily
@@ -98,7 +105,9 @@ def plan_micro_batches(feature: dict[str, Any], *, micro_batch_size: int, micro_
         groups = list(order.split(micro_batch_size))
         return MicroBatchPlan(groups, [None] * len(groups), order)
     lengths = mask.sum(dim=1)  # (n,)
-    order = torch.argsort(lengths, descending=True, stable=True) if sort_by_length else torch.arange(n, device=mask.device)
+    order = (
+        torch.argsort(lengths, descending=True, stable=True) if sort_by_length else torch.arange(n, device=mask.device)
+    )
     right_padded = (mask[:, 1:] <= mask[:, :-1]).all()
     host = torch.cat([lengths[order], right_padded.reshape(1).to(lengths.dtype)]).tolist()  # the one transfer
     sorted_lengths, right = host[:-1], bool(host[-1])
@@ -138,7 +147,11 @@ def take(feature: dict[str, Any], index: torch.Tensor, width: int | None) -> dic
     for key, value in feature.items():
         if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == n:
             value = value[index.to(value.device)]
-            if width is not None and value.dim() == 2 and key in ("input_ids", "attention_mask", "token_type_ids", "position_ids"):
+            if (
+                width is not None
+                and value.dim() == 2
+                and key in ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+            ):
                 value = value[:, :width]
         out[key] = value
     return out
@@ -191,20 +204,43 @@ class CachedContrastiveLoss(nn.Module):
     # MatryoshkaLoss (and AdaptiveLayerLoss) look for this: see sentence_transformers' gradcache
     uses_gradient_cache = True
 
-    def __init__(self, model: Any, *, scale: float = 20.0, learnable_scale: bool = False, max_scale: float = 100.0,
-                 similarity: Similarity = "cosine", symmetric: bool = False, tiled: bool = False, tile: int = 1024,
-                 micro_batch_size: int = 32, micro_batch_tokens: int | None = None, sort_by_length: bool = True,
-                 replay_rng: bool = True, distributed: bool = False, group: Any = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        scale: float = 20.0,
+        learnable_scale: bool = False,
+        max_scale: float = 100.0,
+        similarity: Similarity = "cosine",
+        symmetric: bool = False,
+        tiled: bool = False,
+        tile: int = 1024,
+        micro_batch_size: int = 32,
+        micro_batch_tokens: int | None = None,
+        sort_by_length: bool = True,
+        replay_rng: bool = True,
+        distributed: bool = False,
+        group: Any = None,
+    ) -> None:
         super().__init__()
         if not callable(model):
-            raise TypeError(f"model must be a SentenceTransformer (or a callable on its features); got {type(model).__name__}")
+            raise TypeError(
+                f"model must be a SentenceTransformer (or a callable on its features); got {type(model).__name__}"
+            )
         self.model = model
-        self.info_nce = InfoNCE(1.0 / check_number("scale", scale, above=0), learnable=check_bool("learnable_scale", learnable_scale),
-                                similarity=similarity, symmetric=check_bool("symmetric", symmetric),
-                                tiled=check_bool("tiled", tiled), tile=check_int("tile", tile, 1),
-                                max_scale=check_number("max_scale", max_scale, above=0))
+        self.info_nce = InfoNCE(
+            1.0 / check_number("scale", scale, above=0),
+            learnable=check_bool("learnable_scale", learnable_scale),
+            similarity=similarity,
+            symmetric=check_bool("symmetric", symmetric),
+            tiled=check_bool("tiled", tiled),
+            tile=check_int("tile", tile, 1),
+            max_scale=check_number("max_scale", max_scale, above=0),
+        )
         self.micro_batch_size = check_int("micro_batch_size", micro_batch_size, 1)
-        self.micro_batch_tokens = None if micro_batch_tokens is None else check_int("micro_batch_tokens", micro_batch_tokens, 1)
+        self.micro_batch_tokens = (
+            None if micro_batch_tokens is None else check_int("micro_batch_tokens", micro_batch_tokens, 1)
+        )
         self.sort_by_length = check_bool("sort_by_length", sort_by_length)
         self.replay_rng = check_bool("replay_rng", replay_rng)
         self.distributed = check_bool("distributed", distributed)
@@ -213,16 +249,27 @@ class CachedContrastiveLoss(nn.Module):
 
     # --- the trainer's entry point ---------------------------------------------------------------
 
-    def forward(self, sentence_features: Iterable[dict[str, torch.Tensor]], labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, sentence_features: Iterable[dict[str, torch.Tensor]], labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         features = list(sentence_features)
         if len(features) < 2:
-            raise ValueError(f"CachedContrastiveLoss needs an anchor and a positive column (then any hard-negative columns); "
-                             f"got {len(features)} column(s)")
+            raise ValueError(
+                f"CachedContrastiveLoss needs an anchor and a positive column (then any hard-negative columns); "
+                f"got {len(features)} column(s)"
+            )
         _check_batchnorm(self.model)
         if self.distributed:
             check_process_group()
-        self._plans = [plan_micro_batches(f, micro_batch_size=self.micro_batch_size, micro_batch_tokens=self.micro_batch_tokens,
-                                          sort_by_length=self.sort_by_length) for f in features]
+        self._plans = [
+            plan_micro_batches(
+                f,
+                micro_batch_size=self.micro_batch_size,
+                micro_batch_tokens=self.micro_batch_tokens,
+                sort_by_length=self.sort_by_length,
+            )
+            for f in features
+        ]
         dist_utils.check_fsdp_counts([self.model], sum(len(p.groups) for p in self._plans), self.group)
         training = torch.is_grad_enabled()
         rng = self._rng_devices(features)
@@ -240,8 +287,9 @@ class CachedContrastiveLoss(nn.Module):
 
     # --- MatryoshkaLoss's contract ---------------------------------------------------------------
 
-    def calculate_loss(self, reps: list[list[torch.Tensor]], labels: torch.Tensor | None = None, *,
-                       with_backward: bool = False) -> torch.Tensor:
+    def calculate_loss(
+        self, reps: list[list[torch.Tensor]], labels: torch.Tensor | None = None, *, with_backward: bool = False
+    ) -> torch.Tensor:
         """The batch loss from per-column, per-micro-batch embeddings (in this step's plan).
 
         With ``with_backward``, differentiate it up to ``reps`` (their ``.grad``) and return it,
@@ -263,15 +311,24 @@ class CachedContrastiveLoss(nn.Module):
         return loss if learnable else loss.detach()
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {"scale": float(self.info_nce.scale), "learnable_scale": self.info_nce.log_scale.requires_grad,
-                "similarity": self.info_nce.similarity, "symmetric": self.info_nce.symmetric, "tiled": self.info_nce.tiled,
-                "micro_batch_size": self.micro_batch_size, "micro_batch_tokens": self.micro_batch_tokens,
-                "sort_by_length": self.sort_by_length, "distributed": self.distributed}
+        return {
+            "scale": float(self.info_nce.scale),
+            "learnable_scale": self.info_nce.log_scale.requires_grad,
+            "similarity": self.info_nce.similarity,
+            "symmetric": self.info_nce.symmetric,
+            "tiled": self.info_nce.tiled,
+            "micro_batch_size": self.micro_batch_size,
+            "micro_batch_tokens": self.micro_batch_tokens,
+            "sort_by_length": self.sort_by_length,
+            "distributed": self.distributed,
+        }
 
     @property
     def citation(self) -> str:
-        return ("@misc{su2021contrastive, title={Can contrastive learning use gradient accumulation?}, author={Su Jianlin}, "
-                "year={2021}, url={https://kexue.fm/archives/8471}}")
+        return (
+            "@misc{su2021contrastive, title={Can contrastive learning use gradient accumulation?}, author={Su Jianlin}, "
+            "year={2021}, url={https://kexue.fm/archives/8471}}"
+        )
 
     # --- steps 1 and 3 ---------------------------------------------------------------------------
 
@@ -280,8 +337,9 @@ class CachedContrastiveLoss(nn.Module):
         :func:`~kexue.contrastive.cached.replayed_devices`)."""
         return replayed_devices([self.model], encoder_devices([self.model], features))
 
-    def _embed(self, features: list[dict[str, Any]], capture: bool,
-               rng: list[torch.device]) -> tuple[list[list[torch.Tensor]], list[list[RngState]]]:
+    def _embed(
+        self, features: list[dict[str, Any]], capture: bool, rng: list[torch.device]
+    ) -> tuple[list[list[torch.Tensor]], list[list[RngState]]]:
         """Step 1: every micro-batch without gradient (the RNG state of every device saved before each)."""
         reps, states = [], []
         with torch.no_grad():
@@ -301,7 +359,14 @@ class _ReplayPass:
     """Step 3 of one forward call, bound to its own plan, gradients and RNG states."""
 
     def __init__(self, loss: CachedContrastiveLoss, features, plans, cache, states, after: RngState) -> None:
-        self.loss, self.features, self.plans, self.cache, self.states, self.after = loss, features, plans, cache, states, after
+        self.loss, self.features, self.plans, self.cache, self.states, self.after = (
+            loss,
+            features,
+            plans,
+            cache,
+            states,
+            after,
+        )
 
     def __call__(self, grad_output: torch.Tensor) -> None:
         loss = self.loss

@@ -43,7 +43,15 @@ from kexue.report.io import write_json
 
 require_extra("kexue.contrastive.train (training sentence encoders)", "sentence_transformers", "transformers")
 
-__all__ = ["TrainConfig", "TrainProgress", "TrainResult", "load_trainer_state", "read_pairs", "read_sentences", "train_embedder"]
+__all__ = [
+    "TrainConfig",
+    "TrainProgress",
+    "TrainResult",
+    "load_trainer_state",
+    "read_pairs",
+    "read_sentences",
+    "train_embedder",
+]
 
 
 @dataclass
@@ -87,7 +95,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         if (self.sentences is None) == (self.pairs is None):
-            raise ValueError("give exactly one of sentences (one sentence per line, SimCSE) or pairs (anchor<TAB>positive)")
+            raise ValueError(
+                "give exactly one of sentences (one sentence per line, SimCSE) or pairs (anchor<TAB>positive)"
+            )
         check_int("batch_size", self.batch_size, 2)
         check_int("micro_batch_size", self.micro_batch_size, 1)
         if self.micro_batch_size > self.batch_size:
@@ -230,8 +240,14 @@ def verify_first_batch(config: TrainConfig, *, tolerance: float = 1e-4):
     model = _load_model(config.model, config.max_length)
     model.train()
     torch.manual_seed(config.seed)
-    return verify_cached_gradients(model, _step_batch(config, sides, 0), InfoNCE(config.temperature).to(model.device),
-                                   micro_batch_size=config.micro_batch_size, encoder=_encoder(model), tolerance=tolerance)
+    return verify_cached_gradients(
+        model,
+        _step_batch(config, sides, 0),
+        InfoNCE(config.temperature).to(model.device),
+        micro_batch_size=config.micro_batch_size,
+        encoder=_encoder(model),
+        tolerance=tolerance,
+    )
 
 
 def train_embedder(config: TrainConfig, *, resume: bool = False, progress: TrainProgress | None = None) -> TrainResult:
@@ -246,11 +262,17 @@ def train_embedder(config: TrainConfig, *, resume: bool = False, progress: Train
     n = len(sides[0])
     batch = min(config.batch_size, n)
     steps_per_epoch = n // batch
-    total = steps_per_epoch * config.epochs if config.max_steps is None else min(config.max_steps, steps_per_epoch * config.epochs)
+    total = (
+        steps_per_epoch * config.epochs
+        if config.max_steps is None
+        else min(config.max_steps, steps_per_epoch * config.epochs)
+    )
     if n % batch:
-        progress.message(f"{n} samples at batch {batch}: {steps_per_epoch} step(s) per epoch; {n % batch} samples of each "
-                         "epoch's shuffled order are left out (a different set each epoch), as every step needs a full batch "
-                         "of negatives; choose a batch size that divides the data to use all of it")
+        progress.message(
+            f"{n} samples at batch {batch}: {steps_per_epoch} step(s) per epoch; {n % batch} samples of each "
+            "epoch's shuffled order are left out (a different set each epoch), as every step needs a full batch "
+            "of negatives; choose a batch size that divides the data to use all of it"
+        )
 
     checkpoint = _checkpoint_dir(out) if resume and out.is_dir() else None
     if resume and checkpoint is None:
@@ -262,7 +284,8 @@ def train_embedder(config: TrainConfig, *, resume: bool = False, progress: Train
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     warm = max(1, int(config.warmup * total))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
+        optimizer, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
+    )
     step, losses = 0, []
     sts_before = None
     if state is not None:
@@ -292,8 +315,14 @@ def train_embedder(config: TrainConfig, *, resume: bool = False, progress: Train
     progress.start(total, step)
     while step < total:
         optimizer.zero_grad(set_to_none=True)
-        step_result = cached_backward(encode, _step_batch(config, sides, step), loss_fn,
-                                 micro_batch_size=config.micro_batch_size, autocast=autocast, devices=devices)
+        step_result = cached_backward(
+            encode,
+            _step_batch(config, sides, step),
+            loss_fn,
+            micro_batch_size=config.micro_batch_size,
+            autocast=autocast,
+            devices=devices,
+        )
         optimizer.step()
         scheduler.step()
         step += 1
@@ -311,9 +340,22 @@ def train_embedder(config: TrainConfig, *, resume: bool = False, progress: Train
     if evaluate is not None:
         progress.message("evaluating STS-B after training")
         sts_after = evaluate(model)
-    result = TrainResult(step, losses, sts_before, sts_after, seconds, str(out), resumed_from,
-                         {"samples": n, "effective_batch": batch, "steps_per_epoch": steps_per_epoch,
-                          "samples_left_out_per_epoch": n % batch, "max_seq_length": model.kexue_eval_length})
+    result = TrainResult(
+        step,
+        losses,
+        sts_before,
+        sts_after,
+        seconds,
+        str(out),
+        resumed_from,
+        {
+            "samples": n,
+            "effective_batch": batch,
+            "steps_per_epoch": steps_per_epoch,
+            "samples_left_out_per_epoch": n % batch,
+            "max_seq_length": model.kexue_eval_length,
+        },
+    )
     write_json(out / "training.json", {"config": asdict(config), **asdict(result)})
     return result
 
@@ -331,9 +373,15 @@ def load_trainer_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        raise ValueError(f"checkpoint file {path} is not a safe training state (tensors, numbers and containers only); "
-                         f"refusing to unpickle it ({_unpickling_reason(exc)})") from None
-    missing = [key for key in ("optimizer", "scheduler", "step", "losses", "rng") if not isinstance(state, dict) or key not in state]
+        raise ValueError(
+            f"checkpoint file {path} is not a safe training state (tensors, numbers and containers only); "
+            f"refusing to unpickle it ({_unpickling_reason(exc)})"
+        ) from None
+    missing = [
+        key
+        for key in ("optimizer", "scheduler", "step", "losses", "rng")
+        if not isinstance(state, dict) or key not in state
+    ]
     if missing:
         raise ValueError(f"checkpoint file {path} lacks {missing}; it was not written by kexue train-embedder")
     return state
@@ -347,13 +395,24 @@ def _unpickling_reason(exc: BaseException) -> str:
     return (named or lines or [type(exc).__name__])[0].split(". Please")[0].rstrip(".")
 
 
-def _save_checkpoint(out: Path, model, optimizer, scheduler, step: int, losses: list[float], sts_before: float | None) -> None:
+def _save_checkpoint(
+    out: Path, model, optimizer, scheduler, step: int, losses: list[float], sts_before: float | None
+) -> None:
     tmp = out / f"checkpoint.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     _save_at_own_length(model, tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                "losses": losses, "sts_before": sts_before, "rng": rng_state_dict()}, tmp / "trainer_state.pt")
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "losses": losses,
+            "sts_before": sts_before,
+            "rng": rng_state_dict(),
+        },
+        tmp / "trainer_state.pt",
+    )
     _replace_dir(tmp, out / "checkpoint")
 
 

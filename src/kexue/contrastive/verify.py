@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kexue._shared import check_int, check_number
 from kexue._device import RngState, devices_of
+from kexue._shared import check_int, check_number
 from kexue.contrastive.cached import (
     _micro,
     batch_size,
@@ -107,7 +107,9 @@ def _take_grads(params: list[tuple[str, nn.Parameter]]) -> list[torch.Tensor]:
     return grads
 
 
-def _errors(params: list[tuple[str, nn.Parameter]], cached: list[torch.Tensor], full: list[torch.Tensor]) -> dict[str, float]:
+def _errors(
+    params: list[tuple[str, nn.Parameter]], cached: list[torch.Tensor], full: list[torch.Tensor]
+) -> dict[str, float]:
     total = float(torch.cat([g.double().flatten() for g in full]).norm()) if full else 0.0
     diff: dict[str, float] = {}
     norm: dict[str, float] = {}
@@ -158,10 +160,13 @@ def verify_cached_gradients(
             cached, full, losses, count = _check_st_loss(model, batch, loss, params, state)
         else:
             if micro_batch_size is None:
-                raise ValueError("micro_batch_size is required when loss is a loss on embeddings (the cached step's micro-batch)")
+                raise ValueError(
+                    "micro_batch_size is required when loss is a loss on embeddings (the cached step's micro-batch)"
+                )
             check_int("micro_batch_size", micro_batch_size, 1)
-            cached, full, losses, count = _check_embedding_loss(encoder or model, batch, loss, micro_batch_size, params, state,
-                                                                    devices)
+            cached, full, losses, count = _check_embedding_loss(
+                encoder or model, batch, loss, micro_batch_size, params, state, devices
+            )
     finally:
         for (_, p), g in zip(params, saved):
             p.grad = g
@@ -188,22 +193,27 @@ def _check_st_loss(model, batch, loss, params, state) -> tuple[list, list, tuple
     cached = _take_grads(params)
     state.restore()
     # the full batch: the same micro-batches in the same order (so the same dropout masks), one graph
-    reps = [[encode(loss.model, take(f, index, width)) for index, width in zip(plan.groups, plan.widths)]
-            for f, plan in zip(features, loss._plans)]
+    reps = [
+        [encode(loss.model, take(f, index, width)) for index, width in zip(plan.groups, plan.widths)]
+        for f, plan in zip(features, loss._plans)
+    ]
     reference = loss.calculate_loss(reps)
     reference.backward()
     full = _take_grads(params)
     return cached, full, (float(value.detach()), float(reference.detach())), sum(len(p.groups) for p in loss._plans)
 
 
-def _check_embedding_loss(encoder, batch, loss_fn, micro_batch_size, params, state,
-                          devices) -> tuple[list, list, tuple[float, float], int]:
+def _check_embedding_loss(
+    encoder, batch, loss_fn, micro_batch_size, params, state, devices
+) -> tuple[list, list, tuple[float, float], int]:
     step = cached_backward(encoder, batch, loss_fn, micro_batch_size=micro_batch_size, devices=devices)
     cached = _take_grads(params)
     state.restore()
     sides = split_sides(batch)
-    embeddings = [torch.cat([encode(encoder, slice_batch(side, lo, hi)) for lo, hi in _micro(batch_size(side), micro_batch_size)])
-                  for side in sides]
+    embeddings = [
+        torch.cat([encode(encoder, slice_batch(side, lo, hi)) for lo, hi in _micro(batch_size(side), micro_batch_size)])
+        for side in sides
+    ]
     reference = loss_fn(*embeddings)
     reference.backward()
     full = _take_grads(params)

@@ -42,8 +42,22 @@ def probe_mode() -> Iterator[None]:
 
 
 # torch calls whose output values do not depend on their tensor arguments' values (fresh tensors)
-_FRESH = frozenset({"zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "randint_like",
-                    "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor"})
+_FRESH = frozenset(
+    {
+        "zeros_like",
+        "ones_like",
+        "empty_like",
+        "full_like",
+        "rand_like",
+        "randn_like",
+        "randint_like",
+        "new_zeros",
+        "new_ones",
+        "new_empty",
+        "new_full",
+        "new_tensor",
+    }
+)
 _OVERWRITE = frozenset({"zero_", "fill_", "normal_", "uniform_"})  # in place: the tensor becomes fresh
 
 
@@ -186,7 +200,9 @@ def _embedding_scales_in_weight_dtype(model: nn.Module) -> None:
     for module in model.modules():
         scalar, weight = getattr(module, "scalar_embed_scale", None), getattr(module, "weight", None)
         if scalar is not None and isinstance(getattr(module, "embed_scale", None), torch.Tensor) and weight is not None:
-            module.embed_scale = torch.tensor(scalar, dtype=weight.dtype, device=module.embed_scale.device)  # buffers' device
+            module.embed_scale = torch.tensor(
+                scalar, dtype=weight.dtype, device=module.embed_scale.device
+            )  # buffers' device
 
 
 def check_noise(noise: float) -> float:

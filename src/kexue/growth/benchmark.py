@@ -63,9 +63,15 @@ def _grow_child(small_dir: str, out_dir: str) -> dict[str, float]:
     peak_grow = memory.stop(base)
     large.save_pretrained(out_dir)
     t3 = time.perf_counter()
-    return {"load": t1 - t0, "grow": t2 - t1, "save": t3 - t2, "peak_grow": peak_grow, "peak_all": memory.stop(base),
-            "small_bytes": sum(p.numel() * p.element_size() for p in small.parameters()),
-            "large_bytes": sum(p.numel() * p.element_size() for p in large.parameters())}
+    return {
+        "load": t1 - t0,
+        "grow": t2 - t1,
+        "save": t3 - t2,
+        "peak_grow": peak_grow,
+        "peak_all": memory.stop(base),
+        "small_bytes": sum(p.numel() * p.element_size() for p in small.parameters()),
+        "large_bytes": sum(p.numel() * p.element_size() for p in large.parameters()),
+    }
 
 
 @BENCH.case
@@ -78,20 +84,47 @@ def grow_checkpoint(bench: Bench) -> None:
         n_small = run_in_fresh_process(__name__, "_write_small", small_dir, bench.quick, timeout=1800)
         results = []
         for i in range(runs):
-            results.append(run_in_fresh_process(__name__, "_grow_child", small_dir, str(Path(tmp) / f"large{i}"), timeout=1800))
+            results.append(
+                run_in_fresh_process(__name__, "_grow_child", small_dir, str(Path(tmp) / f"large{i}"), timeout=1800)
+            )
     best = min(results, key=lambda r: r["load"] + r["grow"] + r["save"])
     case = f"A: LLaMA-style {n_small / 1e6:.0f}M -> widen x2, float32 safetensors, fresh process"
     params = {**_shape(bench.quick), "small_params": n_small, "runs": runs}
     for phase in ("load", "grow", "save"):
         times = [r[phase] for r in results]
         peak = int(best["peak_grow"]) if phase == "grow" else (int(best["peak_all"]) if phase == "save" else None)
-        bench.cases.append(CaseResult(bench.technique, case, {"load": "from_pretrained (small)", "grow": "kexue widen(k=2)",
-                                                              "save": "save_pretrained (large)"}[phase], min(times), times, peak, params))
+        bench.cases.append(
+            CaseResult(
+                bench.technique,
+                case,
+                {"load": "from_pretrained (small)", "grow": "kexue widen(k=2)", "save": "save_pretrained (large)"}[
+                    phase
+                ],
+                min(times),
+                times,
+                peak,
+                params,
+            )
+        )
     models = best["small_bytes"] + best["large_bytes"]
-    bench.ratio("growth.time_vs_load_save", (best["load"] + best["grow"] + best["save"]) / (best["load"] + best["save"]), target=2.0,
-                higher_is_better=False, description="(load + grow + save) / (load + save), best of the runs")
-    bench.ratio("growth.memory_vs_models", max(r["peak_grow"] for r in results) / models, target=1.2, higher_is_better=False,
-                description=f"peak RSS growth during load + grow / (small + large float32 bytes = {models / 2**30:.2f} GiB), "
-                            f"worst of the runs")
-    bench.ratio("growth.memory_with_save_vs_models", max(r["peak_all"] for r in results) / models, higher_is_better=False,
-                description="the same including save_pretrained (transformers' saving code, reported), worst of the runs")
+    bench.ratio(
+        "growth.time_vs_load_save",
+        (best["load"] + best["grow"] + best["save"]) / (best["load"] + best["save"]),
+        target=2.0,
+        higher_is_better=False,
+        description="(load + grow + save) / (load + save), best of the runs",
+    )
+    bench.ratio(
+        "growth.memory_vs_models",
+        max(r["peak_grow"] for r in results) / models,
+        target=1.2,
+        higher_is_better=False,
+        description=f"peak RSS growth during load + grow / (small + large float32 bytes = {models / 2**30:.2f} GiB), "
+        f"worst of the runs",
+    )
+    bench.ratio(
+        "growth.memory_with_save_vs_models",
+        max(r["peak_all"] for r in results) / models,
+        higher_is_better=False,
+        description="the same including save_pretrained (transformers' saving code, reported), worst of the runs",
+    )

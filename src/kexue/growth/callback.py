@@ -87,8 +87,9 @@ def _unwrap(obj, attribute: str):
     return getattr(obj, attribute, obj)
 
 
-def _new_groups(optimizer: torch.optim.Optimizer, small: nn.Module, large: nn.Module,
-                source_of: Callable[[str], str | None]) -> list[list[nn.Parameter]]:
+def _new_groups(
+    optimizer: torch.optim.Optimizer, small: nn.Module, large: nn.Module, source_of: Callable[[str], str | None]
+) -> list[list[nn.Parameter]]:
     """The large model's parameters per optimizer group. A parameter grown from a small one
     (``source_of(name)``: a widened weight, a layer moved by an insertion; ``GrowthMap.source``,
     or :func:`~kexue.growth.optim.parameter_sources` on the meta device) joins its source's group
@@ -116,8 +117,10 @@ def _new_groups(optimizer: torch.optim.Optimizer, small: nn.Module, large: nn.Mo
             groups[next(iter(roles[_role(name)]))].append(p)
         else:
             where = "no optimizer group holds its role" if _role(name) not in roles else "its role spans several groups"
-            raise ValueError(f"the grown model's new parameter {name}: {where} ({_role(name)}); give the Trainer an optimizer "
-                             "whose groups hold each role once, or grow with an operator that adds no parameters")
+            raise ValueError(
+                f"the grown model's new parameter {name}: {where} ({_role(name)}); give the Trainer an optimizer "
+                "whose groups hold each role once, or grow with an operator that adds no parameters"
+            )
     return groups
 
 
@@ -150,8 +153,14 @@ class GrowthCallback(TrainerCallback):
         grown_at: the step at which this callback grew the model, or None.
     """
 
-    def __init__(self, grow: Callable[[nn.Module], nn.Module], at_step: int, *, lr_scale: float = 1.0,
-                 transfer_optimizer_state: bool = True) -> None:
+    def __init__(
+        self,
+        grow: Callable[[nn.Module], nn.Module],
+        at_step: int,
+        *,
+        lr_scale: float = 1.0,
+        transfer_optimizer_state: bool = True,
+    ) -> None:
         if not callable(grow):
             raise TypeError(f"grow must be a function model -> grown model, got {type(grow).__name__}")
         self.grow = grow
@@ -161,8 +170,14 @@ class GrowthCallback(TrainerCallback):
         self.grown_at: int | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-            raise RuntimeError("GrowthCallback runs in a single process: DDP/FSDP keep the parameters they wrapped at start-up")
+        if (
+            torch.distributed.is_available()
+            and torch.distributed.is_initialized()
+            and torch.distributed.get_world_size() > 1
+        ):
+            raise RuntimeError(
+                "GrowthCallback runs in a single process: DDP/FSDP keep the parameters they wrapped at start-up"
+            )
 
     def on_step_end(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         if state.global_step == self.at_step and self.grown_at is None:
@@ -208,8 +223,14 @@ class GrowthCallback(TrainerCallback):
             self._scale_rates(optimizer, _unwrap(lr_scheduler, "scheduler") if lr_scheduler is not None else None)
         _adopt(model, plan.grown)
 
-    def _new_state(self, optimizer: torch.optim.Optimizer, small: nn.Module, grown: nn.Module,
-                   params: list[nn.Parameter], gmap: GrowthMap) -> dict:
+    def _new_state(
+        self,
+        optimizer: torch.optim.Optimizer,
+        small: nn.Module,
+        grown: nn.Module,
+        params: list[nn.Parameter],
+        gmap: GrowthMap,
+    ) -> dict:
         """The optimizer state of the grown parameters: Adam's moments through the growth map,
         or nothing (``transfer_optimizer_state=False``, or an optimizer without Adam's state)."""
         held = [p for group in optimizer.param_groups for p in group["params"]]
@@ -218,8 +239,10 @@ class GrowthCallback(TrainerCallback):
         if not self.transfer_optimizer_state or not any(adam):
             return {}
         if not all(adam) or len(old) != len(held):
-            raise ValueError("GrowthCallback: some trained parameters hold no Adam state (never updated?); the moments "
-                             "cannot be carried: pass transfer_optimizer_state=False to start them empty")
+            raise ValueError(
+                "GrowthCallback: some trained parameters hold no Adam state (never updated?); the moments "
+                "cannot be carried: pass transfer_optimizer_state=False to start them empty"
+            )
         target = _StateView({}, [{"params": params}])
         transfer_adam_state(_StateView(old), small, target, grown, self.grow, growth_map=gmap)
         return target.state
@@ -227,7 +250,7 @@ class GrowthCallback(TrainerCallback):
     def _scale_rates(self, optimizer: torch.optim.Optimizer | None, scheduler) -> None:
         if scheduler is not None and hasattr(scheduler, "base_lrs"):
             scheduler.base_lrs = [lr * self.lr_scale for lr in scheduler.base_lrs]
-        for group in (optimizer.param_groups if optimizer is not None else []):
+        for group in optimizer.param_groups if optimizer is not None else []:
             group["lr"] *= self.lr_scale
             if "initial_lr" in group:
                 group["initial_lr"] *= self.lr_scale
@@ -238,11 +261,15 @@ class GrowthCallback(TrainerCallback):
         result to the Trainer that resumes from ``checkpoint``; the weights are then loaded."""
         path = Path(checkpoint) / "trainer_state.json"
         if not path.is_file():
-            raise FileNotFoundError(f"checkpoint={str(checkpoint)!r}: no trainer_state.json (not a Trainer checkpoint folder)")
+            raise FileNotFoundError(
+                f"checkpoint={str(checkpoint)!r}: no trainer_state.json (not a Trainer checkpoint folder)"
+            )
         try:
             step = int(json.loads(path.read_text())["global_step"])
         except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"checkpoint={str(checkpoint)!r}: trainer_state.json has no readable global_step ({exc})") from None
+            raise ValueError(
+                f"checkpoint={str(checkpoint)!r}: trainer_state.json has no readable global_step ({exc})"
+            ) from None
         if step < self.at_step:
             return model
         self.grown_at = self.at_step

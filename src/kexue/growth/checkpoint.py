@@ -44,7 +44,9 @@ def _model_class(config: Any) -> Any:
 
 
 def _cannot_load(src: Path, exc: Exception) -> ValueError:
-    return ValueError(f"src {src}: cannot load the checkpoint ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})")
+    return ValueError(
+        f"src {src}: cannot load the checkpoint ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})"
+    )
 
 
 def _config(src: Path) -> Any:
@@ -75,8 +77,11 @@ def _size(model: torch.nn.Module) -> dict[str, Any]:
         entry = dtypes.setdefault(str(p.dtype).removeprefix("torch."), {"parameters": 0, "bytes": 0})
         entry["parameters"] += p.numel()
         entry["bytes"] += p.numel() * p.element_size()
-    return {"parameters": sum(d["parameters"] for d in dtypes.values()), "bytes": sum(d["bytes"] for d in dtypes.values()),
-            "dtypes": dtypes}
+    return {
+        "parameters": sum(d["parameters"] for d in dtypes.values()),
+        "bytes": sum(d["bytes"] for d in dtypes.values()),
+        "dtypes": dtypes,
+    }
 
 
 def _plan(src: Path, grow) -> dict[str, Any]:
@@ -123,7 +128,9 @@ def _check_growth(src: Path, width: int, mode: str, depth: int, ffn: int | None,
         raise FileNotFoundError(f"src {src} has no config.json")
 
 
-def _check(src: Path, dst: Path, width: int, mode: str, depth: int, ffn: int | None, experts: int, noise: float) -> None:
+def _check(
+    src: Path, dst: Path, width: int, mode: str, depth: int, ffn: int | None, experts: int, noise: float
+) -> None:
     _check_growth(src, width, mode, depth, ffn, experts, noise)
     if dst.exists():
         raise FileExistsError(f"dst {dst} exists; choose a new folder")
@@ -131,8 +138,15 @@ def _check(src: Path, dst: Path, width: int, mode: str, depth: int, ffn: int | N
         raise FileNotFoundError(f"dst {dst}: its parent {dst.parent} is not an existing folder")
 
 
-def plan_checkpoint(src: str | os.PathLike, *, width: int = 1, depth: int = 1, ffn: int | None = None, experts: int = 1,
-                    mode: str = "heads") -> dict[str, Any]:
+def plan_checkpoint(
+    src: str | os.PathLike,
+    *,
+    width: int = 1,
+    depth: int = 1,
+    ffn: int | None = None,
+    experts: int = 1,
+    mode: str = "heads",
+) -> dict[str, Any]:
     """The size of what :func:`grow_checkpoint` would write, planned on the meta device from
     ``src``'s ``config.json`` alone (no weight is read: a checkpoint too large to load plans in
     well under a second).
@@ -154,10 +168,21 @@ def plan_checkpoint(src: str | os.PathLike, *, width: int = 1, depth: int = 1, f
     return _plan(src, _grower(width, mode, depth, ffn, experts, 0.0, 0))
 
 
-def grow_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, width: int = 1, depth: int = 1, ffn: int | None = None,
-                    experts: int = 1, mode: str = "heads", noise: float = 0.0, seed: int = 0,
-                    max_shard_size: str | int = "5GB", dry_run: bool = False,
-                    on_plan: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def grow_checkpoint(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    width: int = 1,
+    depth: int = 1,
+    ffn: int | None = None,
+    experts: int = 1,
+    mode: str = "heads",
+    noise: float = 0.0,
+    seed: int = 0,
+    max_shard_size: str | int = "5GB",
+    dry_run: bool = False,
+    on_plan: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Write a grown copy of the checkpoint ``src`` to ``dst`` (which must not exist); returns the parity report.
 
     The grown size is planned first, on the meta device (:func:`plan_checkpoint`), and reported
@@ -199,9 +224,24 @@ def grow_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, width: in
         on_plan(planned)
     tmp = dst.with_name(dst.name + f".tmp-{os.getpid()}")
     try:
-        report = _write(tmp, src, small, grow, config, max_shard_size,
-                        {"model": str(src), "width": width, "mode": mode, "depth": depth, "ffn": ffn, "experts": experts,
-                         "noise": noise, "planned": planned})
+        report = _write(
+            tmp,
+            src,
+            small,
+            grow,
+            config,
+            max_shard_size,
+            {
+                "model": str(src),
+                "width": width,
+                "mode": mode,
+                "depth": depth,
+                "ffn": ffn,
+                "experts": experts,
+                "noise": noise,
+                "planned": planned,
+            },
+        )
         os.replace(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed or interrupted run leaves no half-written folder
@@ -216,14 +256,23 @@ def _write(tmp: Path, src: Path, small, grow, config, max_shard_size, settings: 
     g = torch.Generator().manual_seed(0)
     probe = {"input_ids": torch.randint(0, config.vocab_size, (2, 16), generator=g)}
     large = grow(small)
-    report = {**settings, "parameters": {"small": sum(p.numel() for p in small.parameters()),
-                                         "large": sum(p.numel() for p in large.parameters())}}
+    report = {
+        **settings,
+        "parameters": {
+            "small": sum(p.numel() for p in small.parameters()),
+            "large": sum(p.numel() for p in large.parameters()),
+        },
+    }
     report["float32"] = {"max_abs": max_logit_difference(small, large, probe)}
     report["float32"]["max_rel"] = report["float32"]["max_abs"] / output_scale(small, probe)
     large.save_pretrained(tmp, max_shard_size=max_shard_size)
     del large  # released before the float64 twin exists: never two copies of the large model
     for extra in src.iterdir():  # tokenizer and other non-weight files travel along
-        if extra.is_file() and not extra.name.startswith(("config.json", "model", "pytorch_model")) and not (tmp / extra.name).exists():
+        if (
+            extra.is_file()
+            and not extra.name.startswith(("config.json", "model", "pytorch_model"))
+            and not (tmp / extra.name).exists()
+        ):
             shutil.copy2(extra, tmp / extra.name)
     small64 = small.double()
     if getattr(small64.config, "_experts_implementation", None) not in (None, "eager"):

@@ -30,8 +30,7 @@ from kexue.report.claims import Article, ClaimContext, ClaimSuite, Table
 
 SUITE = ClaimSuite(
     "growth",
-    Article("Can we losslessly enlarge a Transformer? (part 1)",
-            "https://kexue.fm/archives/8444"),
+    Article("Can we losslessly enlarge a Transformer? (part 1)", "https://kexue.fm/archives/8444"),
     headlines=("parity.float64", "flops_saved"),
 )
 
@@ -49,24 +48,44 @@ def _randomised(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 def _architectures(seed: int) -> dict[str, torch.nn.Module]:
-    from transformers import (AutoModel, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config,
-                              Qwen2ForCausalLM)
+    from transformers import (
+        AutoModel,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     from kexue.data import embedded_model_path, quiet_offline_transformers
 
     quiet_offline_transformers()
     return {
         "minilm (BERT, real)": AutoModel.from_pretrained(str(embedded_model_path())).eval(),
-        "gpt2 (random)": _randomised(GPT2LMHeadModel(GPT2Config(vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=32, bos_token_id=0, eos_token_id=0)), seed),
-        "llama gqa untied (random)": _randomised(LlamaForCausalLM(LlamaConfig(**SMALL, num_key_value_heads=2, tie_word_embeddings=False)), seed),
-        "llama tied (random)": _randomised(LlamaForCausalLM(LlamaConfig(**SMALL, num_key_value_heads=4, tie_word_embeddings=True)), seed),
+        "gpt2 (random)": _randomised(
+            GPT2LMHeadModel(
+                GPT2Config(
+                    vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=32, bos_token_id=0, eos_token_id=0
+                )
+            ),
+            seed,
+        ),
+        "llama gqa untied (random)": _randomised(
+            LlamaForCausalLM(LlamaConfig(**SMALL, num_key_value_heads=2, tie_word_embeddings=False)), seed
+        ),
+        "llama tied (random)": _randomised(
+            LlamaForCausalLM(LlamaConfig(**SMALL, num_key_value_heads=4, tie_word_embeddings=True)), seed
+        ),
         "qwen2 bias gqa (random)": _randomised(Qwen2ForCausalLM(Qwen2Config(**SMALL, num_key_value_heads=2)), seed),
     }
 
 
 def _inputs(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    if model.config.model_type == "bert" and model.config.vocab_size > 30000:  # real word pieces between [CLS] and [SEP]
+    if (
+        model.config.model_type == "bert" and model.config.vocab_size > 30000
+    ):  # real word pieces between [CLS] and [SEP]
         ids = torch.randint(1000, 30000, (3, 14), generator=g)
         ids[:, 0], ids[:, -1] = 101, 102
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -87,12 +106,17 @@ def _within(d: dict[str, float | None]) -> bool:
 
 # columns of the parity table: zoo operator -> {column: operator}
 _COLUMNS = {
-    "widen-heads": {"widen k=2": lambda m: widen(m, 2), "widen k=3": lambda m: widen(m, 3),
-                    "widen k=2, noise 1": lambda m: widen(m, 2, noise=1.0)},
+    "widen-heads": {
+        "widen k=2": lambda m: widen(m, 2),
+        "widen k=3": lambda m: widen(m, 3),
+        "widen k=2, noise 1": lambda m: widen(m, 2, noise=1.0),
+    },
     "widen-head_dim": {"head_dim k=2 (the article's)": lambda m: widen(m, 2, mode="head_dim")},
     "widen_ffn": {"feed-forward x2.5": lambda m: widen_ffn(m, int(2.5 * _ffn_size(m.config)))},
-    "deepen": {"depth x2": lambda m: deepen(m, range(num_layers(m.config))),
-               "widen k=2 then depth x2": lambda m: deepen(widen(m, 2), range(num_layers(m.config)))},
+    "deepen": {
+        "depth x2": lambda m: deepen(m, range(num_layers(m.config))),
+        "widen k=2 then depth x2": lambda m: deepen(widen(m, 2), range(num_layers(m.config))),
+    },
     "add_experts": {"experts x2": lambda m: add_experts(m, 2)},
 }
 _RELOAD = "widen k=2, saved and reloaded"
@@ -113,10 +137,17 @@ def _parity_models(seed: int) -> dict[str, tuple[torch.nn.Module, list[str]]]:
     from kexue.growth.zoo import ZOO, operators, randomized, tiny_model
 
     quiet_offline_transformers()
-    models = {"minilm (BERT, real)": (AutoModel.from_pretrained(str(embedded_model_path())).eval(),
-                                      ["widen k=2", "head_dim k=2 (the article's)"])}
+    models = {
+        "minilm (BERT, real)": (
+            AutoModel.from_pretrained(str(embedded_model_path())).eval(),
+            ["widen k=2", "head_dim k=2 (the article's)"],
+        )
+    }
     for name in ZOO:
-        models[name] = (randomized(tiny_model(name), seed, dtype=torch.float32), [c for op in operators(name) for c in _COLUMNS[op]])
+        models[name] = (
+            randomized(tiny_model(name), seed, dtype=torch.float32),
+            [c for op in operators(name) for c in _COLUMNS[op]],
+        )
     return models
 
 
@@ -129,11 +160,18 @@ def _reload_difference(small64: torch.nn.Module, inputs: dict) -> float:
     from kexue.growth.moe import MOE
 
     kind = type(small64).__name__
-    auto = ("AutoModelForCausalLM" if kind.endswith(("ForCausalLM", "LMHeadModel")) else
-            "AutoModelForMaskedLM" if kind.endswith("ForMaskedLM") else "AutoModel")
+    auto = (
+        "AutoModelForCausalLM"
+        if kind.endswith(("ForCausalLM", "LMHeadModel"))
+        else "AutoModelForMaskedLM"
+        if kind.endswith("ForMaskedLM")
+        else "AutoModel"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         widen(small64, 2).save_pretrained(tmp)
-        eager = {"experts_implementation": "eager"} if small64.config.model_type in MOE else {}  # grouped_mm: no float64
+        eager = (
+            {"experts_implementation": "eager"} if small64.config.model_type in MOE else {}
+        )  # grouped_mm: no float64
         reloaded = getattr(transformers, auto).from_pretrained(tmp, dtype=torch.float64, **eager).eval()
         with float64_norms():
             return max_logit_difference(small64, reloaded, inputs)
@@ -166,10 +204,15 @@ def _parity_view(table: dict[str, dict[str, dict[str, float | None]]]) -> Table:
         return text if _within(d) else text + " FAIL"
 
     rows = tuple((family, *(cell(ops.get(c)) for c in columns)) for family, ops in table.items())
-    return Table(("family", *columns), rows, caption=(
-        f"small vs grown model on the same inputs, each cell 'float64 max |Δ output| · float32 max |Δ| / max |output|'; "
-        f"tolerance float64 ≤ {TOL64:g}, float32 ≤ {TOL32_REL:g}; — : not applicable (head_dim under RoPE is inexact, "
-        f"post-norm models have no identity block, experts only for mixtures); the article: identical outputs"))
+    return Table(
+        ("family", *columns),
+        rows,
+        caption=(
+            f"small vs grown model on the same inputs, each cell 'float64 max |Δ output| · float32 max |Δ| / max |output|'; "
+            f"tolerance float64 ≤ {TOL64:g}, float32 ≤ {TOL32_REL:g}; — : not applicable (head_dim under RoPE is inexact, "
+            f"post-norm models have no identity block, experts only for mixtures); the article: identical outputs"
+        ),
+    )
 
 
 @SUITE.check
@@ -185,15 +228,35 @@ def parity(ctx: ClaimContext) -> None:
     failures = [name for name, d in entries if not _within(d)]
     worst64 = max(d["float64"] for _, d in entries)
     worst32 = max(d["float32"] for _, d in entries if d["float32"] is not None)
-    ctx.claim("parity_table", "max |Δ output| small vs grown in float64 and float32 (relative to max |output|), per family "
-              "and operator; outputs are logits (MiniLM: last hidden states, mapped back by the inverse of rep/√k)",
-              article_value="lossless: identical outputs", measured=table, tolerance=f"float64 ≤ {TOL64:g}, float32 ≤ {TOL32_REL:g} relative",
-              passed=not failures, table=_parity_view(table), details=("failed: " + ", ".join(failures)) if failures else
-              f"{len(table)} families, {len(entries)} family × operator pairs; worst float64 {worst64:.1e}, worst float32 relative {worst32:.1e}")
-    ctx.claim("parity.float64", "worst float64 max |Δ output| over every family and operator above", article_value=0,
-              measured=worst64, tolerance=TOL64, passed=worst64 <= TOL64)
-    ctx.claim("parity.float32", "worst float32 max |Δ output| / max |output| over every family and operator above",
-              article_value=0, measured=worst32, tolerance=TOL32_REL, passed=worst32 <= TOL32_REL)
+    ctx.claim(
+        "parity_table",
+        "max |Δ output| small vs grown in float64 and float32 (relative to max |output|), per family "
+        "and operator; outputs are logits (MiniLM: last hidden states, mapped back by the inverse of rep/√k)",
+        article_value="lossless: identical outputs",
+        measured=table,
+        tolerance=f"float64 ≤ {TOL64:g}, float32 ≤ {TOL32_REL:g} relative",
+        passed=not failures,
+        table=_parity_view(table),
+        details=("failed: " + ", ".join(failures))
+        if failures
+        else f"{len(table)} families, {len(entries)} family × operator pairs; worst float64 {worst64:.1e}, worst float32 relative {worst32:.1e}",
+    )
+    ctx.claim(
+        "parity.float64",
+        "worst float64 max |Δ output| over every family and operator above",
+        article_value=0,
+        measured=worst64,
+        tolerance=TOL64,
+        passed=worst64 <= TOL64,
+    )
+    ctx.claim(
+        "parity.float32",
+        "worst float32 max |Δ output| / max |output| over every family and operator above",
+        article_value=0,
+        measured=worst32,
+        tolerance=TOL32_REL,
+        passed=worst32 <= TOL32_REL,
+    )
 
 
 def _custom_widen(model, k: int, mode: str, **overrides):
@@ -217,30 +280,56 @@ def article_table(ctx: ClaimContext) -> None:
 
     exact = {m: err(m, widen(m, 2, mode="head_dim")) for m in (gpt2, bert)}
     rows = [
-        ("ln_eps", "LayerNorm: γ, β → rep/√k and eps → eps/k", "eps kept",
-         lambda m: widen(m, 2, mode="head_dim", scale_eps=False)),
-        ("attention_scale", "q and k weights and biases × k^(1/4) (the 1/√head_dim scale)", "without × k^(1/4)",
-         lambda m: _custom_widen(m, 2, "head_dim", q4=1.0)),
-        ("ffn_gelu", "GeLU feed-forward: W1 → rep/√k, b1 → rep (the activation sees the old pre-activations), W2 → rep/(k√k)",
-         "plain linear rule (W/k, b/√k) for both layers", lambda m: widen(m, 2, mode="head_dim", gelu_fix=False)),
-        ("second_bias", "second feed-forward bias: derived rep(b2)/√k", "the article's table: b2/k",
-         lambda m: widen(m, 2, mode="head_dim", bias2="k")),
-        ("stream_scale", "residual stream rep/√k (embeddings, norms): the isometry, which keeps the norms' eps/k, the tied "
-         "head and the hidden states' read-back consistent", "the undivided stream rep(h) (σ = 1 in every map, OPT's form; "
-         "exact only with the head, eps and read-back adapted to it, as kexue does for OPT)",
-         lambda m: _custom_widen(m, 2, "head_dim", s=1.0)),
+        (
+            "ln_eps",
+            "LayerNorm: γ, β → rep/√k and eps → eps/k",
+            "eps kept",
+            lambda m: widen(m, 2, mode="head_dim", scale_eps=False),
+        ),
+        (
+            "attention_scale",
+            "q and k weights and biases × k^(1/4) (the 1/√head_dim scale)",
+            "without × k^(1/4)",
+            lambda m: _custom_widen(m, 2, "head_dim", q4=1.0),
+        ),
+        (
+            "ffn_gelu",
+            "GeLU feed-forward: W1 → rep/√k, b1 → rep (the activation sees the old pre-activations), W2 → rep/(k√k)",
+            "plain linear rule (W/k, b/√k) for both layers",
+            lambda m: widen(m, 2, mode="head_dim", gelu_fix=False),
+        ),
+        (
+            "second_bias",
+            "second feed-forward bias: derived rep(b2)/√k",
+            "the article's table: b2/k",
+            lambda m: widen(m, 2, mode="head_dim", bias2="k"),
+        ),
+        (
+            "stream_scale",
+            "residual stream rep/√k (embeddings, norms): the isometry, which keeps the norms' eps/k, the tied "
+            "head and the hidden states' read-back consistent",
+            "the undivided stream rep(h) (σ = 1 in every map, OPT's form; "
+            "exact only with the head, eps and read-back adapted to it, as kexue does for OPT)",
+            lambda m: _custom_widen(m, 2, "head_dim", s=1.0),
+        ),
     ]
     for name, what, changed, op in rows:
         changed_err = {arch: err(m, op(m)) for arch, m in (("gpt2", gpt2), ("minilm", bert))}
         kept = max(exact.values())
         ok = kept <= TOL64 and max(changed_err.values()) > 100 * TOL64  # necessary: without it parity is lost somewhere
         article_value = "b2/2 (k = 2)" if name == "second_bias" else "exact with the factor"
-        details = (f"with the factor: max {kept:.1e}; {changed}: GPT-2 {changed_err['gpt2']:.1e}, MiniLM {changed_err['minilm']:.1e}")
+        details = f"with the factor: max {kept:.1e}; {changed}: GPT-2 {changed_err['gpt2']:.1e}, MiniLM {changed_err['minilm']:.1e}"
         if name == "second_bias":
             details += ". The float64 test decides for rep(b2)/√k: the article's printed b2/k is not exact (its derivation in the text gives /√k)"
-        ctx.claim(f"article_table.{name}", f"{what}: exact (≤ {TOL64:g}) with it, measurably wrong ({changed}) without",
-                  article_value=article_value, measured=_r({"kept": kept, "changed": changed_err}), tolerance=TOL64,
-                  passed=ok, details=details)
+        ctx.claim(
+            f"article_table.{name}",
+            f"{what}: exact (≤ {TOL64:g}) with it, measurably wrong ({changed}) without",
+            article_value=article_value,
+            measured=_r({"kept": kept, "changed": changed_err}),
+            tolerance=TOL64,
+            passed=ok,
+            details=details,
+        )
 
 
 @SUITE.check
@@ -257,19 +346,41 @@ def inexact(ctx: ClaimContext) -> None:
             return max_logit_difference(small, large, inputs) / output_scale(small, inputs)
 
     cases = [
-        ("gelu_without_fix", "plain repetition through GeLU (the linear-layer rule in the feed-forward), k = 2",
-         {"gpt2": rel(gpt2, widen(gpt2, 2, mode="head_dim", gelu_fix=False)), "minilm": rel(bert, widen(bert, 2, mode="head_dim", gelu_fix=False))},
-         "approximately preserved (MLM accuracy kept)"),
-        ("rope_head_dim", "widening the head dimension of a RoPE model (LLaMA), pairs repeated, k = 2: frequencies depend on head_dim",
-         {"llama": rel(llama, widen(llama, 2, mode="head_dim"))}, "small loss, recovers with training"),
-        ("eps_not_scaled", "norm eps kept instead of eps/k, k = 2",
-         {"llama": rel(llama, widen(llama, 2, scale_eps=False)), "gpt2": rel(gpt2, widen(gpt2, 2, scale_eps=False)),
-          "minilm": rel(bert, widen(bert, 2, scale_eps=False))}, "(not discussed; tiny)"),
+        (
+            "gelu_without_fix",
+            "plain repetition through GeLU (the linear-layer rule in the feed-forward), k = 2",
+            {
+                "gpt2": rel(gpt2, widen(gpt2, 2, mode="head_dim", gelu_fix=False)),
+                "minilm": rel(bert, widen(bert, 2, mode="head_dim", gelu_fix=False)),
+            },
+            "approximately preserved (MLM accuracy kept)",
+        ),
+        (
+            "rope_head_dim",
+            "widening the head dimension of a RoPE model (LLaMA), pairs repeated, k = 2: frequencies depend on head_dim",
+            {"llama": rel(llama, widen(llama, 2, mode="head_dim"))},
+            "small loss, recovers with training",
+        ),
+        (
+            "eps_not_scaled",
+            "norm eps kept instead of eps/k, k = 2",
+            {
+                "llama": rel(llama, widen(llama, 2, scale_eps=False)),
+                "gpt2": rel(gpt2, widen(gpt2, 2, scale_eps=False)),
+                "minilm": rel(bert, widen(bert, 2, scale_eps=False)),
+            },
+            "(not discussed; tiny)",
+        ),
     ]
     for name, what, measured, article in cases:
-        ctx.claim(f"inexact.{name}", what + ": max |Δ logits| / max |logits| (float64)", article_value=article,
-                  measured=_r(measured), documented=True,
-                  details="the exact alternative: the GeLU fix / widening by heads (exact with RoPE) / eps/k")
+        ctx.claim(
+            f"inexact.{name}",
+            what + ": max |Δ logits| / max |logits| (float64)",
+            article_value=article,
+            measured=_r(measured),
+            documented=True,
+            details="the exact alternative: the GeLU fix / widening by heads (exact with RoPE) / eps/k",
+        )
 
 
 @SUITE.check
@@ -287,15 +398,26 @@ def symmetry_and_optimizer(ctx: ClaimContext) -> None:
         g_plain, g_noisy = gradients(plain, inputs), gradients(noisy, inputs)
     same = float((g_plain[up][0::2] - g_plain[up][1::2]).abs().max())
     apart = float((g_noisy[up][0::2] - g_noisy[up][1::2]).abs().max() / g_noisy[up].abs().max())
-    ctx.claim("symmetry_breaking", "duplicated feed-forward units: max |gradient difference between the two copies| without noise, "
-              "and relative difference with zero-sum noise 1.0 (function change in float64 beside)", article_value=None,
-              measured=_r({"without_noise": same, "with_noise_relative": apart, "function_change_with_noise": f_noisy}),
-              tolerance="0 / > 1e-2 / ≤ 1e-10", passed=same == 0 and apart > 1e-2 and f_noisy <= TOL64,
-              details="without noise the copies stay identical for ever (the same gradient every step)")
+    ctx.claim(
+        "symmetry_breaking",
+        "duplicated feed-forward units: max |gradient difference between the two copies| without noise, "
+        "and relative difference with zero-sum noise 1.0 (function change in float64 beside)",
+        article_value=None,
+        measured=_r({"without_noise": same, "with_noise_relative": apart, "function_change_with_noise": f_noisy}),
+        tolerance="0 / > 1e-2 / ≤ 1e-10",
+        passed=same == 0 and apart > 1e-2 and f_noisy <= TOL64,
+        details="without noise the copies stay identical for ever (the same gradient every step)",
+    )
     err = gradient_map_error(llama, plain, GrowthMap.probe(llama, lambda m: widen(m, 2)), inputs)
-    ctx.claim("adam_state_transfer", "the gradient map behind the Adam-state transfer (g̃ = g / (n a)) gives the grown model's "
-              "gradient: max error over every parameter relative to the largest gradient entry (float64)", article_value=None, measured=err,
-              tolerance=1e-9, passed=err <= 1e-9)
+    ctx.claim(
+        "adam_state_transfer",
+        "the gradient map behind the Adam-state transfer (g̃ = g / (n a)) gives the grown model's "
+        "gradient: max error over every parameter relative to the largest gradient entry (float64)",
+        article_value=None,
+        measured=err,
+        tolerance=1e-9,
+        passed=err <= 1e-9,
+    )
 
 
 @SUITE.check
@@ -305,35 +427,64 @@ def compute_saved(ctx: ClaimContext) -> None:
     from kexue.data import load_tinyshakespeare
     from kexue.growth.experiment import PUBLISHED, Settings, run_experiment, total_steps
 
-    s = Settings(seed=ctx.seed, eval_every=50) if ctx.full else Settings(
-        small_steps=24, large_steps=36, batch_size=12, eval_every=12, eval_windows=48, warmup=12, seed=ctx.seed)
+    s = (
+        Settings(seed=ctx.seed, eval_every=50)
+        if ctx.full
+        else Settings(
+            small_steps=24, large_steps=36, batch_size=12, eval_every=12, eval_windows=48, warmup=12, seed=ctx.seed
+        )
+    )
     with ctx.steps("training char-level models (Trainer + GrowthCallback)", total_steps(s)) as advance:
         runs = run_experiment(CharCorpus(load_tinyshakespeare()), s, on_step=advance)
     _loss_vs_flops_figure(ctx, runs)
     target = 0.40 if ctx.full else 0.0
-    setup = (f"LLaMA-style char models, small d={s.hidden} L={s.layers}, grown x2, then {s.large_steps} steps; scratch "
-             f"{s.large_steps} steps (batch {s.batch_size} x {s.context} chars, AdamW lr {s.lr:g}, grown lr {s.grown_lr:g}, "
-             f"Adam state carried by GrowthCallback, width noise {s.noise:g})")
-    rows = tuple((r.recipe.name, r.recipe.at_step, "yes" if r.recipe.function_preserving else "no (baseline)",
-                  "not reached" if r.saved is None else f"{r.saved:.0%}", f"{r.grown.val_loss[-1]:.3f}", f"{r.target:.3f}")
-                 for r in runs)
+    setup = (
+        f"LLaMA-style char models, small d={s.hidden} L={s.layers}, grown x2, then {s.large_steps} steps; scratch "
+        f"{s.large_steps} steps (batch {s.batch_size} x {s.context} chars, AdamW lr {s.lr:g}, grown lr {s.grown_lr:g}, "
+        f"Adam state carried by GrowthCallback, width noise {s.noise:g})"
+    )
+    rows = tuple(
+        (
+            r.recipe.name,
+            r.recipe.at_step,
+            "yes" if r.recipe.function_preserving else "no (baseline)",
+            "not reached" if r.saved is None else f"{r.saved:.0%}",
+            f"{r.grown.val_loss[-1]:.3f}",
+            f"{r.target:.3f}",
+        )
+        for r in runs
+    )
     published = ", ".join(f"{name} {value:.1%}" for name, value in PUBLISHED.items())
-    table = Table(("recipe", "grown after step", "function-preserving", "FLOPs saved", "grown final loss", "scratch final loss"),
-                  rows, caption=f"{setup}. Published: {published}")
+    table = Table(
+        ("recipe", "grown after step", "function-preserving", "FLOPs saved", "grown final loss", "scratch final loss"),
+        rows,
+        caption=f"{setup}. Published: {published}",
+    )
     for r in runs:
-        ctx.claim(f"flops_saved.{_slug(r.recipe.name)}", f"FLOPs saved by the {r.recipe.name} recipe (grown after step "
-                  f"{r.recipe.at_step}) to reach the {r.recipe.shape}-x2 scratch run's final validation loss {r.target:.3f}",
-                  article_value=published, measured=None if r.saved is None else round(r.saved, 4), documented=True,
-                  details=f"grown final {r.grown.val_loss[-1]:.3f} vs scratch final {r.target:.3f}")
+        ctx.claim(
+            f"flops_saved.{_slug(r.recipe.name)}",
+            f"FLOPs saved by the {r.recipe.name} recipe (grown after step "
+            f"{r.recipe.at_step}) to reach the {r.recipe.shape}-x2 scratch run's final validation loss {r.target:.3f}",
+            article_value=published,
+            measured=None if r.saved is None else round(r.saved, 4),
+            documented=True,
+            details=f"grown final {r.grown.val_loss[-1]:.3f} vs scratch final {r.target:.3f}",
+        )
     preserving = [r for r in runs if r.recipe.function_preserving]
     best = max(preserving, key=lambda r: -1.0 if r.saved is None else r.saved)
-    ctx.claim("flops_saved", "fraction of training FLOPs saved by the best function-preserving recipe (" + best.recipe.name
-              + ") to reach the large-from-scratch final validation loss; " + setup,
-              article_value="open question in the article; published: " + published,
-              measured=None if best.saved is None else round(best.saved, 4),
-              tolerance=f">= {target:.2f}" + ("" if ctx.full else " (quick scale; the target 0.40 is for --full)"),
-              passed=best.saved is not None and best.saved >= target, table=table,
-              details=f"best of {', '.join(r.recipe.name for r in preserving)}")
+    ctx.claim(
+        "flops_saved",
+        "fraction of training FLOPs saved by the best function-preserving recipe ("
+        + best.recipe.name
+        + ") to reach the large-from-scratch final validation loss; "
+        + setup,
+        article_value="open question in the article; published: " + published,
+        measured=None if best.saved is None else round(best.saved, 4),
+        tolerance=f">= {target:.2f}" + ("" if ctx.full else " (quick scale; the target 0.40 is for --full)"),
+        passed=best.saved is not None and best.saved >= target,
+        table=table,
+        details=f"best of {', '.join(r.recipe.name for r in preserving)}",
+    )
 
 
 def _slug(name: str) -> str:
@@ -348,15 +499,25 @@ def _loss_vs_flops_figure(ctx: ClaimContext, runs) -> None:
     fig, axes = plt.subplots(1, len(shapes), figsize=(6.5 * len(shapes), 4.2), sharey=True)
     for ax, shape in zip(axes, shapes):
         mine = [r for r in runs if r.recipe.shape == shape]
-        ax.plot(mine[0].scratch.flops, mine[0].scratch.val_loss, color="black", label=f"large from scratch ({shape} x2)")
+        ax.plot(
+            mine[0].scratch.flops, mine[0].scratch.val_loss, color="black", label=f"large from scratch ({shape} x2)"
+        )
         for r in mine:
             saved = "not reached" if r.saved is None else f"saves {r.saved:.0%}"
-            ax.plot(r.grown.flops, r.grown.val_loss, ls="-" if r.recipe.function_preserving else ":",
-                    label=f"{r.recipe.name}, grown after step {r.recipe.at_step}: {saved}")
+            ax.plot(
+                r.grown.flops,
+                r.grown.val_loss,
+                ls="-" if r.recipe.function_preserving else ":",
+                label=f"{r.recipe.name}, grown after step {r.recipe.at_step}: {saved}",
+            )
         ax.axhline(mine[0].target, color="grey", lw=0.8, ls="--")
         ax.set_xlabel("training FLOPs (small phase included)")
         ax.set_title(f"growing into the {shape} x2 model")
         ax.legend(fontsize=8)
     axes[0].set_ylabel("validation loss (nats / char)")
-    ctx.figure("loss_vs_flops", fig, "Validation loss against total training FLOPs on tinyshakespeare (char level), every recipe; "
-               "dashed: the scratch run's final loss; dotted: the stacking baseline (not function-preserving).")
+    ctx.figure(
+        "loss_vs_flops",
+        fig,
+        "Validation loss against total training FLOPs on tinyshakespeare (char level), every recipe; "
+        "dashed: the scratch run's final loss; dotted: the stacking baseline (not function-preserving).",
+    )

@@ -45,20 +45,22 @@ from kexue.growth._build import build, probing
 
 __all__ = ["PRE_NORM", "deepen"]
 
-PRE_NORM = {"llama": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
-            "qwen2": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
-            "mistral": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
-            "qwen3": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
-            "phi3": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
-            "olmo2": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),  # branch norms: Norm(0) = 0
-            "gpt_neox": ("gpt_neox.layers", ("attention.dense", "mlp.dense_4h_to_h")),  # parallel residual too
-            "gpt2": ("transformer.h", ("attn.c_proj", "mlp.c_proj")),
-            "gemma": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
-            "gemma2": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),  # sandwich norms: Norm(0) = 0
-            "gemma3_text": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
-            "opt": ("model.decoder.layers", ("self_attn.out_proj", "fc2")),  # pre-LN (do_layer_norm_before) only
-            "mixtral": ("model.layers", ("self_attn.o_proj", "mlp.experts.down_proj")),  # every expert's output zero
-            "qwen3_moe": ("model.layers", ("self_attn.o_proj", "mlp.experts.down_proj", "mlp.down_proj"))}  # + dense layers
+PRE_NORM = {
+    "llama": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
+    "qwen2": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
+    "mistral": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
+    "qwen3": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
+    "phi3": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
+    "olmo2": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),  # branch norms: Norm(0) = 0
+    "gpt_neox": ("gpt_neox.layers", ("attention.dense", "mlp.dense_4h_to_h")),  # parallel residual too
+    "gpt2": ("transformer.h", ("attn.c_proj", "mlp.c_proj")),
+    "gemma": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
+    "gemma2": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),  # sandwich norms: Norm(0) = 0
+    "gemma3_text": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
+    "opt": ("model.decoder.layers", ("self_attn.out_proj", "fc2")),  # pre-LN (do_layer_norm_before) only
+    "mixtral": ("model.layers", ("self_attn.o_proj", "mlp.experts.down_proj")),  # every expert's output zero
+    "qwen3_moe": ("model.layers", ("self_attn.o_proj", "mlp.experts.down_proj", "mlp.down_proj")),
+}  # + dense layers
 
 
 def _index_compensation(model_type: str, config) -> Callable[[str, torch.Tensor, int, int], torch.Tensor] | None:
@@ -82,6 +84,7 @@ def _dense_layers_follow(old, config, plan: list[tuple[int, bool]]) -> None:
     if ``(i + 1) % decoder_sparse_step ≠ 0``. The rebuilt config lists every new layer whose
     source was dense in ``mlp_only_layers`` and sets ``decoder_sparse_step = 1``, so each layer
     (and each inserted copy) keeps its source's kind."""
+
     def dense(i: int) -> bool:
         return i in old.mlp_only_layers or not (old.num_experts > 0 and (i + 1) % old.decoder_sparse_step == 0)
 
@@ -107,12 +110,16 @@ def deepen(model: nn.Module, after: Sequence[int]) -> nn.Module:
     check_module("model", model, hf=True)
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type == "bert":
-        raise ValueError("cannot deepen BERT exactly: it is post-norm, where a block with zero branches still applies "
-                         "LayerNorm; supported (pre-norm): " + ", ".join(PRE_NORM))
+        raise ValueError(
+            "cannot deepen BERT exactly: it is post-norm, where a block with zero branches still applies "
+            "LayerNorm; supported (pre-norm): " + ", ".join(PRE_NORM)
+        )
     if model_type == "opt" and not model.config.do_layer_norm_before:
-        raise ValueError("cannot deepen this OPT exactly: do_layer_norm_before=False makes it post-norm (OPT-350m), "
-                         "where a block with zero branches still applies LayerNorm; pre-norm OPT "
-                         "(do_layer_norm_before=True) is supported")
+        raise ValueError(
+            "cannot deepen this OPT exactly: do_layer_norm_before=False makes it post-norm (OPT-350m), "
+            "where a block with zero branches still applies LayerNorm; pre-norm OPT "
+            "(do_layer_norm_before=True) is supported"
+        )
     if model_type not in PRE_NORM:
         raise ValueError(f"cannot deepen model_type {model_type!r}; supported: {', '.join(PRE_NORM)}")
     prefix, zeroed = PRE_NORM[model_type]
@@ -120,7 +127,9 @@ def deepen(model: nn.Module, after: Sequence[int]) -> nn.Module:
     after = list(after)
     for i in after:
         if isinstance(i, bool) or not isinstance(i, int) or not -1 <= i < n:
-            raise ValueError(f"after: layer index {i!r} is out of range; the model has layers 0..{n - 1} (-1: before the first)")
+            raise ValueError(
+                f"after: layer index {i!r} is out of range; the model has layers 0..{n - 1} (-1: before the first)"
+            )
     # new layer list: (source layer, is_identity_copy)
     plan = [(0, True)] * after.count(-1)
     for i in range(n):
@@ -147,7 +156,9 @@ def relayered(model: nn.Module, plan: Sequence[tuple[int, bool]]) -> nn.Module:
             if m and int(m.group(1)) == src:
                 rest = m.group(2)
                 value = t.detach().clone()
-                if identity and (probing() or rest in zeroed or rest.rsplit(".", 1)[0] in zeroed):  # a parameter or a module
+                if identity and (
+                    probing() or rest in zeroed or rest.rsplit(".", 1)[0] in zeroed
+                ):  # a parameter or a module
                     value = torch.zeros_like(value)  # probing: inserted blocks are fresh parameters
                 elif compensate is not None:
                     value = compensate(rest, value, src, j)

@@ -45,11 +45,24 @@ from kexue.growth.callback import GrowthCallback
 from kexue.growth.depth import deepen, relayered
 from kexue.growth.widen import widen
 
-__all__ = ["PUBLISHED", "GrowthRun", "Recipe", "Settings", "flops_to_reach", "recipes", "run_experiment", "stack_layers"]
+__all__ = [
+    "PUBLISHED",
+    "GrowthRun",
+    "Recipe",
+    "Settings",
+    "flops_to_reach",
+    "recipes",
+    "run_experiment",
+    "stack_layers",
+]
 
 # FLOPs (or compute) saved as published, for the report beside ours
-PUBLISHED = {"Staged Training (Shen et al. 2022)": 0.22, "bert2BERT (Chen et al. 2022)": 0.45,
-             "LiGO (Wang et al. 2023)": 0.50, "G_stack (Du et al. 2024)": 0.546}
+PUBLISHED = {
+    "Staged Training (Shen et al. 2022)": 0.22,
+    "bert2BERT (Chen et al. 2022)": 0.45,
+    "LiGO (Wang et al. 2023)": 0.50,
+    "G_stack (Du et al. 2024)": 0.546,
+}
 
 
 @dataclass(frozen=True)
@@ -101,7 +114,9 @@ def recipes(s: Settings) -> list[Recipe]:
     """The recipes of the module docstring for settings ``s``."""
     return [
         Recipe("width", "width", s.small_steps, lambda m: widen(m, 2, noise=s.noise, seed=s.seed), True),
-        Recipe("width early", "width", max(1, s.small_steps // 2), lambda m: widen(m, 2, noise=s.noise, seed=s.seed), True),
+        Recipe(
+            "width early", "width", max(1, s.small_steps // 2), lambda m: widen(m, 2, noise=s.noise, seed=s.seed), True
+        ),
         Recipe("depth", "depth", s.small_steps, lambda m: deepen(m, range(m.config.num_hidden_layers)), True),
         Recipe("stack (G_stack-style)", "depth", s.small_steps, stack_layers, False),
     ]
@@ -110,9 +125,16 @@ def recipes(s: Settings) -> list[Recipe]:
 def _config(vocab: int, s: Settings, hidden: int, layers: int, heads: int):
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 8 // 3 // 8 * 8,
-                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                       max_position_embeddings=s.context, tie_word_embeddings=False)
+    return LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=hidden * 8 // 3 // 8 * 8,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=s.context,
+        tie_word_embeddings=False,
+    )
 
 
 def flops_to_reach(log: TrainLog, target: float) -> float | None:
@@ -165,18 +187,39 @@ def _curve_callback(corpus: CharCorpus, s: Settings, log: TrainLog, on_step: Cal
     return Curve()
 
 
-def train_run(model: nn.Module, corpus: CharCorpus, s: Settings, steps: int, seed: int, growth: GrowthCallback | None = None,
-              on_step: Callable[[], None] | None = None) -> TrainLog:
+def train_run(
+    model: nn.Module,
+    corpus: CharCorpus,
+    s: Settings,
+    steps: int,
+    seed: int,
+    growth: GrowthCallback | None = None,
+    on_step: Callable[[], None] | None = None,
+) -> TrainLog:
     """One ``Trainer.train()`` run of ``steps`` steps (with ``growth`` when given): the curve."""
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
     log = TrainLog()
     with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(output_dir=out, max_steps=steps, per_device_train_batch_size=s.batch_size, learning_rate=s.lr,
-                                 lr_scheduler_type="constant_with_warmup", warmup_steps=s.warmup, adam_beta2=0.99,
-                                 weight_decay=0.0, max_grad_norm=0.0, optim="adamw_torch", save_strategy="no",
-                                 logging_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True, seed=seed,
-                                 dataloader_num_workers=0)
+        args = TrainingArguments(
+            output_dir=out,
+            max_steps=steps,
+            per_device_train_batch_size=s.batch_size,
+            learning_rate=s.lr,
+            lr_scheduler_type="constant_with_warmup",
+            warmup_steps=s.warmup,
+            adam_beta2=0.99,
+            weight_decay=0.0,
+            max_grad_norm=0.0,
+            optim="adamw_torch",
+            save_strategy="no",
+            logging_strategy="no",
+            report_to=[],
+            disable_tqdm=True,
+            use_cpu=True,
+            seed=seed,
+            dataloader_num_workers=0,
+        )
         callbacks = ([growth] if growth is not None else []) + [_curve_callback(corpus, s, log, on_step)]
         trainer = Trainer(model=model, args=args, train_dataset=_Windows(corpus, s, seed), callbacks=callbacks)
         trainer.remove_callback(PrinterCallback)
@@ -197,7 +240,9 @@ def run_experiment(corpus: CharCorpus, s: Settings, on_step: Callable[[], None] 
     scratch = {}
     for name, shape in shapes.items():
         torch.manual_seed(s.seed + 1)
-        scratch[name] = train_run(LlamaForCausalLM(_config(corpus.vocab_size, s, *shape)), corpus, s, s.large_steps, s.seed, on_step=on_step)
+        scratch[name] = train_run(
+            LlamaForCausalLM(_config(corpus.vocab_size, s, *shape)), corpus, s, s.large_steps, s.seed, on_step=on_step
+        )
     runs = []
     for recipe in recipes(s):
         torch.manual_seed(s.seed)
@@ -206,5 +251,13 @@ def run_experiment(corpus: CharCorpus, s: Settings, on_step: Callable[[], None] 
         grown = train_run(small, corpus, s, recipe.at_step + s.large_steps, s.seed, growth, on_step)
         target = scratch[recipe.shape].val_loss[-1]
         reach = flops_to_reach(grown, target)
-        runs.append(GrowthRun(recipe, grown, scratch[recipe.shape], None if reach is None else 1 - reach / scratch[recipe.shape].flops[-1], target))
+        runs.append(
+            GrowthRun(
+                recipe,
+                grown,
+                scratch[recipe.shape],
+                None if reach is None else 1 - reach / scratch[recipe.shape].flops[-1],
+                target,
+            )
+        )
     return runs

@@ -42,10 +42,20 @@ __all__ = ["MOE", "add_experts"]
 
 # model_type -> (router weight (E, d), expert parameters with the expert axis first, the one that gets noise,
 #                config field of the expert count)
-MOE = {"mixtral": ("mlp.gate.weight", ("mlp.experts.gate_up_proj", "mlp.experts.down_proj"), "mlp.experts.down_proj",
-                   "num_local_experts"),
-       "qwen3_moe": ("mlp.gate.weight", ("mlp.experts.gate_up_proj", "mlp.experts.down_proj"), "mlp.experts.down_proj",
-                     "num_experts")}
+MOE = {
+    "mixtral": (
+        "mlp.gate.weight",
+        ("mlp.experts.gate_up_proj", "mlp.experts.down_proj"),
+        "mlp.experts.down_proj",
+        "num_local_experts",
+    ),
+    "qwen3_moe": (
+        "mlp.gate.weight",
+        ("mlp.experts.gate_up_proj", "mlp.experts.down_proj"),
+        "mlp.experts.down_proj",
+        "num_experts",
+    ),
+}
 
 
 def _noisy_copies(w: torch.Tensor, copies: int, noise: float, generator: torch.Generator) -> torch.Tensor:

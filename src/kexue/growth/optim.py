@@ -36,8 +36,10 @@ __all__ = ["GrowthMap", "parameter_sources", "transfer_adam_state"]
 def _check_not_meta(model: nn.Module, what: str) -> None:
     """Refuse a model with parameters on the meta device where values must be read."""
     if any(p.is_meta for p in model.parameters()):
-        raise ValueError(f"{what}: model is on the meta device, which holds no values; this step needs them "
-                         "(load the weights first). Planning on meta: parameter_sources, the growth operators themselves")
+        raise ValueError(
+            f"{what}: model is on the meta device, which holds no values; this step needs them "
+            "(load the weights first). Planning on meta: parameter_sources, the growth operators themselves"
+        )
 
 
 def parameter_sources(small: nn.Module, grow: Callable[[nn.Module], nn.Module]) -> dict[str, str | None]:
@@ -70,7 +72,9 @@ def _check_no_split(index: dict[str, torch.Tensor], scale: dict[str, torch.Tenso
     there ``g/n`` is the chosen heuristic, not an identity.)"""
     names = list(index)
     device = next(iter(index.values())).device if index else torch.device("cpu")
-    seen = torch.full((n_small,), float("nan"), dtype=torch.float64, device=device)  # the scale each source was first seen at
+    seen = torch.full(
+        (n_small,), float("nan"), dtype=torch.float64, device=device
+    )  # the scale each source was first seen at
     owner = torch.full((n_small,), -1, dtype=torch.long, device=device)  # ... and in which parameter
     for i, name in enumerate(names):
         live = scale[name] > 0
@@ -79,9 +83,11 @@ def _check_no_split(index: dict[str, torch.Tensor], scale: dict[str, torch.Tenso
         clash = ~torch.isnan(earlier) & ((earlier - a).abs() > 1e-9 * a)
         if clash.any():
             other = names[int(owner[sources[clash][0]])]
-            raise ValueError(f"grow splits a parameter of the small model over {other} and {name} at different "
-                             "scales (e.g. an untied head): their gradients are not determined by the small model's, "
-                             "so the Adam state cannot be carried over; give the large model a fresh optimizer")
+            raise ValueError(
+                f"grow splits a parameter of the small model over {other} and {name} at different "
+                "scales (e.g. an untied head): their gradients are not determined by the small model's, "
+                "so the Adam state cannot be carried over; give the large model a fresh optimizer"
+            )
         fresh = torch.isnan(earlier)
         seen[sources[fresh]], owner[sources[fresh]] = a[fresh], i
 
@@ -113,7 +119,9 @@ class GrowthMap:
         with torch.no_grad():
             for (_, p1), (_, p2) in zip(ones.named_parameters(), ids.named_parameters()):
                 p1.fill_(1.0)
-                p2.copy_(torch.arange(offset + 1, offset + p2.numel() + 1, dtype=torch.float64, device=p2.device).view_as(p2))
+                p2.copy_(
+                    torch.arange(offset + 1, offset + p2.numel() + 1, dtype=torch.float64, device=p2.device).view_as(p2)
+                )
                 offset += p2.numel()
             with probe_mode():
                 big_ones, big_ids = grow(ones), grow(ids)
@@ -124,7 +132,9 @@ class GrowthMap:
                 raise ValueError(f"grow is not a gather-and-scale map: negative scale in {name}")
             fresh = a == 0
             pos = (v / torch.where(fresh, 1.0, a)).round()
-            bad = ~fresh & (((v / torch.where(fresh, 1.0, a)) - pos).abs() > 1e-3) | ~fresh & ((pos < 1) | (pos > offset))
+            bad = ~fresh & (((v / torch.where(fresh, 1.0, a)) - pos).abs() > 1e-3) | ~fresh & (
+                (pos < 1) | (pos > offset)
+            )
             if bad.any():
                 raise ValueError(f"grow is not a gather-and-scale map: {name} mixes entries of the small model")
             index[name] = torch.where(fresh, 0, pos.long() - 1)
@@ -164,9 +174,15 @@ class GrowthMap:
         return self._apply(small_v, 2)
 
 
-def transfer_adam_state(small_optimizer: torch.optim.Optimizer, small: nn.Module, large_optimizer: torch.optim.Optimizer,
-                        large: nn.Module, grow: Callable[[nn.Module], nn.Module], *,
-                        growth_map: GrowthMap | None = None) -> GrowthMap:
+def transfer_adam_state(
+    small_optimizer: torch.optim.Optimizer,
+    small: nn.Module,
+    large_optimizer: torch.optim.Optimizer,
+    large: nn.Module,
+    grow: Callable[[nn.Module], nn.Module],
+    *,
+    growth_map: GrowthMap | None = None,
+) -> GrowthMap:
     """Fill ``large_optimizer``'s state (Adam / AdamW) from ``small_optimizer``'s.
 
     Args:
@@ -221,8 +237,13 @@ def transfer_adam_state(small_optimizer: torch.optim.Optimizer, small: nn.Module
         owner = torch.bucketize(src, bounds, right=True) - 1
         step = float(steps[owner].max()) if live.any() else 0.0
         template = next(st["step"] for st in states if st.get("trained"))
-        state = {"step": torch.tensor(step, dtype=template.dtype, device=template.device) if torch.is_tensor(template) else step,
-                 "exp_avg": m[name].view_as(p).to(p.device, p.dtype), "exp_avg_sq": v[name].view_as(p).to(p.device, p.dtype)}
+        state = {
+            "step": torch.tensor(step, dtype=template.dtype, device=template.device)
+            if torch.is_tensor(template)
+            else step,
+            "exp_avg": m[name].view_as(p).to(p.device, p.dtype),
+            "exp_avg_sq": v[name].view_as(p).to(p.device, p.dtype),
+        }
         if vmax is not None:
             state["max_exp_avg_sq"] = vmax[name].view_as(p).to(p.device, p.dtype)
         large_optimizer.state[p] = state
@@ -240,9 +261,13 @@ def _adam_states(optimizer, params: dict[str, nn.Parameter]) -> list[dict]:
         elif not p.requires_grad:
             states.append({"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p), "step": 0.0})
         else:
-            raise ValueError(f"small_optimizer holds no Adam state for {name} (take at least one step first, or freeze it)")
+            raise ValueError(
+                f"small_optimizer holds no Adam state for {name} (take at least one step first, or freeze it)"
+            )
     if not any(st.get("trained") for st in states):
-        raise ValueError("small_optimizer holds no Adam state for any parameter of small (take at least one step first)")
+        raise ValueError(
+            "small_optimizer holds no Adam state for any parameter of small (take at least one step first)"
+        )
     if any("max_exp_avg_sq" in st for st in states):  # amsgrad
         for st in states:
             st.setdefault("max_exp_avg_sq", torch.zeros_like(st["exp_avg_sq"]))

@@ -53,18 +53,23 @@ def _always(forward):
 
 
 # (family, class name) -> (its forward -> the forward it gets inside float64_norms)
-_PATCHES = {("llama", "LlamaRMSNorm"): _always(_exact_forward), ("qwen2", "Qwen2RMSNorm"): _always(_exact_forward),
-            ("mistral", "MistralRMSNorm"): _always(_exact_forward), ("qwen3", "Qwen3RMSNorm"): _always(_exact_forward),
-            ("phi3", "Phi3RMSNorm"): _always(_exact_forward), ("olmo2", "Olmo2RMSNorm"): _always(_exact_forward),
-            ("gemma", "GemmaRMSNorm"): _always(_exact_gemma_forward),
-            ("gemma2", "Gemma2RMSNorm"): _always(_exact_gemma_forward),
-            ("gemma3", "Gemma3RMSNorm"): _always(_exact_gemma_forward),
-            ("mixtral", "MixtralRMSNorm"): _always(_exact_forward),
-            ("mixtral", "MixtralTopKRouter"): _always(_exact_router_forward),
-            ("mixtral", "MixtralExperts"): _eager_experts_in_float64,
-            ("qwen3_moe", "Qwen3MoeRMSNorm"): _always(_exact_forward),
-            ("qwen3_moe", "Qwen3MoeTopKRouter"): _always(_exact_router_forward),
-            ("qwen3_moe", "Qwen3MoeExperts"): _eager_experts_in_float64}
+_PATCHES = {
+    ("llama", "LlamaRMSNorm"): _always(_exact_forward),
+    ("qwen2", "Qwen2RMSNorm"): _always(_exact_forward),
+    ("mistral", "MistralRMSNorm"): _always(_exact_forward),
+    ("qwen3", "Qwen3RMSNorm"): _always(_exact_forward),
+    ("phi3", "Phi3RMSNorm"): _always(_exact_forward),
+    ("olmo2", "Olmo2RMSNorm"): _always(_exact_forward),
+    ("gemma", "GemmaRMSNorm"): _always(_exact_gemma_forward),
+    ("gemma2", "Gemma2RMSNorm"): _always(_exact_gemma_forward),
+    ("gemma3", "Gemma3RMSNorm"): _always(_exact_gemma_forward),
+    ("mixtral", "MixtralRMSNorm"): _always(_exact_forward),
+    ("mixtral", "MixtralTopKRouter"): _always(_exact_router_forward),
+    ("mixtral", "MixtralExperts"): _eager_experts_in_float64,
+    ("qwen3_moe", "Qwen3MoeRMSNorm"): _always(_exact_forward),
+    ("qwen3_moe", "Qwen3MoeTopKRouter"): _always(_exact_router_forward),
+    ("qwen3_moe", "Qwen3MoeExperts"): _eager_experts_in_float64,
+}
 
 
 @contextlib.contextmanager
@@ -97,7 +102,7 @@ def max_logit_difference(small, large, inputs: dict, *, widened_by: int = 1) -> 
         a, b = _output(small, inputs), _output(large, inputs)
         if b.shape != a.shape:
             k = b.shape[-1] // a.shape[-1]
-            b = b.unflatten(-1, (a.shape[-1], k)).mean(-1) * k ** 0.5
+            b = b.unflatten(-1, (a.shape[-1], k)).mean(-1) * k**0.5
         return float((b - a).abs().max())
 
 

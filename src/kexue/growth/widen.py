@@ -56,8 +56,23 @@ from kexue.growth._build import build, check_noise, probing, zero_sum_noise
 
 __all__ = ["SUPPORTED", "widen", "widen_ffn"]
 
-SUPPORTED = ("bert", "gpt2", "llama", "qwen2", "mistral", "qwen3", "olmo2", "phi3", "gpt_neox", "gemma", "gemma2",
-             "gemma3_text", "opt", "mixtral", "qwen3_moe")
+SUPPORTED = (
+    "bert",
+    "gpt2",
+    "llama",
+    "qwen2",
+    "mistral",
+    "qwen3",
+    "olmo2",
+    "phi3",
+    "gpt_neox",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "opt",
+    "mixtral",
+    "qwen3_moe",
+)
 MODES = ("heads", "head_dim")
 _UNDIVIDED = ("opt",)  # families grown in the undivided stream form rep(h) (LayerNorm eps fixed in the modules)
 
@@ -98,11 +113,19 @@ class _Maps:
     for one that must be ``rep(·)/σ`` again). For ``σ = √k`` these are the table's entries.
     """
 
-    def __init__(self, k: int, mode: str, gelu_fix: bool = True, bias2: str = "sqrt",
-                 noise: float = 0.0, generator: torch.Generator | None = None, divided: bool = True) -> None:
+    def __init__(
+        self,
+        k: int,
+        mode: str,
+        gelu_fix: bool = True,
+        bias2: str = "sqrt",
+        noise: float = 0.0,
+        generator: torch.Generator | None = None,
+        divided: bool = True,
+    ) -> None:
         self.k, self.mode, self.gelu_fix, self.bias2 = k, mode, gelu_fix, bias2
         self.s = math.sqrt(k)
-        self.q4 = k ** 0.25
+        self.q4 = k**0.25
         self.divided = divided
         self.noise, self.generator = noise, generator
 
@@ -135,8 +158,10 @@ class _Maps:
         if self.mode == "heads":
             return self._noisy(_spread(w, k, "tile", "rep").mul_(self.sigma / k)), None if b is None else _tile(b, 0, k)
         # output rep(q) k^(-1/4): the scores gain k (the repeated sum) over √k (the wider 1/√head_dim)
-        return (self._noisy(_spread(w, k, "rep", "rep").mul_(self.sigma / k).div_(self.q4)),
-                None if b is None else _rep(b, 0, k) / self.q4)
+        return (
+            self._noisy(_spread(w, k, "rep", "rep").mul_(self.sigma / k).div_(self.q4)),
+            None if b is None else _rep(b, 0, k) / self.q4,
+        )
 
     def v(self, w: torch.Tensor, b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         k = self.k
@@ -186,11 +211,21 @@ def _norm(m: _Maps, sd: dict, prefix: str, new: dict) -> None:
 # (rows = units: up, and gate for SwiGLU), feed-forward output, and the config field of the
 # feed-forward width.
 _LAYOUT = {
-    "llama": ("model.layers.{i}.", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
-              ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj", "intermediate_size"),
+    "llama": (
+        "model.layers.{i}.",
+        ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
+        ("mlp.gate_proj", "mlp.up_proj"),
+        "mlp.down_proj",
+        "intermediate_size",
+    ),
     "gpt2": ("transformer.h.{i}.", None, ("mlp.c_fc",), "mlp.c_proj", "n_inner"),
-    "bert": ("{base}encoder.layer.{i}.", ("attention.self.query", "attention.self.key", "attention.self.value",
-                                         "attention.output.dense"), ("intermediate.dense",), "output.dense", "intermediate_size"),
+    "bert": (
+        "{base}encoder.layer.{i}.",
+        ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"),
+        ("intermediate.dense",),
+        "output.dense",
+        "intermediate_size",
+    ),
 }
 _LAYOUT["qwen2"] = _LAYOUT["mistral"] = _LAYOUT["qwen3"] = _LAYOUT["olmo2"] = _LAYOUT["llama"]
 # Phi-3 fuses q, k, v into qkv_proj and gate, up into gate_up_proj (handled in _phi3 and widen_ffn)
@@ -199,12 +234,19 @@ _FUSED_FFN_IN = {"phi3": "mlp.gate_up_proj"}  # rows: [gate units; up units]
 # GPT-NeoX/Pythia: fused per-head query_key_value (handled in _gpt_neox), GeLU feed-forward
 _LAYOUT["gpt_neox"] = ("gpt_neox.layers.{i}.", None, ("mlp.dense_h_to_4h",), "mlp.dense_4h_to_h", "intermediate_size")
 _LAYOUT["gemma"] = _LAYOUT["gemma2"] = _LAYOUT["gemma3_text"] = _LAYOUT["llama"]
-_LAYOUT["opt"] = ("model.decoder.layers.{i}.", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"),
-                  ("fc1",), "fc2", "ffn_dim")
+_LAYOUT["opt"] = (
+    "model.decoder.layers.{i}.",
+    ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"),
+    ("fc1",),
+    "fc2",
+    "ffn_dim",
+)
 # Mixtral: experts are 3-D parameters (E, 2I, d) and (E, d, I), handled in _mixtral and widen_ffn
 _LAYOUT["mixtral"] = ("model.layers.{i}.", _LAYOUT["llama"][1], (), None, "intermediate_size")
-_EXPERTS = {"mixtral": ("mlp.experts.gate_up_proj", "mlp.experts.down_proj"),  # [gate; up] rows per expert, down
-            "qwen3_moe": ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")}
+_EXPERTS = {
+    "mixtral": ("mlp.experts.gate_up_proj", "mlp.experts.down_proj"),  # [gate; up] rows per expert, down
+    "qwen3_moe": ("mlp.experts.gate_up_proj", "mlp.experts.down_proj"),
+}
 # Qwen3-MoE: sparse layers as Mixtral's, dense ones (mlp_only_layers, decoder_sparse_step) as LLaMA's
 _LAYOUT["qwen3_moe"] = (*_LAYOUT["mixtral"][:4], "moe_intermediate_size")  # widen_ffn grows the experts
 _EXPERT_SIZE = {"mixtral": "intermediate_size", "qwen3_moe": "moe_intermediate_size"}
@@ -275,8 +317,10 @@ def _qwen3(m: _Maps, sd: dict, config: Any) -> dict:
     ``head_dim`` mode would change each norm's width and is refused.
     """
     if m.mode != "heads":
-        raise ValueError(f"{config.model_type} widens in mode='heads' only: mode='head_dim' would widen the per-head q/k "
-                         "norms (and is inexact under RoPE anyway)")
+        raise ValueError(
+            f"{config.model_type} widens in mode='heads' only: mode='head_dim' would widen the per-head q/k "
+            "norms (and is inexact under RoPE anyway)"
+        )
     return _with_qk_norms(m, sd, config, lambda w: w.clone())  # per head: the copies read the old weights
 
 
@@ -292,8 +336,10 @@ def _olmo2(m: _Maps, sd: dict, config: Any) -> dict:
     stream's ``rep(·)/√k`` form: the stream-norm rule. ``head_dim`` mode is refused.
     """
     if m.mode != "heads":
-        raise ValueError("OLMo 2 widens in mode='heads' only (mode='head_dim' would reorder its q/k norms' coordinates "
-                         "and is inexact under RoPE)")
+        raise ValueError(
+            "OLMo 2 widens in mode='heads' only (mode='head_dim' would reorder its q/k norms' coordinates "
+            "and is inexact under RoPE)"
+        )
     return _with_qk_norms(m, sd, config, lambda w: _tile(w, 0, m.k))  # across all heads: tiled over the copies
 
 
@@ -321,7 +367,9 @@ def _phi3(m: _Maps, sd: dict, config: Any) -> dict:
         new[p + "self_attn.qkv_proj.weight"] = torch.cat([m.qk(q, None)[0], m.qk(k, None)[0], m.v(v, None)[0]])
         _linear(m.o, sd, p + "self_attn.o_proj", new)
         gate_up = sd[p + "mlp.gate_up_proj.weight"]
-        new[p + "mlp.gate_up_proj.weight"] = torch.cat([m.ffn_in(gate_up[:units], None)[0], m.ffn_in(gate_up[units:], None)[0]])
+        new[p + "mlp.gate_up_proj.weight"] = torch.cat(
+            [m.ffn_in(gate_up[:units], None)[0], m.ffn_in(gate_up[units:], None)[0]]
+        )
     _blocks(m, sd, config, new)
     return new
 
@@ -394,11 +442,15 @@ def _gemma(m: _Maps, sd: dict, config: Any) -> dict:
     ``1/√head_dim`` scale, which ``query_pre_attn_scalar`` replaces).
     """
     if m.mode != "heads":
-        raise ValueError(f"{config.model_type} widens in mode='heads' only (mode='head_dim' is inexact under RoPE, and "
-                         "its attention scale is query_pre_attn_scalar, not head_dim)")
+        raise ValueError(
+            f"{config.model_type} widens in mode='heads' only (mode='head_dim' is inexact under RoPE, and "
+            "its attention scale is query_pre_attn_scalar, not head_dim)"
+        )
     if not m.divided:
-        raise ValueError(f"{config.model_type} grows in the divided stream form rep(h)/√k only (its embedding and "
-                         "final-norm rules are derived for it)")
+        raise ValueError(
+            f"{config.model_type} grows in the divided stream form rep(h)/√k only (its embedding and "
+            "final-norm rules are derived for it)"
+        )
     new: dict[str, torch.Tensor] = {}
     for name, t in sd.items():
         if name == "model.embed_tokens.weight":
@@ -514,8 +566,9 @@ def _moe_layers(m: _Maps, sd: dict, config: Any, new: dict) -> None:
             _linear(m.ffn_out, sd, p + "mlp.down_proj", new)
             continue
         new[p + "mlp.gate.weight"] = m.lm_head(sd[p + "mlp.gate.weight"])
-        new[p + gate_up] = torch.stack([torch.cat([m.ffn_in(w[:units], None)[0], m.ffn_in(w[units:], None)[0]])
-                                        for w in sd[p + gate_up]])
+        new[p + gate_up] = torch.stack(
+            [torch.cat([m.ffn_in(w[:units], None)[0], m.ffn_in(w[units:], None)[0]]) for w in sd[p + gate_up]]
+        )
         new[p + down] = torch.stack([m.ffn_out(w, None)[0] for w in sd[p + down]])
 
 
@@ -578,9 +631,22 @@ def _bert(m: _Maps, sd: dict, config: Any) -> dict:
 
 
 _ARCH: dict[str, Callable[[_Maps, dict, Any], dict]] = {
-    "llama": _llama, "qwen2": _llama, "mistral": _llama, "qwen3": _qwen3, "olmo2": _olmo2, "phi3": _phi3,
-    "gpt_neox": _gpt_neox, "gpt2": _gpt2, "bert": _bert, "gemma": _gemma, "gemma2": _gemma, "gemma3_text": _gemma,
-    "opt": _opt, "mixtral": _mixtral, "qwen3_moe": _qwen3_moe}
+    "llama": _llama,
+    "qwen2": _llama,
+    "mistral": _llama,
+    "qwen3": _qwen3,
+    "olmo2": _olmo2,
+    "phi3": _phi3,
+    "gpt_neox": _gpt_neox,
+    "gpt2": _gpt2,
+    "bert": _bert,
+    "gemma": _gemma,
+    "gemma2": _gemma,
+    "gemma3_text": _gemma,
+    "opt": _opt,
+    "mixtral": _mixtral,
+    "qwen3_moe": _qwen3_moe,
+}
 
 
 def _new_config(config: Any, k: int, mode: str, scale_eps: bool) -> Any:
@@ -623,8 +689,17 @@ def _new_config(config: Any, k: int, mode: str, scale_eps: bool) -> Any:
     return c
 
 
-def widen(model: nn.Module, factor: int, *, mode: str = "heads", noise: float = 0.0, seed: int = 0,
-          gelu_fix: bool = True, scale_eps: bool = True, bias2: str = "sqrt") -> nn.Module:
+def widen(
+    model: nn.Module,
+    factor: int,
+    *,
+    mode: str = "heads",
+    noise: float = 0.0,
+    seed: int = 0,
+    gelu_fix: bool = True,
+    scale_eps: bool = True,
+    bias2: str = "sqrt",
+) -> nn.Module:
     """A new model of the same class, ``factor`` times wider, computing the same function.
 
     Args:
@@ -678,7 +753,9 @@ def widen(model: nn.Module, factor: int, *, mode: str = "heads", noise: float = 
     if model_type not in _ARCH:
         raise ValueError(f"cannot widen model_type {model_type!r}; supported: {', '.join(SUPPORTED)}")
     check_noise(noise)
-    return _widen_with(model, _Maps(factor, mode, gelu_fix, bias2, noise, torch.Generator().manual_seed(seed)), scale_eps)
+    return _widen_with(
+        model, _Maps(factor, mode, gelu_fix, bias2, noise, torch.Generator().manual_seed(seed)), scale_eps
+    )
 
 
 def _widen_with(model: nn.Module, maps: _Maps, scale_eps: bool = True) -> nn.Module:
@@ -689,8 +766,9 @@ def _widen_with(model: nn.Module, maps: _Maps, scale_eps: bool = True) -> nn.Mod
     sd = {k: v.detach() for k, v in model.state_dict().items()}
     with torch.no_grad():
         new_sd = _ARCH[model.config.model_type](maps, sd, model.config)
-    return build(model, _new_config(model.config, maps.k, maps.mode, scale_eps), new_sd, f"widening {model.config.model_type}")
-
+    return build(
+        model, _new_config(model.config, maps.k, maps.mode, scale_eps), new_sd, f"widening {model.config.model_type}"
+    )
 
 
 def widen_ffn(model: nn.Module, intermediate_size: int, *, noise: float = 0.0, seed: int = 0) -> nn.Module:
@@ -718,7 +796,9 @@ def widen_ffn(model: nn.Module, intermediate_size: int, *, noise: float = 0.0, s
     check_module("model", model, hf=True)
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in _LAYOUT:
-        raise ValueError(f"cannot widen the feed-forward of model_type {model_type!r}; supported: {', '.join(SUPPORTED)}")
+        raise ValueError(
+            f"cannot widen the feed-forward of model_type {model_type!r}; supported: {', '.join(SUPPORTED)}"
+        )
     check_noise(noise)
     prefix, _, _, _, field = _LAYOUT[model_type]
     config = copy.deepcopy(model.config)
@@ -732,8 +812,16 @@ def widen_ffn(model: nn.Module, intermediate_size: int, *, noise: float = 0.0, s
     new = dict(sd)
     with torch.no_grad():
         for i in range(num_layers(config)):
-            _widen_ffn_layer(sd, new, model_type, prefix.format(i=i, base=base), m, intermediate_size,
-                             noise=noise, generator=generator)
+            _widen_ffn_layer(
+                sd,
+                new,
+                model_type,
+                prefix.format(i=i, base=base),
+                m,
+                intermediate_size,
+                noise=noise,
+                generator=generator,
+            )
     setattr(config, field, intermediate_size)
     return build(model, config, new, f"widening the feed-forward of {model_type}")
 
@@ -746,8 +834,9 @@ def _unit_copies(units: int, size: int, device: torch.device) -> tuple[torch.Ten
     return index, size // units + (index < size % units).long()
 
 
-def _widen_ffn_layer(sd: dict, new: dict, model_type: str, p: str, m: int, size: int, *, noise: float,
-                     generator: torch.Generator) -> None:
+def _widen_ffn_layer(
+    sd: dict, new: dict, model_type: str, p: str, m: int, size: int, *, noise: float, generator: torch.Generator
+) -> None:
     """One layer of :func:`widen_ffn`: copy the units' input rows, divide the output columns of a
     unit copied ``c`` times by ``c`` (with zero-sum noise over the copies). Index tensors are made
     on each weight's device; the noise's index stays on the CPU, where the noise is drawn."""

@@ -50,31 +50,50 @@ def _qwen3() -> nn.Module:
 def _phi3() -> nn.Module:
     from transformers import Phi3Config, Phi3ForCausalLM
 
-    return Phi3ForCausalLM(Phi3Config(**_SMALL, num_key_value_heads=2, pad_token_id=0, bos_token_id=0, eos_token_id=0,
-                                      rope_parameters={**_ROPE_PARTIAL, "partial_rotary_factor": 0.5}))  # fused, half rotary
+    return Phi3ForCausalLM(
+        Phi3Config(
+            **_SMALL,
+            num_key_value_heads=2,
+            pad_token_id=0,
+            bos_token_id=0,
+            eos_token_id=0,
+            rope_parameters={**_ROPE_PARTIAL, "partial_rotary_factor": 0.5},
+        )
+    )  # fused, half rotary
 
 
 def _neox(parallel: bool) -> nn.Module:
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     if parallel:  # per-head fused QKV, quarter rotary
-        return GPTNeoXForCausalLM(GPTNeoXConfig(**_SMALL, use_parallel_residual=True, bos_token_id=0, eos_token_id=0,
-                                                rope_parameters={**_ROPE_PARTIAL, "partial_rotary_factor": 0.25}))
-    return GPTNeoXForCausalLM(GPTNeoXConfig(**_SMALL, use_parallel_residual=False, tie_word_embeddings=True,
-                                            bos_token_id=0, eos_token_id=0))
+        return GPTNeoXForCausalLM(
+            GPTNeoXConfig(
+                **_SMALL,
+                use_parallel_residual=True,
+                bos_token_id=0,
+                eos_token_id=0,
+                rope_parameters={**_ROPE_PARTIAL, "partial_rotary_factor": 0.25},
+            )
+        )
+    return GPTNeoXForCausalLM(
+        GPTNeoXConfig(**_SMALL, use_parallel_residual=False, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
+    )
 
 
 def _olmo2() -> nn.Module:
     from transformers import Olmo2Config, Olmo2ForCausalLM
 
-    return Olmo2ForCausalLM(Olmo2Config(**_SMALL, num_key_value_heads=2, pad_token_id=0, bos_token_id=0, eos_token_id=0))
+    return Olmo2ForCausalLM(
+        Olmo2Config(**_SMALL, num_key_value_heads=2, pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    )
 
 
 def _gpt2() -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    return GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=4, n_positions=32, bos_token_id=0,
-                                      eos_token_id=0))
+    return GPT2LMHeadModel(
+        GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=4, n_positions=32, bos_token_id=0, eos_token_id=0)
+    )
 
 
 def _bert() -> nn.Module:
@@ -94,46 +113,88 @@ def _gemma2() -> nn.Module:
 
     # sandwich norms, both soft-caps small enough to bite, query_pre_attn_scalar ≠ head_dim, untied head,
     # alternating sliding (window 4 < the tests' 12 tokens) and global layers
-    return Gemma2ForCausalLM(Gemma2Config(**_SMALL, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=5,
-                                          attn_logit_softcapping=3.0, final_logit_softcapping=5.0, sliding_window=4,
-                                          tie_word_embeddings=False))
+    return Gemma2ForCausalLM(
+        Gemma2Config(
+            **_SMALL,
+            num_key_value_heads=2,
+            head_dim=8,
+            query_pre_attn_scalar=5,
+            attn_logit_softcapping=3.0,
+            final_logit_softcapping=5.0,
+            sliding_window=4,
+            tie_word_embeddings=False,
+        )
+    )
 
 
 def _gemma3() -> nn.Module:
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     # per-head (1 + w) q/k norms; the sliding layer has its own (here very different) RoPE base
-    return Gemma3ForCausalLM(Gemma3TextConfig(
-        **_SMALL, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=5, sliding_window=4,
-        layer_types=["sliding_attention", "full_attention"],
-        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10.0},
-                         "full_attention": {"rope_type": "default", "rope_theta": 10000.0}}))
+    return Gemma3ForCausalLM(
+        Gemma3TextConfig(
+            **_SMALL,
+            num_key_value_heads=2,
+            head_dim=8,
+            query_pre_attn_scalar=5,
+            sliding_window=4,
+            layer_types=["sliding_attention", "full_attention"],
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10.0},
+                "full_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            },
+        )
+    )
 
 
 def _opt(pre_ln: bool, proj: int = 16, affine: bool = True, bias: bool = True, final_norm: bool = True) -> nn.Module:
     from transformers import OPTConfig, OPTForCausalLM
 
-    return OPTForCausalLM(OPTConfig(vocab_size=64, hidden_size=16, ffn_dim=24, num_hidden_layers=2, num_attention_heads=4,
-                                    max_position_embeddings=32, word_embed_proj_dim=proj, do_layer_norm_before=pre_ln,
-                                    layer_norm_elementwise_affine=affine, enable_bias=bias,
-                                    _remove_final_layer_norm=not final_norm))
+    return OPTForCausalLM(
+        OPTConfig(
+            vocab_size=64,
+            hidden_size=16,
+            ffn_dim=24,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=32,
+            word_embed_proj_dim=proj,
+            do_layer_norm_before=pre_ln,
+            layer_norm_elementwise_affine=affine,
+            enable_bias=bias,
+            _remove_final_layer_norm=not final_norm,
+        )
+    )
 
 
 def _mixtral() -> nn.Module:
     from transformers import MixtralConfig, MixtralForCausalLM
 
     # HF's default grouped matmul needs 16-byte strides (widen_ffn's odd widths fail in float32): the per-expert loop
-    return MixtralForCausalLM(MixtralConfig(**_SMALL, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
-                                            experts_implementation="eager"))
+    return MixtralForCausalLM(
+        MixtralConfig(
+            **_SMALL, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, experts_implementation="eager"
+        )
+    )
 
 
 def _qwen3_moe() -> nn.Module:
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
     # layer 1 dense (mlp_only_layers), top-k weights not renormalised
-    return Qwen3MoeForCausalLM(Qwen3MoeConfig(**_SMALL, num_key_value_heads=2, head_dim=8, num_experts=4, num_experts_per_tok=2,
-                                              moe_intermediate_size=12, mlp_only_layers=[1], norm_topk_prob=False,
-                                              experts_implementation="eager"))  # as for Mixtral
+    return Qwen3MoeForCausalLM(
+        Qwen3MoeConfig(
+            **_SMALL,
+            num_key_value_heads=2,
+            head_dim=8,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=12,
+            mlp_only_layers=[1],
+            norm_topk_prob=False,
+            experts_implementation="eager",
+        )
+    )  # as for Mixtral
 
 
 # name -> (builder, operators that apply)
@@ -153,7 +214,10 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[str, ...]]] = {
     "gemma2-sandwich-softcap": (_gemma2, _RoPE),
     "gemma3-qk-norm-local-rope": (_gemma3, _RoPE),
     "opt-pre-ln": (lambda: _opt(True), ("widen-heads", "widen-head_dim", "widen_ffn", "deepen")),
-    "opt-post-ln-proj": (lambda: _opt(False, proj=8), ("widen-heads", "widen-head_dim", "widen_ffn")),  # OPT-350m's shape
+    "opt-post-ln-proj": (
+        lambda: _opt(False, proj=8),
+        ("widen-heads", "widen-head_dim", "widen_ffn"),
+    ),  # OPT-350m's shape
     "opt-post-ln-tied": (lambda: _opt(False), ("widen-heads", "widen_ffn")),
     "opt-no-bias-no-affine": (lambda: _opt(True, affine=False, bias=False), ("widen-heads", "widen_ffn", "deepen")),
     # pre-LN without the decoder's final LayerNorm (OPT-350m's converted checkpoints): the tied head is untied

@@ -15,5 +15,18 @@ from kexue.mitchell.nn import MitchellConv2d, MitchellLinear, mitchellize, track
 from kexue.mitchell.ops import mitchell_div, mitchell_exp2, mitchell_log2, mitchell_mul
 from kexue.mitchell.transformer import AttentionSwitches, mitchell_attention, mitchell_softmax
 
-__all__ = ["AttentionSwitches", "MitchellConv2d", "MitchellLinear", "mitchell_attention", "mitchell_bmm", "mitchell_div",
-           "mitchell_exp2", "mitchell_log2", "mitchell_matmul", "mitchell_mul", "mitchell_softmax", "mitchellize", "track_errors"]
+__all__ = [
+    "AttentionSwitches",
+    "MitchellConv2d",
+    "MitchellLinear",
+    "mitchell_attention",
+    "mitchell_bmm",
+    "mitchell_div",
+    "mitchell_exp2",
+    "mitchell_log2",
+    "mitchell_matmul",
+    "mitchell_mul",
+    "mitchell_softmax",
+    "mitchellize",
+    "track_errors",
+]

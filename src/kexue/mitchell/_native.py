@@ -20,8 +20,12 @@ from kexue._shared import check_choice
 __all__ = ["BACKENDS", "available", "bmm", "check_backend", "matmul", "mul", "use_native"]
 
 _MUL, _MATMUL, _BMM = "kx_mitchell_mul_f32", "kx_mitchell_matmul_f32", "kx_mitchell_bmm_f32"
-_LIBRARY = NativeLibrary("mitchell", Path(__file__).with_name("_mitchell_kernel.c"), [_MUL, _MATMUL, _BMM],
-                         flags=[*FLAGS, "-ffp-contract=off"])
+_LIBRARY = NativeLibrary(
+    "mitchell",
+    Path(__file__).with_name("_mitchell_kernel.c"),
+    [_MUL, _MATMUL, _BMM],
+    flags=[*FLAGS, "-ffp-contract=off"],
+)
 _MODES = {None: 0, "constant": 1, "piecewise": 2, "lmul": 1}  # lmul is a constant too
 
 
@@ -44,7 +48,7 @@ def use_native(backend: str, *tensors: torch.Tensor, op: str = "mul") -> bool:
     return select(_LIBRARY, backend, {"mul": _MUL, "matmul": _MATMUL, "bmm": _BMM}[op], _unsupported(tensors))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _correction_args(correction: str | None) -> tuple[int, int, ctypes.Array]:
     """(mode, constant, table) for the kernel; cached: layers call the kernel three times a step."""
     from kexue.mitchell.correction import constant_correction, lmul_correction, piecewise_values
@@ -71,8 +75,16 @@ def mul(a: torch.Tensor, b: torch.Tensor, correction: str | None = None) -> torc
     a, b = a.contiguous(), b.contiguous()
     out = torch.empty_like(a)
     mode, c, table = _correction_args(correction)
-    _LIBRARY.function(_MUL)(_ptr(a), _ptr(b), _ptr(out), ctypes.c_int64(a.numel()), ctypes.c_int(mode),
-                                        ctypes.c_int32(c), table, ctypes.c_int(max(1, torch.get_num_threads())))
+    _LIBRARY.function(_MUL)(
+        _ptr(a),
+        _ptr(b),
+        _ptr(out),
+        ctypes.c_int64(a.numel()),
+        ctypes.c_int(mode),
+        ctypes.c_int32(c),
+        table,
+        ctypes.c_int(max(1, torch.get_num_threads())),
+    )
     return out
 
 
@@ -88,8 +100,18 @@ def matmul(a: torch.Tensor, b: torch.Tensor, correction: str | None = None) -> t
     (m, k), n = a.shape, b.shape[1]
     out = torch.empty(m, n, dtype=torch.float32)
     mode, c, table = _correction_args(correction)
-    status = _LIBRARY.function(_MATMUL)(_ptr(a), _ptr(b), _ptr(out), ctypes.c_int64(m), ctypes.c_int64(k), ctypes.c_int64(n),
-                                        ctypes.c_int(mode), ctypes.c_int32(c), table, ctypes.c_int(max(1, torch.get_num_threads())))
+    status = _LIBRARY.function(_MATMUL)(
+        _ptr(a),
+        _ptr(b),
+        _ptr(out),
+        ctypes.c_int64(m),
+        ctypes.c_int64(k),
+        ctypes.c_int64(n),
+        ctypes.c_int(mode),
+        ctypes.c_int32(c),
+        table,
+        ctypes.c_int(max(1, torch.get_num_threads())),
+    )
     _check_status(status, "matmul")
     return out
 
@@ -100,8 +122,18 @@ def bmm(a: torch.Tensor, b: torch.Tensor, correction: str | None = None) -> torc
     (batch, m, k), n = a.shape, b.shape[2]
     out = torch.empty(batch, m, n, dtype=torch.float32)
     mode, c, table = _correction_args(correction)
-    status = _LIBRARY.function(_BMM)(_ptr(a), _ptr(b), _ptr(out), ctypes.c_int64(batch), ctypes.c_int64(m), ctypes.c_int64(k),
-                                     ctypes.c_int64(n), ctypes.c_int(mode), ctypes.c_int32(c), table,
-                                     ctypes.c_int(max(1, torch.get_num_threads())))
+    status = _LIBRARY.function(_BMM)(
+        _ptr(a),
+        _ptr(b),
+        _ptr(out),
+        ctypes.c_int64(batch),
+        ctypes.c_int64(m),
+        ctypes.c_int64(k),
+        ctypes.c_int64(n),
+        ctypes.c_int(mode),
+        ctypes.c_int32(c),
+        table,
+        ctypes.c_int(max(1, torch.get_num_threads())),
+    )
     _check_status(status, "bmm")
     return out

@@ -86,8 +86,17 @@ def _parts(raw, WIDTH: tl.constexpr, M: tl.constexpr, BIAS: tl.constexpr, INF: t
 
 
 @triton.jit
-def _compose(sign, n, frac, M: tl.constexpr, BIAS: tl.constexpr, TOP: tl.constexpr, MAXF: tl.constexpr,
-             INF: tl.constexpr, SIGNBIT: tl.constexpr):
+def _compose(
+    sign,
+    n,
+    frac,
+    M: tl.constexpr,
+    BIAS: tl.constexpr,
+    TOP: tl.constexpr,
+    MAXF: tl.constexpr,
+    INF: tl.constexpr,
+    SIGNBIT: tl.constexpr,
+):
     """Bits (int32, sign included) of ``±2^n (1 + frac / 2^M)``, ``0 <= frac < 2^M``: saturating to ±∞,
     rounding to nearest even into the subnormals (ops.py's ``_compose``)."""
     e = n + BIAS
@@ -106,9 +115,29 @@ def _compose(sign, n, frac, M: tl.constexpr, BIAS: tl.constexpr, TOP: tl.constex
 
 
 @triton.jit
-def _combine(sa, nana, infa, zeroa, na, fa, sb, nanb, infb, zerob, nb, fb, corr, OP: tl.constexpr, M: tl.constexpr,
-             BIAS: tl.constexpr, TOP: tl.constexpr, MAXF: tl.constexpr, INF: tl.constexpr, NAN: tl.constexpr,
-             SIGNBIT: tl.constexpr):
+def _combine(
+    sa,
+    nana,
+    infa,
+    zeroa,
+    na,
+    fa,
+    sb,
+    nanb,
+    infb,
+    zerob,
+    nb,
+    fb,
+    corr,
+    OP: tl.constexpr,
+    M: tl.constexpr,
+    BIAS: tl.constexpr,
+    TOP: tl.constexpr,
+    MAXF: tl.constexpr,
+    INF: tl.constexpr,
+    NAN: tl.constexpr,
+    SIGNBIT: tl.constexpr,
+):
     """Bits of ``a ⊗ b`` (``OP == 0``) or ``a ⊘ b`` (``OP == 1``) from the operands' parts (broadcasting),
     with ops.py's special values."""
     sign = sa ^ sb
@@ -193,11 +222,39 @@ def _linear(numel, BLOCK: tl.constexpr, WIDE_INDEX: tl.constexpr):
 
 
 @triton.jit
-def _binary_kernel(a_ptr, b_ptr, out_ptr, table_ptr, numel, S1, S2, S3, sa0, sa1, sa2, sa3, sb0, sb1, sb2, sb3,
-                   OP: tl.constexpr, MODE: tl.constexpr, CORR: tl.constexpr, SEG_SHIFT: tl.constexpr,
-                   WIDTH: tl.constexpr, M: tl.constexpr, BIAS: tl.constexpr, TOP: tl.constexpr, MAXF: tl.constexpr,
-                   INF: tl.constexpr, NAN: tl.constexpr, SIGNBIT: tl.constexpr, FLAT: tl.constexpr,
-                   WIDE_INDEX: tl.constexpr, BLOCK: tl.constexpr):
+def _binary_kernel(
+    a_ptr,
+    b_ptr,
+    out_ptr,
+    table_ptr,
+    numel,
+    S1,
+    S2,
+    S3,
+    sa0,
+    sa1,
+    sa2,
+    sa3,
+    sb0,
+    sb1,
+    sb2,
+    sb3,
+    OP: tl.constexpr,
+    MODE: tl.constexpr,
+    CORR: tl.constexpr,
+    SEG_SHIFT: tl.constexpr,
+    WIDTH: tl.constexpr,
+    M: tl.constexpr,
+    BIAS: tl.constexpr,
+    TOP: tl.constexpr,
+    MAXF: tl.constexpr,
+    INF: tl.constexpr,
+    NAN: tl.constexpr,
+    SIGNBIT: tl.constexpr,
+    FLAT: tl.constexpr,
+    WIDE_INDEX: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """``out[i] = a[i] ⊗ b[i]`` (``OP`` 0) or ``a[i] ⊘ b[i]`` (``OP`` 1) over a broadcast 4-D index space;
     ``MODE``: 0 no correction, 1 the constant ``CORR``, 2 the 8 × 8 table at ``table_ptr``."""
     idx, mask = _linear(numel, BLOCK, WIDE_INDEX)
@@ -209,15 +266,27 @@ def _binary_kernel(a_ptr, b_ptr, out_ptr, table_ptr, numel, S1, S2, S3, sa0, sa1
         corr = tl.load(table_ptr + (fa >> SEG_SHIFT) * 8 + (fb >> SEG_SHIFT), mask=mask, other=0)
     else:
         corr = CORR
-    bits = _combine(sa, nana, infa, zeroa, na, fa, sb, nanb, infb, zerob, nb, fb, corr, OP, M, BIAS, TOP, MAXF, INF,
-                    NAN, SIGNBIT)
+    bits = _combine(
+        sa, nana, infa, zeroa, na, fa, sb, nanb, infb, zerob, nb, fb, corr, OP, M, BIAS, TOP, MAXF, INF, NAN, SIGNBIT
+    )
     tl.store(out_ptr + idx, _as_float(bits, out_ptr.dtype.element_ty, WIDTH), mask=mask)
 
 
 @triton.jit
-def _log2_kernel(x_ptr, out_ptr, numel, WIDTH: tl.constexpr, M: tl.constexpr, BIAS: tl.constexpr, INF: tl.constexpr,
-                 NAN: tl.constexpr, SIGNBIT: tl.constexpr, IS_BF16: tl.constexpr, WIDE_INDEX: tl.constexpr,
-                 BLOCK: tl.constexpr):
+def _log2_kernel(
+    x_ptr,
+    out_ptr,
+    numel,
+    WIDTH: tl.constexpr,
+    M: tl.constexpr,
+    BIAS: tl.constexpr,
+    INF: tl.constexpr,
+    NAN: tl.constexpr,
+    SIGNBIT: tl.constexpr,
+    IS_BF16: tl.constexpr,
+    WIDE_INDEX: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """``out = n + frac / 2^M`` rounded once to the dtype; −∞ at ±0, +∞ at +∞, NaN at NaN and below 0."""
     idx, mask = _linear(numel, BLOCK, WIDE_INDEX)
     x = tl.load(x_ptr + idx, mask=mask, other=0)
@@ -243,9 +312,22 @@ def _round_even(v):
 
 
 @triton.jit
-def _exp2_kernel(y_ptr, out_ptr, numel, WIDTH: tl.constexpr, M: tl.constexpr, BIAS: tl.constexpr,
-                 TOP: tl.constexpr, MAXF: tl.constexpr, INF: tl.constexpr, NAN: tl.constexpr, SIGNBIT: tl.constexpr,
-                 IS_BF16: tl.constexpr, WIDE_INDEX: tl.constexpr, BLOCK: tl.constexpr):
+def _exp2_kernel(
+    y_ptr,
+    out_ptr,
+    numel,
+    WIDTH: tl.constexpr,
+    M: tl.constexpr,
+    BIAS: tl.constexpr,
+    TOP: tl.constexpr,
+    MAXF: tl.constexpr,
+    INF: tl.constexpr,
+    NAN: tl.constexpr,
+    SIGNBIT: tl.constexpr,
+    IS_BF16: tl.constexpr,
+    WIDE_INDEX: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """``out = 2^n (1 + frac / 2^M)`` with ``n · 2^M + frac = round(y · 2^M)`` (ties to even); NaN → NaN."""
     idx, mask = _linear(numel, BLOCK, WIDE_INDEX)
     y = _widen(tl.load(y_ptr + idx, mask=mask, other=0), WIDTH, IS_BF16)
@@ -258,11 +340,38 @@ def _exp2_kernel(y_ptr, out_ptr, numel, WIDTH: tl.constexpr, M: tl.constexpr, BI
 
 
 @triton.jit
-def _matmul_kernel(a_ptr, b_ptr, c_ptr, table_ptr, M_ROWS, N_COLS, K, sab, sam, sak, sbb, sbk, sbn, scb, scm, scn,
-                   MODE: tl.constexpr, CORR: tl.constexpr, SEG_SHIFT: tl.constexpr, WIDTH: tl.constexpr,
-                   M: tl.constexpr, BIAS: tl.constexpr, TOP: tl.constexpr, MAXF: tl.constexpr, INF: tl.constexpr,
-                   NAN: tl.constexpr, SIGNBIT: tl.constexpr, IS_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
-                   BLOCK_N: tl.constexpr):
+def _matmul_kernel(
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    table_ptr,
+    M_ROWS,
+    N_COLS,
+    K,
+    sab,
+    sam,
+    sak,
+    sbb,
+    sbk,
+    sbn,
+    scb,
+    scm,
+    scn,
+    MODE: tl.constexpr,
+    CORR: tl.constexpr,
+    SEG_SHIFT: tl.constexpr,
+    WIDTH: tl.constexpr,
+    M: tl.constexpr,
+    BIAS: tl.constexpr,
+    TOP: tl.constexpr,
+    MAXF: tl.constexpr,
+    INF: tl.constexpr,
+    NAN: tl.constexpr,
+    SIGNBIT: tl.constexpr,
+    IS_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """One ``BLOCK_M × BLOCK_N`` tile of ``C[batch] = Σ_k A[batch, :, k] ⊗ B[batch, k, :]``, float32 sums in
     increasing ``k`` from +0, rounded once to ``C``'s dtype."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -272,7 +381,7 @@ def _matmul_kernel(a_ptr, b_ptr, c_ptr, table_ptr, M_ROWS, N_COLS, K, sab, sam, 
     a_row = a_ptr + batch * sab + rows.to(tl.int64) * sam  # (BLOCK_M,) pointers to a[batch, rows, 0]
     b_col = b_ptr + batch * sbb + cols.to(tl.int64) * sbn  # (BLOCK_N,) pointers to b[batch, 0, cols]
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)  # not tl.zeros: a @jit helper, compiled when triton was imported
-    for k in range(0, K):
+    for k in range(K):
         a = tl.load(a_row + k * sak, mask=row_ok, other=0)
         b = tl.load(b_col + k * sbk, mask=col_ok, other=0)
         sa, nana, infa, zeroa, na, fa = _parts(_raw_bits(a, WIDTH), WIDTH, M, BIAS, INF)
@@ -281,9 +390,29 @@ def _matmul_kernel(a_ptr, b_ptr, c_ptr, table_ptr, M_ROWS, N_COLS, K, sab, sam, 
             corr = tl.load(table_ptr + (fa >> SEG_SHIFT)[:, None] * 8 + (fb >> SEG_SHIFT)[None, :])
         else:
             corr = CORR
-        bits = _combine(sa[:, None], nana[:, None], infa[:, None], zeroa[:, None], na[:, None], fa[:, None],
-                        sb[None, :], nanb[None, :], infb[None, :], zerob[None, :], nb[None, :], fb[None, :], corr,
-                        0, M, BIAS, TOP, MAXF, INF, NAN, SIGNBIT)
+        bits = _combine(
+            sa[:, None],
+            nana[:, None],
+            infa[:, None],
+            zeroa[:, None],
+            na[:, None],
+            fa[:, None],
+            sb[None, :],
+            nanb[None, :],
+            infb[None, :],
+            zerob[None, :],
+            nb[None, :],
+            fb[None, :],
+            corr,
+            0,
+            M,
+            BIAS,
+            TOP,
+            MAXF,
+            INF,
+            NAN,
+            SIGNBIT,
+        )
         acc += _widen(_as_float(bits, a_ptr.dtype.element_ty, WIDTH), WIDTH, IS_BF16)
     c_ptrs = c_ptr + batch * scb + rows.to(tl.int64)[:, None] * scm + cols.to(tl.int64)[None, :] * scn
     tl.store(c_ptrs, _narrow(acc, c_ptr.dtype.element_ty, IS_BF16), mask=row_ok[:, None] & col_ok[None, :])
@@ -292,7 +421,7 @@ def _matmul_kernel(a_ptr, b_ptr, c_ptr, table_ptr, M_ROWS, N_COLS, K, sab, sam, 
 # --- host side ----------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def format_constants(dtype: torch.dtype) -> dict[str, Any]:
     """The kernels' format constexprs for ``dtype`` (int32 patterns; the sign bit as int32)."""
     from kexue.mitchell.ops import DTYPES as FORMATS
@@ -300,15 +429,23 @@ def format_constants(dtype: torch.dtype) -> dict[str, Any]:
     if dtype not in DTYPES:
         raise TypeError(f"the Triton kernels take float32, float16 or bfloat16; got {dtype}")
     f = FORMATS[dtype]
-    return {"WIDTH": f.bits, "M": f.mantissa, "BIAS": f.bias, "TOP": (1 << f.exponent) - 1, "MAXF": f.max_finite,
-            "INF": f.inf, "NAN": f.nan, "SIGNBIT": f.sign if f.bits < 32 else -f.sign}
+    return {
+        "WIDTH": f.bits,
+        "M": f.mantissa,
+        "BIAS": f.bias,
+        "TOP": (1 << f.exponent) - 1,
+        "MAXF": f.max_finite,
+        "INF": f.inf,
+        "NAN": f.nan,
+        "SIGNBIT": f.sign if f.bits < 32 else -f.sign,
+    }
 
 
 def _only(constants: dict[str, Any], *names: str) -> dict[str, Any]:
     return {k: constants[k] for k in names}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _device_table(mantissa_bits: int, device: torch.device) -> torch.Tensor:
     """The piecewise corrections as an int32 (8 · 8,) table on ``device``, copied there once."""
     from kexue.mitchell.correction import piecewise_values
@@ -316,12 +453,16 @@ def _device_table(mantissa_bits: int, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(piecewise_values(mantissa_bits).astype("int32").ravel()).to(device)
 
 
-def _correction_args(correction: str | None, mantissa_bits: int, device: torch.device) -> tuple[torch.Tensor | None, dict[str, int]]:
+def _correction_args(
+    correction: str | None, mantissa_bits: int, device: torch.device
+) -> tuple[torch.Tensor | None, dict[str, int]]:
     """``(table, constexprs)`` of a correction (the table pointer is unused but for ``"piecewise"``)."""
     from kexue.mitchell.correction import constant_correction, lmul_correction, segments_for
 
     if correction is not None and correction not in _MODES:
-        raise ValueError(f"correction={correction!r} is not supported; accepted values: None, 'constant', 'piecewise', 'lmul'")
+        raise ValueError(
+            f"correction={correction!r} is not supported; accepted values: None, 'constant', 'piecewise', 'lmul'"
+        )
     mode, c, table = _MODES[correction], 0, None
     if correction == "constant":
         c = constant_correction(mantissa_bits)
@@ -336,8 +477,10 @@ def _correction_args(correction: str | None, mantissa_bits: int, device: torch.d
 
 def _wide(*tensors: torch.Tensor) -> bool:
     """Whether some offset may pass int32 (then the kernels index in int64)."""
-    return any(t.numel() > 0 and sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride())) + 1 >= 2**31 - _BLOCK
-               for t in tensors)
+    return any(
+        t.numel() > 0 and sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride())) + 1 >= 2**31 - _BLOCK
+        for t in tensors
+    )
 
 
 def _strided4(t: torch.Tensor, shape: list[int], strides: list[int]) -> tuple[list[int], list[int]]:
@@ -361,9 +504,25 @@ def _binary(a: torch.Tensor, b: torch.Tensor, op: int, correction: str | None) -
     _, sb4 = _strided4(b, shape, sb)
     table, corr = _correction_args(correction, constants["M"], a.device)
     grid = (triton.cdiv(out.numel(), _BLOCK),)
-    _binary_kernel[grid](a, b, out, table if table is not None else out, out.numel(), shape4[1], shape4[2], shape4[3],
-                         *sa4, *sb4, OP=op, **corr, **constants, FLAT=flat, WIDE_INDEX=_wide(a, b, out), BLOCK=_BLOCK,
-                         enable_fp_fusion=False)
+    _binary_kernel[grid](
+        a,
+        b,
+        out,
+        table if table is not None else out,
+        out.numel(),
+        shape4[1],
+        shape4[2],
+        shape4[3],
+        *sa4,
+        *sb4,
+        OP=op,
+        **corr,
+        **constants,
+        FLAT=flat,
+        WIDE_INDEX=_wide(a, b, out),
+        BLOCK=_BLOCK,
+        enable_fp_fusion=False,
+    )
     return out
 
 
@@ -392,8 +551,16 @@ def _unary(kernel: Any, x: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor
         return out
     constants = _only(format_constants(x.dtype), *names)
     grid = (triton.cdiv(x.numel(), _BLOCK),)
-    kernel[grid](x, out, x.numel(), **constants, IS_BF16=x.dtype == torch.bfloat16, WIDE_INDEX=_wide(x), BLOCK=_BLOCK,
-           enable_fp_fusion=False)
+    kernel[grid](
+        x,
+        out,
+        x.numel(),
+        **constants,
+        IS_BF16=x.dtype == torch.bfloat16,
+        WIDE_INDEX=_wide(x),
+        BLOCK=_BLOCK,
+        enable_fp_fusion=False,
+    )
     return out
 
 
@@ -407,8 +574,9 @@ def exp2(y: torch.Tensor) -> torch.Tensor:
     return _unary(_exp2_kernel, y, ("WIDTH", "M", "BIAS", "TOP", "MAXF", "INF", "NAN", "SIGNBIT"))
 
 
-def bmm(a: torch.Tensor, b: torch.Tensor, correction: str | None = None, *, block: int = _TILE,
-        num_warps: int = _WARPS) -> torch.Tensor:
+def bmm(
+    a: torch.Tensor, b: torch.Tensor, correction: str | None = None, *, block: int = _TILE, num_warps: int = _WARPS
+) -> torch.Tensor:
     """``(B, M, K) ⊗ (B, K, N)`` → ``(B, M, N)`` in the inputs' dtype, as ``matmul._accumulate`` then ``.to(dtype)``.
 
     Any strides (stride-0 broadcast batches and transposed views are read in place).
@@ -429,14 +597,31 @@ def bmm(a: torch.Tensor, b: torch.Tensor, correction: str | None = None, *, bloc
         return out.zero_()
     table, corr = _correction_args(correction, constants["M"], a.device)
     grid = (triton.cdiv(m, block), triton.cdiv(n, block), batch)
-    _matmul_kernel[grid](a, b, out, table if table is not None else out, m, n, k, *a.stride(), *b.stride(),
-                         *out.stride(), **corr, **constants, IS_BF16=a.dtype == torch.bfloat16, BLOCK_M=block,
-                         BLOCK_N=block, num_warps=num_warps, enable_fp_fusion=False)
+    _matmul_kernel[grid](
+        a,
+        b,
+        out,
+        table if table is not None else out,
+        m,
+        n,
+        k,
+        *a.stride(),
+        *b.stride(),
+        *out.stride(),
+        **corr,
+        **constants,
+        IS_BF16=a.dtype == torch.bfloat16,
+        BLOCK_M=block,
+        BLOCK_N=block,
+        num_warps=num_warps,
+        enable_fp_fusion=False,
+    )
     return out
 
 
-def matmul(a: torch.Tensor, b: torch.Tensor, correction: str | None = None, *, block: int = _TILE,
-           num_warps: int = _WARPS) -> torch.Tensor:
+def matmul(
+    a: torch.Tensor, b: torch.Tensor, correction: str | None = None, *, block: int = _TILE, num_warps: int = _WARPS
+) -> torch.Tensor:
     """``(M, K) ⊗ (K, N)`` → ``(M, N)``, as :func:`bmm` with one batch entry."""
     return bmm(a.unsqueeze(0), b.unsqueeze(0), correction, block=block, num_warps=num_warps)[0]
 
@@ -452,22 +637,61 @@ def compile_cases() -> list[tuple[str, Any, dict[str, str], dict[str, Any], int]
     """The configurations built ahead of time by the tests: ``(name, kernel, pointers, constexprs, num_warps)``
     for :func:`kexue._triton.compile_resources` (the launch defaults, each format and correction mode)."""
     cases: list[tuple[str, Any, dict[str, str], dict[str, Any], int]] = []
-    for dtype, correction, flat in ((torch.float32, None, True), (torch.bfloat16, "piecewise", False),
-                                    (torch.float16, "constant", True)):
+    for dtype, correction, flat in (
+        (torch.float32, None, True),
+        (torch.bfloat16, "piecewise", False),
+        (torch.float16, "constant", True),
+    ):
         f, ptr = format_constants(dtype), _POINTER[dtype]
         pointers = {"a_ptr": ptr, "b_ptr": ptr, "out_ptr": ptr, "table_ptr": "*i32"}
         for op in (0, 1):
-            constexprs = {"OP": op, **_corr_constexprs(correction if op == 0 else None, f["M"]), **f, "FLAT": flat,
-                          "WIDE_INDEX": False, "BLOCK": _BLOCK}
-            cases.append((f"{'mul' if op == 0 else 'div'}_{dtype}_{correction}", _binary_kernel, pointers, constexprs, 4))
+            constexprs = {
+                "OP": op,
+                **_corr_constexprs(correction if op == 0 else None, f["M"]),
+                **f,
+                "FLAT": flat,
+                "WIDE_INDEX": False,
+                "BLOCK": _BLOCK,
+            }
+            cases.append(
+                (f"{'mul' if op == 0 else 'div'}_{dtype}_{correction}", _binary_kernel, pointers, constexprs, 4)
+            )
         bf16 = dtype == torch.bfloat16
-        cases.append((f"log2_{dtype}", _log2_kernel, {"x_ptr": ptr, "out_ptr": ptr},
-                      {**_only(f, "WIDTH", "M", "BIAS", "INF", "NAN", "SIGNBIT"), "IS_BF16": bf16, "WIDE_INDEX": False,
-                       "BLOCK": _BLOCK}, 4))
-        cases.append((f"exp2_{dtype}", _exp2_kernel, {"y_ptr": ptr, "out_ptr": ptr},
-                      {**_only(f, "WIDTH", "M", "BIAS", "TOP", "MAXF", "INF", "NAN", "SIGNBIT"), "IS_BF16": bf16,
-                       "WIDE_INDEX": False, "BLOCK": _BLOCK}, 4))
-        cases.append((f"matmul_{dtype}_{correction}", _matmul_kernel,
-                      {"a_ptr": ptr, "b_ptr": ptr, "c_ptr": ptr, "table_ptr": "*i32"},
-                      {**_corr_constexprs(correction, f["M"]), **f, "IS_BF16": bf16, "BLOCK_M": _TILE, "BLOCK_N": _TILE}, _WARPS))
+        cases.append(
+            (
+                f"log2_{dtype}",
+                _log2_kernel,
+                {"x_ptr": ptr, "out_ptr": ptr},
+                {
+                    **_only(f, "WIDTH", "M", "BIAS", "INF", "NAN", "SIGNBIT"),
+                    "IS_BF16": bf16,
+                    "WIDE_INDEX": False,
+                    "BLOCK": _BLOCK,
+                },
+                4,
+            )
+        )
+        cases.append(
+            (
+                f"exp2_{dtype}",
+                _exp2_kernel,
+                {"y_ptr": ptr, "out_ptr": ptr},
+                {
+                    **_only(f, "WIDTH", "M", "BIAS", "TOP", "MAXF", "INF", "NAN", "SIGNBIT"),
+                    "IS_BF16": bf16,
+                    "WIDE_INDEX": False,
+                    "BLOCK": _BLOCK,
+                },
+                4,
+            )
+        )
+        cases.append(
+            (
+                f"matmul_{dtype}_{correction}",
+                _matmul_kernel,
+                {"a_ptr": ptr, "b_ptr": ptr, "c_ptr": ptr, "table_ptr": "*i32"},
+                {**_corr_constexprs(correction, f["M"]), **f, "IS_BF16": bf16, "BLOCK_M": _TILE, "BLOCK_N": _TILE},
+                _WARPS,
+            )
+        )
     return cases

@@ -76,9 +76,15 @@ def elementwise(bench: Bench) -> None:
     params = {"n": n, "threads": torch.get_num_threads(), "load": _load()}
     ours = bench.time(case, "kexue mitchell_mul (kernel)", lambda: mitchell_mul(a, b), params=params)
     exact = bench.time(case, "torch.mul", lambda: torch.mul(a, b), params=params)
-    bench.time(case, "kexue mitchell_mul (torch path)", lambda: mitchell_mul(a, b, backend="torch"), repeats=2, params=params)
-    bench.ratio("mitchell.mul_vs_torch_mul", exact.median_s / ours.median_s, target=0.9,
-                description="mitchell_mul throughput / torch.mul throughput (16M float32, output allocated by both)")
+    bench.time(
+        case, "kexue mitchell_mul (torch path)", lambda: mitchell_mul(a, b, backend="torch"), repeats=2, params=params
+    )
+    bench.ratio(
+        "mitchell.mul_vs_torch_mul",
+        exact.median_s / ours.median_s,
+        target=0.9,
+        description="mitchell_mul throughput / torch.mul throughput (16M float32, output allocated by both)",
+    )
 
 
 @BENCH.case
@@ -93,17 +99,35 @@ def matmul(bench: Bench) -> None:
     ours = bench.time(case, "kexue mitchell_matmul (kernel)", lambda: mitchell_matmul(a, b), params=params)
     blas = bench.time(case, "torch.mm (BLAS, exact)", lambda: torch.mm(a, b), params=params)
     an, bn = a.numpy(), b.numpy()
-    emu = bench.time(case, "NumPy broadcasting emulation", lambda: numpy_emulation(an, bn), repeats=1 if not bench.quick else 2,
-                     params=params)
-    products = n ** 3
-    bench.ratio("mitchell.matmul_vs_blas", ours.median_s / blas.median_s, target=5.0, higher_is_better=False,
-                description=f"mitchell_matmul time / BLAS time ({products / ours.median_s / 1e9:.2f} vs "
-                            f"{products / blas.median_s / 1e9:.2f} products per ns)")
-    bench.ratio("mitchell.matmul_vs_numpy_emulation", emu.median_s / ours.median_s, target=20.0,
-                description="NumPy broadcasting emulation time / mitchell_matmul time")
+    emu = bench.time(
+        case,
+        "NumPy broadcasting emulation",
+        lambda: numpy_emulation(an, bn),
+        repeats=1 if not bench.quick else 2,
+        params=params,
+    )
+    products = n**3
+    bench.ratio(
+        "mitchell.matmul_vs_blas",
+        ours.median_s / blas.median_s,
+        target=5.0,
+        higher_is_better=False,
+        description=f"mitchell_matmul time / BLAS time ({products / ours.median_s / 1e9:.2f} vs "
+        f"{products / blas.median_s / 1e9:.2f} products per ns)",
+    )
+    bench.ratio(
+        "mitchell.matmul_vs_numpy_emulation",
+        emu.median_s / ours.median_s,
+        target=20.0,
+        description="NumPy broadcasting emulation time / mitchell_matmul time",
+    )
     diff = float(np.abs(numpy_emulation(an, bn) - mitchell_matmul(a, b).numpy()).max() / np.abs(an @ bn).max())
-    bench.ratio("mitchell.emulation_agreement", diff, higher_is_better=False,
-                description="max |NumPy emulation − kexue| / max |exact product|: same products, summation order differs")
+    bench.ratio(
+        "mitchell.emulation_agreement",
+        diff,
+        higher_is_better=False,
+        description="max |NumPy emulation − kexue| / max |exact product|: same products, summation order differs",
+    )
 
 
 @BENCH.case
@@ -117,9 +141,14 @@ def matmul_2048(bench: Bench) -> None:
     params = {"n": n, "threads": torch.get_num_threads(), "load": _load()}
     ours = bench.time(case, "kexue mitchell_matmul (kernel)", lambda: mitchell_matmul(a, b), repeats=3, params=params)
     blas = bench.time(case, "torch.mm (BLAS, exact)", lambda: torch.mm(a, b), repeats=3, params=params)
-    bench.ratio("mitchell.matmul_vs_blas_2048", ours.median_s / blas.median_s, target=5.0, higher_is_better=False,
-                description=f"mitchell_matmul time / BLAS time at 2048³ ({n ** 3 / ours.median_s / 1e9:.2f} vs "
-                            f"{n ** 3 / blas.median_s / 1e9:.2f} products per ns)")
+    bench.ratio(
+        "mitchell.matmul_vs_blas_2048",
+        ours.median_s / blas.median_s,
+        target=5.0,
+        higher_is_better=False,
+        description=f"mitchell_matmul time / BLAS time at 2048³ ({n**3 / ours.median_s / 1e9:.2f} vs "
+        f"{n**3 / blas.median_s / 1e9:.2f} products per ns)",
+    )
 
 
 @BENCH.case
@@ -133,5 +162,9 @@ def bmm(bench: Bench) -> None:
     params = {"batch": 64, "t": t, "d": 64, "threads": torch.get_num_threads(), "load": _load()}
     ours = bench.time(case, "kexue mitchell_bmm (kernel)", lambda: mitchell_bmm(q, k), params=params)
     exact = bench.time(case, "torch.bmm (exact)", lambda: torch.bmm(q, k), params=params)
-    bench.ratio("mitchell.bmm_vs_torch_bmm", ours.median_s / exact.median_s, higher_is_better=False,
-                description=f"mitchell_bmm time / torch.bmm time at attention shapes (64 x {t}x64 @ 64x{t})")
+    bench.ratio(
+        "mitchell.bmm_vs_torch_bmm",
+        ours.median_s / exact.median_s,
+        higher_is_better=False,
+        description=f"mitchell_bmm time / torch.bmm time at attention shapes (64 x {t}x64 @ 64x{t})",
+    )

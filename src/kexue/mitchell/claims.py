@@ -28,10 +28,18 @@ from kexue.report.claims import Article, ClaimContext, ClaimSuite, Headline, Tab
 
 SUITE = ClaimSuite(
     "mitchell",
-    Article("Mitchell's approximation: multiplication becomes addition, with at most 11.1% error (Mitchell近似：乘法变为加法，误差不超过1/9)",
-            "https://kexue.fm/archives/7991"),
-    headlines=(Headline("error_bounds", ("float16", "max_mul_error"), "max relative error of the product (float16, every pair)"),
-               Headline("corrections", ("piecewise", "float16", "max"), "max error (%) with the piecewise correction (float16)")),
+    Article(
+        "Mitchell's approximation: multiplication becomes addition, with at most 11.1% error (Mitchell近似：乘法变为加法，误差不超过1/9)",
+        "https://kexue.fm/archives/7991",
+    ),
+    headlines=(
+        Headline(
+            "error_bounds", ("float16", "max_mul_error"), "max relative error of the product (float16, every pair)"
+        ),
+        Headline(
+            "corrections", ("piecewise", "float16", "max"), "max error (%) with the piecewise correction (float16)"
+        ),
+    ),
 )
 
 _FORMATS = {"bfloat16": (torch.bfloat16, 7), "float16": (torch.float16, 10)}
@@ -52,10 +60,16 @@ def cpp_trick(ctx: ClaimContext) -> None:
     trick = float((a.view(torch.int32) + b.view(torch.int32) - 0x3F800000).view(torch.float32))
     ours = float(mitchell_mul(a, b))
     exact = 12.3 * 4.56
-    ctx.claim("cpp_trick", "int(a) + int(b) - 0x3F800000 on the float32 bit patterns of 12.3 and 4.56, read back as a float, "
-              "equals kexue's mitchell_mul and the scalar struct reference", article_value=53.68000030517578, measured=ours,
-              tolerance="bit for bit", passed=ours == trick == ref.mul(12.3, 4.56) == 53.68000030517578,
-              details=f"exact 12.3 × 4.56 = {exact:.3f}; relative error {(ours / exact - 1) * 100:.2f} %")
+    ctx.claim(
+        "cpp_trick",
+        "int(a) + int(b) - 0x3F800000 on the float32 bit patterns of 12.3 and 4.56, read back as a float, "
+        "equals kexue's mitchell_mul and the scalar struct reference",
+        article_value=53.68000030517578,
+        measured=ours,
+        tolerance="bit for bit",
+        passed=ours == trick == ref.mul(12.3, 4.56) == 53.68000030517578,
+        details=f"exact 12.3 × 4.56 = {exact:.3f}; relative error {(ours / exact - 1) * 100:.2f} %",
+    )
     # the article's walk-through truncates the binary expansions: which truncations give 53.625?
     x1, x2 = 12.3 / 8 - 1, 4.56 / 4 - 1
     hits = []
@@ -63,28 +77,65 @@ def cpp_trick(ctx: ClaimContext) -> None:
         t = math.floor(x1 * 2**k) / 2**k + math.floor(x2 * 2**k) / 2**k
         if (32 * (1 + t) if t < 1 else 64 * t) == 53.625:
             hits.append(k)
-    ctx.claim("walkthrough_53_625", "the article's hand walk-through value 53.625: both mantissas truncated to k binary digits "
-              "(12.3 = 2³ × 1.10001001…₂, 4.56 = 2² × 1.00100011…₂) before adding; the k that give 53.625",
-              article_value=53.625, measured={"k giving 53.625": hits, "full float32 precision": ours},
-              tolerance="some k", passed=bool(hits),
-              details="with 9 mantissa bits the walk-through's 53.625 follows; with float32's 23 bits it is 53.68")
+    ctx.claim(
+        "walkthrough_53_625",
+        "the article's hand walk-through value 53.625: both mantissas truncated to k binary digits "
+        "(12.3 = 2³ × 1.10001001…₂, 4.56 = 2² × 1.00100011…₂) before adding; the k that give 53.625",
+        article_value=53.625,
+        measured={"k giving 53.625": hits, "full float32 precision": ours},
+        tolerance="some k",
+        passed=bool(hits),
+        details="with 9 mantissa bits the walk-through's 53.625 follows; with float32's 23 bits it is 53.68",
+    )
 
 
 def _bounds_table(table: dict[str, dict]) -> Table:
     """Format × operation rows: pairs checked, max and mean relative error, where, the sign; the article's bounds first."""
-    rows = [("article", "multiplication", "all", 1 / 9, "(0.5, 0.5)", None, "never over"),
-            ("article", "division", "all", 0.125, None, None, "never under")]
+    rows = [
+        ("article", "multiplication", "all", 1 / 9, "(0.5, 0.5)", None, "never over"),
+        ("article", "division", "all", 0.125, None, None, "never under"),
+    ]
     for name, t in table.items():
         checked = f"{t['pairs']:,}" + ("" if name != "float32" else " (grid) + analytic")
         at = f"({t['at'][0]:g}, {t['at'][1]:g})" if "at" in t else "x1 + x2 = 1, x1 = 0.5 (analytic)"
-        rows.append((name, "multiplication", checked, t["max_mul_error"], at, t["mean_mul_error"],
-                     "never over" if t["max_mul_overestimate"] <= 0 else f"over by up to {t['max_mul_overestimate']:.2e}"))
+        rows.append(
+            (
+                name,
+                "multiplication",
+                checked,
+                t["max_mul_error"],
+                at,
+                t["mean_mul_error"],
+                "never over" if t["max_mul_overestimate"] <= 0 else f"over by up to {t['max_mul_overestimate']:.2e}",
+            )
+        )
         if "max_div_error" in t:
-            rows.append((name, "division", checked, t["max_div_error"], None, t["mean_div_error"],
-                         "never under" if t["div_underestimates"] >= 0 else f"under by up to {-t['div_underestimates']:.2e}"))
-    return Table(("format", "operation", "mantissa pairs", "max relative error", "where (x1, x2)", "mean relative error", "sign"),
-                 tuple(rows), header_columns=2, reference_rows=(0, 1),
-                 caption="Mitchell's product and quotient against the exact ones over mantissa pairs; shaded: the article's bounds")
+            rows.append(
+                (
+                    name,
+                    "division",
+                    checked,
+                    t["max_div_error"],
+                    None,
+                    t["mean_div_error"],
+                    "never under" if t["div_underestimates"] >= 0 else f"under by up to {-t['div_underestimates']:.2e}",
+                )
+            )
+    return Table(
+        (
+            "format",
+            "operation",
+            "mantissa pairs",
+            "max relative error",
+            "where (x1, x2)",
+            "mean relative error",
+            "sign",
+        ),
+        tuple(rows),
+        header_columns=2,
+        reference_rows=(0, 1),
+        caption="Mitchell's product and quotient against the exact ones over mantissa pairs; shaded: the article's bounds",
+    )
 
 
 @SUITE.check
@@ -100,9 +151,16 @@ def error_bounds(ctx: ClaimContext) -> None:
         rel = mitchell_mul(a, b).double() / ((1 + x1) * (1 + x2)) - 1
         worst = int(rel.argmin())
         q = mitchell_div(a, b).double() / ((1 + x1) / (1 + x2)) - 1
-        table[name] = {"pairs": len(x1), "max_mul_error": -float(rel.min()), "at": (float(x1[worst]), float(x2[worst])),
-                       "max_mul_overestimate": float(rel.max()), "mean_mul_error": float(rel.abs().mean()),
-                       "max_div_error": float(q.abs().max()), "div_underestimates": float(q.min()), "mean_div_error": float(q.abs().mean())}
+        table[name] = {
+            "pairs": len(x1),
+            "max_mul_error": -float(rel.min()),
+            "at": (float(x1[worst]), float(x2[worst])),
+            "max_mul_overestimate": float(rel.max()),
+            "mean_mul_error": float(rel.abs().mean()),
+            "max_div_error": float(q.abs().max()),
+            "div_underestimates": float(q.min()),
+            "mean_div_error": float(q.abs().mean()),
+        }
         t = table[name]
         ok &= abs(t["max_mul_error"] - 1 / 9) < 1e-12 and t["at"] == (0.5, 0.5) and t["max_mul_overestimate"] <= 0
         ok &= abs(t["max_div_error"] - 0.125) < 1e-12 and t["div_underestimates"] >= 0
@@ -115,26 +173,44 @@ def error_bounds(ctx: ClaimContext) -> None:
     # 2/((1+x1)(2-x1)), minimal at x1 = 1/2: 8/9
     s = np.linspace(0, 1, 100001)
     analytic = float((2 / ((1 + s) * (2 - s))).min())
-    table["float32"] = {"pairs": grid * grid, "max_mul_error": -float(rel32.min()), "max_mul_overestimate": float(rel32.max()),
-                        "mean_mul_error": float(rel32.abs().mean()), "analytic_min_ratio": analytic}
+    table["float32"] = {
+        "pairs": grid * grid,
+        "max_mul_error": -float(rel32.min()),
+        "max_mul_overestimate": float(rel32.max()),
+        "mean_mul_error": float(rel32.abs().mean()),
+        "analytic_min_ratio": analytic,
+    }
     ok &= abs(-float(rel32.min()) - 1 / 9) < 1e-7 and float(rel32.max()) <= 0 and abs(analytic - 8 / 9) < 1e-12
     view = _bounds_table(table)  # from the unrounded values the verdict uses
     table = {f: {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()} for f, row in table.items()}
-    ctx.claim("error_bounds", "multiplication: max relative error exactly 1/9 at mantissas (0.5, 0.5), never an overestimate "
-              "(exhaustive over all mantissa pairs in bfloat16 and float16; float32 on a dense grid plus the analytic minimum); "
-              "division: max 12.5 %, never an underestimate", article_value={"max_mul_error": "1/9 = 0.1111", "max_div_error": 0.125},
-              measured=table, tolerance="1e-12 (exhaustive), 1e-7 (float32 grid)", passed=ok, table=view)
+    ctx.claim(
+        "error_bounds",
+        "multiplication: max relative error exactly 1/9 at mantissas (0.5, 0.5), never an overestimate "
+        "(exhaustive over all mantissa pairs in bfloat16 and float16; float32 on a dense grid plus the analytic minimum); "
+        "division: max 12.5 %, never an underestimate",
+        article_value={"max_mul_error": "1/9 = 0.1111", "max_div_error": 0.125},
+        measured=table,
+        tolerance="1e-12 (exhaustive), 1e-7 (float32 grid)",
+        passed=ok,
+        table=view,
+    )
     mean = table["float16"]["mean_mul_error"]
-    ctx.claim("mean_error", "mean relative error of multiplication over uniformly distributed mantissas (float16, exhaustive)",
-              article_value="about 3.8 %", measured=round(mean * 100, 3), tolerance="±0.1 point", passed=abs(mean * 100 - 3.8) < 0.1,
-              details=f"bfloat16: {table['bfloat16']['mean_mul_error'] * 100:.3f} %, division: {table['float16']['mean_div_error'] * 100:.3f} %")
+    ctx.claim(
+        "mean_error",
+        "mean relative error of multiplication over uniformly distributed mantissas (float16, exhaustive)",
+        article_value="about 3.8 %",
+        measured=round(mean * 100, 3),
+        tolerance="±0.1 point",
+        passed=abs(mean * 100 - 3.8) < 0.1,
+        details=f"bfloat16: {table['bfloat16']['mean_mul_error'] * 100:.3f} %, division: {table['float16']['mean_div_error'] * 100:.3f} %",
+    )
     # bit-exactness of the vectorised (and compiled) paths against the scalar reference
     g = torch.Generator().manual_seed(ctx.seed)
     mismatches = {}
     for name, dtype in (("float32", torch.float32), ("float16", torch.float16), ("bfloat16", torch.bfloat16)):
         bits = 32 if dtype == torch.float32 else 16
         n = 4000 if ctx.full else 1000
-        raw = torch.randint(-2 ** (bits - 1), 2 ** (bits - 1), (2, n), generator=g, dtype=torch.int64)
+        raw = torch.randint(-(2 ** (bits - 1)), 2 ** (bits - 1), (2, n), generator=g, dtype=torch.int64)
         a, b = (r.to(torch.int32 if bits == 32 else torch.int16).view(dtype) for r in raw)
         got = mitchell_mul(a, b).double().tolist()
         want = [ref.mul(x, y, name) for x, y in zip(a.double().tolist(), b.double().tolist())]
@@ -149,12 +225,19 @@ def error_bounds(ctx: ClaimContext) -> None:
         for op, fn, want_fn in (("×", mitchell_mul, ref.mul_bits), ("÷", mitchell_div, ref.div_bits)):
             got = fn(a, b).view(torch.uint8).tolist()
             want = [want_fn(x, y, f) for x, y in zip(ia, ib)]
-            mismatches[f"{name} {op}"] = sum(x != y and not (math.isnan(f.from_bits(x)) and math.isnan(f.from_bits(y)))
-                                             for x, y in zip(got, want))
-    ctx.claim("bit_exact", "mitchell_mul (vectorised, and the compiled float32 kernel) against the scalar struct reference on "
-              "random bit patterns of every kind (subnormals, infinities, NaN, overflow, underflow), and float8 products and "
-              "quotients (every operand pair at --full): mismatches",
-              article_value=0, measured=mismatches, tolerance=0, passed=not any(mismatches.values()))
+            mismatches[f"{name} {op}"] = sum(
+                x != y and not (math.isnan(f.from_bits(x)) and math.isnan(f.from_bits(y))) for x, y in zip(got, want)
+            )
+    ctx.claim(
+        "bit_exact",
+        "mitchell_mul (vectorised, and the compiled float32 kernel) against the scalar struct reference on "
+        "random bit patterns of every kind (subnormals, infinities, NaN, overflow, underflow), and float8 products and "
+        "quotients (every operand pair at --full): mismatches",
+        article_value=0,
+        measured=mismatches,
+        tolerance=0,
+        passed=not any(mismatches.values()),
+    )
     # the contour plot of the article
     x = np.linspace(0, 1, 401)
     X1, X2 = np.meshgrid(x, x)
@@ -168,7 +251,11 @@ def error_bounds(ctx: ClaimContext) -> None:
     ax.set_xlabel("mantissa x₁")
     ax.set_ylabel("mantissa x₂")
     ax.set_title("Mitchell product error; maximum 1/9 at (0.5, 0.5)")
-    ctx.figure("error_contour", fig, "Relative error of Mitchell's product over the mantissas (x₁, x₂); it never overestimates.")
+    ctx.figure(
+        "error_contour",
+        fig,
+        "Relative error of Mitchell's product over the mantissas (x₁, x₂); it never overestimates.",
+    )
 
 
 @SUITE.check
@@ -182,37 +269,61 @@ def corrections(ctx: ClaimContext) -> None:
         exact = (1 + x1) * (1 + x2)
         for kind in _KINDS:
             rel = mitchell_mul(a, b, correction=kind).double() / exact - 1
-            table.setdefault(kind or "plain", {})[name] = {"max": round(float(rel.abs().max()) * 100, 3),
-                                                           "mean": round(float(rel.abs().mean()) * 100, 3),
-                                                           "bias": round(float(rel.mean()) * 100, 3)}
+            table.setdefault(kind or "plain", {})[name] = {
+                "max": round(float(rel.abs().max()) * 100, 3),
+                "mean": round(float(rel.abs().mean()) * 100, 3),
+                "bias": round(float(rel.mean()) * 100, 3),
+            }
     f16 = {k: v["float16"] for k, v in table.items()}
-    ok = f16["constant"]["mean"] < f16["plain"]["mean"] and f16["piecewise"]["max"] < f16["plain"]["max"] / 3 \
-        and f16["piecewise"]["mean"] < f16["plain"]["mean"] / 4 and abs(f16["piecewise"]["bias"]) < 0.1 and abs(f16["constant"]["bias"]) < 0.1
-    ctx.claim("corrections", "error (%) of the corrected products, exhaustive over mantissa pairs: max |error|, mean |error| and "
-              "mean signed error (bias); constant = one zero-mean integer added, piecewise = an 8 × 8 zero-mean table (REALM-style; "
-              "4 × 4 in float8_e5m2), lmul = L-Mul's offset 2^-l(m)",
-              article_value={"plain": {"max": 11.111, "mean": "~3.8"}}, measured=table,
-              tolerance="float16: corrections unbiased (|bias| < 0.1 %), constant lowers the mean, piecewise cuts the max by > 3x "
-              "and the mean by > 4x", passed=ok,
-              details="bfloat16's 7-bit grid rounds the corrections coarsely, hence its residual bias; in float8 the zero-mean "
-                      "constant rounds to 0 on the 2^-3 / 2^-2 grid (same as plain)",
-              table=_corrections_table(table))
+    ok = (
+        f16["constant"]["mean"] < f16["plain"]["mean"]
+        and f16["piecewise"]["max"] < f16["plain"]["max"] / 3
+        and f16["piecewise"]["mean"] < f16["plain"]["mean"] / 4
+        and abs(f16["piecewise"]["bias"]) < 0.1
+        and abs(f16["constant"]["bias"]) < 0.1
+    )
+    ctx.claim(
+        "corrections",
+        "error (%) of the corrected products, exhaustive over mantissa pairs: max |error|, mean |error| and "
+        "mean signed error (bias); constant = one zero-mean integer added, piecewise = an 8 × 8 zero-mean table (REALM-style; "
+        "4 × 4 in float8_e5m2), lmul = L-Mul's offset 2^-l(m)",
+        article_value={"plain": {"max": 11.111, "mean": "~3.8"}},
+        measured=table,
+        tolerance="float16: corrections unbiased (|bias| < 0.1 %), constant lowers the mean, piecewise cuts the max by > 3x "
+        "and the mean by > 4x",
+        passed=ok,
+        details="bfloat16's 7-bit grid rounds the corrections coarsely, hence its residual bias; in float8 the zero-mean "
+        "constant rounds to 0 on the 2^-3 / 2^-2 grid (same as plain)",
+        table=_corrections_table(table),
+    )
     lm = {name: {k: table[k][name] for k in ("plain", "lmul")} for name in formats}
-    ctx.claim("lmul", "L-Mul-style product (Luo & Sun 2024: the Mitchell sum plus 2^-l(m), l(m) = m for m ≤ 3, 3 for m = 4, "
-              "4 above) against plain Mitchell, exhaustive over mantissa pairs: max and mean |error| (%)",
-              article_value="L-Mul with a 4-bit mantissa is claimed to match float8 e4m3 multiplication", measured=lm,
-              documented=True,
-              details="; ".join(f"{n}: max {v['lmul']['max']:.2f} vs {v['plain']['max']:.2f}, mean {v['lmul']['mean']:.2f} vs "
-                                f"{v['plain']['mean']:.2f}" for n, v in lm.items())
-                      + ". The offset trades Mitchell's one-sided error for a smaller, two-sided one at m ≥ 5; at m = 3 and 2 "
-                        "(float8) 2^-m is too coarse an offset and the error grows.")
+    ctx.claim(
+        "lmul",
+        "L-Mul-style product (Luo & Sun 2024: the Mitchell sum plus 2^-l(m), l(m) = m for m ≤ 3, 3 for m = 4, "
+        "4 above) against plain Mitchell, exhaustive over mantissa pairs: max and mean |error| (%)",
+        article_value="L-Mul with a 4-bit mantissa is claimed to match float8 e4m3 multiplication",
+        measured=lm,
+        documented=True,
+        details="; ".join(
+            f"{n}: max {v['lmul']['max']:.2f} vs {v['plain']['max']:.2f}, mean {v['lmul']['mean']:.2f} vs "
+            f"{v['plain']['mean']:.2f}"
+            for n, v in lm.items()
+        )
+        + ". The offset trades Mitchell's one-sided error for a smaller, two-sided one at m ≥ 5; at m = 3 and 2 "
+        "(float8) 2^-m is too coarse an offset and the error grows.",
+    )
 
 
 def _corrections_table(table: dict[str, dict[str, dict[str, float]]]) -> Table:
     rows = tuple((fmt, kind, v["max"], v["mean"], v["bias"]) for kind, per in table.items() for fmt, v in per.items())
     rows = tuple(sorted(rows, key=lambda r: (list(table["plain"]).index(r[0]), list(table).index(r[1]))))
-    return Table(("format", "correction", "max |error| %", "mean |error| %", "bias %"), rows, header_columns=2, decimals=3,
-                 caption="Exhaustive over mantissa pairs (the exponents cancel); the best correction has the smallest mean")
+    return Table(
+        ("format", "correction", "max |error| %", "mean |error| %", "bias %"),
+        rows,
+        header_columns=2,
+        decimals=3,
+        caption="Exhaustive over mantissa pairs (the exponents cancel); the best correction has the smallest mean",
+    )
 
 
 def _all_pairs(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,51 +349,121 @@ def float8_stats(dtype: torch.dtype, op: str, correction: str | None = None) -> 
     rounded = exact[ok].to(dtype).double() / exact[ok] - 1  # an exact multiplier's error: round to nearest even
     over = operands & (exact.abs() > fi.max)
     saturate = fi.max if dtype == torch.float8_e4m3fn else math.inf
-    return {"pairs": len(a), "in_range": int(ok.sum()), "max": float(rel.abs().max()), "mean": float(rel.abs().mean()),
-            "bias": float(rel.mean()), "most_over": float(rel.max()), "most_under": float(rel.min()),
-            "exact_overflows": int(over.sum()),
-            # where the exact result overflows: the saturated value of the policy, or (Mitchell being below
-            # the exact product) a finite number of the format no larger than the exact one; the sign kept
-            "overflows_as_policy": bool(((got[over].abs() == saturate) | (got[over].abs() <= fi.max) & (got[over].abs() <= exact[over].abs())).all()
-                                        and (torch.sign(got[over]) == torch.sign(exact[over])).all()),
-            "spurious_overflows": int((operands & ~over & (got.abs() >= saturate) & (got.abs() > exact.abs())).sum()),
-            "underflows": int((operands & (exact.abs() < fi.tiny)).sum()), "nan": int(torch.isnan(got).sum()),
-            "rounding_max": float(rounded.abs().max()), "rounding_mean": float(rounded.abs().mean())}
+    return {
+        "pairs": len(a),
+        "in_range": int(ok.sum()),
+        "max": float(rel.abs().max()),
+        "mean": float(rel.abs().mean()),
+        "bias": float(rel.mean()),
+        "most_over": float(rel.max()),
+        "most_under": float(rel.min()),
+        "exact_overflows": int(over.sum()),
+        # where the exact result overflows: the saturated value of the policy, or (Mitchell being below
+        # the exact product) a finite number of the format no larger than the exact one; the sign kept
+        "overflows_as_policy": bool(
+            ((got[over].abs() == saturate) | (got[over].abs() <= fi.max) & (got[over].abs() <= exact[over].abs())).all()
+            and (torch.sign(got[over]) == torch.sign(exact[over])).all()
+        ),
+        "spurious_overflows": int((operands & ~over & (got.abs() >= saturate) & (got.abs() > exact.abs())).sum()),
+        "underflows": int((operands & (exact.abs() < fi.tiny)).sum()),
+        "nan": int(torch.isnan(got).sum()),
+        "rounding_max": float(rounded.abs().max()),
+        "rounding_mean": float(rounded.abs().mean()),
+    }
 
 
 @SUITE.check
 def float8(ctx: ClaimContext) -> None:
     """float8 e4m3fn / e5m2: every operand pair, products (plain and corrected) and quotients."""
-    stats = {name: {("÷" if op == "div" else f"× {kind or 'plain'}"): float8_stats(dtype, op, kind)
-                    for op, kind in [("mul", k) for k in _KINDS] + [("div", None)]} for name, dtype in _FP8.items()}
+    stats = {
+        name: {
+            ("÷" if op == "div" else f"× {kind or 'plain'}"): float8_stats(dtype, op, kind)
+            for op, kind in [("mul", k) for k in _KINDS] + [("div", None)]
+        }
+        for name, dtype in _FP8.items()
+    }
     rows = []
     for name, per in stats.items():
         for what, t in per.items():
-            rows.append((name, what, f"{t['in_range']:,} of {t['pairs']:,}", t["max"] * 100, t["mean"] * 100, t["bias"] * 100,
-                         t["exact_overflows"], t["spurious_overflows"], t["underflows"], t["nan"]))
+            rows.append(
+                (
+                    name,
+                    what,
+                    f"{t['in_range']:,} of {t['pairs']:,}",
+                    t["max"] * 100,
+                    t["mean"] * 100,
+                    t["bias"] * 100,
+                    t["exact_overflows"],
+                    t["spurious_overflows"],
+                    t["underflows"],
+                    t["nan"],
+                )
+            )
         t = per["× plain"]
-        rows.append((name, "exact × rounded to the format", f"{t['in_range']:,}", t["rounding_max"] * 100,
-                     t["rounding_mean"] * 100, None, None, None, None, None))
-    ok = all(abs(per["× plain"]["max"] - 1 / 9) < 1e-12 and per["× plain"]["most_over"] <= 0
-             and abs(per["÷"]["max"] - 0.125) < 1e-12 and per["÷"]["most_under"] >= 0
-             and per["× plain"]["overflows_as_policy"] and per["÷"]["overflows_as_policy"] for per in stats.values())
-    table = Table(("format", "operation", "pairs in range", "max |error| %", "mean |error| %", "bias %", "exact overflows",
-                   "spurious overflows", "underflows", "NaN"), tuple(rows), header_columns=2, decimals=3,
-                  caption="Every one of the 256 × 256 operand pairs of each float8 format. Errors over pairs whose exact and "
-                          "Mitchell results are both normal; overflows saturate to ±448 (e4m3fn) or ±∞ (e5m2); 'spurious': "
-                          "the exact result fits but the (corrected) product overflows. Beside bfloat16/float16 over every mantissa "
-                          "pair: the corrections table")
-    ctx.claim("float8", "float8 e4m3fn and e5m2 by bit patterns, every operand pair: the product's max error is 1/9 and never "
-              "over, the quotient's 12.5 % and never under, as in the 16-bit formats; results beyond the range follow the "
-              "policy (e4m3fn: saturate to ±448, its only non-finite value is NaN; e5m2: ±∞)",
-              article_value={"max_mul_error": "1/9", "max_div_error": 0.125},
-              measured={n: {w: {k: (round(v, 6) if isinstance(v, float) else v) for k, v in t.items()} for w, t in per.items()}
-                        for n, per in stats.items()},
-              tolerance="1e-12; every overflow as the policy says", passed=ok, table=table,
-              details="the format's own rounding of the exact product (an exact float8 multiplier) errs by up to "
-                      + ", ".join(f"{n} {per['× plain']['rounding_max'] * 100:.2f} % (mean {per['× plain']['rounding_mean'] * 100:.2f} %)"
-                                  for n, per in stats.items())
-                      + ": in float8 Mitchell's error is of the same order as the format's own rounding")
+        rows.append(
+            (
+                name,
+                "exact × rounded to the format",
+                f"{t['in_range']:,}",
+                t["rounding_max"] * 100,
+                t["rounding_mean"] * 100,
+                None,
+                None,
+                None,
+                None,
+                None,
+            )
+        )
+    ok = all(
+        abs(per["× plain"]["max"] - 1 / 9) < 1e-12
+        and per["× plain"]["most_over"] <= 0
+        and abs(per["÷"]["max"] - 0.125) < 1e-12
+        and per["÷"]["most_under"] >= 0
+        and per["× plain"]["overflows_as_policy"]
+        and per["÷"]["overflows_as_policy"]
+        for per in stats.values()
+    )
+    table = Table(
+        (
+            "format",
+            "operation",
+            "pairs in range",
+            "max |error| %",
+            "mean |error| %",
+            "bias %",
+            "exact overflows",
+            "spurious overflows",
+            "underflows",
+            "NaN",
+        ),
+        tuple(rows),
+        header_columns=2,
+        decimals=3,
+        caption="Every one of the 256 × 256 operand pairs of each float8 format. Errors over pairs whose exact and "
+        "Mitchell results are both normal; overflows saturate to ±448 (e4m3fn) or ±∞ (e5m2); 'spurious': "
+        "the exact result fits but the (corrected) product overflows. Beside bfloat16/float16 over every mantissa "
+        "pair: the corrections table",
+    )
+    ctx.claim(
+        "float8",
+        "float8 e4m3fn and e5m2 by bit patterns, every operand pair: the product's max error is 1/9 and never "
+        "over, the quotient's 12.5 % and never under, as in the 16-bit formats; results beyond the range follow the "
+        "policy (e4m3fn: saturate to ±448, its only non-finite value is NaN; e5m2: ±∞)",
+        article_value={"max_mul_error": "1/9", "max_div_error": 0.125},
+        measured={
+            n: {w: {k: (round(v, 6) if isinstance(v, float) else v) for k, v in t.items()} for w, t in per.items()}
+            for n, per in stats.items()
+        },
+        tolerance="1e-12; every overflow as the policy says",
+        passed=ok,
+        table=table,
+        details="the format's own rounding of the exact product (an exact float8 multiplier) errs by up to "
+        + ", ".join(
+            f"{n} {per['× plain']['rounding_max'] * 100:.2f} % (mean {per['× plain']['rounding_mean'] * 100:.2f} %)"
+            for n, per in stats.items()
+        )
+        + ": in float8 Mitchell's error is of the same order as the format's own rounding",
+    )
 
 
 @SUITE.check
@@ -291,14 +472,24 @@ def training(ctx: ClaimContext) -> None:
     import matplotlib.pyplot as plt
 
     from kexue.mitchell.correction import best_correction
-    from kexue.mitchell.experiment import FULL_ONLY_VARIANTS, TRANSFORMER_VARIANTS, VARIANTS, char_transformer, digits, digits_data
+    from kexue.mitchell.experiment import (
+        FULL_ONLY_VARIANTS,
+        TRANSFORMER_VARIANTS,
+        VARIANTS,
+        char_transformer,
+        digits,
+        digits_data,
+    )
 
     seeds = [ctx.seed, ctx.seed + 1, ctx.seed + 2] if ctx.full else [ctx.seed]
     epochs = 40 if ctx.full else 8
     steps = 1000 if ctx.full else 20
     # quick: a tiny model and a short run that still learns (a smoke run of the same code, not a result)
-    lm_options = {"evals": 5} if ctx.full else {"hidden": 32, "layers": 1, "context": 32, "batch_size": 8, "warmup": 5, "evals": 1,
-                                                "eval_windows": 32}
+    lm_options = (
+        {"evals": 5}
+        if ctx.full
+        else {"hidden": 32, "layers": 1, "context": 32, "batch_size": 8, "warmup": 5, "evals": 1, "eval_windows": 32}
+    )
     variants = TRANSFORMER_VARIANTS + (FULL_ONLY_VARIANTS if ctx.full else ())
     best = best_correction()
     data = digits_data(ctx.seed)
@@ -311,16 +502,26 @@ def training(ctx: ClaimContext) -> None:
                     r = digits(arch, variant, data, epochs=epochs, seed=seed, on_epoch=advance)
                     results.setdefault(arch, {}).setdefault(variant, []).append(r["accuracy"])
                     curves.setdefault(arch, {}).setdefault(variant, r["curve"])
-        lm = {v: char_transformer(v, steps=steps, seed=ctx.seed, correction=best, track=v != "exact", on_step=advance, **lm_options)
-              for v in variants}
+        lm = {
+            v: char_transformer(
+                v, steps=steps, seed=ctx.seed, correction=best, track=v != "exact", on_step=advance, **lm_options
+            )
+            for v in variants
+        }
     for arch in ("mlp", "cnn"):
         acc = {v: round(float(np.mean(a)), 2) for v, a in results[arch].items()}
         gap = acc["exact"] - acc["mitchell"]
-        ctx.claim(f"digits_{arch}", f"digits {arch.upper()} test accuracy (%), mean of {len(seeds)} seed(s), {epochs} epochs, "
-                  "exact vs Mitchell (forward and backward products) vs piecewise-corrected Mitchell",
-                  article_value="competitive accuracy (arXiv 2012.03458)", measured=acc, tolerance="Mitchell within 1 point of exact",
-                  passed=gap <= 1.0, details=f"exact − Mitchell = {gap:+.2f} points; per seed: "
-                          + "; ".join(f"{v} " + ", ".join(f"{a:.2f}" for a in accs) for v, accs in results[arch].items()))
+        ctx.claim(
+            f"digits_{arch}",
+            f"digits {arch.upper()} test accuracy (%), mean of {len(seeds)} seed(s), {epochs} epochs, "
+            "exact vs Mitchell (forward and backward products) vs piecewise-corrected Mitchell",
+            article_value="competitive accuracy (arXiv 2012.03458)",
+            measured=acc,
+            tolerance="Mitchell within 1 point of exact",
+            passed=gap <= 1.0,
+            details=f"exact − Mitchell = {gap:+.2f} points; per seed: "
+            + "; ".join(f"{v} " + ", ".join(f"{a:.2f}" for a in accs) for v, accs in results[arch].items()),
+        )
     _transformer_claims(ctx, lm, steps, lm_options, best)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, arch in zip(axes, ("mlp", "cnn")):
@@ -333,20 +534,30 @@ def training(ctx: ClaimContext) -> None:
         ax.legend()
     for variant, r in lm.items():
         curve = r["curve"]
-        axes[2].plot(np.linspace(0 if len(curve) > 1 else steps, steps, len(curve)), curve, marker="o" if len(curve) == 1 else None,
-                     label=variant)
+        axes[2].plot(
+            np.linspace(0 if len(curve) > 1 else steps, steps, len(curve)),
+            curve,
+            marker="o" if len(curve) == 1 else None,
+            label=variant,
+        )
     axes[2].set_title("tinyshakespeare char Transformer")
     axes[2].set_xlabel("step")
     axes[2].set_ylabel("validation loss")
     axes[2].legend()
-    ctx.figure("training", fig, "Training with exact and Mitchell arithmetic, same seeds and batches: digits (exact, Mitchell, "
-               "piecewise) and the char Transformer (exact, Mitchell linears, + attention, + the best correction).")
+    ctx.figure(
+        "training",
+        fig,
+        "Training with exact and Mitchell arithmetic, same seeds and batches: digits (exact, Mitchell, "
+        "piecewise) and the char Transformer (exact, Mitchell linears, + attention, + the best correction).",
+    )
 
 
-_PAM = ("epfml/pam (Kosson & Jaggi, NeurIPS 2023) trains an IWSLT14 De-En Transformer, DeiT-Tiny and CIFAR ResNets with "
-        "piecewise affine (Mitchell-type) products and reports 'little to no performance impact ... without changes to the "
-        "training hyperparameters' (abstract); its README gives the commands but no numbers, and the numeric tables of the "
-        "paper could not be found from here, so no number of theirs is quoted")
+_PAM = (
+    "epfml/pam (Kosson & Jaggi, NeurIPS 2023) trains an IWSLT14 De-En Transformer, DeiT-Tiny and CIFAR ResNets with "
+    "piecewise affine (Mitchell-type) products and reports 'little to no performance impact ... without changes to the "
+    "training hyperparameters' (abstract); its README gives the commands but no numbers, and the numeric tables of the "
+    "paper could not be found from here, so no number of theirs is quoted"
+)
 
 
 def _transformer_claims(ctx: ClaimContext, lm: dict[str, dict], steps: int, options: dict, best: str) -> None:
@@ -354,31 +565,55 @@ def _transformer_claims(ctx: ClaimContext, lm: dict[str, dict], steps: int, opti
     losses = {v: round(r["val_loss"], 4) for v, r in lm.items()}
     size = f"d {options.get('hidden', 64)}, {options.get('layers', 2)} layer(s), context {options.get('context', 64)}"
     gaps = ", ".join(f"{v} − exact = {loss - losses['exact']:+.4f}" for v, loss in losses.items() if v != "exact")
-    ctx.claim("char_transformer", f"tinyshakespeare char Transformer (LLaMA-style, {size}), {steps} steps of batch "
-              f"{options.get('batch_size', 16)}, same seed and batches: validation loss (nats/char) with (a) exact arithmetic, "
-              f"(b) Mitchell in every linear layer, (c) also attention's QKᵀ, softmax exponentials (mitchell_exp2) and PV, "
-              f"(d) (c) with the best correction ({best}, smallest mean error){'; everything = (d) + RMS norms + SwiGLU gate' if 'everything' in lm else ''}",
-              article_value=_PAM, measured=losses, documented=True, details=gaps)
+    ctx.claim(
+        "char_transformer",
+        f"tinyshakespeare char Transformer (LLaMA-style, {size}), {steps} steps of batch "
+        f"{options.get('batch_size', 16)}, same seed and batches: validation loss (nats/char) with (a) exact arithmetic, "
+        f"(b) Mitchell in every linear layer, (c) also attention's QKᵀ, softmax exponentials (mitchell_exp2) and PV, "
+        f"(d) (c) with the best correction ({best}, smallest mean error){'; everything = (d) + RMS norms + SwiGLU gate' if 'everything' in lm else ''}",
+        article_value=_PAM,
+        measured=losses,
+        documented=True,
+        details=gaps,
+    )
     parts = {v: lm[v]["errors"] for v in ("linears+attention", "linears+attention+correction")}
     from kexue.mitchell.experiment import part_kind
 
     c, d = (parts[v]["parts"] for v in parts)
     order = sorted(c, key=lambda n: -c[n])
     rows = [(n, part_kind(n), c[n] * 100, d.get(n, float("nan")) * 100) for n in order]
-    rows += [("end to end: logits", "—", parts["linears+attention"]["logits_error"] * 100,
-              parts["linears+attention+correction"]["logits_error"] * 100)]
+    rows += [
+        (
+            "end to end: logits",
+            "—",
+            parts["linears+attention"]["logits_error"] * 100,
+            parts["linears+attention+correction"]["logits_error"] * 100,
+        )
+    ]
     kinds: dict[str, list[float]] = {}
     for n in c:
         kinds.setdefault(part_kind(n), []).append(c[n])
     by_kind = {k: round(float(np.mean(v)) * 100, 3) for k, v in sorted(kinds.items(), key=lambda kv: -np.mean(kv[1]))}
-    ctx.claim("layer_errors", "per-part relative error ‖y − y_exact‖ / ‖y_exact‖ (%) of the trained (c) and (d) char Transformers on "
-              "one validation batch (16 windows), each part against its exact computation on the same input, and the logits "
-              "against the same weights run exactly",
-              article_value="the per-layer error of a Mitchell product is a few percent", measured={"by_kind_c": by_kind,
-              "c": {k: round(v * 100, 3) for k, v in c.items()}, "d": {k: round(v * 100, 3) for k, v in d.items()},
-              "logits_c": round(parts["linears+attention"]["logits_error"] * 100, 3),
-              "logits_d": round(parts["linears+attention+correction"]["logits_error"] * 100, 3)}, documented=True,
-              details=f"most error in (c): {', '.join(order[:3])}; mean by kind: "
-                      + ", ".join(f"{k} {v:.2f} %" for k, v in by_kind.items()),
-              table=Table(("part", "kind", "(c) error %", f"(d) error % ({best})"), tuple(rows), decimals=3,
-                          caption="Local error of each Mitchell part on one batch, sorted by (c); last row: the whole model"))
+    ctx.claim(
+        "layer_errors",
+        "per-part relative error ‖y − y_exact‖ / ‖y_exact‖ (%) of the trained (c) and (d) char Transformers on "
+        "one validation batch (16 windows), each part against its exact computation on the same input, and the logits "
+        "against the same weights run exactly",
+        article_value="the per-layer error of a Mitchell product is a few percent",
+        measured={
+            "by_kind_c": by_kind,
+            "c": {k: round(v * 100, 3) for k, v in c.items()},
+            "d": {k: round(v * 100, 3) for k, v in d.items()},
+            "logits_c": round(parts["linears+attention"]["logits_error"] * 100, 3),
+            "logits_d": round(parts["linears+attention+correction"]["logits_error"] * 100, 3),
+        },
+        documented=True,
+        details=f"most error in (c): {', '.join(order[:3])}; mean by kind: "
+        + ", ".join(f"{k} {v:.2f} %" for k, v in by_kind.items()),
+        table=Table(
+            ("part", "kind", "(c) error %", f"(d) error % ({best})"),
+            tuple(rows),
+            decimals=3,
+            caption="Local error of each Mitchell part on one batch, sorted by (c); last row: the whole model",
+        ),
+    )

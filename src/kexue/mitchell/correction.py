@@ -31,8 +31,20 @@ import functools
 import numpy as np
 import torch
 
-__all__ = ["CORRECTIONS", "SEGMENTS", "best_correction", "check_correction", "constant_correction", "lambda_correction", "lmul_correction",
-           "parts_correction", "piecewise_table", "piecewise_values", "relative_error", "segments_for"]
+__all__ = [
+    "CORRECTIONS",
+    "SEGMENTS",
+    "best_correction",
+    "check_correction",
+    "constant_correction",
+    "lambda_correction",
+    "lmul_correction",
+    "parts_correction",
+    "piecewise_table",
+    "piecewise_values",
+    "relative_error",
+    "segments_for",
+]
 
 CORRECTIONS = ("constant", "piecewise", "lmul")
 SEGMENTS = 8
@@ -72,14 +84,14 @@ def _cell(i: int, j: int, segments: int) -> tuple[np.ndarray, np.ndarray]:
     return x1.ravel(), x2.ravel()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def constant_correction(mantissa_bits: int) -> int:
     """The zero-mean constant in units of ``2^-m`` for a format with ``m`` mantissa bits."""
     x1, x2 = _cell(0, 0, 1)
     return int(round(float(_zero_mean_c(x1[None], x2[None])[0]) * (1 << mantissa_bits)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _piecewise_real(segments: int) -> np.ndarray:
     cells = [_cell(i, j, segments) for i in range(segments) for j in range(segments)]
     x1, x2 = np.stack([c[0] for c in cells]), np.stack([c[1] for c in cells])
@@ -125,7 +137,9 @@ def lambda_correction(kind: str, ta: torch.Tensor, tb: torch.Tensor) -> torch.Te
     return parts_correction(kind, f.mantissa, _Parts(ta, f).frac, _Parts(tb, f).frac)
 
 
-def parts_correction(kind: str, mantissa_bits: int, frac_a: torch.Tensor | None, frac_b: torch.Tensor | None) -> torch.Tensor | int:
+def parts_correction(
+    kind: str, mantissa_bits: int, frac_a: torch.Tensor | None, frac_b: torch.Tensor | None
+) -> torch.Tensor | int:
     """:func:`lambda_correction` from the operands' stored fractions (int64, broadcasting; unused
     but for ``"piecewise"``). The table is built on their device once and cached there."""
     if kind == "constant":
@@ -137,7 +151,7 @@ def parts_correction(kind: str, mantissa_bits: int, frac_a: torch.Tensor | None,
     return table[frac_a >> shift, frac_b >> shift]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _device_table(mantissa_bits: int, device: torch.device) -> torch.Tensor:
     """:func:`piecewise_table` on ``device``, copied there once (not per call: a copy is a host sync on a GPU)."""
     return piecewise_table(mantissa_bits).to(device)

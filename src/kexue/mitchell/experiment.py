@@ -27,8 +27,17 @@ from torch import nn
 
 from kexue.mitchell.nn import mitchellize
 
-__all__ = ["FULL_ONLY_VARIANTS", "TRANSFORMER_VARIANTS", "VARIANTS", "char_transformer", "digits", "digits_data", "layer_errors",
-           "part_kind", "transformer_switches"]
+__all__ = [
+    "FULL_ONLY_VARIANTS",
+    "TRANSFORMER_VARIANTS",
+    "VARIANTS",
+    "char_transformer",
+    "digits",
+    "digits_data",
+    "layer_errors",
+    "part_kind",
+    "transformer_switches",
+]
 
 VARIANTS = {"exact": None, "mitchell": "plain", "mitchell+piecewise": "piecewise"}
 
@@ -57,8 +66,16 @@ def _mlp() -> nn.Module:
 
 
 def _cnn() -> nn.Module:
-    return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1),
-                         nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 16, 10))
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 8, 8)),
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 16, 10),
+    )
 
 
 def _variant(model: nn.Module, variant: str) -> nn.Module:
@@ -68,8 +85,9 @@ def _variant(model: nn.Module, variant: str) -> nn.Module:
     return mitchellize(model, backward="mitchell", correction=None if kind == "plain" else kind)
 
 
-def digits(arch: str, variant: str, data: DigitsData, *, epochs: int, seed: int = 0,
-           on_epoch: Callable[[], None] | None = None) -> dict[str, float | list[float]]:
+def digits(
+    arch: str, variant: str, data: DigitsData, *, epochs: int, seed: int = 0, on_epoch: Callable[[], None] | None = None
+) -> dict[str, float | list[float]]:
     """Train ``arch`` (``"mlp"`` or ``"cnn"``) with ``variant`` arithmetic; test accuracy (%)."""
     torch.manual_seed(seed)
     model = _variant({"mlp": _mlp, "cnn": _cnn}[arch](), variant)
@@ -102,10 +120,13 @@ def transformer_switches(variant: str, correction: str | None) -> dict | None:
     from kexue._shared import check_choice
 
     check_choice("variant", variant, TRANSFORMER_VARIANTS + FULL_ONLY_VARIANTS)
-    return {"exact": None, "linears": {},
-            "linears+attention": {"attention": True},
-            "linears+attention+correction": {"attention": True, "correction": correction},
-            "everything": {"attention": True, "norms": True, "gates": True, "correction": correction}}[variant]
+    return {
+        "exact": None,
+        "linears": {},
+        "linears+attention": {"attention": True},
+        "linears+attention+correction": {"attention": True, "correction": correction},
+        "everything": {"attention": True, "norms": True, "gates": True, "correction": correction},
+    }[variant]
 
 
 @functools.lru_cache(maxsize=1)
@@ -119,9 +140,16 @@ def _corpus():
 def _llama(vocab: int, hidden: int, layers: int, context: int) -> nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 8 // 3 // 8 * 8,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
-                         max_position_embeddings=context, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=hidden * 8 // 3 // 8 * 8,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=context,
+        tie_word_embeddings=False,
+    )
     return LlamaForCausalLM(config)
 
 
@@ -139,14 +167,30 @@ def layer_errors(model: nn.Module, exact_twin: nn.Module, window: torch.Tensor) 
         target = window[:, 1:].flatten()
         loss = float(nn.functional.cross_entropy(logits.flatten(0, 1), target))
         loss_exact = float(nn.functional.cross_entropy(exact.flatten(0, 1), target))
-    return {"parts": {name: v[0] for name, v in errors.items()},
-            "logits_error": float((logits - exact).norm() / exact.norm()), "loss": loss, "loss_exact_arithmetic": loss_exact}
+    return {
+        "parts": {name: v[0] for name, v in errors.items()},
+        "logits_error": float((logits - exact).norm() / exact.norm()),
+        "loss": loss,
+        "loss_exact_arithmetic": loss_exact,
+    }
 
 
-def char_transformer(variant: str, *, steps: int, seed: int = 0, correction: str | None = "piecewise", hidden: int = 64,
-                     layers: int = 2, context: int = 64, batch_size: int = 16, warmup: int = 20, evals: int = 5,
-                     eval_windows: int = 256, track: bool = False,
-                     on_step: Callable[[], None] | None = None) -> dict[str, object]:
+def char_transformer(
+    variant: str,
+    *,
+    steps: int,
+    seed: int = 0,
+    correction: str | None = "piecewise",
+    hidden: int = 64,
+    layers: int = 2,
+    context: int = 64,
+    batch_size: int = 16,
+    warmup: int = 20,
+    evals: int = 5,
+    eval_windows: int = 256,
+    track: bool = False,
+    on_step: Callable[[], None] | None = None,
+) -> dict[str, object]:
     """Train the tinyshakespeare char Transformer (LLaMA-style, HF ``LlamaForCausalLM``) with the
     arithmetic of ``variant`` (:data:`TRANSFORMER_VARIANTS`); validation loss (nats/char).
 
@@ -166,10 +210,20 @@ def char_transformer(variant: str, *, steps: int, seed: int = 0, correction: str
     if switches is not None:
         mitchellize(model, backward="mitchell", **switches)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.99), weight_decay=0.0)
-    log = train_steps(model, corpus, opt, steps=steps, batch_size=batch_size, context=context,
-                      generator=torch.Generator().manual_seed(seed), eval_every=max(1, steps // max(1, evals)),
-                      lr_at=lambda step: 3e-3 * min(1.0, step / max(1, warmup)), on_step=on_step,
-                      eval_windows=eval_windows, eval_at_start=evals > 1)
+    log = train_steps(
+        model,
+        corpus,
+        opt,
+        steps=steps,
+        batch_size=batch_size,
+        context=context,
+        generator=torch.Generator().manual_seed(seed),
+        eval_every=max(1, steps // max(1, evals)),
+        lr_at=lambda step: 3e-3 * min(1.0, step / max(1, warmup)),
+        on_step=on_step,
+        eval_windows=eval_windows,
+        eval_at_start=evals > 1,
+    )
     curve = log.val_loss
     out: dict[str, object] = {"val_loss": curve[-1], "curve": curve}
     if track and switches is not None:

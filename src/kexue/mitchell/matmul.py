@@ -58,7 +58,9 @@ def mitchell_matmul(a: Any, b: Any, *, correction: str | None = None, backend: s
     if ta.dtype != tb.dtype:
         raise TypeError(f"a and b must have the same dtype, got {ta.dtype} and {tb.dtype}")
     if tb.dim() != 2 or ta.dim() < 1 or ta.shape[-1] != tb.shape[0]:
-        raise ValueError(f"shapes {tuple(ta.shape)} and {tuple(tb.shape)} do not multiply: need a (..., K) and b (K, N)")
+        raise ValueError(
+            f"shapes {tuple(ta.shape)} and {tuple(tb.shape)} do not multiply: need a (..., K) and b (K, N)"
+        )
     check_correction(correction)
     lead = ta.shape[:-1]
     a2 = ta.reshape(lead.numel(), ta.shape[-1])  # not reshape(-1, K): ambiguous when K = 0
@@ -95,12 +97,16 @@ def mitchell_bmm(a: Any, b: Any, *, correction: str | None = None, backend: str 
     if ta.dtype != tb.dtype:
         raise TypeError(f"a and b must have the same dtype, got {ta.dtype} and {tb.dtype}")
     if ta.dim() < 2 or tb.dim() < 2 or ta.shape[-1] != tb.shape[-2]:
-        raise ValueError(f"shapes {tuple(ta.shape)} and {tuple(tb.shape)} do not multiply: need a (..., M, K) and b (..., K, N)")
+        raise ValueError(
+            f"shapes {tuple(ta.shape)} and {tuple(tb.shape)} do not multiply: need a (..., M, K) and b (..., K, N)"
+        )
     check_correction(correction)
     try:
         lead = torch.broadcast_shapes(ta.shape[:-2], tb.shape[:-2])
     except RuntimeError:
-        raise ValueError(f"the batch dimensions of a {tuple(ta.shape)} and b {tuple(tb.shape)} do not broadcast") from None
+        raise ValueError(
+            f"the batch dimensions of a {tuple(ta.shape)} and b {tuple(tb.shape)} do not broadcast"
+        ) from None
     (m, k), n = ta.shape[-2:], tb.shape[-1]
     a3 = ta.expand(*lead, m, k).reshape(lead.numel(), m, k)
     b3 = tb.expand(*lead, k, n).reshape(lead.numel(), k, n)

@@ -42,7 +42,15 @@ from kexue._shared import check_choice, check_module
 from kexue.mitchell.correction import check_correction, lambda_correction
 from kexue.mitchell.matmul import mitchell_matmul
 
-__all__ = ["BACKWARDS", "MitchellConv2d", "MitchellLinear", "autocast_dtype", "mitchell_linear", "mitchellize", "track_errors"]
+__all__ = [
+    "BACKWARDS",
+    "MitchellConv2d",
+    "MitchellLinear",
+    "autocast_dtype",
+    "mitchell_linear",
+    "mitchellize",
+    "track_errors",
+]
 
 BACKWARDS = ("mitchell", "exact", "derivative")
 
@@ -84,7 +92,9 @@ class _MitchellMatmul(torch.autograd.Function):
                 gx = (_derivative_factor(x, w, ctx.correction) * g[:, None, :]).sum(-1)
             if ctx.needs_input_grad[1]:
                 # ∂(a ⊗ b)/∂b = ∂(b ⊗ a)/∂b: the product is symmetric
-                gw = (_derivative_factor(w.T.contiguous(), x.T.contiguous(), ctx.correction) * g.T[:, None, :]).sum(-1).T
+                gw = (
+                    (_derivative_factor(w.T.contiguous(), x.T.contiguous(), ctx.correction) * g.T[:, None, :]).sum(-1).T
+                )
         return gx, gw, None, None
 
 
@@ -104,11 +114,19 @@ def _autocast_operands(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | No
     dtype = autocast_dtype(tensors[0])
     if dtype is None:
         return tensors
-    return tuple(t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t for t in tensors)
+    return tuple(
+        t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t for t in tensors
+    )
 
 
-def mitchell_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-                    backward: str = "mitchell", correction: str | None = None) -> torch.Tensor:
+def mitchell_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    backward: str = "mitchell",
+    correction: str | None = None,
+) -> torch.Tensor:
     """``x Wᵀ + b`` with Mitchell products (``x``: ``(..., in)``, ``W``: ``(out, in)``).
 
     Precision: the products are Mitchell products of the operands' dtype, summed in float32
@@ -149,8 +167,17 @@ class _Tracked:
 class MitchellLinear(nn.Linear, _Tracked):
     """``nn.Linear`` whose products are Mitchell products (see the module docstring)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, backward: str = "mitchell",
-                 correction: str | None = None, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        backward: str = "mitchell",
+        correction: str | None = None,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         check_choice("backward", backward, BACKWARDS)
         check_correction(correction)
@@ -173,23 +200,30 @@ class MitchellConv2d(nn.Conv2d, _Tracked):
         check_choice("backward", backward, BACKWARDS)
         check_correction(correction)
         if self.groups != 1 or self.padding_mode != "zeros" or isinstance(self.padding, str):
-            raise ValueError(f"MitchellConv2d supports groups=1, padding_mode='zeros' and numeric padding; got groups={self.groups}, "
-                             f"padding_mode={self.padding_mode!r}, padding={self.padding!r}")
+            raise ValueError(
+                f"MitchellConv2d supports groups=1, padding_mode='zeros' and numeric padding; got groups={self.groups}, "
+                f"padding_mode={self.padding_mode!r}, padding={self.padding!r}"
+            )
         self.backward_mode, self.correction = backward, correction
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            raise ValueError(f"x must be a (N, C, H, W) tensor; got {tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+            raise ValueError(
+                f"x must be a (N, C, H, W) tensor; got {tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}"
+            )
         x, weight, bias = _autocast_operands(x, self.weight, self.bias)
         if x.dtype != weight.dtype:
             raise TypeError(f"x has dtype {x.dtype}; the layer's weight is {weight.dtype} (cast x or the layer)")
         n, _, h, w = x.shape
-        cols = nn.functional.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
+        cols = nn.functional.unfold(
+            x, self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride
+        )
         kh, kw = self.kernel_size
         oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
         ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
-        y = mitchell_linear(cols.transpose(1, 2), weight.flatten(1), None, backward=self.backward_mode,
-                            correction=self.correction)  # (n, L, out)
+        y = mitchell_linear(
+            cols.transpose(1, 2), weight.flatten(1), None, backward=self.backward_mode, correction=self.correction
+        )  # (n, L, out)
         y = y.transpose(1, 2).reshape(n, self.out_channels, oh, ow)
         if bias is not None:
             y = y + bias[None, :, None, None]
@@ -201,8 +235,9 @@ def _skipped(name: str, skip: tuple[str, ...]) -> bool:
     return any(name == s or name.startswith(s + ".") for s in skip)
 
 
-def _swap_parts(model: nn.Module, skip: tuple[str, ...], *, norms: bool, gates: bool, backward: str,
-                correction: str | None) -> None:
+def _swap_parts(
+    model: nn.Module, skip: tuple[str, ...], *, norms: bool, gates: bool, backward: str, correction: str | None
+) -> None:
     """Replace RMS/layer norms and gated MLPs (not linears) by their Mitchell versions."""
     from kexue.mitchell import transformer as tf
 
@@ -230,8 +265,10 @@ def _switch_attention(model: nn.Module, skip: tuple[str, ...], switches, backwar
 
     found = [(n, m) for n, m in model.named_modules() if tf.is_hf_attention(m)]
     if not found:
-        raise ValueError("attention=... needs transformers attention modules (a class named *Attention with a config "
-                         f"and a scaling, dispatching through AttentionInterface); {type(model).__name__} has none")
+        raise ValueError(
+            "attention=... needs transformers attention modules (a class named *Attention with a config "
+            f"and a scaling, dispatching through AttentionInterface); {type(model).__name__} has none"
+        )
     tf.register_hf_attention()
     for name, module in found:
         if not _skipped(name, skip):
@@ -239,9 +276,17 @@ def _switch_attention(model: nn.Module, skip: tuple[str, ...], switches, backwar
         module.config._attn_implementation = tf.ATTENTION_KEY  # unswitched modules run exact SDPA there
 
 
-def mitchellize(model: nn.Module, *, backward: str = "mitchell", correction: str | None = None,
-                skip: tuple[str, ...] = (), linears: bool = True, attention=False, norms: bool = False,
-                gates: bool = False) -> nn.Module:
+def mitchellize(
+    model: nn.Module,
+    *,
+    backward: str = "mitchell",
+    correction: str | None = None,
+    skip: tuple[str, ...] = (),
+    linears: bool = True,
+    attention=False,
+    norms: bool = False,
+    gates: bool = False,
+) -> nn.Module:
     """Swap the products of ``model`` (in place) for Mitchell products; returns ``model``.
 
     By default every ``nn.Linear`` and ``nn.Conv2d`` becomes the Mitchell layer holding the same
@@ -277,8 +322,10 @@ def mitchellize(model: nn.Module, *, backward: str = "mitchell", correction: str
         check_bool(flag, value)
     switches = AttentionSwitches.coerce(attention)
     if (switches is not None or norms or gates) and backward not in PART_BACKWARDS:
-        raise ValueError(f"backward={backward!r} is for linear and convolution layers only; attention, norms and gates take "
-                         f"{' or '.join(repr(b) for b in PART_BACKWARDS)}")
+        raise ValueError(
+            f"backward={backward!r} is for linear and convolution layers only; attention, norms and gates take "
+            f"{' or '.join(repr(b) for b in PART_BACKWARDS)}"
+        )
     if norms or gates:
         _swap_parts(model, skip, norms=norms, gates=gates, backward=backward, correction=correction)
     if switches is not None:
@@ -302,9 +349,18 @@ def _swap_linears(model: nn.Module, skip: tuple[str, ...], backward: str, correc
                 new.in_features, new.out_features = child.in_features, child.out_features
                 new.weight, new.bias = child.weight, child.bias
             elif type(child) is nn.Conv2d:
-                new = MitchellConv2d(child.in_channels, child.out_channels, child.kernel_size, stride=child.stride,
-                                     padding=child.padding, dilation=child.dilation, groups=child.groups,
-                                     bias=child.bias is not None, padding_mode=child.padding_mode, device="meta")
+                new = MitchellConv2d(
+                    child.in_channels,
+                    child.out_channels,
+                    child.kernel_size,
+                    stride=child.stride,
+                    padding=child.padding,
+                    dilation=child.dilation,
+                    groups=child.groups,
+                    bias=child.bias is not None,
+                    padding_mode=child.padding_mode,
+                    device="meta",
+                )
                 new.weight, new.bias = child.weight, child.bias
             else:
                 continue
@@ -324,8 +380,12 @@ def track_errors(model: nn.Module):
 
     check_module("model", model)
     errors: dict[str, list[float]] = defaultdict(list)
-    layers = [(n, m) for n, m in model.named_modules()
-              if isinstance(m, (MitchellLinear, MitchellConv2d, _TrackedNorm, MitchellGatedMLP)) or hasattr(m, "_kexue_mitchell")]
+    layers = [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, (MitchellLinear, MitchellConv2d, _TrackedNorm, MitchellGatedMLP))
+        or hasattr(m, "_kexue_mitchell")
+    ]
     for name, layer in layers:
         layer._errors, layer._name = errors, name
     try:

@@ -29,9 +29,14 @@ from kexue.mitchell.reference import FORMATS, Format
 
 __all__ = ["DTYPES", "mitchell_div", "mitchell_exp2", "mitchell_log2", "mitchell_mul"]
 
-DTYPES = {torch.float32: FORMATS["float32"], torch.float16: FORMATS["float16"], torch.bfloat16: FORMATS["bfloat16"],
-          torch.float64: FORMATS["float64"], torch.float8_e4m3fn: FORMATS["float8_e4m3fn"],
-          torch.float8_e5m2: FORMATS["float8_e5m2"]}
+DTYPES = {
+    torch.float32: FORMATS["float32"],
+    torch.float16: FORMATS["float16"],
+    torch.bfloat16: FORMATS["bfloat16"],
+    torch.float64: FORMATS["float64"],
+    torch.float8_e4m3fn: FORMATS["float8_e4m3fn"],
+    torch.float8_e5m2: FORMATS["float8_e5m2"],
+}
 _INT = {8: torch.int8, 16: torch.int16, 32: torch.int32, 64: torch.int64}
 _SUPPORTED = "float32, float16, bfloat16, float64, float8_e4m3fn or float8_e5m2"
 

@@ -136,13 +136,23 @@ class Format:
         q = int(q)
         if r * 2 > quantum or (r * 2 == quantum and q % 2 == 1):
             q += 1
-        bits = ((e + self.bias - 1) << m) + q if n >= 1 - self.bias else q  # q carries into the exponent when it overflows
+        bits = (
+            ((e + self.bias - 1) << m) + q if n >= 1 - self.bias else q
+        )  # q carries into the exponent when it overflows
         return min(bits, self.overflow) if bits > self.max_finite else bits
 
 
-FORMATS = {f.name: f for f in (Format("float32", 32, 23, 8), Format("float16", 16, 10, 5), Format("bfloat16", 16, 7, 8),
-                               Format("float64", 64, 52, 11), Format("float8_e4m3fn", 8, 3, 4, finite=True),
-                               Format("float8_e5m2", 8, 2, 5))}
+FORMATS = {
+    f.name: f
+    for f in (
+        Format("float32", 32, 23, 8),
+        Format("float16", 16, 10, 5),
+        Format("bfloat16", 16, 7, 8),
+        Format("float64", 64, 52, 11),
+        Format("float8_e4m3fn", 8, 3, 4, finite=True),
+        Format("float8_e5m2", 8, 2, 5),
+    )
+}
 
 
 def _fmt(fmt: str | Format) -> Format:

@@ -45,8 +45,20 @@ from kexue.mitchell.correction import check_correction
 from kexue.mitchell.matmul import mitchell_bmm
 from kexue.mitchell.ops import mitchell_div, mitchell_exp2, mitchell_mul
 
-__all__ = ["ATTENTION_KEY", "PART_BACKWARDS", "AttentionSwitches", "MitchellGatedMLP", "MitchellLayerNorm", "MitchellRMSNorm",
-           "mitchell_attention", "mitchell_attention_forward", "mitchell_softmax", "mul", "bmm", "register_hf_attention"]
+__all__ = [
+    "ATTENTION_KEY",
+    "PART_BACKWARDS",
+    "AttentionSwitches",
+    "MitchellGatedMLP",
+    "MitchellLayerNorm",
+    "MitchellRMSNorm",
+    "bmm",
+    "mitchell_attention",
+    "mitchell_attention_forward",
+    "mitchell_softmax",
+    "mul",
+    "register_hf_attention",
+]
 
 ATTENTION_KEY = "kexue_mitchell"
 PART_BACKWARDS = ("mitchell", "exact")
@@ -74,13 +86,19 @@ class _Mul(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         a, b = ctx.saved_tensors
-        prod = (lambda x, y: mitchell_mul(x, y, correction=ctx.correction)) if ctx.backward_mode == "mitchell" else torch.mul
+        prod = (
+            (lambda x, y: mitchell_mul(x, y, correction=ctx.correction))
+            if ctx.backward_mode == "mitchell"
+            else torch.mul
+        )
         ga = _reduce_to(prod(g, b.expand_as(g)), a.shape) if ctx.needs_input_grad[0] else None
         gb = _reduce_to(prod(g, a.expand_as(g)), b.shape) if ctx.needs_input_grad[1] else None
         return ga, gb, None, None
 
 
-def mul(a: torch.Tensor, b: torch.Tensor | float, *, backward: str = "mitchell", correction: str | None = None) -> torch.Tensor:
+def mul(
+    a: torch.Tensor, b: torch.Tensor | float, *, backward: str = "mitchell", correction: str | None = None
+) -> torch.Tensor:
     """Differentiable element-wise Mitchell product (broadcasting; ``b`` may be a Python number)."""
     _check_backward(backward)
     check_correction(correction)
@@ -129,8 +147,15 @@ class _Exp2(torch.autograd.Function):
         return g * torch.where(torch.isfinite(y), slope, torch.zeros_like(slope))
 
 
-def mitchell_softmax(x: torch.Tensor, dim: int = -1, *, exponentials: bool = True, normalise: bool = False,
-                     backward: str = "mitchell", correction: str | None = None) -> torch.Tensor:
+def mitchell_softmax(
+    x: torch.Tensor,
+    dim: int = -1,
+    *,
+    exponentials: bool = True,
+    normalise: bool = False,
+    backward: str = "mitchell",
+    correction: str | None = None,
+) -> torch.Tensor:
     """Softmax with Mitchell arithmetic: ``e_i = 2^((x_i − max) ⊗ log₂e)`` by :func:`mitchell_exp2`
     (``exponentials``), then ``e_i / Σ e_j`` (by :func:`mitchell_div` when ``normalise``).
 
@@ -184,10 +209,19 @@ class AttentionSwitches:
         raise TypeError(f"attention must be a bool or AttentionSwitches; got {type(value).__name__}")
 
 
-def mitchell_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, mask: torch.Tensor | None = None,
-                       scaling: float | None = None, switches: AttentionSwitches = AttentionSwitches(),
-                       backward: str = "mitchell", correction: str | None = None, dropout: float = 0.0,
-                       training: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def mitchell_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    scaling: float | None = None,
+    switches: AttentionSwitches = AttentionSwitches(),
+    backward: str = "mitchell",
+    correction: str | None = None,
+    dropout: float = 0.0,
+    training: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``softmax(Q Kᵀ s + mask) V`` with the parts chosen by ``switches`` as Mitchell products.
 
     Args:
@@ -204,14 +238,23 @@ def mitchell_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
     """
     s = 1.0 / math.sqrt(query.shape[-1]) if scaling is None else float(scaling)
     if switches.scores:
-        scores = mul(bmm(query, key.transpose(-1, -2), backward=backward, correction=correction), s, backward=backward,
-                     correction=correction)
+        scores = mul(
+            bmm(query, key.transpose(-1, -2), backward=backward, correction=correction),
+            s,
+            backward=backward,
+            correction=correction,
+        )
     else:
         scores = torch.matmul(query, key.transpose(-1, -2)) * s
     if mask is not None:
         scores = scores + mask
-    probs = mitchell_softmax(scores.float(), exponentials=switches.softmax, normalise=switches.normalise, backward=backward,
-                             correction=correction).to(query.dtype)
+    probs = mitchell_softmax(
+        scores.float(),
+        exponentials=switches.softmax,
+        normalise=switches.normalise,
+        backward=backward,
+        correction=correction,
+    ).to(query.dtype)
     probs = nn.functional.dropout(probs, p=dropout, training=training)
     out = bmm(probs, value, backward=backward, correction=correction) if switches.values else torch.matmul(probs, value)
     return out, probs
@@ -222,9 +265,16 @@ def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
 
-def mitchell_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                               attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-                               **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+def mitchell_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """transformers ``AttentionInterface`` entry (``query`` ``(B, H, T, d)``; returns ``(B, T, H, d)``).
 
     A module carrying ``_kexue_mitchell`` (set by ``mitchellize``) runs :func:`mitchell_attention`
@@ -236,18 +286,31 @@ def mitchell_attention_forward(module: nn.Module, query: torch.Tensor, key: torc
     if options is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
     switches, backward, correction = options
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
     mask = attention_mask[:, :, :, : key.shape[-2]] if attention_mask is not None else None
-    out, probs = mitchell_attention(query, key, value, mask=mask, scaling=scaling, switches=switches, backward=backward,
-                                    correction=correction, dropout=dropout, training=module.training)
+    out, probs = mitchell_attention(
+        query,
+        key,
+        value,
+        mask=mask,
+        scaling=scaling,
+        switches=switches,
+        backward=backward,
+        correction=correction,
+        dropout=dropout,
+        training=module.training,
+    )
     errors = getattr(module, "_errors", None)
     if errors is not None:
         with torch.no_grad():
-            exact, _ = mitchell_attention(query, key, value, mask=mask, scaling=scaling,
-                                          switches=AttentionSwitches(False, False, False, False))
+            exact, _ = mitchell_attention(
+                query, key, value, mask=mask, scaling=scaling, switches=AttentionSwitches(False, False, False, False)
+            )
             errors[module._name + ".core"].append(float((out.detach() - exact).norm() / exact.norm().clamp(min=1e-30)))
     return out.transpose(1, 2).contiguous(), probs
 
@@ -281,7 +344,9 @@ class MitchellRMSNorm(_TrackedNorm):
     or ``eps``; ``torch.nn.RMSNorm``). Computed in float32 as transformers' LLaMA norm does.
     """
 
-    def __init__(self, weight: nn.Parameter | None, eps: float, *, backward: str = "mitchell", correction: str | None = None) -> None:
+    def __init__(
+        self, weight: nn.Parameter | None, eps: float, *, backward: str = "mitchell", correction: str | None = None
+    ) -> None:
         super().__init__()
         _check_backward(backward)
         check_correction(correction)
@@ -322,7 +387,9 @@ class MitchellLayerNorm(_TrackedNorm):
         c = x - x.mean(dims, keepdim=True)
         r = torch.rsqrt(mul(c, c, **opts).mean(dims, keepdim=True) + self.eps)
         y = mul(c, r, **opts)
-        if self.weight is not None:  # parameters join x's dtype, as nn.LayerNorm's mixed-dtype kernel and CPU autocast do
+        if (
+            self.weight is not None
+        ):  # parameters join x's dtype, as nn.LayerNorm's mixed-dtype kernel and CPU autocast do
             y = mul(y, self.weight.to(y.dtype), **opts)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
@@ -339,7 +406,12 @@ class MitchellGatedMLP(_TrackedNorm):
         super().__init__()
         _check_backward(backward)
         check_correction(correction)
-        self.gate_proj, self.up_proj, self.down_proj, self.act_fn = mlp.gate_proj, mlp.up_proj, mlp.down_proj, mlp.act_fn
+        self.gate_proj, self.up_proj, self.down_proj, self.act_fn = (
+            mlp.gate_proj,
+            mlp.up_proj,
+            mlp.down_proj,
+            mlp.act_fn,
+        )
         self.backward_mode, self.correction = backward, correction
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -348,26 +420,37 @@ class MitchellGatedMLP(_TrackedNorm):
         if self._errors is not None:  # the gate product's own error, on the same operands
             with torch.no_grad():
                 exact = a * u
-                self._errors[self._name + ".gate"].append(float((h.detach() - exact).norm() / exact.norm().clamp(min=1e-30)))
+                self._errors[self._name + ".gate"].append(
+                    float((h.detach() - exact).norm() / exact.norm().clamp(min=1e-30))
+                )
         return self.down_proj(h)
 
 
 def is_hf_attention(module: nn.Module) -> bool:
     """A transformers attention module that dispatches through ``AttentionInterface``."""
     config = getattr(module, "config", None)
-    return config is not None and hasattr(config, "_attn_implementation") and hasattr(module, "scaling") \
+    return (
+        config is not None
+        and hasattr(config, "_attn_implementation")
+        and hasattr(module, "scaling")
         and type(module).__name__.endswith("Attention")
+    )
 
 
 def is_gated_mlp(module: nn.Module) -> bool:
-    return all(hasattr(module, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn")) and not isinstance(module, MitchellGatedMLP)
+    return all(hasattr(module, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn")) and not isinstance(
+        module, MitchellGatedMLP
+    )
 
 
 def is_rms_norm(module: nn.Module) -> bool:
     if isinstance(module, nn.RMSNorm):
         return True
-    return type(module).__name__.endswith("RMSNorm") and hasattr(module, "weight") and (
-        hasattr(module, "variance_epsilon") or hasattr(module, "eps"))
+    return (
+        type(module).__name__.endswith("RMSNorm")
+        and hasattr(module, "weight")
+        and (hasattr(module, "variance_epsilon") or hasattr(module, "eps"))
+    )
 
 
 def rms_norm_from(module: nn.Module, *, backward: str, correction: str | None) -> MitchellRMSNorm:
@@ -375,7 +458,7 @@ def rms_norm_from(module: nn.Module, *, backward: str, correction: str | None) -
     if isinstance(module, nn.RMSNorm):
         eps = module.eps if module.eps is not None else torch.finfo(torch.float32).eps
     else:
-        eps = getattr(module, "variance_epsilon", None) or getattr(module, "eps")
+        eps = getattr(module, "variance_epsilon", None) or module.eps
     if getattr(module, "weight", None) is not None and type(module).__name__.startswith("Gemma"):
         raise ValueError(f"{type(module).__name__} scales by (1 + weight); not supported: skip it by name")
     return MitchellRMSNorm(module.weight, eps, backward=backward, correction=correction)

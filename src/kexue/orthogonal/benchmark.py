@@ -42,18 +42,40 @@ def apply_vs_dense(bench: Bench) -> None:
 
     ours = {}
     for kind in KINDS:
-        ours[kind] = bench.time(case, f"kexue apply ({kind})", lambda kind=kind: apply_orthogonal_map(x, a, b, kind=kind), params=params)
-    ours_out = bench.time(case, "kexue apply out= (reflection)", lambda: apply_orthogonal_map(x, a, b, out=buf), params=params)
-    dense = bench.time(case, "dense T + matmul (reflection)", lambda: x @ orthogonal_map(a, b).T, repeats=3, params=params)
+        ours[kind] = bench.time(
+            case, f"kexue apply ({kind})", lambda kind=kind: apply_orthogonal_map(x, a, b, kind=kind), params=params
+        )
+    ours_out = bench.time(
+        case, "kexue apply out= (reflection)", lambda: apply_orthogonal_map(x, a, b, out=buf), params=params
+    )
+    dense = bench.time(
+        case, "dense T + matmul (reflection)", lambda: x @ orthogonal_map(a, b).T, repeats=3, params=params
+    )
     clone = bench.time(case, "floor: x.clone()", lambda: x.clone(), params=params)
     copy = bench.time(case, "floor: buf.copy_(x)", lambda: buf.copy_(x), params=params)
     huge = bench.time(case, "floor: huge-page empty + copy_", lambda: empty_like_fast(x).copy_(x), params=params)
 
-    bench.ratio("orthogonal.apply_vs_matmul", dense.median_s / ours["reflection"].median_s, target=5.0,
-                description="dense T + matmul time / kexue apply time (reflection)")
-    bench.ratio("orthogonal.apply_vs_clone", ours["reflection"].median_s / clone.median_s, higher_is_better=False,
-                description="kexue apply time / x.clone() time (one read + one write + allocation)")
-    bench.ratio("orthogonal.apply_vs_hugepage_clone", ours["reflection"].median_s / huge.median_s, higher_is_better=False,
-                description="kexue apply time / (huge-page allocation + copy_) time: the clone floor with kexue's allocation")
-    bench.ratio("orthogonal.apply_vs_copy", ours_out.median_s / copy.median_s, higher_is_better=False,
-                description="kexue apply out= time / buf.copy_(x) time (one read + one write)")
+    bench.ratio(
+        "orthogonal.apply_vs_matmul",
+        dense.median_s / ours["reflection"].median_s,
+        target=5.0,
+        description="dense T + matmul time / kexue apply time (reflection)",
+    )
+    bench.ratio(
+        "orthogonal.apply_vs_clone",
+        ours["reflection"].median_s / clone.median_s,
+        higher_is_better=False,
+        description="kexue apply time / x.clone() time (one read + one write + allocation)",
+    )
+    bench.ratio(
+        "orthogonal.apply_vs_hugepage_clone",
+        ours["reflection"].median_s / huge.median_s,
+        higher_is_better=False,
+        description="kexue apply time / (huge-page allocation + copy_) time: the clone floor with kexue's allocation",
+    )
+    bench.ratio(
+        "orthogonal.apply_vs_copy",
+        ours_out.median_s / copy.median_s,
+        higher_is_better=False,
+        description="kexue apply out= time / buf.copy_(x) time (one read + one write)",
+    )

@@ -72,21 +72,51 @@ def orthogonality_and_mapping(ctx: ClaimContext) -> None:
             if d <= 128:
                 det_err = max(det_err, abs(np.linalg.det(T) - _expected_det(kind, d)))
         n = f"{len(pairs)} random pairs, d up to {max(a.shape[0] for a, _ in pairs)}, float64"
-        ctx.claim(f"{kind}.orthogonality", f"T Tᵀ = I ({n})", article_value="T Tᵀ = I",
-                  measured=orth, tolerance=TOL64, passed=orth <= TOL64)
-        ctx.claim(f"{kind}.maps_a_to_b", f"T a = λ b with λ > 0; measured max |T a − b| ({n})",
-                  article_value="T a ∥ b, λ > 0", measured=map_ab, tolerance=TOL64,
-                  passed=map_ab <= TOL64 and min_factor > 0, details=f"smallest λ = a·Tᵀb = {min_factor:.17g}")
+        ctx.claim(
+            f"{kind}.orthogonality",
+            f"T Tᵀ = I ({n})",
+            article_value="T Tᵀ = I",
+            measured=orth,
+            tolerance=TOL64,
+            passed=orth <= TOL64,
+        )
+        ctx.claim(
+            f"{kind}.maps_a_to_b",
+            f"T a = λ b with λ > 0; measured max |T a − b| ({n})",
+            article_value="T a ∥ b, λ > 0",
+            measured=map_ab,
+            tolerance=TOL64,
+            passed=map_ab <= TOL64 and min_factor > 0,
+            details=f"smallest λ = a·Tᵀb = {min_factor:.17g}",
+        )
         if kind in SYMMETRIC_KINDS:
-            ctx.claim(f"{kind}.maps_b_to_a", f"T b = λ a with λ > 0 (T is symmetric); max |T b − a| ({n})",
-                      article_value="T b ∥ a, λ > 0", measured=map_ba, tolerance=TOL64, passed=map_ba <= TOL64)
+            ctx.claim(
+                f"{kind}.maps_b_to_a",
+                f"T b = λ a with λ > 0 (T is symmetric); max |T b − a| ({n})",
+                article_value="T b ∥ a, λ > 0",
+                measured=map_ba,
+                tolerance=TOL64,
+                passed=map_ba <= TOL64,
+            )
         else:
-            ctx.claim(f"{kind}.inverse_maps_b_to_a", f"Tᵀ b = a (the rotation is not symmetric; its inverse maps back); max |Tᵀ b − a| ({n})",
-                      article_value="T⁻¹ = Tᵀ", measured=map_ba, tolerance=TOL64, passed=map_ba <= TOL64)
+            ctx.claim(
+                f"{kind}.inverse_maps_b_to_a",
+                f"Tᵀ b = a (the rotation is not symmetric; its inverse maps back); max |Tᵀ b − a| ({n})",
+                article_value="T⁻¹ = Tᵀ",
+                measured=map_ba,
+                tolerance=TOL64,
+                passed=map_ba <= TOL64,
+            )
         expected = {"reflection": "−1", "rotation": "+1", "symmetric": "(−1)^(d−1)"}[kind]
-        ctx.claim(f"{kind}.determinant", f"det T = {expected} (d ≤ 128)", article_value=expected,
-                  measured=det_err, tolerance=1e-10, passed=det_err <= 1e-10,
-                  details="measured = max |det T − expected|")
+        ctx.claim(
+            f"{kind}.determinant",
+            f"det T = {expected} (d ≤ 128)",
+            article_value=expected,
+            measured=det_err,
+            tolerance=1e-10,
+            passed=det_err <= 1e-10,
+            details="measured = max |det T − expected|",
+        )
 
 
 @SUITE.check
@@ -101,8 +131,14 @@ def rotation_fixes_complement(ctx: ClaimContext) -> None:
         x = rng.standard_normal((a.shape[0], 4))
         x -= q @ (q.T @ x)
         worst = max(worst, np.abs(apply_orthogonal_map(x.T, a, b, kind="rotation") - x.T).max())
-    ctx.claim("rotation.fixes_complement", "the rotation is the identity on span{a, b}^⊥: max |T x − x| for x ⟂ a, b",
-              article_value="acts only in span{a, b}", measured=worst, tolerance=TOL64, passed=worst <= TOL64)
+    ctx.claim(
+        "rotation.fixes_complement",
+        "the rotation is the identity on span{a, b}^⊥: max |T x − x| for x ⟂ a, b",
+        article_value="acts only in span{a, b}",
+        measured=worst,
+        tolerance=TOL64,
+        passed=worst <= TOL64,
+    )
 
 
 @SUITE.check
@@ -119,9 +155,15 @@ def worked_example(ctx: ClaimContext) -> None:
             errors.append(np.abs(T @ b - a).max())
         worst = max(errors)
         what = "T Tᵀ = I, T a = b" + (", T b = a" if kind in SYMMETRIC_KINDS else "")
-        ctx.claim(f"{kind}.worked_example", f"article's example a = (1,2,3,4,5), b = (9,8,7,6,5): {what}",
-                  article_value=what, measured=worst, tolerance=1e-14, passed=worst <= 1e-14,
-                  details="T =\n" + np.array2string(T, precision=6, suppress_small=True))
+        ctx.claim(
+            f"{kind}.worked_example",
+            f"article's example a = (1,2,3,4,5), b = (9,8,7,6,5): {what}",
+            article_value=what,
+            measured=worst,
+            tolerance=1e-14,
+            passed=worst <= 1e-14,
+            details="T =\n" + np.array2string(T, precision=6, suppress_small=True),
+        )
         im = ax.imshow(T, cmap="RdBu_r", vmin=-1, vmax=1)
         ax.set_title(f"{kind} (det {np.linalg.det(T):+.0f})")
         for (i, j), value in np.ndenumerate(T):
@@ -137,14 +179,22 @@ def closed_forms_match_construction(ctx: ClaimContext) -> None:
     """Each closed form equals Q R Qᵀ + (I − Q Qᵀ) (negated for the symmetric form)."""
     pairs = [(a, b) for a, b in _pairs(ctx) if a.shape[0] <= 768]
     for kind in KINDS:
-        worst = max(np.abs(reference.closed_form(a, b, kind) - reference.plane_construction(a, b, kind)).max() for a, b in pairs)
+        worst = max(
+            np.abs(reference.closed_form(a, b, kind) - reference.plane_construction(a, b, kind)).max() for a, b in pairs
+        )
         statement = {
             "rotation": "I + 2baᵀ − (a+b)(a+b)ᵀ/(1+cos θ) = Q R_θ Qᵀ + I − QQᵀ",
             "reflection": "I − 2vvᵀ = Q M_θ Qᵀ + I − QQᵀ (M_θ the 2x2 mirror)",
             "symmetric": "(a+b)(a+b)ᵀ/(1+cos θ) − I = −(Q M Qᵀ + I − QQᵀ), M mirroring a onto −b",
         }[kind]
-        ctx.claim(f"{kind}.closed_form_equals_construction", statement, article_value="equal",
-                  measured=worst, tolerance=TOL64, passed=worst <= TOL64)
+        ctx.claim(
+            f"{kind}.closed_form_equals_construction",
+            statement,
+            article_value="equal",
+            measured=worst,
+            tolerance=TOL64,
+            passed=worst <= TOL64,
+        )
 
 
 @SUITE.check
@@ -160,9 +210,15 @@ def fast_path_matches_reference(ctx: ClaimContext) -> None:
             x = rng.standard_normal((16, a.shape[0]))
             worst_apply = max(worst_apply, np.abs(apply_orthogonal_map(x, a, b, kind=kind) - x @ ref.T).max())
         worst = max(worst_matrix, worst_apply)
-        ctx.claim(f"{kind}.fast_matches_reference", "orthogonal_map and apply_orthogonal_map (O(d)) equal the printed closed form, float64",
-                  article_value="same map", measured=worst, tolerance=TOL64, passed=worst <= TOL64,
-                  details=f"matrix {worst_matrix:.3e}, apply {worst_apply:.3e}")
+        ctx.claim(
+            f"{kind}.fast_matches_reference",
+            "orthogonal_map and apply_orthogonal_map (O(d)) equal the printed closed form, float64",
+            article_value="same map",
+            measured=worst,
+            tolerance=TOL64,
+            passed=worst <= TOL64,
+            details=f"matrix {worst_matrix:.3e}, apply {worst_apply:.3e}",
+        )
 
 
 @SUITE.check
@@ -181,19 +237,30 @@ def degenerate_inputs(ctx: ClaimContext) -> None:
         printed[kind] = f"{kind} {int((~np.isfinite(T_printed)).sum())}/{T_printed.size}"
         T = orthogonal_map(a, b, kind=kind)
         again = orthogonal_map(a, b, kind=kind)
-        errors = [np.abs(T @ T.T - np.eye(d)).max(), np.abs(T @ a - b).max(), abs(np.linalg.det(T) - _expected_det(kind, d))]
+        errors = [
+            np.abs(T @ T.T - np.eye(d)).max(),
+            np.abs(T @ a - b).max(),
+            abs(np.linalg.det(T) - _expected_det(kind, d)),
+        ]
         if kind in SYMMETRIC_KINDS:
             errors.append(np.abs(T @ b - a).max())
         worst = max(errors)
         where = "a = b" if kind == "reflection" else "a = −b"
-        ctx.claim(f"degenerate.{kind}_canonical",
-                  f"{where}: kexue uses the canonical perpendicular p of a (deterministic), T stays orthogonal, maps a→b, keeps det",
-                  article_value="undetermined (division by zero)", measured=worst, tolerance=TOL64,
-                  passed=worst <= TOL64 and np.array_equal(T, again))
-    ctx.claim("degenerate.printed_formulas",
-              "the printed closed forms at their degenerate point (a = b for reflection, a = −b otherwise): non-finite entries of T (d = 16)",
-              article_value="division by zero (admitted)", measured=", ".join(printed.values()) + " entries non-finite",
-              documented=True)
+        ctx.claim(
+            f"degenerate.{kind}_canonical",
+            f"{where}: kexue uses the canonical perpendicular p of a (deterministic), T stays orthogonal, maps a→b, keeps det",
+            article_value="undetermined (division by zero)",
+            measured=worst,
+            tolerance=TOL64,
+            passed=worst <= TOL64 and np.array_equal(T, again),
+        )
+    ctx.claim(
+        "degenerate.printed_formulas",
+        "the printed closed forms at their degenerate point (a = b for reflection, a = −b otherwise): non-finite entries of T (d = 16)",
+        article_value="division by zero (admitted)",
+        measured=", ".join(printed.values()) + " entries non-finite",
+        documented=True,
+    )
 
 
 @SUITE.check
@@ -213,7 +280,10 @@ def near_degenerate_float32(ctx: ClaimContext) -> None:
             for _ in range(4 if ctx.full else 2):
                 a, b = reference.near_degenerate_pair(rng, d, kind, gap)
                 a32, b32 = a.astype(np.float32), b.astype(np.float32)
-                a_n, b_n = reference.unit(a32, np.float32).astype(np.float64), reference.unit(b32, np.float32).astype(np.float64)
+                a_n, b_n = (
+                    reference.unit(a32, np.float32).astype(np.float64),
+                    reference.unit(b32, np.float32).astype(np.float64),
+                )
                 T_p = reference.closed_form(a32, b32, kind, np.float32).astype(np.float64)
                 T_k = orthogonal_map(torch.from_numpy(a32), torch.from_numpy(b32), kind=kind).double().numpy()
                 worst_p = max(worst_p, _map_error(T_p, a_n, b_n))
@@ -227,19 +297,31 @@ def near_degenerate_float32(ctx: ClaimContext) -> None:
         ax.set_xlabel("angle to " + ("a = b" if kind == "reflection" else "a = −b") + " (rad)")
         ax.invert_xaxis()
         where = "a → b" if kind == "reflection" else "a → −b"
-        ctx.claim(f"near_degenerate.{kind}_printed_float32",
-                  f"printed formula in float32 as {where} (angle 1e-1 … 1e-7): max of |T Tᵀ − I|, |T a − b|",
-                  article_value="loses precision (admitted)", measured=max(printed_err), documented=True,
-                  details="per angle: " + ", ".join(f"{g:.0e}: {e:.2e}" for g, e in zip(gaps, printed_err)))
-        ctx.claim(f"near_degenerate.{kind}_kexue_float32",
-                  f"kexue in float32 as {where} (angle 1e-1 … 1e-7): max of |T Tᵀ − I|, |T a − b| ≤ 4 ε₃₂",
-                  article_value=None, measured=max(kexue_err), tolerance=tol, passed=max(kexue_err) <= tol)
+        ctx.claim(
+            f"near_degenerate.{kind}_printed_float32",
+            f"printed formula in float32 as {where} (angle 1e-1 … 1e-7): max of |T Tᵀ − I|, |T a − b|",
+            article_value="loses precision (admitted)",
+            measured=max(printed_err),
+            documented=True,
+            details="per angle: " + ", ".join(f"{g:.0e}: {e:.2e}" for g, e in zip(gaps, printed_err)),
+        )
+        ctx.claim(
+            f"near_degenerate.{kind}_kexue_float32",
+            f"kexue in float32 as {where} (angle 1e-1 … 1e-7): max of |T Tᵀ − I|, |T a − b| ≤ 4 ε₃₂",
+            article_value=None,
+            measured=max(kexue_err),
+            tolerance=tol,
+            passed=max(kexue_err) <= tol,
+        )
     axes[0].set_ylabel("max(|T Tᵀ − I|, |T a − b|)")
     axes[0].legend(fontsize=8)
-    ctx.figure("near_degenerate_float32", fig,
-               "Error of T in float32 as the input pair approaches the degenerate point (NaN/inf drawn at 1e3). "
-               "The printed formulas divide by 1 + cos θ or ‖a − b‖; kexue builds its low-rank factors in float64, "
-               "with the unit vectors and a ± b in double-word arithmetic.")
+    ctx.figure(
+        "near_degenerate_float32",
+        fig,
+        "Error of T in float32 as the input pair approaches the degenerate point (NaN/inf drawn at 1e3). "
+        "The printed formulas divide by 1 + cos θ or ‖a − b‖; kexue builds its low-rank factors in float64, "
+        "with the unit vectors and a ± b in double-word arithmetic.",
+    )
 
 
 @SUITE.check
@@ -258,17 +340,25 @@ def near_degenerate_float64(ctx: ClaimContext) -> None:
                 printed = max(printed, _map_error(reference.closed_form(a, b, kind), a_n, b_n))
                 kexue = max(kexue, _map_error(orthogonal_map(a, b, kind=kind), a_n, b_n))
         where = "a → b" if kind == "reflection" else "a → −b"
-        ctx.claim(f"near_degenerate.{kind}_printed_float64",
-                  f"printed formula in float64 as {where} (angle 1e-1 … 1e-15): max of |T Tᵀ − I|, |T a − b|",
-                  article_value="loses precision (admitted)", measured=printed, documented=True)
-        ctx.claim(f"near_degenerate.{kind}_kexue_float64",
-                  f"kexue in float64 as {where} (angle 1e-1 … 1e-15): max of |T Tᵀ − I|, |T a − b| ≤ 8 ε₆₄ "
-                  "(unit vectors and a ± b in double-word arithmetic)",
-                  article_value=None, measured=kexue, tolerance=tol, passed=kexue <= tol)
+        ctx.claim(
+            f"near_degenerate.{kind}_printed_float64",
+            f"printed formula in float64 as {where} (angle 1e-1 … 1e-15): max of |T Tᵀ − I|, |T a − b|",
+            article_value="loses precision (admitted)",
+            measured=printed,
+            documented=True,
+        )
+        ctx.claim(
+            f"near_degenerate.{kind}_kexue_float64",
+            f"kexue in float64 as {where} (angle 1e-1 … 1e-15): max of |T Tᵀ − I|, |T a − b| ≤ 8 ε₆₄ "
+            "(unit vectors and a ± b in double-word arithmetic)",
+            article_value=None,
+            measured=kexue,
+            tolerance=tol,
+            passed=kexue <= tol,
+        )
 
 
 def _map_error(T: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     with np.errstate(invalid="ignore", over="ignore"):
         err = max(np.abs(T @ T.T - np.eye(T.shape[0])).max(), np.abs(T @ a - b).max())
     return float(err) if np.isfinite(err) else float("inf")
-

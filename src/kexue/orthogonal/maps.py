@@ -65,7 +65,7 @@ import torch
 from kexue._device import autocast_disabled
 from kexue._shared import as_float_tensor, check_bool, check_choice, check_finite, empty_like_fast, restore_type
 
-__all__ = ["KINDS", "Kind", "apply_orthogonal_map", "orthogonal_map", "low_rank_factors"]
+__all__ = ["KINDS", "Kind", "apply_orthogonal_map", "low_rank_factors", "orthogonal_map"]
 
 Kind = Literal["reflection", "rotation", "symmetric"]
 Degenerate = Literal["canonical", "raise"]
@@ -117,7 +117,9 @@ def _two_prod(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return p, ((a_hi * b_hi - p) + a_hi * b_lo + a_lo * b_hi) + a_lo * b_lo
 
 
-def _dw_add(h1: torch.Tensor, l1: torch.Tensor, h2: torch.Tensor, l2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _dw_add(
+    h1: torch.Tensor, l1: torch.Tensor, h2: torch.Tensor, l2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     s, e = _two_sum(h1, h2)
     e = e + (l1 + l2)
     hi = s + e
@@ -150,7 +152,9 @@ def _dw_unit(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _two_sum(p_hi, p_lo + u * r_lo)
 
 
-def _accurate_directions(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _accurate_directions(
+    a: torch.Tensor, b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Unit ``â, b̂`` and the (unnormalised, correctly rounded) ``â − b̂`` and ``â + b̂``."""
     a_hi, a_lo = _dw_unit(a)
     b_hi, b_lo = _dw_unit(b)
@@ -167,9 +171,7 @@ def _canonical_perpendicular(a: torch.Tensor) -> torch.Tensor:
     return p / torch.linalg.vector_norm(p, dim=-1, keepdim=True)
 
 
-def _direction(
-    u: torch.Tensor, a: torch.Tensor, degenerate: Degenerate, what: str
-) -> torch.Tensor:
+def _direction(u: torch.Tensor, a: torch.Tensor, degenerate: Degenerate, what: str) -> torch.Tensor:
     """Unit ``u``; where ``‖u‖ ≤ 4ε`` the canonical perpendicular of ``a`` (or raise).
 
     ``u`` is ``â − b̂`` or ``â + b̂`` for unit ``â, b̂``. Below 4ε its direction is rounding
@@ -189,29 +191,40 @@ def _direction(
 def _raise_if_degenerate(is_degenerate: torch.Tensor, d: int, what: str) -> None:
     """The ValueError for a degenerate pair, naming its first batch index (reads the test on the host)."""
     if is_degenerate.device.type == "meta":
-        raise ValueError("degenerate='raise' (and dimension d = 1) needs the values of a and b; "
-                         "on the meta device use degenerate='canonical' with d > 1")
+        raise ValueError(
+            "degenerate='raise' (and dimension d = 1) needs the values of a and b; "
+            "on the meta device use degenerate='canonical' with d > 1"
+        )
     if not bool(is_degenerate.any()):
         return
     where = tuple(int(i) for i in is_degenerate.nonzero()[0]) if is_degenerate.dim() else ()
-    reason = ("dimension 1 has no perpendicular direction" if d == 1
-              else "pass degenerate='canonical' to use the canonical perpendicular of a")
+    reason = (
+        "dimension 1 has no perpendicular direction"
+        if d == 1
+        else "pass degenerate='canonical' to use the canonical perpendicular of a"
+    )
     raise ValueError(f"degenerate input: {what} at batch index {where}; the map is not determined ({reason})")
 
 
-def _reflection(a: torch.Tensor, b: torch.Tensor, diff: torch.Tensor, total: torch.Tensor, degenerate: Degenerate) -> LowRank:
+def _reflection(
+    a: torch.Tensor, b: torch.Tensor, diff: torch.Tensor, total: torch.Tensor, degenerate: Degenerate
+) -> LowRank:
     v = _direction(diff, a, degenerate, "a == b")
     return LowRank(1.0, v.unsqueeze(-1), (-2.0 * v).unsqueeze(-1))
 
 
-def _rotation(a: torch.Tensor, b: torch.Tensor, diff: torch.Tensor, total: torch.Tensor, degenerate: Degenerate) -> LowRank:
+def _rotation(
+    a: torch.Tensor, b: torch.Tensor, diff: torch.Tensor, total: torch.Tensor, degenerate: Degenerate
+) -> LowRank:
     w = _direction(total, a, degenerate, "a == -b")
     U = torch.stack([a, w], dim=-1)  # (..., d, 2)
     V = torch.stack([2.0 * b, -2.0 * w], dim=-1)
     return LowRank(1.0, U, V)
 
 
-def _symmetric(a: torch.Tensor, b: torch.Tensor, diff: torch.Tensor, total: torch.Tensor, degenerate: Degenerate) -> LowRank:
+def _symmetric(
+    a: torch.Tensor, b: torch.Tensor, diff: torch.Tensor, total: torch.Tensor, degenerate: Degenerate
+) -> LowRank:
     w = _direction(total, a, degenerate, "a == -b")
     return LowRank(-1.0, w.unsqueeze(-1), (2.0 * w).unsqueeze(-1))
 
@@ -232,22 +245,30 @@ def _check_shapes(a: torch.Tensor, b: torch.Tensor) -> None:
         if u.shape[-1] == 0:
             raise ValueError(f"{name} has last dimension 0; vectors need d >= 1")
     if a.shape[-1] != b.shape[-1]:
-        raise ValueError(f"a and b must have the same last dimension d; got a.shape={tuple(a.shape)}, b.shape={tuple(b.shape)}")
+        raise ValueError(
+            f"a and b must have the same last dimension d; got a.shape={tuple(a.shape)}, b.shape={tuple(b.shape)}"
+        )
 
 
-def _check_values(a: torch.Tensor, b: torch.Tensor, normalize: bool, a_dtype: torch.dtype, b_dtype: torch.dtype) -> None:
+def _check_values(
+    a: torch.Tensor, b: torch.Tensor, normalize: bool, a_dtype: torch.dtype, b_dtype: torch.dtype
+) -> None:
     """Validate the values of ``a, b`` (see ``normalize`` in :func:`orthogonal_map`); ``*_dtype`` are
     the callers' dtypes. Reads the checks back to the host (one sync per check on a GPU)."""
     if a.device.type == "meta":
-        raise ValueError("validate=True needs the values of a and b, which the meta device does not have; "
-                         "pass validate=False on the meta device")
+        raise ValueError(
+            "validate=True needs the values of a and b, which the meta device does not have; "
+            "pass validate=False on the meta device"
+        )
     for name, u in (("a", a), ("b", b)):
         check_finite(u, name)
     for name, u, input_dtype in (("a", a, a_dtype), ("b", b, b_dtype)):
         if normalize:
             is_zero = u.abs().amax(dim=-1) == 0
             if bool(is_zero.any()):
-                raise ValueError(f"{name} has zero norm (at batch index {tuple(is_zero.nonzero()[0].tolist())}); it cannot be normalised")
+                raise ValueError(
+                    f"{name} has zero norm (at batch index {tuple(is_zero.nonzero()[0].tolist())}); it cannot be normalised"
+                )
             continue
         tol = torch.finfo(input_dtype).eps ** 0.5
         worst = float((torch.linalg.vector_norm(u, dim=-1) - 1).abs().max())

@@ -15,8 +15,16 @@ import torch
 from kexue._native import NativeLibrary, NativeUnavailable
 from kexue._native import use_native as select
 
-__all__ = ["NativeUnavailable", "available", "compile_seconds", "fresh_compile_seconds", "rotate", "supports", "symbol",
-           "use_native"]
+__all__ = [
+    "NativeUnavailable",
+    "available",
+    "compile_seconds",
+    "fresh_compile_seconds",
+    "rotate",
+    "supports",
+    "symbol",
+    "use_native",
+]
 
 _MAXDIM = 8
 _SYMBOLS = {
@@ -30,8 +38,9 @@ _PRODUCT_SYMBOLS = {
     torch.bfloat16: "kx_rope_bfloat16_products",
     torch.float16: "kx_rope_float16_products",
 }
-_LIBRARY = NativeLibrary("rope", Path(__file__).with_name("_rope_kernel.c"),
-                         [*_SYMBOLS.values(), *_PRODUCT_SYMBOLS.values()])
+_LIBRARY = NativeLibrary(
+    "rope", Path(__file__).with_name("_rope_kernel.c"), [*_SYMBOLS.values(), *_PRODUCT_SYMBOLS.values()]
+)
 
 
 def symbol(dtype: torch.dtype, round_products: bool = False) -> str:
@@ -58,9 +67,14 @@ def available(dtype: torch.dtype = torch.float32) -> bool:
 
 def use_native(backend: str, x: torch.Tensor, round_products: bool = False) -> bool:
     """Whether rotating ``x`` runs in the kernel (see :func:`kexue._native.use_native`)."""
-    unsupported = None if supports(x) else (
-        "needs a CPU tensor of float32, float64, bfloat16 or float16 with 1 to 9 dimensions; "
-        f"got {x.dtype} on {x.device} with {x.dim()} dimensions")
+    unsupported = (
+        None
+        if supports(x)
+        else (
+            "needs a CPU tensor of float32, float64, bfloat16 or float16 with 1 to 9 dimensions; "
+            f"got {x.dtype} on {x.device} with {x.dim()} dimensions"
+        )
+    )
     return select(_LIBRARY, backend, symbol(x.dtype, round_products), unsupported)
 
 
@@ -120,8 +134,16 @@ def _job(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tenso
     layout.cs_stride[:n] = cs_stride[:-1]
     keep.append(layout)  # the struct must outlive the call
     copy = out.data_ptr() != x.data_ptr()
-    return _Job(x.data_ptr(), out.data_ptr(), cos.data_ptr(), sin.data_ptr(), ctypes.pointer(layout),
-                x.shape[-1], int(copy), int(copy and stream))
+    return _Job(
+        x.data_ptr(),
+        out.data_ptr(),
+        cos.data_ptr(),
+        sin.data_ptr(),
+        ctypes.pointer(layout),
+        x.shape[-1],
+        int(copy),
+        int(copy and stream),
+    )
 
 
 def rotate(
@@ -146,8 +168,13 @@ def rotate(
     return out
 
 
-def rotate_many(jobs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]], *,
-                interleaved: bool, transpose: bool, round_products: bool = False) -> None:
+def rotate_many(
+    jobs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+    *,
+    interleaved: bool,
+    transpose: bool,
+    round_products: bool = False,
+) -> None:
     """:func:`rotate` for one or two ``(x, cos, sin, out)`` at once: one kernel call, one thread team.
 
     All ``x`` share a dtype and a rotated width ``R``; each has its own shape, strides and tables.
@@ -165,7 +192,13 @@ def rotate_many(jobs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch
     elements = sum(job[0].numel() for job in live)
     stream = elements * live[0][3].element_size() >= STREAM_MIN_BYTES
     array = (_Job * len(live))(*(_job(*job, keep, stream) for job in live))
-    status = function(array, ctypes.c_int(len(live)), ctypes.c_int64(2 * half), ctypes.c_int(int(interleaved)),
-                      ctypes.c_int(int(transpose)), ctypes.c_int(_threads(elements)))
+    status = function(
+        array,
+        ctypes.c_int(len(live)),
+        ctypes.c_int64(2 * half),
+        ctypes.c_int(int(interleaved)),
+        ctypes.c_int(int(transpose)),
+        ctypes.c_int(_threads(elements)),
+    )
     if status != 0:
         raise NativeUnavailable(f"rotary kernel rejected its arguments (status {status})")

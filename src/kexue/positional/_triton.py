@@ -90,11 +90,44 @@ def _row_offsets(rows, S1, S2, S3, s0, s1, s2, s3):
 
 
 @triton.jit
-def _rotate_tile(tile, x_ptr, out_ptr, cos_ptr, sin_ptr, pos_ptr, n_rows, S1, S2, S3, xs0, xs1, xs2, xs3, xsd,
-                 os0, os1, os2, os3, osd, cs0, cs1, cs2, cs3, csd, cs_row,
-                 HALF: tl.constexpr, TAIL: tl.constexpr, INTERLEAVED: tl.constexpr, INVERSE: tl.constexpr,
-                 PRODUCTS: tl.constexpr, POSITIONS: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_ROWS: tl.constexpr,
-                 BLOCK_HALF: tl.constexpr, BLOCK_TAIL: tl.constexpr):
+def _rotate_tile(
+    tile,
+    x_ptr,
+    out_ptr,
+    cos_ptr,
+    sin_ptr,
+    pos_ptr,
+    n_rows,
+    S1,
+    S2,
+    S3,
+    xs0,
+    xs1,
+    xs2,
+    xs3,
+    xsd,
+    os0,
+    os1,
+    os2,
+    os3,
+    osd,
+    cs0,
+    cs1,
+    cs2,
+    cs3,
+    csd,
+    cs_row,
+    HALF: tl.constexpr,
+    TAIL: tl.constexpr,
+    INTERLEAVED: tl.constexpr,
+    INVERSE: tl.constexpr,
+    PRODUCTS: tl.constexpr,
+    POSITIONS: tl.constexpr,
+    COMPUTE: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
+    BLOCK_HALF: tl.constexpr,
+    BLOCK_TAIL: tl.constexpr,
+):
     """Rotate rows ``tile · BLOCK_ROWS …`` of one tensor (``cs*``: the tables' strides, or the positions'
     when ``POSITIONS``, whose table rows are ``cs_row`` apart)."""
     rows = tile.to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
@@ -134,23 +167,151 @@ def _rotate_tile(tile, x_ptr, out_ptr, cos_ptr, sin_ptr, pos_ptr, n_rows, S1, S2
 
 
 @triton.jit
-def _rope_kernel(x0, out0, cos0, sin0, pos0, rows0, S10, S20, S30, xs00, xs10, xs20, xs30, xsd0,
-                 os00, os10, os20, os30, osd0, cs00, cs10, cs20, cs30, csd0, csr0,
-                 x1, out1, cos1, sin1, pos1, rows1, S11, S21, S31, xs01, xs11, xs21, xs31, xsd1,
-                 os01, os11, os21, os31, osd1, cs01, cs11, cs21, cs31, csd1, csr1, tiles0,
-                 HALF: tl.constexpr, TAIL0: tl.constexpr, TAIL1: tl.constexpr, TWO: tl.constexpr,
-                 INTERLEAVED: tl.constexpr, INVERSE: tl.constexpr, PRODUCTS: tl.constexpr, POSITIONS: tl.constexpr,
-                 COMPUTE: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_TAIL: tl.constexpr):
+def _rope_kernel(
+    x0,
+    out0,
+    cos0,
+    sin0,
+    pos0,
+    rows0,
+    S10,
+    S20,
+    S30,
+    xs00,
+    xs10,
+    xs20,
+    xs30,
+    xsd0,
+    os00,
+    os10,
+    os20,
+    os30,
+    osd0,
+    cs00,
+    cs10,
+    cs20,
+    cs30,
+    csd0,
+    csr0,
+    x1,
+    out1,
+    cos1,
+    sin1,
+    pos1,
+    rows1,
+    S11,
+    S21,
+    S31,
+    xs01,
+    xs11,
+    xs21,
+    xs31,
+    xsd1,
+    os01,
+    os11,
+    os21,
+    os31,
+    osd1,
+    cs01,
+    cs11,
+    cs21,
+    cs31,
+    csd1,
+    csr1,
+    tiles0,
+    HALF: tl.constexpr,
+    TAIL0: tl.constexpr,
+    TAIL1: tl.constexpr,
+    TWO: tl.constexpr,
+    INTERLEAVED: tl.constexpr,
+    INVERSE: tl.constexpr,
+    PRODUCTS: tl.constexpr,
+    POSITIONS: tl.constexpr,
+    COMPUTE: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
+    BLOCK_HALF: tl.constexpr,
+    BLOCK_TAIL: tl.constexpr,
+):
     """Rotate one tensor, or two (``TWO``: the first ``tiles0`` programs take tensor 0, the rest tensor 1)."""
     pid = tl.program_id(0)
     if pid < tiles0:
-        _rotate_tile(pid, x0, out0, cos0, sin0, pos0, rows0, S10, S20, S30, xs00, xs10, xs20, xs30, xsd0,
-                     os00, os10, os20, os30, osd0, cs00, cs10, cs20, cs30, csd0, csr0, HALF, TAIL0, INTERLEAVED,
-                     INVERSE, PRODUCTS, POSITIONS, COMPUTE, BLOCK_ROWS, BLOCK_HALF, BLOCK_TAIL)
+        _rotate_tile(
+            pid,
+            x0,
+            out0,
+            cos0,
+            sin0,
+            pos0,
+            rows0,
+            S10,
+            S20,
+            S30,
+            xs00,
+            xs10,
+            xs20,
+            xs30,
+            xsd0,
+            os00,
+            os10,
+            os20,
+            os30,
+            osd0,
+            cs00,
+            cs10,
+            cs20,
+            cs30,
+            csd0,
+            csr0,
+            HALF,
+            TAIL0,
+            INTERLEAVED,
+            INVERSE,
+            PRODUCTS,
+            POSITIONS,
+            COMPUTE,
+            BLOCK_ROWS,
+            BLOCK_HALF,
+            BLOCK_TAIL,
+        )
     elif TWO:
-        _rotate_tile(pid - tiles0, x1, out1, cos1, sin1, pos1, rows1, S11, S21, S31, xs01, xs11, xs21, xs31, xsd1,
-                     os01, os11, os21, os31, osd1, cs01, cs11, cs21, cs31, csd1, csr1, HALF, TAIL1, INTERLEAVED,
-                     INVERSE, PRODUCTS, POSITIONS, COMPUTE, BLOCK_ROWS, BLOCK_HALF, BLOCK_TAIL)
+        _rotate_tile(
+            pid - tiles0,
+            x1,
+            out1,
+            cos1,
+            sin1,
+            pos1,
+            rows1,
+            S11,
+            S21,
+            S31,
+            xs01,
+            xs11,
+            xs21,
+            xs31,
+            xsd1,
+            os01,
+            os11,
+            os21,
+            os31,
+            osd1,
+            cs01,
+            cs11,
+            cs21,
+            cs31,
+            csd1,
+            csr1,
+            HALF,
+            TAIL1,
+            INTERLEAVED,
+            INVERSE,
+            PRODUCTS,
+            POSITIONS,
+            COMPUTE,
+            BLOCK_ROWS,
+            BLOCK_HALF,
+            BLOCK_TAIL,
+        )
 
 
 # --- host side ----------------------------------------------------------------------------------------
@@ -159,15 +320,20 @@ def _rope_kernel(x0, out0, cos0, sin0, pos0, rows0, S10, S20, S30, xs00, xs10, x
 class _Job:
     """One tensor's kernel arguments: pointers, the collapsed 4-D row space and its strides."""
 
-    def __init__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor,
-                 positions: torch.Tensor | None) -> None:
+    def __init__(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor, positions: torch.Tensor | None
+    ) -> None:
         lead = x.shape[:-1]
         index = positions if positions is not None else cos
         index = index.expand(*lead) if positions is not None else index.expand(*lead, cos.shape[-1])
         shape, (xs, os_, cs) = collapse(lead, [x.stride()[:-1], out.stride()[:-1], index.stride()[: len(lead)]])
         self.copy_back: torch.Tensor | None = None
         if len(shape) > _MAX_DIMS:  # rare: more than 4 leading dimensions that do not merge
-            x, index, target = x.contiguous(), index.contiguous(), torch.empty_like(x, memory_format=torch.contiguous_format)
+            x, index, target = (
+                x.contiguous(),
+                index.contiguous(),
+                torch.empty_like(x, memory_format=torch.contiguous_format),
+            )
             if positions is None:
                 cos, sin = index, sin.expand_as(index).contiguous()
             else:
@@ -186,29 +352,52 @@ class _Job:
     def args(self) -> list[Any]:
         """The kernel's arguments for this tensor, in ``_rope_kernel``'s order."""
         cs_row = self.cos.stride(0) if self.positions is not None else 0
-        return [self.x, self.out, self.cos, self.sin, self.positions if self.positions is not None else self.cos,
-                self.rows, *self.shape[1:], *self.xs, self.x.stride(-1), *self.os, self.out.stride(-1), *self.cs,
-                self.cos.stride(-1), cs_row]
+        return [
+            self.x,
+            self.out,
+            self.cos,
+            self.sin,
+            self.positions if self.positions is not None else self.cos,
+            self.rows,
+            *self.shape[1:],
+            *self.xs,
+            self.x.stride(-1),
+            *self.os,
+            self.out.stride(-1),
+            *self.cs,
+            self.cos.stride(-1),
+            cs_row,
+        ]
 
     def finish(self) -> None:
         if self.copy_back is not None:
             self.copy_back.copy_(self.out)
 
 
-def _check_job(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor,
-               positions: torch.Tensor | None) -> None:
+def _check_job(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor, positions: torch.Tensor | None
+) -> None:
     if x.dtype not in DTYPES or out.dtype != x.dtype or out.shape != x.shape:
-        raise ValueError(f"the Triton rotary kernel takes x and out of one shape and dtype ({DTYPES}); "
-                         f"got x {x.dtype} {tuple(x.shape)}, out {out.dtype} {tuple(out.shape)}")
+        raise ValueError(
+            f"the Triton rotary kernel takes x and out of one shape and dtype ({DTYPES}); "
+            f"got x {x.dtype} {tuple(x.shape)}, out {out.dtype} {tuple(out.shape)}"
+        )
     if cos.shape != sin.shape or cos.stride() != sin.stride():
         raise ValueError("cos and sin must share their shape and strides")
     if positions is not None and (positions.is_floating_point() or cos.dim() != 2):
         raise ValueError("positions must be an integer tensor indexing the rows of a (P, R/2) table")
 
 
-def rotate_many(jobs: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]], *, interleaved: bool,
-                transpose: bool, round_products: bool = False, positions: Sequence[torch.Tensor | None] | None = None,
-                block_rows: int | None = None, num_warps: int = 4) -> None:
+def rotate_many(
+    jobs: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+    *,
+    interleaved: bool,
+    transpose: bool,
+    round_products: bool = False,
+    positions: Sequence[torch.Tensor | None] | None = None,
+    block_rows: int | None = None,
+    num_warps: int = 4,
+) -> None:
     """Rotate one or two ``(x, cos, sin, out)`` in one kernel launch: ``out = R x`` (``Rᵀ x`` with ``transpose``).
 
     The argument convention of :func:`kexue.positional._native.rotate_many`, with any strides.
@@ -243,8 +432,16 @@ def rotate_many(jobs: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor, t
         job.finish()
 
 
-def _launch(live: list[_Job], half: int, interleaved: bool, transpose: bool, round_products: bool, by_position: bool,
-            block_rows: int | None, num_warps: int) -> None:
+def _launch(
+    live: list[_Job],
+    half: int,
+    interleaved: bool,
+    transpose: bool,
+    round_products: bool,
+    by_position: bool,
+    block_rows: int | None,
+    num_warps: int,
+) -> None:
     block_half = triton.next_power_of_2(half)
     most_rows = max(job.rows for job in live)
     tail = max(job.x.shape[-1] - 2 * half for job in live)
@@ -255,10 +452,24 @@ def _launch(live: list[_Job], half: int, interleaved: bool, transpose: bool, rou
     x = live[0].x
     compute = tl.float64 if x.dtype == torch.float64 else tl.float32
     _rope_kernel[(sum(tiles),)](
-        *live[0].args(), *second.args(), tiles[0], HALF=half, TAIL0=live[0].tail, TAIL1=second.tail,
-        TWO=len(live) == 2, INTERLEAVED=interleaved, INVERSE=transpose, PRODUCTS=round_products and x.element_size() == 2,
-        POSITIONS=by_position, COMPUTE=compute, BLOCK_ROWS=block_rows, BLOCK_HALF=block_half,
-        BLOCK_TAIL=triton.next_power_of_2(max(tail, 1)), num_warps=num_warps, enable_fp_fusion=False)
+        *live[0].args(),
+        *second.args(),
+        tiles[0],
+        HALF=half,
+        TAIL0=live[0].tail,
+        TAIL1=second.tail,
+        TWO=len(live) == 2,
+        INTERLEAVED=interleaved,
+        INVERSE=transpose,
+        PRODUCTS=round_products and x.element_size() == 2,
+        POSITIONS=by_position,
+        COMPUTE=compute,
+        BLOCK_ROWS=block_rows,
+        BLOCK_HALF=block_half,
+        BLOCK_TAIL=triton.next_power_of_2(max(tail, 1)),
+        num_warps=num_warps,
+        enable_fp_fusion=False,
+    )
 
 
 def _rows_per_program(width: int) -> int:
@@ -266,22 +477,38 @@ def _rows_per_program(width: int) -> int:
     return max(1, _ELEMENTS_PER_PROGRAM // triton.next_power_of_2(width))
 
 
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor | None = None, *,
-           interleaved: bool = False, transpose: bool = False, round_products: bool = False,
-           positions: torch.Tensor | None = None, block_rows: int | None = None) -> torch.Tensor:
+def rotate(
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    out: torch.Tensor | None = None,
+    *,
+    interleaved: bool = False,
+    transpose: bool = False,
+    round_products: bool = False,
+    positions: torch.Tensor | None = None,
+    block_rows: int | None = None,
+) -> torch.Tensor:
     """``out = R x`` (``Rᵀ x`` with ``transpose``) in one launch; a new tensor when ``out`` is None.
 
     Arguments as :func:`rotate_many` for one tensor. Returns ``out``.
     """
     if out is None:
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    rotate_many([(x, cos, sin, out)], interleaved=interleaved, transpose=transpose, round_products=round_products,
-                positions=None if positions is None else [positions], block_rows=block_rows)
+    rotate_many(
+        [(x, cos, sin, out)],
+        interleaved=interleaved,
+        transpose=transpose,
+        round_products=round_products,
+        positions=None if positions is None else [positions],
+        block_rows=block_rows,
+    )
     return out
 
 
-def _table_grads(x: torch.Tensor, grad: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool,
-                 inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _table_grads(
+    x: torch.Tensor, grad: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool, inverse: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``∂L/∂cos`` and ``∂L/∂sin`` of ``out = (a c − b s', b c + a s')``, ``s' = ±s``, summed to the tables' shapes."""
     half = cos.shape[-1]
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -300,8 +527,14 @@ class TritonRotary(torch.autograd.Function):
     the tables' gradients in torch (as the CPU kernel's autograd function)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool,  # type: ignore[override]
-                inverse: bool) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        interleaved: bool,  # type: ignore[override]
+        inverse: bool,
+    ) -> torch.Tensor:
         ctx.interleaved, ctx.inverse = interleaved, inverse
         ctx.save_for_backward(x, cos, sin)
         return rotate(x.detach(), cos.detach(), sin.detach(), interleaved=interleaved, transpose=inverse)
@@ -317,8 +550,9 @@ class TritonRotary(torch.autograd.Function):
         return grad_x, grad_cos, grad_sin, None, None
 
 
-def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, interleaved: bool = False,
-          inverse: bool = False) -> torch.Tensor:
+def apply(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, interleaved: bool = False, inverse: bool = False
+) -> torch.Tensor:
     """Differentiable ``R x`` (``Rᵀ x`` with ``inverse``) through :class:`TritonRotary`; gradients reach
     ``x``, ``cos`` and ``sin``."""
     return TritonRotary.apply(x, cos, sin, interleaved, inverse)
@@ -333,18 +567,29 @@ def compile_cases() -> list[tuple[str, Any, dict[str, str], dict[str, Any], int]
     launch, with transformers' rounding, by position, interleaved partial rotary in float16 and float32."""
     cases: list[tuple[str, Any, dict[str, str], dict[str, Any], int]] = []
     for name, dtype, half, tail, two, interleaved, products, by_position in (
-            ("qk_bf16_d128", torch.bfloat16, 64, 0, True, False, True, False),
-            ("bf16_d128_positions", torch.bfloat16, 64, 0, False, False, False, True),
-            ("fp16_partial_interleaved", torch.float16, 16, 32, False, True, False, False),
-            ("fp32_d64_inverse", torch.float32, 32, 0, True, False, False, False)):
+        ("qk_bf16_d128", torch.bfloat16, 64, 0, True, False, True, False),
+        ("bf16_d128_positions", torch.bfloat16, 64, 0, False, False, False, True),
+        ("fp16_partial_interleaved", torch.float16, 16, 32, False, True, False, False),
+        ("fp32_d64_inverse", torch.float32, 32, 0, True, False, False, False),
+    ):
         ptr = _POINTER[dtype]
         pointers = {f"{arg}{i}": ptr for arg in ("x", "out") for i in (0, 1)}
         pointers.update({f"{arg}{i}": "*fp32" for arg in ("cos", "sin") for i in (0, 1)})
         pointers.update({f"pos{i}": "*i64" for i in (0, 1)})
         block_half = triton.next_power_of_2(half)
-        constexprs = {"HALF": half, "TAIL0": tail, "TAIL1": tail, "TWO": two, "INTERLEAVED": interleaved,
-                      "INVERSE": name.endswith("inverse"), "PRODUCTS": products, "POSITIONS": by_position,
-                      "COMPUTE": tl.float32, "BLOCK_ROWS": _rows_per_program(2 * half + tail), "BLOCK_HALF": block_half,
-                      "BLOCK_TAIL": triton.next_power_of_2(max(tail, 1))}
+        constexprs = {
+            "HALF": half,
+            "TAIL0": tail,
+            "TAIL1": tail,
+            "TWO": two,
+            "INTERLEAVED": interleaved,
+            "INVERSE": name.endswith("inverse"),
+            "PRODUCTS": products,
+            "POSITIONS": by_position,
+            "COMPUTE": tl.float32,
+            "BLOCK_ROWS": _rows_per_program(2 * half + tail),
+            "BLOCK_HALF": block_half,
+            "BLOCK_TAIL": triton.next_power_of_2(max(tail, 1)),
+        }
         cases.append((name, _rope_kernel, pointers, constexprs, 4))
     return cases

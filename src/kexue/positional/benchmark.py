@@ -71,35 +71,85 @@ def forward(bench: Bench) -> None:
     reps = bench.repeats if bench.quick else max(bench.repeats, MIN_REPEATS)
 
     ours = bench.time(case, "kexue apply_rotary", lambda: apply_rotary(q, cos, sin), params=params, repeats=reps)
-    ours_out = bench.time(case, "kexue apply_rotary out=", lambda: apply_rotary(q, cos, sin, out=buf), params=params, repeats=reps)
-    bench.time(case, "kexue apply_rotary in place", lambda: apply_rotary(buf, cos, sin, out=buf), params=params, repeats=reps)
-    bench.time(case, "kexue plain-torch path", lambda: apply_rotary(q, cos, sin, backend="torch"), params=params, repeats=reps)
-    both = bench.time(case, "kexue q and k", lambda: (apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)), params=params, repeats=reps)
+    ours_out = bench.time(
+        case, "kexue apply_rotary out=", lambda: apply_rotary(q, cos, sin, out=buf), params=params, repeats=reps
+    )
+    bench.time(
+        case, "kexue apply_rotary in place", lambda: apply_rotary(buf, cos, sin, out=buf), params=params, repeats=reps
+    )
+    bench.time(
+        case, "kexue plain-torch path", lambda: apply_rotary(q, cos, sin, backend="torch"), params=params, repeats=reps
+    )
+    both = bench.time(
+        case,
+        "kexue q and k",
+        lambda: (apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)),
+        params=params,
+        repeats=reps,
+    )
     clone = bench.time(case, "floor: x.clone()", lambda: q.clone(), params=params, repeats=reps)
     copy = bench.time(case, "floor: buf.copy_(x)", lambda: buf.copy_(q), params=params, repeats=reps)
 
-    bench.ratio("rope.fwd_vs_clone", ours.median_s / clone.median_s, target=1.5, higher_is_better=False,
-                description="kexue apply_rotary (allocating) time / x.clone() time")
-    bench.ratio("rope.out_vs_copy", ours_out.median_s / copy.median_s, target=2.0, higher_is_better=False,
-                description="kexue apply_rotary out= time / buf.copy_(x) time")
+    bench.ratio(
+        "rope.fwd_vs_clone",
+        ours.median_s / clone.median_s,
+        target=1.5,
+        higher_is_better=False,
+        description="kexue apply_rotary (allocating) time / x.clone() time",
+    )
+    bench.ratio(
+        "rope.out_vs_copy",
+        ours_out.median_s / copy.median_s,
+        target=2.0,
+        higher_is_better=False,
+        description="kexue apply_rotary out= time / buf.copy_(x) time",
+    )
 
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     hf_cos, hf_sin = _hf_tables(cos, sin)
-    hf = bench.time(case, "HF apply_rotary_pos_emb (q and k)", lambda: apply_rotary_pos_emb(q, k, hf_cos, hf_sin), params=params, repeats=reps)
-    bench.ratio("rope.fwd_vs_hf", hf.median_s / both.median_s, target=3.0,
-                description="HF apply_rotary_pos_emb(q, k) time / kexue apply_rotary on q and k")
+    hf = bench.time(
+        case,
+        "HF apply_rotary_pos_emb (q and k)",
+        lambda: apply_rotary_pos_emb(q, k, hf_cos, hf_sin),
+        params=params,
+        repeats=reps,
+    )
+    bench.ratio(
+        "rope.fwd_vs_hf",
+        hf.median_s / both.median_s,
+        target=3.0,
+        description="HF apply_rotary_pos_emb(q, k) time / kexue apply_rotary on q and k",
+    )
 
     _fused_qk(bench, case, q, k, cos, sin, buf, params, reps)
     _compiled(bench, case, q, cos, sin, params, reps, ours.median_s)
 
     from rotary_embedding_torch import apply_rotary_emb
 
-    freqs = torch.repeat_interleave(rope.angles(torch.arange(shape[2], device=bench.device)), 2, dim=-1)  # (T, 64) interleaved
-    peer = bench.time(case, "rotary-embedding-torch apply_rotary_emb (interleaved)", lambda: apply_rotary_emb(freqs, q), params=params, repeats=reps)
-    inter = bench.time(case, "kexue apply_rotary (interleaved)", lambda: apply_rotary(q, cos, sin, layout="interleaved"), params=params, repeats=reps)
-    bench.ratio("rope.fwd_vs_lucidrains", peer.median_s / inter.median_s, target=2.0,
-                description="rotary-embedding-torch apply_rotary_emb time / kexue apply_rotary (both interleaved)")
+    freqs = torch.repeat_interleave(
+        rope.angles(torch.arange(shape[2], device=bench.device)), 2, dim=-1
+    )  # (T, 64) interleaved
+    peer = bench.time(
+        case,
+        "rotary-embedding-torch apply_rotary_emb (interleaved)",
+        lambda: apply_rotary_emb(freqs, q),
+        params=params,
+        repeats=reps,
+    )
+    inter = bench.time(
+        case,
+        "kexue apply_rotary (interleaved)",
+        lambda: apply_rotary(q, cos, sin, layout="interleaved"),
+        params=params,
+        repeats=reps,
+    )
+    bench.ratio(
+        "rope.fwd_vs_lucidrains",
+        peer.median_s / inter.median_s,
+        target=2.0,
+        description="rotary-embedding-torch apply_rotary_emb time / kexue apply_rotary (both interleaved)",
+    )
 
 
 def _fused_qk(bench: Bench, case: str, q, k, cos, sin, buf, params: dict, reps: int) -> None:
@@ -107,12 +157,19 @@ def _fused_qk(bench: Bench, case: str, q, k, cos, sin, buf, params: dict, reps: 
     from kexue.positional.rope import apply_rotary_qk
 
     kbuf = torch.empty_like(k).fill_(0.0)
-    times = interleaved_times({"qk": lambda: apply_rotary_qk(q, k, cos, sin, out=(buf, kbuf)),
-                          "copy": lambda: (buf.copy_(q), kbuf.copy_(k))}, max(reps, 2 * MIN_REPEATS))
+    times = interleaved_times(
+        {"qk": lambda: apply_rotary_qk(q, k, cos, sin, out=(buf, kbuf)), "copy": lambda: (buf.copy_(q), kbuf.copy_(k))},
+        max(reps, 2 * MIN_REPEATS),
+    )
     fused = bench.record(case, "kexue apply_rotary_qk out= (one call)", times["qk"], params=params)
     floor = bench.record(case, "floor: copy_ of q and of k", times["copy"], params=params)
-    bench.ratio("rope.qk_vs_copy", fused.median_s / floor.median_s, target=1.1, higher_is_better=False,
-                description="kexue apply_rotary_qk(q, k, out=) time / copy_ of q and k (interleaved rounds)")
+    bench.ratio(
+        "rope.qk_vs_copy",
+        fused.median_s / floor.median_s,
+        target=1.1,
+        higher_is_better=False,
+        description="kexue apply_rotary_qk(q, k, out=) time / copy_ of q and k (interleaved rounds)",
+    )
 
 
 def _compiled(bench: Bench, case: str, q, cos, sin, params: dict, reps: int, kernel_s: float) -> None:
@@ -121,12 +178,20 @@ def _compiled(bench: Bench, case: str, q, cos, sin, params: dict, reps: int, ker
         return
     compiled = torch.compile(lambda x, c, s: apply_rotary(x, c, s, backend="torch"), fullgraph=True, backend="inductor")
     try:
-        traced = bench.time(case, "kexue plain-torch path, torch.compile (inductor)", lambda: compiled(q, cos, sin),
-                            params=params, repeats=reps)
+        traced = bench.time(
+            case,
+            "kexue plain-torch path, torch.compile (inductor)",
+            lambda: compiled(q, cos, sin),
+            params=params,
+            repeats=reps,
+        )
     finally:
         torch._dynamo.reset()
-    bench.ratio("rope.compiled_vs_kernel", traced.median_s / kernel_s,
-                description="torch.compile'd plain-torch path time / the C kernel (allocating; no target)")
+    bench.ratio(
+        "rope.compiled_vs_kernel",
+        traced.median_s / kernel_s,
+        description="torch.compile'd plain-torch path time / the C kernel (allocating; no target)",
+    )
 
 
 @BENCH.case
@@ -138,16 +203,32 @@ def axial(bench: Bench) -> None:
     case = f"B: 2-D axial rope, 64x64 grid, {tuple(shape)} float32"
     params = {"shape": list(shape), "grid": [64, 64], "layout": "interleaved"}
     reps = bench.repeats if bench.quick else max(bench.repeats, MIN_REPEATS)
-    ours = bench.time(case, "kexue apply_rotary (axial)", lambda: apply_rotary(x, cos, sin, layout="interleaved"), params=params, repeats=reps)
+    ours = bench.time(
+        case,
+        "kexue apply_rotary (axial)",
+        lambda: apply_rotary(x, cos, sin, layout="interleaved"),
+        params=params,
+        repeats=reps,
+    )
 
     from rotary_embedding_torch import RotaryEmbedding as PeerRotary
     from rotary_embedding_torch import apply_rotary_emb
 
     peer_rope = PeerRotary(dim=32, freqs_for="pixel", max_freq=256).to(bench.device)
     freqs = peer_rope.get_axial_freqs(64, 64).reshape(4096, 64)  # (T, 64): 32 for rows, 32 for columns
-    peer = bench.time(case, "rotary-embedding-torch axial apply_rotary_emb", lambda: apply_rotary_emb(freqs, x), params=params, repeats=reps)
-    bench.ratio("rope.axial_vs_lucidrains", peer.median_s / ours.median_s, target=2.0,
-                description="rotary-embedding-torch axial time / kexue axial time (64x64 grid)")
+    peer = bench.time(
+        case,
+        "rotary-embedding-torch axial apply_rotary_emb",
+        lambda: apply_rotary_emb(freqs, x),
+        params=params,
+        repeats=reps,
+    )
+    bench.ratio(
+        "rope.axial_vs_lucidrains",
+        peer.median_s / ours.median_s,
+        target=2.0,
+        description="rotary-embedding-torch axial time / kexue axial time (64x64 grid)",
+    )
 
 
 @BENCH.case
@@ -176,8 +257,12 @@ def forward_backward(bench: Bench) -> None:
 
     mine = bench.time(case, "kexue apply_rotary fwd+bwd", ours, params=params, repeats=reps)
     peer = bench.time(case, "HF apply_rotary_pos_emb fwd+bwd", hf, params=params, repeats=reps)
-    bench.ratio("rope.fwd_bwd_vs_hf", peer.median_s / mine.median_s, target=1.5,
-                description="HF fwd+bwd time / kexue fwd+bwd time (q and k)")
+    bench.ratio(
+        "rope.fwd_bwd_vs_hf",
+        peer.median_s / mine.median_s,
+        target=1.5,
+        description="HF fwd+bwd time / kexue fwd+bwd time (q and k)",
+    )
 
 
 def _timed(fn, total: list[float]):
@@ -229,8 +314,15 @@ def hf_model(bench: Bench) -> None:
     from kexue.positional.hf import hf_apply_rotary_pos_emb, hf_apply_rotary_pos_emb_, patch_hf_rope
 
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=1024, hidden_size=512, intermediate_size=1024, num_hidden_layers=4,
-                                      num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=4096)
+    config = transformers.LlamaConfig(
+        vocab_size=1024,
+        hidden_size=512,
+        intermediate_size=1024,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        max_position_embeddings=4096,
+    )
     model = transformers.LlamaForCausalLM(config).eval()
     batch, tokens = (2, 256) if bench.quick else (4, 1024)
     ids = torch.randint(0, 1024, (batch, tokens), generator=torch.Generator().manual_seed(1))
@@ -241,16 +333,34 @@ def hf_model(bench: Bench) -> None:
     plain_times, plain_share = _rope_share(model, ids, modeling_llama, original, reps)
     fused_times, fused_share = _rope_share(model, ids, modeling_llama, hf_apply_rotary_pos_emb_, reps)
     copy_times, copy_share = _rope_share(model, ids, modeling_llama, hf_apply_rotary_pos_emb, reps)
-    plain_s = bench.record(case, "transformers RoPE: prefill", plain_times, params={**params, "rope_share": round(plain_share, 4)}).median_s
-    fused_s = bench.record(case, "kexue RoPE (patch_hf_rope): prefill", fused_times,
-                           params={**params, "rope_share": round(fused_share, 4)}).median_s
-    bench.record(case, "kexue RoPE (patch_hf_rope, in_place=False): prefill", copy_times,
-                 params={**params, "rope_share": round(copy_share, 4)})
-    bench.ratio("rope.hf_patch_rope_share", plain_share / max(fused_share, 1e-9), target=3.0,
-                description=f"RoPE's share of the forward, transformers / kexue ({plain_share:.1%} / {fused_share:.1%})")
-    bench.ratio("rope.hf_patch_rope_share_out_of_place", plain_share / max(copy_share, 1e-9),
-                description=f"the same with in_place=False ({plain_share:.1%} / {copy_share:.1%}; no target)")
-    bench.ratio("rope.hf_patch_prefill", plain_s / fused_s, description="prefill time, transformers RoPE / kexue RoPE (no target)")
+    plain_s = bench.record(
+        case, "transformers RoPE: prefill", plain_times, params={**params, "rope_share": round(plain_share, 4)}
+    ).median_s
+    fused_s = bench.record(
+        case, "kexue RoPE (patch_hf_rope): prefill", fused_times, params={**params, "rope_share": round(fused_share, 4)}
+    ).median_s
+    bench.record(
+        case,
+        "kexue RoPE (patch_hf_rope, in_place=False): prefill",
+        copy_times,
+        params={**params, "rope_share": round(copy_share, 4)},
+    )
+    bench.ratio(
+        "rope.hf_patch_rope_share",
+        plain_share / max(fused_share, 1e-9),
+        target=3.0,
+        description=f"RoPE's share of the forward, transformers / kexue ({plain_share:.1%} / {fused_share:.1%})",
+    )
+    bench.ratio(
+        "rope.hf_patch_rope_share_out_of_place",
+        plain_share / max(copy_share, 1e-9),
+        description=f"the same with in_place=False ({plain_share:.1%} / {copy_share:.1%}; no target)",
+    )
+    bench.ratio(
+        "rope.hf_patch_prefill",
+        plain_s / fused_s,
+        description="prefill time, transformers RoPE / kexue RoPE (no target)",
+    )
 
     prompt = ids[:, : tokens // 4]
     new = 16 if bench.quick else 32
@@ -260,11 +370,22 @@ def hf_model(bench: Bench) -> None:
             model.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
 
     decode_params = {**params, "prompt": prompt.shape[1], "new_tokens": new}
-    plain_decode = bench.time(case.replace("forward", "greedy decode"), "transformers RoPE", decode, params=decode_params, repeats=3)
+    plain_decode = bench.time(
+        case.replace("forward", "greedy decode"), "transformers RoPE", decode, params=decode_params, repeats=3
+    )
     with patch_hf_rope(model):
-        fused_decode = bench.time(case.replace("forward", "greedy decode"), "kexue RoPE (patch_hf_rope)", decode, params=decode_params, repeats=3)
-    bench.ratio("rope.hf_patch_decode", plain_decode.median_s / fused_decode.median_s,
-                description="greedy decode time with the KV cache, transformers RoPE / kexue RoPE (no target)")
+        fused_decode = bench.time(
+            case.replace("forward", "greedy decode"),
+            "kexue RoPE (patch_hf_rope)",
+            decode,
+            params=decode_params,
+            repeats=3,
+        )
+    bench.ratio(
+        "rope.hf_patch_decode",
+        plain_decode.median_s / fused_decode.median_s,
+        description="greedy decode time with the KV cache, transformers RoPE / kexue RoPE (no target)",
+    )
 
 
 _SCALED = {  # rope_type -> its fields, for a head of 64 trained at 4,096 tokens
@@ -272,7 +393,12 @@ _SCALED = {  # rope_type -> its fields, for a head of 64 trained at 4,096 tokens
     "linear": {"factor": 4.0},
     "dynamic": {"factor": 4.0},
     "yarn": {"factor": 4.0, "original_max_position_embeddings": 4096},
-    "llama3": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 4096},
+    "llama3": {
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 4096,
+    },
     "longrope": {"short_factor": [1.0] * 32, "long_factor": [4.0] * 32, "original_max_position_embeddings": 4096},
 }
 
@@ -291,13 +417,23 @@ def scaled(bench: Bench) -> None:
     rounds = bench.repeats if bench.quick else max(bench.repeats, 3 * MIN_REPEATS)
     ropes = {}
     for rope_type, fields in _SCALED.items():
-        config = transformers.LlamaConfig(hidden_size=1024, num_attention_heads=16, head_dim=64, max_position_embeddings=16384,
-                                          rope_parameters={"rope_type": rope_type, "rope_theta": 10000.0, **fields})
+        config = transformers.LlamaConfig(
+            hidden_size=1024,
+            num_attention_heads=16,
+            head_dim=64,
+            max_position_embeddings=16384,
+            rope_parameters={"rope_type": rope_type, "rope_theta": 10000.0, **fields},
+        )
         ropes[rope_type] = RotaryEmbedding.from_config(config, seq_len=8192).to(bench.device)
     tables = interleaved_times({t: (lambda r=r: r.cos_sin(positions.double())) for t, r in ropes.items()}, rounds)
     applies = interleaved_times({t: (lambda r=r: r(q, positions, out=buf)) for t, r in ropes.items()}, rounds)
     for rope_type, rope in ropes.items():
-        params = {"shape": list(shape), "rope_type": rope_type, "attention_factor": round(rope.attention_factor, 4), "interleaved_rounds": rounds}
+        params = {
+            "shape": list(shape),
+            "rope_type": rope_type,
+            "attention_factor": round(rope.attention_factor, 4),
+            "interleaved_rounds": rounds,
+        }
         bench.record("E: tables for 2048 positions", rope_type, tables[rope_type], params=params)
         bench.record(f"E: rotate {tuple(shape)} out=", rope_type, applies[rope_type], params=params)
 
@@ -305,17 +441,32 @@ def scaled(bench: Bench) -> None:
         base = statistics.median(times["default"])
         return max(statistics.median(v) / base for k, v in times.items() if k != "default")
 
-    bench.ratio("rope.scaled_tables_vs_1d", worst(tables), target=1.15, higher_is_better=False,
-                description="slowest scaling type's cos/sin table time / the plain 1-D table time (interleaved rounds)")
-    bench.ratio("rope.scaled_apply_vs_1d", worst(applies), target=1.15, higher_is_better=False,
-                description="slowest scaling type's rotation time / the plain 1-D rotation (out=, interleaved rounds)")
+    bench.ratio(
+        "rope.scaled_tables_vs_1d",
+        worst(tables),
+        target=1.15,
+        higher_is_better=False,
+        description="slowest scaling type's cos/sin table time / the plain 1-D table time (interleaved rounds)",
+    )
+    bench.ratio(
+        "rope.scaled_apply_vs_1d",
+        worst(applies),
+        target=1.15,
+        higher_is_better=False,
+        description="slowest scaling type's rotation time / the plain 1-D rotation (out=, interleaved rounds)",
+    )
 
 
 @BENCH.case
 def compile_time(bench: Bench) -> None:
     if bench.device != "cpu" or not _native.available():
         return
-    bench.time("one-off: compile the fused CPU kernel", "cc -O3 -march=native -fopenmp", _native.fresh_compile_seconds, repeats=1)
+    bench.time(
+        "one-off: compile the fused CPU kernel",
+        "cc -O3 -march=native -fopenmp",
+        _native.fresh_compile_seconds,
+        repeats=1,
+    )
 
 
 @BENCH.case
@@ -327,14 +478,29 @@ def gpu_bf16(bench: Bench) -> None:
     cos, sin = RotaryEmbedding(64).to(bench.device).cos_sin(torch.arange(2048, device=bench.device))
     buf = torch.empty_like(x)
     case = "A on GPU: rope (8,16,2048,64) bfloat16"
-    ours = bench.time(case, "kexue apply_rotary out= (torch path)", lambda: apply_rotary(x, cos, sin, out=buf), params={"dtype": "bfloat16"})
+    ours = bench.time(
+        case,
+        "kexue apply_rotary out= (torch path)",
+        lambda: apply_rotary(x, cos, sin, out=buf),
+        params={"dtype": "bfloat16"},
+    )
     copy = bench.time(case, "floor: buf.copy_(x)", lambda: buf.copy_(x))
-    bench.ratio("rope.gpu_bf16_copy_fraction", copy.median_s / ours.median_s, target=0.8,
-                description="copy_ time / kexue out= time on GPU in bfloat16 (fraction of copy bandwidth)")
+    bench.ratio(
+        "rope.gpu_bf16_copy_fraction",
+        copy.median_s / ours.median_s,
+        target=0.8,
+        description="copy_ time / kexue out= time on GPU in bfloat16 (fraction of copy bandwidth)",
+    )
     try:
         from flash_attn.layers.rotary import apply_rotary_emb as flash_rotary
     except ImportError:
         flash_rotary = None
     if flash_rotary is not None:
-        peer = bench.time(case, "flash-attn apply_rotary_emb", lambda: flash_rotary(x.transpose(1, 2), cos.to(x.dtype), sin.to(x.dtype)))
-        bench.ratio("rope.gpu_vs_flash_attn", peer.median_s / ours.median_s, description="flash-attn time / kexue time (bf16)")
+        peer = bench.time(
+            case,
+            "flash-attn apply_rotary_emb",
+            lambda: flash_rotary(x.transpose(1, 2), cos.to(x.dtype), sin.to(x.dtype)),
+        )
+        bench.ratio(
+            "rope.gpu_vs_flash_attn", peer.median_s / ours.median_s, description="flash-attn time / kexue time (bf16)"
+        )

@@ -29,12 +29,20 @@ from kexue.report.claims import Article, ClaimContext, ClaimSuite, Headline, Tab
 
 SINUSOIDAL = ClaimSuite(
     "sinusoidal",
-    Article("Transformer upgrade road 1: tracing sinusoidal position encoding to its roots", "https://kexue.fm/archives/8231"),
-    headlines=("decay.envelope", Headline("sum_to_integral", ("4096",), "relative gap of the sum to its integral at d = 4096")),
+    Article(
+        "Transformer upgrade road 1: tracing sinusoidal position encoding to its roots",
+        "https://kexue.fm/archives/8231",
+    ),
+    headlines=(
+        "decay.envelope",
+        Headline("sum_to_integral", ("4096",), "relative gap of the sum to its integral at d = 4096"),
+    ),
 )
 ROPE = ClaimSuite(
     "rope",
-    Article("Transformer upgrade road 2 and 4: rotary position embedding, in 1-D and 2-D", "https://kexue.fm/archives/8397"),
+    Article(
+        "Transformer upgrade road 2 and 4: rotary position embedding, in 1-D and 2-D", "https://kexue.fm/archives/8397"
+    ),
     headlines=("relativity.", "vit.all_variants_learn"),
 )
 
@@ -63,8 +71,14 @@ def relativity(ctx: ClaimContext) -> None:
         pm = sinusoidal_table(torch.from_numpy(m), DIM, dtype=torch.float64).numpy()
         pk = sinusoidal_table(torch.from_numpy(k), DIM, dtype=torch.float64).numpy()
         err = float(np.abs((pm * pk).sum(-1) - relative_inner_products(k - m, DIM)).max())
-        ctx.claim(f"relativity.{label}", f"⟨p_m, p_n⟩ depends only on n − m ({label} positions, d = {DIM}, {n} pairs)",
-                  article_value="exact", measured=err, tolerance=1e-9, passed=err <= 1e-9)
+        ctx.claim(
+            f"relativity.{label}",
+            f"⟨p_m, p_n⟩ depends only on n − m ({label} positions, d = {DIM}, {n} pairs)",
+            article_value="exact",
+            measured=err,
+            tolerance=1e-9,
+            passed=err <= 1e-9,
+        )
 
 
 @SINUSOIDAL.check
@@ -80,13 +94,21 @@ def decay(ctx: ClaimContext) -> None:
     decreasing = bool(np.all(np.diff(env[useful]) < 0))
     rises = starts[1:][np.diff(env) >= 0]
     first_rise = int(rises[0]) if len(rises) else None
-    ctx.claim("decay.envelope", f"max |⟨p_m, p_(m+Δ)⟩| over Δ ∈ [2^j, 2^(j+1)) decreases for Δ < {USEFUL_RANGE} (d = {DIM}, base 10000)",
-              article_value="decays with |m − n|", measured=f"{env[0]:.1f} → {env[useful][-1]:.1f}",
-              passed=decreasing,
-              details=f"window maxima {', '.join(f'{v:.2f}' for v in env)} from Δ = {', '.join(map(str, starts.tolist()))}; the envelope first stops decreasing at the window starting Δ = {first_rise}")
-    ctx.claim("decay.limit", "beyond the useful range the envelope stops decreasing (oscillations of the lowest frequencies)",
-              article_value="decay over the useful range only", measured=f"first non-decreasing window at Δ = {first_rise}",
-              documented=True)
+    ctx.claim(
+        "decay.envelope",
+        f"max |⟨p_m, p_(m+Δ)⟩| over Δ ∈ [2^j, 2^(j+1)) decreases for Δ < {USEFUL_RANGE} (d = {DIM}, base 10000)",
+        article_value="decays with |m − n|",
+        measured=f"{env[0]:.1f} → {env[useful][-1]:.1f}",
+        passed=decreasing,
+        details=f"window maxima {', '.join(f'{v:.2f}' for v in env)} from Δ = {', '.join(map(str, starts.tolist()))}; the envelope first stops decreasing at the window starting Δ = {first_rise}",
+    )
+    ctx.claim(
+        "decay.limit",
+        "beyond the useful range the envelope stops decreasing (oscillations of the lowest frequencies)",
+        article_value="decay over the useful range only",
+        measured=f"first non-decreasing window at Δ = {first_rise}",
+        documented=True,
+    )
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     short = delta[:257]
@@ -99,7 +121,11 @@ def decay(ctx: ClaimContext) -> None:
     axes[1].step(starts, env, where="post", color="k", label="window max |·|")
     axes[1].set(title="long range", xlabel="Δ", xscale="symlog")
     axes[1].legend()
-    ctx.figure("sinusoidal_decay", fig, "Inner products of sinusoidal encodings (d = 128, base 10000) against distance, with the integral approximation and the dyadic-window envelope.")
+    ctx.figure(
+        "sinusoidal_decay",
+        fig,
+        "Inner products of sinusoidal encodings (d = 128, base 10000) against distance, with the integral approximation and the dyadic-window envelope.",
+    )
 
 
 @SINUSOIDAL.check
@@ -107,11 +133,19 @@ def sum_to_integral(ctx: ClaimContext) -> None:
     """The sum over frequencies approaches (d/2)∫ as d grows."""
     dims = (64, 128, 256, 512, 1024, 2048, 4096) + ((8192,) if ctx.full else ())
     delta = np.arange(0, 5000, dtype=np.float64)
-    gaps = [float(np.abs(relative_inner_products(delta, d) - integral_approximation(delta, d)).max() / (d / 2)) for d in dims]
+    gaps = [
+        float(np.abs(relative_inner_products(delta, d) - integral_approximation(delta, d)).max() / (d / 2))
+        for d in dims
+    ]
     ok = all(b < a for a, b in zip(gaps, gaps[1:])) and gaps[-1] < 0.02
-    ctx.claim("sum_to_integral", "max over Δ < 5000 of |Σ − (d/2)∫| / (d/2) shrinks as d grows",
-              article_value="Σ → (d/2)∫ as d → ∞", measured={str(d): round(gap, 5) for d, gap in zip(dims, gaps)},
-              tolerance="strictly decreasing, < 0.02 at the largest d", passed=ok)
+    ctx.claim(
+        "sum_to_integral",
+        "max over Δ < 5000 of |Σ − (d/2)∫| / (d/2) shrinks as d grows",
+        article_value="Σ → (d/2)∫ as d → ∞",
+        measured={str(d): round(gap, 5) for d, gap in zip(dims, gaps)},
+        tolerance="strictly decreasing, < 0.02 at the largest d",
+        passed=ok,
+    )
 
 
 @SINUSOIDAL.check
@@ -131,21 +165,46 @@ def schedules(ctx: ClaimContext) -> None:
     for alpha in (1.0, 2.0, 4.0):
         sched = power_schedule(alpha)
         numeric = ThetaSchedule(sched.name, sched.theta)
-        axes[1].plot(delta[delta < 2000], integral_approximation(delta[delta < 2000], 2, schedule=numeric), label=f"θ_t = t^{alpha:g}")
-    axes[1].plot(delta[delta < 2000], exponential_schedule(10000).exact(delta[delta < 2000]), "k", label="θ_t = 10000^(-t)")
+        axes[1].plot(
+            delta[delta < 2000],
+            integral_approximation(delta[delta < 2000], 2, schedule=numeric),
+            label=f"θ_t = t^{alpha:g}",
+        )
+    axes[1].plot(
+        delta[delta < 2000], exponential_schedule(10000).exact(delta[delta < 2000]), "k", label="θ_t = 10000^(-t)"
+    )
     for ax, title in zip(axes, ("exponential schedules", "power laws vs the Transformer's")):
         ax.set(xscale="log", title=title, xlabel="Δ", ylabel="∫_0^1 cos(Δ θ_t) dt")
         ax.axhline(0, color="grey", lw=0.5)
         ax.legend(fontsize=8)
-    ctx.figure("sinusoidal_schedules", fig, "Normalised integral ∫cos(Δθ_t)dt for several frequency schedules: a larger base stretches the decay; power laws decay too, more slowly at short range.")
+    ctx.figure(
+        "sinusoidal_schedules",
+        fig,
+        "Normalised integral ∫cos(Δθ_t)dt for several frequency schedules: a larger base stretches the decay; power laws decay too, more slowly at short range.",
+    )
     values = [half_life[f"{b:g}"] for b in bases]
     ok = all(v is not None for v in values) and all(b > a for a, b in zip(values, values[1:]))
-    ctx.claim("schedules.base_stretches_decay", "a larger base stretches the decay: first Δ with |∫| < 1/2 grows with the base",
-              article_value="larger base, slower decay", measured=half_life, passed=ok)
-    power = {f"t^{a:g}": round(float(integral_approximation([100.0], 2, schedule=ThetaSchedule('n', power_schedule(a).theta))[0]), 4) for a in (1.0, 2.0, 4.0)}
+    ctx.claim(
+        "schedules.base_stretches_decay",
+        "a larger base stretches the decay: first Δ with |∫| < 1/2 grows with the base",
+        article_value="larger base, slower decay",
+        measured=half_life,
+        passed=ok,
+    )
+    power = {
+        f"t^{a:g}": round(
+            float(integral_approximation([100.0], 2, schedule=ThetaSchedule("n", power_schedule(a).theta))[0]), 4
+        )
+        for a in (1.0, 2.0, 4.0)
+    }
     power["10000^(-t)"] = round(float(exponential_schedule(10000).exact(np.array([100.0]))[0]), 4)
-    ctx.claim("schedules.comparison", "normalised ∫cos(Δθ_t)dt at Δ = 100 for power laws and the exponential schedule",
-              article_value="the article compares schedules graphically", measured=power, documented=True)
+    ctx.claim(
+        "schedules.comparison",
+        "normalised ∫cos(Δθ_t)dt at Δ = 100 for power laws and the exponential schedule",
+        article_value="the article compares schedules graphically",
+        measured=power,
+        documented=True,
+    )
 
 
 # --- rope ---------------------------------------------------------------------------------------
@@ -161,7 +220,9 @@ _CONFIGS = {
 def _rope(name: str) -> RotaryEmbedding:
     """The float64 RotaryEmbedding of one of ``_CONFIGS``."""
     cfg = _CONFIGS[name]
-    return RotaryEmbedding(cfg["dim"], axes=cfg["axes"], frequencies=cfg.get("frequencies", "axial"), angle_dtype=torch.float64)
+    return RotaryEmbedding(
+        cfg["dim"], axes=cfg["axes"], frequencies=cfg.get("frequencies", "axial"), angle_dtype=torch.float64
+    )
 
 
 def _matrix(rope: RotaryEmbedding, p: torch.Tensor) -> torch.Tensor:
@@ -192,9 +253,22 @@ def orthogonality_and_relativity(ctx: ClaimContext) -> None:
                 orth = max(orth, float((ra.T @ ra - torch.eye(rope.dim, dtype=torch.float64)).abs().max()))
                 rel = max(rel, float((ra.T @ rb - _matrix(rope, squeeze(pb - pa))).abs().max()))
             kind = "fractional" if fractional else "integer"
-            ctx.claim(f"relativity.{name}_{kind}", f"R_aᵀ R_b = R_(b−a) ({name}, {kind} positions in [−200, 200], {n} pairs)",
-                      article_value="exact", measured=rel, tolerance=1e-11, passed=rel <= 1e-11)
-        ctx.claim(f"orthogonality.{name}", f"R_pᵀ R_p = I ({name})", article_value="exact", measured=orth, tolerance=1e-13, passed=orth <= 1e-13)
+            ctx.claim(
+                f"relativity.{name}_{kind}",
+                f"R_aᵀ R_b = R_(b−a) ({name}, {kind} positions in [−200, 200], {n} pairs)",
+                article_value="exact",
+                measured=rel,
+                tolerance=1e-11,
+                passed=rel <= 1e-11,
+            )
+        ctx.claim(
+            f"orthogonality.{name}",
+            f"R_pᵀ R_p = I ({name})",
+            article_value="exact",
+            measured=orth,
+            tolerance=1e-13,
+            passed=orth <= 1e-13,
+        )
 
 
 @ROPE.check
@@ -206,12 +280,26 @@ def invertibility(ctx: ClaimContext) -> None:
         for p in _positions(rng, 20, rope.axes, True, span=50):
             got = reference.recover_positions(_matrix(rope, p).numpy(), rope.freqs.numpy())
             err = max(err, float(np.abs(got - p.numpy()).max()))
-        ctx.claim(f"invertibility.{name}", f"(x, y[, z]) recovered from R ({name}, fractional positions in [−50, 50]; R is periodic, so only within a range)",
-                  article_value="invertible", measured=err, tolerance=1e-8, passed=err <= 1e-8)
+        ctx.claim(
+            f"invertibility.{name}",
+            f"(x, y[, z]) recovered from R ({name}, fractional positions in [−50, 50]; R is periodic, so only within a range)",
+            article_value="invertible",
+            measured=err,
+            tolerance=1e-8,
+            passed=err <= 1e-8,
+        )
     # the article's counterexample: one rotation by (x + y)θ is relative but loses (x, y)
-    r10, r01 = reference.rotation([1.0, 0.0], reference.generators(np.ones((2, 1)), 2)), reference.rotation([0.0, 1.0], reference.generators(np.ones((2, 1)), 2))
-    ctx.claim("invertibility.single_block_counterexample", "a single 2×2 block (rotation by (x + y)θ) cannot tell (1, 0) from (0, 1)",
-              article_value="not invertible", measured=float(np.abs(r10 - r01).max()), documented=True)
+    r10, r01 = (
+        reference.rotation([1.0, 0.0], reference.generators(np.ones((2, 1)), 2)),
+        reference.rotation([0.0, 1.0], reference.generators(np.ones((2, 1)), 2)),
+    )
+    ctx.claim(
+        "invertibility.single_block_counterexample",
+        "a single 2×2 block (rotation by (x + y)θ) cannot tell (1, 0) from (0, 1)",
+        article_value="not invertible",
+        measured=float(np.abs(r10 - r01).max()),
+        documented=True,
+    )
 
 
 @ROPE.check
@@ -224,9 +312,17 @@ def one_d_special_case(ctx: ClaimContext) -> None:
     ours = RotaryEmbedding(d, angle_dtype=torch.float64)(x)
     err = float((ours - roformer).abs().max())
     gens = reference.generators(inv[None].numpy(), d)
-    expm_err = max(float(np.abs(reference.rotation([n], gens) @ x[n].numpy() - ours[n].numpy()).max()) for n in (0, 1, 17, 299))
-    ctx.claim("one_d.special_case", "axes = 1 is RoFormer/LLaMA RoPE (cos/sin formula) and exp(n B) with one generator",
-              article_value="1-D RoPE is the special case", measured=max(err, expm_err), tolerance=1e-11, passed=max(err, expm_err) <= 1e-11)
+    expm_err = max(
+        float(np.abs(reference.rotation([n], gens) @ x[n].numpy() - ours[n].numpy()).max()) for n in (0, 1, 17, 299)
+    )
+    ctx.claim(
+        "one_d.special_case",
+        "axes = 1 is RoFormer/LLaMA RoPE (cos/sin formula) and exp(n B) with one generator",
+        article_value="1-D RoPE is the special case",
+        measured=max(err, expm_err),
+        tolerance=1e-11,
+        passed=max(err, expm_err) <= 1e-11,
+    )
 
 
 @ROPE.check
@@ -239,13 +335,29 @@ def flattened_grid(ctx: ClaimContext) -> None:
         return _matrix(flat, torch.tensor([dx * w + dy], dtype=torch.float64)[0])
 
     aliased = float((flat_matrix(0, 1) - flat_matrix(1, -(w - 1))).abs().max())
-    separated = float((_matrix(axial, torch.tensor([0.0, 1.0], dtype=torch.float64)) - _matrix(axial, torch.tensor([1.0, -(w - 1.0)], dtype=torch.float64))).abs().max())
-    ctx.claim("flattened.neighbour_distances", f"flattening a {h}×{w} grid puts (x+1, y) at 1-D distance {w} and (x, y+1) at 1",
-              article_value="distances h and 1", measured={"(x+1,y)": w, "(x,y+1)": 1}, documented=True)
-    ctx.claim("flattened.breaks_2d_relativity",
-              f"flattened 1-D RoPE gives the 2-D offsets (0, 1) and (1, −{w - 1}) the same rotation; 2-D axial keeps them apart",
-              article_value="flattening gives the wrong geometry", measured={"flattened max |ΔR|": aliased, "axial max |ΔR|": separated},
-              tolerance="flattened < 1e-12, axial > 0.1", passed=aliased < 1e-12 and separated > 0.1)
+    separated = float(
+        (
+            _matrix(axial, torch.tensor([0.0, 1.0], dtype=torch.float64))
+            - _matrix(axial, torch.tensor([1.0, -(w - 1.0)], dtype=torch.float64))
+        )
+        .abs()
+        .max()
+    )
+    ctx.claim(
+        "flattened.neighbour_distances",
+        f"flattening a {h}×{w} grid puts (x+1, y) at 1-D distance {w} and (x, y+1) at 1",
+        article_value="distances h and 1",
+        measured={"(x+1,y)": w, "(x,y+1)": 1},
+        documented=True,
+    )
+    ctx.claim(
+        "flattened.breaks_2d_relativity",
+        f"flattened 1-D RoPE gives the 2-D offsets (0, 1) and (1, −{w - 1}) the same rotation; 2-D axial keeps them apart",
+        article_value="flattening gives the wrong geometry",
+        measured={"flattened max |ΔR|": aliased, "axial max |ΔR|": separated},
+        tolerance="flattened < 1e-12, axial > 0.1",
+        passed=aliased < 1e-12 and separated > 0.1,
+    )
 
 
 @ROPE.check
@@ -257,9 +369,14 @@ def quaternion(ctx: ClaimContext) -> None:
         r1, r2 = reference.quaternion_rotation(x1, y1), reference.quaternion_rotation(x2, y2)
         orth = max(orth, float(np.abs(r1.T @ r1 - np.eye(4)).max()))
         worst = max(worst, float(np.abs(r1.T @ r2 - reference.quaternion_rotation(x2 - x1, y2 - y1)).max()))
-    ctx.claim("quaternion.breaks_relativity", "exp(xθ i + yθ j) on quaternions: R_1ᵀ R_2 ≠ R_(2−1) because i j ≠ j i (20 random pairs)",
-              article_value="quaternions fail", measured={"max |R_1ᵀR_2 − R_(2−1)|": worst, "orthogonality error": orth},
-              tolerance="relativity error > 1e-2", passed=worst > 1e-2)
+    ctx.claim(
+        "quaternion.breaks_relativity",
+        "exp(xθ i + yθ j) on quaternions: R_1ᵀ R_2 ≠ R_(2−1) because i j ≠ j i (20 random pairs)",
+        article_value="quaternions fail",
+        measured={"max |R_1ᵀR_2 − R_(2−1)|": worst, "orthogonality error": orth},
+        tolerance="relativity error > 1e-2",
+        passed=worst > 1e-2,
+    )
 
 
 @ROPE.check
@@ -280,16 +397,35 @@ def fast_path(ctx: ClaimContext) -> None:
         low[dtype] = (x, truth, float((plain.double() - truth).abs().max()))
     backends = ["native", "torch"] if _native.available() else ["torch"]
     for backend in backends:
-        err64 = float(np.abs(RotaryEmbedding(64, angle_dtype=torch.float64, backend=backend)(x64)[0, 0].numpy() - ref).max())
-        ctx.claim(f"fast_path.{backend}_float64", f"{backend} path = exp(n B) x in float64 (257 positions, d = 64)",
-                  article_value="R_n x", measured=err64, tolerance=1e-11, passed=err64 <= 1e-11)
+        err64 = float(
+            np.abs(RotaryEmbedding(64, angle_dtype=torch.float64, backend=backend)(x64)[0, 0].numpy() - ref).max()
+        )
+        ctx.claim(
+            f"fast_path.{backend}_float64",
+            f"{backend} path = exp(n B) x in float64 (257 positions, d = 64)",
+            article_value="R_n x",
+            measured=err64,
+            tolerance=1e-11,
+            passed=err64 <= 1e-11,
+        )
         for dtype, (x, truth, base) in low.items():
             ours = float((apply_rotary(x, cos, sin, backend=backend).double() - truth).abs().max())
             name = str(dtype).removeprefix("torch.")
-            ctx.claim(f"fast_path.{backend}_{name}", f"{backend} path in {name}: error ≤ 2 × the plain {name} formula's",
-                      article_value=None, measured={"kexue": ours, "plain": base}, tolerance="≤ 2 × plain", passed=ours <= 2 * base)
-    ctx.claim("fast_path.native_available", "the fused CPU kernel compiled and loaded on this machine",
-              article_value=None, measured=_native.available(), documented=True)
+            ctx.claim(
+                f"fast_path.{backend}_{name}",
+                f"{backend} path in {name}: error ≤ 2 × the plain {name} formula's",
+                article_value=None,
+                measured={"kexue": ours, "plain": base},
+                tolerance="≤ 2 × plain",
+                passed=ours <= 2 * base,
+            )
+    ctx.claim(
+        "fast_path.native_available",
+        "the fused CPU kernel compiled and loaded on this machine",
+        article_value=None,
+        measured=_native.available(),
+        documented=True,
+    )
 
 
 @ROPE.check
@@ -300,6 +436,7 @@ def layout_conversion(ctx: ClaimContext) -> None:
     wq, wk = (torch.randn(heads * head_dim, hidden, dtype=torch.float64, generator=g) for _ in range(2))
     worst = 0.0
     for rotary_dim in (None, 16):
+
         def scores(wq: torch.Tensor, wk: torch.Tensor, layout: str) -> torch.Tensor:
             rope = RotaryEmbedding(head_dim, rotary_dim=rotary_dim, layout=layout, angle_dtype=torch.float64)
             q = (h @ wq.T).view(t, heads, head_dim).transpose(0, 1)
@@ -308,10 +445,23 @@ def layout_conversion(ctx: ClaimContext) -> None:
 
         for source, target in (("interleaved", "half"), ("half", "interleaved")):
             kw = dict(source=source, target=target, rotary_dim=rotary_dim)
-            diff = (scores(convert_layout(wq, heads, **kw), convert_layout(wk, heads, **kw), target) - scores(wq, wk, source)).abs().max()
+            diff = (
+                (
+                    scores(convert_layout(wq, heads, **kw), convert_layout(wk, heads, **kw), target)
+                    - scores(wq, wk, source)
+                )
+                .abs()
+                .max()
+            )
             worst = max(worst, float(diff))
-    ctx.claim("layout_conversion", "permuting W_q, W_k with convert_layout gives identical attention scores in the other layout (full and partial rotary, both directions)",
-              article_value=None, measured=worst, tolerance=1e-10, passed=worst <= 1e-10)
+    ctx.claim(
+        "layout_conversion",
+        "permuting W_q, W_k with convert_layout gives identical attention scores in the other layout (full and partial rotary, both directions)",
+        article_value=None,
+        measured=worst,
+        tolerance=1e-10,
+        passed=worst <= 1e-10,
+    )
 
 
 # Long-context settings of real models: (label, rope_type, head_dim, base, trained length L₀, fields)
@@ -319,11 +469,26 @@ _COMPARED = (
     ("linear x4 (position interpolation)", "linear", 128, 10000.0, 4096, {"factor": 4.0}),
     ("dynamic NTK x4, at 4 L0", "dynamic", 128, 10000.0, 4096, {"factor": 4.0}),
     ("YaRN x4 (Qwen2.5, L0 32k)", "yarn", 128, 1e6, 32768, {"factor": 4.0, "original_max_position_embeddings": 32768}),
-    ("Llama 3.1 (x8, L0 8k)", "llama3", 128, 500000.0, 8192,
-     {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
-    ("LongRoPE (Phi-3 style)", "longrope", 96, 10000.0, 4096,
-     {"short_factor": [1.0 + 0.02 * i for i in range(48)], "long_factor": [1.0 + 0.5 * i for i in range(48)],
-      "original_max_position_embeddings": 4096}),
+    (
+        "Llama 3.1 (x8, L0 8k)",
+        "llama3",
+        128,
+        500000.0,
+        8192,
+        {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+    ),
+    (
+        "LongRoPE (Phi-3 style)",
+        "longrope",
+        96,
+        10000.0,
+        4096,
+        {
+            "short_factor": [1.0 + 0.02 * i for i in range(48)],
+            "long_factor": [1.0 + 0.5 * i for i in range(48)],
+            "original_max_position_embeddings": 4096,
+        },
+    ),
     ("proportional, quarter rotated", "proportional", 128, 10000.0, 4096, {"partial_rotary_factor": 0.25}),
 )
 
@@ -340,9 +505,13 @@ def _scaling_gaps(transformers: Any, init_functions: dict) -> tuple[float, float
 
     worst, factor_gap = 0.0, 0.0
     for _, rope_type, head_dim, base, original, fields in _COMPARED:
-        config = transformers.LlamaConfig(hidden_size=4 * head_dim, num_attention_heads=4, head_dim=head_dim,
-                                          max_position_embeddings=_trained_for(rope_type, original),
-                                          rope_parameters={"rope_type": rope_type, "rope_theta": base, **fields})
+        config = transformers.LlamaConfig(
+            hidden_size=4 * head_dim,
+            num_attention_heads=4,
+            head_dim=head_dim,
+            max_position_embeddings=_trained_for(rope_type, original),
+            rope_parameters={"rope_type": rope_type, "rope_theta": base, **fields},
+        )
         for length in (original // 2, 4 * original):
             hf_inv, hf_factor = init_functions[rope_type](config, "cpu", seq_len=length)
             ours = rope_parameters_from_config(config, seq_len=length)
@@ -365,20 +534,31 @@ def scaling_matches_transformers(ctx: ClaimContext) -> None:
     with quieter("transformers.modeling_rope_utils"):
         worst, factor_gap = _scaling_gaps(transformers, ROPE_INIT_FUNCTIONS)
     types = ", ".join(dict.fromkeys(c[1] for c in _COMPARED))
-    ctx.claim("scaling.matches_transformers", f"kexue's float64 scalings ({types}) against transformers "
-              f"{transformers.__version__}'s ROPE_INIT_FUNCTIONS (float32), at half and at four times the trained length: "
-              "max relative difference of the inverse frequencies, and of the attention factors",
-              article_value="the same frequencies", measured={"inverse frequencies": worst, "attention factors": factor_gap},
-              tolerance="2e-6 (float32 rounding), attention factors exactly", passed=worst <= 2e-6 and factor_gap == 0.0,
-              details="the test suite runs 336 configurations x 6 lengths (tests/positional/test_scaling.py)")
+    ctx.claim(
+        "scaling.matches_transformers",
+        f"kexue's float64 scalings ({types}) against transformers "
+        f"{transformers.__version__}'s ROPE_INIT_FUNCTIONS (float32), at half and at four times the trained length: "
+        "max relative difference of the inverse frequencies, and of the attention factors",
+        article_value="the same frequencies",
+        measured={"inverse frequencies": worst, "attention factors": factor_gap},
+        tolerance="2e-6 (float32 rounding), attention factors exactly",
+        passed=worst <= 2e-6 and factor_gap == 0.0,
+        details="the test suite runs 336 configurations x 6 lengths (tests/positional/test_scaling.py)",
+    )
 
 
 def _scaled(rope_type: str, head_dim: int, base: float, original: int, fields: dict) -> tuple[Any, Any]:
     """A setting's parameters at four times its trained length, and the unscaled full-head ladder."""
     from kexue.positional.scaling import rope_parameters
 
-    p = rope_parameters(rope_type, head_dim=head_dim, base=base, max_position_embeddings=_trained_for(rope_type, original),
-                        seq_len=4 * original if rope_type in ("dynamic", "longrope") else None, **fields)
+    p = rope_parameters(
+        rope_type,
+        head_dim=head_dim,
+        base=base,
+        max_position_embeddings=_trained_for(rope_type, original),
+        seq_len=4 * original if rope_type in ("dynamic", "longrope") else None,
+        **fields,
+    )
     return p, rope_parameters(head_dim=head_dim, base=base)
 
 
@@ -395,9 +575,17 @@ def _analysis_row(label: str, p: Any, plain: Any, original: int, fields: dict) -
     kept = int((a["ratio"] > 1 - 1e-9).sum())
     scaled = int(((a["ratio"] < 1 / s + 1e-9) & (p.inv_freq > 0)).sum()) if s > 1 else 0
     pairs = p.rotary_dim // 2
-    return (label, pairs, kept, scaled, pairs - kept - scaled - still, still,
-            int((pair_analysis(plain, original)["turns"] < 1).sum()),
-            int(((pair_analysis(p, 4 * original)["turns"] < 1) & (p.inv_freq > 0)).sum()), round(p.attention_factor, 4))
+    return (
+        label,
+        pairs,
+        kept,
+        scaled,
+        pairs - kept - scaled - still,
+        still,
+        int((pair_analysis(plain, original)["turns"] < 1).sum()),
+        int(((pair_analysis(p, 4 * original)["turns"] < 1) & (p.inv_freq > 0)).sum()),
+        round(p.attention_factor, 4),
+    )
 
 
 def _type_panels(axes: Any, label: str, rope_type: str, p: Any, plain: Any, original: int) -> None:
@@ -409,7 +597,12 @@ def _type_panels(axes: Any, label: str, rope_type: str, p: Any, plain: Any, orig
     rotating = (p.inv_freq > 0).numpy()  # proportional rotary leaves the pairs past its share still
     pairs = np.arange(p.rotary_dim // 2)
     wave.semilogy(np.arange(plain.rotary_dim // 2), unscaled["wavelength"].numpy(), label="unscaled", color="grey")
-    wave.semilogy(pairs[rotating], scaled["wavelength"].numpy()[rotating], label="scaled", ls="--" if rope_type == "proportional" else "-")
+    wave.semilogy(
+        pairs[rotating],
+        scaled["wavelength"].numpy()[rotating],
+        label="scaled",
+        ls="--" if rope_type == "proportional" else "-",
+    )
     for length, style in ((original, "--"), (4 * original, ":")):
         wave.axhline(length, color="black", ls=style, lw=0.8, label=f"L = {length:,}")
     wave.set(ylabel="wavelength 2π/θ_j")
@@ -451,20 +644,42 @@ def scaling_analysis(ctx: ClaimContext) -> None:
     for axis, xlabel in zip(grid[-1], ("rotary pair j (high → low frequency)", "rotary pair j", "relative distance Δ")):
         axis.set_xlabel(xlabel)
     fig.subplots_adjust(hspace=0.45, wspace=0.25)
-    ctx.figure("scalings", fig, "One row per scaling type. Left: each rotary pair's wavelength against the trained length L0 "
-               "(dashed) and 4 L0 (dotted); a pair above a line never completes a turn within it. Middle: the ratio of its "
-               "scaled to its unscaled frequency (1: kept, 1/s: interpolated). Right: the RoPE article's long-range bound, "
-               "scaled against unscaled (dashed: L0).")
-    table = Table(("setting", "pairs", "kept", "divided by s or more", "in between", "not rotated", "pairs < 1 turn in L0 (unscaled)",
-                   "pairs < 1 turn in 4 L0 (scaled)", "attention factor"), tuple(rows),
-                  caption="Per rotary pair: kept (ratio 1), interpolated (1/s, s the largest factor), blended, or not rotated "
-                          "(proportional rotary's pairs past its share); rotating pairs that never complete a turn within the "
-                          "trained length, before and, over four times that length, after scaling")
-    ctx.claim("scaling.analysis", "what each long-context scaling does to each rotary pair, and the pairs that never "
-              "complete a turn within the trained length: linear scales every pair, NTK mostly the low frequencies, YaRN and "
-              "Llama 3 keep the high frequencies and interpolate the low ones with a blend in between, LongRoPE sets one "
-              "factor per pair, proportional rotary keeps its pairs' frequencies",
-              article_value=None, measured={r[0]: dict(zip(table.columns[1:], r[1:])) for r in rows}, documented=True, table=table)
+    ctx.figure(
+        "scalings",
+        fig,
+        "One row per scaling type. Left: each rotary pair's wavelength against the trained length L0 "
+        "(dashed) and 4 L0 (dotted); a pair above a line never completes a turn within it. Middle: the ratio of its "
+        "scaled to its unscaled frequency (1: kept, 1/s: interpolated). Right: the RoPE article's long-range bound, "
+        "scaled against unscaled (dashed: L0).",
+    )
+    table = Table(
+        (
+            "setting",
+            "pairs",
+            "kept",
+            "divided by s or more",
+            "in between",
+            "not rotated",
+            "pairs < 1 turn in L0 (unscaled)",
+            "pairs < 1 turn in 4 L0 (scaled)",
+            "attention factor",
+        ),
+        tuple(rows),
+        caption="Per rotary pair: kept (ratio 1), interpolated (1/s, s the largest factor), blended, or not rotated "
+        "(proportional rotary's pairs past its share); rotating pairs that never complete a turn within the "
+        "trained length, before and, over four times that length, after scaling",
+    )
+    ctx.claim(
+        "scaling.analysis",
+        "what each long-context scaling does to each rotary pair, and the pairs that never "
+        "complete a turn within the trained length: linear scales every pair, NTK mostly the low frequencies, YaRN and "
+        "Llama 3 keep the high frequencies and interpolate the low ones with a blend in between, LongRoPE sets one "
+        "factor per pair, proportional rotary keeps its pairs' frequencies",
+        article_value=None,
+        measured={r[0]: dict(zip(table.columns[1:], r[1:])) for r in rows},
+        documented=True,
+        table=table,
+    )
 
 
 @ROPE.check
@@ -478,7 +693,10 @@ def mrope(ctx: ClaimContext) -> None:
     q = torch.randn(1, 40, 128, dtype=torch.float64, generator=torch.Generator().manual_seed(ctx.seed))
     measured = {}
     worst = 0.0
-    for name, sections, interleaved in (("Qwen2-VL, sections 16/24/24", (16, 24, 24), False), ("Qwen3-VL, sections 24/20/20, interleaved", (24, 20, 20), True)):
+    for name, sections, interleaved in (
+        ("Qwen2-VL, sections 16/24/24", (16, 24, 24), False),
+        ("Qwen3-VL, sections 24/20/20, interleaved", (24, 20, 20), True),
+    ):
         f = mrope_frequencies(theta, sections, interleaved=interleaved)
         rope = RotaryEmbedding(128, axes=3, split=[16, 24, 24], base=1e6, angle_dtype=torch.float64)
         rope.register_buffer("freqs", f, persistent=True)
@@ -490,13 +708,23 @@ def mrope(ctx: ClaimContext) -> None:
         m = rope.angles(positions)  # relativity: R_pᵀ R_q depends on q − p only
         shifted = rope.angles(positions + 17)
         relativity_gap = float(((shifted[:, None] - shifted[None]) - (m[:, None] - m[None])).abs().max())
-        measured[name] = {"pairs on exactly one axis": f"{blocks} of {f.shape[1]}", "max |Σ_axis F − θ|": ladder_gap,
-                          "text tokens vs 1-D RoPE, max |Δ|": text_gap, "relativity over an image prompt, max |Δφ|": relativity_gap}
+        measured[name] = {
+            "pairs on exactly one axis": f"{blocks} of {f.shape[1]}",
+            "max |Σ_axis F − θ|": ladder_gap,
+            "text tokens vs 1-D RoPE, max |Δ|": text_gap,
+            "relativity over an image prompt, max |Δφ|": relativity_gap,
+        }
         worst = max(worst, ladder_gap, text_gap, relativity_gap, float(blocks != f.shape[1]))
-    ctx.claim("mrope.block_solution", "M-RoPE is the article's N-D block solution with one split of the pairs (each pair turns with "
-              "one of t, h, w at the 1-D ladder's frequency): relativity holds over a text + image prompt, and on text (t = h = w) "
-              "it equals 1-D RoPE (head 128, float64)", article_value="the 2-D/N-D block solution; 1-D as its special case",
-              measured=measured, tolerance=1e-12, passed=worst <= 1e-12)
+    ctx.claim(
+        "mrope.block_solution",
+        "M-RoPE is the article's N-D block solution with one split of the pairs (each pair turns with "
+        "one of t, h, w at the 1-D ladder's frequency): relativity holds over a text + image prompt, and on text (t = h = w) "
+        "it equals 1-D RoPE (head 128, float64)",
+        article_value="the 2-D/N-D block solution; 1-D as its special case",
+        measured=measured,
+        tolerance=1e-12,
+        passed=worst <= 1e-12,
+    )
 
 
 @ROPE.check
@@ -505,32 +733,71 @@ def vit_experiment(ctx: ClaimContext) -> None:
 
     seeds = (0, 1, 2) if ctx.full else (0,)
     epochs = 40 if ctx.full else 12
-    sizes = (vit.TRAIN_SIZE, vit.TEST_SIZE) if ctx.full else (8, 12)  # quick: the digits' own 8×8 pixels, 4×4 → 6×6 tokens
+    sizes = (
+        (vit.TRAIN_SIZE, vit.TEST_SIZE) if ctx.full else (8, 12)
+    )  # quick: the digits' own 8×8 pixels, 4×4 → 6×6 tokens
     small, large = (f"{s // vit.PATCH}×{s // vit.PATCH}" for s in sizes)
     with ctx.steps("training ViTs", len(seeds) * len(vit.VARIANTS) * epochs) as advance:
         results = vit.run_experiment(seeds, epochs=epochs, sizes=sizes, on_epoch=advance)
     table = vit.summarize(results)
     for variant, row in table.items():
-        ctx.claim(f"vit.{variant}", f"digits ViT accuracy, {variant}: {small} grid (trained), {large} grid extrapolated / interpolated ({len(seeds)} seed(s), {epochs} epochs)",
-                  article_value="no experiments in the article", measured={k: (None if v is None else round(v, 4)) for k, v in row.items()},
-                  documented=True)
+        ctx.claim(
+            f"vit.{variant}",
+            f"digits ViT accuracy, {variant}: {small} grid (trained), {large} grid extrapolated / interpolated ({len(seeds)} seed(s), {epochs} epochs)",
+            article_value="no experiments in the article",
+            measured={k: (None if v is None else round(v, 4)) for k, v in row.items()},
+            documented=True,
+        )
     worst = min(row["train_resolution"] for row in table.values())
-    accuracy = Table(("variant", f"{small} grid (trained)", f"{large}, integer positions", f"{large}, scaled positions"),
-                     tuple((name, *(None if row[k] is None else round(row[k], 4) for k in ("train_resolution", "extrapolate", "interpolate")))
-                           for name, row in table.items()),
-                     caption=f"held-out digits accuracy, {len(seeds)} seed(s), {epochs} epochs; '—': a learned table has no integer "
-                             "positions beyond its grid (it is resized)")
-    ctx.claim("vit.all_variants_learn", "every variant learns the task at the training resolution (accuracy ≥ 0.8)",
-              article_value=None, measured=worst, tolerance=0.8, passed=worst >= 0.8, table=accuracy)
+    accuracy = Table(
+        ("variant", f"{small} grid (trained)", f"{large}, integer positions", f"{large}, scaled positions"),
+        tuple(
+            (
+                name,
+                *(
+                    None if row[k] is None else round(row[k], 4)
+                    for k in ("train_resolution", "extrapolate", "interpolate")
+                ),
+            )
+            for name, row in table.items()
+        ),
+        caption=f"held-out digits accuracy, {len(seeds)} seed(s), {epochs} epochs; '—': a learned table has no integer "
+        "positions beyond its grid (it is resized)",
+    )
+    ctx.claim(
+        "vit.all_variants_learn",
+        "every variant learns the task at the training resolution (accuracy ≥ 0.8)",
+        article_value=None,
+        measured=worst,
+        tolerance=0.8,
+        passed=worst >= 0.8,
+        table=accuracy,
+    )
     fig, ax = plt.subplots(figsize=(8, 3.6))
     names = list(table)
     width = 0.26
-    for i, (key, label) in enumerate((("train_resolution", f"{small} grid (train)"), ("extrapolate", f"{large}, integer positions"), ("interpolate", f"{large}, scaled positions"))):
+    for i, (key, label) in enumerate(
+        (
+            ("train_resolution", f"{small} grid (train)"),
+            ("extrapolate", f"{large}, integer positions"),
+            ("interpolate", f"{large}, scaled positions"),
+        )
+    ):
         values = [table[n][key] if table[n][key] is not None else 0.0 for n in names]
         bars = ax.bar(np.arange(len(names)) + (i - 1) * width, values, width, label=label)
-        ax.bar_label(bars, labels=[("n/a" if table[n][key] is None else f"{table[n][key]:.2f}") for n in names], fontsize=7)
+        ax.bar_label(
+            bars, labels=[("n/a" if table[n][key] is None else f"{table[n][key]:.2f}") for n in names], fontsize=7
+        )
     ax.set_xticks(np.arange(len(names)), names)
-    ax.set(ylabel="test accuracy", ylim=(0, 1.25), title="Tiny ViT on digits: position encodings at train and larger resolution")
+    ax.set(
+        ylabel="test accuracy",
+        ylim=(0, 1.25),
+        title="Tiny ViT on digits: position encodings at train and larger resolution",
+    )
     ax.legend(fontsize=8, loc="upper center", ncol=3, frameon=False)
-    ctx.figure("vit_accuracy", fig, f"Held-out accuracy of a 2-block ViT on scikit-learn digits ({len(seeds)} seed(s), {epochs} epochs). "
-               f"The learned table is bicubically resized for {large}; RoPE variants use integer (extrapolate) or rescaled (interpolate) coordinates.")
+    ctx.figure(
+        "vit_accuracy",
+        fig,
+        f"Held-out accuracy of a 2-block ViT on scikit-learn digits ({len(seeds)} seed(s), {epochs} epochs). "
+        f"The learned table is bicubically resized for {large}; RoPE variants use integer (extrapolate) or rescaled (interpolate) coordinates.",
+    )

@@ -58,8 +58,9 @@ _ACTIVE: dict[str, int] = {}  # module name -> patches in force
 _MODE: dict[str, bool] = {}  # module name -> in_place of the patches in force
 
 
-def hf_apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                            unsqueeze_dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def hf_apply_rotary_pos_emb(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, unsqueeze_dim: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """transformers' ``apply_rotary_pos_emb`` on kexue's kernel (same arguments, same results).
 
     ``cos``/``sin`` are transformers' ``(B, T, R)`` tables, each angle twice; the first half is
@@ -69,8 +70,9 @@ def hf_apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
     return apply_rotary_qk(q, k, *_tables(cos, sin, unsqueeze_dim), rounding="products")
 
 
-def hf_apply_rotary_pos_emb_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                             unsqueeze_dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def hf_apply_rotary_pos_emb_(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, unsqueeze_dim: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`hf_apply_rotary_pos_emb` rotating ``q`` and ``k`` in place when no gradient is needed.
 
     Inside transformers' attention ``q`` and ``k`` are fresh projections used nowhere else, so
@@ -140,8 +142,10 @@ def patch_hf_rope(model: Any, *, in_place: bool = True) -> RopePatch:
     config = getattr(model, "config", None)
     family = getattr(config, "model_type", None)
     if family not in SUPPORTED_FAMILIES:
-        raise ValueError(f"patch_hf_rope supports transformers models of the families {', '.join(SUPPORTED_FAMILIES)}; "
-                         f"got {type(model).__name__} (model_type {family!r})")
+        raise ValueError(
+            f"patch_hf_rope supports transformers models of the families {', '.join(SUPPORTED_FAMILIES)}; "
+            f"got {type(model).__name__} (model_type {family!r})"
+        )
     check_bool("in_place", in_place)
     name = SUPPORTED_FAMILIES[family]
     module = importlib.import_module(name)
@@ -151,7 +155,9 @@ def patch_hf_rope(model: Any, *, in_place: bool = True) -> RopePatch:
             module.apply_rotary_pos_emb = hf_apply_rotary_pos_emb_ if in_place else hf_apply_rotary_pos_emb
             _ACTIVE[name], _MODE[name] = 0, in_place
         elif _MODE[name] != in_place:
-            raise ValueError(f"in_place={in_place} but the {family} patch already in force has in_place={_MODE[name]}; "
-                             "remove it first")
+            raise ValueError(
+                f"in_place={in_place} but the {family} patch already in force has in_place={_MODE[name]}; "
+                "remove it first"
+            )
         _ACTIVE[name] += 1
     return RopePatch(name)

@@ -25,10 +25,14 @@ __all__ = ["MROPE_FAMILIES", "mrope_decode_positions", "mrope_frequencies", "mro
 # height and a width position. model_type -> (default sections in pairs, interleaved), as the
 # families' rotary modules in transformers read them.
 MROPE_FAMILIES: dict[str, tuple[tuple[int, int, int], bool]] = {
-    "qwen2_vl": ((16, 24, 24), False), "qwen2_vl_text": ((16, 24, 24), False),
-    "qwen2_5_vl": ((16, 24, 24), False), "qwen2_5_vl_text": ((16, 24, 24), False),
-    "qwen3_vl": ((24, 20, 20), True), "qwen3_vl_text": ((24, 20, 20), True),
-    "qwen3_vl_moe": ((24, 20, 20), True), "qwen3_vl_moe_text": ((24, 20, 20), True),
+    "qwen2_vl": ((16, 24, 24), False),
+    "qwen2_vl_text": ((16, 24, 24), False),
+    "qwen2_5_vl": ((16, 24, 24), False),
+    "qwen2_5_vl_text": ((16, 24, 24), False),
+    "qwen3_vl": ((24, 20, 20), True),
+    "qwen3_vl_text": ((24, 20, 20), True),
+    "qwen3_vl_moe": ((24, 20, 20), True),
+    "qwen3_vl_moe_text": ((24, 20, 20), True),
 }
 
 
@@ -60,9 +64,15 @@ def mrope_frequencies(inv_freq: torch.Tensor, sections: tuple[int, ...], *, inte
     """
     theta = torch.as_tensor(inv_freq, dtype=torch.float64).reshape(-1)
     pairs = theta.numel()
-    if len(sections) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in sections) or sum(sections) != pairs:
-        raise ValueError(f"mrope_section={list(sections)!r} must be three non-negative pair counts summing to {pairs} "
-                         "(half the rotary width)")
+    if (
+        len(sections) != 3
+        or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in sections)
+        or sum(sections) != pairs
+    ):
+        raise ValueError(
+            f"mrope_section={list(sections)!r} must be three non-negative pair counts summing to {pairs} "
+            "(half the rotary width)"
+        )
     j = torch.arange(pairs)
     if interleaved:
         axis = torch.zeros(pairs, dtype=torch.long)
@@ -84,7 +94,9 @@ def _grid(item: Any) -> tuple[int, int, int] | None:
     return values  # type: ignore[return-value]
 
 
-def mrope_position_ids(segments: Sequence[Any], *, spatial_merge_size: int = 1, time_interval: float = 1.0) -> tuple[torch.Tensor, int]:
+def mrope_position_ids(
+    segments: Sequence[Any], *, spatial_merge_size: int = 1, time_interval: float = 1.0
+) -> tuple[torch.Tensor, int]:
     """The ``(T, 3)`` position ids of one sequence, and its decode delta.
 
     Args:
@@ -116,7 +128,9 @@ def mrope_position_ids(segments: Sequence[Any], *, spatial_merge_size: int = 1, 
         t, h, w = grid[0], grid[1] // spatial_merge_size, grid[2] // spatial_merge_size
         if h < 1 or w < 1:
             raise ValueError(f"grid {grid} is smaller than spatial_merge_size={spatial_merge_size}")
-        tt, hh, ww = torch.meshgrid((torch.arange(t) * time_interval).long(), torch.arange(h), torch.arange(w), indexing="ij")
+        tt, hh, ww = torch.meshgrid(
+            (torch.arange(t) * time_interval).long(), torch.arange(h), torch.arange(w), indexing="ij"
+        )
         parts.append(torch.stack([tt, hh, ww], dim=-1).reshape(-1, 3) + current)
         current += max(h, w)
     positions = torch.cat(parts) if parts else torch.zeros(0, 3, dtype=torch.long)
@@ -124,8 +138,9 @@ def mrope_position_ids(segments: Sequence[Any], *, spatial_merge_size: int = 1, 
     return positions, delta
 
 
-def mrope_decode_positions(delta: int | torch.Tensor, cache_length: int, new_tokens: int = 1, *,
-                           device: torch.device | str | None = None) -> torch.Tensor:
+def mrope_decode_positions(
+    delta: int | torch.Tensor, cache_length: int, new_tokens: int = 1, *, device: torch.device | str | None = None
+) -> torch.Tensor:
     """``(new_tokens, 3)`` positions of tokens generated after a prompt: ``cache_length + k + delta``
     on all three axes (generated tokens are text). ``cache_length`` counts every token already in
     the KV cache, and ``delta`` is the prompt's from :func:`mrope_position_ids`; a batch whose

@@ -23,20 +23,22 @@ from scipy import linalg
 
 __all__ = [
     "apply_reference",
-    "plain_half_rotation",
+    "dynamic_ntk_reference",
     "generators",
+    "llama3_scaling_reference",
     "pair_indices",
+    "plain_half_rotation",
     "quaternion_rotation",
     "recover_positions",
     "rotation",
     "sinusoidal_reference",
-    "llama3_scaling_reference",
     "yarn_regions_reference",
-    "dynamic_ntk_reference",
 ]
 
 
-def sinusoidal_reference(positions: list[float] | np.ndarray, dim: int, base: float = 10000.0, layout: str = "interleaved") -> np.ndarray:
+def sinusoidal_reference(
+    positions: list[float] | np.ndarray, dim: int, base: float = 10000.0, layout: str = "interleaved"
+) -> np.ndarray:
     """``p_{k,2i} = sin(k / base^{2i/d})``, ``p_{k,2i+1} = cos(…)`` by loops (``"concat"``: sines then cosines)."""
     rows = []
     for k in np.asarray(positions, dtype=np.float64).reshape(-1):
@@ -82,7 +84,9 @@ def rotation(position: np.ndarray | list[float], gens: np.ndarray) -> np.ndarray
     return linalg.expm(np.tensordot(p, gens, axes=1))
 
 
-def apply_reference(x: np.ndarray, positions: np.ndarray, freqs: np.ndarray, layout: str = "half", inverse: bool = False) -> np.ndarray:
+def apply_reference(
+    x: np.ndarray, positions: np.ndarray, freqs: np.ndarray, layout: str = "half", inverse: bool = False
+) -> np.ndarray:
     """Row ``t`` of ``x`` ``(T, D)`` times ``R_{p_t}`` (or its transpose), ``positions`` ``(T, axes)``."""
     x = np.asarray(x, dtype=np.float64)
     gens = generators(freqs, x.shape[-1], layout)
@@ -150,7 +154,10 @@ def plain_half_rotation(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -
 
 # --- long-context scalings, one pair at a time, in Python floats (float64) ---------------------
 
-def llama3_scaling_reference(j: int, dim: int, base: float, factor: float, low: float, high: float, original: float) -> float:
+
+def llama3_scaling_reference(
+    j: int, dim: int, base: float, factor: float, low: float, high: float, original: float
+) -> float:
     """Llama 3.1's published rule for pair ``j``: keep short wavelengths, divide long ones by
     ``factor``, blend by ``(original/λ − low)/(high − low)`` in between."""
     theta = base ** (-2 * j / dim)

@@ -43,8 +43,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from kexue._shared import check_choice, check_finite, check_int, check_number
 from kexue._native import BACKENDS as NATIVE_BACKENDS
+from kexue._shared import check_choice, check_finite, check_int, check_number
 from kexue.positional import _native
 
 __all__ = [
@@ -124,8 +124,14 @@ def _rounds_products(x: torch.Tensor, rounding: str) -> bool:
     return rounding == "products" and x.dtype in _HALF_TYPES
 
 
-def _rotate_torch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool, inverse: bool,
-                  round_products: bool = False) -> torch.Tensor:
+def _rotate_torch(
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    interleaved: bool,
+    inverse: bool,
+    round_products: bool = False,
+) -> torch.Tensor:
     """The plain-torch path (any device, autograd through every input)."""
     half = cos.shape[-1]
     rotary = 2 * half
@@ -161,8 +167,12 @@ def _native_prepare(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: 
     return (x, c, s, target), out
 
 
-def _native_apply_many(items: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]],
-                       interleaved: bool, transpose: bool, round_products: bool = False) -> list[torch.Tensor]:
+def _native_apply_many(
+    items: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]],
+    interleaved: bool,
+    transpose: bool,
+    round_products: bool = False,
+) -> list[torch.Tensor]:
     """Rotate each ``(x, cos, sin, out)`` in one kernel call; returns the outputs."""
     jobs, outs, copies = [], [], []
     tables: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # q and k share theirs: converted once
@@ -187,7 +197,9 @@ def _native_apply_many(items: Sequence[tuple[torch.Tensor, torch.Tensor, torch.T
     return outs
 
 
-def _native_apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor | None, interleaved: bool, transpose: bool) -> torch.Tensor:
+def _native_apply(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor | None, interleaved: bool, transpose: bool
+) -> torch.Tensor:
     return _native_apply_many([(x, cos, sin, out)], interleaved, transpose)[0]
 
 
@@ -346,7 +358,9 @@ def apply_rotary_qk(
     if out is not None and (not isinstance(out, (tuple, list)) or len(out) != 2):
         raise ValueError(f"out must be a pair (q_out, k_out); got {type(out).__name__}")
     q_out, k_out = out if out is not None else (None, None)
-    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or cos.requires_grad or sin.requires_grad)
+    needs_grad = torch.is_grad_enabled() and (
+        q.requires_grad or k.requires_grad or cos.requires_grad or sin.requires_grad
+    )
     _check_out("out[0]", q_out, "q", q, needs_grad)
     _check_out("out[1]", k_out, "k", k, needs_grad)
     round_products = _rounds_products(q, check_choice("rounding", rounding, ROUNDINGS))
@@ -354,8 +368,9 @@ def apply_rotary_qk(
         options: dict[str, Any] = {"layout": layout, "inverse": inverse, "backend": backend, "rounding": rounding}
         return apply_rotary(q, cos, sin, out=q_out, **options), apply_rotary(k, cos, sin, out=k_out, **options)
     with torch.no_grad():
-        rq, rk = _native_apply_many([(q, cos, sin, q_out), (k, cos, sin, k_out)], layout == "interleaved", inverse,
-                                    round_products)
+        rq, rk = _native_apply_many(
+            [(q, cos, sin, q_out), (k, cos, sin, k_out)], layout == "interleaved", inverse, round_products
+        )
     return rq, rk
 
 
@@ -373,8 +388,13 @@ def _check_base(base: float) -> float:
     return check_number("base", base, above=1)
 
 
-def rope_frequencies(rotary_dim: int, base: float = 10000.0, *, dtype: torch.dtype = torch.float64,
-                     device: torch.device | str | None = None) -> torch.Tensor:
+def rope_frequencies(
+    rotary_dim: int,
+    base: float = 10000.0,
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """The 1-D frequency ladder ``θ_j = base^{−2j/R}``, ``j = 0 … R/2 − 1``.
 
     Computed in float64 on ``device`` (no copy from the host) and rounded once to ``dtype``.
@@ -423,7 +443,11 @@ def _split(pairs: int, axes: int, split: Sequence[int] | None) -> list[int]:
             )
         return [pairs // axes] * axes
     split = list(split)
-    if len(split) != axes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in split) or sum(split) != pairs:
+    if (
+        len(split) != axes
+        or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in split)
+        or sum(split) != pairs
+    ):
         raise ValueError(f"split={split!r} must list {axes} positive pair counts summing to {pairs}")
     return split
 
@@ -488,7 +512,9 @@ def mixed_frequencies(
     return freqs[0] if num_heads is None else freqs
 
 
-def grid_positions(*sizes: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
+def grid_positions(
+    *sizes: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+) -> torch.Tensor:
     """Integer grid coordinates in row-major order, e.g. ``grid_positions(h, w)`` for image patches.
 
     Shapes:
@@ -615,7 +641,9 @@ class RotaryEmbedding(nn.Module):
             self.freqs = nn.Parameter(value)
         else:
             self.register_buffer("freqs", value, persistent=True)
-        self._table: tuple[torch.Tensor, torch.Tensor, float] | None = None  # cos, sin, the attention factor they include
+        self._table: tuple[torch.Tensor, torch.Tensor, float] | None = (
+            None  # cos, sin, the attention factor they include
+        )
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> RotaryEmbedding:
         """``nn.Module._apply`` (behind ``.to()``, ``.half()``, ``.cuda()``, ``.to_empty()``...) with the
@@ -641,9 +669,16 @@ class RotaryEmbedding(nn.Module):
         self._table = None
 
     @classmethod
-    def from_config(cls, config: Any, *, layer_type: str | None = None, seq_len: int | None = None,
-                    angle_dtype: torch.dtype = torch.float32, backend: Backend = "auto",
-                    device: torch.device | str | None = None) -> RotaryEmbedding:
+    def from_config(
+        cls,
+        config: Any,
+        *,
+        layer_type: str | None = None,
+        seq_len: int | None = None,
+        angle_dtype: torch.dtype = torch.float32,
+        backend: Backend = "auto",
+        device: torch.device | str | None = None,
+    ) -> RotaryEmbedding:
         """The rotary embedding a transformers model builds from ``config``: its head width, its
         rotated share, its ``rope_type`` scaling with that scaling's attention factor (applied to
         cos and sin, as transformers does) and its pair layout (``rope_interleave``: the
@@ -673,9 +708,19 @@ class RotaryEmbedding(nn.Module):
         params = rope_parameters_from_config(config, seq_len=seq_len, layer_type=layer_type)
         layout: Layout = "interleaved" if getattr(config, "rope_interleave", False) else "half"
         mrope = mrope_layout(config)
-        freqs = params.inv_freq[None] if mrope is None else mrope_frequencies(params.inv_freq, mrope[0], interleaved=mrope[1])
-        rope = cls(params.head_dim, rotary_dim=params.rotary_dim, base=params.base, layout=layout,
-                   angle_dtype=angle_dtype, backend=backend)
+        freqs = (
+            params.inv_freq[None]
+            if mrope is None
+            else mrope_frequencies(params.inv_freq, mrope[0], interleaved=mrope[1])
+        )
+        rope = cls(
+            params.head_dim,
+            rotary_dim=params.rotary_dim,
+            base=params.base,
+            layout=layout,
+            angle_dtype=angle_dtype,
+            backend=backend,
+        )
         rope.axes = freqs.shape[0]  # 3 for M-RoPE: (temporal, height, width) positions
         rope._set_frequencies(freqs, device)
         rope.scaling = params.rope_type
@@ -730,7 +775,9 @@ class RotaryEmbedding(nn.Module):
         """
         return self._angles(self._as_positions(positions, validate))
 
-    def cos_sin(self, positions: torch.Tensor | Sequence[float], *, validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def cos_sin(
+        self, positions: torch.Tensor | Sequence[float], *, validate: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin of :meth:`angles` (in ``angle_dtype``), times :attr:`attention_factor` (1 unless
         a scaling defines one, as transformers scales its tables), ready for :func:`apply_rotary`.
         ``validate=False``: no value is read back to the host (see :meth:`forward`)."""
@@ -754,18 +801,32 @@ class RotaryEmbedding(nn.Module):
     def _cached(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin for positions ``0 … L−1`` with ``L ≥ length`` (rebuilt when it must grow)."""
         table = self._table
-        if (table is None or table[0].shape[0] < length or table[0].device != self.freqs.device
-                or table[0].dtype != self.angle_dtype or table[2] != self.attention_factor):
+        if (
+            table is None
+            or table[0].shape[0] < length
+            or table[0].device != self.freqs.device
+            or table[0].dtype != self.angle_dtype
+            or table[2] != self.attention_factor
+        ):
             size = max(64, 1 << (length - 1).bit_length())
             phi = self._angles(torch.arange(size, device=self.freqs.device)[:, None])
             self._table = table = (*self._tables(phi), self.attention_factor)
         return table[0], table[1]
 
-    def _offset_tables(self, x: torch.Tensor, offset: torch.Tensor, validate: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _offset_tables(
+        self, x: torch.Tensor, offset: torch.Tensor, validate: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sequence tables ``(B, [1,] T, R/2)``: sequence ``b`` at ``offset[b], …, offset[b] + T − 1``."""
-        if offset.dim() != 1 or offset.dtype.is_floating_point or offset.dtype == torch.bool or offset.shape[0] != x.shape[0]:
-            raise ValueError(f"offset as a tensor must be 1-D integers, one per sequence (x.shape[0]={x.shape[0]}); "
-                             f"got shape {tuple(offset.shape)} {offset.dtype}")
+        if (
+            offset.dim() != 1
+            or offset.dtype.is_floating_point
+            or offset.dtype == torch.bool
+            or offset.shape[0] != x.shape[0]
+        ):
+            raise ValueError(
+                f"offset as a tensor must be 1-D integers, one per sequence (x.shape[0]={x.shape[0]}); "
+                f"got shape {tuple(offset.shape)} {offset.dtype}"
+            )
         if validate and offset.numel() and not offset.is_meta and int(offset.min()) < 0:
             raise ValueError(f"offset must be non-negative; got minimum {int(offset.min())}")
         tokens = x.shape[-2]
@@ -783,8 +844,10 @@ class RotaryEmbedding(nn.Module):
         if x.shape[-1] != self.dim:
             raise ValueError(f"x.shape[-1]={x.shape[-1]} does not match dim={self.dim}")
         if x.device != self.freqs.device:
-            raise ValueError(f"x is on {x.device} but this RotaryEmbedding's frequencies are on {self.freqs.device}; "
-                             f"move the module with .to({str(x.device)!r})")
+            raise ValueError(
+                f"x is on {x.device} but this RotaryEmbedding's frequencies are on {self.freqs.device}; "
+                f"move the module with .to({str(x.device)!r})"
+            )
 
     def forward(
         self,
@@ -833,8 +896,10 @@ class RotaryEmbedding(nn.Module):
             if batched and self.freqs.dim() == 2 and x.dim() >= 4:
                 cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)  # broadcast over heads
         if self.attention_factor != 1.0 and inverse:
-            raise ValueError(f"inverse=True undoes a rotation, but this embedding also scales by attention_factor="
-                             f"{self.attention_factor:g}; divide by it after the inverse rotation instead")
+            raise ValueError(
+                f"inverse=True undoes a rotation, but this embedding also scales by attention_factor="
+                f"{self.attention_factor:g}; divide by it after the inverse rotation instead"
+            )
         return apply_rotary(x, cos, sin, layout=self.layout, inverse=inverse, out=out, backend=self.backend)
 
 

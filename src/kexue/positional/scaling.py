@@ -53,7 +53,14 @@ import torch
 
 from kexue._shared import check_choice, check_number
 
-__all__ = ["ROPE_TYPES", "RopeParameters", "attention_decay", "pair_analysis", "rope_parameters", "rope_parameters_from_config"]
+__all__ = [
+    "ROPE_TYPES",
+    "RopeParameters",
+    "attention_decay",
+    "pair_analysis",
+    "rope_parameters",
+    "rope_parameters_from_config",
+]
 
 _MROPE_FIELDS = ("mrope_section", "mrope_interleaved")  # read by kexue.positional.mrope, not by the scalings
 
@@ -143,7 +150,9 @@ def _yarn_attention_factor(spec: _Spec, factor: float) -> float:
     return _yarn_mscale(factor)
 
 
-def _yarn_boundaries(spec: _Spec, original: float, beta_fast: float, beta_slow: float, truncate: bool) -> tuple[float, float]:
+def _yarn_boundaries(
+    spec: _Spec, original: float, beta_fast: float, beta_slow: float, truncate: bool
+) -> tuple[float, float]:
     def index(rotations: float) -> float:  # the pair index that turns `rotations` times over `original`
         return spec.dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(spec.base))
 
@@ -155,8 +164,9 @@ def _yarn_boundaries(spec: _Spec, original: float, beta_fast: float, beta_slow: 
 
 def _yarn(spec: _Spec) -> tuple[torch.Tensor, float]:
     factor = spec.factor("yarn")
-    original = check_number("yarn original_max_position_embeddings",
-                            spec.require("original_max_position_embeddings", "yarn"), above=0)
+    original = check_number(
+        "yarn original_max_position_embeddings", spec.require("original_max_position_embeddings", "yarn"), above=0
+    )
     beta_fast = check_number("yarn beta_fast", spec.get("beta_fast", 32.0), above=0)
     beta_slow = check_number("yarn beta_slow", spec.get("beta_slow", 1.0), above=0)
     truncate = spec.params.get("truncate", True)
@@ -177,8 +187,10 @@ def _longrope(spec: _Spec) -> tuple[torch.Tensor, float]:
     name = "long_factor" if long else "short_factor"
     rescale = torch.as_tensor(spec.require(name, "longrope"), dtype=torch.float64)
     if rescale.shape != (spec.dim // 2,) or not bool((rescale > 0).all()) or not bool(torch.isfinite(rescale).all()):
-        raise ValueError(f"longrope {name} must hold {spec.dim // 2} finite numbers > 0 (one per rotated pair); "
-                         f"got shape {tuple(rescale.shape)}")
+        raise ValueError(
+            f"longrope {name} must hold {spec.dim // 2} finite numbers > 0 (one per rotated pair); "
+            f"got shape {tuple(rescale.shape)}"
+        )
     factor = spec.factor("longrope")
     given = spec.params.get("attention_factor")
     if given is not None:
@@ -194,8 +206,9 @@ def _llama3(spec: _Spec) -> tuple[torch.Tensor, float]:
     high = check_number("llama3 high_freq_factor", spec.require("high_freq_factor", "llama3"), above=0)
     if high <= low:
         raise ValueError(f"llama3 high_freq_factor ({high}) must exceed low_freq_factor ({low})")
-    original = check_number("llama3 original_max_position_embeddings",
-                            spec.require("original_max_position_embeddings", "llama3"), above=0)
+    original = check_number(
+        "llama3 original_max_position_embeddings", spec.require("original_max_position_embeddings", "llama3"), above=0
+    )
     theta = spec.ladder()
     wavelength = 2 * math.pi / theta
     weight = (original / wavelength - low) / (high - low)
@@ -262,8 +275,10 @@ def rope_parameters(
     share = check_number("partial_rotary_factor", partial_rotary_factor, above=0)
     dim = head_dim if rope_type == "proportional" else int(head_dim * share)
     if dim < 2 or dim % 2 or share > 1:
-        raise ValueError(f"partial_rotary_factor={partial_rotary_factor!r} gives a rotary width of {dim} of head_dim={head_dim}; "
-                         "it must be an even number >= 2 and at most head_dim")
+        raise ValueError(
+            f"partial_rotary_factor={partial_rotary_factor!r} gives a rotary width of {dim} of head_dim={head_dim}; "
+            "it must be an even number >= 2 and at most head_dim"
+        )
     for name, value in (("max_position_embeddings", max_position_embeddings), ("seq_len", seq_len)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name}={value!r} must be a positive integer or None")
@@ -276,7 +291,9 @@ def rope_parameters(
 _CONFIG_FIELDS = ("rope_type", "rope_theta", "partial_rotary_factor")
 
 
-def rope_parameters_from_config(config: Any, *, seq_len: int | None = None, layer_type: str | None = None) -> RopeParameters:
+def rope_parameters_from_config(
+    config: Any, *, seq_len: int | None = None, layer_type: str | None = None
+) -> RopeParameters:
     """:func:`rope_parameters` for a transformers config (``rope_parameters`` as transformers 5
     standardises it; ``layer_type`` picks one entry where a model keeps one per layer type, e.g.
     Gemma 3's ``"sliding_attention"`` and ``"full_attention"``).
@@ -291,14 +308,22 @@ def rope_parameters_from_config(config: Any, *, seq_len: int | None = None, laye
         raise ValueError(f"{type(config).__name__} has no rope_parameters mapping (is it a RoPE model's config?)")
     if layer_type is not None or "rope_type" not in parameters:
         if layer_type not in parameters:
-            raise ValueError(f"layer_type={layer_type!r}: this config keeps RoPE parameters for {sorted(parameters)}; pass one of them")
+            raise ValueError(
+                f"layer_type={layer_type!r}: this config keeps RoPE parameters for {sorted(parameters)}; pass one of them"
+            )
         parameters = parameters[layer_type]
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     extra = {k: v for k, v in parameters.items() if k not in _CONFIG_FIELDS and k not in _MROPE_FIELDS}
     share = parameters.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None))
-    return rope_parameters(parameters.get("rope_type", "default"), head_dim=int(head_dim), base=float(parameters["rope_theta"]),
-                           partial_rotary_factor=1.0 if share is None else float(share),
-                           max_position_embeddings=getattr(config, "max_position_embeddings", None), seq_len=seq_len, **extra)
+    return rope_parameters(
+        parameters.get("rope_type", "default"),
+        head_dim=int(head_dim),
+        base=float(parameters["rope_theta"]),
+        partial_rotary_factor=1.0 if share is None else float(share),
+        max_position_embeddings=getattr(config, "max_position_embeddings", None),
+        seq_len=seq_len,
+        **extra,
+    )
 
 
 def pair_analysis(params: RopeParameters, context: int) -> dict[str, torch.Tensor]:
@@ -316,8 +341,10 @@ def pair_analysis(params: RopeParameters, context: int) -> dict[str, torch.Tenso
     if isinstance(context, bool) or not isinstance(context, int) or context < 1:
         raise ValueError(f"context={context!r} must be a positive integer")
     theta = params.inv_freq
-    plain = params.base ** (-torch.arange(0, params.rotary_dim, 2, dtype=torch.float64) /
-                            (params.head_dim if params.rope_type == "proportional" else params.rotary_dim))
+    plain = params.base ** (
+        -torch.arange(0, params.rotary_dim, 2, dtype=torch.float64)
+        / (params.head_dim if params.rope_type == "proportional" else params.rotary_dim)
+    )
     wavelength = torch.where(theta > 0, 2 * math.pi / theta.clamp_min(1e-300), torch.full_like(theta, math.inf))
     return {"wavelength": wavelength, "turns": context * theta / (2 * math.pi), "ratio": theta / plain}
 
@@ -335,4 +362,3 @@ def attention_decay(inv_freq: torch.Tensor, distances: Any) -> torch.Tensor:
     phase = delta.reshape(-1, 1) * theta  # (N, R/2)
     partial = torch.cumsum(torch.polar(torch.ones_like(phase), phase), dim=1)  # S_1 … S_{R/2}
     return (partial.abs().sum(dim=1) / theta.numel()).reshape(delta.shape)
-

@@ -44,8 +44,9 @@ TableLayout = Literal["interleaved", "concat"]
 TABLE_LAYOUTS: tuple[str, ...] = ("interleaved", "concat")
 
 
-def _positions(positions: Any, angle_dtype: torch.dtype, device: torch.device | str | None = None,
-               validate: bool = True) -> tuple[torch.Tensor, bool]:
+def _positions(
+    positions: Any, angle_dtype: torch.dtype, device: torch.device | str | None = None, validate: bool = True
+) -> tuple[torch.Tensor, bool]:
     """Positions as an ``angle_dtype`` tensor; an int ``n`` means ``0 … n−1`` (on ``device``).
     Finiteness is checked (a read back to the host) only when ``validate`` and not on the meta device."""
     if angle_dtype not in (torch.float32, torch.float64):
@@ -107,7 +108,9 @@ def sinusoidal_table(
     base = _check_base(base)
     check_choice("layout", layout, TABLE_LAYOUTS)
     p, was_numpy = _positions(positions, angle_dtype, device, validate)
-    angles = p.unsqueeze(-1) * rope_frequencies(dim, base, dtype=angle_dtype, device=p.device)  # (*S, d/2): θ_i = base^(−2i/d)
+    angles = p.unsqueeze(-1) * rope_frequencies(
+        dim, base, dtype=angle_dtype, device=p.device
+    )  # (*S, d/2): θ_i = base^(−2i/d)
     sin, cos = angles.sin(), angles.cos()
     table = torch.stack((sin, cos), dim=-1).flatten(-2) if layout == "interleaved" else torch.cat((sin, cos), dim=-1)
     table = table.to(dtype or torch.get_default_dtype())
@@ -143,16 +146,20 @@ def sinusoidal_table_nd(
     axes = p.shape[-1]
     if split is None:
         if dim % (2 * axes):
-            raise ValueError(f"dim={dim} does not split into {axes} even shares, one per axis of positions "
-                             f"(positions.shape[-1]={axes}); pass split=")
+            raise ValueError(
+                f"dim={dim} does not split into {axes} even shares, one per axis of positions "
+                f"(positions.shape[-1]={axes}); pass split="
+            )
         split = [dim // axes] * axes
     split = list(split)
     if len(split) != axes or sum(split) != dim:
         raise ValueError(f"split={split!r} must list {axes} even dimensions summing to dim={dim}")
     for share in split:
         _check_rotary_dim("split entry", share)
-    parts = [sinusoidal_table(p[..., k], share, base, layout=layout, dtype=dtype, angle_dtype=angle_dtype, validate=False)
-             for k, share in enumerate(split)]
+    parts = [
+        sinusoidal_table(p[..., k], share, base, layout=layout, dtype=dtype, angle_dtype=angle_dtype, validate=False)
+        for k, share in enumerate(split)
+    ]
     table = torch.cat(parts, dim=-1)
     return table.numpy() if was_numpy else table
 
@@ -199,7 +206,9 @@ def power_schedule(alpha: float) -> ThetaSchedule:
         delta = np.abs(np.asarray(delta, dtype=np.float64))
         return np.where(delta > 0, np.sinc(delta / np.pi), 1.0)
 
-    return ThetaSchedule(f"t^{alpha:g}", lambda t: np.asarray(t, dtype=np.float64) ** alpha, exact if alpha == 1 else None)
+    return ThetaSchedule(
+        f"t^{alpha:g}", lambda t: np.asarray(t, dtype=np.float64) ** alpha, exact if alpha == 1 else None
+    )
 
 
 # name -> factory(parameter) -> ThetaSchedule
@@ -220,7 +229,9 @@ def _schedule(schedule: ThetaSchedule | float | None, base: float) -> ThetaSched
 def _distances(distances: Any) -> np.ndarray:
     array = as_real_array(distances, "distances")
     if not np.all(np.isfinite(array)):
-        raise ValueError(f"distances contains {int((~np.isfinite(array)).sum())} non-finite value(s); finite distances are required")
+        raise ValueError(
+            f"distances contains {int((~np.isfinite(array)).sum())} non-finite value(s); finite distances are required"
+        )
     return array
 
 

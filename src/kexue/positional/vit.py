@@ -48,7 +48,9 @@ class ViTResult:
     seconds: float
 
 
-def load_digits_split(seed: int = 0, test_fraction: float = 0.3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def load_digits_split(
+    seed: int = 0, test_fraction: float = 0.3
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The digits as float images in [0, 1], shape (N, 1, 8, 8), split with a fixed permutation."""
     from sklearn.datasets import load_digits
 
@@ -78,7 +80,9 @@ class _Block(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
         b, t, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (B, H, T, Dh) each
+        q, k, v = (
+            self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        )  # (B, H, T, Dh) each
         if self.rope is not None:  # positions come from TinyViT.positions: valid by construction, so no host reads
             q, k = self.rope(q, positions, validate=False), self.rope(k, positions, validate=False)
         attn = F.scaled_dot_product_attention(q, k, v)
@@ -93,7 +97,9 @@ class TinyViT(nn.Module):
     (see :class:`kexue.positional.rope.RotaryEmbedding`); positions are made on the input's
     device, and the blocks rotate without reading values back to the host."""
 
-    def __init__(self, variant: str, dim: int = 64, heads: int = 4, depth: int = 2, grid: int = TRAIN_SIZE // PATCH) -> None:
+    def __init__(
+        self, variant: str, dim: int = 64, heads: int = 4, depth: int = 2, grid: int = TRAIN_SIZE // PATCH
+    ) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant={variant!r} is not supported; accepted: {', '.join(VARIANTS)}")
@@ -105,7 +111,9 @@ class TinyViT(nn.Module):
             "learned": lambda: None,
             "rope-1d-flat": lambda: RotaryEmbedding(head_dim, base=100.0),
             "rope-2d-axial": lambda: RotaryEmbedding(head_dim, axes=2, base=100.0),
-            "rope-mixed": lambda: RotaryEmbedding(head_dim, axes=2, frequencies="mixed", learnable=True, num_heads=heads, base=100.0),
+            "rope-mixed": lambda: RotaryEmbedding(
+                head_dim, axes=2, frequencies="mixed", learnable=True, num_heads=heads, base=100.0
+            ),
         }
         self.rope = factories[variant]()
         self.blocks = nn.ModuleList(_Block(dim, heads, self.rope) for _ in range(depth))
@@ -128,7 +136,11 @@ class TinyViT(nn.Module):
         grid = math.isqrt(patches.shape[1])
         x = self.embed(patches)  # (B, T, dim)
         if self.table is not None:
-            table = self.table if grid == self.grid else F.interpolate(self.table, size=(grid, grid), mode="bicubic", align_corners=False)
+            table = (
+                self.table
+                if grid == self.grid
+                else F.interpolate(self.table, size=(grid, grid), mode="bicubic", align_corners=False)
+            )
             x = x + table.flatten(2).transpose(1, 2)
         positions = self.positions(grid, mode, patches.device)
         for block in self.blocks:
@@ -142,8 +154,15 @@ def _accuracy(model: TinyViT, patches: torch.Tensor, labels: torch.Tensor, mode:
         return float((model(patches, mode).argmax(-1) == labels).float().mean())
 
 
-def train_and_evaluate(variant: str, seed: int = 0, epochs: int = 30, batch_size: int = 64, lr: float = 3e-3,
-                       on_epoch: Callable[[], None] | None = None, sizes: tuple[int, int] = (TRAIN_SIZE, TEST_SIZE)) -> ViTResult:
+def train_and_evaluate(
+    variant: str,
+    seed: int = 0,
+    epochs: int = 30,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    on_epoch: Callable[[], None] | None = None,
+    sizes: tuple[int, int] = (TRAIN_SIZE, TEST_SIZE),
+) -> ViTResult:
     """Train one variant with a fixed seed and return its accuracies.
 
     ``sizes``: the image side at training and at the larger test resolution (multiples of
@@ -157,7 +176,11 @@ def train_and_evaluate(variant: str, seed: int = 0, epochs: int = 30, batch_size
     start = time.perf_counter()
     torch.manual_seed(seed)
     x_train, y_train, x_test, y_test = load_digits_split(seed=0)
-    train_patches, test_small, test_large = _patches(x_train, train_size), _patches(x_test, train_size), _patches(x_test, test_size)
+    train_patches, test_small, test_large = (
+        _patches(x_train, train_size),
+        _patches(x_test, train_size),
+        _patches(x_test, test_size),
+    )
     model = TinyViT(variant, grid=train_size // PATCH)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     steps = epochs * math.ceil(len(y_train) / batch_size)
@@ -185,10 +208,16 @@ def train_and_evaluate(variant: str, seed: int = 0, epochs: int = 30, batch_size
     )
 
 
-def run_experiment(seeds: tuple[int, ...] = (0,), epochs: int = 30, on_epoch: Callable[[], None] | None = None,
-                   sizes: tuple[int, int] = (TRAIN_SIZE, TEST_SIZE)) -> list[ViTResult]:
+def run_experiment(
+    seeds: tuple[int, ...] = (0,),
+    epochs: int = 30,
+    on_epoch: Callable[[], None] | None = None,
+    sizes: tuple[int, int] = (TRAIN_SIZE, TEST_SIZE),
+) -> list[ViTResult]:
     """Every variant for every seed (``sizes``: see :func:`train_and_evaluate`)."""
-    return [train_and_evaluate(v, seed=s, epochs=epochs, on_epoch=on_epoch, sizes=sizes) for s in seeds for v in VARIANTS]
+    return [
+        train_and_evaluate(v, seed=s, epochs=epochs, on_epoch=on_epoch, sizes=sizes) for s in seeds for v in VARIANTS
+    ]
 
 
 def summarize(results: list[ViTResult]) -> dict[str, dict[str, float | None]]:

@@ -15,4 +15,15 @@ from kexue.repetition.measure import bounds, estimate_r, exact_r, inflow
 from kexue.repetition.metrics import find_loops, seq_rep_n, summary
 from kexue.repetition.transition import apply_decoding, estimate, parse_decodings
 
-__all__ = ["apply_decoding", "bounds", "estimate", "estimate_r", "exact_r", "find_loops", "inflow", "parse_decodings", "seq_rep_n", "summary"]
+__all__ = [
+    "apply_decoding",
+    "bounds",
+    "estimate",
+    "estimate_r",
+    "exact_r",
+    "find_loops",
+    "inflow",
+    "parse_decodings",
+    "seq_rep_n",
+    "summary",
+]

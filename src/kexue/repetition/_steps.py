@@ -7,11 +7,15 @@ import torch
 __all__ = ["RowTracker", "extends"]
 
 
-
 def extends(ids: torch.Tensor, prev: torch.Tensor | None) -> bool:
     """Whether ``ids`` has the shape of the next step after ``prev`` (same device and batch, one more
     token): decided from shapes only, so no value reaches the host."""
-    return prev is not None and prev.device == ids.device and ids.shape[0] == prev.shape[0] and ids.shape[1] == prev.shape[1] + 1
+    return (
+        prev is not None
+        and prev.device == ids.device
+        and ids.shape[0] == prev.shape[0]
+        and ids.shape[1] == prev.shape[1] + 1
+    )
 
 
 def _position_weights(length: int, device: torch.device) -> torch.Tensor:

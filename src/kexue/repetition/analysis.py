@@ -34,8 +34,10 @@ class RuleReport:
 def _missing_bounds(lam: float, z: float, n: int) -> tuple[float, str]:
     """The value of a bound that is not summed (``inf`` or ``nan``) and why, in words."""
     if lam >= 1 - 1e-12 and round(z * n, 9) == 1:
-        return math.inf, ("deterministic decoder (one successor a token, ζn = 1): every cycle of length c adds at least "
-                          "c to the lower bound and c² to the article's estimate at each multiple k of c: both are ∞, like R")
+        return math.inf, (
+            "deterministic decoder (one successor a token, ζn = 1): every cycle of length c adds at least "
+            "c to the lower bound and c² to the article's estimate at each multiple k of c: both are ∞, like R"
+        )
     if lam >= 1 - 1e-12:
         return math.nan, "λ₁ = 1, R = ∞: nothing to bound, bounds not summed"
     return math.nan, "bounds need dense powers of P: computed up to n = 2,000"
@@ -56,12 +58,28 @@ def analyze(P, rules: Sequence[Decoding], *, terms: int = 30, probes: int = 32, 
         else:
             est = estimate_r(D if sp.issparse(D) else sp.csr_array(D), probes=probes, seed=seed)
             r, se, b = est.value, est.stderr, None
-            method = f"{est.method} ({est.probes} probes, {est.blocks:,} blocks)" if est.stochastic_tokens else "exact (blocks)"
+            method = (
+                f"{est.method} ({est.probes} probes, {est.blocks:,} blocks)"
+                if est.stochastic_tokens
+                else "exact (blocks)"
+            )
         upper = n * lam / (1 - lam) if lam < 1 - 1e-12 else math.inf
         z = zeta(D)
         missing, note = (math.nan, "") if b else _missing_bounds(lam, z, n)
-        rows.append(RuleReport(str(rule), r, se, method, lam, z, b.lower_diagonal if b else missing,
-                               b.article_estimate if b else missing, upper, note))
+        rows.append(
+            RuleReport(
+                str(rule),
+                r,
+                se,
+                method,
+                lam,
+                z,
+                b.lower_diagonal if b else missing,
+                b.article_estimate if b else missing,
+                upper,
+                note,
+            )
+        )
     return rows
 
 
@@ -75,8 +93,10 @@ def dry_penalised(P, rule: Decoding | str, delta: float) -> np.ndarray:
     llama.cpp's order (DRY before top-k, top-p, temperature)."""
     n = P.shape[0]
     if n > DRY_MAX_TOKENS:
-        raise ValueError(f"P has {n} tokens: dry_penalised decodes one dense copy of P per token (O(n³)), so it accepts at "
-                         f"most {DRY_MAX_TOKENS}; restrict P to the tokens that matter (e.g. a character-level model)")
+        raise ValueError(
+            f"P has {n} tokens: dry_penalised decodes one dense copy of P per token (O(n³)), so it accepts at "
+            f"most {DRY_MAX_TOKENS}; restrict P to the tokens that matter (e.g. a character-level model)"
+        )
     dense = P.toarray() if sp.issparse(P) else np.asarray(P, dtype=np.float64)
     G = np.zeros_like(dense)
     factor = math.exp(-delta)
@@ -89,8 +109,16 @@ def dry_penalised(P, rule: Decoding | str, delta: float) -> np.ndarray:
     return G
 
 
-def r_with_dry(P, rule: Decoding | str, *, multiplier: float, base: float = 1.75, allowed_length: int = 2,
-               tol: float = 1e-13, max_terms: int = 5000) -> float:
+def r_with_dry(
+    P,
+    rule: Decoding | str,
+    *,
+    multiplier: float,
+    base: float = 1.75,
+    allowed_length: int = 2,
+    tol: float = 1e-13,
+    max_terms: int = 5000,
+) -> float:
     """The article's R for decoding ``P`` with ``rule`` after DRY (``multiplier``, ``base``,
     ``allowed_length``; no sequence breakers), on the article's event itself.
 
@@ -184,7 +212,9 @@ class Rebalanced:
     merges: list[tuple[str, str, float]]
 
 
-def rebalance(ids: np.ndarray, tokens: list[str], *, gamma: float = 0.5, max_merges: int = 200, min_count: int = 20) -> Rebalanced:
+def rebalance(
+    ids: np.ndarray, tokens: list[str], *, gamma: float = 0.5, max_merges: int = 200, min_count: int = 20
+) -> Rebalanced:
     """Rebalanced encoding (Fu et al. 2021): repeatedly merge the pair ``(i, j)`` with the
     highest transition probability ``P_ij > gamma`` (seen at least ``min_count`` times) into a
     new token, re-estimating the counts after each merge."""

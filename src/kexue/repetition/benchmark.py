@@ -62,7 +62,7 @@ def power_law(n: int, seed: int = 0, exponent: float = 1.2) -> sp.csr_array:
     rank = np.arange(len(rows)) - np.repeat(np.cumsum(sizes) - sizes, sizes) + 1
     popular = 1.0 / np.arange(1, n + 1)
     cols = rng.choice(n, size=len(rows), p=popular / popular.sum())
-    return _normalised(rows, cols, rank ** -exponent, n)
+    return _normalised(rows, cols, rank**-exponent, n)
 
 
 def _normalised(rows, cols, vals, n: int) -> sp.csr_array:
@@ -115,10 +115,21 @@ def model_matrix(n: int, *, data_root=None, seed: int = 0) -> sp.csr_array:
 
     tokens = tokenize(load_tinyshakespeare(data_root), "word")
     vocab = Vocabulary.build(tokens, max_size=n)
-    ids = torch.as_tensor(vocab.encode(tokens[: 64 * 64]))  # rows of tokens not in these windows: the model after that token alone
+    ids = torch.as_tensor(
+        vocab.encode(tokens[: 64 * 64])
+    )  # rows of tokens not in these windows: the model after that token alone
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+        )
+    )
     P = from_model(model, ids[: 64 * 64].reshape(64, 64), batch_size=8)
     return sp.csr_array(apply_decoding(apply_decoding(P, "temperature=0.05"), "topk=40", sparse=True))
 
@@ -140,17 +151,49 @@ def exact_and_estimate(bench: Bench) -> None:
     t_exact, r = _seconds(lambda: exact_r(dense))
     t_est, est = _seconds(lambda: estimate_r(P, probes=64))
     case = "A/B: R of a top-40 bigram decoder"
-    bench.cases.append(CaseResult(bench.technique, case, f"exact (dense LU), n = {n_exact:,}", t_exact, [t_exact], None, {"n": n_exact}))
-    bench.cases.append(CaseResult(bench.technique, case, f"estimate (64 probes to start), n = {n_exact:,}", t_est, [t_est], None,
-                                  {"n": n_exact, "stderr": est.stderr}))
+    bench.cases.append(
+        CaseResult(
+            bench.technique, case, f"exact (dense LU), n = {n_exact:,}", t_exact, [t_exact], None, {"n": n_exact}
+        )
+    )
+    bench.cases.append(
+        CaseResult(
+            bench.technique,
+            case,
+            f"estimate (64 probes to start), n = {n_exact:,}",
+            t_est,
+            [t_est],
+            None,
+            {"n": n_exact, "stderr": est.stderr},
+        )
+    )
     big = topk_matrix(n_big, seed=1)
     t_big, est_big = _seconds(lambda: estimate_r(big, probes=64, rel_error=None))
-    bench.cases.append(CaseResult(bench.technique, case, f"estimate (64 probes), n = {n_big:,}, {big.nnz:,} non-zeros", t_big, [t_big],
-                                  None, {"n": n_big, "R": est_big.value, "stderr": est_big.stderr, "terms": est_big.terms}))
-    bench.ratio("repetition.estimate_seconds", t_big, target=60.0, higher_is_better=False,
-                description=f"seconds for the estimate at n = {n_big:,} (top-40, 64 probes, R = {est_big.value:.4g} ± {est_big.stderr:.2g})")
-    bench.ratio("repetition.estimate_rel_error", abs(est.value - r) / r, target=0.02, higher_is_better=False,
-                description=f"|estimate − exact| / exact at n = {n_exact:,} (exact R = {r:.6g}, exact in {t_exact:.1f} s)")
+    bench.cases.append(
+        CaseResult(
+            bench.technique,
+            case,
+            f"estimate (64 probes), n = {n_big:,}, {big.nnz:,} non-zeros",
+            t_big,
+            [t_big],
+            None,
+            {"n": n_big, "R": est_big.value, "stderr": est_big.stderr, "terms": est_big.terms},
+        )
+    )
+    bench.ratio(
+        "repetition.estimate_seconds",
+        t_big,
+        target=60.0,
+        higher_is_better=False,
+        description=f"seconds for the estimate at n = {n_big:,} (top-40, 64 probes, R = {est_big.value:.4g} ± {est_big.stderr:.2g})",
+    )
+    bench.ratio(
+        "repetition.estimate_rel_error",
+        abs(est.value - r) / r,
+        target=0.02,
+        higher_is_better=False,
+        description=f"|estimate − exact| / exact at n = {n_exact:,} (exact R = {r:.6g}, exact in {t_exact:.1f} s)",
+    )
 
 
 @BENCH.case
@@ -164,11 +207,25 @@ def estimate_families(bench: Bench) -> None:
     rows = estimator_errors(families)  # every multi-token block down the stochastic path
     case = f"D: estimate_r (0.5 % target) against exact R, n = {n:,}"
     for name, v in rows.items():
-        bench.cases.append(CaseResult(bench.technique, case, name, v["seconds"], [v["seconds"]], None,
-                                      {k: v[k] for k in ("n", "exact R", "estimate", "stderr", "actual relative error", "probes")}))
+        bench.cases.append(
+            CaseResult(
+                bench.technique,
+                case,
+                name,
+                v["seconds"],
+                [v["seconds"]],
+                None,
+                {k: v[k] for k in ("n", "exact R", "estimate", "stderr", "actual relative error", "probes")},
+            )
+        )
     worst = max(rows, key=lambda k: rows[k]["actual relative error"])
-    bench.ratio("repetition.estimate_worst_rel_error", rows[worst]["actual relative error"], target=0.01, higher_is_better=False,
-                description=f"worst |estimate − exact| / exact over {len(rows)} matrix families at n = {n:,} ({worst})")
+    bench.ratio(
+        "repetition.estimate_worst_rel_error",
+        rows[worst]["actual relative error"],
+        target=0.01,
+        higher_is_better=False,
+        description=f"worst |estimate − exact| / exact over {len(rows)} matrix families at n = {n:,} ({worst})",
+    )
 
 
 @BENCH.case
@@ -178,14 +235,39 @@ def estimate_50k(bench: Bench) -> None:
     n = 10_000 if bench.quick else 50_000
     case = f"E: estimate_r to 0.5 % standard error, n = {n:,}"
     times = {}
-    for name, P in (("random sparse, 8 a row", random_sparse(n)), ("power-law rows", power_law(n)), ("peaked top-40", topk_matrix(n, seed=1))):
+    for name, P in (
+        ("random sparse, 8 a row", random_sparse(n)),
+        ("power-law rows", power_law(n)),
+        ("peaked top-40", topk_matrix(n, seed=1)),
+    ):
         t, est = _seconds(lambda: estimate_r(P))
         times[name] = t
-        bench.cases.append(CaseResult(bench.technique, case, name, t, [t], None,
-                                      {"n": n, "nnz": P.nnz, "R": est.value, "stderr": est.stderr, "probes": est.probes, "converged": est.converged}))
+        bench.cases.append(
+            CaseResult(
+                bench.technique,
+                case,
+                name,
+                t,
+                [t],
+                None,
+                {
+                    "n": n,
+                    "nnz": P.nnz,
+                    "R": est.value,
+                    "stderr": est.stderr,
+                    "probes": est.probes,
+                    "converged": est.converged,
+                },
+            )
+        )
     slowest = max(times, key=times.get)
-    bench.ratio("repetition.estimate_seconds_50k", times[slowest], target=60.0, higher_is_better=False,
-                description=f"seconds to a 0.5 % standard error at n = {n:,}, slowest of three families ({slowest})")
+    bench.ratio(
+        "repetition.estimate_seconds_50k",
+        times[slowest],
+        target=60.0,
+        higher_is_better=False,
+        description=f"seconds to a 0.5 % standard error at n = {n:,}, slowest of three families ({slowest})",
+    )
 
 
 @BENCH.case
@@ -197,20 +279,34 @@ def dry_overhead(bench: Bench) -> None:
     from kexue.repetition.dry import DRYLogitsProcessor
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=65, hidden_size=64, intermediate_size=168, num_hidden_layers=2, num_attention_heads=4,
-                                         num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=False)).eval()
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=65,
+            hidden_size=64,
+            intermediate_size=168,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=512,
+            tie_word_embeddings=False,
+        )
+    ).eval()
     batch, new = (4, 32) if bench.quick else (32, 256)
     prompt = torch.randint(0, 65, (batch, 16), generator=torch.Generator().manual_seed(0))
 
     def generate(dry: bool) -> None:
-        kw = {"logits_processor": LogitsProcessorList([DRYLogitsProcessor(0.8, breaker_ids=[[0], [10]])])} if dry else {}
+        kw = (
+            {"logits_processor": LogitsProcessorList([DRYLogitsProcessor(0.8, breaker_ids=[[0], [10]])])} if dry else {}
+        )
         torch.manual_seed(0)
         with torch.no_grad(), quieter("transformers.generation.utils"):
             model.generate(prompt, max_new_tokens=new, do_sample=True, top_k=0, pad_token_id=0, **kw)
 
     case = f"F: generate on the char model (LLaMA d 64, 2 layers, vocabulary 65), {batch} x {new} tokens, sampling, one thread"
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a model this small gains nothing from intra-op threads; one thread keeps both sides steady
+    torch.set_num_threads(
+        1
+    )  # a model this small gains nothing from intra-op threads; one thread keeps both sides steady
     try:
         generate(False), generate(True)  # warm-up
         plain, dry = [], []
@@ -220,9 +316,18 @@ def dry_overhead(bench: Bench) -> None:
     finally:
         torch.set_num_threads(threads)
     for name, times in (("without DRY", plain), ("with DRY (kexue)", dry)):
-        bench.cases.append(CaseResult(bench.technique, case, name, float(np.median(times)), times, None, {"batch": batch, "tokens": new}))
-    bench.ratio("repetition.dry_overhead", float(np.median(dry) / np.median(plain)), target=1.15, higher_is_better=False,
-                description=f"generate time with DRY / without, median of {len(plain)} interleaved runs ({batch} x {new} tokens)")
+        bench.cases.append(
+            CaseResult(
+                bench.technique, case, name, float(np.median(times)), times, None, {"batch": batch, "tokens": new}
+            )
+        )
+    bench.ratio(
+        "repetition.dry_overhead",
+        float(np.median(dry) / np.median(plain)),
+        target=1.15,
+        higher_is_better=False,
+        description=f"generate time with DRY / without, median of {len(plain)} interleaved runs ({batch} x {new} tokens)",
+    )
 
 
 @BENCH.case
@@ -243,12 +348,20 @@ def metrics(bench: Bench) -> None:
 
     def ours():
         padded = fast._padded(seqs)  # lists converted once, then shared by every metric
-        return ([float(np.nanmean(fast.rep_n(padded, n))) for n in (2, 3, 4)], fast.distinct_n(padded, 2), fast.rep_l(padded, 16),
-                fast.find_loops(padded, 32, 2).looped.tolist())
+        return (
+            [float(np.nanmean(fast.rep_n(padded, n))) for n in (2, 3, 4)],
+            fast.distinct_n(padded, 2),
+            fast.rep_l(padded, 16),
+            fast.find_loops(padded, 32, 2).looped.tolist(),
+        )
 
     def theirs():
-        return ([slow.seq_rep_n(seqs, n) for n in (2, 3, 4)], slow.distinct_n(seqs, 2), slow.rep_l(seqs, 16),
-                [x[0] for x in slow.find_loops(seqs, 32, 2)])
+        return (
+            [slow.seq_rep_n(seqs, n) for n in (2, 3, 4)],
+            slow.distinct_n(seqs, 2),
+            slow.rep_l(seqs, 16),
+            [x[0] for x in slow.find_loops(seqs, 32, 2)],
+        )
 
     case = f"C: metrics over {count:,} sequences of 256 tokens"
     t_ours, a = _seconds(ours)
@@ -256,6 +369,14 @@ def metrics(bench: Bench) -> None:
     if not (np.allclose(a[0], b[0]) and np.isclose(a[1], b[1]) and np.isclose(a[2], b[2]) and a[3] == b[3]):
         raise AssertionError("vectorised metrics disagree with the plain-Python definitions")
     bench.cases.append(CaseResult(bench.technique, case, "kexue (NumPy)", t_ours, [t_ours], None, {"sequences": count}))
-    bench.cases.append(CaseResult(bench.technique, case, "plain Python (same definitions)", t_theirs, [t_theirs], None, {"sequences": count}))
-    bench.ratio("repetition.metrics_vs_python", t_theirs / t_ours, target=5.0,
-                description="plain-Python time / kexue time, rep-2/3/4, distinct-2, rep/16 and loops (same numbers)")
+    bench.cases.append(
+        CaseResult(
+            bench.technique, case, "plain Python (same definitions)", t_theirs, [t_theirs], None, {"sequences": count}
+        )
+    )
+    bench.ratio(
+        "repetition.metrics_vs_python",
+        t_theirs / t_ours,
+        target=5.0,
+        description="plain-Python time / kexue time, rep-2/3/4, distinct-2, rep/16 and loops (same numbers)",
+    )

@@ -106,8 +106,11 @@ def breaker_sequences(tokenizer, strings: Sequence[str]) -> list[tuple[int, tupl
     """
     if isinstance(strings, str):
         raise TypeError("sequence_breakers must be a list of strings, not one string (wrap it in a list)")
-    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))]) if hasattr(tokenizer, "batch_decode") \
+    texts = (
+        tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        if hasattr(tokenizer, "batch_decode")
         else [tokenizer.decode([i]) for i in range(len(tokenizer))]
+    )
     out: dict[tuple[int, tuple[int, ...]], None] = {}
     for s in strings:
         if not isinstance(s, str) or not s:
@@ -148,18 +151,31 @@ class DRYLogitsProcessor(LogitsProcessor):
     its temperature/top-k/top-p warpers, the order of llama.cpp's chain (penalties, DRY, top-k …).
     """
 
-    def __init__(self, multiplier: float, base: float = 1.75, allowed_length: int = 2, penalty_last_n: int = -1,
-                 sequence_breakers: Sequence[str] | None = None, *, tokenizer=None,
-                 breaker_ids: Sequence[Sequence[int]] | None = None, prompt_length: int | None = None) -> None:
+    def __init__(
+        self,
+        multiplier: float,
+        base: float = 1.75,
+        allowed_length: int = 2,
+        penalty_last_n: int = -1,
+        sequence_breakers: Sequence[str] | None = None,
+        *,
+        tokenizer=None,
+        breaker_ids: Sequence[Sequence[int]] | None = None,
+        prompt_length: int | None = None,
+    ) -> None:
         self.multiplier = check_number("multiplier", multiplier)
         if self.multiplier < 0:
             raise ValueError(f"multiplier={multiplier!r} must be >= 0 (0 turns DRY off)")
         self.base = check_number("base", base)
         if self.base < 1:
-            raise ValueError(f"base={base!r} must be >= 1 (llama.cpp treats a smaller base as DRY off; pass multiplier=0 for that)")
+            raise ValueError(
+                f"base={base!r} must be >= 1 (llama.cpp treats a smaller base as DRY off; pass multiplier=0 for that)"
+            )
         self.allowed_length = check_int("allowed_length", allowed_length, 1)
         if isinstance(penalty_last_n, bool) or not isinstance(penalty_last_n, int) or penalty_last_n < -1:
-            raise ValueError(f"penalty_last_n={penalty_last_n!r} must be -1 (whole sequence), 0 (off) or a positive integer")
+            raise ValueError(
+                f"penalty_last_n={penalty_last_n!r} must be -1 (whole sequence), 0 (off) or a positive integer"
+            )
         self.penalty_last_n = penalty_last_n
         self.prompt_length = None if prompt_length is None else check_int("prompt_length", prompt_length, 0)
         self.breakers = self._breakers(sequence_breakers, tokenizer, breaker_ids)
@@ -172,7 +188,9 @@ class DRYLogitsProcessor(LogitsProcessor):
     def _breakers(strings, tokenizer, breaker_ids) -> list[tuple[int, tuple[int, ...]]]:
         if breaker_ids is not None:
             if strings is not None:
-                raise ValueError("give sequence_breakers (strings, with tokenizer) or breaker_ids (token ids), not both")
+                raise ValueError(
+                    "give sequence_breakers (strings, with tokenizer) or breaker_ids (token ids), not both"
+                )
             out = []
             for seq in breaker_ids:
                 seq = [int(t) for t in seq]
@@ -184,8 +202,10 @@ class DRYLogitsProcessor(LogitsProcessor):
         if not strings:
             return []
         if tokenizer is None:
-            raise ValueError("sequence_breakers are strings: pass tokenizer= (the model's) to tokenise them, "
-                             "or breaker_ids= (token-id sequences), or sequence_breakers=[] for none")
+            raise ValueError(
+                "sequence_breakers are strings: pass tokenizer= (the model's) to tokenise them, "
+                "or breaker_ids= (token-id sequences), or sequence_breakers=[] for none"
+            )
         return breaker_sequences(tokenizer, strings)
 
     @property
@@ -237,7 +257,9 @@ class DRYLogitsProcessor(LogitsProcessor):
             exponent = n - self.allowed_length
             if self._max_exp is not None:
                 exponent = exponent.clamp(max=self._max_exp)
-            amount = self.multiplier * torch.pow(torch.full((), self.base, dtype=torch.float64, device=device), exponent)
+            amount = self.multiplier * torch.pow(
+                torch.full((), self.base, dtype=torch.float64, device=device), exponent
+            )
             self._amounts = torch.where(n >= self.allowed_length, amount, 0.0).float()  # by repeat length
             self._reach = torch.arange(1, 2 * length + 2, device=device)
 
@@ -280,8 +302,11 @@ class DRYLogitsProcessor(LogitsProcessor):
         if extends(ids, prev):
             if ids.shape[0] > 1:  # a batch of one can only continue itself
                 src = self._rows.sources(ids)
-                self._c, self._head, self._tail = self._c.index_select(0, src), self._head.index_select(0, src), \
-                    self._tail.index_select(0, src)
+                self._c, self._head, self._tail = (
+                    self._c.index_select(0, src),
+                    self._head.index_select(0, src),
+                    self._tail.index_select(0, src),
+                )
             self._cover(vocab_size, ids.shape[1], ids.device)
             self._advance(ids)
             return
@@ -309,9 +334,13 @@ class DRYLogitsProcessor(LogitsProcessor):
         self._sync(input_ids, vocab_size)
         e = T - 1
         rep_limit = torch.where(self._head >= start, e - self._head - self._tail, width)  # (B,)
-        cap = torch.minimum(self._reach[None, : width - 1], rep_limit[:, None])  # reach: i - start + 1 for i = start .. e - 1
+        cap = torch.minimum(
+            self._reach[None, : width - 1], rep_limit[:, None]
+        )  # reach: i - start + 1 for i = start .. e - 1
         count = torch.minimum(self._c[:, start:e], cap)  # (B, width - 1)
-        follower = input_ids[:, start + 1 :].clamp(max=self._single.shape[0] - 1)  # ids past the tables: the overflow slot
+        follower = input_ids[:, start + 1 :].clamp(
+            max=self._single.shape[0] - 1
+        )  # ids past the tables: the overflow slot
         count = torch.where((count >= self.allowed_length) & self._by_length(self._ok, follower), count, 0)
         longest = torch.zeros(B, self._single.shape[0], dtype=torch.long, device=input_ids.device)
         longest.scatter_reduce_(1, follower, count, reduce="amax")

@@ -32,7 +32,13 @@ from transformers import LogitsProcessor, StoppingCriteria  # noqa: E402
 from kexue._shared import check_int, check_number  # noqa: E402
 from kexue.repetition._steps import RowTracker, extends  # noqa: E402
 
-__all__ = ["LoopBreakingProcessor", "LoopHit", "LoopStoppingCriteria", "PromptExcludedRepetitionPenalty", "tail_loop_period"]
+__all__ = [
+    "LoopBreakingProcessor",
+    "LoopHit",
+    "LoopStoppingCriteria",
+    "PromptExcludedRepetitionPenalty",
+    "tail_loop_period",
+]
 
 
 def tail_loop_period(ids: torch.Tensor, start: int, max_period: int, min_repeats: int) -> torch.Tensor:
@@ -103,8 +109,16 @@ class LoopStoppingCriteria(StoppingCriteria):
     exactly the shape of the previous run's next step must call :meth:`reset` first.
     """
 
-    def __init__(self, prompt_length: int, max_period: int = 32, min_repeats: int = 3, *, min_period: int = 1,
-                 event: str = "article", loop_budget: int = 0) -> None:
+    def __init__(
+        self,
+        prompt_length: int,
+        max_period: int = 32,
+        min_repeats: int = 3,
+        *,
+        min_period: int = 1,
+        event: str = "article",
+        loop_budget: int = 0,
+    ) -> None:
         from kexue._shared import check_choice
 
         self.prompt_length = check_int("prompt_length", prompt_length, 0)
@@ -119,8 +133,15 @@ class LoopStoppingCriteria(StoppingCriteria):
         self._rows = RowTracker()
 
     @classmethod
-    def from_vllm(cls, prompt_length: int, max_pattern_size: int, min_count: int, min_pattern_size: int = 0, *,
-                  loop_budget: int = 0) -> LoopStoppingCriteria:
+    def from_vllm(
+        cls,
+        prompt_length: int,
+        max_pattern_size: int,
+        min_count: int,
+        min_pattern_size: int = 0,
+        *,
+        loop_budget: int = 0,
+    ) -> LoopStoppingCriteria:
         """vLLM's parameters and reading of them: ``min_pattern_size <= 0`` means 1; vLLM turns the
         check off for ``max_pattern_size <= 0`` or ``min_count < 2``, which here is an error
         (leave the criteria out instead)."""
@@ -128,8 +149,14 @@ class LoopStoppingCriteria(StoppingCriteria):
         check_int("min_count", min_count, 2)
         if isinstance(min_pattern_size, bool) or not isinstance(min_pattern_size, int):
             raise ValueError(f"min_pattern_size={min_pattern_size!r} must be an integer")
-        return cls(prompt_length, max_pattern_size, min_count, min_period=max(min_pattern_size, 1), event="vllm",
-                   loop_budget=loop_budget)
+        return cls(
+            prompt_length,
+            max_pattern_size,
+            min_count,
+            min_period=max(min_pattern_size, 1),
+            event="vllm",
+            loop_budget=loop_budget,
+        )
 
     def _reset(self, B: int, device) -> None:
         self._run = torch.zeros(B, self.max_period, dtype=torch.long, device=device)
@@ -173,8 +200,20 @@ class LoopStoppingCriteria(StoppingCriteria):
             return []
         stopped, (period, run, end, spent) = self._stopped.tolist(), self._record.tolist()
         ids = self._ids
-        return [LoopHit(b, period[b], tuple(ids[b, end[b] - period[b] + 1 : end[b] + 1].tolist()), end[b] - run[b] - period[b] + 1,
-                        end[b], (run[b] + period[b]) / period[b], spent[b]) if stopped[b] else None for b in range(len(stopped))]
+        return [
+            LoopHit(
+                b,
+                period[b],
+                tuple(ids[b, end[b] - period[b] + 1 : end[b] + 1].tolist()),
+                end[b] - run[b] - period[b] + 1,
+                end[b],
+                (run[b] + period[b]) / period[b],
+                spent[b],
+            )
+            if stopped[b]
+            else None
+            for b in range(len(stopped))
+        ]
 
     def reset(self) -> None:
         """Forget the state: the next call starts a run from its ids (needed only when a new run's
@@ -184,8 +223,10 @@ class LoopStoppingCriteria(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         B, T = input_ids.shape
         if T < self.prompt_length:
-            raise ValueError(f"prompt_length={self.prompt_length} is longer than the sequences ({T} tokens): pass the "
-                             "prompt's length, input_ids.shape[1] of the prompt given to generate")
+            raise ValueError(
+                f"prompt_length={self.prompt_length} is longer than the sequences ({T} tokens): pass the "
+                "prompt's length, input_ids.shape[1] of the prompt given to generate"
+            )
         prev = self._ids
         if extends(input_ids, prev):
             if B > 1:  # a batch of one can only continue itself

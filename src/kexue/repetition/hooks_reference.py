@@ -15,9 +15,16 @@ import math
 from collections.abc import Sequence
 
 
-def dry_penalties(tokens: Sequence[int], *, multiplier: float, base: float = 1.75, allowed_length: int = 2,
-                  penalty_last_n: int = -1, breakers: Sequence[tuple[int, tuple[int, ...]]] = (),
-                  start: int = 0) -> dict[int, float]:
+def dry_penalties(
+    tokens: Sequence[int],
+    *,
+    multiplier: float,
+    base: float = 1.75,
+    allowed_length: int = 2,
+    penalty_last_n: int = -1,
+    breakers: Sequence[tuple[int, tuple[int, ...]]] = (),
+    start: int = 0,
+) -> dict[int, float]:
     """Token → amount subtracted from its logit, for the sequence ``tokens`` (window after ``start``)."""
     ctx = list(tokens[start:])
     if penalty_last_n > 0:
@@ -28,7 +35,11 @@ def dry_penalties(tokens: Sequence[int], *, multiplier: float, base: float = 1.7
     limit = n_ctx  # tokens after the most recent breaker
     for back in range(n_ctx):
         pos = n_ctx - 1 - back
-        tails = [len(t) for h, t in breakers if h == ctx[pos] and len(t) <= back and tuple(ctx[pos + 1 : pos + 1 + len(t)]) == tuple(t)]
+        tails = [
+            len(t)
+            for h, t in breakers
+            if h == ctx[pos] and len(t) <= back and tuple(ctx[pos + 1 : pos + 1 + len(t)]) == tuple(t)
+        ]
         if tails:
             limit = back - max(tails)
             break
@@ -42,8 +53,11 @@ def dry_penalties(tokens: Sequence[int], *, multiplier: float, base: float = 1.7
             longest[ctx[i + 1]] = max(longest.get(ctx[i + 1], 0), n)
     singles = {h for h, t in breakers if not t}
     cap = int(88.7228391 / math.log(base)) if base > 1.000001 else None
-    return {tok: multiplier * base ** (n - allowed_length if cap is None else min(n - allowed_length, cap))
-            for tok, n in longest.items() if tok not in singles}
+    return {
+        tok: multiplier * base ** (n - allowed_length if cap is None else min(n - allowed_length, cap))
+        for tok, n in longest.items()
+        if tok not in singles
+    }
 
 
 def vllm_repeats(tokens: Sequence[int], max_pattern_size: int, min_pattern_size: int, min_count: int) -> int:

@@ -32,7 +32,19 @@ import scipy.sparse as sp
 
 from kexue.repetition.transition import check_transition
 
-__all__ = ["Bounds", "Estimate", "Inflow", "bounds", "estimate_r", "exact_r", "inflow", "perron_vectors", "r_eigen", "r_series", "zeta"]
+__all__ = [
+    "Bounds",
+    "Estimate",
+    "Inflow",
+    "bounds",
+    "estimate_r",
+    "exact_r",
+    "inflow",
+    "perron_vectors",
+    "r_eigen",
+    "r_series",
+    "zeta",
+]
 
 
 def _q(P):
@@ -150,13 +162,30 @@ def bounds(P, terms: int = 20, rtol: float = 1e-12) -> Bounds:
         add_pp = float((Pk * Pk.T).sum()) / (z**k * n ** (k - 1))  # Tr P^(2k) = Σ_ij (P^k)_ij (P^k)_ji
         ae, pe, pp = ae + add_ae, pe + add_pe, pp + add_pp
         small = [new - old <= rtol * max(new, 1e-300) for new, old in zip((lt, ld), before)]
-        if k >= 3 and all(small) and add_ae <= rtol * max(ae, 1e-300) and add_pe <= rtol * max(pe, 1e-300) \
-                and add_pp <= rtol * max(pp, 1e-300):
+        if (
+            k >= 3
+            and all(small)
+            and add_ae <= rtol * max(ae, 1e-300)
+            and add_pe <= rtol * max(pe, 1e-300)
+            and add_pp <= rtol * max(pp, 1e-300)
+        ):
             terms = k
             break
     s_max = float(sq_rows.max())
-    return Bounds(float(lt), float(ld), float(ae), float(pe), float(pp), lam1, float(sq_rows.min()), s_max,
-                  n * lam1 / (1 - lam1) if lam1 < 1 else math.inf, n * s_max / (1 - s_max) if s_max < 1 else math.inf, z, terms)
+    return Bounds(
+        float(lt),
+        float(ld),
+        float(ae),
+        float(pe),
+        float(pp),
+        lam1,
+        float(sq_rows.min()),
+        s_max,
+        n * lam1 / (1 - lam1) if lam1 < 1 else math.inf,
+        n * s_max / (1 - s_max) if s_max < 1 else math.inf,
+        z,
+        terms,
+    )
 
 
 @dataclass
@@ -207,7 +236,9 @@ def _exact_block(Q: sp.csr_array) -> float:
         return math.inf
     import scipy.linalg
 
-    inverse = scipy.linalg.solve(np.eye(m) - Q.toarray(), np.eye(m), assume_a="gen", overwrite_a=True, check_finite=False)
+    inverse = scipy.linalg.solve(
+        np.eye(m) - Q.toarray(), np.eye(m), assume_a="gen", overwrite_a=True, check_finite=False
+    )
     return float(np.trace(inverse) - m)
 
 
@@ -267,7 +298,9 @@ class _Block:
     """One large block: ``Tr Q^k`` exactly for ``k < first`` (:func:`power_traces`), the tail
     ``Tr Σ_{k≥first} Q^k`` as sketched part + residual probes."""
 
-    def __init__(self, Q: sp.csr_array, method: str, sketch: int, rng: np.random.Generator, tol: float, max_terms: int) -> None:
+    def __init__(
+        self, Q: sp.csr_array, method: str, sketch: int, rng: np.random.Generator, tol: float, max_terms: int
+    ) -> None:
         self.Q, self.rng, self.tol, self.max_terms = Q, rng, tol, max_terms
         traces = power_traces(Q)
         self.exact, self.first = float(sum(traces)), len(traces) + 1
@@ -309,9 +342,18 @@ class _Block:
         return float(self.values.var(ddof=1)) / len(self.values)
 
 
-def estimate_r(P, *, rel_error: float | None = 0.005, probes: int | None = None, max_probes: int = 4096,
-               method: str = "hutch++", dense_block: int = 1000, tol: float = 1e-10, max_terms: int = 10_000,
-               seed: int = 0) -> Estimate:
+def estimate_r(
+    P,
+    *,
+    rel_error: float | None = 0.005,
+    probes: int | None = None,
+    max_probes: int = 4096,
+    method: str = "hutch++",
+    dense_block: int = 1000,
+    tol: float = 1e-10,
+    max_terms: int = 10_000,
+    seed: int = 0,
+) -> Estimate:
     """``R`` for large sparse ``P``, to a requested relative standard error.
 
     Exact structure first: order the tokens by the strongly connected components of ``Q = P∘P``
@@ -404,9 +446,18 @@ def estimate_r(P, *, rel_error: float | None = 0.005, probes: int | None = None,
     value = exact + sum(b.value for b in large)
     stderr = math.sqrt(sum(b.variance for b in large))
     truncation = sum(b.truncation for b in large)
-    return Estimate(value, stderr, sum(b.probes for b in large), max(b.terms for b in large),
-                    exact + sum(b.exact for b in large), method, count, int(sum(b.Q.shape[0] for b in large)),
-                    converged and truncation <= (rel_error or 0.0) * abs(value), truncation)
+    return Estimate(
+        value,
+        stderr,
+        sum(b.probes for b in large),
+        max(b.terms for b in large),
+        exact + sum(b.exact for b in large),
+        method,
+        count,
+        int(sum(b.Q.shape[0] for b in large)),
+        converged and truncation <= (rel_error or 0.0) * abs(value),
+        truncation,
+    )
 
 
 def perron_vectors(Q, tol: float = 1e-12, max_iter: int = 100_000) -> tuple[float, np.ndarray, np.ndarray]:

@@ -85,7 +85,7 @@ def _ngram_keys(X: np.ndarray, lengths: np.ndarray, n: int) -> tuple[np.ndarray,
         return np.zeros((B, 0), np.int64), np.zeros((B, 0), bool)
     valid = np.arange(T - n + 1)[None, :] <= (lengths[:, None] - n)
     base = int(X.max()) + 1 if X.size else 1
-    if base ** n < 2**62:  # a positional number in base V: collision-free
+    if base**n < 2**62:  # a positional number in base V: collision-free
         key = np.zeros((B, T - n + 1), dtype=np.int64)
         for j in range(n):
             key = key * base + np.maximum(X[:, j : T - n + 1 + j], 0)
@@ -156,7 +156,7 @@ def wrep_l(predictions, targets, l: int = 16) -> float:  # noqa: E741
 def uniq(seqs) -> int:
     X, lengths = to_array(seqs)
     valid = np.arange(X.shape[1])[None, :] < lengths[:, None]
-    return int(len(np.unique(X[valid])))
+    return len(np.unique(X[valid]))
 
 
 @dataclass
@@ -224,7 +224,16 @@ def summary(seqs, *, max_period: int = 32, min_repeats: int = 2) -> dict[str, fl
     seqs = _padded(seqs)
     loops = find_loops(seqs, max_period, min_repeats)
     reps = {n: seq_rep_n(seqs, n) for n in (2, 3, 4)}
-    return {"sequences": len(seqs), "rep-2": reps[2], "rep-3": reps[3], "rep-4 (seq-rep-4)": reps[4],
-            "diversity": float(np.prod([1 - r for r in reps.values()])), "distinct-1": distinct_n(seqs, 1),
-            "distinct-2": distinct_n(seqs, 2), "rep/16": rep_l(seqs, 16), "uniq": uniq(seqs), "loop rate": loops.rate,
-            "mean loop start": float(loops.start[loops.looped].mean()) if loops.looped.any() else float("nan")}
+    return {
+        "sequences": len(seqs),
+        "rep-2": reps[2],
+        "rep-3": reps[3],
+        "rep-4 (seq-rep-4)": reps[4],
+        "diversity": float(np.prod([1 - r for r in reps.values()])),
+        "distinct-1": distinct_n(seqs, 1),
+        "distinct-2": distinct_n(seqs, 2),
+        "rep/16": rep_l(seqs, 16),
+        "uniq": uniq(seqs),
+        "loop rate": loops.rate,
+        "mean loop start": float(loops.start[loops.looped].mean()) if loops.looped.any() else float("nan"),
+    }

@@ -19,7 +19,16 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["Decoding", "Vocabulary", "apply_decoding", "check_transition", "estimate", "from_model", "parse_decodings", "tokenize"]
+__all__ = [
+    "Decoding",
+    "Vocabulary",
+    "apply_decoding",
+    "check_transition",
+    "estimate",
+    "from_model",
+    "parse_decodings",
+    "tokenize",
+]
 
 _WORD = re.compile(r"[A-Za-z']+|[0-9]+|[^\sA-Za-z0-9']")
 
@@ -80,7 +89,9 @@ def estimate(ids: np.ndarray | Sequence[np.ndarray], n: int, *, alpha: float = 0
     seqs = [np.asarray(ids)] if isinstance(ids, np.ndarray) else [np.asarray(s) for s in ids]
     for s in seqs:
         if s.dtype.kind not in "iu" or s.ndim != 1:
-            raise TypeError(f"ids must be 1-D integer token ids (or a list of such arrays); got dtype {s.dtype}, shape {s.shape}")
+            raise TypeError(
+                f"ids must be 1-D integer token ids (or a list of such arrays); got dtype {s.dtype}, shape {s.shape}"
+            )
     rows = np.concatenate([s[:-1] for s in seqs]) if seqs else np.zeros(0, np.int64)
     cols = np.concatenate([s[1:] for s in seqs]) if seqs else np.zeros(0, np.int64)
     if rows.size and (min(rows.min(), cols.min()) < 0 or max(rows.max(), cols.max()) >= n):
@@ -90,8 +101,12 @@ def estimate(ids: np.ndarray | Sequence[np.ndarray], n: int, *, alpha: float = 0
     if sparse:
         totals = np.asarray(counts.sum(axis=1)).ravel()
         empty = totals == 0
-        counts = counts + sp.csr_array((np.ones(int(empty.sum())), (np.flatnonzero(empty), np.flatnonzero(empty))), shape=(n, n)) \
-            if empty.any() else counts
+        counts = (
+            counts
+            + sp.csr_array((np.ones(int(empty.sum())), (np.flatnonzero(empty), np.flatnonzero(empty))), shape=(n, n))
+            if empty.any()
+            else counts
+        )
         totals[empty] = 1
         return sp.csr_array(sp.diags_array(1 / totals) @ counts)
     dense = counts.toarray() + alpha
@@ -173,8 +188,15 @@ def parse_decodings(spec: str) -> list[Decoding]:
         try:
             v = float(value)
         except ValueError:
-            raise ValueError(f"decoding {item!r}: {kind} needs a number, e.g. {kind}=" + {"topk": "40", "topp": "0.9", "temperature": "0.7"}[kind]) from None
-        if (kind == "topk" and (v < 1 or v != int(v))) or (kind == "topp" and not 0 < v <= 1) or (kind == "temperature" and not v > 0):
+            raise ValueError(
+                f"decoding {item!r}: {kind} needs a number, e.g. {kind}="
+                + {"topk": "40", "topp": "0.9", "temperature": "0.7"}[kind]
+            ) from None
+        if (
+            (kind == "topk" and (v < 1 or v != int(v)))
+            or (kind == "topp" and not 0 < v <= 1)
+            or (kind == "temperature" and not v > 0)
+        ):
             raise ValueError(f"decoding {item!r}: topk needs an integer >= 1, topp a value in (0, 1], temperature > 0")
         rules.append(Decoding(kind, v))
     if not rules:
@@ -247,7 +269,9 @@ def apply_decoding(P, rule: Decoding | str, *, sparse: bool | None = None):
         kept /= kept.sum(axis=1, keepdims=True)
         out = np.zeros_like(dense)
         np.put_along_axis(out, order, kept, axis=1)
-    want_sparse = sparse if sparse is not None else (rule.kind in ("greedy", "topk", "topp") and (sp.issparse(P) or n > 5000))
+    want_sparse = (
+        sparse if sparse is not None else (rule.kind in ("greedy", "topk", "topp") and (sp.issparse(P) or n > 5000))
+    )
     return sp.csr_array(out) if want_sparse else out
 
 

@@ -89,7 +89,7 @@ class PeakMemory:
     @staticmethod
     def _status(key: str) -> int | None:
         try:
-            match = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+            match = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
         except OSError:
             return None
         return int(match.group(1)) * 1024 if match else None

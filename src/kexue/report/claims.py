@@ -28,7 +28,18 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-__all__ = ["STATUSES", "Article", "Claim", "ClaimContext", "ClaimSuite", "Figure", "Headline", "Status", "Table", "json_value"]
+__all__ = [
+    "STATUSES",
+    "Article",
+    "Claim",
+    "ClaimContext",
+    "ClaimSuite",
+    "Figure",
+    "Headline",
+    "Status",
+    "Table",
+    "json_value",
+]
 
 Status = Literal["pass", "fail", "documented", "skipped"]
 STATUSES: tuple[str, ...] = ("pass", "fail", "documented", "skipped")
@@ -93,9 +104,14 @@ class Table:
             raise ValueError("Table cells must be scalars (numbers, strings, None)")
 
     def to_json(self) -> dict[str, Any]:
-        return {"columns": list(self.columns), "rows": [json_value(list(r)) for r in self.rows],
-                "header_columns": self.header_columns, "reference_rows": list(self.reference_rows), "caption": self.caption,
-                "decimals": self.decimals}
+        return {
+            "columns": list(self.columns),
+            "rows": [json_value(list(r)) for r in self.rows],
+            "header_columns": self.header_columns,
+            "reference_rows": list(self.reference_rows),
+            "caption": self.caption,
+            "decimals": self.decimals,
+        }
 
 
 @dataclass(frozen=True)
@@ -203,9 +219,17 @@ class ClaimContext:
 
     def skip(self, name: str, statement: str, reason: str) -> Claim:
         """Record that ``name`` could not be checked here (missing data or extra): status ``skipped``."""
-        claim = Claim(id=f"{self.technique}.{name}", technique=self.technique, article=self.article.url,
-                      statement=statement, article_value=None, measured=None, tolerance=None, status="skipped",
-                      details=reason)
+        claim = Claim(
+            id=f"{self.technique}.{name}",
+            technique=self.technique,
+            article=self.article.url,
+            statement=statement,
+            article_value=None,
+            measured=None,
+            tolerance=None,
+            status="skipped",
+            details=reason,
+        )
         self.claims.append(claim)
         return claim
 

@@ -81,7 +81,9 @@ def _is_scalar(value: Any) -> bool:
 
 def is_structured(value: Any) -> bool:
     """Whether ``value`` is shown as a table rather than inline."""
-    return isinstance(value, dict) or (isinstance(value, list) and (len(value) > _MAX_INLINE or not all(map(_is_scalar, value))))
+    return isinstance(value, dict) or (
+        isinstance(value, list) and (len(value) > _MAX_INLINE or not all(map(_is_scalar, value)))
+    )
 
 
 def render_value(value: Any) -> str:
@@ -97,7 +99,9 @@ def render_value(value: Any) -> str:
         return f"<table class='value'><tr>{''.join(f'<th>{i}</th>' for i in range(len(value)))}</tr><tr>{cells}</tr></table>"
     if value and all(isinstance(v, dict) and not any(map(is_structured, v.values())) for v in value.values()):
         return _matrix_table(value)
-    rows = "".join(f"<tr><th>{escape(str(k))}</th><td class='num'>{render_value(v)}</td></tr>" for k, v in value.items())
+    rows = "".join(
+        f"<tr><th>{escape(str(k))}</th><td class='num'>{render_value(v)}</td></tr>" for k, v in value.items()
+    )
     return f"<table class='value'>{rows}</table>"
 
 
@@ -108,8 +112,11 @@ def _matrix_table(value: dict[str, dict[str, Any]]) -> str:
         columns.extend(k for k in inner if k not in columns)
     head = "<tr><th></th>" + "".join(f"<th>{escape(str(c))}</th>" for c in columns) + "</tr>"
     body = "".join(
-        f"<tr><th>{escape(str(k))}</th>" + "".join(f"<td class='num'>{render_value(inner.get(c))}</td>" for c in columns) + "</tr>"
-        for k, inner in value.items())
+        f"<tr><th>{escape(str(k))}</th>"
+        + "".join(f"<td class='num'>{render_value(inner.get(c))}</td>" for c in columns)
+        + "</tr>"
+        for k, inner in value.items()
+    )
     return f"<table class='value'>{head}{body}</table>"
 
 
@@ -118,7 +125,9 @@ def _records_table(records: list[dict[str, Any]]) -> str:
     for record in records:
         columns.extend(k for k in record if k not in columns)
     head = "<tr>" + "".join(f"<th>{escape(str(c))}</th>" for c in columns) + "</tr>"
-    body = "".join("<tr>" + "".join(f"<td class='num'>{render_value(r.get(c))}</td>" for c in columns) + "</tr>" for r in records)
+    body = "".join(
+        "<tr>" + "".join(f"<td class='num'>{render_value(r.get(c))}</td>" for c in columns) + "</tr>" for r in records
+    )
     return f"<table class='value'>{head}{body}</table>"
 
 
@@ -138,7 +147,9 @@ def render_table(table: dict[str, Any]) -> str:
     for i, row in enumerate(table["rows"]):
         if i in reference and i - 1 not in reference:
             previous = [unset] * h  # the reference rows start a group of their own
-        labels = [("" if all(row[q] == previous[q] for q in range(j + 1)) else escape(format_value(row[j]))) for j in range(h)]
+        labels = [
+            ("" if all(row[q] == previous[q] for q in range(j + 1)) else escape(format_value(row[j]))) for j in range(h)
+        ]
         previous = list(row[:h])
         cells = "".join(f"<th>{label}</th>" for label in labels)
         cells += "".join(f"<td class='num'>{escape(_cell(v, table.get('decimals')))}</td>" for v in row[h:])
@@ -153,7 +164,9 @@ def _badge(status: str) -> str:
 
 def _headline(claims: list[dict[str, Any]], technique: str, prefix: str) -> dict[str, Any] | None:
     full = f"{technique}.{prefix}"
-    return next((c for c in claims if c["id"] == full), None) or next((c for c in claims if c["id"].startswith(full)), None)
+    return next((c for c in claims if c["id"] == full), None) or next(
+        (c for c in claims if c["id"].startswith(full)), None
+    )
 
 
 def _at(value: Any, path: list[str]) -> Any:
@@ -184,8 +197,11 @@ def _dashboard(payload: dict[str, Any]) -> str:
     rows = []
     for technique, info in payload["techniques"].items():
         claims = [c for c in payload["claims"] if c["technique"] == technique]
-        counts = " ".join(f"<span class='badge {s}'>{sum(c['status'] == s for c in claims)} {s}</span>"
-                          for s in STATUSES if any(c["status"] == s for c in claims))
+        counts = " ".join(
+            f"<span class='badge {s}'>{sum(c['status'] == s for c in claims)} {s}</span>"
+            for s in STATUSES
+            if any(c["status"] == s for c in claims)
+        )
         heads = []
         for spec in info.get("headlines", []):
             spec = spec if isinstance(spec, dict) else {"claim": spec, "path": [], "label": ""}
@@ -194,16 +210,23 @@ def _dashboard(payload: dict[str, Any]) -> str:
                 continue
             theirs, ours = _headline_values(c, spec["path"])
             label = spec["label"] or c["statement"]
-            heads.append(f"<div class='headline'>{_badge(c['status'])} <a href='#{escape(c['id'])}'>{escape(label)}</a>"
-                         f"<br>article: <b>{_dashboard_cell(theirs)}</b> · kexue: <b>{_dashboard_cell(ours)}</b></div>")
+            heads.append(
+                f"<div class='headline'>{_badge(c['status'])} <a href='#{escape(c['id'])}'>{escape(label)}</a>"
+                f"<br>article: <b>{_dashboard_cell(theirs)}</b> · kexue: <b>{_dashboard_cell(ours)}</b></div>"
+            )
         article = escape(info["title"])
         if info.get("url"):
             article = f"<a href='{escape(info['url'])}'>{article}</a>"
-        rows.append(f"<tr><td><a href='#{escape(technique)}'><b>{escape(technique)}</b></a></td><td>{article}</td>"
-                    f"<td>{counts}</td><td>{''.join(heads) or '—'}</td><td class='num'>{info['seconds']:.1f} s</td></tr>")
-    return ("<table class='dashboard'><thead><tr><th>technique</th><th>article</th><th>verdicts</th>"
-            "<th>headline results (the article's value beside ours)</th><th>time</th></tr></thead><tbody>"
-            + "".join(rows) + "</tbody></table>")
+        rows.append(
+            f"<tr><td><a href='#{escape(technique)}'><b>{escape(technique)}</b></a></td><td>{article}</td>"
+            f"<td>{counts}</td><td>{''.join(heads) or '—'}</td><td class='num'>{info['seconds']:.1f} s</td></tr>"
+        )
+    return (
+        "<table class='dashboard'><thead><tr><th>technique</th><th>article</th><th>verdicts</th>"
+        "<th>headline results (the article's value beside ours)</th><th>time</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
 
 
 def _claim_rows(c: dict[str, Any]) -> str:
@@ -212,9 +235,11 @@ def _claim_rows(c: dict[str, Any]) -> str:
     structured = table is not None or is_structured(c["measured"]) or is_structured(c["article_value"])
     article = "see below" if is_structured(c["article_value"]) else render_value(c["article_value"])
     measured = "see below" if is_structured(c["measured"]) else render_value(c["measured"])
-    row = (f"<tr id='{escape(c['id'])}'><td><code>{escape(c['id']).replace('.', '.<wbr>')}</code></td>"
-           f"<td>{escape(c['statement'])}{details}</td><td>{article}</td><td class='num'>{measured}</td>"
-           f"<td class='num'>{render_value(c['tolerance'])}</td><td>{_badge(c['status'])}</td></tr>")
+    row = (
+        f"<tr id='{escape(c['id'])}'><td><code>{escape(c['id']).replace('.', '.<wbr>')}</code></td>"
+        f"<td>{escape(c['statement'])}{details}</td><td>{article}</td><td class='num'>{measured}</td>"
+        f"<td class='num'>{render_value(c['tolerance'])}</td><td>{_badge(c['status'])}</td></tr>"
+    )
     if not structured:
         return row
     if table is not None:
@@ -229,15 +254,20 @@ def _claim_rows(c: dict[str, Any]) -> str:
 def _section(technique: str, info: dict[str, Any], claims: list[dict[str, Any]], figures: list[Figure]) -> list[str]:
     title = escape(info["title"])
     article = f"<a href='{escape(info['url'])}'>{title}</a>" if info.get("url") else title
-    parts = [f"<h2 id='{escape(technique)}'>{escape(technique)}<a class='top' href='#dashboard'>↑ dashboard</a></h2>",
-             f"<p class='meta'>Article: {article} · {len(claims)} claims in {info['seconds']:.1f} s</p>",
-             "<table class='claims'><colgroup>" + "".join(f"<col class='c{i}'>" for i in range(1, 7)) + "</colgroup>"
-             "<thead><tr><th>claim</th><th>statement</th><th>article</th><th>measured</th>"
-             "<th>tolerance</th><th>verdict</th></tr></thead><tbody>"]
+    parts = [
+        f"<h2 id='{escape(technique)}'>{escape(technique)}<a class='top' href='#dashboard'>↑ dashboard</a></h2>",
+        f"<p class='meta'>Article: {article} · {len(claims)} claims in {info['seconds']:.1f} s</p>",
+        "<table class='claims'><colgroup>" + "".join(f"<col class='c{i}'>" for i in range(1, 7)) + "</colgroup>"
+        "<thead><tr><th>claim</th><th>statement</th><th>article</th><th>measured</th>"
+        "<th>tolerance</th><th>verdict</th></tr></thead><tbody>",
+    ]
     parts.extend(_claim_rows(c) for c in claims)
     parts.append("</tbody></table>")
-    parts.extend(f"<figure id='fig-{escape(technique)}-{escape(fig.name)}'><img alt='{escape(fig.name)}' src='{fig.data_uri()}'>"
-                 f"<figcaption><b>{escape(fig.name)}</b>: {escape(fig.caption)}</figcaption></figure>" for fig in figures)
+    parts.extend(
+        f"<figure id='fig-{escape(technique)}-{escape(fig.name)}'><img alt='{escape(fig.name)}' src='{fig.data_uri()}'>"
+        f"<figcaption><b>{escape(fig.name)}</b>: {escape(fig.caption)}</figcaption></figure>"
+        for fig in figures
+    )
     return parts
 
 
@@ -247,13 +277,20 @@ def _machine_table(machine: dict[str, Any]) -> str:
 
 
 def _page(title: str, body: list[str]) -> str:
-    return "\n".join(["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-                      "<meta name='viewport' content='width=device-width,initial-scale=1'>",
-                      f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>", *body, "</body></html>"])
+    return "\n".join(
+        [
+            "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+            "<meta name='viewport' content='width=device-width,initial-scale=1'>",
+            f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>",
+            *body,
+            "</body></html>",
+        ]
+    )
 
 
-def render_report(payload: dict[str, Any], figures: list[Figure], machine: dict[str, Any],
-                  bench_link: str | None = None) -> str:
+def render_report(
+    payload: dict[str, Any], figures: list[Figure], machine: dict[str, Any], bench_link: str | None = None
+) -> str:
     """The report page for a ``results.json`` payload and its figures (``bench_link``: a bench.html to link)."""
     summary = payload["summary"]
     techniques = list(payload["techniques"])
@@ -278,8 +315,11 @@ def render_report(payload: dict[str, Any], figures: list[Figure], machine: dict[
         claims = [c for c in payload["claims"] if c["technique"] == technique]
         parts.extend(_section(technique, info, claims, [f for f in figures if f.technique == technique]))
     if payload["not_implemented"]:
-        parts.append("<h2>Not yet implemented</h2><p>" + ", ".join(escape(t) for t in payload["not_implemented"])
-                     + " — these techniques have no claims in this version.</p>")
+        parts.append(
+            "<h2>Not yet implemented</h2><p>"
+            + ", ".join(escape(t) for t in payload["not_implemented"])
+            + " — these techniques have no claims in this version.</p>"
+        )
     parts.append(_machine_table(machine))
     return _page(f"kexue reproduce — {payload['mode']}", parts)
 
@@ -303,27 +343,35 @@ def render_bench(payload: dict[str, Any]) -> str:
     ratios = payload["ratios"]
     met = sum(r["met"] is True for r in ratios)
     missed = sum(r["met"] is False for r in ratios)
-    parts = ["<h1 id='dashboard'>kexue bench</h1>",
-             f"<p class='meta'>{escape(str(payload['machine'].get('date', '')))} · {escape(str(payload['machine'].get('processor', '')))} · "
-             f"device {escape(str(payload['machine'].get('device', '')))} · {'quick' if payload.get('quick') else 'full'} size</p>",
-             f"<p class='summary'><span class='pass'>{met} targets met</span><span class='fail'>{missed} missed</span>"
-             f"<span class='skipped'>{len(ratios) - met - missed} reported</span>"
-             f"<span class='documented'>{len(payload.get('skipped', []))} cases skipped</span></p>",
-             "<nav class='toc'>Sections: <a href='#ratios'>ratios</a> <a href='#cases'>times</a> <a href='#machine'>machine</a></nav>",
-             "<h2 id='ratios'>Ratios against their targets<a class='top' href='#dashboard'>↑ top</a></h2>",
-             "<p class='meta'>Each bar is the measured ratio; the black tick is the target. Green: met, red: missed, "
-             "blue: reported without a target.</p>",
-             "<table><thead><tr><th>ratio</th><th>value</th><th>target</th><th></th><th>meaning</th></tr></thead><tbody>"]
+    parts = [
+        "<h1 id='dashboard'>kexue bench</h1>",
+        f"<p class='meta'>{escape(str(payload['machine'].get('date', '')))} · {escape(str(payload['machine'].get('processor', '')))} · "
+        f"device {escape(str(payload['machine'].get('device', '')))} · {'quick' if payload.get('quick') else 'full'} size</p>",
+        f"<p class='summary'><span class='pass'>{met} targets met</span><span class='fail'>{missed} missed</span>"
+        f"<span class='skipped'>{len(ratios) - met - missed} reported</span>"
+        f"<span class='documented'>{len(payload.get('skipped', []))} cases skipped</span></p>",
+        "<nav class='toc'>Sections: <a href='#ratios'>ratios</a> <a href='#cases'>times</a> <a href='#machine'>machine</a></nav>",
+        "<h2 id='ratios'>Ratios against their targets<a class='top' href='#dashboard'>↑ top</a></h2>",
+        "<p class='meta'>Each bar is the measured ratio; the black tick is the target. Green: met, red: missed, "
+        "blue: reported without a target.</p>",
+        "<table><thead><tr><th>ratio</th><th>value</th><th>target</th><th></th><th>meaning</th></tr></thead><tbody>",
+    ]
     for r in ratios:
-        target = "—" if r["target"] is None else ("≥ " if r["higher_is_better"] else "≤ ") + format_value(float(r["target"]))
+        target = (
+            "—" if r["target"] is None else ("≥ " if r["higher_is_better"] else "≤ ") + format_value(float(r["target"]))
+        )
         verdict = _ratio_badge(r["met"])
-        parts.append(f"<tr><td><code>{escape(r['id'])}</code> {verdict}</td><td class='num'>{format_value(float(r['value']))}</td>"
-                     f"<td class='num'>{target}</td><td>{_ratio_bar(r)}</td><td>{escape(r.get('description', ''))}</td></tr>")
+        parts.append(
+            f"<tr><td><code>{escape(r['id'])}</code> {verdict}</td><td class='num'>{format_value(float(r['value']))}</td>"
+            f"<td class='num'>{target}</td><td>{_ratio_bar(r)}</td><td>{escape(r.get('description', ''))}</td></tr>"
+        )
     parts.append("</tbody></table>")
     parts.append(_cases_table(payload["cases"]))
     if payload.get("skipped"):
-        rows = "".join(f"<tr><td><code>{escape(s['technique'])}.{escape(s['case'])}</code></td><td>{escape(s['reason'])}</td></tr>"
-                       for s in payload["skipped"])
+        rows = "".join(
+            f"<tr><td><code>{escape(s['technique'])}.{escape(s['case'])}</code></td><td>{escape(s['reason'])}</td></tr>"
+            for s in payload["skipped"]
+        )
         parts.append(f"<h2 id='skipped'>Skipped cases</h2><table><tbody>{rows}</tbody></table>")
     parts.append(_machine_table(payload["machine"]))
     return _page("kexue bench", parts)
@@ -331,18 +379,26 @@ def render_bench(payload: dict[str, Any]) -> str:
 
 def _cases_table(cases: list[dict[str, Any]]) -> str:
     """One row per case, every implementation's median time side by side (kexue, the peers, the floors)."""
-    parts = ["<h2 id='cases'>Times (median of the repeats)<a class='top' href='#dashboard'>↑ top</a></h2>",
-             "<table><thead><tr><th>technique</th><th>case</th><th>implementation</th><th>median</th>"
-             "<th>relative to the fastest</th><th>peak memory</th></tr></thead><tbody>"]
+    parts = [
+        "<h2 id='cases'>Times (median of the repeats)<a class='top' href='#dashboard'>↑ top</a></h2>",
+        "<table><thead><tr><th>technique</th><th>case</th><th>implementation</th><th>median</th>"
+        "<th>relative to the fastest</th><th>peak memory</th></tr></thead><tbody>",
+    ]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for c in cases:
         groups.setdefault((c["technique"], c["case"]), []).append(c)
     for (technique, case), impls in groups.items():
         fastest = min(c["median_s"] for c in impls) or 1e-300
         for i, c in enumerate(impls):
-            label = f"<td rowspan='{len(impls)}'>{escape(technique)}</td><td rowspan='{len(impls)}'>{escape(case)}</td>" if i == 0 else ""
+            label = (
+                f"<td rowspan='{len(impls)}'>{escape(technique)}</td><td rowspan='{len(impls)}'>{escape(case)}</td>"
+                if i == 0
+                else ""
+            )
             peak = "—" if c.get("peak_bytes") is None else f"{c['peak_bytes'] / 2**20:,.1f} MiB"
-            parts.append(f"<tr>{label}<td>{escape(c['impl'])}</td><td class='num'>{c['median_s'] * 1e3:,.3f} ms</td>"
-                         f"<td class='num'>{c['median_s'] / fastest:.2f}×</td><td class='num'>{peak}</td></tr>")
+            parts.append(
+                f"<tr>{label}<td>{escape(c['impl'])}</td><td class='num'>{c['median_s'] * 1e3:,.3f} ms</td>"
+                f"<td class='num'>{c['median_s'] / fastest:.2f}×</td><td class='num'>{peak}</td></tr>"
+            )
     parts.append("</tbody></table>")
     return "".join(parts)

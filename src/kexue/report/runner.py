@@ -44,7 +44,11 @@ class ReproduceResult:
             "mode": self.mode,
             "claims": [c.to_json() for c in self.claims],
             "techniques": {
-                t: {**self.articles[t], "seconds": round(self.seconds[t], 3), "figures": [f.name for f in self.figures if f.technique == t]}
+                t: {
+                    **self.articles[t],
+                    "seconds": round(self.seconds[t], 3),
+                    "figures": [f.name for f in self.figures if f.technique == t],
+                }
                 for t in ran
             },
             "not_implemented": [t for t in registry.TECHNIQUES if t not in registry.SUITES],
@@ -84,9 +88,11 @@ def run_claims(
             result.seconds[suite.technique] = time.perf_counter() - start
             result.claims.extend(ctx.claims)
             result.figures.extend(ctx.figures)
-            result.articles[suite.technique] = {"title": suite.article.title, "url": suite.article.url,
-                                                "headlines": [(h if isinstance(h, Headline) else Headline(h)).to_json()
-                                                              for h in suite.headlines]}
+            result.articles[suite.technique] = {
+                "title": suite.article.title,
+                "url": suite.article.url,
+                "headlines": [(h if isinstance(h, Headline) else Headline(h)).to_json() for h in suite.headlines],
+            }
     eta.save()
     return result
 
@@ -102,8 +108,11 @@ class Estimate:
         self.mode = mode
         self.known = self._load().get(mode, {})
         self.expected = {i: float(self.known.get(i, self.GUESS[mode])) for i in ids}
-        self.source = "from the last run" if all(i in self.known for i in ids) else (
-            "partly from the last run" if any(i in self.known for i in ids) else f"guessed from the {mode} scale")
+        self.source = (
+            "from the last run"
+            if all(i in self.known for i in ids)
+            else ("partly from the last run" if any(i in self.known for i in ids) else f"guessed from the {mode} scale")
+        )
         self.actual: dict[str, float] = {}
 
     @staticmethod
@@ -122,8 +131,11 @@ class Estimate:
             return {}
         if not isinstance(data, dict):
             return {}
-        return {mode: {k: float(v) for k, v in times.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-                for mode, times in data.items() if isinstance(times, dict)}
+        return {
+            mode: {k: float(v) for k, v in times.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            for mode, times in data.items()
+            if isinstance(times, dict)
+        }
 
     def done(self, check_id: str, seconds: float) -> None:
         self.actual[check_id] = seconds
@@ -168,6 +180,7 @@ def _import_registered(table: dict[str, str], technique: str, what: str) -> Any:
 
 def _raising(name: str, error: Exception) -> Callable[[Any], None]:
     """A check or case named ``name`` that raises ``error`` (recorded as skipped by the suite)."""
+
     def stand_in(_: Any) -> None:
         raise error
 

@@ -12,7 +12,7 @@ from kexue._optional import require_extra
 
 require_extra("kexue.whitening", "sklearn")
 
-from kexue.whitening.whitening import RankDeficientWarning, Whitening
 from kexue.whitening.layer import WhiteningLayer
+from kexue.whitening.whitening import RankDeficientWarning, Whitening
 
 __all__ = ["RankDeficientWarning", "Whitening", "WhiteningLayer"]

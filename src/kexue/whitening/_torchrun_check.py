@@ -40,18 +40,25 @@ def main(argv: list[str] | None = None) -> int:
     dist.destroy_process_group()
     if rank == 0:
         whole = Whitening(args.dim // 2).fit(x)
-        write_result(args.out, {
-            "n": int(w.n_samples_seen_), "world": world, "shards": np.diff(bounds).tolist(),
-            "mean_err": float(np.abs(w.mean_ - whole.mean_).max()),
-            "scatter_rel_err": float(np.abs(w.scatter_ - whole.scatter_).max() / np.abs(whole.scatter_).max()),
-            "transform_err": float(np.abs(w.transform(x) - whole.transform(x)).max()),
-        })
+        write_result(
+            args.out,
+            {
+                "n": int(w.n_samples_seen_),
+                "world": world,
+                "shards": np.diff(bounds).tolist(),
+                "mean_err": float(np.abs(w.mean_ - whole.mean_).max()),
+                "scatter_rel_err": float(np.abs(w.scatter_ - whole.scatter_).max() / np.abs(whole.scatter_).max()),
+                "transform_err": float(np.abs(w.transform(x) - whole.transform(x)).max()),
+            },
+        )
     return 0
 
 
 def launch(nproc: int = 2, n: int = 3000, dim: int = 24, seed: int = 0, timeout: float = 300) -> dict:
     """Run the check under ``torchrun`` (gloo, localhost) and return rank 0's results."""
-    return launch_module("kexue.whitening._torchrun_check", [f"--rows={n}", f"--dim={dim}", f"--seed={seed}"], nproc, timeout)
+    return launch_module(
+        "kexue.whitening._torchrun_check", [f"--rows={n}", f"--dim={dim}", f"--seed={seed}"], nproc, timeout
+    )
 
 
 if __name__ == "__main__":

@@ -44,17 +44,31 @@ def fit_in_memory(bench: Bench) -> None:
     case = f"A: fit {n} x {d} float32 in memory"
     params = {"n": n, "d": d, "threads": torch.get_num_threads()}
     ours = bench.time(case, "kexue Whitening(ddof=1).fit", lambda: Whitening(ddof=1).fit(x), params=params)
-    theirs = bench.time(case, "sklearn PCA(whiten=True, svd_solver='full').fit", lambda: PCA(whiten=True, svd_solver="full").fit(x), params=params)
-    bench.ratio("whitening.fit_vs_sklearn", theirs.median_s / ours.median_s, target=1.0,
-                description="scikit-learn PCA(whiten=True, full SVD) fit time / kexue Whitening fit time")
+    theirs = bench.time(
+        case,
+        "sklearn PCA(whiten=True, svd_solver='full').fit",
+        lambda: PCA(whiten=True, svd_solver="full").fit(x),
+        params=params,
+    )
+    bench.ratio(
+        "whitening.fit_vs_sklearn",
+        theirs.median_s / ours.median_s,
+        target=1.0,
+        description="scikit-learn PCA(whiten=True, full SVD) fit time / kexue Whitening fit time",
+    )
     x64 = x.astype(np.float64)  # compare the maps, not float32 rounding: sklearn's SVD runs in X's dtype
     z_ours = Whitening(ddof=1).fit(x).transform(x64)
     z_theirs = PCA(whiten=True, svd_solver="full").fit(x64).transform(x64)
     top = 64  # trailing components of nearly equal variance may mix; compare the well-separated ones
     signs = np.sign((z_ours[:, :top] * z_theirs[:, :top]).sum(0))
     err = float(np.abs(z_ours[:, :top] * signs - z_theirs[:, :top]).max() / np.abs(z_theirs[:, :top]).max())
-    bench.ratio("whitening.transform_vs_sklearn", err, target=1e-6, higher_is_better=False,
-                description=f"max |z_kexue − z_sklearn| / max |z| over the first {top} components, up to sign (sklearn fitted on the float64 copy)")
+    bench.ratio(
+        "whitening.transform_vs_sklearn",
+        err,
+        target=1e-6,
+        higher_is_better=False,
+        description=f"max |z_kexue − z_sklearn| / max |z| over the first {top} components, up to sign (sklearn fitted on the float64 copy)",
+    )
 
 
 def _stream_child(impl: str, n: int) -> dict[str, float]:
@@ -101,12 +115,31 @@ def streaming(bench: Bench) -> None:
     for impl, n in (("kexue", small), ("kexue", large), ("floor", large)):
         runs[(impl, n)] = r = _in_fresh_process(impl, n)
         label = "kexue partial_fit" if impl == "kexue" else "floor: float64 XᵀX (convert + GEMM)"
-        bench.cases.append(CaseResult(bench.technique, case, f"{label}, N = {n:,}", r["seconds"], [r["seconds"]], int(r["peak"]),
-                                      {"n": n, "dim": STREAM_DIM, "batch": STREAM_BATCH}))
-    bench.ratio("whitening.stream_rss_growth", runs[("kexue", large)]["peak"] / max(runs[("kexue", small)]["peak"], 1), target=1.2,
-                higher_is_better=False, description=f"peak RSS growth of the streaming fit at N = {large:,} / at N = {small:,}")
-    bench.ratio("whitening.stream_vs_gemm_floor", runs[("kexue", large)]["seconds"] / runs[("floor", large)]["seconds"], target=2.0,
-                higher_is_better=False, description=f"kexue streaming fit time / float64 XᵀX time on the same {large:,} rows")
+        bench.cases.append(
+            CaseResult(
+                bench.technique,
+                case,
+                f"{label}, N = {n:,}",
+                r["seconds"],
+                [r["seconds"]],
+                int(r["peak"]),
+                {"n": n, "dim": STREAM_DIM, "batch": STREAM_BATCH},
+            )
+        )
+    bench.ratio(
+        "whitening.stream_rss_growth",
+        runs[("kexue", large)]["peak"] / max(runs[("kexue", small)]["peak"], 1),
+        target=1.2,
+        higher_is_better=False,
+        description=f"peak RSS growth of the streaming fit at N = {large:,} / at N = {small:,}",
+    )
+    bench.ratio(
+        "whitening.stream_vs_gemm_floor",
+        runs[("kexue", large)]["seconds"] / runs[("floor", large)]["seconds"],
+        target=2.0,
+        higher_is_better=False,
+        description=f"kexue streaming fit time / float64 XᵀX time on the same {large:,} rows",
+    )
 
 
 @BENCH.case
@@ -128,4 +161,8 @@ def search(bench: Bench) -> None:
     case = f"C: top-10 search, {queries} queries over {n:,} vectors"
     raw = bench.time(case, f"raw {d}-d", lambda: (raw_q @ raw_db.T).topk(10, dim=1), params={"n": n, "d": d})
     wh = bench.time(case, f"whitened k = {k}", lambda: (wh_q @ wh_db.T).topk(10, dim=1), params={"n": n, "d": k})
-    bench.ratio("whitening.search_speedup", raw.median_s / wh.median_s, description=f"raw {d}-d search time / whitened {k}-d search time")
+    bench.ratio(
+        "whitening.search_speedup",
+        raw.median_s / wh.median_s,
+        description=f"raw {d}-d search time / whitened {k}-d search time",
+    )

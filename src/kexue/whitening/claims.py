@@ -34,14 +34,30 @@ from kexue.whitening.whitening import RankDeficientWarning, Whitening
 
 SUITE = ClaimSuite(
     "whitening",
-    Article("You may not need BERT-flow: a linear transformation matches BERT-flow (BERT-whitening)", "https://kexue.fm/archives/8069"),
-    headlines=(Headline("mteb.STS-B", label="harness check: all-MiniLM-L6-v2 STS-B Spearman x100 against MTEB's published value"),
-               Headline("which_helps", ("mean 'all' per pooling and variant", "first-last-avg", "raw"),
-                        "mean STS x100 (the run's tasks, ours 'all'), first-last-avg, raw (article: its BERT-base, 'wmean')"),
-               Headline("which_helps", ("mean 'all' per pooling and variant", "first-last-avg", "whitening"),
-                        "mean STS x100 (the run's tasks, ours 'all'), first-last-avg, whitened (article: its BERT-base, 'wmean')"),
-               Headline("raw_encoder.whitening_helps", ("gain",),
-                        "what whitening adds to a raw masked-LM encoder (first-last-avg, mean 'wmean'; article: its BERT-base)")),
+    Article(
+        "You may not need BERT-flow: a linear transformation matches BERT-flow (BERT-whitening)",
+        "https://kexue.fm/archives/8069",
+    ),
+    headlines=(
+        Headline(
+            "mteb.STS-B", label="harness check: all-MiniLM-L6-v2 STS-B Spearman x100 against MTEB's published value"
+        ),
+        Headline(
+            "which_helps",
+            ("mean 'all' per pooling and variant", "first-last-avg", "raw"),
+            "mean STS x100 (the run's tasks, ours 'all'), first-last-avg, raw (article: its BERT-base, 'wmean')",
+        ),
+        Headline(
+            "which_helps",
+            ("mean 'all' per pooling and variant", "first-last-avg", "whitening"),
+            "mean STS x100 (the run's tasks, ours 'all'), first-last-avg, whitened (article: its BERT-base, 'wmean')",
+        ),
+        Headline(
+            "raw_encoder.whitening_helps",
+            ("gain",),
+            "what whitening adds to a raw masked-LM encoder (first-last-avg, mean 'wmean'; article: its BERT-base)",
+        ),
+    ),
 )
 
 # MTEB's published all-MiniLM-L6-v2 scores ("all" aggregation, cosine Spearman x 100)
@@ -72,7 +88,10 @@ def _article(names: list[str]) -> dict[str, dict[str, float]]:
     """The article's BERT-base rows on ``names`` (its table lists all seven tasks)."""
     from kexue.data import STS_TASKS
 
-    return {variant: {t: s for t, s in zip(STS_TASKS, scores) if t in names} for variant, scores in ARTICLE_BERT_BASE.items()}
+    return {
+        variant: {t: s for t, s in zip(STS_TASKS, scores) if t in names}
+        for variant, scores in ARTICLE_BERT_BASE.items()
+    }
 
 
 VARIANTS = {  # name -> Whitening parameters (None: the raw vectors)
@@ -101,28 +120,59 @@ def statistics(ctx: ClaimContext) -> None:
     z = w.transform(x)
     mu, sigma = reference.mean_covariance(z)
     err = max(float(np.abs(mu).max()), float(np.abs(sigma - np.eye(d)).max()))
-    ctx.claim("mean0_cov_identity", f"whitened vectors have mean 0 and covariance I (N = {n}, d = {d}, condition number of Σ ~1e6): max |entry error|",
-              article_value="mean 0, covariance I", measured=err, tolerance=1e-8, passed=err <= 1e-8)
+    ctx.claim(
+        "mean0_cov_identity",
+        f"whitened vectors have mean 0 and covariance I (N = {n}, d = {d}, condition number of Σ ~1e6): max |entry error|",
+        article_value="mean 0, covariance I",
+        measured=err,
+        tolerance=1e-8,
+        passed=err <= 1e-8,
+    )
     kernel, bias = reference.whitening_reference(x)
     kerr = float(np.abs(w.kernel_ - kernel).max() / np.abs(kernel).max())
-    ctx.claim("matches_reference", "kernel W = U Λ^(-1/2) equals the two-pass float64 NumPy reference (max relative entry error)",
-              article_value=None, measured=kerr, tolerance=1e-8, passed=kerr <= 1e-8)
+    ctx.claim(
+        "matches_reference",
+        "kernel W = U Λ^(-1/2) equals the two-pass float64 NumPy reference (max relative entry error)",
+        article_value=None,
+        measured=kerr,
+        tolerance=1e-8,
+        passed=kerr <= 1e-8,
+    )
     stream = Whitening()
     for lo in range(0, n, 4096):
         stream.partial_fit(x[lo : lo + 4096])
     halves = Whitening().fit(x[: n // 3]).merge(Whitening().fit(x[n // 3 :]))
     for name, other in (("streaming_equals_batch", stream), ("merged_equals_whole", halves)):
-        e = max(float(np.abs(other.mean_ - w.mean_).max() / np.abs(w.mean_).max()),
-                float(np.abs(other.scatter_ - w.scatter_).max() / np.abs(w.scatter_).max()))
-        what = "partial_fit over 4096-row batches" if name.startswith("streaming") else "two partial fits merged (1/3 + 2/3)"
-        ctx.claim(name, f"{what} = one batch fit: max relative error of μ and M", article_value="equal",
-                  measured=e, tolerance=1e-12, passed=e <= 1e-12)
+        e = max(
+            float(np.abs(other.mean_ - w.mean_).max() / np.abs(w.mean_).max()),
+            float(np.abs(other.scatter_ - w.scatter_).max() / np.abs(w.scatter_).max()),
+        )
+        what = (
+            "partial_fit over 4096-row batches"
+            if name.startswith("streaming")
+            else "two partial fits merged (1/3 + 2/3)"
+        )
+        ctx.claim(
+            name,
+            f"{what} = one batch fit: max relative error of μ and M",
+            article_value="equal",
+            measured=e,
+            tolerance=1e-12,
+            passed=e <= 1e-12,
+        )
     from kexue.whitening._torchrun_check import launch
 
     result = launch(nproc=2, seed=ctx.seed)
     e = max(result["mean_err"], result["scatter_rel_err"])
-    ctx.claim("two_process_all_reduce", f"two gloo processes (shards {' + '.join(map(str, result['shards']))}) fitting by streaming and all-reducing = one fit on all the data",
-              article_value=None, measured=e, tolerance=1e-12, passed=e <= 1e-12, details=f"transform max |Δ| {result['transform_err']:.1e}")
+    ctx.claim(
+        "two_process_all_reduce",
+        f"two gloo processes (shards {' + '.join(map(str, result['shards']))}) fitting by streaming and all-reducing = one fit on all the data",
+        article_value=None,
+        measured=e,
+        tolerance=1e-12,
+        passed=e <= 1e-12,
+        details=f"transform max |Δ| {result['transform_err']:.1e}",
+    )
 
 
 def _encode(ctx: ClaimContext):
@@ -151,11 +201,23 @@ def sts(ctx: ClaimContext) -> None:
         got = raw[task]["all"]
         statement = f"harness check: all-MiniLM-L6-v2 (mean pooling) {task} Spearman x100 ('all', cosine) vs MTEB's published {published}"
         if task in MTEB_EXPLAINED:
-            ctx.claim(f"mteb.{task}", statement, article_value=published, measured=round(got, 2), documented=True,
-                      details=f"gap {got - published:+.2f}: {MTEB_EXPLAINED[task]}")
+            ctx.claim(
+                f"mteb.{task}",
+                statement,
+                article_value=published,
+                measured=round(got, 2),
+                documented=True,
+                details=f"gap {got - published:+.2f}: {MTEB_EXPLAINED[task]}",
+            )
         else:
-            ctx.claim(f"mteb.{task}", statement, article_value=published, measured=round(got, 2), tolerance="±0.5",
-                      passed=abs(got - published) <= 0.5)
+            ctx.claim(
+                f"mteb.{task}",
+                statement,
+                article_value=published,
+                measured=round(got, 2),
+                tolerance="±0.5",
+                passed=abs(got - published) <= 0.5,
+            )
 
     names = list(tasks)
     table, ranks = _variant_scores(ctx, tasks, sentences, vectors, VARIANTS)
@@ -165,38 +227,72 @@ def sts(ctx: ClaimContext) -> None:
 
     article = _article(names)
 
-    ctx.claim("table.wmean", f"Spearman x100 ('wmean'), tasks {', '.join(names)}, per pooling and variant; whitening fitted on each task's own sentences (the article's 'target'); the article's BERT-base rows beside",
-              article_value=article, measured=fmt("wmean"), documented=True,
-              table=_sts_table(fmt("wmean"), article, "'wmean' (subsets weighted by size, as SentEval and the article)"))
-    ctx.claim("table.all", f"Spearman x100 ('all', pooled subsets), tasks {', '.join(names)}, per pooling and variant",
-              article_value=None, measured=fmt("all"), documented=True,
-              table=_sts_table(fmt("all"), None, "'all' (one Spearman over each task's pooled subsets, as MTEB)"),
-              details="rank-deficient covariances (components kept): " + ("; ".join(f"{p}: {', '.join(sorted(r))}" for p, r in ranks.items()) or "none")
-              + "; LayerNorm outputs lie on a hyperplane and some features are constant, so a few eigenvalues are zero"
-              + ("" if ctx.full else "; quick scale: the flow baseline is fitted for 1 epoch on 8,192 sampled sentences (--full: 6 epochs on all)"))
+    ctx.claim(
+        "table.wmean",
+        f"Spearman x100 ('wmean'), tasks {', '.join(names)}, per pooling and variant; whitening fitted on each task's own sentences (the article's 'target'); the article's BERT-base rows beside",
+        article_value=article,
+        measured=fmt("wmean"),
+        documented=True,
+        table=_sts_table(fmt("wmean"), article, "'wmean' (subsets weighted by size, as SentEval and the article)"),
+    )
+    ctx.claim(
+        "table.all",
+        f"Spearman x100 ('all', pooled subsets), tasks {', '.join(names)}, per pooling and variant",
+        article_value=None,
+        measured=fmt("all"),
+        documented=True,
+        table=_sts_table(fmt("all"), None, "'all' (one Spearman over each task's pooled subsets, as MTEB)"),
+        details="rank-deficient covariances (components kept): "
+        + ("; ".join(f"{p}: {', '.join(sorted(r))}" for p, r in ranks.items()) or "none")
+        + "; LayerNorm outputs lie on a hyperplane and some features are constant, so a few eigenvalues are zero"
+        + (
+            ""
+            if ctx.full
+            else "; quick scale: the flow baseline is fitted for 1 epoch on 8,192 sampled sentences (--full: 6 epochs on all)"
+        ),
+    )
     best = {p: max(rows, key=lambda v: np.mean([rows[v][t]["all"] for t in names])) for p, rows in table.items()}
-    mean_all = {p: {v: round(float(np.mean([rows[v][t]["all"] for t in names])), 2) for v in rows} for p, rows in table.items()}
+    mean_all = {
+        p: {v: round(float(np.mean([rows[v][t]["all"] for t in names])), 2) for v in rows} for p, rows in table.items()
+    }
     raw_mean = mean_all["last-avg"]["raw"]
-    article_means = {"raw": round(float(np.mean(list(article["first-last-avg"].values()))), 2),
-                     "whitening": round(float(np.mean(list(article["whitening (target)"].values()))), 2)}
-    ctx.claim("which_helps", f"for this already fine-tuned model: the best variant per pooling (mean 'all' over the {len(names)} tasks) and whether "
-              f"whitening beats the model's own mean pooling. The article's values are its BERT-base means over the same {len(names)} tasks "
-              "('wmean', first-last-avg): whitening helps encoders not trained for similarity; published experience: it can hurt fine-tuned ones",
-              article_value=article_means,
-              measured={"best per pooling": best, "mean 'all' per pooling and variant": mean_all,
-                        "whitening vs raw (last-avg)": round(mean_all["last-avg"]["whitening"] - raw_mean, 2)},
-              documented=True)
+    article_means = {
+        "raw": round(float(np.mean(list(article["first-last-avg"].values()))), 2),
+        "whitening": round(float(np.mean(list(article["whitening (target)"].values()))), 2),
+    }
+    ctx.claim(
+        "which_helps",
+        f"for this already fine-tuned model: the best variant per pooling (mean 'all' over the {len(names)} tasks) and whether "
+        f"whitening beats the model's own mean pooling. The article's values are its BERT-base means over the same {len(names)} tasks "
+        "('wmean', first-last-avg): whitening helps encoders not trained for similarity; published experience: it can hurt fine-tuned ones",
+        article_value=article_means,
+        measured={
+            "best per pooling": best,
+            "mean 'all' per pooling and variant": mean_all,
+            "whitening vs raw (last-avg)": round(mean_all["last-avg"]["whitening"] - raw_mean, 2),
+        },
+        documented=True,
+    )
     _bars(ctx, mean_all)
     _isotropy(ctx, vectors)
     _retrieval_real(ctx, vectors)
-    ctx.claim("encode_time", "encoding the STS sentences with all three poolings (one pass; kept in the cache folder, keyed by "
-              "the model's files, the sentences and the versions, unless --no-cache)", article_value=None,
-              measured={"sentences": len(sentences), "seconds": round(encoding["seconds"], 1),
-                        "from cache": "yes" if encoding["cached"] else "no (first run)"}, documented=True)
+    ctx.claim(
+        "encode_time",
+        "encoding the STS sentences with all three poolings (one pass; kept in the cache folder, keyed by "
+        "the model's files, the sentences and the versions, unless --no-cache)",
+        article_value=None,
+        measured={
+            "sentences": len(sentences),
+            "seconds": round(encoding["seconds"], 1),
+            "from cache": "yes" if encoding["cached"] else "no (first run)",
+        },
+        documented=True,
+    )
 
 
-def _variant_scores(ctx: ClaimContext, tasks, sentences: list[str], vectors: dict[str, np.ndarray],
-                    variants: dict[str, dict | None]) -> tuple[dict, dict[str, set[str]]]:
+def _variant_scores(
+    ctx: ClaimContext, tasks, sentences: list[str], vectors: dict[str, np.ndarray], variants: dict[str, dict | None]
+) -> tuple[dict, dict[str, set[str]]]:
     """pooling → variant → task → scores: each whitening variant fitted on each task's own
     sentences (the article's "target"), and one flow per pooling fitted on all tasks' sentences
     (quick: 1 epoch on a fixed sample of 8,192 of them)."""
@@ -206,12 +302,21 @@ def _variant_scores(ctx: ClaimContext, tasks, sentences: list[str], vectors: dic
     index = {s: i for i, s in enumerate(sentences)}
     table: dict[str, dict[str, dict[str, float]]] = {}
     ranks: dict[str, set[str]] = {}
-    flow_rows = None if ctx.full else np.sort(np.random.default_rng(ctx.seed).choice(len(sentences), min(8192, len(sentences)), replace=False))
-    own = {task: sorted({index[s] for p in subsets for s in (*p.sentences1, *p.sentences2)}) for task, subsets in tasks.items()}
+    flow_rows = (
+        None
+        if ctx.full
+        else np.sort(np.random.default_rng(ctx.seed).choice(len(sentences), min(8192, len(sentences)), replace=False))
+    )
+    own = {
+        task: sorted({index[s] for p in subsets for s in (*p.sentences1, *p.sentences2)})
+        for task, subsets in tasks.items()
+    }
     local = {task: {sentences[r]: i for i, r in enumerate(rows)} for task, rows in own.items()}
     for pooling, vec in vectors.items():
         rows: dict[str, dict[str, float]] = {variant: {} for variant in variants}
-        rows_of = torch.from_numpy(vec)  # float32, as users hold embeddings: statistics and map in float64, the product in float32
+        rows_of = torch.from_numpy(
+            vec
+        )  # float32, as users hold embeddings: statistics and map in float64, the product in float32
         for task, subsets in tasks.items():
             target = rows_of[own[task]]
             fitted = Whitening().fit(target)  # one fit per task; each variant only changes the map (set_params)
@@ -224,27 +329,51 @@ def _variant_scores(ctx: ClaimContext, tasks, sentences: list[str], vectors: dic
                         w = fitted.set_params(**{**defaults, **params})
                         out = w.transform(target)
                     if caught:
-                        ranks.setdefault(pooling, set()).add(f"{w.n_components_} of {params.get('n_components', vec.shape[1])}")
+                        ranks.setdefault(pooling, set()).add(
+                            f"{w.n_components_} of {params.get('n_components', vec.shape[1])}"
+                        )
                 rows[variant][task] = score_tasks({task: subsets}, out.numpy(), local[task])[task]
-        flow = FlowWhitening(epochs=6 if ctx.full else 1, seed=ctx.seed).fit(vec if flow_rows is None else vec[flow_rows])
+        flow = FlowWhitening(epochs=6 if ctx.full else 1, seed=ctx.seed).fit(
+            vec if flow_rows is None else vec[flow_rows]
+        )
         rows["flow (all tasks)"] = score_tasks(tasks, flow.transform(vec), index)
         table[pooling] = rows
     return table, ranks
 
 
-def _sts_table(scores: dict[str, dict[str, dict[str, float]]], article: dict[str, dict[str, float]] | None, aggregation: str,
-               encoder: str = "all-MiniLM-L6-v2") -> Table:
+def _sts_table(
+    scores: dict[str, dict[str, dict[str, float]]],
+    article: dict[str, dict[str, float]] | None,
+    aggregation: str,
+    encoder: str = "all-MiniLM-L6-v2",
+) -> Table:
     """Pooling × variant rows, one column per task and their mean; the article's BERT-base rows last."""
     names = list(next(iter(next(iter(scores.values())).values())))
-    rows = [(pooling, variant, *(by_task[t] for t in names), round(float(np.mean(list(by_task.values()))), 2))
-            for pooling, variants in scores.items() for variant, by_task in variants.items()]
+    rows = [
+        (pooling, variant, *(by_task[t] for t in names), round(float(np.mean(list(by_task.values()))), 2))
+        for pooling, variants in scores.items()
+        for variant, by_task in variants.items()
+    ]
     reference = []
     for variant, by_task in (article or {}).items():
         reference.append(len(rows))
-        rows.append(("article: BERT-base, first-last-avg", variant, *(by_task[t] for t in names), round(float(np.mean(list(by_task.values()))), 2)))
-    return Table(("pooling", "variant", *names, "mean"), tuple(rows), header_columns=2, reference_rows=tuple(reference), decimals=2,
-                 caption=f"{encoder}, Spearman x100 {aggregation}; whitening fitted on each task's own sentences"
-                         + ("; shaded: the article's BERT-base figures (its encoder, not this one)" if article else ""))
+        rows.append(
+            (
+                "article: BERT-base, first-last-avg",
+                variant,
+                *(by_task[t] for t in names),
+                round(float(np.mean(list(by_task.values()))), 2),
+            )
+        )
+    return Table(
+        ("pooling", "variant", *names, "mean"),
+        tuple(rows),
+        header_columns=2,
+        reference_rows=tuple(reference),
+        decimals=2,
+        caption=f"{encoder}, Spearman x100 {aggregation}; whitening fitted on each task's own sentences"
+        + ("; shaded: the article's BERT-base figures (its encoder, not this one)" if article else ""),
+    )
 
 
 def _bars(ctx: ClaimContext, mean_all: dict[str, dict[str, float]]) -> None:
@@ -262,12 +391,20 @@ def _bars(ctx: ClaimContext, mean_all: dict[str, dict[str, float]]) -> None:
     ax.set_ylim(max(0.0, min(lows) - 5), max(lows) + 2)
     ax.legend(fontsize=7, ncol=2)
     ax.set_title("all-MiniLM-L6-v2: raw vs whitening variants vs flow")
-    ctx.figure("sts_variants", fig, "Mean STS score per pooling and variant (whitening fitted on each task's sentences).")
+    ctx.figure(
+        "sts_variants", fig, "Mean STS score per pooling and variant (whitening fitted on each task's sentences)."
+    )
     plt.close(fig)
 
 
-def _isotropy(ctx: ClaimContext, vectors: dict[str, np.ndarray], *, claim: str = "isotropy", figure: str = "spectrum",
-              encoder: str = "all-MiniLM-L6-v2") -> None:
+def _isotropy(
+    ctx: ClaimContext,
+    vectors: dict[str, np.ndarray],
+    *,
+    claim: str = "isotropy",
+    figure: str = "spectrum",
+    encoder: str = "all-MiniLM-L6-v2",
+) -> None:
     import matplotlib.pyplot as plt
 
     rng = np.random.default_rng(ctx.seed)
@@ -287,21 +424,35 @@ def _isotropy(ctx: ClaimContext, vectors: dict[str, np.ndarray], *, claim: str =
             return float(np.mean((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
 
         lam = w.eigenvalues_
-        measured[pooling] = {"mean cosine of random pairs, raw": round(mean_cos(x), 4), "whitened": round(mean_cos(z), 4),
-                             "top-1 eigenvalue share": round(float(lam[0] / lam.sum()), 4),
-                             "zero eigenvalues": int((lam <= lam[0] * 1e-12).sum()),
-                             "λ1 / smallest nonzero λ": float(f"{lam[0] / lam[lam > lam[0] * 1e-12][-1]:.3g}")}
+        measured[pooling] = {
+            "mean cosine of random pairs, raw": round(mean_cos(x), 4),
+            "whitened": round(mean_cos(z), 4),
+            "top-1 eigenvalue share": round(float(lam[0] / lam.sum()), 4),
+            "zero eigenvalues": int((lam <= lam[0] * 1e-12).sum()),
+            "λ1 / smallest nonzero λ": float(f"{lam[0] / lam[lam > lam[0] * 1e-12][-1]:.3g}"),
+        }
         ax.semilogy(lam / lam.sum(), label=pooling)
     ax.set_xlabel("component (decreasing variance)")
     ax.set_ylabel("share of total variance")
     ax.set_title(f"Eigenvalue spectrum of {encoder} sentence vectors (STS sentences)")
     ax.legend()
-    ctx.figure(figure, fig, f"Covariance eigenvalues of the raw {encoder} vectors per pooling; whitening maps all of them to 1.")
+    ctx.figure(
+        figure,
+        fig,
+        f"Covariance eigenvalues of the raw {encoder} vectors per pooling; whitening maps all of them to 1.",
+    )
     plt.close(fig)
-    ctx.claim(claim, f"anisotropy of {encoder} before/after whitening: mean cosine of 20,000 random sentence pairs, and the spectrum",
-              article_value="whitened vectors are isotropic", measured=measured,
-              passed=all(abs(m["whitened"]) < abs(m["mean cosine of random pairs, raw"]) and abs(m["whitened"]) < 0.01 for m in measured.values()),
-              tolerance="|mean cosine| < 0.01 after, and below before")
+    ctx.claim(
+        claim,
+        f"anisotropy of {encoder} before/after whitening: mean cosine of 20,000 random sentence pairs, and the spectrum",
+        article_value="whitened vectors are isotropic",
+        measured=measured,
+        passed=all(
+            abs(m["whitened"]) < abs(m["mean cosine of random pairs, raw"]) and abs(m["whitened"]) < 0.01
+            for m in measured.values()
+        ),
+        tolerance="|mean cosine| < 0.01 after, and below before",
+    )
 
 
 @SUITE.check
@@ -342,19 +493,33 @@ def retrieval(ctx: ClaimContext) -> None:
     top_raw, top_w = search(raw_db, raw_q), search(wh_db, wh_q)
     overlap = float(np.mean([len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(top_raw, top_w)]))
     speedup = timings["raw"] / timings["whitened"]
-    ctx.claim("retrieval", f"top-10 cosine search, {queries} queries over {n} vectors: whitened k = {k} vs raw d = {d} (synthetic vectors with a decaying spectrum)",
-              article_value="faster retrieval with k << d",
-              measured={"raw s": round(timings["raw"], 4), "whitened s": round(timings["whitened"], 4), "speed-up": round(speedup, 2),
-                        "recall@10 overlap with raw": round(overlap, 3)},
-              tolerance="speed-up > 1", passed=speedup > 1.0,
-              details="the overlap measures agreement with raw search, not relevance; STS quality of k = 128 is in the table")
+    ctx.claim(
+        "retrieval",
+        f"top-10 cosine search, {queries} queries over {n} vectors: whitened k = {k} vs raw d = {d} (synthetic vectors with a decaying spectrum)",
+        article_value="faster retrieval with k << d",
+        measured={
+            "raw s": round(timings["raw"], 4),
+            "whitened s": round(timings["whitened"], 4),
+            "speed-up": round(speedup, 2),
+            "recall@10 overlap with raw": round(overlap, 3),
+        },
+        tolerance="speed-up > 1",
+        passed=speedup > 1.0,
+        details="the overlap measures agreement with raw search, not relevance; STS quality of k = 128 is in the table",
+    )
 
 
 # the raw encoder is 96 wide at quick scale (256 at --full): its k-variants are fractions of its width
 def _raw_variants(width: int) -> dict[str, dict | None]:
-    return {"raw": None, "whitening": {}, f"whitening-{width // 2}": {"n_components": width // 2},
-            f"whitening-{width // 4}": {"n_components": width // 4}, "rotation (gamma 0)": {"gamma": 0.0},
-            "half (gamma 0.5)": {"gamma": 0.5}, "no centring (beta 0)": {"beta": 0.0}}
+    return {
+        "raw": None,
+        "whitening": {},
+        f"whitening-{width // 2}": {"n_components": width // 2},
+        f"whitening-{width // 4}": {"n_components": width // 4},
+        "rotation (gamma 0)": {"gamma": 0.0},
+        "half (gamma 0.5)": {"gamma": 0.5},
+        "no centring (beta 0)": {"beta": 0.0},
+    }
 
 
 @SUITE.check
@@ -375,31 +540,60 @@ def raw_encoder(ctx: ClaimContext) -> None:
     names = list(tasks)
     table, _ = _variant_scores(ctx, tasks, sentences, vectors, _raw_variants(config.hidden))
     wmean = {p: {v: {t: round(rows[v][t]["wmean"], 2) for t in names} for v in rows} for p, rows in table.items()}
-    mean = {p: {v: round(float(np.mean([rows[v][t]["wmean"] for t in names])), 2) for v in rows} for p, rows in table.items()}
+    mean = {
+        p: {v: round(float(np.mean([rows[v][t]["wmean"] for t in names])), 2) for v in rows}
+        for p, rows in table.items()
+    }
     article = _article(names)
-    encoder = (f"raw masked-LM encoder ({config.layers} x {config.hidden}, {config.steps} steps of {config.batch_size} "
-               f"on {log['sentences']:,} local sentences, final loss {log['losses'][-1]:.2f})")
-    ctx.claim("raw_encoder.table", f"Spearman x100 ('wmean') of a {encoder}: raw poolings, whitening variants, the flow baseline",
-              article_value=article, measured=wmean, documented=True,
-              table=_sts_table(wmean, article, "'wmean'", encoder=encoder),
-              details=f"pre-training took {log['seconds']:.0f} s (cached in the kexue cache folder for later runs)")
+    encoder = (
+        f"raw masked-LM encoder ({config.layers} x {config.hidden}, {config.steps} steps of {config.batch_size} "
+        f"on {log['sentences']:,} local sentences, final loss {log['losses'][-1]:.2f})"
+    )
+    ctx.claim(
+        "raw_encoder.table",
+        f"Spearman x100 ('wmean') of a {encoder}: raw poolings, whitening variants, the flow baseline",
+        article_value=article,
+        measured=wmean,
+        documented=True,
+        table=_sts_table(wmean, article, "'wmean'", encoder=encoder),
+        details=f"pre-training took {log['seconds']:.0f} s (cached in the kexue cache folder for later runs)",
+    )
     fla = mean["first-last-avg"]
-    article_raw, article_white, article_flow = (float(np.mean(list(article[v].values())))
-                                                for v in ("first-last-avg", "whitening (target)", "flow (target)"))
-    ctx.claim("raw_encoder.whitening_helps", f"whitening helps a raw masked-LM encoder (first-last-avg, mean 'wmean' over the "
-              f"{len(names)} tasks {', '.join(names)}, whitening fitted on each task's sentences); the article's BERT-base means beside",
-              article_value={"raw": round(article_raw, 2), "whitening": round(article_white, 2), "gain": round(article_white - article_raw, 2)},
-              measured={"raw": fla["raw"], "whitening": fla["whitening"], "gain": round(fla["whitening"] - fla["raw"], 2)},
-              tolerance="gain > 0", passed=fla["whitening"] > fla["raw"])
+    article_raw, article_white, article_flow = (
+        float(np.mean(list(article[v].values()))) for v in ("first-last-avg", "whitening (target)", "flow (target)")
+    )
+    ctx.claim(
+        "raw_encoder.whitening_helps",
+        f"whitening helps a raw masked-LM encoder (first-last-avg, mean 'wmean' over the "
+        f"{len(names)} tasks {', '.join(names)}, whitening fitted on each task's sentences); the article's BERT-base means beside",
+        article_value={
+            "raw": round(article_raw, 2),
+            "whitening": round(article_white, 2),
+            "gain": round(article_white - article_raw, 2),
+        },
+        measured={"raw": fla["raw"], "whitening": fla["whitening"], "gain": round(fla["whitening"] - fla["raw"], 2)},
+        tolerance="gain > 0",
+        passed=fla["whitening"] > fla["raw"],
+    )
     flow_gap = round(fla["whitening"] - fla["flow (all tasks)"], 2)
-    ctx.claim("raw_encoder.matches_flow", "whitening matches the flow baseline on the raw encoder (first-last-avg, mean "
-              "'wmean'): within 1 point or above it; the article's BERT-base means on the same tasks beside",
-              article_value={"whitening": round(article_white, 2), "flow": round(article_flow, 2),
-                             "whitening - flow": round(article_white - article_flow, 2)},
-              measured={"whitening": fla["whitening"], "flow": fla["flow (all tasks)"], "whitening - flow": flow_gap},
-              tolerance="whitening - flow >= -1", passed=flow_gap >= -1.0,
-              details=("quick scale: the flow is fitted for 1 epoch on 8,192 sampled sentences" if not ctx.full else
-                       "the flow is fitted for 6 epochs on all the tasks' sentences"))
+    ctx.claim(
+        "raw_encoder.matches_flow",
+        "whitening matches the flow baseline on the raw encoder (first-last-avg, mean "
+        "'wmean'): within 1 point or above it; the article's BERT-base means on the same tasks beside",
+        article_value={
+            "whitening": round(article_white, 2),
+            "flow": round(article_flow, 2),
+            "whitening - flow": round(article_white - article_flow, 2),
+        },
+        measured={"whitening": fla["whitening"], "flow": fla["flow (all tasks)"], "whitening - flow": flow_gap},
+        tolerance="whitening - flow >= -1",
+        passed=flow_gap >= -1.0,
+        details=(
+            "quick scale: the flow is fitted for 1 epoch on 8,192 sampled sentences"
+            if not ctx.full
+            else "the flow is fitted for 6 epochs on all the tasks' sentences"
+        ),
+    )
     _isotropy(ctx, vectors, claim="raw_encoder.isotropy", figure="raw_encoder_spectrum", encoder="the raw encoder")
 
 
@@ -423,13 +617,23 @@ def _retrieval_real(ctx: ClaimContext, vectors: dict[str, np.ndarray]) -> None:
             tops[name] = (probe_t @ base_t.T).topk(11, dim=1).indices[:, 1:]  # the query itself is its own top hit
             times.append(time.perf_counter() - start)
         timings[name] = float(np.median(times[1:]))
-    overlap = float(np.mean([len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(tops["raw"], tops["whitened"])]))
+    overlap = float(
+        np.mean([len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(tops["raw"], tops["whitened"])])
+    )
     speedup = timings["raw"] / timings["whitened"]
-    ctx.claim("retrieval.real_sentences", f"top-10 cosine search of 500 queries over the {n:,} real STS/SICK sentences "
-              f"(all-MiniLM-L6-v2): whitened k = {k} against raw d = {d}",
-              article_value="faster retrieval with k << d",
-              measured={"raw s": round(timings["raw"], 4), "whitened s": round(timings["whitened"], 4), "speed-up": round(speedup, 2),
-                        "top-10 overlap with raw": round(overlap, 3)},
-              tolerance="speed-up > 1", passed=speedup > 1.0,
-              details="quality of k = 128 on these sentences: the 'whitening-128' rows of table.wmean (for this fine-tuned "
-                      "model whitening costs STS points); the overlap measures agreement with raw search, not relevance")
+    ctx.claim(
+        "retrieval.real_sentences",
+        f"top-10 cosine search of 500 queries over the {n:,} real STS/SICK sentences "
+        f"(all-MiniLM-L6-v2): whitened k = {k} against raw d = {d}",
+        article_value="faster retrieval with k << d",
+        measured={
+            "raw s": round(timings["raw"], 4),
+            "whitened s": round(timings["whitened"], 4),
+            "speed-up": round(speedup, 2),
+            "top-10 overlap with raw": round(overlap, 3),
+        },
+        tolerance="speed-up > 1",
+        passed=speedup > 1.0,
+        details="quality of k = 128 on these sentences: the 'whitening-128' rows of table.wmean (for this fine-tuned "
+        "model whitening costs STS points); the overlap measures agreement with raw search, not relevance",
+    )

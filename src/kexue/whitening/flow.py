@@ -51,8 +51,13 @@ class _Coupling(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.half = dim // 2
-        self.net = nn.Sequential(nn.Linear(self.half, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
-                                 nn.Linear(hidden, 2 * (dim - self.half)))
+        self.net = nn.Sequential(
+            nn.Linear(self.half, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, 2 * (dim - self.half)),
+        )
         nn.init.zeros_(self.net[-1].weight)  # starts as the identity
         nn.init.zeros_(self.net[-1].bias)
 
@@ -102,8 +107,16 @@ class FlowWhitening(TransformerMixin, BaseEstimator):
         seed: initialisation, permutation and batch order.
     """
 
-    def __init__(self, n_layers: int = 4, hidden: int = 256, epochs: int = 10, batch_size: int = 256,
-                 lr: float = 1e-3, noise: float = 0.01, seed: int = 0) -> None:
+    def __init__(
+        self,
+        n_layers: int = 4,
+        hidden: int = 256,
+        epochs: int = 10,
+        batch_size: int = 256,
+        lr: float = 1e-3,
+        noise: float = 0.01,
+        seed: int = 0,
+    ) -> None:
         self.n_layers = n_layers
         self.hidden = hidden
         self.epochs = epochs
@@ -127,7 +140,9 @@ class FlowWhitening(TransformerMixin, BaseEstimator):
             raise ValueError(f"noise={self.noise!r} must be a finite number >= 0")
         x = validate_rows(self, X, reset=True).to(device="cpu", dtype=torch.float32)
         if x.shape[0] < 2:
-            raise ValueError(f"FlowWhitening needs at least 2 samples to fit; got n_samples = {x.shape[0]} (X of shape {tuple(x.shape)})")
+            raise ValueError(
+                f"FlowWhitening needs at least 2 samples to fit; got n_samples = {x.shape[0]} (X of shape {tuple(x.shape)})"
+            )
         torch.manual_seed(self.seed)
         flow = VectorFlow(x.shape[1], self.n_layers, self.hidden, self.seed)
         g = torch.Generator().manual_seed(self.seed)

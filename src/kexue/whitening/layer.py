@@ -41,11 +41,13 @@ def whiten(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor) -> torch.T
         ValueError: ``x``'s last dimension is not the map's input width.
     """
     if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
-        raise TypeError(f"x must be a floating-point torch.Tensor; got {type(x).__name__} "
-                        f"{getattr(x, 'dtype', '')}".rstrip())
+        raise TypeError(
+            f"x must be a floating-point torch.Tensor; got {type(x).__name__} {getattr(x, 'dtype', '')}".rstrip()
+        )
     if x.dim() == 0 or x.shape[-1] != kernel.shape[0]:
-        raise ValueError(f"x must have last dimension {kernel.shape[0]} (the whitening's n_features_in_); "
-                         f"got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"x must have last dimension {kernel.shape[0]} (the whitening's n_features_in_); got shape {tuple(x.shape)}"
+        )
     work = torch.promote_types(x.dtype, torch.float32)
     with autocast_disabled(x):
         out = (x.to(work) - bias.to(work)) @ kernel.to(work)

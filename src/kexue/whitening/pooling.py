@@ -125,7 +125,9 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def encoding_cache_key(model_dir: str | os.PathLike, sentences: Sequence[str], poolings: Sequence[str], max_length: int) -> str:
+def encoding_cache_key(
+    model_dir: str | os.PathLike, sentences: Sequence[str], poolings: Sequence[str], max_length: int
+) -> str:
     """A digest of everything the encodings depend on: the model folder's files (contents, not
     names or dates), the sentences in order, the poolings, ``max_length``, this module's source
     and the versions of kexue, torch and transformers; a change to any of them is a new key."""
@@ -136,9 +138,18 @@ def encoding_cache_key(model_dir: str | os.PathLike, sentences: Sequence[str], p
     path = Path(model_dir)
     files = {str(f.relative_to(path)): _file_digest(f) for f in sorted(path.rglob("*")) if f.is_file()}
     h = hashlib.sha256()
-    h.update(json.dumps({"files": files, "poolings": list(poolings), "max_length": max_length,
-                         "code": _file_digest(Path(__file__)),  # this module's source: an edited encoder is a new key
-                         "versions": [__version__, torch.__version__, transformers.__version__]}, sort_keys=True).encode())
+    h.update(
+        json.dumps(
+            {
+                "files": files,
+                "poolings": list(poolings),
+                "max_length": max_length,
+                "code": _file_digest(Path(__file__)),  # this module's source: an edited encoder is a new key
+                "versions": [__version__, torch.__version__, transformers.__version__],
+            },
+            sort_keys=True,
+        ).encode()
+    )
     for s in sentences:  # length-prefixed, so no two lists of sentences give the same bytes
         data = s.encode("utf-8", "surrogatepass")
         h.update(len(data).to_bytes(8, "little"))

@@ -65,7 +65,9 @@ class PretrainConfig:
 
 
 QUICK = PretrainConfig()
-FULL = PretrainConfig(hidden=256, layers=4, heads=4, intermediate=1024, max_length=48, batch_size=64, steps=1200, lr=1e-3, warmup=100)
+FULL = PretrainConfig(
+    hidden=256, layers=4, heads=4, intermediate=1024, max_length=48, batch_size=64, steps=1200, lr=1e-3, warmup=100
+)
 
 
 def corpus(root: str | os.PathLike | None = None) -> list[str]:
@@ -88,10 +90,17 @@ def _cache_key(config: PretrainConfig, sentences: Sequence[str], tokenizer_dir: 
 
     from kexue import __version__
 
-    h = hashlib.sha256(json.dumps({"config": asdict(config), "code": _digest(Path(__file__)),
-                                   "tokenizer": {p.name: _digest(p) for p in sorted(tokenizer_dir.glob("*vocab*"))},
-                                   "versions": [__version__, torch.__version__, transformers.__version__]},
-                                  sort_keys=True).encode())
+    h = hashlib.sha256(
+        json.dumps(
+            {
+                "config": asdict(config),
+                "code": _digest(Path(__file__)),
+                "tokenizer": {p.name: _digest(p) for p in sorted(tokenizer_dir.glob("*vocab*"))},
+                "versions": [__version__, torch.__version__, transformers.__version__],
+            },
+            sort_keys=True,
+        ).encode()
+    )
     for s in sentences:
         data = s.encode("utf-8", "surrogatepass")
         h.update(len(data).to_bytes(8, "little"))
@@ -111,7 +120,9 @@ class _MaskedLM(nn.Module):
         super().__init__()
         self.bert = bert
         width = bert.config.hidden_size
-        self.transform = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.LayerNorm(width, eps=bert.config.layer_norm_eps))
+        self.transform = nn.Sequential(
+            nn.Linear(width, width), nn.GELU(), nn.LayerNorm(width, eps=bert.config.layer_norm_eps)
+        )
         self.bias = nn.Parameter(torch.zeros(bert.config.vocab_size))
 
     def forward(self, input_ids, attention_mask, chosen, targets) -> torch.Tensor:
@@ -132,12 +143,19 @@ def _mask(ids: torch.Tensor, special: torch.Tensor, config: PretrainConfig, toke
     roll = torch.rand(ids.shape, generator=g)
     corrupted[chosen & (roll < 0.8)] = tokenizer.mask_token_id
     random = chosen & (roll >= 0.8) & (roll < 0.9)
-    corrupted[random] = torch.randint(999, tokenizer.vocab_size, (int(random.sum()),), generator=g)  # not [PAD]..[unused]
+    corrupted[random] = torch.randint(
+        999, tokenizer.vocab_size, (int(random.sum()),), generator=g
+    )  # not [PAD]..[unused]
     return corrupted, chosen, ids[chosen]
 
 
-def pretrain_raw_encoder(config: PretrainConfig = QUICK, *, sentences: Sequence[str] | None = None,
-                         progress: Callable[[int, float], None] | None = None, use_cache: bool | None = None) -> Path:
+def pretrain_raw_encoder(
+    config: PretrainConfig = QUICK,
+    *,
+    sentences: Sequence[str] | None = None,
+    progress: Callable[[int, float], None] | None = None,
+    use_cache: bool | None = None,
+) -> Path:
     """Pre-train (or find in the cache) a raw masked-LM encoder; returns its folder.
 
     Args:
@@ -169,9 +187,16 @@ def pretrain_raw_encoder(config: PretrainConfig = QUICK, *, sentences: Sequence[
         return target
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     torch.manual_seed(config.seed)
-    bert = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=config.hidden, num_hidden_layers=config.layers,
-                                num_attention_heads=config.heads, intermediate_size=config.intermediate,
-                                max_position_embeddings=config.max_length))  # its pooler is unused, but AutoModel expects one
+    bert = BertModel(
+        BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=config.hidden,
+            num_hidden_layers=config.layers,
+            num_attention_heads=config.heads,
+            intermediate_size=config.intermediate,
+            max_position_embeddings=config.max_length,
+        )
+    )  # its pooler is unused, but AutoModel expects one
     model = _MaskedLM(bert).train()
     losses, seconds = _train(model, tokenizer, sentences, config, progress)
     import tempfile
@@ -181,8 +206,11 @@ def pretrain_raw_encoder(config: PretrainConfig = QUICK, *, sentences: Sequence[
     tmp = Path(tempfile.mkdtemp(prefix="raw-encoder.tmp-", dir=str(root) if use_cache else None))
     bert.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
-    (tmp / "pretraining.json").write_text(json.dumps({"config": asdict(config), "sentences": len(sentences),
-                                                      "losses": losses, "seconds": seconds}, indent=1))
+    (tmp / "pretraining.json").write_text(
+        json.dumps(
+            {"config": asdict(config), "sentences": len(sentences), "losses": losses, "seconds": seconds}, indent=1
+        )
+    )
     if not use_cache:
         return tmp
     try:
@@ -192,16 +220,29 @@ def pretrain_raw_encoder(config: PretrainConfig = QUICK, *, sentences: Sequence[
     return target
 
 
-def _train(model: _MaskedLM, tokenizer, sentences: list[str], config: PretrainConfig,
-           progress: Callable[[int, float], None] | None) -> tuple[list[float], float]:
+def _train(
+    model: _MaskedLM,
+    tokenizer,
+    sentences: list[str],
+    config: PretrainConfig,
+    progress: Callable[[int, float], None] | None,
+) -> tuple[list[float], float]:
     import time
 
     g = torch.Generator().manual_seed(config.seed)
-    order = torch.randperm(len(sentences), generator=g)[: config.steps * config.batch_size]  # the sentences the run sees
-    encoded = tokenizer([sentences[i] for i in order.tolist()], truncation=True, max_length=config.max_length)["input_ids"]
+    order = torch.randperm(len(sentences), generator=g)[
+        : config.steps * config.batch_size
+    ]  # the sentences the run sees
+    encoded = tokenizer([sentences[i] for i in order.tolist()], truncation=True, max_length=config.max_length)[
+        "input_ids"
+    ]
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / max(1, config.warmup),
-                                                                            max(0.0, (config.steps - s) / max(1, config.steps - config.warmup))))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(
+            (s + 1) / max(1, config.warmup), max(0.0, (config.steps - s) / max(1, config.steps - config.warmup))
+        ),
+    )
     special = set(tokenizer.all_special_ids)
     losses, start = [], time.perf_counter()
     for step in range(config.steps):

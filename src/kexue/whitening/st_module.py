@@ -33,10 +33,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from kexue._optional import require_extra
 from kexue.whitening.layer import _HoldsMap, whiten
 from kexue.whitening.whitening import Whitening
-
-from kexue._optional import require_extra
 
 require_extra("kexue.whitening.st_module (the sentence-transformers module)", "transformers")
 
@@ -94,8 +93,14 @@ def whitening_dense(whitening: Whitening) -> nn.Module:
     kernel = torch.from_numpy(whitening.kernel_)  # (d, k) float64
     bias = -(torch.from_numpy(whitening.bias_) @ kernel)  # (k,)
     d, k = kernel.shape
-    return Dense(d, k, bias=True, activation_function=nn.Identity(), init_weight=kernel.T.contiguous().float(),
-                 init_bias=bias.float())
+    return Dense(
+        d,
+        k,
+        bias=True,
+        activation_function=nn.Identity(),
+        init_weight=kernel.T.contiguous().float(),
+        init_bias=bias.float(),
+    )
 
 
 def add_whitening(model, whitening: Whitening, *, normalize: bool | None = None):
@@ -112,9 +117,11 @@ def add_whitening(model, whitening: Whitening, *, normalize: bool | None = None)
     """
     _, Normalize = _modules()
     width = whitening.kernel_.shape[0]
-    dimension = getattr(model, "get_embedding_dimension", None) or getattr(model, "get_sentence_embedding_dimension")
+    dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     if dimension() not in (None, width):
-        raise ValueError(f"the whitening was fitted on {width}-d vectors but the model outputs {dimension()}-d embeddings")
+        raise ValueError(
+            f"the whitening was fitted on {width}-d vectors but the model outputs {dimension()}-d embeddings"
+        )
     if normalize is None:
         normalize = len(model._modules) > 0 and isinstance(model[len(model._modules) - 1], Normalize)
     model.add_module(str(len(model._modules)), whitening_dense(whitening))

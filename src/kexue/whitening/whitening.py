@@ -74,13 +74,17 @@ def validate_rows(estimator: BaseEstimator | None, X: Any, *, reset: bool = Fals
         return x
     x = X.detach()
     if x.device.type == "meta":
-        raise ValueError("X is on the meta device, which holds no values: the Whitening estimator fits on and "
-                         "validates values (cpu, cuda, ...); WhiteningLayer(fitted).to('meta') gives the shapes")
+        raise ValueError(
+            "X is on the meta device, which holds no values: the Whitening estimator fits on and "
+            "validates values (cpu, cuda, ...); WhiteningLayer(fitted).to('meta') gives the shapes"
+        )
     if x.is_complex():
         raise ValueError(f"Complex data not supported: X is a {x.dtype} tensor")
     if x.dim() != 2:
-        raise ValueError(f"X must be a 2-D array of shape (n_samples, n_features); got shape {tuple(x.shape)}. "
-                         "Reshape your data with x.reshape(-1, 1) for one feature or x.reshape(1, -1) for one sample")
+        raise ValueError(
+            f"X must be a 2-D array of shape (n_samples, n_features); got shape {tuple(x.shape)}. "
+            "Reshape your data with x.reshape(-1, 1) for one feature or x.reshape(1, -1) for one sample"
+        )
     if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64)):
         raise ValueError(f"X must hold real numbers; got dtype {x.dtype}")
     if 0 in x.shape:
@@ -91,7 +95,9 @@ def validate_rows(estimator: BaseEstimator | None, X: Any, *, reset: bool = Fals
     elif reset:
         estimator.n_features_in_ = d
     elif hasattr(estimator, "n_features_in_") and d != estimator.n_features_in_:
-        raise ValueError(f"X has {d} features, but {type(estimator).__name__} is expecting {estimator.n_features_in_} features as input.")
+        raise ValueError(
+            f"X has {d} features, but {type(estimator).__name__} is expecting {estimator.n_features_in_} features as input."
+        )
     check_finite(x, "X")
     return x
 
@@ -165,8 +171,16 @@ class Whitening(TransformerMixin, BaseEstimator):
         >>> w.save("w.safetensors"); w2 = Whitening.load("w.safetensors")
     """
 
-    def __init__(self, n_components: int | None = None, *, beta: float = 1.0, gamma: float = 1.0,
-                 ddof: int = 0, shrinkage: float = 0.0, eps: float = 0.0) -> None:
+    def __init__(
+        self,
+        n_components: int | None = None,
+        *,
+        beta: float = 1.0,
+        gamma: float = 1.0,
+        ddof: int = 0,
+        shrinkage: float = 0.0,
+        eps: float = 0.0,
+    ) -> None:
         self.n_components = n_components
         self.beta = beta
         self.gamma = gamma
@@ -200,7 +214,9 @@ class Whitening(TransformerMixin, BaseEstimator):
         return self
 
     def _absorb(self, stats: tuple[int, np.ndarray, np.ndarray]) -> None:
-        current = (self.n_samples_seen_, self.mean_, self.scatter_) if hasattr(self, "n_samples_seen_") else (0, None, None)
+        current = (
+            (self.n_samples_seen_, self.mean_, self.scatter_) if hasattr(self, "n_samples_seen_") else (0, None, None)
+        )
         self.n_samples_seen_, self.mean_, self.scatter_ = merge_statistics(current, stats)
         self.n_features_in_ = int(self.mean_.shape[0])
 
@@ -285,13 +301,21 @@ class Whitening(TransformerMixin, BaseEstimator):
         tol = d * np.finfo(np.float64).eps * max(float(lam[0]), np.finfo(np.float64).tiny)
         rank = int((shifted > tol).sum()) if self.gamma != 0 else k
         if rank < k:
-            warnings.warn(f"the covariance has rank {rank} < n_components {k} (n_samples {n}, n_features {d}); "
-                          f"keeping {rank} components. Pass shrinkage>0 or eps>0 to keep all {k}",
-                          RankDeficientWarning, stacklevel=3)
+            warnings.warn(
+                f"the covariance has rank {rank} < n_components {k} (n_samples {n}, n_features {d}); "
+                f"keeping {rank} components. Pass shrinkage>0 or eps>0 to keep all {k}",
+                RankDeficientWarning,
+                stacklevel=3,
+            )
             k = rank
         kernel = u[:, :k] * shifted[:k] ** (-self.gamma / 2)
-        return {"eigenvalues": lam.copy(), "components": u[:, :k].T.copy(), "kernel": kernel,
-                "bias": self.beta * self.mean_, "inverse": (u[:, :k] * shifted[:k] ** (self.gamma / 2)).T.copy()}
+        return {
+            "eigenvalues": lam.copy(),
+            "components": u[:, :k].T.copy(),
+            "kernel": kernel,
+            "bias": self.beta * self.mean_,
+            "inverse": (u[:, :k] * shifted[:k] ** (self.gamma / 2)).T.copy(),
+        }
 
     @property
     def eigenvalues_(self) -> np.ndarray:
@@ -319,7 +343,9 @@ class Whitening(TransformerMixin, BaseEstimator):
         else:  # inverse_transform: X in the output space
             x = validate_rows(None, X)
             if x.shape[1] != matrix.shape[0]:
-                raise ValueError(f"X has {x.shape[1]} features, but inverse_transform expects {matrix.shape[0]} (n_components_)")
+                raise ValueError(
+                    f"X has {x.shape[1]} features, but inverse_transform expects {matrix.shape[0]} (n_components_)"
+                )
         # float16/bfloat16 inputs are computed in float32 with the float64 map rounded once to it (never
         # to the input's dtype), then rounded to the input's dtype; integers compute and return float64
         out_dtype = x.dtype if x.is_floating_point() else torch.float64
@@ -365,17 +391,28 @@ class Whitening(TransformerMixin, BaseEstimator):
         from safetensors.numpy import save_file
 
         solved = self._solve()
-        tensors = {"kernel": solved["kernel"], "bias": solved["bias"], "mean": self.mean_, "scatter": self.scatter_,
-                   "eigenvalues": solved["eigenvalues"]}
+        tensors = {
+            "kernel": solved["kernel"],
+            "bias": solved["bias"],
+            "mean": self.mean_,
+            "scatter": self.scatter_,
+            "eigenvalues": solved["eigenvalues"],
+        }
         info = info if info is not None else getattr(self, "info_", {})
-        meta = {"format": _FORMAT, "params": json.dumps(self.get_params()), "n_samples_seen": str(self.n_samples_seen_),
-                "info": json.dumps(info)}
+        meta = {
+            "format": _FORMAT,
+            "params": json.dumps(self.get_params()),
+            "n_samples_seen": str(self.n_samples_seen_),
+            "info": json.dumps(info),
+        }
         from kexue.report.io import publish
 
         path = Path(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()}, str(tmp), metadata=meta)
+            save_file(
+                {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()}, str(tmp), metadata=meta
+            )
             publish(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -396,7 +433,9 @@ class Whitening(TransformerMixin, BaseEstimator):
         except Exception as exc:  # not safetensors at all, or truncated: a clear error, never an internal one
             raise ValueError(f"{path} is not a kexue whitening file: not a readable safetensors file ({exc})") from None
         if meta.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a kexue whitening file (format {meta.get('format')!r}, expected {_FORMAT!r})")
+            raise ValueError(
+                f"{path} is not a kexue whitening file (format {meta.get('format')!r}, expected {_FORMAT!r})"
+            )
         try:
             w = cls(**json.loads(meta["params"]))
             w.n_samples_seen_ = int(meta["n_samples_seen"])
@@ -406,7 +445,9 @@ class Whitening(TransformerMixin, BaseEstimator):
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ValueError(f"{path} is a damaged kexue whitening file ({type(exc).__name__}: {exc})") from None
         if not valid:
-            raise ValueError(f"{path} is a damaged kexue whitening file (mean {w.mean_.shape}, scatter {w.scatter_.shape})")
+            raise ValueError(
+                f"{path} is a damaged kexue whitening file (mean {w.mean_.shape}, scatter {w.scatter_.shape})"
+            )
         w.n_features_in_ = d
         w.info_ = json.loads(meta.get("info", "{}"))
         return w
