@@ -167,7 +167,7 @@ def test_float16_entry_point_missing_only_affects_float16(monkeypatch: pytest.Mo
 
 def test_native_rejects_unsuitable_inputs_and_bad_backend() -> None:
     a = torch.randn(4, 4, dtype=torch.float64)
-    with pytest.raises(ValueError, match="takes float32 CPU tensors only; got torch.float64"):
+    with pytest.raises(ValueError, match=r"takes float32 CPU tensors only; got torch.float64"):
         mitchell_mul(a, a, backend="native")
     with pytest.raises(ValueError, match=r"backend='gpu' is not supported; accepted values: 'auto', 'torch', 'native'"):
         use_native(rope_native._LIBRARY, "gpu", "kx_rope_float32")

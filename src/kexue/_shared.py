@@ -10,7 +10,8 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Iterable, Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -26,6 +27,7 @@ __all__ = [
     "check_int",
     "check_module",
     "check_number",
+    "deprecated_alias",
     "empty_like_fast",
     "num_layers",
     "read_text",
@@ -94,7 +96,7 @@ def check_number(name: str, value: Any, *, above: float | None = None) -> float:
     return float(value)
 
 
-def as_float_tensor(value: Any, name: str, *, like: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
+def as_float_tensor(name: str, value: Any, *, like: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
     """Convert an array-like to a floating torch tensor without copying when possible.
 
     Args:
@@ -133,7 +135,7 @@ def as_float_tensor(value: Any, name: str, *, like: torch.Tensor | None = None) 
     return tensor, was_numpy
 
 
-def as_real_array(value: Any, name: str) -> np.ndarray:
+def as_real_array(name: str, value: Any) -> np.ndarray:
     """``value`` (array-like or tensor of real numbers) as a float64 NumPy array; a TypeError naming
     ``name`` for bool, complex, object or ragged input."""
     if isinstance(value, torch.Tensor):
@@ -178,7 +180,7 @@ def check_process_group() -> None:
         )
 
 
-def check_finite(tensor: torch.Tensor, name: str) -> None:
+def check_finite(name: str, tensor: torch.Tensor) -> None:
     """Raise a ValueError if ``tensor`` holds NaN or infinity.
 
     A finite sum proves every element finite (a NaN or an infinity makes the sum NaN or
@@ -243,3 +245,37 @@ def empty_like_fast(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.
 def num_layers(config: Any) -> int:
     """Number of Transformer blocks of a HuggingFace config (GPT-2 calls it ``n_layer``)."""
     return config.n_layer if config.model_type == "gpt2" else config.num_hidden_layers
+
+
+def deprecated_alias(module: str, aliases: dict[str, tuple[str, Any]]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` that serves renamed names for one more release, with a DeprecationWarning.
+
+    Args:
+        module: the module's ``__name__`` (for the warning and the AttributeError).
+        aliases: ``{old name: (new name, the object)}``.
+
+    Returns:
+        The ``__getattr__`` function to assign in the module.
+
+    Example:
+        >>> import warnings
+        >>> getattr_ = deprecated_alias("pkg", {"old": ("new", 42)})
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     value = getattr_("old")
+        >>> value, str(caught[0].message)
+        (42, 'pkg.old is deprecated and will be removed in the next release; use pkg.new')
+    """
+
+    def __getattr__(name: str) -> Any:
+        if name in aliases:
+            new, value = aliases[name]
+            warnings.warn(
+                f"{module}.{name} is deprecated and will be removed in the next release; use {module}.{new}",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return value
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__

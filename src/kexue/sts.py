@@ -25,15 +25,15 @@ def sentence_transformer_encoder(model, batch_size: int = 128) -> Encoder:
             out = model.encode(list(sentences), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
         finally:
             model.train(was_training)
-        return as_real_array(out, "embeddings")
+        return as_real_array("embeddings", out)
 
     return encode
 
 
 def cosine_spearman(encode: Encoder, pairs: SentencePairs) -> float:
     """Spearman's ρ × 100 between gold scores and the cosine similarity of the two sides."""
-    a = as_real_array(encode(pairs.sentences1), "embeddings")  # torch on any device, bfloat16 included
-    b = as_real_array(encode(pairs.sentences2), "embeddings")
+    a = as_real_array("embeddings", encode(pairs.sentences1))  # torch on any device, bfloat16 included
+    b = as_real_array("embeddings", encode(pairs.sentences2))
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise FloatingPointError(f"the encoder returned non-finite embeddings on {pairs.name}")
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
@@ -66,18 +66,18 @@ def score_task(subsets: Sequence[SentencePairs], vectors: np.ndarray, index: dic
 
     A task with one subset (STS-B, SICK-R) has ``all == wmean``.
     """
-    vectors = as_real_array(vectors, "vectors")
+    vectors = as_real_array("vectors", vectors)
     if not np.isfinite(vectors).all():
         raise FloatingPointError("non-finite sentence vectors")
     cos = [_cosines(vectors, index, p) for p in subsets]
-    per = [float(spearmanr(c, p.scores).statistic * 100) for c, p in zip(cos, subsets)]
+    per = [float(spearmanr(c, p.scores).statistic * 100) for c, p in zip(cos, subsets, strict=True)]
     sizes = np.array([len(p) for p in subsets], dtype=np.float64)
     pooled = float(spearmanr(np.concatenate(cos), np.concatenate([p.scores for p in subsets])).statistic * 100)
     return {
         "all": pooled,
         "wmean": float(np.dot(per, sizes) / sizes.sum()),
         "pairs": int(sizes.sum()),
-        "subsets": {p.name: round(r, 2) for p, r in zip(subsets, per)},
+        "subsets": {p.name: round(r, 2) for p, r in zip(subsets, per, strict=True)},
     }
 
 

@@ -91,7 +91,7 @@ def _weights() -> list[torch.Tensor]:
 
 def _encoder(dtype: torch.dtype, device: str) -> nn.Module:
     encoder = nn.Sequential(nn.Linear(WIDTH, 16), nn.Tanh(), nn.Linear(16, WIDTH)).to(device, dtype)
-    for p, w in zip(encoder.parameters(), _weights()):
+    for p, w in zip(encoder.parameters(), _weights(), strict=True):
         p.data = w.to(device, dtype)
     return encoder
 

@@ -28,7 +28,7 @@ def test_cached_step_matches_sentence_transformers_cached_mnrl() -> None:
 
 def test_relative_difference_counts_a_mismatch_as_infinite() -> None:
     a = [torch.ones(3)]
-    assert benchmark._relative_difference(a, a + [torch.ones(1)]) == float("inf")
+    assert benchmark._relative_difference(a, [*a, torch.ones(1)]) == float("inf")
     assert benchmark._relative_difference([torch.tensor([1.0, 2.0])], [torch.tensor([1.0, 1.0])]) == pytest.approx(
         2**-0.5
     )
@@ -64,5 +64,5 @@ def test_the_benchmark_pairs_are_a_fixed_random_draw_of_paraphrases() -> None:
     from kexue.data import load_stsb
 
     stsb = load_stsb("train")
-    scores = dict(zip(zip(stsb.sentences1, stsb.sentences2), stsb.scores))
-    assert all(scores[pair] >= 4.0 for pair in zip(anchors, positives))
+    scores = dict(zip(zip(stsb.sentences1, stsb.sentences2, strict=True), stsb.scores, strict=True))
+    assert all(scores[pair] >= 4.0 for pair in zip(anchors, positives, strict=True))

@@ -25,7 +25,7 @@ def _grads(*modules: nn.Module) -> list[torch.Tensor]:
 
 
 def _close(a: list[torch.Tensor], b: list[torch.Tensor], tol: float = 1e-10) -> bool:
-    return all(float((x - y).norm() / y.norm()) <= tol for x, y in zip(a, b))
+    return all(float((x - y).norm() / y.norm()) <= tol for x, y in zip(a, b, strict=True))
 
 
 @settings(max_examples=12, deadline=None)
@@ -126,7 +126,7 @@ def test_batchnorm_is_rejected_and_eval_batchnorm_accepted() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs,match",
+    ("kwargs", "match"),
     [
         (dict(micro_batch_size=0), "micro_batch_size=0"),
         (dict(micro_batch_size=2, encoders=[nn.Identity()] * 3), "3 encoders for 2 batches"),
@@ -145,7 +145,7 @@ def test_non_finite_embeddings_and_loss_are_errors() -> None:
     with pytest.raises(ValueError, match="q contains 1 non-finite value"):  # named before any loss is formed
         cached_backward(nn.Identity(), [x, x], lambda a, b: info_nce(a, b, similarity="dot"), micro_batch_size=2)
     huge = torch.full((4, 3), 1e20)  # finite embeddings whose float32 dot products overflow
-    with pytest.raises(FloatingPointError, match="loss is (nan|inf)"):
+    with pytest.raises(FloatingPointError, match=r"loss is (nan|inf)"):
         cached_backward(nn.Identity(), [huge, huge], lambda a, b: info_nce(a, b, similarity="dot"), micro_batch_size=2)
 
 

@@ -55,7 +55,7 @@ def test_devices_of_finds_modules_tensors_and_nested_batches() -> None:
     module = nn.Linear(3, 4, device="meta")
     found = _device.devices_of(module, {"ids": [torch.zeros(2)], "text": "not a tensor"}, "words", 3)
     assert found == [torch.device("cpu"), torch.device("meta")]
-    assert _device.rng_devices(found + [torch.device("cuda", 1)]) == [torch.device("cuda", 1)]  # CPU and meta have none
+    assert _device.rng_devices([*found, torch.device("cuda", 1)]) == [torch.device("cuda", 1)]  # CPU and meta have none
 
 
 def test_the_replay_saves_and_restores_the_accelerator_generator(fake_cuda: FakeAccelerator) -> None:
@@ -101,7 +101,7 @@ def test_devices_come_from_parameters_and_batch_or_every_cuda_device_for_functio
 
 
 @pytest.mark.parametrize(
-    "devices,match", [("cuda", "list of devices"), ([1.5], "torch.device, str or int"), (["gpu7"], "not a device")]
+    ("devices", "match"), [("cuda", "list of devices"), ([1.5], "torch.device, str or int"), (["gpu7"], "not a device")]
 )
 def test_devices_argument_errors(devices: object, match: str) -> None:
     x = torch.randn(4, 3)
@@ -115,7 +115,7 @@ def test_autocast_takes_the_device_type_of_the_model() -> None:
     assert _device.autocast_device_type([]) == "cpu"
     with pytest.raises(ValueError, match="accelerator types"):
         _device.autocast_device_type(["cuda:0", "xpu:0"])
-    with pytest.warns(UserWarning):  # this machine has no CUDA: torch.autocast says so, and keeps the type
+    with pytest.warns(UserWarning):  # noqa: PT030 -- torch's text varies by version; this machine has no CUDA: torch.autocast says so, and keeps the type
         assert _autocast(torch.bfloat16, [torch.device("cuda", 0)]).device == "cuda"
     with pytest.raises(ValueError, match="autocast must be"):
         _autocast(torch.float64, [])

@@ -40,7 +40,7 @@ def test_tiled_equals_dense_values_and_gradients(similarity: str) -> None:
     dense = info_nce(q, d, index, scale=scale, similarity=similarity)
     tiled = info_nce_tiled(q, d, index, scale=scale, similarity=similarity, tile=8)
     assert float(tiled.detach()) == pytest.approx(float(dense.detach()), abs=1e-12)
-    for a, b in zip(torch.autograd.grad(tiled, (q, d, scale)), torch.autograd.grad(dense, (q, d, scale))):
+    for a, b in zip(torch.autograd.grad(tiled, (q, d, scale)), torch.autograd.grad(dense, (q, d, scale)), strict=True):
         assert torch.allclose(a, b, atol=1e-12)
 
 
@@ -78,7 +78,7 @@ def test_learnable_temperature_gradient_matches_finite_difference() -> None:
 
 
 @pytest.mark.parametrize(
-    "call,match",
+    ("call", "match"),
     [
         (lambda: info_nce(torch.randn(4, 3), torch.randn(4, 5)), "same D"),
         (lambda: info_nce(torch.randn(4, 3), torch.randn(3, 3)), "at least as many rows as q"),

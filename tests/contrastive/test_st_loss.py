@@ -161,16 +161,16 @@ def test_token_budget_plan(model) -> None:
     lengths = feature["attention_mask"].sum(1)
     plan = plan_micro_batches(feature, micro_batch_size=4, micro_batch_tokens=64)
     assert sorted(torch.cat(plan.groups).tolist()) == list(range(30))
-    for group, width in zip(plan.groups, plan.widths):
+    for group, width in zip(plan.groups, plan.widths, strict=True):
         assert width == int(lengths[group].max())
         assert len(group) == 1 or len(group) * width <= 64
     assert torch.equal(torch.cat(plan.groups)[plan.inverse], torch.arange(30))
-    widths = [w for w in plan.widths]
+    widths = list(plan.widths)
     assert widths == sorted(widths, reverse=True)  # longest first
     unsorted = plan_micro_batches(feature, micro_batch_size=4, sort_by_length=False)
     assert [g.tolist() for g in unsorted.groups][:2] == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    padded_sorted = sum(len(g) * w for g, w in zip(plan.groups, plan.widths))
-    padded_plain = sum(len(g) * w for g, w in zip(unsorted.groups, unsorted.widths))
+    padded_sorted = sum(len(g) * w for g, w in zip(plan.groups, plan.widths, strict=True))
+    padded_plain = sum(len(g) * w for g, w in zip(unsorted.groups, unsorted.widths, strict=True))
     assert padded_sorted < padded_plain
 
 
@@ -212,7 +212,7 @@ def test_ddp_reduces_once_per_step(model, tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
-    "call,match",
+    ("call", "match"),
     [
         (lambda m: CachedContrastiveLoss(m, micro_batch_size=0), "micro_batch_size=0"),
         (lambda m: CachedContrastiveLoss(m, micro_batch_tokens=-5), "micro_batch_tokens=-5"),
@@ -297,7 +297,7 @@ def test_trainer_on_the_embedded_model_saves_reloads_and_evaluates_stsb(tmp_path
     from kexue.sts import cosine_spearman, sentence_transformer_encoder
 
     train = load_stsb("train")
-    pairs = [(a, b) for a, b, s in zip(train.sentences1, train.sentences2, train.scores) if s >= 4.0][:64]
+    pairs = [(a, b) for a, b, s in zip(train.sentences1, train.sentences2, train.scores, strict=True) if s >= 4.0][:64]
     model = SentenceTransformer(str(embedded_model_path()), device="cpu")
     test = load_stsb("test")
     head = SentencePairs("sts-b head", test.sentences1[:300], test.sentences2[:300], test.scores[:300])

@@ -46,7 +46,7 @@ def test_resumed_run_equals_uninterrupted_run(tiny_sentence_model: str, pairs_fi
     class Interrupted(Exception):
         pass
 
-    def interrupt_at_step_5(loss: float, seen=[]) -> None:
+    def interrupt_at_step_5(loss: float, seen=[]) -> None:  # noqa: B006 -- the list carries state between calls
         seen.append(loss)
         if len(seen) == 5:  # the checkpoint of step 4 is on disk, step 5's is not
             raise Interrupted

@@ -123,7 +123,9 @@ def test_without_state_transfer_the_run_differs(tmp_path) -> None:
     model = _small()
     callback = GrowthCallback(lambda m: widen(m, 2), at_step=AT, transfer_optimizer_state=False)
     Trainer(model=model, args=_args(tmp_path), train_dataset=_Rows(rows), callbacks=[callback]).train()
-    worst = max(float((p - q).detach().abs().max()) for p, q in zip(model.parameters(), expected.parameters()))
+    worst = max(
+        float((p - q).detach().abs().max()) for p, q in zip(model.parameters(), expected.parameters(), strict=True)
+    )
     assert worst > 1e-4  # fresh moments: another trajectory (the transfer is what the test above checks)
 
 
@@ -190,7 +192,7 @@ def test_bad_arguments() -> None:
         GrowthCallback(lambda m: m, 0)
     with pytest.raises(ValueError, match="lr_scale=-1"):
         GrowthCallback(lambda m: m, 3, lr_scale=-1)
-    with pytest.raises(FileNotFoundError, match="trainer_state.json"):
+    with pytest.raises(FileNotFoundError, match=r"trainer_state.json"):
         GrowthCallback(lambda m: m, 3).model_for_checkpoint(_small(), "/nonexistent")
     copy.deepcopy(GrowthCallback(lambda m: m, 3))  # callbacks are copied by some trainers
 
@@ -229,7 +231,7 @@ def test_per_layer_learning_rates_and_frozen_parameters_survive_growth(tmp_path)
 def test_an_inserted_layer_whose_role_spans_groups_is_refused_and_nothing_changes(tmp_path) -> None:
     model = _small()
     trainer = _llrd_trainer(model, tmp_path, GrowthCallback(lambda m: deepen(m, [0]), at_step=AT))
-    with pytest.raises(ValueError, match="new parameter model.layers.1.*spans several groups"):
+    with pytest.raises(ValueError, match=r"new parameter model.layers.1.*spans several groups"):
         trainer.train()
     assert model.config.num_hidden_layers == 2  # the model and the optimizer are as they were
     held = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}

@@ -73,7 +73,7 @@ def test_a_mixture_of_experts_checkpoint_grows_experts_width_and_depth(tmp_path)
 
 
 @pytest.mark.parametrize(
-    "kwargs,error,match",
+    ("kwargs", "error", "match"),
     [
         ({"experts": 0}, ValueError, "experts=0"),
         ({"width": 0}, ValueError, "width=0"),

@@ -270,7 +270,7 @@ def _grow_and_continue(device: str) -> nn.Module:
 def test_growth_and_adam_transfer_on_cuda_match_the_cpu() -> None:
     """float64 models: the CUDA run (same seeded noise, drawn on the CPU) tracks the CPU run."""
     cpu, cuda = _grow_and_continue("cpu"), _grow_and_continue("cuda")
-    for (name, p), (_, q) in zip(cpu.named_parameters(), cuda.named_parameters()):
+    for (name, p), (_, q) in zip(cpu.named_parameters(), cuda.named_parameters(), strict=True):
         assert torch.allclose(p, q.cpu(), rtol=0, atol=1e-8), name
 
 

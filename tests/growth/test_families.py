@@ -344,7 +344,7 @@ def test_mixtral_widening_keeps_the_router_logits() -> None:
     with torch.no_grad(), float64_norms():
         a = small(**INPUTS, output_router_logits=True).router_logits
         b = large(**INPUTS, output_router_logits=True).router_logits
-    assert max(float((x - y).abs().max()) for x, y in zip(a, b)) <= 1e-12
+    assert max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True)) <= 1e-12
     assert _relative(small, large) <= 1e-10
     with pytest.raises(ValueError, match="mode='heads' only"):
         widen(small, 2, mode="head_dim")
@@ -444,5 +444,5 @@ def test_unsupported_families_name_the_supported_ones() -> None:
 
     t5 = T5ForConditionalGeneration(T5Config(vocab_size=32, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2))
     for grow in (lambda m: widen(m, 2), lambda m: widen_ffn(m, 40), lambda m: deepen(m, [0])):
-        with pytest.raises(ValueError, match="supported: .*gemma.*gemma2.*gemma3_text.*opt.*mixtral"):
+        with pytest.raises(ValueError, match=r"supported: .*gemma.*gemma2.*gemma3_text.*opt.*mixtral"):
             grow(t5)

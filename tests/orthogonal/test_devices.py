@@ -52,7 +52,7 @@ def test_validate_false_turns_bad_vectors_into_nan_not_a_wrong_map() -> None:
     for a in (torch.zeros(4, dtype=torch.float64), torch.tensor([1.0, float("nan"), 0.0, 0.0], dtype=torch.float64)):
         y = apply_orthogonal_map(x, a, torch.ones(4, dtype=torch.float64), validate=False)
         assert torch.isnan(y).all()
-        with pytest.raises(ValueError, match="a (has zero norm|contains 1 non-finite)"):
+        with pytest.raises(ValueError, match=r"a (has zero norm|contains 1 non-finite)"):
             apply_orthogonal_map(x, a, torch.ones(4, dtype=torch.float64))
 
 
@@ -72,7 +72,7 @@ def test_meta_device_gives_shapes_and_refuses_value_checks() -> None:
         assert y.device.type == "meta" and y.shape == (7, 16) and y.dtype == torch.bfloat16
     T = orthogonal_map(a.half(), b.half(), "rotation", validate=False)
     assert T.device.type == "meta" and T.shape == (16, 16) and T.dtype == torch.float16
-    beta, U, V = low_rank_factors(a, b, "rotation", validate=False)
+    _beta, U, V = low_rank_factors(a, b, "rotation", validate=False)
     assert U.shape == V.shape == (16, 2) and U.dtype == torch.float64
     with pytest.raises(ValueError, match="validate=False on the meta device"):
         apply_orthogonal_map(x, a, b)
@@ -97,7 +97,7 @@ def test_autocast_does_not_lower_the_precision(kind: str) -> None:
             apply_orthogonal_map(x, a, b, kind),
             apply_orthogonal_map(x, *batched, kind),
         )
-    for p, u in zip(plain, under):
+    for p, u in zip(plain, under, strict=True):
         assert u.dtype == torch.float32
         torch.testing.assert_close(u, p, rtol=0, atol=0)
 

@@ -33,10 +33,12 @@ def test_unit_vector_to_double_word_precision() -> None:
         hi, lo = _dw_unit(u[None])
         norm = sum(Decimal(v) ** 2 for v in u.tolist()).sqrt()
         worst = max(
-            abs(Decimal(h) + Decimal(l) - Decimal(v) / norm)
-            for h, l, v in zip(hi[0].tolist(), lo[0].tolist(), u.tolist())
+            abs(Decimal(h) + Decimal(lw) - Decimal(v) / norm)
+            for h, lw, v in zip(hi[0].tolist(), lo[0].tolist(), u.tolist(), strict=True)
         )
         assert worst < Decimal("1e-30"), (d, worst)
         # plain float64 normalisation is only good to ~1e-16: the test can tell them apart
         plain = (u / torch.linalg.vector_norm(u)).tolist()
-        assert d == 1 or max(abs(Decimal(p) - Decimal(v) / norm) for p, v in zip(plain, u.tolist())) > Decimal("1e-20")
+        assert d == 1 or max(
+            abs(Decimal(p) - Decimal(v) / norm) for p, v in zip(plain, u.tolist(), strict=True)
+        ) > Decimal("1e-20")

@@ -137,7 +137,7 @@ def test_worked_example_of_the_article() -> None:
 # --- degenerate and near-degenerate --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind,sign", [("reflection", 1.0), ("rotation", -1.0), ("symmetric", -1.0)])
+@pytest.mark.parametrize(("kind", "sign"), [("reflection", 1.0), ("rotation", -1.0), ("symmetric", -1.0)])
 def test_degenerate_point_canonical_choice(kind: str, sign: float) -> None:
     a = np.array([0.6, 0.0, -0.8, 0.0])  # smallest |a_k| first at k = 1
     b = sign * a
@@ -154,7 +154,7 @@ def test_degenerate_point_canonical_choice(kind: str, sign: float) -> None:
     np.testing.assert_allclose(T, expected, atol=1e-15)
 
 
-@pytest.mark.parametrize("kind,sign", [("reflection", 1.0), ("rotation", -1.0), ("symmetric", -1.0)])
+@pytest.mark.parametrize(("kind", "sign"), [("reflection", 1.0), ("rotation", -1.0), ("symmetric", -1.0)])
 def test_degenerate_point_raises_on_request(kind: str, sign: float) -> None:
     a = np.array([1.0, 2.0, 2.0]) / 3
     with pytest.raises(ValueError, match="degenerate input"):
@@ -212,7 +212,7 @@ def test_near_degenerate_float64_stays_accurate(kind: str) -> None:
             assert np.abs(T @ T.T - np.eye(d)).max() <= 8 * np.finfo(np.float64).eps, gap
 
 
-@pytest.mark.parametrize("kind,sign", [("reflection", 3.0), ("rotation", -3.0), ("symmetric", -3.0)])
+@pytest.mark.parametrize(("kind", "sign"), [("reflection", 3.0), ("rotation", -3.0), ("symmetric", -3.0)])
 def test_parallel_inputs_of_different_length_are_degenerate(kind: str, sign: float) -> None:
     """b = ±3a exactly: after normalisation the gap is rounding noise, so the canonical map is used."""
     a = np.array([1.0, 3.0, 5.0, 7.0])
@@ -267,7 +267,7 @@ def test_b_broadcasts_against_a() -> None:
         np.testing.assert_allclose(T[i], reference.closed_form(a[i], b, "reflection"), atol=1e-13)
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 4e-3), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.float16, 4e-3), (torch.bfloat16, 3e-2)])
 def test_output_keeps_x_dtype(dtype: torch.dtype, tol: float) -> None:
     a, b = _pair(32, 12)
     x = torch.randn(50, 32, dtype=torch.float64)
@@ -347,7 +347,7 @@ def test_gradient_matches_reference_direction() -> None:
 
 
 @pytest.mark.parametrize(
-    "call,match",
+    ("call", "match"),
     [
         (lambda: orthogonal_map([1.0, 0.0], [0.0, 1.0], kind="householder"), r"kind='householder'.*'reflection'"),
         (lambda: orthogonal_map([1.0, 0.0], [0.0, 1.0], degenerate="ignore"), r"degenerate='ignore'"),
@@ -397,7 +397,7 @@ def test_out_with_autograd_is_rejected() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 2e-5), (torch.bfloat16, 3e-2)])
 def test_cuda_apply_matches_reference(kind: str, dtype: torch.dtype, tol: float) -> None:
     a, b = _pair(768, 20)
     x = torch.randn(4096, 768, dtype=torch.float64)

@@ -123,7 +123,7 @@ def _quiet_transformers():
     logger.setLevel(level)
 
 
-@pytest.mark.parametrize("family,config,rotary_class", FAMILIES, ids=[f[0] for f in FAMILIES])
+@pytest.mark.parametrize(("family", "config", "rotary_class"), FAMILIES, ids=[f[0] for f in FAMILIES])
 @pytest.mark.parametrize("length", [7, 300])
 def test_rotation_equals_the_familys_own(family: str, config, rotary_class: str, length: int) -> None:
     torch.manual_seed(0)
@@ -235,7 +235,7 @@ def _mrope_positions(batch: int, length: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    "family,config_class,rotary_class,sections",
+    ("family", "config_class", "rotary_class", "sections"),
     [
         ("qwen2_vl", "Qwen2VLTextConfig", "Qwen2VLRotaryEmbedding", [4, 6, 6]),
         ("qwen2_vl", "Qwen2VLTextConfig", "Qwen2VLRotaryEmbedding", None),  # the family's default [16, 24, 24]
@@ -329,7 +329,7 @@ def test_bfloat16_models_keep_float32_angles_far_out() -> None:
 
 
 def test_attention_factor_is_in_the_tables_and_the_cache_follows_it() -> None:
-    family, config, rotary_class = next(f for f in FAMILIES if f[0] == "qwen2")  # YaRN x4: factor 0.1 ln 4 + 1
+    _family, config, _rotary_class = next(f for f in FAMILIES if f[0] == "qwen2")  # YaRN x4: factor 0.1 ln 4 + 1
     rope = RotaryEmbedding.from_config(config)
     cos, sin = rope.cos_sin(torch.arange(50))
     torch.testing.assert_close(cos**2 + sin**2, torch.full_like(cos, rope.attention_factor**2), rtol=1e-6, atol=0)

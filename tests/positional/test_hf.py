@@ -99,7 +99,7 @@ def test_the_drop_in_equals_transformers_function_with_gradients() -> None:
     cos, sin = model.model.rotary_emb(q, positions)
     ours = hf_apply_rotary_pos_emb(q, k, cos, sin)
     theirs = module.apply_rotary_pos_emb(q, k, cos, sin)
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     (ours[0].sum() + 2 * ours[1].sum()).backward()
     grads = q.grad.clone(), k.grad.clone()

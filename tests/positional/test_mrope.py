@@ -28,10 +28,10 @@ def _hf_rope_index(layouts: list[list], merge: int, pad_left: list[int]):
                 (images if kind == "image" else videos).append(grid)
                 types += [1 if kind == "image" else 2] * (grid[0] * (grid[1] // merge) * (grid[2] // merge))
         rows.append(types)
-    length = max(len(r) + p for r, p in zip(rows, pad_left))
+    length = max(len(r) + p for r, p in zip(rows, pad_left, strict=True))
     token_types = torch.zeros(len(rows), length, dtype=torch.int32)
     mask = torch.zeros(len(rows), length, dtype=torch.long)
-    for i, (types, pad) in enumerate(zip(rows, pad_left)):
+    for i, (types, _pad) in enumerate(zip(rows, pad_left, strict=True)):
         start = length - len(types)
         token_types[i, start:] = torch.tensor(types, dtype=torch.int32)
         mask[i, start:] = 1
@@ -68,7 +68,7 @@ def test_text_only_is_1d_and_decode_continues_after_the_image() -> None:
     assert int(following[0, 0]) == int(positions.max()) + 1
 
 
-@pytest.mark.parametrize("bad,match", [([(1, 2)], "grid"), ([-1], "non-negative"), ([(1, 1, 4)], "smaller than")])
+@pytest.mark.parametrize(("bad", "match"), [([(1, 2)], "grid"), ([-1], "non-negative"), ([(1, 1, 4)], "smaller than")])
 def test_bad_segments_are_named(bad, match) -> None:
     with pytest.raises(ValueError, match=match):
         mrope_position_ids(bad, spatial_merge_size=2)
@@ -169,7 +169,7 @@ def test_generation_with_the_kv_cache_uses_our_positions_and_tables(family: str)
         hook.remove()
     assert len(seen) == new  # the prompt, then one call per new token with the cache
     ours = RotaryEmbedding.from_config(model.config.text_config, angle_dtype=torch.float64)
-    for b, (segs, row) in enumerate(zip(segments, rows)):
+    for b, (segs, row) in enumerate(zip(segments, rows, strict=True)):
         positions, delta = mrope_position_ids(segs, spatial_merge_size=2)
         pad = length - len(row)
         assert torch.equal(seen[0][0][:, b, pad:].T, positions)

@@ -39,7 +39,7 @@ def _reference_rows(
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("layout", ["half", "interleaved"])
-@pytest.mark.parametrize("axes,frequencies", [(1, "axial"), (2, "axial"), (3, "axial"), (2, "mixed")])
+@pytest.mark.parametrize(("axes", "frequencies"), [(1, "axial"), (2, "axial"), (3, "axial"), (2, "mixed")])
 def test_float64_matches_matrix_exponential(backend: str, layout: str, axes: int, frequencies: str) -> None:
     g = torch.Generator().manual_seed(axes)
     rope = RotaryEmbedding(
@@ -201,7 +201,8 @@ def test_gradcheck_x_cos_sin(backend: str, layout: str) -> None:
     sin = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     for inverse in (False, True):
         assert torch.autograd.gradcheck(
-            lambda a, c, s: apply_rotary(a, c, s, layout=layout, inverse=inverse, backend=backend), (x, cos, sin)
+            lambda a, c, s: apply_rotary(a, c, s, layout=layout, inverse=inverse, backend=backend),  # noqa: B023 -- called at once
+            (x, cos, sin),
         )
 
 
@@ -299,7 +300,7 @@ def test_convert_layout_against_transformers_llama_rope() -> None:
 
 
 @pytest.mark.parametrize(
-    "call,match",
+    ("call", "match"),
     [
         (lambda: apply_rotary(torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 8)), "HF's duplicated"),
         (lambda: apply_rotary(torch.randn(4, 8), torch.randn(5, 4), torch.randn(5, 4)), "must broadcast"),
@@ -438,7 +439,7 @@ def test_native_kernel_property(
     if not _native.available():
         pytest.skip("no C compiler")
     x = torch.randn(*lead, 2 * pairs + 2 * extra, dtype=torch.float64)
-    table_shape = [1 if b else n for n, b in zip(lead, broadcast)] + [pairs]
+    table_shape = [1 if b else n for n, b in zip(lead, broadcast, strict=False)] + [pairs]
     cos, sin = torch.randn(table_shape, dtype=torch.float64), torch.randn(table_shape, dtype=torch.float64)
     want = apply_rotary(x, cos, sin, layout=layout, inverse=inverse, backend="torch")
     got = apply_rotary(x.to(dtype), cos, sin, layout=layout, inverse=inverse, backend="native")
@@ -470,7 +471,9 @@ def test_fused_qk_equals_two_calls_with_gqa_views_and_in_place(dtype: torch.dtyp
     qq, kk = q.clone(), k.clone()
     assert all(
         a is b
-        for a, b in zip(apply_rotary_qk(qq, kk, cos, sin, layout=layout, backend=backend, out=(qq, kk)), (qq, kk))
+        for a, b in zip(
+            apply_rotary_qk(qq, kk, cos, sin, layout=layout, backend=backend, out=(qq, kk)), (qq, kk), strict=True
+        )
     )
     assert torch.equal(qq, want_q) and torch.equal(kk, want_k)
     back = apply_rotary_qk(qq, kk, cos, sin, layout=layout, backend=backend, inverse=True)

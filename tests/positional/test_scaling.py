@@ -160,7 +160,7 @@ def test_llama3_is_the_published_rule(factor: float) -> None:
     assert p.inv_freq[-1].item() == pytest.approx(theta[-1].item() / factor, rel=1e-15)  # the lowest divided by s
 
 
-@pytest.mark.parametrize("fast,slow", [(32.0, 1.0), (16.0, 2.0)])
+@pytest.mark.parametrize(("fast", "slow"), [(32.0, 1.0), (16.0, 2.0)])
 def test_yarn_regions_are_the_papers(fast: float, slow: float) -> None:
     """Pairs that turn more than β_fast times over L₀ are kept, fewer than β_slow interpolated."""
     dim, base, original, s = 128, 10000.0, 4096, 8.0
@@ -215,7 +215,7 @@ def test_longrope_switches_at_the_original_length() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs,match",
+    ("kwargs", "match"),
     [
         ({"rope_type": "rotary"}, "rope_type"),
         ({"rope_type": "linear"}, "needs 'factor'"),
@@ -261,7 +261,7 @@ def test_per_layer_type_configs_need_a_layer_type() -> None:
     with pytest.raises(ValueError, match="layer_type=None"):
         rope_parameters_from_config(config)
     for layer_type in ("full_attention", "sliding_attention"):
-        hf_inv, hf_factor = ROPE_INIT_FUNCTIONS.get(
+        hf_inv, _hf_factor = ROPE_INIT_FUNCTIONS.get(
             config.rope_parameters[layer_type]["rope_type"], lambda *a, **k: (None, None)
         )(config, "cpu", layer_type=layer_type)
         ours = rope_parameters_from_config(config, layer_type=layer_type)

@@ -82,7 +82,7 @@ def test_sum_approaches_integral_as_dim_grows() -> None:
 
 
 @pytest.mark.parametrize(
-    "call,match",
+    ("call", "match"),
     [
         (lambda: sinusoidal_table(4, 7), "dim=7"),
         (lambda: sinusoidal_table(torch.tensor([0.0, float("inf")]), 8), "non-finite"),

@@ -13,7 +13,7 @@ from kexue.report.claims import ClaimContext
 def test_split_is_fixed_and_disjoint() -> None:
     a = vit.load_digits_split(seed=0)
     b = vit.load_digits_split(seed=0)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert len(a[1]) + len(a[3]) == 1797 and float(a[0].max()) == 1.0
 
 

@@ -105,7 +105,7 @@ def test_layer_input_errors_name_the_argument() -> None:
         layer(torch.zeros(3, 15))
     with pytest.raises(TypeError, match="floating-point"):
         layer(torch.zeros(3, 16, dtype=torch.int64))
-    with pytest.raises(TypeError, match="fitted kexue.whitening.Whitening"):
+    with pytest.raises(TypeError, match=r"fitted kexue.whitening.Whitening"):
         WhiteningLayer(np.eye(3))
 
 

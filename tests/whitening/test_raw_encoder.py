@@ -60,7 +60,7 @@ def test_pretraining_learns_caches_and_loads(tmp_path, monkeypatch) -> None:
 
 
 @pytest.mark.parametrize(
-    "field,value,match",
+    ("field", "value", "match"),
     [
         ("hidden", 31, "multiple of heads"),
         ("lr", 0.0, "lr=0.0"),

@@ -37,11 +37,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _subcommands() -> list[ModuleType]:
-    modules = []
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if not info.name.startswith("_"):
-            modules.append(importlib.import_module(f"{__name__}.{info.name}"))
-    return modules
+    return [
+        importlib.import_module(f"{__name__}.{info.name}")
+        for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name)
+        if not info.name.startswith("_")
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:

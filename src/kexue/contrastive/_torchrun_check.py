@@ -13,6 +13,7 @@ match, and writes the relative errors to ``OUT.json``. :func:`launch` runs it fr
 from __future__ import annotations
 
 import argparse
+import itertools
 
 import torch
 import torch.distributed as dist
@@ -35,7 +36,7 @@ def _shards(n: int, world: int) -> list[tuple[int, int]]:
     for w in weights:
         acc += w
         bounds.append(round(n * acc / sum(weights)))
-    return list(zip(bounds[:-1], bounds[1:]))
+    return list(itertools.pairwise(bounds))
 
 
 def _wrap(encoder: nn.Module, wrap: str) -> nn.Module:
@@ -53,7 +54,7 @@ def _wrap(encoder: nn.Module, wrap: str) -> nn.Module:
 
 def _even(n: int, world: int) -> list[tuple[int, int]]:
     bounds = [round(n * r / world) for r in range(world + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
+    return list(itertools.pairwise(bounds))
 
 
 def _grads(*modules: nn.Module) -> list[torch.Tensor]:
@@ -63,7 +64,7 @@ def _grads(*modules: nn.Module) -> list[torch.Tensor]:
 
 
 def _rel(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    return max(float((x - y).norm() / y.norm()) for x, y in zip(a, b))
+    return max(float((x - y).norm() / y.norm()) for x, y in zip(a, b, strict=True))
 
 
 def main(argv: list[str] | None = None) -> int:

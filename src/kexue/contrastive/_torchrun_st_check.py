@@ -15,6 +15,7 @@ errors, and how many gradient reductions each step made, to ``OUT.json``.
 from __future__ import annotations
 
 import argparse
+import itertools
 
 import torch
 import torch.distributed as dist
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     anchors, positives = _texts(args.batch, args.seed), _texts(args.batch, args.seed + 100)
     bounds = [0] + [round(args.batch * sum(range(1, r + 2)) / sum(range(1, world + 1))) for r in range(world)]
     lo, hi = bounds[rank], bounds[rank + 1]
-    results: dict = {"shards": [b - a for a, b in zip(bounds[:-1], bounds[1:])]}
+    results: dict = {"shards": [b - a for a, b in itertools.pairwise(bounds)]}
     for wrap in ("plain", "ddp"):
         model = SentenceTransformer(args.model, device="cpu").train()
         loss = CachedContrastiveLoss(model, micro_batch_size=args.micro, distributed=True)
@@ -68,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         original = dist.all_reduce
 
         def counting(*a, **k):
-            reductions.append(1)
-            return original(*a, **k)
+            reductions.append(1)  # noqa: B023 -- called within this iteration only
+            return original(*a, **k)  # noqa: B023 -- called within this iteration only
 
         dist.all_reduce = counting
         try:
@@ -105,8 +106,11 @@ def _reference(args, anchors, positives, bounds, world) -> tuple[torch.Tensor, f
         features = [model.preprocess(anchors[lo:hi]), model.preprocess(positives[lo:hi])]
         helper._plans = [plan_micro_batches(f, micro_batch_size=args.micro) for f in features]
         torch.manual_seed(args.seed + 1 + r)
-        for column, (feature, plan) in enumerate(zip(features, helper._plans)):
-            parts = [encode(model, take(feature, index, width)) for index, width in zip(plan.groups, plan.widths)]
+        for column, (feature, plan) in enumerate(zip(features, helper._plans, strict=True)):
+            parts = [
+                encode(model, take(feature, index, width))
+                for index, width in zip(plan.groups, plan.widths, strict=True)
+            ]
             columns[column].append(torch.cat(parts)[plan.inverse])
     loss = helper.info_nce(torch.cat(columns[0]), torch.cat(columns[1]))
     loss.backward()

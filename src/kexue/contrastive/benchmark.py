@@ -116,7 +116,7 @@ def _relative_difference(ours: list[torch.Tensor], theirs: list[torch.Tensor]) -
     whose computed gradient is rounding noise of about 1e-8."""
     if len(ours) != len(theirs):
         return float("inf")
-    diff = torch.cat([(a - b).reshape(-1) for a, b in zip(ours, theirs)]).double()
+    diff = torch.cat([(a - b).reshape(-1) for a, b in zip(ours, theirs, strict=True)]).double()
     ref = torch.cat([b.reshape(-1) for b in theirs]).double()
     return float(diff.norm() / ref.norm())
 
@@ -265,7 +265,7 @@ def tiled_memory(bench: Bench) -> None:
     ours = kept["tiled"]
     err = max(
         abs(ours[0] - dense[0]) / abs(dense[0]),
-        *[float((a - b).abs().max() / b.abs().max()) for a, b in zip(ours[1:], dense[1:])],
+        *[float((a - b).abs().max() / b.abs().max()) for a, b in zip(ours[1:], dense[1:], strict=True)],
     )
     bench.ratio(
         "contrastive.tiled_vs_dense_error",
@@ -283,7 +283,7 @@ def _stsb_pairs(count: int) -> tuple[list[str], list[str]]:
     from kexue.data import load_stsb
 
     stsb = load_stsb("train")
-    pool = [(a, b) for a, b, s in zip(stsb.sentences1, stsb.sentences2, stsb.scores) if s >= 4.0]
+    pool = [(a, b) for a, b, s in zip(stsb.sentences1, stsb.sentences2, stsb.scores, strict=True) if s >= 4.0]
     pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))[:count].tolist()
     return [pool[i][0] for i in pick], [pool[i][1] for i in pick]
 

@@ -300,7 +300,7 @@ def _forward_no_grad(
     cached: list[torch.Tensor] = []
     states: list[list[RngState]] = []
     with torch.no_grad():
-        for tower, batch in zip(towers, sides):
+        for tower, batch in zip(towers, sides, strict=True):
             parts, side_states = [], []
             for lo, hi in _micro(batch_size(batch), micro_batch_size):
                 side_states.append(RngState(rng))
@@ -350,7 +350,7 @@ def _grad_pass(
     chunks = [_micro(batch_size(batch), micro_batch_size) for batch in sides]
     remaining = sum(len(c) for c in chunks)
     terms: list[torch.Tensor] = []
-    for index, (tower, batch, grad, offset) in enumerate(zip(towers, sides, grads, offsets)):
+    for index, (tower, batch, grad, offset) in enumerate(zip(towers, sides, grads, offsets, strict=True)):
         for number, (lo, hi) in enumerate(chunks[index]):
             remaining -= 1
             if states is not None:

@@ -67,7 +67,7 @@ def full_batch_reference(
 
 
 def _rel(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    return max(float((x - y).norm() / y.norm()) for x, y in zip(a, b))
+    return max(float((x - y).norm() / y.norm()) for x, y in zip(a, b, strict=True))
 
 
 @SUITE.check
@@ -161,7 +161,8 @@ def tiled_equals_dense(ctx: ClaimContext) -> None:
     tiled = info_nce_tiled(q, k, scale=scale, tile=512)
     gt = torch.autograd.grad(tiled, (q, k, scale))
     err = max(
-        abs(float((dense - tiled).detach())), *[float((a - b).abs().max() / b.abs().max()) for a, b in zip(gt, gd)]
+        abs(float((dense - tiled).detach())),
+        *[float((a - b).abs().max() / b.abs().max()) for a, b in zip(gt, gd, strict=True)],
     )
     ctx.claim(
         "tiled_equals_dense",

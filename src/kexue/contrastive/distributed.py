@@ -47,7 +47,7 @@ def gather_rows(x: torch.Tensor, group: Any = None) -> tuple[torch.Tensor, int]:
     padded[: x.shape[0]] = x
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded.contiguous(), group=group)
-    rows = torch.cat([p[:c] for p, c in zip(parts, counts)])
+    rows = torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)])
     return rows, sum(counts[:rank])
 
 
@@ -157,7 +157,7 @@ def stash_grads(params: Iterable[nn.Parameter]) -> list[torch.Tensor | None]:
 
 
 def unstash_grads(params: Sequence[nn.Parameter], stashed: Sequence[torch.Tensor | None]) -> None:
-    for p, g in zip(params, stashed):
+    for p, g in zip(params, stashed, strict=True):
         if g is not None:
             p.grad = g if p.grad is None else p.grad.add_(g)
 

@@ -91,8 +91,8 @@ def _validate(q: torch.Tensor, d: torch.Tensor, similarity: str, values: bool = 
     if q.shape[0] == 0:
         raise ValueError("q must hold at least one query")
     if values and q.device.type != "meta":
-        check_finite(q.detach(), "q")
-        check_finite(d.detach(), "d")
+        check_finite("q", q.detach())
+        check_finite("d", d.detach())
 
 
 def _accumulation(dtype: torch.dtype) -> torch.dtype:

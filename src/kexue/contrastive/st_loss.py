@@ -297,7 +297,9 @@ class CachedContrastiveLoss(nn.Module):
         """
         if len(reps) != len(self._plans):
             raise ValueError(f"got embeddings of {len(reps)} columns for a plan of {len(self._plans)}")
-        columns = [torch.cat(parts)[plan.inverse.to(parts[0].device)] for parts, plan in zip(reps, self._plans)]
+        columns = [
+            torch.cat(parts)[plan.inverse.to(parts[0].device)] for parts, plan in zip(reps, self._plans, strict=True)
+        ]
         anchors, documents = columns[0], columns[1:]
         if self.distributed:
             anchors = dist_utils.gather_with_local(anchors, self.group)[0]
@@ -343,9 +345,9 @@ class CachedContrastiveLoss(nn.Module):
         """Step 1: every micro-batch without gradient (the RNG state of every device saved before each)."""
         reps, states = [], []
         with torch.no_grad():
-            for feature, plan in zip(features, self._plans):
+            for feature, plan in zip(features, self._plans, strict=True):
                 parts, column_states = [], []
-                for index, width in zip(plan.groups, plan.widths):
+                for index, width in zip(plan.groups, plan.widths, strict=True):
                     if capture:
                         column_states.append(RngState(rng))
                     h = encode(self.model, take(feature, index, width))
@@ -374,8 +376,8 @@ class _ReplayPass:
         remaining = sum(len(plan.groups) for plan in self.plans)
         weight = grad_output.detach() * sync.scale
         with torch.enable_grad():
-            for feature, plan, grads, states in zip(self.features, self.plans, self.cache, self.states):
-                for index, width, grad, state in zip(plan.groups, plan.widths, grads, states):
+            for feature, plan, grads, states in zip(self.features, self.plans, self.cache, self.states, strict=True):
+                for index, width, grad, state in zip(plan.groups, plan.widths, grads, states, strict=True):
                     remaining -= 1
                     if loss.replay_rng:
                         state.restore()

@@ -113,7 +113,7 @@ def _errors(
     total = float(torch.cat([g.double().flatten() for g in full]).norm()) if full else 0.0
     diff: dict[str, float] = {}
     norm: dict[str, float] = {}
-    for (name, _), a, b in zip(params, cached, full):
+    for (name, _), a, b in zip(params, cached, full, strict=True):
         group = parameter_group(name)
         diff[group] = diff.get(group, 0.0) + float((a.double() - b.double()).square().sum())
         norm[group] = norm.get(group, 0.0) + float(b.double().square().sum())
@@ -168,7 +168,7 @@ def verify_cached_gradients(
                 encoder or model, batch, loss, micro_batch_size, params, state, devices
             )
     finally:
-        for (_, p), g in zip(params, saved):
+        for (_, p), g in zip(params, saved, strict=True):
             p.grad = g
         state.restore()
     return GradientCheck(_errors(params, cached, full), float(tolerance), losses[0], losses[1], count)
@@ -194,8 +194,8 @@ def _check_st_loss(model, batch, loss, params, state) -> tuple[list, list, tuple
     state.restore()
     # the full batch: the same micro-batches in the same order (so the same dropout masks), one graph
     reps = [
-        [encode(loss.model, take(f, index, width)) for index, width in zip(plan.groups, plan.widths)]
-        for f, plan in zip(features, loss._plans)
+        [encode(loss.model, take(f, index, width)) for index, width in zip(plan.groups, plan.widths, strict=True)]
+        for f, plan in zip(features, loss._plans, strict=True)
     ]
     reference = loss.calculate_loss(reps)
     reference.backward()

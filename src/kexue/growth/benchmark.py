@@ -82,11 +82,10 @@ def grow_checkpoint(bench: Bench) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         small_dir = str(Path(tmp) / "small")
         n_small = run_in_fresh_process(__name__, "_write_small", small_dir, bench.quick, timeout=1800)
-        results = []
-        for i in range(runs):
-            results.append(
-                run_in_fresh_process(__name__, "_grow_child", small_dir, str(Path(tmp) / f"large{i}"), timeout=1800)
-            )
+        results = [
+            run_in_fresh_process(__name__, "_grow_child", small_dir, str(Path(tmp) / f"large{i}"), timeout=1800)
+            for i in range(runs)
+        ]
     best = min(results, key=lambda r: r["load"] + r["grow"] + r["save"])
     case = f"A: LLaMA-style {n_small / 1e6:.0f}M -> widen x2, float32 safetensors, fresh process"
     params = {**_shape(bench.quick), "small_params": n_small, "runs": runs}

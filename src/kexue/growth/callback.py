@@ -214,7 +214,7 @@ class GrowthCallback(TrainerCallback):
         optimizer = _unwrap(optimizer, "optimizer") if optimizer is not None else None
         if optimizer is not None and plan.groups is not None:
             old = [p for group in optimizer.param_groups for p in group["params"]]
-            for group, params in zip(optimizer.param_groups, plan.groups):
+            for group, params in zip(optimizer.param_groups, plan.groups, strict=True):
                 group["params"] = params
             for p in old:
                 optimizer.state.pop(p, None)

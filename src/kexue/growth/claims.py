@@ -306,10 +306,14 @@ def article_table(ctx: ClaimContext) -> None:
         ),
         (
             "stream_scale",
-            "residual stream rep/√k (embeddings, norms): the isometry, which keeps the norms' eps/k, the tied "
-            "head and the hidden states' read-back consistent",
-            "the undivided stream rep(h) (σ = 1 in every map, OPT's form; "
-            "exact only with the head, eps and read-back adapted to it, as kexue does for OPT)",
+            (
+                "residual stream rep/√k (embeddings, norms): the isometry, which keeps the norms' eps/k, the tied "
+                "head and the hidden states' read-back consistent"
+            ),
+            (
+                "the undivided stream rep(h) (σ = 1 in every map, OPT's form; "
+                "exact only with the head, eps and read-back adapted to it, as kexue does for OPT)"
+            ),
             lambda m: _custom_widen(m, 2, "head_dim", s=1.0),
         ),
     ]
@@ -497,7 +501,7 @@ def _loss_vs_flops_figure(ctx: ClaimContext, runs) -> None:
 
     shapes = list(dict.fromkeys(r.recipe.shape for r in runs))
     fig, axes = plt.subplots(1, len(shapes), figsize=(6.5 * len(shapes), 4.2), sharey=True)
-    for ax, shape in zip(axes, shapes):
+    for ax, shape in zip(axes, shapes, strict=True):
         mine = [r for r in runs if r.recipe.shape == shape]
         ax.plot(
             mine[0].scratch.flops, mine[0].scratch.val_loss, color="black", label=f"large from scratch ({shape} x2)"

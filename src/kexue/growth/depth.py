@@ -122,7 +122,7 @@ def deepen(model: nn.Module, after: Sequence[int]) -> nn.Module:
         )
     if model_type not in PRE_NORM:
         raise ValueError(f"cannot deepen model_type {model_type!r}; supported: {', '.join(PRE_NORM)}")
-    prefix, zeroed = PRE_NORM[model_type]
+    _prefix, _zeroed = PRE_NORM[model_type]
     n = num_layers(model.config)
     after = list(after)
     for i in after:

@@ -117,7 +117,7 @@ class GrowthMap:
         ones, ids = copy.deepcopy(small).double(), copy.deepcopy(small).double()
         offset = 0
         with torch.no_grad():
-            for (_, p1), (_, p2) in zip(ones.named_parameters(), ids.named_parameters()):
+            for (_, p1), (_, p2) in zip(ones.named_parameters(), ids.named_parameters(), strict=True):
                 p1.fill_(1.0)
                 p2.copy_(
                     torch.arange(offset + 1, offset + p2.numel() + 1, dtype=torch.float64, device=p2.device).view_as(p2)
@@ -126,7 +126,7 @@ class GrowthMap:
             with probe_mode():
                 big_ones, big_ids = grow(ones), grow(ids)
         index, scale = {}, {}
-        for (name, a), (_, v) in zip(big_ones.named_parameters(), big_ids.named_parameters()):
+        for (name, a), (_, v) in zip(big_ones.named_parameters(), big_ids.named_parameters(), strict=True):
             a, v = a.detach().flatten(), v.detach().flatten()
             if (a < 0).any():
                 raise ValueError(f"grow is not a gather-and-scale map: negative scale in {name}")
@@ -154,7 +154,7 @@ class GrowthMap:
         if not live.any():
             return None
         first = self.index[name][live][:1]
-        bounds = torch.cumsum(torch.tensor([0] + self.small_sizes, device=first.device), 0)
+        bounds = torch.cumsum(torch.tensor([0, *self.small_sizes], device=first.device), 0)
         return self.small_names[int(torch.bucketize(first, bounds, right=True)) - 1]
 
     def _apply(self, small_tensors: dict[str, torch.Tensor], power: int) -> dict[str, torch.Tensor]:
@@ -217,7 +217,7 @@ def transfer_adam_state(
         raise ValueError("large does not have the parameters grow(small) has: pass the operator that produced it")
 
     def by_name(key: str) -> dict[str, torch.Tensor]:
-        return {n: s[key] for n, s in zip(small_params, states)}
+        return {n: s[key] for n, s in zip(small_params, states, strict=True)}
 
     m, v = gmap.gradients(by_name("exp_avg")), gmap.second_moments(by_name("exp_avg_sq"))
     vmax = gmap.second_moments(by_name("max_exp_avg_sq")) if all("max_exp_avg_sq" in s for s in states) else None

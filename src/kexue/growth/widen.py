@@ -92,7 +92,7 @@ def _spread(w: torch.Tensor, k: int, rows: str | None = None, cols: str | None =
     temporaries the size of its largest matrices (``kexue bench growth``'s memory bound)."""
     shape: list[int] = []
     expanded: list[int] = []
-    for n, how in zip(w.shape, (rows, cols)):
+    for n, how in zip(w.shape, (rows, cols), strict=True):
         shape += {"rep": [n, 1], "tile": [1, n], None: [n]}[how]
         expanded += {"rep": [n, k], "tile": [k, n], None: [n]}[how]
     out = (w.shape[0] * (k if rows else 1), w.shape[1] * (k if cols else 1))
@@ -263,7 +263,7 @@ def _blocks(m: _Maps, sd: dict, config: Any, new: dict, base: str = "") -> None:
     for i in range(num_layers(config)):
         p = prefix.format(i=i, base=base)
         if attention is not None:
-            for role, name in zip((m.qk, m.qk, m.v, m.o), attention):
+            for role, name in zip((m.qk, m.qk, m.v, m.o), attention, strict=True):
                 _linear(role, sd, p + name, new)
         for name in ffn_in:
             _linear(m.ffn_in, sd, p + name, new, conv1d=conv1d)

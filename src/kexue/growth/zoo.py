@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,8 +26,10 @@ __all__ = ["OPERATORS", "ZOO", "operators", "randomized", "tiny_model", "tiny_mo
 
 OPERATORS = ("widen-heads", "widen-head_dim", "widen_ffn", "deepen", "add_experts")
 
-_SMALL = dict(vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4)
-_ROPE_PARTIAL = {"rope_type": "default", "rope_theta": 10000.0}
+_SMALL: dict[str, Any] = dict(
+    vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4
+)
+_ROPE_PARTIAL: dict[str, Any] = {"rope_type": "default", "rope_theta": 10000.0}
 
 
 def _llama(tied: bool) -> nn.Module:

@@ -148,7 +148,7 @@ def worked_example(ctx: ClaimContext) -> None:
 
     a, b = reference.unit(WORKED_A), reference.unit(WORKED_B)
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
-    for ax, kind in zip(axes, KINDS):
+    for ax, kind in zip(axes, KINDS, strict=True):
         T = orthogonal_map(WORKED_A, WORKED_B, kind=kind)
         errors = [np.abs(T @ T.T - np.eye(5)).max(), np.abs(T @ a - b).max()]
         if kind in SYMMETRIC_KINDS:
@@ -273,7 +273,7 @@ def near_degenerate_float32(ctx: ClaimContext) -> None:
     gaps = np.logspace(-1, -7, 13 if ctx.full else 7)
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
     tol = 4 * EPS32
-    for ax, kind in zip(axes, KINDS):
+    for ax, kind in zip(axes, KINDS, strict=True):
         printed_err, kexue_err = [], []
         for gap in gaps:
             worst_p = worst_k = 0.0
@@ -303,7 +303,7 @@ def near_degenerate_float32(ctx: ClaimContext) -> None:
             article_value="loses precision (admitted)",
             measured=max(printed_err),
             documented=True,
-            details="per angle: " + ", ".join(f"{g:.0e}: {e:.2e}" for g, e in zip(gaps, printed_err)),
+            details="per angle: " + ", ".join(f"{g:.0e}: {e:.2e}" for g, e in zip(gaps, printed_err, strict=True)),
         )
         ctx.claim(
             f"near_degenerate.{kind}_kexue_float32",

@@ -261,7 +261,7 @@ def _check_values(
             "pass validate=False on the meta device"
         )
     for name, u in (("a", a), ("b", b)):
-        check_finite(u, name)
+        check_finite(name, u)
     for name, u, input_dtype in (("a", a, a_dtype), ("b", b, b_dtype)):
         if normalize:
             is_zero = u.abs().amax(dim=-1) == 0
@@ -300,8 +300,8 @@ def low_rank_factors(
     check_choice("kind", kind, KINDS)
     check_choice("degenerate", degenerate, ("canonical", "raise"))
     check_bool("validate", validate)
-    a, _ = as_float_tensor(a, "a")
-    b, _ = as_float_tensor(b, "b", like=a)
+    a, _ = as_float_tensor("a", a)
+    b, _ = as_float_tensor("b", b, like=a)
     dtype = torch.float32 if a.device.type == "mps" else torch.float64
     a_work, b_work = a.to(dtype), b.to(dtype)
     _check_shapes(a_work, b_work)
@@ -316,7 +316,9 @@ def low_rank_factors(
     if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
         a_u, b_u = _scaled_unit(a), _scaled_unit(b)
         plain = (a_u, b_u, a_u - b_u, a_u + b_u)
-        accurate = tuple(p + (q - p).detach() for p, q in zip(plain, accurate))  # values of q, gradient of p
+        accurate = tuple(
+            p + (q - p).detach() for p, q in zip(plain, accurate, strict=True)
+        )  # values of q, gradient of p
     return _FACTORS[kind](*accurate, degenerate)
 
 
@@ -364,8 +366,8 @@ def orthogonal_map(
         >>> bool(np.allclose(T @ (a / np.linalg.norm(a)), b / np.linalg.norm(b)))
         True
     """
-    a_t, a_numpy = as_float_tensor(a, "a")
-    b_t, _ = as_float_tensor(b, "b", like=a_t)
+    a_t, a_numpy = as_float_tensor("a", a)
+    b_t, _ = as_float_tensor("b", b, like=a_t)
     beta, U, V = low_rank_factors(a_t, b_t, kind, normalize=normalize, degenerate=degenerate, validate=validate)
     d = U.shape[-2]
     eye = torch.eye(d, dtype=U.dtype, device=U.device)
@@ -427,9 +429,9 @@ def apply_orthogonal_map(
         >>> bool(torch.allclose(y.mean(0) / y.mean(0).norm(), target, atol=1e-5))
         True
     """
-    x_t, x_numpy = as_float_tensor(x, "x")
-    a_t, _ = as_float_tensor(a, "a", like=x_t)
-    b_t, _ = as_float_tensor(b, "b", like=x_t)
+    x_t, x_numpy = as_float_tensor("x", x)
+    a_t, _ = as_float_tensor("a", a, like=x_t)
+    b_t, _ = as_float_tensor("b", b, like=x_t)
     if x_t.dim() == 0:
         raise ValueError("x must have at least one dimension (..., d); got a scalar")
     d = x_t.shape[-1]

@@ -10,6 +10,7 @@ experiment the article did not have.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -137,12 +138,12 @@ def sum_to_integral(ctx: ClaimContext) -> None:
         float(np.abs(relative_inner_products(delta, d) - integral_approximation(delta, d)).max() / (d / 2))
         for d in dims
     ]
-    ok = all(b < a for a, b in zip(gaps, gaps[1:])) and gaps[-1] < 0.02
+    ok = all(b < a for a, b in itertools.pairwise(gaps)) and gaps[-1] < 0.02
     ctx.claim(
         "sum_to_integral",
         "max over Δ < 5000 of |Σ − (d/2)∫| / (d/2) shrinks as d grows",
         article_value="Σ → (d/2)∫ as d → ∞",
-        measured={str(d): round(gap, 5) for d, gap in zip(dims, gaps)},
+        measured={str(d): round(gap, 5) for d, gap in zip(dims, gaps, strict=True)},
         tolerance="strictly decreasing, < 0.02 at the largest d",
         passed=ok,
     )
@@ -173,7 +174,7 @@ def schedules(ctx: ClaimContext) -> None:
     axes[1].plot(
         delta[delta < 2000], exponential_schedule(10000).exact(delta[delta < 2000]), "k", label="θ_t = 10000^(-t)"
     )
-    for ax, title in zip(axes, ("exponential schedules", "power laws vs the Transformer's")):
+    for ax, title in zip(axes, ("exponential schedules", "power laws vs the Transformer's"), strict=True):
         ax.set(xscale="log", title=title, xlabel="Δ", ylabel="∫_0^1 cos(Δ θ_t) dt")
         ax.axhline(0, color="grey", lw=0.5)
         ax.legend(fontsize=8)
@@ -183,7 +184,7 @@ def schedules(ctx: ClaimContext) -> None:
         "Normalised integral ∫cos(Δθ_t)dt for several frequency schedules: a larger base stretches the decay; power laws decay too, more slowly at short range.",
     )
     values = [half_life[f"{b:g}"] for b in bases]
-    ok = all(v is not None for v in values) and all(b > a for a, b in zip(values, values[1:]))
+    ok = all(v is not None for v in values) and all(b > a for a, b in itertools.pairwise(values))
     ctx.claim(
         "schedules.base_stretches_decay",
         "a larger base stretches the decay: first Δ with |∫| < 1/2 grows with the base",
@@ -248,7 +249,7 @@ def orthogonality_and_relativity(ctx: ClaimContext) -> None:
         for fractional in (False, True):
             rel = 0.0
             a, b = _positions(rng, n, rope.axes, fractional), _positions(rng, n, rope.axes, fractional)
-            for pa, pb in zip(a, b):
+            for pa, pb in zip(a, b, strict=True):
                 ra, rb = _matrix(rope, squeeze(pa)), _matrix(rope, squeeze(pb))
                 orth = max(orth, float((ra.T @ ra - torch.eye(rope.dim, dtype=torch.float64)).abs().max()))
                 rel = max(rel, float((ra.T @ rb - _matrix(rope, squeeze(pb - pa))).abs().max()))
@@ -438,7 +439,12 @@ def layout_conversion(ctx: ClaimContext) -> None:
     for rotary_dim in (None, 16):
 
         def scores(wq: torch.Tensor, wk: torch.Tensor, layout: str) -> torch.Tensor:
-            rope = RotaryEmbedding(head_dim, rotary_dim=rotary_dim, layout=layout, angle_dtype=torch.float64)
+            rope = RotaryEmbedding(
+                head_dim,
+                rotary_dim=rotary_dim,  # noqa: B023 -- scores() is called within this iteration only
+                layout=layout,
+                angle_dtype=torch.float64,
+            )
             q = (h @ wq.T).view(t, heads, head_dim).transpose(0, 1)
             k = (h @ wk.T).view(t, heads, head_dim).transpose(0, 1)
             return rope(q) @ rope(k).transpose(-1, -2)
@@ -637,11 +643,13 @@ def scaling_analysis(ctx: ClaimContext) -> None:
 
     rows = []
     fig, grid = plt.subplots(len(_COMPARED), 3, figsize=(15, 3.1 * len(_COMPARED)))
-    for axes, (label, rope_type, head_dim, base, original, fields) in zip(grid, _COMPARED):
+    for axes, (label, rope_type, head_dim, base, original, fields) in zip(grid, _COMPARED, strict=True):
         p, plain = _scaled(rope_type, head_dim, base, original, fields)
         rows.append(_analysis_row(label, p, plain, original, fields))
         _type_panels(axes, label, rope_type, p, plain, original)
-    for axis, xlabel in zip(grid[-1], ("rotary pair j (high → low frequency)", "rotary pair j", "relative distance Δ")):
+    for axis, xlabel in zip(
+        grid[-1], ("rotary pair j (high → low frequency)", "rotary pair j", "relative distance Δ"), strict=True
+    ):
         axis.set_xlabel(xlabel)
     fig.subplots_adjust(hspace=0.45, wspace=0.25)
     ctx.figure(
@@ -676,7 +684,7 @@ def scaling_analysis(ctx: ClaimContext) -> None:
         "Llama 3 keep the high frequencies and interpolate the low ones with a blend in between, LongRoPE sets one "
         "factor per pair, proportional rotary keeps its pairs' frequencies",
         article_value=None,
-        measured={r[0]: dict(zip(table.columns[1:], r[1:])) for r in rows},
+        measured={r[0]: dict(zip(table.columns[1:], r[1:], strict=True)) for r in rows},
         documented=True,
         table=table,
     )

@@ -86,7 +86,7 @@ def mrope_frequencies(inv_freq: torch.Tensor, sections: tuple[int, ...], *, inte
 
 
 def _grid(item: Any) -> tuple[int, int, int] | None:
-    if isinstance(item, bool) or isinstance(item, int):
+    if isinstance(item, (bool, int)):
         return None
     values = tuple(int(v) for v in (item.tolist() if isinstance(item, torch.Tensor) else item))
     if len(values) != 3 or min(values) < 1:

@@ -45,7 +45,7 @@ def sinusoidal_reference(
         sines = [math.sin(k / base ** (2 * i / dim)) for i in range(dim // 2)]
         cosines = [math.cos(k / base ** (2 * i / dim)) for i in range(dim // 2)]
         if layout == "interleaved":
-            rows.append([v for pair in zip(sines, cosines) for v in pair])
+            rows.append([v for pair in zip(sines, cosines, strict=True) for v in pair])
         else:
             rows.append(sines + cosines)
     return np.array(rows, dtype=np.float64)

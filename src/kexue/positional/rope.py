@@ -83,7 +83,7 @@ def _broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
     """Whether ``shape`` broadcasts to exactly ``target`` (torch.broadcast_shapes costs ~40 µs a call)."""
     if len(shape) > len(target):
         return False
-    return all(s == t or s == 1 for s, t in zip(reversed(shape), reversed(target)))
+    return all(s == t or s == 1 for s, t in zip(reversed(shape), reversed(target), strict=False))
 
 
 def _check_tables(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> int:
@@ -745,7 +745,7 @@ class RotaryEmbedding(nn.Module):
             raise TypeError(f"positions must be real numbers; got dtype {positions.dtype}")
         positions = positions.to(device=device)
         if validate and positions.is_floating_point() and not positions.is_meta:
-            check_finite(positions, "positions")
+            check_finite("positions", positions)
         if self.axes == 1:
             if positions.dim() not in (1, 2):
                 raise ValueError(f"positions must have shape (T,) or (B, T) for axes=1; got {tuple(positions.shape)}")

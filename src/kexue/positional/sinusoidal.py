@@ -58,11 +58,11 @@ def _positions(
             raise ValueError(f"positions={positions} must be >= 0 when given as a length")
         return torch.arange(positions, dtype=angle_dtype, device=device), False
     was_numpy = not isinstance(positions, torch.Tensor)
-    tensor = torch.from_numpy(as_real_array(positions, "positions")) if was_numpy else positions
+    tensor = torch.from_numpy(as_real_array("positions", positions)) if was_numpy else positions
     if tensor.is_complex() or tensor.dtype == torch.bool:
         raise TypeError(f"positions must be real numbers; got dtype {tensor.dtype}")
     if validate and tensor.is_floating_point() and not tensor.is_meta:  # integers are finite: nothing to read
-        check_finite(tensor, "positions")
+        check_finite("positions", tensor)
     return tensor.to(angle_dtype), was_numpy
 
 
@@ -227,7 +227,7 @@ def _schedule(schedule: ThetaSchedule | float | None, base: float) -> ThetaSched
 
 
 def _distances(distances: Any) -> np.ndarray:
-    array = as_real_array(distances, "distances")
+    array = as_real_array("distances", distances)
     if not np.all(np.isfinite(array)):
         raise ValueError(
             f"distances contains {int((~np.isfinite(array)).sum())} non-finite value(s); finite distances are required"

@@ -299,17 +299,21 @@ def render_report(
         toc += f" <a href='{escape(bench_link)}'>benchmarks</a>"
     parts = [
         "<h1 id='dashboard'>kexue reproduce</h1>",
-        f"<p class='meta'>kexue {escape(str(payload['kexue_version']))} · mode <b>{escape(payload['mode'])}</b> · "
-        f"{escape(str(machine.get('date', '')))} · {escape(str(machine.get('processor', '')))} · "
-        f"{machine.get('cpu_count')} cores · torch {escape(str(machine.get('torch', '')))}</p>",
+        (
+            f"<p class='meta'>kexue {escape(str(payload['kexue_version']))} · mode <b>{escape(payload['mode'])}</b> · "
+            f"{escape(str(machine.get('date', '')))} · {escape(str(machine.get('processor', '')))} · "
+            f"{machine.get('cpu_count')} cores · torch {escape(str(machine.get('torch', '')))}</p>"
+        ),
         "<p class='summary'>" + "".join(f"<span class='{s}'>{summary.get(s, 0)} {s}</span>" for s in STATUSES) + "</p>",
         f"<nav class='toc'>Sections: {toc}</nav>",
         _dashboard(payload),
-        "<p class='meta'><b>pass</b>/<b>fail</b>: the article's statement checked against the tolerance shown. "
-        "<b>documented</b>: a limitation the article itself admits, reported with its measured size. "
-        "<b>skipped</b>: could not run here (its data or an optional extra is missing; the details say which), "
-        "neither a pass nor a failure. Structured values are shown as tables under their claim; "
-        "results.json keeps the raw values.</p>",
+        (
+            "<p class='meta'><b>pass</b>/<b>fail</b>: the article's statement checked against the tolerance shown. "
+            "<b>documented</b>: a limitation the article itself admits, reported with its measured size. "
+            "<b>skipped</b>: could not run here (its data or an optional extra is missing; the details say which), "
+            "neither a pass nor a failure. Structured values are shown as tables under their claim; "
+            "results.json keeps the raw values.</p>"
+        ),
     ]
     for technique, info in payload["techniques"].items():
         claims = [c for c in payload["claims"] if c["technique"] == technique]
@@ -345,15 +349,21 @@ def render_bench(payload: dict[str, Any]) -> str:
     missed = sum(r["met"] is False for r in ratios)
     parts = [
         "<h1 id='dashboard'>kexue bench</h1>",
-        f"<p class='meta'>{escape(str(payload['machine'].get('date', '')))} · {escape(str(payload['machine'].get('processor', '')))} · "
-        f"device {escape(str(payload['machine'].get('device', '')))} · {'quick' if payload.get('quick') else 'full'} size</p>",
-        f"<p class='summary'><span class='pass'>{met} targets met</span><span class='fail'>{missed} missed</span>"
-        f"<span class='skipped'>{len(ratios) - met - missed} reported</span>"
-        f"<span class='documented'>{len(payload.get('skipped', []))} cases skipped</span></p>",
+        (
+            f"<p class='meta'>{escape(str(payload['machine'].get('date', '')))} · {escape(str(payload['machine'].get('processor', '')))} · "
+            f"device {escape(str(payload['machine'].get('device', '')))} · {'quick' if payload.get('quick') else 'full'} size</p>"
+        ),
+        (
+            f"<p class='summary'><span class='pass'>{met} targets met</span><span class='fail'>{missed} missed</span>"
+            f"<span class='skipped'>{len(ratios) - met - missed} reported</span>"
+            f"<span class='documented'>{len(payload.get('skipped', []))} cases skipped</span></p>"
+        ),
         "<nav class='toc'>Sections: <a href='#ratios'>ratios</a> <a href='#cases'>times</a> <a href='#machine'>machine</a></nav>",
         "<h2 id='ratios'>Ratios against their targets<a class='top' href='#dashboard'>↑ top</a></h2>",
-        "<p class='meta'>Each bar is the measured ratio; the black tick is the target. Green: met, red: missed, "
-        "blue: reported without a target.</p>",
+        (
+            "<p class='meta'>Each bar is the measured ratio; the black tick is the target. Green: met, red: missed, "
+            "blue: reported without a target.</p>"
+        ),
         "<table><thead><tr><th>ratio</th><th>value</th><th>target</th><th></th><th>meaning</th></tr></thead><tbody>",
     ]
     for r in ratios:
@@ -381,8 +391,10 @@ def _cases_table(cases: list[dict[str, Any]]) -> str:
     """One row per case, every implementation's median time side by side (kexue, the peers, the floors)."""
     parts = [
         "<h2 id='cases'>Times (median of the repeats)<a class='top' href='#dashboard'>↑ top</a></h2>",
-        "<table><thead><tr><th>technique</th><th>case</th><th>implementation</th><th>median</th>"
-        "<th>relative to the fastest</th><th>peak memory</th></tr></thead><tbody>",
+        (
+            "<table><thead><tr><th>technique</th><th>case</th><th>implementation</th><th>median</th>"
+            "<th>relative to the fastest</th><th>peak memory</th></tr></thead><tbody>"
+        ),
     ]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for c in cases:

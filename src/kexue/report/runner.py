@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -72,7 +72,7 @@ def run_claims(
         eta = Estimate(mode, [f"{s.technique}.{c.__name__}" for s in suites for c in s.checks])
         overall = progress.add_task("all", total=len(eta.expected), current=eta.describe())
         tasks = [progress.add_task(s.technique, total=len(s.checks), current="", start=False) for s in suites]
-        for suite, task in zip(suites, tasks):
+        for suite, task in zip(suites, tasks, strict=True):
             ctx = ClaimContext(suite.technique, suite.article, mode=mode, seed=seed, display=progress)
             progress.start_task(task)  # its clock shows this technique's own time
             start = time.perf_counter()
@@ -102,7 +102,7 @@ class Estimate:
     (kept in the cache folder, ``reproduce-timings.json``), else a per-check guess from the scale,
     corrected by how fast this run has gone so far."""
 
-    GUESS = {"quick": 3.0, "full": 30.0}  # seconds per check never timed here
+    GUESS: ClassVar[dict[str, float]] = {"quick": 3.0, "full": 30.0}  # seconds per check never timed here
 
     def __init__(self, mode: Mode, ids: list[str]) -> None:
         self.mode = mode
@@ -210,7 +210,7 @@ def run_benchmarks(
     with _progress(console, "cases") as progress:
         suites = [_load_bench(t) for t in techniques]
         tasks = [progress.add_task(s.technique, total=len(s.cases), current="") for s in suites]
-        for suite, task in zip(suites, tasks):
+        for suite, task in zip(suites, tasks, strict=True):
             bench = Bench(suite.technique, quick=quick, device=device, repeats=repeats)
             for case in suite.cases:
                 progress.update(task, current=case.__name__)

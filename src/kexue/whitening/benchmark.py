@@ -85,7 +85,7 @@ def _stream_child(impl: str, n: int) -> dict[str, float]:
         w = Whitening()
         for i in range(n // STREAM_BATCH):
             w.partial_fit(pool[i % POOL])
-        w.kernel_  # the eigendecomposition is part of the fit
+        _ = w.kernel_  # the eigendecomposition is part of the fit
     else:
         gram = torch.zeros(STREAM_DIM, STREAM_DIM, dtype=torch.float64)
         for i in range(n // STREAM_BATCH):

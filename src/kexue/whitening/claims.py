@@ -89,7 +89,7 @@ def _article(names: list[str]) -> dict[str, dict[str, float]]:
     from kexue.data import STS_TASKS
 
     return {
-        variant: {t: s for t, s in zip(STS_TASKS, scores) if t in names}
+        variant: {t: s for t, s in zip(STS_TASKS, scores, strict=True) if t in names}
         for variant, scores in ARTICLE_BERT_BASE.items()
     }
 
@@ -128,7 +128,7 @@ def statistics(ctx: ClaimContext) -> None:
         tolerance=1e-8,
         passed=err <= 1e-8,
     )
-    kernel, bias = reference.whitening_reference(x)
+    kernel, _bias = reference.whitening_reference(x)
     kerr = float(np.abs(w.kernel_ - kernel).max() / np.abs(kernel).max())
     ctx.claim(
         "matches_reference",
@@ -420,7 +420,7 @@ def _isotropy(
         keep = i != j
 
         def mean_cos(v: np.ndarray) -> float:
-            a, b = v[i[keep]], v[j[keep]]
+            a, b = v[i[keep]], v[j[keep]]  # noqa: B023 -- mean_cos() is called within this iteration only
             return float(np.mean((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
 
         lam = w.eigenvalues_
@@ -491,7 +491,7 @@ def retrieval(ctx: ClaimContext) -> None:
             times.append(time.perf_counter() - start)
         timings[name] = float(np.median(times))
     top_raw, top_w = search(raw_db, raw_q), search(wh_db, wh_q)
-    overlap = float(np.mean([len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(top_raw, top_w)]))
+    overlap = float(np.mean([len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(top_raw, top_w, strict=True)]))
     speedup = timings["raw"] / timings["whitened"]
     ctx.claim(
         "retrieval",
@@ -618,7 +618,9 @@ def _retrieval_real(ctx: ClaimContext, vectors: dict[str, np.ndarray]) -> None:
             times.append(time.perf_counter() - start)
         timings[name] = float(np.median(times[1:]))
     overlap = float(
-        np.mean([len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(tops["raw"], tops["whitened"])])
+        np.mean(
+            [len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(tops["raw"], tops["whitened"], strict=True)]
+        )
     )
     speedup = timings["raw"] / timings["whitened"]
     ctx.claim(

@@ -81,7 +81,7 @@ class VectorFlow(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logdet = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        for i, (norm, coupling) in enumerate(zip(self.norms, self.couplings)):
+        for i, (norm, coupling) in enumerate(zip(self.norms, self.couplings, strict=True)):
             x, ld = norm(x)
             logdet = logdet + ld
             x = x[:, getattr(self, f"perm{i}")]

@@ -70,7 +70,7 @@ def validate_rows(estimator: BaseEstimator | None, X: Any, *, reset: bool = Fals
         if not array.flags.writeable or any(s < 0 for s in array.strides):  # broadcast or reversed views:
             array = np.ascontiguousarray(array).copy()  # torch.from_numpy wants a writable, forward buffer
         x = torch.from_numpy(array)
-        check_finite(x, "X")
+        check_finite("X", x)
         return x
     x = X.detach()
     if x.device.type == "meta":
@@ -98,7 +98,7 @@ def validate_rows(estimator: BaseEstimator | None, X: Any, *, reset: bool = Fals
         raise ValueError(
             f"X has {d} features, but {type(estimator).__name__} is expecting {estimator.n_features_in_} features as input."
         )
-    check_finite(x, "X")
+    check_finite("X", x)
     return x
 
 
@@ -247,7 +247,8 @@ class Whitening(TransformerMixin, BaseEstimator):
         merged: tuple[int, Any, Any] = (0, None, None)
         for part in parts:
             p = part.cpu().numpy()
-            merged = merge_statistics(merged, (int(round(p[0])), p[1 : 1 + d].copy(), p[1 + d :].reshape(d, d).copy()))
+            count = int(round(p[0]))  # noqa: RUF046 -- on NumPy < 2, round() of a float64 is a float64
+            merged = merge_statistics(merged, (count, p[1 : 1 + d].copy(), p[1 + d :].reshape(d, d).copy()))
         self.n_samples_seen_, self.mean_, self.scatter_ = merged
         return self
 
@@ -429,7 +430,9 @@ class Whitening(TransformerMixin, BaseEstimator):
         try:
             with safe_open(str(path), framework="numpy") as fh:
                 meta = fh.metadata() or {}
-                tensors = {k: fh.get_tensor(k) for k in fh.keys()} if meta.get("format") == _FORMAT else {}
+                tensors = {}
+                if meta.get("format") == _FORMAT:
+                    tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 -- safe_open is not iterable
         except Exception as exc:  # not safetensors at all, or truncated: a clear error, never an internal one
             raise ValueError(f"{path} is not a kexue whitening file: not a readable safetensors file ({exc})") from None
         if meta.get("format") != _FORMAT:
