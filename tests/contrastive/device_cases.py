@@ -64,7 +64,7 @@ def _info_nce_tiled(setting: Setting) -> Callable[[], torch.Tensor]:
 
 
 def _module(dtype: torch.dtype, device: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    return (InfoNCE(1.0 / SCALE, learnable=True, validate=False).to(device, dtype), *_pairs(dtype, device))
+    return (InfoNCE(temperature=1.0 / SCALE, learnable=True, validate=False).to(device, dtype), *_pairs(dtype, device))
 
 
 def _info_nce_module(setting: Setting) -> Callable[[], torch.Tensor]:
@@ -150,7 +150,9 @@ ENTRIES = [
         prepare=_cached,
         reference=_cached_reference,
         plain=lambda dtype: _full_batch(dtype, _contrastive),
-        accepts="any encoder dtype; float16/bfloat16 models, or float32 under autocast (its own autocast= or the caller's)",
+        accepts=(
+            "any encoder dtype; float16/bfloat16 models, or float32 under autocast (its own autocast= or the caller's)"
+        ),
         computes="encoder passes in its dtype (or autocast's); embeddings cached and the loss computed in float32",
         returns="gradients in .grad in the parameters' dtype; the loss in float32 (float64 for float64 embeddings)",
         follows_autocast=True,

@@ -14,7 +14,7 @@ def test_cached_step_matches_sentence_transformers_cached_mnrl() -> None:
     model = benchmark._model()
     model.eval()  # dropout off: the two libraries draw different masks
     q, d = benchmark._features(16, 1), benchmark._features(16, 2)
-    loss_fn = InfoNCE(1.0 / benchmark.SCALE)
+    loss_fn = InfoNCE(temperature=1.0 / benchmark.SCALE)
     ours_loss = benchmark._cached_step(model, loss_fn, q, d, micro=4)
     ours = benchmark._grads(model)
     theirs_loss = benchmark._st_step(model, benchmark._st_loss(model), q, d)
@@ -22,7 +22,7 @@ def test_cached_step_matches_sentence_transformers_cached_mnrl() -> None:
     assert ours_loss == pytest.approx(theirs_loss, rel=1e-6)
     assert benchmark._relative_difference(ours, theirs) <= 1e-5
     # and the comparison can fail: a different temperature gives a different gradient
-    benchmark._cached_step(model, InfoNCE(0.1), q, d, micro=4)
+    benchmark._cached_step(model, InfoNCE(temperature=0.1), q, d, micro=4)
     assert benchmark._relative_difference(benchmark._grads(model), theirs) > 1e-2
 
 

@@ -31,7 +31,7 @@ def _close(a: list[torch.Tensor], b: list[torch.Tensor], tol: float = 1e-10) -> 
 @settings(max_examples=12, deadline=None)
 @given(micro=st.integers(1, 40), batch=st.integers(2, 40), seed=st.integers(0, 100))
 def test_cached_equals_full_batch_with_dropout(micro: int, batch: int, seed: int) -> None:
-    encoder, loss_fn = _mlp(seed), InfoNCE(0.1, learnable=True).double()
+    encoder, loss_fn = _mlp(seed), InfoNCE(temperature=0.1, learnable=True).double()
     x = torch.randn(batch, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     loss_ref, ref = full_batch_reference(encoder, loss_fn, x, micro, seed)
     encoder.zero_grad(), loss_fn.zero_grad()
@@ -78,7 +78,7 @@ def test_dict_batches_and_sentence_transformers_style_output() -> None:
     encoder = DictEncoder()
     batch = {"input_ids": torch.randint(0, 50, (12, 7)), "attention_mask": (torch.rand(12, 7) > 0.2).long()}
     batch["attention_mask"][:, 0] = 1
-    loss_fn = InfoNCE(0.2).double()
+    loss_fn = InfoNCE(temperature=0.2).double()
     torch.manual_seed(4)
     views = [
         torch.cat([encoder({k: v[i : i + 5] for k, v in batch.items()})["sentence_embedding"] for i in range(0, 12, 5)])
@@ -99,12 +99,12 @@ def test_rng_continues_as_after_the_no_grad_pass() -> None:
         encoder(x[:4]), encoder(x[4:]), encoder(x[:4]), encoder(x[4:])
     expected = torch.rand(3)
     torch.manual_seed(5)
-    cached_backward(encoder, [x, x], InfoNCE(0.1).double(), micro_batch_size=4)
+    cached_backward(encoder, [x, x], InfoNCE(temperature=0.1).double(), micro_batch_size=4)
     assert torch.equal(torch.rand(3), expected)
 
 
 def test_naive_accumulation_differs_and_scale_loss() -> None:
-    encoder, loss_fn = _mlp(0, dropout=0.0), InfoNCE(0.1).double()
+    encoder, loss_fn = _mlp(0, dropout=0.0), InfoNCE(temperature=0.1).double()
     x = torch.randn(16, 6, dtype=torch.float64)
     cached_backward(encoder, [x, x], loss_fn, micro_batch_size=4)
     exact = _grads(encoder)
@@ -120,9 +120,9 @@ def test_batchnorm_is_rejected_and_eval_batchnorm_accepted() -> None:
     encoder = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8)).double()
     x = torch.randn(8, 6, dtype=torch.float64)
     with pytest.raises(ValueError, match="BatchNorm in training mode"):
-        cached_backward(encoder, [x, x], InfoNCE(0.1).double(), micro_batch_size=4)
+        cached_backward(encoder, [x, x], InfoNCE(temperature=0.1).double(), micro_batch_size=4)
     encoder[1].eval()
-    cached_backward(encoder, [x, x], InfoNCE(0.1).double(), micro_batch_size=4)
+    cached_backward(encoder, [x, x], InfoNCE(temperature=0.1).double(), micro_batch_size=4)
 
 
 @pytest.mark.parametrize(
@@ -136,7 +136,7 @@ def test_argument_errors(kwargs: dict, match: str) -> None:
     x = torch.randn(4, 3)
     encoders = kwargs.pop("encoders", nn.Identity())
     with pytest.raises(ValueError, match=match):
-        cached_backward(encoders, [x, x], InfoNCE(0.1), **kwargs)
+        cached_backward(encoders, [x, x], InfoNCE(temperature=0.1), **kwargs)
 
 
 def test_non_finite_embeddings_and_loss_are_errors() -> None:
@@ -174,7 +174,7 @@ def _autocast_full_batch(
 def test_autocast_bfloat16_matches_the_autocast_full_batch() -> None:
     torch.manual_seed(0)
     encoder = nn.Sequential(nn.Linear(16, 64), nn.Dropout(0.1), nn.GELU(), nn.Linear(64, 32))
-    loss_fn = InfoNCE(0.05)
+    loss_fn = InfoNCE(temperature=0.05)
     x = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
     same = _autocast_full_batch(encoder, loss_fn, x, 16, one_region=False)
     one_region = _autocast_full_batch(encoder, loss_fn, x, 16, one_region=True)
@@ -198,7 +198,7 @@ def test_autocast_bfloat16_matches_the_autocast_full_batch() -> None:
 
 def test_plain_function_encoder_with_dropout_equals_the_full_batch() -> None:
     """What train-embedder passes: a function (its devices unseen), dropout on, texts-like list batches."""
-    encoder, loss_fn = _mlp(7), InfoNCE(0.1).double()
+    encoder, loss_fn = _mlp(7), InfoNCE(temperature=0.1).double()
     table = torch.randn(30, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
 
     def encode(words: list[int]) -> torch.Tensor:
@@ -219,5 +219,9 @@ def test_plain_function_encoder_with_dropout_equals_the_full_batch() -> None:
 def test_autocast_rejects_other_dtypes() -> None:
     with pytest.raises(ValueError, match="autocast"):
         cached_backward(
-            nn.Linear(2, 2), [torch.randn(4, 2)] * 2, InfoNCE(0.1), micro_batch_size=2, autocast=torch.float64
+            nn.Linear(2, 2),
+            [torch.randn(4, 2)] * 2,
+            InfoNCE(temperature=0.1),
+            micro_batch_size=2,
+            autocast=torch.float64,
         )

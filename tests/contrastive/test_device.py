@@ -68,7 +68,7 @@ def test_the_replay_saves_and_restores_the_accelerator_generator(fake_cuda: Fake
     def encoder(batch: torch.Tensor) -> torch.Tensor:
         return (batch @ weight) * fake_cuda.draw(1)  # noise from cuda:1's generator
 
-    loss_fn = InfoNCE(0.5, similarity="dot").double()
+    loss_fn = InfoNCE(temperature=0.5, similarity="dot").double()
     fake_cuda.counters[1] = 0
     loss_fn(*[torch.cat([encoder(x[i : i + 4]) for i in range(0, 9, 4)]) for _ in range(2)]).backward()
     reference, weight.grad = weight.grad.clone(), None
@@ -106,7 +106,7 @@ def test_devices_come_from_parameters_and_batch_or_every_cuda_device_for_functio
 def test_devices_argument_errors(devices: object, match: str) -> None:
     x = torch.randn(4, 3)
     with pytest.raises((TypeError, ValueError), match=match):
-        cached_backward(nn.Identity(), [x, x], InfoNCE(0.1), micro_batch_size=2, devices=devices)
+        cached_backward(nn.Identity(), [x, x], InfoNCE(temperature=0.1), micro_batch_size=2, devices=devices)
 
 
 def test_autocast_takes_the_device_type_of_the_model() -> None:
@@ -185,7 +185,11 @@ def _step(micro: int, validate: bool) -> list[str]:
     x = torch.randn(24, 6)
     with count_host_syncs() as syncs:
         cached_backward(
-            encoder, [x, x + 0.1], InfoNCE(0.1, validate=validate), micro_batch_size=micro, validate=validate
+            encoder,
+            [x, x + 0.1],
+            InfoNCE(temperature=0.1, validate=validate),
+            micro_batch_size=micro,
+            validate=validate,
         )
     return list(syncs)
 

@@ -38,7 +38,7 @@ def test_distributed_without_a_process_group_is_a_clear_error() -> None:
     encoder = torch.nn.Linear(3, 4)
     x = torch.randn(6, 3)
     with pytest.raises(ValueError, match="init_process_group"):
-        cached_backward(encoder, [x, x], InfoNCE(0.1), micro_batch_size=2, distributed=True)
+        cached_backward(encoder, [x, x], InfoNCE(temperature=0.1), micro_batch_size=2, distributed=True)
 
 
 def test_stash_and_unstash_keep_earlier_gradients() -> None:

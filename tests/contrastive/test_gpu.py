@@ -42,7 +42,7 @@ def _full_batch(
 
 
 def test_cached_gradient_with_cuda_dropout_is_exact_and_never_syncs() -> None:
-    encoder, loss_fn = _encoder(torch.float64), InfoNCE(0.05, validate=False).to("cuda", torch.float64)
+    encoder, loss_fn = _encoder(torch.float64), InfoNCE(temperature=0.05, validate=False).to("cuda", torch.float64)
     x = torch.randn(48, 16, device="cuda", dtype=torch.float64)
     reference = _full_batch(encoder, loss_fn, x, 8, seed=1)
     encoder.zero_grad(set_to_none=True)
@@ -59,7 +59,7 @@ def test_cached_gradient_with_cuda_dropout_is_exact_and_never_syncs() -> None:
 
 def test_a_plain_function_encoder_on_cuda_replays_the_cuda_generator() -> None:
     """What train-embedder passes: a function fed texts (no tensors to see), the model on CUDA."""
-    encoder, loss_fn = _encoder(torch.float64), InfoNCE(0.05).to("cuda", torch.float64)
+    encoder, loss_fn = _encoder(torch.float64), InfoNCE(temperature=0.05).to("cuda", torch.float64)
     table = torch.randn(40, 16, device="cuda", dtype=torch.float64)
 
     def encode(ids: list[int]) -> torch.Tensor:
@@ -74,7 +74,7 @@ def test_a_plain_function_encoder_on_cuda_replays_the_cuda_generator() -> None:
 
 
 def test_autocast_runs_on_cuda_and_equals_the_same_autocast_full_batch() -> None:
-    encoder, loss_fn = _encoder(), InfoNCE(0.05).cuda()
+    encoder, loss_fn = _encoder(), InfoNCE(temperature=0.05).cuda()
     dtypes: list[torch.dtype] = []
     encoder[0].register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
     x = torch.randn(64, 16, device="cuda")

@@ -63,7 +63,7 @@ def test_tiled_float32_does_not_materialise_the_matrix() -> None:
 
 def test_learnable_temperature_gradient_matches_finite_difference() -> None:
     q, d = _data()
-    loss_fn = InfoNCE(0.1, learnable=True).double()
+    loss_fn = InfoNCE(temperature=0.1, learnable=True).double()
     loss_fn(q, d).backward()
     eps = 1e-6
     with torch.no_grad():
@@ -73,8 +73,8 @@ def test_learnable_temperature_gradient_matches_finite_difference() -> None:
         loss_fn.log_scale.fill_(base - eps)
         down = float(loss_fn(q, d))
     assert loss_fn.log_scale.grad.item() == pytest.approx((up - down) / (2 * eps), rel=1e-6)
-    assert InfoNCE(0.05).log_scale.requires_grad is False
-    assert float(InfoNCE(1e-4, learnable=True).scale.detach()) == pytest.approx(100.0)  # clamped like CLIP
+    assert InfoNCE(temperature=0.05).log_scale.requires_grad is False
+    assert float(InfoNCE(temperature=1e-4, learnable=True).scale.detach()) == pytest.approx(100.0)  # clamped like CLIP
 
 
 @pytest.mark.parametrize(
@@ -88,7 +88,7 @@ def test_learnable_temperature_gradient_matches_finite_difference() -> None:
         (lambda: info_nce(torch.randn(4, 3), similarity="l2"), "similarity='l2'"),
         (lambda: info_nce_tiled(torch.randn(4, 3), tile=0), "tile=0"),
         (lambda: info_nce_tiled(torch.randn(4, 3), targets=torch.eye(4)), "dense target"),
-        (lambda: InfoNCE(0.0), "temperature=0.0"),
+        (lambda: InfoNCE(temperature=0.0), "temperature=0.0"),
         (lambda: InfoNCE(tiled=True, symmetric=True), "row direction"),
     ],
 )
@@ -99,13 +99,15 @@ def test_errors(call, match: str) -> None:
 
 @pytest.mark.parametrize("learnable", [False, True])
 def test_the_temperature_keeps_its_precision_through_casts(learnable: bool) -> None:
-    exact = InfoNCE(0.07, learnable=learnable).log_scale.detach()
+    exact = InfoNCE(temperature=0.07, learnable=learnable).log_scale.detach()
     for cast in (lambda m: m.bfloat16(), lambda m: m.half(), lambda m: m.to(torch.bfloat16)):
-        module = cast(InfoNCE(0.07, learnable=learnable))
+        module = cast(InfoNCE(temperature=0.07, learnable=learnable))
         assert module.log_scale.dtype == torch.float32 and torch.equal(module.log_scale.detach(), exact)
         assert isinstance(module.log_scale, torch.nn.Parameter) == learnable
-    assert InfoNCE(0.07, learnable=learnable).double().log_scale.dtype == torch.float64  # up-casts are followed
-    meta = InfoNCE(0.07, learnable=learnable).to("meta").bfloat16()
+    assert (
+        InfoNCE(temperature=0.07, learnable=learnable).double().log_scale.dtype == torch.float64
+    )  # up-casts are followed
+    meta = InfoNCE(temperature=0.07, learnable=learnable).to("meta").bfloat16()
     assert meta.log_scale.device.type == "meta" and meta.log_scale.dtype == torch.float32
 
 

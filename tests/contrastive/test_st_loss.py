@@ -122,11 +122,11 @@ def test_verify_on_an_embedding_loss_and_plain_encoder() -> None:
     encoder = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Dropout(0.2), torch.nn.Linear(16, 8)).double()
     x = torch.randn(20, 6, dtype=torch.float64)
     check = verify_cached_gradients(
-        encoder, [x, x + 0.1], InfoNCE(0.1, learnable=True).double(), micro_batch_size=3, tolerance=1e-12
+        encoder, [x, x + 0.1], InfoNCE(temperature=0.1, learnable=True).double(), micro_batch_size=3, tolerance=1e-12
     )
     assert check.passed and set(check.errors) == {"0", "2", "loss"} and check.micro_batches == 14
     with pytest.raises(ValueError, match="micro_batch_size is required"):
-        verify_cached_gradients(encoder, [x, x], InfoNCE(0.1))
+        verify_cached_gradients(encoder, [x, x], InfoNCE(temperature=0.1))
 
 
 def test_parameter_groups() -> None:

@@ -5,15 +5,17 @@
 Every rank builds the same dropout MLP and the same global batch, keeps an uneven shard of it
 (ranks hold different numbers of samples), seeds its RNG with ``seed + 1 + rank`` and runs
 :func:`cached_backward` with ``distributed=True``: with the bare encoder, wrapped in
-``DistributedDataParallel``, and sharded by FSDP2 (``fully_shard``, gloo on CPU). Rank 0 then recomputes the gradient in one process: the whole
-batch in one backward, each shard forwarded with that rank's RNG stream so the dropout masks
-match, and writes the relative errors to ``OUT.json``. :func:`launch` runs it from Python.
+``DistributedDataParallel``, and sharded by FSDP2 (``fully_shard``, gloo on CPU). Rank 0 then
+recomputes the gradient in one process: the whole batch in one backward, each shard forwarded
+with that rank's RNG stream so the dropout masks match, and writes the relative errors to
+``OUT.json``. :func:`launch` runs it from Python.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -23,8 +25,10 @@ from kexue._torchrun import exit_without_finalising, launch_module, write_result
 from kexue.contrastive.cached import cached_backward
 from kexue.contrastive.losses import InfoNCE
 
+Wrap = Literal["plain", "ddp", "fsdp"]  # how the encoder is wrapped
 
-def _encoder(seed: int) -> nn.Module:
+
+def _encoder(seed: int) -> nn.Sequential:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(10, 32), nn.Dropout(0.1), nn.GELU(), nn.Linear(32, 16)).double()
 
@@ -39,16 +43,18 @@ def _shards(n: int, world: int) -> list[tuple[int, int]]:
     return list(itertools.pairwise(bounds))
 
 
-def _wrap(encoder: nn.Module, wrap: str) -> nn.Module:
+def _wrap(encoder: nn.Sequential, wrap: Wrap) -> nn.Module:
     if wrap == "ddp":
         return nn.parallel.DistributedDataParallel(encoder)
     if wrap == "fsdp":  # FSDP2: each Linear its own unit, then the root
+        # in the child only: FSDP2 is public from torch 2.6, and the claims import this module for launch()
         from torch.distributed.fsdp import fully_shard
 
         for layer in encoder:
             if isinstance(layer, nn.Linear):
                 fully_shard(layer)
-        return fully_shard(encoder)
+        fully_shard(encoder)  # in place: the module's class becomes an FSDPModule subclass
+        return encoder
     return encoder
 
 
@@ -59,7 +65,8 @@ def _even(n: int, world: int) -> list[tuple[int, int]]:
 
 def _grads(*modules: nn.Module) -> list[torch.Tensor]:
     """Every parameter's full gradient (FSDP2's sharded DTensors gathered: every rank must call this)."""
-    full = [p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad for m in modules for p in m.parameters()]
+    grads = [p.grad for m in modules for p in m.parameters()]
+    full = [g.full_tensor() if hasattr(g, "full_tensor") else g for g in grads if g is not None]
     return [g.detach().clone() for g in full]
 
 
@@ -68,6 +75,7 @@ def _rel(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The check on each rank (the child script's entry point); rank 0 writes the results."""
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
     parser.add_argument("--batch", type=int, default=48)
@@ -78,12 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     x = torch.randn(args.batch, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(args.seed))
-    results: dict[str, float] = {}
-    for wrap in ("plain", "ddp", "fsdp"):
+    results: dict[str, Any] = {}
+    wraps: tuple[Wrap, ...] = ("plain", "ddp", "fsdp")
+    for wrap in wraps:
         # FSDP2 all-gathers parameters in every forward: every rank needs as many micro-batches
         shards = _shards(args.batch, world) if wrap != "fsdp" else _even(args.batch, world)
         lo, hi = shards[rank]
-        encoder, loss_fn = _encoder(args.seed), InfoNCE(0.05, learnable=True).double()
+        encoder, loss_fn = _encoder(args.seed), InfoNCE(temperature=0.05, learnable=True).double()
         model = _wrap(encoder, wrap)
         torch.manual_seed(args.seed + 1 + rank)
         step = cached_backward(model, [x[lo:hi], x[lo:hi]], loss_fn, micro_batch_size=args.micro, distributed=True)
@@ -99,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         cached_backward(
             _wrap(_encoder(args.seed), "fsdp"),
             [x[lo:hi], x[lo:hi]],
-            InfoNCE(0.05).double(),
+            InfoNCE(temperature=0.05).double(),
             micro_batch_size=args.micro,
             distributed=True,
         )
@@ -123,7 +132,7 @@ def _reference(
     args: argparse.Namespace, x: torch.Tensor, shards: list[tuple[int, int]]
 ) -> tuple[list[torch.Tensor], float]:
     """The global batch in one process and one backward, with each rank's RNG stream."""
-    encoder, loss_fn = _encoder(args.seed), InfoNCE(0.05, learnable=True).double()
+    encoder, loss_fn = _encoder(args.seed), InfoNCE(temperature=0.05, learnable=True).double()
     views: list[list[torch.Tensor]] = [[], []]
     for r, (lo, hi) in enumerate(shards):
         torch.manual_seed(args.seed + 1 + r)
@@ -134,8 +143,19 @@ def _reference(
     return _grads(encoder, loss_fn), float(loss.detach())
 
 
-def launch(nproc: int = 2, batch: int = 48, micro: int = 5, seed: int = 0, timeout: float = 300) -> dict:
-    """Run the check under ``torchrun`` (gloo, localhost) and return rank 0's results."""
+def launch(*, nproc: int = 2, batch: int = 48, micro: int = 5, seed: int = 0, timeout: float = 300) -> dict[str, Any]:
+    """Run the check under ``torchrun`` (gloo, localhost) and return rank 0's results.
+
+    Args:
+        nproc: processes (ranks).
+        batch: the global batch.
+        micro: the micro-batch size.
+        seed: the data's, the encoder's and (plus 1 + rank) the dropout's seed.
+        timeout: seconds before the launch is given up.
+
+    Returns:
+        Rank 0's results: relative gradient errors, loss errors, the shards.
+    """
     return launch_module(
         "kexue.contrastive._torchrun_check", [f"--batch={batch}", f"--micro={micro}", f"--seed={seed}"], nproc, timeout
     )

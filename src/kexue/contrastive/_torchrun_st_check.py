@@ -1,6 +1,7 @@
 """The sentence-transformers loss across processes: run under ``torchrun`` (see :func:`launch`).
 
-``python -m torch.distributed.run --standalone --nproc_per_node 2 -m kexue.contrastive._torchrun_st_check OUT.json MODEL_DIR``
+``python -m torch.distributed.run --standalone --nproc_per_node 2 -m kexue.contrastive._torchrun_st_check \
+OUT.json MODEL_DIR``
 
 Every rank loads the same sentence-transformers model (dropout on), keeps its own shard of one
 global batch of (anchor, positive) texts (ranks hold different numbers of pairs), seeds its RNG
@@ -16,11 +17,15 @@ from __future__ import annotations
 
 import argparse
 import itertools
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from kexue._torchrun import exit_without_finalising, launch_module, write_result
+from kexue.contrastive.cached import encode
 from kexue.contrastive.st_loss import CachedContrastiveLoss, plan_micro_batches, take
 
 WORDS = "a the cat dog sat ran on under mat tree bright cold rain sun home town far near".split()
@@ -37,12 +42,13 @@ def _texts(n: int, seed: int) -> list[str]:
     ]
 
 
-def _flat_grad(model) -> torch.Tensor:
+def _flat_grad(model: nn.Module) -> torch.Tensor:
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in model.parameters()])
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sentence_transformers import SentenceTransformer
+    """The check on each rank (the child script's entry point); rank 0 writes the results."""
+    from sentence_transformers import SentenceTransformer  # optional extra: nlp (this child script's model)
 
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
@@ -57,22 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     anchors, positives = _texts(args.batch, args.seed), _texts(args.batch, args.seed + 100)
     bounds = [0] + [round(args.batch * sum(range(1, r + 2)) / sum(range(1, world + 1))) for r in range(world)]
     lo, hi = bounds[rank], bounds[rank + 1]
-    results: dict = {"shards": [b - a for a, b in itertools.pairwise(bounds)]}
+    results: dict[str, Any] = {"shards": [b - a for a, b in itertools.pairwise(bounds)]}
     for wrap in ("plain", "ddp"):
         model = SentenceTransformer(args.model, device="cpu").train()
         loss = CachedContrastiveLoss(model, micro_batch_size=args.micro, distributed=True)
         if wrap == "ddp":
             loss.model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
-        reductions = []
+        reductions: list[int] = []
         model.zero_grad(set_to_none=True)
         torch.manual_seed(args.seed + 1 + rank)
         original = dist.all_reduce
-
-        def counting(*a, **k):
-            reductions.append(1)  # noqa: B023 -- called within this iteration only
-            return original(*a, **k)  # noqa: B023 -- called within this iteration only
-
-        dist.all_reduce = counting
+        dist.all_reduce = _counting(original, reductions)
         try:
             value = loss([model.preprocess(anchors[lo:hi]), model.preprocess(positives[lo:hi])])
             value.backward()
@@ -92,11 +93,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _reference(args, anchors, positives, bounds, world) -> tuple[torch.Tensor, float]:
-    """The global batch in one graph: each rank's micro-batches in that rank's order and RNG stream."""
-    from sentence_transformers import SentenceTransformer
+def _counting(original: Callable[..., Any], calls: list[int]) -> Callable[..., Any]:
+    """``original`` (``dist.all_reduce``), noting each call in ``calls``."""
 
-    from kexue.contrastive.cached import encode
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    return counting
+
+
+def _reference(
+    args: argparse.Namespace, anchors: list[str], positives: list[str], bounds: list[int], world: int
+) -> tuple[torch.Tensor, float]:
+    """The global batch in one graph: each rank's micro-batches in that rank's order and RNG stream."""
+    from sentence_transformers import SentenceTransformer  # optional extra: nlp (this child script's model)
 
     model = SentenceTransformer(args.model, device="cpu").train()
     helper = CachedContrastiveLoss(model, micro_batch_size=args.micro)
@@ -117,8 +128,22 @@ def _reference(args, anchors, positives, bounds, world) -> tuple[torch.Tensor, f
     return _flat_grad(model), float(loss.detach())
 
 
-def launch(model: str, nproc: int = 2, batch: int = 18, micro: int = 4, seed: int = 0, timeout: float = 300) -> dict:
-    """Run the check under ``torchrun`` (gloo, localhost) and return rank 0's results."""
+def launch(
+    model: str, *, nproc: int = 2, batch: int = 18, micro: int = 4, seed: int = 0, timeout: float = 300
+) -> dict[str, Any]:
+    """Run the check under ``torchrun`` (gloo, localhost) and return rank 0's results.
+
+    Args:
+        model: the folder of the sentence-transformers model every rank loads.
+        nproc: processes (ranks).
+        batch: the global batch of pairs.
+        micro: the micro-batch size.
+        seed: the texts' and (plus 1 + rank) the dropout's seed.
+        timeout: seconds before the launch is given up.
+
+    Returns:
+        Rank 0's results: relative gradient errors, loss errors, all-reduce counts, the shards.
+    """
     return launch_module(
         "kexue.contrastive._torchrun_st_check",
         [model, f"--batch={batch}", f"--micro={micro}", f"--seed={seed}"],

@@ -38,19 +38,28 @@ On CUDA, case B is skipped (one process holds the device) and A and C use CUDA m
 
 from __future__ import annotations
 
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
 import torch
 
+from kexue._shared import quieter
 from kexue.contrastive.cached import cached_backward
 from kexue.contrastive.losses import InfoNCE, info_nce, info_nce_tiled
-from kexue.report.bench import Bench, BenchSuite, CaseResult, interleaved_times, run_in_fresh_process
+from kexue.contrastive.st_loss import CachedContrastiveLoss
+from kexue.data import load_sentence_transformer, load_stsb
+from kexue.report.bench import Bench, BenchSuite, CaseResult, PeakMemory, interleaved_times, run_in_fresh_process
 
 BENCH = BenchSuite("contrastive")
 TOKENS, MICRO, SCALE = 32, 32, 20.0
+Step = Literal["cached", "plain"]  # the two steps case B measures in fresh processes
+Features = dict[str, torch.Tensor]
+Model = Any  # a SentenceTransformer (its output dict and the kexue attributes are untyped)
 
 
-def _model(device: str = "cpu"):
-    from kexue.data import load_sentence_transformer
-
+def _model(device: str = "cpu") -> Model:
     model = load_sentence_transformer(device=device)
     model.train()
     return model
@@ -71,14 +80,15 @@ def _features(batch: int, seed: int, vocab: int = 30522, device: str = "cpu") ->
     }
 
 
-def _encoder(model):
+def _encoder(model: Model) -> Callable[[Features], torch.Tensor]:
     def encode(features: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model(dict(features))["sentence_embedding"]  # the model adds keys: hand it a copy
+        embeddings: torch.Tensor = model(dict(features))["sentence_embedding"]  # the model adds keys: a copy
+        return embeddings
 
     return encode
 
 
-def _plain_step(model, loss_fn, q, d) -> float:
+def _plain_step(model: Model, loss_fn: InfoNCE, q: Features, d: Features) -> float:
     model.zero_grad(set_to_none=True)
     encode = _encoder(model)
     loss = loss_fn(encode(q), encode(d))
@@ -86,27 +96,30 @@ def _plain_step(model, loss_fn, q, d) -> float:
     return float(loss.detach())
 
 
-def _cached_step(model, loss_fn, q, d, micro: int = MICRO) -> float:
+def _cached_step(model: Model, loss_fn: InfoNCE, q: Features, d: Features, micro: int = MICRO) -> float:
     model.zero_grad(set_to_none=True)
     return float(cached_backward(_encoder(model), [q, d], loss_fn, micro_batch_size=micro).loss)
 
 
-def _st_loss(model):
-    try:
+def _st_loss(model: Model) -> Any:
+    """sentence-transformers' cached loss, the peer."""
+    try:  # optional extra: nlp (the peer)
         from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
-    except ImportError:  # sentence-transformers < 5.2
-        from sentence_transformers.losses import CachedMultipleNegativesRankingLoss
+    except ImportError:  # optional extra: nlp; sentence-transformers < 5.2 keeps it here
+        from sentence_transformers.losses import (  # type: ignore[no-redef]  # the same class, its older home
+            CachedMultipleNegativesRankingLoss,
+        )
     return CachedMultipleNegativesRankingLoss(model, scale=SCALE, mini_batch_size=MICRO)
 
 
-def _st_step(model, st_loss, q, d) -> float:
+def _st_step(model: Model, st_loss: Any, q: Features, d: Features) -> float:
     model.zero_grad(set_to_none=True)
     loss = st_loss([dict(q), dict(d)], None)
     loss.backward()
     return float(loss.detach())
 
 
-def _grads(model) -> list[torch.Tensor]:
+def _grads(model: Model) -> list[torch.Tensor]:
     return [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
 
 
@@ -126,7 +139,7 @@ def step_time(bench: Bench) -> None:
     batch = 64 if bench.quick else 256
     torch.manual_seed(0)
     model = _model(bench.device)
-    loss_fn = InfoNCE(1.0 / SCALE)
+    loss_fn = InfoNCE(temperature=1.0 / SCALE)
     q, d = _features(batch, 1, device=bench.device), _features(batch, 2, device=bench.device)
     st_loss = _st_loss(model)
 
@@ -172,18 +185,14 @@ def step_time(bench: Bench) -> None:
     )
 
 
-def _memory_child(config: str, batch: int) -> dict[str, float]:
+def _memory_child(config: Step, batch: int) -> dict[str, float]:
     """Run in a fresh process: peak resident growth (bytes) and time of one steady-state step."""
-    import time
-
-    from kexue.report.bench import PeakMemory
-
     torch.manual_seed(0)
     model = _model()
     # at large batches the B x B similarity matrix of the loss would dominate: tile it
-    loss_fn = InfoNCE(1.0 / SCALE, tiled=config == "cached", tile=512)
+    loss_fn = InfoNCE(temperature=1.0 / SCALE, tiled=config == "cached", tile=512)
     q, d = _features(batch, 1), _features(batch, 2)
-    step = _cached_step if config == "cached" else _plain_step
+    step: Callable[[Model, InfoNCE, Features, Features], float] = _cached_step if config == "cached" else _plain_step
     step(model, loss_fn, q, d)  # the first step allocates the gradients; measure the next one
     memory = PeakMemory("cpu")
     base = memory.start()
@@ -192,8 +201,9 @@ def _memory_child(config: str, batch: int) -> dict[str, float]:
     return {"seconds": time.perf_counter() - start, "peak": memory.stop(base)}
 
 
-def _peak_in_fresh_process(config: str, batch: int) -> dict[str, float]:
-    return run_in_fresh_process(__name__, "_memory_child", config, batch)
+def _peak_in_fresh_process(config: Step, batch: int) -> dict[str, float]:
+    result: dict[str, float] = run_in_fresh_process(__name__, "_memory_child", config, batch)
+    return result
 
 
 @BENCH.case
@@ -208,13 +218,13 @@ def step_memory(bench: Bench) -> None:
     for impl, child in ((f"kexue cached step {batch}/{MICRO}", cached), (f"plain step at batch {MICRO}", plain)):
         bench.cases.append(
             CaseResult(
-                bench.technique,
-                case,
-                impl,
-                child["seconds"],
-                [child["seconds"]],
-                int(child["peak"]),
-                {"batch": batch, "micro": MICRO, "process": "fresh"},
+                technique=bench.technique,
+                case=case,
+                impl=impl,
+                median_s=child["seconds"],
+                times_s=[child["seconds"]],
+                peak_bytes=int(child["peak"]),
+                params={"batch": batch, "micro": MICRO, "process": "fresh"},
             )
         )
     bench.ratio(
@@ -222,7 +232,10 @@ def step_memory(bench: Bench) -> None:
         cached["peak"] / (plain["peak"] + stored),
         target=1.5,
         higher_is_better=False,
-        description=f"peak RSS growth of the cached step at {batch}/{MICRO} / (a plain step at batch {MICRO} + the {stored / 2**20:.1f} MiB of stored embeddings)",
+        description=(
+            f"peak RSS growth of the cached step at {batch}/{MICRO} / (a plain step at batch {MICRO} "
+            f"+ the {stored / 2**20:.1f} MiB of stored embeddings)"
+        ),
     )
 
 
@@ -234,17 +247,20 @@ def tiled_memory(bench: Bench) -> None:
     d = torch.randn(n, dim, generator=g).to(bench.device)
     kept: dict[str, tuple[float, torch.Tensor, torch.Tensor]] = {}
 
-    def run(name: str, loss) -> None:
+    def run(name: str, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
         qq, dd = q.detach().requires_grad_(True), d.detach().requires_grad_(True)
         value = loss(qq, dd)
         value.backward()
+        assert qq.grad is not None and dd.grad is not None  # both take part in the loss
         kept[name] = (float(value.detach()), qq.grad, dd.grad)  # the last call's; compared below
 
     case = f"C: InfoNCE loss forward + backward, N = {n}, D = {dim}"
     params = {"n": n, "dim": dim, "tile": 1024}
-    bench.time(
-        case, "dense info_nce", lambda: run("dense", lambda a, b: info_nce(a, b, scale=SCALE)), repeats=1, params=params
-    )
+
+    def dense_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return info_nce(a, b, scale=SCALE)
+
+    bench.time(case, "dense info_nce", lambda: run("dense", dense_loss), repeats=1, params=params)
     dense = kept.pop("dense")
     tiled = bench.time(
         case,
@@ -260,7 +276,10 @@ def tiled_memory(bench: Bench) -> None:
             tiled.peak_bytes / matrix,
             target=0.10,
             higher_is_better=False,
-            description=f"peak extra memory of the tiled loss (forward + backward) / the dense {n}x{n} float32 matrix ({matrix / 2**30:.1f} GiB)",
+            description=(
+                f"peak extra memory of the tiled loss (forward + backward) / the dense {n}x{n} float32 matrix "
+                f"({matrix / 2**30:.1f} GiB)"
+            ),
         )
     ours = kept["tiled"]
     err = max(
@@ -280,22 +299,19 @@ def _stsb_pairs(count: int) -> tuple[list[str], list[str]]:
     """``count`` STS-B train pairs scored 4 or more (near-paraphrases: anchor and positive), drawn
     at random (seed 0) as a shuffling trainer draws its batches; the file itself is grouped by
     source, its first hundreds of pairs uniformly short headlines."""
-    from kexue.data import load_stsb
-
     stsb = load_stsb("train")
     pool = [(a, b) for a, b, s in zip(stsb.sentences1, stsb.sentences2, stsb.scores, strict=True) if s >= 4.0]
     pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))[:count].tolist()
     return [pool[i][0] for i in pick], [pool[i][1] for i in pick]
 
 
-def _trainer_epoch(model, loss, anchors: list[str], positives: list[str], batch: int, out: str) -> float:
+def _trainer_epoch(model: Model, loss: Any, anchors: list[str], positives: list[str], batch: int, out: str) -> float:
     """Seconds of one SentenceTransformerTrainer epoch (the trainer built outside the timing)."""
-    import time
-
-    from datasets import Dataset
-    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-
-    from kexue._shared import quieter
+    from datasets import Dataset  # optional extra: train
+    from sentence_transformers import (  # optional extra: train (the trainer)
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
 
     args = SentenceTransformerTrainingArguments(
         output_dir=out,
@@ -325,10 +341,6 @@ def _trainer_epoch(model, loss, anchors: list[str], positives: list[str], batch:
 @BENCH.case
 def trainer_epoch(bench: Bench) -> None:
     """D: a SentenceTransformerTrainer epoch with sentence-transformers' cached loss and with kexue's."""
-    import tempfile
-
-    from kexue.contrastive.st_loss import CachedContrastiveLoss
-
     if bench.device != "cpu":
         return
     anchors, positives = _stsb_pairs(128 if bench.quick else 512)
@@ -364,8 +376,6 @@ def trainer_epoch(bench: Bench) -> None:
 @BENCH.case
 def token_budget(bench: Bench) -> None:
     """E: one cached step on length-varied sentences, micro-batches by count (batch order) vs by a token budget."""
-    from kexue.contrastive.st_loss import CachedContrastiveLoss
-
     if bench.device != "cpu":
         return
     anchors, positives = _stsb_pairs(128)
@@ -377,7 +387,7 @@ def token_budget(bench: Bench) -> None:
     by_count = CachedContrastiveLoss(model, scale=SCALE, micro_batch_size=16, sort_by_length=False)
     by_tokens = CachedContrastiveLoss(model, scale=SCALE, micro_batch_tokens=budget)
 
-    def step(loss) -> None:
+    def step(loss: CachedContrastiveLoss) -> None:
         model.zero_grad(set_to_none=True)
         loss([dict(f) for f in features]).backward()
 

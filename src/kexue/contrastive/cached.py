@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import torch
 from torch import nn
@@ -43,9 +43,13 @@ from kexue._device import RngState, autocast_device_type, devices_of
 from kexue._shared import check_int, check_process_group
 from kexue.contrastive import distributed as dist_utils
 
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+
 __all__ = ["CachedStep", "cached_backward", "encode", "naive_accumulation_backward", "slice_batch"]
 
 Batch = Any  # a tensor, a mapping of tensors (tokenizer output), or a list
+Encoder = Callable[[Batch], Any]  # a micro-batch -> (n, D) embeddings (or a sentence-transformers output dict)
 
 
 def batch_size(batch: Batch) -> int:
@@ -65,7 +69,22 @@ def batch_size(batch: Batch) -> int:
 
 
 def slice_batch(batch: Batch, start: int, stop: int) -> Batch:
-    """Samples ``start:stop`` of a batch (tensors, mappings of tensors, lists)."""
+    """Samples ``start:stop`` of a batch (tensors, mappings of tensors, lists).
+
+    Args:
+        batch: a tensor (split along dim 0), a mapping of them (other entries kept as they
+            are), or a list.
+        start: the first sample.
+        stop: one past the last sample.
+
+    Returns:
+        The samples, in the batch's own form.
+
+    Example:
+        >>> slice_batch({"input_ids": torch.arange(6).reshape(3, 2), "name": "q"}, 1, 3)["input_ids"]
+        tensor([[2, 3],
+                [4, 5]])
+    """
     if isinstance(batch, torch.Tensor):
         return batch[start:stop]
     if isinstance(batch, Mapping):
@@ -76,13 +95,30 @@ def slice_batch(batch: Batch, start: int, stop: int) -> Batch:
     return batch[start:stop]
 
 
-def encode(encoder: Callable[[Batch], Any], batch: Batch) -> torch.Tensor:
-    """Call ``encoder`` and return ``(n, D)`` embeddings (sentence-transformers dicts are unwrapped)."""
+def encode(encoder: Encoder, batch: Batch) -> torch.Tensor:
+    """Call ``encoder`` and return ``(n, D)`` embeddings (sentence-transformers dicts are unwrapped).
+
+    Args:
+        encoder: maps ``batch`` to ``(n, D)`` embeddings or to a mapping holding them under
+            ``"sentence_embedding"`` (a ``SentenceTransformer``'s output).
+        batch: the encoder's input.
+
+    Returns:
+        The ``(n, D)`` embeddings.
+
+    Raises:
+        ValueError: when the encoder returns anything else.
+
+    Example:
+        >>> encode(lambda x: {"sentence_embedding": 2 * x}, torch.ones(3, 2)).shape
+        torch.Size([3, 2])
+    """
     out = encoder(batch)
     if isinstance(out, Mapping):
         if "sentence_embedding" not in out:
             raise ValueError(
-                "the encoder returned a mapping without 'sentence_embedding'; wrap it in a function that returns (n, D) embeddings"
+                "the encoder returned a mapping without 'sentence_embedding'; "
+                "wrap it in a function that returns (n, D) embeddings"
             )
         out = out["sentence_embedding"]
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
@@ -92,19 +128,20 @@ def encode(encoder: Callable[[Batch], Any], batch: Batch) -> torch.Tensor:
     return out
 
 
-def _check_batchnorm(encoder: Any) -> None:
+def _check_batchnorm(encoder: object) -> None:
     if isinstance(encoder, nn.Module):
         for name, module in encoder.named_modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
                 raise ValueError(
-                    f"module {name or type(encoder).__name__!r} is a BatchNorm in training mode: it couples the samples "
-                    "of a micro-batch, so the cached gradient would not be the full-batch gradient; call .eval() on it "
-                    "or use LayerNorm"
+                    f"module {name or type(encoder).__name__!r} is a BatchNorm in training mode: it couples the "
+                    "samples of a micro-batch, so the cached gradient would not be the full-batch gradient; call "
+                    ".eval() on it or use LayerNorm"
                 )
 
 
-def check_devices(devices: Any) -> list[torch.device]:
-    """``devices`` as a list of ``torch.device`` (each a ``torch.device``, a string like ``"cuda:0"`` or a CUDA index)."""
+def check_devices(devices: object) -> list[torch.device]:
+    """``devices`` as a list of ``torch.device`` (each a ``torch.device``, a string like ``"cuda:0"`` or a
+    CUDA index)."""
     if isinstance(devices, (str, int, torch.device)) or not isinstance(devices, (list, tuple, set, frozenset)):
         raise TypeError(f"devices must be a list of devices (torch.device, 'cuda:0', or a CUDA index); got {devices!r}")
     parsed = []
@@ -119,7 +156,7 @@ def check_devices(devices: Any) -> list[torch.device]:
 
 
 def encoder_devices(
-    towers: Sequence[Any], sides: Sequence[Batch], devices: Sequence[Any] | None = None
+    towers: Sequence[object], sides: Sequence[Batch], *, devices: Sequence[torch.device | str | int] | None = None
 ) -> list[torch.device]:
     """The devices the encoders compute on: ``devices`` when given, else those of the encoders that are
     modules (parameters and buffers) and of the batch tensors.
@@ -132,7 +169,7 @@ def encoder_devices(
     return devices_of(*[t for t in towers if isinstance(t, nn.Module)], *sides)
 
 
-def replayed_devices(towers: Sequence[Any], used: Sequence[torch.device]) -> list[torch.device]:
+def replayed_devices(towers: Sequence[object], used: Sequence[torch.device]) -> list[torch.device]:
     """The devices whose generators the RNG replay saves: ``used``, and every initialised CUDA device
     when an encoder is a plain function (its devices cannot be seen; saving an idle generator is harmless)."""
     opaque = any(not isinstance(t, nn.Module) for t in towers)
@@ -141,7 +178,7 @@ def replayed_devices(towers: Sequence[Any], used: Sequence[torch.device]) -> lis
     return list(used)
 
 
-def _autocast(dtype: torch.dtype | None, devices: Sequence[torch.device]) -> Any:
+def _autocast(dtype: torch.dtype | None, devices: Sequence[torch.device]) -> contextlib.AbstractContextManager[Any]:
     """``torch.autocast`` on the encoders' device type (a null context without ``dtype``)."""
     if dtype is None:
         return contextlib.nullcontext()
@@ -154,7 +191,7 @@ def _autocast(dtype: torch.dtype | None, devices: Sequence[torch.device]) -> Any
 class CachedStep:
     """What one cached step did.
 
-    Attributes:
+    Args:
         loss: the true batch loss (detached), computed in step 2.
         surrogate: ``Σ_i ⟨h_i, g_i⟩`` summed over micro-batches, a detached scalar tensor on the
             loss's device (its value is NOT the loss; kept a tensor so the loop never waits for it).
@@ -173,21 +210,24 @@ def _micro(size: int, micro_batch_size: int) -> list[tuple[int, int]]:
     return [(i, min(i + micro_batch_size, size)) for i in range(0, size, micro_batch_size)]
 
 
-def _towers(encoders: Any, sides: list[Batch]) -> list[Callable[[Batch], Any]]:
-    towers = list(encoders) if isinstance(encoders, (list, tuple)) else [encoders] * len(sides)
+def _towers(encoders: Encoder | Sequence[Encoder], sides: list[Batch]) -> list[Encoder]:
+    towers: list[Encoder] = (
+        list(encoders) if isinstance(encoders, (list, tuple)) else [cast("Encoder", encoders)] * len(sides)
+    )
     if len(towers) != len(sides):
         raise ValueError(f"got {len(towers)} encoders for {len(sides)} batches; pass one encoder, or one per batch")
     for tower in towers:
         if not callable(tower):
             raise TypeError(
-                f"encoders must be callables (an nn.Module, a sentence-transformers model, a function); got {type(tower).__name__}"
+                "encoders must be callables (an nn.Module, a sentence-transformers model, a function); "
+                f"got {type(tower).__name__}"
             )
         _check_batchnorm(tower)
     return towers
 
 
 def cached_backward(
-    encoders: Callable[[Batch], Any] | Sequence[Callable[[Batch], Any]],
+    encoders: Encoder | Sequence[Encoder],
     batches: Batch | Sequence[Batch],
     loss_fn: Callable[..., torch.Tensor],
     *,
@@ -198,9 +238,13 @@ def cached_backward(
     devices: Sequence[torch.device | str | int] | None = None,
     validate: bool = True,
     distributed: bool = False,
-    group: Any = None,
+    group: ProcessGroup | None = None,
 ) -> CachedStep:
     """Compute the batch loss and leave its exact gradient in every parameter's ``.grad``.
+
+    The procedure reads as its three jobs: :func:`embed_without_grad` (step 1),
+    :func:`loss_and_embedding_grads` (step 2, after gathering the ranks' embeddings with
+    ``distributed``) and :func:`replay_backward` (step 3).
 
     Args:
         encoders: one encoder, or one per side (separate query/document towers). An encoder
@@ -244,58 +288,66 @@ def cached_backward(
         FloatingPointError: when the loss is not finite (with ``validate``).
 
     Example:
+        >>> from kexue.contrastive import InfoNCE
         >>> encoder = nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.1), nn.Linear(16, 8))
         >>> x = torch.randn(32, 8)
-        >>> step = cached_backward(encoder, [x, x], InfoNCE(0.05), micro_batch_size=8)
+        >>> step = cached_backward(encoder, [x, x], InfoNCE(temperature=0.05), micro_batch_size=8)
+        >>> step.loss.shape, encoder[0].weight.grad.shape
+        (torch.Size([]), torch.Size([16, 8]))
     """
     check_int("micro_batch_size", micro_batch_size, 1)
     sides = split_sides(batches)
     towers = _towers(encoders, sides)
-    used = encoder_devices(towers, sides, devices)
+    used = encoder_devices(towers, sides, devices=devices)
     amp = _autocast(autocast, used)
     if distributed:
         check_process_group()
-    dist_utils.check_fsdp_counts(towers, sum(len(_micro(batch_size(b), micro_batch_size)) for b in sides), group)
+    dist_utils.check_fsdp_counts(towers, sum(len(_micro(batch_size(b), micro_batch_size)) for b in sides), group=group)
     rng = replayed_devices(towers, used)
 
     start = time.perf_counter()
-    cached, states = _forward_no_grad(towers, sides, micro_batch_size, amp, rng)
+    cached, states = embed_without_grad(towers, sides, micro_batch_size=micro_batch_size, amp=amp, rng=rng)
     after_forward = RngState(rng)
     forward_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    offsets = [0] * len(cached)
-    if distributed:
-        gathered = [dist_utils.gather_rows(h, group) for h in cached]
-        cached, offsets = [g for g, _ in gathered], [o for _, o in gathered]
-    loss, grads = _loss_and_embedding_grads(loss_fn, cached, scale_loss, validate)
+    cached, offsets = _gather_sides(cached, distributed=distributed, group=group)
+    loss, grads = loss_and_embedding_grads(loss_fn, cached, scale_loss=scale_loss, validate=validate)
     loss_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    surrogate = _grad_pass(
-        towers, sides, grads, offsets, states if replay_rng else None, micro_batch_size, amp, distributed, group
-    )
+    sync = dist_utils.StepSync(towers, distributed=distributed, group=group)
+    items = _side_items(towers, sides, grads, offsets, states if replay_rng else None, micro_batch_size)
+    terms = replay_backward(items, sum(len(s) for s in states), sync, amp=amp, weight=sync.scale)
+    surrogate = torch.stack([t.to(grads[0].device) for t in terms]).sum() if terms else grads[0].new_zeros(())
     if distributed:
-        surrogate = dist_utils.sum_tensor(surrogate, group)
+        surrogate = dist_utils.sum_tensor(surrogate, group=group)
     after_forward.restore()
-    return CachedStep(
-        loss.detach(),
-        surrogate,
-        [h.detach() for h in cached],
-        {"forward_no_grad": forward_s, "loss": loss_s, "grad_pass": time.perf_counter() - start},
-    )
+    seconds = {"forward_no_grad": forward_s, "loss": loss_s, "grad_pass": time.perf_counter() - start}
+    return CachedStep(loss=loss.detach(), surrogate=surrogate, embeddings=[h.detach() for h in cached], seconds=seconds)
 
 
-def _forward_no_grad(
-    towers: Sequence[Callable[[Batch], Any]],
+def embed_without_grad(
+    towers: Sequence[Encoder],
     sides: Sequence[Batch],
+    *,
     micro_batch_size: int,
-    amp: Any,
+    amp: contextlib.AbstractContextManager[Any],
     rng: Sequence[torch.device],
 ) -> tuple[list[torch.Tensor], list[list[RngState]]]:
     """Step 1: embed every micro-batch without gradient, saving the RNG state before each.
 
     Half-precision embeddings are cached in float32 (the loss is computed in float32).
+
+    Args:
+        towers: the encoder of each side.
+        sides: the batch of each side.
+        micro_batch_size: samples per micro-batch.
+        amp: the autocast context of the encoders' forwards.
+        rng: the devices whose generators are saved before each micro-batch.
+
+    Returns:
+        ``(embeddings of each side, the RNG states of each side's micro-batches)``.
     """
     cached: list[torch.Tensor] = []
     states: list[list[RngState]] = []
@@ -312,10 +364,30 @@ def _forward_no_grad(
     return cached, states
 
 
-def _loss_and_embedding_grads(
-    loss_fn: Callable[..., torch.Tensor], cached: Sequence[torch.Tensor], scale_loss: float, validate: bool
+def _gather_sides(
+    cached: list[torch.Tensor], *, distributed: bool, group: ProcessGroup | None
+) -> tuple[list[torch.Tensor], list[int]]:
+    """Every rank's embeddings of each side with ``distributed`` (and this rank's offset in them)."""
+    if not distributed:
+        return cached, [0] * len(cached)
+    gathered = [dist_utils.gather_rows(h, group=group) for h in cached]
+    return [g for g, _ in gathered], [o for _, o in gathered]
+
+
+def loss_and_embedding_grads(
+    loss_fn: Callable[..., torch.Tensor], cached: Sequence[torch.Tensor], *, scale_loss: float, validate: bool
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Step 2: the true loss on the cached embeddings and ``∂L/∂h`` (the loss's own parameters get their gradient)."""
+    """Step 2: the true loss on the cached embeddings and ``∂L/∂h`` (the loss's own parameters get their gradient).
+
+    Args:
+        loss_fn: ``loss_fn(*embeddings) -> scalar``.
+        cached: the cached embeddings of each side.
+        scale_loss: the factor of the loss (and of every gradient).
+        validate: raise ``FloatingPointError`` on a non-finite loss (one host synchronisation).
+
+    Returns:
+        ``(the scaled loss, ∂L/∂h of each side)``.
+    """
     leaves = [h.detach().requires_grad_(True) for h in cached]
     with torch.enable_grad():
         loss = loss_fn(*leaves) * scale_loss
@@ -327,43 +399,77 @@ def _loss_and_embedding_grads(
     return loss, [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in leaves]
 
 
-def _grad_pass(
-    towers: Sequence[Callable[[Batch], Any]],
+class ReplayItem(NamedTuple):
+    """One micro-batch of the grad pass (step 3).
+
+    Args:
+        encoder: the encoder that embeds it.
+        inputs: the micro-batch.
+        grad: ``∂L/∂h`` of its rows (the dtype its ``⟨h, g⟩`` is computed in).
+        rng: the RNG state saved before its no-grad forward (``None``: not replayed).
+    """
+
+    encoder: Encoder
+    inputs: Batch
+    grad: torch.Tensor
+    rng: RngState | None
+
+
+def replay_backward(
+    items: Iterable[ReplayItem],
+    count: int,
+    sync: dist_utils.StepSync,
+    *,
+    amp: contextlib.AbstractContextManager[Any] | None = None,
+    weight: float | torch.Tensor = 1.0,
+) -> list[torch.Tensor]:
+    """Step 3: replay each micro-batch with gradient and backpropagate ``weight · ⟨h, g⟩``.
+
+    Serves :func:`cached_backward` and the backward of
+    :class:`~kexue.contrastive.st_loss.CachedContrastiveLoss`. One gradient reduction per step
+    (``sync``, finished here); nothing waits for the device: the terms stay tensors.
+
+    Args:
+        items: the micro-batches, in the order of the no-grad pass (may be a generator).
+        count: how many there are (the last one lets ``sync`` reduce).
+        sync: the step's :class:`~kexue.contrastive.distributed.StepSync`.
+        amp: the autocast context of the encoders' forwards (default: none).
+        weight: the factor of each backward (``1.0``: none; a tensor: the incoming gradient).
+
+    Returns:
+        Each micro-batch's ``⟨h, g⟩`` (detached, unweighted).
+    """
+    amp = contextlib.nullcontext() if amp is None else amp
+    terms: list[torch.Tensor] = []
+    with torch.enable_grad():  # the items are sliced in grad mode too (inputs that require grad keep it)
+        for number, item in enumerate(items, 1):
+            if item.rng is not None:
+                item.rng.restore()
+            with sync.micro_batch(last=number == count):
+                with amp:
+                    h = encode(item.encoder, item.inputs)
+                term = (h.to(item.grad.dtype) * item.grad).sum()  # ∂/∂h = g, rounded to h's dtype on the way back
+                (term if isinstance(weight, float) and weight == 1.0 else term * weight).backward()
+            terms.append(term.detach())
+    sync.finish()
+    return terms
+
+
+def _side_items(
+    towers: Sequence[Encoder],
     sides: Sequence[Batch],
     grads: Sequence[torch.Tensor],
     offsets: Sequence[int],
     states: list[list[RngState]] | None,
     micro_batch_size: int,
-    amp: Any,
-    distributed: bool,
-    group: Any,
-) -> torch.Tensor:
-    """Step 3: replay each micro-batch with gradient and backpropagate ``Σ ⟨h_i, g_i⟩``.
-
-    One gradient reduction per step (:class:`~kexue.contrastive.distributed.StepSync`); nothing
-    waits for the device: the surrogate's value is summed as a tensor.
-
-    Returns:
-        The surrogate's value (detached scalar, float32 or float64).
-    """
-    sync = dist_utils.StepSync(towers, distributed=distributed, group=group)
-    chunks = [_micro(batch_size(batch), micro_batch_size) for batch in sides]
-    remaining = sum(len(c) for c in chunks)
-    terms: list[torch.Tensor] = []
+) -> Iterator[ReplayItem]:
+    """The micro-batches of :func:`cached_backward`'s grad pass, sliced as they are replayed."""
     for index, (tower, batch, grad, offset) in enumerate(zip(towers, sides, grads, offsets, strict=True)):
-        for number, (lo, hi) in enumerate(chunks[index]):
-            remaining -= 1
-            if states is not None:
-                states[index][number].restore()
-            with torch.enable_grad(), sync.micro_batch(last=remaining == 0):
-                with amp:
-                    h = encode(tower, slice_batch(batch, lo, hi))
-                g = grad[offset + lo : offset + hi]
-                term = (h.to(g.dtype) * g).sum()  # ∂/∂h = g, rounded to h's dtype on the way back
-                (term * sync.scale if sync.scale != 1.0 else term).backward()
-            terms.append(term.detach().to(grads[0].device))
-    sync.finish()
-    return torch.stack(terms).sum() if terms else grads[0].new_zeros(())
+        for number, (lo, hi) in enumerate(_micro(batch_size(batch), micro_batch_size)):
+            rng = states[index][number] if states is not None else None
+            yield ReplayItem(
+                encoder=tower, inputs=slice_batch(batch, lo, hi), grad=grad[offset + lo : offset + hi], rng=rng
+            )
 
 
 def split_sides(batches: Batch | Sequence[Batch]) -> list[Batch]:
@@ -375,14 +481,31 @@ def split_sides(batches: Batch | Sequence[Batch]) -> list[Batch]:
 
 
 def naive_accumulation_backward(
-    encoder: Callable[[Batch], Any],
+    encoder: Encoder,
     batches: Sequence[Batch],
     loss_fn: Callable[..., torch.Tensor],
     *,
     micro_batch_size: int,
 ) -> float:
-    """Ordinary gradient accumulation (the wrong answer, for comparison): the loss of each
-    micro-batch on its own, backpropagated with weight ``1/n``; returns the mean loss."""
+    """Ordinary gradient accumulation (the wrong answer, for comparison).
+
+    The loss of each micro-batch on its own, backpropagated with weight ``1/n`` (``n``
+    micro-batches): its gradient is not the batch loss's for a loss that couples the samples.
+
+    Args:
+        encoder: maps a micro-batch to ``(n, D)`` embeddings.
+        batches: one batch per side.
+        loss_fn: ``loss_fn(*embeddings) -> scalar``.
+        micro_batch_size: samples per micro-batch.
+
+    Returns:
+        The mean of the micro-batch losses.
+
+    Example:
+        >>> from kexue.contrastive import InfoNCE
+        >>> x = torch.randn(16, 4)
+        >>> mean = naive_accumulation_backward(nn.Linear(4, 4), [x, x], InfoNCE(), micro_batch_size=4)
+    """
     check_int("micro_batch_size", micro_batch_size, 1)
     sides = list(batches)
     n = batch_size(sides[0])

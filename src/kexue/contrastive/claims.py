@@ -20,20 +20,22 @@ from kexue.contrastive import reference
 from kexue.contrastive._torchrun_check import launch
 from kexue.contrastive.cached import cached_backward, naive_accumulation_backward
 from kexue.contrastive.losses import InfoNCE, info_nce, info_nce_tiled
+from kexue.data import SentencePairs, load_sentence_transformer, load_stsb
 from kexue.report.claims import Article, ClaimContext, ClaimSuite, Headline
+from kexue.sts import cosine_spearman, sentence_transformer_encoder
 
 SUITE = ClaimSuite(
-    "contrastive",
-    Article(
-        "Can contrastive learning use gradient accumulation? (exact large-batch gradients)",
-        "https://kexue.fm/archives/8471",
+    technique="contrastive",
+    article=Article(
+        title="Can contrastive learning use gradient accumulation? (exact large-batch gradients)",
+        url="https://kexue.fm/archives/8471",
     ),
     headlines=(
         Headline(
-            "cached_equals_full.float32",
+            claim="cached_equals_full.float32",
             label="cached gradient vs the full-batch gradient (dropout on), max relative error",
         ),
-        Headline("time_split", ("extra / forward",), "extra time of caching, in no-grad forwards"),
+        Headline(claim="time_split", path=("extra / forward",), label="extra time of caching, in no-grad forwards"),
     ),
 )
 
@@ -46,7 +48,13 @@ def _encoder(dtype: torch.dtype, seed: int, dropout: float = 0.1) -> nn.Module:
 
 
 def _grads(*modules: nn.Module) -> list[torch.Tensor]:
-    return [p.grad.detach().clone() for m in modules for p in m.parameters() if p.requires_grad]
+    """Every trainable parameter's gradient (zeros where none reached it)."""
+    return [
+        p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+        for m in modules
+        for p in m.parameters()
+        if p.requires_grad
+    ]
 
 
 def _zero(*modules: nn.Module) -> None:
@@ -57,7 +65,18 @@ def _zero(*modules: nn.Module) -> None:
 def full_batch_reference(
     encoder: nn.Module, loss_fn: InfoNCE, x: torch.Tensor, micro: int, seed: int
 ) -> tuple[float, list[torch.Tensor]]:
-    """One backward through the whole batch, micro-batches forwarded in the cached run's RNG order."""
+    """One backward through the whole batch, micro-batches forwarded in the cached run's RNG order.
+
+    Args:
+        encoder: the dropout encoder.
+        loss_fn: the loss (its learnable temperature gets a gradient too).
+        x: the batch (both views are ``x``, with different dropout masks).
+        micro: the cached run's micro-batch size.
+        seed: the cached run's seed.
+
+    Returns:
+        ``(loss, the gradients of the encoder's and the loss's parameters)``.
+    """
     _zero(encoder, loss_fn)
     torch.manual_seed(seed)
     views = [torch.cat([encoder(x[i : i + micro]) for i in range(0, len(x), micro)]) for _ in range(2)]
@@ -76,7 +95,7 @@ def gradient_equivalence(ctx: ClaimContext) -> None:
     for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-10)):
         name = str(dtype).removeprefix("torch.")
         encoder = _encoder(dtype, ctx.seed)
-        loss_fn = InfoNCE(0.05, learnable=True).to(dtype)
+        loss_fn = InfoNCE(temperature=0.05, learnable=True).to(dtype)
         x = torch.randn(BATCH, 12, dtype=dtype, generator=torch.Generator().manual_seed(ctx.seed))
         cached, naive, unreplayed, surrogate = {}, {}, {}, {}
         for micro in micros:
@@ -97,7 +116,8 @@ def gradient_equivalence(ctx: ClaimContext) -> None:
         worst = max(cached.values())
         ctx.claim(
             f"cached_equals_full.{name}",
-            f"cached gradient = full-batch gradient with dropout on (batch {BATCH}, micro-batches {', '.join(map(str, micros))}, encoder and learnable temperature), max relative error",
+            f"cached gradient = full-batch gradient with dropout on (batch {BATCH}, micro-batches "
+            f"{', '.join(map(str, micros))}, encoder and learnable temperature), max relative error",
             article_value="equal",
             measured=worst,
             tolerance=tol,
@@ -115,7 +135,8 @@ def gradient_equivalence(ctx: ClaimContext) -> None:
         )
         ctx.claim(
             f"no_replay_gap.{name}",
-            "without replaying the RNG, dropout makes the cached gradient wrong (the article's admitted limit): relative error",
+            "without replaying the RNG, dropout makes the cached gradient wrong (the article's admitted limit): "
+            "relative error",
             article_value="inexact with dropout",
             measured={str(k): round(v, 4) for k, v in unreplayed.items()},
             documented=True,
@@ -166,7 +187,8 @@ def tiled_equals_dense(ctx: ClaimContext) -> None:
     )
     ctx.claim(
         "tiled_equals_dense",
-        f"tiled InfoNCE (512-blocks) = dense: loss and gradients (q, d, temperature) at N = {n}, D = {d}, max relative error",
+        f"tiled InfoNCE (512-blocks) = dense: loss and gradients (q, d, temperature) at N = {n}, D = {d}, "
+        "max relative error",
         article_value=None,
         measured=err,
         tolerance=1e-5,
@@ -180,12 +202,17 @@ def two_process_gloo(ctx: ClaimContext) -> None:
     worst = max(result["plain_grad_rel_err"], result["ddp_grad_rel_err"])
     ctx.claim(
         "two_process_gloo",
-        f"two gloo processes under torchrun (shards {' + '.join(map(str, result['shards']))}, all-gathered embeddings, dropout on, learnable temperature; bare and DDP-wrapped encoder) = single-process full-batch gradient, float64 max relative error",
+        f"two gloo processes under torchrun (shards {' + '.join(map(str, result['shards']))}, all-gathered "
+        "embeddings, dropout on, learnable temperature; bare and DDP-wrapped encoder) = single-process full-batch "
+        "gradient, float64 max relative error",
         article_value=None,
         measured=worst,
         tolerance=1e-10,
         passed=worst <= 1e-10,
-        details=f"loss {result['loss']:.6f}; loss errors {result['plain_loss_abs_err']:.1e} / {result['ddp_loss_abs_err']:.1e}",
+        details=(
+            f"loss {result['loss']:.6f}; loss errors {result['plain_loss_abs_err']:.1e} / "
+            f"{result['ddp_loss_abs_err']:.1e}"
+        ),
     )
 
 
@@ -199,7 +226,7 @@ def time_split(ctx: ClaimContext) -> None:
         return encoder(x).mean(1)
 
     x = torch.randn(256, 32, 128, generator=torch.Generator().manual_seed(ctx.seed))
-    loss_fn = InfoNCE(0.05)
+    loss_fn = InfoNCE(temperature=0.05)
     runs = 3
     plain, cached, splits = [], [], []
     for _ in range(runs):
@@ -217,7 +244,8 @@ def time_split(ctx: ClaimContext) -> None:
     extra = (c - p) / fwd
     ctx.claim(
         "time_split",
-        "extra cost of the cached step ≈ one no-grad forward: (cached − plain) / no-grad forward time (batch 256, micro 32, 2-layer Transformer, CPU)",
+        "extra cost of the cached step ≈ one no-grad forward: (cached − plain) / no-grad forward time "
+        "(batch 256, micro 32, 2-layer Transformer, CPU)",
         article_value="one extra forward",
         measured={
             "plain step s": round(p, 3),
@@ -236,15 +264,16 @@ def fine_tune_stsb(ctx: ClaimContext) -> None:
     Full scale scores the whole STS-B test set before and after; quick scale every third pair
     (460 of 1,379, every genre), the same pairs before and after, so the change is still paired.
     """
-    from kexue.contrastive.train import TrainConfig, train_embedder
-    from kexue.data import SentencePairs, load_sentence_transformer, load_stsb
-    from kexue.sts import cosine_spearman, sentence_transformer_encoder
+    from kexue.contrastive.train import TrainConfig, train_embedder  # optional extra: nlp (a missing one skips)
 
     train = load_stsb("train")
     test = load_stsb("test")
     if not ctx.full:
         test = SentencePairs(
-            f"{test.name} (every 3rd pair)", test.sentences1[::3], test.sentences2[::3], test.scores[::3]
+            name=f"{test.name} (every 3rd pair)",
+            sentences1=test.sentences1[::3],
+            sentences2=test.sentences2[::3],
+            scores=test.scores[::3],
         )
     corpus = list(dict.fromkeys(train.sentences1 + train.sentences2))  # unlabelled sentences
     batch, micro, steps = (256, 32, 12) if ctx.full else (32, 8, 4)
@@ -272,7 +301,10 @@ def fine_tune_stsb(ctx: ClaimContext) -> None:
     change = after - before
     ctx.claim(
         "fine_tune_stsb",
-        f"kexue train-embedder, unsupervised SimCSE on the {len(corpus)} unlabelled STS-B train sentences, embedded all-MiniLM-L6-v2, effective batch {batch} from micro-batches of {micro}, {steps} steps, lr 1e-5: Spearman x100 on {len(test)} STS-B test pairs improves or is kept (change >= -0.5); the saved model is the one scored",
+        f"kexue train-embedder, unsupervised SimCSE on the {len(corpus)} unlabelled STS-B train sentences, "
+        f"embedded all-MiniLM-L6-v2, effective batch {batch} from micro-batches of {micro}, {steps} steps, "
+        f"lr 1e-5: Spearman x100 on {len(test)} STS-B test pairs improves or is kept (change >= -0.5); "
+        "the saved model is the one scored",
         article_value=None,
         measured={
             "before": round(before, 2),

@@ -14,8 +14,8 @@ Launch with ``torchrun --nproc_per_node N your_script.py``; a worked check lives
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, TypeGuard
 
 import torch
 import torch.distributed as dist
@@ -23,15 +23,29 @@ from torch import nn
 
 from kexue._device import collective_device
 
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+
+try:
+    from torch.distributed.fsdp import FSDPModule
+except ImportError:  # pragma: no cover - torch < 2.6 has no public FSDP2
+    _FSDP_TYPES: tuple[type, ...] = ()
+else:
+    _FSDP_TYPES = (FSDPModule,)
+
 __all__ = ["StepSync", "check_fsdp_counts", "gather_rows", "gather_with_local", "sum_grads", "sum_tensor"]
 
 
-def gather_rows(x: torch.Tensor, group: Any = None) -> tuple[torch.Tensor, int]:
+def gather_rows(x: torch.Tensor, *, group: ProcessGroup | None = None) -> tuple[torch.Tensor, int]:
     """All-gather ``x`` along dim 0 (row counts may differ by rank).
 
     The row counts travel on the backend's device (:func:`kexue._device.collective_device`) and
     reach the host once (the padded gather needs them); ``x`` must be on that device already
     (CUDA for NCCL).
+
+    Args:
+        x: this rank's rows.
+        group: the process group (default: the world).
 
     Returns:
         ``(global rows in rank order, offset of this rank's rows)``.
@@ -51,18 +65,22 @@ def gather_rows(x: torch.Tensor, group: Any = None) -> tuple[torch.Tensor, int]:
     return rows, sum(counts[:rank])
 
 
-def gather_with_local(x: torch.Tensor, group: Any = None) -> tuple[torch.Tensor, int]:
-    """:func:`gather_rows` keeping this rank's own rows as ``x`` itself, so gradients reach them."""
-    rows, offset = gather_rows(x.detach(), group)
+def gather_with_local(x: torch.Tensor, *, group: ProcessGroup | None = None) -> tuple[torch.Tensor, int]:
+    """:func:`gather_rows` keeping this rank's own rows as ``x`` itself, so gradients reach them.
+
+    Args:
+        x: this rank's rows.
+        group: the process group (default: the world).
+
+    Returns:
+        ``(global rows in rank order, offset of this rank's rows)``.
+    """
+    rows, offset = gather_rows(x.detach(), group=group)
     return torch.cat((rows[:offset], x, rows[offset + x.shape[0] :])), offset
 
 
-def _is_fsdp(module: Any) -> bool:
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # pragma: no cover - torch without FSDP2
-        return False
-    return isinstance(module, FSDPModule)
+def _is_fsdp(module: object) -> TypeGuard[FSDPModule]:
+    return isinstance(module, _FSDP_TYPES)
 
 
 class StepSync:
@@ -87,9 +105,19 @@ class StepSync:
     FSDP2 all-gathers parameters in every forward, so every rank must run the same number of
     micro-batches: :func:`check_fsdp_counts` raises a clear error on every rank (instead of a
     collective mismatch) when they differ.
+
+    Args:
+        towers: the step's encoders (shared ones counted once).
+        distributed: the loss is the global batch's (negatives gathered from every rank).
+        group: the process group (default: the world).
     """
 
-    def __init__(self, towers: Sequence[Any], *, distributed: bool, group: Any = None) -> None:
+    ddp: list[nn.parallel.DistributedDataParallel]
+    fsdp: list[FSDPModule]
+    scale: float  # the grad pass's factor: the world size for FSDP2 with ``distributed``, else 1
+    params: list[nn.Parameter]  # the parameters whose gradients finish() sums over ranks
+
+    def __init__(self, towers: Sequence[object], *, distributed: bool, group: ProcessGroup | None = None) -> None:
         unique = list({id(t): t for t in towers}.values())
         self.distributed, self.group = distributed, group
         self.ddp = [t for t in unique if isinstance(t, nn.parallel.DistributedDataParallel)]
@@ -101,27 +129,40 @@ class StepSync:
         self._stashed = stash_grads(self.params)
 
     @contextlib.contextmanager
-    def micro_batch(self, last: bool):
-        """The context of one micro-batch's forward and backward (``last``: the step's final one)."""
+    def micro_batch(self, *, last: bool) -> Iterator[None]:
+        """The context of one micro-batch's forward and backward.
+
+        Args:
+            last: the step's final micro-batch (the one that reduces, where this object does not).
+        """
         with contextlib.ExitStack() as stack:
             for tower in self.ddp:
                 if self.distributed or not last:
                     stack.enter_context(tower.no_sync())
-            for tower in self.fsdp:
-                tower.set_requires_gradient_sync(last)
+            for sharded in self.fsdp:
+                sharded.set_requires_gradient_sync(last)
             yield
 
     def finish(self) -> None:
         """Sum the step's gradients over ranks where this object does it, and restore earlier ones."""
-        for tower in self.fsdp:
-            tower.set_requires_gradient_sync(True)
+        for sharded in self.fsdp:
+            sharded.set_requires_gradient_sync(True)
         if self.params:
-            sum_grads(self.params, self.group)
+            sum_grads(self.params, group=self.group)
         unstash_grads(self.params, self._stashed)
 
 
-def check_fsdp_counts(towers: Sequence[Any], micro_batches: int, group: Any = None) -> None:
-    """With FSDP2 encoders, raise a ValueError on every rank unless all ranks run ``micro_batches``."""
+def check_fsdp_counts(towers: Sequence[object], micro_batches: int, *, group: ProcessGroup | None = None) -> None:
+    """With FSDP2 encoders, raise a ValueError on every rank unless all ranks run ``micro_batches``.
+
+    Args:
+        towers: the step's encoders (nothing is checked unless one is an FSDP2 module).
+        micro_batches: this rank's number of micro-batches.
+        group: the process group (default: the world).
+
+    Raises:
+        ValueError: when the ranks' counts differ.
+    """
     if not any(_is_fsdp(t) for t in towers):
         return
     device = collective_device(group)  # NCCL refuses CPU tensors
@@ -136,7 +177,7 @@ def check_fsdp_counts(towers: Sequence[Any], micro_batches: int, group: Any = No
         )
 
 
-def tower_parameters(towers: Sequence[Any]) -> list[nn.Parameter]:
+def tower_parameters(towers: Sequence[object]) -> list[nn.Parameter]:
     """The trainable parameters of the encoders, each once (shared towers deduplicated)."""
     seen: dict[int, nn.Parameter] = {}
     for tower in towers:
@@ -157,31 +198,47 @@ def stash_grads(params: Iterable[nn.Parameter]) -> list[torch.Tensor | None]:
 
 
 def unstash_grads(params: Sequence[nn.Parameter], stashed: Sequence[torch.Tensor | None]) -> None:
+    """Add the gradients taken by :func:`stash_grads` back into ``params``."""
     for p, g in zip(params, stashed, strict=True):
         if g is not None:
             p.grad = g if p.grad is None else p.grad.add_(g)
 
 
-def sum_grads(params: Sequence[nn.Parameter], group: Any = None) -> None:
-    """Sum ``.grad`` over ranks, one flat all-reduce per dtype (missing grads count as zeros)."""
+def sum_grads(params: Sequence[nn.Parameter], *, group: ProcessGroup | None = None) -> None:
+    """Sum ``.grad`` over ranks, one flat all-reduce per dtype (missing grads count as zeros).
+
+    Args:
+        params: the parameters (the same list, in the same order, on every rank).
+        group: the process group (default: the world).
+    """
+    grads: list[torch.Tensor] = []
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    by_dtype: dict[tuple[torch.dtype, torch.device], list[nn.Parameter]] = {}
-    for p in params:
-        by_dtype.setdefault((p.grad.dtype, p.grad.device), []).append(p)
+        grads.append(p.grad)
+    by_dtype: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+    for g in grads:
+        by_dtype.setdefault((g.dtype, g.device), []).append(g)
     for bucket in by_dtype.values():
-        flat = torch.cat([p.grad.reshape(-1) for p in bucket])
+        flat = torch.cat([g.reshape(-1) for g in bucket])
         dist.all_reduce(flat, group=group)
         start = 0
-        for p in bucket:
-            n = p.grad.numel()
-            p.grad.copy_(flat[start : start + n].view_as(p.grad))
+        for g in bucket:
+            n = g.numel()
+            g.copy_(flat[start : start + n].view_as(g))
             start += n
 
 
-def sum_tensor(value: torch.Tensor, group: Any = None) -> torch.Tensor:
-    """``value`` summed over ranks (a new tensor on ``value``'s device; the reduction runs on the backend's device)."""
+def sum_tensor(value: torch.Tensor, *, group: ProcessGroup | None = None) -> torch.Tensor:
+    """``value`` summed over ranks (a new tensor on ``value``'s device; the reduction runs on the backend's device).
+
+    Args:
+        value: this rank's tensor.
+        group: the process group (default: the world).
+
+    Returns:
+        The sum over ranks.
+    """
     total = value.detach().to(collective_device(group), copy=True)
     dist.all_reduce(total, group=group)
     return total.to(value.device)

@@ -19,7 +19,8 @@ sum to 1, e.g. ``1/k`` for k positives).
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -30,6 +31,7 @@ from kexue._shared import check_choice, check_finite, check_int, check_number
 __all__ = ["InfoNCE", "info_nce", "info_nce_tiled"]
 
 Similarity = Literal["cosine", "dot"]
+SIMILARITIES: tuple[Similarity, ...] = get_args(Similarity)
 
 
 def _index_targets(
@@ -58,6 +60,7 @@ def _is_index(targets: torch.Tensor | None) -> bool:
 def _dense_targets(
     targets: torch.Tensor | None, n: int, m: int, device: torch.device, dtype: torch.dtype, validate: bool = True
 ) -> torch.Tensor:
+    """The ``(N, M)`` target matrix of any accepted form (``None``, indices, or dense weights)."""
     if targets is None:
         _index_targets(None, n, m, device)
         return torch.eye(n, m, device=device, dtype=dtype)
@@ -74,9 +77,9 @@ def _dense_targets(
     return targets.to(dtype)
 
 
-def _validate(q: torch.Tensor, d: torch.Tensor, similarity: str, values: bool = True) -> None:
+def _validate(q: torch.Tensor, d: torch.Tensor, similarity: Similarity, values: bool = True) -> None:
     """Types and shapes always; with ``values``, finiteness too (a host synchronisation; skipped on meta)."""
-    check_choice("similarity", similarity, ("cosine", "dot"))
+    check_choice("similarity", similarity, SIMILARITIES)
     for name, t in (("q", q), ("d", d)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor of embeddings; got {type(t).__name__}")
@@ -100,7 +103,7 @@ def _accumulation(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _prepare(q: torch.Tensor, d: torch.Tensor, similarity: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _prepare(q: torch.Tensor, d: torch.Tensor, similarity: Similarity) -> tuple[torch.Tensor, torch.Tensor]:
     if similarity == "cosine":
         return nn.functional.normalize(q, dim=-1), nn.functional.normalize(d, dim=-1)
     return q, d
@@ -132,6 +135,11 @@ def info_nce(
         Scalar loss (mean over rows): float64 for float64 embeddings, else float32. It is
         computed in that dtype with autocast off (the embeddings of any floating dtype are
         upcast once), so bfloat16 embeddings lose nothing in the softmax.
+
+    Example:
+        >>> q = torch.randn(4, 8)
+        >>> info_nce(q, q + 0.01 * torch.randn(4, 8), scale=20.0).shape
+        torch.Size([])
     """
     d = q if d is None else d
     _validate(q, d, similarity, validate)
@@ -155,7 +163,9 @@ class _TiledInfoNCE(torch.autograd.Function):
     """Row-direction InfoNCE with index targets, computed over (tile × tile) blocks."""
 
     @staticmethod
-    def forward(ctx, q, d, scale, index, tile: int):  # type: ignore[override]
+    def forward(
+        ctx: Any, q: torch.Tensor, d: torch.Tensor, scale: torch.Tensor, index: torch.Tensor, tile: int
+    ) -> torch.Tensor:
         n, m = q.shape[0], d.shape[0]
         lse = torch.empty(n, dtype=torch.float32 if q.dtype != torch.float64 else torch.float64, device=q.device)
         acc = lse.dtype
@@ -173,7 +183,7 @@ class _TiledInfoNCE(torch.autograd.Function):
         return loss
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, None, None]:
         q, d, scale, index, lse = ctx.saved_tensors
         tile, n, m = ctx.tile, q.shape[0], d.shape[0]
         acc = lse.dtype
@@ -196,8 +206,8 @@ class _TiledInfoNCE(torch.autograd.Function):
         g_d.index_add_(0, index, -sc * q.to(acc))
         g_scale -= (q.to(acc) * qd).sum()
         factor = grad.to(acc) / n
-        g_scale = (g_scale * factor).reshape(scale.shape).to(scale.dtype) if ctx.needs_input_grad[2] else None
-        return (g_q * factor).to(q.dtype), (g_d * factor).to(d.dtype), g_scale, None, None
+        scale_grad = (g_scale * factor).reshape(scale.shape).to(scale.dtype) if ctx.needs_input_grad[2] else None
+        return (g_q * factor).to(q.dtype), (g_d * factor).to(d.dtype), scale_grad, None, None
 
 
 def info_nce_tiled(
@@ -218,7 +228,11 @@ def info_nce_tiled(
     (accumulated in float32, float64 for float64 inputs).
 
     Args:
+        q: ``(N, D)`` query embeddings.
+        d: ``(M, D)`` document embeddings (default ``q``).
         targets: ``None`` (document i is query i's positive) or ``(N,)`` indices.
+        scale: ``1/τ``; a tensor (e.g. ``log_scale.exp()``) makes the temperature learnable.
+        similarity: ``"cosine"`` or ``"dot"``.
         tile: block size (rows and columns).
         validate: check finiteness and target ranges (host synchronisations; ``False``: none).
 
@@ -226,6 +240,11 @@ def info_nce_tiled(
         Scalar loss: float64 for float64 embeddings, else float32 (autocast off inside). Its value
         is ``LSE − s`` per row, with an absolute error of about ``scale · eps`` per row: relative
         precision is lost only when the loss itself is near 0 (the dense form keeps it).
+
+    Example:
+        >>> q, d = torch.randn(6, 4), torch.randn(6, 4)
+        >>> torch.allclose(info_nce_tiled(q, d, tile=4), info_nce(q, d))
+        True
     """
     d = q if d is None else d
     _validate(q, d, similarity, validate)
@@ -265,10 +284,12 @@ class InfoNCE(nn.Module):
         >>> loss = loss_fn(torch.randn(8, 16), torch.randn(8, 16))
     """
 
+    log_scale: torch.Tensor  # log(1/τ): a Parameter with ``learnable``, else a buffer
+
     def __init__(
         self,
-        temperature: float = 0.05,
         *,
+        temperature: float = 0.05,
         learnable: bool = False,
         similarity: Similarity = "cosine",
         symmetric: bool = False,
@@ -279,7 +300,7 @@ class InfoNCE(nn.Module):
     ) -> None:
         super().__init__()
         check_number("temperature", temperature, above=0)
-        self.similarity = check_choice("similarity", similarity, ("cosine", "dot"))
+        self.similarity: Similarity = check_choice("similarity", similarity, SIMILARITIES)
         if tiled and symmetric:
             raise ValueError("tiled=True supports the row direction only; use symmetric=False or tiled=False")
         self.symmetric, self.tiled, self.tile, self.max_scale = symmetric, tiled, tile, max_scale
@@ -292,11 +313,22 @@ class InfoNCE(nn.Module):
 
     @property
     def scale(self) -> torch.Tensor:
+        """``1/τ``: ``exp(log_scale)`` clamped to ``max_scale`` (a 0-dim tensor)."""
         return self.log_scale.clamp(max=math.log(self.max_scale)).exp()
 
     def forward(
         self, q: torch.Tensor, d: torch.Tensor | None = None, targets: torch.Tensor | None = None
     ) -> torch.Tensor:
+        """The loss of ``q`` against ``d`` at this module's temperature (see :func:`info_nce`).
+
+        Args:
+            q: ``(N, D)`` query embeddings.
+            d: ``(M, D)`` document embeddings (default ``q``).
+            targets: ``None``, ``(N,)`` indices or ``(N, M)`` weights (``tiled``: not weights).
+
+        Returns:
+            The scalar loss (float32; float64 for float64 embeddings).
+        """
         if not isinstance(q, torch.Tensor) or not q.is_floating_point():
             raise TypeError(
                 f"q must be a floating-point torch.Tensor of embeddings; got {getattr(q, 'dtype', type(q).__name__)}"
@@ -310,7 +342,7 @@ class InfoNCE(nn.Module):
             q, d, targets, scale=scale, similarity=self.similarity, symmetric=self.symmetric, validate=self.validate
         )
 
-    def _apply(self, fn: Any, recurse: bool = True) -> InfoNCE:
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> InfoNCE:
         """Follow ``.to()``/``.cuda()``/``.double()``, but keep the temperature in at least float32:
         ``model.bfloat16()`` would otherwise round ``log(1/τ)`` (1/0.07 becomes 14.25)."""
         before = self.log_scale.detach().clone()

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from kexue.contrastive.losses import Similarity
+
 __all__ = ["embedding_gradient_reference", "info_nce_reference"]
 
 
@@ -23,13 +25,29 @@ def info_nce_reference(
     targets: torch.Tensor,
     *,
     scale: float = 1.0,
-    similarity: str = "dot",
+    similarity: Similarity = "dot",
     symmetric: bool = False,
 ) -> torch.Tensor:
     """``−(1/N) Σ_ij t_ij log softmax_j(scale · sim(q_i, d_j))`` in float64, by the definition.
 
     With ``symmetric=True``, the mean of that and the same loss over columns
     (``softmax_i``, targets ``tᵀ``, columns with no target excluded).
+
+    Args:
+        q: ``(N, D)`` queries.
+        d: ``(M, D)`` documents.
+        targets: the dense ``(N, M)`` target matrix.
+        scale: ``1/τ``.
+        similarity: ``"cosine"`` or ``"dot"``.
+        symmetric: average with the column direction.
+
+    Returns:
+        The float64 scalar loss.
+
+    Example:
+        >>> q = torch.eye(3)
+        >>> round(float(info_nce_reference(q, q, torch.eye(3), scale=10.0)), 6)
+        9.1e-05
     """
     q, d, t = q.double(), d.double(), targets.double()
     if similarity == "cosine":
@@ -49,6 +67,13 @@ def embedding_gradient_reference(h: torch.Tensor, targets: torch.Tensor) -> torc
 
     ``s_ij`` depends on ``h_i`` through row ``i`` and column ``i``, so
     ``∂L/∂h_i = (1/N) Σ_j [(p_ij − t_ij) + (p_ji − t_ji)] h_j``.
+
+    Args:
+        h: ``(N, D)`` embeddings.
+        targets: the dense ``(N, N)`` target matrix.
+
+    Returns:
+        ``(N, D)`` float64 gradient of the loss with respect to ``h``.
     """
     h, t = h.double(), targets.double()
     p = torch.softmax(h @ h.T, dim=1)

@@ -37,9 +37,9 @@ Reference: Su Jianlin, https://kexue.fm/archives/8471; Gao et al., GradCache, ar
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -47,8 +47,18 @@ from torch import nn
 from kexue._device import RngState
 from kexue._shared import check_bool, check_int, check_number, check_process_group
 from kexue.contrastive import distributed as dist_utils
-from kexue.contrastive.cached import _check_batchnorm, encode, encoder_devices, replayed_devices
+from kexue.contrastive.cached import (
+    ReplayItem,
+    _check_batchnorm,
+    encode,
+    encoder_devices,
+    replay_backward,
+    replayed_devices,
+)
 from kexue.contrastive.losses import InfoNCE, Similarity
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = ["CachedContrastiveLoss", "MicroBatchPlan", "plan_micro_batches"]
 
@@ -57,7 +67,7 @@ __all__ = ["CachedContrastiveLoss", "MicroBatchPlan", "plan_micro_batches"]
 class MicroBatchPlan:
     """How one column of a batch is split.
 
-    Attributes:
+    Args:
         groups: sample indices of each micro-batch, in the order they are embedded.
         widths: the padded width each micro-batch is cut to (``None``: kept whole).
         inverse: the permutation putting the concatenated micro-batches back in batch order.
@@ -97,13 +107,28 @@ def plan_micro_batches(
 
     The index tensors live on the attention mask's device; the lengths reach the host once
     (one transfer per column, none without an attention mask), never once per micro-batch.
+
+    Args:
+        feature: one column's features (``input_ids``, ``attention_mask``, ...).
+        micro_batch_size: samples per micro-batch (without ``micro_batch_tokens``).
+        micro_batch_tokens: the padded-token budget of a micro-batch (``None``: by count).
+        sort_by_length: take the samples longest first.
+
+    Returns:
+        The :class:`MicroBatchPlan`.
+
+    Example:
+        >>> mask = torch.tensor([[1, 0, 0], [1, 1, 1], [1, 1, 0]])
+        >>> plan = plan_micro_batches({"attention_mask": mask}, micro_batch_size=2)
+        >>> [g.tolist() for g in plan.groups], plan.widths
+        ([[1, 2], [0]], [3, 1])
     """
     n = _size(feature)
     mask = feature.get("attention_mask")
     if not (isinstance(mask, torch.Tensor) and mask.dim() == 2):
         order = torch.arange(n, device=mask.device if isinstance(mask, torch.Tensor) else None)
         groups = list(order.split(micro_batch_size))
-        return MicroBatchPlan(groups, [None] * len(groups), order)
+        return MicroBatchPlan(groups=groups, widths=[None] * len(groups), inverse=order)
     lengths = mask.sum(dim=1)  # (n,)
     order = (
         torch.argsort(lengths, descending=True, stable=True) if sort_by_length else torch.arange(n, device=mask.device)
@@ -114,7 +139,7 @@ def plan_micro_batches(
     bounds = _pack(sorted_lengths, micro_batch_size, micro_batch_tokens)
     groups = [order[lo:hi] for lo, hi in bounds]
     widths = [max(sorted_lengths[lo:hi]) if right and hi > lo else None for lo, hi in bounds]
-    return MicroBatchPlan(groups, widths, torch.argsort(order))
+    return MicroBatchPlan(groups=groups, widths=widths, inverse=torch.argsort(order))
 
 
 def _pack(lengths: list[int], size: int, tokens: int | None) -> list[tuple[int, int]]:
@@ -134,14 +159,31 @@ def _pack(lengths: list[int], size: int, tokens: int | None) -> list[tuple[int, 
 
 
 def tokenized(model: Any, texts: Sequence[str]) -> dict[str, Any]:
-    """A sentence-transformers model's features for ``texts``, on the model's device."""
+    """A sentence-transformers model's features for ``texts``, on the model's device.
+
+    Args:
+        model: a ``SentenceTransformer`` (its ``preprocess``, or ``tokenize`` before 5.0).
+        texts: the sentences.
+
+    Returns:
+        The features, tensors moved to the device of the model's first parameter.
+    """
     prepare = getattr(model, "preprocess", None) or model.tokenize
     device = next(model.parameters()).device
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in prepare(list(texts)).items()}
 
 
 def take(feature: dict[str, Any], index: torch.Tensor, width: int | None) -> dict[str, Any]:
-    """Samples ``index`` of a tokenised column, sequences cut to ``width`` (batched tensors only)."""
+    """Samples ``index`` of a tokenised column, sequences cut to ``width`` (batched tensors only).
+
+    Args:
+        feature: one column's features.
+        index: the samples to take.
+        width: the padded width to cut the token tensors to (``None``: kept whole).
+
+    Returns:
+        The micro-batch's features (entries that are not batched tensors kept as they are).
+    """
     n = _size(feature)
     out = {}
     for key, value in feature.items():
@@ -161,12 +203,14 @@ class _Replay(torch.autograd.Function):
     """Passes the loss through; its backward runs the grad pass (step 3) with the incoming gradient."""
 
     @staticmethod
-    def forward(ctx, loss, anchor, replay):  # type: ignore[override]
+    def forward(
+        ctx: Any, loss: torch.Tensor, anchor: torch.Tensor, replay: Callable[[torch.Tensor], None]
+    ) -> torch.Tensor:
         ctx.replay, ctx.attached = replay, loss.requires_grad
         return loss.detach().clone()
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
         ctx.replay(grad)
         return (grad if ctx.attached else None), None, None
 
@@ -194,11 +238,16 @@ class CachedContrastiveLoss(nn.Module):
         group: the process group (default: the world).
 
     The returned loss's ``backward()`` leaves the gradient in the parameters, as any loss does.
-    Called with gradients disabled (evaluation), it only computes the loss.
+    Called with gradients disabled (evaluation), it only computes the loss. In a trainer:
+    ``SentenceTransformerTrainer(model=model, train_dataset=pairs, loss=CachedContrastiveLoss(model))``.
 
     Example:
-        >>> loss = CachedContrastiveLoss(model, micro_batch_size=16)
-        >>> trainer = SentenceTransformerTrainer(model=model, train_dataset=pairs, loss=loss)
+        >>> embed = nn.EmbeddingBag(50, 8)  # stands in for a SentenceTransformer
+        >>> loss = CachedContrastiveLoss(lambda features: embed(features["input_ids"]), micro_batch_size=2)
+        >>> ids = torch.randint(0, 50, (6, 5))
+        >>> loss([{"input_ids": ids}, {"input_ids": ids.flip(0)}]).backward()
+        >>> embed.weight.grad.shape
+        torch.Size([50, 8])
     """
 
     # MatryoshkaLoss (and AdaptiveLayerLoss) look for this: see sentence_transformers' gradcache
@@ -220,7 +269,7 @@ class CachedContrastiveLoss(nn.Module):
         sort_by_length: bool = True,
         replay_rng: bool = True,
         distributed: bool = False,
-        group: Any = None,
+        group: ProcessGroup | None = None,
     ) -> None:
         super().__init__()
         if not callable(model):
@@ -229,7 +278,7 @@ class CachedContrastiveLoss(nn.Module):
             )
         self.model = model
         self.info_nce = InfoNCE(
-            1.0 / check_number("scale", scale, above=0),
+            temperature=1.0 / check_number("scale", scale, above=0),
             learnable=check_bool("learnable_scale", learnable_scale),
             similarity=similarity,
             symmetric=check_bool("symmetric", symmetric),
@@ -252,6 +301,16 @@ class CachedContrastiveLoss(nn.Module):
     def forward(
         self, sentence_features: Iterable[dict[str, torch.Tensor]], labels: torch.Tensor | None = None
     ) -> torch.Tensor:
+        """The batch loss; its ``backward()`` replays the micro-batches (steps 1 and 2 run here).
+
+        Args:
+            sentence_features: the trainer's tokenised columns: anchor, positive, then any
+                hard negatives.
+            labels: ignored (the targets are the positives), as in sentence-transformers.
+
+        Returns:
+            The scalar loss of the whole batch (with ``distributed``, of the global batch).
+        """
         features = list(sentence_features)
         if len(features) < 2:
             raise ValueError(
@@ -270,19 +329,21 @@ class CachedContrastiveLoss(nn.Module):
             )
             for f in features
         ]
-        dist_utils.check_fsdp_counts([self.model], sum(len(p.groups) for p in self._plans), self.group)
+        dist_utils.check_fsdp_counts([self.model], sum(len(p.groups) for p in self._plans), group=self.group)
         training = torch.is_grad_enabled()
         rng = self._rng_devices(features)
         reps, states = self._embed(features, capture=training, rng=rng)
         if not training:
             return self.calculate_loss(reps, labels)
         loss = self.calculate_loss(reps, labels, with_backward=True)
-        cache = []
-        for column, parts in enumerate(reps):
-            if any(part.grad is None for part in parts):
-                raise ValueError(f"column {column} received no gradient from the loss; remove it from the dataset")
-            cache.append([part.grad.detach().clone() for part in parts])
-        replay = _ReplayPass(self, features, list(self._plans), cache, states, RngState(rng))
+        replay = _ReplayPass(
+            loss=self,
+            features=features,
+            plans=list(self._plans),
+            cache=_embedding_grads(reps),
+            states=states,
+            after=RngState(rng),
+        )
         return _Replay.apply(loss, torch.zeros((), requires_grad=True), replay)
 
     # --- MatryoshkaLoss's contract ---------------------------------------------------------------
@@ -294,6 +355,14 @@ class CachedContrastiveLoss(nn.Module):
 
         With ``with_backward``, differentiate it up to ``reps`` (their ``.grad``) and return it,
         still attached to a learnable scale so that scale's gradient flows in the outer backward.
+
+        Args:
+            reps: each column's embeddings, one tensor per micro-batch of the plan.
+            labels: ignored (the targets are the positives).
+            with_backward: differentiate up to ``reps`` (step 2 of a training step).
+
+        Returns:
+            The scalar InfoNCE loss of the batch (anchor ``i``'s target: positive ``i``).
         """
         if len(reps) != len(self._plans):
             raise ValueError(f"got embeddings of {len(reps)} columns for a plan of {len(self._plans)}")
@@ -302,8 +371,8 @@ class CachedContrastiveLoss(nn.Module):
         ]
         anchors, documents = columns[0], columns[1:]
         if self.distributed:
-            anchors = dist_utils.gather_with_local(anchors, self.group)[0]
-            documents = [dist_utils.gather_with_local(d, self.group)[0] for d in documents]
+            anchors = dist_utils.gather_with_local(anchors, group=self.group)[0]
+            documents = [dist_utils.gather_with_local(d, group=self.group)[0] for d in documents]
         loss = self.info_nce(anchors, torch.cat(documents))  # anchor i's target: positive i
         if not with_backward:
             return loss
@@ -313,6 +382,11 @@ class CachedContrastiveLoss(nn.Module):
         return loss if learnable else loss.detach()
 
     def get_config_dict(self) -> dict[str, Any]:
+        """The loss's settings, as sentence-transformers' model card records them.
+
+        Returns:
+            The options (the current scale, for a learnable one).
+        """
         return {
             "scale": float(self.info_nce.scale),
             "learnable_scale": self.info_nce.log_scale.requires_grad,
@@ -327,9 +401,10 @@ class CachedContrastiveLoss(nn.Module):
 
     @property
     def citation(self) -> str:
+        """The BibTeX entry of the article, for the model card."""
         return (
-            "@misc{su2021contrastive, title={Can contrastive learning use gradient accumulation?}, author={Su Jianlin}, "
-            "year={2021}, url={https://kexue.fm/archives/8471}}"
+            "@misc{su2021contrastive, title={Can contrastive learning use gradient accumulation?}, "
+            "author={Su Jianlin}, year={2021}, url={https://kexue.fm/archives/8471}}"
         )
 
     # --- steps 1 and 3 ---------------------------------------------------------------------------
@@ -340,13 +415,15 @@ class CachedContrastiveLoss(nn.Module):
         return replayed_devices([self.model], encoder_devices([self.model], features))
 
     def _embed(
-        self, features: list[dict[str, Any]], capture: bool, rng: list[torch.device]
+        self, features: list[dict[str, Any]], *, capture: bool, rng: list[torch.device]
     ) -> tuple[list[list[torch.Tensor]], list[list[RngState]]]:
         """Step 1: every micro-batch without gradient (the RNG state of every device saved before each)."""
-        reps, states = [], []
+        reps: list[list[torch.Tensor]] = []
+        states: list[list[RngState]] = []
         with torch.no_grad():
             for feature, plan in zip(features, self._plans, strict=True):
-                parts, column_states = [], []
+                parts: list[torch.Tensor] = []
+                column_states: list[RngState] = []
                 for index, width in zip(plan.groups, plan.widths, strict=True):
                     if capture:
                         column_states.append(RngState(rng))
@@ -357,32 +434,41 @@ class CachedContrastiveLoss(nn.Module):
         return reps, states
 
 
+def _embedding_grads(reps: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
+    """Step 2's cache: ``∂L/∂h`` of every micro-batch of every column (a column without one is refused)."""
+    cache = []
+    for column, parts in enumerate(reps):
+        grads = [part.grad for part in parts]
+        if any(grad is None for grad in grads):
+            raise ValueError(f"column {column} received no gradient from the loss; remove it from the dataset")
+        cache.append([grad.detach().clone() for grad in grads if grad is not None])
+    return cache
+
+
+@dataclass
 class _ReplayPass:
     """Step 3 of one forward call, bound to its own plan, gradients and RNG states."""
 
-    def __init__(self, loss: CachedContrastiveLoss, features, plans, cache, states, after: RngState) -> None:
-        self.loss, self.features, self.plans, self.cache, self.states, self.after = (
-            loss,
-            features,
-            plans,
-            cache,
-            states,
-            after,
-        )
+    loss: CachedContrastiveLoss
+    features: list[dict[str, Any]]
+    plans: list[MicroBatchPlan]
+    cache: list[list[torch.Tensor]]
+    states: list[list[RngState]]
+    after: RngState
 
     def __call__(self, grad_output: torch.Tensor) -> None:
-        loss = self.loss
-        sync = dist_utils.StepSync([loss.model], distributed=loss.distributed, group=loss.group)
-        remaining = sum(len(plan.groups) for plan in self.plans)
-        weight = grad_output.detach() * sync.scale
-        with torch.enable_grad():
-            for feature, plan, grads, states in zip(self.features, self.plans, self.cache, self.states, strict=True):
-                for index, width, grad, state in zip(plan.groups, plan.widths, grads, states, strict=True):
-                    remaining -= 1
-                    if loss.replay_rng:
-                        state.restore()
-                    with sync.micro_batch(last=remaining == 0):
-                        h = encode(loss.model, take(feature, index, width))
-                        ((h.float() * grad.float()).sum() * weight).backward()
-        sync.finish()
+        sync = dist_utils.StepSync([self.loss.model], distributed=self.loss.distributed, group=self.loss.group)
+        count = sum(len(plan.groups) for plan in self.plans)
+        replay_backward(self._items(), count, sync, weight=grad_output.detach() * sync.scale)
         self.after.restore()
+
+    def _items(self) -> Iterator[ReplayItem]:
+        """The micro-batches in the order of step 1, their inputs taken as they are replayed."""
+        for feature, plan, grads, states in zip(self.features, self.plans, self.cache, self.states, strict=True):
+            for index, width, grad, state in zip(plan.groups, plan.widths, grads, states, strict=True):
+                yield ReplayItem(
+                    encoder=self.loss.model,
+                    inputs=take(feature, index, width),
+                    grad=grad.float(),  # ⟨h, g⟩ in float32, whatever the model's dtype
+                    rng=state if self.loss.replay_rng else None,
+                )

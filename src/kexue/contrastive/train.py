@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -39,9 +39,16 @@ from kexue._optional import require_extra
 from kexue._shared import check_int, check_number, read_text
 from kexue.contrastive.cached import cached_backward
 from kexue.contrastive.losses import InfoNCE
+from kexue.contrastive.st_loss import tokenized
+from kexue.contrastive.verify import GradientCheck, verify_cached_gradients
+from kexue.data import SentencePairs, StsSplit, load_sentence_transformer, load_stsb
 from kexue.report.io import write_json
+from kexue.sts import cosine_spearman, sentence_transformer_encoder
 
 require_extra("kexue.contrastive.train (training sentence encoders)", "sentence_transformers", "transformers")
+
+Autocast = Literal["bf16"]  # the encoder's autocast dtype (None: none)
+AUTOCASTS: tuple[Autocast, ...] = get_args(Autocast)
 
 __all__ = [
     "TrainConfig",
@@ -58,14 +65,19 @@ __all__ = [
 class TrainConfig:
     """Settings of one fine-tuning run (the CLI's options).
 
-    Attributes:
+    Args:
         model: folder of a sentence-transformers model (default: the embedded all-MiniLM-L6-v2).
         out: output folder: ``model/`` (final), ``checkpoint/``, ``training.json``.
         sentences: text file, one sentence per line (SimCSE); exclusive with ``pairs``.
         pairs: TSV file ``anchor<TAB>positive`` (supervised).
         batch_size: effective batch: the negatives of every step.
         micro_batch_size: samples per forward with gradient (memory).
-        epochs, lr, warmup, temperature, max_length, seed: the usual.
+        epochs: passes over the data.
+        lr: AdamW's peak learning rate.
+        warmup: the fraction of the steps with a linear warm-up (then a linear decay).
+        temperature: InfoNCE's ``τ``.
+        max_length: tokens per sentence in training.
+        seed: the data order's and the dropout's seed.
         max_steps: stop after this many steps (default: all epochs).
         checkpoint_every: steps between checkpoints (0: only at the end).
         evaluate: STS-B Spearman before and after (needs the shared data folder).
@@ -89,11 +101,16 @@ class TrainConfig:
     max_steps: int | None = None
     checkpoint_every: int = 50
     evaluate: bool = True
-    eval_split: str = "test"
+    eval_split: StsSplit = "test"
     data: str | None = None
-    autocast: str | None = None
+    autocast: Autocast | None = None
 
     def validate(self) -> None:
+        """Check every setting (before anything is read or written).
+
+        Raises:
+            ValueError: naming the setting, the value and what is accepted.
+        """
         if (self.sentences is None) == (self.pairs is None):
             raise ValueError(
                 "give exactly one of sentences (one sentence per line, SimCSE) or pairs (anchor<TAB>positive)"
@@ -111,12 +128,20 @@ class TrainConfig:
         check_number("temperature", self.temperature, above=0)
         if not 0 <= self.warmup < 1:
             raise ValueError(f"warmup must be a fraction in [0, 1); got {self.warmup!r}")
-        if self.autocast not in (None, "bf16"):
-            raise ValueError(f"autocast must be None or 'bf16'; got {self.autocast!r}")
+        if self.autocast is not None and self.autocast not in AUTOCASTS:
+            accepted = " or ".join(repr(a) for a in AUTOCASTS)
+            raise ValueError(f"autocast must be None or {accepted}; got {self.autocast!r}")
 
 
-def read_sentences(path: str | os.PathLike) -> list[str]:
-    """Non-empty stripped lines of a UTF-8 text file."""
+def read_sentences(path: str | os.PathLike[str]) -> list[str]:
+    """Non-empty stripped lines of a UTF-8 text file.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The sentences (at least 2).
+    """
     lines = [line.strip() for line in read_text(path, "sentences file").splitlines()]
     sentences = [s for s in lines if s]
     if len(sentences) < 2:
@@ -124,8 +149,15 @@ def read_sentences(path: str | os.PathLike) -> list[str]:
     return sentences
 
 
-def read_pairs(path: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """``anchor<TAB>positive`` lines of a UTF-8 TSV file (blank lines skipped)."""
+def read_pairs(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """``anchor<TAB>positive`` lines of a UTF-8 TSV file (blank lines skipped).
+
+    Args:
+        path: the file.
+
+    Returns:
+        ``(anchors, positives)`` (at least 2 pairs).
+    """
     anchors, positives = [], []
     for number, line in enumerate(read_text(path, "pairs file").splitlines(), 1):
         if not line.strip():
@@ -172,7 +204,13 @@ def _checkpoint_dir(out: Path) -> Path | None:
 
 @dataclass
 class TrainProgress:
-    """Minimal progress protocol: ``start(total, done)``, ``advance(loss)``; rich in the CLI."""
+    """Minimal progress protocol: ``start(total, done)``, ``advance(loss)``; rich in the CLI.
+
+    Args:
+        start: called once with the total number of steps and those already done.
+        advance: called after each step with its loss.
+        message: called with each note for the user.
+    """
 
     start: Callable[[int, int], None] = lambda total, done: None
     advance: Callable[[float], None] = lambda loss: None
@@ -181,6 +219,19 @@ class TrainProgress:
 
 @dataclass
 class TrainResult:
+    """What a run did (also written to ``OUT/training.json``).
+
+    Args:
+        steps: the step the run ended at.
+        losses: the loss of every step (a resumed run's earlier ones included).
+        sts_before: STS-B Spearman x100 before training (``None``: not evaluated).
+        sts_after: the same after training.
+        seconds: time of this run's steps.
+        out: the output folder.
+        resumed_from: the step the run started at.
+        extra: samples, effective batch, steps per epoch, samples left out, sequence length.
+    """
+
     steps: int
     losses: list[float]
     sts_before: float | None
@@ -191,20 +242,19 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _load_model(path: str | None, max_length: int):
-    from kexue.data import load_sentence_transformer
-
-    model = load_sentence_transformer(path, device="cuda" if torch.cuda.is_available() else "cpu")
+def _load_model(path: str | None, max_length: int) -> Any:
+    """The SentenceTransformer at ``path`` (default: the embedded one) on CUDA when there is one."""
+    # Any: the model carries kexue's own attribute (its length for STS and saving) beside its typed ones
+    model: Any = load_sentence_transformer(path, device="cuda" if torch.cuda.is_available() else "cpu")
     model.kexue_eval_length = model.max_seq_length  # STS is evaluated at the model's own length
     model.max_seq_length = max_length
     return model
 
 
-def _encoder(model) -> Callable[[list[str]], torch.Tensor]:
-    from kexue.contrastive.st_loss import tokenized
-
+def _encoder(model: Any) -> Callable[[list[str]], torch.Tensor]:
     def encode(texts: list[str]) -> torch.Tensor:
-        return model(tokenized(model, texts))["sentence_embedding"]
+        embeddings: torch.Tensor = model(tokenized(model, texts))["sentence_embedding"]
+        return embeddings
 
     return encode
 
@@ -213,6 +263,7 @@ def _read_sides(config: TrainConfig) -> list[list[str]]:
     if config.sentences is not None:
         first = read_sentences(config.sentences)
         return [first, first]  # SimCSE: the two dropout views of each sentence are the positive pair
+    assert config.pairs is not None  # validate(): exactly one of sentences and pairs
     return list(read_pairs(config.pairs))
 
 
@@ -226,15 +277,20 @@ def _step_batch(config: TrainConfig, sides: list[list[str]], step: int) -> list[
     return [[side[i] for i in index] for side in sides]
 
 
-def verify_first_batch(config: TrainConfig, *, tolerance: float = 1e-4):
+def verify_first_batch(config: TrainConfig, *, tolerance: float = 1e-4) -> GradientCheck:
     """:func:`kexue.contrastive.verify.verify_cached_gradients` on the run's model and first batch.
 
     The model is in training mode (dropout on, replayed), and the micro-batches, temperature and
     seed are the run's own: what ``train_embedder`` would compute at its first step, against the
-    gradient of that batch in one graph. Returns the :class:`~kexue.contrastive.verify.GradientCheck`.
-    """
-    from kexue.contrastive.verify import verify_cached_gradients
+    gradient of that batch in one graph.
 
+    Args:
+        config: the run's settings.
+        tolerance: the relative error allowed per parameter group.
+
+    Returns:
+        The :class:`~kexue.contrastive.verify.GradientCheck`.
+    """
     config.validate()
     sides = _read_sides(config)
     model = _load_model(config.model, config.max_length)
@@ -243,7 +299,7 @@ def verify_first_batch(config: TrainConfig, *, tolerance: float = 1e-4):
     return verify_cached_gradients(
         model,
         _step_batch(config, sides, 0),
-        InfoNCE(config.temperature).to(model.device),
+        InfoNCE(temperature=config.temperature).to(model.device),
         micro_batch_size=config.micro_batch_size,
         encoder=_encoder(model),
         tolerance=tolerance,
@@ -251,120 +307,185 @@ def verify_first_batch(config: TrainConfig, *, tolerance: float = 1e-4):
 
 
 def train_embedder(config: TrainConfig, *, resume: bool = False, progress: TrainProgress | None = None) -> TrainResult:
-    """Run the fine-tuning described by ``config``; see the module docstring."""
+    """Run the fine-tuning described by ``config``; see the module docstring.
+
+    Everything that can reject the input (the data, the checkpoint, the evaluation set) runs
+    before the output folder is created.
+
+    Args:
+        config: the run's settings.
+        resume: continue from ``config.out``'s checkpoint when there is one.
+        progress: where progress and messages go (default: nowhere).
+
+    Returns:
+        The :class:`TrainResult`, also written to ``OUT/training.json``.
+    """
     config.validate()
     progress = progress or TrainProgress()
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out {out} exists and is not a folder")
-    # everything that can reject the input runs before the output folder is created
     sides = _read_sides(config)
-    n = len(sides[0])
+    schedule = _schedule(config, len(sides[0]), progress)
+    run = _start_run(config, out, schedule.total, resume=resume, progress=progress)
+    evaluate = _sts_evaluator(config) if config.evaluate else None
+    _prepare_out(out)
+    if evaluate is not None and run.sts_before is None:
+        progress.message("evaluating STS-B before training")
+        run.sts_before = evaluate(run.model)
+    if run.checkpoint is None:
+        torch.manual_seed(config.seed)
+    resumed_from = run.step
+    seconds = _train_steps(config, sides, run, schedule.total, out, progress)
+    if run.step > resumed_from:
+        _save_checkpoint(out, run)
+    tmp = out / f"model.tmp-{os.getpid()}"
+    _save_at_own_length(run.model, tmp)
+    _replace_dir(tmp, out / "model")
+    sts_after = None
+    if evaluate is not None:
+        progress.message("evaluating STS-B after training")
+        sts_after = evaluate(run.model)
+    result = TrainResult(
+        steps=run.step,
+        losses=run.losses,
+        sts_before=run.sts_before,
+        sts_after=sts_after,
+        seconds=seconds,
+        out=str(out),
+        resumed_from=resumed_from,
+        extra={**schedule.extra(), "max_seq_length": run.model.kexue_eval_length},
+    )
+    write_json(out / "training.json", {"config": asdict(config), **asdict(result)})
+    return result
+
+
+@dataclass
+class _Schedule:
+    """How the data divides into steps."""
+
+    samples: int
+    batch: int
+    steps_per_epoch: int
+    total: int
+
+    def extra(self) -> dict[str, int]:
+        return {
+            "samples": self.samples,
+            "effective_batch": self.batch,
+            "steps_per_epoch": self.steps_per_epoch,
+            "samples_left_out_per_epoch": self.samples % self.batch,
+        }
+
+
+def _schedule(config: TrainConfig, n: int, progress: TrainProgress) -> _Schedule:
+    """The run's steps over ``n`` samples (full batches only; says what each epoch leaves out)."""
     batch = min(config.batch_size, n)
     steps_per_epoch = n // batch
-    total = (
-        steps_per_epoch * config.epochs
-        if config.max_steps is None
-        else min(config.max_steps, steps_per_epoch * config.epochs)
-    )
+    total = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total = min(config.max_steps, total)
     if n % batch:
         progress.message(
             f"{n} samples at batch {batch}: {steps_per_epoch} step(s) per epoch; {n % batch} samples of each "
             "epoch's shuffled order are left out (a different set each epoch), as every step needs a full batch "
             "of negatives; choose a batch size that divides the data to use all of it"
         )
+    return _Schedule(samples=n, batch=batch, steps_per_epoch=steps_per_epoch, total=total)
 
+
+@dataclass
+class _Run:
+    """The model and what trains it, at the step the run has reached."""
+
+    model: Any  # a SentenceTransformer (sentence-transformers ships no type information)
+    loss_fn: InfoNCE
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    checkpoint: Path | None
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    sts_before: float | None = None
+
+
+def _start_run(config: TrainConfig, out: Path, total: int, *, resume: bool, progress: TrainProgress) -> _Run:
+    """The model, loss, optimizer and schedule, from the checkpoint in ``out`` when resuming."""
     checkpoint = _checkpoint_dir(out) if resume and out.is_dir() else None
     if resume and checkpoint is None:
         progress.message(f"no checkpoint in {out}; starting from the beginning")
     state = load_trainer_state(checkpoint) if checkpoint is not None else None  # refuse an unsafe file first
     model = _load_model(str(checkpoint) if checkpoint else config.model, config.max_length)
     model.train()
-    loss_fn = InfoNCE(config.temperature).to(model.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     warm = max(1, int(config.warmup * total))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
     )
-    step, losses = 0, []
-    sts_before = None
+    run = _Run(
+        model=model,
+        loss_fn=InfoNCE(temperature=config.temperature).to(model.device),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        checkpoint=checkpoint,
+    )
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        step, losses, sts_before = state["step"], state["losses"], state.get("sts_before")
+        run.step, run.losses, run.sts_before = state["step"], state["losses"], state.get("sts_before")
         for note in load_rng_state_dict(state["rng"]):
             progress.message(f"resuming: {note}; dropout continues from a fresh stream there")
-        progress.message(f"resumed from {checkpoint} at step {step}/{total}")
-    resumed_from = step
+        progress.message(f"resumed from {checkpoint} at step {run.step}/{total}")
+    return run
 
-    evaluate = _sts_evaluator(config) if config.evaluate else None
+
+def _prepare_out(out: Path) -> None:
+    """Create the output folder and remove the temporary folders a killed run left there."""
     out.mkdir(parents=True, exist_ok=True)
-    for stale in [*out.glob("model.tmp-*"), *out.glob("checkpoint.tmp-*")]:  # left by a killed run
+    for stale in [*out.glob("model.tmp-*"), *out.glob("checkpoint.tmp-*")]:
         if not _alive(stale.name.rsplit("-", 1)[-1]):
             shutil.rmtree(stale, ignore_errors=True)
-    if evaluate is not None and sts_before is None:
-        progress.message("evaluating STS-B before training")
-        sts_before = evaluate(model)
-    if checkpoint is None:
-        torch.manual_seed(config.seed)
 
-    encode = _encoder(model)
-    devices = devices_of(model)  # the encoder function is fed texts: its RNG and autocast devices are the model's
+
+def _train_steps(
+    config: TrainConfig, sides: list[list[str]], run: _Run, total: int, out: Path, progress: TrainProgress
+) -> float:
+    """The cached steps from ``run.step`` to ``total`` (checkpointing on the way); returns their seconds."""
+    encode = _encoder(run.model)
+    devices = devices_of(run.model)  # the encoder function is fed texts: its RNG and autocast devices are the model's
     autocast = torch.bfloat16 if config.autocast == "bf16" else None
     start = time.perf_counter()
-    progress.start(total, step)
-    while step < total:
-        optimizer.zero_grad(set_to_none=True)
+    progress.start(total, run.step)
+    while run.step < total:
+        run.optimizer.zero_grad(set_to_none=True)
         step_result = cached_backward(
             encode,
-            _step_batch(config, sides, step),
-            loss_fn,
+            _step_batch(config, sides, run.step),
+            run.loss_fn,
             micro_batch_size=config.micro_batch_size,
             autocast=autocast,
             devices=devices,
         )
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        losses.append(float(step_result.loss))
-        progress.advance(losses[-1])
-        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total:
-            _save_checkpoint(out, model, optimizer, scheduler, step, losses, sts_before)
-    seconds = time.perf_counter() - start
-    if step > resumed_from:
-        _save_checkpoint(out, model, optimizer, scheduler, step, losses, sts_before)
-    tmp = out / f"model.tmp-{os.getpid()}"
-    _save_at_own_length(model, tmp)
-    _replace_dir(tmp, out / "model")
-    sts_after = None
-    if evaluate is not None:
-        progress.message("evaluating STS-B after training")
-        sts_after = evaluate(model)
-    result = TrainResult(
-        step,
-        losses,
-        sts_before,
-        sts_after,
-        seconds,
-        str(out),
-        resumed_from,
-        {
-            "samples": n,
-            "effective_batch": batch,
-            "steps_per_epoch": steps_per_epoch,
-            "samples_left_out_per_epoch": n % batch,
-            "max_seq_length": model.kexue_eval_length,
-        },
-    )
-    write_json(out / "training.json", {"config": asdict(config), **asdict(result)})
-    return result
+        run.optimizer.step()
+        run.scheduler.step()
+        run.step += 1
+        run.losses.append(float(step_result.loss))
+        progress.advance(run.losses[-1])
+        if config.checkpoint_every and run.step % config.checkpoint_every == 0 and run.step < total:
+            _save_checkpoint(out, run)
+    return time.perf_counter() - start
 
 
-def load_trainer_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
+def load_trainer_state(checkpoint: str | os.PathLike[str]) -> dict[str, Any]:
     """The training state of a checkpoint folder (optimizer, scheduler, step, losses, every RNG), loaded safely.
 
     ``trainer_state.pt`` is read with ``torch.load(..., weights_only=True)``: tensors, numbers,
     strings and containers only, so a crafted pickle cannot run code.
+
+    Args:
+        checkpoint: the checkpoint folder.
+
+    Returns:
+        The state: ``optimizer``, ``scheduler``, ``step``, ``losses``, ``rng`` (and ``sts_before``).
 
     Raises:
         ValueError: when the file holds anything else (or is not a checkpoint at all).
@@ -395,20 +516,19 @@ def _unpickling_reason(exc: BaseException) -> str:
     return (named or lines or [type(exc).__name__])[0].split(". Please")[0].rstrip(".")
 
 
-def _save_checkpoint(
-    out: Path, model, optimizer, scheduler, step: int, losses: list[float], sts_before: float | None
-) -> None:
+def _save_checkpoint(out: Path, run: _Run) -> None:
+    """Write ``out/checkpoint`` (the model at its own length, and the training state) atomically."""
     tmp = out / f"checkpoint.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    _save_at_own_length(model, tmp)
+    _save_at_own_length(run.model, tmp)
     torch.save(
         {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "step": step,
-            "losses": losses,
-            "sts_before": sts_before,
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "step": run.step,
+            "losses": run.losses,
+            "sts_before": run.sts_before,
             "rng": rng_state_dict(),
         },
         tmp / "trainer_state.pt",
@@ -416,7 +536,7 @@ def _save_checkpoint(
     _replace_dir(tmp, out / "checkpoint")
 
 
-def _save_at_own_length(model, folder: Path) -> None:
+def _save_at_own_length(model: Any, folder: Path) -> None:
     """``model.save(folder)`` with the model's own ``max_seq_length``, not the training ``max_length``:
     whoever loads the saved model (or resumes from a checkpoint) must not silently truncate."""
     train_length = model.max_seq_length
@@ -428,12 +548,9 @@ def _save_at_own_length(model, folder: Path) -> None:
 
 
 def _sts_evaluator(config: TrainConfig) -> Callable[[Any], float]:
-    from kexue.data import load_stsb
-    from kexue.sts import cosine_spearman, sentence_transformer_encoder
+    pairs: SentencePairs = load_stsb(config.eval_split, config.data)  # fail before training, not after
 
-    pairs = load_stsb(config.eval_split, config.data)  # fail before training, not after
-
-    def evaluate(model) -> float:
+    def evaluate(model: Any) -> float:
         train_length = model.max_seq_length
         model.max_seq_length = getattr(model, "kexue_eval_length", train_length)
         try:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -33,6 +33,7 @@ from torch import nn
 from kexue._device import RngState, devices_of
 from kexue._shared import check_int, check_number
 from kexue.contrastive.cached import (
+    Encoder,
     _micro,
     batch_size,
     cached_backward,
@@ -52,11 +53,12 @@ _NUMBERED = re.compile(r"^\d+$")
 class GradientCheck:
     """The result of :func:`verify_cached_gradients`.
 
-    Attributes:
+    Args:
         errors: parameter group → ``‖g_cached − g_full‖ / ‖g_full‖`` (see the module docstring
             for groups whose true gradient is zero).
         tolerance: the bound each error is held to.
-        loss_cached, loss_full: the two losses (equal up to rounding).
+        loss_cached: the cached step's loss.
+        loss_full: the full batch's loss (equal to ``loss_cached`` up to rounding).
         micro_batches: micro-batches of the cached step.
     """
 
@@ -68,19 +70,39 @@ class GradientCheck:
 
     @property
     def max_error(self) -> float:
+        """The largest error of any group (0 without groups)."""
         return max(self.errors.values(), default=0.0)
 
     @property
     def passed(self) -> bool:
+        """Whether every group's error is within ``tolerance``."""
         return self.max_error <= self.tolerance
 
     def rows(self) -> list[tuple[str, float]]:
+        """``(group, error)`` pairs, in the model's parameter order.
+
+        Returns:
+            The rows of a report table.
+        """
         return list(self.errors.items())
 
 
 def parameter_group(name: str) -> str:
     """The group of a parameter name: its path up to the first numbered layer after the root
-    (``0.auto_model.encoder.layer.3``), else its first three parts (``0.auto_model.embeddings``)."""
+    (``0.auto_model.encoder.layer.3``), else its first three parts (``0.auto_model.embeddings``).
+
+    Args:
+        name: a dotted parameter name.
+
+    Returns:
+        The name of its group.
+
+    Example:
+        >>> parameter_group("0.auto_model.encoder.layer.3.attention.self.query.weight")
+        '0.auto_model.encoder.layer.3'
+        >>> parameter_group("0.auto_model.embeddings.word_embeddings.weight")
+        '0.auto_model.embeddings'
+    """
     parts = name.split(".")
     for i in range(1, len(parts) - 1):
         if _NUMBERED.match(parts[i]):
@@ -88,7 +110,7 @@ def parameter_group(name: str) -> str:
     return ".".join(parts[: min(3, len(parts) - 1)]) or name
 
 
-def _params(model: nn.Module, loss: Any) -> list[tuple[str, nn.Parameter]]:
+def _params(model: nn.Module, loss: object) -> list[tuple[str, nn.Parameter]]:
     seen: dict[int, tuple[str, nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -124,10 +146,10 @@ def _errors(
 def verify_cached_gradients(
     model: nn.Module,
     batch: Any,
-    loss: Any,
+    loss: CachedContrastiveLoss | Callable[..., torch.Tensor],
     *,
     micro_batch_size: int | None = None,
-    encoder: Callable[[Any], Any] | None = None,
+    encoder: Encoder | None = None,
     tolerance: float = 1e-4,
 ) -> GradientCheck:
     """Compare the cached gradient with the full-batch gradient on ``model`` and ``batch``.
@@ -145,6 +167,13 @@ def verify_cached_gradients(
 
     Returns:
         :class:`GradientCheck`; ``.passed`` says whether every group is within ``tolerance``.
+
+    Example:
+        >>> from kexue.contrastive import InfoNCE
+        >>> encoder = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.1), nn.Linear(8, 4)).double()
+        >>> x = torch.randn(12, 4, dtype=torch.float64)
+        >>> verify_cached_gradients(encoder, [x, x], InfoNCE(), micro_batch_size=4).passed
+        True
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module (its parameters are compared); got {type(model).__name__}")
@@ -157,21 +186,35 @@ def verify_cached_gradients(
     state = RngState(replayed_devices([encoder or model], devices))
     try:
         if isinstance(loss, CachedContrastiveLoss):
-            cached, full, losses, count = _check_st_loss(model, batch, loss, params, state)
+            result = _check_st_loss(model, batch, loss, params, state)
         else:
             if micro_batch_size is None:
                 raise ValueError(
                     "micro_batch_size is required when loss is a loss on embeddings (the cached step's micro-batch)"
                 )
             check_int("micro_batch_size", micro_batch_size, 1)
-            cached, full, losses, count = _check_embedding_loss(
-                encoder or model, batch, loss, micro_batch_size, params, state, devices
-            )
+            result = _check_embedding_loss(encoder or model, batch, loss, micro_batch_size, params, state, devices)
     finally:
         for (_, p), g in zip(params, saved, strict=True):
             p.grad = g
         state.restore()
-    return GradientCheck(_errors(params, cached, full), float(tolerance), losses[0], losses[1], count)
+    return GradientCheck(
+        errors=_errors(params, result.cached, result.full),
+        tolerance=float(tolerance),
+        loss_cached=result.loss_cached,
+        loss_full=result.loss_full,
+        micro_batches=result.micro_batches,
+    )
+
+
+class _Measured(NamedTuple):
+    """The two gradients (one tensor per parameter) and losses of one check."""
+
+    cached: list[torch.Tensor]
+    full: list[torch.Tensor]
+    loss_cached: float
+    loss_full: float
+    micro_batches: int
 
 
 def _features(model: Any, batch: Sequence[Any]) -> list[dict[str, Any]]:
@@ -184,7 +227,13 @@ def _features(model: Any, batch: Sequence[Any]) -> list[dict[str, Any]]:
     return [tokenized(model, column) for column in batch]
 
 
-def _check_st_loss(model, batch, loss, params, state) -> tuple[list, list, tuple[float, float], int]:
+def _check_st_loss(
+    model: nn.Module,
+    batch: Sequence[Any],
+    loss: CachedContrastiveLoss,
+    params: list[tuple[str, nn.Parameter]],
+    state: RngState,
+) -> _Measured:
     if loss.distributed:
         raise ValueError("verify_cached_gradients runs in one process: use a loss with distributed=False")
     features = _features(model, batch)
@@ -200,12 +249,24 @@ def _check_st_loss(model, batch, loss, params, state) -> tuple[list, list, tuple
     reference = loss.calculate_loss(reps)
     reference.backward()
     full = _take_grads(params)
-    return cached, full, (float(value.detach()), float(reference.detach())), sum(len(p.groups) for p in loss._plans)
+    return _Measured(
+        cached=cached,
+        full=full,
+        loss_cached=float(value.detach()),
+        loss_full=float(reference.detach()),
+        micro_batches=sum(len(p.groups) for p in loss._plans),
+    )
 
 
 def _check_embedding_loss(
-    encoder, batch, loss_fn, micro_batch_size, params, state, devices
-) -> tuple[list, list, tuple[float, float], int]:
+    encoder: Encoder,
+    batch: Any,
+    loss_fn: Callable[..., torch.Tensor],
+    micro_batch_size: int,
+    params: list[tuple[str, nn.Parameter]],
+    state: RngState,
+    devices: list[torch.device],
+) -> _Measured:
     step = cached_backward(encoder, batch, loss_fn, micro_batch_size=micro_batch_size, devices=devices)
     cached = _take_grads(params)
     state.restore()
@@ -218,4 +279,10 @@ def _check_embedding_loss(
     reference.backward()
     full = _take_grads(params)
     count = sum(len(_micro(batch_size(side), micro_batch_size)) for side in sides)
-    return cached, full, (float(step.loss), float(reference.detach())), count
+    return _Measured(
+        cached=cached,
+        full=full,
+        loss_cached=float(step.loss),
+        loss_full=float(reference.detach()),
+        micro_batches=count,
+    )
