@@ -114,7 +114,8 @@ def test_loop_breaking_is_unchanged_by_the_branch_free_form() -> None:
     ids = torch.tensor([[7, 1, 2, 1, 2, 1, 2], [7, 3, 3, 3, 3, 3, 3]])
     scores = torch.tensor([[0.0, 4.0, -1.0, 0.0], [0.0, 1.0, 2.0, -6.0]])
     out = LoopBreakingProcessor(prompt_length=1, penalty=2.0, min_repeats=3)(ids, scores.clone())
-    # row 0: 1 would close a period-2 loop; row 1: 3 closes periods 1 and 2 (3 needs 9 tokens), penalised once per period
+    # row 0: 1 would close a period-2 loop; row 1: 3 closes periods 1 and 2 (3 needs 9 tokens), penalised once
+    # per period
     assert out.tolist() == [[0.0, 2.0, -1.0, 0.0], [0.0, 1.0, 2.0, -24.0]]
 
 

@@ -7,9 +7,19 @@ import math
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 
+import kexue.repetition
+import kexue.repetition.transition
 from kexue.repetition.measure import bounds, estimate_r, exact_r, r_eigen, r_series, spectral_radius, zeta
-from kexue.repetition.transition import Decoding, Vocabulary, apply_decoding, estimate, parse_decodings, tokenize
+from kexue.repetition.transition import (
+    Decoding,
+    Vocabulary,
+    apply_decoding,
+    parse_decodings,
+    tokenize,
+    transition_matrix,
+)
 
 
 def _random_p(n: int, seed: int, power: float = 3.0) -> np.ndarray:
@@ -75,13 +85,13 @@ def test_sparse_estimate_agrees_with_exact() -> None:
 def test_estimation_from_text_and_decodings() -> None:
     vocab = Vocabulary.build(tokenize("abab cab", "char"))
     ids = vocab.encode(tokenize("abab cab", "char"))
-    P = estimate(ids, len(vocab))
+    P = transition_matrix(ids, len(vocab))
     a, b = vocab.tokens.index("a"), vocab.tokens.index("b")
     assert P[a, b] == pytest.approx(1.0)  # 'a' is always followed by 'b'
     assert np.allclose(P.sum(1), 1)
-    S = estimate(ids, len(vocab), sparse=True)
+    S = transition_matrix(ids, len(vocab), sparse=True)
     assert np.allclose(S.toarray(), P)
-    smooth = estimate(ids, len(vocab), alpha=1.0)
+    smooth = transition_matrix(ids, len(vocab), alpha=1.0)
     assert zeta(smooth) == 1.0 and zeta(P) < 1
     assert tokenize("Hello, world!", "word") == ["hello", ",", "world", "!"]
     dense = _random_p(20, 5)
@@ -230,3 +240,22 @@ def test_a_power_series_cut_at_max_terms_is_not_reported_as_converged() -> None:
     cut = estimate_r(P, dense_block=1, max_terms=10_000)
     assert not cut.converged and cut.terms == 10_000
     assert cut.value + cut.truncation >= exact.value * (1 - 1e-9) > cut.value
+
+
+@pytest.mark.parametrize("make", [lambda P: P.astype(np.float32), lambda P: torch.tensor(P, dtype=torch.float32)])
+def test_estimate_reads_a_dense_p_in_float64_as_exact_r_does(make) -> None:
+    # estimate_r squared a dense float32 P in float32 (its dense branch was the sparse one, RUF034), so on a
+    # small P solved exactly it disagreed with exact_r, which squares in float64
+    P = make(_random_p(6, 0))
+    assert estimate_r(P).value == exact_r(P)
+    assert estimate_r(make(_random_p(300, 1))).value == pytest.approx(exact_r(make(_random_p(300, 1))), rel=1e-13)
+
+
+@pytest.mark.parametrize("module", [kexue.repetition, kexue.repetition.transition])
+def test_estimate_is_a_deprecated_alias_of_transition_matrix(module) -> None:
+    with pytest.warns(DeprecationWarning, match=r"estimate is deprecated .* use .*transition_matrix"):
+        old = module.estimate
+    assert old is transition_matrix
+    with pytest.warns(DeprecationWarning, match="use kexue.repetition.transition_matrix"):
+        from kexue.repetition import estimate  # noqa: F401 (the old import still works)
+    assert "estimate" not in kexue.repetition.__all__ and "transition_matrix" in kexue.repetition.__all__

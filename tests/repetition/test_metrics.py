@@ -48,7 +48,9 @@ def test_vectorised_equals_plain_python(seed: int) -> None:
     assert metrics.rep_l(seqs, 5) == pytest.approx(ref.rep_l(seqs, 5))
     for r in (2, 3):
         ev = metrics.find_loops(seqs, max_period=8, min_repeats=r)
-        assert list(zip(ev.looped.tolist(), ev.start.tolist(), ev.period.tolist())) == ref.find_loops(seqs, 8, r)
+        assert list(zip(ev.looped.tolist(), ev.start.tolist(), ev.period.tolist(), strict=True)) == ref.find_loops(
+            seqs, 8, r
+        )
 
 
 def test_summary_has_every_metric() -> None:

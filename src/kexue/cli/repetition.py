@@ -4,10 +4,18 @@ decoding rule, and repetition metrics of generated text."""
 from __future__ import annotations
 
 import argparse
+import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 NAME = "repetition"
 HELP = "repetition measure R of a corpus's bigram model per decoding rule; repetition metrics of generations"
-EXAMPLE = "kexue repetition analyze ../shared/data/tinyshakespeare/input.txt --level char --decoding greedy,topk=40,topp=0.9,sample"
+EXAMPLE = (
+    "kexue repetition analyze ../shared/data/tinyshakespeare/input.txt --level char "
+    "--decoding greedy,topk=40,topp=0.9,sample"
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -43,38 +51,49 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    from rich.table import Table
-
-    from kexue._shared import check_int, read_text
-    from kexue.cli._common import stdout_console
-    from kexue.repetition.transition import Vocabulary, estimate, parse_decodings, tokenize
-    from kexue.report.claims import json_value
+    from kexue.cli._common import stdout_console  # start-up time
 
     console = stdout_console()
     if args.action == "metrics":
-        from kexue.repetition.metrics import summary
+        return _metrics(args, console)
+    return _analyze(args, console)
 
-        check_int("--max-period", args.max_period, 1)
-        check_int("--min-repeats", args.min_repeats, 2)
-        lines = [line for line in read_text(args.generations, "GENERATIONS file").splitlines() if line.strip()]
-        if not lines:
-            raise ValueError(f"{args.generations}: no generations (one per line)")
-        result = summary(
-            [tokenize(line, args.level) for line in lines], max_period=args.max_period, min_repeats=args.min_repeats
-        )
-        if args.json:
-            console.print_json(json.dumps(json_value(result), allow_nan=False))
-        else:
-            table = Table(
-                "metric", "value", title=f"repetition metrics, {len(lines)} generations ({args.level} tokens)"
-            )
-            for key, value in result.items():
-                table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-            console.print(table)
+
+def _metrics(args: argparse.Namespace, console: Console) -> int:
+    """``kexue repetition metrics``: the metrics of a file of generations, as a table or JSON."""
+    from rich.table import Table  # start-up time
+
+    from kexue._shared import check_int, read_text  # start-up time
+    from kexue.repetition.metrics import summary  # start-up time
+    from kexue.repetition.transition import tokenize  # start-up time
+    from kexue.report.claims import json_value  # start-up time
+
+    check_int("--max-period", args.max_period, 1)
+    check_int("--min-repeats", args.min_repeats, 2)
+    lines = [line for line in read_text(args.generations, "GENERATIONS file").splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"{args.generations}: no generations (one per line)")
+    result = summary(
+        [tokenize(line, args.level) for line in lines], max_period=args.max_period, min_repeats=args.min_repeats
+    )
+    if args.json:
+        console.print_json(json.dumps(json_value(result), allow_nan=False))
         return 0
-    from kexue.repetition.analysis import analyze
+    table = Table("metric", "value", title=f"repetition metrics, {len(lines)} generations ({args.level} tokens)")
+    for key, value in result.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+    return 0
+
+
+def _analyze(args: argparse.Namespace, console: Console) -> int:
+    """``kexue repetition analyze``: R, bounds and ζ per rule for a corpus's bigram model."""
+    from rich.table import Table  # start-up time
+
+    from kexue._shared import check_int, read_text  # start-up time
+    from kexue.repetition.analysis import analyze  # start-up time
+    from kexue.repetition.transition import Vocabulary, parse_decodings, tokenize, transition_matrix  # start-up time
+    from kexue.report.claims import json_value  # start-up time
 
     check_int("--max-vocab", args.max_vocab, 2)
     rules = parse_decodings(args.decoding)
@@ -82,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     if len(tokens) < 2:
         raise ValueError(f"{args.corpus}: fewer than two tokens")
     vocab = Vocabulary.build(tokens, max_size=args.max_vocab)
-    P = estimate(vocab.encode(tokens), len(vocab), alpha=args.alpha)
+    P = transition_matrix(vocab.encode(tokens), len(vocab), alpha=args.alpha)
     rows = analyze(P, rules)
     if args.json:
         payload = {
@@ -92,9 +111,7 @@ def run(args: argparse.Namespace) -> int:
             "tokens": len(tokens),
             "rules": [vars(r) for r in rows],
         }
-        console.print_json(
-            json.dumps(json_value(payload), allow_nan=False)
-        )  # strict JSON: ∞ is "inf", as in results.json
+        console.print_json(json.dumps(json_value(payload), allow_nan=False))  # strict JSON: ∞ is "inf"
         return 0
     table = Table(
         "decoding",

@@ -57,6 +57,8 @@ class RowTracker:
         self._tables(T, ids.shape[0], ids.device)
         w = self.weights[:T]
         head = (ids[:, :-1] * w[:-1]).sum(dim=1)
+        if self.last is None:
+            raise RuntimeError("RowTracker.sources before start: call start(ids) at the first step of a run")
         match = head[:, None] == self.last[None, :]
         self.last = head + ids[:, -1] * w[-1]
         return torch.where(match.diagonal(), self.own, match.int().argmax(dim=1))

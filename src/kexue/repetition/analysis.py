@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
+from kexue._shared import check_int, check_number
 from kexue.repetition.measure import bounds, estimate_r, exact_r, spectral_radius, zeta
-from kexue.repetition.transition import Decoding, apply_decoding
+from kexue.repetition.transition import Decoding, MatrixLike, apply_decoding, as_dense
 
 __all__ = ["DENSE_LIMIT", "RuleReport", "analyze", "dry_penalised", "merge_pair", "r_with_dry", "rebalance", "simulate"]
 
@@ -19,6 +21,21 @@ DENSE_LIMIT = 5000
 
 @dataclass
 class RuleReport:
+    """One decoding rule's line of :func:`analyze`.
+
+    Args:
+        rule: the rule's spelling.
+        r: ``R`` of the decoded matrix.
+        r_stderr: its standard error (0 when exact).
+        method: how ``R`` was computed.
+        lambda1: ``λ₁ = ρ(P∘P)``.
+        zeta: the fraction of non-zero entries.
+        lower: proven lower bound, per-token form (dense only; ``nan`` otherwise).
+        article_estimate: the article's estimate.
+        upper: proven upper bound ``n λ₁ / (1 − λ₁)``.
+        note: why a bound is missing (``nan``), if one is.
+    """
+
     rule: str
     r: float
     r_stderr: float  # 0 when exact
@@ -43,74 +60,93 @@ def _missing_bounds(lam: float, z: float, n: int) -> tuple[float, str]:
     return math.nan, "bounds need dense powers of P: computed up to n = 2,000"
 
 
-def analyze(P, rules: Sequence[Decoding], *, terms: int = 30, probes: int = 32, seed: int = 0) -> list[RuleReport]:
+def analyze(
+    P: MatrixLike, rules: Sequence[Decoding], *, terms: int = 30, probes: int = 32, seed: int = 0
+) -> list[RuleReport]:
     """R (exact up to ``DENSE_LIMIT`` tokens, else :func:`~kexue.repetition.measure.estimate_r` to 0.5 %
     standard error), λ₁, ζ and bounds per rule. Where a bound is ``nan``, ``note`` says why: a
-    deterministic decoder (greedy) has ``λ₁ = 1`` and ``R = ∞``, and its ζ-based estimates diverge."""
-    n = P.shape[0]
-    rows = []
-    for rule in rules:
-        D = apply_decoding(P, rule)
-        lam = spectral_radius(D)
-        if n <= DENSE_LIMIT:
-            r, se, method = exact_r(D), 0.0, "exact"
-            b = bounds(D, terms=terms) if n <= 2000 and lam < 1 - 1e-12 else None  # R = ∞: nothing to bound
-        else:
-            est = estimate_r(D if sp.issparse(D) else sp.csr_array(D), probes=probes, seed=seed)
-            r, se, b = est.value, est.stderr, None
-            method = (
-                f"{est.method} ({est.probes} probes, {est.blocks:,} blocks)"
-                if est.stochastic_tokens
-                else "exact (blocks)"
-            )
-        upper = n * lam / (1 - lam) if lam < 1 - 1e-12 else math.inf
-        z = zeta(D)
-        missing, note = (math.nan, "") if b else _missing_bounds(lam, z, n)
-        rows.append(
-            RuleReport(
-                str(rule),
-                r,
-                se,
-                method,
-                lam,
-                z,
-                b.lower_diagonal if b else missing,
-                b.article_estimate if b else missing,
-                upper,
-                note,
-            )
+    deterministic decoder (greedy) has ``λ₁ = 1`` and ``R = ∞``, and its ζ-based estimates diverge.
+
+    Args:
+        P: row-stochastic ``(n, n)`` matrix, dense or sparse.
+        rules: the decoding rules.
+        terms: powers summed for the bounds.
+        probes: probes to start the estimate with (large ``P``).
+        seed: seed of the estimate's probes.
+
+    Returns:
+        One :class:`RuleReport` per rule.
+    """
+    n = int(np.shape(P)[0])
+    return [_analyze_rule(P, rule, n, terms=terms, probes=probes, seed=seed) for rule in rules]
+
+
+def _analyze_rule(P: MatrixLike, rule: Decoding, n: int, *, terms: int, probes: int, seed: int) -> RuleReport:
+    """One rule's :class:`RuleReport` (see :func:`analyze`)."""
+    D = apply_decoding(P, rule)
+    lam = spectral_radius(D)
+    if n <= DENSE_LIMIT:
+        r, se, method = exact_r(D), 0.0, "exact"
+        b = bounds(D, terms=terms) if n <= 2000 and lam < 1 - 1e-12 else None  # R = ∞: nothing to bound
+    else:
+        est = estimate_r(D if sp.issparse(D) else sp.csr_array(D), probes=probes, seed=seed)
+        r, se, b = est.value, est.stderr, None
+        method = (
+            f"{est.method} ({est.probes} probes, {est.blocks:,} blocks)" if est.stochastic_tokens else "exact (blocks)"
         )
-    return rows
+    upper = n * lam / (1 - lam) if lam < 1 - 1e-12 else math.inf
+    z = zeta(D)
+    missing, note = (math.nan, "") if b else _missing_bounds(lam, z, n)
+    return RuleReport(
+        rule=str(rule),
+        r=r,
+        r_stderr=se,
+        method=method,
+        lambda1=lam,
+        zeta=z,
+        lower=b.lower_diagonal if b else missing,
+        article_estimate=b.article_estimate if b else missing,
+        upper=upper,
+        note=note,
+    )
 
 
 DRY_MAX_TOKENS = 2000  # dry_penalised is O(n³) in time and holds dense n × n copies
 
 
-def dry_penalised(P, rule: Decoding | str, delta: float) -> np.ndarray:
+def dry_penalised(P: MatrixLike, rule: Decoding | str, delta: float) -> np.ndarray:
     """``G[i, j]``: the probability of ``j`` after ``i`` when ``j``'s logit is lowered by ``delta``
     and then ``rule`` is applied (row ``i`` of ``P`` with entry ``j`` times ``e^(−delta)``,
     renormalised, decoded): DRY's effect on the one token that would extend a repeat, in
-    llama.cpp's order (DRY before top-k, top-p, temperature)."""
-    n = P.shape[0]
+    llama.cpp's order (DRY before top-k, top-p, temperature).
+
+    Args:
+        P: row-stochastic ``(n, n)`` matrix (``n`` up to ``DRY_MAX_TOKENS``).
+        rule: the decoding rule.
+        delta: how much the logit is lowered.
+
+    Returns:
+        The dense ``(n, n)`` matrix ``G``.
+    """
+    n = int(np.shape(P)[0])
     if n > DRY_MAX_TOKENS:
         raise ValueError(
             f"P has {n} tokens: dry_penalised decodes one dense copy of P per token (O(n³)), so it accepts at "
             f"most {DRY_MAX_TOKENS}; restrict P to the tokens that matter (e.g. a character-level model)"
         )
-    dense = P.toarray() if sp.issparse(P) else np.asarray(P, dtype=np.float64)
+    dense = as_dense(P)
     G = np.zeros_like(dense)
     factor = math.exp(-delta)
     for j in np.flatnonzero(dense.any(axis=0)):
         scaled = dense.copy()
         scaled[:, j] *= factor
         scaled /= scaled.sum(axis=1, keepdims=True)
-        D = apply_decoding(scaled, rule, sparse=False)
-        G[:, j] = D[:, j]
+        G[:, j] = apply_decoding(scaled, rule, sparse=False)[:, j]
     return G
 
 
 def r_with_dry(
-    P,
+    P: MatrixLike,
     rule: Decoding | str,
     *,
     multiplier: float,
@@ -138,15 +174,25 @@ def r_with_dry(
     alone, gets a finite value: a cycle survives the second walk only while its next token stays
     the arg-max after the penalty. ``inf`` if the products do not vanish within ``max_terms``
     (a row with a single possible successor cannot be penalised away).
-    """
-    from kexue._shared import check_int, check_number
 
+    Args:
+        P: row-stochastic ``(n, n)`` matrix.
+        rule: the decoding rule.
+        multiplier: DRY's penalty scale.
+        base: DRY's growth per extra repeated token (``≥ 1``).
+        allowed_length: DRY's longest free repeat.
+        tol: stop once the products are below this (relative to the sum).
+        max_terms: the most cycle lengths summed.
+
+    Returns:
+        ``R_DRY`` (``inf`` if the products do not vanish within ``max_terms``).
+    """
     check_number("multiplier", multiplier, above=0)
     check_number("base", base)
     if base < 1:
         raise ValueError(f"base={base!r} must be >= 1")
     check_int("allowed_length", allowed_length, 1)
-    D = apply_decoding(P, rule, sparse=False)
+    D: Any = apply_decoding(P, rule, sparse=False)  # sparse for a sparse P under greedy, top-k, top-p
     D = D.toarray() if sp.issparse(D) else D
     product, total = np.eye(D.shape[0]), 0.0
     cache: dict[float, np.ndarray] = {}
@@ -167,10 +213,24 @@ def r_with_dry(
     return math.inf
 
 
-def simulate(P, *, sequences: int, length: int, seed: int = 0, start: np.ndarray | None = None) -> np.ndarray:
-    """``(sequences, length)`` token ids sampled from the Markov chain ``P`` (start tokens drawn
-    from the stationary-ish unigram of the rows' targets unless given)."""
-    dense = P.toarray() if sp.issparse(P) else np.asarray(P)
+def simulate(
+    P: MatrixLike, *, sequences: int, length: int, seed: int = 0, start: np.ndarray | None = None
+) -> np.ndarray:
+    """``(sequences, length)`` token ids sampled from the Markov chain ``P``.
+
+    Args:
+        P: row-stochastic ``(n, n)`` matrix.
+        sequences: how many sequences.
+        length: tokens per sequence.
+        seed: seed of the sampling.
+        start: the first token of each sequence (default: drawn from the stationary-ish unigram of the
+            rows' targets).
+
+    Returns:
+        ``(sequences, length)`` int64 ids.
+    """
+    M: Any = P  # scipy.sparse ships no types
+    dense = M.toarray() if sp.issparse(M) else np.asarray(M)
     n = dense.shape[0]
     rng = np.random.default_rng(seed)
     cdf = np.cumsum(dense, axis=1)
@@ -187,7 +247,17 @@ def simulate(P, *, sequences: int, length: int, seed: int = 0, start: np.ndarray
 
 
 def merge_pair(ids: np.ndarray, a: int, b: int, new: int) -> np.ndarray:
-    """Replace non-overlapping occurrences of ``a b`` (left to right) by ``new``."""
+    """Replace non-overlapping occurrences of ``a b`` (left to right) by ``new``.
+
+    Args:
+        ids: 1-D token ids.
+        a: the pair's first token.
+        b: the pair's second token.
+        new: the merged token's id.
+
+    Returns:
+        The merged ids (``ids`` itself when the pair does not occur).
+    """
     hits = np.flatnonzero((ids[:-1] == a) & (ids[1:] == b))
     if a == b and len(hits):  # runs "a a a": take every other start
         keep, last = [], -2
@@ -207,6 +277,14 @@ def merge_pair(ids: np.ndarray, a: int, b: int, new: int) -> np.ndarray:
 
 @dataclass
 class Rebalanced:
+    """The result of :func:`rebalance`.
+
+    Args:
+        ids: the corpus's ids after the merges.
+        tokens: the vocabulary, merged tokens appended.
+        merges: ``(first, second, P_ij)`` of each merge, in order.
+    """
+
     ids: np.ndarray
     tokens: list[str]
     merges: list[tuple[str, str, float]]
@@ -217,12 +295,22 @@ def rebalance(
 ) -> Rebalanced:
     """Rebalanced encoding (Fu et al. 2021): repeatedly merge the pair ``(i, j)`` with the
     highest transition probability ``P_ij > gamma`` (seen at least ``min_count`` times) into a
-    new token, re-estimating the counts after each merge."""
-    from kexue._shared import check_int, check_number
+    new token, re-estimating the counts after each merge.
 
+    Args:
+        ids: the corpus's token ids.
+        tokens: the vocabulary.
+        gamma: the smallest transition probability that merges.
+        max_merges: the most merges.
+        min_count: the fewest occurrences of a pair that merges.
+
+    Returns:
+        :class:`Rebalanced`.
+    """
     check_number("gamma", gamma, above=0)
     check_int("max_merges", max_merges, 0)
-    ids, tokens, merges = ids.copy(), list(tokens), []
+    ids, tokens = ids.copy(), list(tokens)
+    merges: list[tuple[str, str, float]] = []
     for _ in range(max_merges):
         n = len(tokens)
         pair = ids[:-1] * n + ids[1:]
@@ -236,4 +324,4 @@ def rebalance(
         merges.append((tokens[i], tokens[j], float(prob[i, j])))
         tokens.append(tokens[i] + tokens[j])
         ids = merge_pair(ids, int(i), int(j), n)
-    return Rebalanced(ids, tokens, merges)
+    return Rebalanced(ids=ids, tokens=tokens, merges=merges)

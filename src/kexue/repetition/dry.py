@@ -8,7 +8,8 @@ window, capped by ``rep_limit``, the number of tokens after the most recent sequ
 Emitting ``x_{i+1}`` next would make that repeat one longer, so each token ``y`` gets
 ``n(y) = max {n(i) : x_{i+1} = y}`` and, when ``n(y) ≥ allowed_length``,
 
-.. math:: \\text{logit}_y \\mathrel{-}= \\text{multiplier} · \\text{base}^{\\min(n(y) − \\text{allowed\\_length},\\; e_{max})},
+.. math:: \\text{logit}_y \\mathrel{-}= \\text{multiplier}
+          · \\text{base}^{\\min(n(y) − \\text{allowed\\_length},\\; e_{max})},
           \\qquad e_{max} = ⌊88.7228391 / \\ln \\text{base}⌋ \\ (\\text{base} > 1),
 
 so a repeat of ``allowed_length`` tokens is penalised by ``multiplier`` and every further
@@ -65,6 +66,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Protocol, cast
 
 import torch
 
@@ -90,12 +92,22 @@ def dry_max_exponent(base: float) -> int | None:
     return int(_FLOAT_MAX_LOG / math.log(base)) if base > 1.000001 else None
 
 
-def _encode(tokenizer, text: str) -> list[int]:
+class _Tokenizer(Protocol):
+    """What DRY needs of a tokenizer (an HF tokenizer has it; ``batch_decode`` is used when present)."""
+
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+    def __len__(self) -> int: ...
+
+
+def _encode(tokenizer: _Tokenizer, text: str) -> list[int]:
     ids = tokenizer.encode(text, add_special_tokens=False)
     return [int(i) for i in ids]
 
 
-def breaker_sequences(tokenizer, strings: Sequence[str]) -> list[tuple[int, tuple[int, ...]]]:
+def breaker_sequences(tokenizer: _Tokenizer, strings: Sequence[str]) -> list[tuple[int, tuple[int, ...]]]:
     """llama.cpp's sequence breakers for ``tokenizer``: ``(head, tail)`` token sequences.
 
     For each breaker string ``s`` (cut to 40 characters; empty strings are an error): every
@@ -106,9 +118,10 @@ def breaker_sequences(tokenizer, strings: Sequence[str]) -> list[tuple[int, tupl
     """
     if isinstance(strings, str):
         raise TypeError("sequence_breakers must be a list of strings, not one string (wrap it in a list)")
+    batch_decode = getattr(tokenizer, "batch_decode", None)
     texts = (
-        tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-        if hasattr(tokenizer, "batch_decode")
+        batch_decode([[i] for i in range(len(tokenizer))])
+        if batch_decode is not None
         else [tokenizer.decode([i]) for i in range(len(tokenizer))]
     )
     out: dict[tuple[int, tuple[int, ...]], None] = {}
@@ -151,6 +164,17 @@ class DRYLogitsProcessor(LogitsProcessor):
     its temperature/top-k/top-p warpers, the order of llama.cpp's chain (penalties, DRY, top-k …).
     """
 
+    # the state of a run, per row (see _advance)
+    _suffix: torch.Tensor  # (B, e): common-suffix length of x[:i+1] and x[:e+1] for every i < e
+    _breaker_at: torch.Tensor  # (B,): head position of the most recent sequence breaker (-1: none)
+    _breaker_tail: torch.Tensor  # (B,): the length of that breaker's tail
+    # tables (see _tables and _cover)
+    _single: torch.Tensor  # one-token breakers by id, plus the overflow slot
+    _ok: torch.Tensor  # ~_single: the ids that may be penalised
+    _multi: dict[int, torch.Tensor]  # longer breakers by tail length, (M, n + 1)
+    _amounts: torch.Tensor  # penalty by repeat length
+    _reach: torch.Tensor
+
     def __init__(
         self,
         multiplier: float,
@@ -159,7 +183,7 @@ class DRYLogitsProcessor(LogitsProcessor):
         penalty_last_n: int = -1,
         sequence_breakers: Sequence[str] | None = None,
         *,
-        tokenizer=None,
+        tokenizer: _Tokenizer | None = None,
         breaker_ids: Sequence[Sequence[int]] | None = None,
         prompt_length: int | None = None,
     ) -> None:
@@ -180,20 +204,22 @@ class DRYLogitsProcessor(LogitsProcessor):
         self.prompt_length = None if prompt_length is None else check_int("prompt_length", prompt_length, 0)
         self.breakers = self._breakers(sequence_breakers, tokenizer, breaker_ids)
         self._max_exp = dry_max_exponent(self.base)
-        self._device = None
+        self._device: torch.device | None = None
         self._ids: torch.Tensor | None = None
         self._rows = RowTracker()
 
     @staticmethod
-    def _breakers(strings, tokenizer, breaker_ids) -> list[tuple[int, tuple[int, ...]]]:
+    def _breakers(
+        strings: Sequence[str] | None, tokenizer: _Tokenizer | None, breaker_ids: Sequence[Sequence[int]] | None
+    ) -> list[tuple[int, tuple[int, ...]]]:
         if breaker_ids is not None:
             if strings is not None:
                 raise ValueError(
                     "give sequence_breakers (strings, with tokenizer) or breaker_ids (token ids), not both"
                 )
             out = []
-            for seq in breaker_ids:
-                seq = [int(t) for t in seq]
+            for given in breaker_ids:
+                seq = [int(t) for t in given]
                 if not seq or min(seq) < 0:
                     raise ValueError(f"breaker_ids: {seq!r} is not a non-empty sequence of token ids >= 0")
                 out.append((seq[0], tuple(seq[1:])))
@@ -210,9 +236,10 @@ class DRYLogitsProcessor(LogitsProcessor):
 
     @property
     def enabled(self) -> bool:
+        """Whether DRY does anything (``multiplier`` and ``penalty_last_n`` not 0)."""
         return self.multiplier != 0 and self.penalty_last_n != 0
 
-    def _tables(self, device) -> None:
+    def _tables(self, device: torch.device) -> None:
         """One-token breakers as a lookup table; longer ones grouped by tail length (copied to the
         device once, at the first call there)."""
         singles = [h for h, t in self.breakers if not t]
@@ -246,7 +273,7 @@ class DRYLogitsProcessor(LogitsProcessor):
         """``table[lengths]`` for indices the table is known to cover (no clamp)."""
         return table.index_select(0, lengths.reshape(-1)).view(lengths.shape)
 
-    def _cover(self, size: int, length: int, device) -> None:
+    def _cover(self, size: int, length: int, device: torch.device) -> None:
         """Grow the breaker table to ``size`` ids (plus the overflow slot) and the penalty table to
         ``length`` repeats, computed on the device (no host-to-device copy)."""
         if self._single.shape[0] < size + 1:
@@ -269,28 +296,28 @@ class DRYLogitsProcessor(LogitsProcessor):
         last = ids[:, e]
         # most recent breaker: its head position and its longest complete tail
         hit = self._is_single(last)
-        self._head = torch.where(hit, e, self._head)
-        self._tail = torch.where(hit, 0, self._tail)
+        self._breaker_at = torch.where(hit, e, self._breaker_at)
+        self._breaker_tail = torch.where(hit, 0, self._breaker_tail)
         for n, patterns in self._multi.items():
             if e < n:
                 continue
             window = ids[:, e - n :]  # (B, n + 1)
             done = (window[:, None, :] == patterns[None]).all(dim=2).any(dim=1)
             h = e - n
-            newer = done & ((h > self._head) | ((h == self._head) & (n > self._tail)))
-            self._head = torch.where(newer, h, self._head)
-            self._tail = torch.where(newer, n, self._tail)
+            newer = done & ((h > self._breaker_at) | ((h == self._breaker_at) & (n > self._breaker_tail)))
+            self._breaker_at = torch.where(newer, h, self._breaker_at)
+            self._breaker_tail = torch.where(newer, n, self._breaker_tail)
         # common-suffix length of x[:i+1] and x[:e+1] for every i < e
         eq = ids[:, :e] == last[:, None]  # (B, e)
-        shifted = torch.nn.functional.pad(self._c, (1, 0))  # c_{i-1} of the previous end
-        self._c = torch.where(eq, shifted + 1, 0)
+        shifted = torch.nn.functional.pad(self._suffix, (1, 0))  # c_{i-1} of the previous end
+        self._suffix = torch.where(eq, shifted + 1, 0)
         self._ids = ids
 
     def _rebuild(self, ids: torch.Tensor) -> None:
         B = ids.shape[0]
-        self._c = torch.zeros(B, 0, dtype=torch.long, device=ids.device)
-        self._head = torch.full((B,), -1, dtype=torch.long, device=ids.device)
-        self._tail = torch.zeros(B, dtype=torch.long, device=ids.device)
+        self._suffix = torch.zeros(B, 0, dtype=torch.long, device=ids.device)
+        self._breaker_at = torch.full((B,), -1, dtype=torch.long, device=ids.device)
+        self._breaker_tail = torch.zeros(B, dtype=torch.long, device=ids.device)
         for t in range(1, ids.shape[1] + 1):
             self._advance(ids[:, :t])
 
@@ -302,10 +329,10 @@ class DRYLogitsProcessor(LogitsProcessor):
         if extends(ids, prev):
             if ids.shape[0] > 1:  # a batch of one can only continue itself
                 src = self._rows.sources(ids)
-                self._c, self._head, self._tail = (
-                    self._c.index_select(0, src),
-                    self._head.index_select(0, src),
-                    self._tail.index_select(0, src),
+                self._suffix, self._breaker_at, self._breaker_tail = (
+                    self._suffix.index_select(0, src),
+                    self._breaker_at.index_select(0, src),
+                    self._breaker_tail.index_select(0, src),
                 )
             self._cover(vocab_size, ids.shape[1], ids.device)
             self._advance(ids)
@@ -333,11 +360,11 @@ class DRYLogitsProcessor(LogitsProcessor):
             return torch.zeros(B, vocab_size, dtype=torch.float32, device=input_ids.device)
         self._sync(input_ids, vocab_size)
         e = T - 1
-        rep_limit = torch.where(self._head >= start, e - self._head - self._tail, width)  # (B,)
+        rep_limit = torch.where(self._breaker_at >= start, e - self._breaker_at - self._breaker_tail, width)  # (B,)
         cap = torch.minimum(
             self._reach[None, : width - 1], rep_limit[:, None]
         )  # reach: i - start + 1 for i = start .. e - 1
-        count = torch.minimum(self._c[:, start:e], cap)  # (B, width - 1)
+        count = torch.minimum(self._suffix[:, start:e], cap)  # (B, width - 1)
         follower = input_ids[:, start + 1 :].clamp(
             max=self._single.shape[0] - 1
         )  # ids past the tables: the overflow slot
@@ -349,4 +376,5 @@ class DRYLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if not self.enabled:
             return scores
-        return scores - self.penalties(input_ids, scores.shape[1]).to(scores.dtype)
+        penalised = scores - self.penalties(input_ids, scores.shape[1]).to(scores.dtype)
+        return cast(torch.FloatTensor, penalised)  # torch's typing: Tensor

@@ -12,14 +12,16 @@ stateless form of the article's test.
     from transformers import LogitsProcessorList, StoppingCriteriaList
     from kexue.repetition.hf import LoopStoppingCriteria, PromptExcludedRepetitionPenalty
 
+    prompt_length = inputs["input_ids"].shape[1]
     out = model.generate(**inputs, max_new_tokens=200,
-                         stopping_criteria=StoppingCriteriaList([LoopStoppingCriteria(inputs["input_ids"].shape[1])]),
-                         logits_processor=LogitsProcessorList([PromptExcludedRepetitionPenalty(1.2, inputs["input_ids"].shape[1])]))
+                         stopping_criteria=StoppingCriteriaList([LoopStoppingCriteria(prompt_length)]),
+                         logits_processor=LogitsProcessorList([PromptExcludedRepetitionPenalty(1.2, prompt_length)]))
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal, Protocol, cast, get_args
 
 import torch
 
@@ -29,7 +31,7 @@ require_extra("kexue.repetition.hf (the generate hooks)", "transformers")
 
 from transformers import LogitsProcessor, StoppingCriteria  # noqa: E402
 
-from kexue._shared import check_int, check_number  # noqa: E402
+from kexue._shared import check_choice, check_int, check_number  # noqa: E402
 from kexue.repetition._steps import RowTracker, extends  # noqa: E402
 
 __all__ = [
@@ -72,12 +74,24 @@ class LoopHit:
     repeats: float
     spent: int
 
-    def text(self, tokenizer) -> str:
-        """The pattern decoded with ``tokenizer`` (anything with ``decode(ids)``)."""
+    def text(self, tokenizer: _Decoder) -> str:
+        """The pattern decoded with ``tokenizer``.
+
+        Args:
+            tokenizer: anything with ``decode(ids)`` (an HF tokenizer).
+
+        Returns:
+            The pattern's text.
+        """
         return tokenizer.decode(list(self.pattern))
 
 
-_EVENTS = ("article", "vllm")
+class _Decoder(Protocol):
+    def decode(self, ids: list[int]) -> str: ...
+
+
+LoopEvent = Literal["article", "vllm"]
+_EVENTS: tuple[LoopEvent, ...] = get_args(LoopEvent)
 
 
 class LoopStoppingCriteria(StoppingCriteria):
@@ -116,11 +130,9 @@ class LoopStoppingCriteria(StoppingCriteria):
         min_repeats: int = 3,
         *,
         min_period: int = 1,
-        event: str = "article",
+        event: LoopEvent = "article",
         loop_budget: int = 0,
     ) -> None:
-        from kexue._shared import check_choice
-
         self.prompt_length = check_int("prompt_length", prompt_length, 0)
         self.max_period = check_int("max_period", max_period, 1)
         self.min_repeats = check_int("min_repeats", min_repeats, 2)
@@ -158,7 +170,7 @@ class LoopStoppingCriteria(StoppingCriteria):
             loop_budget=loop_budget,
         )
 
-    def _reset(self, B: int, device) -> None:
+    def _reset(self, B: int, device: torch.device) -> None:
         self._run = torch.zeros(B, self.max_period, dtype=torch.long, device=device)
         self._spent = torch.zeros(B, dtype=torch.long, device=device)
         k = torch.arange(1, self.max_period + 1, device=device)
@@ -202,13 +214,13 @@ class LoopStoppingCriteria(StoppingCriteria):
         ids = self._ids
         return [
             LoopHit(
-                b,
-                period[b],
-                tuple(ids[b, end[b] - period[b] + 1 : end[b] + 1].tolist()),
-                end[b] - run[b] - period[b] + 1,
-                end[b],
-                (run[b] + period[b]) / period[b],
-                spent[b],
+                row=b,
+                period=period[b],
+                pattern=tuple(ids[b, end[b] - period[b] + 1 : end[b] + 1].tolist()),
+                start=end[b] - run[b] - period[b] + 1,
+                end=end[b],
+                repeats=(run[b] + period[b]) / period[b],
+                spent=spent[b],
             )
             if stopped[b]
             else None
@@ -220,7 +232,7 @@ class LoopStoppingCriteria(StoppingCriteria):
         first ids have exactly the shape of the previous run's next step)."""
         self._ids = None
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         B, T = input_ids.shape
         if T < self.prompt_length:
             raise ValueError(
@@ -239,7 +251,7 @@ class LoopStoppingCriteria(StoppingCriteria):
             self._ids = input_ids
             if B > 1:
                 self._rows.start(input_ids)
-        return self._stopped.clone()
+        return cast(torch.BoolTensor, self._stopped.clone())  # torch types a bool tensor as Tensor
 
 
 class LoopBreakingProcessor(LogitsProcessor):
@@ -284,4 +296,4 @@ class PromptExcludedRepetitionPenalty(LogitsProcessor):
             return scores
         logit = torch.gather(scores, 1, generated)
         logit = torch.where(logit > 0, logit / self.penalty, logit * self.penalty)
-        return scores.scatter(1, generated, logit)
+        return cast(torch.FloatTensor, scores.scatter(1, generated, logit))  # torch's typing: Tensor

@@ -25,16 +25,23 @@ Bounds (``ζ`` = fraction of non-zero entries of ``P``, ``B`` its non-zero patte
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
 
-from kexue.repetition.transition import check_transition
+from kexue._shared import check_choice, check_int, check_number
+from kexue.repetition.transition import MatrixLike, as_dense, check_transition
 
 __all__ = [
+    "ESTIMATE_METHODS",
     "Bounds",
     "Estimate",
+    "EstimateMethod",
     "Inflow",
     "bounds",
     "estimate_r",
@@ -47,16 +54,31 @@ __all__ = [
 ]
 
 
-def _q(P):
-    return P.multiply(P).tocsr() if sp.issparse(P) else np.asarray(P, dtype=np.float64) ** 2
+EstimateMethod = Literal["hutch++", "hutchinson"]
+ESTIMATE_METHODS: tuple[EstimateMethod, ...] = get_args(EstimateMethod)
 
 
-def spectral_radius(P, tol: float = 1e-12, max_iter: int = 100_000) -> float:
-    """``λ₁ = ρ(P ∘ P)`` (Perron root; power iteration, exact for small dense matrices)."""
-    return _perron_root(_q(P), tol, max_iter)
+def _squared(P: MatrixLike) -> Any:
+    """``Q = P ∘ P``, the element-wise square: CSR for a sparse ``P``, else a float64 array."""
+    sparse: Any = P  # scipy.sparse ships no types
+    return sparse.multiply(sparse).tocsr() if sp.issparse(P) else np.asarray(P, dtype=np.float64) ** 2
 
 
-def _perron_root(Q, tol: float = 1e-12, max_iter: int = 100_000) -> float:
+def spectral_radius(P: MatrixLike, tol: float = 1e-12, max_iter: int = 100_000) -> float:
+    """``λ₁ = ρ(P ∘ P)`` (Perron root; power iteration, exact for small dense matrices).
+
+    Args:
+        P: row-stochastic ``(n, n)`` matrix, dense or sparse.
+        tol: relative change of the root at which the power iteration stops.
+        max_iter: most power-iteration steps.
+
+    Returns:
+        ``λ₁``.
+    """
+    return _perron_root(_squared(P), tol, max_iter)
+
+
+def _perron_root(Q: Any, tol: float = 1e-12, max_iter: int = 100_000) -> float:
     """``ρ(Q)`` of a non-negative matrix (eigenvalues up to 300, else damped power iteration)."""
     n = Q.shape[0]
     if not sp.issparse(Q) and n <= 300:
@@ -75,24 +97,41 @@ def _perron_root(Q, tol: float = 1e-12, max_iter: int = 100_000) -> float:
     return lam
 
 
-def exact_r(P) -> float:
-    """``R = Tr[(I − Q)^{−1} − I]`` by one dense LU (float64, ``n`` up to a few thousand);
-    ``inf`` when ``λ₁ = 1``."""
+def exact_r(P: MatrixLike) -> float:
+    """``R = Tr[(I − Q)^{−1} − I]`` by one dense LU (float64, ``n`` up to a few thousand).
+
+    Args:
+        P: row-stochastic ``(n, n)`` matrix, dense or sparse.
+
+    Returns:
+        ``R``; ``inf`` when ``λ₁ = 1`` (a deterministic cycle).
+
+    Example:
+        >>> import numpy as np
+        >>> round(exact_r(np.array([[0.5, 0.5], [0.5, 0.5]])), 6)  # Q = P∘P has eigenvalues 1/2 and 0
+        1.0
+    """
     n = check_transition(P)
     if spectral_radius(P) >= 1 - 1e-12:
         return math.inf
-    Q = _q(P)
+    Q = _squared(P)
     Q = Q.toarray() if sp.issparse(Q) else Q
-    import scipy.linalg
-
     inverse = scipy.linalg.solve(np.eye(n) - Q, np.eye(n), assume_a="gen", overwrite_a=True, check_finite=False)
     return float(np.trace(inverse) - n)
 
 
-def r_series(P, terms: int) -> float:
-    """The truncated series ``Σ_{k=1}^{terms} Tr Q^k`` (a lower bound of ``R``, converging to it)."""
+def r_series(P: MatrixLike, terms: int) -> float:
+    """The truncated series ``Σ_{k=1}^{terms} Tr Q^k`` (a lower bound of ``R``, converging to it).
+
+    Args:
+        P: row-stochastic ``(n, n)`` matrix, dense or sparse.
+        terms: powers summed.
+
+    Returns:
+        The partial sum.
+    """
     check_transition(P)
-    Q = _q(P)
+    Q = _squared(P)
     total, power = 0.0, Q
     for _ in range(terms):
         total += float(power.diagonal().sum())
@@ -100,25 +139,55 @@ def r_series(P, terms: int) -> float:
     return total
 
 
-def r_eigen(P) -> float:
-    """``Σ λ_i / (1 − λ_i)`` over the eigenvalues of ``Q`` (dense)."""
+def r_eigen(P: MatrixLike) -> float:
+    """``Σ λ_i / (1 − λ_i)`` over the eigenvalues of ``Q`` (dense).
+
+    Args:
+        P: row-stochastic ``(n, n)`` matrix, dense or sparse.
+
+    Returns:
+        ``R`` (``inf`` when ``λ₁ = 1``).
+    """
     check_transition(P)
-    Q = _q(P)
+    Q = _squared(P)
     lam = np.linalg.eigvals(Q.toarray() if sp.issparse(Q) else Q)
     if np.abs(lam).max() >= 1 - 1e-12:
         return math.inf
     return float(np.real((lam / (1 - lam)).sum()))
 
 
-def zeta(P) -> float:
-    """Fraction of non-zero entries of ``P``."""
-    nnz = P.count_nonzero() if sp.issparse(P) else int(np.count_nonzero(P))
-    return nnz / (P.shape[0] * P.shape[1])
+def zeta(P: MatrixLike) -> float:
+    """Fraction of non-zero entries of ``P``.
+
+    Args:
+        P: a dense or sparse matrix.
+
+    Returns:
+        ``ζ``.
+    """
+    M: Any = P  # scipy.sparse ships no types
+    nnz = M.count_nonzero() if sp.issparse(M) else int(np.count_nonzero(M))
+    return nnz / (M.shape[0] * M.shape[1])
 
 
 @dataclass
 class Bounds:
-    """Bounds and estimates of ``R`` (see the module docstring); ``terms`` powers summed."""
+    """Bounds and estimates of ``R`` (see the module docstring); ``terms`` powers summed.
+
+    Args:
+        lower_trace: proven, ``Σ (Tr P^k)² / Tr B^k``.
+        lower_diagonal: proven, ``Σ_k Σ_i (P^k)_ii² / (B^k)_ii``.
+        article_estimate: ``Σ (Tr P^k)² / (ζ n)^k``.
+        paper_estimate: ``Σ Σ_i (P^k)_ii² / (ζ^k n^(k-1))`` (the corrected elementwise form).
+        paper_printed: ``Σ Tr P^(2k) / (ζ^k n^(k-1))`` (the form the paper printed).
+        lambda1: ``λ₁ = ρ(P∘P)``.
+        row_sum_min: the smallest row sum of squares.
+        row_sum_max: the largest row sum of squares.
+        upper_lambda: proven, ``n λ₁ / (1 − λ₁)``.
+        upper_row_sum: proven, ``n s / (1 − s)``, ``s`` the largest row sum of squares.
+        zeta: ``ζ``, the fraction of non-zero entries.
+        terms: powers summed.
+    """
 
     lower_trace: float  # proven: Σ (Tr P^k)² / Tr B^k
     lower_diagonal: float  # proven: Σ_k Σ_i (P^k)_ii² / (B^k)_ii
@@ -134,11 +203,25 @@ class Bounds:
     terms: int
 
 
-def bounds(P, terms: int = 20, rtol: float = 1e-12) -> Bounds:
-    """Every bound and estimate of the module docstring, summing up to ``terms`` powers (dense);
-    stops early once a power adds less than ``rtol`` (relative) to every sum."""
+def bounds(P: MatrixLike, terms: int = 20, rtol: float = 1e-12) -> Bounds:
+    """Every bound and estimate of the module docstring, summing up to ``terms`` powers (dense).
+
+    Args:
+        P: row-stochastic ``(n, n)`` matrix, dense or sparse (densified).
+        terms: the most powers summed.
+        rtol: stop early once a power adds less than this (relative) to every sum.
+
+    Returns:
+        :class:`Bounds`.
+
+    Example:
+        >>> import numpy as np
+        >>> b = bounds(np.array([[0.5, 0.5], [0.5, 0.5]]))
+        >>> b.lower_trace <= 1.0 <= b.upper_lambda  # R = 1 here
+        True
+    """
     n = check_transition(P)
-    dense = P.toarray() if sp.issparse(P) else np.asarray(P, dtype=np.float64)
+    dense = as_dense(P)
     B = (dense > 0).astype(np.float64)
     z = zeta(dense)
     sq_rows = (dense**2).sum(axis=1)
@@ -161,7 +244,7 @@ def bounds(P, terms: int = 20, rtol: float = 1e-12) -> Bounds:
         add_pe = (diag**2).sum() / (z**k * n ** (k - 1))
         add_pp = float((Pk * Pk.T).sum()) / (z**k * n ** (k - 1))  # Tr P^(2k) = Σ_ij (P^k)_ij (P^k)_ji
         ae, pe, pp = ae + add_ae, pe + add_pe, pp + add_pp
-        small = [new - old <= rtol * max(new, 1e-300) for new, old in zip((lt, ld), before)]
+        small = [new - old <= rtol * max(new, 1e-300) for new, old in zip((lt, ld), before, strict=True)]
         if (
             k >= 3
             and all(small)
@@ -173,18 +256,18 @@ def bounds(P, terms: int = 20, rtol: float = 1e-12) -> Bounds:
             break
     s_max = float(sq_rows.max())
     return Bounds(
-        float(lt),
-        float(ld),
-        float(ae),
-        float(pe),
-        float(pp),
-        lam1,
-        float(sq_rows.min()),
-        s_max,
-        n * lam1 / (1 - lam1) if lam1 < 1 else math.inf,
-        n * s_max / (1 - s_max) if s_max < 1 else math.inf,
-        z,
-        terms,
+        lower_trace=float(lt),
+        lower_diagonal=float(ld),
+        article_estimate=float(ae),
+        paper_estimate=float(pe),
+        paper_printed=float(pp),
+        lambda1=lam1,
+        row_sum_min=float(sq_rows.min()),
+        row_sum_max=s_max,
+        upper_lambda=n * lam1 / (1 - lam1) if lam1 < 1 else math.inf,
+        upper_row_sum=n * s_max / (1 - s_max) if s_max < 1 else math.inf,
+        zeta=z,
+        terms=terms,
     )
 
 
@@ -201,6 +284,18 @@ class Estimate:
     cut at ``max_terms``; ``truncation``: a bound on what such a cut left out
     (``m ρ^(K+1) / (1 − ρ)`` per block of ``m`` tokens with Perron root ``ρ``, cut after ``K``
     powers; 0 when nothing was cut). The standard error does not include it.
+
+    Args:
+        value: the estimate of ``R``.
+        stderr: its standard error.
+        probes: probe vectors used.
+        terms: the most powers of ``Q`` summed.
+        exact_terms: the part computed exactly.
+        method: the stochastic trace estimator.
+        blocks: strongly connected components of ``Q``.
+        stochastic_tokens: tokens in blocks estimated stochastically.
+        converged: whether the requested relative error was reached and nothing was cut.
+        truncation: a bound on what a cut power series left out.
     """
 
     value: float
@@ -208,7 +303,7 @@ class Estimate:
     probes: int
     terms: int
     exact_terms: float
-    method: str = "hutchinson"
+    method: EstimateMethod = "hutchinson"
     blocks: int = 1
     stochastic_tokens: int = 0
     converged: bool = True
@@ -224,9 +319,9 @@ class Estimate:
 
 
 def _components(Q: sp.csr_array) -> tuple[int, np.ndarray]:
-    from scipy.sparse.csgraph import connected_components
-
-    return connected_components(Q, directed=True, connection="strong")
+    """The strongly connected components of ``Q``'s pattern: their count and each token's label."""
+    count, labels = connected_components(Q, directed=True, connection="strong")
+    return int(count), labels
 
 
 def _exact_block(Q: sp.csr_array) -> float:
@@ -234,15 +329,13 @@ def _exact_block(Q: sp.csr_array) -> float:
     m = Q.shape[0]
     if _perron_root(Q) >= 1 - 1e-12:
         return math.inf
-    import scipy.linalg
-
     inverse = scipy.linalg.solve(
         np.eye(m) - Q.toarray(), np.eye(m), assume_a="gen", overwrite_a=True, check_finite=False
     )
     return float(np.trace(inverse) - m)
 
 
-def _tail(Q: sp.csr_array, V: np.ndarray, first: int, tol: float, max_terms: int) -> tuple[np.ndarray, int]:
+def _power_tail(Q: sp.csr_array, V: np.ndarray, first: int, tol: float, max_terms: int) -> tuple[np.ndarray, int]:
     """``Σ_{k=first}^{K} Q^k V``, powers added until the latest is below ``tol`` (relative,
     Frobenius) or ``K = max_terms`` (the caller checks ``K`` to know whether it was cut)."""
     W = V
@@ -253,7 +346,7 @@ def _tail(Q: sp.csr_array, V: np.ndarray, first: int, tol: float, max_terms: int
         W = Q @ W
         S += W
         k += 1
-        if np.linalg.norm(W) <= tol * max(np.linalg.norm(S), 1e-300):
+        if np.linalg.norm(W) <= tol * max(float(np.linalg.norm(S)), 1e-300):
             break
     return S, k
 
@@ -267,7 +360,17 @@ def power_traces(Q: sp.csr_array, budget: float | None = None, chunk_nnz: float 
     .. math:: \\operatorname{Tr} Q^{a+b} = \\sum_i ⟨(Q^a)_{i,:},\\ ((Qᵀ)^b)_{i,:}⟩,
 
     so ``Tr Q^{2m+1}`` and ``Tr Q^{2m+2}`` come from rows of ``Q^{m+1}`` and of ``(Qᵀ)^m``,
-    ``(Qᵀ)^{m+1}``, built a chunk of rows at a time (memory stays bounded). ``M ≥ 1``."""
+    ``(Qᵀ)^{m+1}``, built a chunk of rows at a time (memory stays bounded). ``M ≥ 1``.
+
+    Args:
+        Q: the non-negative sparse matrix.
+        budget: multiplications allowed per sparse product.
+        chunk_nnz: non-zeros per chunk of rows.
+        seed: seed of the row sample.
+
+    Returns:
+        ``[Tr Q, Tr Q², …, Tr Q^{2M}]``.
+    """
     n = Q.shape[0]
     budget = 2e7 + 100 * Q.nnz if budget is None else budget
     QT = sp.csr_array(Q.T)
@@ -298,8 +401,20 @@ class _Block:
     """One large block: ``Tr Q^k`` exactly for ``k < first`` (:func:`power_traces`), the tail
     ``Tr Σ_{k≥first} Q^k`` as sketched part + residual probes."""
 
+    Q: sp.csr_array
+    rng: np.random.Generator
+    tol: float
+    max_terms: int
+    exact: float  # Σ Tr Q^k for k < first
+    first: int  # the first power of the stochastic tail
+    values: np.ndarray  # one value per residual probe
+    low: float  # Tr(Bᵀ A B): the sketched part (0 for Hutchinson)
+    basis: np.ndarray | None  # B, the orthonormal sketch basis (None for Hutchinson)
+    terms: int
+    probes: int
+
     def __init__(
-        self, Q: sp.csr_array, method: str, sketch: int, rng: np.random.Generator, tol: float, max_terms: int
+        self, Q: sp.csr_array, method: EstimateMethod, sketch: int, rng: np.random.Generator, tol: float, max_terms: int
     ) -> None:
         self.Q, self.rng, self.tol, self.max_terms = Q, rng, tol, max_terms
         traces = power_traces(Q)
@@ -308,11 +423,11 @@ class _Block:
         self.low, self.basis, self.terms, self.probes = 0.0, None, 0, 0
         if method == "hutch++":  # Meyer et al. 2021: the range of A S carries the dominant (Perron) part exactly
             m = Q.shape[0]
-            Y, self.terms = _tail(Q, self._rademacher(min(sketch, m)), self.first, tol, max_terms)
-            self.basis = np.linalg.qr(Y)[0]  # (m, s)
-            AB, k = _tail(Q, self.basis, self.first, tol, max_terms)
-            self.low = float((self.basis * AB).sum())
-            self.terms, self.probes = max(self.terms, k), 2 * self.basis.shape[1]
+            Y, self.terms = _power_tail(Q, self._rademacher(min(sketch, m)), self.first, tol, max_terms)
+            basis = np.linalg.qr(Y)[0]  # (m, s)
+            AB, k = _power_tail(Q, basis, self.first, tol, max_terms)
+            self.basis, self.low = basis, float((basis * AB).sum())
+            self.terms, self.probes = max(self.terms, k), 2 * basis.shape[1]
 
     def _rademacher(self, count: int) -> np.ndarray:
         return self.rng.choice([-1.0, 1.0], size=(self.Q.shape[0], count))
@@ -321,7 +436,7 @@ class _Block:
         G = self._rademacher(count)
         if self.basis is not None:
             G -= self.basis @ (self.basis.T @ G)  # probe the residual (I − BBᵀ) A (I − BBᵀ)
-        AG, k = _tail(self.Q, G, self.first, self.tol, self.max_terms)
+        AG, k = _power_tail(self.Q, G, self.first, self.tol, self.max_terms)
         self.values = np.concatenate([self.values, (G * AG).sum(axis=0)])
         self.terms, self.probes = max(self.terms, k), self.probes + count
 
@@ -335,7 +450,7 @@ class _Block:
         if self.terms < self.max_terms:
             return 0.0
         rho = _perron_root(self.Q, tol=1e-10)
-        return self.Q.shape[0] * rho ** (self.terms + 1) / (1 - rho)
+        return float(self.Q.shape[0] * rho ** (self.terms + 1) / (1 - rho))
 
     @property
     def variance(self) -> float:  # of the mean
@@ -343,12 +458,12 @@ class _Block:
 
 
 def estimate_r(
-    P,
+    P: MatrixLike,
     *,
     rel_error: float | None = 0.005,
     probes: int | None = None,
     max_probes: int = 4096,
-    method: str = "hutch++",
+    method: EstimateMethod = "hutch++",
     dense_block: int = 1000,
     tol: float = 1e-10,
     max_terms: int = 10_000,
@@ -378,6 +493,8 @@ def estimate_r(
     (doubling, to the block with the largest variance) until ``stderr ≤ rel_error · R`` or
     ``max_probes`` are used; ``rel_error=None`` uses ``probes`` and stops.
 
+    A dense ``P`` (NumPy, torch) is read in float64, as :func:`exact_r` reads it; a sparse one keeps its dtype.
+
     Args:
         P: row-stochastic ``(n, n)`` matrix, dense or sparse.
         rel_error: target relative standard error (default 0.5 %), or ``None``.
@@ -385,36 +502,71 @@ def estimate_r(
         max_probes: cap on residual probes over all blocks.
         method: ``"hutch++"`` or ``"hutchinson"``.
         dense_block: blocks up to this size are solved exactly.
-        tol, max_terms: truncation of the power series.
+        tol: truncation of the power series (relative size of the latest power).
+        max_terms: the most powers of the series summed.
         seed: seed of the probes.
 
     Returns:
         :class:`Estimate`; ``value = inf`` when a block has ``λ₁ ≥ 1`` (a deterministic cycle).
-    """
-    from kexue._shared import check_choice, check_int, check_number
 
+    Example:
+        >>> import numpy as np
+        >>> est = estimate_r(np.array([[0.5, 0.5], [0.5, 0.5]]))  # one small block: solved exactly
+        >>> round(est.value, 6), est.stderr
+        (1.0, 0.0)
+    """
+    _check_estimate_options(probes, max_probes, max_terms, dense_block, tol, rel_error, method)
+    start = 32 if probes is None else probes
+    check_transition(P)
+    Q = _squared(sp.csr_array(P) if sp.issparse(P) else sp.csr_array(as_dense(P)))
+    count, labels = _components(Q)
+    rng = np.random.default_rng(seed)
+    exact, large = _split_blocks(
+        Q, labels, count, dense_block, lambda block: _Block(block, method, start, rng, tol, max_terms)
+    )
+    if not large:  # every block solved exactly (or one has λ₁ ≥ 1: R = ∞)
+        return Estimate(value=exact, stderr=0.0, probes=0, terms=0, exact_terms=exact, method=method, blocks=count)
+    for b in large:
+        b.add(start)
+    converged = _add_probes(large, exact, rel_error, max_probes)
+    return _combine(large, exact, method=method, blocks=count, converged=converged, rel_error=rel_error)
+
+
+def _check_estimate_options(
+    probes: int | None,
+    max_probes: int,
+    max_terms: int,
+    dense_block: int,
+    tol: float,
+    rel_error: float | None,
+    method: EstimateMethod,
+) -> None:
+    """The checks of :func:`estimate_r`'s options (errors name the option)."""
     if probes is not None:
         check_int("probes", probes, 2)  # the standard error needs two
-    probes = 32 if probes is None else probes
     check_int("max_probes", max_probes, 2)
     check_int("max_terms", max_terms, 4)
     check_int("dense_block", dense_block, 1)
     check_number("tol", tol, above=0)
     if rel_error is not None:
         check_number("rel_error", rel_error, above=0)
-    check_choice("method", method, ("hutch++", "hutchinson"))
-    check_transition(P)
-    Q = _q(sp.csr_array(P) if not sp.issparse(P) else sp.csr_array(P))
-    count, labels = _components(Q)
+    check_choice("method", method, ESTIMATE_METHODS)
+
+
+def _split_blocks(
+    Q: sp.csr_array, labels: np.ndarray, count: int, dense_block: int, make: Callable[[sp.csr_array], _Block]
+) -> tuple[float, list[_Block]]:
+    """The exact part of ``Tr[(I − Q)^{-1} − I]`` (tokens alone in their block, and blocks of up to
+    ``dense_block`` tokens) and the larger blocks, built by ``make``; ``(inf, [])`` as soon as a block
+    has Perron root 1."""
     order = np.argsort(labels, kind="stable")
     sizes = np.bincount(labels, minlength=count)
     starts = np.concatenate([[0], np.cumsum(sizes)])
     diag = Q.diagonal()
     single = sizes[labels] == 1
     if (diag[single] >= 1 - 1e-12).any():
-        return Estimate(math.inf, 0.0, 0, 0, math.inf, method, count, 0)
+        return math.inf, []
     exact = float((diag[single] / (1 - diag[single])).sum())
-    rng = np.random.default_rng(seed)
     large: list[_Block] = []
     for c in np.flatnonzero(sizes > 1):
         idx = order[starts[c] : starts[c + 1]]
@@ -424,48 +576,64 @@ def estimate_r(
         elif _perron_root(block, tol=1e-10) >= 1 - 1e-9:
             exact = math.inf
         else:
-            large.append(_Block(block, method, probes, rng, tol, max_terms))
+            large.append(make(block))
         if not math.isfinite(exact):
-            return Estimate(math.inf, 0.0, 0, 0, math.inf, method, count, 0)
-    if not large:
-        return Estimate(exact, 0.0, 0, 0, exact, method, count, 0)
-    for b in large:
-        b.add(probes)
-    converged = rel_error is None
+            return math.inf, []
+    return exact, large
+
+
+def _add_probes(large: list[_Block], exact: float, rel_error: float | None, max_probes: int) -> bool:
+    """Add probes (doubling, to the block with the largest variance) until the standard error is at most
+    ``rel_error`` of the value or ``max_probes`` are used; whether the target was reached (``True`` for
+    ``rel_error=None``: no target)."""
     while rel_error is not None:
         value = exact + sum(b.value for b in large)
         variance = sum(b.variance for b in large)
         if math.sqrt(variance) <= rel_error * abs(value):
-            converged = True
-            break
+            return True
         used = sum(len(b.values) for b in large)
         if used >= max_probes:
-            break
+            return False
         worst = max(large, key=lambda b: b.variance)
         worst.add(min(len(worst.values), max_probes - used))
+    return True
+
+
+def _combine(
+    large: list[_Block], exact: float, *, method: EstimateMethod, blocks: int, converged: bool, rel_error: float | None
+) -> Estimate:
+    """The :class:`Estimate` of the exact part plus the stochastic blocks."""
     value = exact + sum(b.value for b in large)
-    stderr = math.sqrt(sum(b.variance for b in large))
     truncation = sum(b.truncation for b in large)
     return Estimate(
-        value,
-        stderr,
-        sum(b.probes for b in large),
-        max(b.terms for b in large),
-        exact + sum(b.exact for b in large),
-        method,
-        count,
-        int(sum(b.Q.shape[0] for b in large)),
-        converged and truncation <= (rel_error or 0.0) * abs(value),
-        truncation,
+        value=value,
+        stderr=math.sqrt(sum(b.variance for b in large)),
+        probes=sum(b.probes for b in large),
+        terms=max(b.terms for b in large),
+        exact_terms=exact + sum(b.exact for b in large),
+        method=method,
+        blocks=blocks,
+        stochastic_tokens=int(sum(b.Q.shape[0] for b in large)),
+        converged=converged and truncation <= (rel_error or 0.0) * abs(value),
+        truncation=truncation,
     )
 
 
-def perron_vectors(Q, tol: float = 1e-12, max_iter: int = 100_000) -> tuple[float, np.ndarray, np.ndarray]:
+def perron_vectors(Q: Any, tol: float = 1e-12, max_iter: int = 100_000) -> tuple[float, np.ndarray, np.ndarray]:
     """``(λ₁, v, u)``: the Perron root of the non-negative ``Q`` and its right and left
     eigenvectors (``Q v = λ₁ v``, ``uᵀ Q = λ₁ uᵀ``, both ``≥ 0`` with unit sum), by damped power
-    iteration (the damping ``x ← (x + Qx/|Qx|)/2`` also converges on periodic structure)."""
+    iteration (the damping ``x ← (x + Qx/|Qx|)/2`` also converges on periodic structure).
 
-    def iterate(M) -> tuple[float, np.ndarray]:
+    Args:
+        Q: a non-negative square matrix, dense or sparse.
+        tol: relative change of the root at which the iteration stops.
+        max_iter: most iteration steps.
+
+    Returns:
+        ``(λ₁, v, u)``.
+    """
+
+    def iterate(M: Any) -> tuple[float, np.ndarray]:
         n = M.shape[0]
         x, lam = np.full(n, 1.0 / n), 0.0
         for _ in range(max_iter):
@@ -486,14 +654,20 @@ def perron_vectors(Q, tol: float = 1e-12, max_iter: int = 100_000) -> tuple[floa
 
 @dataclass
 class Inflow:
-    """Which tokens feed loops (see :func:`inflow`): per-token arrays, each summing to 1."""
+    """Which tokens feed loops (see :func:`inflow`): per-token arrays, each summing to 1.
+
+    Args:
+        perron: ``u_i v_i / uᵀv``, the share of long loops passing through token ``i``.
+        loop_share: ``[(I − Q)^{-1}]_ii − 1`` over ``R``, token ``i``'s exact share of ``R``.
+        lambda1: ``λ₁ = ρ(P∘P)``.
+    """
 
     perron: np.ndarray  # u_i v_i / uᵀv: the share of long loops passing through token i
     loop_share: np.ndarray  # [(I − Q)^{-1}]_ii − 1 over R: token i's exact share of R (dense P only)
     lambda1: float
 
 
-def inflow(P) -> Inflow:
+def inflow(P: MatrixLike) -> Inflow:
     """Per-token loop inflow of the decoder ``P``.
 
     ``R = Σ_i r_i`` with ``r_i = Σ_k (Q^k)_ii = [(I − Q)^{-1}]_ii − 1``, the probability mass of
@@ -502,17 +676,27 @@ def inflow(P) -> Inflow:
     the Perron share says which tokens the dominant loop mode runs through (where ``Q``'s mass
     flows in, ``u``, and out again, ``v``). ``loop_share`` is ``r / R`` exactly (``nan`` when
     ``R = ∞`` or ``P`` is larger than 5,000).
+
+    Args:
+        P: row-stochastic ``(n, n)`` matrix, dense or sparse.
+
+    Returns:
+        :class:`Inflow`.
+
+    Example:
+        >>> import numpy as np
+        >>> flow = inflow(np.array([[0.9, 0.1], [0.5, 0.5]]))
+        >>> [round(float(x), 3) for x in flow.loop_share]  # token 0 holds most of R
+        [0.924, 0.076]
     """
     n = check_transition(P)
-    Q = _q(P)
+    Q = _squared(P)
     lam, v, u = perron_vectors(Q)
     weight = u * v
     perron = weight / weight.sum() if weight.sum() > 0 else np.full(n, np.nan)
     share = np.full(n, np.nan)
     if n <= 5000 and lam < 1 - 1e-12:
-        import scipy.linalg
-
         dense = Q.toarray() if sp.issparse(Q) else Q
         r = np.diag(scipy.linalg.solve(np.eye(n) - dense, np.eye(n), check_finite=False)) - 1
         share = r / r.sum()
-    return Inflow(perron, share, lam)
+    return Inflow(perron=perron, loop_share=share, lambda1=lam)

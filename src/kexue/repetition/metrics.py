@@ -23,15 +23,22 @@ giving the same numbers (tested; the benchmark times both).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import numpy as np
 
+from kexue._shared import check_int
+
 __all__ = ["LoopEvents", "distinct_n", "find_loops", "rep_l", "rep_n", "summary", "to_array", "uniq", "wrep_l"]
 
+# token sequences as the metrics take them: lists of ids or strings, a 2-D integer array, or sequences
+# already converted by ``_padded``
+Sequences: TypeAlias = "Iterable[Sequence[Hashable]] | np.ndarray | _Padded"
 
-def _token_lists(seqs) -> list[list]:
+
+def _token_lists(seqs: Iterable[Sequence[Hashable]]) -> list[list[Hashable]]:
     """``seqs`` as a non-empty list of token lists; a clear error naming ``seqs`` otherwise."""
     what = "seqs must be a list of token sequences (lists of ids or of strings)"
     try:
@@ -49,20 +56,32 @@ def _token_lists(seqs) -> list[list]:
     return out
 
 
-def to_array(seqs: Sequence[Sequence] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def to_array(seqs: Sequences) -> tuple[np.ndarray, np.ndarray]:
     """Pad sequences into ``(B, T)`` int64 ids with a per-position negative pad (never equal to
     anything), and their lengths. Strings are mapped to ids first; a 2-D integer array is taken
-    as is (every row full length)."""
+    as is (every row full length).
+
+    Args:
+        seqs: token sequences (lists of ids or of strings), or a 2-D integer array.
+
+    Returns:
+        ``(X, lengths)``: the padded ``(B, T)`` ids and each sequence's length.
+    """
     if isinstance(seqs, _Padded):
         return seqs.X, seqs.lengths
     if isinstance(seqs, np.ndarray) and seqs.ndim == 2 and np.issubdtype(seqs.dtype, np.integer):
         if seqs.size and seqs.min() < 0:
             raise ValueError("token ids must be >= 0")
         return seqs.astype(np.int64, copy=False), np.full(seqs.shape[0], seqs.shape[1], dtype=np.int64)
-    seqs = _token_lists(seqs)
-    if any(s and not isinstance(s[0], (int, np.integer)) for s in seqs):
-        vocab: dict = {}
-        seqs = [[vocab.setdefault(tok, len(vocab)) for tok in s] for s in seqs]
+    lists = _token_lists(seqs)
+    if any(s and not isinstance(s[0], (int, np.integer)) for s in lists):
+        vocab: dict[Hashable, int] = {}
+        lists = [[vocab.setdefault(tok, len(vocab)) for tok in s] for s in lists]
+    return _pad(lists)
+
+
+def _pad(seqs: list[list[Hashable]]) -> tuple[np.ndarray, np.ndarray]:
+    """Integer id lists as ``(B, T)`` int64 ids (negative per-position pad) and their lengths."""
     lengths = np.array([len(s) for s in seqs], dtype=np.int64)
     width = int(lengths.max()) if len(seqs) else 0
     if len(seqs) and (lengths == width).all():  # equal lengths: one conversion, no padding
@@ -72,7 +91,7 @@ def to_array(seqs: Sequence[Sequence] | np.ndarray) -> tuple[np.ndarray, np.ndar
         return out, lengths
     out = np.broadcast_to(-1 - np.arange(width, dtype=np.int64), (len(seqs), width)).copy()
     for i, s in enumerate(seqs):
-        out[i, : len(s)] = s
+        out[i, : len(s)] = np.asarray(s)
     if out.size and (out[out >= 0] > 2**40).any():
         raise ValueError("token ids must be below 2^40")
     return out, lengths
@@ -97,8 +116,16 @@ def _ngram_keys(X: np.ndarray, lengths: np.ndarray, n: int) -> tuple[np.ndarray,
     return key, valid
 
 
-def rep_n(seqs, n: int = 4) -> np.ndarray:
-    """Per sequence ``1 − unique/total`` n-grams (``nan`` for sequences shorter than ``n``)."""
+def rep_n(seqs: Sequences, n: int = 4) -> np.ndarray:
+    """Per sequence ``1 − unique/total`` n-grams (``nan`` for sequences shorter than ``n``).
+
+    Args:
+        seqs: token sequences.
+        n: the n-gram length.
+
+    Returns:
+        One value per sequence.
+    """
     X, lengths = to_array(seqs)
     key, valid = _ngram_keys(X, lengths, n)
     total = valid.sum(axis=1).astype(np.float64)
@@ -113,21 +140,50 @@ def rep_n(seqs, n: int = 4) -> np.ndarray:
         return np.where(total > 0, 1 - unique / np.where(total > 0, total, 1), np.nan)
 
 
-def seq_rep_n(seqs, n: int = 4) -> float:
-    """Welleck et al.'s seq-rep-n: the mean of :func:`rep_n` over sequences with n-grams."""
+def seq_rep_n(seqs: Sequences, n: int = 4) -> float:
+    """Welleck et al.'s seq-rep-n: the mean of :func:`rep_n` over sequences with n-grams.
+
+    Args:
+        seqs: token sequences (lists of ids or of strings).
+        n: the n-gram length.
+
+    Returns:
+        seq-rep-n (``nan`` when no sequence has an n-gram).
+
+    Example:
+        >>> seq_rep_n([[1, 2, 1, 2, 1, 2], [1, 2, 3, 4, 5, 6]], 2)  # 1 - 2/5 and 0
+        0.3
+    """
     values = rep_n(seqs, n)
     return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
-def distinct_n(seqs, n: int = 2) -> float:
+def distinct_n(seqs: Sequences, n: int = 2) -> float:
+    """``|unique n-grams| / |n-grams|`` pooled over all sequences.
+
+    Args:
+        seqs: token sequences.
+        n: the n-gram length.
+
+    Returns:
+        distinct-n (``nan`` without n-grams).
+    """
     X, lengths = to_array(seqs)
     key, valid = _ngram_keys(X, lengths, n)
     grams = key[valid]
     return float(len(np.unique(grams)) / len(grams)) if len(grams) else float("nan")
 
 
-def rep_l(seqs, l: int = 16) -> float:  # noqa: E741
-    """Fraction of tokens (``t ≥ 1``) equal to one of the previous ``l`` tokens."""
+def rep_l(seqs: Sequences, l: int = 16) -> float:  # noqa: E741 (Welleck et al.'s name for the window)
+    """Fraction of tokens (``t ≥ 1``) equal to one of the previous ``l`` tokens.
+
+    Args:
+        seqs: token sequences.
+        l: the window.
+
+    Returns:
+        rep/l.
+    """
     X, lengths = to_array(seqs)
     B, T = X.shape
     hit = np.zeros((B, T), dtype=bool)
@@ -138,9 +194,18 @@ def rep_l(seqs, l: int = 16) -> float:  # noqa: E741
     return float(hit[valid].mean()) if valid.any() else float("nan")
 
 
-def wrep_l(predictions, targets, l: int = 16) -> float:  # noqa: E741
+def wrep_l(predictions: Sequences, targets: Sequences, l: int = 16) -> float:  # noqa: E741 (Welleck et al.'s name)
     """Wrong predictions that repeat one of the previous ``l`` targets, as a fraction of
-    positions; ``predictions[t]`` is the model's guess for ``targets[t]`` given ``targets[:t]``."""
+    positions; ``predictions[t]`` is the model's guess for ``targets[t]`` given ``targets[:t]``.
+
+    Args:
+        predictions: predicted token sequences.
+        targets: the target sequences, of the same lengths.
+        l: the window.
+
+    Returns:
+        wrep/l.
+    """
     P, lengths = to_array(predictions)
     Y, lengths_y = to_array(targets)
     if P.shape != Y.shape or (lengths != lengths_y).any():
@@ -153,7 +218,15 @@ def wrep_l(predictions, targets, l: int = 16) -> float:  # noqa: E741
     return float((hit & (P != Y))[valid].mean()) if valid.any() else float("nan")
 
 
-def uniq(seqs) -> int:
+def uniq(seqs: Sequences) -> int:
+    """The number of distinct tokens over all sequences.
+
+    Args:
+        seqs: token sequences.
+
+    Returns:
+        uniq.
+    """
     X, lengths = to_array(seqs)
     valid = np.arange(X.shape[1])[None, :] < lengths[:, None]
     return len(np.unique(X[valid]))
@@ -161,7 +234,13 @@ def uniq(seqs) -> int:
 
 @dataclass
 class LoopEvents:
-    """Per sequence: whether it loops, where the first loop starts, its period (−1 if none)."""
+    """Per sequence: whether it loops, where the first loop starts, its period (−1 if none).
+
+    Args:
+        looped: whether each sequence loops.
+        start: where its first loop starts (−1 if none).
+        period: the loop's period (−1 if none).
+    """
 
     looped: np.ndarray
     start: np.ndarray
@@ -169,16 +248,29 @@ class LoopEvents:
 
     @property
     def rate(self) -> float:
+        """The fraction of sequences that loop (``nan`` for none)."""
         return float(self.looped.mean()) if len(self.looped) else float("nan")
 
 
-def find_loops(seqs, max_period: int = 32, min_repeats: int = 2) -> LoopEvents:
-    """The first repeated-subsequence event of every sequence (module docstring)."""
-    from kexue._shared import check_int
+def find_loops(seqs: Sequences, max_period: int = 32, min_repeats: int = 2) -> LoopEvents:
+    """The first repeated-subsequence event of every sequence (module docstring).
 
+    Args:
+        seqs: token sequences.
+        max_period: the longest period looked for.
+        min_repeats: how many times the cycle is walked (2: the article's event).
+
+    Returns:
+        :class:`LoopEvents`.
+
+    Example:
+        >>> events = find_loops([[5, 1, 2, 3, 1, 2, 3, 1], [1, 2, 3, 4]])
+        >>> events.looped.tolist(), events.start.tolist(), events.period.tolist()
+        ([True, False], [1, -1], [3, -1])
+    """
     check_int("max_period", max_period, 1)
     check_int("min_repeats", min_repeats, 2)
-    X, lengths = to_array(seqs)
+    X, _ = to_array(seqs)
     B, T = X.shape
     never = 4 * T + 4  # beyond any real end (no overflow when k is added)
     best_end = np.full(B, never)
@@ -202,7 +294,7 @@ def find_loops(seqs, max_period: int = 32, min_repeats: int = 2) -> LoopEvents:
         best_start = np.where(better, first_start, best_start)
         best_period = np.where(better, k, best_period)
     looped = best_period > 0
-    return LoopEvents(looped, np.where(looped, best_start, -1), best_period)
+    return LoopEvents(looped=looped, start=np.where(looped, best_start, -1), period=best_period)
 
 
 class _Padded:
@@ -215,25 +307,39 @@ class _Padded:
         return len(self.lengths)
 
 
-def _padded(seqs) -> _Padded:
+def _padded(seqs: Sequences) -> _Padded:
     return seqs if isinstance(seqs, _Padded) else _Padded(*to_array(seqs))
 
 
-def summary(seqs, *, max_period: int = 32, min_repeats: int = 2) -> dict[str, float]:
-    """Every metric above on one set of generations (the CLI's table)."""
-    seqs = _padded(seqs)
-    loops = find_loops(seqs, max_period, min_repeats)
-    reps = {n: seq_rep_n(seqs, n) for n in (2, 3, 4)}
+def summary(seqs: Sequences, *, max_period: int = 32, min_repeats: int = 2) -> dict[str, float]:
+    """Every metric above on one set of generations (the CLI's table).
+
+    Args:
+        seqs: token sequences (lists of ids or of strings).
+        max_period: the longest loop period looked for.
+        min_repeats: how many times a cycle is walked to count as a loop.
+
+    Returns:
+        Metric name → value (``"sequences"`` and ``"uniq"`` are counts).
+
+    Example:
+        >>> result = summary([list("abcabcabc"), list("the quick")])
+        >>> result["sequences"], result["loop rate"]
+        (2, 0.5)
+    """
+    padded = _padded(seqs)
+    loops = find_loops(padded, max_period, min_repeats)
+    reps = {n: seq_rep_n(padded, n) for n in (2, 3, 4)}
     return {
-        "sequences": len(seqs),
+        "sequences": len(padded),
         "rep-2": reps[2],
         "rep-3": reps[3],
         "rep-4 (seq-rep-4)": reps[4],
         "diversity": float(np.prod([1 - r for r in reps.values()])),
-        "distinct-1": distinct_n(seqs, 1),
-        "distinct-2": distinct_n(seqs, 2),
-        "rep/16": rep_l(seqs, 16),
-        "uniq": uniq(seqs),
+        "distinct-1": distinct_n(padded, 1),
+        "distinct-2": distinct_n(padded, 2),
+        "rep/16": rep_l(padded, 16),
+        "uniq": uniq(padded),
         "loop rate": loops.rate,
         "mean loop start": float(loops.start[loops.looped].mean()) if loops.looped.any() else float("nan"),
     }

@@ -15,52 +15,112 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast, get_args
 
 import numpy as np
+import numpy.typing as npt
 import scipy.sparse as sp
+import torch
+
+from kexue._shared import check_choice, check_int, check_number, deprecated_alias
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = [
+    "DECODING_KINDS",
+    "LEVELS",
     "Decoding",
+    "DecodingKind",
+    "Level",
     "Vocabulary",
     "apply_decoding",
     "check_transition",
-    "estimate",
     "from_model",
     "parse_decodings",
     "tokenize",
+    "transition_matrix",
 ]
 
+Level = Literal["char", "word"]
+LEVELS: tuple[Level, ...] = get_args(Level)
+DecodingKind = Literal["greedy", "topk", "topp", "temperature", "sample"]
+DECODING_KINDS: tuple[DecodingKind, ...] = get_args(DecodingKind)
+# a transition matrix as the functions accept it: NumPy or torch (dense), or a scipy.sparse matrix
+MatrixLike: TypeAlias = "npt.ArrayLike | torch.Tensor | sp.sparray | sp.spmatrix"
+
 _WORD = re.compile(r"[A-Za-z']+|[0-9]+|[^\sA-Za-z0-9']")
+_TRUNCATING: tuple[DecodingKind, ...] = ("greedy", "topk", "topp")
 
 
-def tokenize(text: str, level: str) -> list[str]:
-    """``level="char"``: every character; ``"word"``: words, numbers and single punctuation
-    marks, lower-cased (whitespace dropped)."""
-    from kexue._shared import check_choice
+def tokenize(text: str, level: Level) -> list[str]:
+    """Split ``text`` into tokens.
 
-    check_choice("level", level, ("char", "word"))
+    Args:
+        text: the text.
+        level: ``"char"``: every character; ``"word"``: words, numbers and single punctuation marks,
+            lower-cased (whitespace dropped).
+
+    Returns:
+        The tokens, in order.
+
+    Example:
+        >>> tokenize("The cat, the mat.", "word")
+        ['the', 'cat', ',', 'the', 'mat', '.']
+    """
+    check_choice("level", level, LEVELS)
     return list(text) if level == "char" else [w.lower() for w in _WORD.findall(text)]
 
 
 @dataclass
 class Vocabulary:
-    """Token strings by id; with ``max_size``, rarer tokens map to ``unk``."""
+    """Token strings by id; with ``max_size``, rarer tokens map to ``unk``.
+
+    Args:
+        tokens: the token strings, by id.
+        unk: the id that tokens outside the vocabulary map to (``None``: such tokens are an error).
+    """
 
     tokens: list[str]
     unk: int | None = None
 
     @classmethod
     def build(cls, tokens: Iterable[str], max_size: int | None = None, unk_token: str = "<unk>") -> Vocabulary:
+        """The vocabulary of ``tokens``, most frequent first (ties by the token's text).
+
+        Args:
+            tokens: the corpus's tokens.
+            max_size: keep the ``max_size - 1`` most frequent and map the rest to ``unk_token`` (``None``: keep all).
+            unk_token: the text of the unknown token.
+
+        Returns:
+            The vocabulary.
+
+        Example:
+            >>> Vocabulary.build("abracadabra", max_size=3)
+            Vocabulary(tokens=['a', 'b', '<unk>'], unk=2)
+        """
         counts = Counter(tokens)
         ranked = sorted(counts, key=lambda t: (-counts[t], t))
         if max_size is not None and len(ranked) > max_size:
-            return cls(ranked[: max_size - 1] + [unk_token], unk=max_size - 1)
-        return cls(ranked)
+            return cls(tokens=[*ranked[: max_size - 1], unk_token], unk=max_size - 1)
+        return cls(tokens=ranked)
 
     def __len__(self) -> int:
         return len(self.tokens)
 
     def encode(self, tokens: Sequence[str]) -> np.ndarray:
+        """Token ids of ``tokens``.
+
+        Args:
+            tokens: token strings.
+
+        Returns:
+            A 1-D int64 array of ids.
+
+        Raises:
+            ValueError: a token is outside the vocabulary and there is no ``unk``.
+        """
         index = {t: i for i, t in enumerate(self.tokens)}
         default = -1 if self.unk is None else self.unk
         ids = np.fromiter((index.get(t, default) for t in tokens), dtype=np.int64, count=len(tokens))
@@ -69,8 +129,10 @@ class Vocabulary:
         return ids
 
 
-def estimate(ids: np.ndarray | Sequence[np.ndarray], n: int, *, alpha: float = 0.0, sparse: bool = False):
-    """Row-stochastic ``P`` from bigram counts of one or several id sequences.
+def transition_matrix(
+    ids: np.ndarray | Sequence[np.ndarray], n: int, *, alpha: float = 0.0, sparse: bool = False
+) -> np.ndarray | sp.csr_array:
+    """Row-stochastic ``P`` from bigram counts of one or several id sequences (formerly ``estimate``).
 
     Args:
         ids: token ids (one array, or a list of arrays counted separately: no bigram across them).
@@ -78,9 +140,16 @@ def estimate(ids: np.ndarray | Sequence[np.ndarray], n: int, *, alpha: float = 0
         alpha: add-``alpha`` smoothing (0: none). A token never followed by anything gets a
             uniform row (``alpha`` = 0 would leave it empty).
         sparse: return ``csr_array`` (only with ``alpha = 0``, else the matrix is dense anyway).
-    """
-    from kexue._shared import check_int, check_number
 
+    Returns:
+        The ``(n, n)`` float64 matrix, dense or ``csr_array``.
+
+    Example:
+        >>> import numpy as np
+        >>> transition_matrix(np.array([0, 1, 0, 1, 1]), 2)
+        array([[0. , 1. ],
+               [0.5, 0.5]])
+    """
     check_int("n", n, 1)
     if check_number("alpha", alpha) < 0:
         raise ValueError(f"alpha={alpha!r} must be >= 0")
@@ -116,18 +185,23 @@ def estimate(ids: np.ndarray | Sequence[np.ndarray], n: int, *, alpha: float = 0
     return dense / dense.sum(axis=1, keepdims=True)
 
 
-def from_model(model, sequences, *, batch_size: int = 16) -> np.ndarray:
+def from_model(model: PreTrainedModel, sequences: torch.Tensor | npt.ArrayLike, *, batch_size: int = 16) -> np.ndarray:
     """``P`` from a causal LM: row ``i`` is the mean of the model's next-token distributions at
     every position of ``sequences`` (a ``(B, T)`` LongTensor of ids) whose current token is ``i``
     (the model sees the whole prefix: this is the bigram view of a real decoder). Tokens never
     seen as a current token get the model's distribution after that token alone.
 
     Runs on the model's device (the ids are moved there, the sums are kept there in float64; only
-    the final matrix comes back to the host). Returns a dense ``(V, V)`` float64 matrix,
-    ``V = model.config.vocab_size``.
-    """
-    import torch
+    the final matrix comes back to the host).
 
+    Args:
+        model: an HF causal LM (``model(input_ids=...).logits``, ``model.config.vocab_size``).
+        sequences: ``(B, T)`` token ids.
+        batch_size: sequences per forward pass.
+
+    Returns:
+        A dense ``(V, V)`` float64 matrix, ``V = model.config.vocab_size``.
+    """
     device = _model_device(model)
     sequences = torch.as_tensor(sequences, dtype=torch.long)
     if sequences.dim() != 2 or sequences.shape[1] < 1:
@@ -153,19 +227,22 @@ def from_model(model, sequences, *, batch_size: int = 16) -> np.ndarray:
     return P / P.sum(axis=1, keepdims=True)
 
 
-def _model_device(model):
+def _model_device(model: torch.nn.Module) -> torch.device:
     """The device of the model's first parameter (the CPU for a model without parameters)."""
-    import torch
-
     first = next(iter(model.parameters()), None)
     return first.device if first is not None else torch.device("cpu")
 
 
 @dataclass(frozen=True)
 class Decoding:
-    """A decoding rule: ``kind`` in greedy, topk, topp, temperature, sample, with its value."""
+    """A decoding rule: ``kind`` in greedy, topk, topp, temperature, sample, with its value.
 
-    kind: str
+    Args:
+        kind: the rule.
+        value: its number (``k`` of topk, ``p`` of topp, ``T`` of temperature; ``None`` for greedy and sample).
+    """
+
+    kind: DecodingKind
     value: float | None = None
 
     def __str__(self) -> str:
@@ -173,60 +250,106 @@ class Decoding:
 
 
 def parse_decodings(spec: str) -> list[Decoding]:
-    """``"greedy,topk=40,topp=0.9,temperature=0.7,sample"`` → rules (errors name the bad item)."""
-    rules = []
-    for item in filter(None, (s.strip() for s in spec.split(","))):
-        kind, _, value = item.partition("=")
-        kind = kind.lower()
-        if kind in ("greedy", "sample", "pure"):
-            if value:
-                raise ValueError(f"decoding {item!r}: {kind} takes no value")
-            rules.append(Decoding("sample" if kind == "pure" else kind))
-            continue
-        if kind not in ("topk", "topp", "temperature"):
-            raise ValueError(f"decoding {item!r}: unknown rule; use greedy, topk=K, topp=P, temperature=T, sample")
-        try:
-            v = float(value)
-        except ValueError:
-            raise ValueError(
-                f"decoding {item!r}: {kind} needs a number, e.g. {kind}="
-                + {"topk": "40", "topp": "0.9", "temperature": "0.7"}[kind]
-            ) from None
-        if (
-            (kind == "topk" and (v < 1 or v != int(v)))
-            or (kind == "topp" and not 0 < v <= 1)
-            or (kind == "temperature" and not v > 0)
-        ):
-            raise ValueError(f"decoding {item!r}: topk needs an integer >= 1, topp a value in (0, 1], temperature > 0")
-        rules.append(Decoding(kind, v))
+    """Decoding rules from their comma-separated spelling (errors name the bad item).
+
+    Args:
+        spec: rules separated by commas: ``greedy``, ``topk=K``, ``topp=P``, ``temperature=T``,
+            ``sample`` (or ``pure``).
+
+    Returns:
+        The rules, in order.
+
+    Example:
+        >>> [str(rule) for rule in parse_decodings("greedy,topk=40,topp=0.9,sample")]
+        ['greedy', 'topk=40', 'topp=0.9', 'sample']
+    """
+    rules = [_parse_rule(item) for item in filter(None, (s.strip() for s in spec.split(",")))]
     if not rules:
         raise ValueError("decoding: no rule given")
     return rules
 
 
-def check_transition(P) -> int:
+def _parse_rule(item: str) -> Decoding:
+    """One rule of :func:`parse_decodings` (``"topk=40"``)."""
+    kind, _, value = item.partition("=")
+    kind = kind.lower()
+    if kind in ("greedy", "sample", "pure"):
+        if value:
+            raise ValueError(f"decoding {item!r}: {kind} takes no value")
+        return Decoding(kind="sample" if kind == "pure" else cast(DecodingKind, kind))
+    if kind not in ("topk", "topp", "temperature"):
+        raise ValueError(f"decoding {item!r}: unknown rule; use greedy, topk=K, topp=P, temperature=T, sample")
+    try:
+        v = float(value)
+    except ValueError:
+        raise ValueError(
+            f"decoding {item!r}: {kind} needs a number, e.g. {kind}="
+            + {"topk": "40", "topp": "0.9", "temperature": "0.7"}[kind]
+        ) from None
+    if (
+        (kind == "topk" and (v < 1 or v != int(v)))
+        or (kind == "topp" and not 0 < v <= 1)
+        or (kind == "temperature" and not v > 0)
+    ):
+        raise ValueError(f"decoding {item!r}: topk needs an integer >= 1, topp a value in (0, 1], temperature > 0")
+    return Decoding(kind=cast(DecodingKind, kind), value=v)
+
+
+def _number(rule: Decoding) -> float:
+    """The value of a rule that needs one (topk, topp, temperature)."""
+    if rule.value is None:
+        raise TypeError(f"decoding rule {rule.kind!r} needs a value, e.g. Decoding(kind={rule.kind!r}, value=...)")
+    return rule.value
+
+
+def check_transition(P: MatrixLike) -> int:
     """Check that ``P`` is a square, real, finite, non-negative, row-stochastic matrix (dense or
-    sparse); its size ``n``. Errors name ``P``."""
-    if not sp.issparse(P):
-        P = np.asarray(P) if not hasattr(P, "detach") else P.detach().cpu().numpy()
-        if P.dtype.kind not in "iuf":
-            raise TypeError(f"P must hold real probabilities; got dtype {P.dtype}")
-    shape = P.shape
+    sparse). Errors name ``P``.
+
+    Args:
+        P: the matrix (NumPy, torch or scipy.sparse).
+
+    Returns:
+        Its size ``n``.
+    """
+    M: Any = P if sp.issparse(P) else _host_array(P)  # scipy.sparse ships no types
+    if not sp.issparse(M) and M.dtype.kind not in "iuf":
+        raise TypeError(f"P must hold real probabilities; got dtype {M.dtype}")
+    shape = M.shape
     if len(shape) != 2 or shape[0] != shape[1]:
         raise ValueError(f"P must be a square (n, n) matrix, got shape {shape}")
     if shape[0] == 0:
         raise ValueError("P is empty (0 x 0): a transition matrix needs at least one state")
-    data = P.data if sp.issparse(P) else np.asarray(P)
+    data = M.data if sp.issparse(M) else M
     if data.size and (not np.isfinite(data).all() or data.min() < 0):
         raise ValueError("P must hold finite, non-negative probabilities")
-    sums = np.asarray(P.sum(axis=1)).ravel()
+    sums = np.asarray(M.sum(axis=1)).ravel()
     if not np.allclose(sums, 1.0, atol=1e-8):
         bad = int(np.argmax(np.abs(sums - 1)))
         raise ValueError(f"P must be row-stochastic: row {bad} sums to {sums[bad]:.6g}")
     return shape[0]
 
 
-def apply_decoding(P, rule: Decoding | str, *, sparse: bool | None = None):
+def _host_array(P: MatrixLike) -> np.ndarray:
+    """A dense ``P`` as a NumPy array on the host (a torch tensor is detached and copied there)."""
+    return P.detach().cpu().numpy() if isinstance(P, torch.Tensor) else np.asarray(P)
+
+
+def as_dense(P: MatrixLike) -> np.ndarray:
+    """``P`` as a dense float64 NumPy array (a sparse matrix densified, a torch tensor copied to the host).
+
+    Args:
+        P: a dense or sparse matrix.
+
+    Returns:
+        The float64 array.
+    """
+    if sp.issparse(P):
+        return sp.csr_array(P).toarray()
+    return np.asarray(_host_array(P), dtype=np.float64)
+
+
+def apply_decoding(P: MatrixLike, rule: Decoding | str, *, sparse: bool | None = None) -> np.ndarray | sp.csr_array:
     """The transition matrix of decoding ``P`` with ``rule``: keep entries per row, renormalise.
 
     * ``greedy``: the row's largest entry (first on ties) gets 1;
@@ -235,44 +358,66 @@ def apply_decoding(P, rule: Decoding | str, *, sparse: bool | None = None):
     * ``temperature=T``: ``P^(1/T)`` renormalised;
     * ``sample``: ``P`` itself.
 
-    ``sparse`` (default: sparse exactly for greedy/top-k/top-p when ``P`` is sparse or larger than
-    5,000) returns ``csr_array``.
+    Args:
+        P: row-stochastic ``(n, n)`` matrix, dense or sparse.
+        rule: a :class:`Decoding` or its spelling (``"topk=40"``).
+        sparse: return ``csr_array`` (default: sparse exactly for greedy/top-k/top-p when ``P`` is
+            sparse or larger than 5,000).
+
+    Returns:
+        The decoded ``(n, n)`` matrix, dense float64 or ``csr_array``.
+
+    Example:
+        >>> import numpy as np
+        >>> apply_decoding(np.array([[0.2, 0.8], [0.6, 0.4]]), "greedy")
+        array([[0., 1.],
+               [1., 0.]])
     """
     if isinstance(rule, str):
         (rule,) = parse_decodings(rule)
     check_transition(P)
-    if sp.issparse(P) and rule.kind in ("greedy", "topk", "topp"):
+    if sp.issparse(P) and rule.kind in _TRUNCATING:
         return _sparse_truncate(sp.csr_array(P), rule)
-    dense = P.toarray() if sp.issparse(P) else np.asarray(P, dtype=np.float64)
+    dense = as_dense(P)
     n = dense.shape[0]
     if rule.kind == "sample":
         out = dense.copy()
     elif rule.kind == "temperature":
-        with np.errstate(divide="ignore"):
-            logp = np.log(dense) / rule.value
-        logp -= logp.max(axis=1, keepdims=True)
-        out = np.exp(logp)
-        out /= out.sum(axis=1, keepdims=True)
+        out = _temperature(dense, _number(rule))
     else:
-        order = np.argsort(-dense, axis=1, kind="stable")  # descending, lower index first on ties
-        ranked = np.take_along_axis(dense, order, axis=1)
-        if rule.kind == "greedy":
-            keep = np.zeros_like(ranked, dtype=bool)
-            keep[:, 0] = True
-        elif rule.kind == "topk":
-            keep = np.arange(n)[None, :] < int(rule.value)
-        else:  # topp: include entries until the mass before them reaches p
-            before = np.cumsum(ranked, axis=1) - ranked
-            keep = before < rule.value - 1e-12
-            keep[:, 0] = True
-        kept = np.where(keep, ranked, 0.0)
-        kept /= kept.sum(axis=1, keepdims=True)
-        out = np.zeros_like(dense)
-        np.put_along_axis(out, order, kept, axis=1)
-    want_sparse = (
-        sparse if sparse is not None else (rule.kind in ("greedy", "topk", "topp") and (sp.issparse(P) or n > 5000))
-    )
+        out = _dense_truncate(dense, rule)
+    want_sparse = sparse if sparse is not None else (rule.kind in _TRUNCATING and (sp.issparse(P) or n > 5000))
     return sp.csr_array(out) if want_sparse else out
+
+
+def _temperature(dense: np.ndarray, temperature: float) -> np.ndarray:
+    """``P^(1/T)`` renormalised per row."""
+    with np.errstate(divide="ignore"):
+        logp = np.log(dense) / temperature
+    logp -= logp.max(axis=1, keepdims=True)
+    out = np.exp(logp)
+    out /= out.sum(axis=1, keepdims=True)
+    return out
+
+
+def _dense_truncate(dense: np.ndarray, rule: Decoding) -> np.ndarray:
+    """greedy / top-k / top-p on a dense matrix (ties broken by lower index)."""
+    order = np.argsort(-dense, axis=1, kind="stable")  # descending, lower index first on ties
+    ranked = np.take_along_axis(dense, order, axis=1)
+    if rule.kind == "greedy":
+        keep = np.zeros_like(ranked, dtype=bool)
+        keep[:, 0] = True
+    elif rule.kind == "topk":
+        keep = np.arange(dense.shape[0])[None, :] < int(_number(rule))
+    else:  # topp: include entries until the mass before them reaches p
+        before = np.cumsum(ranked, axis=1) - ranked
+        keep = before < _number(rule) - 1e-12
+        keep[:, 0] = True
+    kept = np.where(keep, ranked, 0.0)
+    kept /= kept.sum(axis=1, keepdims=True)
+    out = np.zeros_like(dense)
+    np.put_along_axis(out, order, kept, axis=1)
+    return out
 
 
 def _sparse_truncate(P: sp.csr_array, rule: Decoding) -> sp.csr_array:
@@ -286,12 +431,16 @@ def _sparse_truncate(P: sp.csr_array, rule: Decoding) -> sp.csr_array:
     if rule.kind == "greedy":
         keep = rank == 0
     elif rule.kind == "topk":
-        keep = rank < int(rule.value)
+        keep = rank < int(_number(rule))
     else:
         csum = np.cumsum(data)
         start = np.concatenate([[0.0], csum])[P.indptr[:-1]][rows]
         before = csum - data - start
-        keep = (before < rule.value - 1e-12) | (rank == 0)
+        keep = (before < _number(rule) - 1e-12) | (rank == 0)
     rows, cols, data = rows[keep], cols[keep], data[keep]
     totals = np.bincount(rows, weights=data, minlength=n)
     return sp.csr_array((data / totals[rows], (rows, cols)), shape=P.shape)
+
+
+# renamed in 0.2: ``estimate`` built a transition matrix, not an estimate of R
+__getattr__ = deprecated_alias(__name__, {"estimate": ("transition_matrix", transition_matrix)})
