@@ -237,7 +237,7 @@ def _mrope_plain(dtype: torch.dtype) -> torch.Tensor:
 
 def _vit_positions() -> torch.Tensor:
     """(144, 2) in [0, 7], float32 whatever the model's dtype (as the model makes them)."""
-    return TinyViT("rope-2d-axial").positions(12, "interpolate")
+    return TinyViT("rope-2d-axial").positions(12, mode="interpolate")
 
 
 def _vit(setting: Setting):
@@ -249,7 +249,7 @@ def _vit(setting: Setting):
             _randn(2, 4, 144, 16, seed=5).to(device, dtype),
         ),
     )
-    return lambda: model.rope(q, model.positions(12, "interpolate", q.device), validate=False)
+    return lambda: model.rope(q, model.positions(12, mode="interpolate", device=q.device), validate=False)
 
 
 def _vit_reference(dtype: torch.dtype) -> torch.Tensor:
@@ -323,7 +323,8 @@ ENTRIES = [
         reference=_yarn_reference,
         plain=_yarn_plain,
         accepts="a transformers config (any rope_type); x of any float dtype; the module cast with .to()",
-        computes="frequencies in float64, held in angle_dtype; angles, tables (× attention factor) and rotation in float32",
+        computes="frequencies in float64, held in angle_dtype; angles, tables (× attention factor) and rotation "
+        "in float32",
         returns="x's dtype",
     ),
     Entry(

@@ -165,7 +165,7 @@ def test_no_host_sync_in_the_per_layer_paths() -> None:
             "offsets": rope(q, offset=offsets, validate=False),
         }
         mrope(q, torch.stack((positions, positions + 1, positions + 2), -1))  # integer (T, 3): nothing to validate
-        mrope_decode_positions(torch.tensor(5), 12, 1)
+        mrope_decode_positions(torch.tensor(5), 12, new_tokens=1)
         sinusoidal_table(positions.float(), 16, validate=False)
     assert syncs == []
     # the opt-out computes what the validated path computes

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kexue.positional import _native, reference
+from kexue.positional import _native, reference, scaling
+from kexue.positional import rope as rope_module
 from kexue.positional.rope import (
+    Layout,
     RotaryEmbedding,
     apply_rotary,
     apply_rotary_qk,
@@ -30,11 +34,12 @@ def test_native_kernel_builds_here() -> None:
 
 
 def _reference_rows(
-    x: torch.Tensor, positions: torch.Tensor, freqs: torch.Tensor, layout: str, inverse: bool = False
+    x: torch.Tensor, positions: torch.Tensor, freqs: torch.Tensor, layout: Layout, inverse: bool = False
 ) -> np.ndarray:
     flat_x = x.double().reshape(-1, x.shape[-1]).numpy()
     flat_p = positions.double().reshape(-1, freqs.shape[0]).numpy()
-    return reference.apply_reference(flat_x, flat_p, freqs.double().numpy(), layout, inverse).reshape(x.shape)
+    rows = reference.apply_reference(flat_x, flat_p, freqs.double().numpy(), layout=layout, inverse=inverse)
+    return rows.reshape(x.shape)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -160,7 +165,7 @@ def test_linear_and_ntk_scaling() -> None:
     f = ntk.freqs[0]
     assert f[0] == 1.0  # highest frequency kept
     assert torch.allclose(f[-1], base[-1] / 4, rtol=1e-12)  # lowest stretched by the factor
-    assert torch.allclose(f, rope_frequencies(64, 10000 * 4 ** (64 / 62)))
+    assert torch.allclose(f, rope_frequencies(64, base=10000 * 4 ** (64 / 62)))
 
 
 def test_axial_split_and_grid() -> None:
@@ -390,7 +395,7 @@ def test_mixed_frequencies_are_seeded_and_not_parallel() -> None:
     b = mixed_frequencies(16, 2, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
     assert torch.linalg.matrix_rank(a) == 2
-    assert torch.allclose(a.norm(dim=0), rope_frequencies(16, 100.0))
+    assert torch.allclose(a.norm(dim=0), rope_frequencies(16, base=100.0))
 
 
 @pytest.mark.gpu
@@ -556,3 +561,29 @@ def test_the_torch_path_traces_under_compile_fullgraph() -> None:
     torch.testing.assert_close(got_k, apply_rotary(k, cos, sin), rtol=0, atol=1e-6)
     module = torch.compile(rope, fullgraph=True, backend="inductor")
     torch.testing.assert_close(module(q, offset=3), rope(q, offset=3), rtol=0, atol=1e-6)
+
+
+def test_option_tuples_are_the_literal_types_and_the_registries() -> None:
+    assert rope_module.LAYOUTS == get_args(rope_module.Layout) == ("half", "interleaved")
+    assert rope_module.SCALINGS == get_args(rope_module.Scaling) == tuple(rope_module.ROPE_SCALINGS)
+    assert rope_module.FREQUENCIES == ("axial", "mixed")
+    assert set(rope_module.BACKENDS) == {"auto", "native", "torch"}
+    assert scaling.ROPE_TYPE_NAMES == get_args(scaling.RopeType) == tuple(scaling.ROPE_TYPES)
+
+
+def test_use_native_takes_the_tensors_and_an_op() -> None:
+    x = torch.randn(2, 4, 8)
+    assert not _native.use_native("torch", x, x, op="rotate_products")
+    assert _native.use_native("native", x, x, op="rotate") == _native.available()
+    with pytest.raises(ValueError, match="op='spin'"):
+        _native.use_native("auto", x, op="spin")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="backend='native'"):
+        _native.use_native("native", x, x.to(torch.int32))  # every tensor must suit the kernel
+
+
+def test_options_are_keyword_only() -> None:
+    with pytest.raises(TypeError):
+        rope_frequencies(8, 100.0)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        axial_frequencies(8, 2, 100.0)  # type: ignore[misc]
+    assert torch.equal(rope_frequencies(8, base=100.0), axial_frequencies(8, 1, base=100.0)[0])

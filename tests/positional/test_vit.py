@@ -19,13 +19,13 @@ def test_split_is_fixed_and_disjoint() -> None:
 
 def test_position_modes() -> None:
     flat = vit.TinyViT("rope-1d-flat")
-    assert flat.positions(8, "extrapolate").tolist()[:10] == list(range(10))
-    assert flat.positions(12, "extrapolate")[12].item() == 12  # (1, 0) → 1 · 12 + 0
+    assert flat.positions(8, mode="extrapolate").tolist()[:10] == list(range(10))
+    assert flat.positions(12, mode="extrapolate")[12].item() == 12  # (1, 0) → 1 · 12 + 0
     axial = vit.TinyViT("rope-2d-axial")
-    inter = axial.positions(12, "interpolate")
+    inter = axial.positions(12, mode="interpolate")
     assert inter.max().item() == pytest.approx(7.0) and inter[1, 1].item() == pytest.approx(7 / 11)
-    assert axial.positions(12, "extrapolate").max().item() == 11
-    assert vit.TinyViT("learned").positions(12, "interpolate") is None
+    assert axial.positions(12, mode="extrapolate").max().item() == 11
+    assert vit.TinyViT("learned").positions(12, mode="interpolate") is None
     with pytest.raises(ValueError, match="variant='alibi'"):
         vit.TinyViT("alibi")
 
@@ -35,7 +35,7 @@ def test_forward_at_both_resolutions(variant: str) -> None:
     model = vit.TinyViT(variant)
     x = torch.rand(3, 1, 8, 8)
     assert model(vit._patches(x, vit.TRAIN_SIZE)).shape == (3, 10)
-    assert model(vit._patches(x, vit.TEST_SIZE), "interpolate").shape == (3, 10)
+    assert model(vit._patches(x, vit.TEST_SIZE), mode="interpolate").shape == (3, 10)
 
 
 def test_smaller_images_give_a_smaller_grid() -> None:

@@ -20,9 +20,16 @@
 """
 
 from kexue.positional.rope import (
+    BACKENDS,
     LAYOUTS,
     ROPE_SCALINGS,
+    ROUNDINGS,
+    SCALINGS,
+    Backend,
+    Layout,
     RotaryEmbedding,
+    Rounding,
+    Scaling,
     apply_rotary,
     apply_rotary_qk,
     axial_frequencies,
@@ -32,9 +39,18 @@ from kexue.positional.rope import (
     mixed_frequencies,
     rope_frequencies,
 )
-from kexue.positional.scaling import ROPE_TYPES, RopeParameters, rope_parameters, rope_parameters_from_config
+from kexue.positional.scaling import (
+    ROPE_TYPE_NAMES,
+    ROPE_TYPES,
+    RopeParameters,
+    RopeType,
+    rope_parameters,
+    rope_parameters_from_config,
+)
 from kexue.positional.sinusoidal import (
+    TABLE_LAYOUTS,
     THETA_SCHEDULES,
+    TableLayout,
     integral_approximation,
     relative_inner_products,
     sinusoidal_table,
@@ -42,12 +58,23 @@ from kexue.positional.sinusoidal import (
 )
 
 __all__ = [
+    "BACKENDS",
     "LAYOUTS",
     "ROPE_SCALINGS",
     "ROPE_TYPES",
+    "ROPE_TYPE_NAMES",
+    "ROUNDINGS",
+    "SCALINGS",
+    "TABLE_LAYOUTS",
     "THETA_SCHEDULES",
+    "Backend",
+    "Layout",
     "RopeParameters",
+    "RopeType",
     "RotaryEmbedding",
+    "Rounding",
+    "Scaling",
+    "TableLayout",
     "apply_rotary",
     "apply_rotary_qk",
     "axial_frequencies",

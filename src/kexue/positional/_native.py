@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import ctypes
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 
-from kexue._native import NativeLibrary, NativeUnavailable
+from kexue._native import Backend, NativeLibrary, NativeUnavailable
 from kexue._native import use_native as select
+from kexue._shared import check_choice
 
 __all__ = [
+    "OPS",
+    "Backend",
     "NativeUnavailable",
+    "Op",
     "available",
     "compile_seconds",
     "fresh_compile_seconds",
@@ -25,6 +30,10 @@ __all__ = [
     "symbol",
     "use_native",
 ]
+
+# "rotate": the sums round once; "rotate_products": each product rounds to a half type first (transformers')
+Op = Literal["rotate", "rotate_products"]
+OPS: tuple[Op, ...] = get_args(Op)
 
 _MAXDIM = 8
 _SYMBOLS = {
@@ -65,17 +74,38 @@ def available(dtype: torch.dtype = torch.float32) -> bool:
     return dtype in _SYMBOLS and _LIBRARY.available(_SYMBOLS[dtype])
 
 
-def use_native(backend: str, x: torch.Tensor, round_products: bool = False) -> bool:
-    """Whether rotating ``x`` runs in the kernel (see :func:`kexue._native.use_native`)."""
-    unsupported = (
-        None
-        if supports(x)
-        else (
-            "needs a CPU tensor of float32, float64, bfloat16 or float16 with 1 to 9 dimensions; "
-            f"got {x.dtype} on {x.device} with {x.dim()} dimensions"
-        )
-    )
-    return select(_LIBRARY, backend, symbol(x.dtype, round_products), unsupported)
+def use_native(backend: Backend, *tensors: torch.Tensor, op: Op = "rotate") -> bool:
+    """Whether ``op`` on ``tensors`` runs in the kernel (see :func:`kexue._native.use_native`).
+
+    Args:
+        backend: ``"auto"``, ``"native"`` or ``"torch"``.
+        *tensors: the tensors to rotate (one, or queries and keys); the kernel's dtype is the first's.
+        op: ``"rotate"`` (the sums round once) or ``"rotate_products"`` (for bfloat16/float16, each product
+            rounds to the storage dtype first: transformers' recipe).
+
+    Returns:
+        True when the kernel runs, False for the torch path.
+
+    Raises:
+        ValueError: an unknown ``backend`` or ``op``, or ``backend="native"`` with tensors the kernel does
+            not take.
+        RuntimeError: ``backend="native"`` and the kernel cannot be built or loaded.
+    """
+    check_choice("op", op, OPS)
+    if not tensors:
+        raise ValueError("use_native needs at least one tensor")
+    return select(_LIBRARY, backend, symbol(tensors[0].dtype, op == "rotate_products"), _unsupported(tensors))
+
+
+def _unsupported(tensors: tuple[torch.Tensor, ...]) -> str | None:
+    """None when the kernel takes every tensor, else why not."""
+    for x in tensors:
+        if not supports(x):
+            return (
+                "needs a CPU tensor of float32, float64, bfloat16 or float16 with 1 to 9 dimensions; "
+                f"got {x.dtype} on {x.device} with {x.dim()} dimensions"
+            )
+    return None
 
 
 def fresh_compile_seconds() -> float:
@@ -121,7 +151,9 @@ class _Job(ctypes.Structure):
 STREAM_MIN_BYTES = 1 << 25
 
 
-def _job(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor, keep: list, stream: bool) -> _Job:
+def _job(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor, keep: list[object], stream: bool
+) -> _Job:
     x_stride, cs_stride, out_stride = x.stride(), cos.stride(), out.stride()
     if cs_stride != sin.stride() or cs_stride[-1] != 1 or x_stride[-1] != 1 or out_stride[-1] != 1:
         raise ValueError("rotate needs contiguous last dimensions and cos/sin with equal strides")
@@ -188,7 +220,7 @@ def rotate_many(
     if not live:
         return
     function = _LIBRARY.function(symbol(dtype, round_products))
-    keep: list = []
+    keep: list[object] = []
     elements = sum(job[0].numel() for job in live)
     stream = elements * live[0][3].element_size() >= STREAM_MIN_BYTES
     array = (_Job * len(live))(*(_job(*job, keep, stream) for job in live))

@@ -47,7 +47,7 @@ _ELEMENTS_PER_PROGRAM = 1024  # BLOCK_ROWS · D: 8 entries a thread (2048 spill 
 
 
 @triton.jit
-def _widen(value, COMPUTE: tl.constexpr):
+def _widen(value: tl.tensor, COMPUTE: tl.constexpr) -> tl.tensor:
     """``value`` in the compute dtype, exactly (bfloat16 by shifting its bits)."""
     if value.dtype == tl.bfloat16:
         wide = (value.to(tl.int16, bitcast=True).to(tl.int32) << 16).to(tl.float32, bitcast=True).to(COMPUTE)
@@ -57,7 +57,7 @@ def _widen(value, COMPUTE: tl.constexpr):
 
 
 @triton.jit
-def _narrow(value, DTYPE: tl.constexpr):
+def _narrow(value: tl.tensor, DTYPE: tl.constexpr) -> tl.tensor:
     """Compute-dtype ``value`` rounded to ``DTYPE`` (nearest even; bfloat16 on the float32 bits, NaN → 0x7FC0)."""
     if DTYPE == tl.bfloat16:
         v = value.to(tl.float32)
@@ -71,7 +71,9 @@ def _narrow(value, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _product(u, v, DTYPE: tl.constexpr, COMPUTE: tl.constexpr, PRODUCTS: tl.constexpr):
+def _product(
+    u: tl.tensor, v: tl.tensor, DTYPE: tl.constexpr, COMPUTE: tl.constexpr, PRODUCTS: tl.constexpr
+) -> tl.tensor:
     """``u · v``, rounded to the storage ``DTYPE`` and widened back when ``PRODUCTS``."""
     p = u * v
     if PRODUCTS:
@@ -80,7 +82,16 @@ def _product(u, v, DTYPE: tl.constexpr, COMPUTE: tl.constexpr, PRODUCTS: tl.cons
 
 
 @triton.jit
-def _row_offsets(rows, S1, S2, S3, s0, s1, s2, s3):
+def _row_offsets(
+    rows: tl.tensor,
+    S1: tl.tensor,
+    S2: tl.tensor,
+    S3: tl.tensor,
+    s0: tl.tensor,
+    s1: tl.tensor,
+    s2: tl.tensor,
+    s3: tl.tensor,
+) -> tl.tensor:
     """Offsets of int64 row indices into a 4-D strided index space."""
     i3 = rows % S3
     rest = rows // S3
@@ -91,32 +102,32 @@ def _row_offsets(rows, S1, S2, S3, s0, s1, s2, s3):
 
 @triton.jit
 def _rotate_tile(
-    tile,
-    x_ptr,
-    out_ptr,
-    cos_ptr,
-    sin_ptr,
-    pos_ptr,
-    n_rows,
-    S1,
-    S2,
-    S3,
-    xs0,
-    xs1,
-    xs2,
-    xs3,
-    xsd,
-    os0,
-    os1,
-    os2,
-    os3,
-    osd,
-    cs0,
-    cs1,
-    cs2,
-    cs3,
-    csd,
-    cs_row,
+    tile: tl.tensor,
+    x_ptr: tl.tensor,
+    out_ptr: tl.tensor,
+    cos_ptr: tl.tensor,
+    sin_ptr: tl.tensor,
+    pos_ptr: tl.tensor,
+    n_rows: tl.tensor,
+    S1: tl.tensor,
+    S2: tl.tensor,
+    S3: tl.tensor,
+    xs0: tl.tensor,
+    xs1: tl.tensor,
+    xs2: tl.tensor,
+    xs3: tl.tensor,
+    xsd: tl.tensor,
+    os0: tl.tensor,
+    os1: tl.tensor,
+    os2: tl.tensor,
+    os3: tl.tensor,
+    osd: tl.tensor,
+    cs0: tl.tensor,
+    cs1: tl.tensor,
+    cs2: tl.tensor,
+    cs3: tl.tensor,
+    csd: tl.tensor,
+    cs_row: tl.tensor,
     HALF: tl.constexpr,
     TAIL: tl.constexpr,
     INTERLEAVED: tl.constexpr,
@@ -127,7 +138,7 @@ def _rotate_tile(
     BLOCK_ROWS: tl.constexpr,
     BLOCK_HALF: tl.constexpr,
     BLOCK_TAIL: tl.constexpr,
-):
+) -> None:
     """Rotate rows ``tile · BLOCK_ROWS …`` of one tensor (``cs*``: the tables' strides, or the positions'
     when ``POSITIONS``, whose table rows are ``cs_row`` apart)."""
     rows = tile.to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
@@ -168,57 +179,57 @@ def _rotate_tile(
 
 @triton.jit
 def _rope_kernel(
-    x0,
-    out0,
-    cos0,
-    sin0,
-    pos0,
-    rows0,
-    S10,
-    S20,
-    S30,
-    xs00,
-    xs10,
-    xs20,
-    xs30,
-    xsd0,
-    os00,
-    os10,
-    os20,
-    os30,
-    osd0,
-    cs00,
-    cs10,
-    cs20,
-    cs30,
-    csd0,
-    csr0,
-    x1,
-    out1,
-    cos1,
-    sin1,
-    pos1,
-    rows1,
-    S11,
-    S21,
-    S31,
-    xs01,
-    xs11,
-    xs21,
-    xs31,
-    xsd1,
-    os01,
-    os11,
-    os21,
-    os31,
-    osd1,
-    cs01,
-    cs11,
-    cs21,
-    cs31,
-    csd1,
-    csr1,
-    tiles0,
+    x0: tl.tensor,
+    out0: tl.tensor,
+    cos0: tl.tensor,
+    sin0: tl.tensor,
+    pos0: tl.tensor,
+    rows0: tl.tensor,
+    S10: tl.tensor,
+    S20: tl.tensor,
+    S30: tl.tensor,
+    xs00: tl.tensor,
+    xs10: tl.tensor,
+    xs20: tl.tensor,
+    xs30: tl.tensor,
+    xsd0: tl.tensor,
+    os00: tl.tensor,
+    os10: tl.tensor,
+    os20: tl.tensor,
+    os30: tl.tensor,
+    osd0: tl.tensor,
+    cs00: tl.tensor,
+    cs10: tl.tensor,
+    cs20: tl.tensor,
+    cs30: tl.tensor,
+    csd0: tl.tensor,
+    csr0: tl.tensor,
+    x1: tl.tensor,
+    out1: tl.tensor,
+    cos1: tl.tensor,
+    sin1: tl.tensor,
+    pos1: tl.tensor,
+    rows1: tl.tensor,
+    S11: tl.tensor,
+    S21: tl.tensor,
+    S31: tl.tensor,
+    xs01: tl.tensor,
+    xs11: tl.tensor,
+    xs21: tl.tensor,
+    xs31: tl.tensor,
+    xsd1: tl.tensor,
+    os01: tl.tensor,
+    os11: tl.tensor,
+    os21: tl.tensor,
+    os31: tl.tensor,
+    osd1: tl.tensor,
+    cs01: tl.tensor,
+    cs11: tl.tensor,
+    cs21: tl.tensor,
+    cs31: tl.tensor,
+    csd1: tl.tensor,
+    csr1: tl.tensor,
+    tiles0: tl.tensor,
     HALF: tl.constexpr,
     TAIL0: tl.constexpr,
     TAIL1: tl.constexpr,
@@ -231,87 +242,29 @@ def _rope_kernel(
     BLOCK_ROWS: tl.constexpr,
     BLOCK_HALF: tl.constexpr,
     BLOCK_TAIL: tl.constexpr,
-):
+) -> None:
     """Rotate one tensor, or two (``TWO``: the first ``tiles0`` programs take tensor 0, the rest tensor 1)."""
     pid = tl.program_id(0)
+    # fmt: off
+    # one line per role (pointers and rows, x's strides, out's, the tables'): one name per line would run
+    # this body past 60 lines without making it clearer
     if pid < tiles0:
         _rotate_tile(
-            pid,
-            x0,
-            out0,
-            cos0,
-            sin0,
-            pos0,
-            rows0,
-            S10,
-            S20,
-            S30,
-            xs00,
-            xs10,
-            xs20,
-            xs30,
-            xsd0,
-            os00,
-            os10,
-            os20,
-            os30,
-            osd0,
-            cs00,
-            cs10,
-            cs20,
-            cs30,
-            csd0,
-            csr0,
-            HALF,
-            TAIL0,
-            INTERLEAVED,
-            INVERSE,
-            PRODUCTS,
-            POSITIONS,
-            COMPUTE,
-            BLOCK_ROWS,
-            BLOCK_HALF,
-            BLOCK_TAIL,
+            pid, x0, out0, cos0, sin0, pos0, rows0, S10, S20, S30,
+            xs00, xs10, xs20, xs30, xsd0,
+            os00, os10, os20, os30, osd0,
+            cs00, cs10, cs20, cs30, csd0, csr0,
+            HALF, TAIL0, INTERLEAVED, INVERSE, PRODUCTS, POSITIONS, COMPUTE, BLOCK_ROWS, BLOCK_HALF, BLOCK_TAIL,
         )
     elif TWO:
         _rotate_tile(
-            pid - tiles0,
-            x1,
-            out1,
-            cos1,
-            sin1,
-            pos1,
-            rows1,
-            S11,
-            S21,
-            S31,
-            xs01,
-            xs11,
-            xs21,
-            xs31,
-            xsd1,
-            os01,
-            os11,
-            os21,
-            os31,
-            osd1,
-            cs01,
-            cs11,
-            cs21,
-            cs31,
-            csd1,
-            csr1,
-            HALF,
-            TAIL1,
-            INTERLEAVED,
-            INVERSE,
-            PRODUCTS,
-            POSITIONS,
-            COMPUTE,
-            BLOCK_ROWS,
-            BLOCK_HALF,
-            BLOCK_TAIL,
+            pid - tiles0, x1, out1, cos1, sin1, pos1, rows1, S11, S21, S31,
+            xs01, xs11, xs21, xs31, xsd1,
+            os01, os11, os21, os31, osd1,
+            cs01, cs11, cs21, cs31, csd1, csr1,
+            HALF, TAIL1, INTERLEAVED, INVERSE, PRODUCTS, POSITIONS, COMPUTE, BLOCK_ROWS, BLOCK_HALF, BLOCK_TAIL,
         )
+    # fmt: on
 
 
 # --- host side ----------------------------------------------------------------------------------------
@@ -422,9 +375,9 @@ def rotate_many(
     half, dtype = jobs[0][1].shape[-1], jobs[0][0].dtype
     if any(x.dtype != dtype or c.shape[-1] != half for x, c, _, _ in jobs):
         raise ValueError("tensors rotated in one launch must share their dtype and rotated width")
-    for (x, c, s, o), p in zip(jobs, positions):
+    for (x, c, s, o), p in zip(jobs, positions, strict=True):
         _check_job(x, c, s, o, p)
-    live = [_Job(x, c, s, o, p) for (x, c, s, o), p in zip(jobs, positions) if x.numel()]
+    live = [_Job(x, c, s, o, p) for (x, c, s, o), p in zip(jobs, positions, strict=True) if x.numel()]
     if not live:
         return
     _launch(live, half, interleaved, transpose, round_products, positions[0] is not None, block_rows, num_warps)
@@ -532,7 +485,7 @@ class TritonRotary(torch.autograd.Function):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        interleaved: bool,  # type: ignore[override]
+        interleaved: bool,
         inverse: bool,
     ) -> torch.Tensor:
         ctx.interleaved, ctx.inverse = interleaved, inverse
@@ -540,7 +493,7 @@ class TritonRotary(torch.autograd.Function):
         return rotate(x.detach(), cos.detach(), sin.detach(), interleaved=interleaved, transpose=inverse)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, cos, sin = ctx.saved_tensors
         grad_x = grad_cos = grad_sin = None
         if ctx.needs_input_grad[0]:

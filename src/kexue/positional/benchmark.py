@@ -1,4 +1,4 @@
-"""``kexue bench rope``: the fused rotary kernel against HF transformers, rotary-embedding-torch and the memory floors.
+"""``kexue bench rope``: the fused rotary kernel against HF transformers, rotary-embedding-torch and the floors.
 
 Cases (float32; full size, ``--quick`` divides the batch by 4):
 
@@ -13,8 +13,8 @@ Cases (float32; full size, ``--quick`` divides the batch by 4):
 * C: forward + backward of case A (q and k, gradient of a fixed upstream tensor).
 * D: a random-initialised LLaMA (4 layers, hidden 512, 8 heads of 64; 4 x 1024 tokens, quick
   2 x 256) with transformers' ``apply_rotary_pos_emb`` and with kexue's (:mod:`kexue.positional.hf`):
-  the share of the forward spent in RoPE (timed at each call; the patch's default in-place rotation and ``in_place=False``), prefill
-  time, and greedy decoding of 32 tokens with the KV cache.
+  the share of the forward spent in RoPE (timed at each call; the patch's default in-place rotation and
+  ``in_place=False``), prefill time, and greedy decoding of 32 tokens with the KV cache.
 * E: every scaling type built by ``RotaryEmbedding.from_config``: its cos/sin tables for 2048
   (float, so uncached) positions and the rotation of case A's ``x`` into a preallocated
   ``out=``, against the default.
@@ -28,19 +28,33 @@ Ratios: ``rope.fwd_vs_hf``, ``rope.fwd_vs_lucidrains``, ``rope.axial_vs_lucidrai
 ``rope.fwd_bwd_vs_hf`` (peer time / kexue time, targets 3, 2, 2, 1.5), ``rope.fwd_vs_clone``
 (kexue allocating / clone, target ≤ 1.5) and ``rope.out_vs_copy`` (kexue ``out=`` / copy_,
 target ≤ 2), ``rope.qk_vs_copy`` (``apply_rotary_qk(q, k, out=)`` / a copy_ of q and of k,
-target ≤ 1.1), ``rope.compiled_vs_kernel`` (no target), ``rope.hf_patch_rope_share`` (RoPE's share of the LLaMA forward, transformers /
-kexue, target ≥ 3), and, reported without targets, ``rope.hf_patch_rope_share_out_of_place``, ``rope.hf_patch_prefill`` and
-``rope.hf_patch_decode`` (transformers time / kexue time); ``rope.scaled_tables_vs_1d`` and
-``rope.scaled_apply_vs_1d`` (slowest scaling type / the 1-D case, target ≤ 1.15).
+target ≤ 1.1), ``rope.compiled_vs_kernel`` (no target), ``rope.hf_patch_rope_share`` (RoPE's share of the
+LLaMA forward, transformers / kexue, target ≥ 3), and, reported without targets,
+``rope.hf_patch_rope_share_out_of_place``, ``rope.hf_patch_prefill`` and ``rope.hf_patch_decode`` (transformers
+time / kexue time); ``rope.scaled_tables_vs_1d`` and ``rope.scaled_apply_vs_1d`` (slowest scaling type / the
+1-D case, target ≤ 1.15).
 """
 
 from __future__ import annotations
 
+import importlib
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
 import torch
+from torch import nn
 
 from kexue.positional import _native
-from kexue.positional.rope import RotaryEmbedding, apply_rotary, grid_positions
+from kexue.positional.hf import hf_apply_rotary_pos_emb, hf_apply_rotary_pos_emb_, patch_hf_rope
+from kexue.positional.rope import RotaryEmbedding, apply_rotary, apply_rotary_qk, grid_positions
 from kexue.report.bench import Bench, BenchSuite, interleaved_times
+
+if TYPE_CHECKING:  # the bench peer's type only (transformers is the nlp extra)
+    from transformers import LlamaForCausalLM
 
 BENCH = BenchSuite("rope")
 # Allocating cases are at the mercy of page faults on this class of VM (a fresh 64 MB output
@@ -57,19 +71,50 @@ def _hf_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torc
     return torch.cat((cos, cos), -1)[None], torch.cat((sin, sin), -1)[None]
 
 
+@dataclass(frozen=True)
+class _CaseA:
+    """Case A's inputs and how it records: ``q``/``k`` ``(B, H, T, 64)``, their ``(T, 32)`` tables, an output buffer."""
+
+    case: str
+    params: dict[str, Any]
+    reps: int
+    q: torch.Tensor
+    k: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    buf: torch.Tensor
+
+
 @BENCH.case
 def forward(bench: Bench) -> None:
+    """A: kexue's rotation against the memory floors, HF, its own compiled torch path and rotary-embedding-torch."""
     shape = _shape(bench, 2048)
     g = torch.Generator().manual_seed(0)
     q = torch.randn(shape, generator=g).to(bench.device)
     k = torch.randn(shape, generator=g).to(bench.device)
     rope = RotaryEmbedding(64).to(bench.device)
     cos, sin = rope.cos_sin(torch.arange(shape[2], device=bench.device))  # (T, 32)
-    buf = torch.empty_like(q).fill_(0.0)
-    case = "A: rope (8,16,2048,64) float32" if not bench.quick else f"A: rope {shape} float32"
-    params = {"shape": list(shape), "dtype": "float32", "layout": "half", "threads": torch.get_num_threads()}
-    reps = bench.repeats if bench.quick else max(bench.repeats, MIN_REPEATS)
+    a = _CaseA(
+        case="A: rope (8,16,2048,64) float32" if not bench.quick else f"A: rope {shape} float32",
+        params={"shape": list(shape), "dtype": "float32", "layout": "half", "threads": torch.get_num_threads()},
+        reps=bench.repeats if bench.quick else max(bench.repeats, MIN_REPEATS),
+        q=q,
+        k=k,
+        cos=cos,
+        sin=sin,
+        buf=torch.empty_like(q).fill_(0.0),
+    )
+    ours_s, both_s = _against_floors(bench, a)
+    _against_hf(bench, a, both_s)
+    _fused_qk(bench, a)
+    _compiled(bench, a, ours_s)
+    _against_lucidrains(bench, a, rope)
 
+
+def _against_floors(bench: Bench, a: _CaseA) -> tuple[float, float]:
+    """kexue's calls (allocating, ``out=``, in place, the torch path, q and k) and the copy floors; returns the
+    median seconds of the allocating call and of q and k."""
+    q, k, cos, sin, buf, case, params, reps = a.q, a.k, a.cos, a.sin, a.buf, a.case, a.params, a.reps
     ours = bench.time(case, "kexue apply_rotary", lambda: apply_rotary(q, cos, sin), params=params, repeats=reps)
     ours_out = bench.time(
         case, "kexue apply_rotary out=", lambda: apply_rotary(q, cos, sin, out=buf), params=params, repeats=reps
@@ -104,45 +149,49 @@ def forward(bench: Bench) -> None:
         higher_is_better=False,
         description="kexue apply_rotary out= time / buf.copy_(x) time",
     )
+    return ours.median_s, both.median_s
 
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-    hf_cos, hf_sin = _hf_tables(cos, sin)
+def _against_hf(bench: Bench, a: _CaseA, both_s: float) -> None:
+    """HF's ``apply_rotary_pos_emb`` on q and k (its duplicated tables) against kexue on q and k."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb  # optional extra: nlp (bench peer)
+
+    q, k = a.q, a.k
+    hf_cos, hf_sin = _hf_tables(a.cos, a.sin)
     hf = bench.time(
-        case,
+        a.case,
         "HF apply_rotary_pos_emb (q and k)",
         lambda: apply_rotary_pos_emb(q, k, hf_cos, hf_sin),
-        params=params,
-        repeats=reps,
+        params=a.params,
+        repeats=a.reps,
     )
     bench.ratio(
         "rope.fwd_vs_hf",
-        hf.median_s / both.median_s,
+        hf.median_s / both_s,
         target=3.0,
         description="HF apply_rotary_pos_emb(q, k) time / kexue apply_rotary on q and k",
     )
 
-    _fused_qk(bench, case, q, k, cos, sin, buf, params, reps)
-    _compiled(bench, case, q, cos, sin, params, reps, ours.median_s)
 
-    from rotary_embedding_torch import apply_rotary_emb
+def _against_lucidrains(bench: Bench, a: _CaseA, rope: RotaryEmbedding) -> None:
+    """rotary-embedding-torch's ``apply_rotary_emb`` against kexue, both interleaved."""
+    from rotary_embedding_torch import apply_rotary_emb  # optional extra: bench
 
-    freqs = torch.repeat_interleave(
-        rope.angles(torch.arange(shape[2], device=bench.device)), 2, dim=-1
-    )  # (T, 64) interleaved
+    q, cos, sin = a.q, a.cos, a.sin
+    freqs = torch.repeat_interleave(rope.angles(torch.arange(q.shape[2], device=q.device)), 2, dim=-1)  # (T, 64)
     peer = bench.time(
-        case,
+        a.case,
         "rotary-embedding-torch apply_rotary_emb (interleaved)",
         lambda: apply_rotary_emb(freqs, q),
-        params=params,
-        repeats=reps,
+        params=a.params,
+        repeats=a.reps,
     )
     inter = bench.time(
-        case,
+        a.case,
         "kexue apply_rotary (interleaved)",
         lambda: apply_rotary(q, cos, sin, layout="interleaved"),
-        params=params,
-        repeats=reps,
+        params=a.params,
+        repeats=a.reps,
     )
     bench.ratio(
         "rope.fwd_vs_lucidrains",
@@ -152,17 +201,16 @@ def forward(bench: Bench) -> None:
     )
 
 
-def _fused_qk(bench: Bench, case: str, q, k, cos, sin, buf, params: dict, reps: int) -> None:
+def _fused_qk(bench: Bench, a: _CaseA) -> None:
     """q and k in one kernel call (out=) against one copy_ of each, in interleaved rounds."""
-    from kexue.positional.rope import apply_rotary_qk
-
+    q, k, cos, sin, buf = a.q, a.k, a.cos, a.sin, a.buf
     kbuf = torch.empty_like(k).fill_(0.0)
     times = interleaved_times(
         {"qk": lambda: apply_rotary_qk(q, k, cos, sin, out=(buf, kbuf)), "copy": lambda: (buf.copy_(q), kbuf.copy_(k))},
-        max(reps, 2 * MIN_REPEATS),
+        max(a.reps, 2 * MIN_REPEATS),
     )
-    fused = bench.record(case, "kexue apply_rotary_qk out= (one call)", times["qk"], params=params)
-    floor = bench.record(case, "floor: copy_ of q and of k", times["copy"], params=params)
+    fused = bench.record(a.case, "kexue apply_rotary_qk out= (one call)", times["qk"], params=a.params)
+    floor = bench.record(a.case, "floor: copy_ of q and of k", times["copy"], params=a.params)
     bench.ratio(
         "rope.qk_vs_copy",
         fused.median_s / floor.median_s,
@@ -172,18 +220,19 @@ def _fused_qk(bench: Bench, case: str, q, k, cos, sin, buf, params: dict, reps: 
     )
 
 
-def _compiled(bench: Bench, case: str, q, cos, sin, params: dict, reps: int, kernel_s: float) -> None:
+def _compiled(bench: Bench, a: _CaseA, kernel_s: float) -> None:
     """The plain-torch path under torch.compile (inductor; the warm-up call compiles) beside the kernel."""
     if bench.device != "cpu":
         return
     compiled = torch.compile(lambda x, c, s: apply_rotary(x, c, s, backend="torch"), fullgraph=True, backend="inductor")
+    q, cos, sin = a.q, a.cos, a.sin
     try:
         traced = bench.time(
-            case,
+            a.case,
             "kexue plain-torch path, torch.compile (inductor)",
             lambda: compiled(q, cos, sin),
-            params=params,
-            repeats=reps,
+            params=a.params,
+            repeats=a.reps,
         )
     finally:
         torch._dynamo.reset()
@@ -211,8 +260,9 @@ def axial(bench: Bench) -> None:
         repeats=reps,
     )
 
+    # optional extra: bench (the peer)
     from rotary_embedding_torch import RotaryEmbedding as PeerRotary
-    from rotary_embedding_torch import apply_rotary_emb
+    from rotary_embedding_torch import apply_rotary_emb  # optional extra: bench
 
     peer_rope = PeerRotary(dim=32, freqs_for="pixel", max_freq=256).to(bench.device)
     freqs = peer_rope.get_axial_freqs(64, 64).reshape(4096, 64)  # (T, 64): 32 for rows, 32 for columns
@@ -247,7 +297,7 @@ def forward_backward(bench: Bench) -> None:
         q.grad = k.grad = None
         torch.autograd.backward([apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)], [upstream, upstream])
 
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb  # optional extra: nlp (bench peer)
 
     hf_cos, hf_sin = _hf_tables(cos, sin)
 
@@ -265,11 +315,10 @@ def forward_backward(bench: Bench) -> None:
     )
 
 
-def _timed(fn, total: list[float]):
+def _timed(fn: Callable[..., Any], total: list[float]) -> Callable[..., Any]:
     """``fn`` that adds its own wall time to ``total[0]``."""
-    import time
 
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
         try:
             return fn(*args, **kwargs)
@@ -279,16 +328,19 @@ def _timed(fn, total: list[float]):
     return wrapper
 
 
-def _rope_share(model, ids: torch.Tensor, module, function, repeats: int) -> tuple[list[float], float]:
+_FUNCTION = "apply_rotary_pos_emb"  # the modeling module's function that is timed
+
+
+def _rope_share(
+    model: nn.Module, ids: torch.Tensor, module: ModuleType, function: Callable[..., Any], repeats: int
+) -> tuple[list[float], float]:
     """Forward times of ``model(ids)`` with ``module.apply_rotary_pos_emb = function``, and the
     median share of them spent inside that function (wall time, timed at each call)."""
-    import statistics
-    import time
-
-    saved = module.apply_rotary_pos_emb
+    saved = getattr(module, _FUNCTION)
     total = [0.0]
-    module.apply_rotary_pos_emb = _timed(function, total)
-    times, shares = [], []
+    setattr(module, _FUNCTION, _timed(function, total))
+    times: list[float] = []
+    shares: list[float] = []
     try:
         with torch.no_grad():
             model(ids)  # warm-up
@@ -299,8 +351,19 @@ def _rope_share(model, ids: torch.Tensor, module, function, repeats: int) -> tup
                 times.append(time.perf_counter() - start)
                 shares.append(total[0] / times[-1])
     finally:
-        module.apply_rotary_pos_emb = saved
+        setattr(module, _FUNCTION, saved)
     return times, statistics.median(shares)
+
+
+@dataclass(frozen=True)
+class _CaseD:
+    """Case D's model, its input ids and how it records."""
+
+    case: str
+    params: dict[str, Any]
+    reps: int
+    model: LlamaForCausalLM
+    ids: torch.Tensor
 
 
 @BENCH.case
@@ -308,10 +371,7 @@ def hf_model(bench: Bench) -> None:
     """D: a random-initialised LLaMA (4 layers, hidden 512, 8 heads of 64) with transformers' RoPE and with kexue's."""
     if bench.device != "cpu":
         return
-    import transformers
-    from transformers.models.llama import modeling_llama
-
-    from kexue.positional.hf import hf_apply_rotary_pos_emb, hf_apply_rotary_pos_emb_, patch_hf_rope
+    import transformers  # optional extra: nlp (bench peer)
 
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
@@ -326,9 +386,22 @@ def hf_model(bench: Bench) -> None:
     model = transformers.LlamaForCausalLM(config).eval()
     batch, tokens = (2, 256) if bench.quick else (4, 1024)
     ids = torch.randint(0, 1024, (batch, tokens), generator=torch.Generator().manual_seed(1))
-    case = f"D: LLaMA forward (4 x 512, {batch} x {tokens} tokens)"
-    params = {"batch": batch, "tokens": tokens, "layers": 4, "hidden": 512, "threads": torch.get_num_threads()}
-    reps = max(3, bench.repeats if bench.quick else 7)
+    d = _CaseD(
+        case=f"D: LLaMA forward (4 x 512, {batch} x {tokens} tokens)",
+        params={"batch": batch, "tokens": tokens, "layers": 4, "hidden": 512, "threads": torch.get_num_threads()},
+        reps=max(3, bench.repeats if bench.quick else 7),
+        model=model,
+        ids=ids,
+    )
+    _prefill_shares(bench, d)
+    _decode(bench, d, new=16 if bench.quick else 32)
+
+
+def _prefill_shares(bench: Bench, d: _CaseD) -> None:
+    """Prefill times and RoPE's share of them: transformers' function, the patch's in place and out of place."""
+    from transformers.models.llama import modeling_llama  # optional extra: nlp (bench peer)
+
+    case, params, reps, model, ids = d.case, d.params, d.reps, d.model, d.ids
     original = modeling_llama.apply_rotary_pos_emb
     plain_times, plain_share = _rope_share(model, ids, modeling_llama, original, reps)
     fused_times, fused_share = _rope_share(model, ids, modeling_llama, hf_apply_rotary_pos_emb_, reps)
@@ -362,25 +435,21 @@ def hf_model(bench: Bench) -> None:
         description="prefill time, transformers RoPE / kexue RoPE (no target)",
     )
 
-    prompt = ids[:, : tokens // 4]
-    new = 16 if bench.quick else 32
+
+def _decode(bench: Bench, d: _CaseD, new: int) -> None:
+    """Greedy decoding of ``new`` tokens with the KV cache, transformers' RoPE against the patch."""
+    model = d.model
+    prompt = d.ids[:, : d.ids.shape[1] // 4]
 
     def decode() -> None:
         with torch.no_grad():
             model.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
 
-    decode_params = {**params, "prompt": prompt.shape[1], "new_tokens": new}
-    plain_decode = bench.time(
-        case.replace("forward", "greedy decode"), "transformers RoPE", decode, params=decode_params, repeats=3
-    )
+    decode_params = {**d.params, "prompt": prompt.shape[1], "new_tokens": new}
+    case = d.case.replace("forward", "greedy decode")
+    plain_decode = bench.time(case, "transformers RoPE", decode, params=decode_params, repeats=3)
     with patch_hf_rope(model):
-        fused_decode = bench.time(
-            case.replace("forward", "greedy decode"),
-            "kexue RoPE (patch_hf_rope)",
-            decode,
-            params=decode_params,
-            repeats=3,
-        )
+        fused_decode = bench.time(case, "kexue RoPE (patch_hf_rope)", decode, params=decode_params, repeats=3)
     bench.ratio(
         "rope.hf_patch_decode",
         plain_decode.median_s / fused_decode.median_s,
@@ -388,7 +457,19 @@ def hf_model(bench: Bench) -> None:
     )
 
 
-_SCALED = {  # rope_type -> its fields, for a head of 64 trained at 4,096 tokens
+def _tables_call(rope: RotaryEmbedding, positions: torch.Tensor) -> Callable[[], Any]:
+    """``rope.cos_sin(positions)``, to be timed."""
+    return lambda: rope.cos_sin(positions)
+
+
+def _rotate_call(
+    rope: RotaryEmbedding, x: torch.Tensor, positions: torch.Tensor, out: torch.Tensor
+) -> Callable[[], Any]:
+    """``rope(x, positions, out=out)``, to be timed."""
+    return lambda: rope(x, positions, out=out)
+
+
+_SCALED: dict[str, dict[str, Any]] = {  # rope_type -> its fields, for a head of 64 trained at 4,096 tokens
     "default": {},
     "linear": {"factor": 4.0},
     "dynamic": {"factor": 4.0},
@@ -406,16 +487,14 @@ _SCALED = {  # rope_type -> its fields, for a head of 64 trained at 4,096 tokens
 @BENCH.case
 def scaled(bench: Bench) -> None:
     """E: every scaling type from a transformers config: cos/sin tables and the rotation, against the plain 1-D case."""
-    import statistics
-
-    import transformers
+    import transformers  # optional extra: nlp (bench peer)
 
     shape = _shape(bench, 2048)
     q = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(bench.device)
     positions = torch.arange(shape[2], device=bench.device)
     buf = torch.empty_like(q).fill_(0.0)  # out=: the rotations compare without the page faults of a fresh 64 MB output
     rounds = bench.repeats if bench.quick else max(bench.repeats, 3 * MIN_REPEATS)
-    ropes = {}
+    ropes: dict[str, RotaryEmbedding] = {}
     for rope_type, fields in _SCALED.items():
         config = transformers.LlamaConfig(
             hidden_size=1024,
@@ -425,8 +504,8 @@ def scaled(bench: Bench) -> None:
             rope_parameters={"rope_type": rope_type, "rope_theta": 10000.0, **fields},
         )
         ropes[rope_type] = RotaryEmbedding.from_config(config, seq_len=8192).to(bench.device)
-    tables = interleaved_times({t: (lambda r=r: r.cos_sin(positions.double())) for t, r in ropes.items()}, rounds)
-    applies = interleaved_times({t: (lambda r=r: r(q, positions, out=buf)) for t, r in ropes.items()}, rounds)
+    tables = interleaved_times({t: _tables_call(r, positions.double()) for t, r in ropes.items()}, rounds)
+    applies = interleaved_times({t: _rotate_call(r, q, positions, buf) for t, r in ropes.items()}, rounds)
     for rope_type, rope in ropes.items():
         params = {
             "shape": list(shape),
@@ -491,8 +570,8 @@ def gpu_bf16(bench: Bench) -> None:
         target=0.8,
         description="copy_ time / kexue out= time on GPU in bfloat16 (fraction of copy bandwidth)",
     )
-    try:
-        from flash_attn.layers.rotary import apply_rotary_emb as flash_rotary
+    try:  # an optional peer outside kexue's extras
+        flash_rotary = importlib.import_module("flash_attn.layers.rotary").apply_rotary_emb
     except ImportError:
         flash_rotary = None
     if flash_rotary is not None:

@@ -11,13 +11,26 @@ experiment the article did not have.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Mapping
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import torch
 
-from kexue.positional import reference, vit
-from kexue.positional.rope import RotaryEmbedding, apply_rotary, convert_layout
+from kexue._optional import require_extra
+from kexue._shared import quieter
+from kexue.positional import _native, reference, vit
+from kexue.positional.mrope import mrope_frequencies, mrope_position_ids
+from kexue.positional.rope import Backend, Frequencies, Layout, RotaryEmbedding, apply_rotary, convert_layout
+from kexue.positional.scaling import (
+    RopeParameters,
+    RopeType,
+    attention_decay,
+    pair_analysis,
+    rope_parameters,
+    rope_parameters_from_config,
+)
 from kexue.positional.sinusoidal import (
     ThetaSchedule,
     exponential_schedule,
@@ -85,7 +98,7 @@ def relativity(ctx: ClaimContext) -> None:
 @SINUSOIDAL.check
 def decay(ctx: ClaimContext) -> None:
     """The envelope of g(Δ) decreases over the useful range; where it stops decreasing."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional extra: report
 
     top = 1 << 15
     delta = np.arange(top + 1, dtype=np.float64)
@@ -101,7 +114,8 @@ def decay(ctx: ClaimContext) -> None:
         article_value="decays with |m − n|",
         measured=f"{env[0]:.1f} → {env[useful][-1]:.1f}",
         passed=decreasing,
-        details=f"window maxima {', '.join(f'{v:.2f}' for v in env)} from Δ = {', '.join(map(str, starts.tolist()))}; the envelope first stops decreasing at the window starting Δ = {first_rise}",
+        details=f"window maxima {', '.join(f'{v:.2f}' for v in env)} from Δ = {', '.join(map(str, starts.tolist()))}; "
+        f"the envelope first stops decreasing at the window starting Δ = {first_rise}",
     )
     ctx.claim(
         "decay.limit",
@@ -125,7 +139,8 @@ def decay(ctx: ClaimContext) -> None:
     ctx.figure(
         "sinusoidal_decay",
         fig,
-        "Inner products of sinusoidal encodings (d = 128, base 10000) against distance, with the integral approximation and the dyadic-window envelope.",
+        "Inner products of sinusoidal encodings (d = 128, base 10000) against distance, with the integral "
+        "approximation and the dyadic-window envelope.",
     )
 
 
@@ -149,17 +164,25 @@ def sum_to_integral(ctx: ClaimContext) -> None:
     )
 
 
+def _closed_form(base: float) -> Callable[[np.ndarray], np.ndarray]:
+    """The exponential schedule's closed-form integral ``∫_0^1 cos(Δ base^(−t)) dt`` (it always has one)."""
+    exact = exponential_schedule(base).exact
+    if exact is None:
+        raise RuntimeError("the exponential schedule lost its closed form")
+    return exact
+
+
 @SINUSOIDAL.check
 def schedules(ctx: ClaimContext) -> None:
     """Compare θ_t choices: bases of the exponential and power laws."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional extra: report
 
     delta = np.unique(np.round(np.logspace(0, 5, 600)))
     bases = (100.0, 1000.0, 10000.0, 100000.0)
-    half_life = {}
+    half_life: dict[str, float | None] = {}
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     for base in bases:
-        curve = exponential_schedule(base).exact(delta)  # normalised: d/2 = 1
+        curve = _closed_form(base)(delta)  # normalised: d/2 = 1
         axes[0].plot(delta, curve, label=f"θ_t = {base:g}^(-t)")
         below = delta[np.abs(curve) < 0.5]
         half_life[f"{base:g}"] = float(below[0]) if len(below) else None
@@ -171,9 +194,7 @@ def schedules(ctx: ClaimContext) -> None:
             integral_approximation(delta[delta < 2000], 2, schedule=numeric),
             label=f"θ_t = t^{alpha:g}",
         )
-    axes[1].plot(
-        delta[delta < 2000], exponential_schedule(10000).exact(delta[delta < 2000]), "k", label="θ_t = 10000^(-t)"
-    )
+    axes[1].plot(delta[delta < 2000], _closed_form(10000)(delta[delta < 2000]), "k", label="θ_t = 10000^(-t)")
     for ax, title in zip(axes, ("exponential schedules", "power laws vs the Transformer's"), strict=True):
         ax.set(xscale="log", title=title, xlabel="Δ", ylabel="∫_0^1 cos(Δ θ_t) dt")
         ax.axhline(0, color="grey", lw=0.5)
@@ -181,10 +202,11 @@ def schedules(ctx: ClaimContext) -> None:
     ctx.figure(
         "sinusoidal_schedules",
         fig,
-        "Normalised integral ∫cos(Δθ_t)dt for several frequency schedules: a larger base stretches the decay; power laws decay too, more slowly at short range.",
+        "Normalised integral ∫cos(Δθ_t)dt for several frequency schedules: a larger base stretches the decay; "
+        "power laws decay too, more slowly at short range.",
     )
-    values = [half_life[f"{b:g}"] for b in bases]
-    ok = all(v is not None for v in values) and all(b > a for a, b in itertools.pairwise(values))
+    values = [v for v in (half_life[f"{b:g}"] for b in bases) if v is not None]
+    ok = len(values) == len(bases) and all(b > a for a, b in itertools.pairwise(values))
     ctx.claim(
         "schedules.base_stretches_decay",
         "a larger base stretches the decay: first Δ with |∫| < 1/2 grows with the base",
@@ -198,7 +220,7 @@ def schedules(ctx: ClaimContext) -> None:
         )
         for a in (1.0, 2.0, 4.0)
     }
-    power["10000^(-t)"] = round(float(exponential_schedule(10000).exact(np.array([100.0]))[0]), 4)
+    power["10000^(-t)"] = round(float(_closed_form(10000)(np.array([100.0]))[0]), 4)
     ctx.claim(
         "schedules.comparison",
         "normalised ∫cos(Δθ_t)dt at Δ = 100 for power laws and the exponential schedule",
@@ -210,20 +232,18 @@ def schedules(ctx: ClaimContext) -> None:
 
 # --- rope ---------------------------------------------------------------------------------------
 
-_CONFIGS = {
-    "1d": dict(dim=16, axes=1),
-    "2d_axial": dict(dim=16, axes=2),
-    "3d_axial": dict(dim=24, axes=3),
-    "2d_mixed": dict(dim=16, axes=2, frequencies="mixed"),
+_CONFIGS: dict[str, tuple[int, int, Frequencies]] = {  # name -> (dim, axes, frequencies)
+    "1d": (16, 1, "axial"),
+    "2d_axial": (16, 2, "axial"),
+    "3d_axial": (24, 3, "axial"),
+    "2d_mixed": (16, 2, "mixed"),
 }
 
 
 def _rope(name: str) -> RotaryEmbedding:
     """The float64 RotaryEmbedding of one of ``_CONFIGS``."""
-    cfg = _CONFIGS[name]
-    return RotaryEmbedding(
-        cfg["dim"], axes=cfg["axes"], frequencies=cfg.get("frequencies", "axial"), angle_dtype=torch.float64
-    )
+    dim, axes, frequencies = _CONFIGS[name]
+    return RotaryEmbedding(dim, axes=axes, frequencies=frequencies, angle_dtype=torch.float64)
 
 
 def _matrix(rope: RotaryEmbedding, p: torch.Tensor) -> torch.Tensor:
@@ -283,7 +303,8 @@ def invertibility(ctx: ClaimContext) -> None:
             err = max(err, float(np.abs(got - p.numpy()).max()))
         ctx.claim(
             f"invertibility.{name}",
-            f"(x, y[, z]) recovered from R ({name}, fractional positions in [−50, 50]; R is periodic, so only within a range)",
+            f"(x, y[, z]) recovered from R ({name}, fractional positions in [−50, 50]; R is periodic, so only "
+            "within a range)",
             article_value="invertible",
             measured=err,
             tolerance=1e-8,
@@ -353,7 +374,8 @@ def flattened_grid(ctx: ClaimContext) -> None:
     )
     ctx.claim(
         "flattened.breaks_2d_relativity",
-        f"flattened 1-D RoPE gives the 2-D offsets (0, 1) and (1, −{w - 1}) the same rotation; 2-D axial keeps them apart",
+        f"flattened 1-D RoPE gives the 2-D offsets (0, 1) and (1, −{w - 1}) the same rotation; "
+        "2-D axial keeps them apart",
         article_value="flattening gives the wrong geometry",
         measured={"flattened max |ΔR|": aliased, "axial max |ΔR|": separated},
         tolerance="flattened < 1e-12, axial > 0.1",
@@ -382,8 +404,6 @@ def quaternion(ctx: ClaimContext) -> None:
 
 @ROPE.check
 def fast_path(ctx: ClaimContext) -> None:
-    from kexue.positional import _native
-
     g = torch.Generator().manual_seed(ctx.seed)
     x64 = torch.randn(2, 4, 257, 64, dtype=torch.float64, generator=g)
     pos = torch.arange(257)
@@ -396,7 +416,7 @@ def fast_path(ctx: ClaimContext) -> None:
         truth = exact64(x.double())
         plain = reference.plain_half_rotation(x, cos.to(dtype), sin.to(dtype))
         low[dtype] = (x, truth, float((plain.double() - truth).abs().max()))
-    backends = ["native", "torch"] if _native.available() else ["torch"]
+    backends: list[Backend] = ["native", "torch"] if _native.available() else ["torch"]
     for backend in backends:
         err64 = float(
             np.abs(RotaryEmbedding(64, angle_dtype=torch.float64, backend=backend)(x64)[0, 0].numpy() - ref).max()
@@ -429,6 +449,17 @@ def fast_path(ctx: ClaimContext) -> None:
     )
 
 
+def _scores(
+    h: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, heads: int, rotary_dim: int | None, layout: Layout
+) -> torch.Tensor:
+    """Attention scores ``(heads, T, T)`` of hidden states ``h`` ``(T, hidden)`` with RoPE in ``layout``."""
+    t, head_dim = h.shape[0], wq.shape[0] // heads
+    rope = RotaryEmbedding(head_dim, rotary_dim=rotary_dim, layout=layout, angle_dtype=torch.float64)
+    q = (h @ wq.T).view(t, heads, head_dim).transpose(0, 1)
+    k = (h @ wk.T).view(t, heads, head_dim).transpose(0, 1)
+    return rope(q) @ rope(k).transpose(-1, -2)
+
+
 @ROPE.check
 def layout_conversion(ctx: ClaimContext) -> None:
     g = torch.Generator().manual_seed(ctx.seed)
@@ -436,33 +467,17 @@ def layout_conversion(ctx: ClaimContext) -> None:
     h = torch.randn(t, hidden, dtype=torch.float64, generator=g)
     wq, wk = (torch.randn(heads * head_dim, hidden, dtype=torch.float64, generator=g) for _ in range(2))
     worst = 0.0
+    directions: tuple[tuple[Layout, Layout], ...] = (("interleaved", "half"), ("half", "interleaved"))
     for rotary_dim in (None, 16):
-
-        def scores(wq: torch.Tensor, wk: torch.Tensor, layout: str) -> torch.Tensor:
-            rope = RotaryEmbedding(
-                head_dim,
-                rotary_dim=rotary_dim,  # noqa: B023 -- scores() is called within this iteration only
-                layout=layout,
-                angle_dtype=torch.float64,
-            )
-            q = (h @ wq.T).view(t, heads, head_dim).transpose(0, 1)
-            k = (h @ wk.T).view(t, heads, head_dim).transpose(0, 1)
-            return rope(q) @ rope(k).transpose(-1, -2)
-
-        for source, target in (("interleaved", "half"), ("half", "interleaved")):
-            kw = dict(source=source, target=target, rotary_dim=rotary_dim)
-            diff = (
-                (
-                    scores(convert_layout(wq, heads, **kw), convert_layout(wk, heads, **kw), target)
-                    - scores(wq, wk, source)
-                )
-                .abs()
-                .max()
-            )
+        for source, target in directions:
+            wq2, wk2 = (convert_layout(w, heads, source=source, target=target, rotary_dim=rotary_dim) for w in (wq, wk))
+            converted = _scores(h, wq2, wk2, heads, rotary_dim, target)
+            diff = (converted - _scores(h, wq, wk, heads, rotary_dim, source)).abs().max()
             worst = max(worst, float(diff))
     ctx.claim(
         "layout_conversion",
-        "permuting W_q, W_k with convert_layout gives identical attention scores in the other layout (full and partial rotary, both directions)",
+        "permuting W_q, W_k with convert_layout gives identical attention scores in the other layout "
+        "(full and partial rotary, both directions)",
         article_value=None,
         measured=worst,
         tolerance=1e-10,
@@ -471,7 +486,7 @@ def layout_conversion(ctx: ClaimContext) -> None:
 
 
 # Long-context settings of real models: (label, rope_type, head_dim, base, trained length L₀, fields)
-_COMPARED = (
+_COMPARED: tuple[tuple[str, RopeType, int, float, int, dict[str, Any]], ...] = (
     ("linear x4 (position interpolation)", "linear", 128, 10000.0, 4096, {"factor": 4.0}),
     ("dynamic NTK x4, at 4 L0", "dynamic", 128, 10000.0, 4096, {"factor": 4.0}),
     ("YaRN x4 (Qwen2.5, L0 32k)", "yarn", 128, 1e6, 32768, {"factor": 4.0, "original_max_position_embeddings": 32768}),
@@ -505,10 +520,8 @@ def _trained_for(rope_type: str, original: int) -> int:
     return original if rope_type == "dynamic" else 4 * original
 
 
-def _scaling_gaps(transformers: Any, init_functions: dict) -> tuple[float, float]:
+def _scaling_gaps(transformers: ModuleType, init_functions: Mapping[str, Callable[..., Any]]) -> tuple[float, float]:
     """Max relative gap of the inverse frequencies and max gap of the attention factors, kexue vs transformers."""
-    from kexue.positional.scaling import rope_parameters_from_config
-
     worst, factor_gap = 0.0, 0.0
     for _, rope_type, head_dim, base, original, fields in _COMPARED:
         config = transformers.LlamaConfig(
@@ -529,12 +542,9 @@ def _scaling_gaps(transformers: Any, init_functions: dict) -> tuple[float, float
 @ROPE.check
 def scaling_matches_transformers(ctx: ClaimContext) -> None:
     """Every rope_type of the installed transformers against kexue's float64 scalings."""
-    from kexue._optional import require_extra
-    from kexue._shared import quieter
-
     require_extra("comparing RoPE scalings with transformers", "transformers")
-    import transformers
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    import transformers  # optional extra: nlp
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # optional extra: nlp
 
     # its advice about 'factor' vs 'original_max_position_embeddings', for the configs built here
     with quieter("transformers.modeling_rope_utils"):
@@ -553,10 +563,10 @@ def scaling_matches_transformers(ctx: ClaimContext) -> None:
     )
 
 
-def _scaled(rope_type: str, head_dim: int, base: float, original: int, fields: dict) -> tuple[Any, Any]:
+def _scaled(
+    rope_type: RopeType, head_dim: int, base: float, original: int, fields: Mapping[str, Any]
+) -> tuple[RopeParameters, RopeParameters]:
     """A setting's parameters at four times its trained length, and the unscaled full-head ladder."""
-    from kexue.positional.scaling import rope_parameters
-
     p = rope_parameters(
         rope_type,
         head_dim=head_dim,
@@ -568,13 +578,14 @@ def _scaled(rope_type: str, head_dim: int, base: float, original: int, fields: d
     return p, rope_parameters(head_dim=head_dim, base=base)
 
 
-def _largest_factor(fields: dict) -> float:
+def _largest_factor(fields: Mapping[str, Any]) -> float:
     return float(fields.get("factor", max(fields.get("long_factor", [1.0]))))
 
 
-def _analysis_row(label: str, p: Any, plain: Any, original: int, fields: dict) -> tuple:
-    from kexue.positional.scaling import pair_analysis
-
+def _analysis_row(
+    label: str, p: RopeParameters, plain: RopeParameters, original: int, fields: Mapping[str, Any]
+) -> tuple[str | int | float, ...]:
+    """One row of the scaling analysis table (see ``scaling_analysis``)."""
     a = pair_analysis(p, original)
     s = _largest_factor(fields)
     still = int((p.inv_freq == 0).sum())  # proportional rotary: pairs past the rotated share
@@ -594,10 +605,10 @@ def _analysis_row(label: str, p: Any, plain: Any, original: int, fields: dict) -
     )
 
 
-def _type_panels(axes: Any, label: str, rope_type: str, p: Any, plain: Any, original: int) -> None:
+def _type_panels(
+    axes: Any, label: str, rope_type: str, p: RopeParameters, plain: RopeParameters, original: int
+) -> None:
     """One setting's row of three panels: wavelengths against L0 and 4 L0, the per-pair ratio, the decay bound."""
-    from kexue.positional.scaling import attention_decay, pair_analysis
-
     wave, ratio, decay = axes
     scaled, unscaled = pair_analysis(p, original), pair_analysis(plain, original)
     rotating = (p.inv_freq > 0).numpy()  # proportional rotary leaves the pairs past its share still
@@ -639,7 +650,7 @@ _RATIO_TITLES = {
 @ROPE.check
 def scaling_analysis(ctx: ClaimContext) -> None:
     """What each scaling does to each pair, and to the article's long-range decay: a row of panels per type."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional extra: report
 
     rows = []
     fig, grid = plt.subplots(len(_COMPARED), 3, figsize=(15, 3.1 * len(_COMPARED)))
@@ -693,9 +704,6 @@ def scaling_analysis(ctx: ClaimContext) -> None:
 @ROPE.check
 def mrope(ctx: ClaimContext) -> None:
     """M-RoPE (Qwen2-VL, Qwen3-VL) as the article's block solution; text reduces it to 1-D."""
-    from kexue.positional.mrope import mrope_frequencies, mrope_position_ids
-    from kexue.positional.scaling import rope_parameters
-
     theta = rope_parameters(head_dim=128, base=1e6).inv_freq
     one_d = RotaryEmbedding(128, base=1e6, angle_dtype=torch.float64)
     q = torch.randn(1, 40, 128, dtype=torch.float64, generator=torch.Generator().manual_seed(ctx.seed))
@@ -726,8 +734,8 @@ def mrope(ctx: ClaimContext) -> None:
     ctx.claim(
         "mrope.block_solution",
         "M-RoPE is the article's N-D block solution with one split of the pairs (each pair turns with "
-        "one of t, h, w at the 1-D ladder's frequency): relativity holds over a text + image prompt, and on text (t = h = w) "
-        "it equals 1-D RoPE (head 128, float64)",
+        "one of t, h, w at the 1-D ladder's frequency): relativity holds over a text + image prompt, and on text "
+        "(t = h = w) it equals 1-D RoPE (head 128, float64)",
         article_value="the 2-D/N-D block solution; 1-D as its special case",
         measured=measured,
         tolerance=1e-12,
@@ -735,43 +743,29 @@ def mrope(ctx: ClaimContext) -> None:
     )
 
 
+_SETTINGS = ("train_resolution", "extrapolate", "interpolate")  # the columns of vit.summarize's rows
+
+
 @ROPE.check
 def vit_experiment(ctx: ClaimContext) -> None:
-    import matplotlib.pyplot as plt
-
     seeds = (0, 1, 2) if ctx.full else (0,)
     epochs = 40 if ctx.full else 12
-    sizes = (
-        (vit.TRAIN_SIZE, vit.TEST_SIZE) if ctx.full else (8, 12)
-    )  # quick: the digits' own 8×8 pixels, 4×4 → 6×6 tokens
+    # quick: the digits' own 8×8 pixels, 4×4 → 6×6 tokens
+    sizes = (vit.TRAIN_SIZE, vit.TEST_SIZE) if ctx.full else (8, 12)
     small, large = (f"{s // vit.PATCH}×{s // vit.PATCH}" for s in sizes)
     with ctx.steps("training ViTs", len(seeds) * len(vit.VARIANTS) * epochs) as advance:
-        results = vit.run_experiment(seeds, epochs=epochs, sizes=sizes, on_epoch=advance)
+        results = vit.run_experiment(seeds=seeds, epochs=epochs, sizes=sizes, on_epoch=advance)
     table = vit.summarize(results)
     for variant, row in table.items():
         ctx.claim(
             f"vit.{variant}",
-            f"digits ViT accuracy, {variant}: {small} grid (trained), {large} grid extrapolated / interpolated ({len(seeds)} seed(s), {epochs} epochs)",
+            f"digits ViT accuracy, {variant}: {small} grid (trained), {large} grid extrapolated / interpolated "
+            f"({len(seeds)} seed(s), {epochs} epochs)",
             article_value="no experiments in the article",
-            measured={k: (None if v is None else round(v, 4)) for k, v in row.items()},
+            measured={k: _rounded(v) for k, v in row.items()},
             documented=True,
         )
-    worst = min(row["train_resolution"] for row in table.values())
-    accuracy = Table(
-        ("variant", f"{small} grid (trained)", f"{large}, integer positions", f"{large}, scaled positions"),
-        tuple(
-            (
-                name,
-                *(
-                    None if row[k] is None else round(row[k], 4)
-                    for k in ("train_resolution", "extrapolate", "interpolate")
-                ),
-            )
-            for name, row in table.items()
-        ),
-        caption=f"held-out digits accuracy, {len(seeds)} seed(s), {epochs} epochs; '—': a learned table has no integer "
-        "positions beyond its grid (it is resized)",
-    )
+    worst = min(row["train_resolution"] or 0.0 for row in table.values())  # never None: every variant has it
     ctx.claim(
         "vit.all_variants_learn",
         "every variant learns the task at the training resolution (accuracy ≥ 0.8)",
@@ -779,23 +773,41 @@ def vit_experiment(ctx: ClaimContext) -> None:
         measured=worst,
         tolerance=0.8,
         passed=worst >= 0.8,
-        table=accuracy,
+        table=_accuracy_table(table, small, large, f"{len(seeds)} seed(s), {epochs} epochs"),
     )
+    _accuracy_figure(ctx, table, small, large, f"{len(seeds)} seed(s), {epochs} epochs")
+
+
+def _rounded(accuracy: float | None) -> float | None:
+    """An accuracy to 4 places (None stays None: the learned table's extrapolation)."""
+    return None if accuracy is None else round(accuracy, 4)
+
+
+def _accuracy_table(table: dict[str, dict[str, float | None]], small: str, large: str, runs: str) -> Table:
+    """The ViT accuracies per variant and setting, as the report's table."""
+    return Table(
+        ("variant", f"{small} grid (trained)", f"{large}, integer positions", f"{large}, scaled positions"),
+        tuple((name, *(_rounded(row[k]) for k in _SETTINGS)) for name, row in table.items()),
+        caption=f"held-out digits accuracy, {runs}; '—': a learned table has no integer "
+        "positions beyond its grid (it is resized)",
+    )
+
+
+def _accuracy_figure(
+    ctx: ClaimContext, table: dict[str, dict[str, float | None]], small: str, large: str, runs: str
+) -> None:
+    """Bars of the ViT accuracies per variant: the trained grid, the larger one extrapolated and interpolated."""
+    import matplotlib.pyplot as plt  # optional extra: report
+
     fig, ax = plt.subplots(figsize=(8, 3.6))
     names = list(table)
     width = 0.26
-    for i, (key, label) in enumerate(
-        (
-            ("train_resolution", f"{small} grid (train)"),
-            ("extrapolate", f"{large}, integer positions"),
-            ("interpolate", f"{large}, scaled positions"),
-        )
-    ):
-        values = [table[n][key] if table[n][key] is not None else 0.0 for n in names]
+    labels = (f"{small} grid (train)", f"{large}, integer positions", f"{large}, scaled positions")
+    for i, (key, label) in enumerate(zip(_SETTINGS, labels, strict=True)):
+        accuracies = [table[n][key] for n in names]
+        values = [0.0 if a is None else a for a in accuracies]
         bars = ax.bar(np.arange(len(names)) + (i - 1) * width, values, width, label=label)
-        ax.bar_label(
-            bars, labels=[("n/a" if table[n][key] is None else f"{table[n][key]:.2f}") for n in names], fontsize=7
-        )
+        ax.bar_label(bars, labels=["n/a" if a is None else f"{a:.2f}" for a in accuracies], fontsize=7)
     ax.set_xticks(np.arange(len(names)), names)
     ax.set(
         ylabel="test accuracy",
@@ -806,6 +818,7 @@ def vit_experiment(ctx: ClaimContext) -> None:
     ctx.figure(
         "vit_accuracy",
         fig,
-        f"Held-out accuracy of a 2-block ViT on scikit-learn digits ({len(seeds)} seed(s), {epochs} epochs). "
-        f"The learned table is bicubically resized for {large}; RoPE variants use integer (extrapolate) or rescaled (interpolate) coordinates.",
+        f"Held-out accuracy of a 2-block ViT on scikit-learn digits ({runs}). "
+        f"The learned table is bicubically resized for {large}; RoPE variants use integer (extrapolate) or "
+        "rescaled (interpolate) coordinates.",
     )

@@ -7,8 +7,8 @@ that repeat each pair's angle twice (``cat(θ, θ)``, the half layout) and rotat
 swaps that function for :func:`hf_apply_rotary_pos_emb_` (in place during inference, the default)
 or :func:`hf_apply_rotary_pos_emb`, which hand one copy of the angles to
 :func:`kexue.positional.rope.apply_rotary_qk` (queries and keys in one call of the fused CPU
-kernel where it applies, plain torch elsewhere). The model's weights, cache and outputs are untouched; only the arithmetic path
-changes, so logits agree to float32 rounding and greedy decoding gives the same tokens.
+kernel where it applies, plain torch elsewhere). The model's weights, cache and outputs are untouched; only the
+arithmetic path changes, so logits agree to float32 rounding and greedy decoding gives the same tokens.
 
 Precision: the tables are transformers' own (float32 angles with autocast off, cos/sin cast to
 the model's dtype), and in a bfloat16/float16 model each product rounds to that dtype before
@@ -52,6 +52,7 @@ SUPPORTED_FAMILIES = {
     "qwen3": "transformers.models.qwen3.modeling_qwen3",
     "phi3": "transformers.models.phi3.modeling_phi3",
 }
+_FUNCTION = "apply_rotary_pos_emb"  # the modeling modules' function that the patch swaps
 _LOCK = threading.Lock()
 _ORIGINALS: dict[str, Any] = {}  # module name -> transformers' own function
 _ACTIVE: dict[str, int] = {}  # module name -> patches in force
@@ -63,9 +64,18 @@ def hf_apply_rotary_pos_emb(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """transformers' ``apply_rotary_pos_emb`` on kexue's kernel (same arguments, same results).
 
-    ``cos``/``sin`` are transformers' ``(B, T, R)`` tables, each angle twice; the first half is
-    kexue's ``(B, T, R/2)`` table. ``unsqueeze_dim`` is where the head dimension of ``q``/``k``
-    is (1 for ``(B, H, T, D)``).
+    Its signature is transformers' own (``unsqueeze_dim`` positional too), so it drops into a modeling module.
+
+    Args:
+        q: ``(B, H, T, D)`` queries.
+        k: ``(B, H_kv, T, D)`` keys.
+        cos: transformers' ``(B, T, R)`` table, each angle twice; the first half is kexue's
+            ``(B, T, R/2)`` table.
+        sin: the same for sine.
+        unsqueeze_dim: where the head dimension of ``q``/``k`` is (1 for ``(B, H, T, D)``).
+
+    Returns:
+        ``(q_rotated, k_rotated)``.
     """
     return apply_rotary_qk(q, k, *_tables(cos, sin, unsqueeze_dim), rounding="products")
 
@@ -78,6 +88,12 @@ def hf_apply_rotary_pos_emb_(
     Inside transformers' attention ``q`` and ``k`` are fresh projections used nowhere else, so
     rotating them in place is safe there and saves allocating two outputs; called on tensors
     of your own, it overwrites them. With gradients required it rotates out of place.
+
+    Args:
+        q, k, cos, sin, unsqueeze_dim: as in :func:`hf_apply_rotary_pos_emb`.
+
+    Returns:
+        ``(q, k)`` rotated (the same tensors when rotated in place).
     """
     c, s = _tables(cos, sin, unsqueeze_dim)
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
@@ -91,7 +107,11 @@ def _tables(cos: torch.Tensor, sin: torch.Tensor, unsqueeze_dim: int) -> tuple[t
 
 
 class RopePatch:
-    """An active patch (see :func:`patch_hf_rope`); a context manager, or call :meth:`remove`."""
+    """An active patch (see :func:`patch_hf_rope`); a context manager, or call :meth:`remove`.
+
+    Args:
+        module_name: the modeling module whose function is patched.
+    """
 
     def __init__(self, module_name: str) -> None:
         self.module_name = module_name
@@ -106,11 +126,12 @@ class RopePatch:
             _ACTIVE[self.module_name] -= 1
             if _ACTIVE[self.module_name] == 0:
                 module = importlib.import_module(self.module_name)
-                module.apply_rotary_pos_emb = _ORIGINALS.pop(self.module_name)
+                setattr(module, _FUNCTION, _ORIGINALS.pop(self.module_name))
                 del _ACTIVE[self.module_name], _MODE[self.module_name]
 
     @property
     def active(self) -> bool:
+        """Whether this patch is still in force."""
         return self._active
 
     def __enter__(self) -> RopePatch:
@@ -135,6 +156,9 @@ def patch_hf_rope(model: Any, *, in_place: bool = True) -> RopePatch:
             With gradients required the rotation is out of place either way. Patches of one
             family in force together must agree on it.
 
+    Returns:
+        The :class:`RopePatch` (a context manager).
+
     Raises:
         ValueError: ``model`` is not a transformers model of a supported family (the error
             lists them), or ``in_place`` differs from a patch already in force for the family.
@@ -151,8 +175,8 @@ def patch_hf_rope(model: Any, *, in_place: bool = True) -> RopePatch:
     module = importlib.import_module(name)
     with _LOCK:
         if name not in _ACTIVE:
-            _ORIGINALS[name] = module.apply_rotary_pos_emb
-            module.apply_rotary_pos_emb = hf_apply_rotary_pos_emb_ if in_place else hf_apply_rotary_pos_emb
+            _ORIGINALS[name] = getattr(module, _FUNCTION)
+            setattr(module, _FUNCTION, hf_apply_rotary_pos_emb_ if in_place else hf_apply_rotary_pos_emb)
             _ACTIVE[name], _MODE[name] = 0, in_place
         elif _MODE[name] != in_place:
             raise ValueError(

@@ -36,16 +36,27 @@ MROPE_FAMILIES: dict[str, tuple[tuple[int, int, int], bool]] = {
 }
 
 
-def mrope_layout(config: Any) -> tuple[tuple[int, int, int], bool] | None:
-    """``(sections, interleaved)`` of an M-RoPE config (``None`` for a 1-D RoPE model)."""
+def mrope_layout(config: Any) -> tuple[tuple[int, ...], bool] | None:
+    """``(sections, interleaved)`` of an M-RoPE config (``None`` for a 1-D RoPE model).
+
+    Args:
+        config: a transformers config (``rope_parameters["mrope_section"]``, or the family's default by
+            ``model_type``).
+
+    Returns:
+        The sections in pairs and whether they interleave, or None.
+    """
     parameters = getattr(config, "rope_parameters", None) or {}
     family = MROPE_FAMILIES.get(getattr(config, "model_type", ""))
     section = parameters.get("mrope_section") if isinstance(parameters, Mapping) else None
-    if section is None and family is None:
+    if section is not None:
+        sections = tuple(int(s) for s in section)
+    elif family is not None:
+        sections = family[0]
+    else:
         return None
-    sections = tuple(int(s) for s in (section if section is not None else family[0]))
     interleaved = bool(parameters.get("mrope_interleaved", family[1] if family else False))
-    return sections, interleaved  # type: ignore[return-value]
+    return sections, interleaved
 
 
 def mrope_frequencies(inv_freq: torch.Tensor, sections: tuple[int, ...], *, interleaved: bool = False) -> torch.Tensor:
@@ -61,6 +72,20 @@ def mrope_frequencies(inv_freq: torch.Tensor, sections: tuple[int, ...], *, inte
     non-zero entry per column), with one particular split, and with the ladder shared by the
     three axes instead of restarting for each. For text tokens, whose three coordinates are
     equal, ``p · F[:, j] = p θ_j``: 1-D RoPE.
+
+    Args:
+        inv_freq: the 1-D ladder ``θ`` ``(R/2,)``.
+        sections: pairs per coordinate (t, h, w), summing to ``R/2``.
+        interleaved: Qwen3-VL's cycling assignment instead of contiguous blocks.
+
+    Returns:
+        float64 ``(3, R/2)``.
+
+    Example:
+        >>> mrope_frequencies(torch.tensor([1.0, 0.1, 0.01]), (1, 1, 1))
+        tensor([[1.0000, 0.0000, 0.0000],
+                [0.0000, 0.1000, 0.0000],
+                [0.0000, 0.0000, 0.0100]], dtype=torch.float64)
     """
     theta = torch.as_tensor(inv_freq, dtype=torch.float64).reshape(-1)
     pairs = theta.numel()
@@ -91,7 +116,7 @@ def _grid(item: Any) -> tuple[int, int, int] | None:
     values = tuple(int(v) for v in (item.tolist() if isinstance(item, torch.Tensor) else item))
     if len(values) != 3 or min(values) < 1:
         raise ValueError(f"a vision segment must be a (t, h, w) grid of positive sizes; got {item!r}")
-    return values  # type: ignore[return-value]
+    return values[0], values[1], values[2]
 
 
 def mrope_position_ids(
@@ -113,10 +138,16 @@ def mrope_position_ids(
         index then advances by ``max(h, w) / m``, as transformers advances it. ``delta =
         max(position) + 1 − T`` continues the positions after the prompt (see
         :func:`mrope_decode_positions`).
+
+    Example:
+        >>> positions, delta = mrope_position_ids([2, (1, 4, 4), 1], spatial_merge_size=2)
+        >>> positions.tolist(), delta
+        ([[0, 0, 0], [1, 1, 1], [2, 2, 2], [2, 2, 3], [2, 3, 2], [2, 3, 3], [4, 4, 4]], -2)
     """
     if isinstance(spatial_merge_size, bool) or not isinstance(spatial_merge_size, int) or spatial_merge_size < 1:
         raise ValueError(f"spatial_merge_size={spatial_merge_size!r} must be a positive integer")
-    parts, current = [], 0
+    parts: list[torch.Tensor] = []
+    current = 0
     for item in segments:
         grid = _grid(item)
         if grid is None:
@@ -139,15 +170,27 @@ def mrope_position_ids(
 
 
 def mrope_decode_positions(
-    delta: int | torch.Tensor, cache_length: int, new_tokens: int = 1, *, device: torch.device | str | None = None
+    delta: int | torch.Tensor, cache_length: int, *, new_tokens: int = 1, device: torch.device | str | None = None
 ) -> torch.Tensor:
-    """``(new_tokens, 3)`` positions of tokens generated after a prompt: ``cache_length + k + delta``
-    on all three axes (generated tokens are text). ``cache_length`` counts every token already in
-    the KV cache, and ``delta`` is the prompt's from :func:`mrope_position_ids`; a batch whose
-    sequences differ needs each sequence's own delta (a stale delta from another batch shifts
-    every new token). The positions are made on ``device`` (the tensor ``delta``'s by default);
-    a tensor ``delta`` is added on the device, never read back to the host (one call per decode
-    step: no synchronisation on a GPU)."""
+    """``(new_tokens, 3)`` positions of tokens generated after a prompt: ``cache_length + k + delta``.
+
+    The same on all three axes (generated tokens are text). A tensor ``delta`` is added on the device,
+    never read back to the host (one call per decode step: no synchronisation on a GPU).
+
+    Args:
+        delta: the prompt's from :func:`mrope_position_ids`; a batch whose sequences differ needs each
+            sequence's own delta (a stale delta from another batch shifts every new token).
+        cache_length: every token already in the KV cache.
+        new_tokens: how many positions to make.
+        device: where they are made (the tensor ``delta``'s by default).
+
+    Returns:
+        ``(new_tokens, 3)`` integer positions.
+
+    Example:
+        >>> mrope_decode_positions(-2, 7, new_tokens=2).tolist()
+        [[5, 5, 5], [6, 6, 6]]
+    """
     for name, value in (("cache_length", cache_length), ("new_tokens", new_tokens)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name}={value!r} must be a non-negative integer")

@@ -16,10 +16,15 @@ against it.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from scipy import linalg
+
+if TYPE_CHECKING:  # the option types only: the oracles do not run the code they check
+    from kexue.positional.rope import Layout
+    from kexue.positional.sinusoidal import TableLayout
 
 __all__ = [
     "apply_reference",
@@ -37,7 +42,7 @@ __all__ = [
 
 
 def sinusoidal_reference(
-    positions: list[float] | np.ndarray, dim: int, base: float = 10000.0, layout: str = "interleaved"
+    positions: list[float] | np.ndarray, dim: int, *, base: float = 10000.0, layout: TableLayout = "interleaved"
 ) -> np.ndarray:
     """``p_{k,2i} = sin(k / base^{2i/d})``, ``p_{k,2i+1} = cos(…)`` by loops (``"concat"``: sines then cosines)."""
     rows = []
@@ -51,7 +56,7 @@ def sinusoidal_reference(
     return np.array(rows, dtype=np.float64)
 
 
-def pair_indices(rotary_dim: int, layout: str) -> list[tuple[int, int]]:
+def pair_indices(rotary_dim: int, layout: Layout) -> list[tuple[int, int]]:
     """Coordinates ``(a_j, b_j)`` of pair ``j``: ``(j, j + R/2)`` (half) or ``(2j, 2j + 1)`` (interleaved)."""
     half = rotary_dim // 2
     if layout == "half":
@@ -59,12 +64,13 @@ def pair_indices(rotary_dim: int, layout: str) -> list[tuple[int, int]]:
     return [(2 * j, 2 * j + 1) for j in range(half)]
 
 
-def generators(freqs: np.ndarray, dim: int, layout: str = "half") -> np.ndarray:
+def generators(freqs: np.ndarray, dim: int, *, layout: Layout = "half") -> np.ndarray:
     """Skew-symmetric generators ``B_k``: ``B_k[b_j, a_j] = F[k, j] = −B_k[a_j, b_j]``.
 
     Args:
         freqs: ``F`` of shape ``(axes, R/2)``.
         dim: the full dimension ``D ≥ R`` (coordinates past ``R`` get zero rows: identity).
+        layout: the pair layout.
 
     Returns:
         ``(axes, D, D)`` float64. They commute (block-diagonal with 2×2 blocks on the same pairs).
@@ -85,11 +91,11 @@ def rotation(position: np.ndarray | list[float], gens: np.ndarray) -> np.ndarray
 
 
 def apply_reference(
-    x: np.ndarray, positions: np.ndarray, freqs: np.ndarray, layout: str = "half", inverse: bool = False
+    x: np.ndarray, positions: np.ndarray, freqs: np.ndarray, *, layout: Layout = "half", inverse: bool = False
 ) -> np.ndarray:
     """Row ``t`` of ``x`` ``(T, D)`` times ``R_{p_t}`` (or its transpose), ``positions`` ``(T, axes)``."""
     x = np.asarray(x, dtype=np.float64)
-    gens = generators(freqs, x.shape[-1], layout)
+    gens = generators(freqs, x.shape[-1], layout=layout)
     out = np.empty_like(x)
     for t, p in enumerate(np.asarray(positions, dtype=np.float64).reshape(x.shape[0], -1)):
         r = rotation(p, gens)
@@ -97,7 +103,7 @@ def apply_reference(
     return out
 
 
-def recover_positions(rot: np.ndarray, freqs: np.ndarray, layout: str = "half") -> np.ndarray:
+def recover_positions(rot: np.ndarray, freqs: np.ndarray, *, layout: Layout = "half") -> np.ndarray:
     """Read ``p`` back from ``R_p`` (invertibility), given the frequencies ``F`` ``(axes, R/2)``.
 
     Pair ``j``'s block gives ``φ_j = p · F[:, j]`` modulo 2π. Pairs are used from the

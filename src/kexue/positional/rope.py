@@ -38,21 +38,30 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
-from kexue._native import BACKENDS as NATIVE_BACKENDS
 from kexue._shared import check_choice, check_finite, check_int, check_number
 from kexue.positional import _native
+from kexue.positional._native import Backend
+from kexue.positional.mrope import mrope_frequencies, mrope_layout
+from kexue.positional.scaling import rope_parameters_from_config
 
 __all__ = [
     "BACKENDS",
+    "FREQUENCIES",
     "LAYOUTS",
     "ROPE_SCALINGS",
     "ROUNDINGS",
+    "SCALINGS",
+    "Backend",
+    "Frequencies",
+    "Layout",
     "RotaryEmbedding",
+    "Rounding",
+    "Scaling",
     "apply_rotary",
     "apply_rotary_qk",
     "axial_frequencies",
@@ -64,12 +73,15 @@ __all__ = [
 ]
 
 Layout = Literal["half", "interleaved"]
-Backend = Literal["auto", "native", "torch"]
 Rounding = Literal["once", "products"]
-LAYOUTS: tuple[str, ...] = ("half", "interleaved")
-ROUNDINGS: tuple[str, ...] = ("once", "products")
+Scaling = Literal["none", "linear", "ntk"]
+Frequencies = Literal["axial", "mixed"]
+LAYOUTS: tuple[Layout, ...] = get_args(Layout)
+ROUNDINGS: tuple[Rounding, ...] = get_args(Rounding)
+SCALINGS: tuple[Scaling, ...] = get_args(Scaling)
+FREQUENCIES: tuple[Frequencies, ...] = get_args(Frequencies)
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
 _HALF_TYPES = (torch.bfloat16, torch.float16)
-BACKENDS: tuple[str, ...] = NATIVE_BACKENDS
 
 
 # --- the functional core -------------------------------------------------------------------------
@@ -119,7 +131,7 @@ def _check_tables(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> int:
     return half
 
 
-def _rounds_products(x: torch.Tensor, rounding: str) -> bool:
+def _rounds_products(x: torch.Tensor, rounding: Rounding) -> bool:
     """Whether products round to ``x``'s dtype before the sum (only a half type's storage differs)."""
     return rounding == "products" and x.dtype in _HALF_TYPES
 
@@ -151,7 +163,12 @@ def _rotate_torch(
     return rotated if rotary == x.shape[-1] else torch.cat((rotated, x[..., rotary:]), dim=-1)
 
 
-def _native_prepare(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor | None):
+_Operands = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # (x, cos, sin, out) of one kernel job
+
+
+def _native_prepare(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor | None
+) -> tuple[_Operands, torch.Tensor]:
     """The kernel's operands for one tensor: ``(x, cos, sin, target)`` and the ``out`` to return.
     ``cos``/``sin`` are already in the compute dtype with a contiguous last dimension."""
     if x.stride(-1) != 1:
@@ -174,7 +191,9 @@ def _native_apply_many(
     round_products: bool = False,
 ) -> list[torch.Tensor]:
     """Rotate each ``(x, cos, sin, out)`` in one kernel call; returns the outputs."""
-    jobs, outs, copies = [], [], []
+    jobs: list[_Operands] = []
+    outs: list[torch.Tensor] = []
+    copies: list[tuple[torch.Tensor, torch.Tensor]] = []
     tables: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # q and k share theirs: converted once
     for x, cos, sin, out in items:
         key = (id(cos), id(sin))
@@ -207,13 +226,15 @@ class _NativeRotary(torch.autograd.Function):
     """The fused kernel with an exact backward: ∂x = Rᵀ g (the same kernel, sin negated)."""
 
     @staticmethod
-    def forward(ctx, x, cos, sin, interleaved: bool, inverse: bool):  # type: ignore[override]
+    def forward(
+        ctx: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool, inverse: bool
+    ) -> torch.Tensor:
         ctx.interleaved, ctx.inverse = interleaved, inverse
         ctx.save_for_backward(x, cos, sin)
         return _native_apply(x.detach(), cos.detach(), sin.detach(), None, interleaved, inverse)
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, cos, sin = ctx.saved_tensors
         grad_x = grad_cos = grad_sin = None
         if ctx.needs_input_grad[0]:
@@ -284,8 +305,9 @@ def apply_rotary(
     """
     _check_tables(x, cos, sin)
     check_choice("layout", layout, LAYOUTS)
-    round_products = _rounds_products(x, check_choice("rounding", rounding, ROUNDINGS))
-    use_native = _native.use_native(backend, x, round_products)
+    check_choice("rounding", rounding, ROUNDINGS)
+    round_products = _rounds_products(x, rounding)
+    use_native = _native.use_native(backend, x, op="rotate_products" if round_products else "rotate")
     interleaved = layout == "interleaved"
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or cos.requires_grad or sin.requires_grad)
     _check_out("out", out, "x", x, needs_grad)
@@ -363,8 +385,9 @@ def apply_rotary_qk(
     )
     _check_out("out[0]", q_out, "q", q, needs_grad)
     _check_out("out[1]", k_out, "k", k, needs_grad)
-    round_products = _rounds_products(q, check_choice("rounding", rounding, ROUNDINGS))
-    if needs_grad or not _native.use_native(backend, q, round_products):
+    check_choice("rounding", rounding, ROUNDINGS)
+    round_products = _rounds_products(q, rounding)
+    if needs_grad or not _native.use_native(backend, q, k, op="rotate_products" if round_products else "rotate"):
         options: dict[str, Any] = {"layout": layout, "inverse": inverse, "backend": backend, "rounding": rounding}
         return apply_rotary(q, cos, sin, out=q_out, **options), apply_rotary(k, cos, sin, out=k_out, **options)
     with torch.no_grad():
@@ -390,8 +413,8 @@ def _check_base(base: float) -> float:
 
 def rope_frequencies(
     rotary_dim: int,
-    base: float = 10000.0,
     *,
+    base: float = 10000.0,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
@@ -399,8 +422,18 @@ def rope_frequencies(
 
     Computed in float64 on ``device`` (no copy from the host) and rounded once to ``dtype``.
 
-    Shapes:
-        returns ``(R/2,)``.
+    Args:
+        rotary_dim: the rotated width ``R`` (even, at least 2).
+        base: the ladder's base (``rope_theta``), above 1.
+        dtype: the returned dtype.
+        device: where the ladder is made.
+
+    Returns:
+        ``(R/2,)`` frequencies, highest first.
+
+    Example:
+        >>> rope_frequencies(8).tolist()
+        [1.0, 0.1, 0.01, 0.001]
     """
     rotary_dim = _check_rotary_dim("rotary_dim", rotary_dim)
     base = _check_base(base)
@@ -414,7 +447,8 @@ def _linear_scaling(base: float, factor: float, rotary_dim: int) -> tuple[float,
 
 
 def _ntk_scaling(base: float, factor: float, rotary_dim: int) -> tuple[float, float]:
-    """NTK-aware base change: ``base · factor^{R/(R−2)}`` keeps the highest frequency, stretches the lowest by ``factor``.
+    """NTK-aware base change: ``base · factor^{R/(R−2)}`` keeps the highest frequency, stretches the lowest by
+    ``factor``.
 
     With a single pair (``R = 2``) the only frequency is 1, which the base does not move.
     """
@@ -427,8 +461,8 @@ def _no_scaling(base: float, factor: float, rotary_dim: int) -> tuple[float, flo
     return base, 1.0
 
 
-# name -> (base, factor, rotary_dim) -> (effective base, position divisor)
-ROPE_SCALINGS: dict[str, Callable[[float, float, int], tuple[float, float]]] = {
+# name -> (base, factor, rotary_dim) -> (effective base, position divisor); its keys are the Scaling names
+ROPE_SCALINGS: dict[Scaling, Callable[[float, float, int], tuple[float, float]]] = {
     "none": _no_scaling,
     "linear": _linear_scaling,
     "ntk": _ntk_scaling,
@@ -455,10 +489,10 @@ def _split(pairs: int, axes: int, split: Sequence[int] | None) -> list[int]:
 def axial_frequencies(
     rotary_dim: int,
     axes: int,
-    base: float = 10000.0,
     *,
+    base: float = 10000.0,
     split: Sequence[int] | None = None,
-    scaling: str = "none",
+    scaling: Scaling = "none",
     factor: float = 1.0,
 ) -> torch.Tensor:
     """The article's block solution: axis ``k`` rotates its own block of pairs.
@@ -467,19 +501,33 @@ def axial_frequencies(
     1-D ladder of a ``2 n_k``-dimensional RoPE, ``base^{−j/n_k}``; its row of ``F`` is zero
     elsewhere. ``axes=1`` is the 1-D RoPE. Scaling applies per axis.
 
-    Shapes:
-        returns ``F`` of shape ``(axes, R/2)``, float64.
+    Args:
+        rotary_dim: the rotated width ``R`` (even).
+        axes: position dimensions (1 text, 2 images, 3 video).
+        base: each axis's ladder base.
+        split: pairs per axis (default: equal shares).
+        scaling: a key of :data:`ROPE_SCALINGS`, applied per axis.
+        factor: the scaling's length (or resolution) ratio.
+
+    Returns:
+        ``F`` of shape ``(axes, R/2)``, float64.
+
+    Example:
+        >>> axial_frequencies(8, 2)
+        tensor([[1.0000, 0.0100, 0.0000, 0.0000],
+                [0.0000, 0.0000, 1.0000, 0.0100]], dtype=torch.float64)
     """
     rotary_dim = _check_rotary_dim("rotary_dim", rotary_dim)
     check_int("axes", axes, 1)
-    scale = ROPE_SCALINGS[check_choice("scaling", scaling, ROPE_SCALINGS)]
+    check_choice("scaling", scaling, SCALINGS)
+    scale = ROPE_SCALINGS[scaling]
     check_number("factor", factor, above=0)
     counts = _split(rotary_dim // 2, axes, split)
     freqs = torch.zeros(axes, rotary_dim // 2, dtype=torch.float64)
     start = 0
     for axis, count in enumerate(counts):
         effective_base, divisor = scale(_check_base(base), factor, 2 * count)
-        freqs[axis, start : start + count] = rope_frequencies(2 * count, effective_base) / divisor
+        freqs[axis, start : start + count] = rope_frequencies(2 * count, base=effective_base) / divisor
         start += count
     return freqs
 
@@ -487,8 +535,8 @@ def axial_frequencies(
 def mixed_frequencies(
     rotary_dim: int,
     axes: int,
-    base: float = 100.0,
     *,
+    base: float = 100.0,
     num_heads: int | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -499,12 +547,23 @@ def mixed_frequencies(
     Heo et al. 2024, with their smaller default base for images). Any two non-parallel
     columns make positions recoverable (invertibility).
 
-    Shapes:
-        returns ``(axes, R/2)`` or ``(num_heads, axes, R/2)``, float64.
+    Args:
+        rotary_dim: the rotated width ``R`` (even).
+        axes: position dimensions.
+        base: the magnitudes' ladder base (100: RoPE-Mixed's default for images).
+        num_heads: one ``F`` per head when given.
+        generator: the random directions' generator.
+
+    Returns:
+        ``(axes, R/2)`` or ``(num_heads, axes, R/2)``, float64.
+
+    Example:
+        >>> mixed_frequencies(8, 2, num_heads=4, generator=torch.Generator().manual_seed(0)).shape
+        torch.Size([4, 2, 4])
     """
     rotary_dim = _check_rotary_dim("rotary_dim", rotary_dim)
     check_int("axes", axes, 1)
-    magnitude = rope_frequencies(rotary_dim, base)  # (R/2,)
+    magnitude = rope_frequencies(rotary_dim, base=base)  # (R/2,)
     heads = 1 if num_heads is None else num_heads
     direction = torch.randn(heads, axes, rotary_dim // 2, generator=generator, dtype=torch.float64)
     direction = direction / direction.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -517,8 +576,17 @@ def grid_positions(
 ) -> torch.Tensor:
     """Integer grid coordinates in row-major order, e.g. ``grid_positions(h, w)`` for image patches.
 
-    Shapes:
-        returns ``(prod(sizes), len(sizes))``: row ``i`` holds the coordinates of token ``i``.
+    Args:
+        *sizes: the grid's size along each axis (positive).
+        dtype: the coordinates' dtype.
+        device: where they are made.
+
+    Returns:
+        ``(prod(sizes), len(sizes))``: row ``i`` holds the coordinates of token ``i``.
+
+    Example:
+        >>> grid_positions(2, 3).tolist()
+        [[0.0, 0.0], [0.0, 1.0], [0.0, 2.0], [1.0, 0.0], [1.0, 1.0], [1.0, 2.0]]
     """
     if not sizes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes):
         raise ValueError(f"sizes={sizes!r} must be one or more positive integers")
@@ -571,12 +639,14 @@ class RotaryEmbedding(nn.Module):
         positions are broadcast over the head dimension of a 4-D ``x``).
 
     Example:
-        2-D RoPE for a ViT's attention on a 14×14 patch grid::
+        2-D RoPE for a ViT's attention on a 14×14 patch grid:
 
-            rope = RotaryEmbedding(64, axes=2)
-            pos = grid_positions(14, 14)                      # (196, 2)
-            q, k = rope(q, pos), rope(k, pos)                  # (B, H, 196, 64) each
-            attn = torch.softmax(q @ k.transpose(-1, -2) / 8.0, dim=-1)
+        >>> rope = RotaryEmbedding(64, axes=2)
+        >>> pos = grid_positions(14, 14)                      # (196, 2)
+        >>> q, k = torch.randn(2, 4, 196, 64), torch.randn(2, 4, 196, 64)
+        >>> q, k = rope(q, pos), rope(k, pos)                 # (B, H, 196, 64) each
+        >>> torch.softmax(q @ k.transpose(-1, -2) / 8.0, dim=-1).shape
+        torch.Size([2, 4, 196, 196])
     """
 
     freqs: torch.Tensor
@@ -587,11 +657,11 @@ class RotaryEmbedding(nn.Module):
         *,
         rotary_dim: int | None = None,
         axes: int = 1,
-        frequencies: Literal["axial", "mixed"] = "axial",
+        frequencies: Frequencies = "axial",
         split: Sequence[int] | None = None,
         base: float | None = None,
         layout: Layout = "half",
-        scaling: str = "none",
+        scaling: Scaling = "none",
         factor: float = 1.0,
         learnable: bool = False,
         num_heads: int | None = None,
@@ -606,10 +676,14 @@ class RotaryEmbedding(nn.Module):
         if self.rotary_dim > self.dim:
             raise ValueError(f"rotary_dim={rotary_dim} must not exceed dim={dim}")
         self.axes = axes
-        self.frequencies = check_choice("frequencies", frequencies, ("axial", "mixed"))
-        self.layout = check_choice("layout", layout, LAYOUTS)
-        self.backend = check_choice("backend", backend, BACKENDS)
-        self.scaling = check_choice("scaling", scaling, ROPE_SCALINGS)
+        check_choice("frequencies", frequencies, FREQUENCIES)
+        check_choice("layout", layout, LAYOUTS)
+        check_choice("backend", backend, BACKENDS)
+        check_choice("scaling", scaling, SCALINGS)
+        self.frequencies: Frequencies = frequencies
+        self.layout: Layout = layout
+        self.backend: Backend = backend
+        self.scaling: str = scaling  # a Scaling, or the rope_type of a config (from_config)
         self.factor = factor
         if angle_dtype not in (torch.float32, torch.float64):
             raise ValueError(f"angle_dtype={angle_dtype} is not supported; accepted: torch.float32, torch.float64")
@@ -621,12 +695,14 @@ class RotaryEmbedding(nn.Module):
                 raise ValueError(f"scaling={scaling!r} applies to frequencies='axial' only; scale positions instead")
             self.base = _check_base(100.0 if base is None else base)
             generator = torch.Generator().manual_seed(seed)
-            freqs = mixed_frequencies(self.rotary_dim, axes, self.base, num_heads=num_heads, generator=generator)
+            freqs = mixed_frequencies(self.rotary_dim, axes, base=self.base, num_heads=num_heads, generator=generator)
         else:
             if num_heads is not None:
                 raise ValueError("num_heads= applies to frequencies='mixed' only")
             self.base = _check_base(10000.0 if base is None else base)
-            freqs = axial_frequencies(self.rotary_dim, axes, self.base, split=split, scaling=scaling, factor=factor)
+            freqs = axial_frequencies(
+                self.rotary_dim, axes, base=self.base, split=split, scaling=scaling, factor=factor
+            )
         self.num_heads = num_heads
         self.learnable = learnable
         self.attention_factor = 1.0  # multiplies cos and sin (a long-context scaling's, see from_config)
@@ -679,32 +755,46 @@ class RotaryEmbedding(nn.Module):
         backend: Backend = "auto",
         device: torch.device | str | None = None,
     ) -> RotaryEmbedding:
-        """The rotary embedding a transformers model builds from ``config``: its head width, its
-        rotated share, its ``rope_type`` scaling with that scaling's attention factor (applied to
-        cos and sin, as transformers does) and its pair layout (``rope_interleave``: the
-        interleaved pairs of DeepSeek-V3; attention scores are those of transformers, whose
-        output order differs by a fixed permutation of the rotated coordinates).
+        """The rotary embedding a transformers model builds from ``config``.
 
-        ``layer_type`` picks one entry of a per-layer-type config (Gemma 3: ``"sliding_attention"``
-        or ``"full_attention"``). An M-RoPE config (Qwen2-VL, Qwen2.5-VL, Qwen3-VL: ``mrope_section``
-        or the family's default sections) gives ``axes=3``: positions are ``(T, 3)`` or
-        ``(B, T, 3)`` (temporal, height, width; transformers' ``(3, B, T)`` moved last), see
-        :func:`kexue.positional.mrope.mrope_frequencies` and :func:`kexue.positional.mrope.mrope_position_ids`. ``seq_len``: the frequencies of ``dynamic`` and ``longrope``
-        depend on the length; they are fixed here for ``seq_len`` (default: the trained length).
-        For ``dynamic``, pass the longest length a cache will hold (prompt plus new tokens): every
-        key and query of that cache then uses one base, which keeps attention a function of
-        relative position. transformers instead changes the base as the sequence grows, so keys
-        cached under the old base no longer match queries rotated under the new one.
-        ``device``: where the frequencies live (``"meta"`` included); they keep ``angle_dtype``
-        through casts of the module, as in the constructor.
+        Its head width, its rotated share, its ``rope_type`` scaling with that scaling's attention factor
+        (applied to cos and sin, as transformers does) and its pair layout (``rope_interleave``: the
+        interleaved pairs of DeepSeek-V3; attention scores are those of transformers, whose output order
+        differs by a fixed permutation of the rotated coordinates). An M-RoPE config (Qwen2-VL, Qwen2.5-VL,
+        Qwen3-VL: ``mrope_section`` or the family's default sections) gives ``axes=3``: positions are
+        ``(T, 3)`` or ``(B, T, 3)`` (temporal, height, width; transformers' ``(3, B, T)`` moved last), see
+        :func:`kexue.positional.mrope.mrope_frequencies` and :func:`kexue.positional.mrope.mrope_position_ids`.
+
+        Args:
+            config: a transformers config with ``rope_parameters`` (or any object with its fields).
+            layer_type: one entry of a per-layer-type config (Gemma 3: ``"sliding_attention"`` or
+                ``"full_attention"``).
+            seq_len: the frequencies of ``dynamic`` and ``longrope`` depend on the length; they are fixed
+                here for ``seq_len`` (default: the trained length). For ``dynamic``, pass the longest
+                length a cache will hold (prompt plus new tokens): every key and query of that cache then
+                uses one base, which keeps attention a function of relative position. transformers instead
+                changes the base as the sequence grows, so keys cached under the old base no longer match
+                queries rotated under the new one.
+            angle_dtype: float32 or float64, as in the constructor.
+            backend: passed to :func:`apply_rotary`.
+            device: where the frequencies live (``"meta"`` included); they keep ``angle_dtype`` through
+                casts of the module, as in the constructor.
+
+        Returns:
+            The :class:`RotaryEmbedding`.
 
         Raises:
             ValueError: a config without RoPE parameters or with an invalid scaling or M-RoPE field,
                 each named.
-        """
-        from kexue.positional.mrope import mrope_frequencies, mrope_layout
-        from kexue.positional.scaling import rope_parameters_from_config
 
+        Example:
+            >>> from types import SimpleNamespace
+            >>> linear = {"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}
+            >>> config = SimpleNamespace(head_dim=64, hidden_size=256, num_attention_heads=4,
+            ...                          max_position_embeddings=4096, rope_parameters=linear)
+            >>> RotaryEmbedding.from_config(config).scaling
+            'linear'
+        """
         params = rope_parameters_from_config(config, seq_len=seq_len, layer_type=layer_type)
         layout: Layout = "interleaved" if getattr(config, "rope_interleave", False) else "half"
         mrope = mrope_layout(config)
@@ -728,6 +818,11 @@ class RotaryEmbedding(nn.Module):
         return rope
 
     def extra_repr(self) -> str:
+        """The constructor's settings, for ``repr``.
+
+        Returns:
+            ``"dim=…, rotary_dim=…, axes=…, …"``.
+        """
         return (
             f"dim={self.dim}, rotary_dim={self.rotary_dim}, axes={self.axes}, frequencies={self.frequencies!r}, "
             f"base={self.base:g}, layout={self.layout!r}, scaling={self.scaling!r}, learnable={self.learnable}"
@@ -769,8 +864,11 @@ class RotaryEmbedding(nn.Module):
     def angles(self, positions: torch.Tensor | Sequence[float], *, validate: bool = True) -> torch.Tensor:
         """``φ = p F``: one angle per rotated pair, in ``angle_dtype``.
 
-        Shapes:
-            positions ``(T,)``/``(B, T)`` (axes=1) or ``(T, axes)``/``(B, T, axes)`` →
+        Args:
+            positions: ``(T,)``/``(B, T)`` (axes=1) or ``(T, axes)``/``(B, T, axes)``.
+            validate: check that float positions are finite (a read back to the host).
+
+        Returns:
             ``(..., T, R/2)``; with per-head frequencies ``(..., H, T, R/2)``.
         """
         return self._angles(self._as_positions(positions, validate))
@@ -778,9 +876,22 @@ class RotaryEmbedding(nn.Module):
     def cos_sin(
         self, positions: torch.Tensor | Sequence[float], *, validate: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin of :meth:`angles` (in ``angle_dtype``), times :attr:`attention_factor` (1 unless
-        a scaling defines one, as transformers scales its tables), ready for :func:`apply_rotary`.
-        ``validate=False``: no value is read back to the host (see :meth:`forward`)."""
+        """cos and sin of :meth:`angles` (in ``angle_dtype``), times :attr:`attention_factor`, for :func:`apply_rotary`.
+
+        The attention factor is 1 unless a scaling defines one (as transformers scales its tables).
+
+        Args:
+            positions: as in :meth:`angles`.
+            validate: ``False``: no value is read back to the host (see :meth:`forward`).
+
+        Returns:
+            ``(cos, sin)``, each of :meth:`angles`' shape.
+
+        Example:
+            >>> cos, sin = RotaryEmbedding(64).cos_sin(torch.arange(128))
+            >>> cos.shape, cos.dtype
+            (torch.Size([128, 32]), torch.float32)
+        """
         return self._cos_sin(self._as_positions(positions, validate), validate)
 
     def _cos_sin(self, p: torch.Tensor, validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -861,17 +972,28 @@ class RotaryEmbedding(nn.Module):
     ) -> torch.Tensor:
         """Rotate ``x`` at ``positions`` (default for 1-D: ``offset, …, offset + T − 1``).
 
-        ``offset`` may be a ``(B,)`` integer tensor, one start per sequence of ``x``
-        (``(B, H, T, D)`` or ``(B, T, D)``): batched decoding with KV caches of different
-        lengths, rotated in one kernel call through broadcast tables.
+        Args:
+            x: ``(..., T, D)`` queries or keys (e.g. ``(B, H, T, D)``).
+            positions: ``(T,)`` or ``(B, T)`` for 1-D, ``(T, axes)`` or ``(B, T, axes)`` otherwise.
+            offset: the first position when ``positions`` is None; a ``(B,)`` integer tensor gives one
+                start per sequence of ``x`` (``(B, H, T, D)`` or ``(B, T, D)``): batched decoding with KV
+                caches of different lengths, rotated in one kernel call through broadcast tables.
+            inverse: rotate back (``Rᵀ x``).
+            out: write the result here (as in :func:`apply_rotary`).
+            validate: with ``True`` (the default) explicit float positions are checked finite and tensor
+                offsets non-negative, and 1-D integer positions are looked up in the cached table: each
+                reads values back to the host, a synchronisation per call on a GPU. With ``False`` nothing
+                is read back (no ``.item()``, ``bool()`` or ``int()`` of a tensor): tables are computed on
+                the device from the positions as given, for the per-layer calls of a model whose positions
+                are known to be valid. Default positions with an integer ``offset`` never synchronise.
 
-        ``validate``: with ``True`` (the default) explicit float positions are checked finite and
-        tensor offsets non-negative, and 1-D integer positions are looked up in the cached
-        table: each reads values back to the host, a synchronisation per call on a GPU. With
-        ``False`` nothing is read back (no ``.item()``, ``bool()`` or ``int()`` of a tensor):
-        tables are computed on the device from the positions as given, for the per-layer
-        calls of a model whose positions are known to be valid. Default positions with an
-        integer ``offset`` never synchronise.
+        Returns:
+            The rotated tensor, ``x``'s shape and dtype.
+
+        Example:
+            >>> rope = RotaryEmbedding(64)
+            >>> rope(torch.randn(2, 8, 16, 64), offset=100).shape
+            torch.Size([2, 8, 16, 64])
         """
         self._check_input(x)
         tokens = x.shape[-2]
@@ -919,6 +1041,19 @@ def layout_permutation(head_dim: int, *, source: Layout, target: Layout, rotary_
 
     Interleaved pair ``j`` is coordinates ``(2j, 2j+1)``; half pair ``j`` is ``(j, j + R/2)``.
     Coordinates past ``rotary_dim`` keep their place.
+
+    Args:
+        head_dim: coordinates per head (even).
+        source: the layout of the coordinates given.
+        target: the layout wanted.
+        rotary_dim: rotated coordinates per head (partial rotary); default ``head_dim``.
+
+    Returns:
+        ``(head_dim,)`` int64 indices.
+
+    Example:
+        >>> layout_permutation(8, source="interleaved", target="half").tolist()
+        [0, 2, 4, 6, 1, 3, 5, 7]
     """
     head_dim = _check_rotary_dim("head_dim", head_dim)
     rotary = _check_rotary_dim("rotary_dim", head_dim if rotary_dim is None else rotary_dim)
@@ -962,7 +1097,10 @@ def convert_layout(
         A new tensor with permuted rows (the input is unchanged).
 
     Example:
-        >>> attn.q_proj.weight.data = convert_layout(attn.q_proj.weight.data, 32, source="interleaved", target="half")
+        >>> q_proj = torch.nn.Linear(64, 4 * 16)                   # 4 heads of 16
+        >>> w = convert_layout(q_proj.weight.data, 4, source="interleaved", target="half")
+        >>> w.shape, torch.equal(w[1], q_proj.weight.data[2])      # half pair 0 = interleaved coordinates 0, 1
+        (torch.Size([64, 64]), True)
     """
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"weight must be a torch.Tensor; got {type(weight).__name__}")

@@ -47,7 +47,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -55,7 +55,9 @@ from kexue._shared import check_choice, check_number
 
 __all__ = [
     "ROPE_TYPES",
+    "ROPE_TYPE_NAMES",
     "RopeParameters",
+    "RopeType",
     "attention_decay",
     "pair_analysis",
     "rope_parameters",
@@ -64,10 +66,27 @@ __all__ = [
 
 _MROPE_FIELDS = ("mrope_section", "mrope_interleaved")  # read by kexue.positional.mrope, not by the scalings
 
+# the rope_type names kexue computes (the keys of ROPE_TYPES, which a user may extend)
+RopeType = Literal["default", "linear", "dynamic", "yarn", "longrope", "llama3", "proportional"]
+ROPE_TYPE_NAMES: tuple[RopeType, ...] = get_args(RopeType)
+
 
 @dataclass(frozen=True)
 class RopeParameters:
-    """What a scaling produces: float64 inverse frequencies ``(R/2,)`` and the attention factor."""
+    """What a scaling produces: float64 inverse frequencies ``(R/2,)`` and the attention factor.
+
+    Args:
+        rope_type: the scaling's name (a key of :data:`ROPE_TYPES`).
+        inv_freq: float64 inverse frequencies ``(R/2,)``.
+        attention_factor: multiplies cos and sin (1 for most scalings).
+        head_dim: ``D``, the width of a query/key head.
+        base: ``rope_theta``.
+
+    Example:
+        >>> p = rope_parameters("linear", head_dim=64, factor=4.0)
+        >>> p.rotary_dim, p.attention_factor
+        (64, 1.0)
+    """
 
     rope_type: str
     inv_freq: torch.Tensor
@@ -77,6 +96,7 @@ class RopeParameters:
 
     @property
     def rotary_dim(self) -> int:
+        """The rotated width ``R``: twice the number of inverse frequencies."""
         return 2 * int(self.inv_freq.shape[0])
 
 
@@ -226,7 +246,7 @@ def _proportional(spec: _Spec) -> tuple[torch.Tensor, float]:
     return theta / factor, 1.0
 
 
-# rope_type -> the scaling; extend it with a function of the same signature
+# rope_type -> the scaling (its built-in keys are RopeType's names); extend it with a function of the same signature
 ROPE_TYPES: dict[str, Callable[[_Spec], tuple[torch.Tensor, float]]] = {
     "default": _default,
     "linear": _linear,
@@ -239,7 +259,7 @@ ROPE_TYPES: dict[str, Callable[[_Spec], tuple[torch.Tensor, float]]] = {
 
 
 def rope_parameters(
-    rope_type: str = "default",
+    rope_type: RopeType = "default",
     *,
     head_dim: int,
     base: float = 10000.0,
@@ -251,7 +271,8 @@ def rope_parameters(
     """The inverse frequencies and attention factor of one scaling (see the module docstring).
 
     Args:
-        rope_type: a key of :data:`ROPE_TYPES`.
+        rope_type: a key of :data:`ROPE_TYPES`: :data:`RopeType`'s names, and at run time any a user
+            registered there.
         head_dim: ``D``, the width of a query/key head.
         base: ``rope_theta``.
         partial_rotary_factor: the rotated share ``p`` of the head (``R = ⌊p D⌋``, even).
@@ -264,9 +285,16 @@ def rope_parameters(
             ``mscale_all_dim``, ``attention_factor``, ``truncate``, ``short_factor``,
             ``long_factor``, ``low_freq_factor``, ``high_freq_factor``).
 
+    Returns:
+        The :class:`RopeParameters`.
+
     Raises:
         ValueError: an unknown type, a missing or invalid field (named), or a rotary width
             that is not an even number >= 2.
+
+    Example:
+        >>> rope_parameters("yarn", head_dim=128, factor=4.0, original_max_position_embeddings=4096).attention_factor
+        1.138629436111989
     """
     fn = ROPE_TYPES[check_choice("rope_type", rope_type, ROPE_TYPES)]
     if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 2 or head_dim % 2:
@@ -294,11 +322,22 @@ _CONFIG_FIELDS = ("rope_type", "rope_theta", "partial_rotary_factor")
 def rope_parameters_from_config(
     config: Any, *, seq_len: int | None = None, layer_type: str | None = None
 ) -> RopeParameters:
-    """:func:`rope_parameters` for a transformers config (``rope_parameters`` as transformers 5
-    standardises it; ``layer_type`` picks one entry where a model keeps one per layer type, e.g.
-    Gemma 3's ``"sliding_attention"`` and ``"full_attention"``).
+    """:func:`rope_parameters` for a transformers config (``rope_parameters`` as transformers 5 standardises it).
 
     The head width is ``config.head_dim`` where set, else ``hidden_size // num_attention_heads``.
+
+    Args:
+        config: a transformers config (or any object with its fields).
+        seq_len: the current length (``dynamic`` and ``longrope`` depend on it).
+        layer_type: picks one entry where a model keeps one per layer type, e.g. Gemma 3's
+            ``"sliding_attention"`` and ``"full_attention"``.
+
+    Returns:
+        The :class:`RopeParameters`.
+
+    Raises:
+        ValueError: a config without a ``rope_parameters`` mapping, an unknown ``layer_type``, or what
+            :func:`rope_parameters` rejects.
     """
     standardize = getattr(config, "standardize_rope_params", None)
     if callable(standardize):
@@ -309,7 +348,8 @@ def rope_parameters_from_config(
     if layer_type is not None or "rope_type" not in parameters:
         if layer_type not in parameters:
             raise ValueError(
-                f"layer_type={layer_type!r}: this config keeps RoPE parameters for {sorted(parameters)}; pass one of them"
+                f"layer_type={layer_type!r}: this config keeps RoPE parameters for {sorted(parameters)}; "
+                "pass one of them"
             )
         parameters = parameters[layer_type]
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -336,7 +376,12 @@ def pair_analysis(params: RopeParameters, context: int) -> dict[str, torch.Tenso
     * ``ratio``: ``θ'_j / θ_j`` (1: kept, ``1/s``: interpolated; YaRN's ramp and Llama 3's band
       lie between).
 
-    All float64, shape ``(R/2,)``.
+    Args:
+        params: a scaling's parameters (:func:`rope_parameters`).
+        context: the length the turns are counted over.
+
+    Returns:
+        The three float64 ``(R/2,)`` tensors by name.
     """
     if isinstance(context, bool) or not isinstance(context, int) or context < 1:
         raise ValueError(f"context={context!r} must be a positive integer")
@@ -355,7 +400,14 @@ def attention_decay(inv_freq: torch.Tensor, distances: Any) -> torch.Tensor:
 
     By Abel summation, ``|Σ_j h_j e^{iΔθ_j}| ≤ max_j |h_{j+1} − h_j| · Σ_j |S_j(Δ)|`` for any
     query-key products ``h_j``: this is the factor that decays with the relative distance ``Δ``
-    (Su et al., RoFormer, §3.4.3; kexue.fm/archives/8265). float64, shape of ``distances``.
+    (Su et al., RoFormer, §3.4.3; kexue.fm/archives/8265).
+
+    Args:
+        inv_freq: the frequencies ``θ_j`` (any shape, flattened).
+        distances: relative distances ``Δ`` (a tensor, array or number).
+
+    Returns:
+        float64, the shape of ``distances``.
     """
     theta = torch.as_tensor(inv_freq, dtype=torch.float64).reshape(-1)
     delta = torch.as_tensor(distances, dtype=torch.float64)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -30,7 +30,9 @@ from kexue._shared import as_real_array, check_choice, check_finite, check_numbe
 from kexue.positional.rope import _check_base, _check_rotary_dim, rope_frequencies
 
 __all__ = [
+    "TABLE_LAYOUTS",
     "THETA_SCHEDULES",
+    "TableLayout",
     "ThetaSchedule",
     "exponential_schedule",
     "integral_approximation",
@@ -41,7 +43,7 @@ __all__ = [
 ]
 
 TableLayout = Literal["interleaved", "concat"]
-TABLE_LAYOUTS: tuple[str, ...] = ("interleaved", "concat")
+TABLE_LAYOUTS: tuple[TableLayout, ...] = get_args(TableLayout)
 
 
 def _positions(
@@ -69,8 +71,8 @@ def _positions(
 def sinusoidal_table(
     positions: Any,
     dim: int,
-    base: float = 10000.0,
     *,
+    base: float = 10000.0,
     layout: TableLayout = "interleaved",
     dtype: torch.dtype | None = None,
     angle_dtype: torch.dtype = torch.float64,
@@ -97,8 +99,8 @@ def sinusoidal_table(
         validate: check that tensor positions are finite, which reads a value back to the
             host (a GPU synchronisation); ``False`` reads nothing.
 
-    Shapes:
-        positions ``(*S)`` → ``(*S, d)``.
+    Returns:
+        ``(*S, d)`` for positions ``(*S)``: a tensor, or a NumPy array for NumPy positions.
 
     Example:
         >>> sinusoidal_table(4, 8).shape
@@ -108,9 +110,7 @@ def sinusoidal_table(
     base = _check_base(base)
     check_choice("layout", layout, TABLE_LAYOUTS)
     p, was_numpy = _positions(positions, angle_dtype, device, validate)
-    angles = p.unsqueeze(-1) * rope_frequencies(
-        dim, base, dtype=angle_dtype, device=p.device
-    )  # (*S, d/2): θ_i = base^(−2i/d)
+    angles = p.unsqueeze(-1) * rope_frequencies(dim, base=base, dtype=angle_dtype, device=p.device)  # (*S, d/2)
     sin, cos = angles.sin(), angles.cos()
     table = torch.stack((sin, cos), dim=-1).flatten(-2) if layout == "interleaved" else torch.cat((sin, cos), dim=-1)
     table = table.to(dtype or torch.get_default_dtype())
@@ -120,8 +120,8 @@ def sinusoidal_table(
 def sinusoidal_table_nd(
     positions: Any,
     dim: int,
-    base: float = 10000.0,
     *,
+    base: float = 10000.0,
     split: Sequence[int] | None = None,
     layout: TableLayout = "interleaved",
     dtype: torch.dtype | None = None,
@@ -134,10 +134,16 @@ def sinusoidal_table_nd(
         positions: ``(..., n)`` coordinates (``n`` axes), e.g. ``grid_positions(h, w)``.
         dim: total dimension; axis ``k`` gets ``split[k]`` of it (default ``dim / n`` each;
             every share must be even).
+        base, layout, dtype, angle_dtype: as in :func:`sinusoidal_table`.
+        split: the dimension of each axis's table.
         validate: as in :func:`sinusoidal_table`.
 
-    Shapes:
-        ``(..., n)`` → ``(..., dim)``.
+    Returns:
+        ``(..., dim)`` (NumPy for NumPy positions).
+
+    Example:
+        >>> sinusoidal_table_nd(torch.tensor([[0.0, 1.0], [2.0, 3.0]]), 8).shape
+        torch.Size([2, 8])
     """
     dim = _check_rotary_dim("dim", dim)
     p, was_numpy = _positions(positions, angle_dtype, validate=validate)
@@ -157,7 +163,9 @@ def sinusoidal_table_nd(
     for share in split:
         _check_rotary_dim("split entry", share)
     parts = [
-        sinusoidal_table(p[..., k], share, base, layout=layout, dtype=dtype, angle_dtype=angle_dtype, validate=False)
+        sinusoidal_table(
+            p[..., k], share, base=base, layout=layout, dtype=dtype, angle_dtype=angle_dtype, validate=False
+        )
         for k, share in enumerate(split)
     ]
     table = torch.cat(parts, dim=-1)
@@ -183,7 +191,14 @@ class ThetaSchedule:
 
 
 def exponential_schedule(base: float = 10000.0) -> ThetaSchedule:
-    """``θ_t = base^{−t}`` (the Transformer's, base 10000), with the closed-form integral."""
+    """``θ_t = base^{−t}`` (the Transformer's, base 10000), with the closed-form integral.
+
+    Args:
+        base: the schedule's base, above 1.
+
+    Returns:
+        The :class:`ThetaSchedule`.
+    """
     base = _check_base(base)
     log_base = math.log(base)
 
@@ -198,7 +213,14 @@ def exponential_schedule(base: float = 10000.0) -> ThetaSchedule:
 
 
 def power_schedule(alpha: float) -> ThetaSchedule:
-    """``θ_t = t^α`` (α > 0): a power law reaching frequencies down to 0."""
+    """``θ_t = t^α`` (α > 0): a power law reaching frequencies down to 0.
+
+    Args:
+        alpha: the exponent ``α``.
+
+    Returns:
+        The :class:`ThetaSchedule` (with the closed form ``sin Δ / Δ`` for ``α = 1``).
+    """
     alpha = check_number("alpha", alpha, above=0)
 
     def exact(delta: np.ndarray) -> np.ndarray:
@@ -236,15 +258,25 @@ def _distances(distances: Any) -> np.ndarray:
 
 
 def relative_inner_products(
-    distances: Any, dim: int, base: float = 10000.0, *, schedule: ThetaSchedule | None = None
+    distances: Any, dim: int, *, base: float = 10000.0, schedule: ThetaSchedule | None = None
 ) -> np.ndarray:
     """``g(Δ) = ⟨p_m, p_{m+Δ}⟩ = Σ_{i<d/2} cos(Δ θ_{2i/d})`` exactly (float64).
 
     Any ``m`` gives the same value: that independence is the relativity the article asks
     for, and :func:`sinusoidal_table` satisfies it (checked in ``kexue reproduce``).
 
-    Shapes:
-        distances ``(*S)`` → ``(*S)``.
+    Args:
+        distances: relative distances ``Δ`` (an array-like of real numbers, finite).
+        dim: the encoding dimension ``d`` (even).
+        base: the exponential schedule's base (when ``schedule`` is None).
+        schedule: another frequency schedule (:func:`power_schedule`, ...).
+
+    Returns:
+        float64 array of the shape of ``distances``.
+
+    Example:
+        >>> float(relative_inner_products([0.0], 8)[0])
+        4.0
     """
     dim = _check_rotary_dim("dim", dim)
     sched = _schedule(schedule, base)
@@ -260,8 +292,8 @@ def relative_inner_products(
 def integral_approximation(
     distances: Any,
     dim: int,
-    base: float = 10000.0,
     *,
+    base: float = 10000.0,
     schedule: ThetaSchedule | None = None,
     nodes: int = 1 << 16,
 ) -> np.ndarray:
@@ -271,8 +303,19 @@ def integral_approximation(
     integrals), otherwise composite Gauss–Legendre quadrature with ``nodes`` points (panels
     of 16), accurate while ``Δ · max θ`` stays well below ``nodes``.
 
-    Shapes:
-        distances ``(*S)`` → ``(*S)``.
+    Args:
+        distances: relative distances ``Δ`` (an array-like of real numbers, finite).
+        dim: the encoding dimension ``d`` (even).
+        base: the exponential schedule's base (when ``schedule`` is None).
+        schedule: another frequency schedule (:func:`power_schedule`, ...).
+        nodes: quadrature points when the schedule has no closed form.
+
+    Returns:
+        float64 array of the shape of ``distances``.
+
+    Example:
+        >>> float(integral_approximation([0.0], 128)[0])
+        64.0
     """
     dim = _check_rotary_dim("dim", dim)
     sched = _schedule(schedule, base)

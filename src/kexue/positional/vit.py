@@ -20,8 +20,10 @@ Everything runs on CPU in seconds to minutes; the numbers are what they are.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -30,17 +32,42 @@ from torch import nn
 
 from kexue.positional.rope import RotaryEmbedding, grid_positions
 
-__all__ = ["VARIANTS", "ViTResult", "load_digits_split", "run_experiment", "train_and_evaluate"]
+__all__ = [
+    "MODES",
+    "VARIANTS",
+    "Mode",
+    "TinyViT",
+    "Variant",
+    "ViTResult",
+    "load_digits_split",
+    "run_experiment",
+    "summarize",
+    "train_and_evaluate",
+]
 
-VARIANTS: tuple[str, ...] = ("learned", "rope-1d-flat", "rope-2d-axial", "rope-mixed")
+Variant = Literal["learned", "rope-1d-flat", "rope-2d-axial", "rope-mixed"]
+VARIANTS: tuple[Variant, ...] = get_args(Variant)
+# "extrapolate": integer positions beyond the trained grid; "interpolate": positions scaled into it
+Mode = Literal["extrapolate", "interpolate"]
+MODES: tuple[Mode, ...] = get_args(Mode)
 TRAIN_SIZE, TEST_SIZE, PATCH = 16, 24, 2
 
 
 @dataclass
 class ViTResult:
-    """Accuracy of one variant and seed (fractions in [0, 1])."""
+    """Accuracy of one variant and seed (fractions in [0, 1]).
 
-    variant: str
+    Args:
+        variant: the position encoding.
+        seed: the training seed.
+        train_resolution: accuracy at the training resolution.
+        extrapolate: at the larger resolution with integer positions beyond the trained grid (None for the
+            learned table).
+        interpolate: at the larger resolution with positions (or the learned table) scaled to the trained grid.
+        seconds: training and evaluation time.
+    """
+
+    variant: Variant
     seed: int
     train_resolution: float
     extrapolate: float | None  # RoPE: integer positions beyond the trained grid
@@ -49,10 +76,18 @@ class ViTResult:
 
 
 def load_digits_split(
-    seed: int = 0, test_fraction: float = 0.3
+    *, seed: int = 0, test_fraction: float = 0.3
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The digits as float images in [0, 1], shape (N, 1, 8, 8), split with a fixed permutation."""
-    from sklearn.datasets import load_digits
+    """The digits as float images in [0, 1], shape (N, 1, 8, 8), split with a fixed permutation.
+
+    Args:
+        seed: the permutation's seed.
+        test_fraction: the held-out share.
+
+    Returns:
+        ``(train images, train labels, test images, test labels)``.
+    """
+    from sklearn.datasets import load_digits  # optional extra: sklearn
 
     digits = load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
@@ -95,10 +130,18 @@ class TinyViT(nn.Module):
 
     Casting the model (``model.bfloat16()``) leaves its RoPE frequencies and angles in float32
     (see :class:`kexue.positional.rope.RotaryEmbedding`); positions are made on the input's
-    device, and the blocks rotate without reading values back to the host."""
+    device, and the blocks rotate without reading values back to the host.
+
+    Args:
+        variant: the position encoding, one of :data:`VARIANTS`.
+        dim: the model width.
+        heads: attention heads.
+        depth: blocks.
+        grid: the training grid's side in tokens.
+    """
 
     def __init__(
-        self, variant: str, dim: int = 64, heads: int = 4, depth: int = 2, grid: int = TRAIN_SIZE // PATCH
+        self, variant: Variant, *, dim: int = 64, heads: int = 4, depth: int = 2, grid: int = TRAIN_SIZE // PATCH
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -119,9 +162,19 @@ class TinyViT(nn.Module):
         self.blocks = nn.ModuleList(_Block(dim, heads, self.rope) for _ in range(depth))
         self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, 10)
 
-    def positions(self, grid: int, mode: str, device: torch.device | str | None = None) -> torch.Tensor | None:
-        """Token positions for a ``grid × grid`` input on ``device``: ``"extrapolate"`` integer,
-        ``"interpolate"`` rescaled (float32 whatever the model's dtype)."""
+    def positions(
+        self, grid: int, *, mode: Mode = "extrapolate", device: torch.device | str | None = None
+    ) -> torch.Tensor | None:
+        """Token positions for a ``grid × grid`` input on ``device`` (float32 whatever the model's dtype).
+
+        Args:
+            grid: the input grid's side in tokens.
+            mode: ``"extrapolate"`` integer coordinates, ``"interpolate"`` rescaled to the trained grid.
+            device: where they are made.
+
+        Returns:
+            ``(T, 2)`` coordinates, ``(T,)`` flat indices for ``rope-1d-flat``, or None for the learned table.
+        """
         if self.rope is None:
             return None
         pos = grid_positions(grid, grid, device=device)  # (T, 2)
@@ -132,7 +185,16 @@ class TinyViT(nn.Module):
             return pos[:, 0] * width + pos[:, 1]
         return pos
 
-    def forward(self, patches: torch.Tensor, mode: str = "extrapolate") -> torch.Tensor:
+    def forward(self, patches: torch.Tensor, *, mode: Mode = "extrapolate") -> torch.Tensor:
+        """Class logits of a batch of patch sequences.
+
+        Args:
+            patches: ``(B, T, PATCH²)`` with ``T`` a square grid.
+            mode: how positions beyond the trained grid are made (see :meth:`positions`).
+
+        Returns:
+            ``(B, 10)`` logits.
+        """
         grid = math.isqrt(patches.shape[1])
         x = self.embed(patches)  # (B, T, dim)
         if self.table is not None:
@@ -142,20 +204,21 @@ class TinyViT(nn.Module):
                 else F.interpolate(self.table, size=(grid, grid), mode="bicubic", align_corners=False)
             )
             x = x + table.flatten(2).transpose(1, 2)
-        positions = self.positions(grid, mode, patches.device)
+        positions = self.positions(grid, mode=mode, device=patches.device)
         for block in self.blocks:
             x = block(x, positions)
         return self.head(self.norm(x).mean(dim=1))
 
 
-def _accuracy(model: TinyViT, patches: torch.Tensor, labels: torch.Tensor, mode: str) -> float:
+def _accuracy(model: TinyViT, patches: torch.Tensor, labels: torch.Tensor, mode: Mode) -> float:
     model.eval()
     with torch.no_grad():
-        return float((model(patches, mode).argmax(-1) == labels).float().mean())
+        return float((model(patches, mode=mode).argmax(-1) == labels).float().mean())
 
 
 def train_and_evaluate(
-    variant: str,
+    variant: Variant,
+    *,
     seed: int = 0,
     epochs: int = 30,
     batch_size: int = 64,
@@ -165,11 +228,19 @@ def train_and_evaluate(
 ) -> ViTResult:
     """Train one variant with a fixed seed and return its accuracies.
 
-    ``sizes``: the image side at training and at the larger test resolution (multiples of
-    ``PATCH``, the second larger); the default 16 → 24 is an 8×8 → 12×12 token grid.
-    """
-    import time
+    Args:
+        variant: the position encoding, one of :data:`VARIANTS`.
+        seed: the seed of the initialisation and the batch order.
+        epochs: passes over the training digits.
+        batch_size: images per step.
+        lr: AdamW's peak learning rate (one-cycle schedule).
+        on_epoch: called after each epoch (progress).
+        sizes: the image side at training and at the larger test resolution (multiples of
+            ``PATCH``, the second larger); the default 16 → 24 is an 8×8 → 12×12 token grid.
 
+    Returns:
+        The :class:`ViTResult`.
+    """
     train_size, test_size = sizes
     if train_size % PATCH or test_size % PATCH or not 0 < train_size < test_size:
         raise ValueError(f"sizes={sizes!r}: need two multiples of {PATCH} with train < test")
@@ -209,19 +280,36 @@ def train_and_evaluate(
 
 
 def run_experiment(
+    *,
     seeds: tuple[int, ...] = (0,),
     epochs: int = 30,
     on_epoch: Callable[[], None] | None = None,
     sizes: tuple[int, int] = (TRAIN_SIZE, TEST_SIZE),
 ) -> list[ViTResult]:
-    """Every variant for every seed (``sizes``: see :func:`train_and_evaluate`)."""
+    """Every variant for every seed.
+
+    Args:
+        seeds: training seeds.
+        epochs, on_epoch, sizes: as in :func:`train_and_evaluate`.
+
+    Returns:
+        One :class:`ViTResult` per seed and variant.
+    """
     return [
         train_and_evaluate(v, seed=s, epochs=epochs, on_epoch=on_epoch, sizes=sizes) for s in seeds for v in VARIANTS
     ]
 
 
 def summarize(results: list[ViTResult]) -> dict[str, dict[str, float | None]]:
-    """Mean accuracy per variant and setting."""
+    """Mean accuracy per variant and setting.
+
+    Args:
+        results: from :func:`run_experiment`.
+
+    Returns:
+        variant → ``{"train_resolution", "extrapolate", "interpolate"}`` → mean accuracy (None for the
+        learned table's extrapolation).
+    """
     table: dict[str, dict[str, float | None]] = {}
     for variant in VARIANTS:
         rows = [r for r in results if r.variant == variant]
