@@ -241,3 +241,32 @@ def test_cuda_matches_torch_path(dtype: torch.dtype, interleaved: bool) -> None:
     y = x.clone()
     kernels.rotate(y, cos, sin, y, interleaved=interleaved, transpose=True)
     assert torch.equal(y, _rotate_torch(x, cos, sin, interleaved, True))
+
+
+def test_auto_backend_takes_the_triton_kernel_for_cuda_tensors(
+    kernels: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``backend="auto"`` sends CUDA tensors to the Triton kernel (here: CPU tensors under the interpreter,
+    declared CUDA), for ``apply_rotary`` with and without autograd and ``apply_rotary_qk`` in one launch;
+    ``backend="torch"`` never does. Results equal the torch path."""
+    from kexue import _triton as shared
+    from kexue.positional import apply_rotary, apply_rotary_qk
+
+    launches: list[int] = []
+    real = kernels.rotate_many
+    monkeypatch.setattr(kernels, "rotate_many", lambda jobs, **kw: (launches.append(len(jobs)), real(jobs, **kw))[1])
+    monkeypatch.setattr(shared, "on_cuda", lambda *tensors: True)
+    q, k = _queries(1, 4, 6, 8, dtype=torch.bfloat16), _queries(1, 2, 6, 8, dtype=torch.bfloat16, seed=2)
+    cos, sin = _tables(6, 4)
+    want_q = _rotate_torch(q, cos, sin, False, False, False)
+    assert torch.equal(apply_rotary(q, cos, sin), want_q) and launches == [1]
+    rq, rk = apply_rotary_qk(q, k, cos, sin)
+    assert torch.equal(rq, want_q) and torch.equal(rk, _rotate_torch(k, cos, sin, False, False, False))
+    assert launches == [1, 2]  # q and k in one launch
+    x = q.float().requires_grad_()
+    apply_rotary(x, cos, sin).sum().backward()  # through TritonRotary: the gradient is the inverse rotation
+    assert torch.allclose(x.grad, _rotate_torch(torch.ones_like(x), cos, sin, False, True, False), atol=1e-6)
+    assert launches[2:] and len(launches) >= 4
+    before = len(launches)
+    apply_rotary(q, cos, sin, backend="torch")
+    assert len(launches) == before

@@ -13,6 +13,7 @@ from typing import Literal, get_args
 
 import torch
 
+from kexue import _triton as triton_kernels
 from kexue._native import Backend, NativeLibrary, NativeUnavailable
 from kexue._native import use_native as select
 from kexue._shared import check_choice
@@ -95,6 +96,22 @@ def use_native(backend: Backend, *tensors: torch.Tensor, op: Op = "rotate") -> b
     if not tensors:
         raise ValueError("use_native needs at least one tensor")
     return select(_LIBRARY, backend, symbol(tensors[0].dtype, op == "rotate_products"), _unsupported(tensors))
+
+
+def use_triton(backend: Backend, *tensors: torch.Tensor) -> bool:
+    """Whether a rotation of ``tensors`` runs in the Triton kernel (:mod:`kexue.positional._triton`).
+
+    The C kernel is CPU-only; on CUDA tensors ``backend="auto"`` or ``"native"`` takes the Triton kernel
+    when triton imports (the ``gpu`` extra; CUDA builds of torch bring it), else the torch path.
+
+    Args:
+        backend: ``"auto"``, ``"native"`` or ``"torch"``.
+        *tensors: every tensor of the call (inputs and tables).
+
+    Returns:
+        True when the Triton kernel runs.
+    """
+    return backend != "torch" and bool(tensors) and triton_kernels.on_cuda(*tensors) and triton_kernels.available()
 
 
 def _unsupported(tensors: tuple[torch.Tensor, ...]) -> str | None:

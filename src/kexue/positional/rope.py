@@ -38,6 +38,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import Any, Literal, get_args
 
 import torch
@@ -307,16 +308,21 @@ def apply_rotary(
     check_choice("layout", layout, LAYOUTS)
     check_choice("rounding", rounding, ROUNDINGS)
     round_products = _rounds_products(x, rounding)
-    use_native = _native.use_native(backend, x, op="rotate_products" if round_products else "rotate")
+    triton = _native.use_triton(backend, x, cos, sin)
+    use_native = not triton and _native.use_native(backend, x, op="rotate_products" if round_products else "rotate")
     interleaved = layout == "interleaved"
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or cos.requires_grad or sin.requires_grad)
     _check_out("out", out, "x", x, needs_grad)
 
     if needs_grad:
+        if triton and not round_products:
+            return _triton_module().apply(x, cos, sin, interleaved=interleaved, inverse=inverse)
         if use_native and not round_products:
             return _NativeRotary.apply(x, cos, sin, interleaved, inverse)
         return _rotate_torch(x, cos, sin, interleaved, inverse, round_products)
     with torch.no_grad():
+        if triton:
+            return _triton_apply_many([(x, cos, sin, out)], interleaved, inverse, round_products)[0]
         if use_native:
             return _native_apply_many([(x, cos, sin, out)], interleaved, inverse, round_products)[0]
         result = _rotate_torch(x, cos, sin, interleaved, inverse, round_products)
@@ -387,14 +393,41 @@ def apply_rotary_qk(
     _check_out("out[1]", k_out, "k", k, needs_grad)
     check_choice("rounding", rounding, ROUNDINGS)
     round_products = _rounds_products(q, rounding)
-    if needs_grad or not _native.use_native(backend, q, k, op="rotate_products" if round_products else "rotate"):
+    triton = _native.use_triton(backend, q, k, cos, sin)
+    op: _native.Op = "rotate_products" if round_products else "rotate"
+    if needs_grad or not (triton or _native.use_native(backend, q, k, op=op)):
         options: dict[str, Any] = {"layout": layout, "inverse": inverse, "backend": backend, "rounding": rounding}
         return apply_rotary(q, cos, sin, out=q_out, **options), apply_rotary(k, cos, sin, out=k_out, **options)
+    jobs = [(q, cos, sin, q_out), (k, cos, sin, k_out)]
     with torch.no_grad():
-        rq, rk = _native_apply_many(
-            [(q, cos, sin, q_out), (k, cos, sin, k_out)], layout == "interleaved", inverse, round_products
-        )
+        rotate_many = _triton_apply_many if triton else _native_apply_many
+        rq, rk = rotate_many(jobs, layout == "interleaved", inverse, round_products)
     return rq, rk
+
+
+def _triton_module() -> ModuleType:
+    """:mod:`kexue.positional._triton`, imported on first use on CUDA (it imports triton)."""
+    # optional extra: gpu (triton); importing it at module level would import triton with kexue.positional
+    from kexue.positional import _triton
+
+    return _triton
+
+
+def _triton_apply_many(
+    jobs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]],
+    interleaved: bool,
+    inverse: bool,
+    round_products: bool,
+) -> list[torch.Tensor]:
+    """Rotate each ``(x, cos, sin, out)`` job in one Triton launch (CUDA tensors); new outputs where out is None."""
+    outs = [out if out is not None else torch.empty_like(x) for x, _, _, out in jobs]
+    _triton_module().rotate_many(
+        [(x, cos, sin, out) for (x, cos, sin, _), out in zip(jobs, outs, strict=True)],
+        interleaved=interleaved,
+        transpose=inverse,
+        round_products=round_products,
+    )
+    return outs
 
 
 # --- frequencies ---------------------------------------------------------------------------------
