@@ -270,3 +270,26 @@ def test_auto_backend_takes_the_triton_kernel_for_cuda_tensors(
     before = len(launches)
     apply_rotary(q, cos, sin, backend="torch")
     assert len(launches) == before
+
+
+def test_a_failing_triton_kernel_falls_back_to_torch_with_one_warning(
+    kernels: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel that fails to compile or launch on a user's GPU never breaks the call: one
+    NativeFallbackWarning, the torch path's result, and the torch path for every later call."""
+    from kexue import _triton as shared
+    from kexue._native import NativeFallbackWarning
+    from kexue.positional import _native, apply_rotary
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("PTX JIT compilation failed")
+
+    monkeypatch.setattr(shared, "on_cuda", lambda *tensors: True)
+    monkeypatch.setattr(kernels, "rotate_many", broken)
+    monkeypatch.setattr(_native, "_TRITON_FAILURE", [None])
+    x = _queries(1, 2, 6, 8)
+    cos, sin = _tables(6, 4)
+    with pytest.warns(NativeFallbackWarning, match="PTX JIT compilation failed"):
+        got = apply_rotary(x, cos, sin)
+    assert torch.equal(got, _rotate_torch(x, cos, sin, False, False, False))
+    assert not _native.use_triton("auto", x, cos, sin)  # later calls go straight to the torch path

@@ -316,13 +316,19 @@ def apply_rotary(
 
     if needs_grad:
         if triton and not round_products:
-            return _triton_module().apply(x, cos, sin, interleaved=interleaved, inverse=inverse)
+            try:
+                return _triton_module().apply(x, cos, sin, interleaved=interleaved, inverse=inverse)
+            except Exception as exc:  # a kernel never breaks a call: one warning, then the torch path
+                _native.triton_failed(exc)
         if use_native and not round_products:
             return _NativeRotary.apply(x, cos, sin, interleaved, inverse)
         return _rotate_torch(x, cos, sin, interleaved, inverse, round_products)
     with torch.no_grad():
         if triton:
-            return _triton_apply_many([(x, cos, sin, out)], interleaved, inverse, round_products)[0]
+            try:
+                return _triton_apply_many([(x, cos, sin, out)], interleaved, inverse, round_products)[0]
+            except Exception as exc:  # a kernel never breaks a call: one warning, then the torch path
+                _native.triton_failed(exc)
         if use_native:
             return _native_apply_many([(x, cos, sin, out)], interleaved, inverse, round_products)[0]
         result = _rotate_torch(x, cos, sin, interleaved, inverse, round_products)
@@ -395,14 +401,20 @@ def apply_rotary_qk(
     round_products = _rounds_products(q, rounding)
     triton = _native.use_triton(backend, q, k, cos, sin)
     op: _native.Op = "rotate_products" if round_products else "rotate"
+    options: dict[str, Any] = {"layout": layout, "inverse": inverse, "backend": backend, "rounding": rounding}
     if needs_grad or not (triton or _native.use_native(backend, q, k, op=op)):
-        options: dict[str, Any] = {"layout": layout, "inverse": inverse, "backend": backend, "rounding": rounding}
         return apply_rotary(q, cos, sin, out=q_out, **options), apply_rotary(k, cos, sin, out=k_out, **options)
     jobs = [(q, cos, sin, q_out), (k, cos, sin, k_out)]
     with torch.no_grad():
-        rotate_many = _triton_apply_many if triton else _native_apply_many
-        rq, rk = rotate_many(jobs, layout == "interleaved", inverse, round_products)
-    return rq, rk
+        if not triton:
+            rq, rk = _native_apply_many(jobs, layout == "interleaved", inverse, round_products)
+            return rq, rk
+        try:
+            rq, rk = _triton_apply_many(jobs, layout == "interleaved", inverse, round_products)
+            return rq, rk
+        except Exception as exc:  # a kernel never breaks a call: one warning, then the torch path
+            _native.triton_failed(exc)
+    return apply_rotary(q, cos, sin, out=q_out, **options), apply_rotary(k, cos, sin, out=k_out, **options)
 
 
 def _triton_module() -> ModuleType:
