@@ -134,7 +134,7 @@ def test_gemma_embedding_scale_needs_rep_over_k() -> None:
         small,
         "gemma",
         lambda real: _renamed(
-            real, lambda n, t, m: _widen_module._rep(t, 1, m.k) / m.s if n == "model.embed_tokens.weight" else None
+            real, lambda n, t, m: _widen_module._rep(t, 1, m.k) / m.sqrt_k if n == "model.embed_tokens.weight" else None
         ),
     )
     assert _relative(small, broken) > 1e-3
@@ -151,7 +151,7 @@ def test_gemma_final_norm_outputs_rep_h_for_the_head(name: str) -> None:
         small,
         family,
         lambda real: _renamed(
-            real, lambda n, t, m: _widen_module._gemma_norm(m, t, 1 / m.s) if n == "model.norm.weight" else None
+            real, lambda n, t, m: _widen_module._gemma_norm(m, t, 1 / m.sqrt_k) if n == "model.norm.weight" else None
         ),
     )
     assert _relative(small, broken) > 1e-3
@@ -163,7 +163,9 @@ def test_gemma_one_plus_w_norms_need_the_affine_rule() -> None:
     broken = _widened_with(
         small,
         "gemma2",
-        lambda real: _renamed(real, lambda n, t, m: _widen_module._rep(t, 0, m.k) / m.s if "layernorm" in n else None),
+        lambda real: _renamed(
+            real, lambda n, t, m: _widen_module._rep(t, 0, m.k) / m.sqrt_k if "layernorm" in n else None
+        ),
     )
     assert _relative(small, broken) > 1e-3
 
@@ -175,7 +177,7 @@ def test_gemma3_qk_norms_need_the_joint_rescaling() -> None:
         "gemma3_text",
         lambda real: (
             lambda m, sd, config: {
-                n: (t * m.s if n.endswith(("q_proj.weight", "k_proj.weight")) else t)
+                n: (t * m.sqrt_k if n.endswith(("q_proj.weight", "k_proj.weight")) else t)
                 for n, t in real(m, sd, config).items()
             }
         ),

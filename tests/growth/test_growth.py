@@ -52,11 +52,46 @@ def test_documented_inexact_cases_are_inexact() -> None:
     small = _random(tiny_model("llama-gqa-untied"))
     with float64_norms():
         assert max_logit_difference(small, widen(small, 2, mode="head_dim"), INPUTS) > 1e-3  # RoPE frequencies change
-        assert 1e-8 < max_logit_difference(small, widen(small, 2, scale_eps=False), INPUTS) < 1e-2  # eps not scaled
+        eps_kept = widen(small, 2, divide_norm_eps=False)
+        assert 1e-8 < max_logit_difference(small, eps_kept, INPUTS) < 1e-2  # eps not scaled
     gpt2 = _random(tiny_model("gpt2"))
-    assert max_logit_difference(gpt2, widen(gpt2, 2, gelu_fix=False), INPUTS) > 1e-3  # plain repetition through GeLU
-    assert max_logit_difference(gpt2, widen(gpt2, 2, bias2="k"), INPUTS) > 1e-3  # the article's b2/k
-    assert max_logit_difference(gpt2, widen(gpt2, 2, bias2="sqrt"), INPUTS) <= 1e-10  # the derived b2/sqrt(k)
+    plain_rule = widen(gpt2, 2, keep_preactivations=False)
+    assert max_logit_difference(gpt2, plain_rule, INPUTS) > 1e-3  # plain repetition through GeLU
+    assert max_logit_difference(gpt2, widen(gpt2, 2, ffn_out_bias_divisor="k"), INPUTS) > 1e-3  # the article's b2/k
+    derived = widen(gpt2, 2, ffn_out_bias_divisor="sqrt_k")
+    assert max_logit_difference(gpt2, derived, INPUTS) <= 1e-10  # the derived b2/sqrt(k)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ({"gelu_fix": False}, {"keep_preactivations": False}),
+        ({"scale_eps": False}, {"divide_norm_eps": False}),
+        ({"bias2": "k"}, {"ffn_out_bias_divisor": "k"}),
+        ({"bias2": "sqrt"}, {"ffn_out_bias_divisor": "sqrt_k"}),
+    ],
+)
+def test_renamed_widen_options_warn_and_give_the_new_options_result(
+    old: dict[str, object], new: dict[str, object]
+) -> None:
+    gpt2 = _random(tiny_model("gpt2"))
+    (old_name,), (new_name,) = old, new
+    with pytest.warns(DeprecationWarning, match=f"widen\\({old_name}=...\\) is deprecated.*use widen\\({new_name}="):
+        by_old = widen(gpt2, 2, **old)
+    by_new = widen(gpt2, 2, **new)
+    assert by_old.config.to_dict() == by_new.config.to_dict()
+    for (name, a), (_, b) in zip(by_old.state_dict().items(), by_new.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_widen_rejects_unknown_options_and_bad_old_values() -> None:
+    gpt2 = tiny_model("gpt2")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'gelu'"):
+        widen(gpt2, 2, gelu=False)
+    with pytest.raises(ValueError, match="bias2"), pytest.warns(DeprecationWarning, match="bias2"):
+        widen(gpt2, 2, bias2="sqrt_k")
+    with pytest.raises(ValueError, match="ffn_out_bias_divisor"):
+        widen(gpt2, 2, ffn_out_bias_divisor="sqrt")
 
 
 def test_embedded_minilm_widens_exactly() -> None:
@@ -359,7 +394,7 @@ def test_qwen3_qk_norms_need_the_joint_rescaling() -> None:
 
     def without_rescaling(real):  # q_norm/k_norm kept, but q and k not divided by √k
         return lambda m, sd, config: {
-            n: (t * m.s if n.endswith(("q_proj.weight", "k_proj.weight")) else t)
+            n: (t * m.sqrt_k if n.endswith(("q_proj.weight", "k_proj.weight")) else t)
             for n, t in real(m, sd, config).items()
         }
 

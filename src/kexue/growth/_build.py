@@ -16,12 +16,26 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
+from transformers import PretrainedConfig
+
+from kexue._shared import check_number
+
+# a growth operator returns a new model of its input's class
+ModelT = TypeVar("ModelT", bound=nn.Module)
+
+
+def hf_config(model: nn.Module) -> PretrainedConfig:
+    """A Hugging Face model's ``.config`` (typed: ``nn.Module.__getattr__`` says Tensor or Module).
+
+    The operators call it on models that :func:`~kexue._shared.check_module` accepted with ``hf=True``."""
+    return cast(PretrainedConfig, model.config)
+
 
 _PROBING: contextvars.ContextVar[bool] = contextvars.ContextVar("kexue_growth_probing", default=False)
 
@@ -34,6 +48,7 @@ def probing() -> bool:
 
 @contextlib.contextmanager
 def probe_mode() -> Iterator[None]:
+    """Within the block, :func:`probing` is True (the operators run on probe weights)."""
     token = _PROBING.set(True)
     try:
         yield
@@ -164,7 +179,7 @@ def _buffers_follow(model: nn.Module, grown: nn.Module) -> None:
             module._buffers[attribute] = buffer.to(device)
 
 
-def build(model: nn.Module, config: Any, state: dict[str, torch.Tensor], what: str) -> nn.Module:
+def build(model: ModelT, config: PretrainedConfig, state: dict[str, torch.Tensor], what: str) -> ModelT:
     """``type(model)(config)`` holding ``state`` (assigned, not copied), in ``model``'s train/eval mode.
 
     Peak memory is the small model plus the grown weights: the new model is built on the meta
@@ -175,8 +190,9 @@ def build(model: nn.Module, config: Any, state: dict[str, torch.Tensor], what: s
     with _parameters_on_meta(placeholders):
         grown = type(model)(config)
     _, unexpected = grown.load_state_dict(state, strict=False, assign=True)
-    if hasattr(grown, "tie_weights"):
-        grown.tie_weights()
+    tie_weights = getattr(grown, "tie_weights", None)
+    if callable(tie_weights):
+        tie_weights()
     _buffers_follow(model, grown)
     _embedding_scales_in_weight_dtype(grown)
     unset = {id(p) for p in placeholders}
@@ -199,22 +215,21 @@ def _embedding_scales_in_weight_dtype(model: nn.Module) -> None:
     then exact, not a float32 rounding ~1e-8 off."""
     for module in model.modules():
         scalar, weight = getattr(module, "scalar_embed_scale", None), getattr(module, "weight", None)
-        if scalar is not None and isinstance(getattr(module, "embed_scale", None), torch.Tensor) and weight is not None:
-            module.embed_scale = torch.tensor(
-                scalar, dtype=weight.dtype, device=module.embed_scale.device
-            )  # buffers' device
+        embed_scale = getattr(module, "embed_scale", None)
+        if scalar is not None and isinstance(embed_scale, torch.Tensor) and weight is not None:
+            module.embed_scale = torch.tensor(scalar, dtype=weight.dtype, device=embed_scale.device)  # buffers' device
 
 
 def check_noise(noise: float) -> float:
     """The symmetry-breaking noise argument: a finite number ``>= 0`` (a relative std)."""
-    from kexue._shared import check_number
-
     if check_number("noise", noise) < 0:
         raise ValueError(f"noise={noise!r} must be >= 0 (a relative standard deviation)")
     return float(noise)
 
 
-def zero_sum_noise(w: torch.Tensor, index: torch.Tensor, scale: float, generator: torch.Generator) -> torch.Tensor:
+def zero_sum_noise(
+    w: torch.Tensor, index: torch.Tensor, scale: float, generator: torch.Generator | None
+) -> torch.Tensor:
     """``w`` plus noise along its last axis that sums to zero over each group of columns sharing
     a source ``index`` (columns that read identical inputs): the product with any input whose
     grouped coordinates are equal is unchanged, while the copies' weights (and therefore the

@@ -20,22 +20,28 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from kexue.report.bench import Bench, BenchSuite, CaseResult, run_in_fresh_process
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from kexue.data import quiet_offline_transformers
+from kexue.growth.widen import widen
+from kexue.report.bench import Bench, BenchSuite, CaseResult, PeakMemory, run_in_fresh_process
 
 BENCH = BenchSuite("growth")
+# phase -> the implementation name it is reported under
+_PHASES = {"load": "from_pretrained (small)", "grow": "kexue widen(k=2)", "save": "save_pretrained (large)"}
 
 
-def _shape(quick: bool) -> dict[str, int]:
+def _shape(quick: bool) -> dict[str, Any]:
     if quick:
         return dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=4, vocab_size=8000)
     return dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12, vocab_size=32000)
 
 
 def _write_small(folder: str, quick: bool) -> int:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+    """In a fresh process: write the small random checkpoint; its parameter count."""
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**_shape(quick), tie_word_embeddings=False, max_position_embeddings=2048))
     model.save_pretrained(folder)
@@ -43,14 +49,8 @@ def _write_small(folder: str, quick: bool) -> int:
 
 
 def _grow_child(small_dir: str, out_dir: str) -> dict[str, float]:
-    """In a fresh process: load, widen by 2, save; seconds per phase and peak RSS growth."""
-    import torch
-    from transformers import LlamaForCausalLM
-
-    from kexue.data import quiet_offline_transformers
-    from kexue.growth import widen
-    from kexue.report.bench import PeakMemory
-
+    """In a fresh process: load, widen by 2, save; seconds per phase and peak RSS growth
+    (above the baseline taken after the module's imports)."""
     quiet_offline_transformers()
     torch.set_grad_enabled(False)
     memory = PeakMemory("cpu")
@@ -94,15 +94,13 @@ def grow_checkpoint(bench: Bench) -> None:
         peak = int(best["peak_grow"]) if phase == "grow" else (int(best["peak_all"]) if phase == "save" else None)
         bench.cases.append(
             CaseResult(
-                bench.technique,
-                case,
-                {"load": "from_pretrained (small)", "grow": "kexue widen(k=2)", "save": "save_pretrained (large)"}[
-                    phase
-                ],
-                min(times),
-                times,
-                peak,
-                params,
+                technique=bench.technique,
+                case=case,
+                impl=_PHASES[phase],
+                median_s=min(times),
+                times_s=times,
+                peak_bytes=peak,
+                params=params,
             )
         )
     models = best["small_bytes"] + best["large_bytes"]

@@ -9,10 +9,10 @@ in the same run, as if the large model had been there from the start:
 * **the optimizer** keeps its parameter groups (weight decay or not, per-layer rates): each
   grown parameter joins the group of the parameter it was grown from (read off the operator's
   gather-and-scale map, so a layer moved by an insertion keeps its own group), frozen ones stay
-  frozen, and an inserted layer's fresh parameters join their role's group. Adam/AdamW moments go through the same maps as
-  the weights (:func:`~kexue.growth.transfer_adam_state`: ``m̃ = m / (n a)``, ``ṽ = v / (n a)²``,
-  the state the large model would hold along the grown trajectory); other optimizers start
-  the new parameters with empty state;
+  frozen, and an inserted layer's fresh parameters join their role's group. Adam/AdamW moments go
+  through the same maps as the weights (:func:`~kexue.growth.transfer_adam_state`:
+  ``m̃ = m / (n a)``, ``ṽ = v / (n a)²``, the state the large model would hold along the grown
+  trajectory); other optimizers start the new parameters with empty state;
 * **the learning-rate schedule** continues (its step count and per-group base rates are the
   scheduler's own); ``lr_scale`` multiplies the rates from the growth step on (a wider model
   often wants a smaller one);
@@ -42,21 +42,17 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from kexue._optional import require_extra
-
-require_extra("kexue.growth.callback", "transformers")
-
-from transformers import TrainerCallback  # noqa: E402
-
-from kexue._shared import check_bool, check_int, check_number  # noqa: E402
-from kexue.growth.optim import GrowthMap, parameter_sources, transfer_adam_state  # noqa: E402
+from kexue._shared import check_bool, check_int, check_number
+from kexue.growth.optim import GrowthMap, parameter_sources, transfer_adam_state
 
 __all__ = ["GrowthCallback", "GrowthPlan"]
 
@@ -82,9 +78,14 @@ def _adopt(model: nn.Module, grown: nn.Module) -> None:
             setattr(model, name, value)
 
 
-def _unwrap(obj, attribute: str):
-    """accelerate wraps the optimizer (``.optimizer``) and the scheduler (``.scheduler``)."""
-    return getattr(obj, attribute, obj)
+T = TypeVar("T")
+
+
+def _unwrap(obj: T, attribute: str) -> T:
+    """accelerate wraps the optimizer (``.optimizer``) and the scheduler (``.scheduler``): the
+    wrapped object, which the caller uses as it would the wrapper."""
+    inner: T = getattr(obj, attribute, obj)
+    return inner
 
 
 def _new_groups(
@@ -132,7 +133,7 @@ class GrowthPlan:
 
     grown: nn.Module
     groups: list[list[nn.Parameter]] | None
-    state: dict = field(default_factory=dict)
+    state: dict[torch.Tensor, dict[str, Any]] = field(default_factory=dict)
 
 
 class GrowthCallback(TrainerCallback):
@@ -169,7 +170,17 @@ class GrowthCallback(TrainerCallback):
         self.transfer_optimizer_state = check_bool("transfer_optimizer_state", transfer_optimizer_state)
         self.grown_at: int | None = None
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """Refuse a distributed run (the Trainer calls it at the start of ``train()``).
+
+        Args:
+            args: the Trainer's arguments.
+            state: the Trainer's state.
+            control: the Trainer's control flags.
+            **kwargs: the Trainer's other objects (model, optimizer, ...).
+        """
         if (
             torch.distributed.is_available()
             and torch.distributed.is_initialized()
@@ -179,8 +190,33 @@ class GrowthCallback(TrainerCallback):
                 "GrowthCallback runs in a single process: DDP/FSDP keep the parameters they wrapped at start-up"
             )
 
-    def on_step_end(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+    def on_step_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        lr_scheduler: Any = None,
+        **kwargs: Any,
+    ) -> TrainerControl:
+        """Grow after optimizer step ``at_step`` (the Trainer calls it after every step).
+
+        Args:
+            args: the Trainer's arguments.
+            state: the Trainer's state (``global_step``).
+            control: the Trainer's control flags, returned unchanged.
+            model: the model the Trainer trains; grown in place.
+            optimizer: its optimizer (possibly accelerate's wrapper); its groups and state follow.
+            lr_scheduler: its scheduler; its base rates follow ``lr_scale``.
+            **kwargs: the Trainer's other objects.
+
+        Returns:
+            ``control``.
+        """
         if state.global_step == self.at_step and self.grown_at is None:
+            if model is None:
+                raise ValueError("GrowthCallback.on_step_end: the Trainer passed no model to grow")
             self.grow_in_place(model, optimizer, lr_scheduler)
             self.grown_at = state.global_step
         return control
@@ -193,23 +229,38 @@ class GrowthCallback(TrainerCallback):
         growth of a model too large to load: the grown model is then a meta model with the grown
         shapes and config, the groups are read off :func:`~kexue.growth.optim.parameter_sources`
         (no values needed), and the optimizer state is left empty (there are no moments to carry).
+
+        Args:
+            model: the small model.
+            optimizer: its optimizer (possibly accelerate's wrapper), or None.
+
+        Returns:
+            The :class:`GrowthPlan`.
         """
         grown = self.grow(model)
         optimizer = _unwrap(optimizer, "optimizer") if optimizer is not None else None
         if optimizer is None:
-            return GrowthPlan(grown, None, {})
+            return GrowthPlan(grown=grown, groups=None, state={})
         if any(p.is_meta for p in model.parameters()):
             sources = parameter_sources(model, self.grow)
-            return GrowthPlan(grown, _new_groups(optimizer, model, grown, sources.get), {})
+            return GrowthPlan(grown=grown, groups=_new_groups(optimizer, model, grown, sources.get), state={})
         gmap = GrowthMap.probe(model, self.grow)
         groups = _new_groups(optimizer, model, grown, gmap.source)
         state = self._new_state(optimizer, model, grown, [p for g in groups for p in g], gmap)
-        return GrowthPlan(grown, groups, state)
+        return GrowthPlan(grown=grown, groups=groups, state=state)
 
-    def grow_in_place(self, model: nn.Module, optimizer=None, lr_scheduler=None) -> None:
+    def grow_in_place(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, lr_scheduler: Any = None
+    ) -> None:
         """Grow ``model`` now, carrying ``optimizer``'s groups and state and ``lr_scheduler``'s
         rates. Everything that can fail (the groups, the Adam-state map) is computed before
-        anything is changed (:meth:`plan`): an error leaves the model and the optimizer as they were."""
+        anything is changed (:meth:`plan`): an error leaves the model and the optimizer as they were.
+
+        Args:
+            model: the model to grow in place (the object the Trainer holds).
+            optimizer: its optimizer (possibly accelerate's wrapper), or None.
+            lr_scheduler: its learning-rate scheduler (possibly wrapped), or None.
+        """
         plan = self.plan(model, optimizer)
         optimizer = _unwrap(optimizer, "optimizer") if optimizer is not None else None
         if optimizer is not None and plan.groups is not None:
@@ -230,7 +281,7 @@ class GrowthCallback(TrainerCallback):
         grown: nn.Module,
         params: list[nn.Parameter],
         gmap: GrowthMap,
-    ) -> dict:
+    ) -> dict[torch.Tensor, dict[str, Any]]:
         """The optimizer state of the grown parameters: Adam's moments through the growth map,
         or nothing (``transfer_optimizer_state=False``, or an optimizer without Adam's state)."""
         held = [p for group in optimizer.param_groups for p in group["params"]]
@@ -245,9 +296,9 @@ class GrowthCallback(TrainerCallback):
             )
         target = _StateView({}, [{"params": params}])
         transfer_adam_state(_StateView(old), small, target, grown, self.grow, growth_map=gmap)
-        return target.state
+        return dict(target.state)
 
-    def _scale_rates(self, optimizer: torch.optim.Optimizer | None, scheduler) -> None:
+    def _scale_rates(self, optimizer: torch.optim.Optimizer | None, scheduler: Any) -> None:
         if scheduler is not None and hasattr(scheduler, "base_lrs"):
             scheduler.base_lrs = [lr * self.lr_scale for lr in scheduler.base_lrs]
         for group in optimizer.param_groups if optimizer is not None else []:
@@ -258,7 +309,15 @@ class GrowthCallback(TrainerCallback):
     def model_for_checkpoint(self, model: nn.Module, checkpoint: str | Path) -> nn.Module:
         """``model`` in the shape a Trainer checkpoint holds: grown when the checkpoint was
         written at or after ``at_step`` (its ``trainer_state.json``), else unchanged. Pass the
-        result to the Trainer that resumes from ``checkpoint``; the weights are then loaded."""
+        result to the Trainer that resumes from ``checkpoint``; the weights are then loaded.
+
+        Args:
+            model: the small model.
+            checkpoint: a Trainer checkpoint folder (with ``trainer_state.json``).
+
+        Returns:
+            ``model``, or its grown copy.
+        """
         path = Path(checkpoint) / "trainer_state.json"
         if not path.is_file():
             raise FileNotFoundError(
@@ -280,6 +339,6 @@ class _StateView:
     """An optimizer's ``state`` (and ``param_groups``) as :func:`transfer_adam_state` reads or
     writes them: the small model's old state, or the grown state before it is installed."""
 
-    def __init__(self, state: dict, param_groups: list | None = None) -> None:
+    def __init__(self, state: MutableMapping[Any, Any], param_groups: list[dict[str, Any]] | None = None) -> None:
         self.state = state
         self.param_groups = param_groups or []

@@ -26,20 +26,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
+from transformers import PretrainedConfig, PreTrainedModel
 
 from kexue._shared import check_bool, check_choice, check_int, num_layers
-from kexue.growth._build import check_noise
+from kexue.data import quiet_offline_transformers
+from kexue.growth._build import check_noise, hf_config
+from kexue.growth.depth import deepen
+from kexue.growth.moe import add_experts
+from kexue.growth.parity import float64_norms, max_logit_difference, output_scale
+from kexue.growth.widen import MODES, Mode, widen, widen_ffn
 
 __all__ = ["grow_checkpoint", "plan_checkpoint"]
 
 _DTYPE = torch.float32  # the dtype the checkpoint is loaded, grown and written in
 
 
-def _model_class(config: Any) -> Any:
+def _model_class(config: PretrainedConfig) -> Any:
     """The class of ``config.architectures[0]`` (``AutoModel`` when it names none transformers has)."""
-    import transformers
-
-    arch = (config.architectures or [None])[0]
+    arch = config.architectures[0] if config.architectures else None
     return (getattr(transformers, arch, None) if arch else None) or transformers.AutoModel
 
 
@@ -49,11 +54,7 @@ def _cannot_load(src: Path, exc: Exception) -> ValueError:
     )
 
 
-def _config(src: Path) -> Any:
-    import transformers
-
-    from kexue.data import quiet_offline_transformers
-
+def _config(src: Path) -> PretrainedConfig:
     quiet_offline_transformers()
     try:
         return transformers.AutoConfig.from_pretrained(src)
@@ -61,7 +62,7 @@ def _config(src: Path) -> Any:
         raise _cannot_load(src, exc) from None
 
 
-def _load(src: Path):
+def _load(src: Path) -> tuple[PretrainedConfig, PreTrainedModel]:
     config = _config(src)
     try:
         return config, _model_class(config).from_pretrained(src, dtype=_DTYPE).eval()
@@ -84,7 +85,10 @@ def _size(model: torch.nn.Module) -> dict[str, Any]:
     }
 
 
-def _plan(src: Path, grow) -> dict[str, Any]:
+_Grow = Callable[[PreTrainedModel], PreTrainedModel]
+
+
+def _plan(src: Path, grow: _Grow) -> dict[str, Any]:
     """The small and the grown model's sizes, from ``src``'s config alone: both are built on the
     meta device (no weight is read or allocated) and grown there."""
     config = _config(src)
@@ -96,11 +100,10 @@ def _plan(src: Path, grow) -> dict[str, Any]:
     return {"small": _size(small), "large": _size(grow(small))}
 
 
-def _grower(width: int, mode: str, depth: int, ffn: int | None, experts: int, noise: float, seed: int):
-    from kexue.growth import add_experts, widen, widen_ffn
-    from kexue.growth.depth import deepen
+def _grower(width: int, mode: Mode, depth: int, ffn: int | None, experts: int, noise: float, seed: int) -> _Grow:
+    """The composed operator: experts, then width, then the feed-forward, then depth."""
 
-    def grow(model):
+    def grow(model: PreTrainedModel) -> PreTrainedModel:
         if experts > 1:
             model = add_experts(model, experts, noise=noise, seed=seed + 2)
         if width > 1:
@@ -108,17 +111,17 @@ def _grower(width: int, mode: str, depth: int, ffn: int | None, experts: int, no
         if ffn is not None:
             model = widen_ffn(model, ffn, noise=noise, seed=seed + 1)
         if depth > 1:
-            model = deepen(model, [i for i in range(num_layers(model.config)) for _ in range(depth - 1)])
+            model = deepen(model, [i for i in range(num_layers(hf_config(model))) for _ in range(depth - 1)])
         return model
 
     return grow
 
 
-def _check_growth(src: Path, width: int, mode: str, depth: int, ffn: int | None, experts: int, noise: float) -> None:
+def _check_growth(src: Path, width: int, mode: Mode, depth: int, ffn: int | None, experts: int, noise: float) -> None:
     check_int("width", width, 1)
     check_int("depth", depth, 1)
     check_int("experts", experts, 1)
-    check_choice("mode", mode, ("heads", "head_dim"))
+    check_choice("mode", mode, MODES)
     if ffn is not None:
         check_int("ffn", ffn, 1)
     check_noise(noise)
@@ -129,7 +132,7 @@ def _check_growth(src: Path, width: int, mode: str, depth: int, ffn: int | None,
 
 
 def _check(
-    src: Path, dst: Path, width: int, mode: str, depth: int, ffn: int | None, experts: int, noise: float
+    src: Path, dst: Path, width: int, mode: Mode, depth: int, ffn: int | None, experts: int, noise: float
 ) -> None:
     _check_growth(src, width, mode, depth, ffn, experts, noise)
     if dst.exists():
@@ -145,7 +148,7 @@ def plan_checkpoint(
     depth: int = 1,
     ffn: int | None = None,
     experts: int = 1,
-    mode: str = "heads",
+    mode: Mode = "heads",
 ) -> dict[str, Any]:
     """The size of what :func:`grow_checkpoint` would write, planned on the meta device from
     ``src``'s ``config.json`` alone (no weight is read: a checkpoint too large to load plans in
@@ -176,7 +179,7 @@ def grow_checkpoint(
     depth: int = 1,
     ffn: int | None = None,
     experts: int = 1,
-    mode: str = "heads",
+    mode: Mode = "heads",
     noise: float = 0.0,
     seed: int = 0,
     max_shard_size: str | int = "5GB",
@@ -249,10 +252,16 @@ def grow_checkpoint(
     return report
 
 
-def _write(tmp: Path, src: Path, small, grow, config, max_shard_size, settings: dict[str, Any]) -> dict[str, Any]:
+def _write(
+    tmp: Path,
+    src: Path,
+    small: PreTrainedModel,
+    grow: _Grow,
+    config: PretrainedConfig,
+    max_shard_size: str | int,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
     """Save the grown model, the source's other files and the parity report into ``tmp``."""
-    from kexue.growth.parity import float64_norms, max_logit_difference, output_scale
-
     g = torch.Generator().manual_seed(0)
     probe = {"input_ids": torch.randint(0, config.vocab_size, (2, 16), generator=g)}
     large = grow(small)

@@ -38,14 +38,14 @@ import re
 from collections.abc import Callable, Sequence
 
 import torch
-from torch import nn
+from transformers import PretrainedConfig
 
 from kexue._shared import check_module, num_layers
-from kexue.growth._build import build, probing
+from kexue.growth._build import ModelT, build, hf_config, probing
 
 __all__ = ["PRE_NORM", "deepen"]
 
-PRE_NORM = {
+PRE_NORM: dict[str, tuple[str, tuple[str, ...]]] = {
     "llama": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
     "qwen2": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
     "mistral": ("model.layers", ("self_attn.o_proj", "mlp.down_proj")),
@@ -63,7 +63,9 @@ PRE_NORM = {
 }  # + dense layers
 
 
-def _index_compensation(model_type: str, config) -> Callable[[str, torch.Tensor, int, int], torch.Tensor] | None:
+def _index_compensation(
+    model_type: str, config: PretrainedConfig
+) -> Callable[[str, torch.Tensor, int, int], torch.Tensor] | None:
     """For settings that depend on a layer's index: ``(parameter, value, old index, new index) -> value``."""
     if model_type == "gpt2" and getattr(config, "scale_attn_by_inverse_layer_idx", False):
         width = config.n_embd
@@ -79,7 +81,7 @@ def _index_compensation(model_type: str, config) -> Callable[[str, torch.Tensor,
     return None
 
 
-def _dense_layers_follow(old, config, plan: list[tuple[int, bool]]) -> None:
+def _dense_layers_follow(old: PretrainedConfig, config: PretrainedConfig, plan: Sequence[tuple[int, bool]]) -> None:
     """Qwen3-MoE picks a layer's feed-forward by its index: dense if in ``mlp_only_layers`` or
     if ``(i + 1) % decoder_sparse_step ≠ 0``. The rebuilt config lists every new layer whose
     source was dense in ``mlp_only_layers`` and sets ``decoder_sparse_step = 1``, so each layer
@@ -92,7 +94,7 @@ def _dense_layers_follow(old, config, plan: list[tuple[int, bool]]) -> None:
     config.decoder_sparse_step = 1
 
 
-def deepen(model: nn.Module, after: Sequence[int]) -> nn.Module:
+def deepen(model: ModelT, after: Sequence[int]) -> ModelT:
     """A new model with an identity block inserted after each layer index in ``after``.
 
     Args:
@@ -106,6 +108,16 @@ def deepen(model: nn.Module, after: Sequence[int]) -> nn.Module:
     Returns:
         The deeper model (same class, dtype and device, the meta device included;
         ``num_hidden_layers`` / ``n_layer`` updated).
+
+    Raises:
+        ValueError: a post-norm or unsupported family (the message lists the supported ones), or a
+            layer index out of range.
+
+    Example:
+        >>> from kexue.growth import deepen
+        >>> from kexue.growth.zoo import tiny_model
+        >>> deepen(tiny_model("llama-tied"), range(2)).config.num_hidden_layers
+        4
     """
     check_module("model", model, hf=True)
     model_type = getattr(getattr(model, "config", None), "model_type", None)
@@ -114,7 +126,7 @@ def deepen(model: nn.Module, after: Sequence[int]) -> nn.Module:
             "cannot deepen BERT exactly: it is post-norm, where a block with zero branches still applies "
             "LayerNorm; supported (pre-norm): " + ", ".join(PRE_NORM)
         )
-    if model_type == "opt" and not model.config.do_layer_norm_before:
+    if model_type == "opt" and not hf_config(model).do_layer_norm_before:
         raise ValueError(
             "cannot deepen this OPT exactly: do_layer_norm_before=False makes it post-norm (OPT-350m), "
             "where a block with zero branches still applies LayerNorm; pre-norm OPT "
@@ -122,8 +134,7 @@ def deepen(model: nn.Module, after: Sequence[int]) -> nn.Module:
         )
     if model_type not in PRE_NORM:
         raise ValueError(f"cannot deepen model_type {model_type!r}; supported: {', '.join(PRE_NORM)}")
-    _prefix, _zeroed = PRE_NORM[model_type]
-    n = num_layers(model.config)
+    n = num_layers(hf_config(model))
     after = list(after)
     for i in after:
         if isinstance(i, bool) or not isinstance(i, int) or not -1 <= i < n:
@@ -138,15 +149,24 @@ def deepen(model: nn.Module, after: Sequence[int]) -> nn.Module:
     return relayered(model, plan)
 
 
-def relayered(model: nn.Module, plan: Sequence[tuple[int, bool]]) -> nn.Module:
+def relayered(model: ModelT, plan: Sequence[tuple[int, bool]]) -> ModelT:
     """A new model whose layer ``j`` is a copy of layer ``plan[j][0]``, with its branch output
     projections zeroed where ``plan[j][1]`` (an identity block). Per-layer settings move with
     their layers (``layer_types``, Qwen3-MoE's dense layers, GPT-2's index scaling); under
     probing, identity copies are fresh parameters. :func:`deepen` and the stacking baseline
-    of :mod:`kexue.growth.experiment` are plans."""
-    model_type = model.config.model_type
+    of :mod:`kexue.growth.experiment` are plans.
+
+    Args:
+        model: a pre-norm HuggingFace model (``PRE_NORM``).
+        plan: per new layer, ``(source layer index, is an identity block)``.
+
+    Returns:
+        The new model (same class, dtype and device).
+    """
+    old_config = hf_config(model)
+    model_type = old_config.model_type
     prefix, zeroed = PRE_NORM[model_type]
-    compensate = _index_compensation(model_type, model.config)
+    compensate = _index_compensation(model_type, old_config)
     sd = model.state_dict()
     pattern = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.(.*)$")
     new_sd = {name: t for name, t in sd.items() if not pattern.match(name)}
@@ -163,7 +183,7 @@ def relayered(model: nn.Module, plan: Sequence[tuple[int, bool]]) -> nn.Module:
                 elif compensate is not None:
                     value = compensate(rest, value, src, j)
                 new_sd[f"{prefix}.{j}.{rest}"] = value
-    config = copy.deepcopy(model.config)
+    config = copy.deepcopy(old_config)
     if model_type == "gpt2":
         config.n_layer = len(plan)
     else:
@@ -171,5 +191,5 @@ def relayered(model: nn.Module, plan: Sequence[tuple[int, bool]]) -> nn.Module:
         if getattr(config, "layer_types", None) is not None:
             config.layer_types = [config.layer_types[src] for src, _ in plan]
         if model_type == "qwen3_moe":
-            _dense_layers_follow(model.config, config, plan)
+            _dense_layers_follow(old_config, config, plan)
     return build(model, config, new_sd, f"deepening {model_type}")

@@ -34,13 +34,25 @@ interpolation between evaluations).
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
 
 from kexue.charlm import CharCorpus, TrainLog, evaluate, flops_per_token
+from kexue.growth._build import hf_config
 from kexue.growth.callback import GrowthCallback
 from kexue.growth.depth import deepen, relayered
 from kexue.growth.widen import widen
@@ -65,8 +77,31 @@ PUBLISHED = {
 }
 
 
+# which large model a recipe grows into: twice the width, or twice the depth
+Shape = Literal["width", "depth"]
+
+
 @dataclass(frozen=True)
 class Settings:
+    """The experiment's settings (the defaults: ``kexue reproduce growth --full``).
+
+    Args:
+        hidden: the small model's hidden size.
+        layers: its number of layers.
+        heads: its number of attention heads.
+        context: characters per training window.
+        batch_size: windows per step.
+        small_steps: steps before the (later) growth.
+        large_steps: steps after a growth, and of each scratch run.
+        lr: AdamW's learning rate.
+        grown_lr: the rate from the growth on.
+        warmup: linear warm-up steps.
+        noise: the width recipes' symmetry-breaking noise.
+        eval_every: steps between validation evaluations.
+        eval_windows: validation windows per evaluation.
+        seed: seed of the weights, the data stream and the noise.
+    """
+
     hidden: int = 64
     layers: int = 2
     heads: int = 4
@@ -88,7 +123,7 @@ class Recipe:
     """A growth recipe: ``grow`` applied after step ``at_step``, compared with the scratch run of ``shape``."""
 
     name: str
-    shape: str  # "width" or "depth": which large model it becomes
+    shape: Shape  # which large model it becomes
     at_step: int
     grow: Callable[[nn.Module], nn.Module]
     function_preserving: bool
@@ -96,6 +131,9 @@ class Recipe:
 
 @dataclass
 class GrowthRun:
+    """One recipe's result: its curve, the scratch run's, the FLOPs saved (None: the target was
+    not reached) and the target (the scratch run's final validation loss)."""
+
     recipe: Recipe
     grown: TrainLog  # from step 0 (the small phase included)
     scratch: TrainLog
@@ -106,25 +144,40 @@ class GrowthRun:
 def stack_layers(model: nn.Module) -> nn.Module:
     """The G_stack-style baseline: twice the layers, layer ``L + i`` a copy of trained layer ``i``.
     Not function-preserving (each copy reads what the layers below it now produce)."""
-    layers = list(range(model.config.num_hidden_layers))
+    layers = list(range(hf_config(model).num_hidden_layers))
     return relayered(model, [(i, False) for i in layers + layers])
 
 
 def recipes(s: Settings) -> list[Recipe]:
     """The recipes of the module docstring for settings ``s``."""
+
+    def wider(m: nn.Module) -> nn.Module:
+        return widen(m, 2, noise=s.noise, seed=s.seed)
+
+    def deeper(m: nn.Module) -> nn.Module:
+        return deepen(m, range(hf_config(m).num_hidden_layers))
+
     return [
-        Recipe("width", "width", s.small_steps, lambda m: widen(m, 2, noise=s.noise, seed=s.seed), True),
+        Recipe(name="width", shape="width", at_step=s.small_steps, grow=wider, function_preserving=True),
         Recipe(
-            "width early", "width", max(1, s.small_steps // 2), lambda m: widen(m, 2, noise=s.noise, seed=s.seed), True
+            name="width early",
+            shape="width",
+            at_step=max(1, s.small_steps // 2),
+            grow=wider,
+            function_preserving=True,
         ),
-        Recipe("depth", "depth", s.small_steps, lambda m: deepen(m, range(m.config.num_hidden_layers)), True),
-        Recipe("stack (G_stack-style)", "depth", s.small_steps, stack_layers, False),
+        Recipe(name="depth", shape="depth", at_step=s.small_steps, grow=deeper, function_preserving=True),
+        Recipe(
+            name="stack (G_stack-style)",
+            shape="depth",
+            at_step=s.small_steps,
+            grow=stack_layers,
+            function_preserving=False,
+        ),
     ]
 
 
-def _config(vocab: int, s: Settings, hidden: int, layers: int, heads: int):
-    from transformers import LlamaConfig
-
+def _config(vocab: int, s: Settings, hidden: int, layers: int, heads: int) -> LlamaConfig:
     return LlamaConfig(
         vocab_size=vocab,
         hidden_size=hidden,
@@ -155,50 +208,85 @@ class _Windows(torch.utils.data.IterableDataset):
     def __init__(self, corpus: CharCorpus, s: Settings, seed: int) -> None:
         self.corpus, self.s, self.seed = corpus, s, seed
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         generator = torch.Generator().manual_seed(self.seed)
         while True:
             for row in self.corpus.batch(self.s.batch_size, self.s.context, generator):
                 yield {"input_ids": row, "labels": row}
 
 
-def _curve_callback(corpus: CharCorpus, s: Settings, log: TrainLog, on_step: Callable[[], None] | None):
+class _Curve(TrainerCallback):
     """A TrainerCallback recording validation loss against FLOPs (each step's FLOPs from the
     model that takes the step, so a growth changes the rate from the next step on)."""
-    from transformers import TrainerCallback
 
-    tokens = s.batch_size * s.context
+    def __init__(self, corpus: CharCorpus, s: Settings, log: TrainLog, on_step: Callable[[], None] | None) -> None:
+        self.corpus, self.s, self.log, self.on_step = corpus, s, log, on_step
+        self.tokens = s.batch_size * s.context
+        self.flops = 0.0
 
-    class Curve(TrainerCallback):
-        flops = 0.0
+    def _evaluate(self, model: nn.Module) -> float:
+        return evaluate(model, self.corpus, context=self.s.context, windows=self.s.eval_windows)
 
-        def on_train_begin(self, args, state, control, model=None, **kwargs):
-            log.add(0, 0.0, evaluate(model, corpus, s.context, s.eval_windows))
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if model is not None:
+            self.log.add(0, 0.0, self._evaluate(model))
 
-        def on_step_begin(self, args, state, control, model=None, **kwargs):
-            self.flops += tokens * flops_per_token(model.config, s.context)
+    def on_step_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if model is not None:
+            self.flops += self.tokens * flops_per_token(hf_config(model), context=self.s.context)
 
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            if on_step is not None:
-                on_step()
-            if state.global_step % s.eval_every == 0 or state.global_step == state.max_steps:
-                log.add(state.global_step, self.flops, evaluate(model, corpus, s.context, s.eval_windows))
-
-    return Curve()
+    def on_step_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if self.on_step is not None:
+            self.on_step()
+        if model is not None and (state.global_step % self.s.eval_every == 0 or state.global_step == state.max_steps):
+            self.log.add(state.global_step, self.flops, self._evaluate(model))
 
 
 def train_run(
     model: nn.Module,
     corpus: CharCorpus,
     s: Settings,
+    *,
     steps: int,
     seed: int,
     growth: GrowthCallback | None = None,
     on_step: Callable[[], None] | None = None,
 ) -> TrainLog:
-    """One ``Trainer.train()`` run of ``steps`` steps (with ``growth`` when given): the curve."""
-    from transformers import PrinterCallback, Trainer, TrainingArguments
+    """One ``Trainer.train()`` run of ``steps`` steps (with ``growth`` when given): the curve.
 
+    Args:
+        model: the model to train (a LLaMA-style causal LM).
+        corpus: the characters.
+        s: the settings (batch, context, rates, evaluation).
+        steps: optimizer steps.
+        seed: the Trainer's and the data stream's seed.
+        growth: a :class:`~kexue.growth.callback.GrowthCallback`, or None.
+        on_step: called after every step (a progress bar).
+
+    Returns:
+        The validation curve.
+    """
     log = TrainLog()
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
@@ -220,7 +308,8 @@ def train_run(
             seed=seed,
             dataloader_num_workers=0,
         )
-        callbacks = ([growth] if growth is not None else []) + [_curve_callback(corpus, s, log, on_step)]
+        callbacks: list[TrainerCallback] = [growth] if growth is not None else []
+        callbacks.append(_Curve(corpus, s, log, on_step))
         trainer = Trainer(model=model, args=args, train_dataset=_Windows(corpus, s, seed), callbacks=callbacks)
         trainer.remove_callback(PrinterCallback)
         trainer.train()
@@ -232,32 +321,49 @@ def total_steps(s: Settings) -> int:
     return 2 * s.large_steps + sum(r.at_step + s.large_steps for r in recipes(s))
 
 
-def run_experiment(corpus: CharCorpus, s: Settings, on_step: Callable[[], None] | None = None) -> list[GrowthRun]:
-    """Run every recipe of :func:`recipes` and the two scratch baselines; one result per recipe."""
-    from transformers import LlamaForCausalLM
+def run_experiment(corpus: CharCorpus, s: Settings, *, on_step: Callable[[], None] | None = None) -> list[GrowthRun]:
+    """Run every recipe of :func:`recipes` and the two scratch baselines; one result per recipe.
 
-    shapes = {"width": (2 * s.hidden, s.layers, 2 * s.heads), "depth": (s.hidden, 2 * s.layers, s.heads)}
-    scratch = {}
-    for name, shape in shapes.items():
-        torch.manual_seed(s.seed + 1)
-        scratch[name] = train_run(
-            LlamaForCausalLM(_config(corpus.vocab_size, s, *shape)), corpus, s, s.large_steps, s.seed, on_step=on_step
-        )
+    Args:
+        corpus: the characters (tinyshakespeare in the claims).
+        s: the settings.
+        on_step: called after every optimizer step of every run (a progress bar).
+
+    Returns:
+        One :class:`GrowthRun` per recipe.
+    """
+    scratch = _scratch_runs(corpus, s, on_step)
     runs = []
     for recipe in recipes(s):
         torch.manual_seed(s.seed)
         small = LlamaForCausalLM(_config(corpus.vocab_size, s, s.hidden, s.layers, s.heads))
         growth = GrowthCallback(recipe.grow, recipe.at_step, lr_scale=s.grown_lr / s.lr)
-        grown = train_run(small, corpus, s, recipe.at_step + s.large_steps, s.seed, growth, on_step)
+        grown = train_run(
+            small, corpus, s, steps=recipe.at_step + s.large_steps, seed=s.seed, growth=growth, on_step=on_step
+        )
         target = scratch[recipe.shape].val_loss[-1]
         reach = flops_to_reach(grown, target)
         runs.append(
             GrowthRun(
-                recipe,
-                grown,
-                scratch[recipe.shape],
-                None if reach is None else 1 - reach / scratch[recipe.shape].flops[-1],
-                target,
+                recipe=recipe,
+                grown=grown,
+                scratch=scratch[recipe.shape],
+                saved=None if reach is None else 1 - reach / scratch[recipe.shape].flops[-1],
+                target=target,
             )
         )
     return runs
+
+
+def _scratch_runs(corpus: CharCorpus, s: Settings, on_step: Callable[[], None] | None) -> dict[Shape, TrainLog]:
+    """The two large models (twice the width, twice the depth) trained from scratch."""
+    shapes: dict[Shape, tuple[int, int, int]] = {
+        "width": (2 * s.hidden, s.layers, 2 * s.heads),
+        "depth": (s.hidden, 2 * s.layers, s.heads),
+    }
+    scratch: dict[Shape, TrainLog] = {}
+    for name, shape in shapes.items():
+        torch.manual_seed(s.seed + 1)
+        model = LlamaForCausalLM(_config(corpus.vocab_size, s, *shape))
+        scratch[name] = train_run(model, corpus, s, steps=s.large_steps, seed=s.seed, on_step=on_step)
+    return scratch

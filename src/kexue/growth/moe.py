@@ -33,16 +33,15 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import nn
 
 from kexue._shared import check_int, check_module, num_layers
-from kexue.growth._build import build, check_noise, zero_sum_noise
+from kexue.growth._build import ModelT, build, check_noise, hf_config, zero_sum_noise
 
 __all__ = ["MOE", "add_experts"]
 
 # model_type -> (router weight (E, d), expert parameters with the expert axis first, the one that gets noise,
 #                config field of the expert count)
-MOE = {
+MOE: dict[str, tuple[str, tuple[str, ...], str, str]] = {
     "mixtral": (
         "mlp.gate.weight",
         ("mlp.experts.gate_up_proj", "mlp.experts.down_proj"),
@@ -64,7 +63,7 @@ def _noisy_copies(w: torch.Tensor, copies: int, noise: float, generator: torch.G
     return zero_sum_noise(w.movedim(0, -1), index, noise, generator).movedim(-1, 0).contiguous()
 
 
-def add_experts(model: nn.Module, factor: int, *, noise: float = 0.0, seed: int = 0) -> nn.Module:
+def add_experts(model: ModelT, factor: int, *, noise: float = 0.0, seed: int = 0) -> ModelT:
     """A new model with every expert copied ``factor`` times and ``factor ×`` the experts per token.
 
     See the module docstring for why the function is unchanged. Expert ``e`` of the old model
@@ -102,14 +101,14 @@ def add_experts(model: nn.Module, factor: int, *, noise: float = 0.0, seed: int 
     sd = {n: t.detach() for n, t in model.state_dict().items()}
     new = dict(sd)
     with torch.no_grad():
-        for i in range(num_layers(model.config)):
+        for i in range(num_layers(hf_config(model))):
             p = f"model.layers.{i}."
             if p + router not in sd:  # a dense layer (Qwen3-MoE's mlp_only_layers)
                 continue
             for name in (router, *experts):
                 new[p + name] = sd[p + name].repeat_interleave(factor, dim=0)
             new[p + noisy] = _noisy_copies(new[p + noisy], factor, noise, generator)
-    config = copy.deepcopy(model.config)
+    config = copy.deepcopy(hf_config(model))
     setattr(config, field, getattr(config, field) * factor)
     config.num_experts_per_tok = config.num_experts_per_tok * factor
     return build(model, config, new, f"adding experts to {model_type}")

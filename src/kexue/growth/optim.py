@@ -22,8 +22,9 @@ model, one with every weight 1 (giving ``a``) and one with entry ``i`` holding `
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -31,6 +32,17 @@ from torch import nn
 from kexue.growth._build import Provenance, probe_mode, tracking
 
 __all__ = ["GrowthMap", "parameter_sources", "transfer_adam_state"]
+
+
+class OptimizerLike(Protocol):
+    """What :func:`transfer_adam_state` reads and writes of an optimizer: a ``torch.optim.Optimizer``,
+    or a stand-in holding a state before it is installed (:class:`~kexue.growth.callback.GrowthCallback`)."""
+
+    @property
+    def state(self) -> MutableMapping[Any, Any]: ...
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]: ...
 
 
 def _check_not_meta(model: nn.Module, what: str) -> None:
@@ -92,10 +104,74 @@ def _check_no_split(index: dict[str, torch.Tensor], scale: dict[str, torch.Tenso
         seen[sources[fresh]], owner[sources[fresh]] = a[fresh], i
 
 
+def _grow_probes(small: nn.Module, grow: Callable[[nn.Module], nn.Module]) -> tuple[nn.Module, nn.Module, int]:
+    """``grow`` run (in probe mode) on two float64 copies of ``small``: every weight 1, and entry
+    ``i`` of the concatenated parameters ``i + 1``; with the number of small entries."""
+    ones, ids = copy.deepcopy(small).double(), copy.deepcopy(small).double()
+    offset = 0
+    with torch.no_grad():
+        for (_, p1), (_, p2) in zip(ones.named_parameters(), ids.named_parameters(), strict=True):
+            p1.fill_(1.0)
+            p2.copy_(
+                torch.arange(offset + 1, offset + p2.numel() + 1, dtype=torch.float64, device=p2.device).view_as(p2)
+            )
+            offset += p2.numel()
+        with probe_mode():
+            big_ones, big_ids = grow(ones), grow(ids)
+    return big_ones, big_ids, offset
+
+
+def _read_map(
+    big_ones: nn.Module, big_ids: nn.Module, n_small: int
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per grown parameter: the flat source index of each entry and its scale (0: fresh), read off
+    the two grown probes; a ValueError where the values are not a gather-and-scale map."""
+    index: dict[str, torch.Tensor] = {}
+    scale: dict[str, torch.Tensor] = {}
+    for (name, p_ones), (_, p_ids) in zip(big_ones.named_parameters(), big_ids.named_parameters(), strict=True):
+        a, v = p_ones.detach().flatten(), p_ids.detach().flatten()
+        if (a < 0).any():
+            raise ValueError(f"grow is not a gather-and-scale map: negative scale in {name}")
+        fresh = a == 0
+        pos = (v / torch.where(fresh, 1.0, a)).round()
+        bad = ~fresh & (((v / torch.where(fresh, 1.0, a)) - pos).abs() > 1e-3) | ~fresh & ((pos < 1) | (pos > n_small))
+        if bad.any():
+            raise ValueError(f"grow is not a gather-and-scale map: {name} mixes entries of the small model")
+        index[name] = torch.where(fresh, 0, pos.long() - 1)
+        scale[name] = a
+    return index, scale
+
+
+def _copy_counts(
+    index: dict[str, torch.Tensor], scale: dict[str, torch.Tensor], n_small: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Per grown parameter: how many live copies each entry's source has, over every parameter."""
+    copies = torch.zeros(n_small, dtype=torch.float64, device=device)
+    for name in index:
+        copies.index_add_(0, index[name], (scale[name] > 0).to(torch.float64))  # fresh entries add 0
+    return {name: copies[index[name]] for name in index}
+
+
 @dataclass
 class GrowthMap:
     """Per new parameter: flat source indices into the concatenated small parameters, scales
-    ``a`` (0 = fresh) and the copy count ``n`` of each entry's source."""
+    ``a`` (0 = fresh) and the copy count ``n`` of each entry's source.
+
+    Args:
+        index: per large parameter, each entry's flat index into the concatenated small parameters.
+        scale: per large parameter, each entry's scale ``a`` (0: fresh).
+        count: per large parameter, the number of live copies of each entry's source.
+        small_names: the small model's parameter names, in order.
+        small_sizes: their numbers of entries.
+
+    Example:
+        >>> from kexue.growth import widen
+        >>> from kexue.growth.optim import GrowthMap
+        >>> from kexue.growth.zoo import tiny_model
+        >>> gmap = GrowthMap.probe(tiny_model("llama-tied"), lambda m: widen(m, 2))
+        >>> gmap.source("model.layers.0.mlp.up_proj.weight")
+        'model.layers.0.mlp.up_proj.weight'
+    """
 
     index: dict[str, torch.Tensor]
     scale: dict[str, torch.Tensor]
@@ -108,48 +184,39 @@ class GrowthMap:
         """Read the gather-and-scale map of ``grow`` (a function small -> large), on the device of
         ``small``'s parameters (where the map's tensors then live).
 
+        Args:
+            small: the small model (with values: not on the meta device).
+            grow: the operator, e.g. ``lambda m: widen(m, 2)``.
+
+        Returns:
+            The map.
+
         Raises:
             ValueError: ``small`` is on the meta device (the probe reads values; for the map of
                 whole parameters without values see :func:`parameter_sources`).
         """
         _check_not_meta(small, "GrowthMap.probe")
-        names = [n for n, _ in small.named_parameters()]
-        ones, ids = copy.deepcopy(small).double(), copy.deepcopy(small).double()
-        offset = 0
-        with torch.no_grad():
-            for (_, p1), (_, p2) in zip(ones.named_parameters(), ids.named_parameters(), strict=True):
-                p1.fill_(1.0)
-                p2.copy_(
-                    torch.arange(offset + 1, offset + p2.numel() + 1, dtype=torch.float64, device=p2.device).view_as(p2)
-                )
-                offset += p2.numel()
-            with probe_mode():
-                big_ones, big_ids = grow(ones), grow(ids)
-        index, scale = {}, {}
-        for (name, a), (_, v) in zip(big_ones.named_parameters(), big_ids.named_parameters(), strict=True):
-            a, v = a.detach().flatten(), v.detach().flatten()
-            if (a < 0).any():
-                raise ValueError(f"grow is not a gather-and-scale map: negative scale in {name}")
-            fresh = a == 0
-            pos = (v / torch.where(fresh, 1.0, a)).round()
-            bad = ~fresh & (((v / torch.where(fresh, 1.0, a)) - pos).abs() > 1e-3) | ~fresh & (
-                (pos < 1) | (pos > offset)
-            )
-            if bad.any():
-                raise ValueError(f"grow is not a gather-and-scale map: {name} mixes entries of the small model")
-            index[name] = torch.where(fresh, 0, pos.long() - 1)
-            scale[name] = a
-        _check_no_split(index, scale, offset)
-        device = next(small.parameters()).device
-        copies = torch.zeros(offset, dtype=torch.float64, device=device)
-        for name in index:
-            copies.index_add_(0, index[name], (scale[name] > 0).to(torch.float64))  # fresh entries add 0
-        count = {name: copies[index[name]] for name in index}
-        return cls(index, scale, count, names, [p.numel() for p in small.parameters()])
+        big_ones, big_ids, n_small = _grow_probes(small, grow)
+        index, scale = _read_map(big_ones, big_ids, n_small)
+        _check_no_split(index, scale, n_small)
+        return cls(
+            index=index,
+            scale=scale,
+            count=_copy_counts(index, scale, n_small, next(small.parameters()).device),
+            small_names=[n for n, _ in small.named_parameters()],
+            small_sizes=[p.numel() for p in small.parameters()],
+        )
 
     def source(self, name: str) -> str | None:
         """The small parameter that the live entries of the large parameter ``name`` come from
-        (the first one's, for a parameter gathered from several), or None for a fresh one."""
+        (the first one's, for a parameter gathered from several), or None for a fresh one.
+
+        Args:
+            name: a parameter name of the large model.
+
+        Returns:
+            A parameter name of the small model, or None.
+        """
         live = self.scale[name] > 0
         if not live.any():
             return None
@@ -167,17 +234,33 @@ class GrowthMap:
         return out
 
     def gradients(self, small_grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The large model's gradient at the grown point, from the small model's (flat, float64)."""
+        """The large model's gradient at the grown point, from the small model's (flat, float64).
+
+        Args:
+            small_grads: the small model's gradient (or Adam's ``exp_avg``) per parameter name.
+
+        Returns:
+            ``g / (n a)`` per large parameter name (flat, float64; fresh entries 0).
+        """
         return self._apply(small_grads, 1)
 
     def second_moments(self, small_v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Adam's second moments of the large model at the grown point, ``v / (n a)²``, from the
+        small model's (flat, float64).
+
+        Args:
+            small_v: the small model's ``exp_avg_sq`` per parameter name.
+
+        Returns:
+            The large model's, per parameter name (flat, float64; fresh entries 0).
+        """
         return self._apply(small_v, 2)
 
 
 def transfer_adam_state(
-    small_optimizer: torch.optim.Optimizer,
+    small_optimizer: OptimizerLike,
     small: nn.Module,
-    large_optimizer: torch.optim.Optimizer,
+    large_optimizer: OptimizerLike,
     large: nn.Module,
     grow: Callable[[nn.Module], nn.Module],
     *,
@@ -200,12 +283,27 @@ def transfer_adam_state(
     Returns:
         The :class:`GrowthMap` used (reusable for further transfers of the same growth).
 
+    Example:
+        >>> import torch
+        >>> from kexue.growth import transfer_adam_state, widen
+        >>> from kexue.growth.zoo import tiny_model
+        >>> small = tiny_model("llama-tied")
+        >>> optimizer = torch.optim.AdamW(small.parameters())
+        >>> ids = torch.tensor([[1, 2, 3, 4]])
+        >>> small(input_ids=ids, labels=ids).loss.backward()
+        >>> optimizer.step()
+        >>> large = widen(small, 2)
+        >>> large_optimizer = torch.optim.AdamW(large.parameters())
+        >>> _ = transfer_adam_state(optimizer, small, large_optimizer, large, lambda m: widen(m, 2))
+        >>> len(large_optimizer.state) == len(list(large.parameters()))
+        True
+
     Raises:
         ValueError: a trainable parameter of ``large`` is not in ``large_optimizer``, a trainable
             parameter of ``small`` holds no Adam state (frozen ones need none: their moments count
-            as zero and their grown copies stay frozen without state), ``grow`` does not match ``large``, or ``grow`` splits a small
-            parameter over large ones at different scales (widening an OPT without affine
-            LayerNorms unties its head: see ``_check_no_split``).
+            as zero and their grown copies stay frozen without state), ``grow`` does not match
+            ``large``, or ``grow`` splits a small parameter over large ones at different scales
+            (widening an OPT without affine LayerNorms unties its head: see ``_check_no_split``).
     """
     _check_not_meta(small, "transfer_adam_state")
     gmap = growth_map if growth_map is not None else GrowthMap.probe(small, grow)
@@ -250,7 +348,7 @@ def transfer_adam_state(
     return gmap
 
 
-def _adam_states(optimizer, params: dict[str, nn.Parameter]) -> list[dict]:
+def _adam_states(optimizer: OptimizerLike, params: dict[str, nn.Parameter]) -> list[dict[str, Any]]:
     """Each small parameter's Adam state; a frozen parameter without state gets zero moments
     at step 0 (it never moved). ``trained`` marks the states that came from the optimizer."""
     states = []

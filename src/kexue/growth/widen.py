@@ -45,16 +45,23 @@ from __future__ import annotations
 import copy
 import math
 import re
+import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
-from torch import nn
+from transformers import PretrainedConfig
 
 from kexue._shared import check_choice, check_int, check_module, num_layers
-from kexue.growth._build import build, check_noise, probing, zero_sum_noise
+from kexue.growth._build import ModelT, build, check_noise, hf_config, probing, zero_sum_noise
 
-__all__ = ["SUPPORTED", "widen", "widen_ffn"]
+__all__ = ["MODES", "SUPPORTED", "FfnOutBiasDivisor", "Mode", "widen", "widen_ffn"]
+
+# the widening's way with attention: copy heads (exact with RoPE) or widen each head (the article's)
+Mode = Literal["heads", "head_dim"]
+# what the feed-forward output bias is divided by: √k (derived, exact) or k (the article's printed table)
+FfnOutBiasDivisor = Literal["sqrt_k", "k"]
+StateDict = dict[str, torch.Tensor]
 
 SUPPORTED = (
     "bert",
@@ -73,7 +80,8 @@ SUPPORTED = (
     "mixtral",
     "qwen3_moe",
 )
-MODES = ("heads", "head_dim")
+MODES: tuple[Mode, ...] = get_args(Mode)
+FFN_OUT_BIAS_DIVISORS: tuple[FfnOutBiasDivisor, ...] = get_args(FfnOutBiasDivisor)
 _UNDIVIDED = ("opt",)  # families grown in the undivided stream form rep(h) (LayerNorm eps fixed in the modules)
 
 
@@ -116,24 +124,27 @@ class _Maps:
     def __init__(
         self,
         k: int,
-        mode: str,
-        gelu_fix: bool = True,
-        bias2: str = "sqrt",
+        mode: Mode,
+        *,
+        keep_preactivations: bool = True,
+        ffn_out_bias_divisor: FfnOutBiasDivisor = "sqrt_k",
         noise: float = 0.0,
         generator: torch.Generator | None = None,
         divided: bool = True,
     ) -> None:
-        self.k, self.mode, self.gelu_fix, self.bias2 = k, mode, gelu_fix, bias2
-        self.s = math.sqrt(k)
-        self.q4 = k**0.25
+        self.k, self.mode = k, mode
+        self.keep_preactivations, self.ffn_out_bias_divisor = keep_preactivations, ffn_out_bias_divisor
+        self.sqrt_k = math.sqrt(k)
+        self.fourth_root_k = k**0.25  # restores the 1/√head_dim scale of head_dim-widened q and k
         self.divided = divided
-        self.noise, self.generator = noise, generator
+        self.noise = noise
+        self.generator = generator
 
     @property
     def sigma(self) -> float:
         """σ, the stream's divisor: ``√k`` (``rep(h)/√k``, the article's isometry), or 1 (``rep(h)``
         undivided: OPT, whose LayerNorm eps is fixed in the modules; rep keeps the variance)."""
-        return self.s if self.divided else 1.0
+        return self.sqrt_k if self.divided else 1.0
 
     def _noisy(self, w: torch.Tensor, tiled: bool = False) -> torch.Tensor:
         if not self.noise:
@@ -159,8 +170,8 @@ class _Maps:
             return self._noisy(_spread(w, k, "tile", "rep").mul_(self.sigma / k)), None if b is None else _tile(b, 0, k)
         # output rep(q) k^(-1/4): the scores gain k (the repeated sum) over √k (the wider 1/√head_dim)
         return (
-            self._noisy(_spread(w, k, "rep", "rep").mul_(self.sigma / k).div_(self.q4)),
-            None if b is None else _rep(b, 0, k) / self.q4,
+            self._noisy(_spread(w, k, "rep", "rep").mul_(self.sigma / k).div_(self.fourth_root_k)),
+            None if b is None else _rep(b, 0, k) / self.fourth_root_k,
         )
 
     def v(self, w: torch.Tensor, b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -179,38 +190,43 @@ class _Maps:
     # feed-forward
     def ffn_in(self, w: torch.Tensor, b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         k = self.k
-        if not self.gelu_fix:  # the plain linear-layer rule: exact only for homogeneous activations
+        if not self.keep_preactivations:  # the plain linear-layer rule: exact only for homogeneous activations
             return self._noisy(_spread(w, k, "rep", "rep").div_(k)), None if b is None else _rep(b, 0, k) / self.sigma
         return self._noisy(_spread(w, k, "rep", "rep").mul_(self.sigma / k)), None if b is None else _rep(b, 0, k)
 
     def ffn_out(self, w: torch.Tensor, b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         k = self.k
-        scale = k if not self.gelu_fix else k * self.sigma
-        bias = None if b is None else _rep(b, 0, k) / (self.sigma if self.bias2 == "sqrt" else k)
+        scale = k if not self.keep_preactivations else k * self.sigma
+        bias = None if b is None else _rep(b, 0, k) / (self.sigma if self.ffn_out_bias_divisor == "sqrt_k" else k)
         return self._noisy(_spread(w, k, "rep", "rep").div_(scale)), bias
 
 
-def _linear(maps_fn, sd: dict, prefix: str, new: dict, conv1d: bool = False) -> None:
+def _linear(maps_fn: _Role, sd: StateDict, prefix: str, new: StateDict, conv1d: bool = False) -> None:
     """Map ``prefix.weight`` / ``prefix.bias`` (HF Conv1D stores ``(in, out)``: transposed)."""
     w = sd[prefix + ".weight"]
     b = sd.get(prefix + ".bias")
     w2, b2 = maps_fn(w.T if conv1d else w, b)
     new[prefix + ".weight"] = (w2.T if conv1d else w2).contiguous()
-    if b is not None:
+    if b2 is not None:  # a role maps a bias exactly when there is one
         new[prefix + ".bias"] = b2
 
 
-def _norm(m: _Maps, sd: dict, prefix: str, new: dict) -> None:
+def _norm(m: _Maps, sd: StateDict, prefix: str, new: StateDict) -> None:
     new[prefix + ".weight"] = m.stream(sd[prefix + ".weight"])
     if prefix + ".bias" in sd:
         new[prefix + ".bias"] = m.stream(sd[prefix + ".bias"])
 
 
+# one role's map of a linear layer: (weight, bias) -> (grown weight, grown bias)
+_Role = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]]
+# prefix, attention (q, k, v, o) or None, feed-forward inputs, feed-forward output or None, width field
+_Layout = tuple[str, tuple[str, str, str, str] | None, tuple[str, ...], str | None, str]
+
 # The linear layers of block i, per family: prefix ("{base}" is "bert." for BERT with a head),
 # attention (q, k, v, o; None: GPT-2's fused c_attn, handled in _gpt2), feed-forward inputs
 # (rows = units: up, and gate for SwiGLU), feed-forward output, and the config field of the
 # feed-forward width.
-_LAYOUT = {
+_LAYOUT: dict[str, _Layout] = {
     "llama": (
         "model.layers.{i}.",
         ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
@@ -252,11 +268,11 @@ _LAYOUT["qwen3_moe"] = (*_LAYOUT["mixtral"][:4], "moe_intermediate_size")  # wid
 _EXPERT_SIZE = {"mixtral": "intermediate_size", "qwen3_moe": "moe_intermediate_size"}
 
 
-def _bert_base(sd: dict) -> str:
+def _bert_base(sd: StateDict) -> str:
     return "bert." if any(n.startswith("bert.") for n in sd) else ""
 
 
-def _blocks(m: _Maps, sd: dict, config: Any, new: dict, base: str = "") -> None:
+def _blocks(m: _Maps, sd: StateDict, config: PretrainedConfig, new: StateDict, base: str = "") -> None:
     """Map the linear layers of every block listed in ``_LAYOUT`` (GPT-2's c_attn excepted)."""
     prefix, attention, ffn_in, ffn_out, _ = _LAYOUT[config.model_type]
     conv1d = config.model_type == "gpt2"
@@ -271,7 +287,7 @@ def _blocks(m: _Maps, sd: dict, config: Any, new: dict, base: str = "") -> None:
             _linear(m.ffn_out, sd, p + ffn_out, new, conv1d=conv1d)
 
 
-def _stream_ends(m: _Maps, sd: dict, embedding: str, norms: str) -> dict[str, torch.Tensor]:
+def _stream_ends(m: _Maps, sd: StateDict, embedding: str, norms: str) -> dict[str, torch.Tensor]:
     """The maps of what reads or writes the residual stream outside the blocks' linear layers:
     the token embedding (name ending ``embedding``), an untied ``lm_head`` and every norm
     matching the regular expression ``norms``."""
@@ -286,13 +302,15 @@ def _stream_ends(m: _Maps, sd: dict, embedding: str, norms: str) -> dict[str, to
     return new
 
 
-def _llama(m: _Maps, sd: dict, config: Any) -> dict:
+def _llama(m: _Maps, sd: StateDict, config: PretrainedConfig) -> StateDict:
     new = _stream_ends(m, sd, "embed_tokens.weight", r"(layernorm|norm)\.weight$")
     _blocks(m, sd, config, new)
     return new
 
 
-def _with_qk_norms(m: _Maps, sd: dict, config: Any, norm_weight: Callable[[torch.Tensor], torch.Tensor]) -> dict:
+def _with_qk_norms(
+    m: _Maps, sd: StateDict, config: PretrainedConfig, norm_weight: Callable[[torch.Tensor], torch.Tensor]
+) -> StateDict:
     """LLaMA's maps for a model with RMSNorms on q and k (``q_norm``, ``k_norm``) sharing the
     config's ``rms_norm_eps`` with the stream norms: q and k are produced ``1/√k`` smaller, so
     that ``RMS(x/√k; eps/k) = RMS(x; eps)``, and ``norm_weight`` maps those norms' weights."""
@@ -301,11 +319,11 @@ def _with_qk_norms(m: _Maps, sd: dict, config: Any, norm_weight: Callable[[torch
         if name.endswith(("q_norm.weight", "k_norm.weight")):
             new[name] = norm_weight(t)
         elif re.search(r"self_attn\.(q|k)_proj\.(weight|bias)$", name):
-            new[name] = new[name] / m.s
+            new[name] = new[name] / m.sqrt_k
     return new
 
 
-def _qwen3(m: _Maps, sd: dict, config: Any) -> dict:
+def _qwen3(m: _Maps, sd: StateDict, config: PretrainedConfig) -> StateDict:
     """Qwen3: LLaMA's maps, plus an RMSNorm over each head of q and of k (``q_norm``, ``k_norm``).
 
     In ``heads`` mode every head of the grown model is an exact copy of an old head, so these
@@ -324,7 +342,7 @@ def _qwen3(m: _Maps, sd: dict, config: Any) -> dict:
     return _with_qk_norms(m, sd, config, lambda w: w.clone())  # per head: the copies read the old weights
 
 
-def _olmo2(m: _Maps, sd: dict, config: Any) -> dict:
+def _olmo2(m: _Maps, sd: StateDict, config: PretrainedConfig) -> StateDict:
     """OLMo 2: RMSNorms over the whole q and k projections, and norms on the branch outputs.
 
     In ``heads`` mode the grown q is ``k`` copies of all the old heads side by side, ``tile(q)``:
@@ -343,7 +361,7 @@ def _olmo2(m: _Maps, sd: dict, config: Any) -> dict:
     return _with_qk_norms(m, sd, config, lambda w: _tile(w, 0, m.k))  # across all heads: tiled over the copies
 
 
-def _phi3(m: _Maps, sd: dict, config: Any) -> dict:
+def _phi3(m: _Maps, sd: StateDict, config: PretrainedConfig) -> StateDict:
     """Phi-3: LLaMA's maps on its fused projections.
 
     ``qkv_proj`` stacks the rows of q (``H · hd``), k and v (``H_kv · hd`` each): each block is
@@ -374,7 +392,7 @@ def _phi3(m: _Maps, sd: dict, config: Any) -> dict:
     return new
 
 
-def _gpt_neox(m: _Maps, sd: dict, config: Any) -> dict:
+def _gpt_neox(m: _Maps, sd: StateDict, config: PretrainedConfig) -> StateDict:
     """GPT-NeoX / Pythia: a fused ``query_key_value`` laid out per head, ``(H, [q_h; k_h; v_h], d)``.
 
     In ``heads`` mode the grown model's head ``c·H + h`` is copy ``c`` of head ``h``: the fused
@@ -393,7 +411,7 @@ def _gpt_neox(m: _Maps, sd: dict, config: Any) -> dict:
     for i in range(num_layers(config)):
         p = f"gpt_neox.layers.{i}."
         w = sd[p + "attention.query_key_value.weight"]  # (H · 3 hd, d)
-        grouped = (_rep(w, 1, m.k) / m.s).view(heads, -1, w.shape[1] * m.k)
+        grouped = (_rep(w, 1, m.k) / m.sqrt_k).view(heads, -1, w.shape[1] * m.k)
         new[p + "attention.query_key_value.weight"] = m._noisy(_tile(grouped, 0, m.k).reshape(-1, w.shape[1] * m.k))
         if p + "attention.query_key_value.bias" in sd:
             b = sd[p + "attention.query_key_value.bias"].view(heads, -1)
@@ -417,7 +435,7 @@ def _gemma_norm(m: _Maps, w: torch.Tensor, scale: float) -> torch.Tensor:
     return grown if probing() else grown + (scale - 1.0)
 
 
-def _gemma(m: _Maps, sd: dict, config: Any) -> dict:
+def _gemma(m: _Maps, sd: StateDict, config: PretrainedConfig) -> StateDict:
     """Gemma, Gemma 2, Gemma 3 (text): LLaMA's maps, with four peculiarities.
 
     * The embedding is multiplied by ``√d`` inside the model, and by ``√(kd)`` after widening,
@@ -462,16 +480,16 @@ def _gemma(m: _Maps, sd: dict, config: Any) -> dict:
         elif name.endswith(("q_norm.weight", "k_norm.weight")):
             new[name] = t.clone()
         elif name.endswith("norm.weight"):
-            new[name] = _gemma_norm(m, t, 1.0 / m.s)
+            new[name] = _gemma_norm(m, t, 1.0 / m.sqrt_k)
     _blocks(m, sd, config, new)
     if any(n.endswith("q_norm.weight") for n in sd):
         for name in new:
             if re.search(r"self_attn\.(q|k)_proj\.(weight|bias)$", name):
-                new[name] = new[name] / m.s
+                new[name] = new[name] / m.sqrt_k
     return new
 
 
-def _opt_head_producer(config: Any) -> str | None:
+def _opt_head_producer(config: PretrainedConfig) -> str | None:
     """The affine LayerNorm whose output feeds OPT's tied head (it takes the head's ``1/k``), or
     ``None`` where there is none: a projection, an untied head, no affine LayerNorms, or a
     pre-LN decoder without its final LayerNorm (``_remove_final_layer_norm``). One predicate
@@ -485,7 +503,7 @@ def _opt_head_producer(config: Any) -> str | None:
     return f"model.decoder.layers.{num_layers(config) - 1}.final_layer_norm"
 
 
-def _opt(m: _Maps, sd: dict, config: Any) -> dict:
+def _opt(m: _Maps, sd: StateDict, config: PretrainedConfig) -> StateDict:
     """OPT: the undivided stream ``rep(h)`` (``divided=False``, ``σ = 1``), learned positions.
 
     OPT's LayerNorms are built with torch's default ``eps = 1e-5`` in the modules, not read
@@ -524,17 +542,15 @@ def _opt(m: _Maps, sd: dict, config: Any) -> dict:
             new[name] = _rep(t, 0, m.k)
         elif name == "model.decoder.project_out.weight":  # (proj, hidden): out of it, to the old size
             new[name] = m.lm_head(t)
-        elif name == "lm_head.weight":
-            new[name] = t.clone() if proj else m.lm_head(t) if producer is None else None
+        elif name == "lm_head.weight" and (proj or producer is None):  # else tied: build() ties it to the embedding
+            new[name] = t.clone() if proj else m.lm_head(t)
         elif re.search(r"layer_norm\.(weight|bias)$", name):
             new[name] = m.stream(t) / (m.k if name.rsplit(".", 1)[0] == producer else 1)
-    if new.get("lm_head.weight", 0) is None:
-        del new["lm_head.weight"]  # tied: build() ties it to the grown embedding
     _blocks(m, sd, config, new)
     return new
 
 
-def _mixtral(m: _Maps, sd: dict, config: Any) -> dict:
+def _mixtral(m: _Maps, sd: StateDict, config: PretrainedConfig) -> StateDict:
     """Mixtral: LLaMA's maps for attention and norms; the router and every expert grown.
 
     The router ``W_r`` (``(E, d)``) reads the stream: columns repeated, ``/√k`` (the untied-head
@@ -553,7 +569,7 @@ def _mixtral(m: _Maps, sd: dict, config: Any) -> dict:
     return new
 
 
-def _moe_layers(m: _Maps, sd: dict, config: Any, new: dict) -> None:
+def _moe_layers(m: _Maps, sd: StateDict, config: PretrainedConfig, new: StateDict) -> None:
     """The feed-forward of every layer: router and experts (:func:`_mixtral`), or a dense
     SwiGLU (LLaMA's rules) in the layers a Qwen3-MoE config keeps dense."""
     gate_up, down = _EXPERTS[config.model_type]
@@ -572,7 +588,7 @@ def _moe_layers(m: _Maps, sd: dict, config: Any, new: dict) -> None:
         new[p + down] = torch.stack([m.ffn_out(w, None)[0] for w in sd[p + down]])
 
 
-def _qwen3_moe(m: _Maps, sd: dict, config: Any) -> dict:
+def _qwen3_moe(m: _Maps, sd: StateDict, config: PretrainedConfig) -> StateDict:
     """Qwen3-MoE: Qwen3's per-head q/k norms (:func:`_qwen3`: q, k produced ``1/√k`` smaller,
     norm weights kept; ``heads`` mode only) and Mixtral's router and experts (:func:`_mixtral`),
     with dense SwiGLU layers where the config keeps them. The router's ``norm_topk_prob``
@@ -582,7 +598,7 @@ def _qwen3_moe(m: _Maps, sd: dict, config: Any) -> dict:
     return new
 
 
-def _gpt2(m: _Maps, sd: dict, config: Any) -> dict:
+def _gpt2(m: _Maps, sd: StateDict, config: PretrainedConfig) -> StateDict:
     new: dict[str, torch.Tensor] = {}
     d = config.n_embd
     for name in sd:
@@ -597,7 +613,7 @@ def _gpt2(m: _Maps, sd: dict, config: Any) -> dict:
         w, b = sd[p + "attn.c_attn.weight"].T, sd[p + "attn.c_attn.bias"]  # (3d, d): q, k, v stacked
         parts = [m.qk(w[:d], b[:d]), m.qk(w[d : 2 * d], b[d : 2 * d]), m.v(w[2 * d :], b[2 * d :])]
         new[p + "attn.c_attn.weight"] = torch.cat([x[0] for x in parts]).T.contiguous()
-        new[p + "attn.c_attn.bias"] = torch.cat([x[1] for x in parts])
+        new[p + "attn.c_attn.bias"] = torch.cat([x[1] for x in parts if x[1] is not None])  # all three have one
         _linear(m.o, sd, p + "attn.c_proj", new, conv1d=True)
     _blocks(m, sd, config, new)
     for name in sd:  # buffers (attention masks of older versions) pass through
@@ -606,7 +622,7 @@ def _gpt2(m: _Maps, sd: dict, config: Any) -> dict:
     return new
 
 
-def _bert(m: _Maps, sd: dict, config: Any) -> dict:
+def _bert(m: _Maps, sd: StateDict, config: PretrainedConfig) -> StateDict:
     new: dict[str, torch.Tensor] = {}
     for name in sd:
         if re.search(r"embeddings\.(word|position|token_type)_embeddings\.weight$", name):
@@ -630,7 +646,7 @@ def _bert(m: _Maps, sd: dict, config: Any) -> dict:
     return new
 
 
-_ARCH: dict[str, Callable[[_Maps, dict, Any], dict]] = {
+_ARCH: dict[str, Callable[[_Maps, StateDict, PretrainedConfig], StateDict]] = {
     "llama": _llama,
     "qwen2": _llama,
     "mistral": _llama,
@@ -649,10 +665,11 @@ _ARCH: dict[str, Callable[[_Maps, dict, Any], dict]] = {
 }
 
 
-def _new_config(config: Any, k: int, mode: str, scale_eps: bool) -> Any:
+def _new_config(config: PretrainedConfig, k: int, mode: Mode, *, divide_norm_eps: bool) -> PretrainedConfig:
+    """The grown model's config: widths (and head counts in ``heads`` mode) × ``k``, norm eps ÷ ``k``."""
     c = copy.deepcopy(config)
     t = config.model_type
-    eps_div = k if scale_eps else 1
+    eps_div = k if divide_norm_eps else 1
     if t == "gpt2":
         c.n_embd = config.n_embd * k
         c.n_inner = None if config.n_inner is None else config.n_inner * k
@@ -689,17 +706,47 @@ def _new_config(config: Any, k: int, mode: str, scale_eps: bool) -> Any:
     return c
 
 
+# the options renamed in 0.x, served for one more release with a DeprecationWarning: old -> new keyword
+_RENAMED_OPTIONS = {
+    "gelu_fix": "keep_preactivations",
+    "scale_eps": "divide_norm_eps",
+    "bias2": "ffn_out_bias_divisor",
+}
+_OLD_BIAS2_VALUES = {"sqrt": "sqrt_k", "k": "k"}  # bias2's values -> ffn_out_bias_divisor's
+
+
+def _renamed_options(deprecated: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` (the new keywords' values) updated from the old keywords in ``deprecated``, each with
+    a DeprecationWarning naming its new name; a TypeError for an unknown keyword, as Python's own."""
+    options = dict(given)
+    for old, value in deprecated.items():
+        if old not in _RENAMED_OPTIONS:
+            raise TypeError(f"widen() got an unexpected keyword argument {old!r}")
+        new = _RENAMED_OPTIONS[old]
+        warnings.warn(
+            f"widen({old}=...) is deprecated and will be removed in the next release; use widen({new}=...)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        if old == "bias2":
+            check_choice("bias2", value, tuple(_OLD_BIAS2_VALUES))
+            value = _OLD_BIAS2_VALUES[value]
+        options[new] = value
+    return options
+
+
 def widen(
-    model: nn.Module,
+    model: ModelT,
     factor: int,
     *,
-    mode: str = "heads",
+    mode: Mode = "heads",
     noise: float = 0.0,
     seed: int = 0,
-    gelu_fix: bool = True,
-    scale_eps: bool = True,
-    bias2: str = "sqrt",
-) -> nn.Module:
+    keep_preactivations: bool = True,
+    divide_norm_eps: bool = True,
+    ffn_out_bias_divisor: FfnOutBiasDivisor = "sqrt_k",
+    **deprecated: Any,
+) -> ModelT:
     """A new model of the same class, ``factor`` times wider, computing the same function.
 
     Args:
@@ -724,10 +771,17 @@ def widen(
             copies, so the function is unchanged (to rounding) but the copies drift apart.
             ``1e-2`` is a reasonable start; ``0`` keeps exact copies.
         seed: seed of that noise.
-        gelu_fix, scale_eps, bias2: the article's exactness details, switchable to measure
-            what each is worth: the feed-forward rule for non-homogeneous activations, ``eps/k``
-            in the norms, and the second feed-forward bias (``"sqrt"``: ``/√k``, derived;
-            ``"k"``: ``/k``, the article's table).
+        keep_preactivations: the article's exactness details below, switchable to measure what
+            each is worth. This one: the feed-forward's input layer reproduces the old
+            pre-activations (repeated), so any activation (GeLU, SiLU, SwiGLU) sees the old values;
+            ``False`` applies the plain linear-layer rule, exact only for homogeneous activations
+            (formerly ``gelu_fix``).
+        divide_norm_eps: ``eps/k`` in the norms (``False`` keeps ``eps``; formerly ``scale_eps``).
+        ffn_out_bias_divisor: what the feed-forward output bias is divided by: ``"sqrt_k"`` (``√k``,
+            derived, exact) or ``"k"`` (the article's printed table; formerly ``bias2="sqrt"`` /
+            ``bias2="k"``).
+        **deprecated: the old names ``gelu_fix``, ``scale_eps`` and ``bias2``, accepted for one
+            more release with a ``DeprecationWarning``.
 
     Returns:
         The grown model (same dtype, device and eval/train mode as the input); ``save_pretrained``
@@ -742,36 +796,58 @@ def widen(
     Raises:
         ValueError: unsupported family (the message lists the supported ones), ``mode="head_dim"``
             for a family where it cannot be exact (Qwen3, Qwen3-MoE, OLMo 2, GPT-NeoX, Gemma 1-3,
-            Mixtral; LLaMA, Qwen2, Mistral and Phi-3 allow it as the article's documented inexact case), or bad
-            arguments.
+            Mixtral; LLaMA, Qwen2, Mistral and Phi-3 allow it as the article's documented inexact
+            case), or bad arguments.
+
+    Example:
+        >>> from kexue.growth import widen
+        >>> from kexue.growth.zoo import tiny_model
+        >>> small = tiny_model("llama-tied")
+        >>> large = widen(small, 2)
+        >>> small.config.hidden_size, large.config.hidden_size, large.config.num_attention_heads
+        (16, 32, 8)
     """
+    options = _renamed_options(
+        deprecated,
+        {
+            "keep_preactivations": keep_preactivations,
+            "divide_norm_eps": divide_norm_eps,
+            "ffn_out_bias_divisor": ffn_out_bias_divisor,
+        },
+    )
     check_module("model", model, hf=True)
     check_int("factor", factor, 2)
     check_choice("mode", mode, MODES)
-    check_choice("bias2", bias2, ("sqrt", "k"))
+    check_choice("ffn_out_bias_divisor", options["ffn_out_bias_divisor"], FFN_OUT_BIAS_DIVISORS)
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in _ARCH:
         raise ValueError(f"cannot widen model_type {model_type!r}; supported: {', '.join(SUPPORTED)}")
     check_noise(noise)
-    return _widen_with(
-        model, _Maps(factor, mode, gelu_fix, bias2, noise, torch.Generator().manual_seed(seed)), scale_eps
+    maps = _Maps(
+        factor,
+        mode,
+        keep_preactivations=options["keep_preactivations"],
+        ffn_out_bias_divisor=options["ffn_out_bias_divisor"],
+        noise=noise,
+        generator=torch.Generator().manual_seed(seed),
     )
+    return _widen_with(model, maps, divide_norm_eps=options["divide_norm_eps"])
 
 
-def _widen_with(model: nn.Module, maps: _Maps, scale_eps: bool = True) -> nn.Module:
+def _widen_with(model: ModelT, maps: _Maps, *, divide_norm_eps: bool = True) -> ModelT:
     """The widening with explicit maps (the claims switch single factors through them)."""
-    if model.config.model_type in _UNDIVIDED and maps.divided:
+    config = hf_config(model)
+    if config.model_type in _UNDIVIDED and maps.divided:
         maps = copy.copy(maps)
         maps.divided = False
     sd = {k: v.detach() for k, v in model.state_dict().items()}
     with torch.no_grad():
-        new_sd = _ARCH[model.config.model_type](maps, sd, model.config)
-    return build(
-        model, _new_config(model.config, maps.k, maps.mode, scale_eps), new_sd, f"widening {model.config.model_type}"
-    )
+        new_sd = _ARCH[config.model_type](maps, sd, config)
+    new_config = _new_config(config, maps.k, maps.mode, divide_norm_eps=divide_norm_eps)
+    return build(model, new_config, new_sd, f"widening {config.model_type}")
 
 
-def widen_ffn(model: nn.Module, intermediate_size: int, *, noise: float = 0.0, seed: int = 0) -> nn.Module:
+def widen_ffn(model: ModelT, intermediate_size: int, *, noise: float = 0.0, seed: int = 0) -> ModelT:
     """A new model whose feed-forward blocks have ``intermediate_size`` units, same function.
 
     Unit ``j`` of the new block copies unit ``j mod m`` of the old one (``m`` the old size):
@@ -792,6 +868,12 @@ def widen_ffn(model: nn.Module, intermediate_size: int, *, noise: float = 0.0, s
     Returns:
         The grown model, in the input's dtype and on its device (the meta device too: shapes and
         config only); ``save_pretrained`` / ``from_pretrained`` round-trip it.
+
+    Example:
+        >>> from kexue.growth import widen_ffn
+        >>> from kexue.growth.zoo import tiny_model
+        >>> widen_ffn(tiny_model("llama-tied"), 40).config.intermediate_size
+        40
     """
     check_module("model", model, hf=True)
     model_type = getattr(getattr(model, "config", None), "model_type", None)
@@ -801,10 +883,9 @@ def widen_ffn(model: nn.Module, intermediate_size: int, *, noise: float = 0.0, s
         )
     check_noise(noise)
     prefix, _, _, _, field = _LAYOUT[model_type]
-    config = copy.deepcopy(model.config)
-    m = getattr(config, field, None)
-    if m is None:  # GPT-2's n_inner=None means 4 n_embd
-        m = 4 * config.n_embd
+    config = copy.deepcopy(hf_config(model))
+    width = getattr(config, field, None)
+    m: int = 4 * config.n_embd if width is None else width  # GPT-2's n_inner=None means 4 n_embd
     check_int("intermediate_size", intermediate_size, m)
     generator = torch.Generator().manual_seed(seed)
     sd = {k: v.detach() for k, v in model.state_dict().items()}
@@ -835,12 +916,44 @@ def _unit_copies(units: int, size: int, device: torch.device) -> tuple[torch.Ten
 
 
 def _widen_ffn_layer(
-    sd: dict, new: dict, model_type: str, p: str, m: int, size: int, *, noise: float, generator: torch.Generator
+    sd: StateDict,
+    new: StateDict,
+    model_type: str,
+    p: str,
+    m: int,
+    size: int,
+    *,
+    noise: float,
+    generator: torch.Generator,
 ) -> None:
     """One layer of :func:`widen_ffn`: copy the units' input rows, divide the output columns of a
     unit copied ``c`` times by ``c`` (with zero-sum noise over the copies). Index tensors are made
     on each weight's device; the noise's index stays on the CPU, where the noise is drawn."""
-    _, _, ins, out, _ = _LAYOUT[model_type]
+    _, _, _, out, _ = _LAYOUT[model_type]
+    _copy_input_units(sd, new, model_type, p, m, size)
+    noise_index = torch.arange(size) % m
+    if model_type in _EXPERTS:  # every expert: (E, 2m, d), (E, d, m); dense layers keep their own size
+        gate_up, down = (p + n for n in _EXPERTS[model_type])
+        if gate_up in sd:
+            w = sd[gate_up]
+            index, _ = _unit_copies(m, size, w.device)
+            new[gate_up] = torch.cat([w[:, :m][:, index], w[:, m:][:, index]], dim=1)
+            w = sd[down]
+            index, count = _unit_copies(m, size, w.device)
+            new[down] = zero_sum_noise(w[..., index] / count.to(w.dtype), noise_index, noise, generator).contiguous()
+    elif out is not None:  # every dense family has one
+        conv1d = model_type == "gpt2"
+        w = sd[p + out + ".weight"]
+        w = w.T if conv1d else w  # (d, m)
+        index, count = _unit_copies(m, size, w.device)
+        w = zero_sum_noise(w[:, index] / count.to(w.dtype), noise_index, noise, generator)
+        new[p + out + ".weight"] = (w.T if conv1d else w).contiguous()
+
+
+def _copy_input_units(sd: StateDict, new: StateDict, model_type: str, p: str, m: int, size: int) -> None:
+    """The feed-forward input rows (and biases) of :func:`widen_ffn`'s layer ``p``: new unit ``j``
+    copies old unit ``j mod m`` (in a fused ``[gate; up]`` weight, within each half)."""
+    _, _, ins, _, _ = _LAYOUT[model_type]
     conv1d = model_type == "gpt2"
     for name in ins:  # rows (torch layout) = units
         w = sd[p + name + ".weight"]
@@ -852,20 +965,3 @@ def _widen_ffn_layer(
         w = sd[p + _FUSED_FFN_IN[model_type] + ".weight"]
         index, _ = _unit_copies(m, size, w.device)
         new[p + _FUSED_FFN_IN[model_type] + ".weight"] = torch.cat([w[:m][index], w[m:][index]])
-    noise_index = torch.arange(size) % m
-    if model_type in _EXPERTS:  # every expert: (E, 2m, d), (E, d, m); dense layers keep their own size
-        if p + _EXPERTS[model_type][0] not in sd:
-            return
-        gate_up, down = (p + n for n in _EXPERTS[model_type])
-        w = sd[gate_up]
-        index, _ = _unit_copies(m, size, w.device)
-        new[gate_up] = torch.cat([w[:, :m][:, index], w[:, m:][:, index]], dim=1)
-        w = sd[down]
-        index, count = _unit_copies(m, size, w.device)
-        new[down] = zero_sum_noise(w[..., index] / count.to(w.dtype), noise_index, noise, generator).contiguous()
-        return
-    w = sd[p + out + ".weight"]
-    w = w.T if conv1d else w  # (d, m)
-    index, count = _unit_copies(m, size, w.device)
-    w = zero_sum_noise(w[:, index] / count.to(w.dtype), noise_index, noise, generator)
-    new[p + out + ".weight"] = (w.T if conv1d else w).contiguous()

@@ -15,16 +15,49 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
-from torch import nn
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    GemmaConfig,
+    GemmaForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
+    Olmo2Config,
+    Olmo2ForCausalLM,
+    OPTConfig,
+    OPTForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
+)
 
 from kexue._shared import check_choice
+from kexue.growth._build import ModelT
 
-__all__ = ["OPERATORS", "ZOO", "operators", "randomized", "tiny_model", "tiny_models"]
+__all__ = ["OPERATORS", "ZOO", "Operator", "operators", "randomized", "tiny_model", "tiny_models"]
 
-OPERATORS = ("widen-heads", "widen-head_dim", "widen_ffn", "deepen", "add_experts")
+# the growth operators a zoo entry can take
+Operator = Literal["widen-heads", "widen-head_dim", "widen_ffn", "deepen", "add_experts"]
+OPERATORS: tuple[Operator, ...] = get_args(Operator)
 
 _SMALL: dict[str, Any] = dict(
     vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4
@@ -32,27 +65,19 @@ _SMALL: dict[str, Any] = dict(
 _ROPE_PARTIAL: dict[str, Any] = {"rope_type": "default", "rope_theta": 10000.0}
 
 
-def _llama(tied: bool) -> nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+def _llama(tied: bool) -> PreTrainedModel:
     return LlamaForCausalLM(LlamaConfig(**_SMALL, num_key_value_heads=4 if tied else 2, tie_word_embeddings=tied))
 
 
-def _qwen2() -> nn.Module:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
+def _qwen2() -> PreTrainedModel:
     return Qwen2ForCausalLM(Qwen2Config(**_SMALL, num_key_value_heads=2))
 
 
-def _qwen3() -> nn.Module:
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
+def _qwen3() -> PreTrainedModel:
     return Qwen3ForCausalLM(Qwen3Config(**_SMALL, num_key_value_heads=2, head_dim=8))  # head_dim ≠ hidden/heads
 
 
-def _phi3() -> nn.Module:
-    from transformers import Phi3Config, Phi3ForCausalLM
-
+def _phi3() -> PreTrainedModel:
     return Phi3ForCausalLM(
         Phi3Config(
             **_SMALL,
@@ -65,9 +90,7 @@ def _phi3() -> nn.Module:
     )  # fused, half rotary
 
 
-def _neox(parallel: bool) -> nn.Module:
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
+def _neox(parallel: bool) -> PreTrainedModel:
     if parallel:  # per-head fused QKV, quarter rotary
         return GPTNeoXForCausalLM(
             GPTNeoXConfig(
@@ -83,37 +106,27 @@ def _neox(parallel: bool) -> nn.Module:
     )
 
 
-def _olmo2() -> nn.Module:
-    from transformers import Olmo2Config, Olmo2ForCausalLM
-
+def _olmo2() -> PreTrainedModel:
     return Olmo2ForCausalLM(
         Olmo2Config(**_SMALL, num_key_value_heads=2, pad_token_id=0, bos_token_id=0, eos_token_id=0)
     )
 
 
-def _gpt2() -> nn.Module:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
+def _gpt2() -> PreTrainedModel:
     return GPT2LMHeadModel(
         GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=4, n_positions=32, bos_token_id=0, eos_token_id=0)
     )
 
 
-def _bert() -> nn.Module:
-    from transformers import BertConfig, BertForMaskedLM
-
+def _bert() -> PreTrainedModel:
     return BertForMaskedLM(BertConfig(**_SMALL, max_position_embeddings=32))
 
 
-def _gemma() -> nn.Module:
-    from transformers import GemmaConfig, GemmaForCausalLM
-
+def _gemma() -> PreTrainedModel:
     return GemmaForCausalLM(GemmaConfig(**_SMALL, num_key_value_heads=2, head_dim=8))  # tied, √d embedding scale
 
 
-def _gemma2() -> nn.Module:
-    from transformers import Gemma2Config, Gemma2ForCausalLM
-
+def _gemma2() -> PreTrainedModel:
     # sandwich norms, both soft-caps small enough to bite, query_pre_attn_scalar ≠ head_dim, untied head,
     # alternating sliding (window 4 < the tests' 12 tokens) and global layers
     return Gemma2ForCausalLM(
@@ -130,9 +143,7 @@ def _gemma2() -> nn.Module:
     )
 
 
-def _gemma3() -> nn.Module:
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
+def _gemma3() -> PreTrainedModel:
     # per-head (1 + w) q/k norms; the sliding layer has its own (here very different) RoPE base
     return Gemma3ForCausalLM(
         Gemma3TextConfig(
@@ -150,9 +161,9 @@ def _gemma3() -> nn.Module:
     )
 
 
-def _opt(pre_ln: bool, proj: int = 16, affine: bool = True, bias: bool = True, final_norm: bool = True) -> nn.Module:
-    from transformers import OPTConfig, OPTForCausalLM
-
+def _opt(
+    pre_ln: bool, proj: int = 16, affine: bool = True, bias: bool = True, final_norm: bool = True
+) -> PreTrainedModel:
     return OPTForCausalLM(
         OPTConfig(
             vocab_size=64,
@@ -170,26 +181,26 @@ def _opt(pre_ln: bool, proj: int = 16, affine: bool = True, bias: bool = True, f
     )
 
 
-def _mixtral() -> nn.Module:
-    from transformers import MixtralConfig, MixtralForCausalLM
-
+def _mixtral() -> PreTrainedModel:
     # HF's default grouped matmul needs 16-byte strides (widen_ffn's odd widths fail in float32): the per-expert loop
     return MixtralForCausalLM(
         MixtralConfig(
-            **_SMALL, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, experts_implementation="eager"
+            **_SMALL,
+            num_key_value_heads=2,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            experts_implementation="eager",  # type: ignore[call-arg]  # HF's typed signature omits the base kwargs
         )
     )
 
 
-def _qwen3_moe() -> nn.Module:
-    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
-
+def _qwen3_moe() -> PreTrainedModel:
     # layer 1 dense (mlp_only_layers), top-k weights not renormalised
     return Qwen3MoeForCausalLM(
         Qwen3MoeConfig(
             **_SMALL,
             num_key_value_heads=2,
-            head_dim=8,
+            head_dim=8,  # type: ignore[call-arg]  # HF's typed signature omits head_dim and experts_implementation
             num_experts=4,
             num_experts_per_tok=2,
             moe_intermediate_size=12,
@@ -201,8 +212,12 @@ def _qwen3_moe() -> nn.Module:
 
 
 # name -> (builder, operators that apply)
-_RoPE = ("widen-heads", "widen_ffn", "deepen")  # head_dim widening is inexact under RoPE: refused or not listed
-ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[str, ...]]] = {
+_RoPE: tuple[Operator, ...] = (
+    "widen-heads",
+    "widen_ffn",
+    "deepen",
+)  # head_dim widening is inexact under RoPE: refused or not listed
+ZOO: dict[str, tuple[Callable[[], PreTrainedModel], tuple[Operator, ...]]] = {
     "llama-gqa-untied": (lambda: _llama(False), _RoPE),
     "llama-tied": (lambda: _llama(True), _RoPE),
     "qwen2-bias-gqa": (_qwen2, _RoPE),
@@ -230,26 +245,53 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[str, ...]]] = {
 }
 
 
-def tiny_model(name: str) -> nn.Module:
-    """A fresh tiny model of the zoo entry ``name`` (HF's random initialisation, float32)."""
+def tiny_model(name: str) -> PreTrainedModel:
+    """A fresh tiny model of the zoo entry ``name`` (HF's random initialisation, float32).
+
+    Args:
+        name: a key of ``ZOO``.
+
+    Returns:
+        The model.
+
+    Example:
+        >>> tiny_model("gpt2").config.n_embd
+        16
+    """
     check_choice("name", name, tuple(ZOO))
     return ZOO[name][0]()
 
 
-def tiny_models() -> dict[str, nn.Module]:
+def tiny_models() -> dict[str, PreTrainedModel]:
     """Every zoo entry, freshly built: ``{name: model}``."""
     return {name: tiny_model(name) for name in ZOO}
 
 
-def operators(name: str) -> tuple[str, ...]:
-    """The growth operators that apply exactly to the zoo entry ``name`` (a subset of ``OPERATORS``)."""
+def operators(name: str) -> tuple[Operator, ...]:
+    """The growth operators that apply exactly to the zoo entry ``name`` (a subset of ``OPERATORS``).
+
+    Args:
+        name: a key of ``ZOO``.
+
+    Returns:
+        The operators' names.
+    """
     check_choice("name", name, tuple(ZOO))
     return ZOO[name][1]
 
 
-def randomized(model: nn.Module, seed: int = 0, *, dtype: torch.dtype = torch.float64) -> nn.Module:
+def randomized(model: ModelT, *, seed: int = 0, dtype: torch.dtype = torch.float64) -> ModelT:
     """``model`` with every parameter drawn from ``N(0, 0.3²)`` (far from initialisation: every
-    weight, including the norms' and the biases', matters), in ``dtype`` and eval mode."""
+    weight, including the norms' and the biases', matters), in ``dtype`` and eval mode.
+
+    Args:
+        model: the model, changed in place.
+        seed: the weights' seed.
+        dtype: the dtype it is cast to.
+
+    Returns:
+        ``model``.
+    """
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
