@@ -43,7 +43,7 @@ def test_core_techniques_import_without_any_extra() -> None:
     code = (
         "import kexue.orthogonal, kexue.positional, kexue.mitchell, kexue.repetition, kexue.contrastive, torch\n"
         "x = torch.randn(4, 8)\n"
-        "print(float(kexue.mitchell.mitchell_mul(x, x).sum()) <= float((x * x).sum()))"
+        "print(float(kexue.mitchell.mul(x, x).sum()) <= float((x * x).sum()))"
     )
     done = _hidden(hide, code)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -77,10 +77,11 @@ def test_require_extra_and_skip_reason(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_import_kexue_and_the_cli_parser_import_no_torch() -> None:
-    """The fast start (``kexue --help`` well under 0.3 s) rests on this; the time itself is measured by the smoke check."""
+    """The fast start (``kexue --help`` well under 0.3 s) rests on this; the smoke check measures the time itself."""
+    heavy = ("torch", "numpy", "rich", "transformers", "kexue.orthogonal", "kexue.positional", "kexue.mitchell")
     code = (
         "import kexue, kexue.cli; kexue.cli.build_parser(); "
-        "heavy = [m for m in ('torch', 'numpy', 'rich', 'transformers', 'kexue.orthogonal', 'kexue.positional') if m in sys.modules]; "
+        f"heavy = [m for m in {heavy!r} if m in sys.modules]; "
         "print(heavy)"
     )
     done = subprocess.run([sys.executable, "-c", "import sys; " + code], capture_output=True, text=True, timeout=120)
@@ -88,11 +89,36 @@ def test_import_kexue_and_the_cli_parser_import_no_torch() -> None:
     assert done.stdout.strip() == "[]"
 
 
-def test_package_root_loads_the_orthogonal_map_on_first_use() -> None:
+def test_package_root_loads_the_technique_subpackages_on_first_use() -> None:
+    code = (
+        "import kexue\n"
+        "before = 'kexue.mitchell' in sys.modules\n"
+        "module = kexue.mitchell\n"
+        "print(before, module is sys.modules['kexue.mitchell'], 'mitchell' in dir(kexue))"
+    )
+    done = subprocess.run([sys.executable, "-c", "import sys\n" + code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False True True"
+
+
+def test_package_root_names_every_technique_and_the_version() -> None:
     import kexue
 
-    assert "orthogonal_map" in dir(kexue)
-    T = kexue.orthogonal_map([1.0, 0.0], [0.0, 1.0])
+    techniques = ["contrastive", "growth", "mitchell", "orthogonal", "positional", "repetition", "whitening"]
+    assert kexue.__all__ == ["__version__", *techniques]
+    assert set(kexue.__all__) <= set(dir(kexue))
+    assert isinstance(kexue.__version__, str) and kexue.__version__
+    T = kexue.orthogonal.orthogonal_map([1.0, 0.0], [0.0, 1.0])
     assert abs(float(T[1, 0]) - 1.0) < 1e-15
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         kexue.nope  # noqa: B018
+
+
+def test_package_root_orthogonal_shortcuts_are_deprecated_aliases() -> None:
+    import kexue
+    from kexue import orthogonal
+
+    for old in ("orthogonal_map", "apply_orthogonal_map"):
+        with pytest.warns(DeprecationWarning, match=rf"kexue\.{old} is deprecated .* use kexue\.orthogonal\.{old}"):
+            value = getattr(kexue, old)
+        assert value is getattr(orthogonal, old)

@@ -14,7 +14,8 @@ import functools
 import torch
 
 from device_contract import Entry, Setting, build
-from kexue.mitchell import MitchellLinear, mitchell_bmm, mitchell_matmul, mitchell_mul
+from kexue import mitchell
+from kexue.mitchell import MitchellLinear
 from kexue.mitchell import reference as ref
 
 FORMAT = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -59,7 +60,7 @@ def _naive_sum(products: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def _mul(setting: Setting):
     a, b = build(setting, _pair((M, K), (M, K)))
-    return lambda: mitchell_mul(a, b)
+    return lambda: mitchell.mul(a, b)
 
 
 def _mul_reference(dtype: torch.dtype) -> torch.Tensor:
@@ -73,12 +74,12 @@ def _mul_reference(dtype: torch.dtype) -> torch.Tensor:
 
 def _matmul(setting: Setting):
     a, b = build(setting, _pair((M, K), (K, N)))
-    return lambda: mitchell_matmul(a, b)
+    return lambda: mitchell.matmul(a, b)
 
 
 def _bmm(setting: Setting):
     a, b = build(setting, _pair((BATCH, M, K), (BATCH, K, N)))
-    return lambda: mitchell_bmm(a, b)
+    return lambda: mitchell.bmm(a, b)
 
 
 # --- the linear layer (cast with .to(), follows autocast) ---------------------------------------------
@@ -125,7 +126,7 @@ _EXACT_WHY = "bit-exact against the scalar definition (integer arithmetic on the
 
 ENTRIES = [
     Entry(
-        name="kexue.mitchell.mitchell_mul",
+        name="kexue.mitchell.mul",
         prepare=_mul,
         reference=_mul_reference,
         tolerance=_EXACT,
@@ -135,7 +136,7 @@ ENTRIES = [
         returns="the inputs' dtype",
     ),
     Entry(
-        name="kexue.mitchell.mitchell_matmul",
+        name="kexue.mitchell.matmul",
         prepare=_matmul,
         reference=lambda dtype: _products((M, K), (K, N), dtype).sum(-2),
         plain=lambda dtype: _naive_sum(_products((M, K), (K, N), dtype), dtype),
@@ -144,7 +145,7 @@ ENTRIES = [
         returns="the inputs' dtype (one rounding of the sum)",
     ),
     Entry(
-        name="kexue.mitchell.mitchell_bmm",
+        name="kexue.mitchell.bmm",
         prepare=_bmm,
         reference=lambda dtype: _products((BATCH, M, K), (BATCH, K, N), dtype).sum(-2),
         plain=lambda dtype: _naive_sum(_products((BATCH, M, K), (BATCH, K, N), dtype), dtype),
@@ -160,7 +161,7 @@ ENTRIES = [
         out_dtype=_follows_autocast,
         follows_autocast=True,
         accepts="float32, float16, bfloat16, float64 input of the weight's dtype; any under autocast",
-        computes="as mitchell_matmul in the weight's dtype; under autocast in autocast's dtype, as nn.Linear",
+        computes="as matmul in the weight's dtype; under autocast in autocast's dtype, as nn.Linear",
         returns="the weight's dtype; autocast's dtype under autocast",
     ),
 ]

@@ -1,4 +1,4 @@
-"""mitchell_matmul: the kernel, the torch path and a scalar loop agree bit for bit."""
+"""mitchell.matmul: the kernel, the torch path and a scalar loop agree bit for bit."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from kexue import mitchell
 from kexue.mitchell import _native
 from kexue.mitchell import reference as ref
-from kexue.mitchell.matmul import mitchell_bmm, mitchell_matmul
 
 native = pytest.mark.skipif(not _native.available(), reason="no C compiler: the native kernel is not built")
 
@@ -48,7 +48,7 @@ def _inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def test_torch_path_matches_scalar_loop(correction) -> None:
     a, b = _inputs(0)
     b = b[:, :6]
-    got = mitchell_matmul(a, b, backend="torch", correction=correction)
+    got = mitchell.matmul(a, b, backend="torch", correction=correction)
     assert _same(got, _scalar(a, b, correction))
 
 
@@ -57,8 +57,8 @@ def test_torch_path_matches_scalar_loop(correction) -> None:
 def test_kernel_matches_torch_path_bit_for_bit(correction) -> None:
     a, b = _inputs(1)
     k, t = (
-        mitchell_matmul(a, b, backend="native", correction=correction),
-        mitchell_matmul(a, b, backend="torch", correction=correction),
+        mitchell.matmul(a, b, backend="native", correction=correction),
+        mitchell.matmul(a, b, backend="torch", correction=correction),
     )
     assert _same(k, t)
     assert torch.isinf(k).any()  # the overflow reached the output as inf, not garbage
@@ -67,10 +67,10 @@ def test_kernel_matches_torch_path_bit_for_bit(correction) -> None:
 def test_non_finite_inputs_and_other_dtypes() -> None:
     a, b = _inputs(2)
     a[0, 0] = float("nan")
-    out = mitchell_matmul(a, b)
+    out = mitchell.matmul(a, b)
     assert torch.isnan(out[0]).all() and not torch.isnan(out[1:]).any()
     x, y = torch.randn(4, 37).to(torch.bfloat16), torch.randn(37, 50).to(torch.bfloat16)
-    got = mitchell_matmul(x, y)
+    got = mitchell.matmul(x, y)
     assert got.dtype == torch.bfloat16
     exact = x.float() @ y.float()
     rel = ((got.float() - exact).norm() / exact.norm()).item()
@@ -79,12 +79,12 @@ def test_non_finite_inputs_and_other_dtypes() -> None:
 
 def test_batched_leading_dims_and_errors() -> None:
     a, b = torch.randn(2, 3, 8), torch.randn(8, 4)
-    got = mitchell_matmul(a, b)
-    assert got.shape == (2, 3, 4) and torch.equal(got[1], mitchell_matmul(a[1], b))
+    got = mitchell.matmul(a, b)
+    assert got.shape == (2, 3, 4) and torch.equal(got[1], mitchell.matmul(a[1], b))
     with pytest.raises(ValueError, match="do not multiply"):
-        mitchell_matmul(torch.randn(3, 5), torch.randn(4, 2))
+        mitchell.matmul(torch.randn(3, 5), torch.randn(4, 2))
     with pytest.raises(ValueError, match="correction"):
-        mitchell_matmul(a, b, correction="table")
+        mitchell.matmul(a, b, correction="table")
 
 
 @pytest.mark.parametrize("backend", ["auto", "torch"])
@@ -93,7 +93,7 @@ def test_batched_leading_dims_and_errors() -> None:
 )
 def test_zero_size_operands_give_what_torch_matmul_gives(backend: str, a_shape: tuple, b_shape: tuple) -> None:
     a, b = torch.randn(a_shape), torch.randn(b_shape)
-    got = mitchell_matmul(a, b, backend=backend)
+    got = mitchell.matmul(a, b, backend=backend)
     want = torch.matmul(a, b)
     assert got.shape == want.shape and got.dtype == want.dtype and torch.equal(got, want)
 
@@ -103,15 +103,15 @@ def test_bmm_is_mitchell_matmul_per_batch_entry_with_broadcasting(backend: str) 
     a, b = _inputs(3)
     a3 = torch.stack([a, a.flip(0), -a])  # (3, 5, 37)
     b3 = torch.stack([b[:, :40], b[:, 40:80]])[:, None]  # (2, 1, 37, 40): broadcasts against (3,)
-    got = mitchell_bmm(a3, b3, backend=backend, correction="lmul")
+    got = mitchell.bmm(a3, b3, backend=backend, correction="lmul")
     assert got.shape == (2, 3, 5, 40)
     for i in range(2):
         for j in range(3):
-            assert _same(got[i, j], mitchell_matmul(a3[j], b3[i, 0], backend="torch", correction="lmul"))
+            assert _same(got[i, j], mitchell.matmul(a3[j], b3[i, 0], backend="torch", correction="lmul"))
     with pytest.raises(ValueError, match="do not broadcast"):
-        mitchell_bmm(torch.randn(3, 2, 4), torch.randn(2, 4, 5))
+        mitchell.bmm(torch.randn(3, 2, 4), torch.randn(2, 4, 5))
     with pytest.raises(ValueError, match="do not multiply"):
-        mitchell_bmm(torch.randn(3, 2, 4), torch.randn(3, 3, 5))
+        mitchell.bmm(torch.randn(3, 2, 4), torch.randn(3, 3, 5))
 
 
 def test_bmm_in_bfloat16_and_float8_rounds_products_in_the_format() -> None:
@@ -119,7 +119,7 @@ def test_bmm_in_bfloat16_and_float8_rounds_products_in_the_format() -> None:
     a, b = torch.randn(2, 3, 6, generator=g), torch.randn(2, 6, 4, generator=g)
     for dtype in (torch.bfloat16, torch.float8_e4m3fn):
         x, y = a.to(dtype), b.to(dtype)
-        got = mitchell_bmm(x, y)
+        got = mitchell.bmm(x, y)
         # the scalar definition: products in the format, float32 sums in increasing k, one final rounding
         prods = [
             [
@@ -154,8 +154,8 @@ def test_tiled_kernel_matches_torch_path_across_tiles_blocks_and_edges(correctio
     a[1, 5, 20], b[1, 20, 150] = 1e-30, 1e-20  # an underflowing product
     a[0, 6, 590], b[0, 590, 3] = 3e38, 4.0  # overflow to inf inside a fast tile
     a[1, 0, :] = -a[1, 0, :]  # signs
-    got = mitchell_bmm(a, b, backend="native", correction=correction)
-    want = mitchell_bmm(a, b, backend="torch", correction=correction)
+    got = mitchell.bmm(a, b, backend="native", correction=correction)
+    want = mitchell.bmm(a, b, backend="torch", correction=correction)
     assert _same(got, want)
     assert torch.isinf(got[0, 6, 3])
 
@@ -187,4 +187,4 @@ def test_avx2_and_plain_builds_give_the_same_bits(march: str, tmp_path, monkeypa
     a, b = torch.randn(3, 37, 300, generator=g) * 3, torch.randn(3, 300, 130, generator=g)
     a[0, 5, 7], b[2, 3, 100] = 0.0, 1e-41
     a[1, 2, 250], b[1, 250, 40] = 3e38, 8.0
-    assert _same(mitchell_bmm(a, b, backend="native"), mitchell_bmm(a, b, backend="torch"))
+    assert _same(mitchell.bmm(a, b, backend="native"), mitchell.bmm(a, b, backend="torch"))

@@ -1,4 +1,4 @@
-"""Mitchell layers: forward against mitchell_matmul, the three backwards, gradcheck, swapping, tracking."""
+"""Mitchell layers: forward against mitchell.matmul, the three backwards, gradcheck, swapping, tracking."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from kexue.mitchell.matmul import mitchell_matmul
-from kexue.mitchell.nn import MitchellConv2d, MitchellLinear, mitchell_linear, mitchellize, track_errors
+from kexue import mitchell
+from kexue.mitchell.nn import MitchellConv2d, MitchellLinear, mitchellize, track_errors
 
 
 def _lin(backward: str, dtype=torch.float32, correction=None) -> MitchellLinear:
@@ -18,7 +18,7 @@ def _lin(backward: str, dtype=torch.float32, correction=None) -> MitchellLinear:
 def test_forward_is_mitchell_matmul_plus_exact_bias() -> None:
     layer = _lin("mitchell")
     x = torch.randn(3, 2, 6)
-    assert torch.equal(layer(x), mitchell_matmul(x, layer.weight.T.contiguous()) + layer.bias)
+    assert torch.equal(layer(x), mitchell.matmul(x, layer.weight.T.contiguous()) + layer.bias)
     exact = nn.functional.linear(x, layer.weight, layer.bias)
     with torch.no_grad():
         assert 1e-3 < float((layer(x) - exact).abs().max()) < 0.2 * float(exact.abs().max())
@@ -32,7 +32,7 @@ def test_derivative_backward_passes_gradcheck(correction) -> None:
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
     # the Mitchell product is piecewise linear: finite differences agree away from the kinks
     assert torch.autograd.gradcheck(
-        lambda x, w, b: mitchell_linear(x, w, b, backward="derivative", correction=correction),
+        lambda x, w, b: mitchell.linear(x, w, b, backward="derivative", correction=correction),
         (x, w, b),
         eps=1e-7,
         atol=1e-6,
@@ -49,8 +49,8 @@ def test_exact_and_mitchell_backwards_are_the_stated_products() -> None:
         if mode == "exact":
             assert torch.allclose(x.grad, g @ layer.weight) and torch.allclose(layer.weight.grad, g.T @ x.detach())
         else:
-            assert torch.equal(x.grad, mitchell_matmul(g, layer.weight.detach().contiguous()))
-            assert torch.equal(layer.weight.grad.T, mitchell_matmul(x.detach().T.contiguous(), g))
+            assert torch.equal(x.grad, mitchell.matmul(g, layer.weight.detach().contiguous()))
+            assert torch.equal(layer.weight.grad.T, mitchell.matmul(x.detach().T.contiguous(), g))
 
 
 def test_conv2d_matches_unfold_definition_and_exact_conv_closely() -> None:

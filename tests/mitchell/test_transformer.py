@@ -10,16 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from kexue.mitchell.matmul import mitchell_bmm
+from kexue import mitchell
 from kexue.mitchell.nn import mitchellize, track_errors
-from kexue.mitchell.ops import mitchell_exp2, mitchell_mul
 from kexue.mitchell.transformer import (
     AttentionSwitches,
     MitchellGatedMLP,
     MitchellRMSNorm,
     bmm,
-    mitchell_attention,
-    mitchell_softmax,
     mul,
 )
 
@@ -59,7 +56,7 @@ def test_exact_switches_reproduce_transformers_eager_attention() -> None:
     module.num_key_value_groups, module.training = 2, False
     want, want_p = eager_attention_forward(module, q, k, v, mask, scaling=0.3)
     rep = lambda x: x.repeat_interleave(2, dim=1)  # noqa: E731
-    got, got_p = mitchell_attention(q, rep(k), rep(v), mask=mask, scaling=0.3, switches=EXACT)
+    got, got_p = mitchell.attention(q, rep(k), rep(v), mask=mask, scaling=0.3, switches=EXACT)
     torch.testing.assert_close(got.transpose(1, 2), want, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(got_p, want_p, rtol=1e-6, atol=1e-7)
 
@@ -67,26 +64,26 @@ def test_exact_switches_reproduce_transformers_eager_attention() -> None:
 def test_each_switch_is_its_definition() -> None:
     q, k, v, mask = _qkv(1, heads=2, kv_heads=2)
     s = 1 / math.sqrt(8)
-    scores = mitchell_mul(mitchell_bmm(q, k.transpose(-1, -2)), torch.tensor(s)) + mask
-    _, p = mitchell_attention(q, k, v, mask=mask, switches=AttentionSwitches(True, False, False))
+    scores = mitchell.mul(mitchell.bmm(q, k.transpose(-1, -2)), torch.tensor(s)) + mask
+    _, p = mitchell.attention(q, k, v, mask=mask, switches=AttentionSwitches(scores=True, softmax=False, values=False))
     z = scores - scores.amax(-1, keepdim=True)
     assert torch.equal(p, torch.exp(z) / torch.exp(z).sum(-1, keepdim=True))
-    out, p = mitchell_attention(q, k, v, mask=mask, switches=AttentionSwitches(True, True, True))
-    e = mitchell_exp2(mitchell_mul(z, torch.tensor(math.log2(math.e))))
+    out, p = mitchell.attention(q, k, v, mask=mask, switches=AttentionSwitches(scores=True, softmax=True, values=True))
+    e = mitchell.exp2(mitchell.mul(z, torch.tensor(math.log2(math.e))))
     assert torch.equal(p, e / e.sum(-1, keepdim=True))
-    assert torch.equal(out, mitchell_bmm(p, v))
+    assert torch.equal(out, mitchell.bmm(p, v))
     assert float(p[..., 0, 1:].abs().max()) == 0.0  # masked entries: exp2(-huge) is exactly 0
-    exact, _ = mitchell_attention(q, k, v, mask=mask, switches=EXACT)
+    exact, _ = mitchell.attention(q, k, v, mask=mask, switches=EXACT)
     rel = float((out - exact).norm() / exact.norm())
     assert 0.005 < rel < 0.15
 
 
 def test_mitchell_exponential_never_below_exact_and_within_the_bound() -> None:
     z = torch.linspace(-30, 0, 20001, dtype=torch.float64)
-    ratio = mitchell_softmax(z[None], exponentials=True).double() / torch.softmax(
+    ratio = mitchell.softmax(z[None], exponentials=True).double() / torch.softmax(
         z[None], -1
     )  # same normaliser up to it
-    e = mitchell_exp2(z / math.log(2)) / torch.exp(z)
+    e = mitchell.exp2(z / math.log(2)) / torch.exp(z)
     assert float(e.min()) >= 1 - 1e-15 and float(e.max()) == pytest.approx(2 / (math.e * math.log(2)), abs=1e-6)
     assert bool(torch.isfinite(ratio).all())
 
@@ -106,15 +103,15 @@ def test_bmm_and_mul_backwards_are_the_stated_products(backward: str) -> None:
     grad = torch.randn(3, 4, 6, generator=g)
     bmm(a, b, backward=backward).backward(grad)
     if backward == "mitchell":
-        assert torch.equal(a.grad, mitchell_bmm(grad, b.detach().T.contiguous()))
-        assert torch.equal(b.grad, mitchell_bmm(a.detach().transpose(1, 2).contiguous(), grad).sum(0))
+        assert torch.equal(a.grad, mitchell.bmm(grad, b.detach().T.contiguous()))
+        assert torch.equal(b.grad, mitchell.bmm(a.detach().transpose(1, 2).contiguous(), grad).sum(0))
     else:
         torch.testing.assert_close(a.grad, grad @ b.detach().T)
         torch.testing.assert_close(b.grad, (a.detach().transpose(1, 2) @ grad).sum(0))
     x = torch.randn(4, 3, generator=g, requires_grad=True)
     w = torch.randn(3, generator=g, requires_grad=True)
     mul(x, w, backward=backward).backward(torch.ones(4, 3))
-    want = mitchell_mul(torch.ones(4, 3), w.detach()) if backward == "mitchell" else w.detach().expand(4, 3)
+    want = mitchell.mul(torch.ones(4, 3), w.detach()) if backward == "mitchell" else w.detach().expand(4, 3)
     assert torch.equal(x.grad, want)
 
 
@@ -127,8 +124,8 @@ def test_rms_norm_matches_hf_when_exact_and_is_mitchell_products_otherwise() -> 
     ours = MitchellRMSNorm(hf.weight, 1e-5)
     x = torch.randn(3, 5, 16)
     assert torch.equal(ours._exact(x), hf(x))
-    r = torch.rsqrt(mitchell_mul(x, x).mean(-1, keepdim=True) + 1e-5)
-    assert torch.equal(ours(x), mitchell_mul(mitchell_mul(x, r), hf.weight.detach()))
+    r = torch.rsqrt(mitchell.mul(x, x).mean(-1, keepdim=True) + 1e-5)
+    assert torch.equal(ours(x), mitchell.mul(mitchell.mul(x, r), hf.weight.detach()))
     with torch.no_grad():
         assert 0.01 < float((ours(x) - hf(x)).norm() / hf(x).norm()) < 0.1
 

@@ -21,9 +21,10 @@ import torch
 
 pytest.importorskip("triton")
 
+from kexue import mitchell
+from kexue.mitchell._bits import torch_binary
 from kexue.mitchell.correction import lambda_correction
-from kexue.mitchell.matmul import _accumulate
-from kexue.mitchell.ops import _torch_binary, mitchell_exp2, mitchell_log2
+from kexue.mitchell.matrix import _accumulate
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 CORRECTIONS = (None, "constant", "piecewise", "lmul")
@@ -103,7 +104,7 @@ def _same_values(got: torch.Tensor, want: torch.Tensor) -> bool:
 def test_mul_random_bits(kernels: ModuleType, dtype: torch.dtype, correction: str | None) -> None:
     a, b = _random_bits(2048, dtype, 1), _random_bits(2048, dtype, 2)
     corr = 0 if correction is None else lambda_correction(correction, a, b)
-    assert _same_bits(kernels.mul(a, b, correction), _torch_binary(a, b, "mul", corr))
+    assert _same_bits(kernels.mul(a, b, correction=correction), torch_binary(a, b, "mul", corr))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -112,7 +113,7 @@ def test_special_operands(kernels: ModuleType, dtype: torch.dtype, op: str) -> N
     s = _specials(dtype)
     a, b = s[:, None], s[None, :]  # every pair, through broadcasting (stride-0 operands)
     got = kernels.mul(a, b) if op == "mul" else kernels.div(a, b)
-    want = _torch_binary(a, b, op)
+    want = torch_binary(a, b, op)
     assert _same_bits(got, want)
     assert torch.isnan(got).any() and torch.isinf(got).any() and (got == 0).any()  # the grid reaches the edge cases
 
@@ -120,13 +121,13 @@ def test_special_operands(kernels: ModuleType, dtype: torch.dtype, op: str) -> N
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_div_random_bits(kernels: ModuleType, dtype: torch.dtype) -> None:
     a, b = _random_bits(2048, dtype, 3), _random_bits(2048, dtype, 4)
-    assert _same_bits(kernels.div(a, b), _torch_binary(a, b, "div"))
+    assert _same_bits(kernels.div(a, b), torch_binary(a, b, "div"))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_log2(kernels: ModuleType, dtype: torch.dtype) -> None:
     x = torch.cat((_random_bits(2048, dtype, 5), _specials(dtype)))
-    assert _same_bits(kernels.log2(x), mitchell_log2(x))
+    assert _same_bits(kernels.log2(x), mitchell.log2(x))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -141,15 +142,17 @@ def test_exp2(kernels: ModuleType, dtype: torch.dtype) -> None:
             _specials(dtype),
         )
     )
-    assert _same_bits(kernels.exp2(y), mitchell_exp2(y))
+    assert _same_bits(kernels.exp2(y), mitchell.exp2(y))
 
 
 def test_strided_and_broadcast_operands(kernels: ModuleType) -> None:
     a = _random_bits(6 * 40, torch.float32, 8).view(6, 40).t()  # (40, 6) transposed view
     b = _random_bits(6, torch.float32, 9)  # broadcast along rows
-    assert _same_bits(kernels.mul(a, b, "piecewise"), _torch_binary(a, b, "mul", lambda_correction("piecewise", a, b)))
+    assert _same_bits(
+        kernels.mul(a, b, correction="piecewise"), torch_binary(a, b, "mul", lambda_correction("piecewise", a, b))
+    )
     scalar = torch.tensor(0.7, dtype=torch.float32)
-    assert _same_bits(kernels.mul(a, scalar), _torch_binary(a, scalar, "mul"))
+    assert _same_bits(kernels.mul(a, scalar), torch_binary(a, scalar, "mul"))
 
 
 def test_empty(kernels: ModuleType) -> None:
@@ -168,7 +171,7 @@ def test_bmm_matches_torch_summation_order(kernels: ModuleType, dtype: torch.dty
     g = torch.Generator().manual_seed(10)
     a = (torch.randn(2, 17, 9, generator=g) * 3).to(dtype)
     b = (torch.randn(2, 9, 12, generator=g) * 3).to(dtype)
-    got = kernels.bmm(a, b, correction, block=16)
+    got = kernels.bmm(a, b, correction=correction, block=16)
     assert _same_bits(got, _accumulate(a, b, correction).to(dtype))
 
 
@@ -195,7 +198,8 @@ def test_bmm_broadcast_batch_view(kernels: ModuleType) -> None:
     b = (torch.randn(2, 6, 4, generator=torch.Generator().manual_seed(14))).to(torch.bfloat16)
     a2 = a.expand(2, 3, 6)  # stride 0 over the batch, read in place
     assert _same_bits(
-        kernels.bmm(a2, b, "constant", block=16), _accumulate(a2.contiguous(), b, "constant").to(torch.bfloat16)
+        kernels.bmm(a2, b, correction="constant", block=16),
+        _accumulate(a2.contiguous(), b, "constant").to(torch.bfloat16),
     )
 
 
@@ -236,10 +240,10 @@ def test_cuda_bit_identical(dtype: torch.dtype) -> None:
     a, b = _random_bits(1 << 20, dtype, 15).cuda(), _random_bits(1 << 20, dtype, 16).cuda()
     for correction in CORRECTIONS:
         corr = 0 if correction is None else lambda_correction(correction, a, b)
-        assert _same_bits(kernels.mul(a, b, correction), _torch_binary(a, b, "mul", corr))
-    assert _same_bits(kernels.div(a, b), _torch_binary(a, b, "div"))
-    assert _same_bits(kernels.log2(a), mitchell_log2(a))
-    assert _same_bits(kernels.exp2(a), mitchell_exp2(a))
+        assert _same_bits(kernels.mul(a, b, correction=correction), torch_binary(a, b, "mul", corr))
+    assert _same_bits(kernels.div(a, b), torch_binary(a, b, "div"))
+    assert _same_bits(kernels.log2(a), mitchell.log2(a))
+    assert _same_bits(kernels.exp2(a), mitchell.exp2(a))
     g = torch.Generator().manual_seed(17)
     x, w = torch.randn(3, 100, 70, generator=g).to(dtype).cuda(), torch.randn(3, 70, 90, generator=g).to(dtype).cuda()
-    assert _same_values(kernels.bmm(x, w, "piecewise"), _accumulate(x, w, "piecewise").to(dtype))
+    assert _same_values(kernels.bmm(x, w, correction="piecewise"), _accumulate(x, w, "piecewise").to(dtype))

@@ -20,7 +20,7 @@ def _inputs(dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor
 
 def _reference_map(dtype: torch.dtype) -> np.ndarray:
     _, a, b = _inputs(dtype, "cpu")
-    return closed_form(a.double().numpy(), b.double().numpy(), "reflection")
+    return closed_form(a.double().numpy(), b.double().numpy(), kind="reflection")
 
 
 def _apply(setting: Setting):

@@ -21,13 +21,13 @@ def test_validate_false_reads_nothing_back_and_gives_the_same_map(kind: str) -> 
     a, b = _pair(24, 0)
     x = torch.randn(10, 24, dtype=torch.float64)
     with count_host_syncs() as syncs:
-        fast = apply_orthogonal_map(x.bfloat16(), a.bfloat16(), b.bfloat16(), kind, validate=False)
-        matrix = orthogonal_map(a, b, kind, validate=False)
+        fast = apply_orthogonal_map(x.bfloat16(), a.bfloat16(), b.bfloat16(), kind=kind, validate=False)
+        matrix = orthogonal_map(a, b, kind=kind, validate=False)
     assert syncs == []
     torch.testing.assert_close(
-        fast, apply_orthogonal_map(x.bfloat16(), a.bfloat16(), b.bfloat16(), kind), rtol=0, atol=0
+        fast, apply_orthogonal_map(x.bfloat16(), a.bfloat16(), b.bfloat16(), kind=kind), rtol=0, atol=0
     )
-    torch.testing.assert_close(matrix, orthogonal_map(a, b, kind), rtol=0, atol=0)
+    torch.testing.assert_close(matrix, orthogonal_map(a, b, kind=kind), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(("kind", "sign"), [("reflection", 1.0), ("rotation", -1.0), ("symmetric", -1.0)])
@@ -38,10 +38,10 @@ def test_degenerate_pairs_take_the_canonical_map_without_a_branch(kind: str, sig
     a_batch = torch.stack([a, a, b])
     b_batch = torch.stack([sign * 3 * a, b, sign * b])  # degenerate, regular, degenerate
     with count_host_syncs() as syncs:
-        T = orthogonal_map(a_batch, b_batch, kind, validate=False)
+        T = orthogonal_map(a_batch, b_batch, kind=kind, validate=False)
     assert syncs == []
     for i in range(3):
-        torch.testing.assert_close(T[i], orthogonal_map(a_batch[i], b_batch[i], kind), rtol=0, atol=1e-15)
+        torch.testing.assert_close(T[i], orthogonal_map(a_batch[i], b_batch[i], kind=kind), rtol=0, atol=1e-15)
         unit_a, unit_b = a_batch[i] / a_batch[i].norm(), b_batch[i] / b_batch[i].norm()
         torch.testing.assert_close(T[i] @ unit_a, unit_b, rtol=0, atol=1e-14)
         torch.testing.assert_close(T[i] @ T[i].T, torch.eye(6, dtype=torch.float64), rtol=0, atol=1e-14)
@@ -68,11 +68,11 @@ def test_meta_device_gives_shapes_and_refuses_value_checks() -> None:
     x = torch.empty(7, 16, device="meta", dtype=torch.bfloat16)
     a, b = torch.empty(16, device="meta"), torch.empty(16, device="meta")
     for kind in KINDS:
-        y = apply_orthogonal_map(x, a, b, kind, validate=False)
+        y = apply_orthogonal_map(x, a, b, kind=kind, validate=False)
         assert y.device.type == "meta" and y.shape == (7, 16) and y.dtype == torch.bfloat16
-    T = orthogonal_map(a.half(), b.half(), "rotation", validate=False)
+    T = orthogonal_map(a.half(), b.half(), kind="rotation", validate=False)
     assert T.device.type == "meta" and T.shape == (16, 16) and T.dtype == torch.float16
-    _beta, U, V = low_rank_factors(a, b, "rotation", validate=False)
+    _beta, U, V = low_rank_factors(a, b, kind="rotation", validate=False)
     assert U.shape == V.shape == (16, 2) and U.dtype == torch.float64
     with pytest.raises(ValueError, match="validate=False on the meta device"):
         apply_orthogonal_map(x, a, b)
@@ -90,12 +90,16 @@ def test_autocast_does_not_lower_the_precision(kind: str) -> None:
     a, b = (v.float() for v in _pair(32, 2))
     x = torch.randn(9, 32)
     batched = (torch.randn(9, 32), torch.randn(9, 32))  # per-row pairs: the batched matmul path
-    plain = (orthogonal_map(a, b, kind), apply_orthogonal_map(x, a, b, kind), apply_orthogonal_map(x, *batched, kind))
+    plain = (
+        orthogonal_map(a, b, kind=kind),
+        apply_orthogonal_map(x, a, b, kind=kind),
+        apply_orthogonal_map(x, *batched, kind=kind),
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16):
         under = (
-            orthogonal_map(a, b, kind),
-            apply_orthogonal_map(x, a, b, kind),
-            apply_orthogonal_map(x, *batched, kind),
+            orthogonal_map(a, b, kind=kind),
+            apply_orthogonal_map(x, a, b, kind=kind),
+            apply_orthogonal_map(x, *batched, kind=kind),
         )
     for p, u in zip(plain, under, strict=True):
         assert u.dtype == torch.float32
@@ -109,13 +113,13 @@ def test_cuda_apply_without_validation_does_not_synchronise(kind: str, dtype: to
     a, b = _pair(256, 3)
     x = torch.randn(2048, 256, dtype=torch.float64)
     xc, ac, bc = x.to("cuda", dtype), a.to("cuda", dtype), b.to("cuda", dtype)
-    apply_orthogonal_map(xc, ac, bc, kind, validate=False)  # warm-up outside the checked call
+    apply_orthogonal_map(xc, ac, bc, kind=kind, validate=False)  # warm-up outside the checked call
     with cuda_sync_errors():
-        y = apply_orthogonal_map(xc, ac, bc, kind, validate=False)
-        T = orthogonal_map(ac, bc, kind, validate=False)
+        y = apply_orthogonal_map(xc, ac, bc, kind=kind, validate=False)
+        T = orthogonal_map(ac, bc, kind=kind, validate=False)
     assert y.device.type == "cuda" and y.dtype == dtype and T.device.type == "cuda"
     # the float64 map of the inputs as rounded to dtype; the O(d) update in dtype rounds at the output's scale
     rounded = (v.to(dtype).double().numpy() for v in (x, a, b))
     xr, ar, br = rounded
-    exact = xr @ reference.closed_form(ar, br, kind).T
+    exact = xr @ reference.closed_form(ar, br, kind=kind).T
     assert np.abs(y.double().cpu().numpy() - exact).max() <= 4 * torch.finfo(dtype).eps * np.abs(exact).max()

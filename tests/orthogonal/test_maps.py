@@ -33,7 +33,7 @@ def _expected_det(kind: str, d: int) -> float:
 def test_matrix_matches_reference_float64(kind: str, d: int) -> None:
     for seed in range(4):
         a, b = _pair(d, seed)
-        np.testing.assert_allclose(orthogonal_map(a, b, kind=kind), reference.closed_form(a, b, kind), atol=1e-13)
+        np.testing.assert_allclose(orthogonal_map(a, b, kind=kind), reference.closed_form(a, b, kind=kind), atol=1e-13)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -41,7 +41,7 @@ def test_matrix_matches_reference_float64(kind: str, d: int) -> None:
 def test_apply_matches_dense_reference_float64(kind: str, inverse: bool) -> None:
     a, b = _pair(48, 7)
     x = np.random.default_rng(8).standard_normal((5, 33, 48))
-    T = reference.closed_form(a, b, kind)
+    T = reference.closed_form(a, b, kind=kind)
     expected = x @ (T if inverse else T.T)
     np.testing.assert_allclose(apply_orthogonal_map(x, a, b, kind=kind, inverse=inverse), expected, atol=1e-13)
     xt = torch.from_numpy(x)
@@ -57,9 +57,9 @@ def test_float32_error_within_twice_the_plain_float32_reference(kind: str) -> No
     for seed in range(20):
         a, b = _pair(256, seed)
         x = np.random.default_rng(100 + seed).standard_normal((64, 256))
-        exact = x @ reference.closed_form(a, b, kind).T
+        exact = x @ reference.closed_form(a, b, kind=kind).T
         x32 = x.astype(np.float32)
-        plain = x32 @ reference.closed_form(a.astype(np.float32), b.astype(np.float32), kind, np.float32).T
+        plain = x32 @ reference.closed_form(a.astype(np.float32), b.astype(np.float32), kind=kind, dtype=np.float32).T
         fast = apply_orthogonal_map(
             torch.from_numpy(x32),
             torch.from_numpy(a.astype(np.float32)),
@@ -185,10 +185,10 @@ def test_near_degenerate_float32_stays_accurate(kind: str) -> None:
     rng = np.random.default_rng(11)
     d = 64
     for gap in (1e-2, 1e-4, 1e-6, 1e-8):
-        a, b = reference.near_degenerate_pair(rng, d, kind, gap)
+        a, b = reference.near_degenerate_pair(rng, d, kind=kind, gap=gap)
         a32, b32 = a.astype(np.float32), b.astype(np.float32)
-        a_n = reference.unit(a32, np.float32).astype(np.float64)
-        b_n = reference.unit(b32, np.float32).astype(np.float64)
+        a_n = reference.unit(a32, dtype=np.float32).astype(np.float64)
+        b_n = reference.unit(b32, dtype=np.float32).astype(np.float64)
         T = orthogonal_map(torch.from_numpy(a32), torch.from_numpy(b32), kind=kind)
         assert T.dtype == torch.float32
         T = T.double().numpy()
@@ -205,7 +205,7 @@ def test_near_degenerate_float64_stays_accurate(kind: str) -> None:
     d = 64
     for gap in (1e-4, 1e-8, 1e-12, 1e-14, 1e-15, 1e-16):
         for _ in range(5):
-            a, b = reference.near_degenerate_pair(rng, d, kind, gap)
+            a, b = reference.near_degenerate_pair(rng, d, kind=kind, gap=gap)
             a_n, b_n = reference.unit(a), reference.unit(b)
             T = orthogonal_map(a, b, kind=kind)
             assert np.abs(T @ a_n - b_n).max() <= 8 * np.finfo(np.float64).eps, gap
@@ -228,7 +228,7 @@ def test_extreme_scales_do_not_underflow_or_overflow(scale: float) -> None:
     a32 = torch.from_numpy((a * scale).astype(np.float32))
     b32 = torch.from_numpy((b * scale).astype(np.float32))
     T = orthogonal_map(a32, b32).double().numpy()
-    np.testing.assert_allclose(T, reference.closed_form(a, b, "reflection"), atol=8 * EPS32)
+    np.testing.assert_allclose(T, reference.closed_form(a, b, kind="reflection"), atol=8 * EPS32)
 
 
 def test_deterministic() -> None:
@@ -253,7 +253,7 @@ def test_batched_pairs_match_loop(kind: str) -> None:
     ys = apply_orthogonal_map(xs, a[:, :, None, :], b[:, :, None, :], kind=kind)
     for i in range(4):
         for j in range(3):
-            ref = reference.closed_form(a[i, j], b[i, j], kind)
+            ref = reference.closed_form(a[i, j], b[i, j], kind=kind)
             np.testing.assert_allclose(T[i, j], ref, atol=1e-13)
             np.testing.assert_allclose(y[i, j], ref @ x[i, j], atol=1e-13)
             np.testing.assert_allclose(ys[i, j], xs[i, j] @ ref.T, atol=1e-13)
@@ -264,14 +264,14 @@ def test_b_broadcasts_against_a() -> None:
     a, b = rng.standard_normal((5, 8)), rng.standard_normal(8)
     T = orthogonal_map(a, b)
     for i in range(5):
-        np.testing.assert_allclose(T[i], reference.closed_form(a[i], b, "reflection"), atol=1e-13)
+        np.testing.assert_allclose(T[i], reference.closed_form(a[i], b, kind="reflection"), atol=1e-13)
 
 
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.float16, 4e-3), (torch.bfloat16, 3e-2)])
 def test_output_keeps_x_dtype(dtype: torch.dtype, tol: float) -> None:
     a, b = _pair(32, 12)
     x = torch.randn(50, 32, dtype=torch.float64)
-    expected = x.numpy() @ reference.closed_form(a, b, "rotation").T
+    expected = x.numpy() @ reference.closed_form(a, b, kind="rotation").T
     y = apply_orthogonal_map(x.to(dtype), a, b, kind="rotation")
     assert y.dtype == dtype
     scale = np.abs(expected).max()
@@ -311,7 +311,7 @@ def test_large_cpu_output_uses_the_huge_page_allocation_and_is_correct() -> None
     a, b = _pair(256, 15)
     x = torch.randn(40_000, 256)  # 41 MB: above the huge-page threshold
     y = apply_orthogonal_map(x, a, b)
-    T = torch.from_numpy(reference.closed_form(a, b, "reflection")).float()
+    T = torch.from_numpy(reference.closed_form(a, b, kind="reflection")).float()
     torch.testing.assert_close(y, x @ T.T, rtol=0, atol=2e-5)
 
 
@@ -339,7 +339,7 @@ def test_gradient_matches_reference_direction() -> None:
     a, b = _pair(7, 18)
     x = torch.randn(2, 7, dtype=torch.float64, requires_grad=True)
     apply_orthogonal_map(x, a, b, kind="rotation").sum().backward()
-    T = reference.closed_form(a, b, "rotation")
+    T = reference.closed_form(a, b, kind="rotation")
     np.testing.assert_allclose(x.grad.numpy(), np.tile(T.sum(axis=0), (2, 1)), atol=1e-13)
 
 
@@ -401,7 +401,7 @@ def test_out_with_autograd_is_rejected() -> None:
 def test_cuda_apply_matches_reference(kind: str, dtype: torch.dtype, tol: float) -> None:
     a, b = _pair(768, 20)
     x = torch.randn(4096, 768, dtype=torch.float64)
-    expected = x.numpy() @ reference.closed_form(a, b, kind).T
+    expected = x.numpy() @ reference.closed_form(a, b, kind=kind).T
     y = apply_orthogonal_map(x.to("cuda", dtype), torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda(), kind=kind)
     assert y.device.type == "cuda" and y.dtype == dtype
     assert np.abs(y.double().cpu().numpy() - expected).max() <= tol * np.abs(expected).max()
@@ -413,4 +413,6 @@ def test_no_grad_with_leaf_that_requires_grad() -> None:
     with torch.no_grad():
         y = apply_orthogonal_map(x, a, b)
     assert not y.requires_grad
-    np.testing.assert_allclose(y.numpy(), x.detach().numpy() @ reference.closed_form(a, b, "reflection").T, atol=1e-13)
+    np.testing.assert_allclose(
+        y.numpy(), x.detach().numpy() @ reference.closed_form(a, b, kind="reflection").T, atol=1e-13
+    )

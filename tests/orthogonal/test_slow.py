@@ -35,7 +35,7 @@ def test_float32_apply_close_to_float64_reference(d: int, seed: int, kind: str, 
     if near is None:
         a, b = reference.unit(rng.standard_normal(d)), reference.unit(rng.standard_normal(d))
     else:
-        a, b = reference.near_degenerate_pair(rng, d, kind, near)
+        a, b = reference.near_degenerate_pair(rng, d, kind=kind, gap=near)
     x = rng.standard_normal((8, d)).astype(np.float32)
     a32, b32 = a.astype(np.float32), b.astype(np.float32)
     # near the degenerate point T is ill-conditioned in (a, b): compare on the same rounded pair

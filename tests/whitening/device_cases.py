@@ -35,7 +35,7 @@ def _rounded(dtype: torch.dtype) -> torch.Tensor:
 @functools.cache
 def _fitted() -> Whitening:
     """The whitening the modules hold: fitted in float64 on the float64 data."""
-    return Whitening(K).fit(_data())
+    return Whitening(n_components=K).fit(_data())
 
 
 def _transform_reference(dtype: torch.dtype) -> torch.Tensor:
@@ -70,7 +70,7 @@ def _streaming(setting: Setting):
     x = build(setting, lambda dtype, device: _data().to(device, dtype))
 
     def fit_and_transform() -> torch.Tensor:
-        w = Whitening(K)
+        w = Whitening(n_components=K)
         for batch in x.split(100):
             w.partial_fit(batch)
         return w.transform(x)
@@ -80,7 +80,7 @@ def _streaming(setting: Setting):
 
 def _streaming_reference(dtype: torch.dtype) -> torch.Tensor:
     x = _rounded(dtype)
-    return Whitening(K).fit(x).transform(x)
+    return Whitening(n_components=K).fit(x).transform(x)
 
 
 def _streaming_plain(dtype: torch.dtype) -> torch.Tensor:
@@ -99,7 +99,9 @@ def _streaming_plain(dtype: torch.dtype) -> torch.Tensor:
 
 _MAP_CONTRACT = {
     "accepts": "float16, bfloat16, float32, float64 embeddings; module cast with .to()/.half()/.bfloat16()",
-    "computes": "map kept in float64 (float32 on MPS) through casts; (x − βμ)W in float32 (float64 for float64), autocast off",
+    "computes": (
+        "map kept in float64 (float32 on MPS) through casts; (x − βμ)W in float32 (float64 for float64), autocast off"
+    ),
     "returns": "x's dtype, on the module's device",
 }
 

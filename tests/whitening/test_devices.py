@@ -37,7 +37,7 @@ def test_bfloat16_cast_keeps_the_map_and_whitens_to_bfloat16_rounding(module_cla
     """Regression: ``.bfloat16()`` used to round the kernel and bias to bfloat16 (WhiteningModule's buffers),
     an error 10x the output's own rounding on anisotropic embeddings."""
     x = _embeddings()
-    w = Whitening(24).fit(x)
+    w = Whitening(n_components=24).fit(x)
     module = module_class(w).bfloat16()
     assert module.kernel.dtype == torch.float64 and module.bias.dtype == torch.float64
     xb = x.bfloat16()
@@ -77,7 +77,7 @@ def test_autocast_does_not_lower_the_precision() -> None:
 
 
 def test_meta_device_gives_the_shapes_and_the_estimator_refuses_it() -> None:
-    w = Whitening(8).fit(_embeddings(100, 16))
+    w = Whitening(n_components=8).fit(_embeddings(100, 16))
     layer = WhiteningLayer(w).to("meta").bfloat16()
     assert layer.kernel.device.type == "meta" and layer.kernel.dtype == torch.float64
     out = layer(torch.empty(5, 16, device="meta", dtype=torch.bfloat16))
@@ -111,7 +111,7 @@ def test_layer_input_errors_name_the_argument() -> None:
 
 def test_estimator_transform_computes_half_inputs_in_float32() -> None:
     x = _embeddings()
-    w = Whitening(24).fit(x)
+    w = Whitening(n_components=24).fit(x)
     for dtype in (torch.bfloat16, torch.float16):
         xl = x.to(dtype)
         out = w.transform(xl)
@@ -147,7 +147,7 @@ def test_all_reduce_gathers_on_the_backends_device() -> None:
         mock.patch("torch.distributed.all_gather", all_gather),
         pytest.raises(RuntimeError, match="stop after"),
     ):
-        w.all_reduce("a group")
+        w.all_reduce(group="a group")
     device.assert_called_once_with("a group")
     assert seen == [where]
 
@@ -165,8 +165,8 @@ def test_statistics_dtype_is_float32_only_on_mps() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_cuda_fit_and_transform_match_the_cpu_float64_fit(dtype: torch.dtype) -> None:
     x = _embeddings().to(dtype)
-    cpu = Whitening(24).fit(x.double())
-    gpu = Whitening(24)
+    cpu = Whitening(n_components=24).fit(x.double())
+    gpu = Whitening(n_components=24)
     for batch in x.cuda().split(100):
         gpu.partial_fit(batch)
     np.testing.assert_allclose(gpu.mean_, cpu.mean_, rtol=1e-12)

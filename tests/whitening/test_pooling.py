@@ -22,9 +22,9 @@ SENTENCES = [
 
 
 def test_batched_by_token_count_equals_one_sentence_at_a_time() -> None:
-    together = pooling.encode_poolings(embedded_model_path(), SENTENCES, pooling.POOLINGS, batch_size=4)
+    together = pooling.encode_poolings(embedded_model_path(), SENTENCES, poolings=pooling.POOLINGS, batch_size=4)
     for i, sentence in enumerate(SENTENCES):
-        alone = pooling.encode_poolings(embedded_model_path(), [sentence], pooling.POOLINGS, batch_size=1)
+        alone = pooling.encode_poolings(embedded_model_path(), [sentence], poolings=pooling.POOLINGS, batch_size=1)
         for name in pooling.POOLINGS:  # padding and the order of the batches change nothing but rounding
             np.testing.assert_allclose(together[name][i], alone[name][0], rtol=1e-4, atol=2e-5)
     np.testing.assert_array_equal(together["cls"][0], together["cls"][5])  # the duplicate, in two different batches
@@ -42,11 +42,16 @@ def test_cache_hit_equals_a_fresh_pass_and_keys_follow_their_inputs(tmp_path, mo
     assert hit and sum(seen) == 2 * len(SENTENCES)
     for name in pooling.POOLINGS:
         np.testing.assert_array_equal(again[name], first[name])
-    key = pooling.encoding_cache_key(embedded_model_path(), SENTENCES, pooling.POOLINGS, 256)
+    key = pooling.encoding_cache_key(embedded_model_path(), SENTENCES, poolings=pooling.POOLINGS, max_length=256)
     assert entries[0].stem == key
-    assert pooling.encoding_cache_key(embedded_model_path(), SENTENCES[::-1], pooling.POOLINGS, 256) != key
-    assert pooling.encoding_cache_key(embedded_model_path(), SENTENCES, ["cls"], 256) != key
-    assert pooling.encoding_cache_key(embedded_model_path(), SENTENCES, pooling.POOLINGS, 128) != key
+    assert (
+        pooling.encoding_cache_key(embedded_model_path(), SENTENCES[::-1], poolings=pooling.POOLINGS, max_length=256)
+        != key
+    )
+    assert pooling.encoding_cache_key(embedded_model_path(), SENTENCES, poolings=["cls"], max_length=256) != key
+    assert (
+        pooling.encoding_cache_key(embedded_model_path(), SENTENCES, poolings=pooling.POOLINGS, max_length=128) != key
+    )
 
 
 def test_the_key_reads_the_model_files_contents(tmp_path) -> None:
@@ -54,19 +59,19 @@ def test_the_key_reads_the_model_files_contents(tmp_path) -> None:
 
     copy = tmp_path / "model"
     shutil.copytree(embedded_model_path(), copy)
-    key = pooling.encoding_cache_key(copy, SENTENCES, pooling.POOLINGS, 256)
+    key = pooling.encoding_cache_key(copy, SENTENCES, poolings=pooling.POOLINGS, max_length=256)
     assert key == pooling.encoding_cache_key(
-        embedded_model_path(), SENTENCES, pooling.POOLINGS, 256
+        embedded_model_path(), SENTENCES, poolings=pooling.POOLINGS, max_length=256
     )  # contents, not paths
     config = copy / "config.json"
     config.write_text(config.read_text().replace("}", ', "kexue_test": 1}', 1))
-    assert pooling.encoding_cache_key(copy, SENTENCES, pooling.POOLINGS, 256) != key
+    assert pooling.encoding_cache_key(copy, SENTENCES, poolings=pooling.POOLINGS, max_length=256) != key
 
 
 def test_damaged_entry_and_no_cache(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("KEXUE_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("KEXUE_NO_CACHE", raising=False)
-    key = pooling.encoding_cache_key(embedded_model_path(), SENTENCES, pooling.POOLINGS, 256)
+    key = pooling.encoding_cache_key(embedded_model_path(), SENTENCES, poolings=pooling.POOLINGS, max_length=256)
     (tmp_path / "encodings").mkdir()
     (tmp_path / "encodings" / f"{key}.npz").write_bytes(b"not an npz file")
     vectors, hit = pooling.cached_encode_poolings(embedded_model_path(), SENTENCES)

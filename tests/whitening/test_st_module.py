@@ -22,7 +22,7 @@ def test_whitened_model_is_a_standard_pipeline(tmp_path, normalize) -> None:
 
     model = SentenceTransformer(str(embedded_model_path()), device="cpu")
     raw = model.encode(SENTENCES, convert_to_numpy=True).astype(np.float64)
-    w = Whitening(8).fit(raw)
+    w = Whitening(n_components=8).fit(raw)
     add_whitening(model, w, normalize=normalize)
     want = w.transform(raw)
     if normalize is None:  # all-MiniLM-L6-v2 ends with Normalize, so the whitened model does too
@@ -47,7 +47,7 @@ def test_a_whitening_of_the_wrong_width_is_refused() -> None:
 
     model = SentenceTransformer(str(embedded_model_path()), device="cpu")
     with pytest.raises(ValueError, match="fitted on 5-d vectors but the model outputs 384-d"):
-        add_whitening(model, Whitening(2).fit(np.random.default_rng(0).normal(size=(20, 5))))
+        add_whitening(model, Whitening(n_components=2).fit(np.random.default_rng(0).normal(size=(20, 5))))
 
 
 def test_models_saved_with_the_old_module_still_load(tmp_path) -> None:
@@ -57,7 +57,7 @@ def test_models_saved_with_the_old_module_still_load(tmp_path) -> None:
 
     model = SentenceTransformer(str(embedded_model_path()), device="cpu")
     raw = model.encode(SENTENCES, convert_to_numpy=True).astype(np.float64)
-    w = Whitening(8).fit(raw)
+    w = Whitening(n_components=8).fit(raw)
     model.add_module(str(len(model._modules)), WhiteningModule(w))
     model.save(str(tmp_path / "old"))
     reloaded = SentenceTransformer(str(tmp_path / "old"), device="cpu", trust_remote_code=True)
@@ -71,7 +71,7 @@ def test_pooling_last_avg_gives_the_models_own_cosines() -> None:
 
     from kexue.whitening.pooling import encode_poolings
 
-    ours = encode_poolings(embedded_model_path(), SENTENCES, ["last-avg", "cls", "layers:0,-1"])
+    ours = encode_poolings(embedded_model_path(), SENTENCES, poolings=["last-avg", "cls", "layers:0,-1"])
     st = SentenceTransformer(str(embedded_model_path()), device="cpu").encode(SENTENCES, convert_to_numpy=True)
     unit = ours["last-avg"] / np.linalg.norm(ours["last-avg"], axis=1, keepdims=True)
     np.testing.assert_allclose(unit, st, atol=1e-5)  # all-MiniLM-L6-v2 = mean pooling + normalisation

@@ -38,8 +38,8 @@ def test_whitened_data_has_zero_mean_and_identity_covariance() -> None:
 )
 def test_kernel_and_bias_equal_the_reference(k: int, beta: float, gamma: float, ddof: int) -> None:
     x = _data(seed=k)
-    w = Whitening(k, beta=beta, gamma=gamma, ddof=ddof).fit(x)
-    kernel, bias = reference.whitening_reference(x, k, beta, gamma, ddof)
+    w = Whitening(n_components=k, beta=beta, gamma=gamma, ddof=ddof).fit(x)
+    kernel, bias = reference.whitening_reference(x, n_components=k, beta=beta, gamma=gamma, ddof=ddof)
     np.testing.assert_allclose(w.kernel_, kernel, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(w.bias_, bias, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(w.transform(x), (x - bias) @ kernel, rtol=1e-9, atol=1e-9)
@@ -75,7 +75,7 @@ def test_large_offset_does_not_cancel() -> None:
 
 def test_torch_in_torch_out_float32_and_numpy_in_numpy_out() -> None:
     x = _data()
-    w = Whitening(5).fit(torch.from_numpy(x).float())
+    w = Whitening(n_components=5).fit(torch.from_numpy(x).float())
     z = w.transform(torch.from_numpy(x).float())
     assert isinstance(z, torch.Tensor) and z.dtype == torch.float32 and z.shape == (500, 5)
     assert isinstance(w.transform(x), np.ndarray)
@@ -86,7 +86,7 @@ def test_inverse_transform_round_trip_and_projection() -> None:
     x = _data()
     full = Whitening().fit(x)
     np.testing.assert_allclose(full.inverse_transform(full.transform(x)), x, atol=1e-9)
-    reduced = Whitening(4).fit(x)
+    reduced = Whitening(n_components=4).fit(x)
     pca = PCA(4).fit(x)
     np.testing.assert_allclose(
         reduced.inverse_transform(reduced.transform(x)), pca.inverse_transform(pca.transform(x)), atol=1e-8
@@ -95,7 +95,7 @@ def test_inverse_transform_round_trip_and_projection() -> None:
 
 def test_matches_sklearn_pca_whiten_up_to_sign() -> None:
     x = _data(2000, 16)
-    ours = Whitening(8, ddof=1).fit(x).transform(x)
+    ours = Whitening(n_components=8, ddof=1).fit(x).transform(x)
     theirs = PCA(8, whiten=True, svd_solver="full").fit(x).transform(x)
     signs = np.sign((ours * theirs).sum(0))
     np.testing.assert_allclose(ours * signs, theirs, atol=1e-8)
@@ -126,9 +126,9 @@ def test_bad_input_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="Expected 2D array, got 1D array"):
         Whitening().fit(x[0])
     with pytest.raises(ValueError, match="n_components"):
-        Whitening(0).fit(x)
+        Whitening(n_components=0).fit(x)
     with pytest.raises(ValueError, match="exceeds"):
-        Whitening(13).fit(x).transform(x)
+        Whitening(n_components=13).fit(x).transform(x)
     with pytest.raises(ValueError, match="shrinkage"):
         Whitening(shrinkage=2).fit(x)
     with pytest.raises(ValueError, match="features"):
@@ -139,14 +139,16 @@ def test_bad_input_is_a_clear_error() -> None:
 
 def test_save_load_round_trip_and_continue_fitting(tmp_path) -> None:
     x = _data()
-    w = Whitening(6, beta=0.5, gamma=0.5).fit(x[:300])
+    w = Whitening(n_components=6, beta=0.5, gamma=0.5).fit(x[:300])
     path = tmp_path / "w.safetensors"
     w.save(path)
     loaded = Whitening.load(path)
     assert loaded.get_params() == w.get_params()
     np.testing.assert_array_equal(loaded.transform(x), w.transform(x))
     loaded.partial_fit(x[300:])
-    np.testing.assert_allclose(loaded.kernel_, Whitening(6, beta=0.5, gamma=0.5).fit(x).kernel_, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        loaded.kernel_, Whitening(n_components=6, beta=0.5, gamma=0.5).fit(x).kernel_, rtol=1e-9, atol=1e-12
+    )
     (tmp_path / "junk.safetensors").write_bytes(b"not a file")
     with pytest.raises(Exception):  # noqa: B017 -- safetensors' error type for a corrupt file varies by version
         Whitening.load(tmp_path / "junk.safetensors")
@@ -159,9 +161,9 @@ def test_sklearn_contract() -> None:
     from sklearn.base import clone
     from sklearn.pipeline import make_pipeline
 
-    w = Whitening(3, gamma=0.5)
+    w = Whitening(n_components=3, gamma=0.5)
     assert clone(w).get_params() == w.get_params()
-    z = make_pipeline(Whitening(3)).fit_transform(_data())
+    z = make_pipeline(Whitening(n_components=3)).fit_transform(_data())
     assert z.shape == (500, 3)
 
 

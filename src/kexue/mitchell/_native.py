@@ -10,14 +10,21 @@ from __future__ import annotations
 import ctypes
 import functools
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 
-from kexue._native import BACKENDS, FLAGS, NativeLibrary
+from kexue._native import FLAGS, NativeLibrary
 from kexue._native import use_native as select
 from kexue._shared import check_choice
+from kexue.mitchell.correction import Correction, constant_correction, lmul_correction, piecewise_values
 
-__all__ = ["BACKENDS", "available", "bmm", "check_backend", "matmul", "mul", "use_native"]
+__all__ = ["BACKENDS", "OPS", "Backend", "Op", "available", "bmm", "check_backend", "matmul", "mul", "use_native"]
+
+Backend = Literal["auto", "native", "torch"]
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
+Op = Literal["mul", "matmul", "bmm"]
+OPS: tuple[Op, ...] = get_args(Op)
 
 _MUL, _MATMUL, _BMM = "kx_mitchell_mul_f32", "kx_mitchell_matmul_f32", "kx_mitchell_bmm_f32"
 _LIBRARY = NativeLibrary(
@@ -26,15 +33,21 @@ _LIBRARY = NativeLibrary(
     [_MUL, _MATMUL, _BMM],
     flags=[*FLAGS, "-ffp-contract=off"],
 )
+_SYMBOLS: dict[Op, str] = {"mul": _MUL, "matmul": _MATMUL, "bmm": _BMM}
 _MODES = {None: 0, "constant": 1, "piecewise": 2, "lmul": 1}  # lmul is a constant too
 
 
 def available() -> bool:
-    """Whether both entry points are built (building them now if needed) and loadable."""
+    """Whether the three entry points are built (building them now if needed) and loadable."""
     return all(_LIBRARY.available(s) for s in (_MUL, _MATMUL, _BMM))
 
 
-def check_backend(backend: str) -> None:
+def check_backend(backend: Backend) -> None:
+    """A ValueError naming ``backend`` unless it is one of :data:`BACKENDS`.
+
+    Args:
+        backend: the value to check.
+    """
     check_choice("backend", backend, BACKENDS)
 
 
@@ -43,16 +56,31 @@ def _unsupported(tensors: tuple[torch.Tensor, ...]) -> str | None:
     return f"takes float32 CPU tensors only; got {bad[0].dtype} on {bad[0].device}" if bad else None
 
 
-def use_native(backend: str, *tensors: torch.Tensor, op: str = "mul") -> bool:
-    """Whether ``op`` (``"mul"``, ``"matmul"`` or ``"bmm"``) runs in the kernel (see :func:`kexue._native.use_native`)."""
-    return select(_LIBRARY, backend, {"mul": _MUL, "matmul": _MATMUL, "bmm": _BMM}[op], _unsupported(tensors))
+def use_native(backend: Backend, *tensors: torch.Tensor, op: Op = "mul") -> bool:
+    """Whether ``op`` on ``tensors`` runs in the kernel (see :func:`kexue._native.use_native`).
+
+    The choice depends on the backend, the tensors' dtype and device only: no value is read on the host.
+
+    Args:
+        backend: ``"auto"``, ``"native"`` or ``"torch"``.
+        *tensors: the operands (the kernel takes float32 CPU tensors only).
+        op: ``"mul"`` (element-wise), ``"matmul"`` or ``"bmm"``.
+
+    Returns:
+        True when the kernel runs, False for the torch path.
+
+    Raises:
+        ValueError: an unknown ``backend`` or ``op``, or ``backend="native"`` with tensors the kernel does
+            not take.
+        RuntimeError: ``backend="native"`` and the kernel cannot be built or loaded.
+    """
+    check_choice("op", op, OPS)
+    return select(_LIBRARY, backend, _SYMBOLS[op], _unsupported(tensors))
 
 
 @functools.cache
-def _correction_args(correction: str | None) -> tuple[int, int, ctypes.Array]:
+def _correction_args(correction: Correction | None) -> tuple[int, int, ctypes.Array[ctypes.c_int32]]:
     """(mode, constant, table) for the kernel; cached: layers call the kernel three times a step."""
-    from kexue.mitchell.correction import constant_correction, lmul_correction, piecewise_values
-
     table = (ctypes.c_int32 * 64)()
     c = 0
     if correction == "constant":
@@ -69,7 +97,7 @@ def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
     return ctypes.c_void_p(t.data_ptr())
 
 
-def mul(a: torch.Tensor, b: torch.Tensor, correction: str | None = None) -> torch.Tensor:
+def mul(a: torch.Tensor, b: torch.Tensor, *, correction: Correction | None = None) -> torch.Tensor:
     """Element-wise product (broadcast first; contiguous copies only where needed)."""
     a, b = torch.broadcast_tensors(a, b)
     a, b = a.contiguous(), b.contiguous()
@@ -93,7 +121,7 @@ def _check_status(status: int, what: str) -> None:
         raise MemoryError(f"the Mitchell {what} kernel could not allocate its scratch memory")
 
 
-def matmul(a: torch.Tensor, b: torch.Tensor, correction: str | None = None) -> torch.Tensor:
+def matmul(a: torch.Tensor, b: torch.Tensor, *, correction: Correction | None = None) -> torch.Tensor:
     """``(M, K) ⊗ (K, N)`` with float32 accumulation in increasing ``k`` (any values: infinities and NaN
     follow the element-wise policy)."""
     a, b = a.contiguous(), b.contiguous()
@@ -116,7 +144,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor, correction: str | None = None) -> t
     return out
 
 
-def bmm(a: torch.Tensor, b: torch.Tensor, correction: str | None = None) -> torch.Tensor:
+def bmm(a: torch.Tensor, b: torch.Tensor, *, correction: Correction | None = None) -> torch.Tensor:
     """``(B, M, K) ⊗ (B, K, N)``, each product as :func:`matmul`."""
     a, b = a.contiguous(), b.contiguous()
     (batch, m, k), n = a.shape, b.shape[2]

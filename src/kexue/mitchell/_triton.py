@@ -1,5 +1,5 @@
 """Triton kernels for Mitchell arithmetic on CUDA: element-wise ``mul``/``div``/``log2``/``exp2`` and a tiled
-``matmul``/``bmm``, bit for bit the torch path of :mod:`kexue.mitchell.ops` and :mod:`kexue.mitchell.matmul`.
+``matmul``/``bmm``, bit for bit the torch path of :mod:`kexue.mitchell.ops` and :mod:`kexue.mitchell.matrix`.
 
 Formats: float32, float16 and bfloat16 (float64 and the float8 formats stay on the torch path). Everything
 is integer arithmetic on the bit patterns, in int32 (every intermediate of these formats fits: exponents
@@ -34,14 +34,22 @@ import triton
 import triton.language as tl
 
 from kexue._triton import collapse
+from kexue.mitchell._bits import DTYPES as FORMATS
+from kexue.mitchell.correction import (
+    Correction,
+    constant_correction,
+    lmul_correction,
+    piecewise_values,
+    segments_for,
+)
 
 __all__ = ["DTYPES", "bmm", "compile_cases", "div", "exp2", "format_constants", "log2", "matmul", "mul"]
 
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # those of kexue.mitchell._bits.DTYPES the kernels take
 _BLOCK = 1024  # element-wise: entries per program
 _TILE = 64  # matrix product: BLOCK_M = BLOCK_N
 _WARPS = 16  # matrix product: 8 entries a thread (4 warps need 255 registers; 8 spill in float16 on sm_90)
-_MODES = {None: 0, "constant": 1, "lmul": 1, "piecewise": 2}
+_MODES: dict[Correction | None, int] = {None: 0, "constant": 1, "lmul": 1, "piecewise": 2}
 _MAX_DIMS = 4
 _POINTER = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 
@@ -50,28 +58,24 @@ _POINTER = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf
 
 
 @triton.jit
-def _raw_bits(x, WIDTH: tl.constexpr):
+def _raw_bits(x: tl.tensor, WIDTH: tl.constexpr) -> tl.tensor:
     """The bit pattern of ``x`` as int32 (sign-extended from 16 bits for the half formats)."""
-    if WIDTH == 16:
-        raw = x.to(tl.int16, bitcast=True).to(tl.int32)
-    else:
-        raw = x.to(tl.int32, bitcast=True)
+    raw = x.to(tl.int16, bitcast=True).to(tl.int32) if WIDTH == 16 else x.to(tl.int32, bitcast=True)
     return raw
 
 
 @triton.jit
-def _top_bit(small):
+def _top_bit(small: tl.tensor) -> tl.tensor:
     """``⌊log₂ small⌋`` of int32 ``1 <= small < 2^24`` from the exponent of its exact float32 value."""
     return (small.to(tl.float32).to(tl.int32, bitcast=True) >> 23) - 127
 
 
 @triton.jit
-def _parts(raw, WIDTH: tl.constexpr, M: tl.constexpr, BIAS: tl.constexpr, INF: tl.constexpr):
+def _parts(
+    raw: tl.tensor, WIDTH: tl.constexpr, M: tl.constexpr, BIAS: tl.constexpr, INF: tl.constexpr
+) -> tuple[tl.tensor, tl.tensor, tl.tensor, tl.tensor, tl.tensor, tl.tensor]:
     """Sign, NaN, ∞ and zero masks and the Mitchell logarithm ``n + frac / 2^M`` (ops.py's ``_Parts``)."""
-    if WIDTH == 16:
-        mag = raw & 0x7FFF
-    else:
-        mag = raw & 0x7FFFFFFF
+    mag = raw & 32767 if WIDTH == 16 else raw & 2147483647
     sign = raw < 0
     nan = mag > INF
     inf = mag == INF
@@ -87,16 +91,16 @@ def _parts(raw, WIDTH: tl.constexpr, M: tl.constexpr, BIAS: tl.constexpr, INF: t
 
 @triton.jit
 def _compose(
-    sign,
-    n,
-    frac,
+    sign: tl.tensor,
+    n: tl.tensor,
+    frac: tl.tensor,
     M: tl.constexpr,
     BIAS: tl.constexpr,
     TOP: tl.constexpr,
     MAXF: tl.constexpr,
     INF: tl.constexpr,
     SIGNBIT: tl.constexpr,
-):
+) -> tl.tensor:
     """Bits (int32, sign included) of ``±2^n (1 + frac / 2^M)``, ``0 <= frac < 2^M``: saturating to ±∞,
     rounding to nearest even into the subnormals (ops.py's ``_compose``)."""
     e = n + BIAS
@@ -116,19 +120,19 @@ def _compose(
 
 @triton.jit
 def _combine(
-    sa,
-    nana,
-    infa,
-    zeroa,
-    na,
-    fa,
-    sb,
-    nanb,
-    infb,
-    zerob,
-    nb,
-    fb,
-    corr,
+    sa: tl.tensor,
+    nana: tl.tensor,
+    infa: tl.tensor,
+    zeroa: tl.tensor,
+    na: tl.tensor,
+    fa: tl.tensor,
+    sb: tl.tensor,
+    nanb: tl.tensor,
+    infb: tl.tensor,
+    zerob: tl.tensor,
+    nb: tl.tensor,
+    fb: tl.tensor,
+    corr: tl.tensor,
     OP: tl.constexpr,
     M: tl.constexpr,
     BIAS: tl.constexpr,
@@ -137,7 +141,7 @@ def _combine(
     INF: tl.constexpr,
     NAN: tl.constexpr,
     SIGNBIT: tl.constexpr,
-):
+) -> tl.tensor:
     """Bits of ``a ⊗ b`` (``OP == 0``) or ``a ⊘ b`` (``OP == 1``) from the operands' parts (broadcasting),
     with ops.py's special values."""
     sign = sa ^ sb
@@ -161,17 +165,14 @@ def _combine(
 
 
 @triton.jit
-def _as_float(bits, DTYPE: tl.constexpr, WIDTH: tl.constexpr):
+def _as_float(bits: tl.tensor, DTYPE: tl.constexpr, WIDTH: tl.constexpr) -> tl.tensor:
     """View int32 bit patterns (the low ``WIDTH`` bits) as ``DTYPE``."""
-    if WIDTH == 16:
-        value = bits.to(tl.int16).to(DTYPE, bitcast=True)
-    else:
-        value = bits.to(DTYPE, bitcast=True)
+    value = bits.to(tl.int16).to(DTYPE, bitcast=True) if WIDTH == 16 else bits.to(DTYPE, bitcast=True)
     return value
 
 
 @triton.jit
-def _widen(value, WIDTH: tl.constexpr, IS_BF16: tl.constexpr):
+def _widen(value: tl.tensor, WIDTH: tl.constexpr, IS_BF16: tl.constexpr) -> tl.tensor:
     """``value`` as float32, exactly (bfloat16 by shifting its bits: the interpreter's cast is not exact)."""
     if IS_BF16:
         wide = (value.to(tl.int16, bitcast=True).to(tl.int32) << 16).to(tl.float32, bitcast=True)
@@ -181,7 +182,7 @@ def _widen(value, WIDTH: tl.constexpr, IS_BF16: tl.constexpr):
 
 
 @triton.jit
-def _narrow(value, DTYPE: tl.constexpr, IS_BF16: tl.constexpr):
+def _narrow(value: tl.tensor, DTYPE: tl.constexpr, IS_BF16: tl.constexpr) -> tl.tensor:
     """float32 ``value`` rounded to ``DTYPE`` (nearest even; bfloat16 on the bits, NaN → 0x7FC0 as torch)."""
     if IS_BF16:
         b = value.to(tl.int32, bitcast=True)
@@ -194,7 +195,17 @@ def _narrow(value, DTYPE: tl.constexpr, IS_BF16: tl.constexpr):
 
 
 @triton.jit
-def _offsets(idx, S1, S2, S3, s0, s1, s2, s3, FLAT: tl.constexpr):
+def _offsets(
+    idx: tl.tensor,
+    S1: tl.tensor,
+    S2: tl.tensor,
+    S3: tl.tensor,
+    s0: tl.tensor,
+    s1: tl.tensor,
+    s2: tl.tensor,
+    s3: tl.tensor,
+    FLAT: tl.constexpr,
+) -> tl.tensor:
     """Memory offsets of linear indices ``idx`` into a 4-D strided view (``FLAT``: contiguous)."""
     if FLAT:
         off = idx
@@ -208,13 +219,10 @@ def _offsets(idx, S1, S2, S3, s0, s1, s2, s3, FLAT: tl.constexpr):
 
 
 @triton.jit
-def _linear(numel, BLOCK: tl.constexpr, WIDE_INDEX: tl.constexpr):
+def _linear(numel: tl.tensor, BLOCK: tl.constexpr, WIDE_INDEX: tl.constexpr) -> tuple[tl.tensor, tl.tensor]:
     """This program's linear indices and their mask (int64 indices where offsets may pass 2^31)."""
     start = tl.program_id(0)
-    if WIDE_INDEX:
-        idx = start.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    else:
-        idx = start * BLOCK + tl.arange(0, BLOCK)
+    idx = start.to(tl.int64) * BLOCK + tl.arange(0, BLOCK) if WIDE_INDEX else start * BLOCK + tl.arange(0, BLOCK)
     return idx, idx < numel
 
 
@@ -223,22 +231,22 @@ def _linear(numel, BLOCK: tl.constexpr, WIDE_INDEX: tl.constexpr):
 
 @triton.jit
 def _binary_kernel(
-    a_ptr,
-    b_ptr,
-    out_ptr,
-    table_ptr,
-    numel,
-    S1,
-    S2,
-    S3,
-    sa0,
-    sa1,
-    sa2,
-    sa3,
-    sb0,
-    sb1,
-    sb2,
-    sb3,
+    a_ptr: tl.tensor,
+    b_ptr: tl.tensor,
+    out_ptr: tl.tensor,
+    table_ptr: tl.tensor,
+    numel: tl.tensor,
+    S1: tl.tensor,
+    S2: tl.tensor,
+    S3: tl.tensor,
+    sa0: tl.tensor,
+    sa1: tl.tensor,
+    sa2: tl.tensor,
+    sa3: tl.tensor,
+    sb0: tl.tensor,
+    sb1: tl.tensor,
+    sb2: tl.tensor,
+    sb3: tl.tensor,
     OP: tl.constexpr,
     MODE: tl.constexpr,
     CORR: tl.constexpr,
@@ -254,7 +262,7 @@ def _binary_kernel(
     FLAT: tl.constexpr,
     WIDE_INDEX: tl.constexpr,
     BLOCK: tl.constexpr,
-):
+) -> None:
     """``out[i] = a[i] ⊗ b[i]`` (``OP`` 0) or ``a[i] ⊘ b[i]`` (``OP`` 1) over a broadcast 4-D index space;
     ``MODE``: 0 no correction, 1 the constant ``CORR``, 2 the 8 × 8 table at ``table_ptr``."""
     idx, mask = _linear(numel, BLOCK, WIDE_INDEX)
@@ -262,10 +270,7 @@ def _binary_kernel(
     b = tl.load(b_ptr + _offsets(idx, S1, S2, S3, sb0, sb1, sb2, sb3, FLAT), mask=mask, other=0)
     sa, nana, infa, zeroa, na, fa = _parts(_raw_bits(a, WIDTH), WIDTH, M, BIAS, INF)
     sb, nanb, infb, zerob, nb, fb = _parts(_raw_bits(b, WIDTH), WIDTH, M, BIAS, INF)
-    if MODE == 2:
-        corr = tl.load(table_ptr + (fa >> SEG_SHIFT) * 8 + (fb >> SEG_SHIFT), mask=mask, other=0)
-    else:
-        corr = CORR
+    corr = tl.load(table_ptr + (fa >> SEG_SHIFT) * 8 + (fb >> SEG_SHIFT), mask=mask, other=0) if MODE == 2 else CORR
     bits = _combine(
         sa, nana, infa, zeroa, na, fa, sb, nanb, infb, zerob, nb, fb, corr, OP, M, BIAS, TOP, MAXF, INF, NAN, SIGNBIT
     )
@@ -274,9 +279,9 @@ def _binary_kernel(
 
 @triton.jit
 def _log2_kernel(
-    x_ptr,
-    out_ptr,
-    numel,
+    x_ptr: tl.tensor,
+    out_ptr: tl.tensor,
+    numel: tl.tensor,
     WIDTH: tl.constexpr,
     M: tl.constexpr,
     BIAS: tl.constexpr,
@@ -286,7 +291,7 @@ def _log2_kernel(
     IS_BF16: tl.constexpr,
     WIDE_INDEX: tl.constexpr,
     BLOCK: tl.constexpr,
-):
+) -> None:
     """``out = n + frac / 2^M`` rounded once to the dtype; −∞ at ±0, +∞ at +∞, NaN at NaN and below 0."""
     idx, mask = _linear(numel, BLOCK, WIDE_INDEX)
     x = tl.load(x_ptr + idx, mask=mask, other=0)
@@ -301,7 +306,7 @@ def _log2_kernel(
 
 
 @triton.jit
-def _round_even(v):
+def _round_even(v: tl.tensor) -> tl.tensor:
     """float32 integers-in-range ``v`` (|v| < 2^31) rounded to the nearest int32, ties to even."""
     t = v.to(tl.int32)  # toward zero
     r = v - t.to(tl.float32)  # exact
@@ -313,9 +318,9 @@ def _round_even(v):
 
 @triton.jit
 def _exp2_kernel(
-    y_ptr,
-    out_ptr,
-    numel,
+    y_ptr: tl.tensor,
+    out_ptr: tl.tensor,
+    numel: tl.tensor,
     WIDTH: tl.constexpr,
     M: tl.constexpr,
     BIAS: tl.constexpr,
@@ -327,7 +332,7 @@ def _exp2_kernel(
     IS_BF16: tl.constexpr,
     WIDE_INDEX: tl.constexpr,
     BLOCK: tl.constexpr,
-):
+) -> None:
     """``out = 2^n (1 + frac / 2^M)`` with ``n · 2^M + frac = round(y · 2^M)`` (ties to even); NaN → NaN."""
     idx, mask = _linear(numel, BLOCK, WIDE_INDEX)
     y = _widen(tl.load(y_ptr + idx, mask=mask, other=0), WIDTH, IS_BF16)
@@ -341,22 +346,22 @@ def _exp2_kernel(
 
 @triton.jit
 def _matmul_kernel(
-    a_ptr,
-    b_ptr,
-    c_ptr,
-    table_ptr,
-    M_ROWS,
-    N_COLS,
-    K,
-    sab,
-    sam,
-    sak,
-    sbb,
-    sbk,
-    sbn,
-    scb,
-    scm,
-    scn,
+    a_ptr: tl.tensor,
+    b_ptr: tl.tensor,
+    c_ptr: tl.tensor,
+    table_ptr: tl.tensor,
+    M_ROWS: tl.tensor,
+    N_COLS: tl.tensor,
+    K: tl.tensor,
+    sab: tl.tensor,
+    sam: tl.tensor,
+    sak: tl.tensor,
+    sbb: tl.tensor,
+    sbk: tl.tensor,
+    sbn: tl.tensor,
+    scb: tl.tensor,
+    scm: tl.tensor,
+    scn: tl.tensor,
     MODE: tl.constexpr,
     CORR: tl.constexpr,
     SEG_SHIFT: tl.constexpr,
@@ -371,7 +376,7 @@ def _matmul_kernel(
     IS_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
-):
+) -> None:
     """One ``BLOCK_M × BLOCK_N`` tile of ``C[batch] = Σ_k A[batch, :, k] ⊗ B[batch, k, :]``, float32 sums in
     increasing ``k`` from +0, rounded once to ``C``'s dtype."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -386,10 +391,7 @@ def _matmul_kernel(
         b = tl.load(b_col + k * sbk, mask=col_ok, other=0)
         sa, nana, infa, zeroa, na, fa = _parts(_raw_bits(a, WIDTH), WIDTH, M, BIAS, INF)
         sb, nanb, infb, zerob, nb, fb = _parts(_raw_bits(b, WIDTH), WIDTH, M, BIAS, INF)
-        if MODE == 2:
-            corr = tl.load(table_ptr + (fa >> SEG_SHIFT)[:, None] * 8 + (fb >> SEG_SHIFT)[None, :])
-        else:
-            corr = CORR
+        corr = tl.load(table_ptr + (fa >> SEG_SHIFT)[:, None] * 8 + (fb >> SEG_SHIFT)[None, :]) if MODE == 2 else CORR
         bits = _combine(
             sa[:, None],
             nana[:, None],
@@ -424,8 +426,6 @@ def _matmul_kernel(
 @functools.cache
 def format_constants(dtype: torch.dtype) -> dict[str, Any]:
     """The kernels' format constexprs for ``dtype`` (int32 patterns; the sign bit as int32)."""
-    from kexue.mitchell.ops import DTYPES as FORMATS
-
     if dtype not in DTYPES:
         raise TypeError(f"the Triton kernels take float32, float16 or bfloat16; got {dtype}")
     f = FORMATS[dtype]
@@ -448,17 +448,13 @@ def _only(constants: dict[str, Any], *names: str) -> dict[str, Any]:
 @functools.cache
 def _device_table(mantissa_bits: int, device: torch.device) -> torch.Tensor:
     """The piecewise corrections as an int32 (8 · 8,) table on ``device``, copied there once."""
-    from kexue.mitchell.correction import piecewise_values
-
     return torch.from_numpy(piecewise_values(mantissa_bits).astype("int32").ravel()).to(device)
 
 
 def _correction_args(
-    correction: str | None, mantissa_bits: int, device: torch.device
+    correction: Correction | None, mantissa_bits: int, device: torch.device
 ) -> tuple[torch.Tensor | None, dict[str, int]]:
     """``(table, constexprs)`` of a correction (the table pointer is unused but for ``"piecewise"``)."""
-    from kexue.mitchell.correction import constant_correction, lmul_correction, segments_for
-
     if correction is not None and correction not in _MODES:
         raise ValueError(
             f"correction={correction!r} is not supported; accepted values: None, 'constant', 'piecewise', 'lmul'"
@@ -478,7 +474,7 @@ def _correction_args(
 def _wide(*tensors: torch.Tensor) -> bool:
     """Whether some offset may pass int32 (then the kernels index in int64)."""
     return any(
-        t.numel() > 0 and sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride())) + 1 >= 2**31 - _BLOCK
+        t.numel() > 0 and sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride(), strict=True)) + 1 >= 2**31 - _BLOCK
         for t in tensors
     )
 
@@ -489,7 +485,7 @@ def _strided4(t: torch.Tensor, shape: list[int], strides: list[int]) -> tuple[li
     return [1] * pad + shape, [0] * pad + strides
 
 
-def _binary(a: torch.Tensor, b: torch.Tensor, op: int, correction: str | None) -> torch.Tensor:
+def _binary(a: torch.Tensor, b: torch.Tensor, op: int, correction: Correction | None) -> torch.Tensor:
     a, b = torch.broadcast_tensors(a, b)
     constants = format_constants(a.dtype)
     out = torch.empty(a.shape, dtype=a.dtype, device=a.device)
@@ -526,8 +522,8 @@ def _binary(a: torch.Tensor, b: torch.Tensor, op: int, correction: str | None) -
     return out
 
 
-def mul(a: torch.Tensor, b: torch.Tensor, correction: str | None = None) -> torch.Tensor:
-    """Element-wise ``a ⊗ b`` (broadcasting, strided views read in place), as ``ops.mitchell_mul``'s torch path.
+def mul(a: torch.Tensor, b: torch.Tensor, *, correction: Correction | None = None) -> torch.Tensor:
+    """Element-wise ``a ⊗ b`` (broadcasting, strided views read in place), as ``ops.mul``'s torch path.
 
     Args:
         a, b: CUDA tensors (CPU under ``TRITON_INTERPRET=1``) of one dtype: float32, float16 or bfloat16.
@@ -540,7 +536,15 @@ def mul(a: torch.Tensor, b: torch.Tensor, correction: str | None = None) -> torc
 
 
 def div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Element-wise ``a ⊘ b``, as ``ops.mitchell_div``'s torch path (arguments as :func:`mul`)."""
+    """Element-wise ``a ⊘ b``, as ``ops.div``'s torch path (arguments as :func:`mul`).
+
+    Args:
+        a: the dividend: a CUDA tensor (CPU under ``TRITON_INTERPRET=1``) of float32, float16 or bfloat16.
+        b: the divisor, of ``a``'s dtype, broadcastable with it.
+
+    Returns:
+        A new contiguous tensor of the broadcast shape.
+    """
     return _binary(a, b, 1, None)
 
 
@@ -565,19 +569,38 @@ def _unary(kernel: Any, x: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor
 
 
 def log2(x: torch.Tensor) -> torch.Tensor:
-    """Mitchell logarithm, as ``ops.mitchell_log2``'s torch path (float32, float16 or bfloat16)."""
+    """Mitchell logarithm, as ``ops.log2``'s torch path.
+
+    Args:
+        x: a CUDA tensor (CPU under ``TRITON_INTERPRET=1``) of float32, float16 or bfloat16.
+
+    Returns:
+        A new contiguous tensor of ``x``'s shape and dtype.
+    """
     return _unary(_log2_kernel, x, ("WIDTH", "M", "BIAS", "INF", "NAN", "SIGNBIT"))
 
 
 def exp2(y: torch.Tensor) -> torch.Tensor:
-    """Mitchell antilogarithm, as ``ops.mitchell_exp2``'s torch path (float32, float16 or bfloat16)."""
+    """Mitchell antilogarithm, as ``ops.exp2``'s torch path.
+
+    Args:
+        y: a CUDA tensor (CPU under ``TRITON_INTERPRET=1``) of float32, float16 or bfloat16.
+
+    Returns:
+        A new contiguous tensor of ``y``'s shape and dtype.
+    """
     return _unary(_exp2_kernel, y, ("WIDTH", "M", "BIAS", "TOP", "MAXF", "INF", "NAN", "SIGNBIT"))
 
 
 def bmm(
-    a: torch.Tensor, b: torch.Tensor, correction: str | None = None, *, block: int = _TILE, num_warps: int = _WARPS
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    correction: Correction | None = None,
+    block: int = _TILE,
+    num_warps: int = _WARPS,
 ) -> torch.Tensor:
-    """``(B, M, K) ⊗ (B, K, N)`` → ``(B, M, N)`` in the inputs' dtype, as ``matmul._accumulate`` then ``.to(dtype)``.
+    """``(B, M, K) ⊗ (B, K, N)`` → ``(B, M, N)`` in the inputs' dtype, as ``matrix._accumulate`` then ``.to(dtype)``.
 
     Any strides (stride-0 broadcast batches and transposed views are read in place).
 
@@ -586,6 +609,9 @@ def bmm(
         correction: ``None``, ``"constant"``, ``"piecewise"`` or ``"lmul"``.
         block: the tile side ``BLOCK_M = BLOCK_N`` (a power of two, at least 16).
         num_warps: warps per program.
+
+    Returns:
+        A new contiguous ``(B, M, N)`` tensor.
     """
     batch, m, k = a.shape
     n = b.shape[2]
@@ -620,16 +646,34 @@ def bmm(
 
 
 def matmul(
-    a: torch.Tensor, b: torch.Tensor, correction: str | None = None, *, block: int = _TILE, num_warps: int = _WARPS
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    correction: Correction | None = None,
+    block: int = _TILE,
+    num_warps: int = _WARPS,
 ) -> torch.Tensor:
-    """``(M, K) ⊗ (K, N)`` → ``(M, N)``, as :func:`bmm` with one batch entry."""
-    return bmm(a.unsqueeze(0), b.unsqueeze(0), correction, block=block, num_warps=num_warps)[0]
+    """``(M, K) ⊗ (K, N)`` → ``(M, N)``, as :func:`bmm` with one batch entry.
+
+    Args:
+        a: ``(M, K)``, as :func:`bmm`'s.
+        b: ``(K, N)``.
+        correction: as :func:`bmm`.
+        block: as :func:`bmm`.
+        num_warps: as :func:`bmm`.
+
+    Returns:
+        A new ``(M, N)`` tensor.
+    """
+    return bmm(a.unsqueeze(0), b.unsqueeze(0), correction=correction, block=block, num_warps=num_warps)[0]
 
 
-def _corr_constexprs(correction: str | None, mantissa_bits: int) -> dict[str, int]:
-    from kexue.mitchell.correction import constant_correction, lmul_correction
-
-    c = {"constant": constant_correction, "lmul": lmul_correction}.get(correction or "", lambda m: 0)(mantissa_bits)
+def _corr_constexprs(correction: Correction | None, mantissa_bits: int) -> dict[str, int]:
+    c = 0
+    if correction == "constant":
+        c = constant_correction(mantissa_bits)
+    elif correction == "lmul":
+        c = lmul_correction(mantissa_bits)
     return {"MODE": _MODES[correction], "CORR": c, "SEG_SHIFT": max(mantissa_bits - 3, 0)}
 
 
@@ -637,11 +681,12 @@ def compile_cases() -> list[tuple[str, Any, dict[str, str], dict[str, Any], int]
     """The configurations built ahead of time by the tests: ``(name, kernel, pointers, constexprs, num_warps)``
     for :func:`kexue._triton.compile_resources` (the launch defaults, each format and correction mode)."""
     cases: list[tuple[str, Any, dict[str, str], dict[str, Any], int]] = []
-    for dtype, correction, flat in (
+    configurations: tuple[tuple[torch.dtype, Correction | None, bool], ...] = (
         (torch.float32, None, True),
         (torch.bfloat16, "piecewise", False),
         (torch.float16, "constant", True),
-    ):
+    )
+    for dtype, correction, flat in configurations:
         f, ptr = format_constants(dtype), _POINTER[dtype]
         pointers = {"a_ptr": ptr, "b_ptr": ptr, "out_ptr": ptr, "table_ptr": "*i32"}
         for op in (0, 1):

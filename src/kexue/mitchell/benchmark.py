@@ -1,14 +1,14 @@
 """``kexue bench mitchell``: honest speed of emulated Mitchell arithmetic on the CPU.
 
-* A: element-wise product of 16M float32 (``--quick``: 4M): kexue ``mitchell_mul`` (compiled
+* A: element-wise product of 16M float32 (``--quick``: 4M): kexue ``mitchell.mul`` (compiled
   kernel) against ``torch.mul``; both allocate their output, both are memory-bound. The torch
   path (integer ops on the bit patterns, any device) is timed beside it.
 * B: 512 × 512 @ 512 × 512 float32 (``--quick``: 256), and 2048³ (not at ``--quick``): kexue
-  ``mitchell_matmul`` against the exact BLAS ``torch.mm``, and (512 and 256 only) a
+  ``mitchell.matmul`` against the exact BLAS ``torch.mm``, and (512 and 256 only) a
   straightforward broadcasting NumPy emulation of the same products (int64 bit arithmetic on a
   (rows, K, N) block, then ``sum``), 16 rows at a time.
 * C: batched products at attention shapes (batch × heads = 64, T × d = 128 × 64 for ``Q Kᵀ``):
-  ``mitchell_bmm`` against ``torch.bmm``.
+  ``mitchell.bmm`` against ``torch.bmm``.
 
 Where the time goes (the kernel's comment has the details). Per term of a register tile of the
 tiled path: one integer add of ``|a| − ONE`` to ``b``'s bit pattern and one FMA with ``±1.0``
@@ -35,8 +35,7 @@ import os
 import numpy as np
 import torch
 
-from kexue.mitchell.matmul import mitchell_bmm, mitchell_matmul
-from kexue.mitchell.ops import mitchell_mul
+from kexue.mitchell import matrix, ops
 from kexue.report.bench import Bench, BenchSuite
 
 BENCH = BenchSuite("mitchell")
@@ -74,16 +73,16 @@ def elementwise(bench: Bench) -> None:
     a, b = torch.randn(n, generator=g), torch.randn(n, generator=g)
     case = f"A: element-wise product, {n / 1e6:.0f}M float32"
     params = {"n": n, "threads": torch.get_num_threads(), "load": _load()}
-    ours = bench.time(case, "kexue mitchell_mul (kernel)", lambda: mitchell_mul(a, b), params=params)
+    ours = bench.time(case, "kexue mitchell.mul (kernel)", lambda: ops.mul(a, b), params=params)
     exact = bench.time(case, "torch.mul", lambda: torch.mul(a, b), params=params)
     bench.time(
-        case, "kexue mitchell_mul (torch path)", lambda: mitchell_mul(a, b, backend="torch"), repeats=2, params=params
+        case, "kexue mitchell.mul (torch path)", lambda: ops.mul(a, b, backend="torch"), repeats=2, params=params
     )
     bench.ratio(
         "mitchell.mul_vs_torch_mul",
         exact.median_s / ours.median_s,
         target=0.9,
-        description="mitchell_mul throughput / torch.mul throughput (16M float32, output allocated by both)",
+        description="mitchell.mul throughput / torch.mul throughput (16M float32, output allocated by both)",
     )
 
 
@@ -96,7 +95,7 @@ def matmul(bench: Bench) -> None:
     a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
     case = f"B: matrix product {n}x{n} @ {n}x{n} float32"
     params = {"n": n, "threads": torch.get_num_threads(), "load": _load()}
-    ours = bench.time(case, "kexue mitchell_matmul (kernel)", lambda: mitchell_matmul(a, b), params=params)
+    ours = bench.time(case, "kexue mitchell.matmul (kernel)", lambda: matrix.matmul(a, b), params=params)
     blas = bench.time(case, "torch.mm (BLAS, exact)", lambda: torch.mm(a, b), params=params)
     an, bn = a.numpy(), b.numpy()
     emu = bench.time(
@@ -112,16 +111,16 @@ def matmul(bench: Bench) -> None:
         ours.median_s / blas.median_s,
         target=5.0,
         higher_is_better=False,
-        description=f"mitchell_matmul time / BLAS time ({products / ours.median_s / 1e9:.2f} vs "
+        description=f"mitchell.matmul time / BLAS time ({products / ours.median_s / 1e9:.2f} vs "
         f"{products / blas.median_s / 1e9:.2f} products per ns)",
     )
     bench.ratio(
         "mitchell.matmul_vs_numpy_emulation",
         emu.median_s / ours.median_s,
         target=20.0,
-        description="NumPy broadcasting emulation time / mitchell_matmul time",
+        description="NumPy broadcasting emulation time / mitchell.matmul time",
     )
-    diff = float(np.abs(numpy_emulation(an, bn) - mitchell_matmul(a, b).numpy()).max() / np.abs(an @ bn).max())
+    diff = float(np.abs(numpy_emulation(an, bn) - matrix.matmul(a, b).numpy()).max() / np.abs(an @ bn).max())
     bench.ratio(
         "mitchell.emulation_agreement",
         diff,
@@ -139,14 +138,14 @@ def matmul_2048(bench: Bench) -> None:
     a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
     case = f"B: matrix product {n}x{n} @ {n}x{n} float32"
     params = {"n": n, "threads": torch.get_num_threads(), "load": _load()}
-    ours = bench.time(case, "kexue mitchell_matmul (kernel)", lambda: mitchell_matmul(a, b), repeats=3, params=params)
+    ours = bench.time(case, "kexue mitchell.matmul (kernel)", lambda: matrix.matmul(a, b), repeats=3, params=params)
     blas = bench.time(case, "torch.mm (BLAS, exact)", lambda: torch.mm(a, b), repeats=3, params=params)
     bench.ratio(
         "mitchell.matmul_vs_blas_2048",
         ours.median_s / blas.median_s,
         target=5.0,
         higher_is_better=False,
-        description=f"mitchell_matmul time / BLAS time at 2048³ ({n**3 / ours.median_s / 1e9:.2f} vs "
+        description=f"mitchell.matmul time / BLAS time at 2048³ ({n**3 / ours.median_s / 1e9:.2f} vs "
         f"{n**3 / blas.median_s / 1e9:.2f} products per ns)",
     )
 
@@ -160,11 +159,11 @@ def bmm(bench: Bench) -> None:
     q, k = torch.randn(64, t, 64, generator=g), torch.randn(64, 64, t, generator=g)
     case = f"C: batched product 64 x ({t}x64 @ 64x{t}) float32 (attention scores)"
     params = {"batch": 64, "t": t, "d": 64, "threads": torch.get_num_threads(), "load": _load()}
-    ours = bench.time(case, "kexue mitchell_bmm (kernel)", lambda: mitchell_bmm(q, k), params=params)
+    ours = bench.time(case, "kexue mitchell.bmm (kernel)", lambda: matrix.bmm(q, k), params=params)
     exact = bench.time(case, "torch.bmm (exact)", lambda: torch.bmm(q, k), params=params)
     bench.ratio(
         "mitchell.bmm_vs_torch_bmm",
         ours.median_s / exact.median_s,
         higher_is_better=False,
-        description=f"mitchell_bmm time / torch.bmm time at attention shapes (64 x {t}x64 @ 64x{t})",
+        description=f"mitchell.bmm time / torch.bmm time at attention shapes (64 x {t}x64 @ 64x{t})",
     )

@@ -27,13 +27,18 @@ claims measure them exhaustively in bfloat16 and float16.
 from __future__ import annotations
 
 import functools
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
+from kexue._shared import check_choice
+from kexue.mitchell._bits import DTYPES, Parts, torch_binary
+
 __all__ = [
     "CORRECTIONS",
     "SEGMENTS",
+    "Correction",
     "best_correction",
     "check_correction",
     "constant_correction",
@@ -46,16 +51,19 @@ __all__ = [
     "segments_for",
 ]
 
-CORRECTIONS = ("constant", "piecewise", "lmul")
+Correction = Literal["constant", "piecewise", "lmul"]
+CORRECTIONS: tuple[Correction, ...] = get_args(Correction)
 SEGMENTS = 8
 _GRID = 256  # samples per segment side when solving for c
 
 
-def check_correction(correction: str | None) -> None:
-    """``None`` (plain Mitchell) or one of ``CORRECTIONS``; a ValueError naming the value otherwise."""
-    if correction is not None:
-        from kexue._shared import check_choice
+def check_correction(correction: Correction | None) -> None:
+    """``None`` (plain Mitchell) or one of ``CORRECTIONS``; a ValueError naming the value otherwise.
 
+    Args:
+        correction: the value to check.
+    """
+    if correction is not None:
         check_choice("correction", correction, CORRECTIONS)
 
 
@@ -88,7 +96,7 @@ def _cell(i: int, j: int, segments: int) -> tuple[np.ndarray, np.ndarray]:
 def constant_correction(mantissa_bits: int) -> int:
     """The zero-mean constant in units of ``2^-m`` for a format with ``m`` mantissa bits."""
     x1, x2 = _cell(0, 0, 1)
-    return int(round(float(_zero_mean_c(x1[None], x2[None])[0]) * (1 << mantissa_bits)))
+    return round(float(_zero_mean_c(x1[None], x2[None])[0]) * (1 << mantissa_bits))
 
 
 @functools.cache
@@ -123,10 +131,8 @@ def lmul_correction(mantissa_bits: int) -> int:
     return 1 << (m - level)
 
 
-def lambda_correction(kind: str, ta: torch.Tensor, tb: torch.Tensor) -> torch.Tensor | int:
+def lambda_correction(kind: Correction, ta: torch.Tensor, tb: torch.Tensor) -> torch.Tensor | int:
     """The integer to add to each product's mantissa sum (broadcast shape of ``ta``, ``tb``)."""
-    from kexue.mitchell.ops import DTYPES, _Parts
-
     if kind is None:
         raise ValueError("correction=None has no correction term")
     check_correction(kind)
@@ -134,11 +140,11 @@ def lambda_correction(kind: str, ta: torch.Tensor, tb: torch.Tensor) -> torch.Te
     if kind != "piecewise":
         return parts_correction(kind, f.mantissa, None, None)
     ta, tb = torch.broadcast_tensors(ta, tb)
-    return parts_correction(kind, f.mantissa, _Parts(ta, f).frac, _Parts(tb, f).frac)
+    return parts_correction(kind, f.mantissa, Parts(ta, f).frac, Parts(tb, f).frac)
 
 
 def parts_correction(
-    kind: str, mantissa_bits: int, frac_a: torch.Tensor | None, frac_b: torch.Tensor | None
+    kind: Correction, mantissa_bits: int, frac_a: torch.Tensor | None, frac_b: torch.Tensor | None
 ) -> torch.Tensor | int:
     """:func:`lambda_correction` from the operands' stored fractions (int64, broadcasting; unused
     but for ``"piecewise"``). The table is built on their device once and cached there."""
@@ -146,6 +152,8 @@ def parts_correction(
         return constant_correction(mantissa_bits)
     if kind == "lmul":
         return lmul_correction(mantissa_bits)
+    if frac_a is None or frac_b is None:
+        raise ValueError('correction="piecewise" needs the operands\' fractions frac_a and frac_b')
     shift = mantissa_bits - int(np.log2(segments_for(mantissa_bits)))
     table = _device_table(mantissa_bits, frac_a.device)
     return table[frac_a >> shift, frac_b >> shift]
@@ -157,14 +165,29 @@ def _device_table(mantissa_bits: int, device: torch.device) -> torch.Tensor:
     return piecewise_table(mantissa_bits).to(device)
 
 
-def best_correction(grid: int = 1024) -> str:
+def best_correction(grid: int = 1024) -> Correction:
     """The correction with the smallest mean |relative error| of float32 products over a
-    ``grid × grid`` lattice of mantissa pairs (``"piecewise"`` here; the claims show the table)."""
-    from kexue.mitchell.ops import mitchell_mul
+    ``grid × grid`` lattice of mantissa pairs (``"piecewise"`` here; the claims show the table).
 
+    The products are those of :func:`kexue.mitchell.mul` (its torch path, which the compiled kernel
+    equals bit for bit).
+
+    Args:
+        grid: lattice points per mantissa.
+
+    Returns:
+        One of :data:`CORRECTIONS`.
+
+    Example:
+        >>> best_correction(grid=64)
+        'piecewise'
+    """
     x = torch.arange(grid, dtype=torch.float64) / grid
     x1, x2 = (v.flatten() for v in torch.meshgrid(x, x, indexing="ij"))
     exact = (1 + x1) * (1 + x2)
     a, b = (1 + x1).float(), (1 + x2).float()
-    mean = {k: float((mitchell_mul(a, b, correction=k).double() / exact - 1).abs().mean()) for k in CORRECTIONS}
-    return min(mean, key=mean.get)
+    mean = {
+        k: float((torch_binary(a, b, "mul", lambda_correction(k, a, b)).double() / exact - 1).abs().mean())
+        for k in CORRECTIONS
+    }
+    return min(CORRECTIONS, key=lambda k: mean[k])

@@ -6,7 +6,7 @@
 * tinyshakespeare: a character-level LLaMA-style Transformer (HF ``LlamaForCausalLM``) trained
   with (a) exact arithmetic, (b) Mitchell products in every linear layer (attention projections,
   SwiGLU, output head), (c) also in attention (``Q Kᵀ``, the softmax's exponentials by
-  ``mitchell_exp2``, ``P V``), (d) (c) with an error correction; ``--full`` adds "everything":
+  ``kexue.mitchell.exp2``, ``P V``), (d) (c) with an error correction; ``--full`` adds "everything":
   (d) plus the RMS norms' products and the SwiGLU gate product. Validation loss after training,
   and the per-part error of the trained model on one batch.
 
@@ -20,17 +20,29 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Literal, NotRequired, TypedDict, get_args
 
 import numpy as np
 import torch
 from torch import nn
 
-from kexue.mitchell.nn import mitchellize
+from kexue._shared import check_choice
+from kexue.charlm import CharCorpus, train_steps
+from kexue.data import load_tinyshakespeare
+from kexue.mitchell.correction import Correction
+from kexue.mitchell.nn import mitchellize, track_errors
 
 __all__ = [
     "FULL_ONLY_VARIANTS",
     "TRANSFORMER_VARIANTS",
     "VARIANTS",
+    "Arch",
+    "CharTransformerResult",
+    "DigitsData",
+    "DigitsResult",
+    "DigitsVariant",
+    "LayerErrors",
+    "TransformerVariant",
     "char_transformer",
     "digits",
     "digits_data",
@@ -39,11 +51,44 @@ __all__ = [
     "transformer_switches",
 ]
 
-VARIANTS = {"exact": None, "mitchell": "plain", "mitchell+piecewise": "piecewise"}
+DigitsVariant = Literal["exact", "mitchell", "mitchell+piecewise"]
+VARIANTS: dict[DigitsVariant, Literal["plain", "piecewise"] | None] = {
+    "exact": None,
+    "mitchell": "plain",
+    "mitchell+piecewise": "piecewise",
+}
+Arch = Literal["mlp", "cnn"]
+TransformerVariant = Literal["exact", "linears", "linears+attention", "linears+attention+correction", "everything"]
 
 
-@dataclass
+class DigitsResult(TypedDict):
+    """What :func:`digits` returns: the final test accuracy (%) and the accuracy after each epoch."""
+
+    accuracy: float
+    curve: list[float]
+
+
+class CharTransformerResult(TypedDict):
+    """What :func:`char_transformer` returns (``errors`` with ``track=True`` only)."""
+
+    val_loss: float
+    curve: list[float]
+    errors: NotRequired[LayerErrors]
+
+
+class LayerErrors(TypedDict):
+    """What :func:`layer_errors` returns."""
+
+    parts: dict[str, float]
+    logits_error: float
+    loss: float
+    loss_exact_arithmetic: float
+
+
+@dataclass(kw_only=True)
 class DigitsData:
+    """The digits split: 1,347 training and 450 test images (flattened 8 × 8, in [0, 1]) with labels."""
+
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
@@ -51,14 +96,22 @@ class DigitsData:
 
 
 def digits_data(seed: int = 0) -> DigitsData:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    """scikit-learn's digits, split stratified into 1,347 training and 450 test images.
+
+    Args:
+        seed: the split's random state.
+
+    Returns:
+        The split as float32 images and int64 labels.
+    """
+    from sklearn.datasets import load_digits  # optional extra: sklearn
+    from sklearn.model_selection import train_test_split  # optional extra: sklearn
 
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=450, random_state=seed, stratify=y)
     t = torch.from_numpy
-    return DigitsData(t(xtr), t(ytr).long(), t(xte), t(yte).long())
+    return DigitsData(x_train=t(xtr), y_train=t(ytr).long(), x_test=t(xte), y_test=t(yte).long())
 
 
 def _mlp() -> nn.Module:
@@ -78,47 +131,76 @@ def _cnn() -> nn.Module:
     )
 
 
-def _variant(model: nn.Module, variant: str) -> nn.Module:
+def _variant(model: nn.Module, variant: DigitsVariant) -> nn.Module:
     kind = VARIANTS[variant]
     if kind is None:
         return model
     return mitchellize(model, backward="mitchell", correction=None if kind == "plain" else kind)
 
 
+def _epoch(model: nn.Module, opt: torch.optim.Optimizer, data: DigitsData, g: torch.Generator, what: str) -> float:
+    """One epoch of Adam in batches of 64 (shuffled by ``g``); the test accuracy (%) after it."""
+    model.train()
+    for idx in torch.randperm(len(data.y_train), generator=g).split(64):
+        loss = nn.functional.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{what}: loss {float(loss)}")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        return float((model(data.x_test).argmax(1) == data.y_test).float().mean() * 100)
+
+
 def digits(
-    arch: str, variant: str, data: DigitsData, *, epochs: int, seed: int = 0, on_epoch: Callable[[], None] | None = None
-) -> dict[str, float | list[float]]:
-    """Train ``arch`` (``"mlp"`` or ``"cnn"``) with ``variant`` arithmetic; test accuracy (%)."""
+    arch: Arch,
+    variant: DigitsVariant,
+    data: DigitsData,
+    *,
+    epochs: int,
+    seed: int = 0,
+    on_epoch: Callable[[], None] | None = None,
+) -> DigitsResult:
+    """Train ``arch`` with ``variant`` arithmetic; test accuracy (%).
+
+    Args:
+        arch: ``"mlp"`` or ``"cnn"``.
+        variant: ``"exact"``, ``"mitchell"`` or ``"mitchell+piecewise"``.
+        data: the split (:func:`digits_data`).
+        epochs: passes over the training set.
+        seed: the initial weights' and the batches' seed.
+        on_epoch: called after each epoch (progress).
+
+    Returns:
+        The final accuracy and the accuracy after each epoch.
+    """
     torch.manual_seed(seed)
     model = _variant({"mlp": _mlp, "cnn": _cnn}[arch](), variant)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(seed)
     curve = []
     for _ in range(epochs):
-        model.train()
-        for idx in torch.randperm(len(data.y_train), generator=g).split(64):
-            loss = nn.functional.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{arch}/{variant}: loss {float(loss)}")
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        model.eval()
-        with torch.no_grad():
-            curve.append(float((model(data.x_test).argmax(1) == data.y_test).float().mean() * 100))
+        curve.append(_epoch(model, opt, data, g, f"{arch}/{variant}"))
         if on_epoch is not None:
             on_epoch()
     return {"accuracy": curve[-1], "curve": curve}
 
 
-TRANSFORMER_VARIANTS = ("exact", "linears", "linears+attention", "linears+attention+correction")
-FULL_ONLY_VARIANTS = ("everything",)  # (d) plus RMS norms and the gated-MLP product: --full only
+TRANSFORMER_VARIANTS: tuple[TransformerVariant, ...] = get_args(TransformerVariant)[:4]
+FULL_ONLY_VARIANTS: tuple[TransformerVariant, ...] = get_args(TransformerVariant)[4:]  # (d) + norms + gate: --full
 
 
-def transformer_switches(variant: str, correction: str | None) -> dict | None:
-    """``mitchellize`` keywords of a char-Transformer variant (None: exact arithmetic)."""
-    from kexue._shared import check_choice
+def transformer_switches(variant: TransformerVariant, correction: Correction | None) -> dict[str, Any] | None:
+    """``mitchellize`` keywords of a char-Transformer variant (None: exact arithmetic).
 
+    Args:
+        variant: one of :data:`TRANSFORMER_VARIANTS` or :data:`FULL_ONLY_VARIANTS`.
+        correction: the correction of the variants that take one.
+
+    Returns:
+        The keywords, or None for exact arithmetic.
+    """
     check_choice("variant", variant, TRANSFORMER_VARIANTS + FULL_ONLY_VARIANTS)
     return {
         "exact": None,
@@ -130,15 +212,12 @@ def transformer_switches(variant: str, correction: str | None) -> dict | None:
 
 
 @functools.lru_cache(maxsize=1)
-def _corpus():
-    from kexue.charlm import CharCorpus
-    from kexue.data import load_tinyshakespeare
-
+def _corpus() -> CharCorpus:
     return CharCorpus(load_tinyshakespeare())
 
 
 def _llama(vocab: int, hidden: int, layers: int, context: int) -> nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM  # optional extra: nlp
 
     config = LlamaConfig(
         vocab_size=vocab,
@@ -153,12 +232,19 @@ def _llama(vocab: int, hidden: int, layers: int, context: int) -> nn.Module:
     return LlamaForCausalLM(config)
 
 
-def layer_errors(model: nn.Module, exact_twin: nn.Module, window: torch.Tensor) -> dict[str, object]:
+def layer_errors(model: nn.Module, exact_twin: nn.Module, window: torch.Tensor) -> LayerErrors:
     """Per-part local errors (:func:`~kexue.mitchell.nn.track_errors`) of ``model`` on one batch,
     and the end-to-end effect: relative error of the logits against ``exact_twin`` (the same
-    weights, exact arithmetic) and the two losses."""
-    from kexue.mitchell.nn import track_errors
+    weights, exact arithmetic) and the two losses.
 
+    Args:
+        model: a mitchellized causal LM (HF: called with ``input_ids``, returns ``.logits``).
+        exact_twin: the same weights with exact arithmetic.
+        window: ``(batch, T + 1)`` token ids: inputs and next-token targets.
+
+    Returns:
+        The per-part errors, the logits' relative error and both losses.
+    """
     model.eval()
     with torch.no_grad(), track_errors(model) as errors:
         logits = model(input_ids=window[:, :-1]).logits
@@ -176,11 +262,11 @@ def layer_errors(model: nn.Module, exact_twin: nn.Module, window: torch.Tensor) 
 
 
 def char_transformer(
-    variant: str,
+    variant: TransformerVariant,
     *,
     steps: int,
     seed: int = 0,
-    correction: str | None = "piecewise",
+    correction: Correction | None = "piecewise",
     hidden: int = 64,
     layers: int = 2,
     context: int = 64,
@@ -190,7 +276,7 @@ def char_transformer(
     eval_windows: int = 256,
     track: bool = False,
     on_step: Callable[[], None] | None = None,
-) -> dict[str, object]:
+) -> CharTransformerResult:
     """Train the tinyshakespeare char Transformer (LLaMA-style, HF ``LlamaForCausalLM``) with the
     arithmetic of ``variant`` (:data:`TRANSFORMER_VARIANTS`); validation loss (nats/char).
 
@@ -199,10 +285,25 @@ def char_transformer(
     The validation loss is :func:`kexue.charlm.evaluate` on ``eval_windows`` fixed windows,
     ``evals`` times (plus once before training when ``evals > 1``). With ``track``, the result
     also has :func:`layer_errors` of the trained model on the first 16 validation windows.
-    """
-    from kexue.charlm import train_steps
-    from kexue.mitchell.nn import mitchellize
 
+    Args:
+        variant: the arithmetic (:data:`TRANSFORMER_VARIANTS`, :data:`FULL_ONLY_VARIANTS`).
+        steps: training steps.
+        seed: the initial weights' and the batches' seed.
+        correction: the correction of the variants that take one.
+        hidden: the model width.
+        layers: decoder layers.
+        context: the training window (tokens).
+        batch_size: windows per step.
+        warmup: steps of linear learning-rate warm-up.
+        evals: validation evaluations during training.
+        eval_windows: fixed validation windows per evaluation.
+        track: also measure :func:`layer_errors` of the trained model.
+        on_step: called after each step (progress).
+
+    Returns:
+        The final validation loss, the loss curve and (with ``track``) the per-part errors.
+    """
     corpus = _corpus()
     switches = transformer_switches(variant, correction)
     torch.manual_seed(seed)
@@ -225,7 +326,7 @@ def char_transformer(
         eval_at_start=evals > 1,
     )
     curve = log.val_loss
-    out: dict[str, object] = {"val_loss": curve[-1], "curve": curve}
+    out: CharTransformerResult = {"val_loss": curve[-1], "curve": curve}
     if track and switches is not None:
         twin = _llama(corpus.vocab_size, hidden, layers, context)
         twin.load_state_dict(model.state_dict())

@@ -3,17 +3,17 @@
 A Transformer multiplies in more places than its linear layers. This module gives each of them a
 Mitchell version that :func:`kexue.mitchell.nn.mitchellize` can switch on or off:
 
-* attention (:func:`mitchell_attention`), with :class:`AttentionSwitches`:
+* attention (:func:`attention`), with :class:`AttentionSwitches`:
 
-  - ``scores``: ``S = (Q ⊗ Kᵀ) ⊗ s`` by :func:`~kexue.mitchell.matmul.mitchell_bmm`, ``s`` the
+  - ``scores``: ``S = (Q ⊗ Kᵀ) ⊗ s`` by :func:`~kexue.mitchell.matrix.bmm`, ``s`` the
     ``1/√d`` scaling (a power of two for ``d = 4^j``: then exact anyway);
   - ``softmax``: ``exp(z) = 2^(z log₂e)`` with the product ``z ⊗ log₂e`` and Mitchell's
-    antilogarithm :func:`~kexue.mitchell.ops.mitchell_exp2`, ``2^(n + x) ≈ 2^n (1 + x)`` (never
+    antilogarithm :func:`~kexue.mitchell.ops.exp2`, ``2^(n + x) ≈ 2^n (1 + x)`` (never
     below the exact value, at most 6.15 % above it: ``max (1 + x) / 2^x = 2 / (e ln 2) ≈ 1.0615``
     at ``x = 1/ln 2 − 1``);
-  - ``normalise``: the division by the row sum by :func:`~kexue.mitchell.ops.mitchell_div`
+  - ``normalise``: the division by the row sum by :func:`~kexue.mitchell.ops.div`
     (then rows no longer sum to exactly 1; off by default);
-  - ``values``: ``O = P ⊗ V`` by ``mitchell_bmm``;
+  - ``values``: ``O = P ⊗ V`` by :func:`~kexue.mitchell.matrix.bmm`;
 
 * RMS / layer normalisation (:class:`MitchellRMSNorm`, :class:`MitchellLayerNorm`): the squares
   of the variance and the two scalings ``x̂ = x ⊗ r``, ``y = x̂ ⊗ w`` (``r`` the exact reciprocal
@@ -27,7 +27,7 @@ with ``n = ⌊y⌋`` (a power of two: an exponent, not a product). Sums, the sub
 maximum and the reciprocal square root are exact, as are the rotary position embedding of
 LLaMA-style models (HF applies it before the attention function) and the embedding look-up.
 
-HF models. :func:`mitchell_attention_forward` has the signature of transformers'
+HF models. :func:`attention_forward` has the signature of transformers'
 ``AttentionInterface`` and is registered under :data:`ATTENTION_KEY` (with the additive float
 mask of eager attention); a module that :func:`~kexue.mitchell.nn.mitchellize` did not switch
 runs transformers' exact SDPA attention, so models with skipped layers stay correct.
@@ -36,14 +36,16 @@ runs transformers' exact SDPA attention, so models with skipped layers stay corr
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
-from kexue.mitchell.correction import check_correction
-from kexue.mitchell.matmul import mitchell_bmm
-from kexue.mitchell.ops import mitchell_div, mitchell_exp2, mitchell_mul
+from kexue._shared import check_choice
+from kexue.mitchell import matrix, ops
+from kexue.mitchell.correction import Correction, check_correction
 
 __all__ = [
     "ATTENTION_KEY",
@@ -52,23 +54,29 @@ __all__ = [
     "MitchellGatedMLP",
     "MitchellLayerNorm",
     "MitchellRMSNorm",
+    "PartBackward",
+    "attention",
+    "attention_forward",
     "bmm",
-    "mitchell_attention",
-    "mitchell_attention_forward",
-    "mitchell_softmax",
     "mul",
     "register_hf_attention",
+    "softmax",
 ]
 
 ATTENTION_KEY = "kexue_mitchell"
-PART_BACKWARDS = ("mitchell", "exact")
+PartBackward = Literal["mitchell", "exact"]
+PART_BACKWARDS: tuple[PartBackward, ...] = get_args(PartBackward)
 _LOG2E = math.log2(math.e)
+# torch types autograd.Function.forward/backward as (ctx, *args: Any): the typed overrides below are narrower
 
 
-def _check_backward(backward: str) -> None:
-    from kexue._shared import check_choice
-
+def _check_backward(backward: PartBackward) -> None:
     check_choice("backward", backward, PART_BACKWARDS)
+
+
+def _relative_error(y: torch.Tensor, exact: torch.Tensor) -> float:
+    """``‖y − exact‖ / ‖exact‖`` (0/0 counts as 0), as a Python float."""
+    return float((y.detach() - exact).norm() / exact.norm().clamp(min=1e-30))
 
 
 def _reduce_to(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -78,18 +86,18 @@ def _reduce_to(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 class _Mul(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a, b, backward, correction):
+    def forward(
+        ctx: Any, a: torch.Tensor, b: torch.Tensor, backward: PartBackward, correction: Correction | None
+    ) -> torch.Tensor:
         ctx.save_for_backward(a, b)
         ctx.backward_mode, ctx.correction = backward, correction
-        return mitchell_mul(a, b, correction=correction)
+        return ops.mul(a, b, correction=correction)
 
     @staticmethod
-    def backward(ctx, g):
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
         a, b = ctx.saved_tensors
-        prod = (
-            (lambda x, y: mitchell_mul(x, y, correction=ctx.correction))
-            if ctx.backward_mode == "mitchell"
-            else torch.mul
+        prod: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = (
+            (lambda x, y: ops.mul(x, y, correction=ctx.correction)) if ctx.backward_mode == "mitchell" else torch.mul
         )
         ga = _reduce_to(prod(g, b.expand_as(g)), a.shape) if ctx.needs_input_grad[0] else None
         gb = _reduce_to(prod(g, a.expand_as(g)), b.shape) if ctx.needs_input_grad[1] else None
@@ -97,28 +105,46 @@ class _Mul(torch.autograd.Function):
 
 
 def mul(
-    a: torch.Tensor, b: torch.Tensor | float, *, backward: str = "mitchell", correction: str | None = None
+    a: torch.Tensor,
+    b: torch.Tensor | float,
+    *,
+    backward: PartBackward = "mitchell",
+    correction: Correction | None = None,
 ) -> torch.Tensor:
-    """Differentiable element-wise Mitchell product (broadcasting; ``b`` may be a Python number)."""
+    """Differentiable element-wise Mitchell product (broadcasting; ``b`` may be a Python number).
+
+    Args:
+        a: a tensor.
+        b: a tensor of ``a``'s dtype, or a number (filled on ``a``'s device).
+        backward: ``"mitchell"`` (the gradient products are Mitchell products too) or ``"exact"``.
+        correction: ``None``, ``"constant"``, ``"piecewise"`` or ``"lmul"``.
+
+    Returns:
+        ``a ⊗ b``, differentiable in both.
+    """
     _check_backward(backward)
     check_correction(correction)
     if not isinstance(b, torch.Tensor):
         b = torch.full((), float(b), dtype=a.dtype, device=a.device)  # filled on the device: no host-to-device copy
-    return _Mul.apply(a, b, backward, correction)
+    out: torch.Tensor = _Mul.apply(a, b, backward, correction)
+    return out
 
 
 class _Bmm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a, b, backward, correction):
+    def forward(
+        ctx: Any, a: torch.Tensor, b: torch.Tensor, backward: PartBackward, correction: Correction | None
+    ) -> torch.Tensor:
         ctx.save_for_backward(a, b)
         ctx.backward_mode, ctx.correction = backward, correction
-        return mitchell_bmm(a, b, correction=correction)
+        return matrix.bmm(a, b, correction=correction)
 
     @staticmethod
-    def backward(ctx, g):
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
         a, b = ctx.saved_tensors
+        prod: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
         if ctx.backward_mode == "mitchell":
-            prod = lambda x, y: mitchell_bmm(x.contiguous(), y.contiguous(), correction=ctx.correction)  # noqa: E731
+            prod = lambda x, y: matrix.bmm(x.contiguous(), y.contiguous(), correction=ctx.correction)  # noqa: E731
         else:
             prod = torch.matmul
         ga = _reduce_to(prod(g, b.transpose(-1, -2)), a.shape) if ctx.needs_input_grad[0] else None
@@ -126,51 +152,82 @@ class _Bmm(torch.autograd.Function):
         return ga, gb, None, None
 
 
-def bmm(a: torch.Tensor, b: torch.Tensor, *, backward: str = "mitchell", correction: str | None = None) -> torch.Tensor:
-    """Differentiable :func:`~kexue.mitchell.matmul.mitchell_bmm` (gradients ``g ⊗ bᵀ``, ``aᵀ ⊗ g``)."""
+def bmm(
+    a: torch.Tensor, b: torch.Tensor, *, backward: PartBackward = "mitchell", correction: Correction | None = None
+) -> torch.Tensor:
+    """Differentiable :func:`~kexue.mitchell.matrix.bmm` (gradients ``g ⊗ bᵀ``, ``aᵀ ⊗ g``).
+
+    Args:
+        a: ``(..., M, K)``.
+        b: ``(..., K, N)``, of ``a``'s dtype.
+        backward: ``"mitchell"`` or ``"exact"``.
+        correction: ``None``, ``"constant"``, ``"piecewise"`` or ``"lmul"``.
+
+    Returns:
+        ``(..., M, N)``.
+    """
     _check_backward(backward)
     check_correction(correction)
-    return _Bmm.apply(a, b, backward, correction)
+    out: torch.Tensor = _Bmm.apply(a, b, backward, correction)
+    return out
 
 
 class _Exp2(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, y):
-        out = mitchell_exp2(y)
+    def forward(ctx: Any, y: torch.Tensor) -> torch.Tensor:
+        out = ops.exp2(y)
         ctx.save_for_backward(y)
         return out
 
     @staticmethod
-    def backward(ctx, g):
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
         (y,) = ctx.saved_tensors
         slope = torch.exp2(torch.floor(y))  # d/dy 2^n (1 + y - n) = 2^n, n = floor(y); 0 at -inf
         return g * torch.where(torch.isfinite(y), slope, torch.zeros_like(slope))
 
 
-def mitchell_softmax(
+def softmax(
     x: torch.Tensor,
-    dim: int = -1,
     *,
+    dim: int = -1,
     exponentials: bool = True,
     normalise: bool = False,
-    backward: str = "mitchell",
-    correction: str | None = None,
+    backward: PartBackward = "mitchell",
+    correction: Correction | None = None,
 ) -> torch.Tensor:
-    """Softmax with Mitchell arithmetic: ``e_i = 2^((x_i − max) ⊗ log₂e)`` by :func:`mitchell_exp2`
-    (``exponentials``), then ``e_i / Σ e_j`` (by :func:`mitchell_div` when ``normalise``).
+    """Softmax with Mitchell arithmetic: ``e_i = 2^((x_i − max) ⊗ log₂e)`` by :func:`~kexue.mitchell.ops.exp2`
+    (``exponentials``), then ``e_i / Σ e_j`` (by :func:`~kexue.mitchell.ops.div` when ``normalise``).
 
     With both switches off it is the exact softmax (``torch.softmax``). The subtraction of the
     maximum is exact, so the largest entry's exponential is exactly 1.
+
+    Args:
+        x: the logits.
+        dim: the dimension that sums to 1.
+        exponentials: compute the exponentials with Mitchell's antilogarithm.
+        normalise: divide by the sum with Mitchell's quotient (then rows no longer sum to exactly 1).
+        backward: ``"mitchell"`` or ``"exact"`` (the gradient products).
+        correction: ``None``, ``"constant"``, ``"piecewise"`` or ``"lmul"``.
+
+    Returns:
+        The probabilities, of ``x``'s shape and dtype.
+
+    Example:
+        >>> import torch
+        >>> from kexue import mitchell
+        >>> mitchell.softmax(torch.tensor([0.0, 0.0, 0.0, 0.0]))
+        tensor([0.2500, 0.2500, 0.2500, 0.2500])
     """
     _check_backward(backward)
     z = x - x.amax(dim=dim, keepdim=True).detach()
     if exponentials:
-        e = _Exp2.apply(mul(z, _LOG2E, backward=backward, correction=correction))
+        e: torch.Tensor = _Exp2.apply(mul(z, _LOG2E, backward=backward, correction=correction))
     else:
         e = torch.exp(z)
     total = e.sum(dim=dim, keepdim=True)
     if normalise:
-        return _Div.apply(e, total)
+        out: torch.Tensor = _Div.apply(e, total)
+        return out
     return e / total
 
 
@@ -178,19 +235,31 @@ class _Div(torch.autograd.Function):
     """Mitchell quotient, with the exact quotient's gradient (straight-through)."""
 
     @staticmethod
-    def forward(ctx, a, b):
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(a, b)
-        return mitchell_div(a, b)
+        return ops.div(a, b)
 
     @staticmethod
-    def backward(ctx, g):
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a, b = ctx.saved_tensors
         return _reduce_to(g / b, a.shape), _reduce_to(-g * a / (b * b), b.shape)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AttentionSwitches:
-    """Which products of attention are Mitchell products (module docstring); all off = exact."""
+    """Which products of attention are Mitchell products (module docstring); all off = exact.
+
+    Args:
+        scores: ``(Q ⊗ Kᵀ) ⊗ s``.
+        softmax: the softmax's exponentials by Mitchell's antilogarithm.
+        values: ``P ⊗ V``.
+        normalise: the division by the row sum by Mitchell's quotient.
+
+    Example:
+        >>> from kexue import mitchell
+        >>> mitchell.AttentionSwitches(softmax=False)
+        AttentionSwitches(scores=True, softmax=False, values=True, normalise=False)
+    """
 
     scores: bool = True
     softmax: bool = True
@@ -199,7 +268,14 @@ class AttentionSwitches:
 
     @classmethod
     def coerce(cls, value: bool | AttentionSwitches) -> AttentionSwitches | None:
-        """``True`` → the defaults, ``False`` → None (attention untouched), a switches object → itself."""
+        """``True`` → the defaults, ``False`` → None (attention untouched), a switches object → itself.
+
+        Args:
+            value: what ``mitchellize(attention=...)`` was given.
+
+        Returns:
+            The switches, or None for attention left exact.
+        """
         if isinstance(value, AttentionSwitches):
             return value
         if value is True:
@@ -209,7 +285,25 @@ class AttentionSwitches:
         raise TypeError(f"attention must be a bool or AttentionSwitches; got {type(value).__name__}")
 
 
-def mitchell_attention(
+_EXACT = AttentionSwitches(scores=False, softmax=False, values=False, normalise=False)
+
+
+def _scores(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    s: float,
+    switches: AttentionSwitches,
+    backward: PartBackward,
+    correction: Correction | None,
+) -> torch.Tensor:
+    """``(Q Kᵀ) s``: Mitchell products when ``switches.scores``."""
+    if not switches.scores:
+        return torch.matmul(query, key.transpose(-1, -2)) * s
+    qk = bmm(query, key.transpose(-1, -2), backward=backward, correction=correction)
+    return mul(qk, s, backward=backward, correction=correction)
+
+
+def attention(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
@@ -217,38 +311,43 @@ def mitchell_attention(
     mask: torch.Tensor | None = None,
     scaling: float | None = None,
     switches: AttentionSwitches = AttentionSwitches(),
-    backward: str = "mitchell",
-    correction: str | None = None,
+    backward: PartBackward = "mitchell",
+    correction: Correction | None = None,
     dropout: float = 0.0,
     training: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``softmax(Q Kᵀ s + mask) V`` with the parts chosen by ``switches`` as Mitchell products.
 
     Args:
-        query, key, value: ``(..., T_q, d)``, ``(..., T_k, d)``, ``(..., T_k, d_v)`` (the leading
-            dimensions broadcast; repeat grouped key/value heads before calling).
+        query: ``(..., T_q, d)``.
+        key: ``(..., T_k, d)``.
+        value: ``(..., T_k, d_v)`` (the leading dimensions of the three broadcast; repeat grouped
+            key/value heads before calling).
         mask: additive mask broadcastable to ``(..., T_q, T_k)`` (0 where allowed, a large
             negative number where not), as transformers' eager attention uses.
         scaling: ``s``; default ``1/√d``.
-        switches, backward, correction: see the module docstring.
-        dropout, training: dropout on the probabilities (training only).
+        switches: which parts are Mitchell products (:class:`AttentionSwitches`).
+        backward: ``"mitchell"`` or ``"exact"`` (the gradient products).
+        correction: ``None``, ``"constant"``, ``"piecewise"`` or ``"lmul"``.
+        dropout: dropout probability on the probabilities (applied when ``training``).
+        training: whether dropout applies.
 
     Returns:
         ``(output (..., T_q, d_v), probabilities (..., T_q, T_k))``.
+
+    Example:
+        >>> import torch
+        >>> from kexue import mitchell
+        >>> q = k = v = torch.ones(1, 2, 3, 4)  # (B, H, T, d)
+        >>> out, probs = mitchell.attention(q, k, v)
+        >>> out.shape, probs[0, 0, 0]
+        (torch.Size([1, 2, 3, 4]), tensor([0.3333, 0.3333, 0.3333]))
     """
     s = 1.0 / math.sqrt(query.shape[-1]) if scaling is None else float(scaling)
-    if switches.scores:
-        scores = mul(
-            bmm(query, key.transpose(-1, -2), backward=backward, correction=correction),
-            s,
-            backward=backward,
-            correction=correction,
-        )
-    else:
-        scores = torch.matmul(query, key.transpose(-1, -2)) * s
+    scores = _scores(query, key, s, switches, backward, correction)
     if mask is not None:
         scores = scores + mask
-    probs = mitchell_softmax(
+    probs = softmax(
         scores.float(),
         exponentials=switches.softmax,
         normalise=switches.normalise,
@@ -265,7 +364,7 @@ def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
 
-def mitchell_attention_forward(
+def attention_forward(
     module: nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
@@ -273,27 +372,43 @@ def mitchell_attention_forward(
     attention_mask: torch.Tensor | None,
     scaling: float | None = None,
     dropout: float = 0.0,
-    **kwargs,
+    **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """transformers ``AttentionInterface`` entry (``query`` ``(B, H, T, d)``; returns ``(B, T, H, d)``).
 
-    A module carrying ``_kexue_mitchell`` (set by ``mitchellize``) runs :func:`mitchell_attention`
+    A module carrying ``_kexue_mitchell`` (set by ``mitchellize``) runs :func:`attention`
     with its switches; any other runs transformers' exact SDPA attention. Under
     :func:`~kexue.mitchell.nn.track_errors` the module records the relative error of its output
-    against exact eager attention on the same ``query``, ``key`` and ``value``.
+    against exact eager attention on the same ``query``, ``key`` and ``value``. The signature is
+    transformers' (positional ``attention_mask``, ``scaling`` and ``dropout``), so it stays as it is.
+
+    Args:
+        module: the attention module calling.
+        query: ``(B, H, T_q, d)``.
+        key: ``(B, H_kv, T_k, d)``.
+        value: ``(B, H_kv, T_k, d_v)``.
+        attention_mask: the additive float mask of eager attention, or None.
+        scaling: ``s``; default ``1/√d``.
+        dropout: dropout probability on the probabilities (in training).
+        **kwargs: transformers' other arguments (passed to SDPA attention for unswitched modules).
+
+    Returns:
+        ``(output (B, T_q, H, d_v), probabilities or None)``.
     """
     options = getattr(module, "_kexue_mitchell", None)
     if options is None:
+        # optional extra: nlp (only HF models reach this function)
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(
+        out_sdpa: tuple[torch.Tensor, torch.Tensor | None] = sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
+        return out_sdpa
     switches, backward, correction = options
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
     mask = attention_mask[:, :, :, : key.shape[-2]] if attention_mask is not None else None
-    out, probs = mitchell_attention(
+    out, probs = attention(
         query,
         key,
         value,
@@ -308,33 +423,30 @@ def mitchell_attention_forward(
     errors = getattr(module, "_errors", None)
     if errors is not None:
         with torch.no_grad():
-            exact, _ = mitchell_attention(
-                query, key, value, mask=mask, scaling=scaling, switches=AttentionSwitches(False, False, False, False)
-            )
-            errors[module._name + ".core"].append(float((out.detach() - exact).norm() / exact.norm().clamp(min=1e-30)))
+            exact, _ = attention(query, key, value, mask=mask, scaling=scaling, switches=_EXACT)
+            errors[getattr(module, "_name", "") + ".core"].append(_relative_error(out, exact))
     return out.transpose(1, 2).contiguous(), probs
 
 
 def register_hf_attention() -> None:
-    """Register :func:`mitchell_attention_forward` (and eager's float mask) with transformers under :data:`ATTENTION_KEY`."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    """Register :func:`attention_forward` (and eager's float mask) with transformers under :data:`ATTENTION_KEY`."""
+    from transformers import AttentionInterface  # optional extra: nlp (attention=... is for HF models)
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask  # optional extra: nlp
 
-    AttentionInterface.register(ATTENTION_KEY, mitchell_attention_forward)
+    AttentionInterface.register(ATTENTION_KEY, attention_forward)
     AttentionMaskInterface.register(ATTENTION_KEY, eager_mask)
 
 
 class _TrackedNorm(nn.Module):
     """Shared: the per-forward error record of :func:`~kexue.mitchell.nn.track_errors`."""
 
-    _errors = None
-    _name = ""
+    _errors: dict[str, list[float]] | None = None
+    _name: str = ""
 
-    def _record(self, exact_fn, y: torch.Tensor) -> None:
+    def _record(self, exact_fn: Callable[[], torch.Tensor], y: torch.Tensor) -> None:
         if self._errors is not None:
             with torch.no_grad():
-                exact = exact_fn()
-                self._errors[self._name].append(float((y.detach() - exact).norm() / exact.norm().clamp(min=1e-30)))
+                self._errors[self._name].append(_relative_error(y, exact_fn()))
 
 
 class MitchellRMSNorm(_TrackedNorm):
@@ -342,10 +454,26 @@ class MitchellRMSNorm(_TrackedNorm):
 
     Holds the weight of the module it replaces (HF ``*RMSNorm``: ``weight``, ``variance_epsilon``
     or ``eps``; ``torch.nn.RMSNorm``). Computed in float32 as transformers' LLaMA norm does.
+
+    Args:
+        weight: the scale ``w`` (shared with the module replaced), or None.
+        eps: ``ε``.
+        backward: ``"mitchell"`` or ``"exact"``.
+        correction: ``None``, ``"constant"``, ``"piecewise"`` or ``"lmul"``.
     """
 
+    weight: nn.Parameter | None
+    eps: float
+    backward_mode: PartBackward
+    correction: Correction | None
+
     def __init__(
-        self, weight: nn.Parameter | None, eps: float, *, backward: str = "mitchell", correction: str | None = None
+        self,
+        weight: nn.Parameter | None,
+        eps: float,
+        *,
+        backward: PartBackward = "mitchell",
+        correction: Correction | None = None,
     ) -> None:
         super().__init__()
         _check_backward(backward)
@@ -359,21 +487,37 @@ class MitchellRMSNorm(_TrackedNorm):
         return h if self.weight is None else self.weight * h
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        opts = {"backward": self.backward_mode, "correction": self.correction}
+        """The normalised ``x`` (``(..., d)``), in ``x``'s dtype."""
+        backward, correction = self.backward_mode, self.correction
         h = x.float()
-        r = torch.rsqrt(mul(h, h, **opts).mean(-1, keepdim=True) + self.eps)
-        y = mul(h, r, **opts).to(x.dtype)
+        r = torch.rsqrt(mul(h, h, backward=backward, correction=correction).mean(-1, keepdim=True) + self.eps)
+        y = mul(h, r, backward=backward, correction=correction).to(x.dtype)
         if self.weight is not None:
-            y = mul(y, self.weight.to(y.dtype), **opts)
+            y = mul(y, self.weight.to(y.dtype), backward=backward, correction=correction)
         self._record(lambda: self._exact(x), y)
         return y
 
 
 class MitchellLayerNorm(_TrackedNorm):
     """``y = ((x − μ) ⊗ r) ⊗ w + b``, ``r = 1/√(mean((x − μ) ⊗ (x − μ)) + ε)``; holds an
-    ``nn.LayerNorm``'s parameters (normalising over its last ``normalized_shape`` dimensions)."""
+    ``nn.LayerNorm``'s parameters (normalising over its last ``normalized_shape`` dimensions).
 
-    def __init__(self, norm: nn.LayerNorm, *, backward: str = "mitchell", correction: str | None = None) -> None:
+    Args:
+        norm: the ``nn.LayerNorm`` replaced (its parameters are shared, not copied).
+        backward: ``"mitchell"`` or ``"exact"``.
+        correction: ``None``, ``"constant"``, ``"piecewise"`` or ``"lmul"``.
+    """
+
+    normalized_shape: tuple[int, ...]
+    eps: float
+    weight: nn.Parameter | None
+    bias: nn.Parameter | None
+    backward_mode: PartBackward
+    correction: Correction | None
+
+    def __init__(
+        self, norm: nn.LayerNorm, *, backward: PartBackward = "mitchell", correction: Correction | None = None
+    ) -> None:
         super().__init__()
         _check_backward(backward)
         check_correction(correction)
@@ -382,47 +526,62 @@ class MitchellLayerNorm(_TrackedNorm):
         self.backward_mode, self.correction = backward, correction
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        opts = {"backward": self.backward_mode, "correction": self.correction}
+        """The normalised ``x``, in ``x``'s dtype."""
+        backward, correction = self.backward_mode, self.correction
         dims = tuple(range(-len(self.normalized_shape), 0))
         c = x - x.mean(dims, keepdim=True)
-        r = torch.rsqrt(mul(c, c, **opts).mean(dims, keepdim=True) + self.eps)
-        y = mul(c, r, **opts)
-        if (
-            self.weight is not None
-        ):  # parameters join x's dtype, as nn.LayerNorm's mixed-dtype kernel and CPU autocast do
-            y = mul(y, self.weight.to(y.dtype), **opts)
+        r = torch.rsqrt(mul(c, c, backward=backward, correction=correction).mean(dims, keepdim=True) + self.eps)
+        y = mul(c, r, backward=backward, correction=correction)
+        if self.weight is not None:  # parameters join x's dtype, as nn.LayerNorm's mixed-dtype kernel and CPU autocast
+            y = mul(y, self.weight.to(y.dtype), backward=backward, correction=correction)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         self._record(lambda: nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps), y)
         return y
 
 
+def _part(module: nn.Module, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``module.<name>``: a submodule (or the activation function) of a gated MLP."""
+    part: Callable[[torch.Tensor], torch.Tensor] = getattr(module, name)
+    return part
+
+
 class MitchellGatedMLP(_TrackedNorm):
     """``down(act(gate(x)) ⊗ up(x))``: a LLaMA-style MLP whose gating product is a Mitchell
     product; holds the original's ``gate_proj``, ``up_proj``, ``down_proj`` and ``act_fn`` (the
-    projections themselves are whatever they are: exact, or Mitchell layers after ``mitchellize``)."""
+    projections themselves are whatever they are: exact, or Mitchell layers after ``mitchellize``).
 
-    def __init__(self, mlp: nn.Module, *, backward: str = "mitchell", correction: str | None = None) -> None:
+    Args:
+        mlp: the MLP replaced (its submodules are shared).
+        backward: ``"mitchell"`` or ``"exact"``.
+        correction: ``None``, ``"constant"``, ``"piecewise"`` or ``"lmul"``.
+    """
+
+    gate_proj: Callable[[torch.Tensor], torch.Tensor]
+    up_proj: Callable[[torch.Tensor], torch.Tensor]
+    down_proj: Callable[[torch.Tensor], torch.Tensor]
+    act_fn: Callable[[torch.Tensor], torch.Tensor]
+    backward_mode: PartBackward
+    correction: Correction | None
+
+    def __init__(
+        self, mlp: nn.Module, *, backward: PartBackward = "mitchell", correction: Correction | None = None
+    ) -> None:
         super().__init__()
         _check_backward(backward)
         check_correction(correction)
         self.gate_proj, self.up_proj, self.down_proj, self.act_fn = (
-            mlp.gate_proj,
-            mlp.up_proj,
-            mlp.down_proj,
-            mlp.act_fn,
+            _part(mlp, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn")
         )
         self.backward_mode, self.correction = backward, correction
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP's output for ``x`` (``(..., d)``)."""
         a, u = self.act_fn(self.gate_proj(x)), self.up_proj(x)
         h = mul(a, u, backward=self.backward_mode, correction=self.correction)
         if self._errors is not None:  # the gate product's own error, on the same operands
             with torch.no_grad():
-                exact = a * u
-                self._errors[self._name + ".gate"].append(
-                    float((h.detach() - exact).norm() / exact.norm().clamp(min=1e-30))
-                )
+                self._errors[self._name + ".gate"].append(_relative_error(h, a * u))
         return self.down_proj(h)
 
 
@@ -438,12 +597,14 @@ def is_hf_attention(module: nn.Module) -> bool:
 
 
 def is_gated_mlp(module: nn.Module) -> bool:
+    """A LLaMA-style gated MLP (``gate_proj``, ``up_proj``, ``down_proj``, ``act_fn``) not yet swapped."""
     return all(hasattr(module, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn")) and not isinstance(
         module, MitchellGatedMLP
     )
 
 
 def is_rms_norm(module: nn.Module) -> bool:
+    """``nn.RMSNorm`` or an HF ``*RMSNorm`` (a ``weight`` and a ``variance_epsilon`` or ``eps``)."""
     if isinstance(module, nn.RMSNorm):
         return True
     return (
@@ -453,12 +614,17 @@ def is_rms_norm(module: nn.Module) -> bool:
     )
 
 
-def rms_norm_from(module: nn.Module, *, backward: str, correction: str | None) -> MitchellRMSNorm:
+def rms_norm_from(module: nn.Module, *, backward: PartBackward, correction: Correction | None) -> MitchellRMSNorm:
     """The Mitchell version of an RMS norm module (same weight, same ε)."""
+    eps: float
     if isinstance(module, nn.RMSNorm):
         eps = module.eps if module.eps is not None else torch.finfo(torch.float32).eps
-    else:
-        eps = getattr(module, "variance_epsilon", None) or module.eps
-    if getattr(module, "weight", None) is not None and type(module).__name__.startswith("Gemma"):
+    else:  # HF: variance_epsilon (LLaMA and most) or eps
+        raw = getattr(module, "variance_epsilon", None) or getattr(module, "eps", None)
+        if raw is None:
+            raise ValueError(f"{type(module).__name__} has neither a variance_epsilon nor an eps")
+        eps = raw
+    weight: nn.Parameter | None = getattr(module, "weight", None)
+    if weight is not None and type(module).__name__.startswith("Gemma"):
         raise ValueError(f"{type(module).__name__} scales by (1 + weight); not supported: skip it by name")
-    return MitchellRMSNorm(module.weight, eps, backward=backward, correction=correction)
+    return MitchellRMSNorm(weight, eps, backward=backward, correction=correction)

@@ -7,6 +7,24 @@ as the float64 oracle.
 Reference: Su Jianlin, https://kexue.fm/archives/8453
 """
 
-from kexue.orthogonal.maps import KINDS, Kind, apply_orthogonal_map, low_rank_factors, orthogonal_map
+from kexue.orthogonal.maps import (
+    DEGENERATES,
+    KINDS,
+    Degenerate,
+    Kind,
+    LowRank,
+    apply_orthogonal_map,
+    low_rank_factors,
+    orthogonal_map,
+)
 
-__all__ = ["KINDS", "Kind", "apply_orthogonal_map", "low_rank_factors", "orthogonal_map"]
+__all__ = [
+    "DEGENERATES",
+    "KINDS",
+    "Degenerate",
+    "Kind",
+    "LowRank",
+    "apply_orthogonal_map",
+    "low_rank_factors",
+    "orthogonal_map",
+]

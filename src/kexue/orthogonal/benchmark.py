@@ -20,6 +20,8 @@ same allocation, since plain ``clone`` pays 4 KiB first-touch page faults that k
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from kexue._shared import empty_like_fast
@@ -43,7 +45,7 @@ def apply_vs_dense(bench: Bench) -> None:
     ours = {}
     for kind in KINDS:
         ours[kind] = bench.time(
-            case, f"kexue apply ({kind})", lambda kind=kind: apply_orthogonal_map(x, a, b, kind=kind), params=params
+            case, f"kexue apply ({kind})", functools.partial(apply_orthogonal_map, x, a, b, kind=kind), params=params
         )
     ours_out = bench.time(
         case, "kexue apply out= (reflection)", lambda: apply_orthogonal_map(x, a, b, out=buf), params=params

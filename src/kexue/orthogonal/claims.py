@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from kexue.orthogonal import reference
-from kexue.orthogonal.maps import KINDS, apply_orthogonal_map, orthogonal_map
+from kexue.orthogonal.maps import KINDS, Kind, apply_orthogonal_map, orthogonal_map
 from kexue.report.claims import Article, ClaimContext, ClaimSuite
 
 SUITE = ClaimSuite(
@@ -27,7 +27,7 @@ SUITE = ClaimSuite(
     headlines=("symmetric.worked_example", "near_degenerate.rotation_kexue_float32"),
 )
 
-SYMMETRIC_KINDS = ("reflection", "symmetric")  # T = Tᵀ, so T also maps b back to a
+SYMMETRIC_KINDS: tuple[Kind, ...] = ("reflection", "symmetric")  # T = Tᵀ, so T also maps b back to a
 TOL64 = 1e-12
 EPS32 = float(np.finfo(np.float32).eps)
 WORKED_A = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
@@ -47,31 +47,38 @@ def _pairs(ctx: ClaimContext) -> list[tuple[np.ndarray, np.ndarray]]:
     return pairs
 
 
-def _expected_det(kind: str, d: int) -> float:
+def _expected_det(kind: Kind, d: int) -> float:
     return {"reflection": -1.0, "rotation": 1.0, "symmetric": (-1.0) ** (d - 1)}[kind]
+
+
+def _map_errors(pairs: list[tuple[np.ndarray, np.ndarray]], kind: Kind) -> tuple[float, float, float, float, float]:
+    """The worst ``|T Tᵀ − I|``, ``|T a − b|``, ``|T b − a|`` (``|Tᵀ b − a|`` for the rotation) and
+    ``|det T − expected|`` (d ≤ 128) over ``pairs``, and the smallest ``λ = (T a)·b``."""
+    orth = map_ab = map_ba = det_err = 0.0
+    min_factor = np.inf
+    for a, b in pairs:
+        T = orthogonal_map(a, b, kind=kind)
+        d = a.shape[0]
+        orth = max(orth, np.abs(T @ T.T - np.eye(d)).max())
+        Ta = T @ a
+        min_factor = min(min_factor, Ta @ b)
+        map_ab = max(map_ab, np.abs(Ta - b).max())
+        if kind in SYMMETRIC_KINDS:
+            map_ba = max(map_ba, np.abs(T @ b - a).max())
+        else:  # the rotation's inverse maps b back to a
+            map_ba = max(map_ba, np.abs(T.T @ b - a).max())
+        if d <= 128:
+            det_err = max(det_err, abs(np.linalg.det(T) - _expected_det(kind, d)))
+    return orth, map_ab, map_ba, det_err, min_factor
 
 
 @SUITE.check
 def orthogonality_and_mapping(ctx: ClaimContext) -> None:
     """T Tᵀ = I, T a = λ b with λ > 0, T b = λ a for the symmetric kinds, det."""
     pairs = _pairs(ctx)
+    n = f"{len(pairs)} random pairs, d up to {max(a.shape[0] for a, _ in pairs)}, float64"
     for kind in KINDS:
-        orth = map_ab = map_ba = det_err = 0.0
-        min_factor = np.inf
-        for a, b in pairs:
-            T = orthogonal_map(a, b, kind=kind)
-            d = a.shape[0]
-            orth = max(orth, np.abs(T @ T.T - np.eye(d)).max())
-            Ta = T @ a
-            min_factor = min(min_factor, Ta @ b)
-            map_ab = max(map_ab, np.abs(Ta - b).max())
-            if kind in SYMMETRIC_KINDS:
-                map_ba = max(map_ba, np.abs(T @ b - a).max())
-            else:  # the rotation's inverse maps b back to a
-                map_ba = max(map_ba, np.abs(T.T @ b - a).max())
-            if d <= 128:
-                det_err = max(det_err, abs(np.linalg.det(T) - _expected_det(kind, d)))
-        n = f"{len(pairs)} random pairs, d up to {max(a.shape[0] for a, _ in pairs)}, float64"
+        orth, map_ab, map_ba, det_err, min_factor = _map_errors(pairs, kind)
         ctx.claim(
             f"{kind}.orthogonality",
             f"T Tᵀ = I ({n})",
@@ -144,7 +151,7 @@ def rotation_fixes_complement(ctx: ClaimContext) -> None:
 @SUITE.check
 def worked_example(ctx: ClaimContext) -> None:
     """The article's example a = (1,2,3,4,5), b = (9,8,7,6,5), normalised."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional extra: report (the figures)
 
     a, b = reference.unit(WORKED_A), reference.unit(WORKED_B)
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
@@ -180,7 +187,8 @@ def closed_forms_match_construction(ctx: ClaimContext) -> None:
     pairs = [(a, b) for a, b in _pairs(ctx) if a.shape[0] <= 768]
     for kind in KINDS:
         worst = max(
-            np.abs(reference.closed_form(a, b, kind) - reference.plane_construction(a, b, kind)).max() for a, b in pairs
+            np.abs(reference.closed_form(a, b, kind=kind) - reference.plane_construction(a, b, kind=kind)).max()
+            for a, b in pairs
         )
         statement = {
             "rotation": "I + 2baᵀ − (a+b)(a+b)ᵀ/(1+cos θ) = Q R_θ Qᵀ + I − QQᵀ",
@@ -205,7 +213,7 @@ def fast_path_matches_reference(ctx: ClaimContext) -> None:
     for kind in KINDS:
         worst_matrix = worst_apply = 0.0
         for a, b in pairs:
-            ref = reference.closed_form(a, b, kind)
+            ref = reference.closed_form(a, b, kind=kind)
             worst_matrix = max(worst_matrix, np.abs(orthogonal_map(a, b, kind=kind) - ref).max())
             x = rng.standard_normal((16, a.shape[0]))
             worst_apply = max(worst_apply, np.abs(apply_orthogonal_map(x, a, b, kind=kind) - x @ ref.T).max())
@@ -230,10 +238,10 @@ def degenerate_inputs(ctx: ClaimContext) -> None:
     # printed forms meet the exact degenerate point (a random unit vector can leave 1 + cos θ at
     # ±1e-16, where they return finite garbage instead of dividing by zero)
     a = rng.choice([-1.0, 1.0], size=d) / np.sqrt(d)
-    cases = {"reflection": a.copy(), "rotation": -a, "symmetric": -a}
+    cases: dict[Kind, np.ndarray] = {"reflection": a.copy(), "rotation": -a, "symmetric": -a}
     printed = {}
     for kind, b in cases.items():
-        T_printed = reference.closed_form(a, b, kind)
+        T_printed = reference.closed_form(a, b, kind=kind)
         printed[kind] = f"{kind} {int((~np.isfinite(T_printed)).sum())}/{T_printed.size}"
         T = orthogonal_map(a, b, kind=kind)
         again = orthogonal_map(a, b, kind=kind)
@@ -248,7 +256,8 @@ def degenerate_inputs(ctx: ClaimContext) -> None:
         where = "a = b" if kind == "reflection" else "a = −b"
         ctx.claim(
             f"degenerate.{kind}_canonical",
-            f"{where}: kexue uses the canonical perpendicular p of a (deterministic), T stays orthogonal, maps a→b, keeps det",
+            f"{where}: kexue uses the canonical perpendicular p of a (deterministic), T stays orthogonal, "
+            "maps a→b, keeps det",
             article_value="undetermined (division by zero)",
             measured=worst,
             tolerance=TOL64,
@@ -256,7 +265,8 @@ def degenerate_inputs(ctx: ClaimContext) -> None:
         )
     ctx.claim(
         "degenerate.printed_formulas",
-        "the printed closed forms at their degenerate point (a = b for reflection, a = −b otherwise): non-finite entries of T (d = 16)",
+        "the printed closed forms at their degenerate point (a = b for reflection, a = −b otherwise): "
+        "non-finite entries of T (d = 16)",
         article_value="division by zero (admitted)",
         measured=", ".join(printed.values()) + " entries non-finite",
         documented=True,
@@ -266,7 +276,7 @@ def degenerate_inputs(ctx: ClaimContext) -> None:
 @SUITE.check
 def near_degenerate_float32(ctx: ClaimContext) -> None:
     """Approaching the degenerate point in float32: printed formulas vs kexue's stable form."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional extra: report (the figures)
 
     rng = np.random.default_rng(ctx.seed + 4)
     d = 64
@@ -278,13 +288,13 @@ def near_degenerate_float32(ctx: ClaimContext) -> None:
         for gap in gaps:
             worst_p = worst_k = 0.0
             for _ in range(4 if ctx.full else 2):
-                a, b = reference.near_degenerate_pair(rng, d, kind, gap)
+                a, b = reference.near_degenerate_pair(rng, d, kind=kind, gap=gap)
                 a32, b32 = a.astype(np.float32), b.astype(np.float32)
                 a_n, b_n = (
-                    reference.unit(a32, np.float32).astype(np.float64),
-                    reference.unit(b32, np.float32).astype(np.float64),
+                    reference.unit(a32, dtype=np.float32).astype(np.float64),
+                    reference.unit(b32, dtype=np.float32).astype(np.float64),
                 )
-                T_p = reference.closed_form(a32, b32, kind, np.float32).astype(np.float64)
+                T_p = reference.closed_form(a32, b32, kind=kind, dtype=np.float32).astype(np.float64)
                 T_k = orthogonal_map(torch.from_numpy(a32), torch.from_numpy(b32), kind=kind).double().numpy()
                 worst_p = max(worst_p, _map_error(T_p, a_n, b_n))
                 worst_k = max(worst_k, _map_error(T_k, a_n, b_n))
@@ -335,9 +345,9 @@ def near_degenerate_float64(ctx: ClaimContext) -> None:
         printed = kexue = 0.0
         for gap in gaps:
             for _ in range(4 if ctx.full else 2):
-                a, b = reference.near_degenerate_pair(rng, d, kind, gap)
+                a, b = reference.near_degenerate_pair(rng, d, kind=kind, gap=gap)
                 a_n, b_n = reference.unit(a), reference.unit(b)
-                printed = max(printed, _map_error(reference.closed_form(a, b, kind), a_n, b_n))
+                printed = max(printed, _map_error(reference.closed_form(a, b, kind=kind), a_n, b_n))
                 kexue = max(kexue, _map_error(orthogonal_map(a, b, kind=kind), a_n, b_n))
         where = "a → b" if kind == "reflection" else "a → −b"
         ctx.claim(

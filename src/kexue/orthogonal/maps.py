@@ -57,23 +57,42 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple, get_args, overload
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from kexue._device import autocast_disabled
 from kexue._shared import as_float_tensor, check_bool, check_choice, check_finite, empty_like_fast, restore_type
 
-__all__ = ["KINDS", "Kind", "apply_orthogonal_map", "low_rank_factors", "orthogonal_map"]
+__all__ = [
+    "DEGENERATES",
+    "KINDS",
+    "Degenerate",
+    "Kind",
+    "LowRank",
+    "apply_orthogonal_map",
+    "low_rank_factors",
+    "orthogonal_map",
+]
 
 Kind = Literal["reflection", "rotation", "symmetric"]
 Degenerate = Literal["canonical", "raise"]
-KINDS: tuple[str, ...] = ("reflection", "rotation", "symmetric")
+KINDS: tuple[Kind, ...] = get_args(Kind)
+DEGENERATES: tuple[Degenerate, ...] = get_args(Degenerate)
+# what the array functions accept: a torch tensor (the result is torch) or a NumPy array-like (the result is NumPy)
+ArrayInput = torch.Tensor | npt.ArrayLike
 
 
 class LowRank(NamedTuple):
-    """``T = beta * I + V @ U.mT``; ``U`` and ``V`` have shape ``(..., d, r)``."""
+    """The factors of ``T = beta * I + V @ U.mT`` (what :func:`low_rank_factors` returns).
+
+    Args:
+        beta: ``+1`` or ``-1``, the multiple of the identity.
+        U: shape ``(..., d, r)``, ``r`` in {1, 2}.
+        V: shape ``(..., d, r)``.
+    """
 
     beta: float
     U: torch.Tensor
@@ -210,7 +229,7 @@ def _reflection(
     a: torch.Tensor, b: torch.Tensor, diff: torch.Tensor, total: torch.Tensor, degenerate: Degenerate
 ) -> LowRank:
     v = _direction(diff, a, degenerate, "a == b")
-    return LowRank(1.0, v.unsqueeze(-1), (-2.0 * v).unsqueeze(-1))
+    return LowRank(beta=1.0, U=v.unsqueeze(-1), V=(-2.0 * v).unsqueeze(-1))
 
 
 def _rotation(
@@ -219,18 +238,18 @@ def _rotation(
     w = _direction(total, a, degenerate, "a == -b")
     U = torch.stack([a, w], dim=-1)  # (..., d, 2)
     V = torch.stack([2.0 * b, -2.0 * w], dim=-1)
-    return LowRank(1.0, U, V)
+    return LowRank(beta=1.0, U=U, V=V)
 
 
 def _symmetric(
     a: torch.Tensor, b: torch.Tensor, diff: torch.Tensor, total: torch.Tensor, degenerate: Degenerate
 ) -> LowRank:
     w = _direction(total, a, degenerate, "a == -b")
-    return LowRank(-1.0, w.unsqueeze(-1), (2.0 * w).unsqueeze(-1))
+    return LowRank(beta=-1.0, U=w.unsqueeze(-1), V=(2.0 * w).unsqueeze(-1))
 
 
 # kind -> factors from (â, b̂, â − b̂, â + b̂, degenerate)
-_FACTORS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Degenerate], LowRank]] = {
+_FACTORS: dict[Kind, Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Degenerate], LowRank]] = {
     "reflection": _reflection,
     "rotation": _rotation,
     "symmetric": _symmetric,
@@ -266,9 +285,8 @@ def _check_values(
         if normalize:
             is_zero = u.abs().amax(dim=-1) == 0
             if bool(is_zero.any()):
-                raise ValueError(
-                    f"{name} has zero norm (at batch index {tuple(is_zero.nonzero()[0].tolist())}); it cannot be normalised"
-                )
+                where = tuple(is_zero.nonzero()[0].tolist())
+                raise ValueError(f"{name} has zero norm (at batch index {where}); it cannot be normalised")
             continue
         tol = torch.finfo(input_dtype).eps ** 0.5
         worst = float((torch.linalg.vector_norm(u, dim=-1) - 1).abs().max())
@@ -279,58 +297,106 @@ def _check_values(
             )
 
 
+def _differentiable(
+    a: torch.Tensor, b: torch.Tensor, accurate: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The values of ``accurate`` (â, b̂, â − b̂, â + b̂) with the gradient of the plain formulas."""
+    a_u, b_u = _scaled_unit(a), _scaled_unit(b)
+    plain = (a_u, b_u, a_u - b_u, a_u + b_u)
+    a_hat, b_hat, diff, total = (p + (q - p).detach() for p, q in zip(plain, accurate, strict=True))
+    return a_hat, b_hat, diff, total
+
+
 def low_rank_factors(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    kind: Kind = "reflection",
+    a: ArrayInput,
+    b: ArrayInput,
     *,
+    kind: Kind = "reflection",
     normalize: bool = True,
     degenerate: Degenerate = "canonical",
     validate: bool = True,
 ) -> LowRank:
-    """The factors of ``T = β I + V Uᵀ`` for torch tensors ``a, b`` of shape ``(..., d)``.
+    """The factors of ``T = β I + V Uᵀ`` for vectors ``a, b`` of shape ``(..., d)``.
 
     Computed in float64 (float32 on MPS, which lacks float64), with the unit vectors and
     ``â ± b̂`` in double-word arithmetic so that the mirror/rotation plane is correct to
     working precision however close ``a`` is to ``±b``; cast the factors to the working
     dtype before use. Differentiable: gradients flow through the plain formulas (same
     derivative), the values come from the accurate ones. See the module docstring for the
-    formulas and the degenerate cases. ``validate``: see :func:`orthogonal_map`.
+    formulas and the degenerate cases.
+
+    Args:
+        a: source vector(s), shape ``(..., d)``; torch tensor, NumPy array or array-like.
+        b: target vector(s), shape broadcastable with ``a``.
+        kind: see :func:`orthogonal_map`.
+        normalize: see :func:`orthogonal_map`.
+        degenerate: see :func:`orthogonal_map`.
+        validate: see :func:`orthogonal_map`.
+
+    Returns:
+        ``LowRank(beta, U, V)``: ``U`` and ``V`` torch tensors of shape ``(..., d, r)``,
+        ``r = 2`` for ``"rotation"`` and 1 otherwise, in float64 (float32 on MPS) on ``a``'s
+        device.
+
+    Example:
+        >>> import torch
+        >>> from kexue.orthogonal import low_rank_factors
+        >>> beta, U, V = low_rank_factors(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), kind="rotation")
+        >>> beta, tuple(U.shape), U.dtype
+        (1.0, (2, 2), torch.float64)
     """
     check_choice("kind", kind, KINDS)
-    check_choice("degenerate", degenerate, ("canonical", "raise"))
+    check_choice("degenerate", degenerate, DEGENERATES)
     check_bool("validate", validate)
-    a, _ = as_float_tensor("a", a)
-    b, _ = as_float_tensor("b", b, like=a)
-    dtype = torch.float32 if a.device.type == "mps" else torch.float64
-    a_work, b_work = a.to(dtype), b.to(dtype)
+    a_in, _ = as_float_tensor("a", a)
+    b_in, _ = as_float_tensor("b", b, like=a_in)
+    dtype = torch.float32 if a_in.device.type == "mps" else torch.float64
+    a_work, b_work = a_in.to(dtype), b_in.to(dtype)
     _check_shapes(a_work, b_work)
     if validate:
-        _check_values(a_work, b_work, normalize, a.dtype, b.dtype)
+        _check_values(a_work, b_work, normalize, a_in.dtype, b_in.dtype)
     try:
-        a, b = torch.broadcast_tensors(a_work, b_work)
+        a_b, b_b = torch.broadcast_tensors(a_work, b_work)
     except RuntimeError as exc:
-        raise ValueError(f"a and b must broadcast; got a.shape={tuple(a.shape)}, b.shape={tuple(b.shape)}") from exc
+        raise ValueError(
+            f"a and b must broadcast; got a.shape={tuple(a_in.shape)}, b.shape={tuple(b_in.shape)}"
+        ) from exc
     with torch.no_grad():
-        accurate = _accurate_directions(a, b)  # (â, b̂, â − b̂, â + b̂)
-    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
-        a_u, b_u = _scaled_unit(a), _scaled_unit(b)
-        plain = (a_u, b_u, a_u - b_u, a_u + b_u)
-        accurate = tuple(
-            p + (q - p).detach() for p, q in zip(plain, accurate, strict=True)
-        )  # values of q, gradient of p
+        accurate = _accurate_directions(a_b, b_b)  # (â, b̂, â − b̂, â + b̂)
+    if torch.is_grad_enabled() and (a_b.requires_grad or b_b.requires_grad):
+        accurate = _differentiable(a_b, b_b, accurate)
     return _FACTORS[kind](*accurate, degenerate)
 
 
+@overload
 def orthogonal_map(
-    a: Any,
-    b: Any,
-    kind: Kind = "reflection",
+    a: torch.Tensor,
+    b: ArrayInput,
     *,
+    kind: Kind = ...,
+    normalize: bool = ...,
+    degenerate: Degenerate = ...,
+    validate: bool = ...,
+) -> torch.Tensor: ...
+@overload
+def orthogonal_map(
+    a: npt.ArrayLike,
+    b: ArrayInput,
+    *,
+    kind: Kind = ...,
+    normalize: bool = ...,
+    degenerate: Degenerate = ...,
+    validate: bool = ...,
+) -> np.ndarray: ...
+def orthogonal_map(
+    a: ArrayInput,
+    b: ArrayInput,
+    *,
+    kind: Kind = "reflection",
     normalize: bool = True,
     degenerate: Degenerate = "canonical",
     validate: bool = True,
-) -> Any:
+) -> torch.Tensor | np.ndarray:
     """The orthogonal matrix ``T`` with ``T a = b``, batched over leading dimensions.
 
     Args:
@@ -368,7 +434,7 @@ def orthogonal_map(
     """
     a_t, a_numpy = as_float_tensor("a", a)
     b_t, _ = as_float_tensor("b", b, like=a_t)
-    beta, U, V = low_rank_factors(a_t, b_t, kind, normalize=normalize, degenerate=degenerate, validate=validate)
+    beta, U, V = low_rank_factors(a_t, b_t, kind=kind, normalize=normalize, degenerate=degenerate, validate=validate)
     d = U.shape[-2]
     eye = torch.eye(d, dtype=U.dtype, device=U.device)
     with autocast_disabled(U):
@@ -377,18 +443,44 @@ def orthogonal_map(
     return restore_type(T.to(out_dtype), a_numpy)
 
 
+@overload
 def apply_orthogonal_map(
-    x: Any,
-    a: Any,
-    b: Any,
-    kind: Kind = "reflection",
+    x: torch.Tensor,
+    a: ArrayInput,
+    b: ArrayInput,
     *,
+    kind: Kind = ...,
+    inverse: bool = ...,
+    normalize: bool = ...,
+    degenerate: Degenerate = ...,
+    validate: bool = ...,
+    out: torch.Tensor | None = ...,
+) -> torch.Tensor: ...
+@overload
+def apply_orthogonal_map(
+    x: npt.ArrayLike,
+    a: ArrayInput,
+    b: ArrayInput,
+    *,
+    kind: Kind = ...,
+    inverse: bool = ...,
+    normalize: bool = ...,
+    degenerate: Degenerate = ...,
+    validate: bool = ...,
+    out: np.ndarray | None = ...,
+) -> np.ndarray: ...
+def apply_orthogonal_map(
+    x: ArrayInput,
+    a: ArrayInput,
+    b: ArrayInput,
+    *,
+    kind: Kind = "reflection",
     inverse: bool = False,
     normalize: bool = True,
     degenerate: Degenerate = "canonical",
     validate: bool = True,
-    out: Any = None,
-) -> Any:
+    out: torch.Tensor | np.ndarray | None = None,
+) -> torch.Tensor | np.ndarray:
     """``T x`` for every vector ``x`` (the rows of ``x``), in O(d) each, without forming ``T``.
 
     ``y = β x + (x U) Vᵀ``: one matrix-vector pass to get ``x U`` (shape ``(..., r)``,
@@ -432,29 +524,13 @@ def apply_orthogonal_map(
     x_t, x_numpy = as_float_tensor("x", x)
     a_t, _ = as_float_tensor("a", a, like=x_t)
     b_t, _ = as_float_tensor("b", b, like=x_t)
-    if x_t.dim() == 0:
-        raise ValueError("x must have at least one dimension (..., d); got a scalar")
-    d = x_t.shape[-1]
-    if a_t.dim() == 0 or a_t.shape[-1] != d:
-        raise ValueError(f"a must have last dimension d = x.shape[-1] = {d}; got a.shape={tuple(a_t.shape)}")
-    beta, U, V = low_rank_factors(a_t, b_t, kind, normalize=normalize, degenerate=degenerate, validate=validate)
+    _check_x(x_t, a_t)
+    beta, U, V = low_rank_factors(a_t, b_t, kind=kind, normalize=normalize, degenerate=degenerate, validate=validate)
     if inverse:
         U, V = V, U
     U, V = U.to(x_t.dtype), V.to(x_t.dtype)
-
     batch = torch.broadcast_shapes(x_t.shape[:-1], U.shape[:-2])
-    out_shape = (*batch, d)
-    out_t = None
-    if out is not None:
-        out_t = out if isinstance(out, torch.Tensor) else _numpy_out(out)
-        if tuple(out_t.shape) != out_shape or out_t.dtype != x_t.dtype or out_t.device != x_t.device:
-            raise ValueError(
-                f"out must have shape {out_shape}, dtype {x_t.dtype} and device {x_t.device}; "
-                f"got shape {tuple(out_t.shape)}, dtype {out_t.dtype}, device {out_t.device}"
-            )
-        if torch.is_grad_enabled() and (x_t.requires_grad or U.requires_grad):
-            raise ValueError("out= is not differentiable; call without out= when x, a or b require grad")
-
+    out_t = None if out is None else _check_out(out, (*batch, x_t.shape[-1]), x_t, U)
     with autocast_disabled(x_t):
         if U.dim() == 2 and x_t.shape[:-1] == batch:
             y = _apply_shared(x_t, beta, U, V, out_t)
@@ -465,7 +541,31 @@ def apply_orthogonal_map(
     return restore_type(y, x_numpy)
 
 
-def _numpy_out(out: Any) -> torch.Tensor:
+def _check_x(x: torch.Tensor, a: torch.Tensor) -> None:
+    """``x`` is ``(..., d)`` and ``a`` has the same ``d`` (shapes only: no value is read)."""
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dimension (..., d); got a scalar")
+    d = x.shape[-1]
+    if a.dim() == 0 or a.shape[-1] != d:
+        raise ValueError(f"a must have last dimension d = x.shape[-1] = {d}; got a.shape={tuple(a.shape)}")
+
+
+def _check_out(
+    out: torch.Tensor | np.ndarray, shape: tuple[int, ...], x: torch.Tensor, U: torch.Tensor
+) -> torch.Tensor:
+    """``out`` as a tensor sharing its memory, checked against the result's shape, dtype and device."""
+    out_t = out if isinstance(out, torch.Tensor) else _numpy_out(out)
+    if tuple(out_t.shape) != shape or out_t.dtype != x.dtype or out_t.device != x.device:
+        raise ValueError(
+            f"out must have shape {shape}, dtype {x.dtype} and device {x.device}; "
+            f"got shape {tuple(out_t.shape)}, dtype {out_t.dtype}, device {out_t.device}"
+        )
+    if torch.is_grad_enabled() and (x.requires_grad or U.requires_grad):
+        raise ValueError("out= is not differentiable; call without out= when x, a or b require grad")
+    return out_t
+
+
+def _numpy_out(out: object) -> torch.Tensor:
     try:
         return torch.from_numpy(out)
     except TypeError as exc:
@@ -485,7 +585,7 @@ def _apply_shared(
         return y2.view(x.shape)
     coef = _coefficients(x2, U)  # (N, r)
     direct = out is not None and out.is_contiguous()
-    y2 = out.view(-1, d) if direct else empty_like_fast(x2)
+    y2 = out.view(-1, d) if out is not None and direct else empty_like_fast(x2)
     if rank_one:
         torch.addr(x2, coef[:, 0], V[:, 0], beta=beta, out=y2)
     else:

@@ -26,27 +26,45 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
+
+from kexue.orthogonal.maps import KINDS, Kind
 
 __all__ = ["CLOSED_FORMS", "DEGENERATE_SIGN", "closed_form", "near_degenerate_pair", "plane_construction", "unit"]
 
-Kind = Literal["reflection", "rotation", "symmetric"]
 
+def unit(u: npt.ArrayLike, *, dtype: npt.DTypeLike = np.float64) -> np.ndarray:
+    """``u / ‖u‖`` in ``dtype``.
 
-def unit(u: np.ndarray, dtype: type = np.float64) -> np.ndarray:
-    """``u / ‖u‖`` in ``dtype``."""
+    Args:
+        u: a vector.
+        dtype: the dtype the vector is converted to and normalised in.
+
+    Returns:
+        The unit vector, a NumPy array of ``dtype``.
+    """
     u = np.asarray(u, dtype=dtype)
     return u / np.sqrt(u @ u)
 
 
 # b = sign * a is where each kind's closed form divides by zero
-DEGENERATE_SIGN: dict[str, float] = {"reflection": 1.0, "rotation": -1.0, "symmetric": -1.0}
+DEGENERATE_SIGN: dict[Kind, float] = {"reflection": 1.0, "rotation": -1.0, "symmetric": -1.0}
 
 
-def near_degenerate_pair(rng: np.random.Generator, d: int, kind: Kind, gap: float) -> tuple[np.ndarray, np.ndarray]:
-    """Random unit ``a`` and unit ``b`` at angle ``gap`` from ``kind``'s degenerate point ``±a`` (float64)."""
+def near_degenerate_pair(rng: np.random.Generator, d: int, *, kind: Kind, gap: float) -> tuple[np.ndarray, np.ndarray]:
+    """Random unit ``a`` and unit ``b`` at angle ``gap`` from ``kind``'s degenerate point ``±a`` (float64).
+
+    Args:
+        rng: the random generator.
+        d: the dimension.
+        kind: whose degenerate point: ``b = a`` for ``"reflection"``, ``b = −a`` otherwise.
+        gap: the angle between ``b`` and the degenerate point, in radians.
+
+    Returns:
+        ``(a, b)``, float64 unit vectors of shape ``(d,)``.
+    """
     a = unit(rng.standard_normal(d))
     p = rng.standard_normal(d)
     p = unit(p - (p @ a) * a)
@@ -71,29 +89,53 @@ def _symmetric(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.outer(s, s) / (1 + a @ b) - eye
 
 
-CLOSED_FORMS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+CLOSED_FORMS: dict[Kind, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "rotation": _rotation,
     "reflection": _reflection,
     "symmetric": _symmetric,
 }
 
 
-def closed_form(a: np.ndarray, b: np.ndarray, kind: Kind, dtype: type = np.float64) -> np.ndarray:
+def closed_form(a: npt.ArrayLike, b: npt.ArrayLike, *, kind: Kind, dtype: npt.DTypeLike = np.float64) -> np.ndarray:
     """The article's closed form for ``kind``, evaluated as printed in ``dtype``.
 
     ``a`` and ``b`` are normalised (in ``dtype``) first. Degenerate inputs produce
     whatever the formula produces (inf/NaN from a division by zero): this is the oracle,
     not the library.
+
+    Args:
+        a: the source vector ``(d,)``.
+        b: the target vector ``(d,)``.
+        kind: which closed form.
+        dtype: the dtype the formula is evaluated in.
+
+    Returns:
+        ``T``, a ``(d, d)`` NumPy array of ``dtype``.
+
+    Example:
+        >>> import numpy as np
+        >>> T = closed_form([1.0, 0.0], [0.0, 1.0], kind="reflection")
+        >>> T @ np.array([1.0, 0.0])  # the printed formula rounds: 2.2e-16 instead of 0
+        array([2.22044605e-16, 1.00000000e+00])
     """
-    a, b = unit(a, dtype), unit(b, dtype)
+    a, b = unit(a, dtype=dtype), unit(b, dtype=dtype)
     with np.errstate(divide="ignore", invalid="ignore"):
         return CLOSED_FORMS[kind](a, b)
 
 
-def plane_construction(a: np.ndarray, b: np.ndarray, kind: Kind) -> np.ndarray:
+def plane_construction(a: npt.ArrayLike, b: npt.ArrayLike, *, kind: Kind) -> np.ndarray:
     """``Q R Qᵀ + (I − Q Qᵀ)`` in float64, the derivation the closed forms come from.
 
-    Requires ``a ≠ ±b`` (the plane must be defined).
+    Args:
+        a: the source vector ``(d,)``.
+        b: the target vector ``(d,)``; requires ``a ≠ ±b`` (the plane must be defined).
+        kind: which map.
+
+    Returns:
+        ``T``, a ``(d, d)`` float64 NumPy array.
+
+    Raises:
+        ValueError: ``a = ±b``, or an unknown ``kind``.
     """
     a, b = unit(a), unit(b)
     d = a.shape[0]
@@ -115,4 +157,4 @@ def plane_construction(a: np.ndarray, b: np.ndarray, kind: Kind) -> np.ndarray:
         # reflect a onto -b inside the plane (mirror for the angle to -b), then negate everything
         to_minus_b = np.array([[-c, -s], [-s, c]])
         return -(q @ to_minus_b @ q.T + rest)
-    raise ValueError(f"kind={kind!r} is not supported; accepted values: 'reflection', 'rotation', 'symmetric'")
+    raise ValueError(f"kind={kind!r} is not supported; accepted values: {', '.join(map(repr, KINDS))}")

@@ -10,6 +10,7 @@ differences. :func:`launch` runs it from Python.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import numpy as np
 import torch.distributed as dist
@@ -19,6 +20,14 @@ from kexue.whitening.whitening import Whitening
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one rank of the check (under ``torchrun``); rank 0 writes the result file.
+
+    Args:
+        argv: the command-line arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status, 0.
+    """
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
     parser.add_argument("--rows", type=int, default=3000)
@@ -32,14 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     bounds = np.linspace(0, args.rows, world + 1).astype(int)  # an even split ...
     bounds[1:-1] = (bounds[1:-1] * 0.6).astype(int)  # ... made uneven
     shard = x[bounds[rank] : bounds[rank + 1]]
-    w = Whitening(args.dim // 2)
+    w = Whitening(n_components=args.dim // 2)
     for lo in range(0, len(shard), 250):
         w.partial_fit(shard[lo : lo + 250])
     w.all_reduce()
     dist.barrier()
     dist.destroy_process_group()
     if rank == 0:
-        whole = Whitening(args.dim // 2).fit(x)
+        whole = Whitening(n_components=args.dim // 2).fit(x)
         write_result(
             args.out,
             {
@@ -54,8 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def launch(nproc: int = 2, n: int = 3000, dim: int = 24, seed: int = 0, timeout: float = 300) -> dict:
-    """Run the check under ``torchrun`` (gloo, localhost) and return rank 0's results."""
+def launch(*, nproc: int = 2, n: int = 3000, dim: int = 24, seed: int = 0, timeout: float = 300) -> dict[str, Any]:
+    """Run the check under ``torchrun`` (gloo, localhost) and return rank 0's results.
+
+    Args:
+        nproc: the number of processes.
+        n: the number of rows (all ranks generate the same data).
+        dim: the number of features.
+        seed: the data's seed.
+        timeout: seconds before the run is abandoned.
+
+    Returns:
+        Rank 0's differences from the single-process fit (``mean_err``, ``scatter_rel_err``,
+        ``transform_err``), the row count ``n``, the ``world`` size and the ``shards``' sizes.
+    """
     return launch_module(
         "kexue.whitening._torchrun_check", [f"--rows={n}", f"--dim={dim}", f"--seed={seed}"], nproc, timeout
     )

@@ -26,8 +26,9 @@ import time
 
 import numpy as np
 import torch
+from sklearn.decomposition import PCA
 
-from kexue.report.bench import Bench, BenchSuite, CaseResult, run_in_fresh_process
+from kexue.report.bench import Bench, BenchSuite, CaseResult, PeakMemory, run_in_fresh_process
 from kexue.whitening.whitening import Whitening
 
 BENCH = BenchSuite("whitening")
@@ -36,8 +37,7 @@ STREAM_DIM, STREAM_BATCH, POOL = 768, 10_000, 5
 
 @BENCH.case
 def fit_in_memory(bench: Bench) -> None:
-    from sklearn.decomposition import PCA
-
+    """Case A: fitting in memory against scikit-learn's whitened PCA, and the two maps compared."""
     n, d = (20_000, 384) if bench.quick else (200_000, 384)
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((n, d)) @ (rng.standard_normal((d, d)) * np.logspace(0, -2, d)) + 0.5).astype(np.float32)
@@ -67,14 +67,13 @@ def fit_in_memory(bench: Bench) -> None:
         err,
         target=1e-6,
         higher_is_better=False,
-        description=f"max |z_kexue − z_sklearn| / max |z| over the first {top} components, up to sign (sklearn fitted on the float64 copy)",
+        description=f"max |z_kexue − z_sklearn| / max |z| over the first {top} components, up to sign "
+        "(sklearn fitted on the float64 copy)",
     )
 
 
 def _stream_child(impl: str, n: int) -> dict[str, float]:
     """In a fresh process: time and peak RSS growth of a streaming pass over ``n`` rows."""
-    from kexue.report.bench import PeakMemory
-
     rng = np.random.default_rng(0)
     mixing = (rng.standard_normal((STREAM_DIM, STREAM_DIM)) * np.logspace(0, -2, STREAM_DIM)).astype(np.float32)
     pool = [(rng.standard_normal((STREAM_BATCH, STREAM_DIM), dtype=np.float32) @ mixing) for _ in range(POOL)]
@@ -104,6 +103,7 @@ def _in_fresh_process(impl: str, n: int, runs: int = 3) -> dict[str, float]:
 
 @BENCH.case
 def streaming(bench: Bench) -> None:
+    """Case B: streaming memory and time against the float64 ``XᵀX`` floor, each run in a fresh process."""
     if bench.device != "cpu":
         return
     # the smaller run needs several batches to reach its steady state: one batch of 10,000 peaks
@@ -117,13 +117,13 @@ def streaming(bench: Bench) -> None:
         label = "kexue partial_fit" if impl == "kexue" else "floor: float64 XᵀX (convert + GEMM)"
         bench.cases.append(
             CaseResult(
-                bench.technique,
-                case,
-                f"{label}, N = {n:,}",
-                r["seconds"],
-                [r["seconds"]],
-                int(r["peak"]),
-                {"n": n, "dim": STREAM_DIM, "batch": STREAM_BATCH},
+                technique=bench.technique,
+                case=case,
+                impl=f"{label}, N = {n:,}",
+                median_s=r["seconds"],
+                times_s=[r["seconds"]],
+                peak_bytes=int(r["peak"]),
+                params={"n": n, "dim": STREAM_DIM, "batch": STREAM_BATCH},
             )
         )
     bench.ratio(
@@ -144,6 +144,7 @@ def streaming(bench: Bench) -> None:
 
 @BENCH.case
 def search(bench: Bench) -> None:
+    """Case C: top-10 cosine search over raw and whitened vectors."""
     n, queries = (10_000, 100) if bench.quick else (100_000, 1000)
     d, k = 384, 128
     rng = np.random.default_rng(0)
@@ -151,7 +152,7 @@ def search(bench: Bench) -> None:
     mixing = (basis * np.sqrt(np.logspace(0, -2.5, d))) @ basis.T
     db = (rng.standard_normal((n, d)) @ mixing + 0.3).astype(np.float32)
     q = (rng.standard_normal((queries, d)) @ mixing + 0.3).astype(np.float32)
-    w = Whitening(k).fit(db)
+    w = Whitening(n_components=k).fit(db)
 
     def unit(v: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))

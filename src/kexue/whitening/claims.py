@@ -24,13 +24,24 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from kexue.data import STS_TASKS, SentencePairs, StsTask, embedded_model_path, load_task
 from kexue.report.claims import Article, ClaimContext, ClaimSuite, Headline, Table
+from kexue.sts import TaskScores, score_tasks, unique_sentences
 from kexue.whitening import reference
+from kexue.whitening._torchrun_check import launch
+from kexue.whitening.flow import FlowWhitening
+from kexue.whitening.raw_encoder import FULL, QUICK, PretrainConfig, pretrain_raw_encoder
 from kexue.whitening.whitening import RankDeficientWarning, Whitening
+
+Tasks = dict[str, list[SentencePairs]]  # task name -> its subsets
+Scores = dict[str, dict[str, dict[str, TaskScores]]]  # pooling -> variant -> task -> scores
+Variants = dict[str, dict[str, Any] | None]  # name -> Whitening parameters (None: the raw vectors)
 
 SUITE = ClaimSuite(
     "whitening",
@@ -75,26 +86,22 @@ ARTICLE_BERT_BASE = {  # the article's BERT-base rows, in the order of kexue.dat
 }
 # The quick scale scores 4 of the 7 tasks (11,486 of the 25,190 sentences: encoding them is most of
 # `kexue reproduce`'s time); --full scores all seven.
-QUICK_TASKS = ("STS13", "STS16", "STS-B", "SICK-R")
+QUICK_TASKS: tuple[StsTask, ...] = ("STS13", "STS16", "STS-B", "SICK-R")
 
 
-def _tasks(ctx: ClaimContext) -> dict:
-    from kexue.data import STS_TASKS, load_task
-
+def _tasks(ctx: ClaimContext) -> Tasks:
     return {t: load_task(t) for t in (STS_TASKS if ctx.full else QUICK_TASKS)}
 
 
 def _article(names: list[str]) -> dict[str, dict[str, float]]:
     """The article's BERT-base rows on ``names`` (its table lists all seven tasks)."""
-    from kexue.data import STS_TASKS
-
     return {
         variant: {t: s for t, s in zip(STS_TASKS, scores, strict=True) if t in names}
         for variant, scores in ARTICLE_BERT_BASE.items()
     }
 
 
-VARIANTS = {  # name -> Whitening parameters (None: the raw vectors)
+VARIANTS: Variants = {
     "raw": None,
     "whitening": {},
     "whitening-256": {"n_components": 256},
@@ -122,7 +129,8 @@ def statistics(ctx: ClaimContext) -> None:
     err = max(float(np.abs(mu).max()), float(np.abs(sigma - np.eye(d)).max()))
     ctx.claim(
         "mean0_cov_identity",
-        f"whitened vectors have mean 0 and covariance I (N = {n}, d = {d}, condition number of Σ ~1e6): max |entry error|",
+        f"whitened vectors have mean 0 and covariance I (N = {n}, d = {d}, condition number of Σ ~1e6): "
+        "max |entry error|",
         article_value="mean 0, covariance I",
         measured=err,
         tolerance=1e-8,
@@ -160,13 +168,12 @@ def statistics(ctx: ClaimContext) -> None:
             tolerance=1e-12,
             passed=e <= 1e-12,
         )
-    from kexue.whitening._torchrun_check import launch
-
     result = launch(nproc=2, seed=ctx.seed)
     e = max(result["mean_err"], result["scatter_rel_err"])
     ctx.claim(
         "two_process_all_reduce",
-        f"two gloo processes (shards {' + '.join(map(str, result['shards']))}) fitting by streaming and all-reducing = one fit on all the data",
+        f"two gloo processes (shards {' + '.join(map(str, result['shards']))}) fitting by streaming and "
+        "all-reducing = one fit on all the data",
         article_value=None,
         measured=e,
         tolerance=1e-12,
@@ -175,31 +182,57 @@ def statistics(ctx: ClaimContext) -> None:
     )
 
 
-def _encode(ctx: ClaimContext):
-    from kexue.data import embedded_model_path
-    from kexue.sts import unique_sentences
-    from kexue.whitening.pooling import POOLINGS, cached_encode_poolings
+def _encode(ctx: ClaimContext) -> tuple[Tasks, list[str], dict[str, np.ndarray], dict[str, Any]]:
+    """The run's tasks, their distinct sentences, the embedded model's vectors of them per pooling,
+    and how long encoding took (or that they came from the cache)."""
+    from kexue.whitening.pooling import POOLINGS, cached_encode_poolings  # optional extra: nlp
 
     tasks = _tasks(ctx)
     sentences = unique_sentences(tasks)
     start = time.perf_counter()
     with ctx.steps("encoding STS sentences", len(sentences)) as advance:
-        vectors, hit = cached_encode_poolings(embedded_model_path(), sentences, POOLINGS, progress=advance)
+        vectors, hit = cached_encode_poolings(embedded_model_path(), sentences, poolings=POOLINGS, progress=advance)
     return tasks, sentences, vectors, {"seconds": time.perf_counter() - start, "cached": hit}
 
 
 @SUITE.check
 def sts(ctx: ClaimContext) -> None:
-    from kexue.sts import score_tasks
-
+    """The harness against MTEB, then the article's table for the embedded model."""
     tasks, sentences, vectors, encoding = _encode(ctx)
     index = {s: i for i, s in enumerate(sentences)}
-    raw = score_tasks(tasks, vectors["last-avg"], index)
+    _mteb(ctx, score_tasks(tasks, vectors["last-avg"], index))
+    names = list(tasks)
+    table, ranks = _variant_scores(ctx, tasks, sentences, vectors, VARIANTS)
+    article = _article(names)
+    _tables(ctx, table, ranks, names, article)
+    mean_all = _which_helps(ctx, table, names, article)
+    _bars(ctx, mean_all)
+    _isotropy(ctx, vectors)
+    _retrieval_real(ctx, vectors)
+    ctx.claim(
+        "encode_time",
+        "encoding the STS sentences with all three poolings (one pass; kept in the cache folder, keyed by "
+        "the model's files, the sentences and the versions, unless --no-cache)",
+        article_value=None,
+        measured={
+            "sentences": len(sentences),
+            "seconds": round(encoding["seconds"], 1),
+            "from cache": "yes" if encoding["cached"] else "no (first run)",
+        },
+        documented=True,
+    )
+
+
+def _mteb(ctx: ClaimContext, raw: dict[str, TaskScores]) -> None:
+    """The harness check: the embedded model's own mean pooling against MTEB's published scores."""
     for task, published in MTEB.items():
         if task not in raw:  # the quick scale's tasks only
             continue
         got = raw[task]["all"]
-        statement = f"harness check: all-MiniLM-L6-v2 (mean pooling) {task} Spearman x100 ('all', cosine) vs MTEB's published {published}"
+        statement = (
+            f"harness check: all-MiniLM-L6-v2 (mean pooling) {task} Spearman x100 ('all', cosine) "
+            f"vs MTEB's published {published}"
+        )
         if task in MTEB_EXPLAINED:
             ctx.claim(
                 f"mteb.{task}",
@@ -219,38 +252,55 @@ def sts(ctx: ClaimContext) -> None:
                 passed=abs(got - published) <= 0.5,
             )
 
-    names = list(tasks)
-    table, ranks = _variant_scores(ctx, tasks, sentences, vectors, VARIANTS)
 
-    def fmt(agg: str) -> dict[str, dict[str, dict[str, float]]]:  # pooling -> variant -> task -> score
-        return {p: {v: {t: round(rows[v][t][agg], 2) for t in names} for v in rows} for p, rows in table.items()}
+def _rounded(
+    table: Scores, names: list[str], aggregation: Literal["all", "wmean"]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """pooling -> variant -> task -> the ``aggregation`` score, rounded to 2 decimals."""
+    return {p: {v: {t: round(rows[v][t][aggregation], 2) for t in names} for v in rows} for p, rows in table.items()}
 
-    article = _article(names)
 
+def _tables(
+    ctx: ClaimContext,
+    table: Scores,
+    ranks: dict[str, set[str]],
+    names: list[str],
+    article: dict[str, dict[str, float]],
+) -> None:
+    """The ``table.wmean`` and ``table.all`` claims: every pooling and variant on every task."""
+    wmean, pooled = _rounded(table, names, "wmean"), _rounded(table, names, "all")
     ctx.claim(
         "table.wmean",
-        f"Spearman x100 ('wmean'), tasks {', '.join(names)}, per pooling and variant; whitening fitted on each task's own sentences (the article's 'target'); the article's BERT-base rows beside",
+        f"Spearman x100 ('wmean'), tasks {', '.join(names)}, per pooling and variant; whitening fitted on each "
+        "task's own sentences (the article's 'target'); the article's BERT-base rows beside",
         article_value=article,
-        measured=fmt("wmean"),
+        measured=wmean,
         documented=True,
-        table=_sts_table(fmt("wmean"), article, "'wmean' (subsets weighted by size, as SentEval and the article)"),
+        table=_sts_table(wmean, article, "'wmean' (subsets weighted by size, as SentEval and the article)"),
     )
     ctx.claim(
         "table.all",
         f"Spearman x100 ('all', pooled subsets), tasks {', '.join(names)}, per pooling and variant",
         article_value=None,
-        measured=fmt("all"),
+        measured=pooled,
         documented=True,
-        table=_sts_table(fmt("all"), None, "'all' (one Spearman over each task's pooled subsets, as MTEB)"),
+        table=_sts_table(pooled, None, "'all' (one Spearman over each task's pooled subsets, as MTEB)"),
         details="rank-deficient covariances (components kept): "
         + ("; ".join(f"{p}: {', '.join(sorted(r))}" for p, r in ranks.items()) or "none")
         + "; LayerNorm outputs lie on a hyperplane and some features are constant, so a few eigenvalues are zero"
         + (
             ""
             if ctx.full
-            else "; quick scale: the flow baseline is fitted for 1 epoch on 8,192 sampled sentences (--full: 6 epochs on all)"
+            else "; quick scale: the flow baseline is fitted for 1 epoch on 8,192 sampled sentences "
+            "(--full: 6 epochs on all)"
         ),
     )
+
+
+def _which_helps(
+    ctx: ClaimContext, table: Scores, names: list[str], article: dict[str, dict[str, float]]
+) -> dict[str, dict[str, float]]:
+    """The ``which_helps`` claim; returns pooling -> variant -> mean 'all' over the tasks."""
     best = {p: max(rows, key=lambda v: np.mean([rows[v][t]["all"] for t in names])) for p, rows in table.items()}
     mean_all = {
         p: {v: round(float(np.mean([rows[v][t]["all"] for t in names])), 2) for v in rows} for p, rows in table.items()
@@ -262,9 +312,10 @@ def sts(ctx: ClaimContext) -> None:
     }
     ctx.claim(
         "which_helps",
-        f"for this already fine-tuned model: the best variant per pooling (mean 'all' over the {len(names)} tasks) and whether "
-        f"whitening beats the model's own mean pooling. The article's values are its BERT-base means over the same {len(names)} tasks "
-        "('wmean', first-last-avg): whitening helps encoders not trained for similarity; published experience: it can hurt fine-tuned ones",
+        f"for this already fine-tuned model: the best variant per pooling (mean 'all' over the {len(names)} tasks) "
+        "and whether whitening beats the model's own mean pooling. The article's values are its BERT-base means "
+        f"over the same {len(names)} tasks ('wmean', first-last-avg): whitening helps encoders not trained for "
+        "similarity; published experience: it can hurt fine-tuned ones",
         article_value=article_means,
         measured={
             "best per pooling": best,
@@ -273,34 +324,17 @@ def sts(ctx: ClaimContext) -> None:
         },
         documented=True,
     )
-    _bars(ctx, mean_all)
-    _isotropy(ctx, vectors)
-    _retrieval_real(ctx, vectors)
-    ctx.claim(
-        "encode_time",
-        "encoding the STS sentences with all three poolings (one pass; kept in the cache folder, keyed by "
-        "the model's files, the sentences and the versions, unless --no-cache)",
-        article_value=None,
-        measured={
-            "sentences": len(sentences),
-            "seconds": round(encoding["seconds"], 1),
-            "from cache": "yes" if encoding["cached"] else "no (first run)",
-        },
-        documented=True,
-    )
+    return mean_all
 
 
 def _variant_scores(
-    ctx: ClaimContext, tasks, sentences: list[str], vectors: dict[str, np.ndarray], variants: dict[str, dict | None]
-) -> tuple[dict, dict[str, set[str]]]:
+    ctx: ClaimContext, tasks: Tasks, sentences: list[str], vectors: dict[str, np.ndarray], variants: Variants
+) -> tuple[Scores, dict[str, set[str]]]:
     """pooling → variant → task → scores: each whitening variant fitted on each task's own
     sentences (the article's "target"), and one flow per pooling fitted on all tasks' sentences
     (quick: 1 epoch on a fixed sample of 8,192 of them)."""
-    from kexue.sts import score_tasks
-    from kexue.whitening.flow import FlowWhitening
-
     index = {s: i for i, s in enumerate(sentences)}
-    table: dict[str, dict[str, dict[str, float]]] = {}
+    table: Scores = {}
     ranks: dict[str, set[str]] = {}
     flow_rows = (
         None
@@ -313,7 +347,7 @@ def _variant_scores(
     }
     local = {task: {sentences[r]: i for i, r in enumerate(rows)} for task, rows in own.items()}
     for pooling, vec in vectors.items():
-        rows: dict[str, dict[str, float]] = {variant: {} for variant in variants}
+        rows: dict[str, dict[str, TaskScores]] = {variant: {} for variant in variants}
         rows_of = torch.from_numpy(
             vec
         )  # float32, as users hold embeddings: statistics and map in float64, the product in float32
@@ -377,7 +411,7 @@ def _sts_table(
 
 
 def _bars(ctx: ClaimContext, mean_all: dict[str, dict[str, float]]) -> None:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional extra: report (the figures)
 
     poolings = list(mean_all)
     variants = list(next(iter(mean_all.values())))
@@ -405,10 +439,10 @@ def _isotropy(
     figure: str = "spectrum",
     encoder: str = "all-MiniLM-L6-v2",
 ) -> None:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional extra: report (the figures)
 
     rng = np.random.default_rng(ctx.seed)
-    measured = {}
+    measured: dict[str, dict[str, float]] = {}
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for pooling, vec in vectors.items():
         x = vec  # float32 rows; the statistics and the map are float64
@@ -444,7 +478,8 @@ def _isotropy(
     plt.close(fig)
     ctx.claim(
         claim,
-        f"anisotropy of {encoder} before/after whitening: mean cosine of 20,000 random sentence pairs, and the spectrum",
+        f"anisotropy of {encoder} before/after whitening: mean cosine of 20,000 random sentence pairs, "
+        "and the spectrum",
         article_value="whitened vectors are isotropic",
         measured=measured,
         passed=all(
@@ -469,7 +504,7 @@ def retrieval(ctx: ClaimContext) -> None:
     mixing = (basis * np.sqrt(spectrum)) @ basis.T
     db = (rng.standard_normal((n, d)) @ mixing + 0.3).astype(np.float32)
     q = (rng.standard_normal((queries, d)) @ mixing + 0.3).astype(np.float32)
-    w = Whitening(k).fit(db)
+    w = Whitening(n_components=k).fit(db)
     db_w = w.transform(db).astype(np.float32)
     q_w = w.transform(q).astype(np.float32)
 
@@ -495,7 +530,8 @@ def retrieval(ctx: ClaimContext) -> None:
     speedup = timings["raw"] / timings["whitened"]
     ctx.claim(
         "retrieval",
-        f"top-10 cosine search, {queries} queries over {n} vectors: whitened k = {k} vs raw d = {d} (synthetic vectors with a decaying spectrum)",
+        f"top-10 cosine search, {queries} queries over {n} vectors: whitened k = {k} vs raw d = {d} "
+        "(synthetic vectors with a decaying spectrum)",
         article_value="faster retrieval with k << d",
         measured={
             "raw s": round(timings["raw"], 4),
@@ -510,7 +546,7 @@ def retrieval(ctx: ClaimContext) -> None:
 
 
 # the raw encoder is 96 wide at quick scale (256 at --full): its k-variants are fractions of its width
-def _raw_variants(width: int) -> dict[str, dict | None]:
+def _raw_variants(width: int) -> Variants:
     return {
         "raw": None,
         "whitening": {},
@@ -525,25 +561,19 @@ def _raw_variants(width: int) -> dict[str, dict | None]:
 @SUITE.check
 def raw_encoder(ctx: ClaimContext) -> None:
     """The article's claim where it applies: a raw masked-LM encoder, pre-trained here."""
-    from kexue.sts import unique_sentences
-    from kexue.whitening.pooling import POOLINGS, cached_encode_poolings
-    from kexue.whitening.raw_encoder import FULL, QUICK, pretrain_raw_encoder
+    from kexue.whitening.pooling import POOLINGS, cached_encode_poolings  # optional extra: nlp
 
     config = FULL if ctx.full else QUICK
-    with ctx.steps("pre-training the raw masked-LM encoder", config.steps) as advance:
-        folder = pretrain_raw_encoder(config, progress=lambda step, loss: advance(1))
-    log = json.loads((folder / "pretraining.json").read_text())
+    folder, log = _pretrained(ctx, config)
     tasks = _tasks(ctx)
     sentences = unique_sentences(tasks)
     with ctx.steps("encoding STS sentences (raw encoder)", len(sentences)) as advance:
-        vectors, _ = cached_encode_poolings(folder, sentences, POOLINGS, max_length=config.max_length, progress=advance)
+        vectors, _ = cached_encode_poolings(
+            folder, sentences, poolings=POOLINGS, max_length=config.max_length, progress=advance
+        )
     names = list(tasks)
     table, _ = _variant_scores(ctx, tasks, sentences, vectors, _raw_variants(config.hidden))
-    wmean = {p: {v: {t: round(rows[v][t]["wmean"], 2) for t in names} for v in rows} for p, rows in table.items()}
-    mean = {
-        p: {v: round(float(np.mean([rows[v][t]["wmean"] for t in names])), 2) for v in rows}
-        for p, rows in table.items()
-    }
+    wmean = _rounded(table, names, "wmean")
     article = _article(names)
     encoder = (
         f"raw masked-LM encoder ({config.layers} x {config.hidden}, {config.steps} steps of {config.batch_size} "
@@ -558,14 +588,32 @@ def raw_encoder(ctx: ClaimContext) -> None:
         table=_sts_table(wmean, article, "'wmean'", encoder=encoder),
         details=f"pre-training took {log['seconds']:.0f} s (cached in the kexue cache folder for later runs)",
     )
-    fla = mean["first-last-avg"]
+    rows = table["first-last-avg"]
+    fla = {v: round(float(np.mean([rows[v][t]["wmean"] for t in names])), 2) for v in rows}
+    _raw_encoder_verdicts(ctx, fla, names, article)
+    _isotropy(ctx, vectors, claim="raw_encoder.isotropy", figure="raw_encoder_spectrum", encoder="the raw encoder")
+
+
+def _pretrained(ctx: ClaimContext, config: PretrainConfig) -> tuple[Path, dict[str, Any]]:
+    """The raw encoder's folder (pre-trained now, or from the cache) and its ``pretraining.json``."""
+    with ctx.steps("pre-training the raw masked-LM encoder", config.steps) as advance:
+        folder = pretrain_raw_encoder(config, progress=lambda step, loss: advance(1))
+    return folder, json.loads((folder / "pretraining.json").read_text())
+
+
+def _raw_encoder_verdicts(
+    ctx: ClaimContext, fla: dict[str, float], names: list[str], article: dict[str, dict[str, float]]
+) -> None:
+    """Whether whitening helps the raw encoder and matches the flow, from ``fla`` (variant -> mean
+    'wmean' of first-last-avg), with the article's BERT-base means beside."""
     article_raw, article_white, article_flow = (
         float(np.mean(list(article[v].values()))) for v in ("first-last-avg", "whitening (target)", "flow (target)")
     )
     ctx.claim(
         "raw_encoder.whitening_helps",
         f"whitening helps a raw masked-LM encoder (first-last-avg, mean 'wmean' over the "
-        f"{len(names)} tasks {', '.join(names)}, whitening fitted on each task's sentences); the article's BERT-base means beside",
+        f"{len(names)} tasks {', '.join(names)}, whitening fitted on each task's sentences); "
+        "the article's BERT-base means beside",
         article_value={
             "raw": round(article_raw, 2),
             "whitening": round(article_white, 2),
@@ -594,7 +642,6 @@ def raw_encoder(ctx: ClaimContext) -> None:
             else "the flow is fitted for 6 epochs on all the tasks' sentences"
         ),
     )
-    _isotropy(ctx, vectors, claim="raw_encoder.isotropy", figure="raw_encoder_spectrum", encoder="the raw encoder")
 
 
 def _retrieval_real(ctx: ClaimContext, vectors: dict[str, np.ndarray]) -> None:
@@ -606,8 +653,9 @@ def _retrieval_real(ctx: ClaimContext, vectors: dict[str, np.ndarray]) -> None:
     queries = db[rng.choice(n, 500, replace=False)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RankDeficientWarning)
-        w = Whitening(k).fit(db)
-    timings, tops = {}, {}
+        w = Whitening(n_components=k).fit(db)
+    timings: dict[str, float] = {}
+    tops: dict[str, torch.Tensor] = {}
     for name, (base, probe) in {"raw": (db, queries), "whitened": (w.transform(db), w.transform(queries))}.items():
         base_t = torch.nn.functional.normalize(torch.as_tensor(base, dtype=torch.float32), dim=1)
         probe_t = torch.nn.functional.normalize(torch.as_tensor(probe, dtype=torch.float32), dim=1)

@@ -26,7 +26,14 @@ _MAP = ("kernel", "bias")  # the buffers that define the map (never cast, only m
 
 
 def statistics_dtype(device: torch.device) -> torch.dtype:
-    """The dtype a whitening map is kept in on ``device``: float64, or float32 on MPS (no float64 there)."""
+    """The dtype a whitening map is kept in on ``device``: float64, or float32 on MPS (no float64 there).
+
+    Args:
+        device: where the map is kept.
+
+    Returns:
+        ``torch.float64``, or ``torch.float32`` on MPS.
+    """
     return torch.float32 if device.type == "mps" else torch.float64
 
 
@@ -35,6 +42,14 @@ def whiten(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor) -> torch.T
 
     Centring before the product keeps the accuracy when the mean dominates the spread (anisotropic
     embeddings): ``x W − μW`` would cancel. Reads no value back to the host.
+
+    Args:
+        x: the rows to whiten, ``(..., d)``, a floating-point tensor.
+        kernel: the map's matrix ``W``, ``(d, k)``.
+        bias: the shift ``βμ``, ``(d,)``.
+
+    Returns:
+        ``(x − bias) @ kernel``, ``(..., k)``, in ``x``'s dtype on ``x``'s device.
 
     Raises:
         TypeError: ``x`` is not a floating-point tensor.
@@ -58,19 +73,33 @@ class _HoldsMap(nn.Module):
     """A module with the buffers ``kernel`` (d, k) and ``bias`` (d,) of a whitening map, kept in
     :func:`statistics_dtype` through every cast; they follow the module's device."""
 
+    kernel: torch.Tensor  # (d, k) buffer
+    bias: torch.Tensor  # (d,) buffer
+
     def _register_map(self, whitening: Whitening) -> None:
         for name, value in (("kernel", whitening.kernel_), ("bias", whitening.bias_)):
             self.register_buffer(name, torch.from_numpy(value.copy()).to(torch.float64))
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> nn.Module:
-        held = {name: self._buffers.pop(name) for name in _MAP}
+        held: dict[str, torch.Tensor | None] = {name: self._buffers.pop(name) for name in _MAP}
         try:
             super()._apply(fn, recurse)
-            device = fn(held["kernel"].new_empty(0, dtype=torch.float32)).device  # where the cast sends tensors
-            held = {name: value.to(device=device, dtype=statistics_dtype(device)) for name, value in held.items()}
+            device = fn(
+                self._held_kernel(held).new_empty(0, dtype=torch.float32)
+            ).device  # where the cast sends tensors
+            dtype = statistics_dtype(device)
+            held = {name: None if v is None else v.to(device=device, dtype=dtype) for name, v in held.items()}
         finally:
             self._buffers.update(held)
         return self
+
+    @staticmethod
+    def _held_kernel(held: dict[str, torch.Tensor | None]) -> torch.Tensor:
+        """The held kernel (registered by ``_register_map`` before any cast)."""
+        kernel = held["kernel"]
+        if kernel is None:  # pragma: no cover -- the buffers are registered in __init__
+            raise RuntimeError("the whitening map's buffers are missing")
+        return kernel
 
 
 class WhiteningLayer(_HoldsMap):
@@ -86,8 +115,13 @@ class WhiteningLayer(_HoldsMap):
         whitening: a fitted :class:`~kexue.whitening.Whitening`.
 
     Example:
-        >>> layer = WhiteningLayer(Whitening(256).fit(corpus_embeddings)).to("cuda")
-        >>> z = layer(batch.bfloat16())          # (n, 256) bfloat16, computed in float32
+        >>> import torch
+        >>> from kexue.whitening import Whitening, WhiteningLayer
+        >>> x = torch.randn(500, 8, dtype=torch.float64) * torch.arange(1.0, 9.0) + 3.0
+        >>> layer = WhiteningLayer(Whitening(n_components=4).fit(x)).bfloat16()  # or .to("cuda")
+        >>> z = layer(x[:10].bfloat16())  # computed in float32, returned in bfloat16
+        >>> tuple(z.shape), z.dtype, layer.kernel.dtype
+        ((10, 4), torch.bfloat16, torch.float64)
     """
 
     def __init__(self, whitening: Whitening) -> None:
@@ -97,9 +131,21 @@ class WhiteningLayer(_HoldsMap):
         self._register_map(whitening)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Whiten the rows of ``x`` (..., d) -> (..., k), in ``x``'s dtype and device."""
+        """Whiten the rows of ``x`` (..., d) -> (..., k), in ``x``'s dtype and device.
+
+        Args:
+            x: floating-point rows on the module's device, ``(..., d)``.
+
+        Returns:
+            The whitened rows, ``(..., k)``.
+        """
         return whiten(x, self.kernel, self.bias)
 
     def extra_repr(self) -> str:
+        """The widths and the map's dtype, for ``repr(layer)``.
+
+        Returns:
+            ``"in_features=d, out_features=k, map dtype=..."``.
+        """
         d, k = self.kernel.shape
         return f"in_features={d}, out_features={k}, map dtype={self.kernel.dtype}"

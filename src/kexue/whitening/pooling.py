@@ -20,22 +20,45 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 
+from kexue import __version__
+from kexue._native import cache_dir
 from kexue._optional import require_extra
 from kexue._shared import check_int
+from kexue.data import quiet_offline_transformers
+from kexue.report.io import atomic_write
 
 require_extra("kexue.whitening.pooling (encoding with a Hugging Face model)", "transformers")
 
-__all__ = ["POOLINGS", "cached_encode_poolings", "encode_poolings", "encoding_cache_key", "parse_pooling"]
+__all__ = ["POOLINGS", "Pooling", "cached_encode_poolings", "encode_poolings", "encoding_cache_key", "parse_pooling"]
 
-POOLINGS = ("first-last-avg", "last-avg", "cls")
+# the named poolings; ``layers:i,j,...`` (any set of hidden states) is accepted beside them, so the
+# functions take ``str`` pooling names
+Pooling = Literal["first-last-avg", "last-avg", "cls"]
+POOLINGS: tuple[Pooling, ...] = get_args(Pooling)
 
 
-def parse_pooling(pooling: str) -> tuple[str, tuple[int, ...]]:
-    """``(kind, layers)`` of a pooling name; a clear error for anything else."""
+def parse_pooling(pooling: str) -> tuple[Literal["cls", "avg"], tuple[int, ...]]:
+    """``(kind, layers)`` of a pooling name; a clear error for anything else.
+
+    Args:
+        pooling: one of :data:`POOLINGS` or ``"layers:i,j,..."``.
+
+    Returns:
+        ``("cls", (-1,))`` for the last layer's first token, else ``("avg", layers)``: the hidden
+        states averaged (0 = the embedding output, negative indices count from the end).
+
+    Raises:
+        ValueError: any other name.
+
+    Example:
+        >>> parse_pooling("first-last-avg"), parse_pooling("layers:0,-1")
+        (('avg', (1, -1)), ('avg', (0, -1)))
+    """
     if pooling == "cls":
         return "cls", (-1,)
     if pooling == "last-avg":
@@ -55,8 +78,8 @@ def parse_pooling(pooling: str) -> tuple[str, tuple[int, ...]]:
 def encode_poolings(
     model_dir: str | os.PathLike,
     sentences: Sequence[str],
-    poolings: Sequence[str] = POOLINGS,
     *,
+    poolings: Sequence[str] = POOLINGS,
     batch_size: int = 512,
     batch_tokens: int = 4096,
     max_length: int = 256,
@@ -65,15 +88,28 @@ def encode_poolings(
     """Encode ``sentences`` once and return ``{pooling: (N, D) float32}`` in input order.
 
     Sentences are tokenised once, sorted by token count and batched up to ``batch_size``
-    sentences and ``batch_tokens`` tokens (padding included), so a batch holds sentences of nearly one length (sorting by
-    characters instead pads STS's sentences by 47 % more tokens) and every matrix product is
-    large;
-    the model runs in eval mode without gradient; ``progress(n)`` is called after each batch
-    with its size.
-    """
-    from transformers import AutoModel, AutoTokenizer
+    sentences and ``batch_tokens`` tokens (padding included), so a batch holds sentences of nearly
+    one length (sorting by characters instead pads STS's sentences by 47 % more tokens) and every
+    matrix product is large; the model runs in eval mode without gradient; ``progress(n)`` is
+    called after each batch with its size.
 
-    from kexue.data import quiet_offline_transformers
+    Args:
+        model_dir: a transformers encoder's folder (``config.json``, weights, tokenizer).
+        sentences: the sentences.
+        poolings: the poolings to compute (see :func:`parse_pooling`).
+        batch_size: at most this many sentences per batch.
+        batch_tokens: at most this many tokens (padding included) per batch.
+        max_length: sentences are truncated to this many tokens.
+        progress: called with the size of each batch once it is encoded.
+
+    Returns:
+        ``{pooling: (len(sentences), hidden) float32 array}``.
+
+    Raises:
+        FileNotFoundError: ``model_dir`` has no ``config.json``.
+        ValueError: an unknown pooling.
+    """
+    from transformers import AutoModel, AutoTokenizer  # optional extra: nlp
 
     for name, value in (("batch_size", batch_size), ("batch_tokens", batch_tokens)):
         check_int(name, value, 1)
@@ -126,14 +162,22 @@ def _file_digest(path: Path) -> str:
 
 
 def encoding_cache_key(
-    model_dir: str | os.PathLike, sentences: Sequence[str], poolings: Sequence[str], max_length: int
+    model_dir: str | os.PathLike, sentences: Sequence[str], *, poolings: Sequence[str], max_length: int
 ) -> str:
     """A digest of everything the encodings depend on: the model folder's files (contents, not
     names or dates), the sentences in order, the poolings, ``max_length``, this module's source
-    and the versions of kexue, torch and transformers; a change to any of them is a new key."""
-    import transformers
+    and the versions of kexue, torch and transformers; a change to any of them is a new key.
 
-    from kexue import __version__
+    Args:
+        model_dir: the encoder's folder.
+        sentences: the sentences, in order.
+        poolings: the poolings.
+        max_length: the truncation length.
+
+    Returns:
+        A 32-character hexadecimal key.
+    """
+    import transformers  # optional extra: nlp
 
     path = Path(model_dir)
     files = {str(f.relative_to(path)): _file_digest(f) for f in sorted(path.rglob("*")) if f.is_file()}
@@ -160,8 +204,8 @@ def encoding_cache_key(
 def cached_encode_poolings(
     model_dir: str | os.PathLike,
     sentences: Sequence[str],
-    poolings: Sequence[str] = POOLINGS,
     *,
+    poolings: Sequence[str] = POOLINGS,
     max_length: int = 256,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, np.ndarray], bool]:
@@ -173,12 +217,19 @@ def cached_encode_poolings(
     always encodes and leaves the cache as it is; an unreadable or unwritable cache only costs
     the time of encoding again. An entry for the STS sets is about 116 MB (25,190 × 384 × 3
     float32); old entries are not removed (delete ``encodings/`` in the cache folder to free them).
-    """
-    from kexue._native import cache_dir
-    from kexue.report.io import atomic_write
 
+    Args:
+        model_dir: as for :func:`encode_poolings`.
+        sentences: as for :func:`encode_poolings`.
+        poolings: as for :func:`encode_poolings`.
+        max_length: as for :func:`encode_poolings`.
+        progress: as for :func:`encode_poolings` (called once with the count on a hit).
+
+    Returns:
+        ``(vectors, hit)``: :func:`encode_poolings`' result and whether it came from the cache.
+    """
     use_cache = os.environ.get("KEXUE_NO_CACHE", "") in ("", "0")
-    key = encoding_cache_key(model_dir, sentences, poolings, max_length) if use_cache else ""
+    key = encoding_cache_key(model_dir, sentences, poolings=poolings, max_length=max_length) if use_cache else ""
     target = cache_dir() / "encodings" / f"{key}.npz"
     if use_cache and target.is_file():
         try:
@@ -190,10 +241,11 @@ def cached_encode_poolings(
                 return vectors, True
         except Exception:  # a damaged entry (truncated, not a zip, a missing array): encode again and replace it
             pass
-    vectors = encode_poolings(model_dir, sentences, poolings, max_length=max_length, progress=progress)
+    vectors = encode_poolings(model_dir, sentences, poolings=poolings, max_length=max_length, progress=progress)
     if use_cache:
         buffer = io.BytesIO()
-        np.savez(buffer, **vectors)
+        arrays: dict[str, Any] = dict(vectors)  # np.savez's stub types its **arrays like its allow_pickle flag
+        np.savez(buffer, **arrays)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(target, buffer.getvalue())

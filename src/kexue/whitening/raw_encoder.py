@@ -26,21 +26,45 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from kexue import __version__
+from kexue._native import cache_dir
 from kexue._shared import check_int, check_number
+from kexue.data import STS_TASKS, embedded_model_path, load_task, load_tinyshakespeare, quiet_offline_transformers
+from kexue.sts import unique_sentences
+
+if TYPE_CHECKING:
+    from transformers import BertModel, PreTrainedTokenizerBase
 
 __all__ = ["FULL", "QUICK", "PretrainConfig", "corpus", "pretrain_raw_encoder"]
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """A masked-LM pre-training run (BERT's architecture and objective, small)."""
+    """A masked-LM pre-training run (BERT's architecture and objective, small).
+
+    Args:
+        hidden: the hidden width.
+        layers: the number of Transformer layers.
+        heads: attention heads per layer (``hidden`` must be a multiple).
+        intermediate: the feed-forward width.
+        max_length: sentences are truncated to this many word pieces.
+        batch_size: sentences per step.
+        steps: optimiser steps.
+        lr: AdamW's peak learning rate.
+        warmup: linear warm-up steps (then linear decay to 0).
+        mask_probability: the share of word pieces chosen for prediction.
+        seed: initialisation, sentence order and corruption.
+    """
 
     hidden: int = 96
     layers: int = 2
@@ -55,6 +79,11 @@ class PretrainConfig:
     seed: int = 0
 
     def validate(self) -> None:
+        """Check every field.
+
+        Raises:
+            ValueError: a field out of range (named in the message).
+        """
         for name in ("hidden", "layers", "heads", "intermediate", "max_length", "batch_size", "steps", "warmup"):
             check_int(name, getattr(self, name), 0 if name == "warmup" else 1)
         if self.hidden % self.heads:
@@ -71,10 +100,15 @@ FULL = PretrainConfig(
 
 
 def corpus(root: str | os.PathLike | None = None) -> list[str]:
-    """Every distinct STS12-16 / STS-B / SICK-R sentence, then the non-empty lines of tinyshakespeare."""
-    from kexue.data import STS_TASKS, load_task, load_tinyshakespeare
-    from kexue.sts import unique_sentences
+    """Every distinct STS12-16 / STS-B / SICK-R sentence, then the non-empty lines of tinyshakespeare.
 
+    Args:
+        root: the data folder (default: kexue's, see :mod:`kexue.data`).
+
+    Returns:
+        The sentences, STS/SICK's first (in first-seen order), then tinyshakespeare's lines longer
+        than 12 characters that are not already there.
+    """
     sentences = unique_sentences({t: load_task(t, root) for t in STS_TASKS})
     seen = set(sentences)
     for line in load_tinyshakespeare(root).splitlines():
@@ -86,9 +120,7 @@ def corpus(root: str | os.PathLike | None = None) -> list[str]:
 
 
 def _cache_key(config: PretrainConfig, sentences: Sequence[str], tokenizer_dir: Path) -> str:
-    import transformers
-
-    from kexue import __version__
+    import transformers  # optional extra: nlp
 
     h = hashlib.sha256(
         json.dumps(
@@ -116,7 +148,7 @@ class _MaskedLM(nn.Module):
     """BERT's encoder plus its masked-LM head (transform, LayerNorm, tied decoder), scoring only
     the chosen positions."""
 
-    def __init__(self, bert: nn.Module) -> None:
+    def __init__(self, bert: BertModel) -> None:
         super().__init__()
         self.bert = bert
         width = bert.config.hidden_size
@@ -125,13 +157,21 @@ class _MaskedLM(nn.Module):
         )
         self.bias = nn.Parameter(torch.zeros(bert.config.vocab_size))
 
-    def forward(self, input_ids, attention_mask, chosen, targets) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, chosen: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
         hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[chosen]
         logits = self.transform(hidden) @ self.bert.embeddings.word_embeddings.weight.T + self.bias
         return nn.functional.cross_entropy(logits, targets)
 
 
-def _mask(ids: torch.Tensor, special: torch.Tensor, config: PretrainConfig, tokenizer, g: torch.Generator):
+def _mask(
+    ids: torch.Tensor,
+    special: torch.Tensor,
+    config: PretrainConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    g: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """BERT's corruption: choose 15 % of the real pieces; 80 % [MASK], 10 % random, 10 % kept."""
     candidates = ~special
     chosen = (torch.rand(ids.shape, generator=g) < config.mask_probability) & candidates
@@ -169,10 +209,7 @@ def pretrain_raw_encoder(
         A folder holding the ``BertModel`` (encoder only), the tokenizer and ``pretraining.json``
         (the settings, the loss curve and the seconds).
     """
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from kexue._native import cache_dir
-    from kexue.data import embedded_model_path, quiet_offline_transformers
+    from transformers import AutoTokenizer  # optional extra: nlp
 
     config.validate()
     quiet_offline_transformers()
@@ -186,31 +223,15 @@ def pretrain_raw_encoder(
     if use_cache and (target / "pretraining.json").is_file():
         return target
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    torch.manual_seed(config.seed)
-    bert = BertModel(
-        BertConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=config.hidden,
-            num_hidden_layers=config.layers,
-            num_attention_heads=config.heads,
-            intermediate_size=config.intermediate,
-            max_position_embeddings=config.max_length,
-        )
-    )  # its pooler is unused, but AutoModel expects one
-    model = _MaskedLM(bert).train()
-    losses, seconds = _train(model, tokenizer, sentences, config, progress)
-    import tempfile
-
+    bert = _new_bert(config, tokenizer)
+    losses, seconds = _train(_MaskedLM(bert).train(), tokenizer, sentences, config, progress)
     if use_cache:
         root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="raw-encoder.tmp-", dir=str(root) if use_cache else None))
     bert.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
-    (tmp / "pretraining.json").write_text(
-        json.dumps(
-            {"config": asdict(config), "sentences": len(sentences), "losses": losses, "seconds": seconds}, indent=1
-        )
-    )
+    log = {"config": asdict(config), "sentences": len(sentences), "losses": losses, "seconds": seconds}
+    (tmp / "pretraining.json").write_text(json.dumps(log, indent=1))
     if not use_cache:
         return tmp
     try:
@@ -220,15 +241,40 @@ def pretrain_raw_encoder(
     return target
 
 
+def _new_bert(config: PretrainConfig, tokenizer: PreTrainedTokenizerBase) -> BertModel:
+    """A freshly initialised ``BertModel`` of ``config``'s size (seeded), for the tokenizer's vocabulary."""
+    from transformers import BertConfig, BertModel  # optional extra: nlp
+
+    torch.manual_seed(config.seed)
+    return BertModel(
+        BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=config.hidden,
+            num_hidden_layers=config.layers,
+            num_attention_heads=config.heads,
+            intermediate_size=config.intermediate,
+            max_position_embeddings=config.max_length,
+        )
+    )  # its pooler is unused, but AutoModel expects one
+
+
+def _padded(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, attention mask)`` of a batch of word-piece id lists, padded on the right."""
+    width = max(map(len, batch))
+    ids = torch.full((len(batch), width), pad_id)
+    for row, piece_ids in enumerate(batch):
+        ids[row, : len(piece_ids)] = torch.tensor(piece_ids)
+    attention = (torch.arange(width)[None] < torch.tensor([len(b) for b in batch])[:, None]).long()
+    return ids, attention
+
+
 def _train(
     model: _MaskedLM,
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     sentences: list[str],
     config: PretrainConfig,
     progress: Callable[[int, float], None] | None,
 ) -> tuple[list[float], float]:
-    import time
-
     g = torch.Generator().manual_seed(config.seed)
     order = torch.randperm(len(sentences), generator=g)[
         : config.steps * config.batch_size
@@ -243,18 +289,13 @@ def _train(
             (s + 1) / max(1, config.warmup), max(0.0, (config.steps - s) / max(1, config.steps - config.warmup))
         ),
     )
-    special = set(tokenizer.all_special_ids)
-    losses, start = [], time.perf_counter()
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+    losses: list[float] = []
+    start = time.perf_counter()
     for step in range(config.steps):
         lo = (step * config.batch_size) % (len(encoded) - config.batch_size + 1)  # past one epoch: around again
-        batch = encoded[lo : lo + config.batch_size]
-        width = max(map(len, batch))
-        ids = torch.full((len(batch), width), tokenizer.pad_token_id)
-        for row, piece_ids in enumerate(batch):
-            ids[row, : len(piece_ids)] = torch.tensor(piece_ids)
-        attention = (torch.arange(width)[None] < torch.tensor([len(b) for b in batch])[:, None]).long()
-        is_special = torch.isin(ids, torch.tensor(sorted(special)))
-        corrupted, chosen, targets = _mask(ids, is_special, config, tokenizer, g)
+        ids, attention = _padded(encoded[lo : lo + config.batch_size], tokenizer.pad_token_id)
+        corrupted, chosen, targets = _mask(ids, torch.isin(ids, special), config, tokenizer, g)
         loss = model(corrupted, attention, chosen, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

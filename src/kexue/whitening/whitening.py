@@ -27,30 +27,46 @@ import os
 import warnings
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias, overload
 
 import numpy as np
+import numpy.typing as npt
 import torch
+import torch.distributed as dist
+from safetensors import safe_open
+from safetensors.numpy import save_file
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_array, validate_data
 
 from kexue._device import autocast_disabled, collective_device
 from kexue._shared import check_finite, check_int, check_number, check_process_group
+from kexue.report.io import publish
 
-__all__ = ["RankDeficientWarning", "Whitening", "validate_rows"]
+__all__ = ["RankDeficientWarning", "Statistics", "Whitening", "validate_rows"]
+
+Statistics: TypeAlias = tuple[int, np.ndarray, np.ndarray]  # (n, μ (d,), M (d, d)), float64
+# a weakly keyed cache entry: (key, weak refs to mean_ and scatter_, the cached value)
+_Entry: TypeAlias = tuple[Any, "weakref.ref[np.ndarray]", "weakref.ref[np.ndarray]", Any]
 
 _FORMAT = "kexue.whitening/1"
 _CHUNK_ROWS = 65536  # rows converted to float64 at a time: bounds the memory of a huge batch
 # The eigendecomposition of each fitted Whitening, kept outside the estimator (transform must not
 # change its __dict__) and keyed by everything it depends on: the parameters and the very arrays
 # of the statistics, so set_params or more fitting can never leave it stale.
-_SOLVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SOLVED: weakref.WeakKeyDictionary[Whitening, _Entry] = weakref.WeakKeyDictionary()
 # The eigendecomposition alone, keyed by what it depends on (statistics, ddof, shrinkage): changing
 # n_components, beta, gamma or eps with set_params re-derives the map without a new eigh.
-_DECOMPOSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_DECOMPOSED: weakref.WeakKeyDictionary[Whitening, _Entry] = weakref.WeakKeyDictionary()
 
 
 class RankDeficientWarning(UserWarning):
-    """The covariance has (numerically) zero eigenvalues among the kept components."""
+    """The covariance has (numerically) zero eigenvalues among the kept components.
+
+    Args:
+        *args: the message, as for any ``Warning``.
+        **kwargs: none are used (``Warning`` takes none).
+    """
 
 
 def validate_rows(estimator: BaseEstimator | None, X: Any, *, reset: bool = False) -> torch.Tensor:
@@ -61,10 +77,21 @@ def validate_rows(estimator: BaseEstimator | None, X: Any, *, reset: bool = Fals
     float64 and keeps float32); torch tensors keep their device and dtype and get the same checks
     here. ``reset=True`` records the estimator's ``n_features_in_``; ``reset=False`` checks it.
     ``estimator=None`` checks the rows alone (no feature count).
+
+    Args:
+        estimator: the estimator whose ``n_features_in_`` is recorded or checked, or None.
+        X: the rows, ``(n_samples, n_features)``: a torch tensor, NumPy array or array-like.
+        reset: record the feature count (fitting afresh) instead of checking it.
+
+    Returns:
+        ``X`` as a 2-D tensor: a torch input itself (detached, same device and dtype), other input
+        converted by scikit-learn (float64 or float32) and shared with it where possible.
+
+    Raises:
+        ValueError: sparse, complex, non-finite, empty or not 2-D input, the meta device, or a
+            feature count other than the fitted one.
     """
     if not isinstance(X, torch.Tensor):
-        from sklearn.utils.validation import check_array, validate_data
-
         options = {"dtype": [np.float64, np.float32], "ensure_all_finite": False}  # non-finite: check_finite's message
         array = check_array(X, **options) if estimator is None else validate_data(estimator, X, reset=reset, **options)
         if not array.flags.writeable or any(s < 0 for s in array.strides):  # broadcast or reversed views:
@@ -96,7 +123,8 @@ def validate_rows(estimator: BaseEstimator | None, X: Any, *, reset: bool = Fals
         estimator.n_features_in_ = d
     elif hasattr(estimator, "n_features_in_") and d != estimator.n_features_in_:
         raise ValueError(
-            f"X has {d} features, but {type(estimator).__name__} is expecting {estimator.n_features_in_} features as input."
+            f"X has {d} features, but {type(estimator).__name__} is expecting {estimator.n_features_in_} "
+            "features as input."
         )
     check_finite("X", x)
     return x
@@ -108,26 +136,50 @@ def _float64_device(device: torch.device) -> torch.device:
     return torch.device("cpu") if device.type == "mps" else device
 
 
-def batch_statistics(x: torch.Tensor) -> tuple[int, np.ndarray, np.ndarray]:
+def empty_statistics(d: int) -> Statistics:
+    """The statistics of no rows in ``d`` dimensions: the identity of :func:`merge_statistics`."""
+    return 0, np.zeros(d), np.zeros((d, d))
+
+
+def _chunk_statistics(chunk: torch.Tensor) -> Statistics:
+    """``(n, μ, M)`` of one float64 chunk, computed on its device with autocast off."""
+    with autocast_disabled(chunk):
+        mu = chunk.mean(0)
+        centred = chunk - mu
+        m2 = (centred.T @ centred).cpu().numpy()
+    return chunk.shape[0], mu.cpu().numpy(), m2
+
+
+def batch_statistics(x: torch.Tensor) -> Statistics:
     """``(n, μ, M)`` of the rows of ``x`` in float64, chunk by chunk (exact Chan merges).
 
     Each chunk's mean and scatter are computed in float64 on ``x``'s device (on the CPU for MPS)
     with autocast off, then merged on the host (one transfer per chunk: fitting synchronises).
+
+    Args:
+        x: the rows, ``(n, d)``.
+
+    Returns:
+        The statistics: the count, the mean ``(d,)`` and the scatter ``(d, d)``, float64 NumPy.
     """
     device = _float64_device(x.device)
-    n, mean, scatter = 0, None, None
+    stats = empty_statistics(x.shape[1])
     for start in range(0, x.shape[0], _CHUNK_ROWS):
         chunk = x[start : start + _CHUNK_ROWS].to(device=device, dtype=torch.float64)
-        with autocast_disabled(chunk):
-            mu = chunk.mean(0)
-            centred = chunk - mu
-            m2 = (centred.T @ centred).cpu().numpy()
-        n, mean, scatter = merge_statistics((n, mean, scatter), (chunk.shape[0], mu.cpu().numpy(), m2))
-    return n, mean, scatter
+        stats = merge_statistics(stats, _chunk_statistics(chunk))
+    return stats
 
 
-def merge_statistics(a: tuple[int, Any, Any], b: tuple[int, Any, Any]) -> tuple[int, np.ndarray, np.ndarray]:
-    """Chan et al.'s pairwise merge of ``(n, μ, M)``; an empty side (``n = 0``) is the identity."""
+def merge_statistics(a: Statistics, b: Statistics) -> Statistics:
+    """Chan et al.'s pairwise merge of ``(n, μ, M)``; an empty side (``n = 0``) is the identity.
+
+    Args:
+        a: the statistics of one part.
+        b: the statistics of another part, of the same dimension.
+
+    Returns:
+        The statistics of both parts together (one side itself when the other is empty).
+    """
     na, ma, sa = a
     nb, mb, sb = b
     if na == 0:
@@ -157,7 +209,7 @@ class Whitening(TransformerMixin, BaseEstimator):
     Attributes (after fitting):
         n_samples_seen_, n_features_in_, mean_ (μ), scatter_ (M), and, computed on demand,
         eigenvalues_ (all d, decreasing), components_ ((k, d), rows ``U_kᵀ``), kernel_
-        (``(d, k)``), bias_ (``β μ``), n_components_.
+        (``(d, k)``), bias_ (``β μ``), n_components_; ``info_`` after :meth:`load`.
 
     Rank deficiency (fewer samples than dimensions, duplicated or constant features):
     eigenvalues below ``d · ε_float64 · λ_max`` are zero to machine precision. Unless ``eps`` or
@@ -165,16 +217,32 @@ class Whitening(TransformerMixin, BaseEstimator):
     :class:`RankDeficientWarning`, so the output never holds ``inf`` or amplified noise.
 
     Example:
-        >>> w = Whitening(n_components=256).fit(embeddings)            # (N, 384) NumPy or torch
-        >>> for batch in stream: w.partial_fit(batch)                  # or: streaming
-        >>> z = w.transform(queries)                                   # (n, 256), same type as input
-        >>> w.save("w.safetensors"); w2 = Whitening.load("w.safetensors")
+        >>> import numpy as np
+        >>> from kexue.whitening import Whitening
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.standard_normal((1000, 6)) @ np.diag([5.0, 3, 2, 1, 0.5, 0.1]) + 1.0
+        >>> w = Whitening(n_components=4).fit(x)            # (N, d) NumPy or torch
+        >>> z = w.transform(x)                              # (N, 4), same type as the input
+        >>> z.shape, bool(np.allclose(np.cov(z.T, ddof=0), np.eye(4)))
+        ((1000, 4), True)
+        >>> streamed = Whitening(n_components=4)
+        >>> for batch in np.array_split(x, 7):              # or: streaming
+        ...     _ = streamed.partial_fit(batch)
+        >>> bool(np.allclose(streamed.transform(x), z))
+        True
     """
+
+    # fitted state (scikit-learn's convention: set by fit/partial_fit/load, absent before)
+    n_samples_seen_: int
+    n_features_in_: int
+    mean_: np.ndarray
+    scatter_: np.ndarray
+    info_: dict[str, Any]
 
     def __init__(
         self,
-        n_components: int | None = None,
         *,
+        n_components: int | None = None,
         beta: float = 1.0,
         gamma: float = 1.0,
         ddof: int = 0,
@@ -200,43 +268,75 @@ class Whitening(TransformerMixin, BaseEstimator):
         if not (np.isfinite(self.eps) and self.eps >= 0):
             raise ValueError(f"eps must be a finite number >= 0; got {self.eps!r}")
 
-    def fit(self, X: Any, y: Any = None) -> Whitening:
-        """Fit on all of ``X`` (forgets earlier statistics)."""
+    def fit(self, X: Any, y: object = None) -> Whitening:
+        """Fit on all of ``X`` (forgets earlier statistics).
+
+        Args:
+            X: the rows, ``(n_samples, n_features)``: a torch tensor (any device) or a NumPy
+                array or array-like.
+            y: ignored (scikit-learn's signature).
+
+        Returns:
+            self.
+        """
         for attr in ("n_samples_seen_", "mean_", "scatter_", "n_features_in_"):
             self.__dict__.pop(attr, None)
         return self.partial_fit(X)
 
-    def partial_fit(self, X: Any, y: Any = None) -> Whitening:
-        """Add the rows of ``X`` to the statistics (streaming; any batch sizes)."""
+    def partial_fit(self, X: Any, y: object = None) -> Whitening:
+        """Add the rows of ``X`` to the statistics (streaming; any batch sizes).
+
+        Args:
+            X: the rows, ``(n_samples, n_features)``, as for :meth:`fit`; the feature count must
+                match earlier batches.
+            y: ignored (scikit-learn's signature).
+
+        Returns:
+            self.
+        """
         self._check_params()
         x = validate_rows(self, X, reset=not hasattr(self, "n_samples_seen_"))
         self._absorb(batch_statistics(x))
         return self
 
-    def _absorb(self, stats: tuple[int, np.ndarray, np.ndarray]) -> None:
+    def _absorb(self, stats: Statistics) -> None:
+        d = stats[1].shape[0]
         current = (
-            (self.n_samples_seen_, self.mean_, self.scatter_) if hasattr(self, "n_samples_seen_") else (0, None, None)
+            (self.n_samples_seen_, self.mean_, self.scatter_)
+            if hasattr(self, "n_samples_seen_")
+            else empty_statistics(d)
         )
         self.n_samples_seen_, self.mean_, self.scatter_ = merge_statistics(current, stats)
         self.n_features_in_ = int(self.mean_.shape[0])
 
     def merge(self, other: Whitening) -> Whitening:
-        """Add another fitted Whitening's statistics to this one (same features); returns self."""
+        """Add another fitted Whitening's statistics to this one (same features); returns self.
+
+        Args:
+            other: a fitted :class:`Whitening` of the same feature count (its statistics are copied).
+
+        Returns:
+            self, holding the statistics of both.
+        """
         other._require_fitted()
         if hasattr(self, "n_features_in_") and other.n_features_in_ != self.n_features_in_:
             raise ValueError(f"cannot merge: {other.n_features_in_} features into {self.n_features_in_}")
         self._absorb((other.n_samples_seen_, other.mean_.copy(), other.scatter_.copy()))
         return self
 
-    def all_reduce(self, group: Any = None) -> Whitening:
+    def all_reduce(self, *, group: dist.ProcessGroup | None = None) -> Whitening:
         """Combine the statistics of every process (``torch.distributed``; gloo or NCCL).
 
         Each rank calls this after fitting its own shard; afterwards every rank holds the
         statistics of all the shards, merged in rank order. A rank with no data may call it
-        unfitted if it knows the feature count from ``n_features_in_``. Returns self.
-        """
-        import torch.distributed as dist
+        unfitted if it knows the feature count from ``n_features_in_``.
 
+        Args:
+            group: the process group (default: the world).
+
+        Returns:
+            self.
+        """
         check_process_group()
         self._require_fitted()
         d = self.n_features_in_
@@ -244,7 +344,7 @@ class Whitening(TransformerMixin, BaseEstimator):
         packed = packed.to(collective_device(group))  # NCCL: the current CUDA device; gloo: the CPU
         parts = [torch.empty_like(packed) for _ in range(dist.get_world_size(group))]
         dist.all_gather(parts, packed, group=group)
-        merged: tuple[int, Any, Any] = (0, None, None)
+        merged = empty_statistics(d)
         for part in parts:
             p = part.cpu().numpy()
             count = int(round(p[0]))  # noqa: RUF046 -- on NumPy < 2, round() of a float64 is a float64
@@ -255,21 +355,29 @@ class Whitening(TransformerMixin, BaseEstimator):
     # -- the map ---------------------------------------------------------------------------
     def _require_fitted(self) -> None:
         if not hasattr(self, "n_samples_seen_"):
-            from sklearn.exceptions import NotFittedError
-
             raise NotFittedError("this Whitening is not fitted yet; call fit or partial_fit first")
+
+    def _cached(self, cache: weakref.WeakKeyDictionary[Whitening, _Entry], key: object) -> Any:
+        """The value cached for ``key`` and the current statistics arrays, or None."""
+        hit = cache.get(self)
+        if hit is not None and hit[0] == key and hit[1]() is self.mean_ and hit[2]() is self.scatter_:
+            return hit[3]
+        return None
+
+    def _store(self, cache: weakref.WeakKeyDictionary[Whitening, _Entry], key: object, value: Any) -> None:
+        # weak references: a refit must not keep the old statistics alive
+        cache[self] = (key, weakref.ref(self.mean_), weakref.ref(self.scatter_), value)
 
     def _solve(self) -> dict[str, np.ndarray]:
         """The map for the current parameters and statistics (computed once per such pair)."""
         self._require_fitted()
         self._check_params()
         key = (sorted(self.get_params().items()), self.n_samples_seen_)
-        hit = _SOLVED.get(self)
-        if hit is not None and hit[0] == key and hit[1]() is self.mean_ and hit[2]() is self.scatter_:
-            return hit[3]
+        hit = self._cached(_SOLVED, key)
+        if hit is not None:
+            return hit
         solved = self._eigen()
-        # weak references: a refit must not keep the old statistics alive
-        _SOLVED[self] = (key, weakref.ref(self.mean_), weakref.ref(self.scatter_), solved)
+        self._store(_SOLVED, key, solved)
         return solved
 
     def _decompose(self) -> tuple[np.ndarray, np.ndarray]:
@@ -279,9 +387,9 @@ class Whitening(TransformerMixin, BaseEstimator):
         if n - self.ddof <= 0:
             raise ValueError(f"{n} samples are not enough for ddof={self.ddof}")
         key = (n, self.ddof, self.shrinkage)
-        hit = _DECOMPOSED.get(self)
-        if hit is not None and hit[0] == key and hit[1]() is self.mean_ and hit[2]() is self.scatter_:
-            return hit[3]
+        hit = self._cached(_DECOMPOSED, key)
+        if hit is not None:
+            return hit
         sigma = self.scatter_ / (n - self.ddof)
         if self.shrinkage:
             sigma = (1 - self.shrinkage) * sigma + self.shrinkage * (np.trace(sigma) / d) * np.eye(d)
@@ -289,15 +397,13 @@ class Whitening(TransformerMixin, BaseEstimator):
         order = np.argsort(lam)[::-1]
         lam, u = np.clip(lam[order], 0.0, None), u[:, order]
         u = u * np.sign(u[np.abs(u).argmax(0), np.arange(d)])  # deterministic signs
-        _DECOMPOSED[self] = (key, weakref.ref(self.mean_), weakref.ref(self.scatter_), (lam, u))
+        self._store(_DECOMPOSED, key, (lam, u))
         return lam, u
 
-    def _eigen(self) -> dict[str, np.ndarray]:
+    def _kept(self, lam: np.ndarray, k: int) -> int:
+        """How many of the first ``k`` components to keep: those whose shifted eigenvalue is not zero
+        to machine precision (all of them for ``gamma = 0``), with a warning when some are dropped."""
         n, d = self.n_samples_seen_, self.n_features_in_
-        lam, u = self._decompose()
-        k = d if self.n_components is None else self.n_components
-        if k > d:
-            raise ValueError(f"n_components={k} exceeds the {d} features")
         shifted = lam[:k] + self.eps
         tol = d * np.finfo(np.float64).eps * max(float(lam[0]), np.finfo(np.float64).tiny)
         rank = int((shifted > tol).sum()) if self.gamma != 0 else k
@@ -306,9 +412,18 @@ class Whitening(TransformerMixin, BaseEstimator):
                 f"the covariance has rank {rank} < n_components {k} (n_samples {n}, n_features {d}); "
                 f"keeping {rank} components. Pass shrinkage>0 or eps>0 to keep all {k}",
                 RankDeficientWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
-            k = rank
+        return rank
+
+    def _eigen(self) -> dict[str, np.ndarray]:
+        d = self.n_features_in_
+        lam, u = self._decompose()
+        k = d if self.n_components is None else self.n_components
+        if k > d:
+            raise ValueError(f"n_components={k} exceeds the {d} features")
+        shifted = lam[:k] + self.eps
+        k = self._kept(lam, k)
         kernel = u[:, :k] * shifted[:k] ** (-self.gamma / 2)
         return {
             "eigenvalues": lam.copy(),
@@ -320,22 +435,27 @@ class Whitening(TransformerMixin, BaseEstimator):
 
     @property
     def eigenvalues_(self) -> np.ndarray:
+        """All ``d`` eigenvalues of the (shrunk) covariance, decreasing (float64)."""
         return self._solve()["eigenvalues"]
 
     @property
     def components_(self) -> np.ndarray:
+        """The kept principal directions as rows, ``(k, d)`` (``U_kᵀ``)."""
         return self._solve()["components"]
 
     @property
     def kernel_(self) -> np.ndarray:
+        """The map's matrix ``W = U_k Λ_k^(-γ/2)``, ``(d, k)`` (float64)."""
         return self._solve()["kernel"]
 
     @property
     def bias_(self) -> np.ndarray:
+        """The shift ``βμ`` subtracted before the kernel, ``(d,)`` (float64)."""
         return self._solve()["bias"]
 
     @property
     def n_components_(self) -> int:
+        """The number of output dimensions ``k`` (fewer than ``n_components`` when rank-deficient)."""
         return int(self.kernel_.shape[1])
 
     def _apply(self, X: Any, matrix: np.ndarray, before: np.ndarray | None, after: np.ndarray | None) -> Any:
@@ -362,35 +482,75 @@ class Whitening(TransformerMixin, BaseEstimator):
         out = out.to(out_dtype)
         return out.numpy() if isinstance(X, np.ndarray) or not isinstance(X, torch.Tensor) else out
 
-    def transform(self, X: Any) -> Any:
+    @overload
+    def transform(self, X: torch.Tensor) -> torch.Tensor: ...
+    @overload
+    def transform(self, X: npt.ArrayLike) -> np.ndarray: ...
+    def transform(self, X: torch.Tensor | npt.ArrayLike) -> torch.Tensor | np.ndarray:
         """``(X - βμ) W``; NumPy in, NumPy out; torch in, torch out (same device and dtype).
 
         float16 and bfloat16 tensors are computed in float32 (float32 and float64 in their own
         dtype) with autocast off, and returned in their dtype. The input is validated (finite),
         which reads a value back to the host; for a per-batch hot path on a GPU use
         :class:`~kexue.whitening.layer.WhiteningLayer`, which does not.
+
+        Args:
+            X: the rows, ``(n_samples, n_features_in_)``.
+
+        Returns:
+            The whitened rows, ``(n_samples, n_components_)``.
         """
         solved = self._solve()
         return self._apply(X, solved["kernel"], solved["bias"], None)
 
-    def inverse_transform(self, X: Any) -> Any:
+    @overload
+    def inverse_transform(self, X: torch.Tensor) -> torch.Tensor: ...
+    @overload
+    def inverse_transform(self, X: npt.ArrayLike) -> np.ndarray: ...
+    def inverse_transform(self, X: torch.Tensor | npt.ArrayLike) -> torch.Tensor | np.ndarray:
         """``X Λ_k^(γ/2) U_kᵀ + βμ``: exact when all components are kept, else the projection
-        onto the kept ones (as in scikit-learn's PCA)."""
+        onto the kept ones (as in scikit-learn's PCA).
+
+        Args:
+            X: whitened rows, ``(n_samples, n_components_)``.
+
+        Returns:
+            The rows in the input space, ``(n_samples, n_features_in_)``, of ``X``'s type.
+        """
         solved = self._solve()
         return self._apply(X, solved["inverse"], None, solved["bias"])
 
-    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+    def get_feature_names_out(self, input_features: object = None) -> np.ndarray:
+        """The output feature names, ``whitening0`` ... (scikit-learn's ``set_output`` uses them).
+
+        Args:
+            input_features: ignored (the outputs do not correspond to input features).
+
+        Returns:
+            An object array of ``n_components_`` names.
+        """
         return np.asarray([f"whitening{i}" for i in range(self.n_components_)], dtype=object)
 
     # -- persistence -----------------------------------------------------------------------
-    def save(self, path: str | os.PathLike, info: dict[str, Any] | None = None) -> None:
+    def save(self, path: str | os.PathLike, *, info: dict[str, Any] | None = None) -> None:
         """Write kernel, bias and the raw statistics (safetensors + JSON metadata), atomically.
 
-        ``info``: JSON-able notes kept with the file (e.g. the encoder and pooling it was
-        fitted on); :meth:`load` restores them as ``info_``.
-        """
-        from safetensors.numpy import save_file
+        Args:
+            path: the file to write (replaced atomically if it exists).
+            info: JSON-able notes kept with the file (e.g. the encoder and pooling it was
+                fitted on); :meth:`load` restores them as ``info_``. Default: the ``info_``
+                this Whitening was loaded with, if any.
 
+        Example:
+            >>> import os, tempfile
+            >>> import numpy as np
+            >>> w = Whitening().fit(np.random.default_rng(0).standard_normal((50, 3)))
+            >>> with tempfile.TemporaryDirectory() as folder:
+            ...     w.save(os.path.join(folder, "w.safetensors"), info={"pooling": "cls"})
+            ...     loaded = Whitening.load(os.path.join(folder, "w.safetensors"))
+            >>> loaded.info_, bool(np.array_equal(loaded.kernel_, w.kernel_))
+            ({'pooling': 'cls'}, True)
+        """
         solved = self._solve()
         tensors = {
             "kernel": solved["kernel"],
@@ -406,39 +566,35 @@ class Whitening(TransformerMixin, BaseEstimator):
             "n_samples_seen": str(self.n_samples_seen_),
             "info": json.dumps(info),
         }
-        from kexue.report.io import publish
-
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        target = Path(path)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
             save_file(
                 {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()}, str(tmp), metadata=meta
             )
-            publish(tmp, path)
+            publish(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Whitening:
-        """Read a file written by :meth:`save`; it transforms and can keep fitting."""
-        from safetensors import safe_open
+        """Read a file written by :meth:`save`; it transforms and can keep fitting.
 
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"whitening file {path} does not exist")
-        try:
-            with safe_open(str(path), framework="numpy") as fh:
-                meta = fh.metadata() or {}
-                tensors = {}
-                if meta.get("format") == _FORMAT:
-                    tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 -- safe_open is not iterable
-        except Exception as exc:  # not safetensors at all, or truncated: a clear error, never an internal one
-            raise ValueError(f"{path} is not a kexue whitening file: not a readable safetensors file ({exc})") from None
-        if meta.get("format") != _FORMAT:
-            raise ValueError(
-                f"{path} is not a kexue whitening file (format {meta.get('format')!r}, expected {_FORMAT!r})"
-            )
+        Args:
+            path: the file.
+
+        Returns:
+            The fitted Whitening, with the notes saved with it as ``info_``.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: not a kexue whitening file, or a damaged one.
+        """
+        file = Path(path)
+        if not file.exists():
+            raise FileNotFoundError(f"whitening file {file} does not exist")
+        meta, tensors = _read_safetensors(file)
         try:
             w = cls(**json.loads(meta["params"]))
             w.n_samples_seen_ = int(meta["n_samples_seen"])
@@ -446,11 +602,26 @@ class Whitening(TransformerMixin, BaseEstimator):
             d = int(w.mean_.shape[0])
             valid = w.mean_.shape == (d,) and w.scatter_.shape == (d, d) and w.n_samples_seen_ >= 1
         except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise ValueError(f"{path} is a damaged kexue whitening file ({type(exc).__name__}: {exc})") from None
+            raise ValueError(f"{file} is a damaged kexue whitening file ({type(exc).__name__}: {exc})") from None
         if not valid:
             raise ValueError(
-                f"{path} is a damaged kexue whitening file (mean {w.mean_.shape}, scatter {w.scatter_.shape})"
+                f"{file} is a damaged kexue whitening file (mean {w.mean_.shape}, scatter {w.scatter_.shape})"
             )
         w.n_features_in_ = d
         w.info_ = json.loads(meta.get("info", "{}"))
         return w
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """The metadata and arrays of a kexue whitening file (a clear ValueError for anything else)."""
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            meta = fh.metadata() or {}
+            tensors = {}
+            if meta.get("format") == _FORMAT:
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 -- safe_open is not iterable
+    except Exception as exc:  # not safetensors at all, or truncated: a clear error, never an internal one
+        raise ValueError(f"{path} is not a kexue whitening file: not a readable safetensors file ({exc})") from None
+    if meta.get("format") != _FORMAT:
+        raise ValueError(f"{path} is not a kexue whitening file (format {meta.get('format')!r}, expected {_FORMAT!r})")
+    return meta, tensors
