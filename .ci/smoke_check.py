@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import ClassVar
 
 KEXUE = str(Path(sys.executable).with_name("kexue"))
 TECHNIQUES = ["orthogonal", "rope", "mitchell", "repetition"]
@@ -50,7 +51,10 @@ def fast_start() -> None:
             f"target < 0.3 s: {'met' if best < 0.3 else 'MISSED'})",
             flush=True,
         )
-    code = "import sys, kexue, kexue.cli; kexue.cli.build_parser(); print(sorted(m for m in ('torch', 'numpy', 'rich') if m in sys.modules))"
+    code = (
+        "import sys, kexue, kexue.cli; kexue.cli.build_parser(); "
+        "print(sorted(m for m in ('torch', 'numpy', 'rich') if m in sys.modules))"
+    )
     heavy = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     check(heavy == "[]", f"import kexue and the CLI parser import no torch, numpy or rich (found {heavy})")
 
@@ -59,15 +63,15 @@ def kernels() -> None:
     """Both kernels build from the installed sources (backend='native') and equal the torch paths."""
     import torch
 
-    from kexue.mitchell import mitchell_matmul, mitchell_mul
+    from kexue import mitchell
     from kexue.positional import RotaryEmbedding, apply_rotary
 
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(64, 96, generator=g), torch.randn(96, 40, generator=g)
-    same = torch.equal(mitchell_mul(a, a, backend="native"), mitchell_mul(a, a, backend="torch"))
-    check(same, "mitchell_mul backend='native' equals the torch path bit for bit")
-    same = torch.equal(mitchell_matmul(a, b, backend="native"), mitchell_matmul(a, b, backend="torch"))
-    check(same, "mitchell_matmul backend='native' equals the torch path bit for bit")
+    same = torch.equal(mitchell.mul(a, a, backend="native"), mitchell.mul(a, a, backend="torch"))
+    check(same, "mitchell.mul backend='native' equals the torch path bit for bit")
+    same = torch.equal(mitchell.matmul(a, b, backend="native"), mitchell.matmul(a, b, backend="torch"))
+    check(same, "mitchell.matmul backend='native' equals the torch path bit for bit")
     cos, sin = RotaryEmbedding(64).cos_sin(torch.arange(32))
     x = torch.randn(2, 4, 32, 64, generator=g)
     err = float((apply_rotary(x, cos, sin, backend="native") - apply_rotary(x, cos, sin, backend="torch")).abs().max())
@@ -97,7 +101,7 @@ def devices() -> None:
     check(err < 0.05, f"bfloat16 rotation at positions 8000-8191 is within bfloat16 rounding (max |diff| {err:.1e})")
 
     class Syncs(TorchFunctionMode):
-        seen: list[str] = []
+        seen: ClassVar[list[str]] = []
 
         def __torch_function__(self, func, types, args=(), kwargs=None):
             if getattr(func, "__name__", "") in {"item", "tolist", "__bool__", "__int__", "__float__", "cpu"}:

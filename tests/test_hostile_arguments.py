@@ -10,10 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kexue import mitchell
 from kexue.contrastive import InfoNCE, cached_backward, naive_accumulation_backward
 from kexue.growth import add_experts, deepen, widen, widen_ffn
 from kexue.growth.callback import GrowthCallback
-from kexue.mitchell import MitchellLinear, mitchell_bmm, mitchell_mul, mitchellize, track_errors
+from kexue.mitchell import MitchellLinear, mitchellize, track_errors
 from kexue.orthogonal import apply_orthogonal_map, orthogonal_map
 from kexue.positional import (
     RotaryEmbedding,
@@ -75,9 +76,9 @@ CASES = [
     ("mitchellize-correction", lambda m: mitchellize(torch.nn.Linear(2, 2), correction="x"), "correction"),
     ("track-errors-not-a-module", lambda m: track_errors(object()).__enter__(), "model"),
     ("mitchell-linear-backward", lambda m: MitchellLinear(2, 2, backward="x"), "backward"),
-    ("mitchell-mul-backend", lambda m: mitchell_mul(X, X, backend="gpu"), "backend"),
-    ("mitchell-mul-correction", lambda m: mitchell_mul(X, X, correction="linear"), "correction"),
-    ("mitchell-bmm-backend", lambda m: mitchell_bmm(X[None], X.T[None], backend="gpu"), "backend"),
+    ("mitchell-mul-backend", lambda m: mitchell.mul(X, X, backend="gpu"), "backend"),
+    ("mitchell-mul-correction", lambda m: mitchell.mul(X, X, correction="linear"), "correction"),
+    ("mitchell-bmm-backend", lambda m: mitchell.bmm(X[None], X.T[None], backend="gpu"), "backend"),
     ("orthogonal-kind", lambda m: orthogonal_map([1.0, 0.0], [0.0, 1.0], kind="householder"), "kind"),
     ("orthogonal-degenerate", lambda m: orthogonal_map([1.0, 0.0], [0.0, 1.0], degenerate="ignore"), "degenerate"),
     ("apply-orthogonal-zero-a", lambda m: apply_orthogonal_map(X, torch.zeros(3), torch.ones(3)), "a"),
@@ -97,8 +98,8 @@ CASES = [
     ("decodings-unknown", lambda m: parse_decodings("beam=4"), "decoding"),
     ("estimate-r-probes-0", lambda m: estimate_r([[1.0]], probes=0), "probes"),
     ("find-loops-period-0", lambda m: find_loops([[1, 2, 1, 2]], max_period=0), "max_period"),
-    ("infonce-temperature-0", lambda m: InfoNCE(0.0), "temperature"),
-    ("infonce-similarity", lambda m: InfoNCE(0.1, similarity="l2"), "similarity"),
+    ("infonce-temperature-0", lambda m: InfoNCE(temperature=0.0), "temperature"),
+    ("infonce-similarity", lambda m: InfoNCE(temperature=0.1, similarity="l2"), "similarity"),
     ("cached-encoder-none", lambda m: cached_backward(None, [X, X], InfoNCE(), micro_batch_size=2), "encoders"),
     (
         "cached-micro-0",

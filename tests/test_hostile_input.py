@@ -29,16 +29,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kexue import mitchell
 from kexue.contrastive import InfoNCE, info_nce, info_nce_tiled
-from kexue.mitchell import (
-    MitchellConv2d,
-    MitchellLinear,
-    mitchell_div,
-    mitchell_exp2,
-    mitchell_log2,
-    mitchell_matmul,
-    mitchell_mul,
-)
+from kexue.mitchell import MitchellConv2d, MitchellLinear
 from kexue.orthogonal import apply_orthogonal_map, low_rank_factors, orthogonal_map
 from kexue.positional import (
     RotaryEmbedding,
@@ -49,7 +42,16 @@ from kexue.positional import (
     sinusoidal_table,
     sinusoidal_table_nd,
 )
-from kexue.repetition import apply_decoding, bounds, estimate, estimate_r, exact_r, find_loops, seq_rep_n, summary
+from kexue.repetition import (
+    apply_decoding,
+    bounds,
+    estimate_r,
+    exact_r,
+    find_loops,
+    seq_rep_n,
+    summary,
+    transition_matrix,
+)
 from kexue.whitening import Whitening
 
 HOSTILE = settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
@@ -194,7 +196,7 @@ ENTRIES = [
         "mitchell_mul",
         "a",
         lambda g, n: {"a": torch.randn(n + 1, 3, generator=g), "b": torch.randn(n + 1, 3, generator=g)},
-        lambda a, b: mitchell_mul(a, b),
+        lambda a, b: mitchell.mul(a, b),
         exact=lambda a, b: torch.as_tensor(a).double() * torch.as_tensor(b).double(),
         valid=frozenset({"scalar", "flat"}),
     ),
@@ -202,7 +204,7 @@ ENTRIES = [
         "mitchell_div",
         "b",
         lambda g, n: {"a": torch.randn(n + 1, 3, generator=g), "b": torch.randn(n + 1, 3, generator=g)},
-        lambda a, b: mitchell_div(a, b),
+        lambda a, b: mitchell.div(a, b),
         exact=lambda a, b: (torch.as_tensor(a) / torch.as_tensor(b)).double(),
         valid=frozenset({"scalar", "flat"}),
     ),
@@ -210,7 +212,7 @@ ENTRIES = [
         "mitchell_log2",
         "a",
         lambda g, n: {"a": torch.rand(n + 1, 3, generator=g) + 0.1},
-        lambda a: mitchell_log2(a),
+        lambda a: mitchell.log2(a),
         exact=lambda a: torch.log2(torch.as_tensor(a)).double(),
         valid=ANY_SHAPE,
     ),
@@ -218,7 +220,7 @@ ENTRIES = [
         "mitchell_exp2",
         "y",
         lambda g, n: {"y": torch.randn(n + 1, 3, generator=g)},
-        lambda y: mitchell_exp2(y),
+        lambda y: mitchell.exp2(y),
         exact=lambda y: torch.exp2(torch.as_tensor(y)).double(),
         valid=ANY_SHAPE,
     ),
@@ -226,7 +228,7 @@ ENTRIES = [
         "mitchell_matmul",
         "a",
         lambda g, n: {"a": torch.randn(n + 1, 5, generator=g), "b": torch.randn(5, 4, generator=g)},
-        lambda a, b: mitchell_matmul(a, b),
+        lambda a, b: mitchell.matmul(a, b),
         exact=lambda a, b: torch.as_tensor(a).double() @ torch.as_tensor(b).double(),
         valid=frozenset({"flat"}),
     ),
@@ -272,7 +274,7 @@ ENTRIES = [
         "estimate",
         "ids",
         lambda g, n: {"ids": torch.randint(0, 4, (n + 5,), generator=g).numpy()},
-        lambda ids: estimate(ids, 4, alpha=0.5),
+        lambda ids: transition_matrix(ids, 4, alpha=0.5),
         skip=frozenset({"mismatched", "huge", "subnormal"}),
     ),
     Entry(
@@ -318,7 +320,7 @@ ENTRIES = [
         "InfoNCE",
         "q",
         lambda g, n: {"q": torch.randn(n + 2, 6, generator=g), "d": torch.randn(n + 2, 6, generator=g)},
-        lambda q, d: InfoNCE(0.1)(q, d),
+        lambda q, d: InfoNCE(temperature=0.1)(q, d),
     ),
     # object arrays of numbers are valid for scikit-learn estimators (its check_dtype_object requires them)
     Entry(

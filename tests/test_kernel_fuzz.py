@@ -22,9 +22,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kexue import mitchell
 from kexue._native import NativeLibrary
 from kexue.mitchell import _native as mitchell_native
-from kexue.mitchell import mitchell_matmul, mitchell_mul
 from kexue.positional import _native as rope_native
 from kexue.positional import apply_rotary
 
@@ -143,8 +143,8 @@ def test_mitchell_mul_kernel_matches_torch_with_broadcasts_and_specials(data) ->
     b_shape = tuple(n if data.draw(st.booleans()) else 1 for n in shape)
     b = _view(data.draw, b_shape, torch.float32, special=True)
     correction = data.draw(st.sampled_from([None, "constant", "piecewise"]))
-    native = mitchell_mul(a, b, correction=correction, backend="native")
-    plain = mitchell_mul(a, b, correction=correction, backend="torch")
+    native = mitchell.mul(a, b, correction=correction, backend="native")
+    plain = mitchell.mul(a, b, correction=correction, backend="torch")
     assert _same_bits(native, plain)
 
 
@@ -156,8 +156,8 @@ def test_mitchell_matmul_kernel_matches_torch_on_any_layout(data) -> None:
     a = _view(data.draw, (*lead, m, k), torch.float32, special=False)
     b = _view(data.draw, (k, n), torch.float32, special=False)
     correction = data.draw(st.sampled_from([None, "constant", "piecewise"]))
-    native = mitchell_matmul(a, b, correction=correction, backend="native")
-    plain = mitchell_matmul(a, b, correction=correction, backend="torch")
+    native = mitchell.matmul(a, b, correction=correction, backend="native")
+    plain = mitchell.matmul(a, b, correction=correction, backend="torch")
     assert _same_bits(native, plain)
 
 

@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from kexue import _native as builder
+from kexue import mitchell
 from kexue._native import NativeFallbackWarning, NativeLibrary, NativeUnavailable, use_native
 from kexue.mitchell import _native as mitchell_native
-from kexue.mitchell import mitchell_matmul, mitchell_mul
 from kexue.positional import _native as rope_native
 from kexue.positional import apply_rotary
 
@@ -60,15 +60,15 @@ def _kernel_results() -> dict[str, torch.Tensor]:
     torch_path = apply_rotary(x, cos, sin, backend="torch")
     torch.testing.assert_close(torch_path, kernel, rtol=0, atol=4e-7 * float(x.abs().max()))
     return {
-        "mul": mitchell_mul(a, a + 1, backend="native"),
-        "matmul": mitchell_matmul(a, b, backend="native"),
+        "mul": mitchell.mul(a, a + 1, backend="native"),
+        "matmul": mitchell.matmul(a, b, backend="native"),
         "rope": torch_path,
     }
 
 
 def _auto_results() -> dict[str, torch.Tensor]:
     a, b, x, cos, sin = _inputs()
-    return {"mul": mitchell_mul(a, a + 1), "matmul": mitchell_matmul(a, b), "rope": apply_rotary(x, cos, sin)}
+    return {"mul": mitchell.mul(a, a + 1), "matmul": mitchell.matmul(a, b), "rope": apply_rotary(x, cos, sin)}
 
 
 def _swap(monkeypatch: pytest.MonkeyPatch, make) -> dict[str, NativeLibrary]:
@@ -107,7 +107,7 @@ def _check_fallback(
         assert _same_bits(second[key], expected[key]), key
     a, _, x, cos, sin = _inputs()
     with pytest.raises(RuntimeError, match="backend='native' is unavailable") as info:
-        mitchell_mul(a, a, backend="native")
+        mitchell.mul(a, a, backend="native")
     assert cause in str(info.value)
     with pytest.raises(RuntimeError, match=cause):
         apply_rotary(x, cos, sin, backend="native")
@@ -168,7 +168,7 @@ def test_float16_entry_point_missing_only_affects_float16(monkeypatch: pytest.Mo
 def test_native_rejects_unsuitable_inputs_and_bad_backend() -> None:
     a = torch.randn(4, 4, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"takes float32 CPU tensors only; got torch.float64"):
-        mitchell_mul(a, a, backend="native")
+        mitchell.mul(a, a, backend="native")
     with pytest.raises(ValueError, match=r"backend='gpu' is not supported; accepted values: 'auto', 'torch', 'native'"):
         use_native(rope_native._LIBRARY, "gpu", "kx_rope_float32")
     assert not use_native(rope_native._LIBRARY, "torch", "kx_rope_float32")

@@ -3,8 +3,9 @@
 Usage: ``.venv/bin/python tools/precision_table.py [--out docs/precision.md]`` (``make precision``).
 Each row is one public entry point; each dtype column gives the largest error measured against the float64
 reference over the CPU settings (built in the dtype or cast with ``.to()``; for float32, autocast off and
-on in two columns, for the half dtypes both together) and, after the slash, the bound the tests hold it to. The table sits between the two marker lines of the page, which
-this script rewrites in place (written to a temporary file, then renamed).
+on in two columns, for the half dtypes both together) and, after the slash, the bound the tests hold it to.
+The table sits between the two marker lines of the page, which this script rewrites in place (written to a
+temporary file, then renamed).
 """
 
 from __future__ import annotations

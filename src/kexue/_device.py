@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 __all__ = [
@@ -33,6 +34,12 @@ def devices_of(*objects: Any) -> list[torch.device]:
 
     Modules contribute their parameters and buffers; tensors themselves; mappings, lists and
     tuples are searched recursively; anything else (strings, callables) contributes nothing.
+
+    Args:
+        *objects: modules, tensors, and mappings or sequences of them.
+
+    Returns:
+        The distinct devices, sorted.
     """
     found: set[torch.device] = set()
     for obj in objects:
@@ -68,7 +75,14 @@ def _indexed(device: torch.device | str | int) -> torch.device:
 
 
 def rng_devices(devices: Iterable[torch.device | str | int]) -> list[torch.device]:
-    """The devices among ``devices`` with a random generator of their own (not the CPU, not meta), indexed."""
+    """The devices among ``devices`` with a random generator of their own (not the CPU, not meta), indexed.
+
+    Args:
+        devices: devices, device strings, or CUDA indices.
+
+    Returns:
+        The distinct accelerator devices with their index filled in, sorted.
+    """
     unique = {_indexed(d) for d in devices}
     return sorted((d for d in unique if d.type not in _NO_GENERATOR), key=_device_key)
 
@@ -103,6 +117,12 @@ def autocast_device_type(devices: Iterable[torch.device | str]) -> str:
     The accelerator's type when one is among them (``"cuda"``), else ``"cpu"`` (the meta device
     autocasts as the CPU does).
 
+    Args:
+        devices: the devices the code runs on.
+
+    Returns:
+        The device type (``"cpu"``, ``"cuda"``, ...).
+
     Raises:
         ValueError: when ``devices`` span two accelerator types (one autocast cannot cover both).
     """
@@ -119,9 +139,13 @@ def collective_device(group: Any = None) -> torch.device:
     """The device a ``torch.distributed`` collective of ``group``'s backend takes its tensors on.
 
     NCCL takes CUDA tensors only (on the current device); gloo and the others take CPU tensors.
-    """
-    import torch.distributed as dist
 
+    Args:
+        group: the process group (default: the default group).
+
+    Returns:
+        The device its collectives take tensors on.
+    """
     if dist.get_backend(group) == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -137,6 +161,9 @@ def rng_state_dict() -> dict[str, Any]:
 
     The result holds tensors, lists and strings only, so it saves with ``torch.save`` and loads
     with ``torch.load(..., weights_only=True)``.
+
+    Returns:
+        ``{"cpu": state}``, plus ``"accelerator"`` (its type) and ``"devices"`` (a state per device) where there is one.
     """
     state: dict[str, Any] = {"cpu": torch.get_rng_state()}
     accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
@@ -151,6 +178,9 @@ def load_rng_state_dict(state: Mapping[str, Any] | torch.Tensor) -> list[str]:
 
     Devices present in ``state`` but not here (resuming on a smaller machine) are skipped.
 
+    Args:
+        state: what :func:`rng_state_dict` returned, or the CPU generator's state tensor.
+
     Returns:
         Notes on what could not be restored (empty when everything was).
     """
@@ -162,7 +192,8 @@ def load_rng_state_dict(state: Mapping[str, Any] | torch.Tensor) -> list[str]:
     if not saved:
         return []
     device_type = state["accelerator"]
-    if not torch.accelerator.is_available() or torch.accelerator.current_accelerator().type != device_type:
+    here = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    if here is None or here.type != device_type:
         return [f"the {device_type} generators of {len(saved)} device(s) were saved but there is no {device_type} here"]
     module = torch.get_device_module(device_type)
     count = module.device_count()
@@ -175,11 +206,17 @@ def load_rng_state_dict(state: Mapping[str, Any] | torch.Tensor) -> list[str]:
     )
 
 
-def autocast_disabled(*tensors: torch.Tensor) -> Any:
+def autocast_disabled(*tensors: torch.Tensor) -> contextlib.AbstractContextManager[Any]:
     """A context that turns autocast off for ``tensors``' device type (a null context where none exists).
 
     For computations whose precision is the point (a softmax over temperature-scaled similarities,
     rotary angles), which autocast would otherwise run in bfloat16.
+
+    Args:
+        *tensors: the tensors whose device type is covered.
+
+    Returns:
+        The context manager.
     """
     device_type = autocast_device_type(t.device for t in tensors)
     if not torch.amp.is_autocast_available(device_type):

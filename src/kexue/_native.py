@@ -40,11 +40,16 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
+
+import torch
+
+from kexue._shared import check_choice
 
 __all__ = [
     "BACKENDS",
     "FLAGS",
+    "Backend",
     "NativeFallbackWarning",
     "NativeLibrary",
     "NativeUnavailable",
@@ -52,7 +57,8 @@ __all__ = [
     "use_native",
 ]
 
-BACKENDS = ("auto", "torch", "native")
+Backend = Literal["auto", "torch", "native"]
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-fno-math-errno"]
 
 
@@ -65,7 +71,11 @@ class NativeFallbackWarning(UserWarning):
 
 
 def cpu_signature() -> str:
-    """The CPU's model name and feature flags (``/proc/cpuinfo``), which ``-march=native`` depends on."""
+    """The CPU's model name and feature flags (``/proc/cpuinfo``), which ``-march=native`` depends on.
+
+    Returns:
+        Those ``/proc/cpuinfo`` lines, or the platform's processor name where there is no such file.
+    """
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
@@ -79,7 +89,11 @@ def cpu_signature() -> str:
 
 
 def cache_dir() -> Path:
-    """The kexue cache folder: ``KEXUE_CACHE_DIR``, else ``$XDG_CACHE_HOME/kexue``, else ``~/.cache/kexue``."""
+    """The kexue cache folder: ``KEXUE_CACHE_DIR``, else ``$XDG_CACHE_HOME/kexue``, else ``~/.cache/kexue``.
+
+    Returns:
+        The folder (not created here).
+    """
     if os.environ.get("KEXUE_CACHE_DIR"):
         return Path(os.environ["KEXUE_CACHE_DIR"])
     xdg = os.environ.get("XDG_CACHE_HOME")
@@ -139,10 +153,32 @@ class NativeLibrary:
             raise NativeUnavailable(f"compiling the {self.name} kernel with {compiler!r} failed: {first}")
 
     def cached_path(self, compiler: str) -> Path:
-        """Where the shared object for this source, compiler, flags and CPU lives in the cache."""
+        """Where the shared object for this source, compiler, flags and CPU lives in the cache.
+
+        Args:
+            compiler: the C compiler's name or path (part of the key).
+
+        Returns:
+            The cached ``.so`` file's path (it may not exist yet).
+        """
         key_text = " ".join([compiler, *self.flags]) + "\n" + cpu_signature()
         key = hashlib.sha256(self._source_bytes() + key_text.encode()).hexdigest()[:16]
         return cache_dir() / "native" / f"{self.name}-{key}.so"
+
+    def _compile_into_cache(self, compiler: str, target: Path) -> None:
+        """Compile to ``target`` through a temporary file in its folder (atomic rename)."""
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            start = time.perf_counter()
+            with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{self.name}-") as tmp:
+                built = Path(tmp) / target.name
+                self._compile(compiler, built)
+                os.replace(built, target)  # atomic: a concurrent build just replaces an identical file
+            self.compile_seconds = time.perf_counter() - start
+        except OSError as exc:
+            raise NativeUnavailable(
+                f"the kernel cache {target.parent} is not writable ({exc.strerror or exc}); set KEXUE_CACHE_DIR"
+            ) from exc
 
     def _build(self) -> ctypes.CDLL:
         compiler = _compiler()
@@ -154,18 +190,7 @@ class NativeLibrary:
                 f"the kernel cache {target.parent} cannot be read ({exc.strerror or exc}); set KEXUE_CACHE_DIR"
             ) from exc
         if not cached:
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                start = time.perf_counter()
-                with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{self.name}-") as tmp:
-                    built = Path(tmp) / target.name
-                    self._compile(compiler, built)
-                    os.replace(built, target)  # atomic: a concurrent build just replaces an identical file
-                self.compile_seconds = time.perf_counter() - start
-            except OSError as exc:
-                raise NativeUnavailable(
-                    f"the kernel cache {target.parent} is not writable ({exc.strerror or exc}); set KEXUE_CACHE_DIR"
-                ) from exc
+            self._compile_into_cache(compiler, target)
         try:
             library = ctypes.CDLL(str(target))
         except OSError as exc:
@@ -179,7 +204,14 @@ class NativeLibrary:
     # --- loading ----------------------------------------------------------------------------
 
     def load(self) -> ctypes.CDLL:
-        """The loaded library, building it on first use; NativeUnavailable says why not (decided once)."""
+        """The loaded library, building it on first use.
+
+        Returns:
+            The loaded library.
+
+        Raises:
+            NativeUnavailable: it cannot be built or loaded here (decided once per process), saying why.
+        """
         if self._library is not None:  # the per-call path: no lock once loaded
             return self._library
         with self._lock:
@@ -198,7 +230,17 @@ class NativeLibrary:
             return self._library
 
     def function(self, symbol: str) -> Any:
-        """The entry point ``symbol`` of the loaded library, or NativeUnavailable saying why not."""
+        """The entry point ``symbol`` of the loaded library.
+
+        Args:
+            symbol: the entry point's name.
+
+        Returns:
+            The ctypes function (returning ``int``; typed ``Any`` as ctypes types its calls loosely).
+
+        Raises:
+            NativeUnavailable: the library or this entry point is unavailable, saying why.
+        """
         library = self.load()
         function = getattr(library, symbol, None)
         if function is None:
@@ -208,7 +250,14 @@ class NativeLibrary:
         return function
 
     def available(self, symbol: str | None = None) -> bool:
-        """Whether the library (or its entry point ``symbol``) can be used; builds it if needed, never warns."""
+        """Whether the library (or its entry point ``symbol``) can be used; builds it if needed, never warns.
+
+        Args:
+            symbol: the entry point to check (default: the library as a whole).
+
+        Returns:
+            Whether it can be used.
+        """
         try:
             self.function(symbol) if symbol else self.load()
         except NativeUnavailable:
@@ -216,7 +265,14 @@ class NativeLibrary:
         return True
 
     def usable(self, symbol: str) -> bool:
-        """Like :meth:`available`, but a failure (not ``KEXUE_NATIVE=0``) warns once per entry point."""
+        """Like :meth:`available`, but a failure (not ``KEXUE_NATIVE=0``) warns once per entry point.
+
+        Args:
+            symbol: the entry point to check.
+
+        Returns:
+            Whether it can be used.
+        """
         try:
             self.function(symbol)
         except NativeUnavailable as exc:
@@ -232,7 +288,11 @@ class NativeLibrary:
         return True
 
     def fresh_compile_seconds(self) -> float:
-        """Compile into a throw-away folder and return the seconds it took (for benchmarks)."""
+        """Compile into a throw-away folder and return the seconds it took (for benchmarks).
+
+        Returns:
+            The compile's wall time in seconds.
+        """
         compiler = _compiler()
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
@@ -242,12 +302,10 @@ class NativeLibrary:
 
 def _compiling() -> bool:
     """Whether torch.compile is tracing (a ctypes call would break its graph)."""
-    import torch
-
     return torch.compiler.is_compiling()
 
 
-def use_native(library: NativeLibrary, backend: str, symbol: str, unsupported: str | None = None) -> bool:
+def use_native(library: NativeLibrary, backend: Backend, symbol: str, unsupported: str | None = None) -> bool:
     """Whether a call runs ``symbol`` of ``library`` (True) or the torch path (False).
 
     Args:
@@ -259,12 +317,13 @@ def use_native(library: NativeLibrary, backend: str, symbol: str, unsupported: s
         unsupported: None when the inputs suit the kernel, else why not (e.g. "takes float32 CPU
             tensors only; got float64 on cpu"): ``auto`` then runs torch silently, ``native`` raises.
 
+    Returns:
+        True to run the kernel, False to run the torch path.
+
     Raises:
         ValueError: a backend name not in :data:`BACKENDS`, or ``native`` with unsuitable inputs.
         RuntimeError: ``native`` and the kernel cannot be built or loaded (the message says why).
     """
-    from kexue._shared import check_choice
-
     check_choice("backend", backend, BACKENDS)
     if backend == "torch" or (backend == "auto" and _compiling()):
         return False

@@ -13,10 +13,12 @@ import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal, TypeVar, overload
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 __all__ = [
     "as_float_tensor",
@@ -36,11 +38,23 @@ __all__ = [
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
+T = TypeVar("T")
 
-def read_text(path: str | os.PathLike, what: str) -> str:
-    """The contents of the UTF-8 text file ``path``; errors name ``what`` (e.g. "pairs file") and the path."""
-    from pathlib import Path
 
+def read_text(path: str | os.PathLike[str], what: str) -> str:
+    """The contents of the UTF-8 text file ``path``.
+
+    Args:
+        path: the file.
+        what: what the file is, for the error messages (e.g. ``"pairs file"``).
+
+    Returns:
+        The file's text.
+
+    Raises:
+        FileNotFoundError: no such file (or a folder), naming ``what`` and the path.
+        ValueError: the file is not UTF-8, naming the first bad byte and its offset.
+    """
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"{what} {path}: no such file" + (" (it is a folder)" if file.is_dir() else ""))
@@ -52,16 +66,44 @@ def read_text(path: str | os.PathLike, what: str) -> str:
         ) from None
 
 
-def check_module(name: str, value: Any, *, hf: bool = False) -> torch.nn.Module:
-    """Return ``value`` if it is a ``torch.nn.Module`` (with a ``.config``, for ``hf=True``), else a TypeError naming it."""
+def check_module(name: str, value: T, *, hf: bool = False) -> T:
+    """Return ``value`` if it is a ``torch.nn.Module`` (with a ``.config``, for ``hf=True``).
+
+    Args:
+        name: the argument's name, for the error message.
+        value: the value to check.
+        hf: also require a ``.config`` (a Hugging Face model).
+
+    Returns:
+        ``value`` itself.
+
+    Raises:
+        TypeError: ``value`` is not such a module, naming ``name`` and the type received.
+    """
     if not isinstance(value, torch.nn.Module) or (hf and not hasattr(value, "config")):
         what = "a Hugging Face model (an nn.Module with a .config)" if hf else "a torch.nn.Module"
         raise TypeError(f"{name} must be {what}; got {type(value).__name__}")
     return value
 
 
-def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
-    """Return ``value`` if it is one of ``choices``, else raise a ValueError naming all three."""
+def check_choice(name: str, value: T, choices: Iterable[str]) -> T:
+    """Return ``value`` if it is one of ``choices``.
+
+    Args:
+        name: the argument's name, for the error message.
+        value: the value to check.
+        choices: the accepted strings (``typing.get_args`` of the option's ``Literal`` type).
+
+    Returns:
+        ``value`` itself (so a ``Literal``-typed argument keeps its type).
+
+    Raises:
+        ValueError: ``value`` is not one of ``choices``, naming all three.
+
+    Example:
+        >>> check_choice("kind", "symmetric", ("householder", "symmetric"))
+        'symmetric'
+    """
     choices = tuple(choices)
     if not isinstance(value, str) or value not in choices:
         accepted = ", ".join(repr(c) for c in choices)
@@ -70,7 +112,19 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
 
 
 def check_int(name: str, value: Any, minimum: int) -> int:
-    """Return ``value`` if it is an int (not a bool) ``>= minimum``, else raise a ValueError naming it."""
+    """Return ``value`` if it is an int (not a bool) ``>= minimum``.
+
+    Args:
+        name: the argument's name, for the error message.
+        value: the value to check.
+        minimum: the smallest accepted value.
+
+    Returns:
+        ``value`` itself.
+
+    Raises:
+        ValueError: ``value`` is not such an int, naming ``name`` and the value.
+    """
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         what = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
         raise ValueError(f"{name}={value!r} must be {what}")
@@ -78,14 +132,37 @@ def check_int(name: str, value: Any, minimum: int) -> int:
 
 
 def check_bool(name: str, value: Any) -> bool:
-    """Return ``value`` if it is ``True`` or ``False``, else raise a ValueError naming it."""
+    """Return ``value`` if it is ``True`` or ``False``.
+
+    Args:
+        name: the argument's name, for the error message.
+        value: the value to check.
+
+    Returns:
+        ``value`` itself.
+
+    Raises:
+        ValueError: ``value`` is not a bool, naming ``name`` and the value.
+    """
     if not isinstance(value, bool):
         raise ValueError(f"{name}={value!r} must be True or False")
     return value
 
 
 def check_number(name: str, value: Any, *, above: float | None = None) -> float:
-    """Return ``value`` as a float if it is a finite real number (``> above`` when given), else raise a ValueError naming it."""
+    """Return ``value`` as a float if it is a finite real number (``> above`` when given).
+
+    Args:
+        name: the argument's name, for the error message.
+        value: the value to check (an int or a float, not a bool).
+        above: if given, ``value`` must be strictly greater.
+
+    Returns:
+        ``float(value)``.
+
+    Raises:
+        ValueError: ``value`` is not such a number, naming ``name`` and the value.
+    """
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
@@ -100,14 +177,17 @@ def as_float_tensor(name: str, value: Any, *, like: torch.Tensor | None = None) 
     """Convert an array-like to a floating torch tensor without copying when possible.
 
     Args:
-        value: a ``torch.Tensor``, a NumPy array, or anything ``np.asarray`` accepts.
         name: the argument's name, used in error messages.
+        value: a ``torch.Tensor``, a NumPy array, or anything ``np.asarray`` accepts.
         like: if given, the result is moved to this tensor's device.
 
     Returns:
         ``(tensor, was_numpy)``: the tensor (integers become float64 for NumPy input and
-        ``torch.get_default_dtype()`` for torch input; bool, complex and object input is a TypeError) and whether the caller
-        passed something other than a torch tensor (so the result should go back to NumPy).
+        ``torch.get_default_dtype()`` for torch input) and whether the caller passed something
+        other than a torch tensor (so the result should go back to NumPy).
+
+    Raises:
+        TypeError: bool, complex, object or ragged input, or a dtype other than the four float ones.
     """
     was_numpy = not isinstance(value, torch.Tensor)
     if was_numpy:
@@ -136,8 +216,22 @@ def as_float_tensor(name: str, value: Any, *, like: torch.Tensor | None = None) 
 
 
 def as_real_array(name: str, value: Any) -> np.ndarray:
-    """``value`` (array-like or tensor of real numbers) as a float64 NumPy array; a TypeError naming
-    ``name`` for bool, complex, object or ragged input."""
+    """``value`` (array-like or tensor of real numbers) as a float64 NumPy array.
+
+    Args:
+        name: the argument's name, used in error messages.
+        value: a NumPy array, a torch tensor (any device, bfloat16 included) or an array-like.
+
+    Returns:
+        The float64 array (no copy when ``value`` already is one).
+
+    Raises:
+        TypeError: bool, complex, object or ragged input, naming ``name``.
+
+    Example:
+        >>> as_real_array("x", [1, 2]).dtype
+        dtype('float64')
+    """
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu()
         value = (value.double() if value.dtype == torch.bfloat16 else value).numpy()  # NumPy has no bfloat16
@@ -150,16 +244,37 @@ def as_real_array(name: str, value: Any) -> np.ndarray:
     return array.astype(np.float64, copy=False)
 
 
-def restore_type(result: torch.Tensor, to_numpy: bool) -> Any:
-    """Return ``result`` as a NumPy array when the caller passed NumPy input, else unchanged."""
+@overload
+def restore_type(result: torch.Tensor, to_numpy: Literal[False]) -> torch.Tensor: ...
+@overload
+def restore_type(result: torch.Tensor, to_numpy: Literal[True]) -> np.ndarray: ...
+@overload
+def restore_type(result: torch.Tensor, to_numpy: bool) -> Any: ...
+
+
+def restore_type(result: torch.Tensor, to_numpy: bool) -> torch.Tensor | np.ndarray:
+    """Return ``result`` as a NumPy array when the caller passed NumPy input, else unchanged.
+
+    Args:
+        result: the computed tensor.
+        to_numpy: whether the caller passed NumPy (or array-like) input (from :func:`as_float_tensor`).
+
+    Returns:
+        ``result`` on the host as a NumPy array, or ``result`` itself.
+    """
     if not to_numpy:
         return result
     return result.detach().cpu().numpy()
 
 
 @contextmanager
-def quieter(logger: str, level: int = logging.ERROR) -> Iterator[None]:
-    """Raise ``logger``'s level for the block (a third-party notice kexue's own call causes), then restore it."""
+def quieter(logger: str, *, level: int = logging.ERROR) -> Iterator[None]:
+    """Raise ``logger``'s level for the block (a third-party notice kexue's own call causes), then restore it.
+
+    Args:
+        logger: the logger's name (e.g. ``"transformers"``).
+        level: its level inside the block.
+    """
     target = logging.getLogger(logger)
     before = target.level
     target.setLevel(level)
@@ -171,8 +286,6 @@ def quieter(logger: str, level: int = logging.ERROR) -> Iterator[None]:
 
 def check_process_group() -> None:
     """Raise a clear ValueError unless a default ``torch.distributed`` process group exists."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()):
         raise ValueError(
             "distributed use needs an initialised torch.distributed process group; launch with torchrun "
@@ -183,10 +296,17 @@ def check_process_group() -> None:
 def check_finite(name: str, tensor: torch.Tensor) -> None:
     """Raise a ValueError if ``tensor`` holds NaN or infinity.
 
+    Args:
+        name: the argument's name, for the error message.
+        tensor: the tensor to check (reads one value back to the host).
+
     A finite sum proves every element finite (a NaN or an infinity makes the sum NaN or
     infinite), at a fraction of ``isfinite``'s cost and without a copy (the sum is in the
     tensor's own dtype); only a non-finite sum (possibly an overflow of finite values) or a
     dtype without a sum (float8) needs the element-wise check.
+
+    Raises:
+        ValueError: ``tensor`` holds a non-finite value, naming ``name`` and how many.
     """
     if tensor.is_floating_point() and tensor.numel():
         try:
@@ -206,7 +326,7 @@ _HUGEPAGE_MIN_BYTES = 32 * 2**20
 _PAGE = 4096
 
 
-def _load_madvise() -> Any | None:
+def _load_madvise() -> Callable[..., int] | None:
     if not sys.platform.startswith("linux") or os.environ.get("KEXUE_HUGEPAGES", "1") == "0":
         return None
     try:
@@ -222,7 +342,7 @@ def _load_madvise() -> Any | None:
 _madvise = _load_madvise()
 
 
-def empty_like_fast(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+def empty_like_fast(x: torch.Tensor, *, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``torch.empty_like(x)`` (contiguous), advising Linux to back large CPU buffers with huge pages.
 
     Writing a fresh multi-gigabyte CPU tensor is dominated by first-touch page faults
@@ -231,6 +351,13 @@ def empty_like_fast(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.
     by about 4x on the development machine. This only hints the kernel: the buffer's
     contents and lifetime are unchanged, and the hint is skipped on other platforms,
     for small buffers, on non-CPU devices, or with ``KEXUE_HUGEPAGES=0``.
+
+    Args:
+        x: the tensor whose shape and device the buffer takes.
+        dtype: the buffer's dtype (default ``x``'s).
+
+    Returns:
+        The uninitialised buffer.
     """
     out = torch.empty(x.shape, dtype=dtype or x.dtype, device=x.device)
     nbytes = out.numel() * out.element_size()
@@ -243,7 +370,14 @@ def empty_like_fast(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.
 
 
 def num_layers(config: Any) -> int:
-    """Number of Transformer blocks of a HuggingFace config (GPT-2 calls it ``n_layer``)."""
+    """Number of Transformer blocks of a HuggingFace config (GPT-2 calls it ``n_layer``).
+
+    Args:
+        config: a Hugging Face model config (any architecture; typed ``Any`` as each names its fields).
+
+    Returns:
+        The number of blocks.
+    """
     return config.n_layer if config.model_type == "gpt2" else config.num_hidden_layers
 
 

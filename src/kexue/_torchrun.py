@@ -13,12 +13,28 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from kexue.report.io import write_json
 
 __all__ = ["exit_without_finalising", "launch_module", "write_result"]
 
 
-def launch_module(module: str, args: list[str], nproc: int = 2, timeout: float = 300) -> dict:
-    """``python -m torch.distributed.run --standalone --nproc_per_node N -m MODULE OUT ARGS``."""
+def launch_module(module: str, args: list[str], nproc: int = 2, timeout: float = 300) -> dict[str, Any]:
+    """``python -m torch.distributed.run --standalone --nproc_per_node N -m MODULE OUT ARGS``.
+
+    Args:
+        module: the check module to run on every rank.
+        args: its arguments after the output path.
+        nproc: the number of processes.
+        timeout: seconds before the run is abandoned.
+
+    Returns:
+        The JSON object rank 0 wrote.
+
+    Raises:
+        RuntimeError: the run failed or wrote nothing, with the end of its stderr.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         cmd = [
@@ -39,16 +55,24 @@ def launch_module(module: str, args: list[str], nproc: int = 2, timeout: float =
         return json.loads(out.read_text())
 
 
-def write_result(path: str, payload: dict) -> None:
-    from kexue.report.io import write_json
+def write_result(path: str, payload: dict[str, Any]) -> None:
+    """Write rank 0's result atomically (see :func:`kexue.report.io.write_json`).
 
+    Args:
+        path: the output path the launcher gave.
+        payload: the JSON-able result.
+    """
     write_json(path, payload)
 
 
 def exit_without_finalising(code: int) -> None:
     """Flush and ``os._exit``: torch 2.13's gloo worker threads can abort the process
     ("terminate called without an active exception") when destroyed during interpreter
-    finalisation, after the results are written (about 1 run in 10 on a 2-core machine)."""
+    finalisation, after the results are written (about 1 run in 10 on a 2-core machine).
+
+    Args:
+        code: the exit status.
+    """
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

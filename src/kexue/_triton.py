@@ -33,10 +33,15 @@ __all__ = ["Resources", "available", "collapse", "compile_resources", "interpret
 
 @functools.cache
 def available() -> bool:
-    """Whether triton is installed and imports (checked once per process)."""
+    """Whether triton is installed and imports (checked once per process).
+
+    Returns:
+        Whether the Triton kernels can be used.
+    """
     if importlib.util.find_spec("triton") is None:
         return False
     try:
+        # optional extra: gpu (triton), imported only to see that it loads
         import triton  # noqa: F401
     except Exception:  # a broken install (e.g. a missing shared library) must not break kexue
         return False
@@ -44,12 +49,23 @@ def available() -> bool:
 
 
 def interpreting() -> bool:
-    """Whether ``TRITON_INTERPRET`` asks for the interpreter (then the kernels take CPU tensors)."""
+    """Whether ``TRITON_INTERPRET`` asks for the interpreter (then the kernels take CPU tensors).
+
+    Returns:
+        Whether the environment variable is set to a true value.
+    """
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
 def on_cuda(*tensors: torch.Tensor) -> bool:
-    """Whether every tensor is on a CUDA device (the only place the compiled kernels run)."""
+    """Whether every tensor is on a CUDA device (the only place the compiled kernels run).
+
+    Args:
+        *tensors: the call's tensors.
+
+    Returns:
+        Whether all of them are on CUDA.
+    """
     return all(t.device.type == "cuda" for t in tensors)
 
 
@@ -72,7 +88,7 @@ def collapse(shape: Sequence[int], strides: Sequence[Sequence[int]]) -> tuple[li
     for size, st in dims:
         if merged:
             prev_size, prev_st = merged[-1]
-            if all(p == c * size for p, c in zip(prev_st, st)):
+            if all(p == c * size for p, c in zip(prev_st, st, strict=True)):
                 merged[-1] = (prev_size * size, st)
                 continue
         merged.append((size, st))
@@ -99,8 +115,17 @@ class Resources:
 def signature_of(
     fn: Any, pointers: Mapping[str, str], constexprs: Mapping[str, Any], integers: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """``triton.compile``'s signature of a ``@triton.jit`` function: ``pointers`` (name → ``"*fp32"``, …),
-    ``constexprs`` as ``"constexpr"``, every other argument ``integers.get(name, "i32")``."""
+    """``triton.compile``'s signature of a ``@triton.jit`` function.
+
+    Args:
+        fn: the ``@triton.jit`` function (a ``JITFunction``; triton ships no type information).
+        pointers: pointer argument name → element type (``"*fp32"``, …).
+        constexprs: the ``tl.constexpr`` arguments (their names are what counts here).
+        integers: integer arguments that are not ``i32`` (name → ``"i64"``).
+
+    Returns:
+        Argument name → type string, in the function's argument order.
+    """
     integers = integers or {}
     return {
         name: "constexpr" if name in constexprs else pointers.get(name, integers.get(name, "i32"))
@@ -114,7 +139,7 @@ def _ptxas_report(log: str) -> Resources:
     if registers is None or frame is None:
         raise RuntimeError(f"could not read ptxas's resource usage from:\n{log}")
     stack, stores, loads = (int(v) for v in frame.groups())
-    return Resources(int(registers.group(1)), stack, stores, loads)
+    return Resources(registers=int(registers.group(1)), stack_bytes=stack, spill_stores=stores, spill_loads=loads)
 
 
 def compile_resources(
@@ -129,8 +154,8 @@ def compile_resources(
     """Compile a kernel ahead of time for ``sm_<arch>`` without a GPU and return its resource usage.
 
     ``triton.compile`` builds the PTX and the cubin with the bundled ``ptxas`` (raising on any compile
-    error); the PTX is then assembled once more with ``ptxas -v`` and Triton's flags, as Triton does not keep the report.
-    Pointer arguments are declared 16-byte aligned, as the launcher finds torch's allocations.
+    error); the PTX is then assembled once more with ``ptxas -v`` and Triton's flags, as Triton does not
+    keep the report. Pointer arguments are declared 16-byte aligned, as the launcher finds torch's allocations.
 
     Args:
         fn: a ``@triton.jit`` function (a ``JITFunction``: import its module without ``TRITON_INTERPRET``).
@@ -139,11 +164,15 @@ def compile_resources(
         arch: compute capability as an integer (80, 90).
         num_warps: warps per program.
         integers: integer arguments that are not ``i32`` (name → ``"i64"``).
+
+    Returns:
+        The registers, stack and spills ``ptxas`` reports.
     """
+    # optional extra: gpu (triton)
     import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
-    from triton.compiler import ASTSource
+    from triton.backends.compiler import GPUTarget  # optional extra: gpu
+    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability  # optional extra: gpu
+    from triton.compiler import ASTSource  # optional extra: gpu
 
     signature = signature_of(fn, pointers, constexprs, integers)
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names) if name in pointers}

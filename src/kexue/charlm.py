@@ -10,8 +10,9 @@ multiplications (embedding look-ups excluded, the output head included), ``L`` l
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,9 +23,29 @@ __all__ = ["CharCorpus", "TrainLog", "evaluate", "flops_per_token", "train_steps
 
 
 class CharCorpus:
-    """Characters to ids (sorted alphabet) and a contiguous train/validation split."""
+    """Characters to ids (sorted alphabet) and a contiguous train/validation split.
 
-    def __init__(self, text: str, val_fraction: float = 0.1) -> None:
+    Args:
+        text: the corpus.
+        val_fraction: the share of the text, at its end, held out for validation.
+
+    Raises:
+        ValueError: ``text`` is empty.
+
+    Example:
+        >>> corpus = CharCorpus("abcabcabca" * 10)
+        >>> corpus.vocab_size, len(corpus.train), len(corpus.val)
+        (3, 90, 10)
+        >>> corpus.decode(corpus.encode("cab"))
+        'cab'
+    """
+
+    chars: list[str]
+    stoi: dict[str, int]
+    train: torch.Tensor
+    val: torch.Tensor
+
+    def __init__(self, text: str, *, val_fraction: float = 0.1) -> None:
         if not text:
             raise ValueError("text is empty")
         self.chars = sorted(set(text))
@@ -35,16 +56,42 @@ class CharCorpus:
 
     @property
     def vocab_size(self) -> int:
+        """The number of distinct characters."""
         return len(self.chars)
 
     def encode(self, text: str) -> torch.Tensor:
+        """The ids of ``text``'s characters.
+
+        Args:
+            text: characters of the corpus's alphabet.
+
+        Returns:
+            A ``(len(text),)`` long tensor.
+        """
         return torch.tensor([self.stoi[c] for c in text], dtype=torch.long)
 
-    def decode(self, ids) -> str:
+    def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
+        """The text of ``ids``.
+
+        Args:
+            ids: character ids (ints or a tensor of them).
+
+        Returns:
+            The string.
+        """
         return "".join(self.chars[int(i)] for i in ids)
 
     def batch(self, batch_size: int, context: int, generator: torch.Generator) -> torch.Tensor:
-        """``(batch_size, context + 1)`` random training windows (inputs and shifted targets)."""
+        """``(batch_size, context + 1)`` random training windows (inputs and shifted targets).
+
+        Args:
+            batch_size: the number of windows.
+            context: the input length (each window holds one more character, the last target).
+            generator: the random generator that places the windows.
+
+        Returns:
+            A ``(batch_size, context + 1)`` long tensor.
+        """
         start = torch.randint(0, len(self.train) - context - 1, (batch_size,), generator=generator)
         return torch.stack([self.train[s : s + context + 1] for s in start.tolist()])
 
@@ -54,9 +101,20 @@ def _loss(model: nn.Module, window: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits.flatten(0, 1).float(), window[:, 1:].flatten())
 
 
-def evaluate(model: nn.Module, corpus: CharCorpus, context: int, windows: int = 256) -> float:
-    """Mean next-character cross-entropy (nats) over ``windows`` fixed, evenly spaced
-    validation windows: deterministic, so successive evaluations are comparable."""
+def evaluate(model: nn.Module, corpus: CharCorpus, *, context: int, windows: int = 256) -> float:
+    """Mean next-character cross-entropy (nats) over ``windows`` fixed, evenly spaced validation windows.
+
+    Deterministic, so successive evaluations are comparable.
+
+    Args:
+        model: a causal LM called as ``model(input_ids=...)`` that returns ``.logits``.
+        corpus: the corpus whose validation split is read.
+        context: the input length of each window.
+        windows: the number of windows.
+
+    Returns:
+        The mean loss in nats per character.
+    """
     step = max(1, (len(corpus.val) - context - 1) // windows)
     starts = range(0, step * windows, step)
     data = torch.stack([corpus.val[s : s + context + 1] for s in starts])
@@ -70,9 +128,17 @@ def evaluate(model: nn.Module, corpus: CharCorpus, context: int, windows: int = 
     return loss
 
 
-def flops_per_token(config, context: int | None = None) -> float:
-    """Training FLOPs per token (``6 N + 12 L d_attn T``, see the module docstring); ``T`` is
-    ``context``, by default the config's maximum length."""
+def flops_per_token(config: Any, *, context: int | None = None) -> float:
+    """Training FLOPs per token (``6 N + 12 L d_attn T``, see the module docstring).
+
+    Args:
+        config: a Hugging Face config of a GPT-2 or a Llama-like model (typed ``Any``: each
+            architecture names its fields).
+        context: ``T``, by default the config's maximum length.
+
+    Returns:
+        The FLOPs of one training token.
+    """
     layers = num_layers(config)
     if config.model_type == "gpt2":
         d, ff = config.n_embd, config.n_inner or 4 * config.n_embd
@@ -99,6 +165,13 @@ class TrainLog:
     val_loss: list[float] = field(default_factory=list)
 
     def add(self, step: int, flops: float, loss: float) -> None:
+        """Append one evaluation.
+
+        Args:
+            step: the optimizer steps done.
+            flops: the training FLOPs spent.
+            loss: the validation loss.
+        """
         self.steps.append(step)
         self.flops.append(flops)
         self.val_loss.append(loss)
@@ -122,31 +195,56 @@ def train_steps(
     eval_windows: int = 256,
     eval_at_start: bool = True,
 ) -> TrainLog:
-    """Train ``steps`` steps (cross-entropy on random windows), evaluating every ``eval_every``
-    steps and at the end. ``lr_at(step)`` sets the learning rate of every group before each step
-    (``step`` counted from ``step_offset``); FLOPs use :func:`flops_per_token` with the model's
-    config (context ``context``). Each evaluation is :func:`evaluate` on ``eval_windows``
-    windows; ``eval_at_start=False`` skips the one before the first step (on an empty log)."""
+    """Train ``steps`` steps (cross-entropy on random windows), evaluating every ``eval_every`` steps and at the end.
+
+    Args:
+        model: a causal LM with a Hugging Face ``.config``, called as ``model(input_ids=...)``.
+        corpus: the training and validation text.
+        optimizer: the optimizer of ``model``'s parameters.
+        steps: the optimizer steps to take.
+        batch_size: windows per step.
+        context: the input length of each window.
+        generator: the random generator of the windows.
+        eval_every: steps between evaluations.
+        log: the log to append to (default: a new one).
+        flops_offset: FLOPs already spent (for a continued run).
+        step_offset: steps already taken (for a continued run).
+        lr_at: ``lr_at(step)`` sets the learning rate of every group before each step
+            (``step`` counted from ``step_offset``).
+        on_step: called after each optimizer step.
+        eval_windows: the windows of each :func:`evaluate`.
+        eval_at_start: ``False`` skips the evaluation before the first step (on an empty log).
+
+    Returns:
+        The log; FLOPs use :func:`flops_per_token` with the model's config (context ``context``).
+
+    Raises:
+        FloatingPointError: the loss became non-finite.
+    """
     log = log if log is not None else TrainLog()
-    per_token = flops_per_token(model.config, context)
+    per_token = flops_per_token(model.config, context=context)
     tokens = batch_size * context
     if not log.steps and eval_at_start:
-        log.add(step_offset, flops_offset, evaluate(model, corpus, context, eval_windows))
+        log.add(step_offset, flops_offset, evaluate(model, corpus, context=context, windows=eval_windows))
     model.train()
     for i in range(1, steps + 1):
         if lr_at is not None:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step_offset + i)
-        loss = _loss(model, corpus.batch(batch_size, context, generator))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training diverged at step {step_offset + i}: loss {float(loss)}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        _step(model, optimizer, corpus.batch(batch_size, context, generator), step_offset + i)
         if on_step is not None:
             on_step()
         if i % eval_every == 0 or i == steps:
-            log.add(
-                step_offset + i, flops_offset + i * tokens * per_token, evaluate(model, corpus, context, eval_windows)
-            )
+            loss = evaluate(model, corpus, context=context, windows=eval_windows)
+            log.add(step_offset + i, flops_offset + i * tokens * per_token, loss)
     return log
+
+
+def _step(model: nn.Module, optimizer: torch.optim.Optimizer, window: torch.Tensor, step: int) -> None:
+    """One optimizer step on ``window``; a FloatingPointError when the loss is not finite."""
+    loss = _loss(model, window)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"training diverged at step {step}: loss {float(loss)}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()

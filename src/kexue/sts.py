@@ -3,20 +3,51 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
+import torch
 from scipy.stats import spearmanr
 
 from kexue._shared import as_real_array
 from kexue.data import SentencePairs
 
-__all__ = ["cosine_spearman", "score_task", "score_tasks", "sentence_transformer_encoder", "unique_sentences"]
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
-Encoder = Callable[[Sequence[str]], np.ndarray]  # torch tensors too: any dtype (bfloat16 included), any device
+__all__ = [
+    "Encoder",
+    "TaskScores",
+    "cosine_spearman",
+    "score_task",
+    "score_tasks",
+    "sentence_transformer_encoder",
+    "unique_sentences",
+]
+
+# sentences -> (n, D) vectors: a NumPy array, or a torch tensor of any dtype (bfloat16 included) on any device
+Encoder = Callable[[Sequence[str]], np.ndarray | torch.Tensor]
 
 
-def sentence_transformer_encoder(model, batch_size: int = 128) -> Encoder:
-    """Wrap a ``SentenceTransformer`` as ``sentences -> (n, D)`` float64 array (eval mode, no grad)."""
+class TaskScores(TypedDict):
+    """The scores of one STS task (see :func:`score_task`)."""
+
+    all: float
+    wmean: float
+    pairs: int
+    subsets: dict[str, float]
+
+
+def sentence_transformer_encoder(model: SentenceTransformer, *, batch_size: int = 128) -> Encoder:
+    """Wrap a ``SentenceTransformer`` as ``sentences -> (n, D)`` float64 array (eval mode, no grad).
+
+    Args:
+        model: the encoder (its training mode is restored after each call).
+        batch_size: sentences per forward.
+
+    Returns:
+        The encoder function.
+    """
 
     def encode(sentences: Sequence[str]) -> np.ndarray:
         was_training = model.training
@@ -31,7 +62,18 @@ def sentence_transformer_encoder(model, batch_size: int = 128) -> Encoder:
 
 
 def cosine_spearman(encode: Encoder, pairs: SentencePairs) -> float:
-    """Spearman's ρ × 100 between gold scores and the cosine similarity of the two sides."""
+    """Spearman's ρ × 100 between gold scores and the cosine similarity of the two sides.
+
+    Args:
+        encode: the sentence encoder.
+        pairs: the scored pairs.
+
+    Returns:
+        The correlation × 100.
+
+    Raises:
+        FloatingPointError: the encoder returned non-finite vectors.
+    """
     a = as_real_array("embeddings", encode(pairs.sentences1))  # torch on any device, bfloat16 included
     b = as_real_array("embeddings", encode(pairs.sentences2))
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
@@ -41,7 +83,19 @@ def cosine_spearman(encode: Encoder, pairs: SentencePairs) -> float:
 
 
 def unique_sentences(tasks: dict[str, list[SentencePairs]]) -> list[str]:
-    """Every distinct sentence of the tasks, in first-seen order (encode each once)."""
+    """Every distinct sentence of the tasks, in first-seen order (encode each once).
+
+    Args:
+        tasks: task name → its subsets.
+
+    Returns:
+        The sentences.
+
+    Example:
+        >>> pairs = SentencePairs(name="toy", sentences1=["a", "b"], sentences2=["b", "c"], scores=[1.0, 2.0])
+        >>> unique_sentences({"toy": [pairs]})
+        ['a', 'b', 'c']
+    """
     seen: dict[str, None] = {}
     for subsets in tasks.values():
         for pairs in subsets:
@@ -57,7 +111,7 @@ def _cosines(vectors: np.ndarray, index: dict[str, int], pairs: SentencePairs) -
     return (a * b).sum(1) / np.where(norms > 0, norms, 1.0)
 
 
-def score_task(subsets: Sequence[SentencePairs], vectors: np.ndarray, index: dict[str, int]) -> dict[str, float]:
+def score_task(subsets: Sequence[SentencePairs], vectors: np.ndarray, index: dict[str, int]) -> TaskScores:
     """Spearman × 100 of one task, two aggregations.
 
     * ``all``: one Spearman over the pooled pairs of every subset (SimCSE's and MTEB's);
@@ -65,6 +119,18 @@ def score_task(subsets: Sequence[SentencePairs], vectors: np.ndarray, index: dic
       "wmean", used by the BERT-flow and BERT-whitening papers).
 
     A task with one subset (STS-B, SICK-R) has ``all == wmean``.
+
+    Args:
+        subsets: the task's subsets.
+        vectors: ``(n, D)`` sentence vectors (array-like or tensor).
+        index: sentence → its row in ``vectors``.
+
+    Returns:
+        ``all``, ``wmean``, ``pairs`` (the number of pairs) and ``subsets`` (name → Spearman × 100,
+        rounded to two decimals).
+
+    Raises:
+        FloatingPointError: non-finite vectors.
     """
     vectors = as_real_array("vectors", vectors)
     if not np.isfinite(vectors).all():
@@ -73,14 +139,25 @@ def score_task(subsets: Sequence[SentencePairs], vectors: np.ndarray, index: dic
     per = [float(spearmanr(c, p.scores).statistic * 100) for c, p in zip(cos, subsets, strict=True)]
     sizes = np.array([len(p) for p in subsets], dtype=np.float64)
     pooled = float(spearmanr(np.concatenate(cos), np.concatenate([p.scores for p in subsets])).statistic * 100)
-    return {
-        "all": pooled,
-        "wmean": float(np.dot(per, sizes) / sizes.sum()),
-        "pairs": int(sizes.sum()),
-        "subsets": {p.name: round(r, 2) for p, r in zip(subsets, per, strict=True)},
-    }
+    return TaskScores(
+        all=pooled,
+        wmean=float(np.dot(per, sizes) / sizes.sum()),
+        pairs=int(sizes.sum()),
+        subsets={p.name: round(r, 2) for p, r in zip(subsets, per, strict=True)},
+    )
 
 
-def score_tasks(tasks: dict[str, list[SentencePairs]], vectors: np.ndarray, index: dict[str, int]) -> dict[str, dict]:
-    """:func:`score_task` for every task."""
+def score_tasks(
+    tasks: dict[str, list[SentencePairs]], vectors: np.ndarray, index: dict[str, int]
+) -> dict[str, TaskScores]:
+    """:func:`score_task` for every task.
+
+    Args:
+        tasks: task name → its subsets.
+        vectors: ``(n, D)`` sentence vectors.
+        index: sentence → its row in ``vectors``.
+
+    Returns:
+        Task name → its scores.
+    """
     return {name: score_task(subsets, vectors, index) for name, subsets in tasks.items()}

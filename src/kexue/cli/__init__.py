@@ -3,7 +3,8 @@
 Every module in this package whose name does not start with ``_`` is a subcommand. It
 defines ``NAME`` (the command word), ``HELP`` (one line), ``EXAMPLE`` (a copy-pasteable
 command line), ``configure(parser)`` and ``run(args) -> int``. New subcommands plug in by
-adding a module; nothing here changes. Heavy imports belong inside ``run``.
+adding a module; nothing here changes. Heavy imports belong inside ``run``, with a
+``# start-up time`` comment: ``kexue --help`` imports every subcommand module.
 
 Exit codes: 0 success; 1 a claim failed or a benchmark target was missed; 2 bad usage or
 bad input, reported as one line on stderr (``--debug`` shows the traceback instead).
@@ -17,10 +18,12 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import NoReturn
 
+from kexue import __version__
 from kexue._optional import MissingExtra, as_missing_extra
 
-__all__ = ["UsageError", "main"]
+__all__ = ["UsageError", "build_parser", "main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -32,7 +35,7 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of printing usage and exiting, so errors stay one line."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise UsageError(message)
 
 
@@ -45,11 +48,16 @@ def _subcommands() -> list[ModuleType]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from kexue import __version__
+    """The ``kexue`` parser, with one subcommand per module of this package.
 
+    Returns:
+        The parser; a parsed command's ``run`` attribute is its module's ``run``.
+    """
     parser = _Parser(
         prog="kexue",
-        description="Techniques from Su Jianlin's Scientific Spaces articles: reproduce their claims, benchmark against peers.",
+        description=(
+            "Techniques from Su Jianlin's Scientific Spaces articles: reproduce their claims, benchmark against peers."
+        ),
         epilog="Run 'kexue COMMAND --help' for a command's options and an example.",
     )
     parser.add_argument("--version", action="version", version=f"kexue {__version__}")
@@ -75,7 +83,15 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``kexue`` script; returns the exit code."""
+    """Entry point of the ``kexue`` script.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit code: 0 success, 1 a failed claim or missed target (or an internal error), 2 bad usage or
+        input, 130 interrupted.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     command = next((a for a in argv if not a.startswith("-")), None)

@@ -5,9 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
-from kexue.cli._common import add_data_argument, add_technique_arguments
+from kexue.cli._common import (
+    add_data_argument,
+    add_technique_arguments,
+    apply_data_argument,
+    stderr_console,
+    stdout_console,
+)
 from kexue.report import registry
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from kexue.report.bench import Bench
 
 NAME = "bench"
 HELP = "run the side-by-side benchmarks against the peers; writes DIR/bench.json and DIR/bench.html"
@@ -15,6 +27,11 @@ EXAMPLE = "kexue bench orthogonal --quick --out reports"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    """Add ``kexue bench``'s arguments.
+
+    Args:
+        parser: the subcommand's parser.
+    """
     add_technique_arguments(parser, "benchmark")
     add_data_argument(parser)
     parser.add_argument("--quick", action="store_true", help="smaller inputs (about a tenth), for a fast look")
@@ -26,7 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_device(device: str) -> str:
-    import torch
+    import torch  # start-up time: `kexue --help` must not import torch
 
     try:
         parsed = torch.device(device)
@@ -40,12 +57,17 @@ def _check_device(device: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.table import Table
+    """Run the benchmarks, write ``bench.json`` and ``bench.html``, print the tables.
 
-    from kexue.cli._common import apply_data_argument, stderr_console, stdout_console
-    from kexue.report.html import render_bench
-    from kexue.report.io import atomic_write, machine_info, prepare_out_dir, write_json
-    from kexue.report.runner import run_benchmarks
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit code: 1 when a target was missed, else 0.
+    """
+    from kexue.report.io import prepare_out_dir  # start-up time: torch and rich load when the command runs
+    from kexue.report.outputs import write_bench  # start-up time
+    from kexue.report.runner import run_benchmarks  # start-up time
 
     if args.repeats < 1:
         raise ValueError(f"--repeats {args.repeats} must be at least 1")
@@ -55,36 +77,13 @@ def run(args: argparse.Namespace) -> int:
     out = prepare_out_dir(args.out)
     err = stderr_console()
     benches = run_benchmarks(techniques, quick=args.quick, device=device, repeats=args.repeats, console=err)
-
-    payload = {
-        "machine": machine_info(device),
-        "quick": args.quick,
-        "cases": [c.to_json() for b in benches for c in b.cases],
-        "ratios": [r.to_json() for b in benches for r in b.ratios],
-        "skipped": [s for b in benches for s in b.skipped],
-    }
-    write_json(out / "bench.json", payload)
-    atomic_write(out / "bench.html", render_bench(payload))
-
+    payload = write_bench(out, benches, device=device, quick=args.quick)
     if args.json:
         print(json.dumps(payload, indent=2, allow_nan=False))
     else:
         console = stdout_console()
-        cases = Table(title="kexue bench: cases")
-        for column in ("technique", "case", "impl", "median", "peak memory"):
-            cases.add_column(column, justify="right" if column in ("median", "peak memory") else "left")
-        for c in (c for b in benches for c in b.cases):
-            peak = "—" if c.peak_bytes is None else f"{c.peak_bytes / 2**20:,.1f} MiB"
-            cases.add_row(c.technique, c.case, c.impl, f"{c.median_s * 1e3:,.2f} ms", peak)
-        console.print(cases)
-        ratios = Table(title="kexue bench: ratios")
-        for column in ("ratio", "value", "target", "met", "meaning"):
-            ratios.add_column(column)
-        for r in (r for b in benches for r in b.ratios):
-            target = "reported" if r.target is None else ("≥ " if r.higher_is_better else "≤ ") + f"{r.target:g}"
-            met = "—" if r.met is None else ("[bold green]yes[/]" if r.met else "[bold red]NO[/]")
-            ratios.add_row(r.id, f"{r.value:.2f}", target, met, r.description)
-        console.print(ratios)
+        console.print(_cases_table(benches))
+        console.print(_ratios_table(benches))
     missed = [r.id for b in benches for r in b.ratios if r.met is False]
     for s in payload["skipped"]:
         print(f"kexue bench: skipped {s['technique']}.{s['case']}: {s['reason']}", file=sys.stderr)
@@ -92,3 +91,30 @@ def run(args: argparse.Namespace) -> int:
         err.print(f"[bold red]targets missed:[/] {', '.join(missed)}")
     err.print(f"bench: {(out / 'bench.html').resolve()}  data: {(out / 'bench.json').resolve()}")
     return 1 if missed else 0
+
+
+def _cases_table(benches: list[Bench]) -> Table:
+    """Every case's median time and peak memory, one row per implementation."""
+    from rich.table import Table  # start-up time
+
+    cases = Table(title="kexue bench: cases")
+    for column in ("technique", "case", "impl", "median", "peak memory"):
+        cases.add_column(column, justify="right" if column in ("median", "peak memory") else "left")
+    for c in (c for b in benches for c in b.cases):
+        peak = "—" if c.peak_bytes is None else f"{c.peak_bytes / 2**20:,.1f} MiB"
+        cases.add_row(c.technique, c.case, c.impl, f"{c.median_s * 1e3:,.2f} ms", peak)
+    return cases
+
+
+def _ratios_table(benches: list[Bench]) -> Table:
+    """Every ratio with its target and verdict."""
+    from rich.table import Table  # start-up time
+
+    ratios = Table(title="kexue bench: ratios")
+    for column in ("ratio", "value", "target", "met", "meaning"):
+        ratios.add_column(column)
+    for r in (r for b in benches for r in b.ratios):
+        target = "reported" if r.target is None else ("≥ " if r.higher_is_better else "≤ ") + f"{r.target:g}"
+        met = "—" if r.met is None else ("[bold green]yes[/]" if r.met else "[bold red]NO[/]")
+        ratios.add_row(r.id, f"{r.value:.2f}", target, met, r.description)
+    return ratios

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+from typing import Any
+
+from kexue.cli._common import stderr_console, stdout_console
 
 NAME = "grow"
 HELP = "grow a HuggingFace checkpoint (width by k, depth by identity blocks) losslessly; writes OUT and a parity report"
@@ -10,6 +14,11 @@ EXAMPLE = "kexue grow path/to/small -o path/to/large --width 2 --depth 2"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    """Add ``kexue grow``'s arguments.
+
+    Args:
+        parser: the subcommand's parser.
+    """
     parser.add_argument(
         "model_dir", metavar="MODEL_DIR", help="a HuggingFace checkpoint folder (config.json + weights)"
     )
@@ -42,7 +51,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--experts",
         type=int,
         default=1,
-        help="mixture-of-experts models: copy every expert this many times, as many more experts per token (default: 1)",
+        help="mixture-of-experts models: copy every expert this many times, as many more experts per token "
+        "(default: 1)",
     )
     parser.add_argument(
         "--noise",
@@ -65,8 +75,15 @@ def _bytes(n: int) -> str:
     return f"{n} B"
 
 
-def describe_plan(planned: dict) -> str:
-    """One line: the parameter counts before and after, and the grown size per dtype."""
+def describe_plan(planned: dict[str, Any]) -> str:
+    """One line: the parameter counts before and after, and the grown size per dtype.
+
+    Args:
+        planned: the ``planned`` entry of :func:`kexue.growth.checkpoint.grow_checkpoint`'s report.
+
+    Returns:
+        The line.
+    """
     small, large = planned["small"], planned["large"]
     dtypes = ", ".join(f"{name} {_bytes(d['bytes'])}" for name, d in large["dtypes"].items())
     return (
@@ -75,15 +92,47 @@ def describe_plan(planned: dict) -> str:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    import json
+# the library's argument names as the CLI's options, at the start of an error message
+_OPTION_NAMES = (
+    ("src ", "MODEL_DIR "),
+    ("dst ", "--out "),
+    ("width=", "--width="),
+    ("depth=", "--depth="),
+    ("ffn=", "--ffn="),
+    ("experts=", "--experts="),
+    ("noise=", "--noise="),
+)
 
-    from kexue.cli._common import stderr_console, stdout_console
+
+def _in_cli_terms(exc: ValueError | FileNotFoundError | FileExistsError) -> ValueError | OSError:
+    """``exc`` again, its message naming the CLI's options instead of the function's arguments."""
+    message = str(exc)
+    for name, option in _OPTION_NAMES:
+        if message.startswith(name):
+            message = option + message[len(name) :]
+    return type(exc)(
+        message.replace(
+            "give width >= 2, depth >= 2, experts >= 2 and/or ffn",
+            "give --width >= 2, --depth >= 2, --experts >= 2 and/or --ffn SIZE",
+        )
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Grow the checkpoint (or only plan it, with ``--dry-run``) and print the parity report as JSON.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit code: 0 when the grown model matches in float64 (max |diff| <= 1e-8), else 1.
+    """
+    # start-up time (and the nlp extra): growth loads transformers
     from kexue.growth.checkpoint import grow_checkpoint
 
     if not args.noise >= 0 or args.noise == float("inf"):
         raise ValueError(f"--noise {args.noise} must be a finite number >= 0")
-    options = dict(
+    options: dict[str, Any] = dict(
         width=args.width,
         depth=args.depth,
         ffn=args.ffn,
@@ -102,29 +151,8 @@ def run(args: argparse.Namespace) -> int:
         report = grow_checkpoint(
             args.model_dir, args.out, **options, on_plan=lambda planned: stderr_console().print(describe_plan(planned))
         )
-    except (
-        ValueError,
-        FileNotFoundError,
-        FileExistsError,
-    ) as exc:  # name the CLI's options, not the function's arguments
-        message = str(exc)
-        for name, option in (
-            ("src ", "MODEL_DIR "),
-            ("dst ", "--out "),
-            ("width=", "--width="),
-            ("depth=", "--depth="),
-            ("ffn=", "--ffn="),
-            ("experts=", "--experts="),
-            ("noise=", "--noise="),
-        ):
-            if message.startswith(name):
-                message = option + message[len(name) :]
-        raise type(exc)(
-            message.replace(
-                "give width >= 2, depth >= 2, experts >= 2 and/or ffn",
-                "give --width >= 2, --depth >= 2, --experts >= 2 and/or --ffn SIZE",
-            )
-        ) from None
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        raise _in_cli_terms(exc) from None
     stdout_console().print_json(json.dumps(report))
     stderr_console().print(
         f"wrote {args.out} ({report['parameters']['small']:,} -> {report['parameters']['large']:,} parameters)"

@@ -7,11 +7,23 @@ import json
 import os
 import sys
 from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import quote
+from typing import TYPE_CHECKING
 
-from kexue.cli._common import add_data_argument, add_technique_arguments
+from kexue.cli._common import (
+    add_data_argument,
+    add_technique_arguments,
+    apply_data_argument,
+    claims_table,
+    stderr_console,
+    stdout_console,
+)
 from kexue.report import registry
+
+if TYPE_CHECKING:
+    from kexue.report.claims import Claim
 
 NAME = "reproduce"
 HELP = "check every claim of the articles on local data; writes DIR/results.json and DIR/report.html"
@@ -19,6 +31,11 @@ EXAMPLE = "kexue reproduce orthogonal --out reports"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    """Add ``kexue reproduce``'s arguments.
+
+    Args:
+        parser: the subcommand's parser.
+    """
     add_technique_arguments(parser, "run")
     add_data_argument(parser)
     parser.add_argument("--full", action="store_true", help="full scale (default: quick scale)")
@@ -30,43 +47,38 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-cache",
         action="store_true",
-        help="recompute cached intermediates (the STS sentence encodings) instead of reading them from the cache folder",
+        help="recompute cached intermediates (the STS sentence encodings) instead of reading them from the "
+        "cache folder",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from kexue.cli._common import apply_data_argument, claims_table, stderr_console, stdout_console
-    from kexue.report.html import render_report
-    from kexue.report.io import atomic_write, machine_info, prepare_out_dir, write_json
-    from kexue.report.runner import run_claims
+    """Run the claims, write ``results.json`` and ``report.html``, print the table and the summary.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit code: 1 when a claim failed, else 0.
+    """
+    from kexue.report.io import prepare_out_dir  # start-up time: torch and rich load when the command runs
+    from kexue.report.outputs import write_reproduce  # start-up time
+    from kexue.report.runner import run_claims  # start-up time
 
     techniques = registry.parse_techniques(args.techniques, registry.SUITES, "claims")
     apply_data_argument(args)
     bench = _bench_page(args.bench)
     out = prepare_out_dir(args.out)
     err = stderr_console()
-    previous = os.environ.get("KEXUE_NO_CACHE")
-    if args.no_cache:
-        os.environ["KEXUE_NO_CACHE"] = "1"
-    try:
+    with _no_cache(args.no_cache):
         result = run_claims(
             techniques,
-            "full" if args.full else "quick",
+            mode="full" if args.full else "quick",
             console=err,
             seed=args.seed,
             debug=getattr(args, "debug", False),
         )
-    finally:  # a caller of main() in the same process keeps its own setting
-        if previous is None:
-            os.environ.pop("KEXUE_NO_CACHE", None)
-        else:
-            os.environ["KEXUE_NO_CACHE"] = previous
-    payload = result.to_json()
-    machine = machine_info()
-    write_json(out / "results.json", payload)
-    link = None if bench is None else quote(Path(os.path.relpath(bench.resolve(), out.resolve())).as_posix())
-    atomic_write(out / "report.html", render_report(payload, result.figures, machine, bench_link=link))
-
+    payload = write_reproduce(out, result, bench_page=bench)
     if args.json:
         print(json.dumps(payload, indent=2, allow_nan=False))
     else:
@@ -84,8 +96,31 @@ def run(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
-def skipped_line(claims: list) -> str:
-    """One line: how many checks were skipped, and each distinct reason with its count."""
+@contextmanager
+def _no_cache(enabled: bool) -> Iterator[None]:
+    """Set ``KEXUE_NO_CACHE=1`` for the block when ``enabled``; a caller of main() in the same process keeps its own
+    setting afterwards."""
+    previous = os.environ.get("KEXUE_NO_CACHE")
+    if enabled:
+        os.environ["KEXUE_NO_CACHE"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("KEXUE_NO_CACHE", None)
+        else:
+            os.environ["KEXUE_NO_CACHE"] = previous
+
+
+def skipped_line(claims: Sequence[Claim]) -> str:
+    """One line: how many checks were skipped, and each distinct reason with its count.
+
+    Args:
+        claims: the skipped claims.
+
+    Returns:
+        The line.
+    """
     reasons = Counter(c.details for c in claims)
     listed = "; ".join(f"{reason}" + (f" (x{n})" if n > 1 else "") for reason, n in reasons.items())
     return f"{len(claims)} check(s) skipped, not failed: {listed}"

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from kexue.cli._common import add_data_argument
+from kexue.cli._common import add_data_argument, apply_data_argument, stderr_console, stdout_console
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import TaskID
+
+    from kexue.contrastive.train import TrainConfig, TrainResult
 
 NAME = "train-embedder"
 HELP = (
@@ -15,6 +22,11 @@ EXAMPLE = "kexue train-embedder --pairs pairs.tsv --batch-size 256 --micro-batch
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    """Add ``kexue train-embedder``'s arguments.
+
+    Args:
+        parser: the subcommand's parser.
+    """
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument(
         "--sentences", metavar="FILE", help="one sentence per line: unsupervised SimCSE (two dropout views)"
@@ -61,20 +73,38 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    """Train (or, with ``--verify``, check the first batch's gradient) and print the summary.
 
-    from kexue.cli._common import apply_data_argument, stderr_console
-    from kexue.contrastive.train import TrainConfig, TrainProgress, train_embedder
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit code: 0, or for ``--verify`` 1 when an error exceeds ``--tolerance``.
+    """
+    # start-up time (and the nlp extra): the training module loads torch and sentence-transformers
+    from kexue.contrastive.train import TrainProgress, train_embedder
 
     apply_data_argument(args)
-    config = TrainConfig(
+    config = _config(args)
+    if args.verify:
+        return _verify(config, args.tolerance)
+    err = stderr_console()
+    bar = _TrainBar(err)
+    try:
+        result = train_embedder(
+            config, resume=args.resume, progress=TrainProgress(start=bar.start, advance=bar.advance, message=err.print)
+        )
+    finally:
+        bar.stop()
+    _print_summary(err, config, result)
+    return 0
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    """The training configuration the command line asks for."""
+    from kexue.contrastive.train import TrainConfig  # start-up time (and the nlp extra)
+
+    return TrainConfig(
         model=args.model,
         out=args.out,
         sentences=args.sentences,
@@ -94,34 +124,52 @@ def run(args: argparse.Namespace) -> int:
         data=args.data,
         autocast="bf16" if args.bf16 else None,
     )
-    if args.verify:
-        return _verify(config, args.tolerance)
-    err = stderr_console()
-    bar = Progress(
-        TextColumn("train"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=False,
-    )
-    task = None
 
-    def start(total: int, done: int) -> None:
-        nonlocal task
-        bar.start()
-        task = bar.add_task("train", total=total, completed=done, loss="-")
 
-    def advance(loss: float) -> None:
-        bar.update(task, advance=1, loss=f"{loss:.4f}")
+class _TrainBar:
+    """The training progress bar on stderr, started when training knows its number of steps."""
 
-    try:
-        result = train_embedder(config, resume=args.resume, progress=TrainProgress(start, advance, err.print))
-    finally:
-        if task is not None:  # a bar that never started would print an empty line before the error
-            bar.stop()
+    def __init__(self, console: Console) -> None:
+        # start-up time: `kexue --help` must not import rich
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task: TaskID | None = None
+
+    def start(self, total: int, done: int) -> None:
+        """Show the bar at ``done`` of ``total`` steps."""
+        self.bar.start()
+        self.task = self.bar.add_task("train", total=total, completed=done, loss="-")
+
+    def advance(self, loss: float) -> None:
+        """One step done, with its loss."""
+        if self.task is not None:
+            self.bar.update(self.task, advance=1, loss=f"{loss:.4f}")
+
+    def stop(self) -> None:
+        """Stop the bar (one that never started is left alone: it would print an empty line before an error)."""
+        if self.task is not None:
+            self.bar.stop()
+
+
+def _print_summary(err: Console, config: TrainConfig, result: TrainResult) -> None:
+    """The steps, time and final loss, the STS-B scores before and after, and where the outputs are."""
     err.print(
         f"{result.steps} steps in {result.seconds:.1f} s (batch {result.extra['effective_batch']}, micro-batch "
         f"{config.micro_batch_size}); final loss {result.losses[-1]:.4f}"
@@ -133,14 +181,13 @@ def run(args: argparse.Namespace) -> int:
             f"STS-B {config.eval_split} Spearman x100: before {result.sts_before:.2f}, after {result.sts_after:.2f}"
         )
     err.print(f"model: {result.out}/model  log: {result.out}/training.json")
-    return 0
 
 
-def _verify(config, tolerance: float) -> int:
-    from rich.table import Table
+def _verify(config: TrainConfig, tolerance: float) -> int:
+    """``--verify``: print the cached gradient's error per parameter group; 0 when all are within ``tolerance``."""
+    from rich.table import Table  # start-up time: `kexue --help` must not import rich
 
-    from kexue.cli._common import stdout_console
-    from kexue.contrastive.train import verify_first_batch
+    from kexue.contrastive.train import verify_first_batch  # start-up time (and the nlp extra)
 
     check = verify_first_batch(config, tolerance=tolerance)
     table = Table(title="cached vs full-batch gradient of the first batch")

@@ -32,13 +32,28 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
+
+from kexue._optional import skip_reason
 
 __all__ = ["Bench", "BenchSuite", "CaseResult", "Ratio", "interleaved_times"]
 
 
 @dataclass(frozen=True)
 class CaseResult:
+    """One implementation's times on one case.
+
+    Args:
+        technique: the technique's name.
+        case: the case's name (shared by the implementations compared).
+        impl: the implementation's name (kexue, a peer, a floor).
+        median_s: the median time in seconds.
+        times_s: every timed call's seconds.
+        peak_bytes: the memory the warm-up call newly used, where measured.
+        params: the case's sizes and settings.
+    """
+
     technique: str
     case: str
     impl: str
@@ -48,6 +63,11 @@ class CaseResult:
     params: dict[str, Any]
 
     def to_json(self) -> dict[str, Any]:
+        """The result as JSON (``peak_bytes`` left out where it was not measured).
+
+        Returns:
+            A JSON-able mapping.
+        """
         payload = asdict(self)
         if self.peak_bytes is None:
             del payload["peak_bytes"]
@@ -56,6 +76,17 @@ class CaseResult:
 
 @dataclass(frozen=True)
 class Ratio:
+    """A ratio of two times (or sizes), judged against a target when it has one.
+
+    Args:
+        id: the ratio's stable dotted id.
+        value: the ratio.
+        target: the value to reach, if any.
+        higher_is_better: whether ``value >= target`` (else ``<=``) meets it.
+        met: the verdict (None without a target).
+        description: what the ratio means.
+    """
+
     id: str
     value: float
     target: float | None
@@ -64,13 +95,25 @@ class Ratio:
     description: str = ""
 
     def to_json(self) -> dict[str, Any]:
+        """The ratio as JSON.
+
+        Returns:
+            A JSON-able mapping.
+        """
         return asdict(self)
 
 
 class PeakMemory:
-    """Peak-memory probe for one device (see module docstring)."""
+    """Peak-memory probe for one device (see module docstring).
+
+    Args:
+        device: the torch device the cases run on.
+    """
+
+    _torch: ModuleType
 
     def __init__(self, device: str) -> None:
+        # start-up time: `kexue --help` imports kexue.report, which must not import torch
         import torch
 
         self.device = device
@@ -95,6 +138,11 @@ class PeakMemory:
         return int(match.group(1)) * 1024 if match else None
 
     def start(self) -> int:
+        """Reset the peak and return the baseline.
+
+        Returns:
+            The bytes in use now (CUDA: allocated; CPU: resident).
+        """
         if self.cuda:
             self._torch.cuda.synchronize(self.device)
             self._torch.cuda.reset_peak_memory_stats(self.device)
@@ -103,6 +151,14 @@ class PeakMemory:
         return self._status("VmRSS") or 0
 
     def stop(self, base: int) -> int:
+        """The peak's growth since :meth:`start`.
+
+        Args:
+            base: what :meth:`start` returned.
+
+        Returns:
+            The bytes newly used at the peak.
+        """
         if self.cuda:
             self._torch.cuda.synchronize(self.device)
             return max(0, self._torch.cuda.max_memory_allocated(self.device) - base)
@@ -114,6 +170,18 @@ def run_in_fresh_process(module: str, function: str, *args: Any, timeout: float 
 
     For peak-memory cases: a fresh process has no high-water mark from earlier cases.
     ``args`` must be literals (they are written into the child's command line with ``repr``).
+
+    Args:
+        module: the module holding ``function``.
+        function: the function's name.
+        *args: its arguments (literals).
+        timeout: seconds before the child is abandoned.
+
+    Returns:
+        What the function returned, through JSON.
+
+    Raises:
+        RuntimeError: the child failed, with the end of its stderr.
     """
     call = f"{function}({', '.join(repr(a) for a in args)})"
     code = f"import json; from {module} import {function}; print(json.dumps({call}))"
@@ -125,7 +193,17 @@ def run_in_fresh_process(module: str, function: str, *args: Any, timeout: float 
 
 @dataclass
 class Bench:
-    """The timer handed to each benchmark case."""
+    """The timer handed to each benchmark case.
+
+    Args:
+        technique: the technique's name.
+        quick: smaller inputs, for a fast look.
+        device: the torch device to run on.
+        repeats: timed calls per case.
+        cases: the results recorded so far.
+        ratios: the ratios recorded so far.
+        skipped: the cases that could not run here.
+    """
 
     technique: str
     quick: bool = False
@@ -140,7 +218,7 @@ class Bench:
 
     def _sync(self) -> None:
         if self.device.startswith("cuda"):
-            import torch
+            import torch  # start-up time: `kexue --help` imports kexue.report, which must not import torch
 
             torch.cuda.synchronize(self.device)
 
@@ -153,7 +231,18 @@ class Bench:
         repeats: int | None = None,
         params: dict[str, Any] | None = None,
     ) -> CaseResult:
-        """Warm up once (measuring peak memory), then time ``repeats`` calls of ``fn``."""
+        """Warm up once (measuring peak memory), then time ``repeats`` calls of ``fn``.
+
+        Args:
+            case: the case's name.
+            impl: the implementation's name.
+            fn: the call to time (its result is dropped before the next call).
+            repeats: timed calls (default: the bench's).
+            params: the case's sizes and settings.
+
+        Returns:
+            The recorded result.
+        """
         repeats = repeats or self.repeats
         gc.collect()
         peak = None
@@ -173,14 +262,41 @@ class Bench:
             self._sync()
             times.append(time.perf_counter() - start)
             del result
-        record = CaseResult(self.technique, case, impl, statistics.median(times), times, peak, dict(params or {}))
+        record = CaseResult(
+            technique=self.technique,
+            case=case,
+            impl=impl,
+            median_s=statistics.median(times),
+            times_s=times,
+            peak_bytes=peak,
+            params=dict(params or {}),
+        )
         self.cases.append(record)
         return record
 
     def record(self, case: str, impl: str, times: list[float], *, params: dict[str, Any] | None = None) -> CaseResult:
-        """Record times measured by the case itself (when ``fn``-per-call timing does not fit, e.g. a
-        share of a larger call); the median is reported, peak memory is not measured."""
-        record = CaseResult(self.technique, case, impl, statistics.median(times), list(times), None, dict(params or {}))
+        """Record times measured by the case itself; the median is reported, peak memory is not measured.
+
+        For when ``fn``-per-call timing does not fit, e.g. a share of a larger call.
+
+        Args:
+            case: the case's name.
+            impl: the implementation's name.
+            times: the measured seconds.
+            params: the case's sizes and settings.
+
+        Returns:
+            The recorded result.
+        """
+        record = CaseResult(
+            technique=self.technique,
+            case=case,
+            impl=impl,
+            median_s=statistics.median(times),
+            times_s=list(times),
+            peak_bytes=None,
+            params=dict(params or {}),
+        )
         self.cases.append(record)
         return record
 
@@ -193,9 +309,27 @@ class Bench:
         higher_is_better: bool = True,
         description: str = "",
     ) -> Ratio:
-        """Record a ratio; with a ``target`` it is judged (``met``), without one only reported."""
+        """Record a ratio; with a ``target`` it is judged (``met``), without one only reported.
+
+        Args:
+            id: the ratio's stable dotted id.
+            value: the ratio.
+            target: the value to reach, if any.
+            higher_is_better: whether ``value >= target`` (else ``<=``) meets it.
+            description: what the ratio means.
+
+        Returns:
+            The recorded ratio.
+        """
         met = None if target is None else (value >= target if higher_is_better else value <= target)
-        record = Ratio(id, float(value), target, higher_is_better, met, description)
+        record = Ratio(
+            id=id,
+            value=float(value),
+            target=target,
+            higher_is_better=higher_is_better,
+            met=met,
+            description=description,
+        )
         self.ratios.append(record)
         return record
 
@@ -205,20 +339,35 @@ BenchCase = Callable[[Bench], None]
 
 @dataclass
 class BenchSuite:
-    """The ordered benchmark cases of one technique."""
+    """The ordered benchmark cases of one technique.
+
+    Args:
+        technique: the technique's name.
+        cases: the cases, in order (usually registered with :meth:`case`).
+    """
 
     technique: str
     cases: list[BenchCase] = field(default_factory=list)
 
     def case(self, fn: BenchCase) -> BenchCase:
-        """Decorator: register ``fn`` as the next case."""
+        """Decorator: register ``fn`` as the next case.
+
+        Args:
+            fn: the case.
+
+        Returns:
+            ``fn`` itself.
+        """
         self.cases.append(fn)
         return fn
 
     def run_case(self, fn: BenchCase, bench: Bench) -> None:
-        """Run one case; one that needs a missing extra or data is recorded in ``bench.skipped``."""
-        from kexue._optional import skip_reason
+        """Run one case; one that needs a missing extra or data is recorded in ``bench.skipped``.
 
+        Args:
+            fn: the case.
+            bench: the timer it records into.
+        """
         try:
             fn(bench)
         except Exception as exc:
@@ -229,8 +378,17 @@ class BenchSuite:
 
 
 def interleaved_times(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
-    """Wall times of each call, measured round-robin (one call of each per round, after one warm-up
-    call each), so that a drift of the machine's speed hits every call alike."""
+    """Wall times of each call, measured round-robin, so that a drift of the machine's speed hits every call alike.
+
+    One warm-up call each, then one call of each per round.
+
+    Args:
+        calls: name → the call to time.
+        rounds: the number of rounds.
+
+    Returns:
+        Name → its seconds, one per round.
+    """
     for fn in calls.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in calls}

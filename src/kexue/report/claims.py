@@ -26,9 +26,15 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+from kexue._optional import skip_reason
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 __all__ = [
+    "MODES",
     "STATUSES",
     "Article",
     "Claim",
@@ -36,19 +42,27 @@ __all__ = [
     "ClaimSuite",
     "Figure",
     "Headline",
+    "Mode",
     "Status",
     "Table",
     "json_value",
 ]
 
 Status = Literal["pass", "fail", "documented", "skipped"]
-STATUSES: tuple[str, ...] = ("pass", "fail", "documented", "skipped")
+STATUSES: tuple[Status, ...] = get_args(Status)
 Mode = Literal["quick", "full"]
+MODES: tuple[Mode, ...] = get_args(Mode)
 
 
 @dataclass(frozen=True)
 class Article:
-    """The source of a technique's claims."""
+    """The source of a technique's claims.
+
+    Args:
+        title: the article's title.
+        url: its address.
+        note: anything a reader should know about the reproduction.
+    """
 
     title: str
     url: str
@@ -59,13 +73,24 @@ class Article:
 class Headline:
     """One result the report's dashboard shows for a technique: claim ``name`` (or the first claim whose
     name starts with it), optionally one entry of a structured value (``path``: the keys leading to
-    it; the article's value is looked up at the same path, or at its last key), under ``label``."""
+    it; the article's value is looked up at the same path, or at its last key), under ``label``.
+
+    Args:
+        claim: the claim's name (without the technique), or a prefix of it.
+        path: keys into the claim's structured value.
+        label: the dashboard's text (default: the claim's statement).
+    """
 
     claim: str
     path: tuple[str, ...] = ()
     label: str = ""
 
-    def to_json(self) -> dict[str, str]:
+    def to_json(self) -> dict[str, Any]:
+        """The headline as JSON (``claim``, ``path``, ``label``).
+
+        Returns:
+            A JSON-able mapping.
+        """
         return asdict(self)
 
 
@@ -104,6 +129,11 @@ class Table:
             raise ValueError("Table cells must be scalars (numbers, strings, None)")
 
     def to_json(self) -> dict[str, Any]:
+        """The table as JSON (what ``results.json`` stores and the report renders).
+
+        Returns:
+            A JSON-able mapping.
+        """
         return {
             "columns": list(self.columns),
             "rows": [json_value(list(r)) for r in self.rows],
@@ -116,7 +146,20 @@ class Table:
 
 @dataclass(frozen=True)
 class Claim:
-    """One verdict in ``results.json``; ``id`` is dotted and stable (``technique.group.name``)."""
+    """One verdict in ``results.json``; ``id`` is dotted and stable (``technique.group.name``).
+
+    Args:
+        id: the claim's id.
+        technique: the technique's name.
+        article: the article's address.
+        statement: what the article says.
+        article_value: the article's number (JSON-able).
+        measured: kexue's number (JSON-able).
+        tolerance: the bound the verdict used, if any.
+        status: the verdict.
+        details: a note, or the reason of a skip, or a traceback.
+        table: a purpose-built view of the values (:meth:`Table.to_json`).
+    """
 
     id: str
     technique: str
@@ -130,12 +173,24 @@ class Claim:
     table: dict[str, Any] | None = None  # Table.to_json(): the report's purpose-built view of the value
 
     def to_json(self) -> dict[str, Any]:
+        """The claim as JSON (one entry of ``results.json``'s ``claims``).
+
+        Returns:
+            A JSON-able mapping.
+        """
         return asdict(self)
 
 
 @dataclass(frozen=True)
 class Figure:
-    """A PNG figure for the HTML report."""
+    """A PNG figure for the HTML report.
+
+    Args:
+        technique: the technique's name.
+        name: the figure's name (unique within the technique).
+        caption: one or two sentences saying what it shows.
+        png: the image.
+    """
 
     technique: str
     name: str
@@ -143,12 +198,27 @@ class Figure:
     png: bytes
 
     def data_uri(self) -> str:
+        """The image as a ``data:`` URI for an ``<img>`` tag.
+
+        Returns:
+            The URI.
+        """
         return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
 
 
 @dataclass
 class ClaimContext:
-    """What a check receives: the scale to run at and the sinks for claims and figures."""
+    """What a check receives: the scale to run at and the sinks for claims and figures.
+
+    Args:
+        technique: the technique's name (the prefix of every claim id).
+        article: the article the claims come from.
+        mode: the scale to run at.
+        seed: the seed of the random inputs.
+        claims: the claims recorded so far.
+        figures: the figures recorded so far.
+        display: the runner's progress display, for sub-bars (see :meth:`steps`).
+    """
 
     technique: str
     article: Article
@@ -156,20 +226,31 @@ class ClaimContext:
     seed: int = 0
     claims: list[Claim] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
-    display: Any = None  # the runner's rich Progress: long inner loops show as sub-bars of its one display
+    display: Progress | None = None  # the runner's rich Progress: long inner loops show as sub-bars of its one display
 
     @contextmanager
     def steps(self, description: str, total: int) -> Iterator[Callable[..., None]]:
-        """``with ctx.steps("training", n) as advance: ... advance()`` (or ``advance(k)``): a sub-bar of the
-        run's one progress display for a long inner loop, removed when the loop ends; a no-op without one."""
-        if self.display is None:
+        """A sub-bar of the run's one progress display for a long inner loop, removed when the loop ends.
+
+        ``with ctx.steps("training", n) as advance: ... advance()`` (or ``advance(k)``); a no-op
+        without a display.
+
+        Args:
+            description: the sub-bar's label.
+            total: the number of steps.
+
+        Yields:
+            ``advance(k=1)``, to call after each step (or ``k`` steps).
+        """
+        display = self.display
+        if display is None:
             yield lambda k=1: None
             return
-        task = self.display.add_task(f"  {description}", total=total, current="")
+        task = display.add_task(f"  {description}", total=total, current="")
         try:
-            yield lambda k=1: self.display.advance(task, k)
+            yield lambda k=1: display.advance(task, k)
         finally:
-            self.display.remove_task(task)
+            display.remove_task(task)
 
     @property
     def by_id(self) -> dict[str, Claim]:
@@ -178,6 +259,7 @@ class ClaimContext:
 
     @property
     def full(self) -> bool:
+        """Whether the run is at full scale."""
         return self.mode == "full"
 
     def claim(
@@ -195,9 +277,24 @@ class ClaimContext:
     ) -> Claim:
         """Record a claim. Exactly one of ``passed`` (a verdict) or ``documented=True``.
 
-        ``documented`` is for a limitation the article itself admits, reported with its
-        measured size rather than judged. ``table``: a purpose-built :class:`Table` the report
-        shows for this claim instead of the generic rendering of its values.
+        Args:
+            name: the claim's name within the technique (dotted).
+            statement: what the article says.
+            article_value: the article's number (converted with :func:`json_value`).
+            measured: kexue's number (converted with :func:`json_value`).
+            tolerance: the bound of the verdict, if any.
+            passed: the verdict.
+            documented: a limitation the article itself admits, reported with its measured size
+                rather than judged.
+            details: a note for the report.
+            table: a purpose-built :class:`Table` the report shows for this claim instead of the
+                generic rendering of its values.
+
+        Returns:
+            The recorded claim.
+
+        Raises:
+            ValueError: neither or both of ``passed`` and ``documented=True``.
         """
         if documented == (passed is not None):
             raise ValueError("claim(): give exactly one of passed=<bool> or documented=True")
@@ -218,7 +315,16 @@ class ClaimContext:
         return claim
 
     def skip(self, name: str, statement: str, reason: str) -> Claim:
-        """Record that ``name`` could not be checked here (missing data or extra): status ``skipped``."""
+        """Record that ``name`` could not be checked here (missing data or extra): status ``skipped``.
+
+        Args:
+            name: the claim's name within the technique.
+            statement: what could not be checked.
+            reason: why (the missing extra or data).
+
+        Returns:
+            The recorded claim.
+        """
         claim = Claim(
             id=f"{self.technique}.{name}",
             technique=self.technique,
@@ -234,13 +340,20 @@ class ClaimContext:
         return claim
 
     def figure(self, name: str, fig: Any, caption: str) -> None:
-        """Store a matplotlib figure (closed afterwards) as an embedded PNG."""
-        import matplotlib.pyplot as plt
+        """Store a matplotlib figure (closed afterwards) as an embedded PNG.
+
+        Args:
+            name: the figure's name.
+            fig: a ``matplotlib.figure.Figure`` (the ``report`` extra; typed ``Any`` as matplotlib
+                is optional).
+            caption: what it shows.
+        """
+        import matplotlib.pyplot as plt  # optional extra: report
 
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)
-        self.figures.append(Figure(self.technique, name, caption, buffer.getvalue()))
+        self.figures.append(Figure(technique=self.technique, name=name, caption=caption, png=buffer.getvalue()))
 
 
 Check = Callable[[ClaimContext], None]
@@ -248,7 +361,14 @@ Check = Callable[[ClaimContext], None]
 
 @dataclass
 class ClaimSuite:
-    """The ordered checks of one technique."""
+    """The ordered checks of one technique.
+
+    Args:
+        technique: the technique's name.
+        article: the article the claims come from.
+        checks: the checks, in order (usually registered with :meth:`check`).
+        headlines: the results the report's dashboard shows.
+    """
 
     technique: str
     article: Article
@@ -258,14 +378,25 @@ class ClaimSuite:
     headlines: tuple[str | Headline, ...] = ()
 
     def check(self, fn: Check) -> Check:
-        """Decorator: register ``fn`` as the next check."""
+        """Decorator: register ``fn`` as the next check.
+
+        Args:
+            fn: the check.
+
+        Returns:
+            ``fn`` itself.
+        """
         self.checks.append(fn)
         return fn
 
     def run_check(self, fn: Check, ctx: ClaimContext, *, debug: bool = False) -> None:
-        """Run one check; a crash becomes a failed claim named after the check, missing data or extras a skipped one."""
-        from kexue._optional import skip_reason
+        """Run one check; a crash becomes a failed claim named after the check, missing data or extras a skipped one.
 
+        Args:
+            fn: the check.
+            ctx: the context it records into.
+            debug: re-raise a crash instead of recording it.
+        """
         try:
             fn(ctx)
         except Exception as exc:
@@ -286,7 +417,18 @@ class ClaimSuite:
 
 
 def json_value(value: Any) -> Any:
-    """NumPy / torch scalars to Python numbers, so the value serialises to JSON."""
+    """NumPy / torch scalars to Python numbers, so the value serialises to JSON.
+
+    Args:
+        value: a scalar, or a list, tuple or dict of them (nested).
+
+    Returns:
+        The JSON-able value (non-finite floats become the strings ``"nan"``, ``"inf"``, ``"-inf"``).
+
+    Example:
+        >>> json_value({"x": (1, float("nan"))})
+        {'x': [1, 'nan']}
+    """
     if type(value) is float and not math.isfinite(value):
         return str(value)  # "nan" / "inf": strict JSON has no such numbers
     if value is None or type(value) in (str, bool, int, float):

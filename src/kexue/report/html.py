@@ -17,35 +17,44 @@ from kexue.report.claims import STATUSES, Figure
 
 __all__ = ["format_value", "render_bench", "render_report", "render_table", "render_value"]
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,'Noto Sans CJK SC','PingFang SC','Microsoft YaHei',sans-serif;margin:2rem auto;max-width:1200px;padding:0 1rem;color:#1d1d1f;line-height:1.45}
-h1{margin-bottom:.2rem} h2{margin-top:2.2rem;border-bottom:2px solid #e5e5ea;padding-bottom:.3rem}
-.meta{color:#6e6e73;font-size:.9rem}
-.summary span{display:inline-block;margin-right:.6rem;padding:.2rem .7rem;border-radius:1rem;font-weight:600}
-table{border-collapse:collapse;width:100%;font-size:.88rem;margin:.8rem 0}
-table.claims{table-layout:fixed}
-table.claims col.c1{width:25%}table.claims col.c2{width:31%}table.claims col.c3{width:14%}table.claims col.c4{width:12%}table.claims col.c5{width:8%}table.claims col.c6{width:10%}
-th,td{border-bottom:1px solid #e5e5ea;padding:.35rem .5rem;text-align:left;vertical-align:top}
-th{background:#f5f5f7} td{overflow-wrap:anywhere} td.num{font-family:ui-monospace,SFMono-Regular,Menlo,monospace}
-table.value{width:auto;font-size:.8rem;margin:.3rem 0} table.value th,table.value td{padding:.15rem .45rem}
-tr.structured>td{background:#fafafc;padding:.3rem .8rem .8rem} .side{display:inline-block;vertical-align:top;margin-right:2rem}
-.side>b{display:block;font-size:.8rem;color:#6e6e73}
-table.dashboard td{vertical-align:top} .headline{font-size:.82rem;margin-bottom:.25rem}
-code{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.85em}
-.pass{background:#e3f9e5;color:#1b7a2b}.fail{background:#fde8e8;color:#b42318}.documented{background:#fff4d6;color:#8a5a00}.skipped{background:#e8f0fd;color:#1a4fa0}
-.badge{padding:.1rem .5rem;border-radius:.6rem;font-weight:600;font-size:.8rem;white-space:nowrap}
-nav.toc{font-size:.9rem;margin:.6rem 0} nav.toc a{margin-right:.9rem}
-a.top{font-size:.8rem;font-weight:normal;margin-left:.8rem}
-figure{margin:1rem 0;display:inline-block;max-width:100%} figure img{max-width:100%;border:1px solid #e5e5ea}
-figcaption{color:#6e6e73;font-size:.85rem;max-width:900px}
-details{font-size:.8rem;color:#6e6e73}
-.bar{position:relative;height:1.1rem;background:#f0f0f3;border-radius:.3rem;min-width:14rem}
-.bar>span{position:absolute;left:0;top:0;bottom:0;border-radius:.3rem}
-.bar>i{position:absolute;top:-.15rem;bottom:-.15rem;width:2px;background:#1d1d1f}
-table.built caption{caption-side:top;text-align:left;color:#6e6e73;font-size:.8rem;padding:.2rem 0}
-table.built tr.ref td,table.built tr.ref th{background:#fff8e6;font-style:italic}
-.met{background:#7bd88f}.missed{background:#f29b9b}.reported{background:#b9c6e4}
-"""
+_CSS = (
+    "\n"
+    "body{font-family:system-ui,-apple-system,Segoe UI,Roboto,'Noto Sans CJK SC','PingFang SC','Microsoft YaHei',"
+    "sans-serif;margin:2rem auto;max-width:1200px;padding:0 1rem;color:#1d1d1f;line-height:1.45}\n"
+    "h1{margin-bottom:.2rem} h2{margin-top:2.2rem;border-bottom:2px solid #e5e5ea;padding-bottom:.3rem}\n"
+    ".meta{color:#6e6e73;font-size:.9rem}\n"
+    ".summary span{display:inline-block;margin-right:.6rem;padding:.2rem .7rem;border-radius:1rem;font-weight:600}"
+    "\n"
+    "table{border-collapse:collapse;width:100%;font-size:.88rem;margin:.8rem 0}\n"
+    "table.claims{table-layout:fixed}\n"
+    "table.claims col.c1{width:25%}table.claims col.c2{width:31%}table.claims col.c3{width:14%}"
+    "table.claims col.c4{width:12%}table.claims col.c5{width:8%}table.claims col.c6{width:10%}\n"
+    "th,td{border-bottom:1px solid #e5e5ea;padding:.35rem .5rem;text-align:left;vertical-align:top}\n"
+    "th{background:#f5f5f7} td{overflow-wrap:anywhere}"
+    " td.num{font-family:ui-monospace,SFMono-Regular,Menlo,monospace}\n"
+    "table.value{width:auto;font-size:.8rem;margin:.3rem 0}"
+    " table.value th,table.value td{padding:.15rem .45rem}\n"
+    "tr.structured>td{background:#fafafc;padding:.3rem .8rem .8rem}"
+    " .side{display:inline-block;vertical-align:top;margin-right:2rem}\n"
+    ".side>b{display:block;font-size:.8rem;color:#6e6e73}\n"
+    "table.dashboard td{vertical-align:top} .headline{font-size:.82rem;margin-bottom:.25rem}\n"
+    "code{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.85em}\n"
+    ".pass{background:#e3f9e5;color:#1b7a2b}.fail{background:#fde8e8;color:#b42318}"
+    ".documented{background:#fff4d6;color:#8a5a00}.skipped{background:#e8f0fd;color:#1a4fa0}\n"
+    ".badge{padding:.1rem .5rem;border-radius:.6rem;font-weight:600;font-size:.8rem;white-space:nowrap}\n"
+    "nav.toc{font-size:.9rem;margin:.6rem 0} nav.toc a{margin-right:.9rem}\n"
+    "a.top{font-size:.8rem;font-weight:normal;margin-left:.8rem}\n"
+    "figure{margin:1rem 0;display:inline-block;max-width:100%}"
+    " figure img{max-width:100%;border:1px solid #e5e5ea}\n"
+    "figcaption{color:#6e6e73;font-size:.85rem;max-width:900px}\n"
+    "details{font-size:.8rem;color:#6e6e73}\n"
+    ".bar{position:relative;height:1.1rem;background:#f0f0f3;border-radius:.3rem;min-width:14rem}\n"
+    ".bar>span{position:absolute;left:0;top:0;bottom:0;border-radius:.3rem}\n"
+    ".bar>i{position:absolute;top:-.15rem;bottom:-.15rem;width:2px;background:#1d1d1f}\n"
+    "table.built caption{caption-side:top;text-align:left;color:#6e6e73;font-size:.8rem;padding:.2rem 0}\n"
+    "table.built tr.ref td,table.built tr.ref th{background:#fff8e6;font-style:italic}\n"
+    ".met{background:#7bd88f}.missed{background:#f29b9b}.reported{background:#b9c6e4}\n"
+)
 
 _MAX_INLINE = 8  # a list longer than this is shown as a table, not inline
 
@@ -96,7 +105,8 @@ def render_value(value: Any) -> str:
         if not is_structured(value):
             return escape(", ".join(format_value(v) for v in value))
         cells = "".join(f"<td class='num'>{render_value(v)}</td>" for v in value)
-        return f"<table class='value'><tr>{''.join(f'<th>{i}</th>' for i in range(len(value)))}</tr><tr>{cells}</tr></table>"
+        heads = "".join(f"<th>{i}</th>" for i in range(len(value)))
+        return f"<table class='value'><tr>{heads}</tr><tr>{cells}</tr></table>"
     if value and all(isinstance(v, dict) and not any(map(is_structured, v.values())) for v in value.values()):
         return _matrix_table(value)
     rows = "".join(
@@ -273,7 +283,8 @@ def _section(technique: str, info: dict[str, Any], claims: list[dict[str, Any]],
 
 def _machine_table(machine: dict[str, Any]) -> str:
     rows = "".join(f"<tr><th>{escape(str(k))}</th><td>{escape(str(v))}</td></tr>" for k, v in machine.items())
-    return f"<h2 id='machine'>Machine<a class='top' href='#dashboard'>↑ dashboard</a></h2><table><tbody>{rows}</tbody></table>"
+    heading = "<h2 id='machine'>Machine<a class='top' href='#dashboard'>↑ dashboard</a></h2>"
+    return f"{heading}<table><tbody>{rows}</tbody></table>"
 
 
 def _page(title: str, body: list[str]) -> str:
@@ -343,22 +354,21 @@ def _ratio_bar(r: dict[str, Any]) -> str:
 
 
 def render_bench(payload: dict[str, Any]) -> str:
-    """``kexue bench``'s page for a ``bench.json`` payload."""
-    ratios = payload["ratios"]
-    met = sum(r["met"] is True for r in ratios)
-    missed = sum(r["met"] is False for r in ratios)
+    """``kexue bench``'s page for a ``bench.json`` payload.
+
+    Args:
+        payload: what :func:`kexue.report.outputs.bench_payload` built.
+
+    Returns:
+        The self-contained HTML page.
+    """
     parts = [
         "<h1 id='dashboard'>kexue bench</h1>",
+        *_bench_meta(payload),
         (
-            f"<p class='meta'>{escape(str(payload['machine'].get('date', '')))} · {escape(str(payload['machine'].get('processor', '')))} · "
-            f"device {escape(str(payload['machine'].get('device', '')))} · {'quick' if payload.get('quick') else 'full'} size</p>"
+            "<nav class='toc'>Sections: <a href='#ratios'>ratios</a> <a href='#cases'>times</a> "
+            "<a href='#machine'>machine</a></nav>"
         ),
-        (
-            f"<p class='summary'><span class='pass'>{met} targets met</span><span class='fail'>{missed} missed</span>"
-            f"<span class='skipped'>{len(ratios) - met - missed} reported</span>"
-            f"<span class='documented'>{len(payload.get('skipped', []))} cases skipped</span></p>"
-        ),
-        "<nav class='toc'>Sections: <a href='#ratios'>ratios</a> <a href='#cases'>times</a> <a href='#machine'>machine</a></nav>",
         "<h2 id='ratios'>Ratios against their targets<a class='top' href='#dashboard'>↑ top</a></h2>",
         (
             "<p class='meta'>Each bar is the measured ratio; the black tick is the target. Green: met, red: missed, "
@@ -366,15 +376,7 @@ def render_bench(payload: dict[str, Any]) -> str:
         ),
         "<table><thead><tr><th>ratio</th><th>value</th><th>target</th><th></th><th>meaning</th></tr></thead><tbody>",
     ]
-    for r in ratios:
-        target = (
-            "—" if r["target"] is None else ("≥ " if r["higher_is_better"] else "≤ ") + format_value(float(r["target"]))
-        )
-        verdict = _ratio_badge(r["met"])
-        parts.append(
-            f"<tr><td><code>{escape(r['id'])}</code> {verdict}</td><td class='num'>{format_value(float(r['value']))}</td>"
-            f"<td class='num'>{target}</td><td>{_ratio_bar(r)}</td><td>{escape(r.get('description', ''))}</td></tr>"
-        )
+    parts.extend(_ratio_row(r) for r in payload["ratios"])
     parts.append("</tbody></table>")
     parts.append(_cases_table(payload["cases"]))
     if payload.get("skipped"):
@@ -385,6 +387,35 @@ def render_bench(payload: dict[str, Any]) -> str:
         parts.append(f"<h2 id='skipped'>Skipped cases</h2><table><tbody>{rows}</tbody></table>")
     parts.append(_machine_table(payload["machine"]))
     return _page("kexue bench", parts)
+
+
+def _bench_meta(payload: dict[str, Any]) -> list[str]:
+    """The machine line and the verdict counts under the bench page's title (two paragraphs)."""
+    ratios, machine = payload["ratios"], payload["machine"]
+    met = sum(r["met"] is True for r in ratios)
+    missed = sum(r["met"] is False for r in ratios)
+    machine_line = (
+        f"<p class='meta'>{escape(str(machine.get('date', '')))} · {escape(str(machine.get('processor', '')))} · "
+        f"device {escape(str(machine.get('device', '')))} · {'quick' if payload.get('quick') else 'full'} size</p>"
+    )
+    counts = (
+        f"<p class='summary'><span class='pass'>{met} targets met</span><span class='fail'>{missed} missed</span>"
+        f"<span class='skipped'>{len(ratios) - met - missed} reported</span>"
+        f"<span class='documented'>{len(payload.get('skipped', []))} cases skipped</span></p>"
+    )
+    return [machine_line, counts]
+
+
+def _ratio_row(r: dict[str, Any]) -> str:
+    """One ratio's table row: id and verdict, value, target, bar, meaning."""
+    target = (
+        "—" if r["target"] is None else ("≥ " if r["higher_is_better"] else "≤ ") + format_value(float(r["target"]))
+    )
+    return (
+        f"<tr><td><code>{escape(r['id'])}</code> {_ratio_badge(r['met'])}</td>"
+        f"<td class='num'>{format_value(float(r['value']))}</td>"
+        f"<td class='num'>{target}</td><td>{_ratio_bar(r)}</td><td>{escape(r.get('description', ''))}</td></tr>"
+    )
 
 
 def _cases_table(cases: list[dict[str, Any]]) -> str:

@@ -10,11 +10,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy
+import torch
+
+from kexue import __version__
+
 __all__ = ["atomic_write", "machine_info", "prepare_out_dir", "publish", "write_json"]
 
 
 def prepare_out_dir(path: str | os.PathLike[str]) -> Path:
     """Create ``path`` if needed and prove it is writable, before any work is done.
+
+    Args:
+        path: the output folder (the CLI's ``--out``).
+
+    Returns:
+        The folder.
 
     Raises:
         ValueError: naming the directory and the reason when it cannot be used.
@@ -48,6 +59,13 @@ def publish(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
 
     Temporary files are created private (0600); a plain ``open(path, "w")`` gives ``0666 & ~umask``
     (usually 0644), which is what a model folder shared with a serving account needs.
+
+    Args:
+        tmp: the finished temporary file.
+        path: its final name.
+
+    Returns:
+        ``path``.
     """
     os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
@@ -58,15 +76,18 @@ def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path``, then rename it into place.
 
     Readers never see a half-written file, and a failure leaves any previous file intact.
+
+    Args:
+        path: the file to write.
+        data: its contents (text is written as UTF-8).
+
+    Returns:
+        ``path``.
     """
     path = Path(path)
-    mode = "wb" if isinstance(data, bytes) else "w"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_and_sync(fd, data)
         publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -74,8 +95,33 @@ def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> Path:
     return path
 
 
+def _write_and_sync(fd: int, data: str | bytes) -> None:
+    """Write ``data`` to the open file ``fd`` (text as UTF-8), flush it to disk and close it."""
+    if isinstance(data, bytes):
+        with os.fdopen(fd, "wb") as binary:
+            binary.write(data)
+            binary.flush()
+            os.fsync(binary.fileno())
+    else:
+        with os.fdopen(fd, "w", encoding="utf-8") as text:
+            text.write(data)
+            text.flush()
+            os.fsync(text.fileno())
+
+
 def write_json(path: str | os.PathLike[str], payload: Any) -> Path:
-    """Atomically write ``payload`` as indented, strict JSON (no NaN/inf literals)."""
+    """Atomically write ``payload`` as indented, strict JSON (no NaN/inf literals).
+
+    Args:
+        path: the file to write.
+        payload: JSON-able data.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: ``payload`` holds NaN or infinity.
+    """
     return atomic_write(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
 
 
@@ -88,13 +134,15 @@ def _transparent_hugepages() -> str | None:
     return text[start + 1 : end] if 0 <= start < end else text.strip()
 
 
-def machine_info(device: str = "cpu") -> dict[str, Any]:
-    """What a reader needs to interpret timings: hardware, libraries, threads, settings."""
-    import numpy
-    import torch
+def machine_info(*, device: str = "cpu") -> dict[str, Any]:
+    """What a reader needs to interpret timings: hardware, libraries, threads, settings.
 
-    from kexue import __version__
+    Args:
+        device: the torch device the run used (a CUDA one adds the GPU's name and CUDA's version).
 
+    Returns:
+        A JSON-able mapping.
+    """
     info: dict[str, Any] = {
         "kexue_version": __version__,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
