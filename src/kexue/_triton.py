@@ -21,6 +21,7 @@ import os
 import re
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,57 @@ from typing import Any
 
 import torch
 
-__all__ = ["Resources", "available", "collapse", "compile_resources", "interpreting", "on_cuda", "signature_of"]
+from kexue._native import NativeFallbackWarning
+
+__all__ = [
+    "Resources",
+    "available",
+    "collapse",
+    "compile_resources",
+    "failed",
+    "interpreting",
+    "on_cuda",
+    "signature_of",
+    "usable",
+]
+
+# kernel family ("rope", "mitchell") -> why it failed in this process; a failed family is never chosen again
+_FAILURES: dict[str, str] = {}
+
+
+def usable(kernel: str, backend: str, *tensors: torch.Tensor) -> bool:
+    """Whether a call takes the Triton kernel family ``kernel``: the one selection rule of the package.
+
+    True when ``backend`` is not ``"torch"``, every tensor is on CUDA, triton imports, and the family has
+    not failed in this process. Decided from devices alone: no value is read on the host.
+
+    Args:
+        kernel: the kernel family (``"rope"``, ``"mitchell"``).
+        backend: the call's ``backend`` option.
+        *tensors: every tensor of the call.
+
+    Returns:
+        Whether to launch the Triton kernel.
+    """
+    return backend != "torch" and bool(tensors) and kernel not in _FAILURES and on_cuda(*tensors) and available()
+
+
+def failed(kernel: str, exc: BaseException) -> None:
+    """Record that ``kernel`` failed to compile or launch and warn once; later calls take the torch path.
+
+    A kernel is an optimisation, never a requirement: as with the C kernels, a failure falls back to the
+    torch path with one :class:`kexue._native.NativeFallbackWarning`.
+
+    Args:
+        kernel: the kernel family.
+        exc: what it raised.
+    """
+    _FAILURES[kernel] = f"{type(exc).__name__}: {exc}"
+    warnings.warn(
+        f"the Triton {kernel} kernel failed ({_FAILURES[kernel][:300]}); using the torch path from now on",
+        NativeFallbackWarning,
+        stacklevel=3,
+    )
 
 
 @functools.cache

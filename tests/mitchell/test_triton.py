@@ -247,3 +247,55 @@ def test_cuda_bit_identical(dtype: torch.dtype) -> None:
     g = torch.Generator().manual_seed(17)
     x, w = torch.randn(3, 100, 70, generator=g).to(dtype).cuda(), torch.randn(3, 70, 90, generator=g).to(dtype).cuda()
     assert _same_values(kernels.bmm(x, w, correction="piecewise"), _accumulate(x, w, "piecewise").to(dtype))
+
+
+def test_auto_backend_takes_the_triton_kernels_for_cuda_tensors(
+    kernels: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``backend="auto"`` sends CUDA operands of float32/float16/bfloat16 to the Triton kernels (here: CPU
+    tensors under the interpreter, declared CUDA) for mul, matmul and bmm, bit-identical to the torch path;
+    ``backend="torch"`` and float64 never take them."""
+    from kexue import _triton as shared
+    from kexue import mitchell
+
+    calls: list[str] = []
+    for name in ("mul", "matmul", "bmm"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, _n=name, _r=real, **k: (calls.append(_n), _r(*a, **k))[1])
+    monkeypatch.setattr(shared, "on_cuda", lambda *tensors: True)
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(5, 7, generator=g).bfloat16(), torch.randn(7, 3, generator=g).bfloat16()
+    assert torch.equal(
+        mitchell.mul(a, a, correction="piecewise"), mitchell.mul(a, a, correction="piecewise", backend="torch")
+    )
+    assert torch.equal(mitchell.matmul(a, b), mitchell.matmul(a, b, backend="torch"))
+    assert torch.equal(
+        mitchell.bmm(a[None].expand(2, 5, 7), b), mitchell.bmm(a[None].expand(2, 5, 7), b, backend="torch")
+    )
+    assert calls[:2] == ["mul", "matmul"] and calls[-1] == "bmm"  # (the kernel's matmul runs through its bmm)
+    launched = len(calls)
+    mitchell.mul(a.double(), a.double())
+    mitchell.matmul(a, b, backend="torch")
+    assert len(calls) == launched
+
+
+def test_a_failing_triton_kernel_falls_back_to_torch_with_one_warning(
+    kernels: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Mitchell kernel that fails on a user's GPU never breaks the call: one NativeFallbackWarning, the torch
+    path's (bit-identical) result, and the torch path from then on."""
+    from kexue import _triton as shared
+    from kexue import mitchell
+    from kexue._native import NativeFallbackWarning
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("out of resources: shared memory")
+
+    monkeypatch.setattr(shared, "on_cuda", lambda *tensors: True)
+    monkeypatch.setattr(shared, "_FAILURES", {})
+    monkeypatch.setattr(kernels, "matmul", broken)
+    a = torch.randn(4, 6, generator=torch.Generator().manual_seed(4))
+    with pytest.warns(NativeFallbackWarning, match="out of resources"):
+        got = mitchell.matmul(a, a.T)
+    assert torch.equal(got, mitchell.matmul(a, a.T, backend="torch"))
+    assert not shared.usable("mitchell", "auto", a)

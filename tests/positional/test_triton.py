@@ -286,7 +286,7 @@ def test_a_failing_triton_kernel_falls_back_to_torch_with_one_warning(
 
     monkeypatch.setattr(shared, "on_cuda", lambda *tensors: True)
     monkeypatch.setattr(kernels, "rotate_many", broken)
-    monkeypatch.setattr(_native, "_TRITON_FAILURE", [None])
+    monkeypatch.setattr(shared, "_FAILURES", {})
     x = _queries(1, 2, 6, 8)
     cos, sin = _tables(6, 4)
     with pytest.warns(NativeFallbackWarning, match="PTX JIT compilation failed"):

@@ -10,16 +10,32 @@ from __future__ import annotations
 import ctypes
 import functools
 from pathlib import Path
+from types import ModuleType
 from typing import Literal, get_args
 
 import torch
 
+from kexue import _triton as triton_kernels
 from kexue._native import FLAGS, NativeLibrary
 from kexue._native import use_native as select
 from kexue._shared import check_choice
 from kexue.mitchell.correction import Correction, constant_correction, lmul_correction, piecewise_values
 
-__all__ = ["BACKENDS", "OPS", "Backend", "Op", "available", "bmm", "check_backend", "matmul", "mul", "use_native"]
+__all__ = [
+    "BACKENDS",
+    "OPS",
+    "TRITON_DTYPES",
+    "Backend",
+    "Op",
+    "available",
+    "bmm",
+    "check_backend",
+    "matmul",
+    "mul",
+    "triton_module",
+    "use_native",
+    "use_triton",
+]
 
 Backend = Literal["auto", "native", "torch"]
 BACKENDS: tuple[Backend, ...] = get_args(Backend)
@@ -76,6 +92,34 @@ def use_native(backend: Backend, *tensors: torch.Tensor, op: Op = "mul") -> bool
     """
     check_choice("op", op, OPS)
     return select(_LIBRARY, backend, _SYMBOLS[op], _unsupported(tensors))
+
+
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # those the Triton kernels take
+
+
+def use_triton(backend: Backend, *tensors: torch.Tensor) -> bool:
+    """Whether a Mitchell product of ``tensors`` runs in the Triton kernels (:mod:`kexue.mitchell._triton`).
+
+    On CUDA tensors of float32, float16 or bfloat16, ``backend="auto"`` or ``"native"`` takes the Triton
+    kernel (bit-identical to the torch path) when triton imports and the kernel has not failed in this
+    process (:func:`kexue._triton.usable`); float64 and float8 stay on the torch path.
+
+    Args:
+        backend: ``"auto"``, ``"native"`` or ``"torch"``.
+        *tensors: the operands.
+
+    Returns:
+        True when the Triton kernel runs.
+    """
+    return all(t.dtype in TRITON_DTYPES for t in tensors) and triton_kernels.usable("mitchell", backend, *tensors)
+
+
+def triton_module() -> ModuleType:
+    """:mod:`kexue.mitchell._triton`, imported on first use on CUDA (it imports triton)."""
+    # optional extra: gpu (triton); importing it at module level would import triton with kexue.mitchell
+    from kexue.mitchell import _triton
+
+    return _triton
 
 
 @functools.cache

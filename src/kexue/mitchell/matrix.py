@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
+from kexue import _triton as triton_kernels
 from kexue.mitchell import _native
 from kexue.mitchell._bits import DTYPES, ArrayOrTensor, Parts, as_tensor, combine, restore, to_float
-from kexue.mitchell._native import Backend
+from kexue.mitchell._native import Backend, Op
 from kexue.mitchell.correction import Correction, check_correction, parts_correction
 
 __all__ = ["bmm", "matmul"]
@@ -40,6 +41,22 @@ def _accumulate(a: torch.Tensor, b: torch.Tensor, correction: Correction | None)
         corr = 0 if correction is None else parts_correction(correction, f.mantissa, ak.frac, bk.frac)
         acc += to_float(combine(ak, bk, f, "mul", corr), f, a.dtype).to(acc_dtype)
     return acc
+
+
+def _product(
+    a: torch.Tensor, b: torch.Tensor, correction: Correction | None, backend: Backend, *, op: Op
+) -> torch.Tensor:
+    """``a @ b`` (``op="matmul"``, 2-D) or the batched product (``op="bmm"``, 3-D) of Mitchell products: the
+    Triton kernel on CUDA, the C kernel for float32 on the CPU, else the torch path; all bit-identical.
+    Chosen by dtype and device only, never by values."""
+    if _native.use_triton(backend, a, b):
+        try:
+            return getattr(_native.triton_module(), op)(a, b, correction=correction)
+        except Exception as exc:  # a kernel never breaks a call: one warning, then the torch path
+            triton_kernels.failed("mitchell", exc)
+    elif _native.use_native(backend, a, b, op=op):
+        return getattr(_native, op)(a, b, correction=correction)
+    return _accumulate(a, b, correction)
 
 
 def _operands(a: ArrayOrTensor, b: ArrayOrTensor, backend: Backend) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -93,10 +110,7 @@ def matmul(
     if a2.numel() == 0 or tb.numel() == 0:  # an empty sum is 0, as in torch.matmul
         out = torch.zeros(a2.shape[0], tb.shape[1], dtype=ta.dtype, device=ta.device)
         return restore(out.reshape(*lead, tb.shape[1]), numpy_out)
-    if _native.use_native(backend, a2, tb, op="matmul"):  # chosen by dtype and device only, never by values
-        out = _native.matmul(a2, tb, correction=correction)
-    else:
-        out = _accumulate(a2, tb, correction)
+    out = _product(a2, tb, correction, backend, op="matmul")
     return restore(out.to(ta.dtype).reshape(*lead, tb.shape[1]), numpy_out)
 
 
@@ -161,8 +175,6 @@ def bmm(
     b3 = tb.expand(*lead, k, n).reshape(lead.numel(), k, n)
     if a3.numel() == 0 or b3.numel() == 0:
         out = torch.zeros(lead.numel(), m, n, dtype=ta.dtype, device=ta.device)
-    elif _native.use_native(backend, a3, b3, op="bmm"):
-        out = _native.bmm(a3, b3, correction=correction)
     else:
-        out = _accumulate(a3, b3, correction)
+        out = _product(a3, b3, correction, backend, op="bmm")
     return restore(out.to(ta.dtype).reshape(*lead, m, n), numpy_out)

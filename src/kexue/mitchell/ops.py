@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
+from kexue import _triton as triton_kernels
 from kexue.mitchell import _native
 from kexue.mitchell._bits import (
     DTYPES,
@@ -87,7 +88,12 @@ def mul(
     ta, tb, numpy_out = pair(a, b)
     _native.check_backend(backend)
     check_correction(correction)
-    if _native.use_native(backend, ta, tb):
+    if _native.use_triton(backend, ta, tb):
+        try:
+            return restore(_native.triton_module().mul(ta, tb, correction=correction), numpy_out)
+        except Exception as exc:  # a kernel never breaks a call: one warning, then the torch path
+            triton_kernels.failed("mitchell", exc)
+    elif _native.use_native(backend, ta, tb):
         return restore(_native.mul(ta, tb, correction=correction), numpy_out)
     corr = 0 if correction is None else lambda_correction(correction, ta, tb)
     return restore(torch_binary(ta, tb, "mul", corr), numpy_out)

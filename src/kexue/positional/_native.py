@@ -8,14 +8,13 @@ dtype's entry point is missing, ``backend="auto"`` warns once and uses the torch
 from __future__ import annotations
 
 import ctypes
-import warnings
 from pathlib import Path
 from typing import Literal, get_args
 
 import torch
 
 from kexue import _triton as triton_kernels
-from kexue._native import Backend, NativeFallbackWarning, NativeLibrary, NativeUnavailable
+from kexue._native import Backend, NativeLibrary, NativeUnavailable
 from kexue._native import use_native as select
 from kexue._shared import check_choice
 
@@ -103,7 +102,8 @@ def use_triton(backend: Backend, *tensors: torch.Tensor) -> bool:
     """Whether a rotation of ``tensors`` runs in the Triton kernel (:mod:`kexue.positional._triton`).
 
     The C kernel is CPU-only; on CUDA tensors ``backend="auto"`` or ``"native"`` takes the Triton kernel
-    when triton imports (the ``gpu`` extra; CUDA builds of torch bring it), else the torch path.
+    when triton imports (the ``gpu`` extra; CUDA builds of torch bring it) and it has not failed in this
+    process (:func:`kexue._triton.usable`), else the torch path.
 
     Args:
         backend: ``"auto"``, ``"native"`` or ``"torch"``.
@@ -112,35 +112,7 @@ def use_triton(backend: Backend, *tensors: torch.Tensor) -> bool:
     Returns:
         True when the Triton kernel runs.
     """
-    return (
-        backend != "torch"
-        and bool(tensors)
-        and _TRITON_FAILURE[0] is None
-        and triton_kernels.on_cuda(*tensors)
-        and triton_kernels.available()
-    )
-
-
-# why the Triton kernel failed in this process (then every later call takes the torch path)
-_TRITON_FAILURE: list[str | None] = [None]
-
-
-def triton_failed(exc: BaseException) -> None:
-    """Record that the Triton kernel failed (to compile or launch) and warn once; later calls use torch.
-
-    A kernel is an optimisation, never a requirement: as with the C kernels, a failure falls back to the
-    torch path with one warning (:class:`kexue._native.NativeFallbackWarning`).
-
-    Args:
-        exc: the exception the kernel raised.
-    """
-    failure = f"{type(exc).__name__}: {exc}"
-    _TRITON_FAILURE[0] = failure
-    warnings.warn(
-        f"the Triton RoPE kernel failed ({failure[:300]}); using the torch path from now on",
-        NativeFallbackWarning,
-        stacklevel=3,
-    )
+    return triton_kernels.usable("rope", backend, *tensors)
 
 
 def _unsupported(tensors: tuple[torch.Tensor, ...]) -> str | None:

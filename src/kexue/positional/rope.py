@@ -44,6 +44,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import nn
 
+from kexue import _triton as triton_kernels
 from kexue._shared import check_choice, check_finite, check_int, check_number
 from kexue.positional import _native
 from kexue.positional._native import Backend
@@ -319,7 +320,7 @@ def apply_rotary(
             try:
                 return _triton_module().apply(x, cos, sin, interleaved=interleaved, inverse=inverse)
             except Exception as exc:  # a kernel never breaks a call: one warning, then the torch path
-                _native.triton_failed(exc)
+                triton_kernels.failed("rope", exc)
         if use_native and not round_products:
             return _NativeRotary.apply(x, cos, sin, interleaved, inverse)
         return _rotate_torch(x, cos, sin, interleaved, inverse, round_products)
@@ -328,7 +329,7 @@ def apply_rotary(
             try:
                 return _triton_apply_many([(x, cos, sin, out)], interleaved, inverse, round_products)[0]
             except Exception as exc:  # a kernel never breaks a call: one warning, then the torch path
-                _native.triton_failed(exc)
+                triton_kernels.failed("rope", exc)
         if use_native:
             return _native_apply_many([(x, cos, sin, out)], interleaved, inverse, round_products)[0]
         result = _rotate_torch(x, cos, sin, interleaved, inverse, round_products)
@@ -413,7 +414,7 @@ def apply_rotary_qk(
             rq, rk = _triton_apply_many(jobs, layout == "interleaved", inverse, round_products)
             return rq, rk
         except Exception as exc:  # a kernel never breaks a call: one warning, then the torch path
-            _native.triton_failed(exc)
+            triton_kernels.failed("rope", exc)
     return apply_rotary(q, cos, sin, out=q_out, **options), apply_rotary(k, cos, sin, out=k_out, **options)
 
 
