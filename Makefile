@@ -14,7 +14,7 @@ help:
 	@echo "make demo      create .venv, install, run 'kexue reproduce' (quick scale), print where the report is"
 	@echo "make test      create .venv, install with the test extra, run the test suite (excludes slow)"
 	@echo "make test-all  the whole test suite, slow checks included"
-	@echo "make lint      ruff check, ruff format --check and mypy (the pinned versions of the lint extra; not yet clean: issue #28)"
+	@echo "make lint      ruff check, ruff format --check and mypy (the pinned versions of the lint extra; CI runs it first)"
 	@echo "make bench     run 'kexue bench' at full size, writes reports/bench.json"
 	@echo "make wheel     build the wheel into dist/"
 	@echo "make smoke     build the wheel, install it in a fresh venv outside the checkout, smoke-test it"
@@ -36,8 +36,10 @@ demo: $(VENV)/.installed-all
 	$(BIN)/kexue reproduce --out reports
 	@echo "Report: $(CURDIR)/reports/report.html (results: $(CURDIR)/reports/results.json)"
 
+# line coverage of src/kexue, with a floor at the measured value (87 % at the change that set it) so it cannot drop
+COVERAGE_FLOOR ?= 87
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --cov=kexue --cov-report=term:skip-covered --cov-fail-under=$(COVERAGE_FLOOR)
 
 test-all: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m ""

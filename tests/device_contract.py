@@ -132,9 +132,9 @@ class Entry:
     way, or cast, per ``setting.mode``) and returns the hot call: a function of no arguments returning a tensor.
     The matrix runs the call under ``setting.autocast_context()`` and counts host syncs inside it when
     ``no_host_sync``. ``reference(dtype)`` is the float64 reference on the CPU, computed from the same
-    inputs as rounded to ``dtype`` (so the error measures the computation, not the rounding of the inputs); ``plain(dtype)`` evaluates the same
-    formula naively in ``dtype`` (the two-times rule's yardstick); where there is none, ``tolerance`` gives the
-    bound per dtype, with the reason in ``why``.
+    inputs as rounded to ``dtype`` (so the error measures the computation, not the rounding of the inputs);
+    ``plain(dtype)`` evaluates the same formula naively in ``dtype`` (the two-times rule's yardstick); where
+    there is none, ``tolerance`` gives the bound per dtype, with the reason in ``why``.
     """
 
     name: str

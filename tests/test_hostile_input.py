@@ -281,7 +281,7 @@ ENTRIES = [
         "seq_rep_n",
         "seqs",
         lambda g, n: {"seqs": [torch.randint(0, 5, (n + 8,), generator=g).tolist()]},
-        lambda seqs: seq_rep_n(seqs, 2),
+        lambda seqs: seq_rep_n(seqs, n=2),
         skip=TOKENS | ONE_ARRAY,
     ),
     Entry(

@@ -42,7 +42,9 @@ def _scores(dtype: torch.dtype, device: str) -> torch.Tensor:
 def _dry(setting: Setting):
     scores = build(setting, _scores)
     ids = _ids().to(setting.device)
-    dry = DRYLogitsProcessor(0.8, 1.75, 2, breaker_ids=[[h, *t] for h, t in BREAKERS], prompt_length=PROMPT)
+    dry = DRYLogitsProcessor(
+        0.8, base=1.75, allowed_length=2, breaker_ids=[[h, *t] for h, t in BREAKERS], prompt_length=PROMPT
+    )
     dry(ids[:, :-1], scores)  # the prompt and the tokens so far: builds the state
     return lambda: dry(ids, scores)
 
@@ -76,7 +78,10 @@ def _stop(setting: Setting):
 
 def _stop_reference(dtype: torch.dtype) -> torch.Tensor:
     rows = _ids().tolist()
-    stopped = [any(article_repeats(r[PROMPT:u], 3, 1, 3) for u in range(PROMPT + 1, T + 1)) for r in rows]
+    stopped = [
+        any(article_repeats(r[PROMPT:u], max_period=3, min_period=1, min_repeats=3) for u in range(PROMPT + 1, T + 1))
+        for r in rows
+    ]
     return torch.tensor(stopped, dtype=torch.float64)  # 0/1: the matrix compares values in float64
 
 
@@ -103,11 +108,13 @@ def _break_reference(dtype: torch.dtype, plain: bool = False) -> torch.Tensor:
 
 def _period(setting: Setting):
     ids = _ids().to(setting.device)
-    return lambda: tail_loop_period(ids, PROMPT, 5, 2)
+    return lambda: tail_loop_period(ids, PROMPT, max_period=5, min_repeats=2)
 
 
 def _period_reference(dtype: torch.dtype) -> torch.Tensor:
-    return torch.tensor([article_repeats(r[PROMPT:], 5, 1, 2) for r in _ids().tolist()])
+    return torch.tensor(
+        [article_repeats(r[PROMPT:], max_period=5, min_period=1, min_repeats=2) for r in _ids().tolist()]
+    )
 
 
 ENTRIES = [

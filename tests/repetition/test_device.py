@@ -43,7 +43,9 @@ def _dense(ref: dict[int, float], vocab: int) -> torch.Tensor:
 
 def test_dry_steps_do_not_sync_and_equal_the_definition() -> None:
     ids, vocab = _looping_rows(0), 7
-    dry = DRYLogitsProcessor(0.8, 1.75, 2, breaker_ids=[[h, *t] for h, t in BREAKERS], prompt_length=4)
+    dry = DRYLogitsProcessor(
+        0.8, base=1.75, allowed_length=2, breaker_ids=[[h, *t] for h, t in BREAKERS], prompt_length=4
+    )
     with count_host_syncs() as syncs:
         got = [
             dry(ids[:, :t], torch.zeros(3, vocab)) for t in range(10, ids.shape[1] + 1)
@@ -60,13 +62,15 @@ def test_dry_follows_beam_reordering_on_the_device() -> None:
     """Rows reordered between steps (what beam search does) continue their parent's state, as the old
     host-side comparison-and-rebuild did."""
     ids, vocab = _looping_rows(1, rows=4), 7
-    dry = DRYLogitsProcessor(1.0, 2.0, 1, breaker_ids=[[5]])
+    dry = DRYLogitsProcessor(1.0, base=2.0, allowed_length=1, breaker_ids=[[5]])
     order = torch.arange(4)
     dry(ids[:, :12], torch.zeros(4, vocab))
     for t in range(13, ids.shape[1] + 1):
         order = order[torch.tensor([2, 0, 3, 1])] if t % 3 == 0 else order
         step = dry(ids[order, :t], torch.zeros(4, vocab))
-        fresh = DRYLogitsProcessor(1.0, 2.0, 1, breaker_ids=[[5]])(ids[order, :t], torch.zeros(4, vocab))
+        fresh = DRYLogitsProcessor(1.0, base=2.0, allowed_length=1, breaker_ids=[[5]])(
+            ids[order, :t], torch.zeros(4, vocab)
+        )
         assert torch.equal(step, fresh)
 
 
@@ -95,7 +99,7 @@ def test_loop_criteria_and_processors_do_not_sync_per_token() -> None:
     ids, vocab = _looping_rows(3), 7
     stop = LoopStoppingCriteria(5, max_period=4, min_repeats=3)
     breaking = LoopBreakingProcessor(5, penalty=2.0, max_period=4, min_repeats=2)
-    penalty = PromptExcludedRepetitionPenalty(1.3, 5)
+    penalty = PromptExcludedRepetitionPenalty(1.3, prompt_length=5)
     done = []
     with count_host_syncs() as syncs:
         for t in range(8, ids.shape[1] + 1):
@@ -104,7 +108,10 @@ def test_loop_criteria_and_processors_do_not_sync_per_token() -> None:
             penalty(ids[:, :t], torch.randn(3, vocab))
     assert syncs == []
     for t, flags in zip(range(8, ids.shape[1] + 1), done, strict=True):  # stopped = a loop closed at or before t
-        want = [any(article_repeats(r[5:u], 4, 1, 3) for u in range(6, t + 1)) for r in ids[:, :t].tolist()]
+        want = [
+            any(article_repeats(r[5:u], max_period=4, min_period=1, min_repeats=3) for u in range(6, t + 1))
+            for r in ids[:, :t].tolist()
+        ]
         assert flags.tolist() == want
     hits = stop.hits
     assert all(h is not None and h.period == 3 for h in hits)

@@ -24,7 +24,7 @@ def test_llama_cpp_worked_example() -> None:
     # llama.cpp's comment: "a b c c b c y a b c" has repeat counts 0 0 3 1 0 2 0 0 0 0, so "c" would
     # extend a repeat of 3 and "y" one of 2; "b" (1) is under allowed_length = 2
     ids = torch.tensor([[1, 2, 3, 3, 2, 3, 9, 1, 2, 3]])
-    pen = DRYLogitsProcessor(0.8, 1.75, 2, breaker_ids=[]).penalties(ids, 10)[0]
+    pen = DRYLogitsProcessor(0.8, base=1.75, allowed_length=2, breaker_ids=[]).penalties(ids, 10)[0]
     assert pen[3].item() == pytest.approx(0.8 * 1.75) and pen[9].item() == pytest.approx(0.8)
     assert (pen != 0).sum() == 2
     # a breaker ("y", id 9) between the two copies: nothing repeats across it, so no penalty at all
@@ -35,7 +35,7 @@ def test_llama_cpp_worked_example() -> None:
 
 def test_breakers_window_prompt_and_exponent_cap() -> None:
     seq = [5, 1, 2, 3, 4, 1, 2, 3]  # "1 2 3" repeats: 4 follows it, with a repeat of 3
-    pen = lambda **kw: DRYLogitsProcessor(1.0, 2.0, 2, **kw).penalties(torch.tensor([seq]), 8)[0]  # noqa: E731
+    pen = lambda **kw: DRYLogitsProcessor(1.0, base=2.0, allowed_length=2, **kw).penalties(torch.tensor([seq]), 8)[0]  # noqa: E731
     assert pen(breaker_ids=[])[4].item() == pytest.approx(2.0)
     assert pen(breaker_ids=[[3]]).abs().sum() == 0  # the last token is a breaker: rep_limit 0
     assert pen(breaker_ids=[[2, 3]])[4].item() == 0  # a two-token breaker ends the sequence
@@ -45,7 +45,11 @@ def test_breakers_window_prompt_and_exponent_cap() -> None:
     )  # window cuts the earlier copy to "2 3"
     assert pen(breaker_ids=[], prompt_length=2)[4].item() == pytest.approx(1.0)  # the prompt's "5 1" is left out
     assert pen(breaker_ids=[], prompt_length=4).abs().sum() == 0
-    huge = DRYLogitsProcessor(1.0, 100.0, 1, breaker_ids=[]).penalties(torch.tensor([[7] * 60]), 8)[0, 7].item()
+    huge = (
+        DRYLogitsProcessor(1.0, base=100.0, allowed_length=1, breaker_ids=[])
+        .penalties(torch.tensor([[7] * 60]), 8)[0, 7]
+        .item()
+    )
     assert huge == pytest.approx(
         100.0 ** int(88.7228391 / torch.log(torch.tensor(100.0)).item()), rel=1e-5
     )  # capped, finite
@@ -74,9 +78,9 @@ def test_batched_incremental_state_equals_the_definition(seed: int) -> None:
         start = rng.choice([None, 0, 3])
         dry = DRYLogitsProcessor(
             kw["multiplier"],
-            kw["base"],
-            kw["allowed_length"],
-            kw["penalty_last_n"],
+            base=kw["base"],
+            allowed_length=kw["allowed_length"],
+            penalty_last_n=kw["penalty_last_n"],
             breaker_ids=[[h, *t] for h, t in breakers],
             prompt_length=start,
         )
@@ -89,9 +93,9 @@ def test_batched_incremental_state_equals_the_definition(seed: int) -> None:
             assert torch.allclose(got, want, rtol=1e-6), (rows, t, kw, start, breakers)
         fresh = DRYLogitsProcessor(
             kw["multiplier"],
-            kw["base"],
-            kw["allowed_length"],
-            kw["penalty_last_n"],
+            base=kw["base"],
+            allowed_length=kw["allowed_length"],
+            penalty_last_n=kw["penalty_last_n"],
             breaker_ids=[[h, *t] for h, t in breakers],
             prompt_length=start,
         )
@@ -178,7 +182,7 @@ def test_inside_generate_with_the_kv_cache_equals_the_definition() -> None:
     width = min(len(r) for r in rows)
     prompt = torch.tensor([r[:width] for r in rows])
     for prompt_length in (None, width):
-        dry = DRYLogitsProcessor(0.8, 1.75, 2, tokenizer=tok, prompt_length=prompt_length)
+        dry = DRYLogitsProcessor(0.8, base=1.75, allowed_length=2, tokenizer=tok, prompt_length=prompt_length)
         assert any(not t for _, t in dry.breakers)  # "\n" and ":" tokens are one-token breakers
         out = model.generate(
             prompt,
@@ -225,6 +229,6 @@ def test_dry_on_p_refuses_a_vocabulary_it_cannot_afford() -> None:
 
     big = sp.identity(DRY_MAX_TOKENS + 1, format="csr")
     with pytest.raises(ValueError, match=f"P has {DRY_MAX_TOKENS + 1} tokens"):
-        dry_penalised(big, "greedy", 1.0)
+        dry_penalised(big, "greedy", delta=1.0)
     with pytest.raises(ValueError, match="at most"):
         r_with_dry(big, "greedy", multiplier=1.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessorList, StoppingCriteriaList
@@ -16,8 +18,8 @@ from kexue.repetition.hf import (
 
 def test_tail_loop_period_ignores_the_prompt() -> None:
     ids = torch.tensor([[1, 2, 1, 2, 1, 2, 1], [5, 6, 7, 8, 9, 10, 11], [3, 3, 3, 4, 4, 4, 4]])
-    assert tail_loop_period(ids, 0, 4, 3).tolist() == [2, 0, 1]
-    assert tail_loop_period(ids, 3, 4, 3).tolist() == [0, 0, 1]  # rows 0's loop is mostly prompt
+    assert tail_loop_period(ids, 0, max_period=4, min_repeats=3).tolist() == [2, 0, 1]
+    assert tail_loop_period(ids, 3, max_period=4, min_repeats=3).tolist() == [0, 0, 1]  # rows 0's loop is mostly prompt
 
 
 def _looping_model() -> LlamaForCausalLM:
@@ -42,7 +44,7 @@ def test_generate_stops_at_the_first_loop() -> None:
     plain = model.generate(prompt, max_new_tokens=60, do_sample=False, pad_token_id=0)
     from kexue.repetition.metrics import find_loops
 
-    assert find_loops([plain[0, 3:].tolist()], 8, 3).looped[0]
+    assert find_loops([plain[0, 3:].tolist()], max_period=8, min_repeats=3).looped[0]
     stopped = model.generate(
         prompt,
         max_new_tokens=60,
@@ -51,8 +53,9 @@ def test_generate_stops_at_the_first_loop() -> None:
         stopping_criteria=StoppingCriteriaList([LoopStoppingCriteria(3, max_period=8, min_repeats=3)]),
     )
     assert stopped.shape[1] < plain.shape[1]
-    assert tail_loop_period(stopped, 3, 8, 3).item() > 0  # it stopped exactly when the loop closed
-    assert tail_loop_period(stopped[:, :-1], 3, 8, 3).item() == 0
+    # it stopped exactly when the loop closed
+    assert tail_loop_period(stopped, 3, max_period=8, min_repeats=3).item() > 0
+    assert tail_loop_period(stopped[:, :-1], 3, max_period=8, min_repeats=3).item() == 0
 
 
 def test_loop_breaking_and_prompt_excluded_penalty() -> None:
@@ -75,7 +78,7 @@ def test_loop_breaking_and_prompt_excluded_penalty() -> None:
     )
     from kexue.repetition.metrics import find_loops
 
-    assert not find_loops([broken[0, 3:].tolist()], 8, 3).looped[0]
+    assert not find_loops([broken[0, 3:].tolist()], max_period=8, min_repeats=3).looped[0]
 
 
 def test_transition_matrix_from_a_causal_lm() -> None:
@@ -113,20 +116,24 @@ def test_loop_criteria_equal_the_vllm_and_article_definitions_step_by_step() -> 
             rows.append(s[:T])
         event, r, hi = rng.choice(["article", "vllm"]), rng.randint(2, 3), rng.randint(1, 8)
         lo, budget = rng.randint(1, hi), rng.choice([0, 0, 3])
-        crit = LoopStoppingCriteria(P, hi, r, min_period=lo, event=event, loop_budget=budget)
-        rule = vllm_repeats if event == "vllm" else article_repeats
+        crit = LoopStoppingCriteria(P, max_period=hi, min_repeats=r, min_period=lo, event=event, loop_budget=budget)
+        rule = (
+            partial(vllm_repeats, max_pattern_size=hi, min_pattern_size=lo, min_count=r)
+            if event == "vllm"
+            else partial(article_repeats, max_period=hi, min_period=lo, min_repeats=r)
+        )
         spent, stopped = [0] * B, [None] * B
         x = torch.tensor(rows)
         for t in range(P + 1, T + 1):
             got = crit(x[:, :t], None).tolist()
             for b in range(B):
-                k = rule(rows[b][P:t], hi, lo, r)
+                k = rule(rows[b][P:t])
                 spent[b] += k > 0
                 if stopped[b] is None and k and spent[b] > budget:
                     stopped[b] = k
             assert got == [s is not None for s in stopped]
         assert [h.period if h else None for h in crit.hits] == stopped
-        fresh = LoopStoppingCriteria(P, hi, r, min_period=lo, event=event, loop_budget=budget)
+        fresh = LoopStoppingCriteria(P, max_period=hi, min_repeats=r, min_period=lo, event=event, loop_budget=budget)
         assert fresh(x, None).tolist() == [s is not None for s in stopped]  # rebuilt from the ids: same answer
 
 
@@ -134,13 +141,15 @@ def test_vllm_parameters_and_the_difference_between_the_two_events() -> None:
     ids = torch.tensor([[9, 1, 2, 1, 2, 1, 2]])  # after the prompt: "1 2" three times, not back at "1"
     vllm = LoopStoppingCriteria.from_vllm(1, max_pattern_size=4, min_count=3)
     assert vllm(ids, None).item() and vllm.hits[0].period == 2 and vllm.hits[0].pattern == (1, 2)
-    assert not LoopStoppingCriteria(1, 4, 3)(ids, None).item()  # the article's event needs the closing "1"
-    assert LoopStoppingCriteria(1, 4, 3)(torch.cat([ids, torch.tensor([[1]])], 1), None).item()
-    assert not LoopStoppingCriteria.from_vllm(1, 4, 3, min_pattern_size=3)(ids, None).item()  # period 2 < min size
+    article = dict(max_period=4, min_repeats=3)
+    assert not LoopStoppingCriteria(1, **article)(ids, None).item()  # the article's event needs the closing "1"
+    assert LoopStoppingCriteria(1, **article)(torch.cat([ids, torch.tensor([[1]])], 1), None).item()
+    too_short = LoopStoppingCriteria.from_vllm(1, max_pattern_size=4, min_count=3, min_pattern_size=3)
+    assert not too_short(ids, None).item()  # period 2 < min size
     with pytest.raises(ValueError, match="min_count"):
-        LoopStoppingCriteria.from_vllm(0, 4, 1)
+        LoopStoppingCriteria.from_vllm(0, max_pattern_size=4, min_count=1)
     with pytest.raises(ValueError, match="min_period"):
-        LoopStoppingCriteria(0, 4, 3, min_period=5)
+        LoopStoppingCriteria(0, max_period=4, min_repeats=3, min_period=5)
     with pytest.raises(ValueError, match="event"):
         LoopStoppingCriteria(0, event="ngram")
 
@@ -150,7 +159,7 @@ def test_multi_line_loops_are_found_where_dry_is_blind() -> None:
 
     nl = 0
     block = [1, 2, 3, 4, 5, nl, 6, 7, 8, 9, nl, 10, 11, 12, 13, 14, 15, nl]  # three lines, period 18
-    dry = DRYLogitsProcessor(1.0, 1.75, 2, breaker_ids=[[nl]])
+    dry = DRYLogitsProcessor(1.0, base=1.75, allowed_length=2, breaker_ids=[[nl]])
     twice = torch.tensor([[20] + block * 2 + block[:4]])
     many = torch.tensor([[20] + block * 12 + block[:4]])
     # DRY only sees back to the last newline: the penalty on the next token is the same after 2 or 12 copies
@@ -174,7 +183,11 @@ def test_loop_budget_inside_generate_and_the_report() -> None:
     (first, hit0), (later, hit5) = runs[0], runs[5]
     assert later.shape[1] == first.shape[1] + 5  # a greedy loop stays a loop: 5 more tokens, then stop
     assert torch.equal(later[:, : first.shape[1]], first)
-    assert hit0.spent == 1 and hit5.spent == 6 and hit0.period == hit5.period == tail_loop_period(first, 3, 8, 3).item()
+    assert (
+        hit0.spent == 1
+        and hit5.spent == 6
+        and hit0.period == hit5.period == tail_loop_period(first, 3, max_period=8, min_repeats=3).item()
+    )
     assert hit0.pattern == tuple(first[0, -hit0.period :].tolist()) and hit0.end == first.shape[1] - 1
 
 

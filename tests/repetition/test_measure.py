@@ -37,7 +37,7 @@ def test_two_by_two_by_hand() -> None:
     by_hand = (2 - Q[0, 0] - Q[1, 1]) / det - 2
     assert exact_r(P) == pytest.approx(by_hand, rel=1e-14)
     assert r_eigen(P) == pytest.approx(by_hand, rel=1e-12)
-    assert r_series(P, 200) == pytest.approx(by_hand, rel=1e-12)
+    assert r_series(P, terms=200) == pytest.approx(by_hand, rel=1e-12)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -45,8 +45,8 @@ def test_closed_form_equals_series_and_eigenvalues(seed: int) -> None:
     P = apply_decoding(_random_p(40, seed), "topk=5")
     r = exact_r(P)
     assert r_eigen(P) == pytest.approx(r, rel=1e-10)
-    assert r_series(P, 400) == pytest.approx(r, rel=1e-10)
-    assert r_series(P, 3) < r  # partial sums are lower bounds
+    assert r_series(P, terms=400) == pytest.approx(r, rel=1e-10)
+    assert r_series(P, terms=3) < r  # partial sums are lower bounds
 
 
 def test_greedy_has_a_cycle_so_r_is_infinite() -> None:
@@ -83,8 +83,8 @@ def test_sparse_estimate_agrees_with_exact() -> None:
 
 
 def test_estimation_from_text_and_decodings() -> None:
-    vocab = Vocabulary.build(tokenize("abab cab", "char"))
-    ids = vocab.encode(tokenize("abab cab", "char"))
+    vocab = Vocabulary.build(tokenize("abab cab", level="char"))
+    ids = vocab.encode(tokenize("abab cab", level="char"))
     P = transition_matrix(ids, len(vocab))
     a, b = vocab.tokens.index("a"), vocab.tokens.index("b")
     assert P[a, b] == pytest.approx(1.0)  # 'a' is always followed by 'b'
@@ -93,7 +93,7 @@ def test_estimation_from_text_and_decodings() -> None:
     assert np.allclose(S.toarray(), P)
     smooth = transition_matrix(ids, len(vocab), alpha=1.0)
     assert zeta(smooth) == 1.0 and zeta(P) < 1
-    assert tokenize("Hello, world!", "word") == ["hello", ",", "world", "!"]
+    assert tokenize("Hello, world!", level="word") == ["hello", ",", "world", "!"]
     dense = _random_p(20, 5)
     for rule in parse_decodings("greedy,topk=3,topp=0.5,temperature=0.5,sample"):
         out = apply_decoding(dense, rule)
@@ -203,7 +203,7 @@ def test_r_with_dry_equals_the_cycle_sum_and_its_limits() -> None:
     P = _random_p(3, 2, power=1.0)
     D = apply_decoding(P, "topk=2")
     mult, base, allowed = 2.0, 3.0, 2
-    G = {j: dry_penalised(P, "topk=2", mult * base ** (j - allowed)) for j in range(allowed, 9)}
+    G = {j: dry_penalised(P, "topk=2", delta=mult * base ** (j - allowed)) for j in range(allowed, 9)}
     brute = 0.0  # the event's probability summed over every cycle w1..wk, second walk penalised
     for k in range(1, 9):
         for w in itertools.product(range(3), repeat=k):
@@ -213,7 +213,7 @@ def test_r_with_dry_equals_the_cycle_sum_and_its_limits() -> None:
             brute += first * second
     assert r_with_dry(P, "topk=2", multiplier=mult, base=base, allowed_length=allowed) == pytest.approx(brute, rel=1e-9)
     assert r_with_dry(P, "sample", multiplier=1e-9) == pytest.approx(exact_r(P), rel=1e-6)  # no penalty: the plain R
-    g = dry_penalised(P, "sample", 1.0)  # closed form for sampling: p e^-δ / (1 − p + p e^-δ)
+    g = dry_penalised(P, "sample", delta=1.0)  # closed form for sampling: p e^-δ / (1 − p + p e^-δ)
     assert np.allclose(g, P * math.exp(-1) / (1 - P + P * math.exp(-1)))
     assert math.isfinite(r_with_dry(P, "greedy", multiplier=0.8)) and exact_r(apply_decoding(P, "greedy")) == math.inf
 

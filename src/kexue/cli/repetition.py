@@ -74,7 +74,7 @@ def _metrics(args: argparse.Namespace, console: Console) -> int:
     if not lines:
         raise ValueError(f"{args.generations}: no generations (one per line)")
     result = summary(
-        [tokenize(line, args.level) for line in lines], max_period=args.max_period, min_repeats=args.min_repeats
+        [tokenize(line, level=args.level) for line in lines], max_period=args.max_period, min_repeats=args.min_repeats
     )
     if args.json:
         console.print_json(json.dumps(json_value(result), allow_nan=False))
@@ -97,7 +97,7 @@ def _analyze(args: argparse.Namespace, console: Console) -> int:
 
     check_int("--max-vocab", args.max_vocab, 2)
     rules = parse_decodings(args.decoding)
-    tokens = tokenize(read_text(args.corpus, "CORPUS file"), args.level)
+    tokens = tokenize(read_text(args.corpus, "CORPUS file"), level=args.level)
     if len(tokens) < 2:
         raise ValueError(f"{args.corpus}: fewer than two tokens")
     vocab = Vocabulary.build(tokens, max_size=args.max_vocab)

@@ -114,7 +114,7 @@ def _analyze_rule(P: MatrixLike, rule: Decoding, n: int, *, terms: int, probes: 
 DRY_MAX_TOKENS = 2000  # dry_penalised is O(n³) in time and holds dense n × n copies
 
 
-def dry_penalised(P: MatrixLike, rule: Decoding | str, delta: float) -> np.ndarray:
+def dry_penalised(P: MatrixLike, rule: Decoding | str, *, delta: float) -> np.ndarray:
     """``G[i, j]``: the probability of ``j`` after ``i`` when ``j``'s logit is lowered by ``delta``
     and then ``rule`` is applied (row ``i`` of ``P`` with entry ``j`` times ``e^(−delta)``,
     renormalised, decoded): DRY's effect on the one token that would extend a repeat, in
@@ -204,7 +204,7 @@ def r_with_dry(
             if delta > 745:  # e^(−δ) underflows: the penalised token is gone unless it is alone in its row
                 delta = 745.0
             if delta not in cache:
-                cache[delta] = D * dry_penalised(P, rule, delta)
+                cache[delta] = D * dry_penalised(P, rule, delta=delta)
             M = cache[delta]
         product = product @ M
         total += float(np.trace(product))

@@ -259,18 +259,18 @@ def metrics(bench: Bench) -> None:
     def ours() -> Metrics:
         padded = fast._padded(seqs)  # lists converted once, then shared by every metric
         return (
-            [float(np.nanmean(fast.rep_n(padded, n))) for n in (2, 3, 4)],
-            fast.distinct_n(padded, 2),
-            fast.rep_l(padded, 16),
-            fast.find_loops(padded, 32, 2).looped.tolist(),
+            [float(np.nanmean(fast.rep_n(padded, n=n))) for n in (2, 3, 4)],
+            fast.distinct_n(padded, n=2),
+            fast.rep_l(padded, l=16),
+            fast.find_loops(padded, max_period=32, min_repeats=2).looped.tolist(),
         )
 
     def theirs() -> Metrics:
         return (
-            [slow.seq_rep_n(seqs, n) for n in (2, 3, 4)],
-            slow.distinct_n(seqs, 2),
-            slow.rep_l(seqs, 16),
-            [x[0] for x in slow.find_loops(seqs, 32, 2)],
+            [slow.seq_rep_n(seqs, n=n) for n in (2, 3, 4)],
+            slow.distinct_n(seqs, n=2),
+            slow.rep_l(seqs, l=16),
+            [x[0] for x in slow.find_loops(seqs, max_period=32, min_repeats=2)],
         )
 
     case = f"C: metrics over {count:,} sequences of 256 tokens"

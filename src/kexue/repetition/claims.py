@@ -75,7 +75,7 @@ RULES: dict[Level, str] = {"char": "greedy,topk=5,topp=0.9,sample", "word": "gre
 @functools.lru_cache(maxsize=2)
 def _corpus_p(level: Level, max_vocab: int = 2000) -> tuple[np.ndarray, np.ndarray, Vocabulary]:
     """(P, ids, vocabulary) of tinyshakespeare's bigram model; cached: three checks use it."""
-    tokens = tokenize(load_tinyshakespeare(), level)
+    tokens = tokenize(load_tinyshakespeare(), level=level)
     vocab = Vocabulary.build(tokens, max_size=max_vocab)
     ids = vocab.encode(tokens)
     return transition_matrix(ids, len(vocab)), ids, vocab
@@ -138,7 +138,7 @@ def _closed_form_claim(ctx: ClaimContext, P_rand: np.ndarray, P_char: np.ndarray
         ("tinyshakespeare chars, sampling", P_char),
         ("tinyshakespeare chars, top-p 0.9", apply_decoding(P_char, "topp=0.9")),
     ):
-        r, s, e = exact_r(P), r_series(P, 300), r_eigen(P)
+        r, s, e = exact_r(P), r_series(P, terms=300), r_eigen(P)
         values[name] = {"closed form": r, "series (300 terms)": s, "eigenvalues": e}
         worst = max(worst, abs(s - r) / r, abs(e - r) / r)
     ctx.claim(
@@ -227,7 +227,7 @@ def _observed(
         seqs = [list("".join(vocab_tokens[i] for i in s))[:length] for s in sims]
     else:
         seqs = [list(s) for s in sims]
-    return {"loop rate": find_loops(seqs, 32, 2).rate, "seq-rep-4": seq_rep_n(seqs, 4)}
+    return {"loop rate": find_loops(seqs, max_period=32, min_repeats=2).rate, "seq-rep-4": seq_rep_n(seqs, n=4)}
 
 
 @SUITE.check
@@ -377,7 +377,9 @@ def _generate_settings(name: str) -> dict[str, Any]:
     kw = settings[base]
     if dry:
         # no sequence breakers
-        processor = DRYLogitsProcessor(DRY["multiplier"], DRY["base"], DRY["allowed_length"], breaker_ids=[])
+        processor = DRYLogitsProcessor(
+            DRY["multiplier"], base=DRY["base"], allowed_length=DRY["allowed_length"], breaker_ids=[]
+        )
         kw["logits_processor"] = LogitsProcessorList([processor])
     return kw
 
@@ -390,7 +392,7 @@ def _theory_r(P: np.ndarray, name: str) -> float:
 
 def _loop_tokens(seqs: list[list[int]], vocab: int) -> np.ndarray:
     """How often each token is part of the first loop's cycle, over the looping sequences."""
-    ev = find_loops(seqs, 32, 2)
+    ev = find_loops(seqs, max_period=32, min_repeats=2)
     counts = np.zeros(vocab)
     for s, looped, start, k in zip(seqs, ev.looped, ev.start, ev.period, strict=True):
         if looped:
@@ -468,8 +470,8 @@ def char_gpt(ctx: ClaimContext) -> None:
         rows[name] = {
             "R (model's P)": _theory_r(P_model, name),
             "R (corpus bigram P)": _theory_r(P, name),
-            "loop rate": find_loops(seqs, 32, 2).rate,
-            "seq-rep-4": seq_rep_n(seqs, 4),
+            "loop rate": find_loops(seqs, max_period=32, min_repeats=2).rate,
+            "seq-rep-4": seq_rep_n(seqs, n=4),
         }
     base = [n for n in GPT_RULES if "+" not in n]
     loops = [rows[n]["loop rate"] for n in base]

@@ -178,11 +178,11 @@ class DRYLogitsProcessor(LogitsProcessor):
     def __init__(
         self,
         multiplier: float,
+        *,
         base: float = 1.75,
         allowed_length: int = 2,
         penalty_last_n: int = -1,
         sequence_breakers: Sequence[str] | None = None,
-        *,
         tokenizer: _Tokenizer | None = None,
         breaker_ids: Sequence[Sequence[int]] | None = None,
         prompt_length: int | None = None,

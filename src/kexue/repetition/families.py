@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 
-def topk_matrix(n: int, k: int = 40, seed: int = 0) -> sp.csr_array:
+def topk_matrix(n: int, *, k: int = 40, seed: int = 0) -> sp.csr_array:
     """A random top-``k`` row-stochastic matrix (peaked rows), built sparse."""
     rng = np.random.default_rng(seed)
     cols = rng.integers(0, n, size=(n, k))
@@ -38,13 +38,13 @@ def topk_matrix(n: int, k: int = 40, seed: int = 0) -> sp.csr_array:
     return sp.csr_array(sp.diags_array(1 / totals) @ P)
 
 
-def random_sparse(n: int, k: int = 8, seed: int = 0) -> sp.csr_array:
+def random_sparse(n: int, *, k: int = 8, seed: int = 0) -> sp.csr_array:
     """``k`` uniform random entries a row on random targets, renormalised."""
     rng = np.random.default_rng(seed)
     return _normalised(np.repeat(np.arange(n), k), rng.integers(0, n, size=n * k), rng.random(n * k), n)
 
 
-def power_law(n: int, seed: int = 0, exponent: float = 1.2) -> sp.csr_array:
+def power_law(n: int, *, seed: int = 0, exponent: float = 1.2) -> sp.csr_array:
     """Rows with a heavy-tailed number of entries (2 … 400, Pareto), Zipf values ``∝ rank^−exponent``
     and targets drawn with Zipf popularity (a few tokens follow almost everything)."""
     rng = np.random.default_rng(seed)
@@ -82,10 +82,10 @@ def matrix_families(n: int, *, corpora: bool = True, data_root: PathLike | None 
     sts = load_stsb("train", data_root)
     sentences = "\n".join(sts.sentences1 + sts.sentences2)
     for name, text in (("tinyshakespeare", shakespeare), ("STS-B", sentences)):
-        words, _ = corpus_matrix(tokenize(text, "word"), n)
+        words, _ = corpus_matrix(tokenize(text, level="word"), n)
         out[f"{name} words, sampling"] = words
         out[f"{name} words, top-p 0.9"] = apply_decoding(words, "topp=0.9")
-        out[f"{name} characters, sampling"] = corpus_matrix(tokenize(text, "char"), n)[0]
+        out[f"{name} characters, sampling"] = corpus_matrix(tokenize(text, level="char"), n)[0]
     return out
 
 
@@ -96,7 +96,7 @@ def model_matrix(n: int, *, data_root: PathLike | None = None, seed: int = 0) ->
     rows are peaked and sparse."""
     from transformers import LlamaConfig, LlamaForCausalLM  # optional extra: nlp
 
-    tokens = tokenize(load_tinyshakespeare(data_root), "word")
+    tokens = tokenize(load_tinyshakespeare(data_root), level="word")
     vocab = Vocabulary.build(tokens, max_size=n)
     # rows of tokens not in these windows: the model after that token alone
     ids = torch.as_tensor(vocab.encode(tokens[: 64 * 64]))

@@ -13,9 +13,10 @@ stateless form of the article's test.
     from kexue.repetition.hf import LoopStoppingCriteria, PromptExcludedRepetitionPenalty
 
     prompt_length = inputs["input_ids"].shape[1]
+    penalty = PromptExcludedRepetitionPenalty(1.2, prompt_length=prompt_length)
     out = model.generate(**inputs, max_new_tokens=200,
                          stopping_criteria=StoppingCriteriaList([LoopStoppingCriteria(prompt_length)]),
-                         logits_processor=LogitsProcessorList([PromptExcludedRepetitionPenalty(1.2, prompt_length)]))
+                         logits_processor=LogitsProcessorList([penalty]))
 """
 
 from __future__ import annotations
@@ -126,9 +127,9 @@ class LoopStoppingCriteria(StoppingCriteria):
     def __init__(
         self,
         prompt_length: int,
+        *,
         max_period: int = 32,
         min_repeats: int = 3,
-        *,
         min_period: int = 1,
         event: LoopEvent = "article",
         loop_budget: int = 0,
@@ -148,10 +149,10 @@ class LoopStoppingCriteria(StoppingCriteria):
     def from_vllm(
         cls,
         prompt_length: int,
+        *,
         max_pattern_size: int,
         min_count: int,
         min_pattern_size: int = 0,
-        *,
         loop_budget: int = 0,
     ) -> LoopStoppingCriteria:
         """vLLM's parameters and reading of them: ``min_pattern_size <= 0`` means 1; vLLM turns the
@@ -163,8 +164,8 @@ class LoopStoppingCriteria(StoppingCriteria):
             raise ValueError(f"min_pattern_size={min_pattern_size!r} must be an integer")
         return cls(
             prompt_length,
-            max_pattern_size,
-            min_count,
+            max_period=max_pattern_size,
+            min_repeats=min_count,
             min_period=max(min_pattern_size, 1),
             event="vllm",
             loop_budget=loop_budget,
@@ -258,7 +259,7 @@ class LoopBreakingProcessor(LogitsProcessor):
     """When the generated tail is one step away from closing a loop, divide the logit of the
     token that would close it by ``penalty`` (multiply if negative), as HF's repetition penalty does."""
 
-    def __init__(self, prompt_length: int, penalty: float = 2.0, max_period: int = 32, min_repeats: int = 2) -> None:
+    def __init__(self, prompt_length: int, *, penalty: float = 2.0, max_period: int = 32, min_repeats: int = 2) -> None:
         self.prompt_length = check_int("prompt_length", prompt_length, 0)
         self.penalty = check_number("penalty", penalty, above=0)
         self.max_period = check_int("max_period", max_period, 1)
@@ -286,7 +287,7 @@ class PromptExcludedRepetitionPenalty(LogitsProcessor):
     """HF's multiplicative repetition penalty (Keskar et al. 2019) over generated tokens only:
     tokens that occur only in the prompt are not penalised."""
 
-    def __init__(self, penalty: float, prompt_length: int) -> None:
+    def __init__(self, penalty: float, *, prompt_length: int) -> None:
         self.penalty = check_number("penalty", penalty, above=0)
         self.prompt_length = check_int("prompt_length", prompt_length, 0)
 

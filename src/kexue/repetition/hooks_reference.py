@@ -60,7 +60,7 @@ def dry_penalties(
     }
 
 
-def vllm_repeats(tokens: Sequence[int], max_pattern_size: int, min_pattern_size: int, min_count: int) -> int:
+def vllm_repeats(tokens: Sequence[int], *, max_pattern_size: int, min_pattern_size: int, min_count: int) -> int:
     """The smallest pattern size ``k`` whose ``min_count`` copies end ``tokens`` (0 if none; vLLM
     turns the check off for ``max_pattern_size <= 0`` or ``min_count < 2``)."""
     if max_pattern_size <= 0 or min_count < 2:
@@ -74,7 +74,7 @@ def vllm_repeats(tokens: Sequence[int], max_pattern_size: int, min_pattern_size:
     return 0
 
 
-def article_repeats(tokens: Sequence[int], max_period: int, min_period: int, min_repeats: int) -> int:
+def article_repeats(tokens: Sequence[int], *, max_period: int, min_period: int, min_repeats: int) -> int:
     """The smallest period ``k`` such that the last ``r k + 1`` tokens are a cycle of length ``k``
     walked ``r = min_repeats`` times and back at its start (0 if none)."""
     for k in range(min_period, max_period + 1):

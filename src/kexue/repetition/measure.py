@@ -64,7 +64,7 @@ def _squared(P: MatrixLike) -> Any:
     return sparse.multiply(sparse).tocsr() if sp.issparse(P) else np.asarray(P, dtype=np.float64) ** 2
 
 
-def spectral_radius(P: MatrixLike, tol: float = 1e-12, max_iter: int = 100_000) -> float:
+def spectral_radius(P: MatrixLike, *, tol: float = 1e-12, max_iter: int = 100_000) -> float:
     """``λ₁ = ρ(P ∘ P)`` (Perron root; power iteration, exact for small dense matrices).
 
     Args:
@@ -120,7 +120,7 @@ def exact_r(P: MatrixLike) -> float:
     return float(np.trace(inverse) - n)
 
 
-def r_series(P: MatrixLike, terms: int) -> float:
+def r_series(P: MatrixLike, *, terms: int) -> float:
     """The truncated series ``Σ_{k=1}^{terms} Tr Q^k`` (a lower bound of ``R``, converging to it).
 
     Args:
@@ -203,7 +203,7 @@ class Bounds:
     terms: int
 
 
-def bounds(P: MatrixLike, terms: int = 20, rtol: float = 1e-12) -> Bounds:
+def bounds(P: MatrixLike, *, terms: int = 20, rtol: float = 1e-12) -> Bounds:
     """Every bound and estimate of the module docstring, summing up to ``terms`` powers (dense).
 
     Args:
@@ -351,7 +351,7 @@ def _power_tail(Q: sp.csr_array, V: np.ndarray, first: int, tol: float, max_term
     return S, k
 
 
-def power_traces(Q: sp.csr_array, budget: float | None = None, chunk_nnz: float = 4e6, seed: int = 0) -> list[float]:
+def power_traces(Q: sp.csr_array, *, budget: float | None = None, chunk_nnz: float = 4e6, seed: int = 0) -> list[float]:
     """Exact ``Tr Q^k`` for ``k = 1 … 2M``, with ``M`` as large as a ``budget`` of multiplications
     per sparse product allows (estimated on a sample of rows; default ``2·10⁷ + 100 nnz(Q)``, about
     what a hundred probe vectors cost in the stochastic tail, so exact powers are bought where they
@@ -619,7 +619,7 @@ def _combine(
     )
 
 
-def perron_vectors(Q: Any, tol: float = 1e-12, max_iter: int = 100_000) -> tuple[float, np.ndarray, np.ndarray]:
+def perron_vectors(Q: Any, *, tol: float = 1e-12, max_iter: int = 100_000) -> tuple[float, np.ndarray, np.ndarray]:
     """``(λ₁, v, u)``: the Perron root of the non-negative ``Q`` and its right and left
     eigenvectors (``Q v = λ₁ v``, ``uᵀ Q = λ₁ uᵀ``, both ``≥ 0`` with unit sum), by damped power
     iteration (the damping ``x ← (x + Qx/|Qx|)/2`` also converges on periodic structure).

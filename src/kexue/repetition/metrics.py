@@ -116,7 +116,7 @@ def _ngram_keys(X: np.ndarray, lengths: np.ndarray, n: int) -> tuple[np.ndarray,
     return key, valid
 
 
-def rep_n(seqs: Sequences, n: int = 4) -> np.ndarray:
+def rep_n(seqs: Sequences, *, n: int = 4) -> np.ndarray:
     """Per sequence ``1 − unique/total`` n-grams (``nan`` for sequences shorter than ``n``).
 
     Args:
@@ -140,7 +140,7 @@ def rep_n(seqs: Sequences, n: int = 4) -> np.ndarray:
         return np.where(total > 0, 1 - unique / np.where(total > 0, total, 1), np.nan)
 
 
-def seq_rep_n(seqs: Sequences, n: int = 4) -> float:
+def seq_rep_n(seqs: Sequences, *, n: int = 4) -> float:
     """Welleck et al.'s seq-rep-n: the mean of :func:`rep_n` over sequences with n-grams.
 
     Args:
@@ -151,14 +151,14 @@ def seq_rep_n(seqs: Sequences, n: int = 4) -> float:
         seq-rep-n (``nan`` when no sequence has an n-gram).
 
     Example:
-        >>> seq_rep_n([[1, 2, 1, 2, 1, 2], [1, 2, 3, 4, 5, 6]], 2)  # 1 - 2/5 and 0
+        >>> seq_rep_n([[1, 2, 1, 2, 1, 2], [1, 2, 3, 4, 5, 6]], n=2)  # 1 - 2/5 and 0
         0.3
     """
-    values = rep_n(seqs, n)
+    values = rep_n(seqs, n=n)
     return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
-def distinct_n(seqs: Sequences, n: int = 2) -> float:
+def distinct_n(seqs: Sequences, *, n: int = 2) -> float:
     """``|unique n-grams| / |n-grams|`` pooled over all sequences.
 
     Args:
@@ -174,7 +174,7 @@ def distinct_n(seqs: Sequences, n: int = 2) -> float:
     return float(len(np.unique(grams)) / len(grams)) if len(grams) else float("nan")
 
 
-def rep_l(seqs: Sequences, l: int = 16) -> float:  # noqa: E741 (Welleck et al.'s name for the window)
+def rep_l(seqs: Sequences, *, l: int = 16) -> float:  # noqa: E741 (Welleck et al.'s name for the window)
     """Fraction of tokens (``t ≥ 1``) equal to one of the previous ``l`` tokens.
 
     Args:
@@ -194,7 +194,7 @@ def rep_l(seqs: Sequences, l: int = 16) -> float:  # noqa: E741 (Welleck et al.'
     return float(hit[valid].mean()) if valid.any() else float("nan")
 
 
-def wrep_l(predictions: Sequences, targets: Sequences, l: int = 16) -> float:  # noqa: E741 (Welleck et al.'s name)
+def wrep_l(predictions: Sequences, targets: Sequences, *, l: int = 16) -> float:  # noqa: E741 (Welleck et al.'s name)
     """Wrong predictions that repeat one of the previous ``l`` targets, as a fraction of
     positions; ``predictions[t]`` is the model's guess for ``targets[t]`` given ``targets[:t]``.
 
@@ -252,7 +252,7 @@ class LoopEvents:
         return float(self.looped.mean()) if len(self.looped) else float("nan")
 
 
-def find_loops(seqs: Sequences, max_period: int = 32, min_repeats: int = 2) -> LoopEvents:
+def find_loops(seqs: Sequences, *, max_period: int = 32, min_repeats: int = 2) -> LoopEvents:
     """The first repeated-subsequence event of every sequence (module docstring).
 
     Args:
@@ -328,17 +328,17 @@ def summary(seqs: Sequences, *, max_period: int = 32, min_repeats: int = 2) -> d
         (2, 0.5)
     """
     padded = _padded(seqs)
-    loops = find_loops(padded, max_period, min_repeats)
-    reps = {n: seq_rep_n(padded, n) for n in (2, 3, 4)}
+    loops = find_loops(padded, max_period=max_period, min_repeats=min_repeats)
+    reps = {n: seq_rep_n(padded, n=n) for n in (2, 3, 4)}
     return {
         "sequences": len(padded),
         "rep-2": reps[2],
         "rep-3": reps[3],
         "rep-4 (seq-rep-4)": reps[4],
         "diversity": float(np.prod([1 - r for r in reps.values()])),
-        "distinct-1": distinct_n(padded, 1),
-        "distinct-2": distinct_n(padded, 2),
-        "rep/16": rep_l(padded, 16),
+        "distinct-1": distinct_n(padded, n=1),
+        "distinct-2": distinct_n(padded, n=2),
+        "rep/16": rep_l(padded, l=16),
         "uniq": uniq(padded),
         "loop rate": loops.rate,
         "mean loop start": float(loops.start[loops.looped].mean()) if loops.looped.any() else float("nan"),

@@ -9,7 +9,7 @@ from collections.abc import Hashable, Sequence
 Seqs = Sequence[Sequence[Hashable]]
 
 
-def rep_n(seqs: Seqs, n: int = 4) -> list[float]:
+def rep_n(seqs: Seqs, *, n: int = 4) -> list[float]:
     """Per sequence ``1 − unique/total`` n-grams."""
     out: list[float] = []
     for s in seqs:
@@ -18,19 +18,19 @@ def rep_n(seqs: Seqs, n: int = 4) -> list[float]:
     return out
 
 
-def seq_rep_n(seqs: Seqs, n: int = 4) -> float:
+def seq_rep_n(seqs: Seqs, *, n: int = 4) -> float:
     """The mean of :func:`rep_n` over sequences with n-grams."""
-    values = [v for v in rep_n(seqs, n) if not math.isnan(v)]
+    values = [v for v in rep_n(seqs, n=n) if not math.isnan(v)]
     return sum(values) / len(values) if values else math.nan
 
 
-def distinct_n(seqs: Seqs, n: int = 2) -> float:
+def distinct_n(seqs: Seqs, *, n: int = 2) -> float:
     """Unique over all n-grams, pooled."""
     grams = [tuple(s[i : i + n]) for s in seqs for i in range(len(s) - n + 1)]
     return len(set(grams)) / len(grams) if grams else math.nan
 
 
-def rep_l(seqs: Seqs, l: int = 16) -> float:  # noqa: E741 (Welleck et al.'s name for the window)
+def rep_l(seqs: Seqs, *, l: int = 16) -> float:  # noqa: E741 (Welleck et al.'s name for the window)
     """Tokens equal to one of the previous ``l``, as a fraction."""
     hits = total = 0
     for s in seqs:
@@ -40,7 +40,7 @@ def rep_l(seqs: Seqs, l: int = 16) -> float:  # noqa: E741 (Welleck et al.'s nam
     return hits / total if total else math.nan
 
 
-def find_loops(seqs: Seqs, max_period: int = 32, min_repeats: int = 2) -> list[tuple[bool, int, int]]:
+def find_loops(seqs: Seqs, *, max_period: int = 32, min_repeats: int = 2) -> list[tuple[bool, int, int]]:
     """Per sequence, ``(looped, start, period)`` of the first loop event."""
     out: list[tuple[bool, int, int]] = []
     for s in seqs:

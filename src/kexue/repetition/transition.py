@@ -53,7 +53,7 @@ _WORD = re.compile(r"[A-Za-z']+|[0-9]+|[^\sA-Za-z0-9']")
 _TRUNCATING: tuple[DecodingKind, ...] = ("greedy", "topk", "topp")
 
 
-def tokenize(text: str, level: Level) -> list[str]:
+def tokenize(text: str, *, level: Level) -> list[str]:
     """Split ``text`` into tokens.
 
     Args:
@@ -65,7 +65,7 @@ def tokenize(text: str, level: Level) -> list[str]:
         The tokens, in order.
 
     Example:
-        >>> tokenize("The cat, the mat.", "word")
+        >>> tokenize("The cat, the mat.", level="word")
         ['the', 'cat', ',', 'the', 'mat', '.']
     """
     check_choice("level", level, LEVELS)
@@ -85,7 +85,7 @@ class Vocabulary:
     unk: int | None = None
 
     @classmethod
-    def build(cls, tokens: Iterable[str], max_size: int | None = None, unk_token: str = "<unk>") -> Vocabulary:
+    def build(cls, tokens: Iterable[str], *, max_size: int | None = None, unk_token: str = "<unk>") -> Vocabulary:
         """The vocabulary of ``tokens``, most frequent first (ties by the token's text).
 
         Args:
