@@ -8,12 +8,9 @@ payloads aside. The kernels are also compiled ahead of time for sm_80 and sm_90 
 
 from __future__ import annotations
 
-import importlib
-import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -25,34 +22,18 @@ from kexue import mitchell
 from kexue.mitchell._bits import torch_binary
 from kexue.mitchell.correction import lambda_correction
 from kexue.mitchell.matrix import _accumulate
+from triton_support import assert_no_spills, compile_report, compiled, interpreted
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 CORRECTIONS = (None, "constant", "piecewise", "lmul")
 _INT = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 
 
-def _interpreted(module: ModuleType) -> bool:
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return isinstance(module._binary_kernel, InterpretedFunction)
-
-
 @pytest.fixture(scope="module")
 def kernels() -> Iterator[ModuleType]:
-    """The kernel module built for the interpreter (``triton.jit`` reads ``TRITON_INTERPRET`` at import)."""
-    before = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        module = importlib.import_module("kexue.mitchell._triton")
-        if not _interpreted(module):
-            module = importlib.reload(module)
-        assert _interpreted(module)
+    """The kernel module built for the Triton interpreter (CPU tensors)."""
+    with interpreted("kexue.mitchell._triton", "_binary_kernel") as module:
         yield module
-    finally:
-        if before is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = before
 
 
 def _random_bits(n: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
@@ -203,29 +184,10 @@ def test_bmm_broadcast_batch_view(kernels: ModuleType) -> None:
     )
 
 
-_AOT = """
-import json
-from kexue._triton import compile_resources
-from kexue.mitchell._triton import compile_cases
-report = {}
-for name, fn, pointers, constexprs, warps in compile_cases():
-    for arch in (80, 90):
-        r = compile_resources(fn, pointers, constexprs, arch=arch, num_warps=warps)
-        report[f"{name}@sm_{arch}"] = [r.registers, r.spills, r.stack_bytes]
-print(json.dumps(report))
-"""
-
-
-def test_compiles_for_sm80_and_sm90_without_spills(tmp_path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # real JITFunctions, not the interpreter
-    env.update(TRITON_CACHE_DIR=str(tmp_path), TRITON_DEFAULT_FP_FUSION="0")
-    done = subprocess.run([sys.executable, "-c", _AOT], capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+def test_compiles_for_sm80_and_sm90_without_spills(tmp_path: Path) -> None:
+    report = compile_report("kexue.mitchell._triton", tmp_path)
     assert len(report) == 30
-    for case, (registers, spills, stack) in report.items():
-        assert 0 < registers <= 255, case
-        assert spills == 0 and stack == 0, f"{case}: {spills} bytes spilled, {stack} bytes of stack"
+    assert_no_spills(report)
 
 
 @pytest.mark.gpu
@@ -233,10 +195,7 @@ def test_compiles_for_sm80_and_sm90_without_spills(tmp_path) -> None:
 def test_cuda_bit_identical(dtype: torch.dtype) -> None:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         pytest.skip("the interpreter is on: the compiled kernels are not what runs")
-    from kexue.mitchell import _triton as kernels
-
-    if _interpreted(kernels):
-        kernels = importlib.reload(kernels)
+    kernels = compiled("kexue.mitchell._triton", "_binary_kernel")
     a, b = _random_bits(1 << 20, dtype, 15).cuda(), _random_bits(1 << 20, dtype, 16).cuda()
     for correction in CORRECTIONS:
         corr = 0 if correction is None else lambda_correction(correction, a, b)

@@ -10,11 +10,9 @@ register spills. ``gpu`` tests repeat the comparisons on CUDA.
 from __future__ import annotations
 
 import importlib
-import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -23,33 +21,16 @@ import torch
 pytest.importorskip("triton")
 
 from kexue.positional.rope import _rotate_torch
+from triton_support import assert_no_spills, compile_report, compiled, interpreted
 
 HALF_TYPES = (torch.float16, torch.bfloat16)
 
 
-def _interpreted(module: ModuleType) -> bool:
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return isinstance(module._rope_kernel, InterpretedFunction)
-
-
 @pytest.fixture(scope="module")
 def kernels() -> Iterator[ModuleType]:
-    """The kernel module built for the interpreter: ``triton.jit`` reads ``TRITON_INTERPRET`` when the
-    module is imported, so it is set first (and the module reloaded if something imported it before)."""
-    before = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        module = importlib.import_module("kexue.positional._triton")
-        if not _interpreted(module):
-            module = importlib.reload(module)
-        assert _interpreted(module)
+    """The kernel module built for the Triton interpreter (CPU tensors)."""
+    with interpreted("kexue.positional._triton", "_rope_kernel") as module:
         yield module
-    finally:
-        if before is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = before
 
 
 def _tables(*shape: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,29 +178,10 @@ def test_liger_kernel_rope_as_peer_oracle(kernels: ModuleType) -> None:
     assert torch.equal(ours_q, liger_q) and torch.equal(ours_k, liger_k)
 
 
-_AOT = """
-import json
-from kexue._triton import compile_resources
-from kexue.positional._triton import compile_cases
-report = {}
-for name, fn, pointers, constexprs, warps in compile_cases():
-    for arch in (80, 90):
-        r = compile_resources(fn, pointers, constexprs, arch=arch, num_warps=warps)
-        report[f"{name}@sm_{arch}"] = [r.registers, r.spills, r.stack_bytes]
-print(json.dumps(report))
-"""
-
-
-def test_compiles_for_sm80_and_sm90_without_spills(tmp_path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # real JITFunctions, not the interpreter
-    env.update(TRITON_CACHE_DIR=str(tmp_path), TRITON_DEFAULT_FP_FUSION="0")
-    done = subprocess.run([sys.executable, "-c", _AOT], capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+def test_compiles_for_sm80_and_sm90_without_spills(tmp_path: Path) -> None:
+    report = compile_report("kexue.positional._triton", tmp_path)
     assert len(report) == 8
-    for case, (registers, spills, stack) in report.items():
-        assert 0 < registers <= 255, case
-        assert spills == 0 and stack == 0, f"{case}: {spills} bytes spilled, {stack} bytes of stack"
+    assert_no_spills(report)
 
 
 @pytest.mark.gpu
@@ -228,10 +190,7 @@ def test_compiles_for_sm80_and_sm90_without_spills(tmp_path) -> None:
 def test_cuda_matches_torch_path(dtype: torch.dtype, interleaved: bool) -> None:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         pytest.skip("the interpreter is on: the compiled kernel is not what runs")
-    from kexue.positional import _triton as kernels
-
-    if _interpreted(kernels):
-        kernels = importlib.reload(kernels)
+    kernels = compiled("kexue.positional._triton", "_rope_kernel")
     x = _queries(4, 256, 16, 128, dtype=dtype).cuda().transpose(1, 2)
     cos, sin = (t.cuda() for t in _tables(4, 1, 256, 48))  # partial rotary: R = 96 of 128
     for products in (False, True):
