@@ -36,7 +36,8 @@ demo: $(VENV)/.installed-all
 	$(BIN)/kexue reproduce --out reports
 	@echo "Report: $(CURDIR)/reports/report.html (results: $(CURDIR)/reports/results.json)"
 
-# line coverage of src/kexue, with a floor at the measured value (87 % at the change that set it) so it cannot drop
+# line coverage of src/kexue, with a floor at the measured value so it cannot drop: 87.1 % with a warm kernel
+# cache, 89.2 % in a fresh clone (where the kernels build and their build code runs)
 COVERAGE_FLOOR ?= 87
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest --cov=kexue --cov-report=term:skip-covered --cov-fail-under=$(COVERAGE_FLOOR)

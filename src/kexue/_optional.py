@@ -39,6 +39,8 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "datasets": ("train", "datasets"),
     "accelerate": ("train", "accelerate"),
     "rotary_embedding_torch": ("bench", "rotary-embedding-torch"),
+    "triton": ("gpu", "triton"),
+    "liger_kernel": ("bench", "liger-kernel"),
 }
 
 

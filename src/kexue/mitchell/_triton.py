@@ -30,6 +30,13 @@ import functools
 from typing import Any
 
 import torch
+
+from kexue._optional import require_extra
+
+require_extra(
+    "the Triton Mitchell kernels (kexue.mitchell._triton)", "triton"
+)  # names the gpu extra before the import fails
+
 import triton
 import triton.language as tl
 

@@ -31,6 +31,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+
+from kexue._optional import require_extra
+
+require_extra(
+    "the Triton RoPE kernel (kexue.positional._triton)", "triton"
+)  # names the gpu extra before the import fails
+
 import triton
 import triton.language as tl
 
