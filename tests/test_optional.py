@@ -73,7 +73,7 @@ def test_require_extra_and_skip_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     assert skip_reason(DataNotFound("no data")) == "no data"
     assert skip_reason(ModuleNotFoundError("No module named 'kexue.nope'", name="kexue.nope")) is None  # a real bug
     assert skip_reason(FileNotFoundError("other")) is None
-    assert {extra for extra, _ in EXTRAS.values()} == {"nlp", "sklearn", "report", "train", "bench"}
+    assert {extra for extra, _ in EXTRAS.values()} == {"nlp", "sklearn", "report", "train", "bench", "gpu"}
 
 
 def test_import_kexue_and_the_cli_parser_import_no_torch() -> None:
