@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -117,40 +118,24 @@ def test_saved_model_keeps_its_own_length_and_a_left_out_remainder_is_said(
 
     said: list[str] = []
     out = tmp_path / "out"
-    result = train_embedder(
-        TrainConfig(
-            model=tiny_sentence_model,
-            pairs=pairs_file,
-            out=str(out),
-            batch_size=10,
-            micro_batch_size=4,
-            max_length=8,
-            epochs=2,
-            max_steps=3,
-            checkpoint_every=1,
-            evaluate=False,
-        ),
-        progress=TrainProgress(message=said.append),
+    config = TrainConfig(
+        model=tiny_sentence_model,
+        pairs=pairs_file,
+        out=str(out),
+        batch_size=10,
+        micro_batch_size=4,
+        max_length=8,
+        epochs=2,
+        max_steps=3,
+        checkpoint_every=1,
+        evaluate=False,
     )
+    result = train_embedder(config, progress=TrainProgress(message=said.append))
     assert result.extra["samples_left_out_per_epoch"] == 4 and result.extra["max_seq_length"] == 16
     assert any("24 samples at batch 10" in m and "4 samples" in m for m in said), said
     assert SentenceTransformer(str(out / "model"), device="cpu").max_seq_length == 16
     assert SentenceTransformer(str(out / "checkpoint"), device="cpu").max_seq_length == 16
-    resumed = train_embedder(
-        TrainConfig(
-            model=tiny_sentence_model,
-            pairs=pairs_file,
-            out=str(out),
-            batch_size=10,
-            micro_batch_size=4,
-            max_length=8,
-            epochs=2,
-            max_steps=4,
-            checkpoint_every=1,
-            evaluate=False,
-        ),
-        resume=True,
-    )
+    resumed = train_embedder(replace(config, max_steps=4), resume=True)
     assert resumed.resumed_from == 3 and resumed.extra["max_seq_length"] == 16  # not the training length
 
 

@@ -45,6 +45,7 @@ from kexue.repetition.families import (
     model_matrix,
     power_law,
     random_sparse,
+    tiny_char_gpt,
     topk_matrix,
 )
 from kexue.repetition.measure import estimate_r, exact_r
@@ -175,22 +176,11 @@ def estimate_50k(bench: Bench) -> None:
 
 def _generate_timer(batch: int, new: int) -> Callable[[bool], None]:
     """``generate`` on the char model's architecture (random weights), with or without DRY."""
-    from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessorList  # optional extra: nlp
+    from transformers import LogitsProcessorList  # optional extra: nlp
 
     from kexue.repetition.dry import DRYLogitsProcessor  # optional extra: nlp
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=65,
-        hidden_size=64,
-        intermediate_size=168,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config).eval()
+    model = tiny_char_gpt(65, seed=0).eval()
     prompt = torch.randint(0, 65, (batch, 16), generator=torch.Generator().manual_seed(0))
 
     def generate(dry: bool) -> None:

@@ -31,7 +31,14 @@ from kexue._shared import quieter
 from kexue.charlm import CharCorpus, TrainLog, train_steps
 from kexue.data import load_tinyshakespeare
 from kexue.repetition.analysis import r_with_dry, rebalance, simulate
-from kexue.repetition.families import estimator_errors, matrix_families, power_law, random_sparse, topk_matrix
+from kexue.repetition.families import (
+    estimator_errors,
+    matrix_families,
+    power_law,
+    random_sparse,
+    tiny_char_gpt,
+    topk_matrix,
+)
 from kexue.repetition.measure import bounds, estimate_r, exact_r, inflow, r_eigen, r_series
 from kexue.repetition.metrics import find_loops, seq_rep_n
 from kexue.repetition.transition import (
@@ -402,20 +409,7 @@ def _loop_tokens(seqs: list[list[int]], vocab: int) -> np.ndarray:
 
 def _train_char_gpt(ctx: ClaimContext, corpus: CharCorpus, steps: int) -> tuple[LlamaForCausalLM, TrainLog]:
     """A small char-level GPT (LLaMA-style, d 64, 2 layers) trained ``steps`` steps on ``corpus``."""
-    from transformers import LlamaConfig, LlamaForCausalLM  # optional extra: nlp
-
-    torch.manual_seed(ctx.seed)
-    config = LlamaConfig(
-        vocab_size=corpus.vocab_size,
-        hidden_size=64,
-        intermediate_size=168,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config)
+    model = tiny_char_gpt(corpus.vocab_size, seed=ctx.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.99), weight_decay=0.0)
     with ctx.steps("training a char GPT", steps) as advance:
         log = train_steps(

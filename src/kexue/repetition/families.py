@@ -7,6 +7,7 @@ Synthetic row-stochastic sparse matrices (random, power-law rows, peaked top-40)
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -16,6 +17,9 @@ from kexue.data import PathLike, load_stsb, load_tinyshakespeare
 from kexue.repetition.measure import estimate_r, exact_r
 from kexue.repetition.transition import Vocabulary, apply_decoding, from_model, tokenize, transition_matrix
 
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM
+
 __all__ = [
     "corpus_matrix",
     "estimator_errors",
@@ -23,6 +27,7 @@ __all__ = [
     "model_matrix",
     "power_law",
     "random_sparse",
+    "tiny_char_gpt",
     "topk_matrix",
 ]
 
@@ -114,6 +119,33 @@ def model_matrix(n: int, *, data_root: PathLike | None = None, seed: int = 0) ->
     )
     P = from_model(model, ids[: 64 * 64].reshape(64, 64), batch_size=8)
     return sp.csr_array(apply_decoding(apply_decoding(P, "temperature=0.05"), "topk=40", sparse=True))
+
+
+def tiny_char_gpt(vocab_size: int, *, seed: int) -> LlamaForCausalLM:
+    """The char-level GPT of the repetition claims and the DRY benchmark, with fresh random weights: LLaMA-style,
+    d 64, 2 layers, 4 heads, untied head (``torch.manual_seed(seed)`` first, so the weights are reproducible).
+
+    Args:
+        vocab_size: the number of characters.
+        seed: the seed of the weights.
+
+    Returns:
+        A ``transformers.LlamaForCausalLM`` in training mode.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM  # optional extra: nlp
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=168,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config)
 
 
 def estimator_errors(
